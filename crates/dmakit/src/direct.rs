@@ -1,0 +1,68 @@
+//! The direct path: the device reaches the caller's buffer at its physical address.
+//!
+//! Used when nothing forces a bounce. The only work is the cache maintenance the direction
+//! needs on a non-coherent device; a coherent device needs none. The path knows nothing of
+//! bounce pools or IOMMUs: the routing layer chose it.
+
+use crate::addr::{DmaAddr, PhysRange};
+use crate::device::Device;
+use crate::direction::Direction;
+use crate::maintenance;
+use crate::platform::CacheMaintenance;
+
+/// The bus address of a directly mapped buffer (identity translation).
+#[inline]
+pub(crate) fn dma_addr(range: PhysRange) -> DmaAddr {
+    DmaAddr::new(range.start().as_u64())
+}
+
+/// The physical range behind a direct DMA range.
+#[inline]
+pub(crate) fn phys_range(dma: DmaAddr, len: u64) -> Option<PhysRange> {
+    PhysRange::new(crate::PhysAddr::new(dma.as_u64()), len)
+}
+
+/// Hands `range` to the device for a transfer in `dir`.
+pub(crate) fn map<C: CacheMaintenance + ?Sized>(
+    cache: &C,
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+) -> DmaAddr {
+    sync_for_device(cache, dev, range, dir);
+    dma_addr(range)
+}
+
+/// Gives `range` back to the CPU after a transfer in `dir`.
+pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
+    cache: &C,
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+) {
+    sync_for_cpu(cache, dev, range, dir);
+}
+
+/// Ownership of `range` passes to the device.
+pub(crate) fn sync_for_device<C: CacheMaintenance + ?Sized>(
+    cache: &C,
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+) {
+    if !dev.is_coherent() {
+        maintenance::for_device(cache, range, dir);
+    }
+}
+
+/// Ownership of `range` passes back to the CPU.
+pub(crate) fn sync_for_cpu<C: CacheMaintenance + ?Sized>(
+    cache: &C,
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+) {
+    if !dev.is_coherent() {
+        maintenance::for_cpu(cache, range, dir);
+    }
+}

@@ -1,0 +1,151 @@
+//! The mapping layer's errors.
+//!
+//! Every bad input and every resource shortage is a value of [`DmaError`], never a panic.
+//! A failed operation leaves the caller's buffer and every pool exactly as they were.
+
+use core::fmt;
+
+use crate::addr::{DmaAddr, PhysAddr};
+use crate::device::DeviceId;
+use crate::direction::Direction;
+use crate::platform::MemoryFault;
+
+/// Why a mapping operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DmaError {
+    /// A mapping or sync of zero bytes.
+    ZeroLength {
+        /// The device asked for.
+        device: DeviceId,
+    },
+    /// `addr + len` leaves the 64-bit address space.
+    AddressOverflow {
+        /// The device asked for.
+        device: DeviceId,
+        /// Start of the range.
+        addr: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The buffer must be bounced (above the device's mask, misaligned on a non-coherent
+    /// device, or forced) but there is no bounce pool the device can use.
+    NoBouncePool {
+        /// The device asked for.
+        device: DeviceId,
+        /// The buffer.
+        phys: PhysAddr,
+        /// Its length.
+        len: u64,
+    },
+    /// The bounce pool has no room for the mapping right now.
+    PoolExhausted {
+        /// The device asked for.
+        device: DeviceId,
+        /// Bytes requested.
+        len: u64,
+        /// Bytes of the pool in use when the request failed.
+        used: u64,
+        /// Total bytes of the pool.
+        total: u64,
+    },
+    /// The mapping is larger than one bounce may be (one pool segment).
+    TooLargeToBounce {
+        /// The device asked for.
+        device: DeviceId,
+        /// Bytes requested.
+        len: u64,
+        /// Largest bounce the pool supports.
+        max: u64,
+    },
+    /// Unmap or sync of an address that is not a live mapping.
+    UnknownMapping {
+        /// The device asked for.
+        device: DeviceId,
+        /// The address given.
+        dma: DmaAddr,
+    },
+    /// Unmap or sync whose size or offset does not fit the mapping.
+    OutOfMapping {
+        /// The device asked for.
+        device: DeviceId,
+        /// The address given.
+        dma: DmaAddr,
+        /// The length given.
+        len: u64,
+        /// The length of the mapping.
+        mapped_len: u64,
+    },
+    /// Unmap or sync in a direction the mapping does not allow.
+    WrongDirection {
+        /// The device asked for.
+        device: DeviceId,
+        /// The mapping's direction.
+        mapped: Direction,
+        /// The direction given.
+        requested: Direction,
+    },
+    /// A CPU copy for a bounce touched memory the platform does not know.
+    Memory(MemoryFault),
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            DmaError::ZeroLength { device } => write!(f, "{device}: zero-length DMA request"),
+            DmaError::AddressOverflow { device, addr, len } => write!(
+                f,
+                "{device}: range of {len} bytes at {addr:#x} overflows the address space"
+            ),
+            DmaError::NoBouncePool { device, phys, len } => write!(
+                f,
+                "{device}: {len} bytes at {phys} must be bounced but no bounce pool serves this device"
+            ),
+            DmaError::PoolExhausted {
+                device,
+                len,
+                used,
+                total,
+            } => write!(
+                f,
+                "{device}: bounce pool exhausted mapping {len} bytes ({used} of {total} bytes in use)"
+            ),
+            DmaError::TooLargeToBounce { device, len, max } => write!(
+                f,
+                "{device}: {len} bytes exceed the largest bounce of {max} bytes"
+            ),
+            DmaError::UnknownMapping { device, dma } => {
+                write!(f, "{device}: {dma} is not a live mapping")
+            }
+            DmaError::OutOfMapping {
+                device,
+                dma,
+                len,
+                mapped_len,
+            } => write!(
+                f,
+                "{device}: {len} bytes at {dma} fall outside the mapping of {mapped_len} bytes"
+            ),
+            DmaError::WrongDirection {
+                device,
+                mapped,
+                requested,
+            } => write!(
+                f,
+                "{device}: {requested} operation on a {mapped} mapping"
+            ),
+            DmaError::Memory(fault) => write!(f, "bounce copy failed: {fault}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+extern crate std;
+#[cfg(feature = "std")]
+impl std::error::Error for DmaError {}
+
+impl From<MemoryFault> for DmaError {
+    fn from(f: MemoryFault) -> Self {
+        DmaError::Memory(f)
+    }
+}

@@ -1,0 +1,33 @@
+//! dmakit: a DMA mapping layer that keeps small allocations small and DMA safe.
+//!
+//! Devices that do DMA without snooping CPU caches corrupt memory when a buffer shares a
+//! cache line with other data. Instead of aligning every allocation to the cache line,
+//! dmakit looks at the exact address range of every mapping and bounces the ones that share
+//! a line, through memory that owns whole lines.
+//!
+//! The crate is `no_std` + `alloc`. It reaches hardware only through the traits in
+//! [`platform`]; implement them for your machine and drive [`DmaMapper`].
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod addr;
+pub mod device;
+mod direct;
+pub mod direction;
+pub mod error;
+mod maintenance;
+pub mod mapping;
+pub mod platform;
+
+pub use addr::{DmaAddr, PhysAddr, PhysRange};
+pub use device::{Device, DeviceBuilder, DeviceError, DeviceId};
+pub use direction::Direction;
+pub use error::DmaError;
+pub use mapping::DmaMapper;
+pub use platform::{
+    CacheMaintenance, CpuMemory, CpuTopology, MemoryFault, PageAllocator, Platform, PAGE_SIZE,
+};
