@@ -36,6 +36,17 @@ pub struct Device {
     seg_boundary_mask: u64,
     trusted: bool,
     force_bounce: bool,
+    bounce_pool: BouncePool,
+}
+
+/// Which kind of memory a device's bounces use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BouncePool {
+    /// The SWIOTLB-style slot pool in cached memory (the default).
+    #[default]
+    Swiotlb,
+    /// The coherent object pool (no maintenance on the bounce side).
+    Coherent,
 }
 
 /// Why a device description was rejected.
@@ -103,6 +114,7 @@ impl Device {
                 seg_boundary_mask: u64::MAX,
                 trusted: true,
                 force_bounce: false,
+                bounce_pool: BouncePool::Swiotlb,
             },
         }
     }
@@ -157,6 +169,12 @@ impl Device {
     #[inline]
     pub fn force_bounce(&self) -> bool {
         self.force_bounce
+    }
+
+    /// Which pool the device's bounces come from.
+    #[inline]
+    pub fn bounce_pool(&self) -> BouncePool {
+        self.bounce_pool
     }
 
     /// Whether the device can emit every address of `[addr, addr + len)`.
@@ -232,6 +250,12 @@ impl DeviceBuilder {
     /// Bounce every mapping (confidential guests).
     pub fn force_bounce(mut self, force: bool) -> Self {
         self.dev.force_bounce = force;
+        self
+    }
+
+    /// Which pool the device's bounces come from.
+    pub fn bounce_pool(mut self, pool: BouncePool) -> Self {
+        self.dev.bounce_pool = pool;
         self
     }
 

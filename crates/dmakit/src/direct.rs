@@ -16,12 +16,6 @@ pub(crate) fn dma_addr(range: PhysRange) -> DmaAddr {
     DmaAddr::new(range.start().as_u64())
 }
 
-/// The physical range behind a direct DMA range.
-#[inline]
-pub(crate) fn phys_range(dma: DmaAddr, len: u64) -> Option<PhysRange> {
-    PhysRange::new(crate::PhysAddr::new(dma.as_u64()), len)
-}
-
 /// Hands `range` to the device for a transfer in `dir`.
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,

@@ -15,19 +15,24 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod bounce;
+pub mod coherent_pool;
+pub mod decision;
 pub mod device;
 mod direct;
 pub mod direction;
 pub mod error;
+pub mod growth;
 mod maintenance;
 pub mod mapping;
 pub mod platform;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
-pub use device::{Device, DeviceBuilder, DeviceError, DeviceId};
+pub use decision::{AlignmentPolicy, BounceReason};
+pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;
 pub use error::DmaError;
-pub use mapping::DmaMapper;
+pub use mapping::{DeferredCompletion, DmaMapper, DmaSegment, MapPath, MapStatus, SgEntry};
 pub use platform::{
     CacheMaintenance, CpuMemory, CpuTopology, MemoryFault, PageAllocator, Platform, PAGE_SIZE,
 };

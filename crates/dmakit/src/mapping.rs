@@ -1,26 +1,129 @@
 //! The routing layer: the raw, address-based streaming API.
 //!
 //! [`DmaMapper`] validates every request once, at this boundary, then decides which path a
-//! mapping takes. Each path owns one mechanism and knows nothing of the others.
+//! mapping takes: the direct path, or a bounce through the pool the device uses. Each path
+//! owns one mechanism and knows nothing of the others; only this module knows them all.
+//! It also owns what spans paths: growth fallbacks, deferred mappings and scatter-gather
+//! splitting.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use spin::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
-use crate::device::Device;
+use crate::bounce::path::{self as bounce, MapFailure};
+use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, TransientPool};
+use crate::decision::{self, AlignmentPolicy, BounceReason};
+use crate::device::{BouncePool, Device};
 use crate::direct;
 use crate::direction::Direction;
 use crate::error::DmaError;
-use crate::platform::Platform;
+use crate::platform::{PageAllocator, Platform};
+
+/// Called once when a deferred mapping completes (or fails for a reason other than room).
+pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
+
+/// What [`DmaMapper::map_or_defer`] did.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a deferred mapping completes later through its callback"]
+pub enum MapStatus {
+    /// Mapped now; the callback was not called and never will be.
+    Mapped(DmaAddr),
+    /// Queued; the callback runs when bounce room frees up.
+    Deferred,
+}
+
+/// One element of a scatter-gather list given to [`DmaMapper::map_sg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgEntry {
+    /// First byte.
+    pub phys: PhysAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One device-visible segment produced by [`DmaMapper::map_sg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaSegment {
+    /// Device address.
+    pub dma: DmaAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// How a single mapping was made, as reported by [`DmaMapper::map_traced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapPath {
+    /// The device uses the buffer in place.
+    Direct,
+    /// The buffer was bounced for `reason` through the named backend.
+    Bounced {
+        /// Why.
+        reason: BounceReason,
+        /// The backend's name.
+        backend: &'static str,
+    },
+}
+
+struct Deferred {
+    dev: Device,
+    range: PhysRange,
+    dir: Direction,
+    done: DeferredCompletion,
+}
 
 /// The streaming DMA mapping layer for one platform.
 ///
-/// All methods take `&self` and validate their input; none panics on bad input.
+/// All methods take `&self`, validate their input and never panic on bad input. A failed
+/// operation leaves the caller's buffer and every pool exactly as they were.
 pub struct DmaMapper<P> {
     platform: P,
+    policy: AlignmentPolicy,
+    swiotlb: Option<Arc<dyn BounceBackend>>,
+    coherent: Option<Arc<dyn BounceBackend>>,
+    transient: Option<TransientPool>,
+    deferred: Mutex<VecDeque<Deferred>>,
 }
 
 impl<P: Platform> DmaMapper<P> {
-    /// A mapper over `platform`.
+    /// A mapper over `platform` with the exact alignment policy and no bounce pools.
     pub fn new(platform: P) -> Self {
-        Self { platform }
+        Self {
+            platform,
+            policy: AlignmentPolicy::Exact,
+            swiotlb: None,
+            coherent: None,
+            transient: None,
+            deferred: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Uses `policy` for the alignment rule.
+    pub fn with_policy(mut self, policy: AlignmentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Bounces of devices that use [`BouncePool::Swiotlb`] go to `pool`.
+    pub fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.swiotlb = Some(pool);
+        self
+    }
+
+    /// Bounces of devices that use [`BouncePool::Coherent`] go to `pool`.
+    pub fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.coherent = Some(pool);
+        self
+    }
+
+    /// While a full pool waits for growth, serve bounces with exact-size page allocations
+    /// from `pages`.
+    pub fn with_transient_pages(mut self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+        self.transient = Some(TransientPool::new(pages));
+        self
     }
 
     /// The platform this mapper drives.
@@ -28,13 +131,43 @@ impl<P: Platform> DmaMapper<P> {
         &self.platform
     }
 
+    /// The alignment policy in force.
+    pub fn policy(&self) -> AlignmentPolicy {
+        self.policy
+    }
+
+    /// The pool bounces of `dev` go to, if there is one.
+    pub fn bounce_backend(&self, dev: &Device) -> Option<&Arc<dyn BounceBackend>> {
+        match dev.bounce_pool() {
+            BouncePool::Swiotlb => self.swiotlb.as_ref(),
+            BouncePool::Coherent => self.coherent.as_ref(),
+        }
+    }
+
+    /// The transient backend, if enabled.
+    pub fn transient(&self) -> Option<&TransientPool> {
+        self.transient.as_ref()
+    }
+
+    /// Whether kmalloc must keep cache-line alignment for safety on this platform: some
+    /// device is non-coherent and has no bounce pool to fix misaligned buffers.
+    pub fn needs_line_aligned_kmalloc<'a>(
+        &self,
+        devices: impl IntoIterator<Item = &'a Device>,
+    ) -> bool {
+        devices
+            .into_iter()
+            .any(|d| !d.is_coherent() && self.bounce_backend(d).is_none())
+    }
+
     /// Lends `len` bytes at `phys` to `dev` for one transfer in `dir` (Linux
     /// `dma_map_phys`). Returns the address the device must use.
     ///
     /// # Errors
     /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range;
-    /// [`DmaError::NoBouncePool`] when the device cannot reach the buffer and nothing can
-    /// bounce it. On error nothing was changed.
+    /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
+    /// pool; [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool
+    /// cannot take it; a memory fault from the bounce copy. On error nothing was changed.
     pub fn map(
         &self,
         dev: &Device,
@@ -42,22 +175,104 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<DmaAddr, DmaError> {
+        self.map_traced(dev, phys, len, dir).map(|(dma, _)| dma)
+    }
+
+    /// As [`DmaMapper::map`], also saying which path the mapping took.
+    ///
+    /// # Errors
+    /// As [`DmaMapper::map`].
+    pub fn map_traced(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(DmaAddr, MapPath), DmaError> {
         let range = checked_range(dev, phys.as_u64(), len)?;
-        if !dev.can_reach(phys, len) {
+        self.map_range(dev, range, dir)
+            .map_err(|f| self.failure_to_error(dev, range, f))
+    }
+
+    /// Maps like [`DmaMapper::map`], but when the bounce pool is full the request waits in
+    /// a FIFO queue instead of failing, and `done` is called with the result once room frees
+    /// up (FreeBSD's `BUS_DMA_WAITOK` loads). While requests wait, new ones queue behind
+    /// them, so completions come in request order. `done` runs on the thread whose unmap
+    /// (or [`DmaMapper::retry_deferred`] call) made room.
+    ///
+    /// # Errors
+    /// Every error of [`DmaMapper::map`] except exhaustion; then `done` is dropped uncalled.
+    pub fn map_or_defer(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: u64,
+        dir: Direction,
+        done: DeferredCompletion,
+    ) -> Result<MapStatus, DmaError> {
+        let range = checked_range(dev, phys.as_u64(), len)?;
+        let mut queue = self.deferred.lock();
+        if queue.is_empty() {
+            match self.map_range(dev, range, dir) {
+                Ok((dma, _)) => return Ok(MapStatus::Mapped(dma)),
+                Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
+                Err(f) => return Err(self.failure_to_error(dev, range, f)),
+            }
+        } else if decision::bounce_reason(dev, range, dir, self.policy, self.line()).is_some()
+            && self.bounce_backend(dev).is_none()
+        {
             return Err(DmaError::NoBouncePool {
                 device: dev.id(),
-                phys,
-                len,
+                phys: range.start(),
+                len: range.len(),
             });
         }
-        Ok(direct::map(&self.platform, dev, range, dir))
+        queue.push_back(Deferred {
+            dev: dev.clone(),
+            range,
+            dir,
+            done,
+        });
+        Ok(MapStatus::Deferred)
+    }
+
+    /// Number of deferred mappings waiting for room.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.lock().len()
+    }
+
+    /// Completes waiting deferred mappings, in order, while they fit. Called automatically
+    /// after every bounced unmap; call it after adding memory to a pool.
+    pub fn retry_deferred(&self) {
+        loop {
+            let mut queue = self.deferred.lock();
+            let Some(head) = queue.pop_front() else {
+                return;
+            };
+            match self.map_range(&head.dev, head.range, head.dir) {
+                Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
+                    queue.push_front(head);
+                    return;
+                }
+                result => {
+                    drop(queue);
+                    let result = result
+                        .map(|(dma, _)| dma)
+                        .map_err(|f| self.failure_to_error(&head.dev, head.range, f));
+                    (head.done)(result);
+                }
+            }
+        }
     }
 
     /// Ends the mapping `dma` of `len` bytes made with `dir`; the CPU owns the buffer again
     /// and sees what the device wrote.
     ///
     /// # Errors
-    /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range.
+    /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range. For a
+    /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
+    /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
+    /// Direct mappings keep no record; the debug checker catches their misuse.
     pub fn unmap(
         &self,
         dev: &Device,
@@ -65,42 +280,281 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let range = checked_dma_range(dev, dma, len)?;
-        direct::unmap(&self.platform, dev, range, dir);
+        let range = checked_range(dev, dma.as_u64(), len)?;
+        match self.backend_owning(dma) {
+            Some(backend) => {
+                bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+                self.retry_deferred();
+            }
+            None => direct::unmap(&self.platform, dev, range, dir),
+        }
         Ok(())
     }
 
-    /// Passes ownership of `len` bytes at `dma` (inside a live mapping) to the device.
+    /// Passes ownership of `len` bytes at `offset` inside the mapping `dma` to the device.
+    /// On a bounced mapping only that part is copied.
     ///
     /// # Errors
-    /// As [`DmaMapper::unmap`].
+    /// As [`DmaMapper::unmap`]; for a bounced mapping [`DmaError::OutOfMapping`] when the
+    /// part leaves the mapping and [`DmaError::WrongDirection`] when the mapping does not
+    /// permit `dir`.
     pub fn sync_for_device(
         &self,
         dev: &Device,
         dma: DmaAddr,
+        offset: u64,
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let range = checked_dma_range(dev, dma, len)?;
-        direct::sync_for_device(&self.platform, dev, range, dir);
-        Ok(())
+        let range = self.sync_range(dev, dma, offset, len)?;
+        match self.backend_owning(dma) {
+            Some(b) => bounce::sync_for_device(&self.platform, b, dev, dma, offset, len, dir),
+            None => {
+                direct::sync_for_device(&self.platform, dev, range, dir);
+                Ok(())
+            }
+        }
     }
 
-    /// Passes ownership of `len` bytes at `dma` (inside a live mapping) back to the CPU.
+    /// Passes ownership of `len` bytes at `offset` inside the mapping `dma` back to the
+    /// CPU, which then sees what the device wrote there.
     ///
     /// # Errors
-    /// As [`DmaMapper::unmap`].
+    /// As [`DmaMapper::sync_for_device`].
     pub fn sync_for_cpu(
         &self,
         dev: &Device,
         dma: DmaAddr,
+        offset: u64,
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let range = checked_dma_range(dev, dma, len)?;
-        direct::sync_for_cpu(&self.platform, dev, range, dir);
-        Ok(())
+        let range = self.sync_range(dev, dma, offset, len)?;
+        match self.backend_owning(dma) {
+            Some(b) => bounce::sync_for_cpu(&self.platform, b, dev, dma, offset, len, dir),
+            None => {
+                direct::sync_for_cpu(&self.platform, dev, range, dir);
+                Ok(())
+            }
+        }
     }
+
+    /// Maps a scatter-gather list. Entries longer than the device's maximum segment size,
+    /// or crossing its segment boundary, are split; every resulting segment gets its own
+    /// bounce decision. Returns the device-visible segments (possibly more than entries).
+    ///
+    /// # Errors
+    /// Any error of [`DmaMapper::map`] for any segment; segments already mapped are unmapped
+    /// again, so nothing is left behind. [`DmaError::ZeroLength`] for an empty list.
+    pub fn map_sg(
+        &self,
+        dev: &Device,
+        entries: &[SgEntry],
+        dir: Direction,
+    ) -> Result<Vec<DmaSegment>, DmaError> {
+        if entries.is_empty() {
+            return Err(DmaError::ZeroLength { device: dev.id() });
+        }
+        let ranges = entries
+            .iter()
+            .map(|e| checked_range(dev, e.phys.as_u64(), e.len))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            for piece in split_segment(dev, range) {
+                match self.map_range(dev, piece, dir) {
+                    Ok((dma, _)) if crosses_boundary(dev, dma, piece.len()) => {
+                        out.push(DmaSegment {
+                            dma,
+                            len: piece.len(),
+                        });
+                        self.unwind(dev, &out, dir);
+                        return Err(DmaError::OutOfMapping {
+                            device: dev.id(),
+                            dma,
+                            len: piece.len(),
+                            mapped_len: dev.seg_boundary_mask().saturating_add(1),
+                        });
+                    }
+                    Ok((dma, _)) => out.push(DmaSegment {
+                        dma,
+                        len: piece.len(),
+                    }),
+                    Err(f) => {
+                        self.unwind(dev, &out, dir);
+                        return Err(self.failure_to_error(dev, piece, f));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unmaps every segment returned by [`DmaMapper::map_sg`].
+    ///
+    /// # Errors
+    /// The first error of [`DmaMapper::unmap`]; the remaining segments are still unmapped.
+    pub fn unmap_sg(
+        &self,
+        dev: &Device,
+        segments: &[DmaSegment],
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let mut first = Ok(());
+        for s in segments {
+            let r = self.unmap(dev, s.dma, s.len, dir);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    fn unwind(&self, dev: &Device, mapped: &[DmaSegment], dir: Direction) {
+        for s in mapped {
+            // These segments were mapped by this call with these exact arguments.
+            let undone = self.unmap(dev, s.dma, s.len, dir);
+            debug_assert!(undone.is_ok());
+        }
+    }
+
+    fn line(&self) -> u64 {
+        self.platform.cache_line_size()
+    }
+
+    /// The single routing decision.
+    fn map_range(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        let Some(reason) = decision::bounce_reason(dev, range, dir, self.policy, self.line())
+        else {
+            return Ok((
+                direct::map(&self.platform, dev, range, dir),
+                MapPath::Direct,
+            ));
+        };
+        let Some(backend) = self.bounce_backend(dev) else {
+            return Err(MapFailure::Failed(DmaError::NoBouncePool {
+                device: dev.id(),
+                phys: range.start(),
+                len: range.len(),
+            }));
+        };
+        let meta = BounceMeta {
+            device: dev.id(),
+            orig: range.start(),
+            len: range.len(),
+            dir,
+            reason,
+        };
+        let traced = |b: &dyn BounceBackend, dma| {
+            (
+                dma,
+                MapPath::Bounced {
+                    reason,
+                    backend: b.name(),
+                },
+            )
+        };
+        match bounce::map(&self.platform, backend.as_ref(), dev, range, meta) {
+            Ok(dma) => Ok(traced(backend.as_ref(), dma)),
+            Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) if backend.growth_pending() => {
+                // While growth is on its way, an exact-size transient bounce bridges the gap.
+                let t =
+                    self.transient
+                        .as_ref()
+                        .ok_or(MapFailure::NoRoom(BounceAllocError::Full {
+                            used: backend.usage().used,
+                            total: backend.usage().total,
+                        }))?;
+                bounce::map(&self.platform, t, dev, range, meta).map(|dma| traced(t, dma))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {
+        let a = PhysAddr::new(dma.as_u64());
+        let pools = [self.swiotlb.as_deref(), self.coherent.as_deref()];
+        pools
+            .into_iter()
+            .flatten()
+            .find(|b| b.contains(a))
+            .or_else(|| {
+                self.transient
+                    .as_ref()
+                    .filter(|t| t.contains(a))
+                    .map(|t| t as &dyn BounceBackend)
+            })
+    }
+
+    fn sync_range(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        offset: u64,
+        len: u64,
+    ) -> Result<PhysRange, DmaError> {
+        let start = dma
+            .as_u64()
+            .checked_add(offset)
+            .ok_or(DmaError::AddressOverflow {
+                device: dev.id(),
+                addr: dma.as_u64(),
+                len: offset,
+            })?;
+        checked_range(dev, start, len)
+    }
+
+    fn failure_to_error(&self, dev: &Device, range: PhysRange, f: MapFailure) -> DmaError {
+        match f {
+            MapFailure::Failed(e) => e,
+            MapFailure::NoRoom(BounceAllocError::Full { used, total }) => DmaError::PoolExhausted {
+                device: dev.id(),
+                len: range.len(),
+                used,
+                total,
+            },
+            MapFailure::NoRoom(BounceAllocError::TooLarge { max }) => DmaError::TooLargeToBounce {
+                device: dev.id(),
+                len: range.len(),
+                max,
+            },
+            MapFailure::NoRoom(BounceAllocError::Unreachable) => DmaError::NoBouncePool {
+                device: dev.id(),
+                phys: range.start(),
+                len: range.len(),
+            },
+        }
+    }
+}
+
+/// Splits `range` into pieces that respect the device's maximum segment size and segment
+/// boundary (both in the physical address space, which is the DMA space of the direct path).
+fn split_segment(dev: &Device, range: PhysRange) -> impl Iterator<Item = PhysRange> + '_ {
+    let mut at = range.start().as_u64();
+    let end = range.end().as_u64();
+    core::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let boundary = dev.seg_boundary_mask();
+        let to_boundary = (boundary - (at & boundary)).saturating_add(1);
+        let len = (end - at).min(dev.max_segment_size()).min(to_boundary);
+        let piece = PhysRange::new(PhysAddr::new(at), len);
+        at += len;
+        piece
+    })
+}
+
+fn crosses_boundary(dev: &Device, dma: DmaAddr, len: u64) -> bool {
+    let mask = dev.seg_boundary_mask();
+    let first = dma.as_u64();
+    let last = first + (len - 1);
+    (first & !mask) != (last & !mask)
 }
 
 /// Validates a caller's range once, at the API boundary.
@@ -111,15 +565,6 @@ fn checked_range(dev: &Device, addr: u64, len: u64) -> Result<PhysRange, DmaErro
     PhysRange::new(PhysAddr::new(addr), len).ok_or(DmaError::AddressOverflow {
         device: dev.id(),
         addr,
-        len,
-    })
-}
-
-fn checked_dma_range(dev: &Device, dma: DmaAddr, len: u64) -> Result<PhysRange, DmaError> {
-    checked_range(dev, dma.as_u64(), len)?;
-    direct::phys_range(dma, len).ok_or(DmaError::AddressOverflow {
-        device: dev.id(),
-        addr: dma.as_u64(),
         len,
     })
 }

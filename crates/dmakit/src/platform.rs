@@ -94,6 +94,19 @@ pub trait PageAllocator {
     fn free_pages(&self, base: PhysAddr, pages: u64);
 }
 
+/// Pages mapped so that CPU and devices see the same bytes without cache maintenance
+/// (an uncached or write-combined CPU mapping, or memory of a coherent interconnect).
+///
+/// Contract: as [`PageAllocator`], and in addition CPU accesses to the returned pages made
+/// through [`CpuMemory`] never leave data in, or read data from, a write-back cache line,
+/// until the pages are freed.
+pub trait CoherentPageAllocator {
+    /// Allocates `pages` contiguous coherent pages below `max_addr`, or `None`.
+    fn alloc_coherent_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr>;
+    /// Returns pages obtained from `alloc_coherent_pages` with the same count.
+    fn free_coherent_pages(&self, base: PhysAddr, pages: u64);
+}
+
 /// Everything the streaming paths need from a platform.
 pub trait Platform: CacheMaintenance + CpuMemory + CpuTopology {}
 impl<T: CacheMaintenance + CpuMemory + CpuTopology + ?Sized> Platform for T {}
@@ -137,5 +150,14 @@ impl<T: PageAllocator + ?Sized> PageAllocator for &T {
     }
     fn free_pages(&self, base: PhysAddr, pages: u64) {
         (**self).free_pages(base, pages)
+    }
+}
+
+impl<T: CoherentPageAllocator + ?Sized> CoherentPageAllocator for &T {
+    fn alloc_coherent_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
+        (**self).alloc_coherent_pages(pages, max_addr)
+    }
+    fn free_coherent_pages(&self, base: PhysAddr, pages: u64) {
+        (**self).free_coherent_pages(base, pages)
     }
 }

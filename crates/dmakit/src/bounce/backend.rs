@@ -1,0 +1,102 @@
+//! What a bounce memory backend provides.
+
+use crate::addr::PhysAddr;
+use crate::decision::BounceReason;
+use crate::device::DeviceId;
+use crate::direction::Direction;
+
+/// A request for room for one bounce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BounceRequest {
+    /// Bytes to bounce (1 or more).
+    pub len: u64,
+    /// The caller's buffer. The bounce address must equal it under `min_align_mask`.
+    pub orig: PhysAddr,
+    /// Low address bits to preserve (`2^n - 1`, possibly 0).
+    pub min_align_mask: u64,
+    /// The last byte of the bounce must be at or below this address (the device's mask).
+    pub max_addr: u64,
+    /// The CPU asking, as a hint for per-CPU structures.
+    pub cpu: usize,
+}
+
+/// What a backend remembers about a live bounce, returned when it is looked up or freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BounceMeta {
+    /// The device the bounce was made for.
+    pub device: DeviceId,
+    /// The caller's buffer.
+    pub orig: PhysAddr,
+    /// Length of the mapping in bytes.
+    pub len: u64,
+    /// Direction of the mapping.
+    pub dir: Direction,
+    /// Why it was bounced.
+    pub reason: BounceReason,
+}
+
+/// Why a backend could not provide room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BounceAllocError {
+    /// No free room of that size right now.
+    Full {
+        /// Bytes in use.
+        used: u64,
+        /// Total bytes.
+        total: u64,
+    },
+    /// Larger than the largest bounce the backend supports.
+    TooLarge {
+        /// The largest supported bounce.
+        max: u64,
+    },
+    /// None of the backend's memory lies below the requested address limit.
+    Unreachable,
+}
+
+/// A snapshot of a backend's occupancy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Bytes of memory the backend owns.
+    pub total: u64,
+    /// Bytes currently reserved by live bounces (at the backend's granularity).
+    pub used: u64,
+    /// The largest `used` seen since creation.
+    pub high_water: u64,
+    /// Live bounces.
+    pub live: u64,
+}
+
+/// Memory that bounces live in.
+///
+/// Contract: `alloc` returns an address `a` such that `[a, a + len)` lies in memory the
+/// backend owns, below `max_addr`, shares no cache line with any other live bounce,
+/// satisfies `a & min_align_mask == orig & min_align_mask`, and is page aligned when
+/// `len >= PAGE_SIZE` and `min_align_mask` does not demand an offset. It stays reserved, with
+/// its [`BounceMeta`], until `free(a)`. On error nothing changed. Implementations are
+/// thread-safe and must not block: they may be called in atomic context.
+pub trait BounceBackend: Send + Sync {
+    /// A short name for reports.
+    fn name(&self) -> &'static str;
+    /// Whether CPU accesses to this memory are cached (non-coherent devices then need
+    /// maintenance on the bounce).
+    fn is_cached(&self) -> bool;
+    /// Reserves room for one bounce.
+    ///
+    /// # Errors
+    /// [`BounceAllocError`] when there is no room; nothing changed.
+    fn alloc(&self, req: &BounceRequest, meta: BounceMeta) -> Result<PhysAddr, BounceAllocError>;
+    /// The metadata of the live bounce starting at `addr`, if any.
+    fn get(&self, addr: PhysAddr) -> Option<BounceMeta>;
+    /// Releases the live bounce starting at `addr`; `None` (and nothing changed) if there is
+    /// none.
+    fn free(&self, addr: PhysAddr) -> Option<BounceMeta>;
+    /// Whether `addr` lies in memory this backend owns (live or not).
+    fn contains(&self, addr: PhysAddr) -> bool;
+    /// Current occupancy.
+    fn usage(&self) -> PoolUsage;
+    /// Whether the backend asked for more memory and is still waiting for it.
+    fn growth_pending(&self) -> bool {
+        false
+    }
+}

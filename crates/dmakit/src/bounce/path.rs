@@ -1,0 +1,201 @@
+//! The bounce path: copies and cache maintenance around a backend's memory.
+
+use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest};
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::device::Device;
+use crate::direction::Direction;
+use crate::error::DmaError;
+use crate::maintenance;
+use crate::platform::Platform;
+
+/// Bounces `range` for `dev`: reserves room, fills it from the original (every direction),
+/// does the maintenance the bounce memory needs, and returns the device address.
+///
+/// # Errors
+/// [`MapFailure::NoRoom`] with the backend's refusal (the caller may grow the pool or defer
+/// the mapping), or [`MapFailure::Failed`] for a CPU copy fault. Nothing changed.
+pub(crate) fn map<P: Platform + ?Sized>(
+    p: &P,
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    range: PhysRange,
+    meta: BounceMeta,
+) -> Result<DmaAddr, MapFailure> {
+    let req = BounceRequest {
+        len: range.len(),
+        orig: range.start(),
+        min_align_mask: dev.min_align_mask(),
+        max_addr: dev.dma_mask(),
+        cpu: p.current_cpu(),
+    };
+    let slot = backend.alloc(&req, meta).map_err(MapFailure::NoRoom)?;
+    if let Err(fault) = p.copy(slot, range.start(), range.len()) {
+        backend.free(slot);
+        return Err(MapFailure::Failed(DmaError::Memory(fault)));
+    }
+    if needs_maintenance(backend, dev) {
+        maintenance::for_device(p, slot_range(slot, range.len()), meta.dir);
+    }
+    Ok(DmaAddr::new(slot.as_u64()))
+}
+
+/// Why [`map`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MapFailure {
+    /// The backend had no room.
+    NoRoom(BounceAllocError),
+    /// Any other failure.
+    Failed(DmaError),
+}
+
+/// Ends the bounced mapping at `dma`: maintenance, copy back what the device may have
+/// written, release the room. Returns the metadata of the ended bounce.
+///
+/// # Errors
+/// [`DmaError::UnknownMapping`] if `dma` is not a live bounce of `dev`;
+/// [`DmaError::OutOfMapping`] if `len` differs from the mapped length;
+/// [`DmaError::WrongDirection`] if `dir` differs; a copy fault leaves the mapping live.
+pub(crate) fn unmap<P: Platform + ?Sized>(
+    p: &P,
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    dma: DmaAddr,
+    len: u64,
+    dir: Direction,
+) -> Result<BounceMeta, DmaError> {
+    let slot = PhysAddr::new(dma.as_u64());
+    let meta = live(backend, dev, dma)?;
+    if meta.len != len {
+        return Err(DmaError::OutOfMapping {
+            device: dev.id(),
+            dma,
+            len,
+            mapped_len: meta.len,
+        });
+    }
+    if meta.dir != dir {
+        return Err(DmaError::WrongDirection {
+            device: dev.id(),
+            mapped: meta.dir,
+            requested: dir,
+        });
+    }
+    to_cpu(p, backend, dev, slot, meta.orig, len, dir)?;
+    backend.free(slot).ok_or(DmaError::UnknownMapping {
+        device: dev.id(),
+        dma,
+    })
+}
+
+/// Hands `len` bytes at `offset` inside the bounced mapping `dma` back to the CPU: the CPU
+/// sees what the device wrote there. Only that part is copied.
+///
+/// # Errors
+/// As [`unmap`], and [`DmaError::OutOfMapping`] if the part leaves the mapping,
+/// [`DmaError::WrongDirection`] if the mapping does not permit `dir`.
+pub(crate) fn sync_for_cpu<P: Platform + ?Sized>(
+    p: &P,
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    dma: DmaAddr,
+    offset: u64,
+    len: u64,
+    dir: Direction,
+) -> Result<(), DmaError> {
+    let meta = checked_part(backend, dev, dma, offset, len, dir)?;
+    let slot = PhysAddr::new(dma.as_u64()).add(offset);
+    to_cpu(p, backend, dev, slot, meta.orig.add(offset), len, dir)
+}
+
+/// Hands `len` bytes at `offset` inside the bounced mapping `dma` to the device: what the
+/// CPU wrote there reaches the bounce.
+///
+/// # Errors
+/// As [`sync_for_cpu`].
+pub(crate) fn sync_for_device<P: Platform + ?Sized>(
+    p: &P,
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    dma: DmaAddr,
+    offset: u64,
+    len: u64,
+    dir: Direction,
+) -> Result<(), DmaError> {
+    let meta = checked_part(backend, dev, dma, offset, len, dir)?;
+    let slot = PhysAddr::new(dma.as_u64()).add(offset);
+    if dir.device_reads() {
+        p.copy(slot, meta.orig.add(offset), len)?;
+    }
+    if needs_maintenance(backend, dev) {
+        maintenance::for_device(p, slot_range(slot, len), dir);
+    }
+    Ok(())
+}
+
+fn to_cpu<P: Platform + ?Sized>(
+    p: &P,
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    slot: PhysAddr,
+    orig: PhysAddr,
+    len: u64,
+    dir: Direction,
+) -> Result<(), DmaError> {
+    if needs_maintenance(backend, dev) {
+        maintenance::for_cpu(p, slot_range(slot, len), dir);
+    }
+    if dir.device_writes() {
+        p.copy(orig, slot, len)?;
+    }
+    Ok(())
+}
+
+fn live(backend: &dyn BounceBackend, dev: &Device, dma: DmaAddr) -> Result<BounceMeta, DmaError> {
+    match backend.get(PhysAddr::new(dma.as_u64())) {
+        Some(meta) if meta.device == dev.id() => Ok(meta),
+        _ => Err(DmaError::UnknownMapping {
+            device: dev.id(),
+            dma,
+        }),
+    }
+}
+
+fn checked_part(
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    dma: DmaAddr,
+    offset: u64,
+    len: u64,
+    dir: Direction,
+) -> Result<BounceMeta, DmaError> {
+    let meta = live(backend, dev, dma)?;
+    if len == 0 {
+        return Err(DmaError::ZeroLength { device: dev.id() });
+    }
+    if offset.checked_add(len).is_none_or(|end| end > meta.len) {
+        return Err(DmaError::OutOfMapping {
+            device: dev.id(),
+            dma,
+            len,
+            mapped_len: meta.len,
+        });
+    }
+    if !meta.dir.permits_sync(dir) {
+        return Err(DmaError::WrongDirection {
+            device: dev.id(),
+            mapped: meta.dir,
+            requested: dir,
+        });
+    }
+    Ok(meta)
+}
+
+fn needs_maintenance(backend: &dyn BounceBackend, dev: &Device) -> bool {
+    backend.is_cached() && !dev.is_coherent()
+}
+
+/// The bounce's range. Backends only hand out ranges that fit the address space.
+fn slot_range(slot: PhysAddr, len: u64) -> PhysRange {
+    PhysRange::new(slot, len)
+        .unwrap_or_else(|| unreachable!("backend returned an overflowing range"))
+}

@@ -1,0 +1,122 @@
+//! Transient bounces: exact-size page allocations that serve a mapping while a full pool
+//! waits for growth, and are returned to the page allocator at unmap.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+
+use spin::Mutex;
+
+use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
+use crate::addr::PhysAddr;
+use crate::platform::{PageAllocator, PAGE_SIZE};
+
+struct Live {
+    base: u64,
+    pages: u64,
+    meta: BounceMeta,
+}
+
+struct State {
+    live: BTreeMap<u64, Live>,
+    used: u64,
+    high_water: u64,
+}
+
+/// A backend that takes whole pages per bounce from a page allocator. Pages own their cache
+/// lines, so bounces never share one. Used only as a stop-gap: every bounce costs a page
+/// allocation.
+pub struct TransientPool {
+    pages: Arc<dyn PageAllocator + Send + Sync>,
+    state: Mutex<State>,
+}
+
+impl TransientPool {
+    /// A transient backend over `pages`.
+    pub fn new(pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+        Self {
+            pages,
+            state: Mutex::new(State {
+                live: BTreeMap::new(),
+                used: 0,
+                high_water: 0,
+            }),
+        }
+    }
+}
+
+impl BounceBackend for TransientPool {
+    fn name(&self) -> &'static str {
+        "transient"
+    }
+
+    fn is_cached(&self) -> bool {
+        true
+    }
+
+    fn alloc(&self, req: &BounceRequest, meta: BounceMeta) -> Result<PhysAddr, BounceAllocError> {
+        let offset = req.orig.as_u64() & req.min_align_mask;
+        let align = (req.min_align_mask + 1).max(PAGE_SIZE);
+        // Extra pages let us find an `align`-aligned start inside the allocation.
+        let extra = align / PAGE_SIZE - 1;
+        let pages = (offset + req.len).div_ceil(PAGE_SIZE) + extra;
+        let full = || {
+            let s = self.state.lock();
+            BounceAllocError::Full {
+                used: s.used,
+                total: s.used,
+            }
+        };
+        let base = self
+            .pages
+            .alloc_pages(pages, req.max_addr)
+            .ok_or_else(full)?;
+        let start = base.as_u64().next_multiple_of(align);
+        let dma = start + offset;
+        let mut s = self.state.lock();
+        s.live.insert(
+            dma,
+            Live {
+                base: base.as_u64(),
+                pages,
+                meta,
+            },
+        );
+        s.used += pages * PAGE_SIZE;
+        s.high_water = s.high_water.max(s.used);
+        Ok(PhysAddr::new(dma))
+    }
+
+    fn get(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        self.state.lock().live.get(&addr.as_u64()).map(|l| l.meta)
+    }
+
+    fn free(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        let live = {
+            let mut s = self.state.lock();
+            let live = s.live.remove(&addr.as_u64())?;
+            s.used -= live.pages * PAGE_SIZE;
+            live
+        };
+        self.pages.free_pages(PhysAddr::new(live.base), live.pages);
+        Some(live.meta)
+    }
+
+    fn contains(&self, addr: PhysAddr) -> bool {
+        let a = addr.as_u64();
+        let s = self.state.lock();
+        s.live
+            .range(..=a)
+            .next_back()
+            .is_some_and(|(_, l)| a >= l.base && a < l.base + l.pages * PAGE_SIZE)
+    }
+
+    fn usage(&self) -> PoolUsage {
+        let s = self.state.lock();
+        PoolUsage {
+            total: s.used,
+            used: s.used,
+            high_water: s.high_water,
+            live: s.live.len() as u64,
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The coherent object pool as a bounce backend.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+
+use spin::Mutex;
+
+use super::objects::{ObjectPool, ObjectPoolConfig, PoolError};
+use crate::addr::PhysAddr;
+use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
+use crate::growth::GrowthHook;
+use crate::platform::PAGE_SIZE;
+
+/// Bounces in coherent memory: no cache maintenance on the bounce side, growth before the
+/// pool runs dry. The original of every bounce is kept in a map keyed by its DMA address.
+pub struct CoherentBouncePool {
+    objects: ObjectPool,
+    /// Live bounces: bounce address → (object start, metadata).
+    live: Mutex<BTreeMap<u64, (u64, BounceMeta)>>,
+}
+
+impl CoherentBouncePool {
+    /// An empty pool with the given shape; memory arrives through [`Self::add_chunk`]
+    /// (directly, or from the growth hook's answer).
+    ///
+    /// # Errors
+    /// [`PoolError::BadConfig`] as [`ObjectPool::new`].
+    pub fn new(
+        cfg: ObjectPoolConfig,
+        hook: Option<Arc<dyn GrowthHook>>,
+    ) -> Result<Self, PoolError> {
+        Ok(Self {
+            objects: ObjectPool::new(cfg, hook)?,
+            live: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Adds a chunk of coherent memory.
+    ///
+    /// # Errors
+    /// As [`ObjectPool::add_chunk`].
+    pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), PoolError> {
+        self.objects.add_chunk(base, bytes)
+    }
+
+    /// The underlying object pool (for occupancy and growth state).
+    pub fn objects(&self) -> &ObjectPool {
+        &self.objects
+    }
+}
+
+impl BounceBackend for CoherentBouncePool {
+    fn name(&self) -> &'static str {
+        self.objects.config().name
+    }
+
+    fn is_cached(&self) -> bool {
+        false
+    }
+
+    fn alloc(&self, req: &BounceRequest, meta: BounceMeta) -> Result<PhysAddr, BounceAllocError> {
+        let offset = req.orig.as_u64() & req.min_align_mask;
+        let mut align = req.min_align_mask + 1;
+        if req.len >= PAGE_SIZE {
+            align = align.max(PAGE_SIZE);
+        }
+        let size = offset + req.len;
+        let obj = self
+            .objects
+            .alloc(size, align, req.max_addr)
+            .map_err(|e| match e {
+                PoolError::TooLarge { max } => BounceAllocError::TooLarge { max },
+                PoolError::Exhausted { used, total } => BounceAllocError::Full { used, total },
+                _ => BounceAllocError::Unreachable,
+            })?;
+        let dma = obj.as_u64() + offset;
+        self.live.lock().insert(dma, (obj.as_u64(), meta));
+        Ok(PhysAddr::new(dma))
+    }
+
+    fn get(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        self.live.lock().get(&addr.as_u64()).map(|(_, m)| *m)
+    }
+
+    fn free(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        let (obj, meta) = self.live.lock().remove(&addr.as_u64())?;
+        // The object was allocated for this bounce and is live until here.
+        let freed = self.objects.free(PhysAddr::new(obj));
+        debug_assert!(freed.is_ok());
+        Some(meta)
+    }
+
+    fn contains(&self, addr: PhysAddr) -> bool {
+        self.objects.contains(addr)
+    }
+
+    fn usage(&self) -> PoolUsage {
+        let u = self.objects.usage();
+        PoolUsage {
+            total: u.total,
+            used: u.used,
+            high_water: u.high_water,
+            live: u.live,
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The bounce decision: does this mapping need a bounce buffer, and why?
+//!
+//! One small function, [`bounce_reason`], so the rule that makes DMA safe can be read in one
+//! sitting. A mapping (or one scatter-gather segment) is bounced when
+//!
+//! - the device is marked force-bounce (confidential guests share only bounce memory);
+//! - any byte of it is above the device's DMA mask;
+//! - the device does not snoop caches, the device will write the buffer, and the first or
+//!   last cache line of the range holds bytes outside it (`(start | end) & (line - 1) != 0`).
+//!   Outbound transfers never need this bounce: cleaning a shared line is harmless.
+//!
+//! The last rule has three variants, kept side by side for comparison in the simulator:
+//! [`AlignmentPolicy::Exact`] (the default) checks the real address range;
+//! [`AlignmentPolicy::SizeOnly`] is Linux 6.5's heuristic, which looks only at the size
+//! and so misses a small buffer at an odd offset inside a larger structure;
+//! [`AlignmentPolicy::Never`] does no alignment bouncing at all (the control that shows the
+//! hazard).
+
+use crate::addr::PhysRange;
+use crate::device::Device;
+use crate::direction::Direction;
+
+/// How the alignment rule is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AlignmentPolicy {
+    /// Bounce exactly the inbound mappings whose first or last line is shared.
+    #[default]
+    Exact,
+    /// Linux 6.5's `dma_kmalloc_needs_bounce()`: bounce inbound mappings shorter than two
+    /// lines whose kmalloc size class is not a multiple of the line. Ignores the address.
+    SizeOnly,
+    /// Never bounce for alignment. Unsafe with small kmalloc alignment; for comparison only.
+    Never,
+}
+
+impl AlignmentPolicy {
+    /// A short lowercase name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AlignmentPolicy::Exact => "exact",
+            AlignmentPolicy::SizeOnly => "size-only",
+            AlignmentPolicy::Never => "never",
+        }
+    }
+}
+
+/// Why a mapping is bounced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BounceReason {
+    /// The device is marked force-bounce.
+    Forced,
+    /// Part of the buffer is above the device's DMA mask.
+    AboveMask,
+    /// An inbound mapping on a non-coherent device shares a cache line with other data.
+    Misaligned,
+    /// An untrusted device would see other data in the same IOMMU page.
+    Untrusted,
+}
+
+impl BounceReason {
+    /// Every reason, in a stable order (for statistics tables).
+    pub const ALL: [BounceReason; 4] = [
+        BounceReason::Forced,
+        BounceReason::AboveMask,
+        BounceReason::Misaligned,
+        BounceReason::Untrusted,
+    ];
+
+    /// A short lowercase name for reports (`forced`, `above-mask`, `misaligned`, `untrusted`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            BounceReason::Forced => "forced",
+            BounceReason::AboveMask => "above-mask",
+            BounceReason::Misaligned => "misaligned",
+            BounceReason::Untrusted => "untrusted",
+        }
+    }
+}
+
+/// Decides whether `range` mapped by `dev` in `dir` must be bounced on the direct path.
+///
+/// `cpu_line` is the CPU's cache line size; the larger of it and the device's line is the
+/// unit that must not be shared. Returns the first reason that applies, in the order
+/// forced, above mask, misaligned.
+pub fn bounce_reason(
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+    policy: AlignmentPolicy,
+    cpu_line: u64,
+) -> Option<BounceReason> {
+    if dev.force_bounce() {
+        return Some(BounceReason::Forced);
+    }
+    if !dev.can_reach(range.start(), range.len()) {
+        return Some(BounceReason::AboveMask);
+    }
+    if needs_alignment_bounce(dev, range, dir, policy, cpu_line) {
+        return Some(BounceReason::Misaligned);
+    }
+    None
+}
+
+/// The alignment rule alone (the third bullet of the module docs).
+pub fn needs_alignment_bounce(
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+    policy: AlignmentPolicy,
+    cpu_line: u64,
+) -> bool {
+    if dev.is_coherent() || !dir.device_writes() {
+        return false;
+    }
+    let line = dev.cache_line().max(cpu_line);
+    match policy {
+        AlignmentPolicy::Exact => !range.is_aligned(line),
+        AlignmentPolicy::SizeOnly => {
+            let size = range.len();
+            size < 2 * line && kmalloc_size_roundup(size) % line != 0
+        }
+        AlignmentPolicy::Never => false,
+    }
+}
+
+/// The size class an 8-byte-aligned kmalloc gives a request of `size` bytes (Linux's
+/// `kmalloc_size_roundup()` with the smallest minimum alignment), which is all the
+/// size-only heuristic looks at.
+fn kmalloc_size_roundup(size: u64) -> u64 {
+    const CLASSES: [u64; 8] = [8, 16, 32, 64, 96, 128, 192, 256];
+    match CLASSES.iter().find(|&&c| c >= size) {
+        Some(&c) => c,
+        None => size.next_power_of_two(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PhysAddr;
+    use crate::device::DeviceId;
+
+    fn dev() -> Device {
+        Device::builder(DeviceId(0), "d")
+            .cache_line(128)
+            .dma_bits(32)
+            .build()
+            .unwrap()
+    }
+    fn r(a: u64, l: u64) -> PhysRange {
+        PhysRange::new(PhysAddr::new(a), l).unwrap()
+    }
+    use Direction::*;
+
+    #[test]
+    fn exact_rule_looks_at_both_ends() {
+        let d = dev();
+        let p = AlignmentPolicy::Exact;
+        assert_eq!(bounce_reason(&d, r(0x1000, 128), FromDevice, p, 64), None);
+        assert_eq!(
+            bounce_reason(&d, r(0x1008, 120), FromDevice, p, 64),
+            Some(BounceReason::Misaligned)
+        );
+        assert_eq!(
+            bounce_reason(&d, r(0x1000, 120), Bidirectional, p, 64),
+            Some(BounceReason::Misaligned)
+        );
+        // Outbound never bounces for alignment.
+        assert_eq!(bounce_reason(&d, r(0x1008, 13), ToDevice, p, 64), None);
+        // The CPU's larger line wins over the device's smaller one.
+        assert_eq!(
+            bounce_reason(&d, r(0x1080, 128), FromDevice, p, 256),
+            Some(BounceReason::Misaligned)
+        );
+    }
+
+    #[test]
+    fn coherent_devices_never_bounce_for_alignment() {
+        let d = Device::builder(DeviceId(0), "c")
+            .coherent(true)
+            .build()
+            .unwrap();
+        assert_eq!(
+            bounce_reason(&d, r(0x1003, 5), FromDevice, AlignmentPolicy::Exact, 64),
+            None
+        );
+    }
+
+    #[test]
+    fn mask_and_force_come_first() {
+        let d = dev();
+        assert_eq!(
+            bounce_reason(
+                &d,
+                r(0xffff_ff00, 0x200),
+                ToDevice,
+                AlignmentPolicy::Never,
+                64
+            ),
+            Some(BounceReason::AboveMask)
+        );
+        let f = Device::builder(DeviceId(0), "f")
+            .force_bounce(true)
+            .build()
+            .unwrap();
+        assert_eq!(
+            bounce_reason(&f, r(0x1000, 4096), ToDevice, AlignmentPolicy::Never, 64),
+            Some(BounceReason::Forced)
+        );
+    }
+
+    #[test]
+    fn size_only_misses_an_inner_buffer_exact_catches() {
+        let d = dev();
+        // A 128-byte buffer at offset 0x48 inside a larger structure: size-only sees a
+        // line-sized request and lets it through; the exact rule sees both shared lines.
+        let inner = r(0x2048, 128);
+        assert!(!needs_alignment_bounce(
+            &d,
+            inner,
+            FromDevice,
+            AlignmentPolicy::SizeOnly,
+            64
+        ));
+        assert!(needs_alignment_bounce(
+            &d,
+            inner,
+            FromDevice,
+            AlignmentPolicy::Exact,
+            64
+        ));
+        // Small odd sizes bounce under size-only wherever they are.
+        assert!(needs_alignment_bounce(
+            &d,
+            r(0x2000, 13),
+            FromDevice,
+            AlignmentPolicy::SizeOnly,
+            64
+        ));
+        // Large buffers never bounce under size-only.
+        assert!(!needs_alignment_bounce(
+            &d,
+            r(0x2008, 4000),
+            FromDevice,
+            AlignmentPolicy::SizeOnly,
+            64
+        ));
+        assert!(!needs_alignment_bounce(
+            &d,
+            inner,
+            FromDevice,
+            AlignmentPolicy::Never,
+            64
+        ));
+    }
+}
