@@ -25,8 +25,8 @@ pub mod error;
 pub mod growth;
 mod maintenance;
 pub mod mapping;
-pub mod mem;
 pub mod platform;
+pub mod swiotlb;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
 pub use decision::{AlignmentPolicy, BounceReason};

@@ -1,0 +1,55 @@
+//! SWIOTLB-style bounce slot pool: where bounced mappings live.
+//!
+//! When a buffer cannot be given to a device as it is (beyond the device's mask, sharing a
+//! cache line on a non-coherent device, or because every mapping must be bounced), the
+//! routing layer copies it through memory from this pool. The pool only manages addresses:
+//! it never touches the memory, copies data or maintains caches. That is the routing
+//! layer's job, using the [`Bounce`] this pool returns.
+//!
+//! # Layout
+//!
+//! A [`Pool`] is one or more *regions* (contiguous physical memory given by the caller, at
+//! least page aligned, a whole number of segments), sorted by base. A region is cut into
+//! *slots* (2 KiB by default, a power of two and a whole number of cache lines, so two
+//! bounces never share a line), grouped in *segments* (128 slots by default; one segment is
+//! the largest allocation), grouped in *areas* (whole segments, one lock each, by default
+//! as many as CPUs rounded up to a power of two).
+//!
+//! # Algorithms
+//!
+//! - **Slots**: a buddy allocator per area with exact-size trimming (see `slots.rs`):
+//!   O(log2 slots-per-segment) per allocation and free, regardless of pool size or
+//!   occupancy, alignment for free, and blocks that never cross a segment.
+//! - **Placement**: the bounce address keeps `orig & min_align_mask` and, for mappings of
+//!   a page or more, starts on a page boundary plus that offset (see `request.rs`).
+//! - **Lookup**: binary search of the region by address, then arithmetic to the area and
+//!   slot; each area keeps the caller's metadata of its live allocations indexed by first
+//!   slot, so `get` and `free` take O(log regions) and one area lock.
+//! - **Concurrency**: no pool-wide lock on the hot path. The region table is a striped
+//!   reader lock (see `table.rs`); each area has its own lock; pool-wide statistics are
+//!   atomics.
+//!
+//! # Invariants
+//!
+//! Two live allocations never share a slot; free blocks and live allocations partition
+//! every area; a failed call changes nothing.
+
+mod area;
+mod config;
+mod error;
+mod pool;
+mod region;
+mod request;
+mod slots;
+mod stats;
+mod sync;
+mod table;
+
+pub use config::{ConfigError, PoolConfig, PoolConfigBuilder};
+pub use error::{PoolError, RegionError};
+pub use pool::Pool;
+pub use request::{Bounce, BounceRequest};
+pub use stats::{AreaStats, PoolStats};
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -1,0 +1,313 @@
+//! The pool: regions, allocation across areas, and lookup and free by address.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use super::config::PoolConfig;
+use super::error::{PoolError, RegionError};
+use super::region::Region;
+use super::request::{max_mapping_size, Bounce, BounceRequest, Shape};
+use super::stats::{AreaStats, Counters, PoolStats};
+use super::table::{find, RegionTable};
+use crate::addr::{PhysAddr, PhysRange};
+use crate::platform::PAGE_SIZE;
+
+/// A SWIOTLB-style bounce slot pool over caller-provided physical memory, storing a `T` of
+/// caller metadata per live allocation.
+///
+/// The pool hands out addresses only; it never reads or writes the memory. All methods
+/// take `&self` and may be called from any number of threads at once (the pool is `Sync`
+/// when `T: Send`). Allocation and free lock one stripe of the region table and one area,
+/// never a pool-wide lock, and allocate no memory.
+pub struct Pool<T> {
+    config: PoolConfig,
+    table: RegionTable<T>,
+    counters: Counters,
+}
+
+impl<T> Pool<T> {
+    /// An empty pool with geometry `config`; add memory with [`Pool::add_region`].
+    pub fn new(config: PoolConfig) -> Self {
+        Self {
+            config,
+            table: RegionTable::new(config.areas()),
+            counters: Counters::new(),
+        }
+    }
+
+    /// A pool over one region.
+    ///
+    /// # Errors
+    /// As [`Pool::add_region`].
+    pub fn with_region(config: PoolConfig, base: PhysAddr, size: u64) -> Result<Self, RegionError> {
+        let pool = Self::new(config);
+        pool.add_region(base, size)?;
+        Ok(pool)
+    }
+
+    /// The pool's geometry.
+    #[inline]
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Alignment a region base needs: the page size, or the slot size if larger.
+    #[inline]
+    pub fn region_alignment(&self) -> u64 {
+        PAGE_SIZE.max(self.config.slot_size())
+    }
+
+    /// Largest `len` an allocation with `min_align_mask` may ask for: the segment size minus
+    /// `min_align_mask` (0 for a mask that is not smaller than a segment).
+    #[inline]
+    pub fn max_mapping_size(&self, min_align_mask: u64) -> u64 {
+        if min_align_mask >= self.config.segment_size() {
+            return 0;
+        }
+        max_mapping_size(&self.config, min_align_mask)
+    }
+
+    /// Adds `size` bytes of memory at `base` to the pool. Safe while other threads allocate
+    /// and free; the new region is usable as soon as this returns. Returns its range.
+    ///
+    /// # Errors
+    /// [`RegionError::Misaligned`] unless `base` is a multiple of
+    /// [`Pool::region_alignment`]; [`RegionError::BadSize`] unless `size` is a non-zero
+    /// multiple of the segment size; [`RegionError::TooLarge`] if the range overflows or has
+    /// `u32::MAX` slots or more; [`RegionError::Overlaps`] if it overlaps a region of the
+    /// pool. On error the pool is unchanged.
+    pub fn add_region(&self, base: PhysAddr, size: u64) -> Result<PhysRange, RegionError> {
+        let align = self.region_alignment();
+        if !base.is_aligned(align) {
+            return Err(RegionError::Misaligned { base, align });
+        }
+        let segment = self.config.segment_size();
+        if size == 0 || size % segment != 0 {
+            return Err(RegionError::BadSize { size, segment });
+        }
+        let range = match PhysRange::new(base, size) {
+            Some(r) if size >> self.config.slot_shift() < u32::MAX as u64 => r,
+            _ => return Err(RegionError::TooLarge { base, size }),
+        };
+        // Build the region (the only allocation) before taking any lock.
+        let region = Arc::new(Region::new(range, &self.config));
+        let slots = region.slots() as usize;
+        let mut stripes = self.table.write();
+        let Some(first) = stripes.first() else {
+            return Err(RegionError::TooLarge { base, size });
+        };
+        let at = first.partition_point(|r| r.range().start() < base);
+        for neighbour in [at.checked_sub(1), Some(at)].into_iter().flatten() {
+            if let Some(existing) = first.get(neighbour) {
+                if existing.range().overlaps(&range) {
+                    return Err(RegionError::Overlaps {
+                        new: range,
+                        existing: existing.range(),
+                    });
+                }
+            }
+        }
+        for stripe in stripes.iter_mut() {
+            stripe.insert(at, Arc::clone(&region));
+        }
+        self.counters.region_added(slots);
+        Ok(range)
+    }
+
+    /// Removes the region that starts at `base`, which must hold no live allocation, and
+    /// returns its range so the caller can release the memory. Safe while other threads
+    /// allocate and free.
+    ///
+    /// # Errors
+    /// [`RegionError::NotFound`] if no region starts at `base`; [`RegionError::Busy`] if it
+    /// holds live allocations. On error the pool is unchanged.
+    pub fn remove_region(&self, base: PhysAddr) -> Result<PhysRange, RegionError> {
+        let mut stripes = self.table.write();
+        let Some(first) = stripes.first() else {
+            return Err(RegionError::NotFound { base });
+        };
+        let at = match find(first, base.as_u64()) {
+            Some(i) if first[i].range().start() == base => i,
+            _ => return Err(RegionError::NotFound { base }),
+        };
+        let region = Arc::clone(&first[at]);
+        // Holding every stripe, no allocation or free can reach the region: its live count
+        // cannot change under us.
+        let live: u64 = region.areas().iter().map(|a| a.usage().live as u64).sum();
+        if live != 0 {
+            return Err(RegionError::Busy {
+                region: region.range(),
+                live,
+            });
+        }
+        for stripe in stripes.iter_mut() {
+            stripe.remove(at);
+        }
+        self.counters.region_removed(region.slots() as usize);
+        Ok(region.range())
+    }
+
+    /// The regions' address ranges, sorted by base.
+    pub fn regions(&self) -> Vec<PhysRange> {
+        self.table.read(0).iter().map(|r| r.range()).collect()
+    }
+
+    /// The region containing `addr`, if any.
+    pub fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
+        let regions = self.table.read(self.stripe_of(addr));
+        find(&regions, addr.as_u64()).map(|i| regions[i].range())
+    }
+
+    /// Allocates a bounce for `request`, storing `meta` with it until it is freed.
+    /// `cpu` is a hint (the caller's CPU): the search starts in that CPU's area of each
+    /// region and moves on to the others.
+    ///
+    /// Cost: one stripe lock, then for each area tried one lock and O(log2 segment slots)
+    /// work; areas that cannot fit the request are skipped without locking. No memory is
+    /// allocated.
+    ///
+    /// # Errors
+    /// [`PoolError::BadAlignMask`], [`PoolError::ZeroLength`], [`PoolError::TooLarge`] (see
+    /// [`Pool::max_mapping_size`]) for a bad request; [`PoolError::Exhausted`] with current
+    /// usage when no area has room. On error nothing changed and `meta` is dropped.
+    pub fn alloc(&self, cpu: usize, request: BounceRequest, meta: T) -> Result<Bounce, PoolError> {
+        let shape = Shape::new(&self.config, &request)?;
+        let mut meta = Some(meta);
+        let regions = self.table.read(cpu);
+        for region in regions.iter() {
+            let placement = shape.place(region.base_slot());
+            let order = Shape::block_order(&placement);
+            let areas = region.areas();
+            let start = cpu % areas.len();
+            for i in (start..areas.len()).chain(0..start) {
+                let area = &areas[i];
+                if !area.may_fit(order) {
+                    continue;
+                }
+                if let Some(local) = area.alloc(&placement, &mut meta) {
+                    self.counters.allocated(placement.count as usize);
+                    return Ok(Bounce {
+                        addr: region.addr_of(i, local, placement.offset),
+                        len: request.len,
+                        slot_start: region.addr_of(i, local, 0),
+                        slot_bytes: (placement.count as u64) << self.config.slot_shift(),
+                    });
+                }
+            }
+        }
+        drop(regions);
+        let shift = self.config.slot_shift();
+        Err(PoolError::Exhausted {
+            len: request.len,
+            used: (self.counters.used_slots() as u64) << shift,
+            total: (self.counters.total_slots() as u64) << shift,
+        })
+    }
+
+    /// Runs `f` on the allocation whose bounce address is `addr` and its metadata, under the
+    /// lock of the area that owns it (so `f` must be short and must not call into this
+    /// pool).
+    ///
+    /// # Errors
+    /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation.
+    pub fn with<R>(
+        &self,
+        addr: PhysAddr,
+        f: impl FnOnce(&Bounce, &T) -> R,
+    ) -> Result<R, PoolError> {
+        let regions = self.table.read(self.stripe_of(addr));
+        let not_mapped = PoolError::NotMapped { addr };
+        let region = &regions[find(&regions, addr.as_u64()).ok_or(not_mapped)?];
+        let loc = region.locate(addr).ok_or(not_mapped)?;
+        let shift = self.config.slot_shift();
+        region.areas()[loc.area]
+            .with_live(loc.local, loc.offset, |live| {
+                let bounce = Bounce {
+                    addr,
+                    len: live.len,
+                    slot_start: region.addr_of(loc.area, loc.local, 0),
+                    slot_bytes: (live.count as u64) << shift,
+                };
+                f(&bounce, &live.meta)
+            })
+            .ok_or(not_mapped)
+    }
+
+    /// The allocation whose bounce address is `addr` and a copy of its metadata.
+    ///
+    /// # Errors
+    /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation.
+    pub fn get(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError>
+    where
+        T: Clone,
+    {
+        self.with(addr, |b, m| (*b, m.clone()))
+    }
+
+    /// Frees the allocation whose bounce address is `addr` and returns it with its metadata.
+    ///
+    /// # Errors
+    /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation:
+    /// an unknown address, an address inside an allocation, or one already freed. Nothing
+    /// changes then.
+    pub fn free(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError> {
+        let regions = self.table.read(self.stripe_of(addr));
+        let not_mapped = PoolError::NotMapped { addr };
+        let region = &regions[find(&regions, addr.as_u64()).ok_or(not_mapped)?];
+        let loc = region.locate(addr).ok_or(not_mapped)?;
+        let live = region.areas()[loc.area]
+            .free(loc.local, loc.offset)
+            .ok_or(not_mapped)?;
+        self.counters.freed(live.count as usize);
+        let bounce = Bounce {
+            addr,
+            len: live.len,
+            slot_start: region.addr_of(loc.area, loc.local, 0),
+            slot_bytes: (live.count as u64) << self.config.slot_shift(),
+        };
+        Ok((bounce, live.meta))
+    }
+
+    /// Pool-wide usage, from a few atomic loads (no lock).
+    pub fn stats(&self) -> PoolStats {
+        self.counters.snapshot(self.config.slot_shift())
+    }
+
+    /// Usage of every area of every region, in address order. Locks each area briefly.
+    pub fn area_stats(&self) -> Vec<AreaStats> {
+        let shift = self.config.slot_shift();
+        let regions = self.table.read(0);
+        let mut out = Vec::new();
+        for region in regions.iter() {
+            for (index, area) in region.areas().iter().enumerate() {
+                let u = area.usage();
+                out.push(AreaStats {
+                    region: region.range().start(),
+                    index,
+                    start: region.addr_of(index, 0, 0),
+                    total_bytes: (u.slots as u64) << shift,
+                    used_bytes: (u.used_slots as u64) << shift,
+                    live: u.live as u64,
+                });
+            }
+        }
+        out
+    }
+
+    /// Checks every area's invariants; for tests.
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
+        for region in self.table.read(0).iter() {
+            for area in region.areas() {
+                area.check()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stripe for operations keyed by address: spread by segment.
+    #[inline]
+    fn stripe_of(&self, addr: PhysAddr) -> usize {
+        (addr.as_u64() >> (self.config.slot_shift() + self.config.segment_order())) as usize
+    }
+}

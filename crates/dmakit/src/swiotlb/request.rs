@@ -1,0 +1,132 @@
+//! What a caller asks for and gets back, and how a request becomes a slot placement.
+//!
+//! The placement rule: the bounce address keeps the original's bits under
+//! `min_align_mask`, and a mapping of a page or more starts on a page boundary plus that
+//! offset (so, page aligned when the mask demands no offset). Both become "a run of slots
+//! whose first slot number is `lead` modulo `2^align_order`, with the bounce address
+//! `offset` bytes into it". Within a block of the pool, `lead` depends on how the region's
+//! base is aligned, so it is computed per region.
+
+use super::area::Placement;
+use super::config::PoolConfig;
+use super::error::PoolError;
+use super::slots::order_for;
+use crate::addr::PhysAddr;
+use crate::platform::PAGE_SIZE;
+
+/// A request for a bounce allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BounceRequest {
+    /// The original buffer's physical address (only its bits under `min_align_mask` are
+    /// used).
+    pub orig: PhysAddr,
+    /// Bytes to bounce, `1..=` [`Pool::max_mapping_size`](super::Pool::max_mapping_size).
+    pub len: u64,
+    /// Low address bits the bounce address must share with `orig` (`2^n - 1`, possibly 0);
+    /// the device's [`min_align_mask`](crate::Device::min_align_mask).
+    pub min_align_mask: u64,
+}
+
+impl BounceRequest {
+    /// A request to bounce `len` bytes at `orig` for a device with `min_align_mask`.
+    pub const fn new(orig: PhysAddr, len: u64, min_align_mask: u64) -> Self {
+        Self {
+            orig,
+            len,
+            min_align_mask,
+        }
+    }
+}
+
+/// A live bounce allocation.
+///
+/// Guarantees: `addr & min_align_mask == orig & min_align_mask`; if `len >= PAGE_SIZE` then
+/// `addr` is page aligned plus `orig & min_align_mask` (page aligned when that is zero);
+/// `[addr, addr + len)` lies inside `[slot_start, slot_start + slot_bytes)`, a run of whole
+/// slots inside one segment that no other live allocation shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounce {
+    /// The bounce address: where the data goes, and the key for `get` and `free`.
+    pub addr: PhysAddr,
+    /// Bytes requested.
+    pub len: u64,
+    /// First byte of the slots held.
+    pub slot_start: PhysAddr,
+    /// Bytes of the slots held (a multiple of the slot size).
+    pub slot_bytes: u64,
+}
+
+/// A validated request in slot units, independent of the region.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    /// `(orig & mask) >> slot_shift`: the slot-number residue the run must start at.
+    residue: u64,
+    align_order: u32,
+    pub(crate) count: u32,
+    offset: u32,
+    len: u64,
+}
+
+impl Shape {
+    /// Validates `req` against the geometry.
+    pub(crate) fn new(cfg: &PoolConfig, req: &BounceRequest) -> Result<Self, PoolError> {
+        let (len, mask) = (req.len, req.min_align_mask);
+        let segment = cfg.segment_size();
+        if mask & mask.wrapping_add(1) != 0 || mask >= segment {
+            return Err(PoolError::BadAlignMask { mask, segment });
+        }
+        if len == 0 {
+            return Err(PoolError::ZeroLength);
+        }
+        let max = max_mapping_size(cfg, mask);
+        if len > max {
+            return Err(PoolError::TooLarge { len, max });
+        }
+        let shift = cfg.slot_shift();
+        let slot = cfg.slot_size();
+        let mut align = (mask + 1).max(slot);
+        if len >= PAGE_SIZE {
+            align = align.max(PAGE_SIZE);
+        }
+        let keep = req.orig.as_u64() & mask;
+        let offset = keep & (slot - 1);
+        Ok(Self {
+            residue: keep >> shift,
+            align_order: align.trailing_zeros() - shift,
+            count: (offset + len).div_ceil(slot) as u32,
+            offset: offset as u32,
+            len,
+        })
+    }
+
+    /// The placement inside a region whose base is global slot number `base_slot`.
+    #[inline]
+    pub(crate) fn place(&self, base_slot: u64) -> Placement {
+        let lead = (self.residue.wrapping_sub(base_slot) & ((1u64 << self.align_order) - 1)) as u32;
+        Placement {
+            count: self.count,
+            lead,
+            align_order: self.align_order,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
+    /// Order of the buddy block the placement needs (at most the segment order, see
+    /// [`max_mapping_size`]).
+    #[inline]
+    pub(crate) fn block_order(p: &Placement) -> u32 {
+        order_for(p.lead + p.count).max(p.align_order)
+    }
+}
+
+/// Largest request accepted with `mask` (assumed valid): a segment minus the worst-case
+/// lead-in before the bounce address, which is at most `mask` bytes.
+///
+/// Why at most `mask`: the lead-in is `lead * slot + offset`. When the alignment comes from
+/// the mask, `lead < (mask + 1) / slot` and `offset < slot`, so it is at most `mask`; when it
+/// comes from the page size, the page-aligned region base makes `lead * slot + offset` equal
+/// to `orig & mask`.
+pub(crate) fn max_mapping_size(cfg: &PoolConfig, mask: u64) -> u64 {
+    cfg.segment_size().saturating_sub(mask)
+}

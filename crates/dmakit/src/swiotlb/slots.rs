@@ -1,0 +1,265 @@
+//! The slot allocator of one area: a binary buddy allocator over slot indices.
+//!
+//! Why buddy: the pool must place runs of slots at a given alignment (for `min_align_mask`
+//! and page alignment) and never across a segment, in time that does not depend on the pool
+//! size or how full it is. A buddy allocator gives exactly that: blocks are naturally
+//! aligned to their size, a segment is one block of the largest order (so no block ever
+//! crosses a segment, and merging stops there), and allocation and release touch one free
+//! list per order, O(orders) = O(log2 slots-per-segment), 7 steps with the defaults.
+//! TLSF would also be O(1) but handles alignment by over-allocation and search, which is
+//! what the buddy layout gives for free.
+//!
+//! To keep usage at slot granularity, an allocation takes the smallest aligned block that
+//! covers the request and immediately gives back the slots in front of and behind the run
+//! it uses (split into aligned blocks, merged with their buddies as usual). A run of `n`
+//! slots therefore costs `n` slots, not the next power of two.
+//!
+//! The price: a run that must start `lead` slots into an aligned block (a large
+//! `min_align_mask` with a large offset) needs a free block covering `lead + count` slots,
+//! so a fragmented area can refuse it while enough scattered slots are free. The pool then
+//! tries the other areas and regions, and reports exhaustion only when none can serve.
+//!
+//! Free lists are intrusive: `next`/`prev` index arrays with one entry per slot, used only
+//! at the head slot of a free block. Nothing is allocated after construction.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Largest block order: segments have at most `2^MAX_ORDER` slots.
+pub(crate) const MAX_ORDER: u32 = 16;
+
+const NIL: u32 = u32::MAX;
+/// `head_order` value of a slot that is not the head of a free block.
+const NOT_HEAD: u8 = u8::MAX;
+
+/// Buddy allocator over `segments << max_order` slots.
+///
+/// Invariant: `head_order[i] == k` exactly when slot `i` heads a free block of `2^k` slots
+/// linked in list `k`; `nonempty` has bit `k` set exactly when list `k` is not empty;
+/// `free` is the number of slots in free blocks. Free blocks never overlap and never cross
+/// a segment.
+pub(crate) struct BuddySlots {
+    max_order: u32,
+    heads: [u32; MAX_ORDER as usize + 1],
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    head_order: Vec<u8>,
+    nonempty: u32,
+    free: u32,
+}
+
+/// Smallest `k` with `2^k >= n`, for `n >= 1`.
+#[inline]
+pub(crate) fn order_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+impl BuddySlots {
+    /// An allocator with every slot free. `segments << max_order` must fit in a `u32` below
+    /// `u32::MAX` and `max_order <= MAX_ORDER` (the pool checks both).
+    pub(crate) fn new(segments: u32, max_order: u32) -> Self {
+        debug_assert!(max_order <= MAX_ORDER);
+        let len = (segments as usize) << max_order;
+        let mut s = Self {
+            max_order,
+            heads: [NIL; MAX_ORDER as usize + 1],
+            next: vec![NIL; len],
+            prev: vec![NIL; len],
+            head_order: vec![NOT_HEAD; len],
+            nonempty: 0,
+            free: 0,
+        };
+        // Push in reverse so the lowest segment is handed out first.
+        for seg in (0..segments).rev() {
+            s.push(seg << max_order, max_order);
+        }
+        s.free = segments << max_order;
+        s
+    }
+
+    /// Slots managed.
+    #[inline]
+    pub(crate) fn len(&self) -> u32 {
+        self.next.len() as u32
+    }
+
+    /// Slots currently free.
+    #[inline]
+    pub(crate) fn free_slots(&self) -> u32 {
+        self.free
+    }
+
+    /// Bit `k` set when a free block of order `k` exists; a request for order `o` can be
+    /// served exactly when `nonempty_orders() >> o != 0`.
+    #[inline]
+    pub(crate) fn nonempty_orders(&self) -> u32 {
+        self.nonempty
+    }
+
+    /// Order of the block `alloc` takes for `count` slots starting `lead` slots into a block
+    /// aligned to `2^align_order` slots; `None` when it exceeds a segment.
+    #[inline]
+    pub(crate) fn block_order(&self, count: u32, lead: u32, align_order: u32) -> Option<u32> {
+        let need = lead.checked_add(count)?;
+        let o = order_for(need).max(align_order);
+        (o <= self.max_order).then_some(o)
+    }
+
+    /// Allocates `count >= 1` contiguous slots whose first index is congruent to `lead`
+    /// modulo `2^align_order` (`lead < 2^align_order`, or `align_order == 0` and
+    /// `lead == 0`), inside one segment. Returns the first index, or `None` (nothing
+    /// changed) when no free block is large enough.
+    pub(crate) fn alloc(&mut self, count: u32, lead: u32, align_order: u32) -> Option<u32> {
+        if count == 0 {
+            return None;
+        }
+        let order = self.block_order(count, lead, align_order)?;
+        let block = self.take(order)?;
+        let size = 1u32 << order;
+        self.release_range(block, lead);
+        self.release_range(block + lead + count, size - lead - count);
+        self.free -= count;
+        Some(block + lead)
+    }
+
+    /// Returns `count` slots from `start` that an earlier `alloc` handed out. The caller
+    /// guarantees they are allocated (the area checks that against its live table).
+    pub(crate) fn release(&mut self, start: u32, count: u32) {
+        self.release_range(start, count);
+        self.free += count;
+    }
+
+    fn push(&mut self, idx: u32, order: u32) {
+        let head = self.heads[order as usize];
+        self.next[idx as usize] = head;
+        self.prev[idx as usize] = NIL;
+        if head != NIL {
+            self.prev[head as usize] = idx;
+        }
+        self.heads[order as usize] = idx;
+        self.head_order[idx as usize] = order as u8;
+        self.nonempty |= 1 << order;
+    }
+
+    fn unlink(&mut self, idx: u32, order: u32) {
+        let (p, n) = (self.prev[idx as usize], self.next[idx as usize]);
+        if p == NIL {
+            self.heads[order as usize] = n;
+        } else {
+            self.next[p as usize] = n;
+        }
+        if n != NIL {
+            self.prev[n as usize] = p;
+        }
+        self.head_order[idx as usize] = NOT_HEAD;
+        if self.heads[order as usize] == NIL {
+            self.nonempty &= !(1 << order);
+        }
+    }
+
+    /// Removes a free block of exactly `order`, splitting a larger one if needed.
+    fn take(&mut self, order: u32) -> Option<u32> {
+        let avail = self.nonempty & !((1u32 << order) - 1);
+        if avail == 0 {
+            return None;
+        }
+        let mut k = avail.trailing_zeros();
+        let idx = self.heads[k as usize];
+        self.unlink(idx, k);
+        while k > order {
+            k -= 1;
+            self.push(idx + (1 << k), k);
+        }
+        Some(idx)
+    }
+
+    /// Frees the aligned block `idx` of `2^order` slots, merging with free buddies up to a
+    /// whole segment.
+    fn release_block(&mut self, mut idx: u32, mut order: u32) {
+        while order < self.max_order {
+            let buddy = idx ^ (1 << order);
+            if self.head_order[buddy as usize] != order as u8 {
+                break;
+            }
+            self.unlink(buddy, order);
+            idx &= !(1 << order);
+            order += 1;
+        }
+        self.push(idx, order);
+    }
+
+    /// Frees an arbitrary run inside one segment as maximal aligned blocks.
+    fn release_range(&mut self, mut start: u32, mut count: u32) {
+        while count > 0 {
+            let align = start.trailing_zeros().min(self.max_order);
+            let fit = 31 - count.leading_zeros();
+            let k = align.min(fit);
+            self.release_block(start, k);
+            start += 1 << k;
+            count -= 1 << k;
+        }
+    }
+
+    /// Checks every invariant; for tests.
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let mut covered = vec![false; self.next.len()];
+        let mut total = 0u32;
+        for k in 0..=MAX_ORDER {
+            let mut i = self.heads[k as usize];
+            let mut prev = NIL;
+            if (i != NIL) != (self.nonempty & (1 << k) != 0) {
+                return Err(format!("nonempty bit {k} wrong"));
+            }
+            while i != NIL {
+                if k > self.max_order || i % (1 << k) != 0 {
+                    return Err(format!("block {i} misaligned for order {k}"));
+                }
+                if self.prev[i as usize] != prev || self.head_order[i as usize] != k as u8 {
+                    return Err(format!("block {i} links or head wrong"));
+                }
+                for j in i..i + (1 << k) {
+                    if core::mem::replace(&mut covered[j as usize], true) {
+                        return Err(format!("slot {j} in two free blocks"));
+                    }
+                }
+                total += 1 << k;
+                prev = i;
+                i = self.next[i as usize];
+            }
+        }
+        let heads = self.head_order.iter().filter(|&&h| h != NOT_HEAD).count();
+        let listed = (0..=MAX_ORDER)
+            .map(|k| {
+                let mut n = 0;
+                let mut i = self.heads[k as usize];
+                while i != NIL {
+                    n += 1;
+                    i = self.next[i as usize];
+                }
+                n
+            })
+            .sum::<usize>();
+        if heads != listed {
+            return Err(format!("{heads} head marks but {listed} listed blocks"));
+        }
+        if total != self.free {
+            return Err(format!("free count {} but lists hold {total}", self.free));
+        }
+        Ok(())
+    }
+
+    /// Whether slot `i` lies in a free block; for tests.
+    #[cfg(test)]
+    pub(crate) fn is_free(&self, i: u32) -> bool {
+        (0..=self.max_order).any(|k| {
+            let head = i & !((1 << k) - 1);
+            self.head_order[head as usize] == k as u8
+        })
+    }
+}

@@ -1,0 +1,471 @@
+//! Unit tests of the bounce pool, including checks of the allocator's internal invariants.
+
+extern crate std;
+
+use alloc::vec::Vec;
+use proptest::prelude::*;
+
+use super::slots::BuddySlots;
+use super::*;
+use crate::addr::PhysAddr;
+use crate::platform::PAGE_SIZE;
+
+const KIB: u64 = 1024;
+
+fn cfg(slot: u64, seg: u64, areas: usize) -> PoolConfig {
+    PoolConfig::builder()
+        .slot_size(slot)
+        .segment_slots(seg)
+        .areas(areas)
+        .build()
+        .unwrap()
+}
+
+fn req(orig: u64, len: u64, mask: u64) -> BounceRequest {
+    BounceRequest::new(PhysAddr::new(orig), len, mask)
+}
+
+fn check_bounce(b: &Bounce, r: &BounceRequest, slot: u64) {
+    let addr = b.addr.as_u64();
+    assert_eq!(
+        addr & r.min_align_mask,
+        r.orig.as_u64() & r.min_align_mask,
+        "{b:?} for {r:?}"
+    );
+    if r.len >= PAGE_SIZE {
+        assert_eq!(
+            addr % PAGE_SIZE,
+            (r.orig.as_u64() & r.min_align_mask) % PAGE_SIZE
+        );
+    }
+    let s = b.slot_start.as_u64();
+    assert_eq!(s % slot, 0);
+    assert_eq!(b.slot_bytes % slot, 0);
+    assert!(s <= addr && addr + r.len <= s + b.slot_bytes, "{b:?}");
+    assert!(
+        b.slot_bytes - r.len < slot + (addr - s),
+        "more slots than needed"
+    );
+    assert_eq!(b.len, r.len);
+}
+
+#[test]
+fn config_defaults_and_errors() {
+    let c = PoolConfig::builder().cpu_count(3).build().unwrap();
+    assert_eq!(
+        (c.slot_size(), c.segment_slots(), c.areas()),
+        (2048, 128, 4)
+    );
+    assert_eq!(c.segment_size(), 256 * KIB);
+    let b = PoolConfig::builder;
+    assert!(matches!(
+        b().slot_size(32).build(),
+        Err(ConfigError::BadSlotSize { .. })
+    ));
+    assert!(matches!(
+        b().slot_size(3000).build(),
+        Err(ConfigError::BadSlotSize { .. })
+    ));
+    assert!(matches!(
+        b().slot_size(64).max_cache_line(128).build(),
+        Err(ConfigError::BadSlotSize { .. })
+    ));
+    assert_eq!(
+        b().max_cache_line(96).build(),
+        Err(ConfigError::BadCacheLine(96))
+    );
+    assert_eq!(
+        b().segment_slots(100).build(),
+        Err(ConfigError::BadSegmentSlots(100))
+    );
+    assert_eq!(b().cpu_count(0).build(), Err(ConfigError::BadAreaCount(0)));
+    assert_eq!(b().areas(0).build(), Err(ConfigError::BadAreaCount(0)));
+    assert_eq!(PoolConfig::default().areas(), 1);
+}
+
+#[test]
+fn areas_are_capped_by_segments() {
+    let pool: Pool<()> = Pool::with_region(cfg(64, 4, 8), PhysAddr::new(0x10000), 3 * 256).unwrap();
+    let areas = pool.area_stats();
+    assert_eq!(areas.len(), 3);
+    assert!(areas
+        .iter()
+        .all(|a| a.total_bytes == 256 && a.used_bytes == 0));
+}
+
+#[test]
+fn min_align_mask_is_preserved() {
+    let masks = [
+        0,
+        0x3f,
+        0x7f,
+        0x7ff,
+        0x800 - 1,
+        0xfff,
+        0x1fff,
+        0x3fff,
+        0xffff,
+    ];
+    // Bases aligned only to a page, so the pool cannot rely on the base for alignment.
+    for base in [0x4000_0000u64, 0x4000_3000, 0x1_0000_f000] {
+        let pool: Pool<u64> =
+            Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(base), 16 * 256 * KIB).unwrap();
+        let mut addrs = Vec::new();
+        for &mask in &masks {
+            for &off in &[
+                0u64, 1, 0x3f, 0x40, 0x7ff, 0x800, 0x801, 0xabc, 0xfff, 0x1234, 0xfffe,
+            ] {
+                for &len in &[1u64, 63, 64, 100, 2048, 4095, 4096, 5000, 65536] {
+                    let r = req(0x9_0000_0000 + off, len, mask);
+                    let b = pool.alloc(off as usize, r, len).unwrap();
+                    check_bounce(&b, &r, 2048);
+                    assert_eq!(pool.get(b.addr), Ok((b, len)));
+                    addrs.push(b.addr);
+                    if addrs.len() > 8 {
+                        pool.free(addrs.remove(0)).unwrap();
+                    }
+                }
+            }
+        }
+        pool.check().unwrap();
+        assert_eq!(pool.stats().live, addrs.len() as u64);
+        for a in addrs {
+            pool.free(a).unwrap();
+        }
+        pool.check().unwrap();
+        assert_eq!(pool.stats().used_bytes, 0);
+    }
+}
+
+#[test]
+fn allocations_free_back_to_empty() {
+    let pool: Pool<u32> =
+        Pool::with_region(cfg(2048, 128, 4), PhysAddr::new(0x8000_1000), 8 * 256 * KIB).unwrap();
+    let mut live = Vec::new();
+    let mut i = 0u32;
+    for mask in [0u64, 0xfff, 0xffff, 0x7f] {
+        for len in [1u64, 2048, 2049, 4096, 10000, 100_000] {
+            let r = req(0x1234_5678 + i as u64 * 0x111, len, mask);
+            let b = pool.alloc(i as usize, r, i).unwrap();
+            check_bounce(&b, &r, 2048);
+            live.push((b, i));
+            i += 1;
+        }
+    }
+    pool.check().unwrap();
+    let used: u64 = live.iter().map(|(b, _)| b.slot_bytes).sum();
+    assert_eq!(pool.stats().used_bytes, used);
+    assert_eq!(pool.stats().high_water_bytes, used);
+    let per_area: u64 = pool.area_stats().iter().map(|a| a.used_bytes).sum();
+    assert_eq!(per_area, used);
+    for (b, m) in live {
+        assert_eq!(pool.free(b.addr).unwrap(), (b, m));
+    }
+    pool.check().unwrap();
+    let s = pool.stats();
+    assert_eq!((s.used_bytes, s.live, s.high_water_bytes), (0, 0, used));
+}
+
+#[test]
+fn page_sized_mappings_are_page_aligned() {
+    let pool: Pool<()> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x20_0000), 4 * 256 * KIB).unwrap();
+    // Knock the allocator off page alignment first.
+    let small = pool.alloc(0, req(0, 100, 0), ()).unwrap();
+    assert_eq!(small.slot_bytes, 2048);
+    for len in [PAGE_SIZE, PAGE_SIZE + 1, 3 * PAGE_SIZE, 256 * KIB] {
+        let b = pool.alloc(0, req(0x1_0000_0800, len, 0), ()).unwrap();
+        assert_eq!(b.addr.as_u64() % PAGE_SIZE, 0, "{b:?}");
+        // With a mask demanding an offset, page boundary plus that offset.
+        if len < 128 * KIB {
+            let b = pool.alloc(0, req(0x1_0000_0803, len, 0x7), ()).unwrap();
+            assert_eq!(b.addr.as_u64() % PAGE_SIZE, 3, "{b:?}");
+        }
+        pool.check().unwrap();
+    }
+    // A sub-page mapping needs only slot alignment.
+    let b = pool.alloc(0, req(0, 2048, 0), ()).unwrap();
+    assert_eq!(b.addr.as_u64() % 2048, 0);
+}
+
+#[test]
+fn segment_size_limits_a_mapping() {
+    let pool: Pool<()> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0), 2 * 256 * KIB).unwrap();
+    assert_eq!(pool.max_mapping_size(0), 256 * KIB);
+    assert_eq!(pool.max_mapping_size(0xfff), 256 * KIB - 0xfff);
+    assert_eq!(pool.max_mapping_size(256 * KIB), 0);
+    let whole = pool.alloc(0, req(0, 256 * KIB, 0), ()).unwrap();
+    assert_eq!(whole.slot_bytes, 256 * KIB);
+    assert_eq!(
+        pool.alloc(0, req(0, 256 * KIB + 1, 0), ()),
+        Err(PoolError::TooLarge {
+            len: 256 * KIB + 1,
+            max: 256 * KIB
+        })
+    );
+    assert_eq!(
+        pool.alloc(0, req(0xfff, 256 * KIB - 0xfff + 1, 0xfff), ()),
+        Err(PoolError::TooLarge {
+            len: 256 * KIB - 0xfff + 1,
+            max: 256 * KIB - 0xfff
+        })
+    );
+    let b = pool
+        .alloc(0, req(0xfff, 256 * KIB - 0xfff, 0xfff), ())
+        .unwrap();
+    assert_eq!(b.addr.as_u64() & 0xfff, 0xfff);
+    pool.free(b.addr).unwrap();
+    pool.free(whole.addr).unwrap();
+    assert_eq!(pool.alloc(0, req(0, 0, 0), ()), Err(PoolError::ZeroLength));
+    assert_eq!(
+        pool.alloc(0, req(0, 1, 0x1001), ()),
+        Err(PoolError::BadAlignMask {
+            mask: 0x1001,
+            segment: 256 * KIB
+        })
+    );
+    assert!(pool.alloc(0, req(0, 1, 256 * KIB - 1), ()).is_ok());
+    assert!(matches!(
+        pool.alloc(0, req(0, 1, 512 * KIB - 1), ()),
+        Err(PoolError::BadAlignMask { .. })
+    ));
+}
+
+#[test]
+fn exhaustion_changes_nothing() {
+    let pool: Pool<u8> = Pool::with_region(cfg(64, 8, 2), PhysAddr::new(0x1000), 4 * 512).unwrap();
+    let mut live = Vec::new();
+    while let Ok(b) = pool.alloc(live.len(), req(0, 200, 0), 1) {
+        live.push(b);
+    }
+    // 4 slots each, 2 per segment.
+    assert_eq!(live.len(), 8);
+    // Free one small hole that cannot take a 4-slot run aligned like the request.
+    let before = (pool.stats(), pool.area_stats());
+    let err = pool.alloc(0, req(0, 100, 0), 2).unwrap_err();
+    assert_eq!(
+        err,
+        PoolError::Exhausted {
+            len: 100,
+            used: 2048,
+            total: 2048
+        }
+    );
+    assert_eq!((pool.stats(), pool.area_stats()), before);
+    pool.check().unwrap();
+    // Fragmented: a 2-slot hole does not take a 3-slot request, but takes a 2-slot one.
+    let (b, _) = pool.free(live[3].addr).unwrap();
+    let small = pool.alloc(0, req(0, 64, 0), 3).unwrap();
+    assert!(small.slot_start.as_u64() >= b.slot_start.as_u64());
+    let before = (pool.stats(), pool.area_stats());
+    assert!(matches!(
+        pool.alloc(0, req(0, 64 * 4, 0), 4),
+        Err(PoolError::Exhausted { .. })
+    ));
+    assert_eq!((pool.stats(), pool.area_stats()), before);
+    pool.check().unwrap();
+}
+
+#[test]
+fn bad_frees_are_errors() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    let b = pool.alloc(0, req(0x123, 5000, 0xfff), 7).unwrap();
+    let before = pool.stats();
+    let not = |a: u64| {
+        Err(PoolError::NotMapped {
+            addr: PhysAddr::new(a),
+        })
+    };
+    let a = b.addr.as_u64();
+    assert_eq!(pool.free(PhysAddr::new(0x5)), not(0x5));
+    assert_eq!(pool.free(PhysAddr::new(u64::MAX)), not(u64::MAX));
+    assert_eq!(
+        pool.free(PhysAddr::new(0x10_0000 + 256 * KIB)),
+        not(0x10_0000 + 256 * KIB)
+    );
+    assert_eq!(pool.free(PhysAddr::new(a + 1)), not(a + 1));
+    assert_eq!(pool.free(PhysAddr::new(a + 2048)), not(a + 2048));
+    assert_eq!(pool.free(b.slot_start), not(b.slot_start.as_u64()));
+    assert_eq!(pool.get(PhysAddr::new(a - 1)), not(a - 1));
+    assert_eq!(pool.stats(), before);
+    pool.check().unwrap();
+    assert_eq!(pool.get(b.addr), Ok((b, 7)));
+    assert_eq!(pool.free(b.addr), Ok((b, 7)));
+    assert_eq!(pool.free(b.addr), not(a));
+    assert_eq!(pool.get(b.addr), not(a));
+    assert_eq!(pool.stats().used_bytes, 0);
+    pool.check().unwrap();
+}
+
+#[test]
+fn regions_are_added_validated_and_removed() {
+    let seg = 256 * KIB;
+    let pool: Pool<u8> = Pool::new(cfg(2048, 128, 2));
+    assert!(matches!(
+        pool.alloc(0, req(0, 1, 0), 0),
+        Err(PoolError::Exhausted {
+            used: 0,
+            total: 0,
+            ..
+        })
+    ));
+    let base = |x: u64| PhysAddr::new(x);
+    assert_eq!(
+        pool.add_region(base(0x1800), seg),
+        Err(RegionError::Misaligned {
+            base: base(0x1800),
+            align: PAGE_SIZE
+        })
+    );
+    assert!(matches!(
+        pool.add_region(base(0x1000), seg + 4096),
+        Err(RegionError::BadSize { .. })
+    ));
+    assert!(matches!(
+        pool.add_region(base(0x1000), 0),
+        Err(RegionError::BadSize { .. })
+    ));
+    assert!(matches!(
+        pool.add_region(base(u64::MAX - 0xfff), seg),
+        Err(RegionError::TooLarge { .. })
+    ));
+    let r1 = pool.add_region(base(0x100_0000), 2 * seg).unwrap();
+    let r0 = pool.add_region(base(0x1000), seg).unwrap();
+    assert!(matches!(
+        pool.add_region(base(0x100_0000 + seg), seg),
+        Err(RegionError::Overlaps { .. })
+    ));
+    assert!(matches!(
+        pool.add_region(base(0x100_0000 - seg + 4096), seg),
+        Err(RegionError::Overlaps { .. })
+    ));
+    assert_eq!(pool.regions(), [r0, r1]);
+    assert_eq!(pool.stats().total_bytes, 3 * seg);
+    assert_eq!(pool.stats().regions, 2);
+    assert_eq!(pool.region_of(base(0x100_0000 + 5)), Some(r1));
+    assert_eq!(pool.region_of(base(0x100_0000 - 1)), None);
+
+    let b = pool.alloc(0, req(0, seg, 0), 1).unwrap();
+    assert!(r0.contains_range(&crate::addr::PhysRange::new(b.addr, seg).unwrap()));
+    assert!(matches!(
+        pool.remove_region(base(0x1000)),
+        Err(RegionError::Busy { live: 1, .. })
+    ));
+    assert_eq!(
+        pool.remove_region(base(0x2000)),
+        Err(RegionError::NotFound { base: base(0x2000) })
+    );
+    assert_eq!(pool.remove_region(base(0x100_0000)), Ok(r1));
+    assert_eq!(pool.regions(), [r0]);
+    assert_eq!(pool.stats().total_bytes, seg);
+    assert!(matches!(
+        pool.alloc(0, req(0, 1, 0), 2),
+        Err(PoolError::Exhausted { .. })
+    ));
+    pool.free(b.addr).unwrap();
+    assert_eq!(pool.remove_region(base(0x1000)), Ok(r0));
+    assert_eq!(pool.stats().total_bytes, 0);
+    assert!(pool.regions().is_empty());
+    assert_eq!(
+        pool.free(b.addr).map(|_| ()),
+        Err(PoolError::NotMapped { addr: b.addr })
+    );
+    // Removed memory can come back.
+    pool.add_region(base(0x100_0000), seg).unwrap();
+    assert!(pool.alloc(3, req(0, 1, 0), 3).is_ok());
+}
+
+#[test]
+fn lookup_across_several_regions() {
+    let seg = 64 * 8;
+    let pool: Pool<usize> = Pool::new(cfg(64, 8, 2));
+    let bases = [0x9000u64, 0x1000, 0x5000, 0x20_0000];
+    for &b in &bases {
+        pool.add_region(PhysAddr::new(b), 3 * seg).unwrap();
+    }
+    let mut live = Vec::new();
+    for i in 0..(4 * 3 * 8) {
+        let b = pool.alloc(i, req(i as u64 * 64, 64, 0x3f), i).unwrap();
+        live.push(b);
+    }
+    assert!(pool.alloc(0, req(0, 1, 0), 0).is_err());
+    for &base in &bases {
+        let n = live
+            .iter()
+            .filter(|b| (base..base + 3 * seg).contains(&b.addr.as_u64()))
+            .count();
+        assert_eq!(n, 24, "region {base:#x}");
+    }
+    for (i, b) in live.iter().enumerate() {
+        assert_eq!(pool.get(b.addr).unwrap().1, i);
+    }
+    for (i, b) in live.iter().enumerate().rev() {
+        assert_eq!(pool.free(b.addr).unwrap().1, i);
+    }
+    pool.check().unwrap();
+    assert_eq!(pool.stats().used_bytes, 0);
+}
+
+#[test]
+fn buddy_returns_to_whole_segments() {
+    let mut s = BuddySlots::new(3, 4);
+    let a = s.alloc(3, 1, 2).unwrap();
+    assert_eq!(a % 4, 1);
+    let b = s.alloc(16, 0, 0).unwrap();
+    let c = s.alloc(1, 0, 0).unwrap();
+    s.check().unwrap();
+    assert_eq!(s.free_slots(), 48 - 20);
+    let d = s.alloc(16, 0, 0).unwrap();
+    assert_eq!(s.alloc(16, 0, 0), None);
+    assert_eq!(s.alloc(13, 0, 0), None);
+    s.release(d, 16);
+    s.release(b, 16);
+    s.release(a, 3);
+    s.release(c, 1);
+    s.check().unwrap();
+    assert_eq!(s.nonempty_orders(), 1 << 4);
+    assert_eq!(s.free_slots(), 48);
+}
+
+proptest! {
+    #[test]
+    fn buddy_matches_a_bitmap(ops in proptest::collection::vec((0u32..20, 0u32..17, 0u32..5, any::<bool>()), 1..200)) {
+        const SEGS: u32 = 3;
+        const ORDER: u32 = 4;
+        let mut s = BuddySlots::new(SEGS, ORDER);
+        let mut used = [false; (SEGS << ORDER) as usize];
+        let mut live: Vec<(u32, u32)> = Vec::new();
+        for (pick, count, align, do_free) in ops {
+            if do_free && !live.is_empty() {
+                let (start, n) = live.swap_remove(pick as usize % live.len());
+                s.release(start, n);
+                for j in start..start + n { used[j as usize] = false; }
+            } else {
+                let count = count.max(1);
+                let align = align.min(ORDER);
+                let lead = pick % (1 << align);
+                if let Some(start) = s.alloc(count, lead, align) {
+                    prop_assert_eq!(start % (1 << align), lead);
+                    prop_assert_eq!(start >> ORDER, (start + count - 1) >> ORDER, "crosses a segment");
+                    for j in start..start + count {
+                        prop_assert!(!used[j as usize], "slot {} given twice", j);
+                        used[j as usize] = true;
+                    }
+                    live.push((start, count));
+                } else {
+                    // Failure only when no free block of the needed order exists.
+                    let order = s.block_order(count, lead, align);
+                    prop_assert!(order.is_none_or(|o| s.nonempty_orders() >> o == 0));
+                }
+            }
+            s.check().map_err(TestCaseError::fail)?;
+            let free = used.iter().filter(|u| !**u).count() as u32;
+            prop_assert_eq!(s.free_slots(), free);
+        }
+        for (start, n) in live { s.release(start, n); }
+        s.check().map_err(TestCaseError::fail)?;
+        prop_assert_eq!(s.nonempty_orders(), 1 << ORDER);
+    }
+}
