@@ -25,6 +25,7 @@ pub mod error;
 pub mod growth;
 mod maintenance;
 pub mod mapping;
+pub mod mem;
 pub mod platform;
 pub mod swiotlb;
 
