@@ -28,6 +28,7 @@ pub mod mapping;
 pub mod mem;
 pub mod platform;
 pub mod swiotlb;
+pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
 pub use decision::{AlignmentPolicy, BounceReason};

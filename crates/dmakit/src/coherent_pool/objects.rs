@@ -203,7 +203,7 @@ impl ObjectPool {
     pub fn alloc(&self, size: u64, align: u64, max_addr: u64) -> Result<PhysAddr, PoolError> {
         let (class, obj) = self.class_for(size, align)?;
         let mut s = self.state.lock();
-        let got = take_free(&mut s.free[class], obj, max_addr)
+        let got = take_split(&mut s, class, self.cfg.min_object, max_addr)
             .or_else(|| carve(&mut s, obj, max_addr, self.cfg.min_object));
         let result = match got {
             Some(addr) => {
@@ -282,6 +282,23 @@ impl ObjectPool {
     }
 }
 
+/// Takes a free object of `class`, or splits the smallest larger free object that lies below
+/// `max_addr`, putting the unused halves on the smaller classes' lists.
+fn take_split(s: &mut State, class: usize, min_object: u64, max_addr: u64) -> Option<u64> {
+    for c in class..s.free.len() {
+        let size = min_object << c;
+        if let Some(a) = take_free(&mut s.free[c], size, max_addr) {
+            let mut half = size;
+            for lower in (class..c).rev() {
+                half /= 2;
+                s.free[lower].push(a + half);
+            }
+            return Some(a);
+        }
+    }
+    None
+}
+
 /// Pops a free object of the class that lies below `max_addr`. The common case (the last
 /// freed object is reachable) is O(1); a device with a small mask may skip unreachable ones.
 fn take_free(list: &mut Vec<u64>, obj: u64, max_addr: u64) -> Option<u64> {
@@ -316,4 +333,178 @@ fn carve(s: &mut State, obj: u64, max_addr: u64, min_object: u64) -> Option<u64>
         a += size;
     }
     Some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::sync::Arc;
+    use alloc::vec;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    fn cfg() -> ObjectPoolConfig {
+        ObjectPoolConfig {
+            min_object: 128,
+            max_object: 64 * 1024,
+            chunk_bytes: 64 * 1024,
+            refill_below: 16 * 1024,
+            name: "t",
+        }
+    }
+
+    #[test]
+    fn rejects_bad_config_and_chunks() {
+        let mut c = cfg();
+        c.min_object = 96;
+        assert_eq!(ObjectPool::new(c, None).err(), Some(PoolError::BadConfig));
+        let mut c = cfg();
+        c.max_object = 128 * 1024;
+        assert_eq!(ObjectPool::new(c, None).err(), Some(PoolError::BadConfig));
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        assert_eq!(
+            p.add_chunk(PhysAddr::new(0x1001), 4096),
+            Err(PoolError::BadChunk)
+        );
+        assert_eq!(
+            p.add_chunk(PhysAddr::new(0x1000), 100),
+            Err(PoolError::BadChunk)
+        );
+        assert_eq!(
+            p.add_chunk(PhysAddr::new(u64::MAX & !0xfff), 8192),
+            Err(PoolError::BadChunk)
+        );
+        p.add_chunk(PhysAddr::new(0x10000), 0x10000).unwrap();
+        assert_eq!(
+            p.add_chunk(PhysAddr::new(0x18000), 0x10000),
+            Err(PoolError::BadChunk)
+        );
+        assert_eq!(p.usage().total, 0x10000);
+    }
+
+    #[test]
+    fn objects_are_aligned_disjoint_and_reused() {
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x10000).unwrap();
+        let sizes = [1u64, 128, 129, 300, 4096, 5000, 13, 2048];
+        let mut got = vec![];
+        for &s in &sizes {
+            let a = p.alloc(s, 1, u64::MAX).unwrap();
+            let obj = p.object_size(a).unwrap();
+            assert!(
+                obj >= s && obj >= 128 && a.as_u64() % obj == 0,
+                "{s} -> {a:?} {obj}"
+            );
+            got.push((a.as_u64(), obj));
+        }
+        for (i, &(a, la)) in got.iter().enumerate() {
+            for &(b, lb) in &got[i + 1..] {
+                assert!(a + la <= b || b + lb <= a, "overlap");
+            }
+        }
+        let before = p.usage();
+        assert_eq!(before.used, got.iter().map(|g| g.1).sum::<u64>());
+        assert_eq!(before.used + before.free, before.total);
+        let (a0, _) = got[0];
+        p.free(PhysAddr::new(a0)).unwrap();
+        assert_eq!(
+            p.free(PhysAddr::new(a0)),
+            Err(PoolError::NotLive(PhysAddr::new(a0)))
+        );
+        assert_eq!(p.alloc(100, 1, u64::MAX).unwrap().as_u64(), a0);
+        for (a, _) in got.iter().skip(1) {
+            p.free(PhysAddr::new(*a)).unwrap();
+        }
+        p.free(PhysAddr::new(a0)).unwrap();
+        let after = p.usage();
+        assert_eq!((after.used, after.live, after.free), (0, 0, after.total));
+    }
+
+    #[test]
+    fn alignment_requests_and_limits() {
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x10000).unwrap();
+        let a = p.alloc(10, 4096, u64::MAX).unwrap();
+        assert_eq!(a.as_u64() % 4096, 0);
+        assert_eq!(
+            p.alloc(64 * 1024 + 1, 1, u64::MAX),
+            Err(PoolError::TooLarge { max: 64 * 1024 })
+        );
+        // Nothing is reachable below 1 MiB.
+        assert!(matches!(
+            p.alloc(10, 1, 0xfffff),
+            Err(PoolError::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_and_changes_nothing() {
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x4000).unwrap();
+        let mut live = vec![];
+        while let Ok(a) = p.alloc(4096, 1, u64::MAX) {
+            live.push(a);
+        }
+        assert_eq!(live.len(), 4);
+        let u = p.usage();
+        assert_eq!(
+            p.alloc(4096, 1, u64::MAX),
+            Err(PoolError::Exhausted {
+                used: u.used,
+                total: u.total
+            })
+        );
+        assert_eq!(p.usage(), u);
+    }
+
+    #[test]
+    fn growth_is_requested_below_threshold_once() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c2 = calls.clone();
+        let hook: Arc<dyn GrowthHook> = Arc::new(move |r: GrowthRequest| {
+            assert_eq!(r.pool, "t");
+            c2.fetch_add(1, Ordering::SeqCst);
+        });
+        let p = ObjectPool::new(cfg(), Some(hook)).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x8000).unwrap();
+        // 32 KiB free, threshold 16 KiB: the first 4 KiB objects do not ask.
+        for _ in 0..4 {
+            p.alloc(4096, 1, u64::MAX).unwrap();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert!(!p.growth_pending());
+        p.alloc(4096, 1, u64::MAX).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(p.growth_pending());
+        p.alloc(4096, 1, u64::MAX).unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one request outstanding at a time"
+        );
+        p.add_chunk(PhysAddr::new(0x200000), 0x10000).unwrap();
+        assert!(!p.growth_pending());
+    }
+
+    #[test]
+    fn carving_padding_is_not_lost() {
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x10000).unwrap();
+        let small = p.alloc(128, 1, u64::MAX).unwrap();
+        assert_eq!(small.as_u64(), 0x100000);
+        // The next 8 KiB object skips 8 KiB - 128 bytes of padding, which become smaller
+        // objects, so the pool's free bytes stay exact.
+        let big = p.alloc(8192, 1, u64::MAX).unwrap();
+        assert_eq!(big.as_u64(), 0x102000);
+        let u = p.usage();
+        assert_eq!(u.used + u.free, u.total);
+        let mut more = 0;
+        while p.alloc(128, 1, 0x101fff).is_ok() {
+            more += 1;
+        }
+        assert_eq!(more, (8192 - 128) / 128);
+        // Splitting a larger free object also serves smaller classes.
+        p.free(big).unwrap();
+        let a = p.alloc(256, 1, u64::MAX).unwrap();
+        assert_eq!(a, big);
+    }
 }
