@@ -23,11 +23,14 @@ mod direct;
 pub mod direction;
 pub mod error;
 pub mod growth;
+#[cfg(feature = "std")]
+pub mod growth_worker;
 mod maintenance;
 pub mod mapping;
 pub mod mem;
 pub mod platform;
 pub mod swiotlb;
+pub mod swiotlb_backend;
 pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};

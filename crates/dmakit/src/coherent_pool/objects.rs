@@ -263,6 +263,11 @@ impl ObjectPool {
             .map(|&c| self.cfg.min_object << c)
     }
 
+    /// The grower could not find memory: the next shortage may ask again.
+    pub fn growth_failed(&self) {
+        self.growth.completed();
+    }
+
     /// Whether a growth request is outstanding.
     pub fn growth_pending(&self) -> bool {
         self.growth.is_pending()
