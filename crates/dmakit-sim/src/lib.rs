@@ -1,1 +1,52 @@
-//! placeholder
+//! The machine model for dmakit: memory, caches that really misbehave, DMA engines, and the
+//! oracle that judges every transfer.
+//!
+//! Everything dmakit claims ("no byte corrupted") is proven here, against hardware that
+//! does what real hardware may do: write-back caches that evict and speculatively fill lines
+//! at any moment, devices that bypass those caches, and devices that stray outside what
+//! they were given. Every byte carries a provenance stamp, so the [`oracle`] can tell stale
+//! data, leaked data and corrupted data apart. A run is deterministic in its seed.
+//!
+//! Modules, one concept each:
+//! - [`rng`]: the single seeded source of randomness ([`SimRng`]), for reproducible runs;
+//! - [`memory`]: sparse, stamped physical memory over a RAM map;
+//! - [`cache`]: the write-back, write-allocate CPU data cache, with whole-line maintenance;
+//! - [`hazard`]: seeded evictions and speculative fills aimed near recent CPU activity;
+//! - [`device`]: DMA engines with masks, granted windows, a fault log and the translation
+//!   seam where an IOMMU will plug in;
+//! - [`fault_inject`]: dropping selected cache maintenance, to show the model can fail;
+//! - [`page_alloc`]: a first-fit page allocator so pools and workloads never overlap;
+//! - [`machine`]: the [`Machine`] tying them together;
+//! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
+//! - [`oracle`]: what every tracked byte must hold, and the classification of wrong bytes;
+//! - [`placement`]: where a buffer and its neighbours sit (line aligned, kmalloc-packed,
+//!   struct field);
+//! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine.
+
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod device;
+pub mod error;
+pub mod fault_inject;
+pub mod hazard;
+pub mod machine;
+pub mod memory;
+pub mod oracle;
+pub mod page_alloc;
+pub mod placement;
+pub mod platform;
+pub mod rng;
+pub mod workload;
+
+pub use cache::{CacheConfig, CacheStats};
+pub use device::{DeviceFault, DmaTranslation, FaultReason, IdentityTranslation};
+pub use error::SimError;
+pub use fault_inject::{MaintenanceFaults, MaintenanceKind};
+pub use hazard::HazardConfig;
+pub use machine::{Machine, MachineConfig, MachineStats};
+pub use memory::{Owner, Stamped, MEM_PAGE};
+pub use oracle::{ByteReport, ErrorKind, ErrorSite, Oracle, OracleReport};
+pub use placement::Placement;
+pub use rng::SimRng;
+pub use workload::{run_workload, WorkloadConfig, WorkloadOutcome};

@@ -1,0 +1,589 @@
+//! The transfer harness: randomized DMA transfers through the real mapping layer, judged by
+//! the oracle.
+//!
+//! Each transfer places (or reuses) a buffer with its neighbours, has the CPU write the
+//! buffer, maps it with `DmaMapper::map`, grants the device exactly the returned bus window,
+//! lets the device read and/or write it (writes may be short) while the CPU keeps loading
+//! and storing the neighbours in random interleaving, then completes it (unmap, or
+//! sync_for_cpu then unmap, optionally with a second round through sync_for_device) and has
+//! the oracle check the buffer and its neighbours. The harness only uses the mapper's raw
+//! public API and the address `map` returned, so bounce pools, an IOMMU or routing policies
+//! plug in underneath without changing it.
+
+use std::fmt;
+
+use dmakit::{Device, Direction, DmaAddr, DmaError, DmaMapper, PhysAddr, PhysRange, Platform};
+
+use crate::error::SimError;
+use crate::fault_inject::MaintenanceFaults;
+use crate::machine::{Machine, MachineStats};
+use crate::memory::Owner;
+use crate::oracle::{Oracle, OracleReport};
+use crate::placement::{Layout, Placement, Role};
+use crate::rng::SimRng;
+
+/// What a workload does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadConfig {
+    /// Number of transfers (map to completion).
+    pub transfers: u64,
+    /// Seed of the workload's own decisions (the machine has its own seed).
+    pub seed: u64,
+    /// Smallest buffer length.
+    pub min_len: u64,
+    /// Largest buffer length.
+    pub max_len: u64,
+    /// Directions to pick from (uniformly).
+    pub directions: Vec<Direction>,
+    /// Placements to pick from (uniformly).
+    pub placements: Vec<Placement>,
+    /// Number of slots (independent buffers with their neighbours) to cycle through.
+    pub slots: usize,
+    /// Probability that a transfer re-places its slot (new objects, new owners) instead of
+    /// reusing the previous buffer.
+    pub realloc_chance: f64,
+    /// CPU operations on neighbours interleaved with each round of device accesses, as an
+    /// inclusive range.
+    pub cpu_ops: (u64, u64),
+    /// Size of each device access, as an inclusive range.
+    pub device_chunk: (u64, u64),
+    /// Probability that an inbound device write stops short of the mapped length.
+    pub short_write_chance: f64,
+    /// Probability of completing with `sync_for_cpu` (check) then `unmap`, rather than
+    /// `unmap` alone.
+    pub sync_chance: f64,
+    /// Probability of a second round inside one mapping (sync_for_cpu, check, CPU rewrites
+    /// the buffer, sync_for_device, device again).
+    pub second_round_chance: f64,
+    /// Control: the CPU reads the buffer and the oracle checks it *before* the final
+    /// unmap / sync_for_cpu (a missing sync_for_cpu).
+    pub skip_sync_for_cpu: bool,
+    /// Control: maintenance operations the platform drops during the run.
+    pub drop_maintenance: MaintenanceFaults,
+    /// Slots are allocated with their last byte at or below this address.
+    pub max_addr: u64,
+    /// Slots are allocated at or above this address.
+    pub min_addr: u64,
+    /// Also check every tracked allocation at the end of the run.
+    pub final_check: bool,
+    /// Tracked allocations beyond the edge lines also checked after each transfer.
+    pub extra_neighbours: usize,
+}
+
+impl Default for WorkloadConfig {
+    /// 1000 transfers, 1..=512 bytes, all directions and placements, 8 slots.
+    fn default() -> Self {
+        Self {
+            transfers: 1000,
+            seed: 0,
+            min_len: 1,
+            max_len: 512,
+            directions: Direction::ALL.to_vec(),
+            placements: Placement::ALL.to_vec(),
+            slots: 8,
+            realloc_chance: 0.3,
+            cpu_ops: (1, 6),
+            device_chunk: (8, 64),
+            short_write_chance: 0.3,
+            sync_chance: 0.25,
+            second_round_chance: 0.1,
+            skip_sync_for_cpu: false,
+            drop_maintenance: MaintenanceFaults::NONE,
+            max_addr: (1 << 32) - 1,
+            min_addr: 0,
+            final_check: true,
+            extra_neighbours: 0,
+        }
+    }
+}
+
+/// Why a workload could not run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkloadError {
+    /// The model refused a request (bad configuration, no memory for the slots, ...).
+    Sim(SimError),
+    /// The mapper refused an unmap or sync of a mapping it had made.
+    Mapper(DmaError),
+    /// The configuration cannot produce transfers (empty lists, bad ranges).
+    Config(&'static str),
+}
+
+impl fmt::Display for WorkloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkloadError::Sim(e) => write!(f, "machine model: {e}"),
+            WorkloadError::Mapper(e) => write!(f, "mapper: {e}"),
+            WorkloadError::Config(m) => write!(f, "workload configuration: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for WorkloadError {}
+
+impl From<SimError> for WorkloadError {
+    fn from(e: SimError) -> Self {
+        WorkloadError::Sim(e)
+    }
+}
+
+impl From<DmaError> for WorkloadError {
+    fn from(e: DmaError) -> Self {
+        WorkloadError::Mapper(e)
+    }
+}
+
+/// What a workload run produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadOutcome {
+    /// The oracle's verdict.
+    pub report: OracleReport,
+    /// The machine's counters at the end.
+    pub machine: MachineStats,
+    /// Transfers whose `map` failed (not counted by the oracle).
+    pub map_errors: u64,
+    /// The first map error, if any.
+    pub first_map_error: Option<DmaError>,
+}
+
+struct Slot {
+    base: u64,
+    layout: Option<Layout>,
+    /// Owner per object of the layout.
+    owners: Vec<Owner>,
+}
+
+/// The harness, for runs driven transfer by transfer. [`run_workload`] is the one-call form.
+pub struct Harness<'a, P> {
+    machine: &'a Machine,
+    mapper: &'a DmaMapper<P>,
+    device: Device,
+    cfg: WorkloadConfig,
+    rng: SimRng,
+    oracle: Oracle,
+    slots: Vec<Slot>,
+    slot_bytes: u64,
+    next_owner: u32,
+    map_errors: u64,
+    first_map_error: Option<DmaError>,
+    data: Vec<u8>,
+    rd: (Vec<u8>, Vec<Owner>),
+}
+
+/// A device access or a CPU step, interleaved during a round.
+#[derive(Clone, Copy)]
+enum Step {
+    DevRead(u64, u64),
+    DevWrite(u64, u64),
+    Cpu,
+}
+
+impl<'a, P: Platform> Harness<'a, P> {
+    /// A harness driving `mapper` (whose platform must be `machine`) for `device`, which
+    /// is attached to the machine if it is not already. Allocates the slots from the
+    /// machine's page allocator and applies `cfg.drop_maintenance`.
+    ///
+    /// # Errors
+    /// [`WorkloadError::Config`] for an unusable configuration; [`WorkloadError::Sim`] when
+    /// the slots cannot be allocated.
+    pub fn new(
+        machine: &'a Machine,
+        mapper: &'a DmaMapper<P>,
+        device: &Device,
+        cfg: WorkloadConfig,
+    ) -> Result<Self, WorkloadError> {
+        if cfg.directions.is_empty() || cfg.placements.is_empty() || cfg.slots == 0 {
+            return Err(WorkloadError::Config(
+                "directions, placements and slots must not be empty",
+            ));
+        }
+        if cfg.min_len == 0 || cfg.min_len > cfg.max_len {
+            return Err(WorkloadError::Config("need 0 < min_len <= max_len"));
+        }
+        if cfg.device_chunk.0 == 0 || cfg.device_chunk.0 > cfg.device_chunk.1 {
+            return Err(WorkloadError::Config(
+                "need 0 < device_chunk.0 <= device_chunk.1",
+            ));
+        }
+        match machine.attach(device.clone()) {
+            Ok(()) | Err(SimError::DuplicateDevice(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let line = machine.line_size();
+        // Room for the buffer rounded up, and up to four lines of neighbours each side.
+        let slot_bytes = (cfg.max_len + 8 * line * 2).next_multiple_of(dmakit::PAGE_SIZE);
+        let pages = slot_bytes / dmakit::PAGE_SIZE;
+        let mut slots = Vec::with_capacity(cfg.slots);
+        for _ in 0..cfg.slots {
+            let base = machine
+                .alloc_pages_between(pages, cfg.min_addr, cfg.max_addr)
+                .ok_or(WorkloadError::Sim(SimError::BadRange {
+                    addr: cfg.min_addr,
+                    len: slot_bytes,
+                }))?;
+            slots.push(Slot {
+                base: base.as_u64(),
+                layout: None,
+                owners: Vec::new(),
+            });
+        }
+        machine.set_maintenance_faults(cfg.drop_maintenance);
+        let mut oracle = Oracle::new(line.max(device.cache_line()))?;
+        oracle.set_extra_neighbours(cfg.extra_neighbours);
+        Ok(Self {
+            machine,
+            mapper,
+            device: device.clone(),
+            rng: SimRng::new(cfg.seed),
+            cfg,
+            oracle,
+            slots,
+            slot_bytes,
+            next_owner: 1,
+            map_errors: 0,
+            first_map_error: None,
+            data: Vec::new(),
+            rd: (Vec::new(), Vec::new()),
+        })
+    }
+
+    /// The oracle (to inspect or to register more allocations).
+    pub fn oracle(&self) -> &Oracle {
+        &self.oracle
+    }
+
+    fn fresh_owner(&mut self) -> Owner {
+        let o = Owner(self.next_owner);
+        self.next_owner = self.next_owner.wrapping_add(1).max(1);
+        o
+    }
+
+    /// CPU store of random bytes at `addr`, told to the oracle.
+    fn cpu_scribble(&mut self, addr: u64, len: u64, owner: Owner) -> Result<(), WorkloadError> {
+        self.data.resize(len as usize, 0);
+        self.rng.fill_bytes(&mut self.data);
+        let a = PhysAddr::new(addr);
+        self.machine
+            .cpu_write(a, &self.data, owner)
+            .map_err(|f| SimError::BadRange {
+                addr: f.addr.as_u64(),
+                len: f.len,
+            })?;
+        self.oracle.cpu_stored(a, &self.data, owner);
+        Ok(())
+    }
+
+    /// Puts a new layout in slot `si`: forgets the old objects, registers the new ones with
+    /// fresh owners and has the CPU initialise the neighbours.
+    fn replace(&mut self, si: usize, len: u64) -> Result<(), WorkloadError> {
+        let line = self.machine.line_size();
+        let base = self.slots[si].base;
+        if let Some(old) = self.slots[si].layout.take() {
+            for o in &old.objects {
+                self.oracle.unregister(PhysAddr::new(base + o.offset))?;
+            }
+        }
+        let mut layout = None;
+        for _ in 0..8 {
+            let p = *self
+                .rng
+                .pick(&self.cfg.placements)
+                .ok_or(WorkloadError::Config("no placement"))?;
+            layout = p.layout(&mut self.rng, len, line, self.slot_bytes);
+            if layout.is_some() {
+                break;
+            }
+        }
+        let layout = layout.ok_or(WorkloadError::Config("buffer does not fit in a slot"))?;
+        let buf_owner = self.fresh_owner();
+        let mut owners = Vec::with_capacity(layout.objects.len());
+        for o in &layout.objects {
+            let owner = match o.role {
+                Role::Buffer | Role::Field => buf_owner,
+                Role::Neighbour => self.fresh_owner(),
+            };
+            owners.push(owner);
+            self.oracle.register(
+                self.machine,
+                owner,
+                PhysAddr::new(base + o.offset),
+                o.len,
+                o.role.label(),
+            )?;
+        }
+        for (o, &owner) in layout.objects.iter().zip(&owners) {
+            if o.role != Role::Buffer {
+                self.cpu_scribble(base + o.offset, o.len, owner)?;
+            }
+        }
+        self.slots[si].layout = Some(layout);
+        self.slots[si].owners = owners;
+        Ok(())
+    }
+
+    /// One CPU step on a neighbour of the buffer in slot `si`: a small store (told to the
+    /// oracle), a load, or time passing.
+    fn cpu_step(&mut self, si: usize) -> Result<(), WorkloadError> {
+        let slot = &self.slots[si];
+        let Some(layout) = &slot.layout else {
+            return Ok(());
+        };
+        let others: Vec<(u64, u64, Owner)> = layout
+            .objects
+            .iter()
+            .zip(&slot.owners)
+            .filter(|(o, _)| o.role != Role::Buffer)
+            .map(|(o, &w)| (slot.base + o.offset, o.len, w))
+            .collect();
+        let roll = self.rng.below(10);
+        let Some(&(addr, len, owner)) = self.rng.pick(&others) else {
+            self.machine.tick();
+            return Ok(());
+        };
+        let off = self.rng.below(len);
+        let n = self.rng.between(1, 8.min(len - off));
+        match roll {
+            0 => self.machine.tick(),
+            1..=5 => self.cpu_scribble(addr + off, n, owner)?,
+            _ => {
+                self.data.resize(n as usize, 0);
+                self.machine
+                    .cpu_read(PhysAddr::new(addr + off), &mut self.data)
+                    .map_err(|f| SimError::BadRange {
+                        addr: f.addr.as_u64(),
+                        len: f.len,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's accesses for one round, interleaved with CPU steps.
+    fn device_round(
+        &mut self,
+        si: usize,
+        buf: PhysRange,
+        dma: DmaAddr,
+        dir: Direction,
+        owner: Owner,
+    ) -> Result<(), WorkloadError> {
+        let len = buf.len();
+        let mut steps: Vec<Step> = Vec::new();
+        let (cmin, cmax) = self.cfg.device_chunk;
+        if dir.device_reads() {
+            let mut off = 0;
+            while off < len {
+                let n = self.rng.between(cmin, cmax).min(len - off);
+                steps.push(Step::DevRead(off, n));
+                off += n;
+            }
+        }
+        if dir.device_writes() {
+            let wlen = if self.rng.chance(self.cfg.short_write_chance) {
+                self.rng.below(len)
+            } else {
+                len
+            };
+            let mut off = 0;
+            while off < wlen {
+                let n = self.rng.between(cmin, cmax).min(wlen - off);
+                steps.push(Step::DevWrite(off, n));
+                off += n;
+            }
+        }
+        let mut cpu = self.rng.between(self.cfg.cpu_ops.0, self.cfg.cpu_ops.1);
+        let mut dev_i = 0usize;
+        while dev_i < steps.len() || cpu > 0 {
+            let dev_left = (steps.len() - dev_i) as u64;
+            let step = if self.rng.below(dev_left + cpu) < dev_left {
+                dev_i += 1;
+                steps[dev_i - 1]
+            } else {
+                cpu -= 1;
+                Step::Cpu
+            };
+            match step {
+                Step::Cpu => self.cpu_step(si)?,
+                Step::DevRead(off, n) => {
+                    let (d, o) = &mut self.rd;
+                    d.resize(n as usize, 0);
+                    o.resize(n as usize, Owner::NOBODY);
+                    // A refused access is in the machine's fault log; nothing was read.
+                    if self
+                        .machine
+                        .device_read_into(self.device.id(), DmaAddr::new(dma.as_u64() + off), d, o)
+                        .is_ok()
+                    {
+                        self.oracle
+                            .check_device_read(buf.start().add(off), d, o, owner)?;
+                    }
+                }
+                Step::DevWrite(off, n) => {
+                    self.data.resize(n as usize, 0);
+                    self.rng.fill_bytes(&mut self.data);
+                    if self
+                        .machine
+                        .device_write(
+                            self.device.id(),
+                            DmaAddr::new(dma.as_u64() + off),
+                            &self.data,
+                            owner,
+                        )
+                        .is_ok()
+                    {
+                        self.oracle
+                            .device_wrote(buf.start().add(off), &self.data, owner);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU loads the whole buffer (as a driver reading its data does).
+    fn cpu_reads_buffer(&mut self, buf: PhysRange) -> Result<(), WorkloadError> {
+        self.data.resize(buf.len() as usize, 0);
+        self.machine
+            .cpu_read(buf.start(), &mut self.data)
+            .map_err(|f| SimError::BadRange {
+                addr: f.addr.as_u64(),
+                len: f.len,
+            })?;
+        Ok(())
+    }
+
+    /// Runs one transfer.
+    ///
+    /// # Errors
+    /// [`WorkloadError`] when the model or the mapper refuses something the harness does
+    /// legitimately (a failing `map` is counted, not an error).
+    pub fn run_one(&mut self) -> Result<(), WorkloadError> {
+        let si = self.rng.below(self.slots.len() as u64) as usize;
+        if self.slots[si].layout.is_none() || self.rng.chance(self.cfg.realloc_chance) {
+            let len = self.rng.between(self.cfg.min_len, self.cfg.max_len);
+            self.replace(si, len)?;
+        }
+        let slot = &self.slots[si];
+        let Some(layout) = &slot.layout else {
+            return Ok(());
+        };
+        let (bi, bobj) = layout
+            .objects
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.role == Role::Buffer)
+            .ok_or(WorkloadError::Config("layout without buffer"))?;
+        let owner = slot.owners[bi];
+        let buf = PhysRange::new(PhysAddr::new(slot.base + bobj.offset), bobj.len).ok_or(
+            SimError::BadRange {
+                addr: slot.base + bobj.offset,
+                len: bobj.len,
+            },
+        )?;
+        let dir = *self
+            .rng
+            .pick(&self.cfg.directions)
+            .ok_or(WorkloadError::Config("no direction"))?;
+
+        // The CPU prepares the buffer and touches the neighbours.
+        self.cpu_scribble(buf.start().as_u64(), buf.len(), owner)?;
+        for _ in 0..self.rng.between(0, 2) {
+            self.cpu_step(si)?;
+        }
+
+        let dma = match self.mapper.map(&self.device, buf.start(), buf.len(), dir) {
+            Ok(d) => d,
+            Err(e) => {
+                self.map_errors += 1;
+                self.first_map_error.get_or_insert(e);
+                return Ok(());
+            }
+        };
+        let id = self.device.id();
+        self.machine.grant(id, dma, buf.len())?;
+
+        let rounds = if self.rng.chance(self.cfg.second_round_chance) {
+            2
+        } else {
+            1
+        };
+        for round in 0..rounds {
+            if round > 0 {
+                // The CPU owns the buffer again: new contents, then back to the device.
+                self.cpu_scribble(buf.start().as_u64(), buf.len(), owner)?;
+                self.mapper
+                    .sync_for_device(&self.device, dma, 0, buf.len(), dir)?;
+            }
+            self.device_round(si, buf, dma, dir, owner)?;
+            let last = round + 1 == rounds;
+            if !last {
+                self.mapper
+                    .sync_for_cpu(&self.device, dma, 0, buf.len(), dir)?;
+                self.cpu_reads_buffer(buf)?;
+                self.oracle.check_transfer(self.machine, buf, owner)?;
+                continue;
+            }
+            if self.cfg.skip_sync_for_cpu {
+                // Control: the CPU reads before giving the buffer back.
+                self.cpu_reads_buffer(buf)?;
+                self.oracle.check_transfer(self.machine, buf, owner)?;
+                self.mapper.unmap(&self.device, dma, buf.len(), dir)?;
+            } else if self.rng.chance(self.cfg.sync_chance) {
+                self.mapper
+                    .sync_for_cpu(&self.device, dma, 0, buf.len(), dir)?;
+                self.cpu_reads_buffer(buf)?;
+                self.oracle.check_transfer(self.machine, buf, owner)?;
+                self.mapper.unmap(&self.device, dma, buf.len(), dir)?;
+            } else {
+                self.mapper.unmap(&self.device, dma, buf.len(), dir)?;
+                self.cpu_reads_buffer(buf)?;
+                self.oracle.check_transfer(self.machine, buf, owner)?;
+            }
+        }
+        self.machine.revoke(id, dma, buf.len())?;
+        Ok(())
+    }
+
+    /// Runs the configured number of transfers, then the final check, and returns the
+    /// outcome. Leaves maintenance fault injection switched off.
+    ///
+    /// # Errors
+    /// As [`Harness::run_one`].
+    pub fn run(mut self) -> Result<WorkloadOutcome, WorkloadError> {
+        for _ in 0..self.cfg.transfers {
+            self.run_one()?;
+        }
+        self.finish()
+    }
+
+    /// Ends the run: final check (if configured), fault count, outcome.
+    ///
+    /// # Errors
+    /// [`WorkloadError::Sim`] when a tracked allocation cannot be read back.
+    pub fn finish(mut self) -> Result<WorkloadOutcome, WorkloadError> {
+        if self.cfg.final_check {
+            self.oracle.check_all(self.machine, Owner::NOBODY)?;
+        }
+        self.machine.set_maintenance_faults(MaintenanceFaults::NONE);
+        self.oracle.set_faults(self.machine.fault_count() as u64);
+        Ok(WorkloadOutcome {
+            report: self.oracle.take_report(),
+            machine: self.machine.stats(),
+            map_errors: self.map_errors,
+            first_map_error: self.first_map_error,
+        })
+    }
+}
+
+/// Runs a whole workload: `cfg.transfers` transfers of `device` through `mapper`, whose
+/// platform must be `machine`.
+///
+/// # Errors
+/// As [`Harness::new`] and [`Harness::run_one`].
+pub fn run_workload<P: Platform>(
+    machine: &Machine,
+    mapper: &DmaMapper<P>,
+    device: &Device,
+    cfg: WorkloadConfig,
+) -> Result<WorkloadOutcome, WorkloadError> {
+    Harness::new(machine, mapper, device, cfg)?.run()
+}
