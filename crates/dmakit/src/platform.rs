@@ -111,53 +111,61 @@ pub trait CoherentPageAllocator {
 pub trait Platform: CacheMaintenance + CpuMemory + CpuTopology {}
 impl<T: CacheMaintenance + CpuMemory + CpuTopology + ?Sized> Platform for T {}
 
-impl<T: CacheMaintenance + ?Sized> CacheMaintenance for &T {
-    fn cache_line_size(&self) -> u64 {
-        (**self).cache_line_size()
-    }
-    fn clean(&self, range: PhysRange) {
-        (**self).clean(range)
-    }
-    fn invalidate(&self, range: PhysRange) {
-        (**self).invalidate(range)
-    }
-    fn clean_invalidate(&self, range: PhysRange) {
-        (**self).clean_invalidate(range)
-    }
+/// Forwards a platform trait through a smart pointer or reference, so a platform can be
+/// shared (`&P`, `Arc<P>`) between a mapper, pools and growth workers.
+macro_rules! forward {
+    ($($ptr:ty),*) => {$(
+        impl<T: CacheMaintenance + ?Sized> CacheMaintenance for $ptr {
+            fn cache_line_size(&self) -> u64 {
+                (**self).cache_line_size()
+            }
+            fn clean(&self, range: PhysRange) {
+                (**self).clean(range)
+            }
+            fn invalidate(&self, range: PhysRange) {
+                (**self).invalidate(range)
+            }
+            fn clean_invalidate(&self, range: PhysRange) {
+                (**self).clean_invalidate(range)
+            }
+        }
+
+        impl<T: CpuMemory + ?Sized> CpuMemory for $ptr {
+            fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
+                (**self).copy(dst, src, len)
+            }
+            fn fill(&self, dst: PhysAddr, byte: u8, len: u64) -> Result<(), MemoryFault> {
+                (**self).fill(dst, byte, len)
+            }
+        }
+
+        impl<T: CpuTopology + ?Sized> CpuTopology for $ptr {
+            fn cpu_count(&self) -> usize {
+                (**self).cpu_count()
+            }
+            fn current_cpu(&self) -> usize {
+                (**self).current_cpu()
+            }
+        }
+
+        impl<T: PageAllocator + ?Sized> PageAllocator for $ptr {
+            fn alloc_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
+                (**self).alloc_pages(pages, max_addr)
+            }
+            fn free_pages(&self, base: PhysAddr, pages: u64) {
+                (**self).free_pages(base, pages)
+            }
+        }
+
+        impl<T: CoherentPageAllocator + ?Sized> CoherentPageAllocator for $ptr {
+            fn alloc_coherent_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
+                (**self).alloc_coherent_pages(pages, max_addr)
+            }
+            fn free_coherent_pages(&self, base: PhysAddr, pages: u64) {
+                (**self).free_coherent_pages(base, pages)
+            }
+        }
+    )*};
 }
 
-impl<T: CpuMemory + ?Sized> CpuMemory for &T {
-    fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
-        (**self).copy(dst, src, len)
-    }
-    fn fill(&self, dst: PhysAddr, byte: u8, len: u64) -> Result<(), MemoryFault> {
-        (**self).fill(dst, byte, len)
-    }
-}
-
-impl<T: CpuTopology + ?Sized> CpuTopology for &T {
-    fn cpu_count(&self) -> usize {
-        (**self).cpu_count()
-    }
-    fn current_cpu(&self) -> usize {
-        (**self).current_cpu()
-    }
-}
-
-impl<T: PageAllocator + ?Sized> PageAllocator for &T {
-    fn alloc_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
-        (**self).alloc_pages(pages, max_addr)
-    }
-    fn free_pages(&self, base: PhysAddr, pages: u64) {
-        (**self).free_pages(base, pages)
-    }
-}
-
-impl<T: CoherentPageAllocator + ?Sized> CoherentPageAllocator for &T {
-    fn alloc_coherent_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
-        (**self).alloc_coherent_pages(pages, max_addr)
-    }
-    fn free_coherent_pages(&self, base: PhysAddr, pages: u64) {
-        (**self).free_coherent_pages(base, pages)
-    }
-}
+forward!(&T, alloc::sync::Arc<T>);
