@@ -145,6 +145,12 @@ impl PhysRange {
         self.len
     }
 
+    /// Always `false`: a range is never empty (kept for API symmetry with `len`).
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        false
+    }
+
     /// One past the last byte.
     #[inline]
     pub const fn end(&self) -> PhysAddr {

@@ -375,7 +375,7 @@ mod tests {
             Err(PoolError::BadChunk)
         );
         assert_eq!(
-            p.add_chunk(PhysAddr::new(u64::MAX & !0xfff), 8192),
+            p.add_chunk(PhysAddr::new(!0xfff), 8192),
             Err(PoolError::BadChunk)
         );
         p.add_chunk(PhysAddr::new(0x10000), 0x10000).unwrap();
