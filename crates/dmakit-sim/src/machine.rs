@@ -505,6 +505,11 @@ impl Machine {
         self.state.borrow().cache.lookup(addr.as_u64())
     }
 
+    /// Every cached line as `(line address, dirty)`, in cache slot order (deterministic).
+    pub fn cache_contents(&self) -> Vec<(u64, bool)> {
+        self.state.borrow().cache.lines()
+    }
+
     /// Evicts the line holding `addr` now (written back if dirty), as a hazard would.
     /// Returns whether a line was evicted.
     pub fn evict_line(&self, addr: PhysAddr) -> bool {
