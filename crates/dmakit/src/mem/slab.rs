@@ -201,11 +201,17 @@ impl SlabCache {
                 (b, Some(base))
             }
         };
-        let Some(slab) = self.slabs.get_mut(&base) else {
-            return Err(MemError::OutOfMemory { pages: 0 });
-        };
-        let Some(i) = slab.free.pop() else {
-            return Err(MemError::OutOfMemory { pages: 0 });
+        // `partial` only holds bases of slabs in `slabs` with a free slot, so both lookups
+        // succeed; should that invariant ever break, the request fails as out of memory
+        // rather than handing out a slot twice.
+        let slot = self
+            .slabs
+            .get_mut(&base)
+            .and_then(|slab| slab.free.pop().map(|i| (slab, i)));
+        let Some((slab, i)) = slot else {
+            return Err(MemError::OutOfMemory {
+                pages: g.pages_per_slab,
+            });
         };
         slab.set_live(i, true);
         if slab.free.is_empty() {

@@ -164,8 +164,10 @@ impl ZonedPageAllocator {
                 if start >= end {
                     continue;
                 }
-                let part = PhysRange::new(PhysAddr::new(start), end - start)
-                    .ok_or(MemError::OverlappingRam { range: *r })?;
+                // `start < end` and both lie inside `r`, so the range is valid.
+                let Some(part) = PhysRange::new(PhysAddr::new(start), end - start) else {
+                    continue;
+                };
                 zones[zone.index()]
                     .add_range(part)
                     .map_err(|_| MemError::OverlappingRam { range: *r })?;
@@ -194,8 +196,9 @@ impl ZonedPageAllocator {
         self.zones[zone.index()].lock().alloc(pages)
     }
 
-    /// The zones whose every managed byte `dev` can address, highest first: the order in
-    /// which [`ZonedPageAllocator::alloc_for_device`] tries them.
+    /// The zones holding memory whose every managed byte a device with `dma_mask` can
+    /// address, highest first: the order in which [`ZonedPageAllocator::alloc_for_device`]
+    /// tries them.
     pub fn zones_for_mask(&self, dma_mask: u64) -> Vec<Zone> {
         Zone::ALL
             .iter()
