@@ -19,6 +19,8 @@
 use crate::addr::PhysRange;
 use crate::device::Device;
 use crate::direction::Direction;
+use crate::mem::size_class::class_for;
+use crate::platform::PAGE_SIZE;
 
 /// How the alignment rule is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -124,14 +126,10 @@ pub fn needs_alignment_bounce(
 }
 
 /// The size class an 8-byte-aligned kmalloc gives a request of `size` bytes (Linux's
-/// `kmalloc_size_roundup()` with the smallest minimum alignment), which is all the
-/// size-only heuristic looks at.
+/// `kmalloc_size_roundup()` with the smallest minimum alignment), which is all the size-only
+/// heuristic looks at; requests beyond the largest class take whole pages.
 fn kmalloc_size_roundup(size: u64) -> u64 {
-    const CLASSES: [u64; 8] = [8, 16, 32, 64, 96, 128, 192, 256];
-    match CLASSES.iter().find(|&&c| c >= size) {
-        Some(&c) => c,
-        None => size.next_power_of_two(),
-    }
+    class_for(size, 8).unwrap_or_else(|| size.next_multiple_of(PAGE_SIZE))
 }
 
 #[cfg(test)]

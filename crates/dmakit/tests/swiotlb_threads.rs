@@ -39,7 +39,7 @@ fn concurrent_alloc_free_never_overlaps() {
             let pool = Arc::clone(&pool);
             let checker = Arc::clone(&checker);
             thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1) * 0x1234_5678);
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678));
                 let mut mine = Vec::new();
                 let mut grown = false;
                 for i in 0..4000u64 {
