@@ -351,7 +351,7 @@ impl Machine {
         let end = range
             .end()
             .checked_align_up(line)
-            .map_or(u64::MAX & !(line - 1), PhysAddr::as_u64);
+            .map_or(!(line - 1), PhysAddr::as_u64);
         let st = &mut *s;
         st.cache.clean_invalidate(&mut st.mem, start, end - start);
         let mut v = std::mem::take(&mut st.uncached);
@@ -375,7 +375,7 @@ impl Machine {
         let end = range
             .end()
             .checked_align_up(line)
-            .map_or(u64::MAX & !(line - 1), PhysAddr::as_u64);
+            .map_or(!(line - 1), PhysAddr::as_u64);
         let mut out = Vec::new();
         for &(a, b) in &s.uncached {
             if b <= start || a >= end {

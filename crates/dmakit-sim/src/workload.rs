@@ -55,6 +55,11 @@ pub struct WorkloadConfig {
     /// Probability of a second round inside one mapping (sync_for_cpu, check, CPU rewrites
     /// the buffer, sync_for_device, device again).
     pub second_round_chance: f64,
+    /// In a second round of a `FromDevice` mapping, the CPU also rewrites the buffer before
+    /// `sync_for_device`. The DMA API does not promise such writes survive where the device
+    /// then writes less than the whole buffer (Linux's SWIOTLB does not copy them into the
+    /// bounce slot), so this is off by default; a direct path keeps them.
+    pub rewrite_inbound_between_rounds: bool,
     /// Control: the CPU reads the buffer and the oracle checks it *before* the final
     /// unmap / sync_for_cpu (a missing sync_for_cpu).
     pub skip_sync_for_cpu: bool,
@@ -87,6 +92,7 @@ impl Default for WorkloadConfig {
             short_write_chance: 0.3,
             sync_chance: 0.25,
             second_round_chance: 0.1,
+            rewrite_inbound_between_rounds: false,
             skip_sync_for_cpu: false,
             drop_maintenance: MaintenanceFaults::NONE,
             max_addr: (1 << 32) - 1,
@@ -162,6 +168,7 @@ pub struct Harness<'a, P> {
     oracle: Oracle,
     slots: Vec<Slot>,
     slot_bytes: u64,
+    line: u64,
     next_owner: u32,
     map_errors: u64,
     first_map_error: Option<DmaError>,
@@ -208,7 +215,8 @@ impl<'a, P: Platform> Harness<'a, P> {
             Ok(()) | Err(SimError::DuplicateDevice(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let line = machine.line_size();
+        // The line size the mapper respects: the larger of the CPU's and the device's.
+        let line = machine.line_size().max(device.cache_line());
         // Room for the buffer rounded up, and up to four lines of neighbours each side.
         let slot_bytes = (cfg.max_len + 8 * line * 2).next_multiple_of(dmakit::PAGE_SIZE);
         let pages = slot_bytes / dmakit::PAGE_SIZE;
@@ -227,7 +235,7 @@ impl<'a, P: Platform> Harness<'a, P> {
             });
         }
         machine.set_maintenance_faults(cfg.drop_maintenance);
-        let mut oracle = Oracle::new(line.max(device.cache_line()))?;
+        let mut oracle = Oracle::new(line)?;
         oracle.set_extra_neighbours(cfg.extra_neighbours);
         Ok(Self {
             machine,
@@ -238,6 +246,7 @@ impl<'a, P: Platform> Harness<'a, P> {
             oracle,
             slots,
             slot_bytes,
+            line,
             next_owner: 1,
             map_errors: 0,
             first_map_error: None,
@@ -275,7 +284,7 @@ impl<'a, P: Platform> Harness<'a, P> {
     /// Puts a new layout in slot `si`: forgets the old objects, registers the new ones with
     /// fresh owners and has the CPU initialise the neighbours.
     fn replace(&mut self, si: usize, len: u64) -> Result<(), WorkloadError> {
-        let line = self.machine.line_size();
+        let line = self.line;
         let base = self.slots[si].base;
         if let Some(old) = self.slots[si].layout.take() {
             for o in &old.objects {
@@ -508,8 +517,11 @@ impl<'a, P: Platform> Harness<'a, P> {
         };
         for round in 0..rounds {
             if round > 0 {
-                // The CPU owns the buffer again: new contents, then back to the device.
-                self.cpu_scribble(buf.start().as_u64(), buf.len(), owner)?;
+                // The CPU owns the buffer again: new contents for the device to read, then
+                // back to the device.
+                if dir.device_reads() || self.cfg.rewrite_inbound_between_rounds {
+                    self.cpu_scribble(buf.start().as_u64(), buf.len(), owner)?;
+                }
                 self.mapper
                     .sync_for_device(&self.device, dma, 0, buf.len(), dir)?;
             }

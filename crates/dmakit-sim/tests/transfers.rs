@@ -249,3 +249,84 @@ fn same_seed_same_run_different_seed_different_events() {
     assert_ne!(a.machine.event_hash, d.machine.event_hash);
     assert_ne!(a.report, d.report);
 }
+
+#[test]
+fn every_line_size_behaves() {
+    for line in [32u64, 64, 128] {
+        let m = Machine::new(MachineConfig {
+            seed: line,
+            cache: dmakit_sim::CacheConfig {
+                line_size: line,
+                capacity: 16 * 1024,
+                ways: 4,
+            },
+            ..MachineConfig::default()
+        })
+        .unwrap();
+        let dev = Device::builder(DeviceId(1), "nc")
+            .cache_line(line)
+            .build()
+            .unwrap();
+        let ok = run(
+            &m,
+            AlignmentPolicy::Exact,
+            &dev,
+            WorkloadConfig {
+                transfers: 5_000,
+                seed: line + 1,
+                placements: vec![Placement::LineAligned],
+                ..WorkloadConfig::default()
+            },
+        );
+        assert!(ok.report.is_clean(), "line {line}: {}", ok.report);
+        assert_eq!(ok.map_errors, 0);
+        let bad = run(
+            &m,
+            AlignmentPolicy::Never,
+            &dev,
+            WorkloadConfig {
+                transfers: 2_000,
+                seed: line + 2,
+                placements: vec![Placement::Packed],
+                directions: vec![Direction::FromDevice],
+                ..WorkloadConfig::default()
+            },
+        );
+        assert!(
+            bad.report.corrupted_bytes > 0,
+            "line {line}: {}",
+            bad.report
+        );
+    }
+}
+
+#[test]
+fn bad_workload_configurations_are_errors() {
+    let m = machine(1, HazardConfig::NONE);
+    let mapper = DmaMapper::new(&m);
+    let dev = noncoherent();
+    let bad = |cfg: WorkloadConfig| run_workload(&m, &mapper, &dev, cfg).is_err();
+    assert!(bad(WorkloadConfig {
+        directions: vec![],
+        ..WorkloadConfig::default()
+    }));
+    assert!(bad(WorkloadConfig {
+        min_len: 0,
+        ..WorkloadConfig::default()
+    }));
+    assert!(bad(WorkloadConfig {
+        min_len: 10,
+        max_len: 5,
+        ..WorkloadConfig::default()
+    }));
+    assert!(bad(WorkloadConfig {
+        device_chunk: (0, 8),
+        ..WorkloadConfig::default()
+    }));
+    // No RAM in the window asked for.
+    assert!(bad(WorkloadConfig {
+        min_addr: 1 << 40,
+        max_addr: u64::MAX,
+        ..WorkloadConfig::default()
+    }));
+}
