@@ -16,6 +16,7 @@
 //!   seam where an IOMMU will plug in;
 //! - [`fault_inject`]: dropping selected cache maintenance, to show the model can fail;
 //! - [`page_alloc`]: a first-fit page allocator so pools and workloads never overlap;
+//! - [`host`]: a platform over real memory, for benchmarks and multi-threaded tests;
 //! - [`machine`]: the [`Machine`] tying them together;
 //! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
 //! - [`oracle`]: what every tracked byte must hold, and the classification of wrong bytes;
@@ -30,6 +31,7 @@ pub mod device;
 pub mod error;
 pub mod fault_inject;
 pub mod hazard;
+pub mod host;
 pub mod machine;
 pub mod memory;
 pub mod oracle;

@@ -56,9 +56,9 @@ pub struct WorkloadConfig {
     /// the buffer, sync_for_device, device again).
     pub second_round_chance: f64,
     /// In a second round of a `FromDevice` mapping, the CPU also rewrites the buffer before
-    /// `sync_for_device`. The DMA API does not promise such writes survive where the device
-    /// then writes less than the whole buffer (Linux's SWIOTLB does not copy them into the
-    /// bounce slot), so this is off by default; a direct path keeps them.
+    /// `sync_for_device`. dmakit promises such writes survive where the device then writes
+    /// less than the whole buffer (its bounce path refills inbound bounces at
+    /// `sync_for_device`, where Linux's SWIOTLB does not), so this is on by default.
     pub rewrite_inbound_between_rounds: bool,
     /// Control: the CPU reads the buffer and the oracle checks it *before* the final
     /// unmap / sync_for_cpu (a missing sync_for_cpu).
@@ -92,7 +92,7 @@ impl Default for WorkloadConfig {
             short_write_chance: 0.3,
             sync_chance: 0.25,
             second_round_chance: 0.1,
-            rewrite_inbound_between_rounds: false,
+            rewrite_inbound_between_rounds: true,
             skip_sync_for_cpu: false,
             drop_maintenance: MaintenanceFaults::NONE,
             max_addr: (1 << 32) - 1,

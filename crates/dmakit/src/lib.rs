@@ -38,7 +38,9 @@ pub use decision::{AlignmentPolicy, BounceReason};
 pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;
 pub use error::DmaError;
-pub use mapping::{DeferredCompletion, DmaMapper, DmaSegment, MapPath, MapStatus, SgEntry};
+pub use mapping::{
+    DeferredCompletion, DmaMapper, DmaSegment, HazardControls, MapPath, MapStatus, SgEntry,
+};
 pub use platform::{
     CacheMaintenance, CpuMemory, CpuTopology, MemoryFault, PageAllocator, Platform, PAGE_SIZE,
 };

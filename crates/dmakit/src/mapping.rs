@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
-use crate::bounce::path::{self as bounce, MapFailure};
+use crate::bounce::path::{self as bounce, MapFailure, SyncPart};
 use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, TransientPool};
 use crate::decision::{self, AlignmentPolicy, BounceReason};
 use crate::device::{BouncePool, Device};
@@ -68,6 +68,16 @@ pub enum MapPath {
     },
 }
 
+/// Switches that turn a safety mechanism off, so tests and the simulator can show the
+/// failure it prevents. Never set them outside such a demonstration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HazardControls {
+    /// Do not fill inbound bounces from the original buffer (at map and at
+    /// `sync_for_device`): a short device write then copies back whatever the bounce memory
+    /// held before — data of an earlier user.
+    pub skip_inbound_fill: bool,
+}
+
 struct Deferred {
     dev: Device,
     range: PhysRange,
@@ -86,6 +96,7 @@ pub struct DmaMapper<P> {
     coherent: Option<Arc<dyn BounceBackend>>,
     transient: Option<TransientPool>,
     deferred: Mutex<VecDeque<Deferred>>,
+    controls: HazardControls,
 }
 
 impl<P: Platform> DmaMapper<P> {
@@ -98,7 +109,14 @@ impl<P: Platform> DmaMapper<P> {
             coherent: None,
             transient: None,
             deferred: Mutex::new(VecDeque::new()),
+            controls: HazardControls::default(),
         }
+    }
+
+    /// Turns safety mechanisms off for a demonstration; see [`HazardControls`].
+    pub fn with_hazard_controls(mut self, controls: HazardControls) -> Self {
+        self.controls = controls;
+        self
     }
 
     /// Uses `policy` for the alignment rule.
@@ -308,7 +326,18 @@ impl<P: Platform> DmaMapper<P> {
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
         match self.backend_owning(dma) {
-            Some(b) => bounce::sync_for_device(&self.platform, b, dev, dma, offset, len, dir),
+            Some(b) => bounce::sync_for_device(
+                &self.platform,
+                b,
+                dev,
+                SyncPart {
+                    dma,
+                    offset,
+                    len,
+                    dir,
+                },
+                !self.controls.skip_inbound_fill,
+            ),
             None => {
                 direct::sync_for_device(&self.platform, dev, range, dir);
                 Ok(())
@@ -331,7 +360,17 @@ impl<P: Platform> DmaMapper<P> {
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
         match self.backend_owning(dma) {
-            Some(b) => bounce::sync_for_cpu(&self.platform, b, dev, dma, offset, len, dir),
+            Some(b) => bounce::sync_for_cpu(
+                &self.platform,
+                b,
+                dev,
+                SyncPart {
+                    dma,
+                    offset,
+                    len,
+                    dir,
+                },
+            ),
             None => {
                 direct::sync_for_cpu(&self.platform, dev, range, dir);
                 Ok(())
@@ -443,6 +482,7 @@ impl<P: Platform> DmaMapper<P> {
                 len: range.len(),
             }));
         };
+        let fill = !self.controls.skip_inbound_fill;
         let meta = BounceMeta {
             device: dev.id(),
             orig: range.start(),
@@ -459,7 +499,7 @@ impl<P: Platform> DmaMapper<P> {
                 },
             )
         };
-        match bounce::map(&self.platform, backend.as_ref(), dev, range, meta) {
+        match bounce::map(&self.platform, backend.as_ref(), dev, range, meta, fill) {
             Ok(dma) => Ok(traced(backend.as_ref(), dma)),
             Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) if backend.growth_pending() => {
                 // While growth is on its way, an exact-size transient bounce bridges the gap.
@@ -470,7 +510,7 @@ impl<P: Platform> DmaMapper<P> {
                             used: backend.usage().used,
                             total: backend.usage().total,
                         }))?;
-                bounce::map(&self.platform, t, dev, range, meta).map(|dma| traced(t, dma))
+                bounce::map(&self.platform, t, dev, range, meta, fill).map(|dma| traced(t, dma))
             }
             Err(e) => Err(e),
         }

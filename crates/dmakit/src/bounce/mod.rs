@@ -7,9 +7,10 @@
 //! memory needs, and copying back what the device wrote.
 //!
 //! Two rules make this safe:
-//! - the bounce is filled from the original at map time **whatever the direction**, so a
-//!   device that writes fewer bytes than mapped copies back the caller's own bytes, never
-//!   stale data of an earlier user of the same memory (Linux CVE-2022-0854);
+//! - the bounce is filled from the original at map time and at every `sync_for_device`
+//!   **whatever the direction**, so a device that writes fewer bytes than mapped copies back
+//!   the caller's own latest bytes, never stale data of an earlier user of the same memory
+//!   (Linux CVE-2022-0854);
 //! - only the bytes of the mapping are ever copied back to the original, so bytes of other
 //!   objects that share its first or last cache line are never touched by the device or by
 //!   maintenance.

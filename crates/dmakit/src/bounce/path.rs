@@ -8,8 +8,9 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
 
-/// Bounces `range` for `dev`: reserves room, fills it from the original (every direction),
-/// does the maintenance the bounce memory needs, and returns the device address.
+/// Bounces `range` for `dev`: reserves room, fills it from the original (every direction,
+/// unless `fill_inbound` is off for a demonstration of the hazard), does the maintenance the
+/// bounce memory needs, and returns the device address.
 ///
 /// # Errors
 /// [`MapFailure::NoRoom`] with the backend's refusal (the caller may grow the pool or defer
@@ -20,6 +21,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     dev: &Device,
     range: PhysRange,
     meta: BounceMeta,
+    fill_inbound: bool,
 ) -> Result<DmaAddr, MapFailure> {
     let req = BounceRequest {
         len: range.len(),
@@ -29,14 +31,26 @@ pub(crate) fn map<P: Platform + ?Sized>(
         cpu: p.current_cpu(),
     };
     let slot = backend.alloc(&req, meta).map_err(MapFailure::NoRoom)?;
-    if let Err(fault) = p.copy(slot, range.start(), range.len()) {
-        backend.free(slot);
-        return Err(MapFailure::Failed(DmaError::Memory(fault)));
+    if meta.dir.device_reads() || fill_inbound {
+        if let Err(fault) = p.copy(slot, range.start(), range.len()) {
+            backend.free(slot);
+            return Err(MapFailure::Failed(DmaError::Memory(fault)));
+        }
     }
     if needs_maintenance(backend, dev) {
         maintenance::for_device(p, slot_range(slot, range.len()), meta.dir);
     }
     Ok(DmaAddr::new(slot.as_u64()))
+}
+
+/// A part of a mapping named by a sync: `len` bytes at `offset` inside the mapping `dma`,
+/// in direction `dir`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SyncPart {
+    pub(crate) dma: DmaAddr,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) dir: Direction,
 }
 
 /// Why [`map`] failed.
@@ -97,18 +111,22 @@ pub(crate) fn sync_for_cpu<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
     dev: &Device,
-    dma: DmaAddr,
-    offset: u64,
-    len: u64,
-    dir: Direction,
+    part: SyncPart,
 ) -> Result<(), DmaError> {
+    let SyncPart {
+        dma,
+        offset,
+        len,
+        dir,
+    } = part;
     let meta = checked_part(backend, dev, dma, offset, len, dir)?;
     let slot = PhysAddr::new(dma.as_u64()).add(offset);
     to_cpu(p, backend, dev, slot, meta.orig.add(offset), len, dir)
 }
 
 /// Hands `len` bytes at `offset` inside the bounced mapping `dma` to the device: what the
-/// CPU wrote there reaches the bounce.
+/// CPU wrote there reaches the bounce. Inbound mappings are refilled too (unlike Linux), so
+/// bytes the device then does not write keep the CPU's latest value, as on the direct path.
 ///
 /// # Errors
 /// As [`sync_for_cpu`].
@@ -116,14 +134,18 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
     dev: &Device,
-    dma: DmaAddr,
-    offset: u64,
-    len: u64,
-    dir: Direction,
+    part: SyncPart,
+    fill_inbound: bool,
 ) -> Result<(), DmaError> {
+    let SyncPart {
+        dma,
+        offset,
+        len,
+        dir,
+    } = part;
     let meta = checked_part(backend, dev, dma, offset, len, dir)?;
     let slot = PhysAddr::new(dma.as_u64()).add(offset);
-    if dir.device_reads() {
+    if dir.device_reads() || fill_inbound {
         p.copy(slot, meta.orig.add(offset), len)?;
     }
     if needs_maintenance(backend, dev) {
