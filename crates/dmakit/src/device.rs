@@ -9,7 +9,7 @@ use core::fmt;
 use crate::addr::PhysAddr;
 
 /// Identifies a device to statistics, the debug checker and error messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(pub u32);
 
 impl fmt::Display for DeviceId {

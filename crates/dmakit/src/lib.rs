@@ -29,6 +29,7 @@ mod maintenance;
 pub mod mapping;
 pub mod mem;
 pub mod platform;
+pub mod stats;
 pub mod swiotlb;
 pub mod swiotlb_backend;
 pub mod typed;
@@ -42,5 +43,6 @@ pub use mapping::{
     DeferredCompletion, DmaMapper, DmaSegment, HazardControls, MapPath, MapStatus, SgEntry,
 };
 pub use platform::{
-    CacheMaintenance, CpuMemory, CpuTopology, MemoryFault, PageAllocator, Platform, PAGE_SIZE,
+    CacheMaintenance, Clock, CoherentPageAllocator, CpuMemory, CpuTopology, MemoryFault,
+    PageAllocator, Platform, PAGE_SIZE,
 };

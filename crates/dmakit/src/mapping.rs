@@ -6,6 +6,8 @@
 //! It also owns what spans paths: growth fallbacks, deferred mappings and scatter-gather
 //! splitting.
 
+use core::panic::Location;
+
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -22,6 +24,9 @@ use crate::direct;
 use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::platform::{PageAllocator, Platform};
+use crate::stats::{
+    BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
+};
 
 /// Called once when a deferred mapping completes (or fails for a reason other than room).
 pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
@@ -82,6 +87,7 @@ struct Deferred {
     dev: Device,
     range: PhysRange,
     dir: Direction,
+    site: &'static Location<'static>,
     done: DeferredCompletion,
 }
 
@@ -97,20 +103,65 @@ pub struct DmaMapper<P> {
     transient: Option<TransientPool>,
     deferred: Mutex<VecDeque<Deferred>>,
     controls: HazardControls,
+    counters: DeviceCounters,
+    sites: SiteTable,
+    suggest_ppm: u64,
+    reporter: Option<BounceReporter>,
 }
 
 impl<P: Platform> DmaMapper<P> {
     /// A mapper over `platform` with the exact alignment policy and no bounce pools.
     pub fn new(platform: P) -> Self {
         Self {
-            platform,
             policy: AlignmentPolicy::Exact,
             swiotlb: None,
             coherent: None,
             transient: None,
             deferred: Mutex::new(VecDeque::new()),
             controls: HazardControls::default(),
+            counters: DeviceCounters::new(platform.cpu_count()),
+            sites: SiteTable::new(),
+            suggest_ppm: 100_000,
+            reporter: None,
+            platform,
         }
+    }
+
+    /// Call sites with at least this share of all bounces, in parts per million, get the
+    /// "make this allocation a DMA buffer" suggestion in [`DmaMapper::top_sites`]
+    /// (default 100,000: a tenth).
+    pub fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
+        self.suggest_ppm = ppm;
+        self
+    }
+
+    /// Samples bounces through `reporter` (at most one report per its interval).
+    pub fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// A snapshot of the statistics: per device, per pool. Reads atomics only.
+    pub fn stats(&self) -> StatsSnapshot {
+        let pools = [self.swiotlb.as_deref(), self.coherent.as_deref()]
+            .into_iter()
+            .flatten()
+            .chain(self.transient.as_ref().map(|t| t as &dyn BounceBackend))
+            .map(|b| PoolSnapshot {
+                name: b.name(),
+                usage: b.usage(),
+            })
+            .collect();
+        StatsSnapshot {
+            devices: self.counters.snapshot(),
+            pools,
+            untracked_site_bounces: self.sites.untracked(),
+        }
+    }
+
+    /// The `n` call sites that requested the most bounced mappings, most first.
+    pub fn top_sites(&self, n: usize) -> Vec<SiteStats> {
+        self.sites.top(n, self.suggest_ppm)
     }
 
     /// Turns safety mechanisms off for a demonstration; see [`HazardControls`].
@@ -186,6 +237,7 @@ impl<P: Platform> DmaMapper<P> {
     /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
     /// pool; [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool
     /// cannot take it; a memory fault from the bounce copy. On error nothing was changed.
+    #[track_caller]
     pub fn map(
         &self,
         dev: &Device,
@@ -200,6 +252,7 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// As [`DmaMapper::map`].
+    #[track_caller]
     pub fn map_traced(
         &self,
         dev: &Device,
@@ -208,7 +261,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
         let range = checked_range(dev, phys.as_u64(), len)?;
-        self.map_range(dev, range, dir)
+        self.map_range(dev, range, dir, Location::caller())
             .map_err(|f| self.failure_to_error(dev, range, f))
     }
 
@@ -220,6 +273,7 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// Every error of [`DmaMapper::map`] except exhaustion; then `done` is dropped uncalled.
+    #[track_caller]
     pub fn map_or_defer(
         &self,
         dev: &Device,
@@ -229,9 +283,10 @@ impl<P: Platform> DmaMapper<P> {
         done: DeferredCompletion,
     ) -> Result<MapStatus, DmaError> {
         let range = checked_range(dev, phys.as_u64(), len)?;
+        let site = Location::caller();
         let mut queue = self.deferred.lock();
         if queue.is_empty() {
-            match self.map_range(dev, range, dir) {
+            match self.map_range(dev, range, dir, site) {
                 Ok((dma, _)) => return Ok(MapStatus::Mapped(dma)),
                 Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
                 Err(f) => return Err(self.failure_to_error(dev, range, f)),
@@ -249,8 +304,11 @@ impl<P: Platform> DmaMapper<P> {
             dev: dev.clone(),
             range,
             dir,
+            site,
             done,
         });
+        self.counters
+            .deferred(self.platform.current_cpu(), dev.id());
         Ok(MapStatus::Deferred)
     }
 
@@ -267,7 +325,7 @@ impl<P: Platform> DmaMapper<P> {
             let Some(head) = queue.pop_front() else {
                 return;
             };
-            match self.map_range(&head.dev, head.range, head.dir) {
+            match self.map_range(&head.dev, head.range, head.dir, head.site) {
                 Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
                     queue.push_front(head);
                     return;
@@ -291,6 +349,7 @@ impl<P: Platform> DmaMapper<P> {
     /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
     /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
     /// Direct mappings keep no record; the debug checker catches their misuse.
+    #[track_caller]
     pub fn unmap(
         &self,
         dev: &Device,
@@ -301,7 +360,9 @@ impl<P: Platform> DmaMapper<P> {
         let range = checked_range(dev, dma.as_u64(), len)?;
         match self.backend_owning(dma) {
             Some(backend) => {
-                bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+                let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+                self.counters
+                    .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
                 self.retry_deferred();
             }
             None => direct::unmap(&self.platform, dev, range, dir),
@@ -316,6 +377,7 @@ impl<P: Platform> DmaMapper<P> {
     /// As [`DmaMapper::unmap`]; for a bounced mapping [`DmaError::OutOfMapping`] when the
     /// part leaves the mapping and [`DmaError::WrongDirection`] when the mapping does not
     /// permit `dir`.
+    #[track_caller]
     pub fn sync_for_device(
         &self,
         dev: &Device,
@@ -326,18 +388,19 @@ impl<P: Platform> DmaMapper<P> {
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
         match self.backend_owning(dma) {
-            Some(b) => bounce::sync_for_device(
-                &self.platform,
-                b,
-                dev,
-                SyncPart {
+            Some(b) => {
+                let part = SyncPart {
                     dma,
                     offset,
                     len,
                     dir,
-                },
-                !self.controls.skip_inbound_fill,
-            ),
+                };
+                let fill = !self.controls.skip_inbound_fill;
+                let copied = bounce::sync_for_device(&self.platform, b, dev, part, fill)?;
+                self.counters
+                    .copied_to_bounce(self.platform.current_cpu(), dev.id(), copied);
+                Ok(())
+            }
             None => {
                 direct::sync_for_device(&self.platform, dev, range, dir);
                 Ok(())
@@ -350,6 +413,7 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// As [`DmaMapper::sync_for_device`].
+    #[track_caller]
     pub fn sync_for_cpu(
         &self,
         dev: &Device,
@@ -360,17 +424,18 @@ impl<P: Platform> DmaMapper<P> {
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
         match self.backend_owning(dma) {
-            Some(b) => bounce::sync_for_cpu(
-                &self.platform,
-                b,
-                dev,
-                SyncPart {
+            Some(b) => {
+                let part = SyncPart {
                     dma,
                     offset,
                     len,
                     dir,
-                },
-            ),
+                };
+                let copied = bounce::sync_for_cpu(&self.platform, b, dev, part)?;
+                self.counters
+                    .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
+                Ok(())
+            }
             None => {
                 direct::sync_for_cpu(&self.platform, dev, range, dir);
                 Ok(())
@@ -385,6 +450,7 @@ impl<P: Platform> DmaMapper<P> {
     /// # Errors
     /// Any error of [`DmaMapper::map`] for any segment; segments already mapped are unmapped
     /// again, so nothing is left behind. [`DmaError::ZeroLength`] for an empty list.
+    #[track_caller]
     pub fn map_sg(
         &self,
         dev: &Device,
@@ -398,10 +464,11 @@ impl<P: Platform> DmaMapper<P> {
             .iter()
             .map(|e| checked_range(dev, e.phys.as_u64(), e.len))
             .collect::<Result<Vec<_>, _>>()?;
+        let site = Location::caller();
         let mut out = Vec::with_capacity(ranges.len());
         for range in ranges {
             for piece in split_segment(dev, range) {
-                match self.map_range(dev, piece, dir) {
+                match self.map_range(dev, piece, dir, site) {
                     Ok((dma, _)) if crosses_boundary(dev, dma, piece.len()) => {
                         out.push(DmaSegment {
                             dma,
@@ -433,6 +500,7 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// The first error of [`DmaMapper::unmap`]; the remaining segments are still unmapped.
+    #[track_caller]
     pub fn unmap_sg(
         &self,
         dev: &Device,
@@ -461,19 +529,20 @@ impl<P: Platform> DmaMapper<P> {
         self.platform.cache_line_size()
     }
 
-    /// The single routing decision.
+    /// The single routing decision, and the statistics of its outcome.
     fn map_range(
         &self,
         dev: &Device,
         range: PhysRange,
         dir: Direction,
+        site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        let cpu = self.platform.current_cpu();
         let Some(reason) = decision::bounce_reason(dev, range, dir, self.policy, self.line())
         else {
-            return Ok((
-                direct::map(&self.platform, dev, range, dir),
-                MapPath::Direct,
-            ));
+            let dma = direct::map(&self.platform, dev, range, dir);
+            self.counters.mapped(cpu, dev.id(), dir, None, 0);
+            return Ok((dma, MapPath::Direct));
         };
         let Some(backend) = self.bounce_backend(dev) else {
             return Err(MapFailure::Failed(DmaError::NoBouncePool {
@@ -482,7 +551,6 @@ impl<P: Platform> DmaMapper<P> {
                 len: range.len(),
             }));
         };
-        let fill = !self.controls.skip_inbound_fill;
         let meta = BounceMeta {
             device: dev.id(),
             orig: range.start(),
@@ -490,30 +558,61 @@ impl<P: Platform> DmaMapper<P> {
             dir,
             reason,
         };
-        let traced = |b: &dyn BounceBackend, dma| {
-            (
-                dma,
-                MapPath::Bounced {
-                    reason,
-                    backend: b.name(),
-                },
-            )
-        };
-        match bounce::map(&self.platform, backend.as_ref(), dev, range, meta, fill) {
-            Ok(dma) => Ok(traced(backend.as_ref(), dma)),
+        let (used, mapped) = match self.bounce_into(backend.as_ref(), dev, range, meta) {
             Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) if backend.growth_pending() => {
                 // While growth is on its way, an exact-size transient bounce bridges the gap.
-                let t =
-                    self.transient
-                        .as_ref()
-                        .ok_or(MapFailure::NoRoom(BounceAllocError::Full {
-                            used: backend.usage().used,
-                            total: backend.usage().total,
-                        }))?;
-                bounce::map(&self.platform, t, dev, range, meta, fill).map(|dma| traced(t, dma))
+                match &self.transient {
+                    Some(t) => (
+                        t as &dyn BounceBackend,
+                        self.bounce_into(t, dev, range, meta),
+                    ),
+                    None => (
+                        backend.as_ref(),
+                        self.bounce_into(backend.as_ref(), dev, range, meta),
+                    ),
+                }
             }
-            Err(e) => Err(e),
+            other => (backend.as_ref(), other),
+        };
+        match mapped {
+            Ok((dma, copied)) => {
+                self.counters
+                    .mapped(cpu, dev.id(), dir, Some(reason), copied);
+                self.sites.record(site, range.len());
+                if let Some(r) = &self.reporter {
+                    r.bounced(site, dev.id(), reason, range.len(), dir);
+                }
+                log::trace!(
+                    "{}: bounced {range:?} ({}) at {site}",
+                    dev.id(),
+                    reason.name()
+                );
+                Ok((
+                    dma,
+                    MapPath::Bounced {
+                        reason,
+                        backend: used.name(),
+                    },
+                ))
+            }
+            Err(e) => {
+                if let MapFailure::NoRoom(BounceAllocError::Full { .. }) = e {
+                    self.counters.exhausted(cpu, dev.id());
+                }
+                Err(e)
+            }
         }
+    }
+
+    fn bounce_into(
+        &self,
+        backend: &dyn BounceBackend,
+        dev: &Device,
+        range: PhysRange,
+        meta: BounceMeta,
+    ) -> Result<(DmaAddr, u64), MapFailure> {
+        let fill = !self.controls.skip_inbound_fill;
+        bounce::map(&self.platform, backend, dev, range, meta, fill)
     }
 
     fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {

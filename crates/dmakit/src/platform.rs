@@ -107,6 +107,100 @@ pub trait CoherentPageAllocator {
     fn free_coherent_pages(&self, base: PhysAddr, pages: u64);
 }
 
+/// Platform time, for rate-limited reporting.
+///
+/// Contract: monotonic nanoseconds since an arbitrary origin.
+pub trait Clock {
+    /// Now, in nanoseconds.
+    fn now_ns(&self) -> u64;
+}
+
+/// Changes the CPU's mapping of pages between cached and uncached, so ordinary pages can
+/// serve as coherent memory for devices that do not snoop caches (Linux's
+/// `arch_dma_prep_coherent` plus the uncached remap behind `dma_alloc_coherent`).
+///
+/// Contract: after [`CoherentRemap::make_uncached`] returns, every CPU access through
+/// [`CpuMemory`] to a page overlapping the range bypasses write-back caches, and no line of
+/// those pages is left in a cache (dirty lines were written back first, so no data is lost);
+/// nothing, not even speculation, brings such a line back until
+/// [`CoherentRemap::make_cached`] is called for it. A page is uncached or cached as a whole.
+pub trait CoherentRemap {
+    /// Makes the pages overlapping `range` uncached for the CPU.
+    ///
+    /// # Errors
+    /// [`MemoryFault`] if the range is not memory; nothing changed then.
+    fn make_uncached(&self, range: PhysRange) -> Result<(), MemoryFault>;
+    /// Makes the pages overlapping `range` cached again (after the memory stopped being used
+    /// as coherent memory). Ranges that are not memory, or not uncached, are ignored.
+    fn make_cached(&self, range: PhysRange);
+}
+
+/// A CPU virtual address inside a mapping made by [`VirtualMapping::vmap`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct VirtAddr(pub u64);
+
+impl VirtAddr {
+    /// The raw address value.
+    #[inline]
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// `self + bytes`, or `None` if that leaves the address space.
+    #[inline]
+    pub const fn checked_add(self, bytes: u64) -> Option<Self> {
+        match self.0.checked_add(bytes) {
+            Some(v) => Some(Self(v)),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Debug for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VirtAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// Contiguous CPU views of scattered pages (Linux `vmap`), and the cache maintenance such a
+/// second view needs on caches that alias by virtual address.
+///
+/// On a physically indexed cache a page mapped twice is cached once, and the two views
+/// always agree. On a virtually indexed cache that aliases (some ARMv6/v7, MIPS, PA-RISC,
+/// SPARC), the view made by `vmap` caches the same bytes in *other* lines than the linear
+/// map does: maintenance by physical address ([`CacheMaintenance`]) acts only on the linear
+/// map's lines, and data written through the view stays in the view's lines until
+/// [`VirtualMapping::flush_virt`].
+///
+/// Contract: `vmap` maps the pages, in order, at consecutive page-sized virtual ranges and
+/// returns the first address; the mapping lives until `vunmap`. `flush_virt` writes back the
+/// view's dirty lines overlapping the range (memory then holds what was written through
+/// it); `invalidate_virt` drops the view's lines overlapping the range (later reads through
+/// it see memory). On a machine without aliasing both may do nothing. Ranges outside a live
+/// mapping are ignored.
+pub trait VirtualMapping {
+    /// Maps `pages` (page-aligned physical addresses, any order) at a contiguous virtual
+    /// range; `None` when the virtual address space is exhausted or `pages` is empty.
+    fn vmap(&self, pages: &[PhysAddr]) -> Option<VirtAddr>;
+    /// Removes the mapping of `pages` pages at `addr` made by `vmap`. Lines the view still
+    /// holds are not written back: flush first.
+    fn vunmap(&self, addr: VirtAddr, pages: usize);
+    /// Writes back the view's dirty lines overlapping `[addr, addr + len)`.
+    fn flush_virt(&self, addr: VirtAddr, len: u64);
+    /// Drops the view's lines overlapping `[addr, addr + len)` without writing them back.
+    fn invalidate_virt(&self, addr: VirtAddr, len: u64);
+    /// Whether the view caches separately from the linear map (maintenance by virtual
+    /// address is needed). Informational: dmakit always performs it.
+    fn aliases(&self) -> bool;
+}
+
 /// Everything the streaming paths need from a platform.
 pub trait Platform: CacheMaintenance + CpuMemory + CpuTopology {}
 impl<T: CacheMaintenance + CpuMemory + CpuTopology + ?Sized> Platform for T {}
@@ -157,6 +251,12 @@ macro_rules! forward {
             }
         }
 
+        impl<T: Clock + ?Sized> Clock for $ptr {
+            fn now_ns(&self) -> u64 {
+                (**self).now_ns()
+            }
+        }
+
         impl<T: CoherentPageAllocator + ?Sized> CoherentPageAllocator for $ptr {
             fn alloc_coherent_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
                 (**self).alloc_coherent_pages(pages, max_addr)
@@ -169,3 +269,37 @@ macro_rules! forward {
 }
 
 forward!(&T, alloc::sync::Arc<T>);
+
+/// Forwards the allocation-side platform traits through a reference or `Arc`.
+macro_rules! forward_alloc_side {
+    ($($ptr:ty),*) => {$(
+        impl<T: CoherentRemap + ?Sized> CoherentRemap for $ptr {
+            fn make_uncached(&self, range: PhysRange) -> Result<(), MemoryFault> {
+                (**self).make_uncached(range)
+            }
+            fn make_cached(&self, range: PhysRange) {
+                (**self).make_cached(range)
+            }
+        }
+
+        impl<T: VirtualMapping + ?Sized> VirtualMapping for $ptr {
+            fn vmap(&self, pages: &[PhysAddr]) -> Option<VirtAddr> {
+                (**self).vmap(pages)
+            }
+            fn vunmap(&self, addr: VirtAddr, pages: usize) {
+                (**self).vunmap(addr, pages)
+            }
+            fn flush_virt(&self, addr: VirtAddr, len: u64) {
+                (**self).flush_virt(addr, len)
+            }
+            fn invalidate_virt(&self, addr: VirtAddr, len: u64) {
+                (**self).invalidate_virt(addr, len)
+            }
+            fn aliases(&self) -> bool {
+                (**self).aliases()
+            }
+        }
+    )*};
+}
+
+forward_alloc_side!(&T, alloc::sync::Arc<T>);

@@ -22,7 +22,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     range: PhysRange,
     meta: BounceMeta,
     fill_inbound: bool,
-) -> Result<DmaAddr, MapFailure> {
+) -> Result<(DmaAddr, u64), MapFailure> {
     let req = BounceRequest {
         len: range.len(),
         orig: range.start(),
@@ -31,16 +31,18 @@ pub(crate) fn map<P: Platform + ?Sized>(
         cpu: p.current_cpu(),
     };
     let slot = backend.alloc(&req, meta).map_err(MapFailure::NoRoom)?;
+    let mut copied = 0;
     if meta.dir.device_reads() || fill_inbound {
         if let Err(fault) = p.copy(slot, range.start(), range.len()) {
             backend.free(slot);
             return Err(MapFailure::Failed(DmaError::Memory(fault)));
         }
+        copied = range.len();
     }
     if needs_maintenance(backend, dev) {
         maintenance::for_device(p, slot_range(slot, range.len()), meta.dir);
     }
-    Ok(DmaAddr::new(slot.as_u64()))
+    Ok((DmaAddr::new(slot.as_u64()), copied))
 }
 
 /// A part of a mapping named by a sync: `len` bytes at `offset` inside the mapping `dma`,
@@ -63,7 +65,8 @@ pub(crate) enum MapFailure {
 }
 
 /// Ends the bounced mapping at `dma`: maintenance, copy back what the device may have
-/// written, release the room. Returns the metadata of the ended bounce.
+/// written, release the room. Returns the metadata of the ended bounce and the bytes copied
+/// back.
 ///
 /// # Errors
 /// [`DmaError::UnknownMapping`] if `dma` is not a live bounce of `dev`;
@@ -76,7 +79,7 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     dma: DmaAddr,
     len: u64,
     dir: Direction,
-) -> Result<BounceMeta, DmaError> {
+) -> Result<(BounceMeta, u64), DmaError> {
     let slot = PhysAddr::new(dma.as_u64());
     let meta = live(backend, dev, dma)?;
     if meta.len != len {
@@ -94,15 +97,16 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
             requested: dir,
         });
     }
-    to_cpu(p, backend, dev, slot, meta.orig, len, dir)?;
-    backend.free(slot).ok_or(DmaError::UnknownMapping {
+    let copied = to_cpu(p, backend, dev, slot, meta.orig, len, dir)?;
+    let meta = backend.free(slot).ok_or(DmaError::UnknownMapping {
         device: dev.id(),
         dma,
-    })
+    })?;
+    Ok((meta, copied))
 }
 
 /// Hands `len` bytes at `offset` inside the bounced mapping `dma` back to the CPU: the CPU
-/// sees what the device wrote there. Only that part is copied.
+/// sees what the device wrote there. Only that part is copied; returns the bytes copied.
 ///
 /// # Errors
 /// As [`unmap`], and [`DmaError::OutOfMapping`] if the part leaves the mapping,
@@ -112,7 +116,7 @@ pub(crate) fn sync_for_cpu<P: Platform + ?Sized>(
     backend: &dyn BounceBackend,
     dev: &Device,
     part: SyncPart,
-) -> Result<(), DmaError> {
+) -> Result<u64, DmaError> {
     let SyncPart {
         dma,
         offset,
@@ -127,6 +131,7 @@ pub(crate) fn sync_for_cpu<P: Platform + ?Sized>(
 /// Hands `len` bytes at `offset` inside the bounced mapping `dma` to the device: what the
 /// CPU wrote there reaches the bounce. Inbound mappings are refilled too (unlike Linux), so
 /// bytes the device then does not write keep the CPU's latest value, as on the direct path.
+/// Returns the bytes copied.
 ///
 /// # Errors
 /// As [`sync_for_cpu`].
@@ -136,7 +141,7 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
     dev: &Device,
     part: SyncPart,
     fill_inbound: bool,
-) -> Result<(), DmaError> {
+) -> Result<u64, DmaError> {
     let SyncPart {
         dma,
         offset,
@@ -145,13 +150,15 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
     } = part;
     let meta = checked_part(backend, dev, dma, offset, len, dir)?;
     let slot = PhysAddr::new(dma.as_u64()).add(offset);
+    let mut copied = 0;
     if dir.device_reads() || fill_inbound {
         p.copy(slot, meta.orig.add(offset), len)?;
+        copied = len;
     }
     if needs_maintenance(backend, dev) {
         maintenance::for_device(p, slot_range(slot, len), dir);
     }
-    Ok(())
+    Ok(copied)
 }
 
 fn to_cpu<P: Platform + ?Sized>(
@@ -162,14 +169,15 @@ fn to_cpu<P: Platform + ?Sized>(
     orig: PhysAddr,
     len: u64,
     dir: Direction,
-) -> Result<(), DmaError> {
+) -> Result<u64, DmaError> {
     if needs_maintenance(backend, dev) {
         maintenance::for_cpu(p, slot_range(slot, len), dir);
     }
-    if dir.device_writes() {
-        p.copy(orig, slot, len)?;
+    if !dir.device_writes() {
+        return Ok(0);
     }
-    Ok(())
+    p.copy(orig, slot, len)?;
+    Ok(len)
 }
 
 fn live(backend: &dyn BounceBackend, dev: &Device, dma: DmaAddr) -> Result<BounceMeta, DmaError> {

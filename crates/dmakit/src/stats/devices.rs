@@ -1,0 +1,287 @@
+//! Per-device counters: atomics, striped by CPU, found by device id without a lock.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use crate::decision::BounceReason;
+use crate::device::DeviceId;
+use crate::direction::Direction;
+
+/// How many distinct devices the counters track; mappings of further devices are counted
+/// in no per-device row (the mapping itself is unaffected).
+pub const MAX_TRACKED_DEVICES: usize = 64;
+
+/// Counters of one device (a snapshot; see [`crate::stats::StatsSnapshot`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// The device.
+    pub device: DeviceId,
+    /// Successful mappings (single mappings and sg segments), by [`Direction`] index
+    /// (`ToDevice`, `FromDevice`, `Bidirectional`).
+    pub mappings: [u64; 3],
+    /// Mappings that used the device's path directly (no bounce).
+    pub direct: u64,
+    /// Bounced mappings by [`BounceReason`] (in [`BounceReason::ALL`] order).
+    pub bounced: [u64; 4],
+    /// Bounced mappings by direction.
+    pub bounced_by_direction: [u64; 3],
+    /// Bytes copied from callers' buffers into bounces (map, `sync_for_device`).
+    pub bytes_to_bounce: u64,
+    /// Bytes copied from bounces back to callers' buffers (unmap, `sync_for_cpu`).
+    pub bytes_from_bounce: u64,
+    /// Mappings refused because a pool was full.
+    pub exhaustion_errors: u64,
+    /// Mappings queued for later completion.
+    pub deferred: u64,
+}
+
+impl DeviceStats {
+    /// All successful mappings.
+    pub fn mappings_total(&self) -> u64 {
+        self.mappings.iter().sum()
+    }
+
+    /// All bounced mappings.
+    pub fn bounces_total(&self) -> u64 {
+        self.bounced.iter().sum()
+    }
+
+    /// Bounces for `reason`.
+    pub fn bounces(&self, reason: BounceReason) -> u64 {
+        self.bounced[reason_index(reason)]
+    }
+
+    pub(crate) fn add(&mut self, o: &DeviceStats) {
+        for i in 0..3 {
+            self.mappings[i] += o.mappings[i];
+            self.bounced_by_direction[i] += o.bounced_by_direction[i];
+        }
+        for i in 0..4 {
+            self.bounced[i] += o.bounced[i];
+        }
+        self.direct += o.direct;
+        self.bytes_to_bounce += o.bytes_to_bounce;
+        self.bytes_from_bounce += o.bytes_from_bounce;
+        self.exhaustion_errors += o.exhaustion_errors;
+        self.deferred += o.deferred;
+    }
+}
+
+pub(crate) fn reason_index(r: BounceReason) -> usize {
+    match r {
+        BounceReason::Forced => 0,
+        BounceReason::AboveMask => 1,
+        BounceReason::Misaligned => 2,
+        BounceReason::Untrusted => 3,
+    }
+}
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::ToDevice => 0,
+        Direction::FromDevice => 1,
+        Direction::Bidirectional => 2,
+    }
+}
+
+#[derive(Default)]
+struct Row {
+    mappings: [AtomicU64; 3],
+    direct: AtomicU64,
+    bounced: [AtomicU64; 4],
+    bounced_by_direction: [AtomicU64; 3],
+    bytes_to_bounce: AtomicU64,
+    bytes_from_bounce: AtomicU64,
+    exhaustion_errors: AtomicU64,
+    deferred: AtomicU64,
+}
+
+/// One CPU stripe: a small open-addressed table from device id to a row of counters.
+/// Aligned to 128 bytes so stripes never share a cache line.
+#[repr(align(128))]
+struct Stripe {
+    /// `id + 1` of the device owning each row; 0 = free.
+    keys: [AtomicU32; MAX_TRACKED_DEVICES],
+    rows: [Row; MAX_TRACKED_DEVICES],
+}
+
+impl Stripe {
+    fn new() -> Self {
+        Self {
+            keys: core::array::from_fn(|_| AtomicU32::new(0)),
+            rows: core::array::from_fn(|_| Row::default()),
+        }
+    }
+
+    /// The row of `dev`, claiming a free one on first use; `None` when the table is full
+    /// (or the id is `u32::MAX`, which cannot be keyed).
+    fn row(&self, dev: DeviceId) -> Option<&Row> {
+        let key = dev.0.checked_add(1)?;
+        let start = (dev.0 as usize).wrapping_mul(0x9e37_79b9) % MAX_TRACKED_DEVICES;
+        for i in 0..MAX_TRACKED_DEVICES {
+            let at = (start + i) % MAX_TRACKED_DEVICES;
+            let k = self.keys[at].load(Ordering::Acquire);
+            if k == key {
+                return Some(&self.rows[at]);
+            }
+            if k == 0 {
+                match self.keys[at].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Some(&self.rows[at]),
+                    Err(other) if other == key => return Some(&self.rows[at]),
+                    Err(_) => continue,
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The per-device counters of a mapper.
+pub(crate) struct DeviceCounters {
+    stripes: Box<[Stripe]>,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl DeviceCounters {
+    /// Counters with one stripe per CPU (at least one, at most 64).
+    pub(crate) fn new(cpus: usize) -> Self {
+        let n = cpus.clamp(1, 64);
+        Self {
+            stripes: (0..n).map(|_| Stripe::new()).collect(),
+        }
+    }
+
+    fn row(&self, cpu: usize, dev: DeviceId) -> Option<&Row> {
+        self.stripes[cpu % self.stripes.len()].row(dev)
+    }
+
+    pub(crate) fn mapped(
+        &self,
+        cpu: usize,
+        dev: DeviceId,
+        dir: Direction,
+        bounce: Option<BounceReason>,
+        copied: u64,
+    ) {
+        let Some(r) = self.row(cpu, dev) else {
+            return;
+        };
+        bump(&r.mappings[dir_index(dir)], 1);
+        match bounce {
+            None => bump(&r.direct, 1),
+            Some(reason) => {
+                bump(&r.bounced[reason_index(reason)], 1);
+                bump(&r.bounced_by_direction[dir_index(dir)], 1);
+                bump(&r.bytes_to_bounce, copied);
+            }
+        }
+    }
+
+    pub(crate) fn copied_to_bounce(&self, cpu: usize, dev: DeviceId, bytes: u64) {
+        if let Some(r) = self.row(cpu, dev) {
+            bump(&r.bytes_to_bounce, bytes);
+        }
+    }
+
+    pub(crate) fn copied_from_bounce(&self, cpu: usize, dev: DeviceId, bytes: u64) {
+        if let Some(r) = self.row(cpu, dev) {
+            bump(&r.bytes_from_bounce, bytes);
+        }
+    }
+
+    pub(crate) fn exhausted(&self, cpu: usize, dev: DeviceId) {
+        if let Some(r) = self.row(cpu, dev) {
+            bump(&r.exhaustion_errors, 1);
+        }
+    }
+
+    pub(crate) fn deferred(&self, cpu: usize, dev: DeviceId) {
+        if let Some(r) = self.row(cpu, dev) {
+            bump(&r.deferred, 1);
+        }
+    }
+
+    /// Sums the stripes per device, in device id order.
+    pub(crate) fn snapshot(&self) -> Vec<DeviceStats> {
+        let mut out: Vec<DeviceStats> = Vec::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for stripe in self.stripes.iter() {
+            for (k, r) in stripe.keys.iter().zip(stripe.rows.iter()) {
+                let key = k.load(Ordering::Acquire);
+                if key == 0 {
+                    continue;
+                }
+                let device = DeviceId(key - 1);
+                let row = DeviceStats {
+                    device,
+                    mappings: r.mappings.each_ref().map(load),
+                    direct: load(&r.direct),
+                    bounced: r.bounced.each_ref().map(load),
+                    bounced_by_direction: r.bounced_by_direction.each_ref().map(load),
+                    bytes_to_bounce: load(&r.bytes_to_bounce),
+                    bytes_from_bounce: load(&r.bytes_from_bounce),
+                    exhaustion_errors: load(&r.exhaustion_errors),
+                    deferred: load(&r.deferred),
+                };
+                match out.binary_search_by_key(&device, |d| d.device) {
+                    Ok(i) => out[i].add(&row),
+                    Err(i) => out.insert(i, row),
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_device_across_stripes() {
+        let c = DeviceCounters::new(4);
+        let (a, b) = (DeviceId(7), DeviceId(9));
+        c.mapped(0, a, Direction::ToDevice, None, 0);
+        c.mapped(
+            1,
+            a,
+            Direction::FromDevice,
+            Some(BounceReason::Misaligned),
+            13,
+        );
+        c.mapped(
+            2,
+            b,
+            Direction::FromDevice,
+            Some(BounceReason::AboveMask),
+            100,
+        );
+        c.copied_from_bounce(3, a, 13);
+        c.exhausted(1, b);
+        c.deferred(1, b);
+        let s = c.snapshot();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].device, a);
+        assert_eq!(s[0].mappings_total(), 2);
+        assert_eq!(s[0].direct + s[0].bounces_total(), s[0].mappings_total());
+        assert_eq!(s[0].bounces(BounceReason::Misaligned), 1);
+        assert_eq!((s[0].bytes_to_bounce, s[0].bytes_from_bounce), (13, 13));
+        assert_eq!(s[1].bounces(BounceReason::AboveMask), 1);
+        assert_eq!((s[1].exhaustion_errors, s[1].deferred), (1, 1));
+    }
+
+    #[test]
+    fn a_full_table_drops_rows_not_mappings() {
+        let c = DeviceCounters::new(1);
+        for id in 0..(MAX_TRACKED_DEVICES as u32 + 5) {
+            c.mapped(0, DeviceId(id), Direction::ToDevice, None, 0);
+        }
+        assert_eq!(c.snapshot().len(), MAX_TRACKED_DEVICES);
+        c.mapped(0, DeviceId(u32::MAX), Direction::ToDevice, None, 0);
+    }
+}

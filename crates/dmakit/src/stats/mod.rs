@@ -1,0 +1,57 @@
+//! Where bounces happen, and what they cost.
+//!
+//! dmakit fixes misaligned DMA by bouncing it, so correctness no longer depends on how an
+//! allocation was aligned — but every bounce costs copies and pool memory. These statistics
+//! say which devices bounce, why, how many bytes were copied, how full the pools are, and —
+//! because every public mapping entry point is `#[track_caller]` — **which line of driver
+//! code** asked for each bounced mapping, so the hot ones can be fixed by allocating their
+//! buffers as DMA buffers. Nothing here takes a lock on the map path: counters are atomics,
+//! striped by CPU so CPUs do not fight over one cache line.
+
+mod devices;
+mod reporter;
+mod sites;
+
+pub use devices::{DeviceStats, MAX_TRACKED_DEVICES};
+pub use reporter::{BounceReport, BounceReporter, ReportSink};
+pub use sites::{SiteStats, MAX_TRACKED_SITES};
+
+pub(crate) use devices::DeviceCounters;
+pub(crate) use sites::SiteTable;
+
+use alloc::vec::Vec;
+
+use crate::bounce::PoolUsage;
+
+/// A snapshot of one bounce pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// The pool's name (`swiotlb`, `coherent-pool`, `transient`).
+    pub name: &'static str,
+    /// Its occupancy and high-water mark.
+    pub usage: PoolUsage,
+}
+
+/// A snapshot of all statistics. Counters are read one by one without a lock, so while
+/// other threads map they may come from slightly different instants; when the mapper is
+/// quiescent they are exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Per device, in device id order, for every device that mapped anything.
+    pub devices: Vec<DeviceStats>,
+    /// Per bounce pool.
+    pub pools: Vec<PoolSnapshot>,
+    /// Bounces whose call site could not be recorded because the site table was full.
+    pub untracked_site_bounces: u64,
+}
+
+impl StatsSnapshot {
+    /// The sum over all devices.
+    pub fn total(&self) -> DeviceStats {
+        let mut t = DeviceStats::default();
+        for d in &self.devices {
+            t.add(d);
+        }
+        t
+    }
+}
