@@ -22,6 +22,7 @@
 //! - [`oracle`]: what every tracked byte must hold, and the classification of wrong bytes;
 //! - [`placement`]: where a buffer and its neighbours sit (line aligned, kmalloc-packed,
 //!   struct field);
+//! - [`transfer`]: one transfer through the mapping layer, judged by the oracle;
 //! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine.
 
 #![warn(missing_docs)]
@@ -39,6 +40,7 @@ pub mod page_alloc;
 pub mod placement;
 pub mod platform;
 pub mod rng;
+pub mod transfer;
 pub mod workload;
 
 pub use cache::{CacheConfig, CacheStats};

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use dmakit::{Device, Direction, DmaAddr, DmaError, DmaMapper, PhysAddr, PhysRange, Platform};
+use dmakit::{Device, Direction, DmaError, DmaMapper, PhysAddr, PhysRange, Platform};
 
 use crate::error::SimError;
 use crate::fault_inject::MaintenanceFaults;
@@ -21,6 +21,7 @@ use crate::memory::Owner;
 use crate::oracle::{Oracle, OracleReport};
 use crate::placement::{Layout, Placement, Role};
 use crate::rng::SimRng;
+use crate::transfer::{cpu_scribble, Neighbour, Scratch, Transfer, TransferOutcome};
 
 /// What a workload does.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +34,9 @@ pub struct WorkloadConfig {
     pub min_len: u64,
     /// Largest buffer length.
     pub max_len: u64,
+    /// Whether lengths are drawn uniformly, or log-uniformly (every power of two between
+    /// the bounds equally likely, as in real driver traffic where small transfers dominate).
+    pub log_sizes: bool,
     /// Directions to pick from (uniformly).
     pub directions: Vec<Direction>,
     /// Placements to pick from (uniformly).
@@ -83,6 +87,7 @@ impl Default for WorkloadConfig {
             seed: 0,
             min_len: 1,
             max_len: 512,
+            log_sizes: false,
             directions: Direction::ALL.to_vec(),
             placements: Placement::ALL.to_vec(),
             slots: 8,
@@ -172,16 +177,7 @@ pub struct Harness<'a, P> {
     next_owner: u32,
     map_errors: u64,
     first_map_error: Option<DmaError>,
-    data: Vec<u8>,
-    rd: (Vec<u8>, Vec<Owner>),
-}
-
-/// A device access or a CPU step, interleaved during a round.
-#[derive(Clone, Copy)]
-enum Step {
-    DevRead(u64, u64),
-    DevWrite(u64, u64),
-    Cpu,
+    scratch: Scratch,
 }
 
 impl<'a, P: Platform> Harness<'a, P> {
@@ -250,8 +246,7 @@ impl<'a, P: Platform> Harness<'a, P> {
             next_owner: 1,
             map_errors: 0,
             first_map_error: None,
-            data: Vec::new(),
-            rd: (Vec::new(), Vec::new()),
+            scratch: Scratch::default(),
         })
     }
 
@@ -268,17 +263,15 @@ impl<'a, P: Platform> Harness<'a, P> {
 
     /// CPU store of random bytes at `addr`, told to the oracle.
     fn cpu_scribble(&mut self, addr: u64, len: u64, owner: Owner) -> Result<(), WorkloadError> {
-        self.data.resize(len as usize, 0);
-        self.rng.fill_bytes(&mut self.data);
-        let a = PhysAddr::new(addr);
-        self.machine
-            .cpu_write(a, &self.data, owner)
-            .map_err(|f| SimError::BadRange {
-                addr: f.addr.as_u64(),
-                len: f.len,
-            })?;
-        self.oracle.cpu_stored(a, &self.data, owner);
-        Ok(())
+        cpu_scribble(
+            self.machine,
+            &mut self.oracle,
+            &mut self.rng,
+            &mut self.scratch,
+            addr,
+            len,
+            owner,
+        )
     }
 
     /// Puts a new layout in slot `si`: forgets the old objects, registers the new ones with
@@ -329,135 +322,36 @@ impl<'a, P: Platform> Harness<'a, P> {
         Ok(())
     }
 
-    /// One CPU step on a neighbour of the buffer in slot `si`: a small store (told to the
-    /// oracle), a load, or time passing.
-    fn cpu_step(&mut self, si: usize) -> Result<(), WorkloadError> {
+    /// The objects of slot `si` other than its buffer: what the CPU keeps using.
+    fn neighbours(&self, si: usize) -> Vec<Neighbour> {
         let slot = &self.slots[si];
         let Some(layout) = &slot.layout else {
-            return Ok(());
+            return Vec::new();
         };
-        let others: Vec<(u64, u64, Owner)> = layout
+        layout
             .objects
             .iter()
             .zip(&slot.owners)
             .filter(|(o, _)| o.role != Role::Buffer)
-            .map(|(o, &w)| (slot.base + o.offset, o.len, w))
-            .collect();
-        let roll = self.rng.below(10);
-        let Some(&(addr, len, owner)) = self.rng.pick(&others) else {
-            self.machine.tick();
-            return Ok(());
-        };
-        let off = self.rng.below(len);
-        let n = self.rng.between(1, 8.min(len - off));
-        match roll {
-            0 => self.machine.tick(),
-            1..=5 => self.cpu_scribble(addr + off, n, owner)?,
-            _ => {
-                self.data.resize(n as usize, 0);
-                self.machine
-                    .cpu_read(PhysAddr::new(addr + off), &mut self.data)
-                    .map_err(|f| SimError::BadRange {
-                        addr: f.addr.as_u64(),
-                        len: f.len,
-                    })?;
-            }
-        }
-        Ok(())
+            .map(|(o, &owner)| Neighbour {
+                addr: slot.base + o.offset,
+                len: o.len,
+                owner,
+            })
+            .collect()
     }
 
-    /// The device's accesses for one round, interleaved with CPU steps.
-    fn device_round(
-        &mut self,
-        si: usize,
-        buf: PhysRange,
-        dma: DmaAddr,
-        dir: Direction,
-        owner: Owner,
-    ) -> Result<(), WorkloadError> {
-        let len = buf.len();
-        let mut steps: Vec<Step> = Vec::new();
-        let (cmin, cmax) = self.cfg.device_chunk;
-        if dir.device_reads() {
-            let mut off = 0;
-            while off < len {
-                let n = self.rng.between(cmin, cmax).min(len - off);
-                steps.push(Step::DevRead(off, n));
-                off += n;
-            }
+    /// A buffer length within the configured bounds.
+    fn draw_len(&mut self) -> u64 {
+        let (lo, hi) = (self.cfg.min_len, self.cfg.max_len);
+        if !self.cfg.log_sizes {
+            return self.rng.between(lo, hi);
         }
-        if dir.device_writes() {
-            let wlen = if self.rng.chance(self.cfg.short_write_chance) {
-                self.rng.below(len)
-            } else {
-                len
-            };
-            let mut off = 0;
-            while off < wlen {
-                let n = self.rng.between(cmin, cmax).min(wlen - off);
-                steps.push(Step::DevWrite(off, n));
-                off += n;
-            }
-        }
-        let mut cpu = self.rng.between(self.cfg.cpu_ops.0, self.cfg.cpu_ops.1);
-        let mut dev_i = 0usize;
-        while dev_i < steps.len() || cpu > 0 {
-            let dev_left = (steps.len() - dev_i) as u64;
-            let step = if self.rng.below(dev_left + cpu) < dev_left {
-                dev_i += 1;
-                steps[dev_i - 1]
-            } else {
-                cpu -= 1;
-                Step::Cpu
-            };
-            match step {
-                Step::Cpu => self.cpu_step(si)?,
-                Step::DevRead(off, n) => {
-                    let (d, o) = &mut self.rd;
-                    d.resize(n as usize, 0);
-                    o.resize(n as usize, Owner::NOBODY);
-                    // A refused access is in the machine's fault log; nothing was read.
-                    if self
-                        .machine
-                        .device_read_into(self.device.id(), DmaAddr::new(dma.as_u64() + off), d, o)
-                        .is_ok()
-                    {
-                        self.oracle
-                            .check_device_read(buf.start().add(off), d, o, owner)?;
-                    }
-                }
-                Step::DevWrite(off, n) => {
-                    self.data.resize(n as usize, 0);
-                    self.rng.fill_bytes(&mut self.data);
-                    if self
-                        .machine
-                        .device_write(
-                            self.device.id(),
-                            DmaAddr::new(dma.as_u64() + off),
-                            &self.data,
-                            owner,
-                        )
-                        .is_ok()
-                    {
-                        self.oracle
-                            .device_wrote(buf.start().add(off), &self.data, owner);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The CPU loads the whole buffer (as a driver reading its data does).
-    fn cpu_reads_buffer(&mut self, buf: PhysRange) -> Result<(), WorkloadError> {
-        self.data.resize(buf.len() as usize, 0);
-        self.machine
-            .cpu_read(buf.start(), &mut self.data)
-            .map_err(|f| SimError::BadRange {
-                addr: f.addr.as_u64(),
-                len: f.len,
-            })?;
-        Ok(())
+        let (lo_bits, hi_bits) = (lo.ilog2(), hi.ilog2());
+        let bits = self.rng.between(u64::from(lo_bits), u64::from(hi_bits)) as u32;
+        let from = (1u64 << bits).max(lo);
+        let to = ((1u64 << bits) * 2 - 1).min(hi);
+        self.rng.between(from, to)
     }
 
     /// Runs one transfer.
@@ -468,7 +362,7 @@ impl<'a, P: Platform> Harness<'a, P> {
     pub fn run_one(&mut self) -> Result<(), WorkloadError> {
         let si = self.rng.below(self.slots.len() as u64) as usize;
         if self.slots[si].layout.is_none() || self.rng.chance(self.cfg.realloc_chance) {
-            let len = self.rng.between(self.cfg.min_len, self.cfg.max_len);
+            let len = self.draw_len();
             self.replace(si, len)?;
         }
         let slot = &self.slots[si];
@@ -493,65 +387,20 @@ impl<'a, P: Platform> Harness<'a, P> {
             .pick(&self.cfg.directions)
             .ok_or(WorkloadError::Config("no direction"))?;
 
-        // The CPU prepares the buffer and touches the neighbours.
-        self.cpu_scribble(buf.start().as_u64(), buf.len(), owner)?;
-        for _ in 0..self.rng.between(0, 2) {
-            self.cpu_step(si)?;
-        }
-
-        let dma = match self.mapper.map(&self.device, buf.start(), buf.len(), dir) {
-            Ok(d) => d,
-            Err(e) => {
-                self.map_errors += 1;
-                self.first_map_error.get_or_insert(e);
-                return Ok(());
-            }
+        let neighbours = self.neighbours(si);
+        let mut transfer = Transfer {
+            machine: self.machine,
+            mapper: self.mapper,
+            device: &self.device,
+            knobs: (&self.cfg).into(),
+            rng: &mut self.rng,
+            oracle: &mut self.oracle,
+            scratch: &mut self.scratch,
         };
-        let id = self.device.id();
-        self.machine.grant(id, dma, buf.len())?;
-
-        let rounds = if self.rng.chance(self.cfg.second_round_chance) {
-            2
-        } else {
-            1
-        };
-        for round in 0..rounds {
-            if round > 0 {
-                // The CPU owns the buffer again: new contents for the device to read, then
-                // back to the device.
-                if dir.device_reads() || self.cfg.rewrite_inbound_between_rounds {
-                    self.cpu_scribble(buf.start().as_u64(), buf.len(), owner)?;
-                }
-                self.mapper
-                    .sync_for_device(&self.device, dma, 0, buf.len(), dir)?;
-            }
-            self.device_round(si, buf, dma, dir, owner)?;
-            let last = round + 1 == rounds;
-            if !last {
-                self.mapper
-                    .sync_for_cpu(&self.device, dma, 0, buf.len(), dir)?;
-                self.cpu_reads_buffer(buf)?;
-                self.oracle.check_transfer(self.machine, buf, owner)?;
-                continue;
-            }
-            if self.cfg.skip_sync_for_cpu {
-                // Control: the CPU reads before giving the buffer back.
-                self.cpu_reads_buffer(buf)?;
-                self.oracle.check_transfer(self.machine, buf, owner)?;
-                self.mapper.unmap(&self.device, dma, buf.len(), dir)?;
-            } else if self.rng.chance(self.cfg.sync_chance) {
-                self.mapper
-                    .sync_for_cpu(&self.device, dma, 0, buf.len(), dir)?;
-                self.cpu_reads_buffer(buf)?;
-                self.oracle.check_transfer(self.machine, buf, owner)?;
-                self.mapper.unmap(&self.device, dma, buf.len(), dir)?;
-            } else {
-                self.mapper.unmap(&self.device, dma, buf.len(), dir)?;
-                self.cpu_reads_buffer(buf)?;
-                self.oracle.check_transfer(self.machine, buf, owner)?;
-            }
+        if let TransferOutcome::MapFailed(e) = transfer.run(buf, dir, owner, &neighbours)? {
+            self.map_errors += 1;
+            self.first_map_error.get_or_insert(e);
         }
-        self.machine.revoke(id, dma, buf.len())?;
         Ok(())
     }
 

@@ -1,0 +1,327 @@
+//! One DMA transfer through the mapping layer, judged by the oracle.
+//!
+//! The step shared by the randomized harness ([`crate::workload`]) and the scenario runner
+//! ([`crate::scenario`]): the CPU writes the buffer, `DmaMapper::map` lends it to the
+//! device, the device is granted exactly the returned bus window and reads and/or writes it
+//! (writes may stop short) while the CPU keeps loading and storing the neighbours, then the
+//! transfer completes (unmap, or sync_for_cpu then unmap, optionally with a second round
+//! through sync_for_device) and the oracle checks the buffer and everything sharing its
+//! lines. Only the mapper's raw public API and the address `map` returned are used.
+
+use dmakit::{Device, Direction, DmaAddr, DmaError, DmaMapper, MapPath, PhysAddr, PhysRange};
+use dmakit::{MemoryFault, Platform};
+
+use crate::error::SimError;
+use crate::machine::Machine;
+use crate::memory::Owner;
+use crate::oracle::Oracle;
+use crate::rng::SimRng;
+use crate::workload::{WorkloadConfig, WorkloadError};
+
+/// How a transfer behaves (the per-transfer part of a [`WorkloadConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransferKnobs {
+    /// CPU operations on neighbours interleaved with each round, inclusive range.
+    pub cpu_ops: (u64, u64),
+    /// Size of each device access, inclusive range.
+    pub device_chunk: (u64, u64),
+    /// Probability that an inbound device write stops short of the mapped length.
+    pub short_write_chance: f64,
+    /// Probability of completing with `sync_for_cpu` then `unmap` rather than `unmap`.
+    pub sync_chance: f64,
+    /// Probability of a second round inside one mapping.
+    pub second_round_chance: f64,
+    /// The CPU rewrites a `FromDevice` buffer between rounds.
+    pub rewrite_inbound_between_rounds: bool,
+    /// Control: check before the final unmap / sync_for_cpu (a missing sync).
+    pub skip_sync_for_cpu: bool,
+}
+
+impl From<&WorkloadConfig> for TransferKnobs {
+    fn from(c: &WorkloadConfig) -> Self {
+        Self {
+            cpu_ops: c.cpu_ops,
+            device_chunk: c.device_chunk,
+            short_write_chance: c.short_write_chance,
+            sync_chance: c.sync_chance,
+            second_round_chance: c.second_round_chance,
+            rewrite_inbound_between_rounds: c.rewrite_inbound_between_rounds,
+            skip_sync_for_cpu: c.skip_sync_for_cpu,
+        }
+    }
+}
+
+/// An object the CPU keeps using while the buffer is lent to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    /// First byte.
+    pub addr: u64,
+    /// Length (non-zero).
+    pub len: u64,
+    /// The owner its bytes are stamped with.
+    pub owner: Owner,
+}
+
+/// What became of one transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// Mapped, performed and checked; the path the mapping took.
+    Done(MapPath),
+    /// `map` refused the buffer; nothing else happened.
+    MapFailed(DmaError),
+}
+
+/// Reusable buffers of a transfer loop.
+#[derive(Default)]
+pub struct Scratch {
+    data: Vec<u8>,
+    rd: (Vec<u8>, Vec<Owner>),
+}
+
+/// Everything one transfer works with. Borrowed for the transfer, so a caller can keep
+/// its random source, oracle and scratch buffers across transfers.
+pub struct Transfer<'a, P> {
+    /// The machine (the mapper's platform).
+    pub machine: &'a Machine,
+    /// The mapping layer under test.
+    pub mapper: &'a DmaMapper<P>,
+    /// The device doing the transfer (attached to the machine).
+    pub device: &'a Device,
+    /// Behaviour.
+    pub knobs: TransferKnobs,
+    /// The random source.
+    pub rng: &'a mut SimRng,
+    /// The oracle judging it.
+    pub oracle: &'a mut Oracle,
+    /// Scratch buffers.
+    pub scratch: &'a mut Scratch,
+}
+
+/// A device access or a CPU step, interleaved during a round.
+#[derive(Clone, Copy)]
+enum Step {
+    DevRead(u64, u64),
+    DevWrite(u64, u64),
+    Cpu,
+}
+
+fn fault(f: MemoryFault) -> SimError {
+    SimError::BadRange {
+        addr: f.addr.as_u64(),
+        len: f.len,
+    }
+}
+
+/// CPU store of `len` random bytes at `addr` stamped `owner`, told to the oracle.
+///
+/// # Errors
+/// [`WorkloadError::Sim`] when the range is not RAM.
+pub fn cpu_scribble(
+    machine: &Machine,
+    oracle: &mut Oracle,
+    rng: &mut SimRng,
+    scratch: &mut Scratch,
+    addr: u64,
+    len: u64,
+    owner: Owner,
+) -> Result<(), WorkloadError> {
+    let data = &mut scratch.data;
+    data.resize(len as usize, 0);
+    rng.fill_bytes(data);
+    let a = PhysAddr::new(addr);
+    machine.cpu_write(a, data, owner).map_err(fault)?;
+    oracle.cpu_stored(a, data, owner);
+    Ok(())
+}
+
+impl<P: Platform> Transfer<'_, P> {
+    /// CPU store of random bytes, told to the oracle.
+    fn scribble(&mut self, addr: u64, len: u64, owner: Owner) -> Result<(), WorkloadError> {
+        cpu_scribble(
+            self.machine,
+            self.oracle,
+            self.rng,
+            self.scratch,
+            addr,
+            len,
+            owner,
+        )
+    }
+
+    /// One CPU step on a neighbour: a small store (told to the oracle), a load, or time
+    /// passing.
+    pub fn cpu_step(&mut self, neighbours: &[Neighbour]) -> Result<(), WorkloadError> {
+        let roll = self.rng.below(10);
+        let Some(&Neighbour { addr, len, owner }) = self.rng.pick(neighbours) else {
+            self.machine.tick();
+            return Ok(());
+        };
+        let off = self.rng.below(len);
+        let n = self.rng.between(1, 8.min(len - off));
+        match roll {
+            0 => self.machine.tick(),
+            1..=5 => self.scribble(addr + off, n, owner)?,
+            _ => {
+                self.scratch.data.resize(n as usize, 0);
+                self.machine
+                    .cpu_read(PhysAddr::new(addr + off), &mut self.scratch.data)
+                    .map_err(fault)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's accesses for one round, interleaved with CPU steps.
+    fn device_round(
+        &mut self,
+        neighbours: &[Neighbour],
+        buf: PhysRange,
+        dma: DmaAddr,
+        dir: Direction,
+        owner: Owner,
+    ) -> Result<(), WorkloadError> {
+        let len = buf.len();
+        let mut steps: Vec<Step> = Vec::new();
+        let (cmin, cmax) = self.knobs.device_chunk;
+        if dir.device_reads() {
+            let mut off = 0;
+            while off < len {
+                let n = self.rng.between(cmin, cmax).min(len - off);
+                steps.push(Step::DevRead(off, n));
+                off += n;
+            }
+        }
+        if dir.device_writes() {
+            let wlen = if self.rng.chance(self.knobs.short_write_chance) {
+                self.rng.below(len)
+            } else {
+                len
+            };
+            let mut off = 0;
+            while off < wlen {
+                let n = self.rng.between(cmin, cmax).min(wlen - off);
+                steps.push(Step::DevWrite(off, n));
+                off += n;
+            }
+        }
+        let mut cpu = self.rng.between(self.knobs.cpu_ops.0, self.knobs.cpu_ops.1);
+        let mut dev_i = 0usize;
+        let id = self.device.id();
+        while dev_i < steps.len() || cpu > 0 {
+            let dev_left = (steps.len() - dev_i) as u64;
+            let step = if self.rng.below(dev_left + cpu) < dev_left {
+                dev_i += 1;
+                steps[dev_i - 1]
+            } else {
+                cpu -= 1;
+                Step::Cpu
+            };
+            match step {
+                Step::Cpu => self.cpu_step(neighbours)?,
+                Step::DevRead(off, n) => {
+                    let (d, o) = &mut self.scratch.rd;
+                    d.resize(n as usize, 0);
+                    o.resize(n as usize, Owner::NOBODY);
+                    // A refused access is in the machine's fault log; nothing was read.
+                    if self
+                        .machine
+                        .device_read_into(id, DmaAddr::new(dma.as_u64() + off), d, o)
+                        .is_ok()
+                    {
+                        self.oracle
+                            .check_device_read(buf.start().add(off), d, o, owner)?;
+                    }
+                }
+                Step::DevWrite(off, n) => {
+                    let data = &mut self.scratch.data;
+                    data.resize(n as usize, 0);
+                    self.rng.fill_bytes(data);
+                    let at = DmaAddr::new(dma.as_u64() + off);
+                    if self.machine.device_write(id, at, data, owner).is_ok() {
+                        self.oracle.device_wrote(buf.start().add(off), data, owner);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU loads the whole buffer (as a driver reading its data does).
+    fn cpu_reads_buffer(&mut self, buf: PhysRange) -> Result<(), WorkloadError> {
+        self.scratch.data.resize(buf.len() as usize, 0);
+        self.machine
+            .cpu_read(buf.start(), &mut self.scratch.data)
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    /// The CPU reads the buffer back and the oracle checks it and its line-sharers.
+    fn complete_check(&mut self, buf: PhysRange, owner: Owner) -> Result<(), WorkloadError> {
+        self.cpu_reads_buffer(buf)?;
+        self.oracle.check_transfer(self.machine, buf, owner)?;
+        Ok(())
+    }
+
+    /// Runs one transfer of `buf` (tracked by the oracle, owned by `owner`) in `dir`, with
+    /// the CPU busy on `neighbours` meanwhile.
+    ///
+    /// # Errors
+    /// [`WorkloadError`] when the model or the mapper refuses something done legitimately;
+    /// a failing `map` is an outcome, not an error.
+    pub fn run(
+        &mut self,
+        buf: PhysRange,
+        dir: Direction,
+        owner: Owner,
+        neighbours: &[Neighbour],
+    ) -> Result<TransferOutcome, WorkloadError> {
+        // The CPU prepares the buffer and touches the neighbours.
+        self.scribble(buf.start().as_u64(), buf.len(), owner)?;
+        for _ in 0..self.rng.between(0, 2) {
+            self.cpu_step(neighbours)?;
+        }
+        let (dma, path) = match self
+            .mapper
+            .map_traced(self.device, buf.start(), buf.len(), dir)
+        {
+            Ok(d) => d,
+            Err(e) => return Ok(TransferOutcome::MapFailed(e)),
+        };
+        let (dev, id) = (self.device, self.device.id());
+        self.machine.grant(id, dma, buf.len())?;
+        let rounds = if self.rng.chance(self.knobs.second_round_chance) {
+            2
+        } else {
+            1
+        };
+        for round in 0..rounds {
+            if round > 0 {
+                // The CPU owns the buffer again: new contents, then back to the device.
+                if dir.device_reads() || self.knobs.rewrite_inbound_between_rounds {
+                    self.scribble(buf.start().as_u64(), buf.len(), owner)?;
+                }
+                self.mapper.sync_for_device(dev, dma, 0, buf.len(), dir)?;
+            }
+            self.device_round(neighbours, buf, dma, dir, owner)?;
+            if round + 1 < rounds {
+                self.mapper.sync_for_cpu(dev, dma, 0, buf.len(), dir)?;
+                self.complete_check(buf, owner)?;
+                continue;
+            }
+            if self.knobs.skip_sync_for_cpu {
+                // Control: the CPU reads before giving the buffer back.
+                self.complete_check(buf, owner)?;
+                self.mapper.unmap(dev, dma, buf.len(), dir)?;
+            } else if self.rng.chance(self.knobs.sync_chance) {
+                self.mapper.sync_for_cpu(dev, dma, 0, buf.len(), dir)?;
+                self.complete_check(buf, owner)?;
+                self.mapper.unmap(dev, dma, buf.len(), dir)?;
+            } else {
+                self.mapper.unmap(dev, dma, buf.len(), dir)?;
+                self.complete_check(buf, owner)?;
+            }
+        }
+        self.machine.revoke(id, dma, buf.len())?;
+        Ok(TransferOutcome::Done(path))
+    }
+}
