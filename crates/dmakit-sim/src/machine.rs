@@ -81,6 +81,8 @@ pub struct MachineStats {
     pub dropped_maintenance: u64,
     /// `free_pages` calls that named no live allocation (ignored).
     pub bad_frees: u64,
+    /// Bytes moved by `CpuMemory::copy` (the mapping layer's bounce copies).
+    pub copied_bytes: u64,
     /// The cache's own counters.
     pub cache: CacheStats,
     /// A hash over the kind and address of every hazard, maintenance and device event, in
@@ -715,6 +717,7 @@ impl Machine {
         let mut tmp = Stamped::zeroed(n);
         s.load(src, &mut tmp.data, &mut tmp.owners);
         s.store(dst, &tmp.data, Stamps::Each(&tmp.owners));
+        s.stats.copied_bytes += len;
         Ok(())
     }
 

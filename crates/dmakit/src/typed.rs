@@ -14,6 +14,24 @@
 //!
 //! Dropping a mapping unmaps it, so a device can never keep access to a buffer whose owner
 //! is gone.
+//!
+//! An inbound sync compiles on a `FromDevice` mapping:
+//!
+//! ```
+//! use dmakit::typed::{DmaBuffer, FromDevice, Mapping};
+//! fn reap<P: dmakit::Platform, B: DmaBuffer>(m: &mut Mapping<'_, P, FromDevice, B>) {
+//!     let _ = m.sync_for_cpu(0, 1).map(|token| token.keep());
+//! }
+//! ```
+//!
+//! and does not exist on a `ToDevice` one:
+//!
+//! ```compile_fail
+//! use dmakit::typed::{DmaBuffer, Mapping, ToDevice};
+//! fn reap<P: dmakit::Platform, B: DmaBuffer>(m: &mut Mapping<'_, P, ToDevice, B>) {
+//!     let _ = m.sync_for_cpu(0, 1).map(|token| token.keep());
+//! }
+//! ```
 
 use core::marker::PhantomData;
 

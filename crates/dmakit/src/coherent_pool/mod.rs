@@ -13,4 +13,4 @@ pub mod bounce;
 pub mod objects;
 
 pub use bounce::CoherentBouncePool;
-pub use objects::{ObjectPool, ObjectPoolConfig, PoolError};
+pub use objects::{ObjectPool, ObjectPoolConfig, ObjectPoolUsage, PoolError};
