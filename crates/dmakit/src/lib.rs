@@ -21,6 +21,7 @@ pub mod decision;
 pub mod device;
 mod direct;
 pub mod direction;
+pub mod dma_alloc;
 pub mod error;
 pub mod growth;
 #[cfg(feature = "std")]
@@ -35,6 +36,8 @@ pub mod swiotlb_backend;
 pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
+pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig};
+pub use platform::{CoherentRemap, VirtAddr, VirtualMapping};
 pub use decision::{AlignmentPolicy, BounceReason};
 pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;

@@ -1,0 +1,347 @@
+//! Coherent allocation and the atomic pool.
+//!
+//! Coherent memory is seen alike by the CPU and the device without cache maintenance. For
+//! a coherent device any reachable memory is; for a non-coherent one the pages are remapped
+//! uncached for the CPU ([`CoherentRemap`]). Remapping may wait (it changes page tables and
+//! flushes TLBs), so allocations in atomic context come from the atomic pool: uncached
+//! memory set aside in advance, served by the [`ObjectPool`] without waiting. When the
+//! pool's free space falls below its initial size it asks its growth hook for more, once;
+//! the answer ([`DmaAllocator::grow_atomic_pool`]) adds at least as much memory as the pool
+//! holds (doubling it, as Linux's `atomic_pool_expand` does). The pool never shrinks.
+
+use core::ops::Deref;
+
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::coherent_pool::objects::ObjectPoolUsage;
+use crate::coherent_pool::PoolError;
+use crate::device::{Device, DeviceId};
+use crate::direction::Direction;
+use crate::dma_alloc::{
+    page_range, AllocContext, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected,
+};
+use crate::growth::GrowthRequest;
+use crate::mem::ZonedPageAllocator;
+use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, MemoryFault, PAGE_SIZE};
+
+/// Where a coherent buffer's memory came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// An object of the atomic pool (already uncached).
+    AtomicPool,
+    /// Pages of the zones; `uncached` when they were remapped for a non-coherent device.
+    Pages { pages: u64, uncached: bool },
+}
+
+/// Coherent memory allocated by [`DmaAllocator::alloc_coherent`]: `size` zeroed bytes at
+/// [`CoherentBuffer::phys`] for the CPU and [`CoherentBuffer::dma`] for the device, which
+/// see the same bytes without maintenance until the buffer is given to
+/// [`DmaAllocator::free_coherent`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "coherent memory is lost unless given to free_coherent"]
+pub struct CoherentBuffer {
+    range: PhysRange,
+    dma: DmaAddr,
+    device: DeviceId,
+    source: Source,
+    translated: bool,
+    owner: u64,
+}
+
+impl CoherentBuffer {
+    /// Where the CPU accesses the buffer.
+    pub fn phys(&self) -> PhysAddr {
+        self.range.start()
+    }
+    /// Where the device accesses the buffer.
+    pub fn dma(&self) -> DmaAddr {
+        self.dma
+    }
+    /// Bytes requested.
+    pub fn size(&self) -> u64 {
+        self.range.len()
+    }
+    /// The CPU range of the buffer.
+    pub fn range(&self) -> PhysRange {
+        self.range
+    }
+    /// The device the buffer was allocated for.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+    /// Whether the memory is an object of the atomic pool.
+    pub fn from_atomic_pool(&self) -> bool {
+        self.source == Source::AtomicPool
+    }
+}
+
+impl<P, Z, S> DmaAllocator<P, Z, S>
+where
+    P: CacheMaintenance + CpuMemory + CoherentRemap,
+    Z: Deref<Target = ZonedPageAllocator>,
+    S: DeviceAddressSpace,
+{
+    /// Allocates `size` zeroed bytes of coherent memory `dev` can reach (Linux
+    /// `dma_alloc_coherent`).
+    ///
+    /// - Non-coherent device, [`AllocContext::Atomic`]: an object of the atomic pool below
+    ///   the device's mask. Never waits; may trigger a growth request.
+    /// - Non-coherent device, [`AllocContext::MayBlock`]: pages from the zones the device
+    ///   reaches, remapped uncached.
+    /// - Coherent device, either context: pages from the zones (no remap needed; the zone
+    ///   allocator only spins on a short lock).
+    ///
+    /// Behind a translating [`DeviceAddressSpace`] the memory may lie anywhere and is mapped
+    /// for the device.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`] (for the atomic pool: above
+    /// [`crate::dma_alloc::DmaAllocatorConfig::atomic_pool_bytes`]);
+    /// [`DmaAllocError::AtomicPoolExhausted`] when the pool has no reachable room now;
+    /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones;
+    /// [`DmaAllocError::Memory`] when the remap or zeroing is refused;
+    /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses. Nothing is left allocated.
+    pub fn alloc_coherent(
+        &self,
+        dev: &Device,
+        size: u64,
+        ctx: AllocContext,
+    ) -> Result<CoherentBuffer, DmaAllocError> {
+        let pages = self.pages_for(dev, size)?;
+        if ctx == AllocContext::Atomic && !dev.is_coherent() {
+            return self.alloc_atomic(dev, size);
+        }
+        let phys = self.take_contiguous(dev, pages)?;
+        let (range, buf_range) = match (page_range(phys, pages), PhysRange::new(phys, size)) {
+            (Ok(r), Some(b)) => (r, b),
+            _ => {
+                self.give_pages(phys, pages);
+                return Err(DmaAllocError::Memory(MemoryFault {
+                    addr: phys,
+                    len: size,
+                }));
+            }
+        };
+        let uncached = !dev.is_coherent();
+        let prepared = if uncached {
+            self.platform
+                .make_uncached(range)
+                .map_err(DmaAllocError::Memory)
+                .and_then(|()| {
+                    self.platform
+                        .fill(phys, 0, range.len())
+                        .map_err(DmaAllocError::Memory)
+                })
+        } else {
+            self.zero_cached(range)
+        };
+        let dma =
+            prepared.and_then(|()| self.device_address(dev, phys, pages, Direction::Bidirectional));
+        match dma {
+            Ok(dma) => Ok(CoherentBuffer {
+                range: buf_range,
+                dma,
+                device: dev.id(),
+                source: Source::Pages { pages, uncached },
+                translated: self.translated(dev),
+                owner: self.id(),
+            }),
+            Err(e) => {
+                if uncached {
+                    self.platform.make_cached(range);
+                }
+                self.give_pages(phys, pages);
+                Err(e)
+            }
+        }
+    }
+
+    fn alloc_atomic(&self, dev: &Device, size: u64) -> Result<CoherentBuffer, DmaAllocError> {
+        let translated = self.translated(dev);
+        let max_addr = if translated { u64::MAX } else { dev.dma_mask() };
+        let align = if size >= PAGE_SIZE { PAGE_SIZE } else { 1 };
+        let phys = self
+            .atomic
+            .alloc(size, align, max_addr)
+            .map_err(|e| match e {
+                PoolError::TooLarge { max } => DmaAllocError::TooLarge {
+                    device: dev.id(),
+                    size,
+                    max,
+                },
+                PoolError::Exhausted { used, total } => DmaAllocError::AtomicPoolExhausted {
+                    device: dev.id(),
+                    size,
+                    used,
+                    total,
+                    growth_pending: self.atomic.growth_pending(),
+                },
+                _ => DmaAllocError::AtomicPoolExhausted {
+                    device: dev.id(),
+                    size,
+                    used: 0,
+                    total: 0,
+                    growth_pending: false,
+                },
+            })?;
+        let zeroed = PhysRange::new(phys, size)
+            .ok_or(DmaAllocError::Memory(MemoryFault {
+                addr: phys,
+                len: size,
+            }))
+            .and_then(|range| {
+                self.platform
+                    .fill(phys, 0, size)
+                    .map(|()| range)
+                    .map_err(DmaAllocError::Memory)
+            });
+        let pages = size.div_ceil(PAGE_SIZE);
+        let dma = zeroed.and_then(|range| {
+            let dma = if translated {
+                // Objects of a page or more are page aligned; smaller ones lie within one
+                // page (an object is aligned to its power-of-two size).
+                let first = phys.align_down(PAGE_SIZE);
+                self.device_address(dev, first, pages, Direction::Bidirectional)
+                    .map(|d| d.add(phys.offset_in(PAGE_SIZE)))?
+            } else {
+                DmaAddr::new(phys.as_u64())
+            };
+            Ok((range, dma))
+        });
+        match dma {
+            Ok((range, dma)) => Ok(CoherentBuffer {
+                range,
+                dma,
+                device: dev.id(),
+                source: Source::AtomicPool,
+                translated,
+                owner: self.id(),
+            }),
+            Err(e) => {
+                let freed = self.atomic.free(phys);
+                debug_assert!(freed.is_ok());
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns coherent memory to the atomic pool or the zones it came from (Linux
+    /// `dma_free_coherent`); pages are made cached again first.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::ForeignHandle`] for a buffer of another allocator,
+    /// [`DmaAllocError::WrongDevice`] for another device, [`DmaAllocError::DeviceSpace`]
+    /// when the IOMMU refuses the unmap; the buffer is handed back unchanged.
+    /// [`DmaAllocError::PageAllocator`] if the zones refuse the pages (memory freed behind
+    /// the allocator's back); the buffer is handed back but its device mapping is gone.
+    #[allow(clippy::result_large_err)]
+    pub fn free_coherent(
+        &self,
+        dev: &Device,
+        buf: CoherentBuffer,
+    ) -> Result<(), Rejected<CoherentBuffer>> {
+        let reject = |error, handle| Err(Rejected { error, handle });
+        if let Err(e) = self.check_owner(buf.owner, buf.device, dev) {
+            return reject(e, buf);
+        }
+        let (map_base, map_pages) = match buf.source {
+            Source::AtomicPool => (
+                buf.dma.align_down(PAGE_SIZE),
+                buf.size().div_ceil(PAGE_SIZE),
+            ),
+            Source::Pages { pages, .. } => (buf.dma, pages),
+        };
+        if let Err(e) = self.drop_device_address(dev, map_base, map_pages, buf.translated) {
+            return reject(e, buf);
+        }
+        match buf.source {
+            Source::AtomicPool => {
+                if self.atomic.free(buf.phys()).is_err() {
+                    return reject(DmaAllocError::ForeignHandle, buf);
+                }
+            }
+            Source::Pages { pages, uncached } => {
+                let range = match page_range(buf.phys(), pages) {
+                    Ok(r) => r,
+                    Err(e) => return reject(e, buf),
+                };
+                if uncached {
+                    self.platform.make_cached(range);
+                }
+                if let Err(e) = self.zones().free(buf.phys(), pages) {
+                    return reject(DmaAllocError::PageAllocator(e), buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a growth request of the atomic pool: takes at least `req.min_bytes` (and, if
+    /// there is room, as many bytes as the pool already has) of memory at or below
+    /// `req.max_addr` (and the configured reach), remaps it uncached and adds it to the
+    /// pool. Call it where waiting is allowed: from the growth hook's worker. Returns the
+    /// memory added.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::GrowthFailed`] when no such memory is free, or
+    /// [`DmaAllocError::Memory`] when the remap is refused; the pool is unchanged, and the
+    /// next shortage may request growth again.
+    pub fn grow_atomic_pool(&self, req: GrowthRequest) -> Result<PhysRange, DmaAllocError> {
+        let min_pages = req.min_bytes.max(1).div_ceil(PAGE_SIZE);
+        let want_pages = min_pages.max(self.atomic.usage().total / PAGE_SIZE);
+        let max_addr = req.max_addr.min(self.config().atomic_pool_reach);
+        let r = self.add_atomic_memory(want_pages, min_pages, max_addr);
+        if r.is_err() {
+            self.atomic.growth_failed();
+        }
+        r
+    }
+
+    /// Occupancy of the atomic pool.
+    pub fn atomic_pool_usage(&self) -> ObjectPoolUsage {
+        self.atomic.usage()
+    }
+
+    /// Whether the atomic pool has a growth request outstanding.
+    pub fn atomic_growth_pending(&self) -> bool {
+        self.atomic.growth_pending()
+    }
+
+    /// Adds between `min_pages` and `want_pages` pages below `max_addr` to the atomic pool,
+    /// as many as one allocation can give, halving on shortage.
+    pub(crate) fn add_atomic_memory(
+        &self,
+        want_pages: u64,
+        min_pages: u64,
+        max_addr: u64,
+    ) -> Result<PhysRange, DmaAllocError> {
+        let mut pages = want_pages.max(min_pages);
+        let base = loop {
+            match self.zones().alloc_below(pages, max_addr) {
+                Ok(b) => break b,
+                Err(_) if pages / 2 >= min_pages && pages > 1 => pages /= 2,
+                Err(_) => {
+                    return Err(DmaAllocError::GrowthFailed {
+                        bytes: min_pages * PAGE_SIZE,
+                        max_addr,
+                    })
+                }
+            }
+        };
+        let range = page_range(base, pages)?;
+        if let Err(f) = self.platform.make_uncached(range) {
+            self.give_pages(base, pages);
+            return Err(DmaAllocError::Memory(f));
+        }
+        if self.atomic.add_chunk(base, range.len()).is_err() {
+            // The zones never hand out memory twice, so the chunk cannot overlap the pool's.
+            self.platform.make_cached(range);
+            self.give_pages(base, pages);
+            return Err(DmaAllocError::GrowthFailed {
+                bytes: range.len(),
+                max_addr,
+            });
+        }
+        self.atomic_chunks.lock().push(range);
+        Ok(range)
+    }
+}

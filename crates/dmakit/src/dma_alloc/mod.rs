@@ -1,0 +1,378 @@
+//! DMA allocators: memory a device can reach, in the shapes drivers ask for.
+//!
+//! The streaming API ([`crate::DmaMapper`]) lends buffers the caller already has. Drivers
+//! also need memory allocated *for* a device, and which memory that may be depends on the
+//! device: below its DMA mask without an IOMMU, anywhere behind one; uncached for a
+//! non-coherent device that must share it with the CPU without maintenance. This module
+//! answers those requests on top of the zoned page allocator ([`crate::mem::zones`]), the
+//! coherent object pool ([`crate::coherent_pool`]) and the platform traits, as Linux's
+//! `kernel/dma/{direct,pool,mapping}.c` do:
+//!
+//! - [`coherent`]: [`DmaAllocator::alloc_coherent`], memory CPU and device see alike without
+//!   maintenance; in atomic context from the atomic pool, which never waits and grows in the
+//!   background when its free space falls below its initial size;
+//! - [`pages`]: [`DmaAllocator::alloc_pages`], cached pages the device can reach; the caller
+//!   syncs;
+//! - [`noncontiguous`]: [`DmaAllocator::alloc_noncontiguous`], a table contiguous in device
+//!   space: one physical chunk without an IOMMU, scattered pages behind one;
+//! - [`sg`]: [`DmaAllocator::alloc_sg`] (proposed for Linux in 2018, never merged), a
+//!   scatter-gather table placed where the device can reach it, falling back to memory the
+//!   mapping layer bounces at map time;
+//! - [`vmap`]: contiguous CPU views of tables, with the flushes caches that alias by virtual
+//!   address need;
+//! - [`space`]: the [`DeviceAddressSpace`] seam through which an IOMMU plugs in.
+//!
+//! Every allocation returns an owned handle (not `Clone`) that only the matching free
+//! function consumes; a failed allocation gives back everything it took before returning
+//! its error, and a refused free hands the handle back.
+
+pub mod coherent;
+pub mod error;
+pub mod noncontiguous;
+pub mod pages;
+pub mod sg;
+pub mod space;
+pub mod table;
+pub mod vmap;
+
+use core::ops::Deref;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use spin::Mutex;
+
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::coherent_pool::{ObjectPool, ObjectPoolConfig};
+use crate::device::{Device, DeviceId};
+use crate::direction::Direction;
+use crate::growth::GrowthHook;
+use crate::mem::{MemError, ZonedPageAllocator, MAX_BLOCK_PAGES};
+use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
+
+pub use coherent::CoherentBuffer;
+pub use error::{DmaAllocError, Rejected};
+pub use pages::DmaPages;
+pub use space::{DeviceAddressSpace, DeviceSpaceError, NoTranslation};
+pub use table::{SgChunk, SgTable, TableKind};
+pub use vmap::Vmap;
+
+/// The context an allocation is made in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocContext {
+    /// Must not sleep or wait (interrupt handler, spin lock held). Non-coherent devices are
+    /// served from the atomic pool, which never waits: when it has no room the allocation
+    /// fails at once.
+    Atomic,
+    /// May take the time to allocate pages and change their CPU mapping.
+    MayBlock,
+}
+
+/// Shape of a [`DmaAllocator`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaAllocatorConfig {
+    /// Initial size of the atomic pool in bytes: a power of two, at least a page. Growth is
+    /// requested when the pool's free space falls below this. It is also the largest
+    /// atomic allocation. Linux uses 128 KiB per GiB of RAM, at least 128 KiB.
+    pub atomic_pool_bytes: u64,
+    /// The atomic pool's memory lies at or below this address (initial memory, and growth
+    /// never goes higher). The default, 4 GiB - 1, serves 32-bit devices.
+    pub atomic_pool_reach: u64,
+    /// Smallest atomic pool object: a power of two, at least 64 and at least the largest
+    /// cache line of the platform and its devices, so no two objects share a line.
+    pub atomic_min_object: u64,
+}
+
+impl Default for DmaAllocatorConfig {
+    /// A 128 KiB atomic pool below 4 GiB with 128-byte objects.
+    fn default() -> Self {
+        Self {
+            atomic_pool_bytes: 128 * 1024,
+            atomic_pool_reach: u32::MAX as u64,
+            atomic_min_object: 128,
+        }
+    }
+}
+
+/// Tokens identifying allocators and tables, so a handle given to the wrong allocator (or
+/// a view with the wrong table) is refused.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_token() -> u64 {
+    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The DMA allocators over one platform, one zoned page allocator and one device address
+/// space. See the [module docs](self).
+///
+/// `P` is the platform (cache maintenance, CPU memory access, uncached remapping; views
+/// also need [`crate::platform::VirtualMapping`]); `Z` is a handle on the
+/// [`ZonedPageAllocator`] (`&ZonedPageAllocator`, `Arc<ZonedPageAllocator>`); `S` is the
+/// device address space ([`NoTranslation`] without an IOMMU). All methods take `&self`.
+pub struct DmaAllocator<P, Z, S = NoTranslation> {
+    platform: P,
+    zones: Z,
+    space: S,
+    cfg: DmaAllocatorConfig,
+    atomic: ObjectPool,
+    /// Chunks of the atomic pool, to give back on [`DmaAllocator::release`].
+    atomic_chunks: Mutex<Vec<PhysRange>>,
+    id: u64,
+}
+
+impl<P, Z, S> DmaAllocator<P, Z, S>
+where
+    P: CacheMaintenance + CpuMemory + CoherentRemap,
+    Z: Deref<Target = ZonedPageAllocator>,
+    S: DeviceAddressSpace,
+{
+    /// An allocator whose atomic pool starts with `cfg.atomic_pool_bytes` of uncached memory
+    /// taken from `zones` below `cfg.atomic_pool_reach`. When the pool's free space falls
+    /// below its initial size it sends one request at a time to `growth` (without a hook it
+    /// never grows); whoever serves the hook answers by calling
+    /// [`DmaAllocator::grow_atomic_pool`] where waiting is allowed (a
+    /// [`crate::growth_worker::GrowthWorker`] thread with `std`, a work queue without).
+    ///
+    /// # Errors
+    /// [`DmaAllocError::BadConfig`] for a configuration that breaks the rules on
+    /// [`DmaAllocatorConfig`]; [`DmaAllocError::GrowthFailed`] when the initial pool memory
+    /// cannot be found; [`DmaAllocError::Memory`] when the platform refuses to remap it.
+    /// Nothing is left allocated on error.
+    pub fn new(
+        platform: P,
+        zones: Z,
+        space: S,
+        cfg: DmaAllocatorConfig,
+        growth: Option<Arc<dyn GrowthHook>>,
+    ) -> Result<Self, DmaAllocError> {
+        let bytes = cfg.atomic_pool_bytes;
+        if !bytes.is_power_of_two() || bytes < PAGE_SIZE {
+            return Err(DmaAllocError::BadConfig(
+                "atomic_pool_bytes must be a power of two of at least a page",
+            ));
+        }
+        let min_object = cfg.atomic_min_object;
+        if !min_object.is_power_of_two()
+            || min_object < 64
+            || min_object < platform.cache_line_size()
+            || min_object > bytes
+        {
+            return Err(DmaAllocError::BadConfig(
+                "atomic_min_object must be a power of two, at least 64 and the cache line, \
+                 at most the pool",
+            ));
+        }
+        let pool_cfg = ObjectPoolConfig {
+            min_object,
+            max_object: bytes,
+            chunk_bytes: bytes,
+            refill_below: bytes,
+            name: "dma-atomic-pool",
+        };
+        let atomic = ObjectPool::new(pool_cfg, growth)
+            .map_err(|_| DmaAllocError::BadConfig("atomic pool shape rejected"))?;
+        let this = Self {
+            platform,
+            zones,
+            space,
+            cfg,
+            atomic,
+            atomic_chunks: Mutex::new(Vec::new()),
+            id: next_token(),
+        };
+        this.add_atomic_memory(bytes / PAGE_SIZE, bytes / PAGE_SIZE, cfg.atomic_pool_reach)?;
+        Ok(this)
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The zoned page allocator.
+    pub fn zones(&self) -> &ZonedPageAllocator {
+        &self.zones
+    }
+
+    /// The device address space.
+    pub fn address_space(&self) -> &S {
+        &self.space
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DmaAllocatorConfig {
+        &self.cfg
+    }
+
+    /// Tears the allocator down, giving the atomic pool's memory back to the zones (cached
+    /// again). Page-backed allocations hold their own pages and are unaffected, but they
+    /// can no longer be freed through this allocator: free them first.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::LiveAllocations`] (allocator handed back) while atomic pool objects
+    /// are live.
+    #[allow(clippy::result_large_err)]
+    pub fn release(self) -> Result<(), Rejected<Self>> {
+        let live = self.atomic.usage().live;
+        if live > 0 {
+            return Err(Rejected {
+                error: DmaAllocError::LiveAllocations { live },
+                handle: self,
+            });
+        }
+        let chunks = core::mem::take(&mut *self.atomic_chunks.lock());
+        for c in chunks {
+            self.platform.make_cached(c);
+            self.give_pages(c.start(), c.len() / PAGE_SIZE);
+        }
+        Ok(())
+    }
+
+    // ----- shared helpers -----
+
+    /// Pages for `size` bytes, validated.
+    pub(crate) fn pages_for(&self, dev: &Device, size: u64) -> Result<u64, DmaAllocError> {
+        if size == 0 {
+            return Err(DmaAllocError::ZeroSize { device: dev.id() });
+        }
+        let pages = size.div_ceil(PAGE_SIZE);
+        if pages > MAX_BLOCK_PAGES {
+            return Err(DmaAllocError::TooLarge {
+                device: dev.id(),
+                size,
+                max: MAX_BLOCK_PAGES * PAGE_SIZE,
+            });
+        }
+        Ok(pages)
+    }
+
+    /// Whether `dev` sits behind the device address space's translation.
+    pub(crate) fn translated(&self, dev: &Device) -> bool {
+        self.space.translates(dev)
+    }
+
+    /// `pages` contiguous pages `dev` can use: anywhere when translated, else from the
+    /// zones its mask fully reaches.
+    pub(crate) fn take_contiguous(
+        &self,
+        dev: &Device,
+        pages: u64,
+    ) -> Result<PhysAddr, DmaAllocError> {
+        let r = if self.translated(dev) {
+            self.zones.alloc_below(pages, u64::MAX)
+        } else {
+            self.zones.alloc_for_device(dev, pages)
+        };
+        r.map_err(|e| mem_error(dev.id(), e))
+    }
+
+    /// Gives pages back on an unwinding path, where the pages were taken by this call.
+    pub(crate) fn give_pages(&self, base: PhysAddr, pages: u64) {
+        let r = self.zones.free(base, pages);
+        debug_assert!(
+            r.is_ok(),
+            "unwinding a page allocation this call made: {r:?}"
+        );
+    }
+
+    /// The device address of `pages` pages at `phys` for `dev`: the physical address when
+    /// untranslated, else a fresh mapping of the pages in the device address space.
+    pub(crate) fn device_address(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        pages: u64,
+        dir: Direction,
+    ) -> Result<DmaAddr, DmaAllocError> {
+        if !self.translated(dev) {
+            return Ok(DmaAddr::new(phys.as_u64()));
+        }
+        let list: Vec<PhysAddr> = (0..pages).map(|i| phys.add(i * PAGE_SIZE)).collect();
+        self.space
+            .map_pages_contiguous(dev, &list, dir)
+            .map_err(|error| DmaAllocError::DeviceSpace {
+                device: dev.id(),
+                error,
+            })
+    }
+
+    /// Undoes [`Self::device_address`].
+    pub(crate) fn drop_device_address(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        pages: u64,
+        translated: bool,
+    ) -> Result<(), DmaAllocError> {
+        if !translated {
+            return Ok(());
+        }
+        self.space
+            .unmap_pages(dev, dma, pages)
+            .map_err(|error| DmaAllocError::DeviceSpace {
+                device: dev.id(),
+                error,
+            })
+    }
+
+    /// Checks that a handle was made by this allocator for `dev`.
+    pub(crate) fn check_owner(
+        &self,
+        owner: u64,
+        device: DeviceId,
+        dev: &Device,
+    ) -> Result<(), DmaAllocError> {
+        if owner != self.id {
+            return Err(DmaAllocError::ForeignHandle);
+        }
+        if device != dev.id() {
+            return Err(DmaAllocError::WrongDevice {
+                expected: device,
+                got: dev.id(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Zeroes `range` through the CPU and leaves memory holding the zeros, with no line of
+    /// it dirty in the cache, so the device never sees an earlier owner's data.
+    pub(crate) fn zero_cached(&self, range: PhysRange) -> Result<(), DmaAllocError> {
+        self.platform
+            .fill(range.start(), 0, range.len())
+            .map_err(DmaAllocError::Memory)?;
+        self.platform.clean_invalidate(range);
+        Ok(())
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Translates a page allocator error for `device`.
+pub(crate) fn mem_error(device: DeviceId, e: MemError) -> DmaAllocError {
+    match e {
+        MemError::ZeroSize => DmaAllocError::ZeroSize { device },
+        MemError::TooLarge { pages, max_pages } => DmaAllocError::TooLarge {
+            device,
+            size: pages.saturating_mul(PAGE_SIZE),
+            max: max_pages * PAGE_SIZE,
+        },
+        MemError::OutOfMemory { pages } => DmaAllocError::OutOfMemory { device, pages },
+        MemError::NoReachableZone { dma_mask } => {
+            DmaAllocError::NoReachableMemory { device, dma_mask }
+        }
+        other => DmaAllocError::PageAllocator(other),
+    }
+}
+
+/// The range of `pages` pages at `base` (a valid range: the page allocator handed it out).
+pub(crate) fn page_range(base: PhysAddr, pages: u64) -> Result<PhysRange, DmaAllocError> {
+    PhysRange::new(base, pages * PAGE_SIZE).ok_or(DmaAllocError::Memory(
+        crate::platform::MemoryFault {
+            addr: base,
+            len: pages.saturating_mul(PAGE_SIZE),
+        },
+    ))
+}

@@ -1,0 +1,329 @@
+//! Scatter-gather tables of allocated memory, shared by [`super::noncontiguous`] and
+//! [`super::sg`].
+//!
+//! A table is a list of physically contiguous chunks of whole pages. How the chunks are
+//! chosen differs (one chunk below the mask, scattered pages anywhere, reachable pages with
+//! a fallback), so the chunk allocator here takes a placement, gives back every chunk it
+//! took when it fails, and the free path is the same for both kinds.
+
+use core::ops::Deref;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::vec::Vec;
+
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::device::{Device, DeviceId};
+use crate::direction::Direction;
+use crate::dma_alloc::{page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected};
+use crate::mapping::SgEntry;
+use crate::mem::{MemError, ZonedPageAllocator};
+use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
+
+/// Which allocator made a table (and so which free function takes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    /// [`DmaAllocator::alloc_noncontiguous`]: mapped for the device at allocation,
+    /// contiguous in device space.
+    Noncontiguous,
+    /// [`DmaAllocator::alloc_sg`]: placed for the device, mapped later through the
+    /// streaming API.
+    Sg,
+}
+
+/// One physically contiguous chunk of a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgChunk {
+    phys: PhysAddr,
+    pages: u64,
+    reachable: bool,
+}
+
+impl SgChunk {
+    /// First byte.
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
+    /// Pages in the chunk.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+    /// Bytes in the chunk.
+    pub fn bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+    /// Whether the device reaches the chunk without a bounce (below its mask, or behind a
+    /// translation).
+    pub fn reachable(&self) -> bool {
+        self.reachable
+    }
+    pub(crate) fn new_reachable(phys: PhysAddr, pages: u64) -> Self {
+        Self {
+            phys,
+            pages,
+            reachable: true,
+        }
+    }
+}
+
+/// Memory allocated as a scatter-gather table. Owns its chunks until given to the free
+/// function of its [`TableKind`].
+#[derive(Debug)]
+#[must_use = "the table's pages are lost unless it is freed"]
+pub struct SgTable {
+    chunks: Vec<SgChunk>,
+    size: u64,
+    device: DeviceId,
+    kind: TableKind,
+    dir: Option<Direction>,
+    dma: Option<DmaAddr>,
+    translated: bool,
+    owner: u64,
+    token: u64,
+    views: AtomicU64,
+}
+
+impl SgTable {
+    /// Bytes requested.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// The device the table was allocated for.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+    /// Which allocator made it.
+    pub fn kind(&self) -> TableKind {
+        self.kind
+    }
+    /// The direction a noncontiguous table was mapped for (`None` for an sg table).
+    pub fn direction(&self) -> Option<Direction> {
+        self.dir
+    }
+    /// Where the device sees a noncontiguous table, as one contiguous range of
+    /// [`SgTable::size`] bytes (`None` for an sg table, which is mapped through
+    /// [`crate::DmaMapper::map_sg`]).
+    pub fn dma_addr(&self) -> Option<DmaAddr> {
+        self.dma
+    }
+    /// The physical chunks, in order.
+    pub fn chunks(&self) -> &[SgChunk] {
+        &self.chunks
+    }
+    /// Every page of the table, in order.
+    pub fn pages(&self) -> Vec<PhysAddr> {
+        self.chunks
+            .iter()
+            .flat_map(|c| (0..c.pages).map(move |i| c.phys.add(i * PAGE_SIZE)))
+            .collect()
+    }
+    /// Pages held.
+    pub fn page_count(&self) -> u64 {
+        self.chunks.iter().map(|c| c.pages).sum()
+    }
+    /// The table as scatter-gather entries covering exactly [`SgTable::size`] bytes, in
+    /// order: what [`crate::DmaMapper::map_sg`] takes.
+    pub fn entries(&self) -> Vec<SgEntry> {
+        let mut left = self.size;
+        let mut out = Vec::with_capacity(self.chunks.len());
+        for c in &self.chunks {
+            if left == 0 {
+                break;
+            }
+            let len = c.bytes().min(left);
+            out.push(SgEntry { phys: c.phys, len });
+            left -= len;
+        }
+        out
+    }
+    /// Whether some chunk lies beyond the device's reach: mapping the table through the
+    /// streaming API will bounce those chunks.
+    pub fn needs_bounce(&self) -> bool {
+        self.chunks.iter().any(|c| !c.reachable)
+    }
+    /// Contiguous CPU views of the table currently mapped.
+    pub fn views(&self) -> u64 {
+        self.views.load(Ordering::Acquire)
+    }
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+    pub(crate) fn owner(&self) -> u64 {
+        self.owner
+    }
+    pub(crate) fn with_dma(mut self, dma: DmaAddr) -> Self {
+        self.dma = Some(dma);
+        self
+    }
+    pub(crate) fn view_added(&self) {
+        self.views.fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn view_removed(&self) {
+        self.views.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where chunks may come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Anywhere (the device is translated).
+    Anywhere,
+    /// Reachable zones first; when they run out, anywhere (marked unreachable).
+    ReachableThenAnywhere,
+}
+
+/// What a new table is, apart from its chunks.
+pub(crate) struct TableShape {
+    pub(crate) size: u64,
+    pub(crate) kind: TableKind,
+    pub(crate) dir: Option<Direction>,
+    pub(crate) dma: Option<DmaAddr>,
+    pub(crate) translated: bool,
+}
+
+impl<P, Z, S> DmaAllocator<P, Z, S>
+where
+    P: CacheMaintenance + CpuMemory + CoherentRemap,
+    Z: Deref<Target = ZonedPageAllocator>,
+    S: DeviceAddressSpace,
+{
+    /// Takes `pages` pages in chunks of at most `max_chunk` pages, largest first, halving
+    /// the chunk size on shortage, and zeroes them (memory holds the zeros). On error every
+    /// chunk taken is given back.
+    pub(crate) fn alloc_chunks(
+        &self,
+        dev: &Device,
+        pages: u64,
+        max_chunk: u64,
+        placement: Placement,
+    ) -> Result<Vec<SgChunk>, DmaAllocError> {
+        let translated = self.translated(dev);
+        let mut chunks: Vec<SgChunk> = Vec::new();
+        let mut remaining = pages;
+        let mut reachable_only = placement != Placement::Anywhere;
+        let first_want = |left: u64| left.min(max_chunk.max(1));
+        let mut want = first_want(remaining);
+        while remaining > 0 {
+            want = want.min(remaining);
+            let got = if reachable_only {
+                self.zones().alloc_for_device(dev, want)
+            } else {
+                self.zones().alloc_below(want, u64::MAX)
+            };
+            match got {
+                Ok(phys) => {
+                    let reachable =
+                        translated || reachable_only || dev.can_reach(phys, want * PAGE_SIZE);
+                    chunks.push(SgChunk {
+                        phys,
+                        pages: want,
+                        reachable,
+                    });
+                    remaining -= want;
+                    if let Err(e) = page_range(phys, want).and_then(|r| self.zero_cached(r)) {
+                        self.free_chunks(&chunks);
+                        return Err(e);
+                    }
+                }
+                Err(MemError::OutOfMemory { .. }) if want > 1 => want /= 2,
+                Err(MemError::OutOfMemory { .. } | MemError::NoReachableZone { .. })
+                    if reachable_only && placement == Placement::ReachableThenAnywhere =>
+                {
+                    reachable_only = false;
+                    want = first_want(remaining);
+                }
+                Err(e) => {
+                    self.free_chunks(&chunks);
+                    return Err(match e {
+                        MemError::OutOfMemory { .. } => DmaAllocError::OutOfMemory {
+                            device: dev.id(),
+                            pages,
+                        },
+                        other => crate::dma_alloc::mem_error(dev.id(), other),
+                    });
+                }
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// Gives back chunks taken by [`Self::alloc_chunks`] in this call.
+    pub(crate) fn free_chunks(&self, chunks: &[SgChunk]) {
+        for c in chunks {
+            self.give_pages(c.phys, c.pages);
+        }
+    }
+
+    pub(crate) fn make_table(
+        &self,
+        dev: &Device,
+        chunks: Vec<SgChunk>,
+        shape: TableShape,
+    ) -> SgTable {
+        SgTable {
+            chunks,
+            size: shape.size,
+            device: dev.id(),
+            kind: shape.kind,
+            dir: shape.dir,
+            dma: shape.dma,
+            translated: shape.translated,
+            owner: self.id(),
+            token: crate::dma_alloc::next_token(),
+            views: AtomicU64::new(0),
+        }
+    }
+
+    /// The free path of both table kinds.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn free_table(
+        &self,
+        dev: &Device,
+        table: SgTable,
+        kind: TableKind,
+    ) -> Result<(), Rejected<SgTable>> {
+        let checked = self
+            .check_owner(table.owner, table.device, dev)
+            .and_then(|()| {
+                if table.kind != kind {
+                    return Err(DmaAllocError::ForeignHandle);
+                }
+                match table.views() {
+                    0 => Ok(()),
+                    views => Err(DmaAllocError::StillMapped { views }),
+                }
+            })
+            .and_then(|()| match table.dma {
+                Some(dma) => {
+                    self.drop_device_address(dev, dma, table.page_count(), table.translated)
+                }
+                None => Ok(()),
+            });
+        if let Err(error) = checked {
+            return Err(Rejected {
+                error,
+                handle: table,
+            });
+        }
+        let mut first_err = None;
+        for c in &table.chunks {
+            if let Err(e) = self.zones().free(c.phys, c.pages) {
+                first_err.get_or_insert(DmaAllocError::PageAllocator(e));
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(error) => Err(Rejected {
+                error,
+                handle: table,
+            }),
+        }
+    }
+
+    /// The physical ranges of `table` covering its first `size` bytes, for syncs.
+    pub(crate) fn table_ranges(table: &SgTable) -> impl Iterator<Item = PhysRange> + '_ {
+        table
+            .entries()
+            .into_iter()
+            .filter_map(|e| PhysRange::new(e.phys, e.len))
+    }
+}
