@@ -19,6 +19,8 @@
 //! - [`host`]: a platform over real memory, for benchmarks and multi-threaded tests;
 //! - [`machine`]: the [`Machine`] tying them together;
 //! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
+//! - [`coherent`]: uncached pages for the core's coherent allocations;
+//! - [`vmap`]: contiguous virtual views, with an aliasing-cache mode;
 //! - [`oracle`]: what every tracked byte must hold, and the classification of wrong bytes;
 //! - [`placement`]: where a buffer and its neighbours sit (line aligned, kmalloc-packed,
 //!   struct field);
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod coherent;
 pub mod device;
 pub mod error;
 pub mod fault_inject;
@@ -41,6 +44,7 @@ pub mod placement;
 pub mod platform;
 pub mod rng;
 pub mod transfer;
+pub mod vmap;
 pub mod workload;
 
 pub use cache::{CacheConfig, CacheStats};
@@ -53,4 +57,5 @@ pub use memory::{Owner, Stamped, MEM_PAGE};
 pub use oracle::{ByteReport, ErrorKind, ErrorSite, Oracle, OracleReport};
 pub use placement::Placement;
 pub use rng::SimRng;
+pub use vmap::{VmapMachine, VmapMode};
 pub use workload::{run_workload, WorkloadConfig, WorkloadOutcome};

@@ -690,6 +690,12 @@ impl Machine {
 
     // ----- used by the platform trait impls -----
 
+    /// Runs `f` on the RAM behind the caches: the vmap alias cache of [`crate::vmap`] fills
+    /// from and writes back to it.
+    pub(crate) fn with_memory<R>(&self, f: impl FnOnce(&mut Memory) -> R) -> R {
+        f(&mut self.state.borrow_mut().mem)
+    }
+
     pub(crate) fn maintain(&self, kind: MaintenanceKind, range: PhysRange) {
         self.state.borrow_mut().maintain(kind, range);
     }

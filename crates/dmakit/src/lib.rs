@@ -36,11 +36,10 @@ pub mod swiotlb_backend;
 pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
-pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig};
-pub use platform::{CoherentRemap, VirtAddr, VirtualMapping};
 pub use decision::{AlignmentPolicy, BounceReason};
 pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;
+pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig};
 pub use error::DmaError;
 pub use mapping::{
     DeferredCompletion, DmaMapper, DmaSegment, HazardControls, MapPath, MapStatus, SgEntry,
@@ -49,3 +48,4 @@ pub use platform::{
     CacheMaintenance, Clock, CoherentPageAllocator, CpuMemory, CpuTopology, MemoryFault,
     PageAllocator, Platform, PAGE_SIZE,
 };
+pub use platform::{CoherentRemap, VirtAddr, VirtualMapping};
