@@ -8,7 +8,7 @@ use core::fmt;
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::DeviceId;
 use crate::direction::Direction;
-use crate::platform::MemoryFault;
+use crate::platform::{IommuError, MemoryFault};
 
 /// Why a mapping operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,23 @@ pub enum DmaError {
     },
     /// A CPU copy for a bounce touched memory the platform does not know.
     Memory(MemoryFault),
+    /// The device's IOMMU domain has no free I/O virtual address range of the needed size
+    /// within the device's DMA mask, even after releasing cached and flush-queued ranges.
+    IovaExhausted {
+        /// The device asked for.
+        device: DeviceId,
+        /// Bytes of IOVA space needed (whole granules).
+        len: u64,
+        /// The device's DMA mask that bounded the search.
+        mask: u64,
+    },
+    /// The IOMMU refused a page-table operation for a mapping of the device.
+    Iommu {
+        /// The device asked for.
+        device: DeviceId,
+        /// What the IOMMU said.
+        error: IommuError,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -135,6 +152,11 @@ impl fmt::Display for DmaError {
                 "{device}: {requested} operation on a {mapped} mapping"
             ),
             DmaError::Memory(fault) => write!(f, "bounce copy failed: {fault}"),
+            DmaError::IovaExhausted { device, len, mask } => write!(
+                f,
+                "{device}: IOVA space exhausted: no free range of {len} bytes below mask {mask:#x}"
+            ),
+            DmaError::Iommu { device, error } => write!(f, "{device}: IOMMU refused: {error}"),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod error;
 pub mod growth;
 #[cfg(feature = "std")]
 pub mod growth_worker;
+pub mod iommu;
 mod maintenance;
 pub mod mapping;
 pub mod mem;
@@ -41,6 +42,8 @@ pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;
 pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig};
 pub use error::DmaError;
+pub use iommu::{DomainConfig, FlushMode, IommuDma};
+pub use platform::{Iommu, IommuDomainId, IommuError, IommuPerm};
 pub use mapping::{
     DeferredCompletion, DmaMapper, DmaSegment, HazardControls, MapPath, MapStatus, SgEntry,
 };

@@ -23,6 +23,7 @@ use crate::device::{BouncePool, Device};
 use crate::direct;
 use crate::direction::Direction;
 use crate::error::DmaError;
+use crate::iommu::{self, IommuDma, IommuDomain};
 use crate::platform::{PageAllocator, Platform};
 use crate::stats::{
     BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
@@ -71,6 +72,11 @@ pub enum MapPath {
         /// The backend's name.
         backend: &'static str,
     },
+    /// The device reaches the buffer in place through an IOVA of IOMMU domain `domain`.
+    Iommu {
+        /// The device's domain.
+        domain: crate::platform::IommuDomainId,
+    },
 }
 
 /// Switches that turn a safety mechanism off, so tests and the simulator can show the
@@ -103,6 +109,7 @@ pub struct DmaMapper<P> {
     transient: Option<TransientPool>,
     deferred: Mutex<VecDeque<Deferred>>,
     controls: HazardControls,
+    iommu: Option<Arc<IommuDma>>,
     counters: DeviceCounters,
     sites: SiteTable,
     suggest_ppm: u64,
@@ -119,6 +126,7 @@ impl<P: Platform> DmaMapper<P> {
             transient: None,
             deferred: Mutex::new(VecDeque::new()),
             controls: HazardControls::default(),
+            iommu: None,
             counters: DeviceCounters::new(platform.cpu_count()),
             sites: SiteTable::new(),
             suggest_ppm: 100_000,
@@ -162,6 +170,31 @@ impl<P: Platform> DmaMapper<P> {
     /// The `n` call sites that requested the most bounced mappings, most first.
     pub fn top_sites(&self, n: usize) -> Vec<SiteStats> {
         self.sites.top(n, self.suggest_ppm)
+    }
+
+    /// Devices attached to a domain of `iommu` are mapped through it (IOVAs, page tables,
+    /// IOTLB invalidation); the others as before.
+    pub fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
+        self.iommu = Some(iommu);
+        self
+    }
+
+    /// The IOMMU layer, if there is one.
+    pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
+        self.iommu.as_ref()
+    }
+
+    /// The IOMMU domain `dev` is mapped through, if any.
+    fn iommu_domain(&self, dev: &Device) -> Option<Arc<IommuDomain>> {
+        self.iommu.as_ref()?.domain_of(dev.id())
+    }
+
+    fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
+        iommu::path::MapCtx {
+            backend: self.bounce_backend(dev),
+            policy: self.policy,
+            fill_inbound: !self.controls.skip_inbound_fill,
+        }
     }
 
     /// Turns safety mechanisms off for a demonstration; see [`HazardControls`].
@@ -358,6 +391,12 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = checked_range(dev, dma.as_u64(), len)?;
+        if let Some(dom) = self.iommu_domain(dev) {
+            if iommu::path::unmap(&self.platform, &dom, dev, dma, len, dir)? {
+                self.retry_deferred();
+            }
+            return Ok(());
+        }
         match self.backend_owning(dma) {
             Some(backend) => {
                 let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
@@ -387,6 +426,17 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
+        if let Some(dom) = self.iommu_domain(dev) {
+            let part = SyncPart {
+                dma,
+                offset,
+                len,
+                dir,
+            };
+            let fill_inbound = !self.controls.skip_inbound_fill;
+            let to = iommu::path::SyncTo::Device { fill_inbound };
+            return iommu::path::sync(&self.platform, &dom, dev, part, to);
+        }
         match self.backend_owning(dma) {
             Some(b) => {
                 let part = SyncPart {
@@ -423,6 +473,15 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
+        if let Some(dom) = self.iommu_domain(dev) {
+            let part = SyncPart {
+                dma,
+                offset,
+                len,
+                dir,
+            };
+            return iommu::path::sync(&self.platform, &dom, dev, part, iommu::path::SyncTo::Cpu);
+        }
         match self.backend_owning(dma) {
             Some(b) => {
                 let part = SyncPart {
@@ -464,6 +523,11 @@ impl<P: Platform> DmaMapper<P> {
             .iter()
             .map(|e| checked_range(dev, e.phys.as_u64(), e.len))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(dom) = self.iommu_domain(dev) {
+            let ctx = self.iommu_ctx(dev);
+            return iommu::path::map_sg(&self.platform, &dom, dev, &ranges, dir, &ctx)
+                .map_err(|f| self.failure_to_error(dev, ranges[0], f));
+        }
         let site = Location::caller();
         let mut out = Vec::with_capacity(ranges.len());
         for range in ranges {
@@ -507,6 +571,11 @@ impl<P: Platform> DmaMapper<P> {
         segments: &[DmaSegment],
         dir: Direction,
     ) -> Result<(), DmaError> {
+        if let Some(dom) = self.iommu_domain(dev) {
+            let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
+            self.retry_deferred();
+            return r;
+        }
         let mut first = Ok(());
         for s in segments {
             let r = self.unmap(dev, s.dma, s.len, dir);
@@ -537,6 +606,9 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        if let Some(dom) = self.iommu_domain(dev) {
+            return iommu::path::map(&self.platform, &dom, dev, range, dir, &self.iommu_ctx(dev));
+        }
         let cpu = self.platform.current_cpu();
         let Some(reason) = decision::bounce_reason(dev, range, dir, self.policy, self.line())
         else {

@@ -8,7 +8,8 @@
 
 use core::fmt;
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::device::DeviceId;
 
 /// Size of a page, the unit of page allocation and of "a mapping of a page or more".
 pub const PAGE_SIZE: u64 = 4096;
@@ -303,3 +304,231 @@ macro_rules! forward_alloc_side {
 }
 
 forward_alloc_side!(&T, alloc::sync::Arc<T>);
+
+/// Identifies an IOMMU domain: one I/O virtual address space with its own page tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IommuDomainId(pub u32);
+
+impl fmt::Display for IommuDomainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "domain{}", self.0)
+    }
+}
+
+/// What a device may do through an IOMMU mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IommuPerm {
+    /// The device may read the memory (outbound data).
+    pub read: bool,
+    /// The device may write the memory (inbound data).
+    pub write: bool,
+}
+
+impl IommuPerm {
+    /// Read only.
+    pub const READ: Self = Self {
+        read: true,
+        write: false,
+    };
+    /// Write only.
+    pub const WRITE: Self = Self {
+        read: false,
+        write: true,
+    };
+    /// Read and write.
+    pub const READ_WRITE: Self = Self {
+        read: true,
+        write: true,
+    };
+
+    /// The least a transfer in `dir` needs: `ToDevice` reads, `FromDevice` writes,
+    /// `Bidirectional` both.
+    pub const fn for_direction(dir: crate::direction::Direction) -> Self {
+        Self {
+            read: dir.device_reads(),
+            write: dir.device_writes(),
+        }
+    }
+}
+
+/// Why an IOMMU page-table or domain operation failed. The operation changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IommuError {
+    /// No live domain with this id.
+    NoSuchDomain(IommuDomainId),
+    /// The IOVA, physical address or length is zero or not a multiple of the granule.
+    Misaligned {
+        /// The IOVA given.
+        iova: u64,
+        /// The physical address given (0 for operations without one).
+        phys: u64,
+        /// The length given.
+        len: u64,
+    },
+    /// Part of the range lies outside the IOMMU's input address range (its aperture).
+    OutOfAperture {
+        /// The IOVA given.
+        iova: u64,
+        /// The length given.
+        len: u64,
+    },
+    /// `map` found a granule of the range already mapped.
+    AlreadyMapped {
+        /// The first granule found mapped.
+        iova: u64,
+    },
+    /// `unmap` found a granule of the range not mapped.
+    NotMapped {
+        /// The first granule found unmapped.
+        iova: u64,
+    },
+    /// No memory for page-table pages or for another domain.
+    NoMemory,
+    /// The domain cannot be destroyed while devices are attached to it.
+    DomainBusy(IommuDomainId),
+}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            IommuError::NoSuchDomain(d) => write!(f, "no IOMMU {d}"),
+            IommuError::Misaligned { iova, phys, len } => write!(
+                f,
+                "IOMMU range iova {iova:#x} phys {phys:#x} len {len:#x} is not granule aligned"
+            ),
+            IommuError::OutOfAperture { iova, len } => write!(
+                f,
+                "IOMMU range of {len:#x} bytes at iova {iova:#x} leaves the aperture"
+            ),
+            IommuError::AlreadyMapped { iova } => write!(f, "iova {iova:#x} is already mapped"),
+            IommuError::NotMapped { iova } => write!(f, "iova {iova:#x} is not mapped"),
+            IommuError::NoMemory => f.write_str("no memory for IOMMU page tables or domains"),
+            IommuError::DomainBusy(d) => write!(f, "{d} still has devices attached"),
+        }
+    }
+}
+
+/// An IOMMU: per-domain page tables translating I/O virtual addresses (IOVAs) to physical
+/// addresses, and the IOTLB that caches those translations.
+///
+/// Contract:
+/// - Translations are made of whole granules ([`Iommu::granule`], a power of two of at
+///   least [`PAGE_SIZE`]): every IOVA, physical address and length passed to `map` and
+///   `unmap` is a non-zero multiple of it, else [`IommuError::Misaligned`].
+/// - `map` and `unmap` are all or nothing: on error no translation changed.
+/// - A new translation is usable by devices when `map` returns; no IOTLB invalidation is
+///   needed for it (an implementation whose hardware caches *absent* translations
+///   invalidates inside `map`).
+/// - After `unmap` returns the page tables no longer hold the translations, but **the IOTLB
+///   may**: a device may keep reaching the old physical memory through a cached
+///   translation until a [`Iommu::flush_iotlb_range`] covering the range, or a
+///   [`Iommu::flush_iotlb_all`] of the domain, has returned. The caller therefore must not
+///   reuse an unmapped IOVA, nor hand the memory it reached to anyone else, before such an
+///   invalidation. Invalidations are synchronous: when they return, no device access
+///   (including one in flight) uses the old translations.
+/// - A device attached to a domain reaches only what that domain maps, with the mapping's
+///   permissions; any other access faults (and is reported by the implementation) instead
+///   of reaching memory. A device attached to no domain is blocked.
+pub trait Iommu {
+    /// The translation granule in bytes (4 KiB, 16 KiB or 64 KiB on common hardware).
+    fn granule(&self) -> u64;
+    /// The first and last IOVA (inclusive) the page tables can translate.
+    fn aperture(&self) -> (u64, u64);
+    /// Creates an empty domain (nothing mapped, no device attached).
+    ///
+    /// # Errors
+    /// [`IommuError::NoMemory`] when no more domains can be created.
+    fn create_domain(&self) -> Result<IommuDomainId, IommuError>;
+    /// Destroys an empty domain, freeing its page tables.
+    ///
+    /// # Errors
+    /// [`IommuError::NoSuchDomain`]; [`IommuError::DomainBusy`] while devices are attached.
+    fn destroy_domain(&self, domain: IommuDomainId) -> Result<(), IommuError>;
+    /// Routes `device`'s accesses through `domain` from now on (moving it from any domain
+    /// it was attached to; the IOTLB entries of its old domain are not used for it again).
+    ///
+    /// # Errors
+    /// [`IommuError::NoSuchDomain`].
+    fn attach_device(&self, domain: IommuDomainId, device: DeviceId) -> Result<(), IommuError>;
+    /// Blocks `device`: its accesses fault from now on. Unknown devices are ignored.
+    fn detach_device(&self, device: DeviceId);
+    /// Maps `len` bytes at `iova` to `phys` with `perm`.
+    ///
+    /// # Errors
+    /// [`IommuError::NoSuchDomain`], [`IommuError::Misaligned`],
+    /// [`IommuError::OutOfAperture`], [`IommuError::AlreadyMapped`],
+    /// [`IommuError::NoMemory`]; nothing was mapped then.
+    fn map(
+        &self,
+        domain: IommuDomainId,
+        iova: DmaAddr,
+        phys: PhysAddr,
+        len: u64,
+        perm: IommuPerm,
+    ) -> Result<(), IommuError>;
+    /// Removes the translations of `len` bytes at `iova` from the page tables (see the
+    /// trait docs for what stays in the IOTLB).
+    ///
+    /// # Errors
+    /// [`IommuError::NoSuchDomain`], [`IommuError::Misaligned`],
+    /// [`IommuError::OutOfAperture`], [`IommuError::NotMapped`] when a granule of the range
+    /// is not mapped; nothing was unmapped then.
+    fn unmap(&self, domain: IommuDomainId, iova: DmaAddr, len: u64) -> Result<(), IommuError>;
+    /// Invalidates the IOTLB entries of `domain` overlapping `[iova, iova + len)`. Unknown
+    /// domains and empty ranges are ignored.
+    fn flush_iotlb_range(&self, domain: IommuDomainId, iova: DmaAddr, len: u64);
+    /// Invalidates every IOTLB entry of `domain`. Unknown domains are ignored.
+    fn flush_iotlb_all(&self, domain: IommuDomainId);
+}
+
+/// Forwards [`Iommu`] through a reference or `Arc`.
+macro_rules! forward_iommu {
+    ($($ptr:ty),*) => {$(
+        impl<T: Iommu + ?Sized> Iommu for $ptr {
+            fn granule(&self) -> u64 {
+                (**self).granule()
+            }
+            fn aperture(&self) -> (u64, u64) {
+                (**self).aperture()
+            }
+            fn create_domain(&self) -> Result<IommuDomainId, IommuError> {
+                (**self).create_domain()
+            }
+            fn destroy_domain(&self, domain: IommuDomainId) -> Result<(), IommuError> {
+                (**self).destroy_domain(domain)
+            }
+            fn attach_device(
+                &self,
+                domain: IommuDomainId,
+                device: DeviceId,
+            ) -> Result<(), IommuError> {
+                (**self).attach_device(domain, device)
+            }
+            fn detach_device(&self, device: DeviceId) {
+                (**self).detach_device(device)
+            }
+            fn map(
+                &self,
+                domain: IommuDomainId,
+                iova: DmaAddr,
+                phys: PhysAddr,
+                len: u64,
+                perm: IommuPerm,
+            ) -> Result<(), IommuError> {
+                (**self).map(domain, iova, phys, len, perm)
+            }
+            fn unmap(&self, domain: IommuDomainId, iova: DmaAddr, len: u64) -> Result<(), IommuError> {
+                (**self).unmap(domain, iova, len)
+            }
+            fn flush_iotlb_range(&self, domain: IommuDomainId, iova: DmaAddr, len: u64) {
+                (**self).flush_iotlb_range(domain, iova, len)
+            }
+            fn flush_iotlb_all(&self, domain: IommuDomainId) {
+                (**self).flush_iotlb_all(domain)
+            }
+        }
+    )*};
+}
+
+forward_iommu!(&T, alloc::sync::Arc<T>);

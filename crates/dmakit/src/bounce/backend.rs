@@ -72,7 +72,11 @@ pub struct PoolUsage {
 /// Contract: `alloc` returns an address `a` such that `[a, a + len)` lies in memory the
 /// backend owns, below `max_addr`, shares no cache line with any other live bounce,
 /// satisfies `a & min_align_mask == orig & min_align_mask`, and is page aligned when
-/// `len >= PAGE_SIZE` and `min_align_mask` does not demand an offset. It stays reserved, with
+/// `len >= PAGE_SIZE` and `min_align_mask` does not demand an offset. The lead-in
+/// `[a - (orig & min_align_mask), a)` belongs to the bounce too (no other live bounce uses
+/// it), so a bounce asked with a mask of `2^n - 1` owns its memory from a `2^n` boundary
+/// (the IOMMU path relies on this to give untrusted devices whole granules). It stays
+/// reserved, with
 /// its [`BounceMeta`], until `free(a)`. On error nothing changed. Implementations are
 /// thread-safe and must not block: they may be called in atomic context.
 pub trait BounceBackend: Send + Sync {

@@ -1,0 +1,282 @@
+//! One IOMMU domain as the mapping layer sees it: its IOVA allocator, its live mappings and,
+//! in lazy mode, its flush queue.
+//!
+//! The hardware side of a domain (page tables, IOTLB) is behind the [`Iommu`] platform
+//! trait; this is the bookkeeping that must stay consistent with it: which IOVA ranges are
+//! live and what each one maps, so unmap and sync can be checked and routed, and so an IOVA
+//! is only returned to the allocator once no IOTLB entry can still translate it.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use spin::Mutex;
+
+use super::flush_queue::{FlushEntry, FlushQueue};
+use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
+use crate::addr::{DmaAddr, PhysAddr};
+use crate::bounce::BounceBackend;
+use crate::device::DeviceId;
+use crate::direction::Direction;
+use crate::platform::{Iommu, IommuDomainId};
+
+/// When unmapped IOVAs are invalidated in the IOTLB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlushMode {
+    /// Every unmap invalidates its range before returning (Linux `iommu.strict=1`).
+    Strict,
+    /// Unmaps queue their IOVAs; one invalidation of the whole domain releases a batch of
+    /// up to `queue` of them (Linux's flush queue). Unmaps of untrusted devices stay strict.
+    Lazy {
+        /// Entries that trigger a drain (at least 1).
+        queue: usize,
+    },
+}
+
+/// How a domain is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainConfig {
+    /// Strict or lazy invalidation.
+    pub mode: FlushMode,
+    /// Restricts the domain's IOVAs to `first..=last` (bytes) inside the IOMMU's aperture;
+    /// `None` uses the whole aperture. Handy to model a small IOVA space.
+    pub iova_window: Option<(u64, u64)>,
+    /// Sizes up to `2^rcache_max_order` granules use the range caches.
+    pub rcache_max_order: u32,
+    /// Ranges per range-cache magazine.
+    pub magazine_size: usize,
+    /// Full magazines kept per size class.
+    pub depot_magazines: usize,
+}
+
+impl DomainConfig {
+    /// Strict invalidation, whole aperture, default caches.
+    pub const STRICT: Self = Self {
+        mode: FlushMode::Strict,
+        iova_window: None,
+        rcache_max_order: 9,
+        magazine_size: 128,
+        depot_magazines: 32,
+    };
+
+    /// Lazy invalidation with a 256-entry flush queue, whole aperture, default caches.
+    pub const LAZY: Self = Self {
+        mode: FlushMode::Lazy { queue: 256 },
+        ..Self::STRICT
+    };
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        Self::STRICT
+    }
+}
+
+/// What a live mapping lends the device.
+pub(crate) enum Kind {
+    /// The caller's buffer at `phys`, in place.
+    Single { phys: PhysAddr },
+    /// A bounce slot of `backend` at `slot` (its metadata names the caller's buffer).
+    Bounced {
+        backend: Arc<dyn BounceBackend>,
+        slot: PhysAddr,
+    },
+    /// Several buffers laid out back to back in IOVA space.
+    Sg { pieces: Vec<Piece> },
+}
+
+/// One buffer of a scatter-gather mapping: `len` bytes at IOVA `dma`, physical `phys`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub(crate) dma: u64,
+    pub(crate) phys: PhysAddr,
+    pub(crate) len: u64,
+}
+
+/// A live mapping, keyed in [`IommuDomain`] by its first device address.
+pub(crate) struct Record {
+    pub(crate) device: DeviceId,
+    /// The reserved IOVA pages.
+    pub(crate) iova: IovaRange,
+    /// Bytes mapped in the page tables from the start of `iova`.
+    pub(crate) mapped: u64,
+    /// Bytes from the key the device may use (for scatter-gather: up to the end of the
+    /// last piece).
+    pub(crate) len: u64,
+    pub(crate) dir: Direction,
+    pub(crate) kind: Kind,
+}
+
+/// A snapshot of a domain's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainStats {
+    /// The domain.
+    pub id: IommuDomainId,
+    /// Its invalidation mode.
+    pub mode: FlushMode,
+    /// Live mappings.
+    pub live_mappings: usize,
+    /// Unmapped IOVA ranges waiting in the flush queue.
+    pub queued: usize,
+    /// Flush-queue drains so far (each one IOTLB invalidation of the whole domain).
+    pub queue_flushes: u64,
+    /// The IOVA allocator's counters.
+    pub iova: IovaStats,
+}
+
+/// One domain: IOVA allocator, live mappings, flush queue. Created by
+/// [`super::IommuDma::create_domain`].
+pub struct IommuDomain {
+    pub(crate) id: IommuDomainId,
+    pub(crate) mode: FlushMode,
+    pub(crate) iommu: Arc<dyn Iommu + Send + Sync>,
+    pub(crate) granule: u64,
+    pub(crate) shift: u32,
+    pub(crate) iova: IovaAllocator,
+    pub(crate) records: Mutex<BTreeMap<u64, Record>>,
+    pub(crate) fq: FlushQueue,
+}
+
+impl IommuDomain {
+    pub(crate) fn new(
+        id: IommuDomainId,
+        iommu: Arc<dyn Iommu + Send + Sync>,
+        cfg: &DomainConfig,
+        cpus: usize,
+    ) -> Result<Self, IovaError> {
+        let granule = iommu.granule();
+        let shift = granule.trailing_zeros();
+        let (lo, hi) = iommu.aperture();
+        let (lo, hi) = match cfg.iova_window {
+            Some((a, b)) => (a.max(lo), b.min(hi)),
+            None => (lo, hi),
+        };
+        let first = lo.div_ceil(granule).max(1);
+        let last = match hi.checked_add(1) {
+            Some(end) => (end >> shift).checked_sub(1).ok_or(IovaError::BadConfig)?,
+            None => u64::MAX >> shift,
+        };
+        let iova = IovaAllocator::new(IovaConfig {
+            first_pfn: first,
+            last_pfn: last,
+            rcache_max_order: cfg.rcache_max_order,
+            magazine_size: cfg.magazine_size,
+            depot_magazines: cfg.depot_magazines,
+            cpus,
+        })?;
+        let queue = match cfg.mode {
+            FlushMode::Strict => 1,
+            FlushMode::Lazy { queue } => queue,
+        };
+        Ok(Self {
+            id,
+            mode: cfg.mode,
+            iommu,
+            granule,
+            shift,
+            iova,
+            records: Mutex::new(BTreeMap::new()),
+            fq: FlushQueue::new(queue),
+        })
+    }
+
+    /// The domain's id.
+    pub fn id(&self) -> IommuDomainId {
+        self.id
+    }
+
+    /// The invalidation mode.
+    pub fn mode(&self) -> FlushMode {
+        self.mode
+    }
+
+    /// The IOMMU granule in bytes.
+    pub fn granule(&self) -> u64 {
+        self.granule
+    }
+
+    /// The IOVA allocator (for statistics and inspection).
+    pub fn iova(&self) -> &IovaAllocator {
+        &self.iova
+    }
+
+    /// A snapshot of the domain's state.
+    pub fn stats(&self) -> DomainStats {
+        DomainStats {
+            id: self.id,
+            mode: self.mode,
+            live_mappings: self.records.lock().len(),
+            queued: self.fq.len(),
+            queue_flushes: self.fq.flushes(),
+            iova: self.iova.stats(),
+        }
+    }
+
+    /// Whether `device` has live mappings in this domain.
+    pub fn has_mappings_of(&self, device: DeviceId) -> bool {
+        self.records.lock().values().any(|r| r.device == device)
+    }
+
+    /// The IOVA a byte address falls in, as a page frame number limit for a device mask:
+    /// the last granule whose every byte is at or below `mask`; `None` when no granule is.
+    pub(crate) fn limit_pfn(&self, mask: u64) -> Option<u64> {
+        match mask.checked_add(1) {
+            Some(end) => (end >> self.shift).checked_sub(1),
+            None => Some(u64::MAX >> self.shift),
+        }
+    }
+
+    /// Allocates IOVA pages below `limit_pfn`; in lazy mode, drains the flush queue and
+    /// retries once before giving up.
+    pub(crate) fn alloc_iova(
+        &self,
+        pages: u64,
+        limit_pfn: u64,
+        cpu: usize,
+    ) -> Result<IovaRange, IovaError> {
+        match self.iova.alloc(pages, limit_pfn, cpu) {
+            Err(IovaError::Exhausted { .. }) if self.fq.len() > 0 => {
+                self.drain(cpu);
+                self.iova.alloc(pages, limit_pfn, cpu)
+            }
+            r => r,
+        }
+    }
+
+    /// Releases an IOVA range whose translations are gone from the page tables and the
+    /// IOTLB.
+    pub(crate) fn release(&self, range: IovaRange, cpu: usize) {
+        // The range came from this allocator and its mapping record was removed exactly
+        // once, so it is allocated here.
+        let freed = self.iova.free(range, cpu);
+        debug_assert!(freed.is_ok(), "{freed:?}");
+    }
+
+    /// Queues an unmapped range (lazy mode); drains when the queue is full.
+    pub(crate) fn defer(&self, entry: FlushEntry, cpu: usize) {
+        if self.fq.push(entry) {
+            self.drain(cpu);
+        }
+    }
+
+    /// Invalidates the domain's IOTLB, then releases every queued IOVA and bounce slot.
+    pub(crate) fn drain(&self, cpu: usize) {
+        let entries = self.fq.take();
+        if entries.is_empty() {
+            return;
+        }
+        self.iommu.flush_iotlb_all(self.id);
+        for e in entries {
+            if let Some((backend, slot)) = e.bounce {
+                let freed = backend.free(slot);
+                debug_assert!(freed.is_some());
+            }
+            self.release(e.iova, cpu);
+        }
+    }
+
+    /// The first device address of the IOVA range.
+    pub(crate) fn iova_addr(&self, range: IovaRange) -> DmaAddr {
+        DmaAddr::new(range.pfn << self.shift)
+    }
+}
