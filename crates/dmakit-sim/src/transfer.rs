@@ -263,11 +263,13 @@ impl<P: Platform> Transfer<'_, P> {
     }
 
     /// Runs one transfer of `buf` (tracked by the oracle, owned by `owner`) in `dir`, with
-    /// the CPU busy on `neighbours` meanwhile.
+    /// the CPU busy on `neighbours` meanwhile. `#[track_caller]`: the mapping is attributed
+    /// to the caller's line in the mapper's call-site statistics.
     ///
     /// # Errors
     /// [`WorkloadError`] when the model or the mapper refuses something done legitimately;
     /// a failing `map` is an outcome, not an error.
+    #[track_caller]
     pub fn run(
         &mut self,
         buf: PhysRange,

@@ -1,0 +1,787 @@
+//! Scenario files: the TOML format, and its validation into a [`Scenario`].
+//!
+//! Every mistake is reported with the file, line, column and field it is about, and why
+//! it is wrong: syntax and type errors come from the TOML parser's spans, semantic ones
+//! (a mask below all RAM, a field outside its structure) from spans kept on the fields.
+//! The format is documented by the built-in scenario, `scenarios/phone.toml`.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use dmakit::{Device, DeviceId, Direction};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::cache::CacheConfig;
+use crate::hazard::HazardConfig;
+use crate::scenario::model::{
+    BufferModel, ChurnModel, DriverModel, MachineModel, PoolSize, Scenario, SlabinfoSource,
+    TransferModel,
+};
+use crate::scenario::units::parse_size;
+
+/// Most transfer patterns a scenario may declare (each gets its own call site).
+pub const MAX_TRANSFER_SITES: usize = crate::scenario::sites::SITES;
+
+/// A mistake in a scenario file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// The file (as given by the caller).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The field (dotted path) or the text the error is about.
+    pub field: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: `{}`: {}",
+            self.file, self.line, self.column, self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// A size: a number of bytes or a string with a unit (`"4 GiB"`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+/// One size or an inclusive range `[min, max]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeRange {
+    One(SizeText),
+    Range(Vec<SizeText>),
+}
+
+/// One direction or a list to pick from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum Directions {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    name: String,
+    #[serde(default)]
+    description: String,
+    machine: MachineSpec,
+    #[serde(default)]
+    kmalloc: KmallocSpec,
+    #[serde(default, rename = "device")]
+    devices: Vec<Spanned<DeviceSpec>>,
+    #[serde(default, rename = "driver")]
+    drivers: Vec<Spanned<DriverSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineSpec {
+    cpus: Spanned<u64>,
+    cache_line: Spanned<u64>,
+    #[serde(default)]
+    cache_size: Option<Spanned<SizeText>>,
+    #[serde(default)]
+    cache_ways: Option<Spanned<u64>>,
+    ram: Spanned<Vec<RamSpec>>,
+    bounce_pool: Spanned<SizeText>,
+    #[serde(default)]
+    hazards: Option<HazardSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RamSpec {
+    start: Spanned<SizeText>,
+    size: Spanned<SizeText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HazardSpec {
+    evict_rate: Spanned<f64>,
+    speculate_rate: Spanned<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KmallocSpec {
+    #[serde(default = "auto")]
+    slabinfo: Spanned<String>,
+    #[serde(default = "default_live")]
+    live_objects: Spanned<u64>,
+    #[serde(default = "default_churn")]
+    churn_per_transfer: Spanned<f64>,
+}
+
+fn auto() -> Spanned<String> {
+    Spanned::new(0..0, "auto".into())
+}
+fn default_live() -> Spanned<u64> {
+    Spanned::new(0..0, 20_000)
+}
+fn default_churn() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+
+impl Default for KmallocSpec {
+    fn default() -> Self {
+        Self {
+            slabinfo: auto(),
+            live_objects: default_live(),
+            churn_per_transfer: default_churn(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSpec {
+    name: Spanned<String>,
+    #[serde(default)]
+    dma_bits: Option<Spanned<u64>>,
+    #[serde(default)]
+    coherent: bool,
+    #[serde(default)]
+    cache_line: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DriverSpec {
+    name: String,
+    device: Spanned<String>,
+    weight: Spanned<f64>,
+    #[serde(rename = "transfer")]
+    transfers: Spanned<Vec<Spanned<TransferSpec>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferSpec {
+    site: Spanned<String>,
+    direction: Spanned<Directions>,
+    size: Spanned<SizeRange>,
+    #[serde(default)]
+    step: Option<Spanned<u64>>,
+    buffer: Spanned<String>,
+    #[serde(default)]
+    chance: Option<Spanned<f64>>,
+    #[serde(default)]
+    burst: Option<Spanned<[u64; 2]>>,
+    #[serde(default)]
+    struct_size: Option<Spanned<u64>>,
+    #[serde(default)]
+    offset: Option<Spanned<u64>>,
+    #[serde(default)]
+    next_field: Option<Spanned<u64>>,
+    #[serde(default)]
+    align: Option<Spanned<u64>>,
+    #[serde(default)]
+    headroom: Option<Spanned<u64>>,
+    #[serde(default)]
+    tail: Option<Spanned<u64>>,
+    #[serde(default)]
+    in_flight: Option<Spanned<u64>>,
+}
+
+/// Builds errors with positions in one file.
+struct Ctx<'a> {
+    file: &'a str,
+    src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> ScenarioError {
+        let at = span.start.min(self.src.len());
+        let before = &self.src[..at];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ScenarioError {
+            file: self.file.to_string(),
+            line,
+            column,
+            field: field.into(),
+            message: msg.into(),
+        }
+    }
+
+    fn size(&self, s: &Spanned<SizeText>, field: &str) -> Result<u64, ScenarioError> {
+        match s.get_ref() {
+            SizeText::Bytes(b) => Ok(*b),
+            SizeText::Text(t) => parse_size(t).ok_or_else(|| {
+                self.err(
+                    s.span(),
+                    field,
+                    format!("`{t}` is not a size (write 4096, \"64 KiB\", \"4GiB\" or \"0x1000\")"),
+                )
+            }),
+        }
+    }
+}
+
+const GIB: u64 = 1 << 30;
+const SEGMENT: u64 = 256 * 1024;
+
+/// Parses and validates the scenario in `src`; `file` names it in errors.
+///
+/// # Errors
+/// A [`ScenarioError`] for the first mistake: TOML syntax, an unknown or missing field, a
+/// value of the wrong type, or a value that makes no sense for the machine (see the module
+/// docs).
+pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> {
+    let cx = Ctx { file, src };
+    let spec: FileSpec = toml::from_str(src).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let text = src
+            .get(span.clone())
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        cx.err(span, text, e.message().trim().to_string())
+    })?;
+    let machine = machine(&cx, &spec.machine)?;
+    let churn = churn(&cx, &spec.kmalloc)?;
+    let mut devices = Vec::new();
+    for (i, d) in spec.devices.iter().enumerate() {
+        let dev = device(&cx, i, d, &machine)?;
+        if devices.iter().any(|o: &Device| o.name() == dev.name()) {
+            return Err(cx.err(
+                d.get_ref().name.span(),
+                format!("device[{i}].name"),
+                format!("a device named `{}` already exists", dev.name()),
+            ));
+        }
+        devices.push(dev);
+    }
+    let mut drivers = Vec::new();
+    for (i, d) in spec.drivers.iter().enumerate() {
+        drivers.push(driver(&cx, i, d, &devices)?);
+    }
+    let sites: usize = drivers.iter().map(|d| d.transfers.len()).sum();
+    if sites > MAX_TRANSFER_SITES {
+        return Err(cx.err(
+            spec.drivers.last().map_or(0..0, Spanned::span),
+            "driver",
+            format!("{sites} transfer patterns; at most {MAX_TRANSFER_SITES} are supported"),
+        ));
+    }
+    if drivers.is_empty() {
+        return Err(cx.err(
+            0..0,
+            "driver",
+            "the scenario has no [[driver]]: nothing to run",
+        ));
+    }
+    Ok(Scenario {
+        name: spec.name,
+        description: spec.description,
+        machine,
+        churn,
+        devices,
+        drivers,
+    })
+}
+
+fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, ScenarioError> {
+    let cpus = *m.cpus.get_ref();
+    if !(1..=256).contains(&cpus) {
+        return Err(cx.err(m.cpus.span(), "machine.cpus", "must be from 1 to 256"));
+    }
+    let line = *m.cache_line.get_ref();
+    if !matches!(line, 32 | 64 | 128) {
+        return Err(cx.err(
+            m.cache_line.span(),
+            "machine.cache_line",
+            format!("{line}: the model supports cache lines of 32, 64 or 128 bytes"),
+        ));
+    }
+    let capacity = match &m.cache_size {
+        Some(s) => cx.size(s, "machine.cache_size")?,
+        None => 64 * 1024,
+    };
+    let ways = m.cache_ways.as_ref().map_or(4, |w| *w.get_ref());
+    let cache = CacheConfig {
+        line_size: line,
+        capacity,
+        ways,
+    };
+    if cache.validate().is_err() {
+        let span = m
+            .cache_size
+            .as_ref()
+            .map_or(m.cache_line.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            "machine.cache_size",
+            format!("{capacity} bytes is not a non-zero multiple of cache_ways ({ways}) lines of {line} bytes"),
+        ));
+    }
+    let mut ram = Vec::new();
+    for (i, r) in m.ram.get_ref().iter().enumerate() {
+        let start = cx.size(&r.start, &format!("machine.ram[{i}].start"))?;
+        let size = cx.size(&r.size, &format!("machine.ram[{i}].size"))?;
+        if size == 0 || start % 4096 != 0 || size % 4096 != 0 || start.checked_add(size).is_none() {
+            return Err(cx.err(
+                r.size.span(),
+                format!("machine.ram[{i}]"),
+                "RAM ranges must be non-empty, page aligned and inside the 64-bit address space",
+            ));
+        }
+        ram.push((start, size));
+    }
+    if ram.is_empty() {
+        return Err(cx.err(m.ram.span(), "machine.ram", "the machine has no RAM"));
+    }
+    let hazards = match &m.hazards {
+        None => HazardConfig::default(),
+        Some(h) => {
+            for (v, name) in [
+                (&h.evict_rate, "machine.hazards.evict_rate"),
+                (&h.speculate_rate, "machine.hazards.speculate_rate"),
+            ] {
+                if !(0.0..=1.0).contains(v.get_ref()) {
+                    return Err(cx.err(v.span(), name, "a probability must be from 0 to 1"));
+                }
+            }
+            HazardConfig {
+                evict_rate: *h.evict_rate.get_ref(),
+                speculate_rate: *h.speculate_rate.get_ref(),
+                ..HazardConfig::default()
+            }
+        }
+    };
+    let bounce_pool = match m.bounce_pool.get_ref() {
+        SizeText::Text(t) if t == "linux-arm64" => PoolSize::LinuxArm64,
+        SizeText::Text(t) if t == "none" => PoolSize::None,
+        _ => {
+            let bytes = cx.size(&m.bounce_pool, "machine.bounce_pool")?;
+            if bytes == 0 || bytes % SEGMENT != 0 {
+                return Err(cx.err(
+                    m.bounce_pool.span(),
+                    "machine.bounce_pool",
+                    format!(
+                        "{bytes} bytes: a bounce pool holds whole 256 KiB segments (128 slots of 2 KiB), \
+                         so its size must be a non-zero multiple of 256 KiB; write \"none\" for no pool \
+                         or \"linux-arm64\" for Linux's default"
+                    ),
+                ));
+            }
+            PoolSize::Bytes(bytes)
+        }
+    };
+    Ok(MachineModel {
+        cpus: cpus as usize,
+        cache,
+        ram,
+        hazards,
+        bounce_pool,
+    })
+}
+
+fn churn(cx: &Ctx<'_>, k: &KmallocSpec) -> Result<ChurnModel, ScenarioError> {
+    let slabinfo = match k.slabinfo.get_ref().as_str() {
+        "auto" => SlabinfoSource::Auto,
+        "shipped" => SlabinfoSource::Shipped,
+        "" => {
+            return Err(cx.err(
+                k.slabinfo.span(),
+                "kmalloc.slabinfo",
+                "write \"auto\", \"shipped\" or a file path",
+            ))
+        }
+        path => SlabinfoSource::File(PathBuf::from(path)),
+    };
+    let live = *k.live_objects.get_ref();
+    if live > 1_000_000 {
+        return Err(cx.err(
+            k.live_objects.span(),
+            "kmalloc.live_objects",
+            "at most 1,000,000 live background objects",
+        ));
+    }
+    let c = *k.churn_per_transfer.get_ref();
+    if !(0.0..=16.0).contains(&c) {
+        return Err(cx.err(
+            k.churn_per_transfer.span(),
+            "kmalloc.churn_per_transfer",
+            "must be from 0 to 16",
+        ));
+    }
+    Ok(ChurnModel {
+        slabinfo,
+        live_objects: live,
+        churn_per_transfer: c,
+    })
+}
+
+fn device(
+    cx: &Ctx<'_>,
+    i: usize,
+    d: &Spanned<DeviceSpec>,
+    m: &MachineModel,
+) -> Result<Device, ScenarioError> {
+    let s = d.get_ref();
+    let bits = s.dma_bits.as_ref().map_or(64, |b| *b.get_ref());
+    let bits_span = s.dma_bits.as_ref().map_or(d.span(), Spanned::span);
+    if !(1..=64).contains(&bits) {
+        return Err(cx.err(
+            bits_span,
+            format!("device[{i}].dma_bits"),
+            "must be from 1 to 64",
+        ));
+    }
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    };
+    let lowest = m.ram.iter().map(|r| r.0).min().unwrap_or(0);
+    if lowest > mask {
+        return Err(cx.err(
+            bits_span,
+            format!("device[{i}].dma_bits"),
+            format!(
+                "device `{}` can only reach addresses up to {mask:#x}, but RAM starts at {lowest:#x}: \
+                 none of its buffers, and no bounce pool, could ever be reached; give it more \
+                 address bits or add RAM below its limit",
+                s.name.get_ref()
+            ),
+        ));
+    }
+    if m.bounce_pool == PoolSize::None && !s.coherent {
+        let beyond = m.ram.iter().any(|&(st, len)| st + (len - 1) > mask);
+        if beyond {
+            return Err(cx.err(
+                bits_span,
+                format!("device[{i}].dma_bits"),
+                format!(
+                    "device `{}` cannot reach RAM above {mask:#x} and the machine has no bounce pool \
+                     (machine.bounce_pool = \"none\"), so its buffers there could not be mapped; \
+                     add a bounce pool",
+                    s.name.get_ref()
+                ),
+            ));
+        }
+    }
+    let line = s
+        .cache_line
+        .as_ref()
+        .map_or(m.cache.line_size, |l| *l.get_ref());
+    // Device names live as long as the program: reports refer to them by `&'static str`.
+    let name: &'static str = Box::leak(s.name.get_ref().clone().into_boxed_str());
+    Device::builder(DeviceId(i as u32 + 1), name)
+        .dma_bits(bits as u32)
+        .coherent(s.coherent)
+        .cache_line(line)
+        .max_segment_size(u64::MAX)
+        .build()
+        .map_err(|e| {
+            let span = s.cache_line.as_ref().map_or(d.span(), Spanned::span);
+            cx.err(span, format!("device[{i}]"), e.to_string())
+        })
+}
+
+fn driver(
+    cx: &Ctx<'_>,
+    i: usize,
+    d: &Spanned<DriverSpec>,
+    devices: &[Device],
+) -> Result<DriverModel, ScenarioError> {
+    let s = d.get_ref();
+    let device = devices
+        .iter()
+        .position(|dev| dev.name() == s.device.get_ref())
+        .ok_or_else(|| {
+            let known: Vec<&str> = devices.iter().map(Device::name).collect();
+            cx.err(
+                s.device.span(),
+                format!("driver[{i}].device"),
+                format!(
+                    "no [[device]] named `{}` (devices: {})",
+                    s.device.get_ref(),
+                    known.join(", ")
+                ),
+            )
+        })?;
+    let w = *s.weight.get_ref();
+    if !(w > 0.0 && w.is_finite()) {
+        return Err(cx.err(
+            s.weight.span(),
+            format!("driver[{i}].weight"),
+            "must be positive",
+        ));
+    }
+    let mut transfers = Vec::new();
+    for (j, t) in s.transfers.get_ref().iter().enumerate() {
+        transfers.push(transfer(cx, &format!("driver[{i}].transfer[{j}]"), t)?);
+    }
+    if transfers.is_empty() {
+        return Err(cx.err(
+            s.transfers.span(),
+            format!("driver[{i}].transfer"),
+            "a driver needs at least one [[driver.transfer]]",
+        ));
+    }
+    Ok(DriverModel {
+        name: s.name.clone(),
+        device,
+        weight: w,
+        transfers,
+    })
+}
+
+fn directions(
+    cx: &Ctx<'_>,
+    f: &str,
+    d: &Spanned<Directions>,
+) -> Result<Vec<Direction>, ScenarioError> {
+    let names: Vec<&String> = match d.get_ref() {
+        Directions::One(s) => vec![s],
+        Directions::Many(v) => v.iter().collect(),
+    };
+    let mut out = Vec::new();
+    for n in names {
+        out.push(match n.as_str() {
+            "to-device" => Direction::ToDevice,
+            "from-device" => Direction::FromDevice,
+            "bidirectional" => Direction::Bidirectional,
+            other => {
+                return Err(cx.err(
+                    d.span(),
+                    f,
+                    format!("`{other}`: write \"to-device\", \"from-device\" or \"bidirectional\""),
+                ))
+            }
+        });
+    }
+    if out.is_empty() {
+        return Err(cx.err(d.span(), f, "at least one direction"));
+    }
+    Ok(out)
+}
+
+fn size_range(cx: &Ctx<'_>, f: &str, s: &Spanned<SizeRange>) -> Result<(u64, u64), ScenarioError> {
+    let one = |t: &SizeText| cx.size(&Spanned::new(s.span(), t.clone()), f);
+    let (lo, hi) = match s.get_ref() {
+        SizeRange::One(t) => {
+            let v = one(t)?;
+            (v, v)
+        }
+        SizeRange::Range(v) if v.len() == 2 => (one(&v[0])?, one(&v[1])?),
+        SizeRange::Range(_) => {
+            return Err(cx.err(s.span(), f, "write one size or a range [min, max]"));
+        }
+    };
+    if lo == 0 || lo > hi || hi > 256 * 1024 {
+        return Err(cx.err(
+            s.span(),
+            f,
+            format!("need 0 < min <= max <= 256 KiB (the largest bounce), got [{lo}, {hi}]"),
+        ));
+    }
+    Ok((lo, hi))
+}
+
+fn opt(v: &Option<Spanned<u64>>) -> Option<u64> {
+    v.as_ref().map(|s| *s.get_ref())
+}
+
+fn transfer(
+    cx: &Ctx<'_>,
+    f: &str,
+    t: &Spanned<TransferSpec>,
+) -> Result<TransferModel, ScenarioError> {
+    let s = t.get_ref();
+    let directions = directions(cx, &format!("{f}.direction"), &s.direction)?;
+    let size = size_range(cx, &format!("{f}.size"), &s.size)?;
+    let step = opt(&s.step).unwrap_or(1);
+    if step == 0 || size.0 % step != 0 {
+        let span = s.step.as_ref().map_or(s.size.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            format!("{f}.step"),
+            "must be non-zero and divide the smallest size",
+        ));
+    }
+    let chance = s.chance.as_ref().map_or(1.0, |c| *c.get_ref());
+    if !(0.0..=1.0).contains(&chance) {
+        let span = s.chance.as_ref().map_or(t.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            format!("{f}.chance"),
+            "a probability must be from 0 to 1",
+        ));
+    }
+    let burst = s.burst.as_ref().map_or([8, 64], |b| *b.get_ref());
+    if burst[0] == 0 || burst[0] > burst[1] {
+        let span = s.burst.as_ref().map_or(t.span(), Spanned::span);
+        return Err(cx.err(span, format!("{f}.burst"), "need 0 < min <= max"));
+    }
+    let buffer = buffer(cx, f, s, size)?;
+    Ok(TransferModel {
+        site: s.site.get_ref().clone(),
+        directions,
+        size,
+        step,
+        buffer,
+        chance,
+        burst: (burst[0], burst[1]),
+    })
+}
+
+fn buffer(
+    cx: &Ctx<'_>,
+    f: &str,
+    s: &TransferSpec,
+    size: (u64, u64),
+) -> Result<BufferModel, ScenarioError> {
+    let bf = format!("{f}.buffer");
+    let need = |v: &Option<Spanned<u64>>, name: &str| {
+        opt(v).ok_or_else(|| {
+            cx.err(
+                s.buffer.span(),
+                format!("{f}.{name}"),
+                format!("buffer \"{}\" needs `{name}`", s.buffer.get_ref()),
+            )
+        })
+    };
+    let unused: Vec<(&Option<Spanned<u64>>, &str)> = match s.buffer.get_ref().as_str() {
+        "kmalloc" | "dma-kmalloc" | "pages" => vec![
+            (&s.struct_size, "struct_size"),
+            (&s.offset, "offset"),
+            (&s.next_field, "next_field"),
+            (&s.align, "align"),
+            (&s.headroom, "headroom"),
+            (&s.tail, "tail"),
+            (&s.in_flight, "in_flight"),
+        ],
+        "struct-field" => vec![
+            (&s.align, "align"),
+            (&s.headroom, "headroom"),
+            (&s.tail, "tail"),
+            (&s.in_flight, "in_flight"),
+        ],
+        "page-frag" => vec![
+            (&s.struct_size, "struct_size"),
+            (&s.offset, "offset"),
+            (&s.next_field, "next_field"),
+        ],
+        other => {
+            return Err(cx.err(
+                s.buffer.span(),
+                bf,
+                format!(
+                    "`{other}`: write \"kmalloc\", \"dma-kmalloc\", \"struct-field\", \"page-frag\" or \"pages\""
+                ),
+            ))
+        }
+    };
+    if let Some((v, name)) = unused.into_iter().find(|(v, _)| v.is_some()) {
+        let span = v.as_ref().map_or(s.buffer.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            format!("{f}.{name}"),
+            format!(
+                "`{name}` does not apply to buffer \"{}\"",
+                s.buffer.get_ref()
+            ),
+        ));
+    }
+    Ok(match s.buffer.get_ref().as_str() {
+        "kmalloc" => BufferModel::Kmalloc,
+        "dma-kmalloc" => BufferModel::DmaKmalloc,
+        "pages" => BufferModel::Pages,
+        "struct-field" => {
+            let struct_size = need(&s.struct_size, "struct_size")?;
+            let offset = need(&s.offset, "offset")?;
+            let field_size = size.1;
+            let next_field =
+                opt(&s.next_field).unwrap_or((offset + field_size).next_multiple_of(8));
+            if offset % 8 != 0
+                || offset + field_size > next_field
+                || next_field > struct_size
+                || struct_size > 8192
+            {
+                let span = s.offset.as_ref().map_or(s.buffer.span(), Spanned::span);
+                return Err(cx.err(
+                    span,
+                    format!("{f}.offset"),
+                    format!(
+                        "the field [{offset}, {}) must start 8-byte aligned and fit before next_field \
+                         ({next_field}) inside the structure ({struct_size} bytes, at most 8 KiB)",
+                        offset + field_size
+                    ),
+                ));
+            }
+            BufferModel::StructField {
+                struct_size,
+                offset,
+                field_size,
+                next_field,
+            }
+        }
+        _ => {
+            let align = opt(&s.align).unwrap_or(64);
+            let headroom = opt(&s.headroom).unwrap_or(0);
+            let tail = opt(&s.tail).unwrap_or(0);
+            let in_flight = opt(&s.in_flight).unwrap_or(8);
+            if !align.is_power_of_two() || !(8..=4096).contains(&align) {
+                let span = s.align.as_ref().map_or(s.buffer.span(), Spanned::span);
+                return Err(cx.err(
+                    span,
+                    format!("{f}.align"),
+                    "must be a power of two from 8 to 4096",
+                ));
+            }
+            if headroom + size.1 + tail > 16 * 1024 || in_flight > 4096 {
+                let span = s.tail.as_ref().map_or(s.buffer.span(), Spanned::span);
+                return Err(cx.err(
+                    span,
+                    format!("{f}.tail"),
+                    "a fragment (headroom + size + tail) must fit 16 KiB; in_flight at most 4096",
+                ));
+            }
+            BufferModel::PageFrag {
+                align,
+                headroom,
+                tail,
+                in_flight: in_flight as usize,
+            }
+        }
+    })
+}
+
+/// The lowest address of the machine's RAM (used to explain impossible machines).
+pub fn lowest_ram(m: &MachineModel) -> u64 {
+    m.ram.iter().map(|r| r.0).min().unwrap_or(0)
+}
+
+/// Whether the machine has RAM above 4 GiB.
+pub fn has_ram_above_4g(m: &MachineModel) -> bool {
+    m.ram.iter().any(|&(s, l)| s + l > 4 * GIB)
+}

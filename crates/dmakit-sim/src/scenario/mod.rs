@@ -1,0 +1,46 @@
+//! Realistic scenarios: a machine, its devices and drivers with their real DMA patterns,
+//! run side by side under competing kmalloc-alignment and bounce policies.
+//!
+//! - [`config`]: the scenario file format (TOML) and its validation, with file, line and
+//!   field in every error;
+//! - [`model`]: the validated scenario;
+//! - [`policy`]: the four policies and the bounce pool each gets;
+//! - [`heap`]: every simulated object, from a real kmalloc, known to the oracle;
+//! - [`churn`]: background kmalloc traffic shaped like a real `/proc/slabinfo`;
+//! - [`drivers`]: where drivers put their DMA buffers (kmalloc objects, structure fields,
+//!   page fragments, pages);
+//! - [`sites`]: a distinct call site per transfer pattern, for the mapper's statistics;
+//! - [`run`]: the runner;
+//! - [`report`]: the results;
+//! - [`units`]: byte sizes in files and reports.
+
+pub mod churn;
+pub mod config;
+pub mod drivers;
+pub mod heap;
+pub mod model;
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod sites;
+pub mod units;
+
+pub use config::{parse_scenario, ScenarioError};
+pub use model::Scenario;
+pub use policy::Policy;
+pub use report::{PolicyReport, SimulationReport, SiteReport};
+pub use run::{run_policy, simulate, RunError, RunOptions};
+
+/// The built-in scenario (`scenarios/phone.toml`): a modelled arm64 phone.
+pub const DEFAULT_SCENARIO: &str = include_str!("../../../../scenarios/phone.toml");
+
+/// The name the built-in scenario goes by in messages.
+pub const DEFAULT_SCENARIO_FILE: &str = "scenarios/phone.toml";
+
+/// The built-in scenario, parsed.
+///
+/// # Errors
+/// Only if the shipped file is broken (a test guards against that).
+pub fn default_scenario() -> Result<Scenario, ScenarioError> {
+    parse_scenario(DEFAULT_SCENARIO, DEFAULT_SCENARIO_FILE)
+}

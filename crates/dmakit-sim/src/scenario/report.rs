@@ -1,0 +1,89 @@
+//! What a scenario run produced, per policy: the figures `dmakit simulate` prints, writes
+//! as JSON (field names are a stable interface, documented in the README) and charts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One call site that requested bounced mappings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SiteReport {
+    /// The driver code (scenario `site`), as `driver: site`.
+    pub site: String,
+    /// Bounced mappings it requested.
+    pub bounces: u64,
+    /// Bytes of those mappings.
+    pub bytes: u64,
+    /// What to do about it.
+    pub suggestion: String,
+}
+
+/// The results of one policy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyReport {
+    /// Policy name (`minalign128`, `linux-size-only`, `exact`, `no-bounce`).
+    pub name: String,
+    /// Memory the kmalloc caches held at the end of the run (whole slabs, as kmalloc counts
+    /// them).
+    pub kmalloc_bytes: u64,
+    /// Size of the bounce pool (0 when the policy has none).
+    pub bounce_pool_bytes: u64,
+    /// Transfers attempted.
+    pub transfers: u64,
+    /// Bounced mappings by reason (`misaligned`, `above-mask`, `forced`, `untrusted`).
+    pub bounces: BTreeMap<String, u64>,
+    /// Bytes copied into and out of bounce buffers.
+    pub bounced_bytes: u64,
+    /// Bytes the oracle found corrupted.
+    pub corrupted_bytes: u64,
+    /// Bytes the oracle found stale.
+    pub stale_bytes: u64,
+    /// Bytes the oracle found leaked from another owner.
+    pub leaked_bytes: u64,
+    /// Highest bounce pool occupancy.
+    pub pool_high_water_bytes: u64,
+    /// Call sites with the most bounces, most first.
+    pub top_sites: Vec<SiteReport>,
+    /// Transfers whose `map` failed (pool full, no pool).
+    pub map_errors: u64,
+    /// Device accesses the machine refused.
+    pub device_faults: u64,
+    /// Pool occupancy over the run: `(transfers done, bytes in use)`.
+    #[serde(skip)]
+    pub occupancy: Vec<(u64, u64)>,
+    /// Wall-clock time of the run.
+    #[serde(skip)]
+    pub elapsed: Duration,
+    /// The first wrong bytes, described.
+    #[serde(skip)]
+    pub first_errors: Vec<String>,
+    /// The first map error, described.
+    #[serde(skip)]
+    pub first_map_error: Option<String>,
+}
+
+impl PolicyReport {
+    /// All bounced mappings.
+    pub fn bounces_total(&self) -> u64 {
+        self.bounces.values().sum()
+    }
+
+    /// All wrong bytes.
+    pub fn wrong_bytes(&self) -> u64 {
+        self.corrupted_bytes + self.stale_bytes + self.leaked_bytes
+    }
+}
+
+/// The results of a scenario under each policy run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimulationReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Where the background allocation sizes came from.
+    pub slabinfo: String,
+    /// One entry per policy, in the order run.
+    pub policies: Vec<PolicyReport>,
+}

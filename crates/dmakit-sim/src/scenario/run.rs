@@ -1,0 +1,399 @@
+//! Runs a scenario under one policy, or under several side by side (one thread each).
+//!
+//! Each policy gets its own [`Machine`] (same scenario, same seed), a real SWIOTLB pool of
+//! the size that policy gets, a real [`dmakit::mem::Kmalloc`] with the policy's minimum
+//! alignment, and the mapping layer with the policy's alignment rule. Every simulated
+//! kmalloc object comes from that kmalloc, every object is known to the oracle, and every
+//! transfer is judged. Bounce figures come from the mapper's own statistics.
+
+use std::fmt;
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dmakit::bounce::BounceBackend;
+use dmakit::mem::Kmalloc;
+use dmakit::swiotlb::PoolConfig;
+use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::{BounceReason, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE};
+
+use crate::machine::{Machine, MachineConfig};
+use crate::memory::Owner;
+use crate::oracle::Oracle;
+use crate::rng::SimRng;
+use crate::scenario::churn::{load_slabinfo, Churn, SizeDistribution};
+use crate::scenario::drivers::{Env, Placer};
+use crate::scenario::heap::{Heap, HeapError};
+use crate::scenario::model::{BufferModel, Scenario};
+use crate::scenario::policy::{self, Policy, ARM64_DMA_LIMIT};
+use crate::scenario::report::{PolicyReport, SimulationReport, SiteReport};
+use crate::scenario::sites::{self, Args};
+use crate::scenario::units::format_bytes;
+use crate::transfer::{Scratch, Transfer, TransferKnobs, TransferOutcome};
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Seed of the machine and of every decision.
+    pub seed: u64,
+    /// Transfers per policy.
+    pub transfers: u64,
+    /// Call sites to report.
+    pub top_sites: usize,
+}
+
+/// Why a run could not be done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// The scenario describes a machine that cannot work; the text explains why.
+    Impossible(String),
+    /// The model or the allocator refused something during the run.
+    Model(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Impossible(m) => write!(f, "impossible machine: {m}"),
+            RunError::Model(m) => write!(f, "simulation failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+fn model(e: impl fmt::Debug) -> RunError {
+    RunError::Model(format!("{e:?}"))
+}
+
+fn heap_err(e: HeapError) -> RunError {
+    match e {
+        HeapError::Kmalloc(m) => RunError::Impossible(format!(
+            "kmalloc ran out of memory ({m}); give the machine more RAM or fewer live objects"
+        )),
+        HeapError::Sim(s) => model(s),
+    }
+}
+
+/// How transfers behave in scenarios (device bursts come from each pattern).
+fn knobs(burst: (u64, u64)) -> TransferKnobs {
+    TransferKnobs {
+        cpu_ops: (1, 4),
+        device_chunk: burst,
+        short_write_chance: 0.3,
+        sync_chance: 0.25,
+        second_round_chance: 0.05,
+        rewrite_inbound_between_rounds: true,
+        skip_sync_for_cpu: false,
+    }
+}
+
+/// Runs every policy of `policies` on its own thread and collects the reports in order.
+/// `progress` counts transfers done across all of them.
+///
+/// # Errors
+/// The first [`RunError`] of any policy, or a bad slabinfo.
+pub fn simulate(
+    sc: &Scenario,
+    policies: &[Policy],
+    opts: &RunOptions,
+    progress: &AtomicU64,
+) -> Result<SimulationReport, RunError> {
+    let (text, origin) = load_slabinfo(&sc.churn.slabinfo).map_err(RunError::Impossible)?;
+    let sizes = SizeDistribution::from_slabinfo(&text)
+        .map_err(|e| RunError::Impossible(format!("{origin}: {e}")))?;
+    let results: Vec<Result<PolicyReport, RunError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = policies
+            .iter()
+            .map(|&p| {
+                let sizes = &sizes;
+                s.spawn(move || run_policy(sc, p, sizes, opts, progress))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(RunError::Model("a policy thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.push(r?);
+    }
+    Ok(SimulationReport {
+        scenario: sc.name.clone(),
+        seed: opts.seed,
+        slabinfo: origin,
+        policies: out,
+    })
+}
+
+/// Runs `sc` under `policy`.
+///
+/// # Errors
+/// [`RunError::Impossible`] when the machine cannot hold the pool or the objects;
+/// [`RunError::Model`] when the model refuses something (a bug).
+pub fn run_policy(
+    sc: &Scenario,
+    policy: Policy,
+    sizes: &SizeDistribution,
+    opts: &RunOptions,
+    progress: &AtomicU64,
+) -> Result<PolicyReport, RunError> {
+    let started = Instant::now();
+    let line = sc.line();
+    let m = &sc.machine;
+    let machine = Machine::new(MachineConfig {
+        ram: m.ram.clone(),
+        cache: m.cache,
+        hazards: m.hazards,
+        cpus: m.cpus,
+        seed: opts.seed,
+        reserve_below: 1 << 20,
+    })
+    .map_err(|e| RunError::Impossible(e.to_string()))?;
+    for d in &sc.devices {
+        machine.attach(d.clone()).map_err(model)?;
+    }
+    let pool_bytes = policy::pool_bytes(policy, m);
+    let reach = sc
+        .devices
+        .iter()
+        .map(|d| d.dma_mask())
+        .fold(ARM64_DMA_LIMIT - 1, u64::min);
+    let mut mapper = DmaMapper::new(&machine).with_policy(policy.alignment());
+    let mut pool = None;
+    if pool_bytes > 0 {
+        let cfg = PoolConfig::builder()
+            .cpu_count(m.cpus)
+            .max_cache_line(line)
+            .build()
+            .map_err(|e| RunError::Impossible(e.to_string()))?;
+        let base = machine
+            .alloc_pages_between(pool_bytes / PAGE_SIZE, 0, reach)
+            .ok_or_else(|| {
+                RunError::Impossible(format!(
+                    "a bounce pool of {} does not fit in RAM below {reach:#x}, the limit of the \
+                     most constrained device",
+                    format_bytes(pool_bytes)
+                ))
+            })?;
+        let b = Arc::new(SwiotlbBounce::new(cfg, None, 0, reach));
+        b.add_region(base, pool_bytes)
+            .map_err(|e| RunError::Impossible(format!("bounce pool: {e}")))?;
+        mapper = mapper.with_swiotlb(b.clone());
+        pool = Some(b);
+    }
+    let kpolicy = policy
+        .kmalloc_policy(line)
+        .map_err(|e| RunError::Impossible(e.to_string()))?;
+    let mut heap = Heap::new(&machine, Kmalloc::new(&machine, kpolicy));
+    let mut oracle = Oracle::new(line).map_err(model)?;
+    let mut rng = SimRng::new(opts.seed ^ 0x5ce7_a210);
+    let mut scratch = Scratch::default();
+    let mut churn = Churn::new(sizes.clone());
+    for _ in 0..sc.churn.live_objects {
+        churn
+            .grow(&mut heap, &mut oracle, &mut rng, &mut scratch)
+            .map_err(heap_err)?;
+    }
+
+    // Call sites: one per transfer pattern, numbered in scenario order.
+    let patterns: Vec<_> = sc.transfer_sites().collect();
+    let mut placers: Vec<Placer> = patterns.iter().map(|(_, t)| Placer::new(t)).collect();
+    let mut seen: Vec<Option<&'static Location<'static>>> = vec![None; patterns.len()];
+    let mut first_site = Vec::new();
+    let mut n = 0;
+    for d in &sc.drivers {
+        first_site.push(n);
+        n += d.transfers.len();
+    }
+    let weights: Vec<u64> = sc
+        .drivers
+        .iter()
+        .map(|d| (d.weight * 1000.0).round().max(1.0) as u64)
+        .collect();
+    let total_weight: u64 = weights.iter().sum();
+
+    let mut done = 0u64;
+    let mut reported = 0u64;
+    let mut map_errors = 0u64;
+    let mut first_map_error = None;
+    let sample_every = (opts.transfers / 400).max(1);
+    let mut occupancy = vec![(0, 0)];
+    let mut nb = Vec::new();
+    let churn_whole = sc.churn.churn_per_transfer.floor() as u64;
+    let churn_frac = sc.churn.churn_per_transfer.fract();
+    while done < opts.transfers {
+        let ops = churn_whole + u64::from(rng.chance(churn_frac));
+        for _ in 0..ops {
+            churn
+                .shrink(&mut heap, &mut oracle, &mut rng)
+                .map_err(heap_err)?;
+            churn
+                .grow(&mut heap, &mut oracle, &mut rng, &mut scratch)
+                .map_err(heap_err)?;
+        }
+        let mut pick = rng.below(total_weight);
+        let di = weights
+            .iter()
+            .position(|&w| {
+                if pick < w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        let driver = &sc.drivers[di];
+        let device = &sc.devices[driver.device];
+        machine
+            .set_current_cpu(rng.below(m.cpus as u64) as usize)
+            .map_err(model)?;
+        for (ti, t) in driver.transfers.iter().enumerate() {
+            if done >= opts.transfers {
+                break;
+            }
+            if t.chance < 1.0 && !rng.chance(t.chance) {
+                continue;
+            }
+            let site = first_site[di] + ti;
+            let len = rng.between(t.size.0 / t.step, t.size.1 / t.step) * t.step;
+            let dir = *rng
+                .pick(&t.directions)
+                .unwrap_or(&dmakit::Direction::ToDevice);
+            let mut env = Env {
+                heap: &mut heap,
+                oracle: &mut oracle,
+                rng: &mut rng,
+                scratch: &mut scratch,
+                min_align: kpolicy.min_align(),
+            };
+            let buf = placers[site].acquire(&mut env, len).map_err(heap_err)?;
+            heap.neighbours(buf.start, buf.start + buf.len, line, &mut nb);
+            let range = PhysRange::new(PhysAddr::new(buf.start), buf.len)
+                .ok_or_else(|| model("buffer range"))?;
+            let mut tr = Transfer {
+                machine: &machine,
+                mapper: &mapper,
+                device,
+                knobs: knobs(t.burst),
+                rng: &mut rng,
+                oracle: &mut oracle,
+                scratch: &mut scratch,
+            };
+            let args = Args {
+                buf: range,
+                dir,
+                owner: buf.owner,
+                neighbours: &nb,
+            };
+            if let TransferOutcome::MapFailed(e) =
+                sites::run_at(site, &mut tr, &args, &mut seen[site]).map_err(model)?
+            {
+                map_errors += 1;
+                first_map_error.get_or_insert_with(|| e.to_string());
+            }
+            let mut env = Env {
+                heap: &mut heap,
+                oracle: &mut oracle,
+                rng: &mut rng,
+                scratch: &mut scratch,
+                min_align: kpolicy.min_align(),
+            };
+            placers[site].release(&mut env, buf).map_err(heap_err)?;
+            done += 1;
+            if done % 1024 == 0 {
+                progress.fetch_add(done - reported, Ordering::Relaxed);
+                reported = done;
+            }
+            if done % sample_every == 0 {
+                let used = pool.as_ref().map_or(0, |p| p.usage().used);
+                occupancy.push((done, used));
+            }
+        }
+    }
+    progress.fetch_add(done - reported, Ordering::Relaxed);
+    oracle.check_all(&machine, Owner::NOBODY).map_err(model)?;
+    oracle.set_faults(machine.fault_count() as u64);
+    let report = oracle.take_report();
+
+    let stats = mapper.stats();
+    let total = stats.total();
+    let bounces = BounceReason::ALL
+        .iter()
+        .map(|&r| (r.name().to_string(), total.bounces(r)))
+        .collect();
+    let top_sites = mapper
+        .top_sites(opts.top_sites)
+        .into_iter()
+        .map(|s| {
+            let i = seen.iter().position(|l| {
+                l.is_some_and(|l| {
+                    l.file() == s.location.file()
+                        && l.line() == s.location.line()
+                        && l.column() == s.location.column()
+                })
+            });
+            let (name, suggestion) = match i.map(|i| patterns[i]) {
+                Some((d, t)) => (format!("{}: {}", d.name, t.site), advice(t.buffer)),
+                None => (s.site(), String::from("not a scenario driver")),
+            };
+            let suggestion = if s.suggest_dma_alloc {
+                format!("mark this allocation: {suggestion}")
+            } else {
+                suggestion
+            };
+            SiteReport {
+                site: name,
+                bounces: s.bounces,
+                bytes: s.bytes,
+                suggestion,
+            }
+        })
+        .collect();
+    Ok(PolicyReport {
+        name: policy.name().to_string(),
+        kmalloc_bytes: heap.kmalloc_bytes(),
+        bounce_pool_bytes: pool.as_ref().map_or(0, |p| p.usage().total),
+        transfers: done,
+        bounces,
+        bounced_bytes: total.bytes_to_bounce + total.bytes_from_bounce,
+        corrupted_bytes: report.corrupted_bytes,
+        stale_bytes: report.stale_bytes,
+        leaked_bytes: report.leaked_bytes,
+        pool_high_water_bytes: stats
+            .pools
+            .iter()
+            .map(|p| p.usage.high_water)
+            .max()
+            .unwrap_or(0),
+        top_sites,
+        map_errors,
+        device_faults: report.faults,
+        occupancy,
+        elapsed: started.elapsed(),
+        first_errors: report
+            .details
+            .iter()
+            .take(5)
+            .map(|d| d.to_string())
+            .collect(),
+        first_map_error,
+    })
+}
+
+/// What would stop a pattern's buffers from bouncing.
+fn advice(b: BufferModel) -> String {
+    match b {
+        BufferModel::Kmalloc => "allocate it as a DMA buffer (AllocKind::Dma, dma-kmalloc): line aligned, never bounced",
+        BufferModel::StructField { .. } => "align the structure to the cache line (allocate it as a DMA buffer) so its ____cacheline_aligned field owns its lines",
+        BufferModel::PageFrag { .. } => "align receive fragments and their tail to the cache line",
+        BufferModel::DmaKmalloc | BufferModel::Pages => "the buffer lies beyond the device's DMA mask: allocate it below the mask (ZONE_DMA32) or map it through an IOMMU",
+    }
+    .to_string()
+}
