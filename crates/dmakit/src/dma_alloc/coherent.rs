@@ -122,15 +122,16 @@ where
             }
         };
         let uncached = !dev.is_coherent();
+        if uncached {
+            if let Err(f) = self.platform.make_uncached(range) {
+                self.give_pages(phys, pages);
+                return Err(DmaAllocError::Memory(f));
+            }
+        }
         let prepared = if uncached {
             self.platform
-                .make_uncached(range)
+                .fill(phys, 0, range.len())
                 .map_err(DmaAllocError::Memory)
-                .and_then(|()| {
-                    self.platform
-                        .fill(phys, 0, range.len())
-                        .map_err(DmaAllocError::Memory)
-                })
         } else {
             self.zero_cached(range)
         };
