@@ -91,6 +91,10 @@ impl HostPlatform {
         if ptr.is_null() {
             return Err(HostError::OutOfMemory);
         }
+        // Touch every page now, so measurements never pay first-touch page faults: a
+        // kernel's RAM is resident.
+        // SAFETY: `ptr` is valid for `bytes` bytes, just allocated.
+        unsafe { std::ptr::write_bytes(ptr, 0, bytes) };
         Ok(Self {
             ptr,
             layout,
