@@ -653,3 +653,21 @@ fn scatter_gather_splits_at_limits_and_bounces_per_segment() {
     ));
     assert_eq!(pool.usage().live, 0);
 }
+
+#[test]
+fn kmalloc_needs_line_alignment_only_for_noncoherent_devices_without_a_pool() {
+    let m = machine(12);
+    let nc = device(1, BouncePool::Swiotlb);
+    let via_coherent_pool = device(2, BouncePool::Coherent);
+    let snooping = Device::builder(DeviceId(3), "c")
+        .coherent(true)
+        .build()
+        .unwrap();
+    let none = DmaMapper::new(&m);
+    assert!(none.needs_line_aligned_kmalloc([&nc]));
+    assert!(!none.needs_line_aligned_kmalloc([&snooping]));
+    let with_swiotlb = DmaMapper::new(&m).with_swiotlb(swiotlb(&m, 1 << 20, None));
+    assert!(!with_swiotlb.needs_line_aligned_kmalloc([&nc, &snooping]));
+    // A device whose chosen pool is missing still needs it.
+    assert!(with_swiotlb.needs_line_aligned_kmalloc([&nc, &via_coherent_pool]));
+}

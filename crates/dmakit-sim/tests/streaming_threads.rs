@@ -102,3 +102,65 @@ fn concurrent_bounces_never_share_a_slot_and_keep_their_data() {
     assert_eq!((stats.used_bytes, stats.live), (0, 0));
     assert!(stats.high_water_bytes > 0);
 }
+
+#[test]
+fn a_background_worker_grows_a_full_pool() {
+    use dmakit::growth_worker::GrowthWorker;
+    use dmakit::mem::ZonedPageAllocator;
+    use dmakit::{DmaError, PageAllocator, PhysRange};
+    use std::sync::Weak;
+
+    let host = Arc::new(HostPlatform::new(0, 64 * MIB, 1, 64, HostMaintenance::None).unwrap());
+    // RAM for growth: [16 MiB, 48 MiB), handed out by the core's zoned page allocator.
+    let pages = Arc::new(
+        ZonedPageAllocator::new(&[PhysRange::new(PhysAddr::new(16 * MIB), 32 * MIB).unwrap()])
+            .unwrap(),
+    );
+    let dev = Device::builder(DeviceId(1), "t")
+        .cache_line(64)
+        .build()
+        .unwrap();
+    let cfg = PoolConfig::builder().build().unwrap();
+    let (grown_tx, grown) = std::sync::mpsc::channel::<PhysAddr>();
+    let pool = Arc::new_cyclic(|weak: &Weak<SwiotlbBounce>| {
+        let (weak, pages) = (weak.clone(), pages.clone());
+        let worker = GrowthWorker::spawn(move |req| {
+            // The worker holds the pool weakly, so dropping the pool stops the thread.
+            let Some(pool) = weak.upgrade() else { return };
+            match pages.alloc_pages(req.min_bytes / 4096, req.max_addr) {
+                Some(base) => {
+                    pool.add_region(base, req.min_bytes).unwrap();
+                    grown_tx.send(base).unwrap();
+                }
+                None => pool.growth_failed(),
+            }
+        })
+        .unwrap();
+        let pool = SwiotlbBounce::new(cfg, Some(Arc::new(worker)), 1 << 20, u64::MAX);
+        pool.add_region(PhysAddr::new(0), 256 * 1024).unwrap();
+        pool
+    });
+    let mapper = DmaMapper::new(host.clone()).with_swiotlb(pool.clone());
+    let buf = PhysAddr::new(50 * MIB + 8);
+    let hog = mapper
+        .map(&dev, buf, 250_000, Direction::FromDevice)
+        .unwrap();
+    let err = mapper
+        .map(&dev, buf.add(300_000), 100_000, Direction::FromDevice)
+        .unwrap_err();
+    assert!(matches!(err, DmaError::PoolExhausted { .. }), "{err}");
+    // The worker adds a region in the background; the mapping then succeeds.
+    let base = grown.recv().unwrap();
+    assert!((16 * MIB..48 * MIB).contains(&base.as_u64()));
+    let dma = mapper
+        .map(&dev, buf.add(300_000), 100_000, Direction::FromDevice)
+        .unwrap();
+    assert!((base.as_u64()..base.as_u64() + MIB).contains(&dma.as_u64()));
+    assert_eq!(pool.pool().stats().regions, 2);
+    mapper
+        .unmap(&dev, dma, 100_000, Direction::FromDevice)
+        .unwrap();
+    mapper
+        .unmap(&dev, hog, 250_000, Direction::FromDevice)
+        .unwrap();
+}
