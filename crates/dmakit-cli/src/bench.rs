@@ -1,0 +1,219 @@
+//! `dmakit bench`: the map benchmark (like Linux's `map_benchmark`) on the host, over real
+//! memory: threads map and unmap one buffer each as fast as they can; map and unmap
+//! latencies are measured one by one.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use dmakit::swiotlb::PoolConfig;
+use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::{Device, DeviceId, Direction, DmaMapper, PhysAddr, PAGE_SIZE};
+use dmakit_sim::host::{HostMaintenance, HostPlatform};
+use dmakit_sim::scenario::units::parse_size;
+use serde::Serialize;
+
+use crate::table;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The direct path (no bounce).
+    Direct,
+    /// Every mapping bounced through the SWIOTLB pool.
+    Bounce,
+    /// Through an IOMMU.
+    Iommu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Dir {
+    ToDevice,
+    FromDevice,
+    Bidirectional,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  dmakit bench                                     1 thread, 4 KiB, direct
+  dmakit bench --mode bounce --threads 2 --granule 512
+  dmakit bench --granule 4pages --direction to-device --seconds 5 --json")]
+pub struct Args {
+    /// Threads mapping concurrently (each on its own CPU number).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+    /// Mapping size: bytes ("512", "64KiB") or pages ("4pages").
+    #[arg(long, default_value = "4096")]
+    granule: String,
+    /// Direction of the mappings.
+    #[arg(long, value_enum, default_value = "from-device")]
+    direction: Dir,
+    /// Which path the mappings take.
+    #[arg(long, value_enum, default_value = "direct")]
+    mode: Mode,
+    /// How long to run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Out {
+    mode: String,
+    threads: u64,
+    granule_bytes: u64,
+    direction: String,
+    operations: u64,
+    ops_per_second: f64,
+    map_median_ns: u64,
+    map_p99_ns: u64,
+    unmap_median_ns: u64,
+    unmap_p99_ns: u64,
+}
+
+fn granule(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let g = if let Some(n) = t.strip_suffix("pages").or_else(|| t.strip_suffix("page")) {
+        n.trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(PAGE_SIZE))
+    } else {
+        parse_size(&t)
+    };
+    match g {
+        Some(g) if (1..=256 * 1024).contains(&g) => Ok(g),
+        _ => Err(format!(
+            "--granule {text}: give bytes (\"512\", \"64KiB\") or pages (\"4pages\"), from 1 byte to 256 KiB"
+        )),
+    }
+}
+
+fn pct(v: &mut [u32], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    let (_, x, _) = v.select_nth_unstable(i);
+    u64::from(*x)
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), String> {
+    if args.mode == Mode::Iommu {
+        return Err(
+            "--mode iommu is not available: the host platform has no IOMMU model yet; use direct or bounce"
+                .into(),
+        );
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+        return Err("--seconds must be above 0 and at most 3600".into());
+    }
+    let g = granule(&args.granule)?;
+    let threads = args.threads as usize;
+    let dir = match args.direction {
+        Dir::ToDevice => Direction::ToDevice,
+        Dir::FromDevice => Direction::FromDevice,
+        Dir::Bidirectional => Direction::Bidirectional,
+    };
+    const MIB: u64 = 1 << 20;
+    let pool = 64 * MIB;
+    let per_thread = g.next_multiple_of(PAGE_SIZE) + PAGE_SIZE;
+    let arena = pool + per_thread * threads as u64;
+    let host = Arc::new(
+        HostPlatform::new(0, arena, threads, 64, HostMaintenance::None)
+            .map_err(|e| format!("host memory: {e}"))?,
+    );
+    let cfg = PoolConfig::builder()
+        .cpu_count(threads)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let backend = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
+    backend
+        .add_region(PhysAddr::new(0), pool)
+        .map_err(|e| e.to_string())?;
+    let mapper = DmaMapper::new(host).with_swiotlb(Arc::new(backend));
+    let dev = Device::builder(DeviceId(1), "bench")
+        .force_bounce(args.mode == Mode::Bounce)
+        .max_segment_size(u64::MAX)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let run_for = Duration::from_secs_f64(args.seconds);
+    let barrier = Barrier::new(threads);
+    let results: Vec<Result<(Vec<u32>, Vec<u32>), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (mapper, dev, barrier) = (&mapper, &dev, &barrier);
+                s.spawn(move || {
+                    mapper.platform().bind_current_thread(t);
+                    let buf = PhysAddr::new(pool + per_thread * t as u64);
+                    let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+                    barrier.wait();
+                    let start = Instant::now();
+                    while start.elapsed() < run_for {
+                        let t0 = Instant::now();
+                        let dma = mapper.map(dev, buf, g, dir).map_err(|e| e.to_string())?;
+                        let t1 = Instant::now();
+                        mapper.unmap(dev, dma, g, dir).map_err(|e| e.to_string())?;
+                        let t2 = Instant::now();
+                        maps.push((t1 - t0).as_nanos().min(u32::MAX as u128) as u32);
+                        unmaps.push((t2 - t1).as_nanos().min(u32::MAX as u128) as u32);
+                    }
+                    Ok((maps, unmaps))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a thread panicked".into())))
+            .collect()
+    });
+    let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+    for r in results {
+        let (m, u) = r?;
+        maps.extend(m);
+        unmaps.extend(u);
+    }
+    let ops = maps.len() as u64;
+    let out = Out {
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        threads: args.threads,
+        granule_bytes: g,
+        direction: dir.to_string(),
+        operations: ops,
+        ops_per_second: ops as f64 / args.seconds,
+        map_median_ns: pct(&mut maps, 0.5),
+        map_p99_ns: pct(&mut maps, 0.99),
+        unmap_median_ns: pct(&mut unmaps, 0.5),
+        unmap_p99_ns: pct(&mut unmaps, 0.99),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "{} mode, {} thread(s), {} bytes {}, {:.1} s on the host",
+        out.mode, out.threads, out.granule_bytes, out.direction, args.seconds
+    );
+    let mut t = table::new(&["", "median", "p99"]);
+    t.add_row(vec![
+        "map".into(),
+        format!("{} ns", out.map_median_ns),
+        format!("{} ns", out.map_p99_ns),
+    ]);
+    t.add_row(vec![
+        "unmap".into(),
+        format!("{} ns", out.unmap_median_ns),
+        format!("{} ns", out.unmap_p99_ns),
+    ]);
+    println!("{t}");
+    println!(
+        "{} map+unmap pairs, {} per second",
+        table::count(out.operations),
+        table::count(out.ops_per_second as u64)
+    );
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! `dmakit simulate`: a scenario under competing policies, side by side.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use dmakit_sim::scenario::units::format_bytes;
+use dmakit_sim::scenario::{
+    parse_scenario, simulate, Policy, RunOptions, Scenario, SimulationReport, DEFAULT_SCENARIO,
+    DEFAULT_SCENARIO_FILE,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::table::{self, count};
+
+/// A policy on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// kmalloc aligned to the cache line, no alignment bouncing (the old way).
+    Minalign128,
+    /// 8-byte kmalloc, Linux 6.5's size-only bounce test.
+    LinuxSizeOnly,
+    /// 8-byte kmalloc, dmakit's exact bounce test.
+    Exact,
+    /// 8-byte kmalloc, no alignment bouncing (the hazard control).
+    NoBounce,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Minalign128 => Policy::MinAlign128,
+            PolicyArg::LinuxSizeOnly => Policy::LinuxSizeOnly,
+            PolicyArg::Exact => Policy::Exact,
+            PolicyArg::NoBounce => Policy::NoBounce,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  dmakit simulate                                   the arm64 phone, four policies
+  dmakit simulate --transfers 20000 --policy exact,no-bounce
+  dmakit simulate --json > result.json
+  dmakit simulate --report out/                     writes out/report.html
+  dmakit simulate --print-scenario > my.toml && dmakit simulate --scenario my.toml")]
+pub struct Args {
+    /// Scenario file (TOML); the built-in arm64 phone when absent.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// Print the scenario (the built-in one unless --scenario is given) and exit.
+    #[arg(long)]
+    print_scenario: bool,
+    /// Seed of the machine and of every random decision.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Transfers per policy.
+    #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    transfers: u64,
+    /// Policies to run (one or several, comma separated); all four by default.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 1..)]
+    policy: Vec<PolicyArg>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write an HTML report with SVG charts into DIR.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Call sites listed per policy.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+}
+
+fn load(args: &Args) -> Result<(String, String), String> {
+    match &args.scenario {
+        None => Ok((
+            DEFAULT_SCENARIO.to_string(),
+            DEFAULT_SCENARIO_FILE.to_string(),
+        )),
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| (t, p.display().to_string()))
+            .map_err(|e| format!("cannot read scenario file {}: {e}", p.display())),
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), String> {
+    let (text, file) = load(&args)?;
+    if args.print_scenario {
+        print!("{text}");
+        return Ok(());
+    }
+    let sc = parse_scenario(&text, &file).map_err(|e| e.to_string())?;
+    let mut policies: Vec<Policy> = args.policy.iter().map(|&p| p.into()).collect();
+    policies.dedup();
+    if policies.is_empty() {
+        policies = Policy::ALL.to_vec();
+    }
+    let opts = RunOptions {
+        seed: args.seed,
+        transfers: args.transfers,
+        top_sites: args.top,
+    };
+    let started = Instant::now();
+    let report = run_with_progress(&sc, &policies, &opts)?;
+    let elapsed = started.elapsed();
+    if let Some(dir) = &args.report {
+        let path = crate::html::write_report(dir, &sc, &report)?;
+        if !args.json {
+            eprintln!("report written to {}", path.display());
+        }
+    }
+    if args.json {
+        let s = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        println!("{s}");
+    } else {
+        print_tables(&sc, &report, elapsed);
+    }
+    Ok(())
+}
+
+fn run_with_progress(
+    sc: &Scenario,
+    policies: &[Policy],
+    opts: &RunOptions,
+) -> Result<SimulationReport, String> {
+    let progress = AtomicU64::new(0);
+    let total = opts.transfers * policies.len() as u64;
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} transfers ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| simulate(sc, policies, opts, &progress));
+        let mut shown = false;
+        while !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            if !shown && started.elapsed() > Duration::from_secs(1) {
+                // Drawn only when stderr is a terminal.
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+                shown = true;
+            }
+            bar.set_position(progress.load(Ordering::Relaxed));
+        }
+        h.join()
+            .unwrap_or_else(|_| Err(dmakit_sim::scenario::RunError::Model("panicked".into())))
+    });
+    bar.finish_and_clear();
+    result.map_err(|e| e.to_string())
+}
+
+fn print_tables(sc: &Scenario, r: &SimulationReport, elapsed: Duration) {
+    println!(
+        "scenario {} ({}), seed {}, background sizes from {}",
+        sc.name, sc.description, r.seed, r.slabinfo
+    );
+    let mut t = table::new(&[
+        "policy",
+        "kmalloc",
+        "bounce pool",
+        "transfers",
+        "bounced: misaligned",
+        "above mask",
+        "bytes copied",
+        "corrupted",
+        "stale",
+        "leaked",
+        "pool high-water",
+    ]);
+    for p in &r.policies {
+        t.add_row(vec![
+            p.name.clone(),
+            format_bytes(p.kmalloc_bytes),
+            format_bytes(p.bounce_pool_bytes),
+            count(p.transfers),
+            count(p.bounces.get("misaligned").copied().unwrap_or(0)),
+            count(p.bounces.get("above-mask").copied().unwrap_or(0)),
+            format_bytes(p.bounced_bytes),
+            count(p.corrupted_bytes),
+            count(p.stale_bytes),
+            count(p.leaked_bytes),
+            format_bytes(p.pool_high_water_bytes),
+        ]);
+    }
+    println!("{t}");
+    for p in &r.policies {
+        if p.map_errors > 0 {
+            println!(
+                "{}: {} mappings failed (first: {})",
+                p.name,
+                count(p.map_errors),
+                p.first_map_error.as_deref().unwrap_or("?")
+            );
+        }
+        if let Some(first) = p.first_errors.first() {
+            println!("{}: first wrong byte: {first}", p.name);
+        }
+    }
+    let exact = r.policies.iter().find(|p| p.name == "exact");
+    if let Some(p) = exact.filter(|p| !p.top_sites.is_empty()) {
+        println!("\nTop bounce sites under exact:");
+        let mut s = table::new(&["site", "bounces", "bytes", "suggestion"]);
+        if let Some(c) = s.column_mut(3) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Left);
+        }
+        for site in &p.top_sites {
+            s.add_row(vec![
+                site.site.clone(),
+                count(site.bounces),
+                format_bytes(site.bytes),
+                site.suggestion.clone(),
+            ]);
+        }
+        println!("{s}");
+    }
+    let old = r.policies.iter().find(|p| p.name == "minalign128");
+    if let (Some(o), Some(e)) = (old, exact) {
+        println!(
+            "\nexact vs minalign128: kmalloc {} instead of {} ({} saved), {} wrong bytes vs {}.",
+            format_bytes(e.kmalloc_bytes),
+            format_bytes(o.kmalloc_bytes),
+            format_bytes(o.kmalloc_bytes.saturating_sub(e.kmalloc_bytes)),
+            count(e.wrong_bytes()),
+            count(o.wrong_bytes())
+        );
+    }
+    let total: u64 = r.policies.iter().map(|p| p.transfers).sum();
+    println!(
+        "{} transfers in {:.1} s ({} transfers/s).",
+        count(total),
+        elapsed.as_secs_f64(),
+        count((total as f64 / elapsed.as_secs_f64().max(1e-9)) as u64)
+    );
+}
