@@ -24,6 +24,9 @@ pub enum FaultReason {
     NoTranslation,
     /// The translated physical range is not RAM.
     NotMemory,
+    /// The translation (an IOMMU) forbids this kind of access (a write to a read-only
+    /// mapping, or a read of a write-only one).
+    PermissionDenied,
 }
 
 impl fmt::Display for FaultReason {
@@ -33,6 +36,7 @@ impl fmt::Display for FaultReason {
             FaultReason::NotGranted => "access outside the windows granted to the device",
             FaultReason::NoTranslation => "no translation for the address",
             FaultReason::NotMemory => "translated address is not memory",
+            FaultReason::PermissionDenied => "the translation forbids this access",
         })
     }
 }
@@ -80,6 +84,22 @@ pub trait DmaTranslation {
         dma: DmaAddr,
         len: u64,
     ) -> Result<(PhysAddr, u64), FaultReason>;
+
+    /// As [`DmaTranslation::translate`], knowing whether the access is a write, so a
+    /// translation with permissions can refuse it. The default ignores the kind of access.
+    ///
+    /// # Errors
+    /// As [`DmaTranslation::translate`].
+    fn translate_access(
+        &self,
+        device: DeviceId,
+        dma: DmaAddr,
+        len: u64,
+        write: bool,
+    ) -> Result<(PhysAddr, u64), FaultReason> {
+        let _ = write;
+        self.translate(device, dma, len)
+    }
 }
 
 /// The direct path's translation: the bus address is the physical address.
@@ -232,7 +252,7 @@ impl DmaEngines {
             let mut done = 0;
             while done < len {
                 let d = DmaAddr::new(start + done);
-                match self.translation.translate(id, d, len - done) {
+                match self.translation.translate_access(id, d, len - done, write) {
                     Ok((p, n)) if n >= 1 && n <= len - done => {
                         if !is_ram(p.as_u64(), n) {
                             reason = Some(FaultReason::NotMemory);

@@ -16,6 +16,8 @@
 //!   seam where an IOMMU will plug in;
 //! - [`fault_inject`]: dropping selected cache maintenance, to show the model can fail;
 //! - [`page_alloc`]: a first-fit page allocator so pools and workloads never overlap;
+//! - [`iommu`]: an IOMMU with per-domain page tables, an IOTLB that keeps translations
+//!   until invalidated, and a fault log, plugged in through the translation seam;
 //! - [`host`]: a platform over real memory, for benchmarks and multi-threaded tests;
 //! - [`machine`]: the [`Machine`] tying them together;
 //! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
@@ -37,6 +39,7 @@ pub mod error;
 pub mod fault_inject;
 pub mod hazard;
 pub mod host;
+pub mod iommu;
 pub mod machine;
 pub mod memory;
 pub mod oracle;
@@ -54,6 +57,7 @@ pub use device::{DeviceFault, DmaTranslation, FaultReason, IdentityTranslation};
 pub use error::SimError;
 pub use fault_inject::{MaintenanceFaults, MaintenanceKind};
 pub use hazard::HazardConfig;
+pub use iommu::{Granule, IommuFault, IommuFaultReason, IommuStats, SimIommu, SimIommuConfig};
 pub use machine::{Machine, MachineConfig, MachineStats};
 pub use memory::{Owner, Stamped, MEM_PAGE};
 pub use oracle::{ByteReport, ErrorKind, ErrorSite, Oracle, OracleReport};
