@@ -61,6 +61,10 @@ impl std::error::Error for DeviceSpaceError {}
 ///   On error nothing stays mapped.
 /// - [`DeviceAddressSpace::unmap_pages`] removes exactly such a mapping (same `dma`, same
 ///   page count) and any translation caches for it; afterwards the device faults on it.
+/// - `map_pages_contiguous` and `unmap_pages` may be called in atomic context (from
+///   [`crate::dma_alloc::DmaAllocator::alloc_coherent`] with
+///   [`crate::dma_alloc::AllocContext::Atomic`], and the matching free): they must not
+///   sleep; failing with [`DeviceSpaceError::TablesFailed`] is allowed.
 pub trait DeviceAddressSpace {
     /// Whether `dev`'s addresses are translated. `false`: allocations for `dev` use
     /// physical addresses and must lie below its mask.
