@@ -1,0 +1,247 @@
+//! The built binary, run as a new user would.
+
+use std::process::{Command, Output};
+
+fn dmakit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dmakit"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dmakit-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn default_simulate_prints_the_table() {
+    let o = dmakit(&["simulate", "--transfers", "3000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for p in [
+        "minalign128",
+        "linux-size-only",
+        "exact",
+        "no-bounce",
+        "corrupted",
+        "kmalloc",
+    ] {
+        assert!(out.contains(p), "{p} missing:\n{out}");
+    }
+}
+
+#[test]
+fn json_holds_the_documented_fields_and_the_verdicts() {
+    let dir = temp("json");
+    let o = dmakit(&[
+        "simulate",
+        "--transfers",
+        "15000",
+        "--seed",
+        "3",
+        "--json",
+        "--report",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    assert_eq!(v["scenario"], "arm64-phone");
+    assert_eq!(v["seed"], 3);
+    let policies = v["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 4);
+    for p in policies {
+        for f in [
+            "name",
+            "kmalloc_bytes",
+            "bounce_pool_bytes",
+            "transfers",
+            "bounces",
+            "bounced_bytes",
+            "corrupted_bytes",
+            "stale_bytes",
+            "leaked_bytes",
+            "pool_high_water_bytes",
+            "top_sites",
+        ] {
+            assert!(!p[f].is_null(), "{f} missing in {p}");
+        }
+        assert_eq!(p["transfers"], 15000);
+        for s in p["top_sites"].as_array().expect("sites") {
+            assert!(s["site"].is_string() && s["bounces"].is_u64(), "{s}");
+        }
+    }
+    let by = |n: &str| {
+        policies
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    let n = |p: &serde_json::Value, f: &str| p[f].as_u64().expect(f);
+    let exact = by("exact");
+    assert_eq!(
+        (
+            n(exact, "corrupted_bytes"),
+            n(exact, "stale_bytes"),
+            n(exact, "leaked_bytes")
+        ),
+        (0, 0, 0)
+    );
+    assert!(n(&exact["bounces"], "misaligned") > 0);
+    assert!(n(by("no-bounce"), "corrupted_bytes") > 0);
+    assert!(n(by("minalign128"), "kmalloc_bytes") > n(exact, "kmalloc_bytes"));
+
+    // The HTML report holds the four charts as SVG.
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report written");
+    for id in [
+        "memory",
+        "bounces-by-reason",
+        "bounces-by-site",
+        "pool-occupancy",
+    ] {
+        let at = html
+            .find(&format!("<figure id=\"{id}\">"))
+            .unwrap_or_else(|| panic!("{id}"));
+        let rest = &html[at..];
+        let end = rest.find("</figure>").expect("closed");
+        assert!(
+            rest[..end].contains("<svg") && rest[..end].contains("</svg>"),
+            "{id}"
+        );
+        assert!(
+            rest[..end].contains("<rect") || rest[..end].contains("<polyline"),
+            "{id}"
+        );
+    }
+    assert!(html.contains("i2c-touch"), "sites are named");
+}
+
+#[test]
+fn policies_can_be_chosen() {
+    let o = dmakit(&[
+        "simulate",
+        "--transfers",
+        "2000",
+        "--policy",
+        "exact",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["policies"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn print_scenario_prints_the_built_in_file() {
+    let o = dmakit(&["simulate", "--print-scenario"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), include_str!("../../../scenarios/phone.toml"));
+}
+
+#[test]
+fn bad_scenarios_and_flags_fail_clearly() {
+    let dir = temp("bad");
+    let cases = [
+        (
+            "syntax.toml",
+            "name = \"x\"\n[machine\ncpus = 2\n",
+            "syntax.toml:2:",
+        ),
+        (
+            "field.toml",
+            "name = \"x\"\n[machine]\ncpus = 2\ncache_line = 96\nram = [{ start = 0, size = \"1GiB\" }]\nbounce_pool = \"1 MiB\"\n",
+            "field.toml:4:14: `machine.cache_line`",
+        ),
+        (
+            "pool.toml",
+            "name = \"x\"\n[machine]\ncpus = 2\ncache_line = 64\nram = [{ start = 0, size = \"1GiB\" }]\nbounce_pool = 0\n",
+            "`machine.bounce_pool`",
+        ),
+        (
+            "mask.toml",
+            "name = \"x\"\n[machine]\ncpus = 2\ncache_line = 64\nram = [{ start = \"8 GiB\", size = \"1GiB\" }]\nbounce_pool = \"none\"\n[[device]]\nname = \"old\"\ndma_bits = 32\n",
+            "RAM starts at",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        let o = dmakit(&[
+            "simulate",
+            "--scenario",
+            p.to_str().expect("utf-8"),
+            "--transfers",
+            "10",
+        ]);
+        assert!(!o.status.success(), "{name} accepted");
+        let err = stderr(&o);
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+    let o = dmakit(&["simulate", "--scenario", "/nonexistent/x.toml"]);
+    assert!(!o.status.success() && stderr(&o).contains("cannot read scenario file"));
+    for bad in [
+        vec!["simulate", "--policy", "fastest"],
+        vec!["simulate", "--transfers", "0"],
+        vec!["simulate", "--seed", "minus-one"],
+        vec!["bench", "--granule", "0"],
+        vec!["bench", "--mode", "iommu"],
+        vec!["frobnicate"],
+    ] {
+        let o = dmakit(&bad);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        assert!(!stderr(&o).is_empty(), "{bad:?}: no message");
+    }
+}
+
+#[test]
+fn help_on_every_subcommand_has_examples() {
+    for sub in ["simulate", "slab", "bench"] {
+        let o = dmakit(&[sub, "--help"]);
+        assert!(o.status.success());
+        assert!(stdout(&o).contains("Examples:"), "{sub}");
+    }
+}
+
+#[test]
+fn slab_reports_every_alignment() {
+    let o = dmakit(&[
+        "slab",
+        "--slabinfo",
+        "../../data/slabinfo-x86_64-vm-6.18.txt",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let a = v["alignments"].as_array().expect("rows");
+    assert_eq!(a.len(), 5);
+    assert!(a[4]["slab_bytes"].as_u64() > a[0]["slab_bytes"].as_u64());
+    assert!(dmakit(&["slab"]).status.success());
+}
+
+#[test]
+fn bench_measures_the_host() {
+    let o = dmakit(&[
+        "bench",
+        "--mode",
+        "bounce",
+        "--granule",
+        "1page",
+        "--seconds",
+        "0.2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert!(v["operations"].as_u64() > Some(0));
+    assert!(v["map_median_ns"].as_u64() > Some(0));
+}
