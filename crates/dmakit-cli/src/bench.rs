@@ -72,6 +72,9 @@ struct Out {
     unmap_p99_ns: u64,
 }
 
+/// Map and unmap latencies of one thread, in nanoseconds.
+type Latencies = (Vec<u32>, Vec<u32>);
+
 fn granule(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
     let g = if let Some(n) = t.strip_suffix("pages").or_else(|| t.strip_suffix("page")) {
@@ -141,7 +144,7 @@ pub fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let run_for = Duration::from_secs_f64(args.seconds);
     let barrier = Barrier::new(threads);
-    let results: Vec<Result<(Vec<u32>, Vec<u32>), String>> = std::thread::scope(|s| {
+    let results: Vec<Result<Latencies, String>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
                 let (mapper, dev, barrier) = (&mapper, &dev, &barrier);
