@@ -83,6 +83,8 @@ pub(crate) enum Kind {
     },
     /// Several buffers laid out back to back in IOVA space.
     Sg { pieces: Vec<Piece> },
+    /// Pages of a DMA allocation mapped contiguously (their owner does the syncs).
+    Pages { pieces: Vec<Piece> },
 }
 
 /// One buffer of a scatter-gather mapping: `len` bytes at IOVA `dma`, physical `phys`.

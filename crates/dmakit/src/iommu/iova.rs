@@ -10,9 +10,9 @@
 //!
 //! - a **free-range tree**: the free space as disjoint, coalesced ranges in a `BTreeMap`,
 //!   also indexed by power-of-two length class, so a search looks at a few candidates of
-//!   the right class instead of walking every live range. Allocation is top down (highest
-//!   fitting address in the smallest class that surely fits), which keeps low addresses for
-//!   devices with small masks;
+//!   the right class instead of walking every live range. A free range of about the
+//!   requested size is used first (best fit); otherwise allocation is top down (the highest
+//!   fitting address), which keeps low addresses for devices with small masks;
 //! - **range caches** ("rcaches"): per power-of-two size class, per CPU, two magazines of
 //!   recently freed ranges, plus a bounded depot of full magazines shared by the CPUs. The
 //!   common case (a range of the same size was freed recently) is a push or pop on the
@@ -238,17 +238,23 @@ impl FreeTree {
             }
         }
         // Classes that surely fit below the limit: at most two candidates each (the one
-        // straddling the limit may not have room under it; the next lower one does).
+        // straddling the limit may not have room under it; the next lower one does), and
+        // the highest placement among the classes wins, keeping low addresses free for
+        // devices with small masks.
         if found.is_none() {
             let mut rest = if sure >= 64 {
                 0
             } else {
                 self.nonempty >> sure << sure
             };
-            while rest != 0 && found.is_none() {
+            while rest != 0 {
                 let c = rest.trailing_zeros() as usize;
                 rest &= rest - 1;
-                found = self.try_class(c, n, align, limit, 2);
+                if let Some(f) = self.try_class(c, n, align, limit, 2) {
+                    if found.is_none_or(|(_, _, at)| f.2 > at) {
+                        found = Some(f);
+                    }
+                }
             }
         }
         // Near exhaustion: every candidate of the uncertain classes.

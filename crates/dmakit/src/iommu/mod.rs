@@ -10,13 +10,18 @@
 //! - `flush_queue`: lazy mode's batch of IOVAs waiting for one IOTLB invalidation;
 //! - `path`: map, unmap, sync and scatter-gather through IOVAs, bouncing where a
 //!   non-coherent device would share a cache line or an untrusted one would see a
-//!   neighbour's bytes in its IOMMU page.
+//!   neighbour's bytes in its IOMMU page;
+//! - `alloc_space`: [`IommuDma`] as the DMA allocators' [`DeviceAddressSpace`]
+//!   (scattered pages made contiguous in device space for `alloc_noncontiguous`).
+//!
+//! [`DeviceAddressSpace`]: crate::dma_alloc::DeviceAddressSpace
 //!
 //! The hardware is reached through the [`Iommu`] platform trait. [`IommuDma`] owns the
 //! domains and says which device uses which; give it to
 //! [`DmaMapper::with_iommu`](crate::DmaMapper::with_iommu), and every device attached to a
 //! domain is mapped through it, the others as before.
 
+mod alloc_space;
 pub mod domain;
 mod flush_queue;
 pub mod iova;

@@ -359,6 +359,7 @@ fn finish<P: Platform + ?Sized>(
                 cpu_side(p, dev, pc.phys, pc.len, rec.dir);
             }
         }
+        Kind::Pages { .. } => {}
         Kind::Bounced { backend, slot } => {
             let dma = DmaAddr::new(slot.as_u64());
             result = if strict {
@@ -515,7 +516,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
             maintain(phys.add(at), len);
             Ok(())
         }
-        Kind::Sg { pieces } => {
+        Kind::Sg { pieces } | Kind::Pages { pieces } => {
             let (lo, hi) = (addr, addr + len);
             for pc in pieces {
                 let (s, e) = (pc.dma.max(lo), (pc.dma + pc.len).min(hi));
