@@ -135,8 +135,17 @@ pub fn cpu_scribble(
 }
 
 impl<P: Platform> Transfer<'_, P> {
+    /// With the mapper's debug checker on, reports a CPU access to memory the device owns
+    /// (the model sees every access a kernel's checker cannot).
+    fn check_ownership(&self, addr: u64, len: u64, write: bool) {
+        if let Some(d) = self.mapper.debug_checker() {
+            d.check_cpu_access(PhysAddr::new(addr), len, write);
+        }
+    }
+
     /// CPU store of random bytes, told to the oracle.
     fn scribble(&mut self, addr: u64, len: u64, owner: Owner) -> Result<(), WorkloadError> {
+        self.check_ownership(addr, len, true);
         cpu_scribble(
             self.machine,
             self.oracle,
@@ -162,6 +171,7 @@ impl<P: Platform> Transfer<'_, P> {
             0 => self.machine.tick(),
             1..=5 => self.scribble(addr + off, n, owner)?,
             _ => {
+                self.check_ownership(addr + off, n, false);
                 self.scratch.data.resize(n as usize, 0);
                 self.machine
                     .cpu_read(PhysAddr::new(addr + off), &mut self.scratch.data)
@@ -248,6 +258,7 @@ impl<P: Platform> Transfer<'_, P> {
 
     /// The CPU loads the whole buffer (as a driver reading its data does).
     fn cpu_reads_buffer(&mut self, buf: PhysRange) -> Result<(), WorkloadError> {
+        self.check_ownership(buf.start().as_u64(), buf.len(), false);
         self.scratch.data.resize(buf.len() as usize, 0);
         self.machine
             .cpu_read(buf.start(), &mut self.scratch.data)

@@ -74,7 +74,7 @@ fn bounces_keep_min_align_bits_and_large_ones_are_page_aligned() {
                     phys.as_u64() & mask,
                     "{backend:?} mask {mask:#x}"
                 );
-                if len >= 4096 && phys.as_u64() & mask == 0 || mask == 0 && len >= 4096 {
+                if len >= 4096 && phys.as_u64() & mask == 0 {
                     assert_eq!(dma.as_u64() % 4096, 0, "{backend:?} {len}");
                 }
                 mapper.unmap(&dev, dma, len, Direction::FromDevice).unwrap();
@@ -144,7 +144,8 @@ fn deferred_mappings_complete_in_order_once_slots_free() {
     let hog = mapper
         .map(&dev, base.add(8), 256 * 1024 - 64, Direction::FromDevice)
         .unwrap();
-    let done: Arc<Mutex<Vec<(usize, Result<DmaAddr, DmaError>)>>> = Arc::default();
+    type Completions = Arc<Mutex<Vec<(usize, Result<DmaAddr, DmaError>)>>>;
+    let done: Completions = Arc::default();
     for i in 0..3usize {
         let d = done.clone();
         let status = mapper
@@ -506,10 +507,7 @@ fn the_hot_call_site_ranks_first_and_dominates_the_samples() {
     assert!(reports.len() >= 90, "{}", reports.len());
     let hot = reports.iter().filter(|r| r.site.line() == hot_line).count();
     assert!(hot * 10 >= reports.len() * 8, "{hot} of {}", reports.len());
-    assert_eq!(
-        reports.iter().map(|r| r.bounces_since_last).sum::<u64>() <= 1000,
-        true
-    );
+    assert!(reports.iter().map(|r| r.bounces_since_last).sum::<u64>() <= 1000);
 }
 
 /// A buffer in the model's memory.

@@ -17,6 +17,7 @@ extern crate alloc;
 pub mod addr;
 pub mod bounce;
 pub mod coherent_pool;
+pub mod debug;
 pub mod decision;
 pub mod device;
 mod direct;
@@ -43,7 +44,6 @@ pub use direction::Direction;
 pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig};
 pub use error::DmaError;
 pub use iommu::{DomainConfig, FlushMode, IommuDma};
-pub use platform::{Iommu, IommuDomainId, IommuError, IommuPerm};
 pub use mapping::{
     DeferredCompletion, DmaMapper, DmaSegment, HazardControls, MapPath, MapStatus, SgEntry,
 };
@@ -52,3 +52,4 @@ pub use platform::{
     PageAllocator, Platform, PAGE_SIZE,
 };
 pub use platform::{CoherentRemap, VirtAddr, VirtualMapping};
+pub use platform::{Iommu, IommuDomainId, IommuError, IommuPerm};

@@ -18,6 +18,8 @@ use spin::Mutex;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, MapFailure, SyncPart};
 use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, TransientPool};
+use crate::debug::checker::Unmapping;
+use crate::debug::{DebugChecker, DebugReport, LiveMapping, MappingFamily};
 use crate::decision::{self, AlignmentPolicy, BounceReason};
 use crate::device::{BouncePool, Device};
 use crate::direct;
@@ -110,6 +112,7 @@ pub struct DmaMapper<P> {
     deferred: Mutex<VecDeque<Deferred>>,
     controls: HazardControls,
     iommu: Option<Arc<IommuDma>>,
+    debug: Option<DebugChecker>,
     counters: DeviceCounters,
     sites: SiteTable,
     suggest_ppm: u64,
@@ -127,6 +130,7 @@ impl<P: Platform> DmaMapper<P> {
             deferred: Mutex::new(VecDeque::new()),
             controls: HazardControls::default(),
             iommu: None,
+            debug: None,
             counters: DeviceCounters::new(platform.cpu_count()),
             sites: SiteTable::new(),
             suggest_ppm: 100_000,
@@ -194,6 +198,55 @@ impl<P: Platform> DmaMapper<P> {
             backend: self.bounce_backend(dev),
             policy: self.policy,
             fill_inbound: !self.controls.skip_inbound_fill,
+        }
+    }
+
+    /// Checks every operation against a shadow table of live mappings and reports driver
+    /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
+    pub fn with_debug_checker(mut self) -> Self {
+        self.debug = Some(DebugChecker::new(self.line(), 10_000));
+        self
+    }
+
+    /// The debug checker, when enabled.
+    pub fn debug_checker(&self) -> Option<&DebugChecker> {
+        self.debug.as_ref()
+    }
+
+    /// The device is going away: with the debug checker on, every mapping it still has is
+    /// reported as a leak (and returned); otherwise nothing is known and nothing returned.
+    pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
+        self.debug
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.release_device(dev))
+    }
+
+    fn debug_mapped(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        result: &Result<(DmaAddr, MapPath), DmaError>,
+    ) {
+        let Some(d) = &self.debug else { return };
+        match result {
+            Ok((dma, path)) => d.mapped(
+                dev,
+                LiveMapping {
+                    device: dev.id(),
+                    dma: *dma,
+                    phys: Some(range.start()),
+                    len: range.len(),
+                    dir,
+                    family: MappingFamily::Single,
+                    site,
+                    bounced: matches!(path, MapPath::Bounced { .. }),
+                    coherent_device: dev.is_coherent(),
+                    cpu_owned: Vec::new(),
+                },
+            ),
+            Err(e) => d.map_failed(dev, site, *e),
         }
     }
 
@@ -293,9 +346,13 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
+        let site = Location::caller();
         let range = checked_range(dev, phys.as_u64(), len)?;
-        self.map_range(dev, range, dir, Location::caller())
-            .map_err(|f| self.failure_to_error(dev, range, f))
+        let result = self
+            .map_range(dev, range, dir, site)
+            .map_err(|f| self.failure_to_error(dev, range, f));
+        self.debug_mapped(dev, range, dir, site, &result);
+        result
     }
 
     /// Maps like [`DmaMapper::map`], but when the bounce pool is full the request waits in
@@ -320,7 +377,10 @@ impl<P: Platform> DmaMapper<P> {
         let mut queue = self.deferred.lock();
         if queue.is_empty() {
             match self.map_range(dev, range, dir, site) {
-                Ok((dma, _)) => return Ok(MapStatus::Mapped(dma)),
+                Ok(mapped) => {
+                    self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+                    return Ok(MapStatus::Mapped(mapped.0));
+                }
                 Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
                 Err(f) => return Err(self.failure_to_error(dev, range, f)),
             }
@@ -365,10 +425,10 @@ impl<P: Platform> DmaMapper<P> {
                 }
                 result => {
                     drop(queue);
-                    let result = result
-                        .map(|(dma, _)| dma)
-                        .map_err(|f| self.failure_to_error(&head.dev, head.range, f));
-                    (head.done)(result);
+                    let result =
+                        result.map_err(|f| self.failure_to_error(&head.dev, head.range, f));
+                    self.debug_mapped(&head.dev, head.range, head.dir, head.site, &result);
+                    (head.done)(result.map(|(dma, _)| dma));
                 }
             }
         }
@@ -391,6 +451,28 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = checked_range(dev, dma.as_u64(), len)?;
+        if let Some(d) = &self.debug {
+            let u = Unmapping {
+                dma,
+                len,
+                dir,
+                family: MappingFamily::Single,
+            };
+            d.unmapping(dev, u, Location::caller());
+        }
+        self.unmap_range(dev, dma, range, dir)
+    }
+
+    /// Unmaps without consulting the debug checker (the caller did, or is undoing its own
+    /// work).
+    fn unmap_range(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        range: PhysRange,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let len = range.len();
         if let Some(dom) = self.iommu_domain(dev) {
             if iommu::path::unmap(&self.platform, &dom, dev, dma, len, dir)? {
                 self.retry_deferred();
@@ -426,6 +508,9 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
+        if let Some(d) = &self.debug {
+            d.syncing(dev, dma, offset, len, dir, false, Location::caller());
+        }
         if let Some(dom) = self.iommu_domain(dev) {
             let part = SyncPart {
                 dma,
@@ -473,6 +558,9 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = self.sync_range(dev, dma, offset, len)?;
+        if let Some(d) = &self.debug {
+            d.syncing(dev, dma, offset, len, dir, true, Location::caller());
+        }
         if let Some(dom) = self.iommu_domain(dev) {
             let part = SyncPart {
                 dma,
@@ -523,14 +611,57 @@ impl<P: Platform> DmaMapper<P> {
             .iter()
             .map(|e| checked_range(dev, e.phys.as_u64(), e.len))
             .collect::<Result<Vec<_>, _>>()?;
+        let site = Location::caller();
+        let result = self.map_sg_ranges(dev, &ranges, dir, site);
+        if let Some(d) = &self.debug {
+            match &result {
+                Ok((segs, phys)) => {
+                    let group = d.next_group();
+                    for (seg, phys) in segs.iter().zip(phys) {
+                        let m = LiveMapping {
+                            device: dev.id(),
+                            dma: seg.dma,
+                            phys: *phys,
+                            len: seg.len,
+                            dir,
+                            family: MappingFamily::Sg {
+                                nents: segs.len(),
+                                group,
+                            },
+                            site,
+                            bounced: phys.is_some_and(|p| p.as_u64() != seg.dma.as_u64()),
+                            coherent_device: dev.is_coherent(),
+                            cpu_owned: Vec::new(),
+                        };
+                        d.mapped(dev, m);
+                    }
+                }
+                Err(e) => d.map_failed(dev, site, *e),
+            }
+        }
+        result.map(|(segs, _)| segs)
+    }
+
+    /// Maps validated sg ranges; also returns each segment's CPU range where it is one
+    /// contiguous range (not for IOMMU-merged segments).
+    #[allow(clippy::type_complexity)]
+    fn map_sg_ranges(
+        &self,
+        dev: &Device,
+        ranges: &[PhysRange],
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(Vec<DmaSegment>, Vec<Option<PhysAddr>>), DmaError> {
         if let Some(dom) = self.iommu_domain(dev) {
             let ctx = self.iommu_ctx(dev);
-            return iommu::path::map_sg(&self.platform, &dom, dev, &ranges, dir, &ctx)
-                .map_err(|f| self.failure_to_error(dev, ranges[0], f));
+            let segs = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx)
+                .map_err(|f| self.failure_to_error(dev, ranges[0], f))?;
+            let phys = alloc::vec![None; segs.len()];
+            return Ok((segs, phys));
         }
-        let site = Location::caller();
         let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
+        let mut phys = Vec::with_capacity(ranges.len());
+        for &range in ranges {
             for piece in split_segment(dev, range) {
                 match self.map_range(dev, piece, dir, site) {
                     Ok((dma, _)) if crosses_boundary(dev, dma, piece.len()) => {
@@ -546,10 +677,13 @@ impl<P: Platform> DmaMapper<P> {
                             mapped_len: dev.seg_boundary_mask().saturating_add(1),
                         });
                     }
-                    Ok((dma, _)) => out.push(DmaSegment {
-                        dma,
-                        len: piece.len(),
-                    }),
+                    Ok((dma, _)) => {
+                        out.push(DmaSegment {
+                            dma,
+                            len: piece.len(),
+                        });
+                        phys.push(Some(piece.start()));
+                    }
                     Err(f) => {
                         self.unwind(dev, &out, dir);
                         return Err(self.failure_to_error(dev, piece, f));
@@ -557,7 +691,7 @@ impl<P: Platform> DmaMapper<P> {
                 }
             }
         }
-        Ok(out)
+        Ok((out, phys))
     }
 
     /// Unmaps every segment returned by [`DmaMapper::map_sg`].
@@ -571,6 +705,21 @@ impl<P: Platform> DmaMapper<P> {
         segments: &[DmaSegment],
         dir: Direction,
     ) -> Result<(), DmaError> {
+        if let Some(d) = &self.debug {
+            let site = Location::caller();
+            for seg in segments {
+                let u = Unmapping {
+                    dma: seg.dma,
+                    len: seg.len,
+                    dir,
+                    family: MappingFamily::Sg {
+                        nents: segments.len(),
+                        group: 0,
+                    },
+                };
+                d.unmapping(dev, u, site);
+            }
+        }
         if let Some(dom) = self.iommu_domain(dev) {
             let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
             self.retry_deferred();
@@ -578,7 +727,10 @@ impl<P: Platform> DmaMapper<P> {
         }
         let mut first = Ok(());
         for s in segments {
-            let r = self.unmap(dev, s.dma, s.len, dir);
+            let r = match checked_range(dev, s.dma.as_u64(), s.len) {
+                Ok(range) => self.unmap_range(dev, s.dma, range, dir),
+                Err(e) => Err(e),
+            };
             if first.is_ok() {
                 first = r;
             }
@@ -589,7 +741,8 @@ impl<P: Platform> DmaMapper<P> {
     fn unwind(&self, dev: &Device, mapped: &[DmaSegment], dir: Direction) {
         for s in mapped {
             // These segments were mapped by this call with these exact arguments.
-            let undone = self.unmap(dev, s.dma, s.len, dir);
+            let undone = checked_range(dev, s.dma.as_u64(), s.len)
+                .and_then(|range| self.unmap_range(dev, s.dma, range, dir));
             debug_assert!(undone.is_ok());
         }
     }

@@ -170,6 +170,7 @@ impl<'m, P: Platform, D: DirectionType, B: DmaBuffer> Mapping<'m, P, D, B> {
     ///
     /// # Errors
     /// A copy fault of a bounced mapping; the mapping stays live and is returned.
+    #[track_caller]
     pub fn unmap(mut self) -> Result<B, (Self, DmaError)> {
         let len = self.len();
         match self.mapper.unmap(self.dev, self.dma, len, D::DIR) {
@@ -200,6 +201,7 @@ impl<'m, P: Platform, D: Inbound, B: DmaBuffer> Mapping<'m, P, D, B> {
     ///
     /// # Errors
     /// [`DmaError::OutOfMapping`] if the part leaves the mapping; a copy fault.
+    #[track_caller]
     pub fn sync_for_cpu(
         &mut self,
         offset: u64,
@@ -222,6 +224,7 @@ impl<'m, P: Platform, D: Outbound, B: DmaBuffer> Mapping<'m, P, D, B> {
     ///
     /// # Errors
     /// [`DmaError::OutOfMapping`] if the part leaves the mapping.
+    #[track_caller]
     pub fn cpu_update(
         &mut self,
         offset: u64,
@@ -271,6 +274,7 @@ impl<P: Platform, D: DirectionType, B: DmaBuffer> CpuAccess<'_, '_, P, D, B> {
     ///
     /// # Errors
     /// A copy fault of a bounced mapping.
+    #[track_caller]
     pub fn for_device(self) -> Result<(), DmaError> {
         let m = &*self.mapping;
         m.mapper

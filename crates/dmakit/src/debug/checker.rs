@@ -1,0 +1,503 @@
+//! The shadow table and its checks.
+
+use core::panic::Location;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use spin::Mutex;
+
+use super::report::{DebugIssue, DebugReport};
+use crate::addr::{DmaAddr, PhysAddr};
+use crate::device::{Device, DeviceId};
+use crate::direction::Direction;
+use crate::error::DmaError;
+
+/// Which API made a mapping; it must be undone through the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MappingFamily {
+    /// `map` / `unmap`.
+    Single,
+    /// One segment of a `map_sg` call that produced `nents` segments.
+    Sg {
+        /// Segments the call produced.
+        nents: usize,
+        /// Identifies the call.
+        group: u64,
+    },
+    /// A coherent allocation.
+    Coherent,
+}
+
+impl MappingFamily {
+    fn name(self) -> &'static str {
+        match self {
+            MappingFamily::Single => "single",
+            MappingFamily::Sg { .. } => "scatter-gather",
+            MappingFamily::Coherent => "coherent",
+        }
+    }
+
+    fn same_api(self, other: MappingFamily) -> bool {
+        core::mem::discriminant(&self) == core::mem::discriminant(&other)
+    }
+}
+
+/// A live mapping as the checker records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveMapping {
+    /// The device.
+    pub device: DeviceId,
+    /// Its address for the device.
+    pub dma: DmaAddr,
+    /// The CPU buffer behind it, when it is one contiguous range (not for IOMMU-merged
+    /// scatter-gather segments); CPU-ownership and shared-line checks need it.
+    pub phys: Option<PhysAddr>,
+    /// Bytes.
+    pub len: u64,
+    /// Direction.
+    pub dir: Direction,
+    /// The API that made it.
+    pub family: MappingFamily,
+    /// Where it was made.
+    pub site: &'static Location<'static>,
+    /// Whether the device works on a bounce rather than the buffer itself.
+    pub bounced: bool,
+    /// Whether the device snoops caches.
+    pub coherent_device: bool,
+    /// Parts (offset, length) handed back to the CPU by `sync_for_cpu` and not yet
+    /// returned to the device.
+    pub cpu_owned: Vec<(u64, u64)>,
+}
+
+impl LiveMapping {
+    /// The buffer as `[start, end)`, when known.
+    fn span(&self) -> Option<(u64, u64)> {
+        self.phys.map(|p| (p.as_u64(), p.as_u64() + self.len))
+    }
+
+    /// Whether `[start, end)` of the buffer lies inside parts the CPU owns.
+    fn cpu_owns(&self, base: u64, start: u64, end: u64) -> bool {
+        let mut at = start;
+        let mut parts: Vec<(u64, u64)> = self
+            .cpu_owned
+            .iter()
+            .map(|&(o, l)| (base + o, base + o + l))
+            .collect();
+        parts.sort_unstable();
+        for (s, e) in parts {
+            if s <= at && e > at {
+                at = e;
+            }
+        }
+        at >= end
+    }
+}
+
+/// The shadow table of live mappings. Thread-safe; every operation takes one lock, which is
+/// acceptable for a checker that is off in production.
+pub struct DebugChecker {
+    table: Mutex<BTreeMap<(DeviceId, u64), LiveMapping>>,
+    failed: Mutex<BTreeMap<DeviceId, (&'static Location<'static>, DmaError)>>,
+    reports: Mutex<Vec<DebugReport>>,
+    max_reports: usize,
+    line: u64,
+    groups: AtomicU64,
+}
+
+/// What an unmap call says about the mapping it ends.
+pub(crate) struct Unmapping {
+    pub(crate) dma: DmaAddr,
+    pub(crate) len: u64,
+    pub(crate) dir: Direction,
+    pub(crate) family: MappingFamily,
+}
+
+impl DebugChecker {
+    /// A checker for a platform whose cache lines are `line` bytes, keeping at most
+    /// `max_reports` reports (further ones are only logged).
+    pub fn new(line: u64, max_reports: usize) -> Self {
+        Self {
+            table: Mutex::new(BTreeMap::new()),
+            failed: Mutex::new(BTreeMap::new()),
+            reports: Mutex::new(Vec::new()),
+            max_reports,
+            line: line.max(1),
+            groups: AtomicU64::new(1),
+        }
+    }
+
+    /// Every report so far.
+    pub fn reports(&self) -> Vec<DebugReport> {
+        self.reports.lock().clone()
+    }
+
+    /// Removes and returns every report so far.
+    pub fn take_reports(&self) -> Vec<DebugReport> {
+        core::mem::take(&mut *self.reports.lock())
+    }
+
+    /// The live mappings, by device and address.
+    pub fn live(&self) -> Vec<LiveMapping> {
+        self.table.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn next_group(&self) -> u64 {
+        self.groups.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn report(&self, r: DebugReport) {
+        log::error!("{r}");
+        let mut reports = self.reports.lock();
+        if reports.len() < self.max_reports {
+            reports.push(r);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue(
+        &self,
+        issue: DebugIssue,
+        device: DeviceId,
+        dma: DmaAddr,
+        len: u64,
+        site: Option<&'static Location<'static>>,
+        mapped_at: Option<&'static Location<'static>>,
+        message: String,
+    ) {
+        self.report(DebugReport {
+            issue,
+            device,
+            dma,
+            len,
+            site,
+            mapped_at,
+            message,
+        });
+    }
+
+    /// Records a new mapping, and reports it if it shares a cache line with another live
+    /// inbound mapping that is not bounced either.
+    pub(crate) fn mapped(&self, dev: &Device, m: LiveMapping) {
+        self.failed.lock().remove(&dev.id());
+        let mut table = self.table.lock();
+        let lines = |m: &LiveMapping| {
+            m.span()
+                .map(|(a, b)| (a & !(self.line - 1), b.next_multiple_of(self.line)))
+        };
+        let exposed = |m: &LiveMapping| {
+            m.dir.device_writes()
+                && !m.bounced
+                && !m.coherent_device
+                && m.family != MappingFamily::Coherent
+        };
+        if let (true, Some((lo, hi))) = (exposed(&m), lines(&m)) {
+            let clash = table
+                .values()
+                .find(|o| exposed(o) && lines(o).is_some_and(|(olo, ohi)| olo < hi && ohi > lo));
+            if let Some(o) = clash {
+                let message = format!(
+                    "{}: inbound mapping of {} bytes at {} made at {} shares a cache line with the live inbound mapping of {} bytes at {} ({}) made at {}; neither is bounced",
+                    m.device, m.len, m.dma, m.site, o.len, o.dma, o.device, o.site
+                );
+                let (device, dma, len, site, other) = (m.device, m.dma, m.len, m.site, o.site);
+                drop(table);
+                self.issue(
+                    DebugIssue::SharedInboundLine,
+                    device,
+                    dma,
+                    len,
+                    Some(site),
+                    Some(other),
+                    message,
+                );
+                table = self.table.lock();
+            }
+        }
+        table.insert((m.device, m.dma.as_u64()), m);
+    }
+
+    /// Remembers a failed mapping request, to explain a later use of its non-address.
+    pub(crate) fn map_failed(&self, dev: &Device, site: &'static Location<'static>, err: DmaError) {
+        self.failed.lock().insert(dev.id(), (site, err));
+    }
+
+    fn not_mapped(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        what: &str,
+        site: &'static Location<'static>,
+    ) {
+        let failed = self.failed.lock().get(&dev.id()).copied();
+        match failed {
+            Some((at, err)) => self.issue(
+                DebugIssue::UncheckedMapError,
+                dev.id(),
+                dma,
+                len,
+                Some(site),
+                Some(at),
+                format!(
+                    "{}: {what} of {len} bytes at {dma} at {site}: not a live mapping; the mapping requested at {at} failed ({err}) and its result was used without checking"
+                , dev.id()),
+            ),
+            None => self.issue(
+                DebugIssue::NotMapped,
+                dev.id(),
+                dma,
+                len,
+                Some(site),
+                None,
+                format!(
+                    "{}: {what} of {len} bytes at {dma} at {site}: the address was never mapped or is already unmapped",
+                    dev.id()
+                ),
+            ),
+        }
+    }
+
+    /// Checks an unmap (or free) against the record and removes the record.
+    pub(crate) fn unmapping(&self, dev: &Device, u: Unmapping, site: &'static Location<'static>) {
+        let Some(m) = self.table.lock().remove(&(dev.id(), u.dma.as_u64())) else {
+            let what = match u.family {
+                MappingFamily::Coherent => "free",
+                _ => "unmap",
+            };
+            self.not_mapped(dev, u.dma, u.len, what, site);
+            return;
+        };
+        let id = dev.id();
+        if !m.family.same_api(u.family) {
+            self.issue(
+                DebugIssue::WrongFamily,
+                id,
+                u.dma,
+                u.len,
+                Some(site),
+                Some(m.site),
+                format!(
+                    "{id}: {} unmap at {site} of {} bytes at {} that were mapped with the {} API at {}",
+                    u.family.name(),
+                    m.len,
+                    m.dma,
+                    m.family.name(),
+                    m.site
+                ),
+            );
+        }
+        if m.len != u.len {
+            self.issue(
+                DebugIssue::WrongSize,
+                id,
+                u.dma,
+                u.len,
+                Some(site),
+                Some(m.site),
+                format!(
+                    "{id}: unmap at {site} of {} bytes at {}, but {} bytes were mapped at {}",
+                    u.len, u.dma, m.len, m.site
+                ),
+            );
+        }
+        if m.dir != u.dir && m.family != MappingFamily::Coherent {
+            self.issue(
+                DebugIssue::WrongDirection,
+                id,
+                u.dma,
+                u.len,
+                Some(site),
+                Some(m.site),
+                format!(
+                    "{id}: {} unmap at {site} of {} bytes at {} mapped {} at {}",
+                    u.dir, m.len, m.dma, m.dir, m.site
+                ),
+            );
+        }
+        if let (MappingFamily::Sg { nents, .. }, MappingFamily::Sg { nents: given, .. }) =
+            (m.family, u.family)
+        {
+            if nents != given {
+                self.issue(
+                    DebugIssue::WrongSgCount,
+                    id,
+                    u.dma,
+                    u.len,
+                    Some(site),
+                    Some(m.site),
+                    format!(
+                        "{id}: sg unmap at {site} with {given} entries of a list mapped with {nents} at {}",
+                        m.site
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Checks a sync of `len` bytes at `offset` in mapping `dma`, and tracks which parts the
+    /// CPU owns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn syncing(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        offset: u64,
+        len: u64,
+        dir: Direction,
+        for_cpu: bool,
+        site: &'static Location<'static>,
+    ) {
+        let mut table = self.table.lock();
+        let Some(m) = table.get_mut(&(dev.id(), dma.as_u64())) else {
+            drop(table);
+            self.not_mapped(dev, dma, len, "sync", site);
+            return;
+        };
+        let id = dev.id();
+        let (mlen, mdir, msite) = (m.len, m.dir, m.site);
+        let inside = offset.checked_add(len).is_some_and(|end| end <= mlen);
+        if inside {
+            if for_cpu {
+                m.cpu_owned.push((offset, len));
+            } else {
+                m.cpu_owned
+                    .retain(|&(o, l)| o + l <= offset || o >= offset + len);
+            }
+        }
+        drop(table);
+        if !inside {
+            self.issue(
+                DebugIssue::SyncOutOfRange,
+                id,
+                dma,
+                len,
+                Some(site),
+                Some(msite),
+                format!(
+                    "{id}: sync at {site} of {len} bytes at offset {offset} of {dma}, outside the {mlen}-byte mapping made at {msite}"
+                ),
+            );
+        }
+        if !mdir.permits_sync(dir) {
+            self.issue(
+                DebugIssue::WrongDirection,
+                id,
+                dma,
+                len,
+                Some(site),
+                Some(msite),
+                format!("{id}: {dir} sync at {site} of {dma}, mapped {mdir} at {msite}"),
+            );
+        }
+    }
+
+    /// Reports and forgets every live mapping of `dev` (the device is going away).
+    /// Returns the leak reports.
+    pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
+        let leaked: Vec<LiveMapping> = {
+            let mut table = self.table.lock();
+            let keys: Vec<_> = table.keys().filter(|k| k.0 == dev.id()).copied().collect();
+            keys.into_iter().filter_map(|k| table.remove(&k)).collect()
+        };
+        self.failed.lock().remove(&dev.id());
+        let out: Vec<DebugReport> = leaked
+            .into_iter()
+            .map(|m| DebugReport {
+                issue: DebugIssue::Leak,
+                device: m.device,
+                dma: m.dma,
+                len: m.len,
+                site: None,
+                mapped_at: Some(m.site),
+                message: format!(
+                    "{}: released with a live {} mapping of {} bytes at {} made at {}",
+                    m.device,
+                    m.family.name(),
+                    m.len,
+                    m.dma,
+                    m.site
+                ),
+            })
+            .collect();
+        for r in &out {
+            self.report(r.clone());
+        }
+        out
+    }
+
+    /// Records a coherent allocation (so that its free is checked and leaks are found).
+    #[track_caller]
+    pub fn coherent_allocated(&self, dev: &Device, dma: DmaAddr, phys: PhysAddr, len: u64) {
+        self.mapped(
+            dev,
+            LiveMapping {
+                device: dev.id(),
+                dma,
+                phys: Some(phys),
+                len,
+                dir: Direction::Bidirectional,
+                family: MappingFamily::Coherent,
+                site: Location::caller(),
+                bounced: false,
+                coherent_device: true,
+                cpu_owned: Vec::new(),
+            },
+        );
+    }
+
+    /// Checks the free of a coherent allocation.
+    #[track_caller]
+    pub fn coherent_freeing(&self, dev: &Device, dma: DmaAddr, len: u64) {
+        let u = Unmapping {
+            dma,
+            len,
+            dir: Direction::Bidirectional,
+            family: MappingFamily::Coherent,
+        };
+        self.unmapping(dev, u, Location::caller());
+    }
+
+    /// Checks a CPU access of `len` bytes at `phys` against the device's ownership: a read
+    /// of a buffer the device may be writing, or any write to a buffer the device owns, is
+    /// reported (and returned). Coherent allocations and parts handed back by
+    /// `sync_for_cpu` are the CPU's to use.
+    pub fn check_cpu_access(&self, phys: PhysAddr, len: u64, write: bool) -> Option<DebugReport> {
+        let (a, b) = (phys.as_u64(), phys.as_u64().saturating_add(len));
+        let table = self.table.lock();
+        let m = table.values().find(|m| {
+            let Some((s, e)) = m.span() else {
+                return false;
+            };
+            m.family != MappingFamily::Coherent
+                && s < b
+                && e > a
+                && (write || m.dir.device_writes())
+                && !m.cpu_owns(s, a.max(s), b.min(e))
+        })?;
+        let issue = if write {
+            DebugIssue::CpuWriteWhileDeviceOwns
+        } else {
+            DebugIssue::CpuReadWhileDeviceOwns
+        };
+        let verb = if write { "wrote" } else { "read" };
+        let r = DebugReport {
+            issue,
+            device: m.device,
+            dma: m.dma,
+            len,
+            site: None,
+            mapped_at: Some(m.site),
+            message: format!(
+                "{}: the CPU {verb} {len} bytes at {phys} inside the {} mapping of {} bytes at {} (made at {}) while the device owns it",
+                m.device, m.dir, m.len, m.dma, m.site
+            ),
+        };
+        drop(table);
+        self.report(r.clone());
+        Some(r)
+    }
+}
