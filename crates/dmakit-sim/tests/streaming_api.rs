@@ -669,3 +669,22 @@ fn kmalloc_needs_line_alignment_only_for_noncoherent_devices_without_a_pool() {
     // A device whose chosen pool is missing still needs it.
     assert!(with_swiotlb.needs_line_aligned_kmalloc([&nc, &via_coherent_pool]));
 }
+
+#[test]
+fn statistics_can_be_turned_off_without_changing_mappings() {
+    let m = machine(13);
+    let mapper = DmaMapper::new(&m)
+        .with_swiotlb(swiotlb(&m, 1 << 20, None))
+        .without_statistics();
+    let dev = device(1, BouncePool::Swiotlb);
+    let phys = buffers(&m, 8192).add(8);
+    let (dma, path) = mapper
+        .map_traced(&dev, phys, 100, Direction::FromDevice)
+        .unwrap();
+    assert!(matches!(path, MapPath::Bounced { .. }));
+    mapper.unmap(&dev, dma, 100, Direction::FromDevice).unwrap();
+    let s = mapper.stats();
+    assert!(s.devices.is_empty() && mapper.top_sites(5).is_empty());
+    // Pool occupancy is the pool's own bookkeeping: one 2 KiB slot at the peak.
+    assert_eq!(s.pools[0].usage.high_water, 2048);
+}

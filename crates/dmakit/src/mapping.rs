@@ -147,6 +147,14 @@ impl<P: Platform> DmaMapper<P> {
         self
     }
 
+    /// Turns statistics and call-site attribution off: [`DmaMapper::stats`] then reports
+    /// no devices and [`DmaMapper::top_sites`] nothing, and the map path does no counting.
+    pub fn without_statistics(mut self) -> Self {
+        self.counters = DeviceCounters::disabled();
+        self.sites = SiteTable::disabled();
+        self
+    }
+
     /// Samples bounces through `reporter` (at most one report per its interval).
     pub fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
         self.reporter = Some(reporter);

@@ -140,6 +140,7 @@ impl Stripe {
 
 /// The per-device counters of a mapper.
 pub(crate) struct DeviceCounters {
+    /// Empty when statistics are off: every update is then a no-op.
     stripes: Box<[Stripe]>,
 }
 
@@ -156,8 +157,19 @@ impl DeviceCounters {
         }
     }
 
+    /// Counters that count nothing (statistics off).
+    pub(crate) fn disabled() -> Self {
+        Self {
+            stripes: Box::new([]),
+        }
+    }
+
     fn row(&self, cpu: usize, dev: DeviceId) -> Option<&Row> {
-        self.stripes[cpu % self.stripes.len()].row(dev)
+        let n = self.stripes.len();
+        if n == 0 {
+            return None;
+        }
+        self.stripes[cpu % n].row(dev)
     }
 
     pub(crate) fn mapped(
