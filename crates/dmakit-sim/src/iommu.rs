@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use dmakit::{DeviceId, DmaAddr, Iommu, IommuDomainId, IommuError, IommuPerm, PhysAddr};
 use rustc_hash::FxHashMap;
@@ -70,10 +71,15 @@ pub struct SimIommuConfig {
     pub max_tables: usize,
     /// Domains that may exist at once.
     pub max_domains: usize,
+    /// Time every IOTLB invalidation takes (busy-waited, outside the model's lock), to
+    /// stand for the command-queue round trip of real hardware in benchmarks. Zero by
+    /// default.
+    pub invalidation_latency: Duration,
 }
 
 impl Default for SimIommuConfig {
-    /// 4 KiB granule, 48-bit IOVAs, 1024 IOTLB entries, 1 Mi table pages, 1024 domains.
+    /// 4 KiB granule, 48-bit IOVAs, 1024 IOTLB entries, 1 Mi table pages, 1024 domains,
+    /// instant invalidations.
     fn default() -> Self {
         Self {
             granule: Granule::K4,
@@ -81,6 +87,7 @@ impl Default for SimIommuConfig {
             iotlb_entries: 1024,
             max_tables: 1 << 20,
             max_domains: 1024,
+            invalidation_latency: Duration::ZERO,
         }
     }
 }
@@ -337,6 +344,7 @@ pub struct SimIommu {
     state: Arc<Mutex<State>>,
     granule: u64,
     iova_bits: u32,
+    latency: Duration,
 }
 
 impl fmt::Debug for SimIommu {
@@ -397,7 +405,19 @@ impl SimIommu {
             })),
             granule: g,
             iova_bits: cfg.iova_bits,
+            latency: cfg.invalidation_latency,
         })
+    }
+
+    /// Stands for the hardware's invalidation round trip.
+    fn wait_invalidation(&self) {
+        if self.latency.is_zero() {
+            return;
+        }
+        let start = Instant::now();
+        while start.elapsed() < self.latency {
+            std::hint::spin_loop();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -560,6 +580,7 @@ impl Iommu for SimIommu {
     }
 
     fn flush_iotlb_range(&self, domain: IommuDomainId, iova: DmaAddr, len: u64) {
+        self.wait_invalidation();
         let mut s = self.lock();
         if s.drop_invalidations {
             s.stats.dropped_invalidations += 1;
@@ -582,6 +603,7 @@ impl Iommu for SimIommu {
     }
 
     fn flush_iotlb_all(&self, domain: IommuDomainId) {
+        self.wait_invalidation();
         let mut s = self.lock();
         if s.drop_invalidations {
             s.stats.dropped_invalidations += 1;
