@@ -42,6 +42,11 @@ fn run(
     )
     .unwrap();
     r.dma.flush_queues(0);
+    // The mapper's statistics see IOMMU mappings like any other: every successful mapping
+    // counted once, in place or bounced.
+    let t = mapper.stats().total();
+    assert_eq!(t.direct + t.bounces_total(), t.mappings_total());
+    assert!(t.mappings_total() >= transfers - out.map_errors);
     let live = r.dma.domain(d).unwrap().stats().live_mappings as u64;
     assert_eq!(live, 0, "every mapping was unmapped");
     assert!(r.iommu.faults().is_empty(), "{:?}", r.iommu.faults());

@@ -767,14 +767,28 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        if let Some(dom) = self.iommu_domain(dev) {
-            return iommu::path::map(&self.platform, &dom, dev, range, dir, &self.iommu_ctx(dev));
-        }
         let cpu = self.platform.current_cpu();
+        if let Some(dom) = self.iommu_domain(dev) {
+            let ctx = self.iommu_ctx(dev);
+            let mapped = iommu::path::map(&self.platform, &dom, dev, range, dir, &ctx);
+            match &mapped {
+                Ok((_, path)) => {
+                    // The IOMMU path fills its bounces by the bounce path's rule.
+                    let filled = dir.device_reads() || ctx.fill_inbound;
+                    let copied = if filled { range.len() } else { 0 };
+                    self.record_mapped(cpu, dev, range, dir, site, *path, copied);
+                }
+                Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
+                    self.counters.exhausted(cpu, dev.id())
+                }
+                Err(_) => {}
+            }
+            return mapped;
+        }
         let Some(reason) = decision::bounce_reason(dev, range, dir, self.policy, self.line())
         else {
             let dma = direct::map(&self.platform, dev, range, dir);
-            self.counters.mapped(cpu, dev.id(), dir, None, 0);
+            self.record_mapped(cpu, dev, range, dir, site, MapPath::Direct, 0);
             return Ok((dma, MapPath::Direct));
         };
         let Some(backend) = self.bounce_backend(dev) else {
@@ -809,24 +823,12 @@ impl<P: Platform> DmaMapper<P> {
         };
         match mapped {
             Ok((dma, copied)) => {
-                self.counters
-                    .mapped(cpu, dev.id(), dir, Some(reason), copied);
-                self.sites.record(site, range.len());
-                if let Some(r) = &self.reporter {
-                    r.bounced(site, dev.id(), reason, range.len(), dir);
-                }
-                log::trace!(
-                    "{}: bounced {range:?} ({}) at {site}",
-                    dev.id(),
-                    reason.name()
-                );
-                Ok((
-                    dma,
-                    MapPath::Bounced {
-                        reason,
-                        backend: used.name(),
-                    },
-                ))
+                let path = MapPath::Bounced {
+                    reason,
+                    backend: used.name(),
+                };
+                self.record_mapped(cpu, dev, range, dir, site, path, copied);
+                Ok((dma, path))
             }
             Err(e) => {
                 if let MapFailure::NoRoom(BounceAllocError::Full { .. }) = e {
@@ -835,6 +837,36 @@ impl<P: Platform> DmaMapper<P> {
                 Err(e)
             }
         }
+    }
+
+    /// Counts a successful mapping; a bounced one is also attributed to its call site and
+    /// offered to the reporter.
+    #[allow(clippy::too_many_arguments)]
+    fn record_mapped(
+        &self,
+        cpu: usize,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        path: MapPath,
+        copied: u64,
+    ) {
+        let MapPath::Bounced { reason, .. } = path else {
+            self.counters.mapped(cpu, dev.id(), dir, None, 0);
+            return;
+        };
+        self.counters
+            .mapped(cpu, dev.id(), dir, Some(reason), copied);
+        self.sites.record(site, range.len());
+        if let Some(r) = &self.reporter {
+            r.bounced(site, dev.id(), reason, range.len(), dir);
+        }
+        log::trace!(
+            "{}: bounced {range:?} ({}) at {site}",
+            dev.id(),
+            reason.name()
+        );
     }
 
     fn bounce_into(
