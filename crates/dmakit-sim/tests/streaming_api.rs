@@ -220,6 +220,7 @@ fn growth_adds_a_pool_and_the_mapping_then_succeeds() {
     pool.add_region(grown, reqs[0].min_bytes).unwrap();
     assert!(!pool.growth_pending());
     assert_eq!(pool.pool().stats().regions, 2);
+    assert_eq!(mapper.stats().pools[0].growth_events, 1);
     let dma = mapper
         .map(&dev, base.add(300_008), 100_000, Direction::FromDevice)
         .unwrap();

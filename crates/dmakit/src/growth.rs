@@ -7,7 +7,7 @@
 //! is allowed) obtains the memory later and hands it to the pool. A pool keeps at most one
 //! request outstanding, so a burst of failures does not flood the hook.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use alloc::sync::Arc;
 
@@ -40,6 +40,7 @@ impl<F: Fn(GrowthRequest) + Send + Sync> GrowthHook for F {
 pub(crate) struct Growth {
     hook: Option<Arc<dyn GrowthHook>>,
     pending: AtomicBool,
+    grown: AtomicU64,
 }
 
 impl Growth {
@@ -47,6 +48,7 @@ impl Growth {
         Self {
             hook,
             pending: AtomicBool::new(false),
+            grown: AtomicU64::new(0),
         }
     }
 
@@ -65,6 +67,19 @@ impl Growth {
     /// Memory arrived (or the grower gave up): the next shortage may request again.
     pub(crate) fn completed(&self) {
         self.pending.store(false, Ordering::Release);
+    }
+
+    /// Memory arrived: counts a growth event if a request was outstanding, then as
+    /// [`Growth::completed`].
+    pub(crate) fn grew(&self) {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            self.grown.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many outstanding requests were answered with memory.
+    pub(crate) fn events(&self) -> u64 {
+        self.grown.load(Ordering::Relaxed)
     }
 
     /// Whether a request is outstanding.

@@ -170,6 +170,7 @@ impl<P: Platform> DmaMapper<P> {
             .map(|b| PoolSnapshot {
                 name: b.name(),
                 usage: b.usage(),
+                growth_events: b.growth_events(),
             })
             .collect();
         StatsSnapshot {

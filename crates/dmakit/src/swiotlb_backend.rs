@@ -42,7 +42,10 @@ impl SwiotlbBounce {
     /// As [`Pool::add_region`]; the pool is unchanged then.
     pub fn add_region(&self, base: PhysAddr, bytes: u64) -> Result<PhysRange, RegionError> {
         let r = self.pool.add_region(base, bytes);
-        self.growth.completed();
+        match r {
+            Ok(_) => self.growth.grew(),
+            Err(_) => self.growth.completed(),
+        }
         r
     }
 
@@ -118,5 +121,9 @@ impl BounceBackend for SwiotlbBounce {
 
     fn growth_pending(&self) -> bool {
         self.growth.is_pending()
+    }
+
+    fn growth_events(&self) -> u64 {
+        self.growth.events()
     }
 }

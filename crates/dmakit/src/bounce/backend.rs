@@ -103,4 +103,8 @@ pub trait BounceBackend: Send + Sync {
     fn growth_pending(&self) -> bool {
         false
     }
+    /// How many times the backend grew in answer to its own request.
+    fn growth_events(&self) -> u64 {
+        0
+    }
 }

@@ -94,6 +94,14 @@ impl BounceBackend for CoherentBouncePool {
         self.objects.contains(addr)
     }
 
+    fn growth_pending(&self) -> bool {
+        self.objects.growth_pending()
+    }
+
+    fn growth_events(&self) -> u64 {
+        self.objects.growth_events()
+    }
+
     fn usage(&self) -> PoolUsage {
         let u = self.objects.usage();
         PoolUsage {

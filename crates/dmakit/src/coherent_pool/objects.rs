@@ -177,7 +177,7 @@ impl ObjectPool {
         s.total += bytes;
         s.free_bytes += bytes;
         drop(s);
-        self.growth.completed();
+        self.growth.grew();
         Ok(())
     }
 
@@ -266,6 +266,11 @@ impl ObjectPool {
     /// The grower could not find memory: the next shortage may ask again.
     pub fn growth_failed(&self) {
         self.growth.completed();
+    }
+
+    /// How many times the pool grew in answer to its own request.
+    pub fn growth_events(&self) -> u64 {
+        self.growth.events()
     }
 
     /// Whether a growth request is outstanding.
@@ -486,8 +491,10 @@ mod tests {
             1,
             "one request outstanding at a time"
         );
+        assert_eq!(p.growth_events(), 0);
         p.add_chunk(PhysAddr::new(0x200000), 0x10000).unwrap();
         assert!(!p.growth_pending());
+        assert_eq!(p.growth_events(), 1);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct PoolSnapshot {
     pub name: &'static str,
     /// Its occupancy and high-water mark.
     pub usage: PoolUsage,
+    /// How many times it grew in answer to its own request for memory.
+    pub growth_events: u64,
 }
 
 /// A snapshot of all statistics. Counters are read one by one without a lock, so while
