@@ -194,7 +194,7 @@ fn bad_scenarios_and_flags_fail_clearly() {
         vec!["simulate", "--transfers", "0"],
         vec!["simulate", "--seed", "minus-one"],
         vec!["bench", "--granule", "0"],
-        vec!["bench", "--mode", "iommu"],
+        vec!["bench", "--mode", "iommu", "--domain", "sloppy"],
         vec!["frobnicate"],
     ] {
         let o = dmakit(&bad);
@@ -244,4 +244,31 @@ fn bench_measures_the_host() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert!(v["operations"].as_u64() > Some(0));
     assert!(v["map_median_ns"].as_u64() > Some(0));
+}
+
+#[test]
+fn bench_measures_the_iommu_path() {
+    for domain in ["strict", "lazy"] {
+        let o = dmakit(&[
+            "bench",
+            "--mode",
+            "iommu",
+            "--domain",
+            domain,
+            "--threads",
+            "2",
+            "--seconds",
+            "0.2",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{domain}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+        assert_eq!(v["mode"], "iommu");
+        assert_eq!(v["domain"], domain);
+        assert!(v["operations"].as_u64() > Some(0), "{v}");
+        assert!(v["map_median_ns"].as_u64() > Some(0), "{v}");
+    }
+    let o = dmakit(&["bench", "--mode", "iommu", "--seconds", "0.1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("iommu (strict) mode"), "{}", stdout(&o));
 }
