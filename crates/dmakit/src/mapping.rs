@@ -516,40 +516,13 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let range = self.sync_range(dev, dma, offset, len)?;
-        if let Some(d) = &self.debug {
-            d.syncing(dev, dma, offset, len, dir, false, Location::caller());
-        }
-        if let Some(dom) = self.iommu_domain(dev) {
-            let part = SyncPart {
-                dma,
-                offset,
-                len,
-                dir,
-            };
-            let fill_inbound = !self.controls.skip_inbound_fill;
-            let to = iommu::path::SyncTo::Device { fill_inbound };
-            return iommu::path::sync(&self.platform, &dom, dev, part, to);
-        }
-        match self.backend_owning(dma) {
-            Some(b) => {
-                let part = SyncPart {
-                    dma,
-                    offset,
-                    len,
-                    dir,
-                };
-                let fill = !self.controls.skip_inbound_fill;
-                let copied = bounce::sync_for_device(&self.platform, b, dev, part, fill)?;
-                self.counters
-                    .copied_to_bounce(self.platform.current_cpu(), dev.id(), copied);
-                Ok(())
-            }
-            None => {
-                direct::sync_for_device(&self.platform, dev, range, dir);
-                Ok(())
-            }
-        }
+        let part = SyncPart {
+            dma,
+            offset,
+            len,
+            dir,
+        };
+        self.sync(dev, part, false, Location::caller())
     }
 
     /// Passes ownership of `len` bytes at `offset` inside the mapping `dma` back to the
@@ -566,37 +539,56 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
+        let part = SyncPart {
+            dma,
+            offset,
+            len,
+            dir,
+        };
+        self.sync(dev, part, true, Location::caller())
+    }
+
+    /// Both syncs: ownership of `part` passes to the CPU (`for_cpu`) or to the device.
+    fn sync(
+        &self,
+        dev: &Device,
+        part: SyncPart,
+        for_cpu: bool,
+        site: &'static Location<'static>,
+    ) -> Result<(), DmaError> {
+        let SyncPart {
+            dma,
+            offset,
+            len,
+            dir,
+        } = part;
         let range = self.sync_range(dev, dma, offset, len)?;
         if let Some(d) = &self.debug {
-            d.syncing(dev, dma, offset, len, dir, true, Location::caller());
+            d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
+        let fill_inbound = !self.controls.skip_inbound_fill;
         if let Some(dom) = self.iommu_domain(dev) {
-            let part = SyncPart {
-                dma,
-                offset,
-                len,
-                dir,
+            let to = if for_cpu {
+                iommu::path::SyncTo::Cpu
+            } else {
+                iommu::path::SyncTo::Device { fill_inbound }
             };
-            return iommu::path::sync(&self.platform, &dom, dev, part, iommu::path::SyncTo::Cpu);
+            return iommu::path::sync(&self.platform, &dom, dev, part, to);
         }
-        match self.backend_owning(dma) {
-            Some(b) => {
-                let part = SyncPart {
-                    dma,
-                    offset,
-                    len,
-                    dir,
-                };
+        let cpu = self.platform.current_cpu();
+        match (self.backend_owning(dma), for_cpu) {
+            (Some(b), true) => {
                 let copied = bounce::sync_for_cpu(&self.platform, b, dev, part)?;
-                self.counters
-                    .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
-                Ok(())
+                self.counters.copied_from_bounce(cpu, dev.id(), copied);
             }
-            None => {
-                direct::sync_for_cpu(&self.platform, dev, range, dir);
-                Ok(())
+            (Some(b), false) => {
+                let copied = bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?;
+                self.counters.copied_to_bounce(cpu, dev.id(), copied);
             }
+            (None, true) => direct::sync_for_cpu(&self.platform, dev, range, dir),
+            (None, false) => direct::sync_for_device(&self.platform, dev, range, dir),
         }
+        Ok(())
     }
 
     /// Maps a scatter-gather list. Entries longer than the device's maximum segment size,
