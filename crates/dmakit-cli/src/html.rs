@@ -286,8 +286,13 @@ pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
         )?,
         None => String::new(),
     };
+    let every = r
+        .policies
+        .first()
+        .and_then(|p| p.occupancy.get(1))
+        .map_or(0, |s| s.0);
     let occupancy = line_chart(
-        "Bounce pool occupancy over the run",
+        &format!("Bounce pool in use over the run (sampled every {every} transfers)"),
         "transfers",
         "KiB in use",
         &r.policies

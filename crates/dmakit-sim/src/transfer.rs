@@ -71,6 +71,31 @@ pub enum TransferOutcome {
     MapFailed(DmaError),
 }
 
+/// A transfer between [`Transfer::start`] and [`Transfer::complete`]: mapped and granted
+/// to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// The buffer.
+    pub buf: PhysRange,
+    /// The direction.
+    pub dir: Direction,
+    /// The buffer's owner.
+    pub owner: Owner,
+    /// Where the device sees it.
+    pub dma: DmaAddr,
+    /// The path the mapping took.
+    pub path: MapPath,
+}
+
+/// What [`Transfer::start`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// Mapped and granted; complete it with [`Transfer::complete`].
+    InFlight(InFlight),
+    /// `map` refused the buffer; nothing else happened.
+    MapFailed(DmaError),
+}
+
 /// Reusable buffers of a transfer loop.
 #[derive(Default)]
 pub struct Scratch {
@@ -288,6 +313,27 @@ impl<P: Platform> Transfer<'_, P> {
         owner: Owner,
         neighbours: &[Neighbour],
     ) -> Result<TransferOutcome, WorkloadError> {
+        match self.start(buf, dir, owner, neighbours)? {
+            Started::InFlight(f) => self.complete(&f, neighbours),
+            Started::MapFailed(e) => Ok(TransferOutcome::MapFailed(e)),
+        }
+    }
+
+    /// The first half of [`Transfer::run`]: the CPU prepares the buffer, `map` lends it to
+    /// the device, and the device is granted the returned window. The transfer is then in
+    /// flight until [`Transfer::complete`]; others may be started meanwhile (a queue).
+    /// `#[track_caller]` as [`Transfer::run`].
+    ///
+    /// # Errors
+    /// As [`Transfer::run`].
+    #[track_caller]
+    pub fn start(
+        &mut self,
+        buf: PhysRange,
+        dir: Direction,
+        owner: Owner,
+        neighbours: &[Neighbour],
+    ) -> Result<Started, WorkloadError> {
         // The CPU prepares the buffer and touches the neighbours.
         self.scribble(buf.start().as_u64(), buf.len(), owner)?;
         for _ in 0..self.rng.between(0, 2) {
@@ -298,10 +344,76 @@ impl<P: Platform> Transfer<'_, P> {
             .map_traced(self.device, buf.start(), buf.len(), dir)
         {
             Ok(d) => d,
-            Err(e) => return Ok(TransferOutcome::MapFailed(e)),
+            Err(e) => return Ok(Started::MapFailed(e)),
         };
+        self.machine.grant(self.device.id(), dma, buf.len())?;
+        Ok(Started::InFlight(InFlight {
+            buf,
+            dir,
+            owner,
+            dma,
+            path,
+        }))
+    }
+
+    /// A device that reads beyond its buffer: it reads every IOMMU page (`granule` bytes)
+    /// the in-flight mapping `f` lies in, as a malicious or broken external device may, and
+    /// returns how many bytes outside the buffer belonged to another owner (a leak: the
+    /// device saw someone else's data). Bytes of the buffer itself are judged by the oracle
+    /// as any device read. Does nothing (returns 0) for a mapping the device may not read.
+    ///
+    /// # Errors
+    /// [`WorkloadError`] when the model refuses the grant or the oracle the bytes.
+    pub fn probe_window(&mut self, f: &InFlight, granule: u64) -> Result<u64, WorkloadError> {
+        if !f.dir.device_reads() || !granule.is_power_of_two() {
+            return Ok(0);
+        }
+        let id = self.device.id();
+        let (a, len) = (f.dma.as_u64(), f.buf.len());
+        let lo = a & !(granule - 1);
+        let hi = (a + len).next_multiple_of(granule);
+        let win = DmaAddr::new(lo);
+        self.machine.grant(id, win, hi - lo)?;
+        let (d, o) = &mut self.scratch.rd;
+        d.resize((hi - lo) as usize, 0);
+        o.resize((hi - lo) as usize, Owner::NOBODY);
+        let read = self.machine.device_read_into(id, win, d, o);
+        self.machine.revoke(id, win, hi - lo)?;
+        if read.is_err() {
+            // Refused: in the machine's fault log; nothing was read.
+            return Ok(0);
+        }
+        let (b0, b1) = ((a - lo) as usize, (a - lo + len) as usize);
+        let foreign = |os: &[Owner]| {
+            os.iter()
+                .filter(|&&x| x != Owner::NOBODY && x != f.owner)
+                .count() as u64
+        };
+        let leaked = foreign(&o[..b0]) + foreign(&o[b1..]);
+        let (d, o) = &self.scratch.rd;
+        self.oracle
+            .check_device_read(f.buf.start(), &d[b0..b1], &o[b0..b1], f.owner)?;
+        Ok(leaked)
+    }
+
+    /// The second half of [`Transfer::run`] for a transfer [`Transfer::start`] put in
+    /// flight: the device's rounds, unmap (or sync then unmap), the oracle's checks.
+    ///
+    /// # Errors
+    /// As [`Transfer::run`].
+    pub fn complete(
+        &mut self,
+        f: &InFlight,
+        neighbours: &[Neighbour],
+    ) -> Result<TransferOutcome, WorkloadError> {
+        let InFlight {
+            buf,
+            dir,
+            owner,
+            dma,
+            path,
+        } = *f;
         let (dev, id) = (self.device, self.device.id());
-        self.machine.grant(id, dma, buf.len())?;
         let rounds = if self.rng.chance(self.knobs.second_round_chance) {
             2
         } else {

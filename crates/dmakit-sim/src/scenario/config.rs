@@ -15,9 +15,10 @@ use toml::Spanned;
 
 use crate::cache::CacheConfig;
 use crate::hazard::HazardConfig;
+use crate::iommu::Granule;
 use crate::scenario::model::{
-    BufferModel, ChurnModel, DriverModel, MachineModel, PoolSize, Scenario, SlabinfoSource,
-    TransferModel,
+    BufferModel, ChurnModel, DriverModel, IommuMode, MachineModel, PoolSize, Scenario,
+    SlabinfoSource, TransferModel,
 };
 use crate::scenario::units::parse_size;
 
@@ -103,6 +104,8 @@ struct MachineSpec {
     bounce_pool: Spanned<SizeText>,
     #[serde(default)]
     hazards: Option<HazardSpec>,
+    #[serde(default)]
+    iommu_granule: Option<Spanned<SizeText>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +163,10 @@ struct DeviceSpec {
     coherent: bool,
     #[serde(default)]
     cache_line: Option<Spanned<u64>>,
+    #[serde(default)]
+    iommu: Option<Spanned<String>>,
+    #[serde(default)]
+    trusted: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +206,10 @@ struct TransferSpec {
     tail: Option<Spanned<u64>>,
     #[serde(default)]
     in_flight: Option<Spanned<u64>>,
+    #[serde(default)]
+    frames: Option<Spanned<u64>>,
+    #[serde(default)]
+    queue_depth: Option<Spanned<u64>>,
 }
 
 /// Builds errors with positions in one file.
@@ -267,8 +278,9 @@ pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> 
     let machine = machine(&cx, &spec.machine)?;
     let churn = churn(&cx, &spec.kmalloc)?;
     let mut devices = Vec::new();
+    let mut iommu = Vec::new();
     for (i, d) in spec.devices.iter().enumerate() {
-        let dev = device(&cx, i, d, &machine)?;
+        let (dev, mode) = device(&cx, i, d, &machine)?;
         if devices.iter().any(|o: &Device| o.name() == dev.name()) {
             return Err(cx.err(
                 d.get_ref().name.span(),
@@ -277,10 +289,11 @@ pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> 
             ));
         }
         devices.push(dev);
+        iommu.push(mode);
     }
     let mut drivers = Vec::new();
     for (i, d) in spec.drivers.iter().enumerate() {
-        drivers.push(driver(&cx, i, d, &devices)?);
+        drivers.push(driver(&cx, i, d, &devices, &iommu)?);
     }
     let sites: usize = drivers.iter().map(|d| d.transfers.len()).sum();
     if sites > MAX_TRANSFER_SITES {
@@ -303,6 +316,7 @@ pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> 
         machine,
         churn,
         devices,
+        iommu,
         drivers,
     })
 }
@@ -394,12 +408,28 @@ fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, ScenarioError>
             PoolSize::Bytes(bytes)
         }
     };
+    let iommu_granule = match &m.iommu_granule {
+        None => Granule::K4,
+        Some(g) => match cx.size(g, "machine.iommu_granule")? {
+            0x1000 => Granule::K4,
+            0x4000 => Granule::K16,
+            0x10000 => Granule::K64,
+            other => {
+                return Err(cx.err(
+                    g.span(),
+                    "machine.iommu_granule",
+                    format!("{other} bytes: the IOMMU model has 4 KiB, 16 KiB or 64 KiB pages"),
+                ))
+            }
+        },
+    };
     Ok(MachineModel {
         cpus: cpus as usize,
         cache,
         ram,
         hazards,
         bounce_pool,
+        iommu_granule,
     })
 }
 
@@ -444,8 +474,43 @@ fn device(
     i: usize,
     d: &Spanned<DeviceSpec>,
     m: &MachineModel,
-) -> Result<Device, ScenarioError> {
+) -> Result<(Device, Option<IommuMode>), ScenarioError> {
     let s = d.get_ref();
+    let mode = match &s.iommu {
+        None => None,
+        Some(v) => match v.get_ref().as_str() {
+            "strict" => Some(IommuMode::Strict),
+            "lazy" => Some(IommuMode::Lazy),
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    format!("device[{i}].iommu"),
+                    format!("`{other}`: write \"strict\" or \"lazy\" (or leave it out: no IOMMU)"),
+                ))
+            }
+        },
+    };
+    let trusted = s.trusted.as_ref().is_none_or(|t| *t.get_ref());
+    if !trusted && mode.is_none() {
+        let span = s.trusted.as_ref().map_or(d.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            format!("device[{i}].trusted"),
+            format!(
+                "device `{}` is untrusted but not behind the IOMMU: only an IOMMU can keep an \
+                 untrusted device to its own buffers; add iommu = \"strict\" or \"lazy\"",
+                s.name.get_ref()
+            ),
+        ));
+    }
+    if !trusted && m.bounce_pool == PoolSize::None {
+        return Err(cx.err(
+            s.trusted.as_ref().map_or(d.span(), Spanned::span),
+            format!("device[{i}].trusted"),
+            "untrusted devices bounce every buffer that does not fill whole IOMMU pages, and \
+             the machine has no bounce pool (machine.bounce_pool = \"none\"); add one",
+        ));
+    }
     let bits = s.dma_bits.as_ref().map_or(64, |b| *b.get_ref());
     let bits_span = s.dma_bits.as_ref().map_or(d.span(), Spanned::span);
     if !(1..=64).contains(&bits) {
@@ -461,7 +526,8 @@ fn device(
         (1 << bits) - 1
     };
     let lowest = m.ram.iter().map(|r| r.0).min().unwrap_or(0);
-    if lowest > mask {
+    // Behind an IOMMU the device sees IOVAs below its mask, wherever RAM is.
+    if lowest > mask && mode.is_none() {
         return Err(cx.err(
             bits_span,
             format!("device[{i}].dma_bits"),
@@ -473,7 +539,7 @@ fn device(
             ),
         ));
     }
-    if m.bounce_pool == PoolSize::None && !s.coherent {
+    if m.bounce_pool == PoolSize::None && !s.coherent && mode.is_none() {
         let beyond = m.ram.iter().any(|&(st, len)| st + (len - 1) > mask);
         if beyond {
             return Err(cx.err(
@@ -499,7 +565,9 @@ fn device(
         .coherent(s.coherent)
         .cache_line(line)
         .max_segment_size(u64::MAX)
+        .trusted(trusted)
         .build()
+        .map(|dev| (dev, mode))
         .map_err(|e| {
             let span = s.cache_line.as_ref().map_or(d.span(), Spanned::span);
             cx.err(span, format!("device[{i}]"), e.to_string())
@@ -511,6 +579,7 @@ fn driver(
     i: usize,
     d: &Spanned<DriverSpec>,
     devices: &[Device],
+    iommu: &[Option<IommuMode>],
 ) -> Result<DriverModel, ScenarioError> {
     let s = d.get_ref();
     let device = devices
@@ -538,7 +607,21 @@ fn driver(
     }
     let mut transfers = Vec::new();
     for (j, t) in s.transfers.get_ref().iter().enumerate() {
-        transfers.push(transfer(cx, &format!("driver[{i}].transfer[{j}]"), t)?);
+        let f = format!("driver[{i}].transfer[{j}]");
+        let model = transfer(cx, &f, t)?;
+        if matches!(model.buffer, BufferModel::Noncontiguous { .. }) && iommu[device].is_none() {
+            return Err(cx.err(
+                t.get_ref().buffer.span(),
+                format!("{f}.buffer"),
+                format!(
+                    "noncontiguous buffers are scattered pages made contiguous by the IOMMU, \
+                     but device `{}` is not behind it; add iommu = \"strict\" or \"lazy\" to the \
+                     device",
+                    s.device.get_ref()
+                ),
+            ));
+        }
+        transfers.push(model);
     }
     if transfers.is_empty() {
         return Err(cx.err(
@@ -643,6 +726,36 @@ fn transfer(
         return Err(cx.err(span, format!("{f}.burst"), "need 0 < min <= max"));
     }
     let buffer = buffer(cx, f, s, size)?;
+    let queue_depth = opt(&s.queue_depth).unwrap_or(1);
+    let qd_span = s.queue_depth.as_ref().map_or(t.span(), Spanned::span);
+    if !(1..=256).contains(&queue_depth) {
+        return Err(cx.err(qd_span, format!("{f}.queue_depth"), "must be from 1 to 256"));
+    }
+    let one_buffer = matches!(
+        buffer,
+        BufferModel::StructField { .. } | BufferModel::Noncontiguous { .. }
+    );
+    if queue_depth > 1 && one_buffer {
+        return Err(cx.err(
+            qd_span,
+            format!("{f}.queue_depth"),
+            format!(
+                "buffer \"{}\" is one buffer reused by every transfer; it cannot be in flight \
+                 more than once",
+                s.buffer.get_ref()
+            ),
+        ));
+    }
+    if matches!(buffer, BufferModel::Noncontiguous { .. })
+        && directions.iter().any(|d| *d != Direction::ToDevice)
+    {
+        return Err(cx.err(
+            s.direction.span(),
+            format!("{f}.direction"),
+            "noncontiguous buffers model scanout: the CPU writes a frame, the device reads it; \
+             write direction = \"to-device\"",
+        ));
+    }
     Ok(TransferModel {
         site: s.site.get_ref().clone(),
         directions,
@@ -651,6 +764,7 @@ fn transfer(
         buffer,
         chance,
         burst: (burst[0], burst[1]),
+        queue_depth: queue_depth as usize,
     })
 }
 
@@ -671,7 +785,17 @@ fn buffer(
         })
     };
     let unused: Vec<(&Option<Spanned<u64>>, &str)> = match s.buffer.get_ref().as_str() {
+        "noncontiguous" => vec![
+            (&s.struct_size, "struct_size"),
+            (&s.offset, "offset"),
+            (&s.next_field, "next_field"),
+            (&s.align, "align"),
+            (&s.headroom, "headroom"),
+            (&s.tail, "tail"),
+            (&s.in_flight, "in_flight"),
+        ],
         "kmalloc" | "dma-kmalloc" | "pages" => vec![
+            (&s.frames, "frames"),
             (&s.struct_size, "struct_size"),
             (&s.offset, "offset"),
             (&s.next_field, "next_field"),
@@ -681,12 +805,14 @@ fn buffer(
             (&s.in_flight, "in_flight"),
         ],
         "struct-field" => vec![
+            (&s.frames, "frames"),
             (&s.align, "align"),
             (&s.headroom, "headroom"),
             (&s.tail, "tail"),
             (&s.in_flight, "in_flight"),
         ],
         "page-frag" => vec![
+            (&s.frames, "frames"),
             (&s.struct_size, "struct_size"),
             (&s.offset, "offset"),
             (&s.next_field, "next_field"),
@@ -696,7 +822,7 @@ fn buffer(
                 s.buffer.span(),
                 bf,
                 format!(
-                    "`{other}`: write \"kmalloc\", \"dma-kmalloc\", \"struct-field\", \"page-frag\" or \"pages\""
+                    "`{other}`: write \"kmalloc\", \"dma-kmalloc\", \"struct-field\", \"page-frag\", \"pages\" or \"noncontiguous\""
                 ),
             ))
         }
@@ -716,6 +842,16 @@ fn buffer(
         "kmalloc" => BufferModel::Kmalloc,
         "dma-kmalloc" => BufferModel::DmaKmalloc,
         "pages" => BufferModel::Pages,
+        "noncontiguous" => {
+            let frames = opt(&s.frames).unwrap_or(2);
+            if !(1..=8).contains(&frames) {
+                let span = s.frames.as_ref().map_or(s.buffer.span(), Spanned::span);
+                return Err(cx.err(span, format!("{f}.frames"), "must be from 1 to 8"));
+            }
+            BufferModel::Noncontiguous {
+                frames: frames as usize,
+            }
+        }
         "struct-field" => {
             let struct_size = need(&s.struct_size, "struct_size")?;
             let offset = need(&s.offset, "offset")?;

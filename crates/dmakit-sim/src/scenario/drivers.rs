@@ -134,6 +134,8 @@ impl Placer {
                 })
             }
             BufferModel::PageFrag { .. } => self.frag(env, len),
+            // Framebuffers come from the DMA allocator (`scenario::frames`), not a placer.
+            BufferModel::Noncontiguous { .. } => Err(sim(SimError::BadAllocation { addr: 0, len })),
             BufferModel::Pages => {
                 let pages = len.div_ceil(PAGE_SIZE);
                 let m = env.heap.machine();

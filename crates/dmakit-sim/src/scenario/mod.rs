@@ -9,6 +9,8 @@
 //! - [`churn`]: background kmalloc traffic shaped like a real `/proc/slabinfo`;
 //! - [`drivers`]: where drivers put their DMA buffers (kmalloc objects, structure fields,
 //!   page fragments, pages);
+//! - [`iommu`]: the machine's IOMMU in front of the devices a scenario puts behind it;
+//! - [`frames`]: noncontiguous framebuffers a display engine behind the IOMMU scans out;
 //! - [`sites`]: a distinct call site per transfer pattern, for the mapper's statistics;
 //! - [`run`]: the runner;
 //! - [`report`]: the results;
@@ -17,7 +19,9 @@
 pub mod churn;
 pub mod config;
 pub mod drivers;
+pub mod frames;
 pub mod heap;
+pub mod iommu;
 pub mod model;
 pub mod policy;
 pub mod report;

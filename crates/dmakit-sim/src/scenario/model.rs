@@ -9,6 +9,7 @@ use dmakit::{Device, Direction};
 
 use crate::cache::CacheConfig;
 use crate::hazard::HazardConfig;
+use crate::iommu::Granule;
 
 /// How large the SWIOTLB bounce pool is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,18 @@ pub struct MachineModel {
     pub hazards: HazardConfig,
     /// The bounce pool.
     pub bounce_pool: PoolSize,
+    /// The IOMMU's page-table granule (used when a device sits behind the IOMMU).
+    pub iommu_granule: Granule,
+}
+
+/// How a device's IOMMU domain invalidates the IOTLB after an unmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuMode {
+    /// Every unmap invalidates at once ([`dmakit::DomainConfig::STRICT`]).
+    Strict,
+    /// Unmaps are queued and invalidated in batches ([`dmakit::DomainConfig::LAZY`]);
+    /// untrusted devices' unmaps stay strict.
+    Lazy,
 }
 
 /// The background kmalloc traffic.
@@ -90,6 +103,13 @@ pub enum BufferModel {
     },
     /// Whole pages anywhere in RAM (page cache, user buffers).
     Pages,
+    /// Buffers from `DmaAllocator::alloc_noncontiguous` (scattered pages at one
+    /// contiguous IOVA range), allocated once and reused frame after frame, as a display
+    /// engine's framebuffers. The device must sit behind the IOMMU.
+    Noncontiguous {
+        /// Buffers, used in turn (2: double buffering).
+        frames: usize,
+    },
 }
 
 /// One DMA transfer a driver operation makes.
@@ -109,6 +129,10 @@ pub struct TransferModel {
     pub chance: f64,
     /// Size of each device access (burst), inclusive range.
     pub burst: (u64, u64),
+    /// Transfers of this pattern in flight at once: the driver maps this many buffers
+    /// (a receive ring, a command queue), the device works on them, and they are unmapped
+    /// as they complete. 1: one at a time.
+    pub queue_depth: usize,
 }
 
 /// A driver: operations of one or more transfers on one device.
@@ -137,6 +161,8 @@ pub struct Scenario {
     pub churn: ChurnModel,
     /// Devices, in file order (ids are their index + 1).
     pub devices: Vec<Device>,
+    /// For each device (same order), the IOMMU domain it sits behind, if any.
+    pub iommu: Vec<Option<IommuMode>>,
     /// Drivers.
     pub drivers: Vec<DriverModel>,
 }

@@ -118,13 +118,16 @@ pub fn linux_arm64_swiotlb_bytes(ram: &[(u64, u64)], kmalloc_bouncing: bool) -> 
         .min(LINUX_DEFAULT_SWIOTLB)
 }
 
-/// The bounce pool `policy` gets on `machine`, in bytes (0: none).
-pub fn pool_bytes(policy: Policy, machine: &MachineModel) -> u64 {
+/// The bounce pool `policy` gets on `machine`, in bytes (0: none). `untrusted`: the
+/// machine has an untrusted device behind the IOMMU, whose buffers are bounced whatever the
+/// policy, so it gets at least the pool kmalloc bouncing would (Linux sizes SWIOTLB before
+/// it knows its devices; without RAM above 4 GiB it would have none for them).
+pub fn pool_bytes(policy: Policy, machine: &MachineModel, untrusted: bool) -> u64 {
     match machine.bounce_pool {
         PoolSize::None => 0,
         PoolSize::Bytes(b) => b,
         PoolSize::LinuxArm64 => {
-            linux_arm64_swiotlb_bytes(&machine.ram, policy.bounces_for_alignment())
+            linux_arm64_swiotlb_bytes(&machine.ram, policy.bounces_for_alignment() || untrusted)
         }
     }
 }

@@ -23,14 +23,24 @@ use crate::memory::Owner;
 use crate::oracle::Oracle;
 use crate::rng::SimRng;
 use crate::scenario::churn::{load_slabinfo, Churn, SizeDistribution};
+use crate::scenario::drivers::Buffer;
 use crate::scenario::drivers::{Env, Placer};
+use crate::scenario::frames::Framebuffers;
 use crate::scenario::heap::{Heap, HeapError};
+use crate::scenario::iommu;
 use crate::scenario::model::{BufferModel, Scenario};
 use crate::scenario::policy::{self, Policy, ARM64_DMA_LIMIT};
 use crate::scenario::report::{PolicyReport, SimulationReport, SiteReport};
 use crate::scenario::sites::{self, Args};
 use crate::scenario::units::format_bytes;
-use crate::transfer::{Scratch, Transfer, TransferKnobs, TransferOutcome};
+use crate::transfer::{Neighbour, Scratch, Started, Transfer, TransferKnobs};
+
+/// A transfer of a queue between its start and its completion.
+struct Pending {
+    buf: Buffer,
+    neighbours: Vec<Neighbour>,
+    started: Started,
+}
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,11 +168,16 @@ pub fn run_policy(
     for d in &sc.devices {
         machine.attach(d.clone()).map_err(model)?;
     }
-    let pool_bytes = policy::pool_bytes(policy, m);
+    let iommu = iommu::setup(&machine, sc).map_err(RunError::Model)?;
+    let untrusted = sc.devices.iter().any(|d| !d.is_trusted());
+    let pool_bytes = policy::pool_bytes(policy, m, untrusted);
+    // Devices behind the IOMMU reach the pool through it, wherever it is.
     let reach = sc
         .devices
         .iter()
-        .map(|d| d.dma_mask())
+        .zip(&sc.iommu)
+        .filter(|(_, i)| i.is_none())
+        .map(|(d, _)| d.dma_mask())
         .fold(ARM64_DMA_LIMIT - 1, u64::min);
     let mut mapper = DmaMapper::new(&machine).with_policy(policy.alignment());
     let mut pool = None;
@@ -187,6 +202,9 @@ pub fn run_policy(
         mapper = mapper.with_swiotlb(b.clone());
         pool = Some(b);
     }
+    if let Some(i) = &iommu {
+        mapper = mapper.with_iommu(i.dma.clone());
+    }
     let kpolicy = policy
         .kmalloc_policy(line)
         .map_err(|e| RunError::Impossible(e.to_string()))?;
@@ -195,6 +213,9 @@ pub fn run_policy(
     let mut rng = SimRng::new(opts.seed ^ 0x5ce7_a210);
     let mut scratch = Scratch::default();
     let mut churn = Churn::new(sizes.clone());
+    let mut framebuffers =
+        Framebuffers::new(&machine, sc, iommu.as_ref().map(|i| &i.dma), &mut rng)
+            .map_err(RunError::Impossible)?;
     for _ in 0..sc.churn.live_objects {
         churn
             .grow(&mut heap, &mut oracle, &mut rng, &mut scratch)
@@ -224,6 +245,8 @@ pub fn run_policy(
     let mut first_map_error = None;
     let sample_every = (opts.transfers / 400).max(1);
     let mut occupancy = vec![(0, 0)];
+    let mut window_leaked = 0u64;
+    let granule = sc.machine.iommu_granule.bytes();
     let mut nb = Vec::new();
     let churn_whole = sc.churn.churn_per_transfer.floor() as u64;
     let churn_frac = sc.churn.churn_per_transfer.fract();
@@ -262,58 +285,123 @@ pub fn run_policy(
                 continue;
             }
             let site = first_site[di] + ti;
-            let len = rng.between(t.size.0 / t.step, t.size.1 / t.step) * t.step;
-            let dir = *rng
-                .pick(&t.directions)
-                .unwrap_or(&dmakit::Direction::ToDevice);
-            let mut env = Env {
-                heap: &mut heap,
-                oracle: &mut oracle,
-                rng: &mut rng,
-                scratch: &mut scratch,
-                min_align: kpolicy.min_align(),
-            };
-            let buf = placers[site].acquire(&mut env, len).map_err(heap_err)?;
-            heap.neighbours(buf.start, buf.start + buf.len, line, &mut nb);
-            let range = PhysRange::new(PhysAddr::new(buf.start), buf.len)
-                .ok_or_else(|| model("buffer range"))?;
-            let mut tr = Transfer {
-                machine: &machine,
-                mapper: &mapper,
-                device,
-                knobs: knobs(t.burst),
-                rng: &mut rng,
-                oracle: &mut oracle,
-                scratch: &mut scratch,
-            };
-            let args = Args {
-                buf: range,
-                dir,
-                owner: buf.owner,
-                neighbours: &nb,
-            };
-            if let TransferOutcome::MapFailed(e) =
-                sites::run_at(site, &mut tr, &args, &mut seen[site]).map_err(model)?
-            {
-                map_errors += 1;
-                first_map_error.get_or_insert_with(|| e.to_string());
+            let mut batch = Vec::new();
+            if let BufferModel::Noncontiguous { frames } = t.buffer {
+                let fb = framebuffers
+                    .as_mut()
+                    .ok_or_else(|| model("framebuffers without an allocator"))?;
+                let len = rng.between(t.size.0 / t.step, t.size.1 / t.step) * t.step;
+                let shape = (frames, t.size.1, len, t.burst);
+                // A refused device read is in the machine's fault log (device_faults).
+                fb.scanout(
+                    site,
+                    device,
+                    shape,
+                    &mut heap,
+                    &mut oracle,
+                    &mut rng,
+                    &mut scratch,
+                )
+                .map_err(RunError::Model)?;
+                batch.push(None);
+            } else {
+                // Start up to `queue_depth` transfers (a ring, a queue), then complete them.
+                let depth = (t.queue_depth as u64).min(opts.transfers - done);
+                for _ in 0..depth {
+                    let len = rng.between(t.size.0 / t.step, t.size.1 / t.step) * t.step;
+                    let dir = *rng
+                        .pick(&t.directions)
+                        .unwrap_or(&dmakit::Direction::ToDevice);
+                    let mut env = Env {
+                        heap: &mut heap,
+                        oracle: &mut oracle,
+                        rng: &mut rng,
+                        scratch: &mut scratch,
+                        min_align: kpolicy.min_align(),
+                    };
+                    let buf = placers[site].acquire(&mut env, len).map_err(heap_err)?;
+                    heap.neighbours(buf.start, buf.start + buf.len, line, &mut nb);
+                    // The CPU leaves the other buffers of the queue alone: the device owns them.
+                    nb.retain(|n| {
+                        !batch
+                            .iter()
+                            .flatten()
+                            .any(|p: &Pending| p.buf.owner == n.owner)
+                    });
+                    let range = PhysRange::new(PhysAddr::new(buf.start), buf.len)
+                        .ok_or_else(|| model("buffer range"))?;
+                    let mut tr = Transfer {
+                        machine: &machine,
+                        mapper: &mapper,
+                        device,
+                        knobs: knobs(t.burst),
+                        rng: &mut rng,
+                        oracle: &mut oracle,
+                        scratch: &mut scratch,
+                    };
+                    let args = Args {
+                        buf: range,
+                        dir,
+                        owner: buf.owner,
+                        neighbours: &nb,
+                    };
+                    let started =
+                        sites::run_at(site, &mut tr, &args, &mut seen[site]).map_err(model)?;
+                    batch.push(Some(Pending {
+                        buf,
+                        neighbours: nb.clone(),
+                        started,
+                    }));
+                }
             }
-            let mut env = Env {
-                heap: &mut heap,
-                oracle: &mut oracle,
-                rng: &mut rng,
-                scratch: &mut scratch,
-                min_align: kpolicy.min_align(),
-            };
-            placers[site].release(&mut env, buf).map_err(heap_err)?;
-            done += 1;
-            if done % 1024 == 0 {
-                progress.fetch_add(done - reported, Ordering::Relaxed);
-                reported = done;
+            for p in &batch {
+                if let Some(p) = p {
+                    match &p.started {
+                        Started::InFlight(f) => {
+                            let mut tr = Transfer {
+                                machine: &machine,
+                                mapper: &mapper,
+                                device,
+                                knobs: knobs(t.burst),
+                                rng: &mut rng,
+                                oracle: &mut oracle,
+                                scratch: &mut scratch,
+                            };
+                            if !device.is_trusted() {
+                                window_leaked += tr.probe_window(f, granule).map_err(model)?;
+                            }
+                            tr.complete(f, &p.neighbours).map_err(model)?;
+                        }
+                        Started::MapFailed(e) => {
+                            map_errors += 1;
+                            first_map_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                done += 1;
+                if done % 1024 == 0 {
+                    progress.fetch_add(done - reported, Ordering::Relaxed);
+                    reported = done;
+                    if let Some(i) = &iommu {
+                        i.dma
+                            .flush_queues(dmakit::CpuTopology::current_cpu(&machine));
+                    }
+                }
+                if done % sample_every == 0 {
+                    // Whatever is mapped now: the rest of this queue is still in flight.
+                    let used = mapper.stats().pools.iter().map(|p| p.usage.used).sum();
+                    occupancy.push((done, used));
+                }
             }
-            if done % sample_every == 0 {
-                let used = pool.as_ref().map_or(0, |p| p.usage().used);
-                occupancy.push((done, used));
+            for p in batch.into_iter().flatten() {
+                let mut env = Env {
+                    heap: &mut heap,
+                    oracle: &mut oracle,
+                    rng: &mut rng,
+                    scratch: &mut scratch,
+                    min_align: kpolicy.min_align(),
+                };
+                placers[site].release(&mut env, p.buf).map_err(heap_err)?;
             }
         }
     }
@@ -340,10 +428,15 @@ pub fn run_policy(
                 })
             });
             let (name, suggestion) = match i.map(|i| patterns[i]) {
+                Some((d, t)) if !sc.devices[d.device].is_trusted() => (
+                    format!("{}: {}", d.name, t.site),
+                    String::from(UNTRUSTED_ADVICE),
+                ),
                 Some((d, t)) => (format!("{}: {}", d.name, t.site), advice(t.buffer)),
                 None => (s.site(), String::from("not a scenario driver")),
             };
-            let suggestion = if s.suggest_dma_alloc {
+            let untrusted = i.is_some_and(|i| !sc.devices[patterns[i].0.device].is_trusted());
+            let suggestion = if s.suggest_dma_alloc && !untrusted {
                 format!("mark this allocation: {suggestion}")
             } else {
                 suggestion
@@ -365,7 +458,7 @@ pub fn run_policy(
         bounced_bytes: total.bytes_to_bounce + total.bytes_from_bounce,
         corrupted_bytes: report.corrupted_bytes,
         stale_bytes: report.stale_bytes,
-        leaked_bytes: report.leaked_bytes,
+        leaked_bytes: report.leaked_bytes + window_leaked,
         pool_high_water_bytes: stats
             .pools
             .iter()
@@ -387,12 +480,17 @@ pub fn run_policy(
     })
 }
 
+/// Why an untrusted device's buffers bounce, and what avoids the copy.
+const UNTRUSTED_ADVICE: &str =
+    "untrusted device: bounced unless the buffer fills whole IOMMU pages; use page-sized buffers (page_pool)";
+
 /// What would stop a pattern's buffers from bouncing.
 fn advice(b: BufferModel) -> String {
     match b {
         BufferModel::Kmalloc => "allocate it as a DMA buffer (AllocKind::Dma, dma-kmalloc): line aligned, never bounced",
         BufferModel::StructField { .. } => "align the structure to the cache line (allocate it as a DMA buffer) so its ____cacheline_aligned field owns its lines",
         BufferModel::PageFrag { .. } => "align receive fragments and their tail to the cache line",
+        BufferModel::Noncontiguous { .. } => "mapped once by the DMA allocator, never bounced",
         BufferModel::DmaKmalloc | BufferModel::Pages => "the buffer lies beyond the device's DMA mask: allocate it below the mask (ZONE_DMA32) or map it through an IOMMU",
     }
     .to_string()

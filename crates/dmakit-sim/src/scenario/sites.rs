@@ -11,7 +11,7 @@ use std::panic::Location;
 use dmakit::{Direction, PhysRange, Platform};
 
 use crate::memory::Owner;
-use crate::transfer::{Neighbour, Transfer, TransferOutcome};
+use crate::transfer::{Neighbour, Started, Transfer};
 use crate::workload::WorkloadError;
 
 /// How many distinct call sites there are (transfer patterns a scenario may declare).
@@ -34,22 +34,22 @@ fn go<P: Platform>(
     t: &mut Transfer<'_, P>,
     a: &Args<'_>,
     seen: &mut Option<&'static Location<'static>>,
-) -> Result<TransferOutcome, WorkloadError> {
+) -> Result<Started, WorkloadError> {
     seen.get_or_insert(Location::caller());
-    t.run(a.buf, a.dir, a.owner, a.neighbours)
+    t.start(a.buf, a.dir, a.owner, a.neighbours)
 }
 
-/// Runs the transfer from call site number `site` (`< SITES`), recording that site's
-/// location in `seen` the first time.
+/// Starts the transfer (maps it) from call site number `site` (`< SITES`), recording that
+/// site's location in `seen` the first time; [`Transfer::complete`] finishes it.
 ///
 /// # Errors
-/// As [`Transfer::run`]; [`WorkloadError::Config`] for a site number out of range.
+/// As [`Transfer::start`]; [`WorkloadError::Config`] for a site number out of range.
 pub fn run_at<P: Platform>(
     site: usize,
     t: &mut Transfer<'_, P>,
     a: &Args<'_>,
     seen: &mut Option<&'static Location<'static>>,
-) -> Result<TransferOutcome, WorkloadError> {
+) -> Result<Started, WorkloadError> {
     let s = seen;
     match site {
         0 => go(t, a, s),
