@@ -35,6 +35,7 @@ fn default_simulate_prints_the_table() {
         "no-bounce",
         "corrupted",
         "kmalloc",
+        "untrusted",
     ] {
         assert!(out.contains(p), "{p} missing:\n{out}");
     }
@@ -97,6 +98,19 @@ fn json_holds_the_documented_fields_and_the_verdicts() {
         (0, 0, 0)
     );
     assert!(n(&exact["bounces"], "misaligned") > 0);
+    // The untrusted USB4 NIC behind the IOMMU is bounced under every policy, and the
+    // device's reads of its whole IOMMU pages show no one else's bytes.
+    for p in policies {
+        assert!(n(&p["bounces"], "untrusted") > 0, "{p}");
+        assert_eq!(n(p, "leaked_bytes"), 0, "{p}");
+        // Queues keep bounces mapped: the pool's high-water mark is more than one slot.
+        assert!(n(p, "pool_high_water_bytes") >= 8 * 4096, "{p}");
+    }
+    assert!(exact["top_sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .any(|s| s["site"].as_str().is_some_and(|s| s.starts_with("usb4-nic"))));
     assert!(n(by("no-bounce"), "corrupted_bytes") > 0);
     assert!(n(by("minalign128"), "kmalloc_bytes") > n(exact, "kmalloc_bytes"));
 
@@ -123,6 +137,9 @@ fn json_holds_the_documented_fields_and_the_verdicts() {
         );
     }
     assert!(html.contains("i2c-touch"), "sites are named");
+    // The occupancy chart plots real, non-zero samples.
+    let at = html.find("<figure id=\"pool-occupancy\">").expect("chart");
+    assert!(html[at..].contains("sampled every"), "the sampling is stated");
 }
 
 #[test]
