@@ -14,7 +14,7 @@ cargo run --release -q -- simulate --transfers 20000 --report "$out" > "$out/tab
 profile="$(mktemp -d)"
 chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
     --disable-component-update --disable-sync --no-first-run --user-data-dir="$profile" \
-    --window-size=1100,2600 --screenshot="$PWD/$out/report.png" "file://$PWD/$out/report.html" \
+    --window-size=1100,1750 --screenshot="$PWD/$out/report.png" "file://$PWD/$out/report.html" \
     2>/dev/null
 rm -rf "$profile"
 test -s "$out/report.png"

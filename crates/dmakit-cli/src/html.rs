@@ -22,6 +22,15 @@ fn e<E: std::fmt::Display>(x: E) -> String {
     format!("chart: {x}")
 }
 
+/// An axis value: whole numbers without decimals, small fractions with one.
+fn num(v: &f64) -> String {
+    if v.abs() >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 /// Bars stacked per group: `series` are `(name, value per group)`.
 pub fn stacked_bars(
     title: &str,
@@ -49,12 +58,14 @@ pub fn stacked_bars(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(70)
-            .build_cartesian_2d((0u32..n).into_segmented(), 0f64..top)
+            // A segmented range is inclusive: 0..n-1 gives the n groups and no empty slot.
+            .build_cartesian_2d((0u32..n.saturating_sub(1)).into_segmented(), 0f64..top)
             .map_err(e)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .y_desc(y_label)
+            .y_label_formatter(&num)
             .x_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
                     groups.get(*i as usize).cloned().unwrap_or_default()
@@ -128,12 +139,13 @@ pub fn horizontal_bars(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(420)
-            .build_cartesian_2d(0f64..top, (0u32..n).into_segmented())
+            .build_cartesian_2d(0f64..top, (0u32..n.saturating_sub(1)).into_segmented())
             .map_err(e)?;
         chart
             .configure_mesh()
             .disable_y_mesh()
             .x_desc(x_label)
+            .x_label_formatter(&num)
             .y_labels(bars.len().max(1))
             .y_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => bars
@@ -187,6 +199,8 @@ pub fn line_chart(
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_label_formatter(&num)
+            .y_label_formatter(&num)
             .draw()
             .map_err(e)?;
         for (i, (name, points)) in series.iter().enumerate() {
@@ -194,7 +208,7 @@ pub fn line_chart(
             chart
                 .draw_series(LineSeries::new(
                     points.iter().copied(),
-                    colour.stroke_width(2),
+                    colour.stroke_width(1),
                 ))
                 .map_err(e)?
                 .label(name.as_str())

@@ -110,7 +110,9 @@ fn json_holds_the_documented_fields_and_the_verdicts() {
         .as_array()
         .expect("sites")
         .iter()
-        .any(|s| s["site"].as_str().is_some_and(|s| s.starts_with("usb4-nic"))));
+        .any(|s| s["site"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("usb4-nic"))));
     assert!(n(by("no-bounce"), "corrupted_bytes") > 0);
     assert!(n(by("minalign128"), "kmalloc_bytes") > n(exact, "kmalloc_bytes"));
 
@@ -137,9 +139,12 @@ fn json_holds_the_documented_fields_and_the_verdicts() {
         );
     }
     assert!(html.contains("i2c-touch"), "sites are named");
-    // The occupancy chart plots real, non-zero samples.
+    // The occupancy chart says how it was sampled.
     let at = html.find("<figure id=\"pool-occupancy\">").expect("chart");
-    assert!(html[at..].contains("sampled every"), "the sampling is stated");
+    assert!(
+        html[at..].contains("sampled every"),
+        "the sampling is stated"
+    );
 }
 
 #[test]
