@@ -1,6 +1,7 @@
 //! Model checks of the bounce pool's locking with loom: every interleaving of two threads
 //! allocating and freeing (and growing the pool) must keep allocations disjoint and the
-//! accounting exact.
+//! accounting exact, including the per-area usage words and the high-water grants that
+//! move allowance between areas, the run caches, and the lock-free region directory.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p dmakit --test loom_swiotlb --release`.
 //!
@@ -120,5 +121,68 @@ fn growth_while_allocating() {
         assert_eq!(pool.free(b.addr).unwrap().1, 1);
         assert_eq!(pool.remove_region(r.start()), Ok(r));
         assert_eq!(pool.stats().total_bytes, 256);
+    });
+}
+
+#[test]
+fn allowance_moves_between_areas_under_contention() {
+    bounded().check(|| {
+        let pool = Arc::new(tiny_pool());
+        // Area 0 reaches one slot and frees it (into its cache): its allowance stays.
+        let b = pool
+            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 0)
+            .unwrap();
+        pool.free(b.addr).unwrap();
+        let other = {
+            let pool = Arc::clone(&pool);
+            // Area 1 must take area 0's unused allowance (or raise the mark) while area 0
+            // allocates again from its cache.
+            thread::spawn(move || {
+                let b = pool
+                    .alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+                    .unwrap();
+                assert_eq!(pool.free(b.addr).unwrap().1, 1);
+            })
+        };
+        let a = pool
+            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 2)
+            .unwrap();
+        assert_eq!(a.slot_start, b.slot_start, "reused from the cache");
+        let high = pool.stats().high_water_bytes;
+        other.join().unwrap();
+        assert_eq!(pool.free(a.addr).unwrap().1, 2);
+        pool.check().unwrap();
+        let s = pool.stats();
+        assert_eq!((s.used_bytes, s.live), (0, 0));
+        // Never more than both threads' slot at once, never less than one.
+        assert!((64..=128).contains(&s.high_water_bytes));
+        assert!(high >= 64);
+    });
+}
+
+#[test]
+fn lookups_race_with_growth() {
+    bounded().check(|| {
+        let pool = Arc::new(tiny_pool());
+        let b = pool
+            .alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+            .unwrap();
+        let grower = {
+            let pool = Arc::clone(&pool);
+            thread::spawn(move || {
+                let r = pool.add_region(PhysAddr::new(0x8000), 128).unwrap();
+                pool.remove_region(r.start()).unwrap();
+            })
+        };
+        // Whatever the directory shows meanwhile, lookups of the live bounce succeed and
+        // addresses outside the first region are never taken for it.
+        assert!(pool.region_of(b.addr).is_some());
+        let new = pool.region_of(PhysAddr::new(0x8000));
+        assert!(new.is_none() || new.unwrap().start() == PhysAddr::new(0x8000));
+        assert_eq!(pool.get(b.addr).unwrap().1, 1);
+        assert_eq!(pool.free(b.addr).unwrap().1, 1);
+        grower.join().unwrap();
+        assert_eq!(pool.region_of(PhysAddr::new(0x8000)), None);
+        pool.check().unwrap();
     });
 }

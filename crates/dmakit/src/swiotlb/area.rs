@@ -1,14 +1,41 @@
-//! One area: a run of whole segments with its own lock, slot allocator and live table.
+//! One area: a run of whole segments with its own lock, slot allocator, run cache, live
+//! table and usage counters.
 //!
 //! Areas exist so that CPUs allocating and freeing bounces do not meet on one lock (Linux
 //! added them after confidential guests spent a fifth of their CPU time on the single pool
 //! lock). Everything an allocation needs (its slots and the caller's metadata) lives in the
-//! area that owns its slots, behind that area's lock only.
+//! area that owns its slots, behind that area's lock only; each area sits on its own cache
+//! lines, so CPUs working in different areas share none.
+//!
+//! # The run cache
+//!
+//! Streaming bounces are mostly small and short-lived: a one-slot bounce taken from an
+//! empty segment splits a whole segment down to one slot (seven splits with the defaults)
+//! and merges it all back when freed, only for the next bounce to split it again. So an
+//! area keeps a small LIFO cache of freed runs of up to [`CACHE_MAX_SLOTS`] slots
+//! ([`CACHE_DEPTH`] per size), like Linux's IOVA range caches, and serves a request of the
+//! same size from it without touching the buddy lists. Rules:
+//!
+//! - a cached run is reused only for a request of exactly its size whose placement it
+//!   satisfies (first slot congruent to the request's `lead` modulo `2^align_order`), so
+//!   every placement guarantee holds for reused runs as for fresh ones;
+//! - cached slots are free: usage and statistics never count them;
+//! - when the buddy lists cannot serve a request, the area first returns every cached run
+//!   to them (merging as usual) and tries again, so caching never makes an allocation fail
+//!   that would succeed without it (with eager merging, the buddy lists' blocks are a
+//!   function of the set of free slots);
+//! - a full cache sends further frees of that size straight to the buddy lists.
 
 use alloc::vec::Vec;
 
 use super::slots::BuddySlots;
+use super::stats::AreaCounter;
 use super::sync::{AtomicU32, Mutex, Ordering};
+
+/// Largest run, in slots, the run cache keeps.
+pub(crate) const CACHE_MAX_SLOTS: u32 = 8;
+/// Runs the run cache keeps per size.
+pub(crate) const CACHE_DEPTH: usize = 8;
 
 /// Where, inside an area, an allocation must sit.
 #[derive(Clone, Copy, Debug)]
@@ -37,10 +64,105 @@ pub(crate) struct Live<T> {
     pub meta: T,
 }
 
+/// Freed runs kept for reuse, by size; see the module documentation.
+///
+/// Invariant: `runs[c - 1][..depth[c - 1]]` are the first slots of disjoint free runs of
+/// `c` slots, each inside one segment, newest last; `slots` is their total size. The buddy
+/// lists do not know these slots.
+struct RunCache {
+    runs: [[u32; CACHE_DEPTH]; CACHE_MAX_SLOTS as usize],
+    depth: [u8; CACHE_MAX_SLOTS as usize],
+    slots: u32,
+}
+
+impl RunCache {
+    fn new() -> Self {
+        Self {
+            runs: [[0; CACHE_DEPTH]; CACHE_MAX_SLOTS as usize],
+            depth: [0; CACHE_MAX_SLOTS as usize],
+            slots: 0,
+        }
+    }
+
+    /// Takes the newest cached run of `count` slots whose first slot is `lead` modulo
+    /// `2^align_order`.
+    #[inline]
+    fn take(&mut self, count: u32, lead: u32, align_order: u32) -> Option<u32> {
+        let k = count.checked_sub(1)? as usize;
+        let depth = *self.depth.get(k)? as usize;
+        let runs = &mut self.runs[k];
+        let mask = (1u32 << align_order) - 1;
+        let i = (0..depth).rev().find(|&i| runs[i] & mask == lead)?;
+        let first = runs[i];
+        runs.copy_within(i + 1..depth, i);
+        self.depth[k] -= 1;
+        self.slots -= count;
+        Some(first)
+    }
+
+    /// Keeps the run of `count` slots at `first`; `false` (nothing kept) when runs of that
+    /// size are not cached or the cache for it is full.
+    #[inline]
+    fn put(&mut self, first: u32, count: u32) -> bool {
+        let Some(k) = count.checked_sub(1).map(|k| k as usize) else {
+            return false;
+        };
+        match self.depth.get(k) {
+            Some(&d) if (d as usize) < CACHE_DEPTH => {
+                self.runs[k][d as usize] = first;
+                self.depth[k] = d + 1;
+                self.slots += count;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Empties the cache, handing every run to `f(first, count)`.
+    fn drain(&mut self, mut f: impl FnMut(u32, u32)) {
+        for (k, runs) in self.runs.iter().enumerate() {
+            for &first in &runs[..self.depth[k] as usize] {
+                f(first, k as u32 + 1);
+            }
+        }
+        self.depth = [0; CACHE_MAX_SLOTS as usize];
+        self.slots = 0;
+    }
+
+    /// Whether slot `i` lies in a cached run; for tests.
+    #[cfg(test)]
+    fn holds(&self, i: u32) -> bool {
+        self.runs.iter().enumerate().any(|(k, runs)| {
+            runs[..self.depth[k] as usize]
+                .iter()
+                .any(|&f| (f..f + k as u32 + 1).contains(&i))
+        })
+    }
+}
+
 struct AreaInner<T> {
     slots: BuddySlots,
+    cache: RunCache,
     live: Vec<Option<Live<T>>>,
-    live_count: u32,
+}
+
+impl<T> AreaInner<T> {
+    /// The allocation hint: the buddy lists' non-empty orders, or every order while runs
+    /// are cached (a flush may merge them into any block).
+    #[inline]
+    fn hint(&self) -> u32 {
+        if self.cache.slots == 0 {
+            self.slots.nonempty_orders()
+        } else {
+            u32::MAX
+        }
+    }
+
+    /// Slots that are free, in the buddy lists or cached.
+    #[inline]
+    fn free_slots(&self) -> u32 {
+        self.slots.free_slots() + self.cache.slots
+    }
 }
 
 /// Usage of one area, read under its lock.
@@ -51,14 +173,17 @@ pub(crate) struct AreaUsage {
     pub live: u32,
 }
 
-/// An independently locked part of a region.
+/// An independently locked part of a region, alone on its cache lines.
+#[repr(align(128))]
 pub(crate) struct Area<T> {
     /// Index, in the region, of the area's first slot (a segment boundary).
     first_slot: u32,
-    /// Copy of the allocator's non-empty order mask, readable without the lock; lets an
-    /// allocation skip areas that cannot serve it. Only a hint: it is re-checked under the
-    /// lock.
+    /// Orders the area may serve, readable without the lock (see [`AreaInner::hint`]);
+    /// lets an allocation skip areas that cannot serve it. Only a hint: it is re-checked
+    /// under the lock.
     orders_hint: AtomicU32,
+    /// Used slots and live allocations, for lock-free statistics.
+    counter: AreaCounter,
     inner: Mutex<AreaInner<T>>,
 }
 
@@ -71,10 +196,11 @@ impl<T> Area<T> {
         Self {
             first_slot,
             orders_hint: AtomicU32::new(slots.nonempty_orders()),
+            counter: AreaCounter::new(),
             inner: Mutex::new(AreaInner {
                 slots,
+                cache: RunCache::new(),
                 live,
-                live_count: 0,
             }),
         }
     }
@@ -85,20 +211,47 @@ impl<T> Area<T> {
         self.first_slot
     }
 
-    /// Whether the area may have a free block of `order`, without locking.
+    /// The area's usage counters (read without the lock).
+    #[inline]
+    pub(crate) fn counter(&self) -> &AreaCounter {
+        &self.counter
+    }
+
+    /// Whether the area may have room for a block of `order`, without locking.
     #[inline]
     pub(crate) fn may_fit(&self, order: u32) -> bool {
         self.orders_hint.load(Ordering::Relaxed) >> order != 0
     }
 
-    /// Allocates per `p` and stores the metadata taken from `meta`. Returns the area-local
-    /// index of the first slot, or `None` with nothing changed (and `meta` untouched) when
-    /// the area has no room.
-    pub(crate) fn alloc(&self, p: &Placement, meta: &mut Option<T>) -> Option<u32> {
-        let mut inner = self.inner.lock();
-        let first = inner.slots.alloc(p.count, p.lead, p.align_order)?;
+    /// Allocates per `p` and stores the metadata taken from `meta`; `count(counter, n)`
+    /// runs under the lock to count the `n` slots. Returns the area-local index of the
+    /// first slot, or `None` with nothing observable changed (and `meta` untouched) when
+    /// the area has no room even after returning its cached runs to the buddy lists.
+    pub(crate) fn alloc(
+        &self,
+        p: &Placement,
+        meta: &mut Option<T>,
+        count: impl FnOnce(&AreaCounter, u32),
+    ) -> Option<u32> {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let first = match inner.cache.take(p.count, p.lead, p.align_order) {
+            Some(first) => first,
+            None => match inner.slots.alloc(p.count, p.lead, p.align_order) {
+                Some(first) => first,
+                None if inner.cache.slots != 0 => {
+                    let slots = &mut inner.slots;
+                    inner.cache.drain(|s, n| slots.release(s, n));
+                    let first = inner.slots.alloc(p.count, p.lead, p.align_order);
+                    self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+                    first?
+                }
+                None => return None,
+            },
+        };
         let Some(meta) = meta.take() else {
             inner.slots.release(first, p.count);
+            self.orders_hint.store(inner.hint(), Ordering::Relaxed);
             return None;
         };
         inner.live[first as usize] = Some(Live {
@@ -107,9 +260,8 @@ impl<T> Area<T> {
             len: p.len,
             meta,
         });
-        inner.live_count += 1;
-        self.orders_hint
-            .store(inner.slots.nonempty_orders(), Ordering::Relaxed);
+        count(&self.counter, p.count);
+        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
         Some(first)
     }
 
@@ -128,19 +280,21 @@ impl<T> Area<T> {
         }
     }
 
-    /// Removes the live allocation at `local`/`offset` and frees its slots; `None` (nothing
-    /// changed) when there is none.
+    /// Removes the live allocation at `local`/`offset` and frees its slots (into the run
+    /// cache when it has room for them); `None` (nothing changed) when there is none.
     pub(crate) fn free(&self, local: u32, offset: u32) -> Option<Live<T>> {
-        let mut inner = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
         let entry = inner.live.get_mut(local as usize)?;
         if entry.as_ref()?.offset != offset {
             return None;
         }
         let live = entry.take()?;
-        inner.slots.release(local, live.count);
-        inner.live_count -= 1;
-        self.orders_hint
-            .store(inner.slots.nonempty_orders(), Ordering::Relaxed);
+        if !inner.cache.put(local, live.count) {
+            inner.slots.release(local, live.count);
+        }
+        self.counter.freed(live.count);
+        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
         Some(live)
     }
 
@@ -149,24 +303,62 @@ impl<T> Area<T> {
         let inner = self.inner.lock();
         AreaUsage {
             slots: inner.slots.len(),
-            used_slots: inner.slots.len() - inner.slots.free_slots(),
-            live: inner.live_count,
+            used_slots: inner.slots.len() - inner.free_slots(),
+            live: self.counter.live(),
         }
     }
 
-    /// Checks the allocator's invariants and that live runs and free blocks partition the
-    /// area; for tests.
+    /// Returns every cached run to the buddy lists; for tests.
+    #[cfg(test)]
+    pub(crate) fn flush_cache(&self) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let slots = &mut inner.slots;
+        inner.cache.drain(|s, n| slots.release(s, n));
+        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+    }
+
+    /// Slots in the run cache; for tests.
+    #[cfg(test)]
+    pub(crate) fn cached_slots(&self) -> u32 {
+        self.inner.lock().cache.slots
+    }
+
+    /// Checks the allocator's invariants, that live runs, cached runs and free blocks
+    /// partition the area, and that the counters agree; for tests.
     #[cfg(test)]
     pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
         let inner = self.inner.lock();
         inner.slots.check()?;
+        let mut cached = 0u32;
+        for (k, runs) in inner.cache.runs.iter().enumerate() {
+            let n = k as u32 + 1;
+            for &f in &runs[..inner.cache.depth[k] as usize] {
+                if f >> inner.slots.max_order() != (f + n - 1) >> inner.slots.max_order() {
+                    return Err(alloc::format!("cached run {f}+{n} crosses a segment"));
+                }
+                for j in f..f + n {
+                    if inner.slots.is_free(j) || inner.live[j as usize].is_some() {
+                        return Err(alloc::format!("cached slot {j} is also free or live"));
+                    }
+                }
+                cached += n;
+            }
+        }
+        if cached != inner.cache.slots {
+            return Err(alloc::format!(
+                "cache counts {} of {cached}",
+                inner.cache.slots
+            ));
+        }
         let mut used = 0u32;
+        let mut live = 0u32;
         let mut i = 0u32;
         while i < inner.slots.len() {
             match &inner.live[i as usize] {
                 Some(l) => {
                     for j in i..i + l.count {
-                        if inner.slots.is_free(j) {
+                        if inner.slots.is_free(j) || inner.cache.holds(j) {
                             return Err(alloc::format!("live slot {j} is also free"));
                         }
                         if j != i && inner.live[j as usize].is_some() {
@@ -174,17 +366,31 @@ impl<T> Area<T> {
                         }
                     }
                     used += l.count;
+                    live += 1;
                     i += l.count;
                 }
                 None => i += 1,
             }
         }
-        if used + inner.slots.free_slots() != inner.slots.len() {
+        if used + inner.free_slots() != inner.slots.len() {
             return Err(alloc::format!(
-                "{used} live + {} free != {}",
+                "{used} live + {} free + {cached} cached != {}",
                 inner.slots.free_slots(),
                 inner.slots.len()
             ));
+        }
+        if (used, live) != (self.counter.used(), self.counter.live()) {
+            return Err(alloc::format!(
+                "counters say {} slots in {} allocations, table {used} in {live}",
+                self.counter.used(),
+                self.counter.live()
+            ));
+        }
+        if self.counter.allowance() < used {
+            return Err(alloc::format!("allowance below usage {used}"));
+        }
+        if self.orders_hint.load(Ordering::Relaxed) != inner.hint() {
+            return Err(alloc::string::String::from("stale allocation hint"));
         }
         Ok(())
     }

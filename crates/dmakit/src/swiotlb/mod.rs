@@ -19,20 +19,29 @@
 //!
 //! - **Slots**: a buddy allocator per area with exact-size trimming (see `slots.rs`):
 //!   O(log2 slots-per-segment) per allocation and free, regardless of pool size or
-//!   occupancy, alignment for free, and blocks that never cross a segment.
+//!   occupancy, alignment for free, and blocks that never cross a segment. In front of it,
+//!   each area caches a few freed small runs per size (see `area.rs`) and reuses them,
+//!   O(1), for requests of the same size whose placement they satisfy; the cache is flushed
+//!   back into the buddy lists before an area refuses a request, so it never causes an
+//!   exhaustion.
 //! - **Placement**: the bounce address keeps `orig & min_align_mask` and, for mappings of
 //!   a page or more, starts on a page boundary plus that offset (see `request.rs`).
-//! - **Lookup**: binary search of the region by address, then arithmetic to the area and
+//! - **Lookup**: the owning region and area from a lock-free directory of region bounds,
+//!   then that area's stripe of the region table, a binary search and arithmetic to the
 //!   slot; each area keeps the caller's metadata of its live allocations indexed by first
-//!   slot, so `get` and `free` take O(log regions) and one area lock.
-//! - **Concurrency**: no pool-wide lock on the hot path. The region table is a striped
-//!   reader lock (see `table.rs`); each area has its own lock; pool-wide statistics are
-//!   atomics.
+//!   slot, so `get` and `free` take O(log regions), one stripe lock and one area lock, and
+//!   `region_of` usually no lock at all.
+//! - **Concurrency**: no pool-wide lock or shared written cache line on the hot path. The
+//!   region table is a striped reader lock with one stripe per area index (see
+//!   `table.rs`); each area has its own lock and cache lines; usage is counted per area and
+//!   summed by snapshots, and the high-water mark is kept exact through per-area
+//!   allowances (see `stats.rs`).
 //!
 //! # Invariants
 //!
-//! Two live allocations never share a slot; free blocks and live allocations partition
-//! every area; a failed call changes nothing.
+//! Two live allocations never share a slot; free blocks, cached runs and live allocations
+//! partition every area; a failed call changes nothing observable (an allocation that
+//! fails may have returned cached runs to the buddy lists, which are free either way).
 
 mod area;
 mod config;

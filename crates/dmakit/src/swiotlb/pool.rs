@@ -5,10 +5,11 @@ use alloc::vec::Vec;
 
 use super::config::PoolConfig;
 use super::error::{PoolError, RegionError};
-use super::region::Region;
+use super::region::{area_index, Location, Region};
 use super::request::{max_mapping_size, Bounce, BounceRequest, Shape};
-use super::stats::{AreaStats, Counters, PoolStats};
-use super::table::{find, RegionTable};
+use super::stats::{AreaCounter, AreaStats, Counters, PoolStats};
+use super::sync::MutexGuard;
+use super::table::{find, Lookup, RegionTable, Regions};
 use crate::addr::{PhysAddr, PhysRange};
 use crate::platform::PAGE_SIZE;
 
@@ -17,8 +18,11 @@ use crate::platform::PAGE_SIZE;
 ///
 /// The pool hands out addresses only; it never reads or writes the memory. All methods
 /// take `&self` and may be called from any number of threads at once (the pool is `Sync`
-/// when `T: Send`). Allocation and free lock one stripe of the region table and one area,
-/// never a pool-wide lock, and allocate no memory.
+/// when `T: Send`). Allocation, lookup and free lock one stripe of the region table and
+/// one area, never a pool-wide lock, and allocate no memory; the stripe is the one of the
+/// CPU hint (allocation) or of the area owning the address (lookup, free), so CPUs that
+/// work in their own areas share no lock and write no shared cache line. (The one
+/// exception is the rare grant path of the high-water mark, see [`PoolStats`].)
 pub struct Pool<T> {
     config: PoolConfig,
     table: RegionTable<T>,
@@ -92,10 +96,8 @@ impl<T> Pool<T> {
         // Build the region (the only allocation) before taking any lock.
         let region = Arc::new(Region::new(range, &self.config));
         let slots = region.slots() as usize;
-        let mut stripes = self.table.write();
-        let Some(first) = stripes.first() else {
-            return Err(RegionError::TooLarge { base, size });
-        };
+        let mut table = self.table.write();
+        let first = table.first();
         let at = first.partition_point(|r| r.range().start() < base);
         for neighbour in [at.checked_sub(1), Some(at)].into_iter().flatten() {
             if let Some(existing) = first.get(neighbour) {
@@ -107,9 +109,7 @@ impl<T> Pool<T> {
                 }
             }
         }
-        for stripe in stripes.iter_mut() {
-            stripe.insert(at, Arc::clone(&region));
-        }
+        table.update(|stripe| stripe.insert(at, Arc::clone(&region)));
         self.counters.region_added(slots);
         Ok(range)
     }
@@ -122,10 +122,8 @@ impl<T> Pool<T> {
     /// [`RegionError::NotFound`] if no region starts at `base`; [`RegionError::Busy`] if it
     /// holds live allocations. On error the pool is unchanged.
     pub fn remove_region(&self, base: PhysAddr) -> Result<PhysRange, RegionError> {
-        let mut stripes = self.table.write();
-        let Some(first) = stripes.first() else {
-            return Err(RegionError::NotFound { base });
-        };
+        let mut table = self.table.write();
+        let first = table.first();
         let at = match find(first, base.as_u64()) {
             Some(i) if first[i].range().start() == base => i,
             _ => return Err(RegionError::NotFound { base }),
@@ -133,16 +131,20 @@ impl<T> Pool<T> {
         let region = Arc::clone(&first[at]);
         // Holding every stripe, no allocation or free can reach the region: its live count
         // cannot change under us.
-        let live: u64 = region.areas().iter().map(|a| a.usage().live as u64).sum();
+        let live: u64 = region
+            .areas()
+            .iter()
+            .map(|a| a.counter().live() as u64)
+            .sum();
         if live != 0 {
             return Err(RegionError::Busy {
                 region: region.range(),
                 live,
             });
         }
-        for stripe in stripes.iter_mut() {
+        table.update(|stripe| {
             stripe.remove(at);
-        }
+        });
         self.counters.region_removed(region.slots() as usize);
         Ok(region.range())
     }
@@ -152,10 +154,17 @@ impl<T> Pool<T> {
         self.table.read(0).iter().map(|r| r.range()).collect()
     }
 
-    /// The region containing `addr`, if any.
+    /// The region containing `addr`, if any. Takes no lock while the pool has at most
+    /// [`Pool::LOCK_FREE_REGIONS`] regions and none is being added or removed.
     pub fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
-        let regions = self.table.read(self.stripe_of(addr));
-        find(&regions, addr.as_u64()).map(|i| regions[i].range())
+        match self.table.lookup(addr.as_u64()) {
+            Lookup::In { start, len } => PhysRange::new(PhysAddr::new(start), len),
+            Lookup::Outside => None,
+            Lookup::Unknown => {
+                let regions = self.table.read(self.fallback_stripe(addr));
+                find(&regions, addr.as_u64()).map(|i| regions[i].range())
+            }
+        }
     }
 
     /// Allocates a bounce for `request`, storing `meta` with it until it is freed.
@@ -163,8 +172,9 @@ impl<T> Pool<T> {
     /// region and moves on to the others.
     ///
     /// Cost: one stripe lock, then for each area tried one lock and O(log2 segment slots)
-    /// work; areas that cannot fit the request are skipped without locking. No memory is
-    /// allocated.
+    /// work (O(1) when the area's run cache holds a freed run of the same size and
+    /// placement); areas that cannot fit the request are skipped without locking. No memory
+    /// is allocated.
     ///
     /// # Errors
     /// [`PoolError::BadAlignMask`], [`PoolError::ZeroLength`], [`PoolError::TooLarge`] (see
@@ -184,8 +194,10 @@ impl<T> Pool<T> {
                 if !area.may_fit(order) {
                     continue;
                 }
-                if let Some(local) = area.alloc(&placement, &mut meta) {
-                    self.counters.allocated(placement.count as usize);
+                let count = |c: &AreaCounter, n| {
+                    self.counters.allocated(c, n, || counters_of(&regions));
+                };
+                if let Some(local) = area.alloc(&placement, &mut meta, count) {
                     return Ok(Bounce {
                         addr: region.addr_of(i, local, placement.offset),
                         len: request.len,
@@ -195,11 +207,12 @@ impl<T> Pool<T> {
                 }
             }
         }
+        let used: u64 = counters_of(&regions).map(|c| c.used() as u64).sum();
         drop(regions);
         let shift = self.config.slot_shift();
         Err(PoolError::Exhausted {
             len: request.len,
-            used: (self.counters.used_slots() as u64) << shift,
+            used: used << shift,
             total: (self.counters.total_slots() as u64) << shift,
         })
     }
@@ -215,10 +228,9 @@ impl<T> Pool<T> {
         addr: PhysAddr,
         f: impl FnOnce(&Bounce, &T) -> R,
     ) -> Result<R, PoolError> {
-        let regions = self.table.read(self.stripe_of(addr));
         let not_mapped = PoolError::NotMapped { addr };
-        let region = &regions[find(&regions, addr.as_u64()).ok_or(not_mapped)?];
-        let loc = region.locate(addr).ok_or(not_mapped)?;
+        let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let region = &regions[index];
         let shift = self.config.slot_shift();
         region.areas()[loc.area]
             .with_live(loc.local, loc.offset, |live| {
@@ -251,14 +263,12 @@ impl<T> Pool<T> {
     /// an unknown address, an address inside an allocation, or one already freed. Nothing
     /// changes then.
     pub fn free(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError> {
-        let regions = self.table.read(self.stripe_of(addr));
         let not_mapped = PoolError::NotMapped { addr };
-        let region = &regions[find(&regions, addr.as_u64()).ok_or(not_mapped)?];
-        let loc = region.locate(addr).ok_or(not_mapped)?;
+        let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let region = &regions[index];
         let live = region.areas()[loc.area]
             .free(loc.local, loc.offset)
             .ok_or(not_mapped)?;
-        self.counters.freed(live.count as usize);
         let bounce = Bounce {
             addr,
             len: live.len,
@@ -268,9 +278,12 @@ impl<T> Pool<T> {
         Ok((bounce, live.meta))
     }
 
-    /// Pool-wide usage, from a few atomic loads (no lock).
+    /// Pool-wide usage: one stripe lock and two atomic loads per area (no area lock). See
+    /// [`PoolStats`] for what the fields guarantee.
     pub fn stats(&self) -> PoolStats {
-        self.counters.snapshot(self.config.slot_shift())
+        let regions = self.table.read(0);
+        self.counters
+            .snapshot(self.config.slot_shift(), counters_of(&regions))
     }
 
     /// Usage of every area of every region, in address order. Locks each area briefly.
@@ -294,20 +307,76 @@ impl<T> Pool<T> {
         out
     }
 
-    /// Checks every area's invariants; for tests.
+    /// Checks every area's invariants, and that no area holds more than the high-water
+    /// mark allows; for tests.
     #[cfg(test)]
     pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
-        for region in self.table.read(0).iter() {
+        let regions = self.table.read(0);
+        for region in regions.iter() {
             for area in region.areas() {
                 area.check()?;
             }
         }
+        let allowed: u64 = counters_of(&regions).map(|c| c.allowance() as u64).sum();
+        let high = self.counters.high_water_slots() as u64;
+        if allowed > high {
+            return Err(alloc::format!("allowances {allowed} above the mark {high}"));
+        }
         Ok(())
     }
 
-    /// Stripe for operations keyed by address: spread by segment.
+    /// Returns every area's cached runs to its buddy lists; for tests.
+    #[cfg(test)]
+    pub(crate) fn flush_caches(&self) {
+        for region in self.table.read(0).iter() {
+            for area in region.areas() {
+                area.flush_cache();
+            }
+        }
+    }
+
+    /// Slots held in run caches; for tests.
+    #[cfg(test)]
+    pub(crate) fn cached_slots(&self) -> u64 {
+        let regions = self.table.read(0);
+        let areas = regions.iter().flat_map(|r| r.areas().iter());
+        areas.map(|a| a.cached_slots() as u64).sum()
+    }
+
+    /// Most regions for which [`Pool::region_of`] takes no lock, and lookups by address
+    /// find their area's stripe without locking another one first.
+    pub const LOCK_FREE_REGIONS: usize = super::table::DIRECTORY_REGIONS;
+
+    /// Locks the stripe of the area owning `addr` and finds where `addr` falls: the locked
+    /// region list, the region's index in it, and the location. `None` when no region
+    /// contains `addr`.
     #[inline]
-    fn stripe_of(&self, addr: PhysAddr) -> usize {
+    fn locate(&self, addr: PhysAddr) -> Option<(MutexGuard<'_, Regions<T>>, usize, Location)> {
+        let a = addr.as_u64();
+        let stripe = match self.table.lookup(a) {
+            Lookup::In { start, len } => area_index(&self.config, start, len, a),
+            Lookup::Outside => return None,
+            Lookup::Unknown => self.fallback_stripe(addr),
+        };
+        // The directory may be out of date by now: the locked copy is the authority.
+        let regions = self.table.read(stripe);
+        let index = find(&regions, a)?;
+        let loc = regions[index].locate(addr)?;
+        Some((regions, index, loc))
+    }
+
+    /// Stripe for a lookup by address when the directory cannot say which area owns it:
+    /// spread by segment.
+    #[inline]
+    fn fallback_stripe(&self, addr: PhysAddr) -> usize {
         (addr.as_u64() >> (self.config.slot_shift() + self.config.segment_order())) as usize
     }
+}
+
+/// The counters of every area of `regions`.
+#[inline]
+fn counters_of<T>(regions: &[Arc<Region<T>>]) -> impl Iterator<Item = &AreaCounter> {
+    regions
+        .iter()
+        .flat_map(|r| r.areas().iter().map(|a| a.counter()))
 }

@@ -39,7 +39,7 @@ impl<T> Region<T> {
         let slot_shift = cfg.slot_shift();
         let segment_order = cfg.segment_order();
         let segments = (range.len() >> (slot_shift + segment_order)) as u32;
-        let count = cfg.areas().min(segments as usize).max(1);
+        let count = area_count(cfg, segments);
         let areas: Vec<Area<T>> = (0..count)
             .map(|i| {
                 let start = area_start(i, count, segments);
@@ -108,6 +108,23 @@ impl<T> Region<T> {
     }
 }
 
+/// Areas of a region of `segments` segments: one per CPU area, at most one per segment.
+#[inline]
+fn area_count(cfg: &PoolConfig, segments: u32) -> usize {
+    cfg.areas().min(segments as usize).max(1)
+}
+
+/// Index of the area holding `addr` in the region `[start, start + len)` (which must
+/// contain it), from the geometry alone: what [`Region::locate`] computes, without the
+/// region.
+#[inline]
+pub(crate) fn area_index(cfg: &PoolConfig, start: u64, len: u64, addr: u64) -> usize {
+    let shift = cfg.slot_shift() + cfg.segment_order();
+    let segments = (len >> shift) as u32;
+    let segment = ((addr - start) >> shift) as u32;
+    area_of_segment(segment, area_count(cfg, segments), segments)
+}
+
 /// First segment of area `i` when `segments` are shared by `areas` areas as evenly as
 /// possible (`floor(i * segments / areas)`).
 #[inline]
@@ -115,9 +132,14 @@ fn area_start(i: usize, areas: usize, segments: u32) -> u32 {
     ((i as u64 * segments as u64) / areas as u64) as u32
 }
 
-/// The area holding `segment`: the largest `i` with `area_start(i) <= segment`.
+/// The area holding `segment`: the largest `i` with `area_start(i) <= segment`. A shift
+/// when both counts are powers of two (the usual case: every area has the same power of
+/// two of segments), a division otherwise.
 #[inline]
 fn area_of_segment(segment: u32, areas: usize, segments: u32) -> usize {
+    if segments.is_power_of_two() && areas.is_power_of_two() {
+        return (segment >> (segments.trailing_zeros() - areas.trailing_zeros())) as usize;
+    }
     (((segment as u64 + 1) * areas as u64 - 1) / segments as u64) as usize
 }
 
@@ -127,7 +149,7 @@ mod tests {
 
     #[test]
     fn area_of_segment_inverts_area_start() {
-        for segments in 1..40u32 {
+        for segments in (1..40u32).chain([64, 128, 256]) {
             for areas in 1..=(segments as usize) {
                 for i in 0..areas {
                     let (s, e) = (

@@ -254,6 +254,12 @@ impl BuddySlots {
         Ok(())
     }
 
+    /// Order of a segment; for tests.
+    #[cfg(test)]
+    pub(crate) fn max_order(&self) -> u32 {
+        self.max_order
+    }
+
     /// Whether slot `i` lies in a free block; for tests.
     #[cfg(test)]
     pub(crate) fn is_free(&self, i: u32) -> bool {

@@ -3,11 +3,12 @@
 //! Normal builds use `spin::Mutex` and `core` atomics. The loom test
 //! (`tests/loom_swiotlb.rs`) compiles this module tree into its own test crate, where loom is
 //! available as a dev-dependency; there (and only there: `cfg(all(loom, test))`) the types
-//! come from loom so that it can explore every interleaving of the area and table locks.
+//! come from loom so that it can explore every interleaving of the area and table locks, the
+//! region directory's sequence counter and the usage counters.
 
 #[cfg(not(all(loom, test)))]
 mod imp {
-    pub(crate) use core::sync::atomic::{AtomicU32, AtomicUsize};
+    pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
 
     /// A spinning mutual-exclusion lock.
     pub(crate) struct Mutex<T>(spin::Mutex<T>);
@@ -29,7 +30,7 @@ mod imp {
 
 #[cfg(all(loom, test))]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicUsize};
+    pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
 
     /// loom's mutex behind the same interface as the spinning one.
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
@@ -52,4 +53,4 @@ mod imp {
 }
 
 pub(crate) use core::sync::atomic::Ordering;
-pub(crate) use imp::{AtomicU32, AtomicUsize, Mutex, MutexGuard};
+pub(crate) use imp::{fence, AtomicU32, AtomicU64, AtomicUsize, Mutex, MutexGuard};

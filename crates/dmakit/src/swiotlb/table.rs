@@ -3,32 +3,157 @@
 //! Readers must not meet on one lock or one shared counter, yet regions can be added and
 //! removed while others allocate. The table is a *striped reader lock* (a "big-reader"
 //! lock): one copy of the sorted region list per stripe, each behind its own cache-line
-//! sized mutex. A reader locks one stripe (chosen from its CPU hint or from the address),
-//! which no other CPU touches in the common case, so the read side writes no shared cache
-//! line. A writer locks every stripe in index order and updates each copy; writes are rare
-//! (pool growth) and may be slow. A `spin::RwLock` would make every reader increment one
-//! shared counter, and an RCU-style pointer swap would need `unsafe` or a reclamation
-//! scheme; stripes need neither.
+//! sized mutex. A reader locks one stripe, which no other CPU touches in the common case,
+//! so the read side writes no shared cache line. A writer locks every stripe in index order
+//! and updates each copy; writes are rare (pool growth) and may be slow. A `spin::RwLock`
+//! would make every reader increment one shared counter, and an RCU-style pointer swap
+//! would need `unsafe` or a reclamation scheme; stripes need neither.
 //!
-//! Lock order: one stripe (readers) or all stripes ascending (writers), then area locks.
+//! Which stripe: there is one per area index. Allocation uses its CPU's (the CPU hint is
+//! the area it starts in); lookups by address use the stripe of the area owning the
+//! address, so a CPU that allocates and frees in its own area keeps to its own stripe.
+//!
+//! To find that area, and to answer "is this address in the pool" without any lock, the
+//! table also keeps a [`Directory`]: the bounds of up to [`DIRECTORY_REGIONS`] regions,
+//! published by writers under a sequence counter (a seqlock made of atomics only). A reader
+//! loads the counter, the bounds, and the counter again; if nothing changed in between its
+//! answer is the table's state at that instant. A reader that meets a writer, or a pool
+//! with more regions, falls back to locking a stripe: the directory is a fast path only,
+//! never the authority for anything a lock protects.
+//!
+//! Lock order: one stripe (readers) or all stripes ascending (writers), then area locks,
+//! then the statistics' grant lock.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::region::Region;
-use super::sync::{Mutex, MutexGuard};
+use super::sync::{fence, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// The sorted list of regions one stripe holds.
 pub(crate) type Regions<T> = Vec<Arc<Region<T>>>;
+
+/// Regions the lock-free directory describes; a pool with more uses the stripes for every
+/// lookup.
+pub(crate) const DIRECTORY_REGIONS: usize = 8;
 
 /// One stripe, alone on its cache lines.
 #[repr(align(128))]
 struct Stripe<T>(Mutex<Regions<T>>);
 
+/// What the directory says about an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// The region `[start, start + len)` contained the address.
+    In { start: u64, len: u64 },
+    /// No region contained the address.
+    Outside,
+    /// No consistent answer (a writer was active, or too many regions): lock a stripe.
+    Unknown,
+}
+
+/// Lock-free copy of the regions' bounds, sorted by base.
+#[repr(align(128))]
+struct Directory {
+    /// Even when stable, odd while a writer updates the bounds.
+    seq: AtomicUsize,
+    /// Regions described, or `usize::MAX` when there are more than fit.
+    count: AtomicUsize,
+    start: [AtomicU64; DIRECTORY_REGIONS],
+    len: [AtomicU64; DIRECTORY_REGIONS],
+}
+
+impl Directory {
+    fn new() -> Self {
+        Self {
+            seq: AtomicUsize::new(0),
+            count: AtomicUsize::new(0),
+            start: core::array::from_fn(|_| AtomicU64::new(0)),
+            len: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Republishes the bounds of `regions`. Writers are serialized by the stripe locks.
+    fn publish<T>(&self, regions: &[Arc<Region<T>>]) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd counter before the bound stores below (pairs with the reader's
+        // acquire fence).
+        fence(Ordering::Release);
+        if regions.len() > DIRECTORY_REGIONS {
+            self.count.store(usize::MAX, Ordering::Relaxed);
+        } else {
+            for (i, r) in regions.iter().enumerate() {
+                self.start[i].store(r.range().start().as_u64(), Ordering::Relaxed);
+                self.len[i].store(r.range().len(), Ordering::Relaxed);
+            }
+            self.count.store(regions.len(), Ordering::Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    fn lookup(&self, addr: u64) -> Lookup {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 {
+            return Lookup::Unknown;
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        if count > DIRECTORY_REGIONS {
+            return Lookup::Unknown;
+        }
+        let mut found = Lookup::Outside;
+        for i in 0..count {
+            let start = self.start[i].load(Ordering::Relaxed);
+            if addr < start {
+                break;
+            }
+            let len = self.len[i].load(Ordering::Relaxed);
+            if addr - start < len {
+                found = Lookup::In { start, len };
+                break;
+            }
+        }
+        // Orders the loads above before the counter check (pairs with the writer's release
+        // fence): an unchanged counter means no store of a writer was seen.
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != seq {
+            return Lookup::Unknown;
+        }
+        found
+    }
+}
+
 /// Striped, sorted region table.
 pub(crate) struct RegionTable<T> {
     stripes: Box<[Stripe<T>]>,
+    directory: Directory,
+}
+
+/// Every stripe, locked for a change; republishes the directory when dropped.
+pub(crate) struct WriteGuard<'a, T> {
+    stripes: Vec<MutexGuard<'a, Regions<T>>>,
+    directory: &'a Directory,
+}
+
+impl<'a, T> WriteGuard<'a, T> {
+    /// The first copy (all are identical).
+    pub(crate) fn first(&self) -> &Regions<T> {
+        &self.stripes[0]
+    }
+
+    /// Applies `f` to every copy.
+    pub(crate) fn update(&mut self, mut f: impl FnMut(&mut Regions<T>)) {
+        for stripe in self.stripes.iter_mut() {
+            f(stripe);
+        }
+    }
+}
+
+impl<T> Drop for WriteGuard<'_, T> {
+    fn drop(&mut self) {
+        self.directory.publish(&self.stripes[0]);
+    }
 }
 
 impl<T> RegionTable<T> {
@@ -39,6 +164,7 @@ impl<T> RegionTable<T> {
             .collect();
         Self {
             stripes: stripes.into_boxed_slice(),
+            directory: Directory::new(),
         }
     }
 
@@ -48,10 +174,19 @@ impl<T> RegionTable<T> {
         self.stripes[key % self.stripes.len()].0.lock()
     }
 
+    /// The region bounds containing `addr`, without locking; see [`Lookup`].
+    #[inline]
+    pub(crate) fn lookup(&self, addr: u64) -> Lookup {
+        self.directory.lookup(addr)
+    }
+
     /// Locks every stripe, in order, for a change. All copies are identical; a writer reads
-    /// the first and must apply the same change to each.
-    pub(crate) fn write(&self) -> Vec<MutexGuard<'_, Regions<T>>> {
-        self.stripes.iter().map(|s| s.0.lock()).collect()
+    /// the first and must apply the same change to each (see [`WriteGuard::update`]).
+    pub(crate) fn write(&self) -> WriteGuard<'_, T> {
+        WriteGuard {
+            stripes: self.stripes.iter().map(|s| s.0.lock()).collect(),
+            directory: &self.directory,
+        }
     }
 }
 

@@ -469,3 +469,235 @@ proptest! {
         prop_assert_eq!(s.nonempty_orders(), 1 << ORDER);
     }
 }
+
+#[test]
+fn freed_small_runs_are_reused_from_the_cache() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 4 * 256 * KIB).unwrap();
+    let a = pool.alloc(0, req(8, 64, 0), 1).unwrap();
+    pool.free(a.addr).unwrap();
+    // The slot is cached, and free as far as usage goes.
+    assert_eq!(pool.cached_slots(), 1);
+    let s = pool.stats();
+    assert_eq!((s.used_bytes, s.live, s.high_water_bytes), (0, 0, 2048));
+    assert!(pool.area_stats().iter().all(|a| a.used_bytes == 0));
+    pool.check().unwrap();
+    // The next bounce of that size in that area gets the same slot back.
+    let b = pool.alloc(0, req(8, 64, 0), 2).unwrap();
+    assert_eq!(b.slot_start, a.slot_start);
+    assert_eq!(pool.cached_slots(), 0);
+    assert_eq!(pool.get(b.addr), Ok((b, 2)));
+    // A different size does not take a cached run.
+    pool.free(b.addr).unwrap();
+    let c = pool.alloc(0, req(0, 3000, 0), 3).unwrap();
+    assert_eq!(c.slot_bytes, 4096);
+    assert_ne!(c.slot_start, a.slot_start);
+    assert_eq!(pool.cached_slots(), 1);
+    pool.check().unwrap();
+}
+
+#[test]
+fn cached_runs_are_reused_only_where_placement_allows() {
+    // 2 KiB slots: a 0xfff mask needs a given slot parity, a page-sized bounce an even slot.
+    let pool: Pool<u64> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x40_0000), 2 * 256 * KIB).unwrap();
+    let mut live = Vec::new();
+    for i in 0..32u64 {
+        let r = req(0x800 * i + 0x10, 100, 0xfff);
+        live.push((pool.alloc(0, r, i).unwrap(), r));
+    }
+    // Cache one-slot runs of both parities.
+    for (b, _) in live.drain(..) {
+        pool.free(b.addr).unwrap();
+    }
+    assert!(pool.cached_slots() > 0);
+    for i in 0..64u64 {
+        for (r, mask) in [
+            (req(0x800 * i + 0x24, 1000, 0xfff), 0xfff),
+            (req(0x1234 * i, 2048, 0x7ff), 0x7ff),
+            (req(0x10 * i, 64, 0), 0),
+        ] {
+            let b = pool.alloc(0, r, i).unwrap();
+            check_bounce(&b, &r, 2048);
+            assert_eq!(b.addr.as_u64() & mask, r.orig.as_u64() & mask);
+            live.push((b, r));
+        }
+        if i % 3 == 0 {
+            for (b, _) in live.drain(..live.len() / 2) {
+                pool.free(b.addr).unwrap();
+            }
+        }
+        pool.check().unwrap();
+    }
+    // Page-sized bounces (two slots, page aligned) from cached two-slot runs.
+    for (b, _) in live.drain(..) {
+        pool.free(b.addr).unwrap();
+    }
+    for i in 0..16u64 {
+        let r = req(0x800 * i, 3000 + i, 0);
+        let b = pool.alloc(0, r, i).unwrap();
+        live.push((b, r));
+    }
+    for (b, _) in live.drain(..) {
+        pool.free(b.addr).unwrap();
+    }
+    for i in 0..16u64 {
+        let r = req(0, PAGE_SIZE, 0);
+        let b = pool.alloc(0, r, i).unwrap();
+        check_bounce(&b, &r, 2048);
+        live.push((b, r));
+    }
+    pool.check().unwrap();
+}
+
+#[test]
+fn the_cache_never_makes_an_allocation_fail() {
+    // 4 areas of one segment of 16 slots each.
+    let pool: Pool<u32> =
+        Pool::with_region(cfg(64, 16, 4), PhysAddr::new(0x1000), 4 * 1024).unwrap();
+    let mut live = Vec::new();
+    while let Ok(b) = pool.alloc(live.len(), req(0, 64, 0), 0) {
+        live.push(b);
+    }
+    assert_eq!(live.len(), 64);
+    for b in live.drain(..) {
+        pool.free(b.addr).unwrap();
+    }
+    // Up to CACHE_DEPTH one-slot runs per area are cached, scattered over each segment.
+    assert!(pool.cached_slots() > 0);
+    pool.check().unwrap();
+    // Whole segments still fit in every area: each flushes its cache into the buddy lists.
+    for cpu in 0..4 {
+        let b = pool.alloc(cpu, req(0, 1024, 0), 1).unwrap();
+        assert_eq!(b.slot_bytes, 1024);
+        live.push(b);
+    }
+    assert_eq!(pool.cached_slots(), 0);
+    assert!(matches!(
+        pool.alloc(0, req(0, 1, 0), 2),
+        Err(PoolError::Exhausted { .. })
+    ));
+    pool.check().unwrap();
+    for b in live {
+        pool.free(b.addr).unwrap();
+    }
+    pool.check().unwrap();
+    assert_eq!(pool.stats().used_bytes, 0);
+}
+
+#[test]
+fn high_water_is_exact_when_usage_moves_between_areas() {
+    let pool: Pool<()> =
+        Pool::with_region(cfg(64, 16, 4), PhysAddr::new(0x1000), 4 * 1024).unwrap();
+    let mut high = 0;
+    let mut used = 0;
+    let mut live = Vec::new();
+    // Usage wanders from area to area; the mark follows the pool-wide peak exactly.
+    for round in 0..40usize {
+        let cpu = round % 4;
+        let n = 1 + (round * 7) % 5;
+        for _ in 0..n {
+            if let Ok(b) = pool.alloc(cpu, req(0, 64 * (1 + round as u64 % 3), 0), ()) {
+                used += b.slot_bytes;
+                live.push(b);
+            }
+            high = high.max(used);
+            assert_eq!(pool.stats().high_water_bytes, high);
+        }
+        for _ in 0..(n + round % 2).min(live.len()) {
+            let b = live.remove((round * 5) % live.len());
+            pool.free(b.addr).unwrap();
+            used -= b.slot_bytes;
+        }
+        assert_eq!(pool.stats().used_bytes, used);
+        assert_eq!(pool.stats().high_water_bytes, high);
+        pool.check().unwrap();
+    }
+    // Removing and adding regions keeps the mark and the accounting.
+    for b in live.drain(..) {
+        pool.free(b.addr).unwrap();
+    }
+    let r = pool.regions()[0];
+    assert_eq!(pool.remove_region(r.start()), Ok(r));
+    pool.add_region(PhysAddr::new(0x10_0000), 2 * 1024).unwrap();
+    let b = pool.alloc(0, req(0, 1024, 0), ()).unwrap();
+    assert_eq!(pool.stats().high_water_bytes, high.max(1024));
+    pool.free(b.addr).unwrap();
+    pool.check().unwrap();
+}
+
+#[test]
+fn lookups_without_the_directory_fall_back_to_the_stripes() {
+    // More regions than the lock-free directory describes.
+    let seg = 64 * 8;
+    let pool: Pool<usize> = Pool::new(cfg(64, 8, 2));
+    let n = Pool::<usize>::LOCK_FREE_REGIONS + 3;
+    let bases: Vec<u64> = (0..n as u64).map(|i| 0x10_0000 + i * 0x1_0000).collect();
+    for &b in bases.iter().rev() {
+        pool.add_region(PhysAddr::new(b), 2 * seg).unwrap();
+    }
+    for &b in &bases {
+        let r = pool.region_of(PhysAddr::new(b + 5)).unwrap();
+        assert_eq!(r.start().as_u64(), b);
+        assert_eq!(pool.region_of(PhysAddr::new(b + 2 * seg)), None);
+    }
+    let mut live = Vec::new();
+    for i in 0..(n * 2 * 8) {
+        live.push(pool.alloc(i, req(0, 64, 0), i).unwrap());
+    }
+    for (i, b) in live.iter().enumerate() {
+        assert_eq!(pool.get(b.addr).unwrap().1, i);
+        assert_eq!(pool.free(b.addr).unwrap().1, i);
+    }
+    // Back under the limit, the directory answers again.
+    for &b in &bases[..4] {
+        pool.remove_region(PhysAddr::new(b)).unwrap();
+    }
+    assert_eq!(pool.region_of(PhysAddr::new(bases[0])), None);
+    assert!(pool.region_of(PhysAddr::new(bases[5])).is_some());
+    pool.check().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Random traffic over several areas: every internal invariant holds after each step
+    /// (cached runs disjoint from live and free ones, counters equal to the tables,
+    /// allowances within the mark), and an exhausted pool has no cached run left.
+    #[test]
+    fn caches_and_counters_keep_the_invariants(ops in proptest::collection::vec((0usize..4, 1u64..700, 0u32..3, 0usize..64, any::<bool>()), 1..300)) {
+        let pool: Pool<u32> = Pool::with_region(cfg(64, 16, 4), PhysAddr::new(0x3000), 4 * 1024).unwrap();
+        let mut live: Vec<Bounce> = Vec::new();
+        let mut high = 0;
+        for (i, (cpu, len, mask_pick, pick, free)) in ops.into_iter().enumerate() {
+            if free && !live.is_empty() {
+                let b = live.swap_remove(pick % live.len());
+                prop_assert_eq!(pool.free(b.addr).map(|(b, _)| b), Ok(b));
+            } else {
+                let mask = [0u64, 0x7f, 0xff][mask_pick as usize];
+                let r = req(pick as u64 * 0x45, len.min(pool.max_mapping_size(mask)), mask);
+                match pool.alloc(cpu, r, i as u32) {
+                    Ok(b) => {
+                        check_bounce(&b, &r, 64);
+                        live.push(b);
+                    }
+                    Err(PoolError::Exhausted { .. }) => prop_assert_eq!(pool.cached_slots(), 0),
+                    Err(e) => prop_assert!(false, "unexpected {:?}", e),
+                }
+            }
+            pool.check().map_err(TestCaseError::fail)?;
+            let used: u64 = live.iter().map(|b| b.slot_bytes).sum();
+            high = high.max(used);
+            let s = pool.stats();
+            prop_assert_eq!((s.used_bytes, s.live, s.high_water_bytes), (used, live.len() as u64, high));
+        }
+        for b in live {
+            pool.free(b.addr).unwrap();
+        }
+        pool.flush_caches();
+        pool.check().map_err(TestCaseError::fail)?;
+        // Everything merged back: a whole segment fits in every area.
+        for cpu in 0..4 {
+            prop_assert!(pool.alloc(cpu, req(0, 1024, 0), 0).is_ok());
+        }
+    }
+}
