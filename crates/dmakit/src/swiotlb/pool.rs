@@ -9,7 +9,7 @@ use super::region::{area_index, Location, Region};
 use super::request::{max_mapping_size, Bounce, BounceRequest, Shape};
 use super::stats::{AreaCounter, AreaStats, Counters, PoolStats};
 use super::sync::MutexGuard;
-use super::table::{find, Lookup, RegionTable, Regions};
+use super::table::{find, Entry, Lookup, RegionTable, Regions};
 use crate::addr::{PhysAddr, PhysRange};
 use crate::platform::PAGE_SIZE;
 
@@ -109,7 +109,7 @@ impl<T> Pool<T> {
                 }
             }
         }
-        table.update(|stripe| stripe.insert(at, Arc::clone(&region)));
+        table.update(|stripe| stripe.insert(at, Entry(Arc::clone(&region))));
         self.counters.region_added(slots);
         Ok(range)
     }
@@ -128,7 +128,7 @@ impl<T> Pool<T> {
             Some(i) if first[i].range().start() == base => i,
             _ => return Err(RegionError::NotFound { base }),
         };
-        let region = Arc::clone(&first[at]);
+        let region = Arc::clone(&first[at].0);
         // Holding every stripe, no allocation or free can reach the region: its live count
         // cannot change under us.
         let live: u64 = region
@@ -375,7 +375,7 @@ impl<T> Pool<T> {
 
 /// The counters of every area of `regions`.
 #[inline]
-fn counters_of<T>(regions: &[Arc<Region<T>>]) -> impl Iterator<Item = &AreaCounter> {
+fn counters_of<T>(regions: &[Entry<T>]) -> impl Iterator<Item = &AreaCounter> {
     regions
         .iter()
         .flat_map(|r| r.areas().iter().map(|a| a.counter()))

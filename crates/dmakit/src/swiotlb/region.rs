@@ -10,7 +10,10 @@ use super::area::Area;
 use super::config::PoolConfig;
 use crate::addr::{PhysAddr, PhysRange};
 
-/// A region of the pool. Areas cover whole segments, in address order.
+/// A region of the pool. Areas cover whole segments, in address order. Read on every
+/// operation and never written after construction, so it is kept on cache lines of its
+/// own.
+#[repr(align(128))]
 pub(crate) struct Region<T> {
     range: PhysRange,
     /// `base >> slot_shift`: the base as a global slot number (the base is slot aligned).

@@ -32,7 +32,22 @@ use super::region::Region;
 use super::sync::{fence, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// The sorted list of regions one stripe holds.
-pub(crate) type Regions<T> = Vec<Arc<Region<T>>>;
+pub(crate) type Regions<T> = Vec<Entry<T>>;
+
+/// A region in a stripe's list, alone on its cache lines: the lists are read on every
+/// operation, and a small heap block could otherwise share a line with data other CPUs
+/// write.
+#[repr(align(128))]
+pub(crate) struct Entry<T>(pub(crate) Arc<Region<T>>);
+
+impl<T> core::ops::Deref for Entry<T> {
+    type Target = Region<T>;
+
+    #[inline]
+    fn deref(&self) -> &Region<T> {
+        &self.0
+    }
+}
 
 /// Regions the lock-free directory describes; a pool with more uses the stripes for every
 /// lookup.
@@ -75,7 +90,7 @@ impl Directory {
     }
 
     /// Republishes the bounds of `regions`. Writers are serialized by the stripe locks.
-    fn publish<T>(&self, regions: &[Arc<Region<T>>]) {
+    fn publish<T>(&self, regions: &[Entry<T>]) {
         let seq = self.seq.load(Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         // Orders the odd counter before the bound stores below (pairs with the reader's
@@ -192,7 +207,7 @@ impl<T> RegionTable<T> {
 
 /// Index of the region containing `addr`, by binary search over bases.
 #[inline]
-pub(crate) fn find<T>(regions: &[Arc<Region<T>>], addr: u64) -> Option<usize> {
+pub(crate) fn find<T>(regions: &[Entry<T>], addr: u64) -> Option<usize> {
     let i = regions.partition_point(|r| r.range().start().as_u64() <= addr);
     let i = i.checked_sub(1)?;
     (addr < regions[i].range().end().as_u64()).then_some(i)
