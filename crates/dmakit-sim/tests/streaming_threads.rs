@@ -164,3 +164,55 @@ fn a_background_worker_grows_a_full_pool() {
         .unmap(&dev, hog, 250_000, Direction::FromDevice)
         .unwrap();
 }
+
+#[test]
+fn deferred_mappings_are_never_forgotten_under_contention() {
+    use dmakit::MapStatus;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    let host = HostPlatform::new(0, 8 * MIB, 2, 64, HostMaintenance::None).unwrap();
+    let cfg = PoolConfig::builder().cpu_count(2).build().unwrap();
+    let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
+    // One segment: room for exactly one 150 KiB bounce at a time.
+    pool.add_region(PhysAddr::new(0), 256 * 1024).unwrap();
+    let mapper = DmaMapper::new(&host).with_swiotlb(Arc::new(pool));
+    let dev = Device::builder(DeviceId(1), "t")
+        .cache_line(64)
+        .build()
+        .unwrap();
+    let len = 150 * 1024;
+    let deferred = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..2usize {
+            let (mapper, dev, host, deferred) = (&mapper, &dev, &host, &deferred);
+            s.spawn(move || {
+                host.bind_current_thread(t);
+                let buf = PhysAddr::new(MIB + t as u64 * 2 * MIB + 8);
+                for i in 0..2000 {
+                    let (tx, rx) = channel();
+                    let done = Box::new(move |r| tx.send(r).unwrap());
+                    let dma = match mapper
+                        .map_or_defer(dev, buf, len, Direction::FromDevice, done)
+                        .unwrap()
+                    {
+                        MapStatus::Mapped(dma) => dma,
+                        MapStatus::Deferred => {
+                            deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // The other thread's unmap must complete this one; a lost
+                            // wake-up would leave it waiting forever.
+                            rx.recv_timeout(Duration::from_secs(60))
+                                .unwrap_or_else(|_| {
+                                    panic!("thread {t}: deferred mapping {i} never completed")
+                                })
+                                .unwrap()
+                        }
+                    };
+                    mapper.unmap(dev, dma, len, Direction::FromDevice).unwrap();
+                }
+            });
+        }
+    });
+    assert!(deferred.into_inner() > 0, "the threads never contended");
+    assert_eq!(mapper.deferred_len(), 0);
+}

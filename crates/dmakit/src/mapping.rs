@@ -7,6 +7,7 @@
 //! splitting.
 
 use core::panic::Location;
+use core::sync::atomic::{fence, AtomicUsize, Ordering};
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -110,6 +111,9 @@ pub struct DmaMapper<P> {
     coherent: Option<Arc<dyn BounceBackend>>,
     transient: Option<TransientPool>,
     deferred: Mutex<VecDeque<Deferred>>,
+    /// Deferred mappings queued, plus `map_or_defer` attempts under way: frees look at it
+    /// (not at the queue's lock) to decide whether anyone may be waiting for room.
+    waiting: AtomicUsize,
     controls: HazardControls,
     iommu: Option<Arc<IommuDma>>,
     debug: Option<DebugChecker>,
@@ -128,11 +132,12 @@ impl<P: Platform> DmaMapper<P> {
             coherent: None,
             transient: None,
             deferred: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
             controls: HazardControls::default(),
             iommu: None,
             debug: None,
             counters: DeviceCounters::new(platform.cpu_count()),
-            sites: SiteTable::new(),
+            sites: SiteTable::new(platform.cpu_count()),
             suggest_ppm: 100_000,
             reporter: None,
             platform,
@@ -384,18 +389,28 @@ impl<P: Platform> DmaMapper<P> {
         let range = checked_range(dev, phys.as_u64(), len)?;
         let site = Location::caller();
         let mut queue = self.deferred.lock();
+        // Announce the waiter before trying, so a free racing with a failed attempt either
+        // sees the announcement (and retries the queue) or happened before the attempt
+        // (which then found its room): the fences order both sides.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if queue.is_empty() {
             match self.map_range(dev, range, dir, site) {
                 Ok(mapped) => {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
                     self.debug_mapped(dev, range, dir, site, &Ok(mapped));
                     return Ok(MapStatus::Mapped(mapped.0));
                 }
                 Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
-                Err(f) => return Err(self.failure_to_error(dev, range, f)),
+                Err(f) => {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(self.failure_to_error(dev, range, f));
+                }
             }
         } else if decision::bounce_reason(dev, range, dir, self.policy, self.line()).is_some()
             && self.bounce_backend(dev).is_none()
         {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(DmaError::NoBouncePool {
                 device: dev.id(),
                 phys: range.start(),
@@ -412,6 +427,15 @@ impl<P: Platform> DmaMapper<P> {
         self.counters
             .deferred(self.platform.current_cpu(), dev.id());
         Ok(MapStatus::Deferred)
+    }
+
+    /// Room was freed: completes deferred mappings if any may be waiting. Takes no shared
+    /// lock when nobody waits.
+    fn room_freed(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.retry_deferred();
+        }
     }
 
     /// Number of deferred mappings waiting for room.
@@ -434,6 +458,7 @@ impl<P: Platform> DmaMapper<P> {
                 }
                 result => {
                     drop(queue);
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
                     let result =
                         result.map_err(|f| self.failure_to_error(&head.dev, head.range, f));
                     self.debug_mapped(&head.dev, head.range, head.dir, head.site, &result);
@@ -484,7 +509,7 @@ impl<P: Platform> DmaMapper<P> {
         let len = range.len();
         if let Some(dom) = self.iommu_domain(dev) {
             if iommu::path::unmap(&self.platform, &dom, dev, dma, len, dir)? {
-                self.retry_deferred();
+                self.room_freed();
             }
             return Ok(());
         }
@@ -493,7 +518,7 @@ impl<P: Platform> DmaMapper<P> {
                 let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
                 self.counters
                     .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
-                self.retry_deferred();
+                self.room_freed();
             }
             None => direct::unmap(&self.platform, dev, range, dir),
         }
@@ -723,7 +748,7 @@ impl<P: Platform> DmaMapper<P> {
         }
         if let Some(dom) = self.iommu_domain(dev) {
             let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
-            self.retry_deferred();
+            self.room_freed();
             return r;
         }
         let mut first = Ok(());
@@ -851,7 +876,7 @@ impl<P: Platform> DmaMapper<P> {
         };
         self.counters
             .mapped(cpu, dev.id(), dir, Some(reason), copied);
-        self.sites.record(site, range.len());
+        self.sites.record(cpu, site, range.len());
         if let Some(r) = &self.reporter {
             r.bounced(site, dev.id(), reason, range.len(), dir);
         }

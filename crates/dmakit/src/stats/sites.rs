@@ -9,6 +9,7 @@ use core::panic::Location;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 /// How many distinct call sites are tracked; bounces from further sites are counted as
@@ -49,13 +50,15 @@ struct Entry {
     bytes: AtomicU64,
 }
 
-pub(crate) struct SiteTable {
+/// One CPU's table, alone on its cache lines.
+#[repr(align(128))]
+struct Stripe {
     entries: Box<[Entry]>,
     untracked: AtomicU64,
 }
 
-impl SiteTable {
-    pub(crate) fn new() -> Self {
+impl Stripe {
+    fn new() -> Self {
         Self {
             entries: (0..MAX_TRACKED_SITES)
                 .map(|_| Entry {
@@ -68,18 +71,7 @@ impl SiteTable {
         }
     }
 
-    /// A table that records nothing (statistics off).
-    pub(crate) fn disabled() -> Self {
-        Self {
-            entries: Box::new([]),
-            untracked: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn record(&self, site: &'static Location<'static>, bytes: u64) {
-        if self.entries.is_empty() {
-            return;
-        }
+    fn record(&self, site: &'static Location<'static>, bytes: u64) {
         let key = site as *const Location<'static> as *mut Location<'static>;
         let start = (key as usize >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) % MAX_TRACKED_SITES;
         for i in 0..MAX_TRACKED_SITES {
@@ -104,31 +96,70 @@ impl SiteTable {
         }
         self.untracked.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Per-site counters, one table per CPU (so CPUs bouncing from the same driver line write
+/// different cache lines), merged when read.
+pub(crate) struct SiteTable {
+    stripes: Box<[Stripe]>,
+}
+
+impl SiteTable {
+    /// A table with one stripe per CPU, at most 16.
+    pub(crate) fn new(cpus: usize) -> Self {
+        Self {
+            stripes: (0..cpus.clamp(1, 16)).map(|_| Stripe::new()).collect(),
+        }
+    }
+
+    /// A table that records nothing (statistics off).
+    pub(crate) fn disabled() -> Self {
+        Self {
+            stripes: Box::new([]),
+        }
+    }
+
+    pub(crate) fn record(&self, cpu: usize, site: &'static Location<'static>, bytes: u64) {
+        let n = self.stripes.len();
+        if n > 0 {
+            self.stripes[cpu % n].record(site, bytes);
+        }
+    }
 
     pub(crate) fn untracked(&self) -> u64 {
-        self.untracked.load(Ordering::Relaxed)
+        self.stripes
+            .iter()
+            .map(|s| s.untracked.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The `n` sites with most bounces, most first (ties by file and line), with their share
     /// and whether it reaches `suggest_ppm`.
     pub(crate) fn top(&self, n: usize, suggest_ppm: u64) -> Vec<SiteStats> {
-        let mut all: Vec<SiteStats> = self
-            .entries
-            .iter()
-            .filter_map(|e| {
-                let k = e.key.load(Ordering::Acquire);
-                // SAFETY: non-null keys are only ever stored from `&'static Location`
-                // references in `record`, so they point to live, immutable locations.
-                let location: &'static Location<'static> = unsafe { k.as_ref() }?;
-                Some(SiteStats {
-                    location,
-                    bounces: e.bounces.load(Ordering::Relaxed),
-                    bytes: e.bytes.load(Ordering::Relaxed),
-                    share_ppm: 0,
-                    suggest_dma_alloc: false,
-                })
-            })
-            .collect();
+        // Keyed by the location's address: one row per site across the stripes.
+        let mut merged: BTreeMap<usize, SiteStats> = BTreeMap::new();
+        for e in self.stripes.iter().flat_map(|s| s.entries.iter()) {
+            let k = e.key.load(Ordering::Acquire);
+            // SAFETY: non-null keys are only ever stored from `&'static Location`
+            // references in `Stripe::record`, so they point to live, immutable locations.
+            let Some(location) = (unsafe { k.as_ref() }) else {
+                continue;
+            };
+            let (bounces, bytes) = (
+                e.bounces.load(Ordering::Relaxed),
+                e.bytes.load(Ordering::Relaxed),
+            );
+            let row = merged.entry(k as usize).or_insert(SiteStats {
+                location,
+                bounces: 0,
+                bytes: 0,
+                share_ppm: 0,
+                suggest_dma_alloc: false,
+            });
+            row.bounces += bounces;
+            row.bytes += bytes;
+        }
+        let mut all: Vec<SiteStats> = merged.into_values().collect();
         let total: u64 = all.iter().map(|s| s.bounces).sum::<u64>() + self.untracked();
         for s in all.iter_mut() {
             s.share_ppm = (s.bounces as u128 * 1_000_000 / (total.max(1) as u128)) as u64;
@@ -156,13 +187,13 @@ mod tests {
 
     #[test]
     fn ranks_sites_and_suggests_the_hot_one() {
-        let t = SiteTable::new();
+        let t = SiteTable::new(4);
         let (hot, cold) = (here(), here());
-        for _ in 0..90 {
-            t.record(hot, 13);
+        for i in 0..90 {
+            t.record(i, hot, 13);
         }
-        for _ in 0..10 {
-            t.record(cold, 100);
+        for i in 0..10 {
+            t.record(i, cold, 100);
         }
         let top = t.top(5, 500_000);
         assert_eq!(top.len(), 2);
