@@ -226,7 +226,13 @@ impl CpuTopology for HostPlatform {
         self.cpus
     }
     fn current_cpu(&self) -> usize {
-        CURRENT_CPU.with(|c| c.get()) % self.cpus
+        let cpu = CURRENT_CPU.with(|c| c.get());
+        // Bound threads already hold a reduced number; only a stray one needs the division.
+        if cpu < self.cpus {
+            cpu
+        } else {
+            cpu % self.cpus
+        }
     }
 }
 

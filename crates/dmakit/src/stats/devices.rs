@@ -86,12 +86,14 @@ fn dir_index(d: Direction) -> usize {
     }
 }
 
+/// One device's counters in one stripe. Every total is derived when read, so a mapping
+/// updates as few counters as possible: one for a direct mapping, two for a bounce.
 #[derive(Default)]
 struct Row {
-    mappings: [AtomicU64; 3],
-    direct: AtomicU64,
-    bounced: [AtomicU64; 4],
-    bounced_by_direction: [AtomicU64; 3],
+    /// Direct mappings by direction.
+    direct: [AtomicU64; 3],
+    /// Bounced mappings by reason and direction.
+    bounced: [[AtomicU64; 3]; 4],
     bytes_to_bounce: AtomicU64,
     bytes_from_bounce: AtomicU64,
     exhaustion_errors: AtomicU64,
@@ -149,9 +151,10 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl DeviceCounters {
-    /// Counters with one stripe per CPU (at least one, at most 64).
+    /// Counters with one stripe per CPU (rounded up to a power of two so a CPU finds its
+    /// stripe with a mask, at most 64).
     pub(crate) fn new(cpus: usize) -> Self {
-        let n = cpus.clamp(1, 64);
+        let n = cpus.clamp(1, 64).next_power_of_two();
         Self {
             stripes: (0..n).map(|_| Stripe::new()).collect(),
         }
@@ -169,7 +172,8 @@ impl DeviceCounters {
         if n == 0 {
             return None;
         }
-        self.stripes[cpu % n].row(dev)
+        // `n` is a power of two.
+        self.stripes[cpu & (n - 1)].row(dev)
     }
 
     pub(crate) fn mapped(
@@ -183,24 +187,30 @@ impl DeviceCounters {
         let Some(r) = self.row(cpu, dev) else {
             return;
         };
-        bump(&r.mappings[dir_index(dir)], 1);
         match bounce {
-            None => bump(&r.direct, 1),
+            None => bump(&r.direct[dir_index(dir)], 1),
             Some(reason) => {
-                bump(&r.bounced[reason_index(reason)], 1);
-                bump(&r.bounced_by_direction[dir_index(dir)], 1);
-                bump(&r.bytes_to_bounce, copied);
+                bump(&r.bounced[reason_index(reason)][dir_index(dir)], 1);
+                if copied > 0 {
+                    bump(&r.bytes_to_bounce, copied);
+                }
             }
         }
     }
 
     pub(crate) fn copied_to_bounce(&self, cpu: usize, dev: DeviceId, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         if let Some(r) = self.row(cpu, dev) {
             bump(&r.bytes_to_bounce, bytes);
         }
     }
 
     pub(crate) fn copied_from_bounce(&self, cpu: usize, dev: DeviceId, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         if let Some(r) = self.row(cpu, dev) {
             bump(&r.bytes_from_bounce, bytes);
         }
@@ -229,12 +239,19 @@ impl DeviceCounters {
                     continue;
                 }
                 let device = DeviceId(key - 1);
+                let direct = r.direct.each_ref().map(load);
+                let matrix = r
+                    .bounced
+                    .each_ref()
+                    .map(|by_dir| by_dir.each_ref().map(load));
+                let by_direction: [u64; 3] =
+                    core::array::from_fn(|d| matrix.iter().map(|by_dir| by_dir[d]).sum());
                 let row = DeviceStats {
                     device,
-                    mappings: r.mappings.each_ref().map(load),
-                    direct: load(&r.direct),
-                    bounced: r.bounced.each_ref().map(load),
-                    bounced_by_direction: r.bounced_by_direction.each_ref().map(load),
+                    mappings: core::array::from_fn(|d| direct[d] + by_direction[d]),
+                    direct: direct.iter().sum(),
+                    bounced: matrix.map(|by_dir| by_dir.iter().sum()),
+                    bounced_by_direction: by_direction,
                     bytes_to_bounce: load(&r.bytes_to_bounce),
                     bytes_from_bounce: load(&r.bytes_from_bounce),
                     exhaustion_errors: load(&r.exhaustion_errors),

@@ -105,10 +105,12 @@ pub(crate) struct SiteTable {
 }
 
 impl SiteTable {
-    /// A table with one stripe per CPU, at most 16.
+    /// A table with one stripe per CPU (rounded up to a power of two), at most 16.
     pub(crate) fn new(cpus: usize) -> Self {
         Self {
-            stripes: (0..cpus.clamp(1, 16)).map(|_| Stripe::new()).collect(),
+            stripes: (0..cpus.clamp(1, 16).next_power_of_two())
+                .map(|_| Stripe::new())
+                .collect(),
         }
     }
 
@@ -122,7 +124,8 @@ impl SiteTable {
     pub(crate) fn record(&self, cpu: usize, site: &'static Location<'static>, bytes: u64) {
         let n = self.stripes.len();
         if n > 0 {
-            self.stripes[cpu % n].record(site, bytes);
+            // `n` is a power of two.
+            self.stripes[cpu & (n - 1)].record(site, bytes);
         }
     }
 
