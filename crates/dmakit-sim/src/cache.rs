@@ -91,6 +91,37 @@ pub struct Cache {
     stats: CacheStats,
 }
 
+/// One piece of a CPU or device access that stays inside one cache line: `n` bytes at
+/// offset `off` of the line at `la`, being bytes `done..done + n` of the access.
+struct Piece {
+    done: usize,
+    la: u64,
+    off: usize,
+    n: usize,
+}
+
+/// Splits the access `[addr, addr + len)` into pieces that each stay inside one line of
+/// `line_bytes` (a power of two).
+fn pieces(addr: u64, len: usize, line_bytes: usize) -> impl Iterator<Item = Piece> {
+    let mut done = 0usize;
+    core::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let a = addr + done as u64;
+        let off = (a & (line_bytes as u64 - 1)) as usize;
+        let n = (line_bytes - off).min(len - done);
+        let piece = Piece {
+            done,
+            la: a - off as u64,
+            off,
+            n,
+        };
+        done += n;
+        Some(piece)
+    })
+}
+
 impl Cache {
     /// An empty cache.
     ///
@@ -223,28 +254,17 @@ impl Cache {
     /// A CPU load of `data.len()` bytes at `addr` (stamps into `owners`, same length),
     /// filling missing lines from `mem`.
     pub fn load(&mut self, mem: &mut Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = addr + done as u64;
-            let la = a & !(self.line - 1);
-            let off = (a - la) as usize;
-            let n = (self.line_bytes - off).min(data.len() - done);
+        for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
             let i = self.slot_for_access(mem, la);
             let s = i * self.line_bytes + off;
             data[done..done + n].copy_from_slice(&self.data[s..s + n]);
             owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
-            done += n;
         }
     }
 
     /// A CPU store of `data` at `addr`: allocates missing lines and dirties them.
     pub(crate) fn store(&mut self, mem: &mut Memory, addr: u64, data: &[u8], owners: Stamps<'_>) {
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = addr + done as u64;
-            let la = a & !(self.line - 1);
-            let off = (a - la) as usize;
-            let n = (self.line_bytes - off).min(data.len() - done);
+        for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
             let i = self.slot_for_access(mem, la);
             let s = i * self.line_bytes + off;
             self.data[s..s + n].copy_from_slice(&data[done..done + n]);
@@ -253,7 +273,6 @@ impl Cache {
                 Stamps::All(o) => self.owners[s..s + n].fill(o),
             }
             self.meta[i].dirty = true;
-            done += n;
         }
     }
 
@@ -265,41 +284,31 @@ impl Cache {
     /// What a load would return, without touching LRU state or filling lines: cached bytes
     /// from the cache, the rest from `mem`.
     pub fn peek(&self, mem: &Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = addr + done as u64;
-            let la = a & !(self.line - 1);
-            let off = (a - la) as usize;
-            let n = (self.line_bytes - off).min(data.len() - done);
+        for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
             match self.find(la) {
                 Some(i) => {
                     let s = i * self.line_bytes + off;
                     data[done..done + n].copy_from_slice(&self.data[s..s + n]);
                     owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
                 }
-                None => {
-                    mem.read_unchecked(a, &mut data[done..done + n], &mut owners[done..done + n])
-                }
+                None => mem.read_unchecked(
+                    la + off as u64,
+                    &mut data[done..done + n],
+                    &mut owners[done..done + n],
+                ),
             }
-            done += n;
         }
     }
 
     /// A coherent device wrote `data` to RAM at `addr`: cached copies of those bytes are
     /// updated too (dirty state unchanged), as a snooping interconnect does.
     pub(crate) fn snoop_write(&mut self, addr: u64, data: &[u8], owner: Owner) {
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = addr + done as u64;
-            let la = a & !(self.line - 1);
-            let off = (a - la) as usize;
-            let n = (self.line_bytes - off).min(data.len() - done);
+        for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
             if let Some(i) = self.find(la) {
                 let s = i * self.line_bytes + off;
                 self.data[s..s + n].copy_from_slice(&data[done..done + n]);
                 self.owners[s..s + n].fill(owner);
             }
-            done += n;
         }
     }
 
