@@ -101,6 +101,9 @@ impl BounceBackend for TransientPool {
         Some(live.meta)
     }
 
+    /// Whether `addr` lies in the pages of a live transient bounce at or after its bounce
+    /// address (the lead-in kept for `min_align_mask` is not looked at: the router only
+    /// asks with the addresses mappings start at).
     fn contains(&self, addr: PhysAddr) -> bool {
         let a = addr.as_u64();
         let s = self.state.lock();
