@@ -152,10 +152,16 @@ impl HostPlatform {
         Ok(())
     }
 
+    /// Maintenance of `range` in the configured mode; the no-op mode costs one inlined test.
+    #[inline]
     fn flush(&self, range: PhysRange) {
-        if self.maintenance == HostMaintenance::None {
-            return;
+        if self.maintenance != HostMaintenance::None {
+            self.flush_lines(range);
         }
+    }
+
+    #[inline(never)]
+    fn flush_lines(&self, range: PhysRange) {
         #[cfg(target_arch = "x86_64")]
         {
             let Ok(first) = self.at(range.start().align_down(self.line), 1) else {
@@ -190,15 +196,19 @@ impl Drop for HostPlatform {
 }
 
 impl CacheMaintenance for HostPlatform {
+    #[inline]
     fn cache_line_size(&self) -> u64 {
         self.line
     }
+    #[inline]
     fn clean(&self, range: PhysRange) {
         self.flush(range)
     }
+    #[inline]
     fn invalidate(&self, range: PhysRange) {
         self.flush(range)
     }
+    #[inline]
     fn clean_invalidate(&self, range: PhysRange) {
         self.flush(range)
     }
@@ -225,6 +235,7 @@ impl CpuTopology for HostPlatform {
     fn cpu_count(&self) -> usize {
         self.cpus
     }
+    #[inline]
     fn current_cpu(&self) -> usize {
         let cpu = CURRENT_CPU.with(|c| c.get());
         // Bound threads already hold a reduced number; only a stray one needs the division.

@@ -84,6 +84,7 @@ impl BounceReason {
 /// `cpu_line` is the CPU's cache line size; the larger of it and the device's line is the
 /// unit that must not be shared. Returns the first reason that applies, in the order
 /// forced, above mask, misaligned.
+#[inline]
 pub fn bounce_reason(
     dev: &Device,
     range: PhysRange,
@@ -104,6 +105,7 @@ pub fn bounce_reason(
 }
 
 /// The alignment rule alone (the third bullet of the module docs).
+#[inline]
 pub fn needs_alignment_bounce(
     dev: &Device,
     range: PhysRange,

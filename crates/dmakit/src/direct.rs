@@ -17,6 +17,7 @@ pub(crate) fn dma_addr(range: PhysRange) -> DmaAddr {
 }
 
 /// Hands `range` to the device for a transfer in `dir`.
+#[inline]
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
@@ -28,6 +29,7 @@ pub(crate) fn map<C: CacheMaintenance + ?Sized>(
 }
 
 /// Gives `range` back to the CPU after a transfer in `dir`.
+#[inline]
 pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
@@ -38,6 +40,7 @@ pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
 }
 
 /// Ownership of `range` passes to the device.
+#[inline]
 pub(crate) fn sync_for_device<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
@@ -50,6 +53,7 @@ pub(crate) fn sync_for_device<C: CacheMaintenance + ?Sized>(
 }
 
 /// Ownership of `range` passes back to the CPU.
+#[inline]
 pub(crate) fn sync_for_cpu<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,

@@ -18,6 +18,7 @@ use crate::direction::Direction;
 use crate::platform::CacheMaintenance;
 
 /// Maintenance before the device accesses `range` for a transfer in `dir`.
+#[inline]
 pub(crate) fn for_device<C: CacheMaintenance + ?Sized>(
     cache: &C,
     range: PhysRange,
@@ -30,6 +31,7 @@ pub(crate) fn for_device<C: CacheMaintenance + ?Sized>(
 }
 
 /// Maintenance after the device accessed `range` in `dir`, before the CPU reads it.
+#[inline]
 pub(crate) fn for_cpu<C: CacheMaintenance + ?Sized>(cache: &C, range: PhysRange, dir: Direction) {
     if !dir.device_writes() {
         return;
@@ -37,7 +39,12 @@ pub(crate) fn for_cpu<C: CacheMaintenance + ?Sized>(cache: &C, range: PhysRange,
     let line = cache.cache_line_size();
     let start = range.start().as_u64();
     let end = range.end().as_u64();
-    let first_full = start.next_multiple_of(line);
+    // `line` is a power of two (the trait's contract): masks, not divisions. A start that
+    // cannot round up has no whole line after it.
+    let first_full = range
+        .start()
+        .checked_align_up(line)
+        .map_or(u64::MAX, |a| a.as_u64());
     let last_full = end & !(line - 1);
     if first_full >= last_full {
         // No whole line inside: every touched line is partial.

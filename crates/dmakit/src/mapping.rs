@@ -82,6 +82,16 @@ pub enum MapPath {
     },
 }
 
+/// The path a mapping takes, as decided by the routing layer.
+enum Route {
+    /// The device reaches the buffer in place.
+    Direct,
+    /// Through this IOMMU domain (which may still bounce, by its own rules).
+    Iommu(Arc<IommuDomain>),
+    /// Through the device's bounce pool, for this reason.
+    Bounce(BounceReason),
+}
+
 /// Switches that turn a safety mechanism off, so tests and the simulator can show the
 /// failure it prevents. Never set them outside such a demonstration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,6 +213,7 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// The IOMMU domain `dev` is mapped through, if any.
+    #[inline]
     fn iommu_domain(&self, dev: &Device) -> Option<Arc<IommuDomain>> {
         self.iommu.as_ref()?.domain_of(dev.id())
     }
@@ -235,6 +246,7 @@ impl<P: Platform> DmaMapper<P> {
             .map_or_else(Vec::new, |d| d.release_device(dev))
     }
 
+    #[inline]
     fn debug_mapped(
         &self,
         dev: &Device,
@@ -243,24 +255,8 @@ impl<P: Platform> DmaMapper<P> {
         site: &'static Location<'static>,
         result: &Result<(DmaAddr, MapPath), DmaError>,
     ) {
-        let Some(d) = &self.debug else { return };
-        match result {
-            Ok((dma, path)) => d.mapped(
-                dev,
-                LiveMapping {
-                    device: dev.id(),
-                    dma: *dma,
-                    phys: Some(range.start()),
-                    len: range.len(),
-                    dir,
-                    family: MappingFamily::Single,
-                    site,
-                    bounced: matches!(path, MapPath::Bounced { .. }),
-                    coherent_device: dev.is_coherent(),
-                    cpu_owned: Vec::new(),
-                },
-            ),
-            Err(e) => d.map_failed(dev, site, *e),
+        if let Some(d) = &self.debug {
+            debug_record_mapped(d, dev, range, dir, site, result);
         }
     }
 
@@ -337,6 +333,7 @@ impl<P: Platform> DmaMapper<P> {
     /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
     /// pool; [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool
     /// cannot take it; a memory fault from the bounce copy. On error nothing was changed.
+    #[inline]
     #[track_caller]
     pub fn map(
         &self,
@@ -345,13 +342,15 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<DmaAddr, DmaError> {
-        self.map_traced(dev, phys, len, dir).map(|(dma, _)| dma)
+        self.map_at(dev, phys, len, dir, Location::caller())
+            .map(|(dma, _)| dma)
     }
 
     /// As [`DmaMapper::map`], also saying which path the mapping took.
     ///
     /// # Errors
     /// As [`DmaMapper::map`].
+    #[inline]
     #[track_caller]
     pub fn map_traced(
         &self,
@@ -360,11 +359,32 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        let site = Location::caller();
+        self.map_at(dev, phys, len, dir, Location::caller())
+    }
+
+    /// The body of [`DmaMapper::map`] and [`DmaMapper::map_traced`], inlined into each so
+    /// that `map` never builds the [`MapPath`] it drops.
+    #[inline(always)]
+    fn map_at(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: u64,
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(DmaAddr, MapPath), DmaError> {
         let range = checked_range(dev, phys.as_u64(), len)?;
-        let result = self
-            .map_range(dev, range, dir, site)
-            .map_err(|f| self.failure_to_error(dev, range, f));
+        let result = match self.route(dev, range, dir) {
+            // Returned on its own, so a direct mapping's result stays in registers.
+            Route::Direct => {
+                let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
+                self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+                return Ok(mapped);
+            }
+            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
+            Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
+        }
+        .map_err(|f| self.failure_to_error(dev, range, f));
         self.debug_mapped(dev, range, dir, site, &result);
         result
     }
@@ -476,6 +496,7 @@ impl<P: Platform> DmaMapper<P> {
     /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
     /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
     /// Direct mappings keep no record; the debug checker catches their misuse.
+    #[inline]
     #[track_caller]
     pub fn unmap(
         &self,
@@ -499,6 +520,7 @@ impl<P: Platform> DmaMapper<P> {
 
     /// Unmaps without consulting the debug checker (the caller did, or is undoing its own
     /// work).
+    #[inline]
     fn unmap_range(
         &self,
         dev: &Device,
@@ -506,22 +528,46 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let len = range.len();
         if let Some(dom) = self.iommu_domain(dev) {
-            if iommu::path::unmap(&self.platform, &dom, dev, dma, len, dir)? {
-                self.room_freed();
-            }
-            return Ok(());
+            return self.unmap_iommu(&dom, dev, dma, range.len(), dir);
         }
         match self.backend_owning(dma) {
-            Some(backend) => {
-                let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
-                self.counters
-                    .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
-                self.room_freed();
+            Some(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
+            None => {
+                direct::unmap(&self.platform, dev, range, dir);
+                Ok(())
             }
-            None => direct::unmap(&self.platform, dev, range, dir),
         }
+    }
+
+    #[inline(never)]
+    fn unmap_iommu(
+        &self,
+        dom: &IommuDomain,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        if iommu::path::unmap(&self.platform, dom, dev, dma, len, dir)? {
+            self.room_freed();
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn unmap_bounced(
+        &self,
+        backend: &dyn BounceBackend,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+        self.counters
+            .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
+        self.room_freed();
         Ok(())
     }
 
@@ -777,7 +823,19 @@ impl<P: Platform> DmaMapper<P> {
         self.platform.cache_line_size()
     }
 
-    /// The single routing decision, and the statistics of its outcome.
+    /// Which path a mapping of `range` by `dev` in `dir` takes: the single routing decision.
+    #[inline]
+    fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
+        if let Some(dom) = self.iommu_domain(dev) {
+            return Route::Iommu(dom);
+        }
+        match decision::bounce_reason(dev, range, dir, self.policy, self.line()) {
+            None => Route::Direct,
+            Some(reason) => Route::Bounce(reason),
+        }
+    }
+
+    /// Maps `range` on the path [`DmaMapper::route`] chose, and counts the outcome.
     fn map_range(
         &self,
         dev: &Device,
@@ -785,30 +843,59 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        let cpu = self.platform.current_cpu();
-        if let Some(dom) = self.iommu_domain(dev) {
-            let ctx = self.iommu_ctx(dev);
-            let mapped = iommu::path::map(&self.platform, &dom, dev, range, dir, &ctx);
-            match &mapped {
-                Ok((_, path)) => {
-                    // The IOMMU path fills its bounces by the bounce path's rule.
-                    let filled = dir.device_reads() || ctx.fill_inbound;
-                    let copied = if filled { range.len() } else { 0 };
-                    self.record_mapped(cpu, dev, range, dir, site, *path, copied);
-                }
-                Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
-                    self.counters.exhausted(cpu, dev.id())
-                }
-                Err(_) => {}
-            }
-            return mapped;
+        match self.route(dev, range, dir) {
+            Route::Direct => Ok((self.map_direct(dev, range, dir), MapPath::Direct)),
+            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
+            Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
         }
-        let Some(reason) = decision::bounce_reason(dev, range, dir, self.policy, self.line())
-        else {
-            let dma = direct::map(&self.platform, dev, range, dir);
-            self.record_mapped(cpu, dev, range, dir, site, MapPath::Direct, 0);
-            return Ok((dma, MapPath::Direct));
-        };
+    }
+
+    /// The direct path and its one counter; small enough to inline into `map`.
+    #[inline]
+    fn map_direct(&self, dev: &Device, range: PhysRange, dir: Direction) -> DmaAddr {
+        let dma = direct::map(&self.platform, dev, range, dir);
+        self.counters
+            .mapped(self.platform.current_cpu(), dev.id(), dir, None, 0);
+        dma
+    }
+
+    #[inline(never)]
+    fn map_iommu(
+        &self,
+        dom: &IommuDomain,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        let cpu = self.platform.current_cpu();
+        let ctx = self.iommu_ctx(dev);
+        let mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
+        match &mapped {
+            Ok((_, path)) => {
+                // The IOMMU path fills its bounces by the bounce path's rule.
+                let filled = dir.device_reads() || ctx.fill_inbound;
+                let copied = if filled { range.len() } else { 0 };
+                self.record_mapped(cpu, dev, range, dir, site, *path, copied);
+            }
+            Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
+                self.counters.exhausted(cpu, dev.id())
+            }
+            Err(_) => {}
+        }
+        mapped
+    }
+
+    #[inline(never)]
+    fn map_bounced(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        reason: BounceReason,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        let cpu = self.platform.current_cpu();
         let Some(backend) = self.bounce_backend(dev) else {
             return Err(MapFailure::Failed(DmaError::NoBouncePool {
                 device: dev.id(),
@@ -951,6 +1038,37 @@ impl<P: Platform> DmaMapper<P> {
                 len: range.len(),
             },
         }
+    }
+}
+
+/// Tells the debug checker about a single mapping's outcome (out of line: only a mapper
+/// with the checker on gets here).
+#[inline(never)]
+fn debug_record_mapped(
+    d: &DebugChecker,
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+    site: &'static Location<'static>,
+    result: &Result<(DmaAddr, MapPath), DmaError>,
+) {
+    match result {
+        Ok((dma, path)) => d.mapped(
+            dev,
+            LiveMapping {
+                device: dev.id(),
+                dma: *dma,
+                phys: Some(range.start()),
+                len: range.len(),
+                dir,
+                family: MappingFamily::Single,
+                site,
+                bounced: matches!(path, MapPath::Bounced { .. }),
+                coherent_device: dev.is_coherent(),
+                cpu_owned: Vec::new(),
+            },
+        ),
+        Err(e) => d.map_failed(dev, site, *e),
     }
 }
 

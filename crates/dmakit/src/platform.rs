@@ -211,57 +211,70 @@ impl<T: CacheMaintenance + CpuMemory + CpuTopology + ?Sized> Platform for T {}
 macro_rules! forward {
     ($($ptr:ty),*) => {$(
         impl<T: CacheMaintenance + ?Sized> CacheMaintenance for $ptr {
+            #[inline]
             fn cache_line_size(&self) -> u64 {
                 (**self).cache_line_size()
             }
+            #[inline]
             fn clean(&self, range: PhysRange) {
                 (**self).clean(range)
             }
+            #[inline]
             fn invalidate(&self, range: PhysRange) {
                 (**self).invalidate(range)
             }
+            #[inline]
             fn clean_invalidate(&self, range: PhysRange) {
                 (**self).clean_invalidate(range)
             }
         }
 
         impl<T: CpuMemory + ?Sized> CpuMemory for $ptr {
+            #[inline]
             fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
                 (**self).copy(dst, src, len)
             }
+            #[inline]
             fn fill(&self, dst: PhysAddr, byte: u8, len: u64) -> Result<(), MemoryFault> {
                 (**self).fill(dst, byte, len)
             }
         }
 
         impl<T: CpuTopology + ?Sized> CpuTopology for $ptr {
+            #[inline]
             fn cpu_count(&self) -> usize {
                 (**self).cpu_count()
             }
+            #[inline]
             fn current_cpu(&self) -> usize {
                 (**self).current_cpu()
             }
         }
 
         impl<T: PageAllocator + ?Sized> PageAllocator for $ptr {
+            #[inline]
             fn alloc_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
                 (**self).alloc_pages(pages, max_addr)
             }
+            #[inline]
             fn free_pages(&self, base: PhysAddr, pages: u64) {
                 (**self).free_pages(base, pages)
             }
         }
 
         impl<T: Clock + ?Sized> Clock for $ptr {
+            #[inline]
             fn now_ns(&self) -> u64 {
                 (**self).now_ns()
             }
         }
 
         impl<T: CoherentPageAllocator + ?Sized> CoherentPageAllocator for $ptr {
+            #[inline]
             fn alloc_coherent_pages(&self, pages: u64, max_addr: u64) -> Option<PhysAddr> {
                 (**self).alloc_coherent_pages(pages, max_addr)
             }
+            #[inline]
             fn free_coherent_pages(&self, base: PhysAddr, pages: u64) {
                 (**self).free_coherent_pages(base, pages)
             }

@@ -119,6 +119,7 @@ impl Stripe {
 
     /// The row of `dev`, claiming a free one on first use; `None` when the table is full
     /// (or the id is `u32::MAX`, which cannot be keyed).
+    #[inline]
     fn row(&self, dev: DeviceId) -> Option<&Row> {
         let key = dev.0.checked_add(1)?;
         let start = (dev.0 as usize).wrapping_mul(0x9e37_79b9) % MAX_TRACKED_DEVICES;
@@ -167,6 +168,7 @@ impl DeviceCounters {
         }
     }
 
+    #[inline]
     fn row(&self, cpu: usize, dev: DeviceId) -> Option<&Row> {
         let n = self.stripes.len();
         if n == 0 {
@@ -176,6 +178,7 @@ impl DeviceCounters {
         self.stripes[cpu & (n - 1)].row(dev)
     }
 
+    #[inline]
     pub(crate) fn mapped(
         &self,
         cpu: usize,

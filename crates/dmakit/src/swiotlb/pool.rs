@@ -156,6 +156,7 @@ impl<T> Pool<T> {
 
     /// The region containing `addr`, if any. Takes no lock while the pool has at most
     /// [`Pool::LOCK_FREE_REGIONS`] regions and none is being added or removed.
+    #[inline]
     pub fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
         match self.table.lookup(addr.as_u64()) {
             Lookup::In { start, len } => PhysRange::new(PhysAddr::new(start), len),
