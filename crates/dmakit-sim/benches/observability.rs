@@ -2,46 +2,27 @@
 //! debug checker, with statistics only (the default), and with both — for a direct and for
 //! a bounced mapping, over real memory, in the same run.
 
+mod common;
+
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{device, mapper, POOL};
 use criterion::{criterion_group, criterion_main, Criterion};
-use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
-use dmakit::{Device, DeviceId, Direction, DmaMapper, PhysAddr};
-use dmakit_sim::host::{HostMaintenance, HostPlatform};
-
-const MIB: u64 = 1 << 20;
-
-fn mapper(host: &Arc<HostPlatform>) -> DmaMapper<Arc<HostPlatform>> {
-    let pool = SwiotlbBounce::new(
-        PoolConfig::builder().build().expect("config"),
-        None,
-        0,
-        u64::MAX,
-    );
-    pool.add_region(PhysAddr::new(0), 16 * MIB).expect("region");
-    DmaMapper::new(host.clone()).with_swiotlb(Arc::new(pool))
-}
+use dmakit::{Direction, PhysAddr};
 
 fn observability(c: &mut Criterion) {
-    let host =
-        Arc::new(HostPlatform::new(0, 32 * MIB, 1, 64, HostMaintenance::None).expect("arena"));
-    let dev = Device::builder(DeviceId(1), "bench")
-        .cache_line(64)
-        .build()
-        .expect("device");
+    let dev = device();
     let variants = [
-        ("neither", mapper(&host).without_statistics()),
-        ("stats", mapper(&host)),
-        ("stats+checker", mapper(&host).with_debug_checker()),
+        ("neither", mapper(1).without_statistics()),
+        ("stats", mapper(1)),
+        ("stats+checker", mapper(1).with_debug_checker()),
     ];
     let mut g = c.benchmark_group("observability");
     for (name, m) in &variants {
         for (kind, buf) in [
-            ("direct", PhysAddr::new(16 * MIB)),
-            ("bounced", PhysAddr::new(16 * MIB + 8)),
+            ("direct", PhysAddr::new(POOL)),
+            ("bounced", PhysAddr::new(POOL + 8)),
         ] {
             g.bench_function(format!("{kind}/{name}"), |b| {
                 b.iter(|| {

@@ -7,41 +7,17 @@
 //! - `pool_occupancy/P`: one pool allocation and free in a 1 GiB pool held at P % full;
 //! - `threads/T`: map+unmap throughput of T threads on T CPUs' pool areas.
 
+mod common;
+
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use common::{device, mapper, MIB, POOL};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dmakit::swiotlb::{BounceRequest, Pool, PoolConfig};
-use dmakit::swiotlb_backend::SwiotlbBounce;
-use dmakit::{CpuMemory, Device, DeviceId, Direction, DmaMapper, PhysAddr};
-use dmakit_sim::host::{HostMaintenance, HostPlatform};
+use dmakit::{CpuMemory, Direction, PhysAddr};
 use dmakit_sim::SimRng;
-
-const MIB: u64 = 1 << 20;
-/// Pool for the streaming benches: the first 64 MiB of the arena; buffers live above.
-const POOL: u64 = 64 * MIB;
-const BUFFERS: u64 = 128 * MIB;
-
-fn device() -> Device {
-    Device::builder(DeviceId(1), "bench")
-        .cache_line(64)
-        .build()
-        .expect("valid device")
-}
-
-fn mapper(cpus: usize) -> DmaMapper<Arc<HostPlatform>> {
-    let host = Arc::new(
-        HostPlatform::new(0, POOL + BUFFERS, cpus, 64, HostMaintenance::None).expect("arena"),
-    );
-    let cfg = PoolConfig::builder()
-        .cpu_count(cpus)
-        .build()
-        .expect("config");
-    let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
-    pool.add_region(PhysAddr::new(0), POOL).expect("region");
-    DmaMapper::new(host).with_swiotlb(Arc::new(pool))
-}
 
 fn direct_vs_bounce(c: &mut Criterion) {
     let m = mapper(1);

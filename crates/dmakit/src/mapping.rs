@@ -18,7 +18,7 @@ use spin::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, MapFailure, SyncPart};
-use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, TransientPool};
+use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, MemorySpan, TransientPool};
 use crate::debug::checker::Unmapping;
 use crate::debug::{DebugChecker, DebugReport, LiveMapping, MappingFamily};
 use crate::decision::{self, AlignmentPolicy, BounceReason};
@@ -82,6 +82,25 @@ pub enum MapPath {
     },
 }
 
+/// A bounce backend as the router keeps it: with its memory span, when it has one.
+struct Registered {
+    backend: Arc<dyn BounceBackend>,
+    span: Option<Arc<MemorySpan>>,
+}
+
+impl Registered {
+    fn new(backend: Arc<dyn BounceBackend>) -> Self {
+        let span = backend.memory_span();
+        Self { backend, span }
+    }
+
+    /// False when `a` is certainly not in the backend's memory; true when it may be.
+    #[inline]
+    fn may_hold(&self, a: PhysAddr) -> bool {
+        self.span.as_ref().is_none_or(|s| s.may_contain(a.as_u64()))
+    }
+}
+
 /// The path a mapping takes, as decided by the routing layer.
 enum Route {
     /// The device reaches the buffer in place.
@@ -117,8 +136,8 @@ struct Deferred {
 pub struct DmaMapper<P> {
     platform: P,
     policy: AlignmentPolicy,
-    swiotlb: Option<Arc<dyn BounceBackend>>,
-    coherent: Option<Arc<dyn BounceBackend>>,
+    swiotlb: Option<Registered>,
+    coherent: Option<Registered>,
     transient: Option<TransientPool>,
     deferred: Mutex<VecDeque<Deferred>>,
     /// Deferred mappings queued, plus `map_or_defer` attempts under way: frees look at it
@@ -178,9 +197,10 @@ impl<P: Platform> DmaMapper<P> {
 
     /// A snapshot of the statistics: per device, per pool. Reads atomics only.
     pub fn stats(&self) -> StatsSnapshot {
-        let pools = [self.swiotlb.as_deref(), self.coherent.as_deref()]
+        let pools = [&self.swiotlb, &self.coherent]
             .into_iter()
             .flatten()
+            .map(|r| r.backend.as_ref())
             .chain(self.transient.as_ref().map(|t| t as &dyn BounceBackend))
             .map(|b| PoolSnapshot {
                 name: b.name(),
@@ -274,13 +294,13 @@ impl<P: Platform> DmaMapper<P> {
 
     /// Bounces of devices that use [`BouncePool::Swiotlb`] go to `pool`.
     pub fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.swiotlb = Some(pool);
+        self.swiotlb = Some(Registered::new(pool));
         self
     }
 
     /// Bounces of devices that use [`BouncePool::Coherent`] go to `pool`.
     pub fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.coherent = Some(pool);
+        self.coherent = Some(Registered::new(pool));
         self
     }
 
@@ -304,8 +324,8 @@ impl<P: Platform> DmaMapper<P> {
     /// The pool bounces of `dev` go to, if there is one.
     pub fn bounce_backend(&self, dev: &Device) -> Option<&Arc<dyn BounceBackend>> {
         match dev.bounce_pool() {
-            BouncePool::Swiotlb => self.swiotlb.as_ref(),
-            BouncePool::Coherent => self.coherent.as_ref(),
+            BouncePool::Swiotlb => self.swiotlb.as_ref().map(|r| &r.backend),
+            BouncePool::Coherent => self.coherent.as_ref().map(|r| &r.backend),
         }
     }
 
@@ -374,17 +394,16 @@ impl<P: Platform> DmaMapper<P> {
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
         let range = checked_range(dev, phys.as_u64(), len)?;
-        let result = match self.route(dev, range, dir) {
+        let route = self.route(dev, range, dir);
+        if let Route::Direct = route {
             // Returned on its own, so a direct mapping's result stays in registers.
-            Route::Direct => {
-                let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
-                self.debug_mapped(dev, range, dir, site, &Ok(mapped));
-                return Ok(mapped);
-            }
-            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
-            Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
+            let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
+            self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+            return Ok(mapped);
         }
-        .map_err(|f| self.failure_to_error(dev, range, f));
+        let result = self
+            .map_routed(dev, range, dir, site, route)
+            .map_err(|f| self.failure_to_error(dev, range, f));
         self.debug_mapped(dev, range, dir, site, &result);
         result
     }
@@ -835,7 +854,7 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    /// Maps `range` on the path [`DmaMapper::route`] chose, and counts the outcome.
+    /// Maps `range` on the path [`DmaMapper::route`] chooses, and counts the outcome.
     fn map_range(
         &self,
         dev: &Device,
@@ -843,7 +862,21 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        match self.route(dev, range, dir) {
+        self.map_routed(dev, range, dir, site, self.route(dev, range, dir))
+    }
+
+    /// Maps `range` on the path `route`, and counts the outcome. Out of line: `map` takes
+    /// the direct path without it.
+    #[inline(never)]
+    fn map_routed(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        route: Route,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        match route {
             Route::Direct => Ok((self.map_direct(dev, range, dir), MapPath::Direct)),
             Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
             Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
@@ -985,19 +1018,20 @@ impl<P: Platform> DmaMapper<P> {
         bounce::map(&self.platform, backend, dev, range, meta, fill)
     }
 
+    /// The backend whose memory holds `dma`, if any. Direct mappings, whose buffers lie
+    /// outside every backend's span, cost no lookup.
+    #[inline]
     fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {
         let a = PhysAddr::new(dma.as_u64());
-        let pools = [self.swiotlb.as_deref(), self.coherent.as_deref()];
-        pools
-            .into_iter()
-            .flatten()
-            .find(|b| b.contains(a))
-            .or_else(|| {
-                self.transient
-                    .as_ref()
-                    .filter(|t| t.contains(a))
-                    .map(|t| t as &dyn BounceBackend)
-            })
+        for r in [&self.swiotlb, &self.coherent].into_iter().flatten() {
+            if r.may_hold(a) && r.backend.contains(a) {
+                return Some(r.backend.as_ref());
+            }
+        }
+        self.transient
+            .as_ref()
+            .filter(|t| t.span().may_contain(a.as_u64()) && t.contains(a))
+            .map(|t| t as &dyn BounceBackend)
     }
 
     fn sync_range(

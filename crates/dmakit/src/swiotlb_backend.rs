@@ -7,7 +7,9 @@
 use alloc::sync::Arc;
 
 use crate::addr::{PhysAddr, PhysRange};
-use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
+use crate::bounce::{
+    BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
+};
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
 use crate::swiotlb::{self, Pool, PoolConfig, PoolError, RegionError};
 
@@ -107,6 +109,10 @@ impl BounceBackend for SwiotlbBounce {
 
     fn contains(&self, addr: PhysAddr) -> bool {
         self.pool.region_of(addr).is_some()
+    }
+
+    fn memory_span(&self) -> Option<Arc<MemorySpan>> {
+        Some(self.pool.memory_span().clone())
     }
 
     fn usage(&self) -> PoolUsage {

@@ -1,5 +1,8 @@
 //! What a bounce memory backend provides.
 
+use alloc::sync::Arc;
+
+use super::MemorySpan;
 use crate::addr::PhysAddr;
 use crate::decision::BounceReason;
 use crate::device::DeviceId;
@@ -97,6 +100,13 @@ pub trait BounceBackend: Send + Sync {
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta>;
     /// Whether `addr` lies in memory this backend owns (live or not).
     fn contains(&self, addr: PhysAddr) -> bool;
+    /// A span covering all memory the backend has ever owned (every `addr` for which
+    /// [`BounceBackend::contains`] is true lies inside it), kept up to date by the backend.
+    /// Routers test it first and skip `contains` for addresses outside. `None` (the
+    /// default): no span is kept and every address is looked up.
+    fn memory_span(&self) -> Option<Arc<MemorySpan>> {
+        None
+    }
     /// Current occupancy.
     fn usage(&self) -> PoolUsage;
     /// Whether the backend asked for more memory and is still waiting for it.

@@ -17,7 +17,9 @@
 
 mod backend;
 pub(crate) mod path;
+mod span;
 mod transient;
 
 pub use backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
+pub use span::MemorySpan;
 pub use transient::TransientPool;

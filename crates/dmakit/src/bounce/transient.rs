@@ -7,6 +7,7 @@ use alloc::sync::Arc;
 use spin::Mutex;
 
 use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
+use super::MemorySpan;
 use crate::addr::PhysAddr;
 use crate::platform::{PageAllocator, PAGE_SIZE};
 
@@ -28,6 +29,7 @@ struct State {
 pub struct TransientPool {
     pages: Arc<dyn PageAllocator + Send + Sync>,
     state: Mutex<State>,
+    span: Arc<MemorySpan>,
 }
 
 impl TransientPool {
@@ -40,7 +42,14 @@ impl TransientPool {
                 used: 0,
                 high_water: 0,
             }),
+            span: Arc::new(MemorySpan::new()),
         }
+    }
+
+    /// Covers every page the backend has handed out (see [`MemorySpan`]).
+    #[inline]
+    pub(crate) fn span(&self) -> &MemorySpan {
+        &self.span
     }
 }
 
@@ -70,6 +79,8 @@ impl BounceBackend for TransientPool {
             .pages
             .alloc_pages(pages, req.max_addr)
             .ok_or_else(full)?;
+        // Covered before the bounce's address is handed out.
+        self.span.cover(base.as_u64(), pages * PAGE_SIZE);
         let start = base.as_u64().next_multiple_of(align);
         let dma = start + offset;
         let mut s = self.state.lock();
@@ -111,6 +122,10 @@ impl BounceBackend for TransientPool {
             .range(..=a)
             .next_back()
             .is_some_and(|(_, l)| a >= l.base && a < l.base + l.pages * PAGE_SIZE)
+    }
+
+    fn memory_span(&self) -> Option<Arc<MemorySpan>> {
+        Some(self.span.clone())
     }
 
     fn usage(&self) -> PoolUsage {

@@ -7,7 +7,9 @@ use spin::Mutex;
 
 use super::objects::{ObjectPool, ObjectPoolConfig, PoolError};
 use crate::addr::PhysAddr;
-use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
+use crate::bounce::{
+    BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
+};
 use crate::growth::GrowthHook;
 use crate::platform::PAGE_SIZE;
 
@@ -92,6 +94,10 @@ impl BounceBackend for CoherentBouncePool {
 
     fn contains(&self, addr: PhysAddr) -> bool {
         self.objects.contains(addr)
+    }
+
+    fn memory_span(&self) -> Option<Arc<MemorySpan>> {
+        Some(self.objects.memory_span().clone())
     }
 
     fn growth_pending(&self) -> bool {

@@ -7,11 +7,13 @@
 //! classes; freed objects stay in their class (like a slab), so the pool never needs to
 //! search.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use spin::Mutex;
 
 use crate::addr::PhysAddr;
+use crate::bounce::MemorySpan;
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
 use crate::platform::PAGE_SIZE;
 
@@ -89,6 +91,7 @@ pub struct ObjectPool {
     cfg: ObjectPoolConfig,
     state: Mutex<State>,
     growth: Growth,
+    span: Arc<MemorySpan>,
 }
 
 /// Occupancy of an [`ObjectPool`].
@@ -116,7 +119,7 @@ impl ObjectPool {
     /// `max_object` exceeds `chunk_bytes`, or `chunk_bytes` is not a multiple of a page.
     pub fn new(
         cfg: ObjectPoolConfig,
-        hook: Option<alloc::sync::Arc<dyn GrowthHook>>,
+        hook: Option<Arc<dyn GrowthHook>>,
     ) -> Result<Self, PoolError> {
         let ok = cfg.min_object.is_power_of_two()
             && cfg.max_object.is_power_of_two()
@@ -141,6 +144,7 @@ impl ObjectPool {
                 free_bytes: 0,
             }),
             growth: Growth::new(hook),
+            span: Arc::new(MemorySpan::new()),
         })
     }
 
@@ -165,6 +169,8 @@ impl ObjectPool {
         if s.chunks.iter().any(|c| b < c.end && c.base < end) {
             return Err(PoolError::BadChunk);
         }
+        // Covered before the chunk can hand out objects.
+        self.span.cover(b, bytes);
         let at = s.chunks.partition_point(|c| c.base < b);
         s.chunks.insert(
             at,
@@ -245,6 +251,11 @@ impl ObjectPool {
         s.used -= obj;
         s.free_bytes += obj;
         Ok(())
+    }
+
+    /// A span covering every chunk the pool has had (see [`MemorySpan`]).
+    pub fn memory_span(&self) -> &Arc<MemorySpan> {
+        &self.span
     }
 
     /// Whether `addr` lies in one of the pool's chunks.

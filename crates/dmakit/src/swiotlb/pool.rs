@@ -11,6 +11,7 @@ use super::stats::{AreaCounter, AreaStats, Counters, PoolStats};
 use super::sync::MutexGuard;
 use super::table::{find, Entry, Lookup, RegionTable, Regions};
 use crate::addr::{PhysAddr, PhysRange};
+use crate::bounce::MemorySpan;
 use crate::platform::PAGE_SIZE;
 
 /// A SWIOTLB-style bounce slot pool over caller-provided physical memory, storing a `T` of
@@ -27,6 +28,7 @@ pub struct Pool<T> {
     config: PoolConfig,
     table: RegionTable<T>,
     counters: Counters,
+    span: Arc<MemorySpan>,
 }
 
 impl<T> Pool<T> {
@@ -36,6 +38,7 @@ impl<T> Pool<T> {
             config,
             table: RegionTable::new(config.areas()),
             counters: Counters::new(),
+            span: Arc::new(MemorySpan::new()),
         }
     }
 
@@ -109,6 +112,8 @@ impl<T> Pool<T> {
                 }
             }
         }
+        // Covered before the region is published: no bounce there can precede it.
+        self.span.cover(base.as_u64(), size);
         table.update(|stripe| stripe.insert(at, Entry(Arc::clone(&region))));
         self.counters.region_added(slots);
         Ok(range)
@@ -152,6 +157,11 @@ impl<T> Pool<T> {
     /// The regions' address ranges, sorted by base.
     pub fn regions(&self) -> Vec<PhysRange> {
         self.table.read(0).iter().map(|r| r.range()).collect()
+    }
+
+    /// A span covering every region the pool has had (see [`MemorySpan`]).
+    pub fn memory_span(&self) -> &Arc<MemorySpan> {
+        &self.span
     }
 
     /// The region containing `addr`, if any. Takes no lock while the pool has at most

@@ -1,0 +1,350 @@
+//! Paired comparisons: every ratio the performance targets are stated in, measured by
+//! interleaving the two sides.
+//!
+//! The criterion benchmarks time each case in its own window of seconds. On a shared
+//! machine the speed of the whole machine changes between windows (by up to 2× on the
+//! 2-core VM these numbers come from), so a ratio of two criterion medians can be off by
+//! more than the effect it measures. Here every comparison is a set of cases run in short
+//! rounds (about 2 ms per case), one after another, in a rotating order; each case's result
+//! is the median of its per-round times, and each ratio is taken between medians of the same
+//! rounds. Both sides of a ratio thus see the same load.
+//!
+//! Cases are compared only with the cases of their own comparison: small operations slow
+//! down measurably when they share rounds with 64 KiB copies.
+//!
+//! Run with `cargo bench -p dmakit-sim --bench paired [-- NAME...]`, where a name is part of
+//! `direct_vs_bounced`, `bounce_vs_memcpy`, `observability`, `occupancy` or `threads`;
+//! `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 101). Absolute times stay in the
+//! criterion benches.
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::{device, mapper, MIB, POOL};
+use dmakit::swiotlb::{BounceRequest, Pool, PoolConfig};
+use dmakit::{CpuMemory, Device, Direction, DmaMapper, PhysAddr};
+use dmakit_sim::host::HostPlatform;
+use dmakit_sim::SimRng;
+
+/// Time each case is given per round.
+const ROUND_TARGET: Duration = Duration::from_millis(2);
+
+/// One side of a comparison: runs `n` operations and returns the time they took.
+struct Case {
+    name: String,
+    run: Box<dyn FnMut(u64) -> Duration>,
+}
+
+impl Case {
+    fn new(name: impl Into<String>, mut op: impl FnMut() + 'static) -> Self {
+        Self::timed(name, move |n| {
+            let t = Instant::now();
+            for _ in 0..n {
+                op();
+            }
+            t.elapsed()
+        })
+    }
+
+    fn timed(name: impl Into<String>, run: impl FnMut(u64) -> Duration + 'static) -> Self {
+        Self {
+            name: name.into(),
+            run: Box::new(run),
+        }
+    }
+}
+
+/// A comparison: its cases, and the ratios to report as `(numerator, denominator, target)`
+/// by case index.
+struct Comparison {
+    title: &'static str,
+    cases: Vec<Case>,
+    ratios: Vec<(usize, usize, &'static str)>,
+}
+
+/// Median per-operation times of every case, in ns.
+fn measure(cases: &mut [Case], rounds: usize) -> Vec<f64> {
+    // Calibrate: operations per round so that each case takes about ROUND_TARGET.
+    let per_round: Vec<u64> = cases
+        .iter_mut()
+        .map(|c| {
+            let mut n = 1u64;
+            loop {
+                let t = (c.run)(n);
+                if t >= ROUND_TARGET / 4 || n >= 1 << 30 {
+                    let per_op = t.as_secs_f64() / n as f64;
+                    return ((ROUND_TARGET.as_secs_f64() / per_op) as u64).max(1);
+                }
+                n *= 4;
+            }
+        })
+        .collect();
+    let mut times = vec![Vec::with_capacity(rounds); cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (round + k) % cases.len();
+            let t = (cases[i].run)(per_round[i]);
+            times[i].push(t.as_nanos() as f64 / per_round[i] as f64);
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
+fn report(c: &Comparison, medians: &[f64], rounds: usize) {
+    println!("\n## {} ({rounds} rounds)\n", c.title);
+    for (case, ns) in c.cases.iter().zip(medians) {
+        println!("{:<34} {:>12.1} ns", case.name, ns);
+    }
+    for &(num, den, target) in &c.ratios {
+        println!(
+            "{:<34} {:>12.3}   target {target}",
+            format!("{} / {}", c.cases[num].name, c.cases[den].name),
+            medians[num] / medians[den]
+        );
+    }
+}
+
+type Mapper = Arc<DmaMapper<Arc<HostPlatform>>>;
+
+fn map_unmap(m: &Mapper, dev: &Device, buf: PhysAddr, len: u64) {
+    let dma = m
+        .map(dev, black_box(buf), len, Direction::FromDevice)
+        .unwrap();
+    m.unmap(dev, dma, len, Direction::FromDevice).unwrap();
+}
+
+/// A case of `len`-byte map+unmaps of `buf` through `m`.
+fn map_case(name: String, m: &Mapper, buf: PhysAddr, len: u64) -> Case {
+    let (m, dev) = (m.clone(), device());
+    Case::new(name, move || map_unmap(&m, &dev, buf, len))
+}
+
+/// Direct against bounced, 64 bytes each. Kept apart from the large copies below: run in
+/// the same rounds, those slow the small cases by up to a third.
+fn direct_vs_bounced() -> Comparison {
+    let m: Mapper = Arc::new(mapper(1));
+    Comparison {
+        title: "direct vs bounced: 64 B map+unmap",
+        cases: vec![
+            map_case("direct 64 B".into(), &m, PhysAddr::new(POOL), 64),
+            map_case("bounced 64 B".into(), &m, PhysAddr::new(POOL + 8), 64),
+        ],
+        ratios: vec![(0, 1, "<= 0.10")],
+    }
+}
+
+/// Each bounce against two plain copies of the bytes it moves, between the same addresses.
+fn bounce_vs_memcpy() -> Comparison {
+    let m: Mapper = Arc::new(mapper(1));
+    let dev = device();
+    let buf = PhysAddr::new(POOL + 8);
+    let mut cases = Vec::new();
+    let mut ratios = Vec::new();
+    for size in [4096u64, 16384, 65536] {
+        // The slot this mapping gets (the pool hands the same one back each time).
+        let dma = m.map(&dev, buf, size, Direction::FromDevice).unwrap();
+        m.unmap(&dev, dma, size, Direction::FromDevice).unwrap();
+        let slot = PhysAddr::new(dma.as_u64());
+        ratios.push((cases.len(), cases.len() + 1, "<= 1.25"));
+        cases.push(map_case(format!("bounce {size} B"), &m, buf, size));
+        let host = m.platform().clone();
+        cases.push(Case::new(format!("memcpy 2x {size} B"), move || {
+            host.copy(slot, black_box(buf), size).unwrap();
+            host.copy(buf, black_box(slot), size).unwrap();
+        }));
+    }
+    Comparison {
+        title: "bounce vs memcpy: FromDevice map+unmap against copying the same bytes",
+        cases,
+        ratios,
+    }
+}
+
+/// The cost of statistics and of the debug checker on the map+unmap path.
+fn observability() -> Comparison {
+    let variants: [(&str, Mapper); 3] = [
+        ("neither", Arc::new(mapper(1).without_statistics())),
+        ("statistics", Arc::new(mapper(1))),
+        (
+            "statistics + checker",
+            Arc::new(mapper(1).with_debug_checker()),
+        ),
+    ];
+    let mut cases = Vec::new();
+    let mut ratios = Vec::new();
+    for (kind, buf) in [
+        ("direct", PhysAddr::new(POOL)),
+        ("bounced", PhysAddr::new(POOL + 8)),
+    ] {
+        let base = cases.len();
+        for (name, m) in &variants {
+            cases.push(map_case(format!("{kind} {name}"), m, buf, 64));
+        }
+        ratios.push((base + 1, base, "< 1.10"));
+        ratios.push((base + 2, base, "(debugging only)"));
+    }
+    Comparison {
+        title: "observability: 64 B map+unmap",
+        cases,
+        ratios,
+    }
+}
+
+/// A 1 GiB pool's allocation cost at 10 %, 50 % and 90 % occupancy.
+fn occupancy() -> Comparison {
+    let req = BounceRequest::new(PhysAddr::new(0x1008), 4096, 0);
+    let cases = [10u64, 50, 90]
+        .into_iter()
+        .map(|percent| {
+            let pool = filled_pool(percent);
+            Case::new(format!("pool {percent} % full"), move || {
+                let got = pool.alloc(0, black_box(req), ()).unwrap();
+                pool.free(got.addr).unwrap();
+            })
+        })
+        .collect();
+    Comparison {
+        title: "pool allocation by occupancy (4 KiB alloc + free)",
+        cases,
+        ratios: vec![(2, 0, "<= 2.0")],
+    }
+}
+
+/// A two-area 1 GiB pool filled to `percent` with a seeded mix of sizes and alignments.
+fn filled_pool(percent: u64) -> Pool<()> {
+    const GIB: u64 = 1 << 30;
+    let cfg = PoolConfig::builder().cpu_count(2).build().expect("config");
+    let pool: Pool<()> = Pool::with_region(cfg, PhysAddr::new(0), GIB).expect("region");
+    let mut rng = SimRng::new(percent);
+    while pool.stats().used_bytes < GIB * percent / 100 {
+        let len = rng.between(1, 32 * 1024);
+        let orig = PhysAddr::new(rng.below(1 << 40));
+        let mask = [0, 0xfff][rng.below(2) as usize];
+        let req = BounceRequest::new(orig, len, mask);
+        if pool.alloc(rng.below(2) as usize, req, ()).is_err() {
+            break;
+        }
+    }
+    pool
+}
+
+/// Threads that run map+unmaps of their own buffers when told to, kept alive across
+/// rounds: threads started per round may share a CPU until the scheduler spreads them.
+struct Workers {
+    start: Arc<Barrier>,
+    done: Arc<Barrier>,
+    /// Operations per thread in the next run; 0 tells the threads to exit.
+    per_thread: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn new(m: &Mapper, count: usize) -> Self {
+        let start = Arc::new(Barrier::new(count + 1));
+        let done = Arc::new(Barrier::new(count + 1));
+        let per_thread = Arc::new(AtomicU64::new(0));
+        let threads = (0..count)
+            .map(|t| {
+                let (m, start, done, per) =
+                    (m.clone(), start.clone(), done.clone(), per_thread.clone());
+                std::thread::spawn(move || {
+                    m.platform().bind_current_thread(t);
+                    let dev = device();
+                    let buf = PhysAddr::new(POOL + 8 + t as u64 * MIB);
+                    loop {
+                        start.wait();
+                        let n = per.load(Ordering::Acquire);
+                        if n == 0 {
+                            return;
+                        }
+                        for _ in 0..n {
+                            map_unmap(&m, &dev, buf, 512);
+                        }
+                        done.wait();
+                    }
+                })
+            })
+            .collect();
+        Self {
+            start,
+            done,
+            per_thread,
+            threads,
+        }
+    }
+
+    /// Runs `n` operations spread over the threads; the time per operation, scaled to `n`.
+    fn run(&self, n: u64) -> Duration {
+        let count = self.threads.len() as u64;
+        let per = n.div_ceil(count).max(1);
+        self.per_thread.store(per, Ordering::Release);
+        self.start.wait();
+        let t = Instant::now();
+        self.done.wait();
+        t.elapsed().mul_f64(n as f64 / (per * count) as f64)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.per_thread.store(0, Ordering::Release);
+        self.start.wait();
+        for t in self.threads.drain(..) {
+            t.join().expect("worker");
+        }
+    }
+}
+
+/// Map+unmap throughput of one thread against two, each on its own CPU's pool area. Both
+/// cases run on workers woken the same way, so the wake-up cost is on both sides.
+fn threads() -> Comparison {
+    let m: Mapper = Arc::new(mapper(2));
+    let one = Workers::new(&m, 1);
+    let two = Workers::new(&m, 2);
+    Comparison {
+        title: "threads: 512 B map+unmap, time per operation over all threads",
+        cases: vec![
+            Case::timed("1 thread", move |n| one.run(n)),
+            Case::timed("2 threads", move |n| two.run(n)),
+        ],
+        // Throughput of two over one is the inverse ratio of time per operation.
+        ratios: vec![(0, 1, ">= 1.7 (throughput 2 / 1)")],
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rounds = std::env::var("DMAKIT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r: &usize| r > 0)
+        .unwrap_or(101);
+    let comparisons: [(&str, fn() -> Comparison); 5] = [
+        ("direct_vs_bounced", direct_vs_bounced),
+        ("bounce_vs_memcpy", bounce_vs_memcpy),
+        ("observability", observability),
+        ("occupancy", occupancy),
+        ("threads", threads),
+    ];
+    for (name, build) in comparisons {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let mut c = build();
+        let medians = measure(&mut c.cases, rounds);
+        report(&c, &medians, rounds);
+    }
+}
