@@ -14,7 +14,7 @@
 //!
 //! Run with `cargo bench -p dmakit-sim --bench paired [-- NAME...]`, where a name is part of
 //! `direct_vs_bounced`, `bounce_vs_memcpy`, `observability`, `occupancy` or `threads`;
-//! `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 101). Absolute times stay in the
+//! `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 201). Absolute times stay in the
 //! criterion benches.
 
 mod common;
@@ -331,7 +331,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&r: &usize| r > 0)
-        .unwrap_or(101);
+        .unwrap_or(201);
     let comparisons: [(&str, fn() -> Comparison); 5] = [
         ("direct_vs_bounced", direct_vs_bounced),
         ("bounce_vs_memcpy", bounce_vs_memcpy),

@@ -88,8 +88,13 @@ fn dir_index(d: Direction) -> usize {
 
 /// One device's counters in one stripe. Every total is derived when read, so a mapping
 /// updates as few counters as possible: one for a direct mapping, two for a bounce.
+/// `key` and `direct` come first, in 32 aligned bytes: a direct mapping's lookup and count
+/// touch one cache line.
 #[derive(Default)]
+#[repr(C, align(32))]
 struct Row {
+    /// `id + 1` of the device owning the row; 0 = free.
+    key: AtomicU32,
     /// Direct mappings by direction.
     direct: [AtomicU64; 3],
     /// Bounced mappings by reason and direction.
@@ -100,19 +105,17 @@ struct Row {
     deferred: AtomicU64,
 }
 
-/// One CPU stripe: a small open-addressed table from device id to a row of counters.
+/// One CPU stripe: a small open-addressed table from device id to a row of counters,
+/// probed from `id % MAX_TRACKED_DEVICES` (device ids are usually small and dense).
 /// Aligned to 128 bytes so stripes never share a cache line.
 #[repr(align(128))]
 struct Stripe {
-    /// `id + 1` of the device owning each row; 0 = free.
-    keys: [AtomicU32; MAX_TRACKED_DEVICES],
     rows: [Row; MAX_TRACKED_DEVICES],
 }
 
 impl Stripe {
     fn new() -> Self {
         Self {
-            keys: core::array::from_fn(|_| AtomicU32::new(0)),
             rows: core::array::from_fn(|_| Row::default()),
         }
     }
@@ -122,15 +125,20 @@ impl Stripe {
     #[inline]
     fn row(&self, dev: DeviceId) -> Option<&Row> {
         let key = dev.0.checked_add(1)?;
-        let start = (dev.0 as usize).wrapping_mul(0x9e37_79b9) % MAX_TRACKED_DEVICES;
+        let start = dev.0 as usize % MAX_TRACKED_DEVICES;
         for i in 0..MAX_TRACKED_DEVICES {
             let at = (start + i) % MAX_TRACKED_DEVICES;
-            let k = self.keys[at].load(Ordering::Acquire);
+            let k = self.rows[at].key.load(Ordering::Acquire);
             if k == key {
                 return Some(&self.rows[at]);
             }
             if k == 0 {
-                match self.keys[at].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                match self.rows[at].key.compare_exchange(
+                    0,
+                    key,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => return Some(&self.rows[at]),
                     Err(other) if other == key => return Some(&self.rows[at]),
                     Err(_) => continue,
@@ -236,8 +244,8 @@ impl DeviceCounters {
         let mut out: Vec<DeviceStats> = Vec::new();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for stripe in self.stripes.iter() {
-            for (k, r) in stripe.keys.iter().zip(stripe.rows.iter()) {
-                let key = k.load(Ordering::Acquire);
+            for r in stripe.rows.iter() {
+                let key = r.key.load(Ordering::Acquire);
                 if key == 0 {
                     continue;
                 }
