@@ -116,6 +116,9 @@ fn report(c: &Comparison, medians: &[f64], rounds: usize) {
 
 type Mapper = Arc<DmaMapper<Arc<HostPlatform>>>;
 
+/// Builds one comparison (its setup runs only when the comparison is selected).
+type Build = fn() -> Comparison;
+
 fn map_unmap(m: &Mapper, dev: &Device, buf: PhysAddr, len: u64) {
     let dma = m
         .map(dev, black_box(buf), len, Direction::FromDevice)
@@ -332,7 +335,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&r: &usize| r > 0)
         .unwrap_or(201);
-    let comparisons: [(&str, fn() -> Comparison); 5] = [
+    let comparisons: [(&str, Build); 5] = [
         ("direct_vs_bounced", direct_vs_bounced),
         ("bounce_vs_memcpy", bounce_vs_memcpy),
         ("observability", observability),

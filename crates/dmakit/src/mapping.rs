@@ -568,7 +568,10 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        if iommu::path::unmap(&self.platform, dom, dev, dma, len, dir)? {
+        let ended = iommu::path::unmap(&self.platform, dom, dev, dma, len, dir)?;
+        self.counters
+            .copied_from_bounce(self.platform.current_cpu(), dev.id(), ended.copied);
+        if ended.freed_room {
             self.room_freed();
         }
         Ok(())
@@ -663,7 +666,14 @@ impl<P: Platform> DmaMapper<P> {
             } else {
                 iommu::path::SyncTo::Device { fill_inbound }
             };
-            return iommu::path::sync(&self.platform, &dom, dev, part, to);
+            let copied = iommu::path::sync(&self.platform, &dom, dev, part, to)?;
+            let cpu = self.platform.current_cpu();
+            if for_cpu {
+                self.counters.copied_from_bounce(cpu, dev.id(), copied);
+            } else {
+                self.counters.copied_to_bounce(cpu, dev.id(), copied);
+            }
+            return Ok(());
         }
         let cpu = self.platform.current_cpu();
         match (self.backend_owning(dma), for_cpu) {

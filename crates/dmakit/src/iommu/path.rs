@@ -328,15 +328,24 @@ fn take_record(
     recs.remove(&key).ok_or(unknown)
 }
 
+/// What ending a mapping did on the CPU side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ended {
+    /// A bounce slot was released (deferred mappings may now fit).
+    pub(crate) freed_room: bool,
+    /// Bytes copied from a bounce back to the caller's buffer.
+    pub(crate) copied: u64,
+}
+
 /// Ends a mapping whose record was taken: page tables, IOTLB (now or queued), CPU side,
-/// IOVA release. Returns whether a bounce slot was released.
+/// IOVA release.
 fn finish<P: Platform + ?Sized>(
     p: &P,
     dom: &IommuDomain,
     dev: &Device,
     key: u64,
     rec: Record,
-) -> Result<bool, DmaError> {
+) -> Result<Ended, DmaError> {
     let cpu = p.current_cpu();
     let base = dom.iova_addr(rec.iova);
     if let Err(error) = dom.iommu.unmap(dom.id, base, rec.mapped) {
@@ -350,7 +359,7 @@ fn finish<P: Platform + ?Sized>(
     if strict {
         dom.iommu.flush_iotlb_range(dom.id, base, rec.mapped);
     }
-    let mut result = Ok(false);
+    let mut result = Ok(Ended::default());
     let mut parked = None;
     match &rec.kind {
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
@@ -363,7 +372,12 @@ fn finish<P: Platform + ?Sized>(
         Kind::Bounced { backend, slot } => {
             let dma = DmaAddr::new(slot.as_u64());
             result = if strict {
-                bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir).map(|_| true)
+                bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir).map(|(_, copied)| {
+                    Ended {
+                        freed_room: true,
+                        copied,
+                    }
+                })
             } else {
                 // Copy back now; the slot is released only after the invalidation.
                 parked = Some((backend.clone(), *slot));
@@ -373,7 +387,10 @@ fn finish<P: Platform + ?Sized>(
                     len: rec.len,
                     dir: rec.dir,
                 };
-                bounce::sync_for_cpu(p, backend.as_ref(), dev, part).map(|_| false)
+                bounce::sync_for_cpu(p, backend.as_ref(), dev, part).map(|copied| Ended {
+                    freed_room: false,
+                    copied,
+                })
             };
         }
     }
@@ -415,7 +432,7 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     dma: DmaAddr,
     len: u64,
     dir: Direction,
-) -> Result<bool, DmaError> {
+) -> Result<Ended, DmaError> {
     let rec = take_record(dom, dev, dma.as_u64(), Some(len), dir)?;
     finish(p, dom, dev, dma.as_u64(), rec)
 }
@@ -460,7 +477,7 @@ pub(crate) enum SyncTo {
 }
 
 /// Ownership of the part `part` (bytes at an offset inside the mapping at `part.dma`)
-/// passes to the device or back to the CPU.
+/// passes to the device or back to the CPU. Returns the bytes copied to or from a bounce.
 ///
 /// # Errors
 /// [`DmaError::UnknownMapping`] when the part is not inside a live mapping of `dev`,
@@ -472,7 +489,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
     dev: &Device,
     part: SyncPart,
     to: SyncTo,
-) -> Result<(), DmaError> {
+) -> Result<u64, DmaError> {
     let SyncPart {
         dma,
         offset,
@@ -514,7 +531,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
     match &r.kind {
         Kind::Single { phys } => {
             maintain(phys.add(at), len);
-            Ok(())
+            Ok(0)
         }
         Kind::Sg { pieces } | Kind::Pages { pieces } => {
             let (lo, hi) = (addr, addr + len);
@@ -524,7 +541,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                     maintain(pc.phys.add(s - pc.dma), e - s);
                 }
             }
-            Ok(())
+            Ok(0)
         }
         Kind::Bounced { backend, slot } => {
             let backend = backend.clone();
@@ -541,7 +558,6 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                 }
                 SyncTo::Cpu => bounce::sync_for_cpu(p, backend.as_ref(), dev, part),
             }
-            .map(|_| ())
         }
     }
 }
