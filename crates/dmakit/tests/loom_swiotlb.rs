@@ -21,6 +21,9 @@ mod addr {
 mod platform {
     pub use dmakit::platform::*;
 }
+mod bounce {
+    pub use dmakit::bounce::*;
+}
 
 #[path = "../src/swiotlb/mod.rs"]
 mod swiotlb;
