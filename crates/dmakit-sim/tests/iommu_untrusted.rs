@@ -47,12 +47,16 @@ fn dirty_pool(r: &Rig, pages: u64) -> Arc<dyn BounceBackend> {
     Arc::new(b)
 }
 
-fn read_granule(trusted: bool, granule: Granule, dir: Direction) -> Seen {
-    let r = rig(3, granule, HazardConfig::default());
-    let pool = dirty_pool(&r, 64);
-    let g = granule.bytes();
-    let d = r.domain(DomainConfig::STRICT);
-    let dev = Device::builder(DeviceId(4), "thunderbolt")
+/// A device attached to the machine and to a new domain of `cfg`, and a mapper that routes
+/// it through the IOMMU with `pool` for its bounces.
+fn attached(
+    r: &Rig,
+    pool: Arc<dyn BounceBackend>,
+    cfg: DomainConfig,
+    trusted: bool,
+) -> (Device, DmaMapper<&dmakit_sim::Machine>) {
+    let d = r.domain(cfg);
+    let dev = Device::builder(DeviceId(4), "external")
         .trusted(trusted)
         .build()
         .unwrap();
@@ -61,6 +65,14 @@ fn read_granule(trusted: bool, granule: Granule, dir: Direction) -> Seen {
     let mapper = DmaMapper::new(&r.m)
         .with_swiotlb(pool)
         .with_iommu(r.dma.clone());
+    (dev, mapper)
+}
+
+fn read_granule(trusted: bool, granule: Granule, dir: Direction) -> Seen {
+    let r = rig(3, granule, HazardConfig::default());
+    let pool = dirty_pool(&r, 64);
+    let g = granule.bytes();
+    let (dev, mapper) = attached(&r, pool, DomainConfig::STRICT, trusted);
     // One granule of kmalloc-style objects: a neighbour, the 13-byte buffer, another
     // neighbour, and unrelated data filling the rest.
     let page = r.m.alloc_pages(2 * g / 4096, 8 << 30).unwrap();
@@ -153,17 +165,7 @@ fn an_untrusted_device_reads_only_its_13_bytes_and_zeros() {
 #[test]
 fn an_untrusted_device_cannot_read_a_write_only_mapping() {
     let r = rig(5, Granule::K4, HazardConfig::NONE);
-    let pool = r.swiotlb(64);
-    let d = r.domain(DomainConfig::STRICT);
-    let dev = Device::builder(DeviceId(4), "ext")
-        .trusted(false)
-        .build()
-        .unwrap();
-    r.m.attach(dev.clone()).unwrap();
-    r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool)
-        .with_iommu(r.dma.clone());
+    let (dev, mapper) = attached(&r, r.swiotlb(64), DomainConfig::STRICT, false);
     let page = r.m.alloc_pages(1, u64::MAX).unwrap();
     let dma = mapper
         .map(&dev, page.add(0x40), 13, Direction::FromDevice)
@@ -199,17 +201,7 @@ fn control_a_trusted_device_sees_the_neighbours() {
 fn bytes_copied_through_untrusted_bounces_are_all_counted() {
     for cfg in [DomainConfig::STRICT, DomainConfig::LAZY] {
         let r = rig(5, Granule::K4, HazardConfig::default());
-        let pool = r.swiotlb(64);
-        let d = r.domain(cfg);
-        let dev = Device::builder(DeviceId(4), "usb4-nic")
-            .trusted(false)
-            .build()
-            .unwrap();
-        r.m.attach(dev.clone()).unwrap();
-        r.dma.attach(&dev, d).unwrap();
-        let mapper = DmaMapper::new(&r.m)
-            .with_swiotlb(pool)
-            .with_iommu(r.dma.clone());
+        let (dev, mapper) = attached(&r, r.swiotlb(64), cfg, false);
         let buf = r.m.alloc_pages(1, u32::MAX as u64).unwrap().add(0x48);
         let before = r.m.stats().copied_bytes;
         let dir = Direction::Bidirectional;
