@@ -1,0 +1,349 @@
+//! The routing layer: the raw, address-based streaming API.
+//!
+//! [`DmaMapper`] validates every request once, at this boundary, then decides which path a
+//! mapping takes: the direct path, the device's IOMMU domain, or a bounce through the pool
+//! the device uses. Each path owns one mechanism and knows nothing of the others; only this
+//! module knows them all. It also owns what spans paths: growth fallbacks, deferred
+//! mappings and scatter-gather splitting.
+//!
+//! This file holds the mapper, its configuration and its observability; the operations are
+//! split by kind: `route` (the decision and the paths behind it), `single` (map, unmap,
+//! sync), `deferred` (mappings that wait for room) and `sg` (scatter-gather lists).
+
+use core::panic::Location;
+use core::sync::atomic::AtomicUsize;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use spin::Mutex;
+
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::bounce::{BounceBackend, TransientPool};
+use crate::debug::{DebugChecker, DebugReport, LiveMapping, MappingFamily};
+use crate::decision::{AlignmentPolicy, BounceReason};
+use crate::device::{BouncePool, Device};
+use crate::direction::Direction;
+use crate::error::DmaError;
+use crate::iommu::{self, IommuDma, IommuDomain};
+use crate::platform::{PageAllocator, Platform};
+use crate::stats::{
+    BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
+};
+
+mod deferred;
+mod route;
+mod sg;
+mod single;
+
+use deferred::Deferred;
+use route::{Registered, Route};
+pub use sg::{DmaSegment, SgEntry};
+
+/// Called once when a deferred mapping completes (or fails for a reason other than room).
+pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
+
+/// What [`DmaMapper::map_or_defer`] did.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a deferred mapping completes later through its callback"]
+pub enum MapStatus {
+    /// Mapped now; the callback was not called and never will be.
+    Mapped(DmaAddr),
+    /// Queued; the callback runs when bounce room frees up.
+    Deferred,
+}
+
+/// How a single mapping was made, as reported by [`DmaMapper::map_traced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapPath {
+    /// The device uses the buffer in place.
+    Direct,
+    /// The buffer was bounced for `reason` through the named backend.
+    Bounced {
+        /// Why.
+        reason: BounceReason,
+        /// The backend's name.
+        backend: &'static str,
+    },
+    /// The device reaches the buffer in place through an IOVA of IOMMU domain `domain`.
+    Iommu {
+        /// The device's domain.
+        domain: crate::platform::IommuDomainId,
+    },
+}
+
+/// Switches that turn a safety mechanism off, so tests and the simulator can show the
+/// failure it prevents. Never set them outside such a demonstration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HazardControls {
+    /// Do not fill inbound bounces from the original buffer (at map and at
+    /// `sync_for_device`): a short device write then copies back whatever the bounce memory
+    /// held before — data of an earlier user.
+    pub skip_inbound_fill: bool,
+}
+
+/// The streaming DMA mapping layer for one platform.
+///
+/// All methods take `&self`, validate their input and never panic on bad input. A failed
+/// operation leaves the caller's buffer and every pool exactly as they were.
+pub struct DmaMapper<P> {
+    platform: P,
+    policy: AlignmentPolicy,
+    swiotlb: Option<Registered>,
+    coherent: Option<Registered>,
+    transient: Option<TransientPool>,
+    deferred: Mutex<VecDeque<Deferred>>,
+    /// Deferred mappings queued, plus `map_or_defer` attempts under way: frees look at it
+    /// (not at the queue's lock) to decide whether anyone may be waiting for room.
+    waiting: AtomicUsize,
+    controls: HazardControls,
+    iommu: Option<Arc<IommuDma>>,
+    debug: Option<DebugChecker>,
+    counters: DeviceCounters,
+    sites: SiteTable,
+    suggest_ppm: u64,
+    reporter: Option<BounceReporter>,
+}
+
+impl<P: Platform> DmaMapper<P> {
+    /// A mapper over `platform` with the exact alignment policy and no bounce pools.
+    pub fn new(platform: P) -> Self {
+        Self {
+            policy: AlignmentPolicy::Exact,
+            swiotlb: None,
+            coherent: None,
+            transient: None,
+            deferred: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
+            controls: HazardControls::default(),
+            iommu: None,
+            debug: None,
+            counters: DeviceCounters::new(platform.cpu_count()),
+            sites: SiteTable::new(platform.cpu_count()),
+            suggest_ppm: 100_000,
+            reporter: None,
+            platform,
+        }
+    }
+
+    /// Call sites with at least this share of all bounces, in parts per million, get the
+    /// "make this allocation a DMA buffer" suggestion in [`DmaMapper::top_sites`]
+    /// (default 100,000: a tenth).
+    pub fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
+        self.suggest_ppm = ppm;
+        self
+    }
+
+    /// Turns statistics and call-site attribution off: [`DmaMapper::stats`] then reports
+    /// no devices and [`DmaMapper::top_sites`] nothing, and the map path does no counting.
+    pub fn without_statistics(mut self) -> Self {
+        self.counters = DeviceCounters::disabled();
+        self.sites = SiteTable::disabled();
+        self
+    }
+
+    /// Samples bounces through `reporter` (at most one report per its interval).
+    pub fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// A snapshot of the statistics: per device, per pool. Reads atomics only.
+    pub fn stats(&self) -> StatsSnapshot {
+        let pools = [&self.swiotlb, &self.coherent]
+            .into_iter()
+            .flatten()
+            .map(|r| r.backend.as_ref())
+            .chain(self.transient.as_ref().map(|t| t as &dyn BounceBackend))
+            .map(|b| PoolSnapshot {
+                name: b.name(),
+                usage: b.usage(),
+                growth_events: b.growth_events(),
+            })
+            .collect();
+        StatsSnapshot {
+            devices: self.counters.snapshot(),
+            pools,
+            untracked_site_bounces: self.sites.untracked(),
+        }
+    }
+
+    /// The `n` call sites that requested the most bounced mappings, most first.
+    pub fn top_sites(&self, n: usize) -> Vec<SiteStats> {
+        self.sites.top(n, self.suggest_ppm)
+    }
+
+    /// Devices attached to a domain of `iommu` are mapped through it (IOVAs, page tables,
+    /// IOTLB invalidation); the others as before.
+    pub fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
+        self.iommu = Some(iommu);
+        self
+    }
+
+    /// The IOMMU layer, if there is one.
+    pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
+        self.iommu.as_ref()
+    }
+
+    /// The IOMMU domain `dev` is mapped through, if any.
+    #[inline]
+    fn iommu_domain(&self, dev: &Device) -> Option<Arc<IommuDomain>> {
+        self.iommu.as_ref()?.domain_of(dev.id())
+    }
+
+    fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
+        iommu::path::MapCtx {
+            backend: self.bounce_backend(dev),
+            policy: self.policy,
+            fill_inbound: !self.controls.skip_inbound_fill,
+        }
+    }
+
+    /// Checks every operation against a shadow table of live mappings and reports driver
+    /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
+    pub fn with_debug_checker(mut self) -> Self {
+        self.debug = Some(DebugChecker::new(self.line(), 10_000));
+        self
+    }
+
+    /// The debug checker, when enabled.
+    pub fn debug_checker(&self) -> Option<&DebugChecker> {
+        self.debug.as_ref()
+    }
+
+    /// The device is going away: with the debug checker on, every mapping it still has is
+    /// reported as a leak (and returned); otherwise nothing is known and nothing returned.
+    pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
+        self.debug
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.release_device(dev))
+    }
+
+    #[inline]
+    fn debug_mapped(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        result: &Result<(DmaAddr, MapPath), DmaError>,
+    ) {
+        if let Some(d) = &self.debug {
+            debug_record_mapped(d, dev, range, dir, site, result);
+        }
+    }
+
+    /// Turns safety mechanisms off for a demonstration; see [`HazardControls`].
+    pub fn with_hazard_controls(mut self, controls: HazardControls) -> Self {
+        self.controls = controls;
+        self
+    }
+
+    /// Uses `policy` for the alignment rule.
+    pub fn with_policy(mut self, policy: AlignmentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Bounces of devices that use [`BouncePool::Swiotlb`] go to `pool`.
+    pub fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.swiotlb = Some(Registered::new(pool));
+        self
+    }
+
+    /// Bounces of devices that use [`BouncePool::Coherent`] go to `pool`.
+    pub fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.coherent = Some(Registered::new(pool));
+        self
+    }
+
+    /// While a full pool waits for growth, serve bounces with exact-size page allocations
+    /// from `pages`.
+    pub fn with_transient_pages(mut self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+        self.transient = Some(TransientPool::new(pages));
+        self
+    }
+
+    /// The platform this mapper drives.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The alignment policy in force.
+    pub fn policy(&self) -> AlignmentPolicy {
+        self.policy
+    }
+
+    /// The pool bounces of `dev` go to, if there is one.
+    pub fn bounce_backend(&self, dev: &Device) -> Option<&Arc<dyn BounceBackend>> {
+        match dev.bounce_pool() {
+            BouncePool::Swiotlb => self.swiotlb.as_ref().map(|r| &r.backend),
+            BouncePool::Coherent => self.coherent.as_ref().map(|r| &r.backend),
+        }
+    }
+
+    /// The transient backend, if enabled.
+    pub fn transient(&self) -> Option<&TransientPool> {
+        self.transient.as_ref()
+    }
+
+    /// Whether kmalloc must keep cache-line alignment for safety on this platform: some
+    /// device is non-coherent and has no bounce pool to fix misaligned buffers.
+    pub fn needs_line_aligned_kmalloc<'a>(
+        &self,
+        devices: impl IntoIterator<Item = &'a Device>,
+    ) -> bool {
+        devices
+            .into_iter()
+            .any(|d| !d.is_coherent() && self.bounce_backend(d).is_none())
+    }
+
+    fn line(&self) -> u64 {
+        self.platform.cache_line_size()
+    }
+}
+
+/// Tells the debug checker about a single mapping's outcome (out of line: only a mapper
+/// with the checker on gets here).
+#[inline(never)]
+fn debug_record_mapped(
+    d: &DebugChecker,
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+    site: &'static Location<'static>,
+    result: &Result<(DmaAddr, MapPath), DmaError>,
+) {
+    match result {
+        Ok((dma, path)) => d.mapped(
+            dev,
+            LiveMapping {
+                device: dev.id(),
+                dma: *dma,
+                phys: Some(range.start()),
+                len: range.len(),
+                dir,
+                family: MappingFamily::Single,
+                site,
+                bounced: matches!(path, MapPath::Bounced { .. }),
+                coherent_device: dev.is_coherent(),
+                cpu_owned: Vec::new(),
+            },
+        ),
+        Err(e) => d.map_failed(dev, site, *e),
+    }
+}
+
+/// Validates a caller's range once, at the API boundary.
+fn checked_range(dev: &Device, addr: u64, len: u64) -> Result<PhysRange, DmaError> {
+    if len == 0 {
+        return Err(DmaError::ZeroLength { device: dev.id() });
+    }
+    PhysRange::new(PhysAddr::new(addr), len).ok_or(DmaError::AddressOverflow {
+        device: dev.id(),
+        addr,
+        len,
+    })
+}

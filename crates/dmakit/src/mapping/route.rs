@@ -1,0 +1,273 @@
+//! The routing decision and the paths behind it.
+//!
+//! [`DmaMapper::route`] decides, once per mapping or sg segment, whether it goes direct,
+//! through the device's IOMMU domain, or through a bounce pool (and why). The direct path is
+//! small enough to inline into `map`; the IOMMU and bounce paths are out of line. At unmap
+//! and sync, [`DmaMapper::backend_owning`] finds the bounce pool holding an address, testing
+//! each pool's memory span first so direct mappings cost no lookup.
+
+use core::panic::Location;
+
+use alloc::sync::Arc;
+
+use super::{DmaMapper, MapPath};
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::bounce::path::{self as bounce, MapFailure};
+use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, MemorySpan};
+use crate::decision::{self, BounceReason};
+use crate::device::Device;
+use crate::direct;
+use crate::direction::Direction;
+use crate::error::DmaError;
+use crate::iommu::{self, IommuDomain};
+use crate::platform::Platform;
+
+/// A bounce backend as the router keeps it: with its memory span, when it has one.
+pub(super) struct Registered {
+    pub(super) backend: Arc<dyn BounceBackend>,
+    span: Option<Arc<MemorySpan>>,
+}
+
+impl Registered {
+    pub(super) fn new(backend: Arc<dyn BounceBackend>) -> Self {
+        let span = backend.memory_span();
+        Self { backend, span }
+    }
+
+    /// False when `a` is certainly not in the backend's memory; true when it may be.
+    #[inline]
+    fn may_hold(&self, a: PhysAddr) -> bool {
+        self.span.as_ref().is_none_or(|s| s.may_contain(a.as_u64()))
+    }
+}
+
+/// The path a mapping takes, as decided by the routing layer.
+pub(super) enum Route {
+    /// The device reaches the buffer in place.
+    Direct,
+    /// Through this IOMMU domain (which may still bounce, by its own rules).
+    Iommu(Arc<IommuDomain>),
+    /// Through the device's bounce pool, for this reason.
+    Bounce(BounceReason),
+}
+
+impl<P: Platform> DmaMapper<P> {
+    /// Which path a mapping of `range` by `dev` in `dir` takes: the single routing decision.
+    #[inline]
+    pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
+        if let Some(dom) = self.iommu_domain(dev) {
+            return Route::Iommu(dom);
+        }
+        match decision::bounce_reason(dev, range, dir, self.policy, self.line()) {
+            None => Route::Direct,
+            Some(reason) => Route::Bounce(reason),
+        }
+    }
+
+    /// Maps `range` on the path [`DmaMapper::route`] chooses, and counts the outcome.
+    pub(super) fn map_range(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        self.map_routed(dev, range, dir, site, self.route(dev, range, dir))
+    }
+
+    /// Maps `range` on the path `route`, and counts the outcome. Out of line: `map` takes
+    /// the direct path without it.
+    #[inline(never)]
+    pub(super) fn map_routed(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        route: Route,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        match route {
+            Route::Direct => Ok((self.map_direct(dev, range, dir), MapPath::Direct)),
+            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
+            Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
+        }
+    }
+
+    /// The direct path and its one counter; small enough to inline into `map`.
+    #[inline]
+    pub(super) fn map_direct(&self, dev: &Device, range: PhysRange, dir: Direction) -> DmaAddr {
+        let dma = direct::map(&self.platform, dev, range, dir);
+        self.counters
+            .mapped(self.platform.current_cpu(), dev.id(), dir, None, 0);
+        dma
+    }
+
+    #[inline(never)]
+    fn map_iommu(
+        &self,
+        dom: &IommuDomain,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        let cpu = self.platform.current_cpu();
+        let ctx = self.iommu_ctx(dev);
+        let mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
+        match &mapped {
+            Ok((_, path)) => {
+                // The IOMMU path fills its bounces by the bounce path's rule.
+                let filled = dir.device_reads() || ctx.fill_inbound;
+                let copied = if filled { range.len() } else { 0 };
+                self.record_mapped(cpu, dev, range, dir, site, *path, copied);
+            }
+            Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
+                self.counters.exhausted(cpu, dev.id())
+            }
+            Err(_) => {}
+        }
+        mapped
+    }
+
+    #[inline(never)]
+    fn map_bounced(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        reason: BounceReason,
+    ) -> Result<(DmaAddr, MapPath), MapFailure> {
+        let cpu = self.platform.current_cpu();
+        let Some(backend) = self.bounce_backend(dev) else {
+            return Err(MapFailure::Failed(DmaError::NoBouncePool {
+                device: dev.id(),
+                phys: range.start(),
+                len: range.len(),
+            }));
+        };
+        let meta = BounceMeta {
+            device: dev.id(),
+            orig: range.start(),
+            len: range.len(),
+            dir,
+            reason,
+        };
+        let (used, mapped) = match self.bounce_into(backend.as_ref(), dev, range, meta) {
+            Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) if backend.growth_pending() => {
+                // While growth is on its way, an exact-size transient bounce bridges the gap.
+                match &self.transient {
+                    Some(t) => (
+                        t as &dyn BounceBackend,
+                        self.bounce_into(t, dev, range, meta),
+                    ),
+                    None => (
+                        backend.as_ref(),
+                        self.bounce_into(backend.as_ref(), dev, range, meta),
+                    ),
+                }
+            }
+            other => (backend.as_ref(), other),
+        };
+        match mapped {
+            Ok((dma, copied)) => {
+                let path = MapPath::Bounced {
+                    reason,
+                    backend: used.name(),
+                };
+                self.record_mapped(cpu, dev, range, dir, site, path, copied);
+                Ok((dma, path))
+            }
+            Err(e) => {
+                if let MapFailure::NoRoom(BounceAllocError::Full { .. }) = e {
+                    self.counters.exhausted(cpu, dev.id());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a successful mapping; a bounced one is also attributed to its call site and
+    /// offered to the reporter.
+    #[allow(clippy::too_many_arguments)]
+    fn record_mapped(
+        &self,
+        cpu: usize,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        path: MapPath,
+        copied: u64,
+    ) {
+        let MapPath::Bounced { reason, .. } = path else {
+            self.counters.mapped(cpu, dev.id(), dir, None, 0);
+            return;
+        };
+        self.counters
+            .mapped(cpu, dev.id(), dir, Some(reason), copied);
+        self.sites.record(cpu, site, range.len());
+        if let Some(r) = &self.reporter {
+            r.bounced(site, dev.id(), reason, range.len(), dir);
+        }
+        log::trace!(
+            "{}: bounced {range:?} ({}) at {site}",
+            dev.id(),
+            reason.name()
+        );
+    }
+
+    fn bounce_into(
+        &self,
+        backend: &dyn BounceBackend,
+        dev: &Device,
+        range: PhysRange,
+        meta: BounceMeta,
+    ) -> Result<(DmaAddr, u64), MapFailure> {
+        let fill = !self.controls.skip_inbound_fill;
+        bounce::map(&self.platform, backend, dev, range, meta, fill)
+    }
+
+    /// The backend whose memory holds `dma`, if any. Direct mappings, whose buffers lie
+    /// outside every backend's span, cost no lookup.
+    #[inline]
+    pub(super) fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {
+        let a = PhysAddr::new(dma.as_u64());
+        for r in [&self.swiotlb, &self.coherent].into_iter().flatten() {
+            if r.may_hold(a) && r.backend.contains(a) {
+                return Some(r.backend.as_ref());
+            }
+        }
+        self.transient
+            .as_ref()
+            .filter(|t| t.span().may_contain(a.as_u64()) && t.contains(a))
+            .map(|t| t as &dyn BounceBackend)
+    }
+
+    pub(super) fn failure_to_error(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        f: MapFailure,
+    ) -> DmaError {
+        match f {
+            MapFailure::Failed(e) => e,
+            MapFailure::NoRoom(BounceAllocError::Full { used, total }) => DmaError::PoolExhausted {
+                device: dev.id(),
+                len: range.len(),
+                used,
+                total,
+            },
+            MapFailure::NoRoom(BounceAllocError::TooLarge { max }) => DmaError::TooLargeToBounce {
+                device: dev.id(),
+                len: range.len(),
+                max,
+            },
+            MapFailure::NoRoom(BounceAllocError::Unreachable) => DmaError::NoBouncePool {
+                device: dev.id(),
+                phys: range.start(),
+                len: range.len(),
+            },
+        }
+    }
+}

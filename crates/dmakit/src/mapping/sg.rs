@@ -1,0 +1,218 @@
+//! Scatter-gather lists: entries split at the device's segment size and boundary, a bounce
+//! decision per segment, and complete unwinding when any segment fails.
+
+use core::panic::Location;
+
+use alloc::vec::Vec;
+
+use super::{checked_range, DmaMapper};
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::debug::checker::Unmapping;
+use crate::debug::{LiveMapping, MappingFamily};
+use crate::device::Device;
+use crate::direction::Direction;
+use crate::error::DmaError;
+use crate::iommu;
+use crate::platform::Platform;
+
+/// One element of a scatter-gather list given to [`DmaMapper::map_sg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgEntry {
+    /// First byte.
+    pub phys: PhysAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One device-visible segment produced by [`DmaMapper::map_sg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaSegment {
+    /// Device address.
+    pub dma: DmaAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl<P: Platform> DmaMapper<P> {
+    /// Maps a scatter-gather list. Entries longer than the device's maximum segment size,
+    /// or crossing its segment boundary, are split; every resulting segment gets its own
+    /// bounce decision. Returns the device-visible segments (possibly more than entries).
+    ///
+    /// # Errors
+    /// Any error of [`DmaMapper::map`] for any segment; segments already mapped are unmapped
+    /// again, so nothing is left behind. [`DmaError::ZeroLength`] for an empty list.
+    #[track_caller]
+    pub fn map_sg(
+        &self,
+        dev: &Device,
+        entries: &[SgEntry],
+        dir: Direction,
+    ) -> Result<Vec<DmaSegment>, DmaError> {
+        if entries.is_empty() {
+            return Err(DmaError::ZeroLength { device: dev.id() });
+        }
+        let ranges = entries
+            .iter()
+            .map(|e| checked_range(dev, e.phys.as_u64(), e.len))
+            .collect::<Result<Vec<_>, _>>()?;
+        let site = Location::caller();
+        let result = self.map_sg_ranges(dev, &ranges, dir, site);
+        if let Some(d) = &self.debug {
+            match &result {
+                Ok((segs, phys)) => {
+                    let group = d.next_group();
+                    for (seg, phys) in segs.iter().zip(phys) {
+                        let m = LiveMapping {
+                            device: dev.id(),
+                            dma: seg.dma,
+                            phys: *phys,
+                            len: seg.len,
+                            dir,
+                            family: MappingFamily::Sg {
+                                nents: segs.len(),
+                                group,
+                            },
+                            site,
+                            bounced: phys.is_some_and(|p| p.as_u64() != seg.dma.as_u64()),
+                            coherent_device: dev.is_coherent(),
+                            cpu_owned: Vec::new(),
+                        };
+                        d.mapped(dev, m);
+                    }
+                }
+                Err(e) => d.map_failed(dev, site, *e),
+            }
+        }
+        result.map(|(segs, _)| segs)
+    }
+
+    /// Maps validated sg ranges; also returns each segment's CPU range where it is one
+    /// contiguous range (not for IOMMU-merged segments).
+    #[allow(clippy::type_complexity)]
+    fn map_sg_ranges(
+        &self,
+        dev: &Device,
+        ranges: &[PhysRange],
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(Vec<DmaSegment>, Vec<Option<PhysAddr>>), DmaError> {
+        if let Some(dom) = self.iommu_domain(dev) {
+            let ctx = self.iommu_ctx(dev);
+            let segs = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx)
+                .map_err(|f| self.failure_to_error(dev, ranges[0], f))?;
+            let phys = alloc::vec![None; segs.len()];
+            return Ok((segs, phys));
+        }
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut phys = Vec::with_capacity(ranges.len());
+        for &range in ranges {
+            for piece in split_segment(dev, range) {
+                match self.map_range(dev, piece, dir, site) {
+                    Ok((dma, _)) if crosses_boundary(dev, dma, piece.len()) => {
+                        out.push(DmaSegment {
+                            dma,
+                            len: piece.len(),
+                        });
+                        self.unwind(dev, &out, dir);
+                        return Err(DmaError::OutOfMapping {
+                            device: dev.id(),
+                            dma,
+                            len: piece.len(),
+                            mapped_len: dev.seg_boundary_mask().saturating_add(1),
+                        });
+                    }
+                    Ok((dma, _)) => {
+                        out.push(DmaSegment {
+                            dma,
+                            len: piece.len(),
+                        });
+                        phys.push(Some(piece.start()));
+                    }
+                    Err(f) => {
+                        self.unwind(dev, &out, dir);
+                        return Err(self.failure_to_error(dev, piece, f));
+                    }
+                }
+            }
+        }
+        Ok((out, phys))
+    }
+
+    /// Unmaps every segment returned by [`DmaMapper::map_sg`].
+    ///
+    /// # Errors
+    /// The first error of [`DmaMapper::unmap`]; the remaining segments are still unmapped.
+    #[track_caller]
+    pub fn unmap_sg(
+        &self,
+        dev: &Device,
+        segments: &[DmaSegment],
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        if let Some(d) = &self.debug {
+            let site = Location::caller();
+            for seg in segments {
+                let u = Unmapping {
+                    dma: seg.dma,
+                    len: seg.len,
+                    dir,
+                    family: MappingFamily::Sg {
+                        nents: segments.len(),
+                        group: 0,
+                    },
+                };
+                d.unmapping(dev, u, site);
+            }
+        }
+        if let Some(dom) = self.iommu_domain(dev) {
+            let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
+            self.room_freed();
+            return r;
+        }
+        let mut first = Ok(());
+        for s in segments {
+            let r = match checked_range(dev, s.dma.as_u64(), s.len) {
+                Ok(range) => self.unmap_range(dev, s.dma, range, dir),
+                Err(e) => Err(e),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    fn unwind(&self, dev: &Device, mapped: &[DmaSegment], dir: Direction) {
+        for s in mapped {
+            // These segments were mapped by this call with these exact arguments.
+            let undone = checked_range(dev, s.dma.as_u64(), s.len)
+                .and_then(|range| self.unmap_range(dev, s.dma, range, dir));
+            debug_assert!(undone.is_ok());
+        }
+    }
+}
+
+/// Splits `range` into pieces that respect the device's maximum segment size and segment
+/// boundary (both in the physical address space, which is the DMA space of the direct path).
+fn split_segment(dev: &Device, range: PhysRange) -> impl Iterator<Item = PhysRange> + '_ {
+    let mut at = range.start().as_u64();
+    let end = range.end().as_u64();
+    core::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let boundary = dev.seg_boundary_mask();
+        let to_boundary = (boundary - (at & boundary)).saturating_add(1);
+        let len = (end - at).min(dev.max_segment_size()).min(to_boundary);
+        let piece = PhysRange::new(PhysAddr::new(at), len);
+        at += len;
+        piece
+    })
+}
+
+fn crosses_boundary(dev: &Device, dma: DmaAddr, len: u64) -> bool {
+    let mask = dev.seg_boundary_mask();
+    let first = dma.as_u64();
+    let last = first + (len - 1);
+    (first & !mask) != (last & !mask)
+}

@@ -1,0 +1,284 @@
+//! Single mappings: `map`, `unmap` and the partial syncs, each validated once at entry and
+//! sent down the path the router chose.
+
+use core::panic::Location;
+
+use super::{checked_range, DmaMapper, MapPath, Route};
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::bounce::path::{self as bounce, SyncPart};
+use crate::bounce::BounceBackend;
+use crate::debug::checker::Unmapping;
+use crate::debug::MappingFamily;
+use crate::device::Device;
+use crate::direct;
+use crate::direction::Direction;
+use crate::error::DmaError;
+use crate::iommu::{self, IommuDomain};
+use crate::platform::Platform;
+
+impl<P: Platform> DmaMapper<P> {
+    /// Lends `len` bytes at `phys` to `dev` for one transfer in `dir` (Linux
+    /// `dma_map_phys`). Returns the address the device must use.
+    ///
+    /// # Errors
+    /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range;
+    /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
+    /// pool; [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool
+    /// cannot take it; a memory fault from the bounce copy. On error nothing was changed.
+    #[inline]
+    #[track_caller]
+    pub fn map(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<DmaAddr, DmaError> {
+        self.map_at(dev, phys, len, dir, Location::caller())
+            .map(|(dma, _)| dma)
+    }
+
+    /// As [`DmaMapper::map`], also saying which path the mapping took.
+    ///
+    /// # Errors
+    /// As [`DmaMapper::map`].
+    #[inline]
+    #[track_caller]
+    pub fn map_traced(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(DmaAddr, MapPath), DmaError> {
+        self.map_at(dev, phys, len, dir, Location::caller())
+    }
+
+    /// The body of [`DmaMapper::map`] and [`DmaMapper::map_traced`], inlined into each so
+    /// that `map` never builds the [`MapPath`] it drops.
+    #[inline(always)]
+    fn map_at(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: u64,
+        dir: Direction,
+        site: &'static Location<'static>,
+    ) -> Result<(DmaAddr, MapPath), DmaError> {
+        let range = checked_range(dev, phys.as_u64(), len)?;
+        let route = self.route(dev, range, dir);
+        if let Route::Direct = route {
+            // Returned on its own, so a direct mapping's result stays in registers.
+            let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
+            self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+            return Ok(mapped);
+        }
+        let result = self
+            .map_routed(dev, range, dir, site, route)
+            .map_err(|f| self.failure_to_error(dev, range, f));
+        self.debug_mapped(dev, range, dir, site, &result);
+        result
+    }
+
+    /// Ends the mapping `dma` of `len` bytes made with `dir`; the CPU owns the buffer again
+    /// and sees what the device wrote.
+    ///
+    /// # Errors
+    /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range. For a
+    /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
+    /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
+    /// Direct mappings keep no record; the debug checker catches their misuse.
+    #[inline]
+    #[track_caller]
+    pub fn unmap(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let range = checked_range(dev, dma.as_u64(), len)?;
+        if let Some(d) = &self.debug {
+            let u = Unmapping {
+                dma,
+                len,
+                dir,
+                family: MappingFamily::Single,
+            };
+            d.unmapping(dev, u, Location::caller());
+        }
+        self.unmap_range(dev, dma, range, dir)
+    }
+
+    /// Unmaps without consulting the debug checker (the caller did, or is undoing its own
+    /// work).
+    #[inline]
+    pub(super) fn unmap_range(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        range: PhysRange,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        if let Some(dom) = self.iommu_domain(dev) {
+            return self.unmap_iommu(&dom, dev, dma, range.len(), dir);
+        }
+        match self.backend_owning(dma) {
+            Some(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
+            None => {
+                direct::unmap(&self.platform, dev, range, dir);
+                Ok(())
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn unmap_iommu(
+        &self,
+        dom: &IommuDomain,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let ended = iommu::path::unmap(&self.platform, dom, dev, dma, len, dir)?;
+        self.counters
+            .copied_from_bounce(self.platform.current_cpu(), dev.id(), ended.copied);
+        if ended.freed_room {
+            self.room_freed();
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn unmap_bounced(
+        &self,
+        backend: &dyn BounceBackend,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+        self.counters
+            .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
+        self.room_freed();
+        Ok(())
+    }
+
+    /// Passes ownership of `len` bytes at `offset` inside the mapping `dma` to the device.
+    /// On a bounced mapping only that part is copied.
+    ///
+    /// # Errors
+    /// As [`DmaMapper::unmap`]; for a bounced mapping [`DmaError::OutOfMapping`] when the
+    /// part leaves the mapping and [`DmaError::WrongDirection`] when the mapping does not
+    /// permit `dir`.
+    #[track_caller]
+    pub fn sync_for_device(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        offset: u64,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let part = SyncPart {
+            dma,
+            offset,
+            len,
+            dir,
+        };
+        self.sync(dev, part, false, Location::caller())
+    }
+
+    /// Passes ownership of `len` bytes at `offset` inside the mapping `dma` back to the
+    /// CPU, which then sees what the device wrote there.
+    ///
+    /// # Errors
+    /// As [`DmaMapper::sync_for_device`].
+    #[track_caller]
+    pub fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        offset: u64,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(), DmaError> {
+        let part = SyncPart {
+            dma,
+            offset,
+            len,
+            dir,
+        };
+        self.sync(dev, part, true, Location::caller())
+    }
+
+    /// Both syncs: ownership of `part` passes to the CPU (`for_cpu`) or to the device.
+    fn sync(
+        &self,
+        dev: &Device,
+        part: SyncPart,
+        for_cpu: bool,
+        site: &'static Location<'static>,
+    ) -> Result<(), DmaError> {
+        let SyncPart {
+            dma,
+            offset,
+            len,
+            dir,
+        } = part;
+        let range = self.sync_range(dev, dma, offset, len)?;
+        if let Some(d) = &self.debug {
+            d.syncing(dev, dma, offset, len, dir, for_cpu, site);
+        }
+        let fill_inbound = !self.controls.skip_inbound_fill;
+        if let Some(dom) = self.iommu_domain(dev) {
+            let to = if for_cpu {
+                iommu::path::SyncTo::Cpu
+            } else {
+                iommu::path::SyncTo::Device { fill_inbound }
+            };
+            let copied = iommu::path::sync(&self.platform, &dom, dev, part, to)?;
+            let cpu = self.platform.current_cpu();
+            if for_cpu {
+                self.counters.copied_from_bounce(cpu, dev.id(), copied);
+            } else {
+                self.counters.copied_to_bounce(cpu, dev.id(), copied);
+            }
+            return Ok(());
+        }
+        let cpu = self.platform.current_cpu();
+        match (self.backend_owning(dma), for_cpu) {
+            (Some(b), true) => {
+                let copied = bounce::sync_for_cpu(&self.platform, b, dev, part)?;
+                self.counters.copied_from_bounce(cpu, dev.id(), copied);
+            }
+            (Some(b), false) => {
+                let copied = bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?;
+                self.counters.copied_to_bounce(cpu, dev.id(), copied);
+            }
+            (None, true) => direct::sync_for_cpu(&self.platform, dev, range, dir),
+            (None, false) => direct::sync_for_device(&self.platform, dev, range, dir),
+        }
+        Ok(())
+    }
+
+    fn sync_range(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        offset: u64,
+        len: u64,
+    ) -> Result<PhysRange, DmaError> {
+        let start = dma
+            .as_u64()
+            .checked_add(offset)
+            .ok_or(DmaError::AddressOverflow {
+                device: dev.id(),
+                addr: dma.as_u64(),
+                len: offset,
+            })?;
+        checked_range(dev, start, len)
+    }
+}
