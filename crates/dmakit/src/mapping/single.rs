@@ -233,33 +233,34 @@ impl<P: Platform> DmaMapper<P> {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
         let fill_inbound = !self.controls.skip_inbound_fill;
-        if let Some(dom) = self.iommu_domain(dev) {
+        let copied = if let Some(dom) = self.iommu_domain(dev) {
             let to = if for_cpu {
                 iommu::path::SyncTo::Cpu
             } else {
                 iommu::path::SyncTo::Device { fill_inbound }
             };
-            let copied = iommu::path::sync(&self.platform, &dom, dev, part, to)?;
-            let cpu = self.platform.current_cpu();
-            if for_cpu {
-                self.counters.copied_from_bounce(cpu, dev.id(), copied);
-            } else {
-                self.counters.copied_to_bounce(cpu, dev.id(), copied);
+            iommu::path::sync(&self.platform, &dom, dev, part, to)?
+        } else {
+            match (self.backend_owning(dma), for_cpu) {
+                (Some(b), true) => bounce::sync_for_cpu(&self.platform, b, dev, part)?,
+                (Some(b), false) => {
+                    bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?
+                }
+                (None, true) => {
+                    direct::sync_for_cpu(&self.platform, dev, range, dir);
+                    0
+                }
+                (None, false) => {
+                    direct::sync_for_device(&self.platform, dev, range, dir);
+                    0
+                }
             }
-            return Ok(());
-        }
+        };
         let cpu = self.platform.current_cpu();
-        match (self.backend_owning(dma), for_cpu) {
-            (Some(b), true) => {
-                let copied = bounce::sync_for_cpu(&self.platform, b, dev, part)?;
-                self.counters.copied_from_bounce(cpu, dev.id(), copied);
-            }
-            (Some(b), false) => {
-                let copied = bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?;
-                self.counters.copied_to_bounce(cpu, dev.id(), copied);
-            }
-            (None, true) => direct::sync_for_cpu(&self.platform, dev, range, dir),
-            (None, false) => direct::sync_for_device(&self.platform, dev, range, dir),
+        if for_cpu {
+            self.counters.copied_from_bounce(cpu, dev.id(), copied);
+        } else {
+            self.counters.copied_to_bounce(cpu, dev.id(), copied);
         }
         Ok(())
     }
