@@ -72,34 +72,20 @@ impl fmt::Display for DeviceFault {
 
 /// Translation of bus addresses to physical addresses: the seam where an IOMMU plugs in.
 pub trait DmaTranslation {
-    /// Translates the start of an access of `len` bytes at `dma` by `device`. Returns the
+    /// Translates the start of an access of `len` bytes at `dma` by `device`; `write` says
+    /// whether it is a write, so a translation with permissions can refuse it. Returns the
     /// physical address of `dma` and how many bytes from there are physically contiguous
     /// (at least 1, at most `len`); the engine calls again for the rest.
     ///
     /// # Errors
-    /// The [`FaultReason`] to record when `dma` has no translation.
+    /// The [`FaultReason`] to record when `dma` has no translation or forbids the access.
     fn translate(
         &self,
         device: DeviceId,
         dma: DmaAddr,
         len: u64,
-    ) -> Result<(PhysAddr, u64), FaultReason>;
-
-    /// As [`DmaTranslation::translate`], knowing whether the access is a write, so a
-    /// translation with permissions can refuse it. The default ignores the kind of access.
-    ///
-    /// # Errors
-    /// As [`DmaTranslation::translate`].
-    fn translate_access(
-        &self,
-        device: DeviceId,
-        dma: DmaAddr,
-        len: u64,
         write: bool,
-    ) -> Result<(PhysAddr, u64), FaultReason> {
-        let _ = write;
-        self.translate(device, dma, len)
-    }
+    ) -> Result<(PhysAddr, u64), FaultReason>;
 }
 
 /// The direct path's translation: the bus address is the physical address.
@@ -112,6 +98,7 @@ impl DmaTranslation for IdentityTranslation {
         _device: DeviceId,
         dma: DmaAddr,
         len: u64,
+        _write: bool,
     ) -> Result<(PhysAddr, u64), FaultReason> {
         Ok((PhysAddr::new(dma.as_u64()), len))
     }
@@ -252,7 +239,7 @@ impl DmaEngines {
             let mut done = 0;
             while done < len {
                 let d = DmaAddr::new(start + done);
-                match self.translation.translate_access(id, d, len - done, write) {
+                match self.translation.translate(id, d, len - done, write) {
                     Ok((p, n)) if n >= 1 && n <= len - done => {
                         if !is_ram(p.as_u64(), n) {
                             reason = Some(FaultReason::NotMemory);

@@ -615,17 +615,7 @@ impl Iommu for SimIommu {
 }
 
 impl DmaTranslation for SimIommu {
-    /// A read access (see [`DmaTranslation::translate_access`]).
     fn translate(
-        &self,
-        device: DeviceId,
-        dma: DmaAddr,
-        len: u64,
-    ) -> Result<(PhysAddr, u64), FaultReason> {
-        self.translate_access(device, dma, len, false)
-    }
-
-    fn translate_access(
         &self,
         device: DeviceId,
         dma: DmaAddr,

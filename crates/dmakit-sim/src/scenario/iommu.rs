@@ -23,19 +23,10 @@ impl DmaTranslation for Routed {
         device: DeviceId,
         dma: DmaAddr,
         len: u64,
-    ) -> Result<(PhysAddr, u64), FaultReason> {
-        self.translate_access(device, dma, len, false)
-    }
-
-    fn translate_access(
-        &self,
-        device: DeviceId,
-        dma: DmaAddr,
-        len: u64,
         write: bool,
     ) -> Result<(PhysAddr, u64), FaultReason> {
         if self.behind.contains(&device) {
-            self.iommu.translate_access(device, dma, len, write)
+            self.iommu.translate(device, dma, len, write)
         } else {
             Ok((PhysAddr::new(dma.as_u64()), len))
         }
