@@ -595,38 +595,14 @@ impl Machine {
                 owners: owners.len(),
             });
         }
-        let mut s = self.state.borrow_mut();
-        let st = &mut *s;
-        let coherent = st.engines.device(dev)?.is_coherent();
-        let mut plan = std::mem::take(&mut st.plan);
-        plan.clear();
-        let mem = &st.mem;
-        let r = st.engines.plan(
-            dev,
-            dma,
-            data.len() as u64,
-            false,
-            |a, n| mem.ram().contains(a, n),
-            &mut plan,
-        );
-        if r.is_ok() {
-            let mut off = 0usize;
-            for &(p, n) in &plan {
-                let n = n as usize;
-                let (d, w) = (&mut data[off..off + n], &mut owners[off..off + n]);
-                if coherent {
-                    st.cache.peek(&st.mem, p, d, w);
-                } else {
-                    st.mem.read_unchecked(p, d, w);
-                }
-                off += n;
+        self.device_access(dev, dma, data.len() as u64, false, |st, coherent, p, at| {
+            let (d, w) = (&mut data[at.clone()], &mut owners[at]);
+            if coherent {
+                st.cache.peek(&st.mem, p, d, w);
+            } else {
+                st.mem.read_unchecked(p, d, w);
             }
-            st.stats.device_reads += 1;
-            st.event(EV_DEV_READ, dma.as_u64());
-            st.roll();
-        }
-        st.plan = plan;
-        r
+        })
     }
 
     /// [`Machine::device_read_into`] returning the bytes.
@@ -655,6 +631,27 @@ impl Machine {
         data: &[u8],
         owner: Owner,
     ) -> Result<(), SimError> {
+        self.device_access(dev, dma, data.len() as u64, true, |st, coherent, p, at| {
+            let d = &data[at];
+            st.mem.write_unchecked(p, d, Stamps::All(owner));
+            if coherent {
+                st.cache.snoop_write(p, d, owner);
+            }
+        })
+    }
+
+    /// One device access of `len` bytes at `dma`: plans it (mask, grants, translation,
+    /// RAM) and, when it is allowed, calls `piece` for each physically contiguous piece
+    /// with its physical address and its byte range within the access; then counts the
+    /// access and gives the cache its chance to misbehave. Nothing is touched on error.
+    fn device_access(
+        &self,
+        dev: DeviceId,
+        dma: DmaAddr,
+        len: u64,
+        write: bool,
+        mut piece: impl FnMut(&mut State, bool, u64, core::ops::Range<usize>),
+    ) -> Result<(), SimError> {
         let mut s = self.state.borrow_mut();
         let st = &mut *s;
         let coherent = st.engines.device(dev)?.is_coherent();
@@ -664,8 +661,8 @@ impl Machine {
         let r = st.engines.plan(
             dev,
             dma,
-            data.len() as u64,
-            true,
+            len,
+            write,
             |a, n| mem.ram().contains(a, n),
             &mut plan,
         );
@@ -673,15 +670,16 @@ impl Machine {
             let mut off = 0usize;
             for &(p, n) in &plan {
                 let n = n as usize;
-                let d = &data[off..off + n];
-                st.mem.write_unchecked(p, d, Stamps::All(owner));
-                if coherent {
-                    st.cache.snoop_write(p, d, owner);
-                }
+                piece(st, coherent, p, off..off + n);
                 off += n;
             }
-            st.stats.device_writes += 1;
-            st.event(EV_DEV_WRITE, dma.as_u64());
+            if write {
+                st.stats.device_writes += 1;
+                st.event(EV_DEV_WRITE, dma.as_u64());
+            } else {
+                st.stats.device_reads += 1;
+                st.event(EV_DEV_READ, dma.as_u64());
+            }
             st.roll();
         }
         st.plan = plan;
