@@ -122,36 +122,32 @@ impl DeviceAddressSpace for NoTranslation {
     }
 }
 
-impl<T: DeviceAddressSpace + ?Sized> DeviceAddressSpace for &T {
-    fn translates(&self, dev: &Device) -> bool {
-        (**self).translates(dev)
-    }
-    fn map_pages_contiguous(
-        &self,
-        dev: &Device,
-        pages: &[PhysAddr],
-        dir: Direction,
-    ) -> Result<DmaAddr, DeviceSpaceError> {
-        (**self).map_pages_contiguous(dev, pages, dir)
-    }
-    fn unmap_pages(&self, dev: &Device, dma: DmaAddr, pages: u64) -> Result<(), DeviceSpaceError> {
-        (**self).unmap_pages(dev, dma, pages)
-    }
+/// Forwards [`DeviceAddressSpace`] through a reference or a shared pointer, as
+/// `crate::platform` does for the platform traits.
+macro_rules! forward {
+    ($($ptr:ty),*) => {$(
+        impl<T: DeviceAddressSpace + ?Sized> DeviceAddressSpace for $ptr {
+            fn translates(&self, dev: &Device) -> bool {
+                (**self).translates(dev)
+            }
+            fn map_pages_contiguous(
+                &self,
+                dev: &Device,
+                pages: &[PhysAddr],
+                dir: Direction,
+            ) -> Result<DmaAddr, DeviceSpaceError> {
+                (**self).map_pages_contiguous(dev, pages, dir)
+            }
+            fn unmap_pages(
+                &self,
+                dev: &Device,
+                dma: DmaAddr,
+                pages: u64,
+            ) -> Result<(), DeviceSpaceError> {
+                (**self).unmap_pages(dev, dma, pages)
+            }
+        }
+    )*};
 }
 
-impl<T: DeviceAddressSpace + ?Sized> DeviceAddressSpace for alloc::sync::Arc<T> {
-    fn translates(&self, dev: &Device) -> bool {
-        (**self).translates(dev)
-    }
-    fn map_pages_contiguous(
-        &self,
-        dev: &Device,
-        pages: &[PhysAddr],
-        dir: Direction,
-    ) -> Result<DmaAddr, DeviceSpaceError> {
-        (**self).map_pages_contiguous(dev, pages, dir)
-    }
-    fn unmap_pages(&self, dev: &Device, dma: DmaAddr, pages: u64) -> Result<(), DeviceSpaceError> {
-        (**self).unmap_pages(dev, dma, pages)
-    }
-}
+forward!(&T, alloc::sync::Arc<T>);
