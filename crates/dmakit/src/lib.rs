@@ -32,6 +32,7 @@ mod maintenance;
 pub mod mapping;
 pub mod mem;
 pub mod platform;
+pub mod reintroduce;
 pub mod stats;
 pub mod swiotlb;
 pub mod swiotlb_backend;
