@@ -96,6 +96,42 @@ mod switches {
 #[cfg(feature = "reintroduce-defects")]
 pub use switches::{active, disable, disable_all, enable};
 
+#[cfg(all(feature = "reintroduce-defects", feature = "std"))]
+mod guard {
+    extern crate std;
+    use super::Defect;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    /// A defect put back for as long as this lives; see [`put_back`].
+    #[must_use = "the defect is fixed again when this is dropped"]
+    pub struct PutBack {
+        _serial: MutexGuard<'static, ()>,
+    }
+
+    impl Drop for PutBack {
+        fn drop(&mut self) {
+            super::disable_all();
+        }
+    }
+
+    /// Puts `defect` back (or, with `None`, none) until the guard drops, even if the test
+    /// panics. The guard also holds a process-wide lock, so tests of one binary that take
+    /// it run one at a time and never see each other's defects.
+    pub fn put_back(defect: Option<Defect>) -> PutBack {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+        super::disable_all();
+        if let Some(d) = defect {
+            super::enable(d);
+        }
+        PutBack { _serial: serial }
+    }
+}
+
+#[cfg(all(feature = "reintroduce-defects", feature = "std"))]
+pub use guard::{put_back, PutBack};
+
 /// Whether `d` is put back: always `false` without the `reintroduce-defects` feature.
 #[cfg(not(feature = "reintroduce-defects"))]
 #[inline(always)]
