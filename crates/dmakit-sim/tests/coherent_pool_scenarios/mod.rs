@@ -306,8 +306,7 @@ pub fn two_devices_interleaved(seed: u64, steps: u32) -> Transfers {
     let mut slot_used = [false; SLOTS as usize];
     for _ in 0..steps {
         let free_slot = slot_used.iter().position(|u| !u);
-        if free_slot.is_some() && (rig.live.is_empty() || rng.random_bool(0.55)) {
-            let s = free_slot.unwrap();
+        if let Some(s) = free_slot.filter(|_| rig.live.is_empty() || rng.random_bool(0.55)) {
             let dev = rng.random_range(0..2usize);
             let len = match rng.random_range(0..4u32) {
                 0 => rng.random_range(1..=128u64),

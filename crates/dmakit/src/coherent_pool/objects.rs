@@ -643,7 +643,11 @@ mod tests {
 
         #[derive(Clone, Debug)]
         enum Op {
-            Alloc { size: u64, align_log: u32, limit: u8 },
+            Alloc {
+                size: u64,
+                align_log: u32,
+                limit: u8,
+            },
             Free(usize),
         }
 
