@@ -7,8 +7,9 @@
 //! that fits below the caller's address limit and splits it, the unused upper halves going
 //! to the smaller classes. A freed object merges with its buddy (the other half of the
 //! aligned block twice its size) whenever the buddy is free, and the result again with its
-//! own buddy, up to `max_object`: a pool whose objects are all freed holds only the
-//! maximal blocks it started with, so any request up to the largest block succeeds.
+//! own buddy, up to `max_object`: a pool whose objects are all freed holds again the
+//! maximal blocks its chunks were cut into (or larger ones, where chunks abut), so any
+//! request up to the largest of them succeeds.
 //!
 //! Cost: allocation and free are O(classes × log free blocks) (an ordered set per class);
 //! the sets are B-trees, so alloc and free may allocate heap nodes, as the map of live
@@ -103,10 +104,10 @@ struct State {
 /// A growable pool of size-class objects in coherent memory. Thread-safe; never blocks
 /// beyond a short spin lock.
 ///
-/// Guarantees: live objects never overlap one another or a free block; every object lies
-/// within one chunk (or abutting chunks) of the pool; `used + free == total` at all times;
-/// and once every object is freed, each chunk is again the maximal aligned blocks it was
-/// cut into when added.
+/// Guarantees: live objects never overlap one another or a free block, so a freed object's
+/// bytes are handed out again only after it was freed; every object lies in the pool's
+/// chunks; `used + free == total` at all times; and once every object is freed, every
+/// block the chunks were cut into when added is free again, whole.
 pub struct ObjectPool {
     cfg: ObjectPoolConfig,
     state: Mutex<State>,
