@@ -1,12 +1,26 @@
-//! Segregated-fit object allocator over chunks of coherent memory.
+//! Buddy allocator of power-of-two objects over chunks of coherent memory.
 //!
 //! Objects come in power-of-two size classes from `min_object` (at least a cache line, so
-//! no two objects share a line) to `max_object`, each aligned to its size. A class's free
-//! objects sit on its own free list; an empty list is refilled by carving the next object
-//! from a chunk's unused tail. Allocation and free are O(1) apart from the number of
-//! classes; freed objects stay in their class (like a slab), so the pool never needs to
-//! search.
+//! no two objects share a line) to `max_object`, each aligned to its size. A chunk is cut,
+//! when it is added, into the largest aligned free blocks that fit it (at most
+//! `max_object`). An allocation takes the lowest-addressed free block of the smallest class
+//! that fits below the caller's address limit and splits it, the unused upper halves going
+//! to the smaller classes. A freed object merges with its buddy (the other half of the
+//! aligned block twice its size) whenever the buddy is free, and the result again with its
+//! own buddy, up to `max_object`: a pool whose objects are all freed holds again the
+//! maximal blocks its chunks were cut into (or larger ones, where chunks abut), so any
+//! request up to the largest of them succeeds.
+//!
+//! Cost: allocation and free are O(classes × log free blocks) (an ordered set per class);
+//! the sets are B-trees, so alloc and free may allocate heap nodes, as the map of live
+//! objects always did.
+//!
+//! Growth: the pool asks its hook for a chunk when it could no longer serve one object of
+//! `min(refill_below, max_object)` bytes, or when its free bytes fall below
+//! `refill_below`. Free bytes left in blocks too small for that object do not put growth
+//! off.
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -16,6 +30,7 @@ use crate::addr::PhysAddr;
 use crate::bounce::MemorySpan;
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
 use crate::platform::PAGE_SIZE;
+use crate::reintroduce::Defect;
 
 /// Shape of an [`ObjectPool`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +41,8 @@ pub struct ObjectPoolConfig {
     pub max_object: u64,
     /// Size of the chunks growth adds (a multiple of [`PAGE_SIZE`]).
     pub chunk_bytes: u64,
-    /// Request growth when free bytes fall below this.
+    /// Request growth when the pool could no longer serve one object of
+    /// `min(refill_below, max_object)` bytes, or its free bytes fall below this.
     pub refill_below: u64,
     /// Name for reports and growth requests.
     pub name: &'static str,
@@ -49,14 +65,15 @@ impl Default for ObjectPoolConfig {
 pub enum PoolError {
     /// The configuration breaks the rules on [`ObjectPoolConfig`].
     BadConfig,
-    /// A chunk is not page aligned, not a multiple of a page, overflows or overlaps another.
+    /// A chunk is empty, not aligned to or a multiple of a page (or of `min_object` when
+    /// larger), overflows or overlaps another.
     BadChunk,
     /// The request is larger than the largest object.
     TooLarge {
         /// The largest object.
         max: u64,
     },
-    /// No free object of the needed class and no room to carve one.
+    /// No free block of the needed class or larger lies below the address limit.
     Exhausted {
         /// Bytes in live objects.
         used: u64,
@@ -70,15 +87,14 @@ pub enum PoolError {
 struct Chunk {
     base: u64,
     end: u64,
-    /// Next uncarved byte.
-    carve: u64,
 }
 
 struct State {
     chunks: Vec<Chunk>,
-    free: Vec<Vec<u64>>,
+    /// Free blocks of each class, by start address.
+    free: Vec<BTreeSet<u64>>,
     /// Live objects: start address → class, sorted for O(log n) lookup.
-    live: alloc::collections::BTreeMap<u64, u8>,
+    live: BTreeMap<u64, u8>,
     total: u64,
     used: u64,
     high_water: u64,
@@ -87,6 +103,11 @@ struct State {
 
 /// A growable pool of size-class objects in coherent memory. Thread-safe; never blocks
 /// beyond a short spin lock.
+///
+/// Guarantees: live objects never overlap one another or a free block, so a freed object's
+/// bytes are handed out again only after it was freed; every object lies in the pool's
+/// chunks; `used + free == total` at all times; and once every object is freed, every
+/// block the chunks were cut into when added is free again, whole.
 pub struct ObjectPool {
     cfg: ObjectPoolConfig,
     state: Mutex<State>,
@@ -103,8 +124,10 @@ pub struct ObjectPoolUsage {
     pub used: u64,
     /// Highest `used` seen.
     pub high_water: u64,
-    /// Bytes available without growth (free lists plus uncarved tails).
+    /// Bytes in free blocks (`total - used`).
     pub free: u64,
+    /// The largest object the pool can hand out now without growth (0 when full).
+    pub largest_free: u64,
     /// Live objects.
     pub live: u64,
     /// Chunks added so far.
@@ -136,8 +159,8 @@ impl ObjectPool {
             cfg,
             state: Mutex::new(State {
                 chunks: Vec::new(),
-                free: (0..classes).map(|_| Vec::new()).collect(),
-                live: alloc::collections::BTreeMap::new(),
+                free: (0..classes).map(|_| BTreeSet::new()).collect(),
+                live: BTreeMap::new(),
                 total: 0,
                 used: 0,
                 high_water: 0,
@@ -153,16 +176,18 @@ impl ObjectPool {
         &self.cfg
     }
 
-    /// Adds `[base, base + bytes)` of coherent memory. Completes an outstanding growth
-    /// request.
+    /// Adds `[base, base + bytes)` of coherent memory, cut into the largest aligned free
+    /// blocks that fit it. Completes an outstanding growth request.
     ///
     /// # Errors
-    /// [`PoolError::BadChunk`] if the chunk is not page aligned, not a multiple of a page,
-    /// overflows, or overlaps a chunk the pool has; nothing changed.
+    /// [`PoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
+    /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the
+    /// pool has; nothing changed.
     pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), PoolError> {
         let b = base.as_u64();
         let end = b.checked_add(bytes).ok_or(PoolError::BadChunk)?;
-        if bytes == 0 || b % PAGE_SIZE != 0 || bytes % PAGE_SIZE != 0 {
+        let unit = PAGE_SIZE.max(self.cfg.min_object);
+        if bytes == 0 || b % unit != 0 || bytes % unit != 0 {
             return Err(PoolError::BadChunk);
         }
         let mut s = self.state.lock();
@@ -172,14 +197,19 @@ impl ObjectPool {
         // Covered before the chunk can hand out objects.
         self.span.cover(b, bytes);
         let at = s.chunks.partition_point(|c| c.base < b);
-        s.chunks.insert(
-            at,
-            Chunk {
-                base: b,
-                end,
-                carve: b,
-            },
-        );
+        s.chunks.insert(at, Chunk { base: b, end });
+        let min = self.cfg.min_object;
+        let mut a = b;
+        while a < end {
+            // The largest block aligned at `a` that fits before `end`; `a` is always
+            // aligned to `min_object` (checked above).
+            let mut size = self.cfg.max_object;
+            while size > min && (a % size != 0 || end - a < size) {
+                size /= 2;
+            }
+            s.free[class_of(size, min)].insert(a);
+            a += size;
+        }
         s.total += bytes;
         s.free_bytes += bytes;
         drop(s);
@@ -196,22 +226,20 @@ impl ObjectPool {
                 max: self.cfg.max_object,
             });
         }
-        let class = (obj.trailing_zeros() - self.cfg.min_object.trailing_zeros()) as usize;
-        Ok((class, obj))
+        Ok((class_of(obj, self.cfg.min_object), obj))
     }
 
     /// Allocates an object of at least `size` bytes aligned to `align` (a power of two)
-    /// whose last byte is at or below `max_addr`. Requests growth when free space falls below
-    /// the threshold.
+    /// whose last byte is at or below `max_addr`: the lowest such block of the smallest
+    /// class that has one. Requests growth when the pool is low (see
+    /// [`ObjectPoolConfig::refill_below`]) or the request failed.
     ///
     /// # Errors
     /// [`PoolError::TooLarge`] or [`PoolError::Exhausted`]; nothing changed.
     pub fn alloc(&self, size: u64, align: u64, max_addr: u64) -> Result<PhysAddr, PoolError> {
         let (class, obj) = self.class_for(size, align)?;
         let mut s = self.state.lock();
-        let got = take_split(&mut s, class, self.cfg.min_object, max_addr)
-            .or_else(|| carve(&mut s, obj, max_addr, self.cfg.min_object));
-        let result = match got {
+        let result = match take_split(&mut s, class, self.cfg.min_object, max_addr) {
             Some(addr) => {
                 s.live.insert(addr, class as u8);
                 s.used += obj;
@@ -224,7 +252,7 @@ impl ObjectPool {
                 total: s.total,
             }),
         };
-        let low = s.free_bytes < self.cfg.refill_below || result.is_err();
+        let low = self.is_low(&s) || result.is_err();
         drop(s);
         if low {
             self.growth.request(GrowthRequest {
@@ -236,7 +264,18 @@ impl ObjectPool {
         result
     }
 
-    /// Frees the object at `addr`.
+    /// Whether the pool should grow: it could no longer serve one object of
+    /// `min(refill_below, max_object)` bytes, or its free bytes are below `refill_below`.
+    fn is_low(&self, s: &State) -> bool {
+        let by_bytes = s.free_bytes < self.cfg.refill_below;
+        if crate::reintroduce::active(Defect::CoherentNoCoalesce) {
+            return by_bytes;
+        }
+        let want = self.cfg.refill_below.min(self.cfg.max_object);
+        by_bytes || largest_free(s, self.cfg.min_object) < want
+    }
+
+    /// Frees the object at `addr`, merging it with its free buddies.
     ///
     /// # Errors
     /// [`PoolError::NotLive`] if `addr` is not the start of a live object; nothing changed.
@@ -247,9 +286,24 @@ impl ObjectPool {
             .remove(&addr.as_u64())
             .ok_or(PoolError::NotLive(addr))? as usize;
         let obj = self.cfg.min_object << class;
-        s.free[class].push(addr.as_u64());
         s.used -= obj;
         s.free_bytes += obj;
+        if crate::reintroduce::active(Defect::CoherentNoCoalesce) {
+            s.free[class].insert(addr.as_u64());
+            return Ok(());
+        }
+        let (mut a, mut c) = (addr.as_u64(), class);
+        // A free buddy is free pool memory of the same size, so the merged block is too
+        // (even when the buddy lies in an abutting chunk).
+        while c + 1 < s.free.len() {
+            let size = self.cfg.min_object << c;
+            if !s.free[c].remove(&(a ^ size)) {
+                break;
+            }
+            a &= !size;
+            c += 1;
+        }
+        s.free[c].insert(a);
         Ok(())
     }
 
@@ -297,63 +351,50 @@ impl ObjectPool {
             used: s.used,
             high_water: s.high_water,
             free: s.free_bytes,
+            largest_free: largest_free(&s, self.cfg.min_object),
             live: s.live.len() as u64,
             chunks: s.chunks.len() as u64,
         }
     }
 }
 
-/// Takes a free object of `class`, or splits the smallest larger free object that lies below
-/// `max_addr`, putting the unused halves on the smaller classes' lists.
+/// The class index of an object of `size` bytes (a power of two of at least `min_object`).
+fn class_of(size: u64, min_object: u64) -> usize {
+    (size.trailing_zeros() - min_object.trailing_zeros()) as usize
+}
+
+/// The largest free block (0 when there is none).
+fn largest_free(s: &State, min_object: u64) -> u64 {
+    s.free
+        .iter()
+        .rposition(|l| !l.is_empty())
+        .map_or(0, |c| min_object << c)
+}
+
+/// Takes the lowest free block of `class` whose last byte is at or below `max_addr`, or
+/// splits the lowest block of the smallest larger class whose first `class` object ends at
+/// or below `max_addr`, putting the unused upper halves on the smaller classes' sets.
 fn take_split(s: &mut State, class: usize, min_object: u64, max_addr: u64) -> Option<u64> {
+    let obj = min_object << class;
     for c in class..s.free.len() {
-        let size = min_object << c;
-        if let Some(a) = take_free(&mut s.free[c], size, max_addr) {
-            let mut half = size;
-            for lower in (class..c).rev() {
-                half /= 2;
-                s.free[lower].push(a + half);
-            }
-            return Some(a);
+        // Blocks are sorted, and the object is the lowest part of the block, so the lowest
+        // block of the class is usable if any is.
+        let Some(&a) = s.free[c].first() else {
+            continue;
+        };
+        if a.checked_add(obj - 1).is_none_or(|last| last > max_addr) {
+            continue;
         }
+        let size = min_object << c;
+        s.free[c].remove(&a);
+        let mut half = size;
+        for lower in (class..c).rev() {
+            half /= 2;
+            s.free[lower].insert(a + half);
+        }
+        return Some(a);
     }
     None
-}
-
-/// Pops a free object of the class that lies below `max_addr`. The common case (the last
-/// freed object is reachable) is O(1); a device with a small mask may skip unreachable ones.
-fn take_free(list: &mut Vec<u64>, obj: u64, max_addr: u64) -> Option<u64> {
-    let pos = list.iter().rposition(|&a| a + (obj - 1) <= max_addr)?;
-    Some(list.swap_remove(pos))
-}
-
-/// Carves one object from the first chunk with room below `max_addr`. The alignment padding
-/// skipped before it is split into aligned smaller objects on their free lists, so no byte
-/// is lost.
-fn carve(s: &mut State, obj: u64, max_addr: u64, min_object: u64) -> Option<u64> {
-    let (from, start) = s.chunks.iter_mut().find_map(|c| {
-        let start = c.carve.next_multiple_of(obj);
-        let end = start.checked_add(obj)?;
-        if end <= c.end && end - 1 <= max_addr {
-            let from = c.carve;
-            c.carve = end;
-            Some((from, start))
-        } else {
-            None
-        }
-    })?;
-    let mut a = from;
-    while a < start {
-        // The largest object size that is aligned at `a` and fits before `start`.
-        let mut size = min_object;
-        while a % (size * 2) == 0 && a + size * 2 <= start {
-            size *= 2;
-        }
-        let class = (size.trailing_zeros() - min_object.trailing_zeros()) as usize;
-        s.free[class].push(a);
-        a += size;
-    }
-    Some(start)
 }
 
 #[cfg(test)]
@@ -529,5 +570,178 @@ mod tests {
         p.free(big).unwrap();
         let a = p.alloc(256, 1, u64::MAX).unwrap();
         assert_eq!(a, big);
+    }
+
+    #[test]
+    fn a_freed_object_coalesces_back_into_the_whole_pool() {
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x10000).unwrap();
+        let a = p.alloc(128, 1, u64::MAX).unwrap();
+        assert_eq!(p.usage().largest_free, 32 * 1024);
+        p.free(a).unwrap();
+        let u = p.usage();
+        assert_eq!((u.free, u.largest_free), (0x10000, 0x10000));
+        let whole = p.alloc(64 * 1024, 1, u64::MAX).unwrap();
+        assert_eq!(whole.as_u64(), 0x100000);
+        p.free(whole).unwrap();
+    }
+
+    #[test]
+    fn chunks_are_cut_into_maximal_aligned_blocks_and_buddies_merge_across_them() {
+        let p = ObjectPool::new(cfg(), None).unwrap();
+        // 12 KiB at 4 KiB: blocks 4 KiB at 0x101000 and 8 KiB at 0x102000.
+        p.add_chunk(PhysAddr::new(0x101000), 0x3000).unwrap();
+        assert_eq!(p.usage().largest_free, 8 * 1024);
+        assert!(matches!(
+            p.alloc(16 * 1024, 1, u64::MAX),
+            Err(PoolError::Exhausted { .. })
+        ));
+        // The abutting 4 KiB below completes the 16 KiB block once its halves are freed.
+        p.add_chunk(PhysAddr::new(0x100000), 0x1000).unwrap();
+        let lo = p.alloc(4096, 1, u64::MAX).unwrap();
+        let hi = p.alloc(4096, 1, u64::MAX).unwrap();
+        assert_eq!((lo.as_u64(), hi.as_u64()), (0x100000, 0x101000));
+        p.free(lo).unwrap();
+        p.free(hi).unwrap();
+        assert_eq!(p.usage().largest_free, 16 * 1024);
+        assert_eq!(p.alloc(16 * 1024, 1, u64::MAX).unwrap().as_u64(), 0x100000);
+    }
+
+    #[test]
+    fn fragmented_free_bytes_do_not_put_growth_off() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c2 = calls.clone();
+        let hook: Arc<dyn GrowthHook> = Arc::new(move |_: GrowthRequest| {
+            c2.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut c = cfg();
+        c.refill_below = 8 * 1024;
+        let p = ObjectPool::new(c, Some(hook)).unwrap();
+        p.add_chunk(PhysAddr::new(0x100000), 0x10000).unwrap();
+        // Fill with 128-byte objects (asking for growth on the way, refused), then keep
+        // one every 4 KiB: 62 KiB free, but no block of 8 KiB.
+        let mut objs = vec![];
+        while let Ok(a) = p.alloc(128, 1, u64::MAX) {
+            objs.push(a);
+        }
+        assert_eq!(objs.len(), 512);
+        p.growth_failed();
+        calls.store(0, Ordering::SeqCst);
+        for a in objs {
+            if a.as_u64() % 4096 != 0 {
+                p.free(a).unwrap();
+            }
+        }
+        let u = p.usage();
+        assert_eq!((u.free, u.largest_free), (62 * 1024, 2048), "{u:?}");
+        p.alloc(128, 1, u64::MAX).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "growth requested");
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Alloc {
+                size: u64,
+                align_log: u32,
+                limit: u8,
+            },
+            Free(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (1u64..=20_000, 0u32..=13, 0u8..4)
+                    .prop_map(|(size, align_log, limit)| Op::Alloc { size, align_log, limit }),
+                2 => any::<usize>().prop_map(Op::Free),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Random allocs and frees against a model that only knows the live objects:
+            /// objects never overlap, lie in the pool, are aligned, and respect the limit;
+            /// accounting is exact; an alloc fails only when no free aligned block of the
+            /// class exists below the limit; all freed, the pool is whole again.
+            #[test]
+            fn matches_a_reference_model(ops in proptest::collection::vec(op(), 1..200)) {
+                const BASE: u64 = 0x100000;
+                const CHUNKS: [(u64, u64); 2] = [(BASE, 0x10000), (BASE + 0x14000, 0xc000)];
+                let p = ObjectPool::new(cfg(), None).unwrap();
+                for (b, n) in CHUNKS {
+                    p.add_chunk(PhysAddr::new(b), n).unwrap();
+                }
+                let in_pool = |a: u64, n: u64| {
+                    CHUNKS.iter().any(|&(b, len)| a >= b && a + n <= b + len)
+                };
+                let mut live: Vec<(u64, u64)> = vec![];
+                for op in ops {
+                    match op {
+                        Op::Alloc { size, align_log, limit } => {
+                            let align = 1u64 << align_log;
+                            let max_addr = [u64::MAX, BASE + 0xffff, BASE + 0x7fff, BASE + 0x1ffff]
+                                [limit as usize];
+                            let obj = size.max(align).max(128).next_power_of_two();
+                            let before = p.usage();
+                            match p.alloc(size, align, max_addr) {
+                                Ok(a) => {
+                                    let a = a.as_u64();
+                                    prop_assert_eq!(p.object_size(PhysAddr::new(a)), Some(obj));
+                                    prop_assert_eq!(a % obj, 0);
+                                    prop_assert!(a + obj - 1 <= max_addr);
+                                    prop_assert!(in_pool(a, obj));
+                                    for &(b, n) in &live {
+                                        prop_assert!(a + obj <= b || b + n <= a, "overlap");
+                                    }
+                                    live.push((a, obj));
+                                }
+                                Err(PoolError::TooLarge { max }) => {
+                                    prop_assert!(obj > max);
+                                    prop_assert_eq!(p.usage(), before);
+                                }
+                                Err(e) => {
+                                    let exhausted = matches!(e, PoolError::Exhausted { .. });
+                                    prop_assert!(exhausted, "{:?}", e);
+                                    prop_assert_eq!(p.usage(), before);
+                                    // No aligned candidate below the limit is free of live
+                                    // objects: the pool missed nothing it had.
+                                    for &(b, len) in &CHUNKS {
+                                        let mut c = b.next_multiple_of(obj);
+                                        while c + obj <= b + len {
+                                            let free = live.iter().all(|&(l, n)| c + obj <= l || l + n <= c);
+                                            prop_assert!(!(free && c + obj - 1 <= max_addr), "missed {:#x}", c);
+                                            c += obj;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Op::Free(i) if !live.is_empty() => {
+                            let (a, _) = live.swap_remove(i % live.len());
+                            p.free(PhysAddr::new(a)).unwrap();
+                            prop_assert_eq!(p.free(PhysAddr::new(a)), Err(PoolError::NotLive(PhysAddr::new(a))));
+                        }
+                        Op::Free(_) => {}
+                    }
+                    let u = p.usage();
+                    prop_assert_eq!(u.used, live.iter().map(|l| l.1).sum::<u64>());
+                    prop_assert_eq!(u.used + u.free, u.total);
+                    prop_assert_eq!(u.live, live.len() as u64);
+                }
+                for (a, _) in live.drain(..) {
+                    p.free(PhysAddr::new(a)).unwrap();
+                }
+                let u = p.usage();
+                prop_assert_eq!((u.used, u.free, u.largest_free), (0, u.total, 0x10000));
+                // Whole again: both chunks serve their largest blocks.
+                prop_assert_eq!(p.alloc(0x10000, 1, u64::MAX), Ok(PhysAddr::new(BASE)));
+                prop_assert_eq!(p.alloc(0x8000, 1, u64::MAX), Ok(PhysAddr::new(BASE + 0x18000)));
+                prop_assert_eq!(p.alloc(0x4000, 1, u64::MAX), Ok(PhysAddr::new(BASE + 0x14000)));
+            }
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! uncached for the CPU ([`CoherentRemap`]). Remapping may wait (it changes page tables and
 //! flushes TLBs), so allocations in atomic context come from the atomic pool: uncached
 //! memory set aside in advance, served by the [`ObjectPool`](crate::coherent_pool::ObjectPool) without waiting. When the
-//! pool's free space falls below its initial size it asks its growth hook for more, once;
+//! pool's free space falls below its initial size, or it could no longer serve an object of
+//! that size (free memory left only in smaller pieces), it asks its growth hook for more, once;
 //! the answer ([`DmaAllocator::grow_atomic_pool`]) adds at least as much memory as the pool
 //! holds (doubling it, as Linux's `atomic_pool_expand` does). The pool never shrinks.
 
