@@ -126,6 +126,45 @@ impl BuddySlots {
         Some(block + lead)
     }
 
+    /// As [`BuddySlots::alloc`], with the run ending at or before slot `last`. Walks the
+    /// free lists for a block low enough, so it costs O(free blocks) instead of
+    /// O(orders): for an area only part of which a device reaches.
+    pub(crate) fn alloc_below(
+        &mut self,
+        count: u32,
+        lead: u32,
+        align_order: u32,
+        last: u32,
+    ) -> Option<u32> {
+        if count == 0 {
+            return None;
+        }
+        let order = self.block_order(count, lead, align_order)?;
+        // The latest block start whose run still ends by `last`.
+        let latest = last.checked_sub(lead + count - 1)?;
+        for mut k in order..=self.max_order {
+            let mut idx = self.heads[k as usize];
+            while idx != NIL && idx > latest {
+                idx = self.next[idx as usize];
+            }
+            if idx == NIL {
+                continue;
+            }
+            self.unlink(idx, k);
+            // Keep the low half: the block still starts at `idx`.
+            while k > order {
+                k -= 1;
+                self.push(idx + (1 << k), k);
+            }
+            let size = 1u32 << order;
+            self.release_range(idx, lead);
+            self.release_range(idx + lead + count, size - lead - count);
+            self.free -= count;
+            return Some(idx + lead);
+        }
+        None
+    }
+
     /// Returns `count` slots from `start` that an earlier `alloc` handed out. The caller
     /// guarantees they are allocated (the area checks that against its live table).
     pub(crate) fn release(&mut self, start: u32, count: u32) {
