@@ -92,7 +92,10 @@ fn a_faulted_bounce_leaves_every_pool_as_it_was() {
     ] {
         let r = faulted_bounce(which);
         assert_eq!(r.backend, name, "{which:?}");
-        assert!(matches!(r.error, Err(DmaError::Memory(_))), "{which:?}: {r:?}");
+        assert!(
+            matches!(r.error, Err(DmaError::Memory(_))),
+            "{which:?}: {r:?}"
+        );
         assert!(r.before.live >= 1, "{which:?}: {r:?}");
         assert_eq!(r.after, r.before, "{which:?}");
     }
@@ -129,4 +132,3 @@ fn align_mask_beyond_a_segment_is_an_explicit_error() {
     );
     assert!(align_beyond_segment(0xfff).is_ok());
 }
-

@@ -74,16 +74,16 @@ fn failed_bounce_raises_high_water_on_every_backend() {
     ] {
         let r = faulted_bounce(which);
         eprintln!("{which:?}: {r:?}");
-        assert!(matches!(r.error, Err(DmaError::Memory(_))), "{which:?}: {r:?}");
+        assert!(
+            matches!(r.error, Err(DmaError::Memory(_))),
+            "{which:?}: {r:?}"
+        );
         assert_eq!(
             (r.after.used, r.after.live),
             (r.before.used, r.before.live),
             "{which:?}"
         );
-        assert!(
-            r.after.high_water > r.before.high_water,
-            "{which:?}: {r:?}"
-        );
+        assert!(r.after.high_water > r.before.high_water, "{which:?}: {r:?}");
     }
 }
 
@@ -93,7 +93,14 @@ fn too_large_reports_zero_for_an_unsupported_mask() {
     let r = align_beyond_segment(0xffff);
     eprintln!("{r:?}");
     assert!(
-        matches!(r, Err(DmaError::TooLargeToBounce { len: 100, max: 0, .. })),
+        matches!(
+            r,
+            Err(DmaError::TooLargeToBounce {
+                len: 100,
+                max: 0,
+                ..
+            })
+        ),
         "{r:?}"
     );
 }

@@ -17,8 +17,7 @@ use dmakit::{
     DomainConfig, IommuDma, MapPath, MapStatus, PageAllocator, PhysAddr, PhysRange,
 };
 use dmakit_sim::{
-    DmaTranslation, FaultReason, Granule, Machine, MachineConfig, Owner, SimIommu,
-    SimIommuConfig,
+    DmaTranslation, FaultReason, Granule, Machine, MachineConfig, Owner, SimIommu, SimIommuConfig,
 };
 
 pub const KIB: u64 = 1024;
@@ -174,9 +173,7 @@ pub fn untrusted_reads_its_granule() -> GranuleRead {
     let v = x.bouncer(2);
     let buf = page(&x.m).add(0x900);
     stamp(&x.m, buf, 13, BUF, 3);
-    let (udma, path) = mapper
-        .map_traced(u, buf, 13, Direction::ToDevice)
-        .unwrap();
+    let (udma, path) = mapper.map_traced(u, buf, 13, Direction::ToDevice).unwrap();
     assert!(
         matches!(
             path,
@@ -243,7 +240,12 @@ pub fn padding_spares_in_flight_bounce() -> InFlight {
     x.m.grant(w.id(), wdma, 100).unwrap();
     let seen = x.m.device_read(w.id(), wdma, 100).unwrap();
     let zeroed = seen.data.iter().filter(|&&b| b == 0).count();
-    let wrong = seen.data.iter().zip(&secret).filter(|(a, b)| a != b).count();
+    let wrong = seen
+        .data
+        .iter()
+        .zip(&secret)
+        .filter(|(a, b)| a != b)
+        .count();
     mapper.unmap(u, udma, 13, Direction::ToDevice).unwrap();
     mapper.unmap(&w, wdma, 100, Direction::ToDevice).unwrap();
     assert_eq!(x.pool.usage().live, 0);
@@ -420,15 +422,21 @@ pub fn mask_limited_bounce() -> MaskLimited {
         r.map(|dma| {
             m.grant(narrow.id(), dma, 100).unwrap();
             let readable = m.device_read(narrow.id(), dma, 100).is_ok();
-            mapper.unmap(&narrow, dma, 100, Direction::ToDevice).unwrap();
+            mapper
+                .unmap(&narrow, dma, 100, Direction::ToDevice)
+                .unwrap();
             (dma.as_u64() + 99, readable)
         })
     });
     if let Ok(MapStatus::Mapped(dma)) = status {
-        mapper.unmap(&narrow, dma, 100, Direction::ToDevice).unwrap();
+        mapper
+            .unmap(&narrow, dma, 100, Direction::ToDevice)
+            .unwrap();
     }
     if let Ok(dma) = map {
-        mapper.unmap(&narrow, dma, 100, Direction::ToDevice).unwrap();
+        mapper
+            .unmap(&narrow, dma, 100, Direction::ToDevice)
+            .unwrap();
     }
     mapper
         .unmap(&wide, hog, 256 * KIB, Direction::ToDevice)
@@ -442,7 +450,9 @@ pub fn mask_limited_bounce() -> MaskLimited {
         .unwrap();
     let without_growth = mapper.map(&narrow, buf, 100, Direction::ToDevice);
     if let Ok(dma) = without_growth {
-        mapper.unmap(&narrow, dma, 100, Direction::ToDevice).unwrap();
+        mapper
+            .unmap(&narrow, dma, 100, Direction::ToDevice)
+            .unwrap();
     }
     mapper
         .unmap(&wide, hog, 256 * KIB, Direction::ToDevice)
@@ -552,9 +562,17 @@ pub fn faulted_bounce(which: Backend) -> FaultedBounce {
         // Fill the SWIOTLB pool, so the next bounces fail there, ask for growth, and go to
         // the transient pages while growth is pending.
         let big = m.alloc_pages(64, BELOW_4G).unwrap();
-        live.push((mapper.map(&dev, big, 256 * KIB, Direction::ToDevice).unwrap(), 256 * KIB));
+        live.push((
+            mapper
+                .map(&dev, big, 256 * KIB, Direction::ToDevice)
+                .unwrap(),
+            256 * KIB,
+        ));
     }
-    live.push((mapper.map(&dev, buf, 100, Direction::ToDevice).unwrap(), 100));
+    live.push((
+        mapper.map(&dev, buf, 100, Direction::ToDevice).unwrap(),
+        100,
+    ));
     if which == Backend::Transient {
         assert!(pool.growth_pending());
         assert_eq!(mapper.transient().unwrap().usage().live, 1);

@@ -227,9 +227,9 @@ impl<T> Pool<T> {
         for region in regions.iter() {
             let base = region.range().start().as_u64();
             // Slots of the region that end at or below `max_addr`.
-            let within = max_addr.checked_sub(base).map_or(0, |d| {
-                (d >> shift) + u64::from(d & slot_mask == slot_mask)
-            });
+            let within = max_addr
+                .checked_sub(base)
+                .map_or(0, |d| (d >> shift) + u64::from(d & slot_mask == slot_mask));
             if within == 0 {
                 // Regions are sorted by base: the rest lie higher still.
                 break;
@@ -242,17 +242,16 @@ impl<T> Pool<T> {
             let start = cpu % areas.len();
             for i in (start..areas.len()).chain(0..start) {
                 let area = &areas[i];
-                let Some(local_last) = (last.min(u64::from(u32::MAX)) as u32)
-                    .checked_sub(area.first_slot())
+                let Some(local_last) =
+                    (last.min(u64::from(u32::MAX)) as u32).checked_sub(area.first_slot())
                 else {
                     continue;
                 };
                 if !area.may_fit(order) {
                     continue;
                 }
-                let count = |c: &AreaCounter, n| {
-                    self.counters.allocated(c, n, || counters_of(&regions))
-                };
+                let count =
+                    |c: &AreaCounter, n| self.counters.allocated(c, n, || counters_of(&regions));
                 if let Some(run) = area.alloc(&placement, local_last, &mut meta, count) {
                     return Ok(Bounce {
                         addr: region.addr_of(i, run.slot, placement.offset),

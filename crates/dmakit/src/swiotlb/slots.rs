@@ -14,10 +14,15 @@
 //! it uses (split into aligned blocks, merged with their buddies as usual). A run of `n`
 //! slots therefore costs `n` slots, not the next power of two.
 //!
-//! The price: a run that must start `lead` slots into an aligned block (a large
-//! `min_align_mask` with a large offset) needs a free block covering `lead + count` slots,
-//! so a fragmented area can refuse it while enough scattered slots are free. The pool then
-//! tries the other areas and regions, and reports exhaustion only when none can serve.
+//! The pool's bounces ask for their lead-in too (the slots from the aligned boundary to
+//! the bounce address belong to the bounce, see `area.rs`), so they call `alloc` with a
+//! `lead` of 0 and a `count` that includes the lead-in: only the tail is given back. The
+//! `lead` parameter places a run off the boundary for callers that do not hold the lead-in.
+//!
+//! The price of alignment: a run of `count` slots aligned to a large `min_align_mask`
+//! needs a free block of at least `2^align_order` slots, so a fragmented area can refuse it
+//! while enough scattered slots are free. The pool then tries the other areas and
+//! regions, and reports exhaustion only when none can serve.
 //!
 //! Free lists are intrusive: `next`/`prev` index arrays with one entry per slot, used only
 //! at the head slot of a free block. Nothing is allocated after construction.

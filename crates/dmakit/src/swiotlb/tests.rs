@@ -722,7 +722,10 @@ fn lead_in_slots_belong_to_the_bounce() {
     // Fill the rest of the pool with one-slot bounces: none lands in the window.
     let mut others = Vec::new();
     while let Ok(b) = pool.alloc(0, req(0, 100, 0), 2) {
-        assert!(!window.contains(&b.slot_start.as_u64()), "{b:?} in {window:?}");
+        assert!(
+            !window.contains(&b.slot_start.as_u64()),
+            "{b:?} in {window:?}"
+        );
         others.push(b);
     }
     assert_eq!(others.len(), 128 - 2);
@@ -753,7 +756,10 @@ fn cached_runs_with_lead_in_keep_the_placement() {
     assert_eq!(pool.cached_slots(), 2);
     // Same shape: the cached run comes back whole.
     let b = pool.alloc(0, r, 2).unwrap();
-    assert_eq!((b.addr, b.slot_start, b.slot_bytes), (a.addr, a.slot_start, 4096));
+    assert_eq!(
+        (b.addr, b.slot_start, b.slot_bytes),
+        (a.addr, a.slot_start, 4096)
+    );
     pool.free(b.addr).unwrap();
     // Two slots with a different residue (offset 0x100 in the page's first slot, 3000
     // bytes): the cached run is reused only if the bounce keeps its residue.
@@ -834,6 +840,9 @@ fn abandon_restores_the_high_water_mark() {
     let c = pool.alloc(0, req(0, 9000, 0), 4).unwrap();
     pool.free(c.addr).unwrap();
     assert_eq!(pool.stats().high_water_bytes, 5 * 2048);
-    assert_eq!(pool.abandon(c.addr), Err(PoolError::NotMapped { addr: c.addr }));
+    assert_eq!(
+        pool.abandon(c.addr),
+        Err(PoolError::NotMapped { addr: c.addr })
+    );
     pool.check().unwrap();
 }
