@@ -24,6 +24,9 @@ mod platform {
 mod bounce {
     pub use dmakit::bounce::*;
 }
+mod reintroduce {
+    pub use dmakit::reintroduce::*;
+}
 
 #[path = "../src/swiotlb/mod.rs"]
 mod swiotlb;
