@@ -49,14 +49,27 @@ pub enum DmaError {
         /// Total bytes of the pool.
         total: u64,
     },
-    /// The mapping is larger than one bounce may be (one pool segment).
+    /// The mapping is larger than one bounce may be (one pool segment, less the lead-in
+    /// the device's `min_align_mask` may need). `max` is the largest length the pool can
+    /// bounce for this device, never 0 (see [`DmaError::AlignMaskUnsupported`]).
     TooLargeToBounce {
         /// The device asked for.
         device: DeviceId,
         /// Bytes requested.
         len: u64,
-        /// Largest bounce the pool supports.
+        /// Largest bounce the pool supports for this device.
         max: u64,
+    },
+    /// The device's `min_align_mask` asks for a boundary the bounce pool cannot give at
+    /// all (its segments are not larger than `min_align_mask + 1`), so no mapping of this
+    /// device can be bounced there, whatever its length.
+    AlignMaskUnsupported {
+        /// The device asked for.
+        device: DeviceId,
+        /// The device's `min_align_mask`, as the pool was asked for it.
+        min_align_mask: u64,
+        /// The largest mask the pool supports.
+        max_mask: u64,
     },
     /// Unmap or sync of an address that is not a live mapping.
     UnknownMapping {
@@ -130,6 +143,14 @@ impl fmt::Display for DmaError {
             DmaError::TooLargeToBounce { device, len, max } => write!(
                 f,
                 "{device}: {len} bytes exceed the largest bounce of {max} bytes"
+            ),
+            DmaError::AlignMaskUnsupported {
+                device,
+                min_align_mask,
+                max_mask,
+            } => write!(
+                f,
+                "{device}: min_align_mask {min_align_mask:#x} is beyond the bounce pool's largest of {max_mask:#x}"
             ),
             DmaError::UnknownMapping { device, dma } => {
                 write!(f, "{device}: {dma} is not a live mapping")

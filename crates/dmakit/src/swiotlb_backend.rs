@@ -1,8 +1,9 @@
 //! The SWIOTLB slot pool as a bounce backend, with growth.
 //!
 //! Glue between [`crate::swiotlb::Pool`] (addresses only) and the bounce path: it keeps each
-//! bounce's [`BounceMeta`] in the pool, refuses room the device cannot reach, and asks the
-//! growth hook for another region when the pool runs out.
+//! bounce's [`BounceMeta`] in the pool, places each bounce within the device's reach, and
+//! asks the growth hook for another region, below the device's mask, when the memory the
+//! device reaches runs out.
 
 use alloc::sync::Arc;
 
@@ -23,7 +24,8 @@ pub struct SwiotlbBounce {
 
 impl SwiotlbBounce {
     /// A backend with `config`'s geometry and no memory yet. Growth, when `hook` is given,
-    /// asks for regions of `grow_bytes` (a multiple of the segment size) at or below `reach`.
+    /// asks for regions of `grow_bytes` (a multiple of the segment size) at or below the
+    /// lower of `reach` and the mask of the device whose bounce found no room.
     pub fn new(
         config: PoolConfig,
         hook: Option<Arc<dyn GrowthHook>>,
@@ -67,6 +69,42 @@ impl SwiotlbBounce {
     }
 }
 
+impl SwiotlbBounce {
+    /// Asks for a region below the lower of the pool's reach and `max_addr`; whether
+    /// growth is (now) pending.
+    fn grow_below(&self, max_addr: u64) -> bool {
+        self.growth.request(GrowthRequest {
+            pool: "swiotlb",
+            min_bytes: self.grow_bytes,
+            max_addr: self.reach.min(max_addr),
+        })
+    }
+
+    /// The allocation before mask-limited devices were served within their reach (kept to
+    /// put defect 6 back, see [`crate::reintroduce`]).
+    fn alloc_ignoring_mask(
+        &self,
+        req: &BounceRequest,
+        request: swiotlb::BounceRequest,
+        meta: BounceMeta,
+    ) -> Result<PhysAddr, BounceAllocError> {
+        match self.pool.alloc(req.cpu, request, meta) {
+            Ok(b) if b.addr.as_u64() + (req.len - 1) <= req.max_addr => Ok(b.addr),
+            Ok(b) => {
+                let _ = self.pool.free(b.addr);
+                Err(BounceAllocError::Unreachable)
+            }
+            Err(PoolError::Exhausted { used, total, .. }) => {
+                self.grow_below(u64::MAX);
+                Err(BounceAllocError::Full { used, total })
+            }
+            Err(_) => Err(BounceAllocError::TooLarge {
+                max: self.pool.max_mapping_size(req.min_align_mask),
+            }),
+        }
+    }
+}
+
 impl BounceBackend for SwiotlbBounce {
     fn name(&self) -> &'static str {
         "swiotlb"
@@ -76,22 +114,49 @@ impl BounceBackend for SwiotlbBounce {
         true
     }
 
+    /// Reserves room within the device's reach (`req.max_addr`), lead-in included.
+    ///
+    /// When the memory the device reaches is full, or the pool has none below its mask,
+    /// a growth request asks for memory below the lower of the pool's reach and the
+    /// device's mask, and the answer is [`BounceAllocError::Full`] (the mapping may be
+    /// deferred). Errors: `Full` as said; [`BounceAllocError::Unreachable`] only when no
+    /// memory of the pool lies within reach and the pool cannot grow (no hook);
+    /// [`BounceAllocError::TooLarge`] with the largest length this device's
+    /// `min_align_mask` allows; [`BounceAllocError::AlignUnsupported`] when the mask is not
+    /// smaller than a segment (nothing could be bounced).
     fn alloc(&self, req: &BounceRequest, meta: BounceMeta) -> Result<PhysAddr, BounceAllocError> {
         let request = swiotlb::BounceRequest::new(req.orig, req.len, req.min_align_mask);
-        match self.pool.alloc(req.cpu, request, meta) {
-            Ok(b) if b.addr.as_u64() + (req.len - 1) <= req.max_addr => Ok(b.addr),
-            Ok(b) => {
-                // Room out of the device's reach: give it back untouched.
-                let _ = self.pool.free(b.addr);
-                Err(BounceAllocError::Unreachable)
-            }
+        if crate::reintroduce::active(crate::reintroduce::Defect::MaskLimitedNoGrowth) {
+            return self.alloc_ignoring_mask(req, request, meta);
+        }
+        match self.pool.alloc_below(req.cpu, request, req.max_addr, meta) {
+            Ok(b) => Ok(b.addr),
             Err(PoolError::Exhausted { used, total, .. }) => {
-                self.growth.request(GrowthRequest {
-                    pool: "swiotlb",
-                    min_bytes: self.grow_bytes,
-                    max_addr: self.reach,
-                });
+                self.grow_below(req.max_addr);
                 Err(BounceAllocError::Full { used, total })
+            }
+            Err(PoolError::Unreachable { .. }) => {
+                if self.grow_below(req.max_addr) {
+                    let s = self.pool.stats();
+                    Err(BounceAllocError::Full {
+                        used: s.used_bytes,
+                        total: s.total_bytes,
+                    })
+                } else {
+                    Err(BounceAllocError::Unreachable)
+                }
+            }
+            Err(PoolError::TooLarge { max, .. }) => Err(BounceAllocError::TooLarge { max }),
+            Err(PoolError::BadAlignMask { mask, segment }) => {
+                if crate::reintroduce::active(crate::reintroduce::Defect::TooLargeReportsZero) {
+                    return Err(BounceAllocError::TooLarge {
+                        max: self.pool.max_mapping_size(req.min_align_mask),
+                    });
+                }
+                Err(BounceAllocError::AlignUnsupported {
+                    min_align_mask: mask,
+                    max_mask: segment - 1,
+                })
             }
             Err(_) => Err(BounceAllocError::TooLarge {
                 max: self.pool.max_mapping_size(req.min_align_mask),
@@ -105,6 +170,10 @@ impl BounceBackend for SwiotlbBounce {
 
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta> {
         self.pool.free(addr).ok().map(|(_, m)| m)
+    }
+
+    fn abandon(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        self.pool.abandon(addr).ok().map(|(_, m)| m)
     }
 
     fn contains(&self, addr: PhysAddr) -> bool {

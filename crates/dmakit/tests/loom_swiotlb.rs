@@ -24,6 +24,9 @@ mod platform {
 mod bounce {
     pub use dmakit::bounce::*;
 }
+mod reintroduce {
+    pub use dmakit::reintroduce::*;
+}
 
 #[path = "../src/swiotlb/mod.rs"]
 mod swiotlb;
@@ -186,6 +189,33 @@ fn lookups_race_with_growth() {
         assert_eq!(pool.free(b.addr).unwrap().1, 1);
         grower.join().unwrap();
         assert_eq!(pool.region_of(PhysAddr::new(0x8000)), None);
+        pool.check().unwrap();
+    });
+}
+
+#[test]
+fn abandon_races_with_an_allocation_in_another_area() {
+    bounded().check(|| {
+        let pool = Arc::new(tiny_pool());
+        let kept = {
+            let pool = Arc::clone(&pool);
+            thread::spawn(move || {
+                pool.alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+                    .unwrap()
+            })
+        };
+        // An allocation given back unused takes back only what it raised the mark by,
+        // never what the other thread's bounce needs.
+        let b = pool
+            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 0)
+            .unwrap();
+        assert_eq!(pool.abandon(b.addr).unwrap().1, 0);
+        let kept = kept.join().unwrap();
+        pool.check().unwrap();
+        let s = pool.stats();
+        assert_eq!((s.used_bytes, s.live), (64, 1));
+        assert!((64..=128).contains(&s.high_water_bytes), "{s:?}");
+        assert_eq!(pool.free(kept.addr).unwrap().1, 1);
         pool.check().unwrap();
     });
 }

@@ -53,8 +53,18 @@ pub enum BounceAllocError {
         /// The largest supported bounce.
         max: u64,
     },
-    /// None of the backend's memory lies below the requested address limit.
+    /// None of the backend's memory lies below the requested address limit, and the
+    /// backend cannot obtain any that would (no growth).
     Unreachable,
+    /// The backend cannot honour the request's `min_align_mask` at all (a SWIOTLB pool
+    /// whose segments are not larger than the `2^n` boundary the mask asks for): no length
+    /// could be bounced for this device.
+    AlignUnsupported {
+        /// The mask asked for.
+        min_align_mask: u64,
+        /// The largest mask the backend honours.
+        max_mask: u64,
+    },
 }
 
 /// A snapshot of a backend's occupancy.
@@ -79,9 +89,10 @@ pub struct PoolUsage {
 /// `[a - (orig & min_align_mask), a)` belongs to the bounce too (no other live bounce uses
 /// it), so a bounce asked with a mask of `2^n - 1` owns its memory from a `2^n` boundary
 /// (the IOMMU path relies on this to give untrusted devices whole granules). It stays
-/// reserved, with
-/// its [`BounceMeta`], until `free(a)`. On error nothing changed. Implementations are
-/// thread-safe and must not block: they may be called in atomic context.
+/// reserved, with its [`BounceMeta`], until `free(a)` (or `abandon(a)`), which releases
+/// it whole, lead-in included. On error nothing changed, usage and high-water mark
+/// included. Implementations are thread-safe and must not block: they may be called in
+/// atomic context.
 pub trait BounceBackend: Send + Sync {
     /// A short name for reports.
     fn name(&self) -> &'static str;
@@ -98,6 +109,19 @@ pub trait BounceBackend: Send + Sync {
     /// Releases the live bounce starting at `addr`; `None` (and nothing changed) if there is
     /// none.
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta>;
+    /// Releases the live bounce starting at `addr` that [`BounceBackend::alloc`] reserved
+    /// for an operation that then failed (a copy fault) before any device could use it.
+    /// Guarantee: with no other call in between, [`BounceBackend::usage`] is then exactly
+    /// what it was before that `alloc` — used, live and high-water — as a failed operation
+    /// must leave every pool; under concurrency the high-water mark stays at or above every
+    /// usage reached by bounces that were kept. `None` (and nothing changed) if there is no
+    /// such bounce.
+    ///
+    /// The default calls [`BounceBackend::free`], which is right only for a backend whose
+    /// high-water mark no single bounce can raise; every backend of this crate overrides it.
+    fn abandon(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        self.free(addr)
+    }
     /// Whether `addr` lies in memory this backend owns (live or not).
     fn contains(&self, addr: PhysAddr) -> bool;
     /// A span covering all memory the backend has ever owned (every `addr` for which

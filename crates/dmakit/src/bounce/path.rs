@@ -14,7 +14,9 @@ use crate::platform::Platform;
 ///
 /// # Errors
 /// [`MapFailure::NoRoom`] with the backend's refusal (the caller may grow the pool or defer
-/// the mapping), or [`MapFailure::Failed`] for a CPU copy fault. Nothing changed.
+/// the mapping), or [`MapFailure::Failed`] for a CPU copy fault. Nothing changed: a bounce
+/// whose copy faults is abandoned ([`BounceBackend::abandon`]), so the backend's usage,
+/// high-water mark included, is what it was before.
 pub(crate) fn map<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
@@ -34,7 +36,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     let mut copied = 0;
     if meta.dir.device_reads() || fill_inbound {
         if let Err(fault) = p.copy(slot, range.start(), range.len()) {
-            backend.free(slot);
+            backend.abandon(slot);
             return Err(MapFailure::Failed(DmaError::Memory(fault)));
         }
         copied = range.len();

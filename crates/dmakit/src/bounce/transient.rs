@@ -14,6 +14,8 @@ use crate::platform::{PageAllocator, PAGE_SIZE};
 struct Live {
     base: u64,
     pages: u64,
+    /// Bytes by which this bounce raised the high-water mark.
+    raised: u64,
     meta: BounceMeta,
 }
 
@@ -53,6 +55,28 @@ impl TransientPool {
     }
 }
 
+impl TransientPool {
+    /// Ends the bounce at `addr` and returns its pages; an `unused` one also takes back
+    /// what it added to the high-water mark (never below the current usage).
+    fn release(&self, addr: PhysAddr, unused: bool) -> Option<BounceMeta> {
+        let live = {
+            let mut s = self.state.lock();
+            let live = s.live.remove(&addr.as_u64())?;
+            s.used -= live.pages * PAGE_SIZE;
+            if unused
+                && !crate::reintroduce::active(
+                    crate::reintroduce::Defect::FailedBounceRaisesHighWater,
+                )
+            {
+                s.high_water = s.high_water.saturating_sub(live.raised).max(s.used);
+            }
+            live
+        };
+        self.pages.free_pages(PhysAddr::new(live.base), live.pages);
+        Some(live.meta)
+    }
+}
+
 impl BounceBackend for TransientPool {
     fn name(&self) -> &'static str {
         "transient"
@@ -84,16 +108,18 @@ impl BounceBackend for TransientPool {
         let start = base.as_u64().next_multiple_of(align);
         let dma = start + offset;
         let mut s = self.state.lock();
+        s.used += pages * PAGE_SIZE;
+        let raised = s.used.saturating_sub(s.high_water);
+        s.high_water += raised;
         s.live.insert(
             dma,
             Live {
                 base: base.as_u64(),
                 pages,
+                raised,
                 meta,
             },
         );
-        s.used += pages * PAGE_SIZE;
-        s.high_water = s.high_water.max(s.used);
         Ok(PhysAddr::new(dma))
     }
 
@@ -102,14 +128,11 @@ impl BounceBackend for TransientPool {
     }
 
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta> {
-        let live = {
-            let mut s = self.state.lock();
-            let live = s.live.remove(&addr.as_u64())?;
-            s.used -= live.pages * PAGE_SIZE;
-            live
-        };
-        self.pages.free_pages(PhysAddr::new(live.base), live.pages);
-        Some(live.meta)
+        self.release(addr, false)
+    }
+
+    fn abandon(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        self.release(addr, true)
     }
 
     /// Whether `addr` lies in the pages of a live transient bounce at or after its bounce

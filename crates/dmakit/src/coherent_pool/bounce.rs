@@ -2,6 +2,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
@@ -15,10 +16,18 @@ use crate::platform::PAGE_SIZE;
 
 /// Bounces in coherent memory: no cache maintenance on the bounce side, growth before the
 /// pool runs dry. The original of every bounce is kept in a map keyed by its DMA address.
+///
+/// [`BounceBackend::usage`] reports the high-water mark of the bounces kept: a bounce given
+/// back with [`BounceBackend::abandon`] does not count in it (the object pool's own
+/// [`ObjectPool::usage`] counts every object ever allocated). It is read after each
+/// allocation, so it is exact for sequential use and may miss a peak that concurrent calls
+/// reached only between two reads.
 pub struct CoherentBouncePool {
     objects: ObjectPool,
-    /// Live bounces: bounce address → (object start, metadata).
-    live: Mutex<BTreeMap<u64, (u64, BounceMeta)>>,
+    /// Live bounces: bounce address → (object start, metadata, bytes the bounce raised the
+    /// high-water mark by).
+    live: Mutex<BTreeMap<u64, (u64, BounceMeta, u64)>>,
+    high_water: AtomicU64,
 }
 
 impl CoherentBouncePool {
@@ -34,6 +43,7 @@ impl CoherentBouncePool {
         Ok(Self {
             objects: ObjectPool::new(cfg, hook)?,
             live: Mutex::new(BTreeMap::new()),
+            high_water: AtomicU64::new(0),
         })
     }
 
@@ -48,6 +58,27 @@ impl CoherentBouncePool {
     /// The underlying object pool (for occupancy and growth state).
     pub fn objects(&self) -> &ObjectPool {
         &self.objects
+    }
+}
+
+impl CoherentBouncePool {
+    /// Ends the bounce at `addr`; an `unused` one also takes back what it added to the
+    /// high-water mark (never below the current usage).
+    fn release(&self, addr: PhysAddr, unused: bool) -> Option<BounceMeta> {
+        let (obj, meta, raised) = self.live.lock().remove(&addr.as_u64())?;
+        // The object was allocated for this bounce and is live until here.
+        let freed = self.objects.free(PhysAddr::new(obj));
+        debug_assert!(freed.is_ok());
+        if unused
+            && !crate::reintroduce::active(crate::reintroduce::Defect::FailedBounceRaisesHighWater)
+        {
+            let used = self.objects.usage().used;
+            let lower = |high: u64| Some(high.saturating_sub(raised).max(used));
+            let _ = self
+                .high_water
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, lower);
+        }
+        Some(meta)
     }
 }
 
@@ -76,20 +107,22 @@ impl BounceBackend for CoherentBouncePool {
                 _ => BounceAllocError::Unreachable,
             })?;
         let dma = obj.as_u64() + offset;
-        self.live.lock().insert(dma, (obj.as_u64(), meta));
+        let used = self.objects.usage().used;
+        let raised = used.saturating_sub(self.high_water.fetch_max(used, Ordering::Relaxed));
+        self.live.lock().insert(dma, (obj.as_u64(), meta, raised));
         Ok(PhysAddr::new(dma))
     }
 
     fn get(&self, addr: PhysAddr) -> Option<BounceMeta> {
-        self.live.lock().get(&addr.as_u64()).map(|(_, m)| *m)
+        self.live.lock().get(&addr.as_u64()).map(|(_, m, _)| *m)
     }
 
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta> {
-        let (obj, meta) = self.live.lock().remove(&addr.as_u64())?;
-        // The object was allocated for this bounce and is live until here.
-        let freed = self.objects.free(PhysAddr::new(obj));
-        debug_assert!(freed.is_ok());
-        Some(meta)
+        self.release(addr, false)
+    }
+
+    fn abandon(&self, addr: PhysAddr) -> Option<BounceMeta> {
+        self.release(addr, true)
     }
 
     fn contains(&self, addr: PhysAddr) -> bool {
@@ -113,7 +146,7 @@ impl BounceBackend for CoherentBouncePool {
         PoolUsage {
             total: u.total,
             used: u.used,
-            high_water: u.high_water,
+            high_water: self.high_water.load(Ordering::Relaxed),
             live: u.live,
         }
     }

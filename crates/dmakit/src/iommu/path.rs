@@ -176,7 +176,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     let iova = match map_granules(dom, dev, first, span, perm, cpu) {
         Ok(i) => i,
         Err(e) => {
-            backend.free(slot);
+            backend.abandon(slot);
             return Err(MapFailure::Failed(e));
         }
     };
@@ -273,7 +273,7 @@ fn bounce_in<P: Platform + ?Sized>(
         Ok(())
     })();
     if let Err(fault) = filled {
-        backend.free(slot);
+        backend.abandon(slot);
         return Err(MapFailure::Failed(DmaError::Memory(fault)));
     }
     let (first, span) = if pad {

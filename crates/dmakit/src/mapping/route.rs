@@ -263,6 +263,14 @@ impl<P: Platform> DmaMapper<P> {
                 len: range.len(),
                 max,
             },
+            MapFailure::NoRoom(BounceAllocError::AlignUnsupported {
+                min_align_mask,
+                max_mask,
+            }) => DmaError::AlignMaskUnsupported {
+                device: dev.id(),
+                min_align_mask,
+                max_mask,
+            },
             MapFailure::NoRoom(BounceAllocError::Unreachable) => DmaError::NoBouncePool {
                 device: dev.id(),
                 phys: range.start(),

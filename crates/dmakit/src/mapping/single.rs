@@ -23,8 +23,11 @@ impl<P: Platform> DmaMapper<P> {
     /// # Errors
     /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range;
     /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
-    /// pool; [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool
-    /// cannot take it; a memory fault from the bounce copy. On error nothing was changed.
+    /// pool, or none it can reach and no way to grow one; [`DmaError::PoolExhausted`] or
+    /// [`DmaError::TooLargeToBounce`] when the pool cannot take it;
+    /// [`DmaError::AlignMaskUnsupported`] when the pool cannot honour the device's
+    /// `min_align_mask`; a memory fault from the bounce copy. On error nothing was changed,
+    /// every pool's usage and high-water mark included.
     #[inline]
     #[track_caller]
     pub fn map(

@@ -52,16 +52,37 @@ pub(crate) struct Placement {
     pub len: u64,
 }
 
-/// A live allocation, stored at the index of its first slot.
+/// A live allocation, stored at the index of the slot its bounce address lies in.
+///
+/// It holds the run `[i - lead, i - lead + count)` around that slot `i`: the `lead` slots
+/// before it (the lead-in a `min_align_mask` offset puts in front of the bounce address,
+/// from the `2^align_order` boundary the placement aligns to) belong to it as much as the
+/// slots the bytes occupy, so no other allocation can land inside its aligned window.
 pub(crate) struct Live<T> {
-    /// Slots it holds.
+    /// Slots it holds, lead-in included.
     pub count: u32,
-    /// Byte offset of the bounce address inside the first slot.
+    /// Slots of the lead-in, before the slot of the bounce address.
+    pub lead: u32,
+    /// Byte offset of the bounce address inside its slot.
     pub offset: u32,
     /// Bytes requested.
     pub len: u64,
+    /// Slots by which this allocation raised the pool's high-water mark (so that an
+    /// allocation given back unused can lower it again).
+    pub raised: u32,
     /// The caller's metadata.
     pub meta: T,
+}
+
+/// Where an allocation landed in its area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Area-local index of the slot the bounce address lies in.
+    pub slot: u32,
+    /// Slots of the lead-in before it (the run starts at `slot - lead`).
+    pub lead: u32,
+    /// Slots held, lead-in included.
+    pub count: u32,
 }
 
 /// Freed runs kept for reuse, by size; see the module documentation.
@@ -223,46 +244,78 @@ impl<T> Area<T> {
         self.orders_hint.load(Ordering::Relaxed) >> order != 0
     }
 
-    /// Allocates per `p` and stores the metadata taken from `meta`; `count(counter, n)`
-    /// runs under the lock to count the `n` slots. Returns the area-local index of the
-    /// first slot, or `None` with nothing observable changed (and `meta` untouched) when
-    /// the area has no room even after returning its cached runs to the buddy lists.
+    /// Allocates per `p` a run that ends at or before area-local slot `last` (pass
+    /// `u32::MAX` for no limit) and stores the metadata taken from `meta`; `count(counter,
+    /// n)` runs under the lock to count the `n` slots and returns by how many slots that
+    /// raised the high-water mark. The run covers the placement's lead-in and its data
+    /// slots, from a `2^align_order` boundary. Returns where it landed, or `None` with
+    /// nothing observable changed (and `meta` untouched) when the area has no room below
+    /// `last` even after returning its cached runs to the buddy lists.
+    ///
+    /// An area wholly within `last` costs what the module documentation says; one that
+    /// `last` cuts first returns its cached runs to the buddy lists and walks them for a
+    /// low enough block (O(free blocks)).
     pub(crate) fn alloc(
         &self,
         p: &Placement,
+        last: u32,
         meta: &mut Option<T>,
-        count: impl FnOnce(&AreaCounter, u32),
-    ) -> Option<u32> {
+        count: impl FnOnce(&AreaCounter, u32) -> u32,
+    ) -> Option<Run> {
+        let lead = if crate::reintroduce::active(crate::reintroduce::Defect::LeadInSlotsFreed) {
+            0
+        } else {
+            p.lead
+        };
+        // The run starts `p.lead - lead` slots past an aligned boundary: on it when the
+        // lead-in is held.
+        let (total, residue) = (lead + p.count, p.lead - lead);
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let first = match inner.cache.take(p.count, p.lead, p.align_order) {
-            Some(first) => first,
-            None => match inner.slots.alloc(p.count, p.lead, p.align_order) {
+        let first = if last < inner.slots.len() - 1 {
+            // Only part of the area is within reach: search the buddy lists, with every
+            // cached run returned to them so the search sees all free slots.
+            let slots = &mut inner.slots;
+            inner.cache.drain(|s, n| slots.release(s, n));
+            let first = inner.slots.alloc_below(total, residue, p.align_order, last);
+            self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+            first?
+        } else {
+            match inner.cache.take(total, residue, p.align_order) {
                 Some(first) => first,
-                None if inner.cache.slots != 0 => {
-                    let slots = &mut inner.slots;
-                    inner.cache.drain(|s, n| slots.release(s, n));
-                    let first = inner.slots.alloc(p.count, p.lead, p.align_order);
-                    self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-                    first?
-                }
-                None => return None,
-            },
+                None => match inner.slots.alloc(total, residue, p.align_order) {
+                    Some(first) => first,
+                    None if inner.cache.slots != 0 => {
+                        let slots = &mut inner.slots;
+                        inner.cache.drain(|s, n| slots.release(s, n));
+                        let first = inner.slots.alloc(total, residue, p.align_order);
+                        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+                        first?
+                    }
+                    None => return None,
+                },
+            }
         };
         let Some(meta) = meta.take() else {
-            inner.slots.release(first, p.count);
+            inner.slots.release(first, total);
             self.orders_hint.store(inner.hint(), Ordering::Relaxed);
             return None;
         };
-        inner.live[first as usize] = Some(Live {
-            count: p.count,
+        let raised = count(&self.counter, total);
+        inner.live[(first + lead) as usize] = Some(Live {
+            count: total,
+            lead,
             offset: p.offset,
             len: p.len,
+            raised,
             meta,
         });
-        count(&self.counter, p.count);
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-        Some(first)
+        Some(Run {
+            slot: first + lead,
+            lead,
+            count: total,
+        })
     }
 
     /// Runs `f` on the live allocation whose first slot is `local` and whose bounce address
@@ -280,8 +333,9 @@ impl<T> Area<T> {
         }
     }
 
-    /// Removes the live allocation at `local`/`offset` and frees its slots (into the run
-    /// cache when it has room for them); `None` (nothing changed) when there is none.
+    /// Removes the live allocation whose bounce address is at `local`/`offset` and frees
+    /// its slots, lead-in included (into the run cache when it has room for them); `None`
+    /// (nothing changed) when there is none.
     pub(crate) fn free(&self, local: u32, offset: u32) -> Option<Live<T>> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -290,8 +344,9 @@ impl<T> Area<T> {
             return None;
         }
         let live = entry.take()?;
-        if !inner.cache.put(local, live.count) {
-            inner.slots.release(local, live.count);
+        let first = local - live.lead;
+        if !inner.cache.put(first, live.count) {
+            inner.slots.release(first, live.count);
         }
         self.counter.freed(live.count);
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
@@ -353,24 +408,25 @@ impl<T> Area<T> {
         }
         let mut used = 0u32;
         let mut live = 0u32;
-        let mut i = 0u32;
-        while i < inner.slots.len() {
-            match &inner.live[i as usize] {
-                Some(l) => {
-                    for j in i..i + l.count {
-                        if inner.slots.is_free(j) || inner.cache.holds(j) {
-                            return Err(alloc::format!("live slot {j} is also free"));
-                        }
-                        if j != i && inner.live[j as usize].is_some() {
-                            return Err(alloc::format!("live runs overlap at {j}"));
-                        }
-                    }
-                    used += l.count;
-                    live += 1;
-                    i += l.count;
-                }
-                None => i += 1,
+        let mut held = alloc::vec![false; inner.slots.len() as usize];
+        for (i, l) in inner.live.iter().enumerate() {
+            let Some(l) = l else { continue };
+            let Some(first) = (i as u32).checked_sub(l.lead) else {
+                return Err(alloc::format!("lead-in of the run at {i} leaves the area"));
+            };
+            if l.lead >= l.count {
+                return Err(alloc::format!("run at {i} holds no slot after its lead-in"));
             }
+            for j in first..first + l.count {
+                if inner.slots.is_free(j) || inner.cache.holds(j) {
+                    return Err(alloc::format!("live slot {j} is also free"));
+                }
+                if core::mem::replace(&mut held[j as usize], true) {
+                    return Err(alloc::format!("live runs overlap at {j}"));
+                }
+            }
+            used += l.count;
+            live += 1;
         }
         if used + inner.free_slots() != inner.slots.len() {
             return Err(alloc::format!(

@@ -34,6 +34,13 @@ pub enum PoolError {
         /// Total bytes of the pool.
         total: u64,
     },
+    /// No slot of the pool lies at or below the address limit of the request
+    /// ([`Pool::alloc_below`](super::Pool::alloc_below)): only new memory within reach can
+    /// serve it.
+    Unreachable {
+        /// The highest address the device reaches.
+        max_addr: u64,
+    },
     /// The address is not the bounce address of a live allocation (unknown, inside an
     /// allocation rather than at its start, or already freed).
     NotMapped {
@@ -58,6 +65,9 @@ impl fmt::Display for PoolError {
                 f,
                 "bounce pool exhausted allocating {len} bytes ({used} of {total} bytes in use)"
             ),
+            PoolError::Unreachable { max_addr } => {
+                write!(f, "no bounce slot lies at or below {max_addr:#x}")
+            }
             PoolError::NotMapped { addr } => {
                 write!(f, "{addr} is not the start of a live bounce allocation")
             }

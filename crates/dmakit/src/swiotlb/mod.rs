@@ -25,7 +25,13 @@
 //!   back into the buddy lists before an area refuses a request, so it never causes an
 //!   exhaustion.
 //! - **Placement**: the bounce address keeps `orig & min_align_mask` and, for mappings of
-//!   a page or more, starts on a page boundary plus that offset (see `request.rs`).
+//!   a page or more, starts on a page boundary plus that offset (see `request.rs`). The
+//!   allocation holds its run from the aligned boundary before the bounce address: the
+//!   lead-in slots belong to it, so nothing else can land in the aligned window (an IOMMU
+//!   granule, for the IOMMU path's untrusted bounces) in front of its bytes.
+//! - **Reach**: [`Pool::alloc_below`] keeps the whole run at or below a device's mask,
+//!   skipping regions and areas above it; it tells "reachable memory full"
+//!   ([`PoolError::Exhausted`]) from "no memory within reach" ([`PoolError::Unreachable`]).
 //! - **Lookup**: the owning region and area from a lock-free directory of region bounds,
 //!   then that area's stripe of the region table, a binary search and arithmetic to the
 //!   slot; each area keeps the caller's metadata of its live allocations indexed by first
@@ -39,9 +45,11 @@
 //!
 //! # Invariants
 //!
-//! Two live allocations never share a slot; free blocks, cached runs and live allocations
-//! partition every area; a failed call changes nothing observable (an allocation that
-//! fails may have returned cached runs to the buddy lists, which are free either way).
+//! Two live allocations never share a slot, lead-ins included; free blocks, cached runs
+//! and live allocations partition every area; a failed call changes nothing observable (an
+//! allocation that fails may have returned cached runs to the buddy lists, which are free
+//! either way); an allocation given back with [`Pool::abandon`] leaves the statistics,
+//! high-water mark included, as they were before it.
 
 mod area;
 mod config;

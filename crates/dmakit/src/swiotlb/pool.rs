@@ -182,6 +182,11 @@ impl<T> Pool<T> {
     /// `cpu` is a hint (the caller's CPU): the search starts in that CPU's area of each
     /// region and moves on to the others.
     ///
+    /// The allocation holds its whole run of slots, the lead-in before the bounce address
+    /// included ([`Bounce::slot_start`]): with a `min_align_mask` of `2^n - 1` (`2^n` of at
+    /// least a slot) no other live allocation lies in the `2^n`-aligned window the bounce
+    /// address sits in, before the bounce's end.
+    ///
     /// Cost: one stripe lock, then for each area tried one lock and O(log2 segment slots)
     /// work (O(1) when the area's run cache holds a freed run of the same size and
     /// placement); areas that cannot fit the request are skipped without locking. No memory
@@ -192,35 +197,76 @@ impl<T> Pool<T> {
     /// [`Pool::max_mapping_size`]) for a bad request; [`PoolError::Exhausted`] with current
     /// usage when no area has room. On error nothing changed and `meta` is dropped.
     pub fn alloc(&self, cpu: usize, request: BounceRequest, meta: T) -> Result<Bounce, PoolError> {
+        self.alloc_below(cpu, request, u64::MAX, meta)
+    }
+
+    /// As [`Pool::alloc`], for a device that reaches only addresses up to `max_addr`
+    /// (its DMA mask): the whole run held, lead-in included, ends at or below `max_addr`.
+    /// Regions and areas wholly above `max_addr` are not tried; an area that `max_addr`
+    /// cuts is searched for a run below it (O(its free blocks) instead of O(1)).
+    ///
+    /// # Errors
+    /// As [`Pool::alloc`], and [`PoolError::Unreachable`] when the pool has memory but no
+    /// slot of it lies at or below `max_addr` (it cannot ever serve this device without new
+    /// memory); [`PoolError::Exhausted`] when some memory is within reach but has no room,
+    /// or the pool has no memory at all. On error
+    /// nothing changed and `meta` is dropped.
+    pub fn alloc_below(
+        &self,
+        cpu: usize,
+        request: BounceRequest,
+        max_addr: u64,
+        meta: T,
+    ) -> Result<Bounce, PoolError> {
         let shape = Shape::new(&self.config, &request)?;
+        let shift = self.config.slot_shift();
+        let slot_mask = self.config.slot_size() - 1;
         let mut meta = Some(meta);
         let regions = self.table.read(cpu);
+        let mut reachable = false;
         for region in regions.iter() {
+            let base = region.range().start().as_u64();
+            // Slots of the region that end at or below `max_addr`.
+            let within = max_addr
+                .checked_sub(base)
+                .map_or(0, |d| (d >> shift) + u64::from(d & slot_mask == slot_mask));
+            if within == 0 {
+                // Regions are sorted by base: the rest lie higher still.
+                break;
+            }
+            reachable = true;
+            let last = within - 1;
             let placement = shape.place(region.base_slot());
             let order = Shape::block_order(&placement);
             let areas = region.areas();
             let start = cpu % areas.len();
             for i in (start..areas.len()).chain(0..start) {
                 let area = &areas[i];
+                let Some(local_last) =
+                    (last.min(u64::from(u32::MAX)) as u32).checked_sub(area.first_slot())
+                else {
+                    continue;
+                };
                 if !area.may_fit(order) {
                     continue;
                 }
-                let count = |c: &AreaCounter, n| {
-                    self.counters.allocated(c, n, || counters_of(&regions));
-                };
-                if let Some(local) = area.alloc(&placement, &mut meta, count) {
+                let count =
+                    |c: &AreaCounter, n| self.counters.allocated(c, n, || counters_of(&regions));
+                if let Some(run) = area.alloc(&placement, local_last, &mut meta, count) {
                     return Ok(Bounce {
-                        addr: region.addr_of(i, local, placement.offset),
+                        addr: region.addr_of(i, run.slot, placement.offset),
                         len: request.len,
-                        slot_start: region.addr_of(i, local, 0),
-                        slot_bytes: (placement.count as u64) << self.config.slot_shift(),
+                        slot_start: region.addr_of(i, run.slot - run.lead, 0),
+                        slot_bytes: (run.count as u64) << shift,
                     });
                 }
             }
         }
+        if !reachable && !regions.is_empty() {
+            return Err(PoolError::Unreachable { max_addr });
+        }
         let used: u64 = counters_of(&regions).map(|c| c.used() as u64).sum();
         drop(regions);
-        let shift = self.config.slot_shift();
         Err(PoolError::Exhausted {
             len: request.len,
             used: used << shift,
@@ -248,7 +294,7 @@ impl<T> Pool<T> {
                 let bounce = Bounce {
                     addr,
                     len: live.len,
-                    slot_start: region.addr_of(loc.area, loc.local, 0),
+                    slot_start: region.addr_of(loc.area, loc.local - live.lead, 0),
                     slot_bytes: (live.count as u64) << shift,
                 };
                 f(&bounce, &live.meta)
@@ -268,22 +314,43 @@ impl<T> Pool<T> {
     }
 
     /// Frees the allocation whose bounce address is `addr` and returns it with its metadata.
+    /// Its whole run, lead-in included, is free again.
     ///
     /// # Errors
     /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation:
     /// an unknown address, an address inside an allocation, or one already freed. Nothing
     /// changes then.
     pub fn free(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError> {
+        self.release(addr, false)
+    }
+
+    /// Gives back the allocation whose bounce address is `addr`, which was never used
+    /// (the operation it was made for failed), and returns it with its metadata: as
+    /// [`Pool::free`], and the high-water mark drops again by what this allocation raised
+    /// it, so with no call overlapping [`Pool::stats`] is exactly what it was before the
+    /// allocation. Under concurrency the mark stays at or above every usage reached.
+    ///
+    /// # Errors
+    /// As [`Pool::free`].
+    pub fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError> {
+        self.release(addr, true)
+    }
+
+    fn release(&self, addr: PhysAddr, unused: bool) -> Result<(Bounce, T), PoolError> {
         let not_mapped = PoolError::NotMapped { addr };
         let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
         let region = &regions[index];
-        let live = region.areas()[loc.area]
-            .free(loc.local, loc.offset)
-            .ok_or(not_mapped)?;
+        let area = &region.areas()[loc.area];
+        let live = area.free(loc.local, loc.offset).ok_or(not_mapped)?;
+        if unused
+            && !crate::reintroduce::active(crate::reintroduce::Defect::FailedBounceRaisesHighWater)
+        {
+            self.counters.unraise(area.counter(), live.raised);
+        }
         let bounce = Bounce {
             addr,
             len: live.len,
-            slot_start: region.addr_of(loc.area, loc.local, 0),
+            slot_start: region.addr_of(loc.area, loc.local - live.lead, 0),
             slot_bytes: (live.count as u64) << self.config.slot_shift(),
         };
         Ok((bounce, live.meta))

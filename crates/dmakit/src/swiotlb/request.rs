@@ -43,7 +43,9 @@ impl BounceRequest {
 /// Guarantees: `addr & min_align_mask == orig & min_align_mask`; if `len >= PAGE_SIZE` then
 /// `addr` is page aligned plus `orig & min_align_mask` (page aligned when that is zero);
 /// `[addr, addr + len)` lies inside `[slot_start, slot_start + slot_bytes)`, a run of whole
-/// slots inside one segment that no other live allocation shares.
+/// slots inside one segment that no other live allocation shares. The run starts at or
+/// before `addr - (orig & min_align_mask)` (the lead-in is held too), on a boundary of
+/// `min_align_mask + 1` when that is at least a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounce {
     /// The bounce address: where the data goes, and the key for `get` and `free`.

@@ -14,10 +14,15 @@
 //! it uses (split into aligned blocks, merged with their buddies as usual). A run of `n`
 //! slots therefore costs `n` slots, not the next power of two.
 //!
-//! The price: a run that must start `lead` slots into an aligned block (a large
-//! `min_align_mask` with a large offset) needs a free block covering `lead + count` slots,
-//! so a fragmented area can refuse it while enough scattered slots are free. The pool then
-//! tries the other areas and regions, and reports exhaustion only when none can serve.
+//! The pool's bounces ask for their lead-in too (the slots from the aligned boundary to
+//! the bounce address belong to the bounce, see `area.rs`), so they call `alloc` with a
+//! `lead` of 0 and a `count` that includes the lead-in: only the tail is given back. The
+//! `lead` parameter places a run off the boundary for callers that do not hold the lead-in.
+//!
+//! The price of alignment: a run of `count` slots aligned to a large `min_align_mask`
+//! needs a free block of at least `2^align_order` slots, so a fragmented area can refuse it
+//! while enough scattered slots are free. The pool then tries the other areas and
+//! regions, and reports exhaustion only when none can serve.
 //!
 //! Free lists are intrusive: `next`/`prev` index arrays with one entry per slot, used only
 //! at the head slot of a free block. Nothing is allocated after construction.
@@ -124,6 +129,45 @@ impl BuddySlots {
         self.release_range(block + lead + count, size - lead - count);
         self.free -= count;
         Some(block + lead)
+    }
+
+    /// As [`BuddySlots::alloc`], with the run ending at or before slot `last`. Walks the
+    /// free lists for a block low enough, so it costs O(free blocks) instead of
+    /// O(orders): for an area only part of which a device reaches.
+    pub(crate) fn alloc_below(
+        &mut self,
+        count: u32,
+        lead: u32,
+        align_order: u32,
+        last: u32,
+    ) -> Option<u32> {
+        if count == 0 {
+            return None;
+        }
+        let order = self.block_order(count, lead, align_order)?;
+        // The latest block start whose run still ends by `last`.
+        let latest = last.checked_sub(lead + count - 1)?;
+        for mut k in order..=self.max_order {
+            let mut idx = self.heads[k as usize];
+            while idx != NIL && idx > latest {
+                idx = self.next[idx as usize];
+            }
+            if idx == NIL {
+                continue;
+            }
+            self.unlink(idx, k);
+            // Keep the low half: the block still starts at `idx`.
+            while k > order {
+                k -= 1;
+                self.push(idx + (1 << k), k);
+            }
+            let size = 1u32 << order;
+            self.release_range(idx, lead);
+            self.release_range(idx + lead + count, size - lead - count);
+            self.free -= count;
+            return Some(idx + lead);
+        }
+        None
     }
 
     /// Returns `count` slots from `start` that an earlier `alloc` handed out. The caller

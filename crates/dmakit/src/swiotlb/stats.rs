@@ -208,21 +208,39 @@ impl Counters {
     /// Counts an allocation of `n` slots in the area counted by `mine`. Caller holds that
     /// area's lock. `all` lists the counters of every area of the pool (including `mine`),
     /// and no area may be added or removed while this runs (the caller holds a stripe of
-    /// the region table).
+    /// the region table). Returns by how many slots the high-water mark rose.
     #[inline]
-    pub(crate) fn allocated<'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I)
+    pub(crate) fn allocated<'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I) -> u32
     where
         I: Iterator<Item = &'a AreaCounter>,
     {
         mine.live
             .store(mine.live.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if !mine.try_add(n) {
-            self.grant(mine, n, all);
+        if mine.try_add(n) {
+            0
+        } else {
+            self.grant(mine, n, all)
         }
     }
 
+    /// Undoes the rise of the high-water mark by `raised` slots that an allocation in the
+    /// area counted by `mine` caused, after that allocation was freed unused: takes back up
+    /// to `raised` slots of `mine`'s allowance (never below its usage) and lowers the mark
+    /// by what it took back. With no call overlapping, the mark is then exactly what it was
+    /// before the allocation; under concurrency it stays at or above every usage reached.
+    pub(crate) fn unraise(&self, mine: &AreaCounter, raised: u32) {
+        if raised == 0 {
+            return;
+        }
+        let _g = self.grant.lock();
+        let back = mine.take_slack(raised) as usize;
+        let high = self.high_water.load(Ordering::Relaxed);
+        // The allowances add up to at most the mark and included `back`: no underflow.
+        self.high_water.store(high - back, Ordering::Relaxed);
+    }
+
     #[cold]
-    fn grant<'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I)
+    fn grant<'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I) -> u32
     where
         I: Iterator<Item = &'a AreaCounter>,
     {
@@ -246,6 +264,8 @@ impl Counters {
             self.high_water.store(high + need, Ordering::Relaxed);
         }
         mine.add_raising(n);
+        // At most `n` (the slots of this allocation).
+        need as u32
     }
 
     pub(crate) fn region_added(&self, slots: usize) {

@@ -701,3 +701,148 @@ proptest! {
         }
     }
 }
+
+/// Defect 1: the slots before a `min_align_mask` bounce address belong to the bounce. With
+/// 2 KiB slots and a mask of 0xfff, a bounce of a buffer at page offset 0x900 sits 0x900
+/// bytes into a page-aligned run; no other bounce may take the slot at the page's start,
+/// and freeing the bounce frees the whole run.
+#[test]
+fn lead_in_slots_belong_to_the_bounce() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    let r = req(0x7_0900, 13, 0xfff);
+    let a = pool.alloc(0, r, 1).unwrap();
+    check_bounce(&a, &r, 2048);
+    assert_eq!(a.addr.as_u64() & 0xfff, 0x900);
+    assert_eq!(a.slot_start.as_u64(), a.addr.as_u64() & !0xfff);
+    assert_eq!(a.slot_bytes, 4096);
+    assert_eq!(pool.stats().used_bytes, 4096);
+    pool.check().unwrap();
+    let window = a.slot_start.as_u64()..a.slot_start.as_u64() + 4096;
+    // Fill the rest of the pool with one-slot bounces: none lands in the window.
+    let mut others = Vec::new();
+    while let Ok(b) = pool.alloc(0, req(0, 100, 0), 2) {
+        assert!(
+            !window.contains(&b.slot_start.as_u64()),
+            "{b:?} in {window:?}"
+        );
+        others.push(b);
+    }
+    assert_eq!(others.len(), 128 - 2);
+    pool.check().unwrap();
+    assert_eq!(pool.get(a.addr), Ok((a, 1)));
+    assert_eq!(pool.free(a.addr), Ok((a, 1)));
+    for b in others {
+        pool.free(b.addr).unwrap();
+    }
+    pool.flush_caches();
+    let s = pool.stats();
+    assert_eq!((s.used_bytes, s.live), (0, 0));
+    pool.check().unwrap();
+    // The whole run is free again: a whole segment fits.
+    let whole = pool.alloc(0, req(0, 256 * KIB, 0), 3).unwrap();
+    assert_eq!(whole.slot_bytes, 256 * KIB);
+}
+
+/// Runs held with their lead-in are reused from the run cache only where the placement
+/// still holds: the bounce slot keeps its residue and the run starts on the boundary.
+#[test]
+fn cached_runs_with_lead_in_keep_the_placement() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    let r = req(0x900, 13, 0xfff);
+    let a = pool.alloc(0, r, 1).unwrap();
+    pool.free(a.addr).unwrap();
+    assert_eq!(pool.cached_slots(), 2);
+    // Same shape: the cached run comes back whole.
+    let b = pool.alloc(0, r, 2).unwrap();
+    assert_eq!(
+        (b.addr, b.slot_start, b.slot_bytes),
+        (a.addr, a.slot_start, 4096)
+    );
+    pool.free(b.addr).unwrap();
+    // Two slots with a different residue (offset 0x100 in the page's first slot, 3000
+    // bytes): the cached run is reused only if the bounce keeps its residue.
+    let r2 = req(0x100, 3000, 0xfff);
+    let c = pool.alloc(0, r2, 3).unwrap();
+    check_bounce(&c, &r2, 2048);
+    assert_eq!(c.slot_start.as_u64() & 0xfff, 0);
+    pool.check().unwrap();
+}
+
+/// Defect 6 in the pool: `alloc_below` keeps the whole run at or below the limit, tells a
+/// full reachable part (`Exhausted`) from none at all (`Unreachable`), and changes nothing
+/// when it fails.
+#[test]
+fn alloc_below_stays_within_reach() {
+    let pool: Pool<u8> = Pool::new(cfg(2048, 128, 1));
+    let low = 0x1000_0000u64;
+    let high = 0x1_0000_0000u64;
+    pool.add_region(PhysAddr::new(low), 256 * KIB).unwrap();
+    pool.add_region(PhysAddr::new(high), 256 * KIB).unwrap();
+    let limit = u32::MAX as u64;
+    let mut held = Vec::new();
+    while let Ok(b) = pool.alloc_below(0, req(0, 100, 0), limit, 1) {
+        assert!(b.slot_start.as_u64() + b.slot_bytes - 1 <= limit, "{b:?}");
+        held.push(b);
+    }
+    assert_eq!(held.len(), 128);
+    let before = pool.stats();
+    assert!(matches!(
+        pool.alloc_below(0, req(0, 100, 0), limit, 2),
+        Err(PoolError::Exhausted { used, total, .. }) if used == 256 * KIB && total == 512 * KIB
+    ));
+    assert_eq!(pool.stats(), before);
+    // The high region still serves a device without the limit.
+    let up = pool.alloc(0, req(0, 100, 0), 3).unwrap();
+    assert!(up.addr.as_u64() >= high);
+    // Nothing at all below a limit under the first region.
+    assert_eq!(
+        pool.alloc_below(0, req(0, 100, 0), low - 1, 4),
+        Err(PoolError::Unreachable { max_addr: low - 1 })
+    );
+    // A limit inside the first region's first segment: only slots wholly below it.
+    for b in held.drain(..) {
+        pool.free(b.addr).unwrap();
+    }
+    let tight = low + 3 * 2048 - 1;
+    let mut n = 0;
+    while let Ok(b) = pool.alloc_below(0, req(0, 100, 0), tight, 5) {
+        assert!(b.slot_start.as_u64() + b.slot_bytes - 1 <= tight, "{b:?}");
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    pool.check().unwrap();
+}
+
+/// 11b in the pool: an allocation given back unused leaves the statistics exactly as they
+/// were, high-water included; a freed one keeps the mark it reached.
+#[test]
+fn abandon_restores_the_high_water_mark() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 4 * 256 * KIB).unwrap();
+    let keep = pool.alloc(0, req(0, 5000, 0), 1).unwrap();
+    let before = pool.stats();
+    assert_eq!(before.high_water_bytes, 3 * 2048);
+    for cpu in [0, 1, 0] {
+        let b = pool.alloc(cpu, req(0x900, 9000, 0xfff), 2).unwrap();
+        assert!(pool.stats().high_water_bytes > before.high_water_bytes);
+        assert_eq!(pool.abandon(b.addr), Ok((b, 2)));
+        assert_eq!(pool.stats(), before);
+        pool.check().unwrap();
+    }
+    // Below the mark nothing was raised, so nothing is lowered.
+    pool.free(keep.addr).unwrap();
+    let b = pool.alloc(1, req(0, 100, 0), 3).unwrap();
+    pool.abandon(b.addr).unwrap();
+    assert_eq!(pool.stats().high_water_bytes, 3 * 2048);
+    // A bounce that was used and freed keeps its peak.
+    let c = pool.alloc(0, req(0, 9000, 0), 4).unwrap();
+    pool.free(c.addr).unwrap();
+    assert_eq!(pool.stats().high_water_bytes, 5 * 2048);
+    assert_eq!(
+        pool.abandon(c.addr),
+        Err(PoolError::NotMapped { addr: c.addr })
+    );
+    pool.check().unwrap();
+}
