@@ -120,7 +120,7 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        if let Some(dom) = self.iommu_domain(dev) {
+        if let Some(dom) = self.iommu_domain(dev)? {
             return self.unmap_iommu(&dom, dev, dma, range.len(), dir);
         }
         match self.backend_owning(dma) {
@@ -233,7 +233,7 @@ impl<P: Platform> DmaMapper<P> {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
         let fill_inbound = !self.controls.skip_inbound_fill;
-        let copied = if let Some(dom) = self.iommu_domain(dev) {
+        let copied = if let Some(dom) = self.iommu_domain(dev)? {
             let to = if for_cpu {
                 iommu::path::SyncTo::Cpu
             } else {
