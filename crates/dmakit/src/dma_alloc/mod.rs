@@ -258,8 +258,7 @@ where
         size: u64,
     ) -> Result<(u64, u64), DmaAllocError> {
         let pages = self.pages_for(dev, size)?;
-        if !self.translated(dev) || crate::reintroduce::active(Defect::SubGranuleAllocNotRounded)
-        {
+        if !self.translated(dev) || crate::reintroduce::active(Defect::SubGranuleAllocNotRounded) {
             return Ok((pages, 1));
         }
         let unit = (self.space.granule(dev) / PAGE_SIZE).max(1);

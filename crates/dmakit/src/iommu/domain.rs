@@ -15,7 +15,7 @@ use spin::Mutex;
 use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
 use crate::addr::{DmaAddr, PhysAddr};
-use crate::bounce::BounceBackend;
+use crate::bounce::{BounceBackend, PoolUsage};
 use crate::device::DeviceId;
 use crate::direction::Direction;
 use crate::platform::{Clock, Iommu, IommuDomainId};
@@ -277,11 +277,17 @@ impl IommuDomain {
         debug_assert!(freed.is_ok(), "{freed:?}");
     }
 
-    /// Queues an unmapped range (lazy mode); drains when the queue is full or its oldest
-    /// entry has outlived the time bound. Returns the bounce slots a drain released.
+    /// Queues an unmapped range (lazy mode); drains when the queue is full, when its oldest
+    /// entry has outlived the time bound, or when the entry parks a bounce slot of a pool
+    /// under pressure (see [`under_pressure`]). Returns the bounce slots a drain released.
     pub(crate) fn defer(&self, entry: FlushEntry, cpu: usize) -> usize {
         let now = self.timeout.as_ref().map_or(0, |(_, c)| c.now_ns());
-        if self.fq.push(entry, now) || self.expired(now) {
+        let pressure = !reintroduce::active(Defect::LazyDomainParksBounces)
+            && entry
+                .bounce
+                .as_ref()
+                .is_some_and(|(b, _)| under_pressure(b.usage()));
+        if self.fq.push(entry, now) || pressure || self.expired(now) {
             self.drain(cpu)
         } else {
             0
@@ -337,4 +343,13 @@ impl IommuDomain {
     pub(crate) fn iova_addr(&self, range: IovaRange) -> DmaAddr {
         DmaAddr::new(range.pfn << self.shift)
     }
+}
+
+/// Whether a bounce pool is so full that its slots should not wait in a flush queue: at
+/// least three quarters of its memory reserved. Parked slots then go back (after the
+/// invalidation) at the unmap that parks one, so lazily unmapped bounces never leave a pool
+/// full with nothing live; a map that still finds the pool full drains every queue before
+/// it fails (`IommuDma::reclaim_bounces`).
+pub(crate) fn under_pressure(u: PoolUsage) -> bool {
+    u.used.saturating_mul(4) >= u.total.saturating_mul(3)
 }

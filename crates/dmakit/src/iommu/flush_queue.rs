@@ -63,7 +63,8 @@ impl FlushQueue {
     pub(crate) fn push(&self, entry: FlushEntry, now_ns: u64) -> bool {
         let mut q = self.entries.lock();
         if q.is_empty() {
-            self.oldest_ns.store(now_ns.min(EMPTY - 1), Ordering::Relaxed);
+            self.oldest_ns
+                .store(now_ns.min(EMPTY - 1), Ordering::Relaxed);
         }
         if entry.bounce.is_some() {
             self.bounces.fetch_add(1, Ordering::Relaxed);

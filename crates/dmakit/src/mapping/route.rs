@@ -121,7 +121,13 @@ impl<P: Platform> DmaMapper<P> {
         if is_full(&mapped) && self.reclaim_parked_bounces() {
             mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
         }
-        self.count_iommu(dev, range, dir, site, mapped.as_ref().map(|(_, path)| *path));
+        self.count_iommu(
+            dev,
+            range,
+            dir,
+            site,
+            mapped.as_ref().map(|(_, path)| *path),
+        );
         mapped
     }
 
