@@ -13,8 +13,11 @@
 //!
 //! Unmap removes the translations, then in strict mode invalidates them at once; in lazy
 //! mode the IOVA (and any bounce slot) waits in the domain's flush queue for one batched
-//! invalidation, so it is never reused while a stale IOTLB entry may translate it. Unmaps
-//! of untrusted devices are always strict. The path knows nothing of the direct path or of
+//! invalidation, so it is never reused while a stale IOTLB entry may translate it. The
+//! queue drains when full, when its oldest entry outlives the domain's time bound (checked
+//! here on every map and unmap), when the pool of a slot it parks is under pressure, and
+//! when a map finds its pool full (the routing layer drains every domain's queue before it
+//! fails). Unmaps of untrusted devices are always strict. The path knows nothing of the direct path or of
 //! any particular bounce pool: the routing layer hands it the device's backend.
 
 use alloc::sync::Arc;

@@ -24,7 +24,8 @@ impl<P: Platform> DmaMapper<P> {
     /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range;
     /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
     /// pool; [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool
-    /// cannot take it; a memory fault from the bounce copy. On error nothing was changed.
+    /// cannot take it; a memory fault from the bounce copy; [`DmaError::Detached`] for a
+    /// device detached from its IOMMU domain. On error nothing was changed.
     #[inline]
     #[track_caller]
     pub fn map(
@@ -88,6 +89,8 @@ impl<P: Platform> DmaMapper<P> {
     /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
     /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
     /// Direct mappings keep no record; the debug checker catches their misuse.
+    /// [`DmaError::Detached`] for a device detached from its IOMMU domain (it has no live
+    /// mapping, and an old IOVA is never taken for a physical address).
     #[inline]
     #[track_caller]
     pub fn unmap(
@@ -141,7 +144,16 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let ended = iommu::path::unmap(&self.platform, dom, dev, dma, len, dir)?;
+        let ended = match iommu::path::unmap(&self.platform, dom, dev, dma, len, dir) {
+            Ok(ended) => ended,
+            Err(e) => {
+                // A faulted copy back still ended the mapping and released its slot.
+                if matches!(e, DmaError::Memory(_)) {
+                    self.room_freed();
+                }
+                return Err(e);
+            }
+        };
         self.counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), ended.copied);
         if ended.freed_room {
