@@ -58,6 +58,21 @@ fn unmaps_and_flushes_in_a_lazy_domain_wake_deferred_mappings() {
 }
 
 #[test]
+fn a_flush_of_the_iommu_queues_wakes_deferred_mappings() {
+    let w = s::waiter_woken_by_flush();
+    assert_eq!(
+        w,
+        s::FlushWake {
+            deferred: true,
+            parked: 90,
+            completed_before_flush: false,
+            completed_after_flush: true,
+            released: 90,
+        }
+    );
+}
+
+#[test]
 fn the_stale_iotlb_window_is_bounded_in_time() {
     let w = s::lazy_window_after_timeout();
     assert_eq!(

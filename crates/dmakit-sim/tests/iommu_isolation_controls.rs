@@ -44,6 +44,22 @@ fn control_lazy_waiter_never_woken() {
 }
 
 #[test]
+fn control_lazy_flush_wakes_nobody() {
+    let _g = put_back(Some(Defect::LazyDomainParksBounces));
+    let w = s::waiter_woken_by_flush();
+    assert_eq!(
+        w,
+        s::FlushWake {
+            deferred: true,
+            parked: 90,
+            completed_before_flush: false,
+            completed_after_flush: false,
+            released: 90,
+        }
+    );
+}
+
+#[test]
 fn control_lazy_window_unbounded_in_time() {
     let _g = put_back(Some(Defect::LazyDomainParksBounces));
     let w = s::lazy_window_after_timeout();

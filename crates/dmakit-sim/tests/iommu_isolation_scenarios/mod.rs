@@ -217,6 +217,75 @@ pub fn waiter_behind_lazy_unmaps() -> Waiter {
     }
 }
 
+/// A deferred mapping waiting while the pool's room is parked in a lazy queue.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FlushWake {
+    /// `map_or_defer` queued it.
+    pub deferred: bool,
+    /// Bounce slots parked after the holder's lazy unmaps, before the flush.
+    pub parked: usize,
+    /// Its completion had run before the flush, and after it.
+    pub completed_before_flush: bool,
+    pub completed_after_flush: bool,
+    /// Slots [`DmaMapper::flush_iommu_queues`] released.
+    pub released: usize,
+}
+
+/// A device holds 90 of the pool's 128 slots with live bounces (below the pressure
+/// threshold); another device's 160 KiB bounce is deferred; the holder unmaps everything
+/// lazily (the slots are parked, not under pressure); then the owner flushes the queues.
+pub fn waiter_woken_by_flush() -> FlushWake {
+    let r = rig(49, Granule::K4, HazardConfig::NONE);
+    let pool = r.swiotlb(POOL_PAGES);
+    let holder = trusted(16);
+    let waiter = trusted(17);
+    attach(&r, &r.dma, &holder, DomainConfig::LAZY);
+    attach(&r, &r.dma, &waiter, DomainConfig::LAZY);
+    let mapper = DmaMapper::new(&r.m)
+        .with_swiotlb(pool.clone())
+        .with_iommu(r.dma.clone());
+    let dir = Direction::FromDevice;
+    let live: Vec<DmaAddr> = buffers(&r, 90, 100, Owner(16))
+        .into_iter()
+        .map(|b| mapper.map(&holder, b, 100, dir).unwrap())
+        .collect();
+    let big_len = 160 * 1024;
+    let big =
+        r.m.alloc_pages(big_len / 4096 + 1, u64::MAX)
+            .unwrap()
+            .add(8);
+    r.m.cpu_write(big, &vec![0x17; big_len as usize], Owner(17))
+        .unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let seen = done.clone();
+    let status = mapper
+        .map_or_defer(
+            &waiter,
+            big,
+            big_len,
+            dir,
+            Box::new(move |res| {
+                if res.is_ok() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        )
+        .unwrap();
+    for dma in live {
+        mapper.unmap(&holder, dma, 100, dir).unwrap();
+    }
+    let parked = r.dma.domain_of(holder.id()).unwrap().stats().parked_bounces;
+    let completed_before_flush = done.load(Ordering::SeqCst) == 1;
+    let released = mapper.flush_iommu_queues();
+    FlushWake {
+        deferred: status == MapStatus::Deferred,
+        parked,
+        completed_before_flush,
+        completed_after_flush: done.load(Ordering::SeqCst) == 1,
+        released,
+    }
+}
+
 /// A clock the test moves by hand.
 pub struct HandClock(pub AtomicU64);
 
