@@ -9,7 +9,6 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use dmakit::bounce::BounceBackend;
 use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig};
 use dmakit::mem::ZonedPageAllocator;
 use dmakit::{
@@ -534,15 +533,10 @@ pub struct Allocated {
     pub freed_and_cut_off: bool,
 }
 
-fn probe(
-    r: &Rig,
-    dev: &Device,
-    g: u64,
-    what: &'static str,
-    cpu: PhysAddr,
-    dma: DmaAddr,
-    size: u64,
-) -> (bool, usize) {
+/// The CPU writes `size` bytes at `cpu` (cleaned to memory); the device reads the whole
+/// granules around `dma`. Returns whether it saw the CPU's bytes, and how many bytes
+/// around them belong to someone else.
+fn probe(r: &Rig, dev: &Device, g: u64, cpu: PhysAddr, dma: DmaAddr, size: u64) -> (bool, usize) {
     let owner = Owner(11);
     let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
     r.m.cpu_write(cpu, &data, owner).unwrap();
@@ -561,7 +555,6 @@ fn probe(
         .enumerate()
         .filter(|&(i, (&o, &b))| !own.contains(&i) && o != owner && b != 0)
         .count();
-    let _ = what;
     (saw, foreign)
 }
 
@@ -586,7 +579,7 @@ pub fn sub_granule_allocations(granule: Granule) -> Vec<Allocated> {
     ] {
         out.push(match a.alloc_coherent(&dev, size, ctx) {
             Ok(buf) => {
-                let (saw, foreign) = probe(&r, &dev, g, what, buf.phys(), buf.dma(), size);
+                let (saw, foreign) = probe(&r, &dev, g, buf.phys(), buf.dma(), size);
                 let dma = buf.dma();
                 let freed = a.free_coherent(&dev, buf).is_ok();
                 Allocated {
@@ -603,7 +596,7 @@ pub fn sub_granule_allocations(granule: Granule) -> Vec<Allocated> {
     let what = "alloc_pages(8 KiB)";
     out.push(match a.alloc_pages(&dev, 8192, Direction::Bidirectional) {
         Ok(p) => {
-            let (saw, foreign) = probe(&r, &dev, g, what, p.phys(), p.dma(), 8192);
+            let (saw, foreign) = probe(&r, &dev, g, p.phys(), p.dma(), 8192);
             let dma = p.dma();
             let freed = a.free_pages(&dev, p).is_ok();
             Allocated {
@@ -772,9 +765,4 @@ pub fn after_detach() -> AfterDetach {
         alloc,
         reattached_works,
     }
-}
-
-/// The pool behind `mapper`'s device, for tests that need its usage.
-pub fn usage(pool: &Arc<dyn BounceBackend>) -> dmakit::bounce::PoolUsage {
-    pool.usage()
 }
