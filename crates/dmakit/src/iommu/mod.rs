@@ -289,18 +289,18 @@ impl IommuDma {
 
     /// A bounce pool is full: drains the flush queues that hold bounce slots (each after
     /// its IOTLB invalidation), so parked slots are used before a map fails. Returns the
-    /// slots released. Takes the domain list's lock only when some slot is parked.
+    /// slots released. Runs on a failing map, so it allocates nothing: it drains under the
+    /// domain list's lock, which no map, unmap or sync takes (only domain creation,
+    /// destruction and attachment do).
     pub(crate) fn reclaim_bounces(&self, cpu: usize) -> usize {
         if crate::reintroduce::active(crate::reintroduce::Defect::LazyDomainParksBounces) {
             return 0;
         }
-        let parked: Vec<Arc<IommuDomain>> = self
-            .domains
+        self.domains
             .lock()
             .values()
             .filter(|d| d.parked_bounces() > 0)
-            .cloned()
-            .collect();
-        parked.iter().map(|d| d.drain(cpu)).sum()
+            .map(|d| d.drain(cpu))
+            .sum()
     }
 }
