@@ -143,6 +143,7 @@ fn unmap_sg_of_an_empty_list_is_refused_on_every_path() {
 fn a_detached_device_is_refused_never_mapped_directly() {
     let a = s::after_detach();
     assert_eq!(a.detach_while_mapped, Err(IommuDmaError::Busy), "{a:?}");
+    assert_eq!(a.detach_while_allocated, Err(IommuDmaError::Busy), "{a:?}");
     assert!(matches!(a.map, Err(DmaError::Detached { .. })), "{a:?}");
     assert!(!a.device_write_ok, "{a:?}");
     assert!(

@@ -682,8 +682,9 @@ pub fn empty_unmap_sg() -> (Result<(), DmaError>, Result<(), DmaError>) {
 /// What a device could do, and what the mapper did, after its detach.
 #[derive(Debug)]
 pub struct AfterDetach {
-    /// Detach while a mapping was live.
+    /// Detach while a mapping was live, and while a DMA allocation was.
     pub detach_while_mapped: Result<(), dmakit::iommu::IommuDmaError>,
+    pub detach_while_allocated: Result<(), dmakit::iommu::IommuDmaError>,
     /// A new mapping after the detach, and whether the device could then write it.
     pub map: Result<DmaAddr, DmaError>,
     pub device_write_ok: bool,
@@ -720,6 +721,14 @@ pub fn after_detach() -> AfterDetach {
     let old = mapper.map(&dev, page, 4096, dir).unwrap();
     let detach_while_mapped = r.dma.detach(&dev);
     mapper.unmap(&dev, old, 4096, dir).unwrap();
+    let z = zones(&r.m);
+    let a =
+        DmaAllocator::new(&r.m, &z, r.dma.clone(), DmaAllocatorConfig::default(), None).unwrap();
+    let held = a
+        .alloc_coherent(&dev, 4096, AllocContext::MayBlock)
+        .unwrap();
+    let detach_while_allocated = r.dma.detach(&dev);
+    a.free_coherent(&dev, held).unwrap();
     r.dma.detach(&dev).unwrap();
     let map = mapper.map(&dev, page, 4096, dir);
     let device_write_ok = match map {
@@ -737,9 +746,6 @@ pub fn after_detach() -> AfterDetach {
     let unmap_old_iova = mapper.unmap(&dev, old, 4096, dir);
     let mut back = [0u8; 64];
     r.m.cpu_read(bystander, &mut back).unwrap();
-    let z = zones(&r.m);
-    let a =
-        DmaAllocator::new(&r.m, &z, r.dma.clone(), DmaAllocatorConfig::default(), None).unwrap();
     let alloc = match a.alloc_coherent(&dev, 4096, AllocContext::MayBlock) {
         Ok(buf) => {
             let dma = buf.dma();
@@ -758,6 +764,7 @@ pub fn after_detach() -> AfterDetach {
     mapper.unmap(&dev, again, 4096, dir).unwrap();
     AfterDetach {
         detach_while_mapped,
+        detach_while_allocated,
         map,
         device_write_ok,
         unmap_old_iova,
