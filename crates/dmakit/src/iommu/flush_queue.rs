@@ -96,6 +96,11 @@ impl FlushQueue {
         self.bounces.load(Ordering::Relaxed)
     }
 
+    /// Whether anything is queued (a hint: read without the queue's lock).
+    pub(crate) fn queued_hint(&self) -> bool {
+        self.oldest_ns.load(Ordering::Relaxed) != EMPTY
+    }
+
     /// Whether the oldest entry was queued at or before `deadline_ns` (a hint: read
     /// without the queue's lock).
     pub(crate) fn oldest_at_or_before(&self, deadline_ns: u64) -> bool {
