@@ -45,6 +45,13 @@ fn a_full_pool_of_parked_slots_is_reclaimed_before_a_map_fails() {
 }
 
 #[test]
+fn an_iommu_sg_list_reclaims_parked_slots_before_it_fails() {
+    let (used, total, sg) = s::sg_behind_parked_slots();
+    assert_eq!(used, total, "the pool was full (parked and live)");
+    assert_eq!(sg, Ok(2));
+}
+
+#[test]
 fn unmaps_and_flushes_in_a_lazy_domain_wake_deferred_mappings() {
     let w = s::waiter_behind_lazy_unmaps();
     assert_eq!(

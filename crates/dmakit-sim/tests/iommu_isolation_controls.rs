@@ -30,6 +30,14 @@ fn control_lazy_pairs_leave_the_pool_full() {
 }
 
 #[test]
+fn control_iommu_sg_list_fails_behind_parked_slots() {
+    let _g = put_back(Some(Defect::LazyDomainParksBounces));
+    let (used, total, sg) = s::sg_behind_parked_slots();
+    assert_eq!(used, total);
+    assert!(matches!(sg, Err(DmaError::PoolExhausted { .. })), "{sg:?}");
+}
+
+#[test]
 fn control_lazy_waiter_never_woken() {
     let _g = put_back(Some(Defect::LazyDomainParksBounces));
     let w = s::waiter_behind_lazy_unmaps();

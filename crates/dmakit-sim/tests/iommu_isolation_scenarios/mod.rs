@@ -285,6 +285,38 @@ pub fn waiter_woken_by_flush() -> FlushWake {
     }
 }
 
+/// A pool full of 90 parked slots (below the pressure threshold, so they stay parked) and
+/// 38 live bounces; then a two-buffer sg list that must be bounced. Returns the pool's
+/// usage before the list, and the list's outcome (its segment count).
+pub fn sg_behind_parked_slots() -> (u64, u64, Result<usize, DmaError>) {
+    let r = rig(50, Granule::K4, HazardConfig::NONE);
+    let pool = r.swiotlb(POOL_PAGES);
+    let dev = trusted(18);
+    attach(&r, &r.dma, &dev, DomainConfig::LAZY);
+    let mapper = DmaMapper::new(&r.m)
+        .with_swiotlb(pool.clone())
+        .with_iommu(r.dma.clone());
+    let dir = Direction::FromDevice;
+    let bufs = buffers(&r, POOL_SLOTS + 2, 100, Owner(18));
+    let parked: Vec<DmaAddr> = bufs[..90]
+        .iter()
+        .map(|&b| mapper.map(&dev, b, 100, dir).unwrap())
+        .collect();
+    for dma in parked {
+        mapper.unmap(&dev, dma, 100, dir).unwrap();
+    }
+    for &b in &bufs[90..POOL_SLOTS as usize] {
+        mapper.map(&dev, b, 100, dir).unwrap();
+    }
+    let u = pool.usage();
+    let entries: Vec<SgEntry> = bufs[POOL_SLOTS as usize..]
+        .iter()
+        .map(|&phys| SgEntry { phys, len: 100 })
+        .collect();
+    let sg = mapper.map_sg(&dev, &entries, dir).map(|segs| segs.len());
+    (u.used, u.total, sg)
+}
+
 /// A clock the test moves by hand.
 pub struct HandClock(pub AtomicU64);
 
