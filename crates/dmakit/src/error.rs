@@ -117,6 +117,13 @@ pub enum DmaError {
         /// What the IOMMU said.
         error: IommuError,
     },
+    /// The device was detached from its IOMMU domain ([`crate::IommuDma::detach`]): the
+    /// IOMMU blocks it, so no address handed to it could work, and no mapping of it is live.
+    /// Attach it to a domain again to map for it.
+    Detached {
+        /// The device asked for.
+        device: DeviceId,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -178,6 +185,10 @@ impl fmt::Display for DmaError {
                 "{device}: IOVA space exhausted: no free range of {len} bytes below mask {mask:#x}"
             ),
             DmaError::Iommu { device, error } => write!(f, "{device}: IOMMU refused: {error}"),
+            DmaError::Detached { device } => write!(
+                f,
+                "{device}: detached from its IOMMU domain, so the IOMMU blocks it; attach it again"
+            ),
         }
     }
 }

@@ -107,7 +107,7 @@ where
         size: u64,
         ctx: AllocContext,
     ) -> Result<CoherentBuffer, DmaAllocError> {
-        let pages = self.pages_for(dev, size)?;
+        let (pages, _) = self.mapped_pages_for(dev, size)?;
         if ctx == AllocContext::Atomic && !dev.is_coherent() {
             return self.alloc_atomic(dev, size);
         }
@@ -157,6 +157,22 @@ where
         }
     }
 
+    /// The pages an atomic pool object of `size` bytes at `phys` is mapped with for a
+    /// translated `dev`: the whole granules of the device address space holding it (an
+    /// object is aligned to its power-of-two size, so one below a granule lies in one).
+    /// Returns the first page and the page count.
+    fn atomic_mapped_span(&self, dev: &Device, phys: PhysAddr, size: u64) -> (PhysAddr, u64) {
+        let g = if crate::reintroduce::active(crate::reintroduce::Defect::SubGranuleAllocNotRounded)
+        {
+            PAGE_SIZE
+        } else {
+            self.address_space().granule(dev).max(PAGE_SIZE)
+        };
+        let first = phys.align_down(g);
+        let end = (phys.as_u64() + size).next_multiple_of(g);
+        (first, (end - first.as_u64()) / PAGE_SIZE)
+    }
+
     fn alloc_atomic(&self, dev: &Device, size: u64) -> Result<CoherentBuffer, DmaAllocError> {
         let translated = self.translated(dev);
         let max_addr = if translated { u64::MAX } else { dev.dma_mask() };
@@ -196,14 +212,11 @@ where
                     .map(|()| range)
                     .map_err(DmaAllocError::Memory)
             });
-        let pages = size.div_ceil(PAGE_SIZE);
         let dma = zeroed.and_then(|range| {
             let dma = if translated {
-                // Objects of a page or more are page aligned; smaller ones lie within one
-                // page (an object is aligned to its power-of-two size).
-                let first = phys.align_down(PAGE_SIZE);
+                let (first, pages) = self.atomic_mapped_span(dev, phys, size);
                 self.device_address(dev, first, pages, Direction::Bidirectional)
-                    .map(|d| d.add(phys.offset_in(PAGE_SIZE)))?
+                    .map(|d| d.add(phys.as_u64() - first.as_u64()))?
             } else {
                 DmaAddr::new(phys.as_u64())
             };
@@ -246,10 +259,13 @@ where
             return reject(e, buf);
         }
         let (map_base, map_pages) = match buf.source {
-            Source::AtomicPool => (
-                buf.dma.align_down(PAGE_SIZE),
-                buf.size().div_ceil(PAGE_SIZE),
-            ),
+            Source::AtomicPool => {
+                let (first, pages) = self.atomic_mapped_span(dev, buf.phys(), buf.size());
+                (
+                    DmaAddr::new(buf.dma.as_u64() - (buf.phys().as_u64() - first.as_u64())),
+                    pages,
+                )
+            }
             Source::Pages { pages, .. } => (buf.dma, pages),
         };
         if let Err(e) = self.drop_device_address(dev, map_base, map_pages, buf.translated) {

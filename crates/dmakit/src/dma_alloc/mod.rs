@@ -50,6 +50,7 @@ use crate::direction::Direction;
 use crate::growth::GrowthHook;
 use crate::mem::{MemError, ZonedPageAllocator, MAX_BLOCK_PAGES};
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
+use crate::reintroduce::Defect;
 
 pub use coherent::CoherentBuffer;
 pub use error::{DmaAllocError, Rejected};
@@ -247,13 +248,39 @@ where
         Ok(pages)
     }
 
+    /// Pages for `size` bytes of an allocation the device address space maps for `dev`
+    /// (when it is translated): [`Self::pages_for`] rounded up to whole granules of the
+    /// space, since a page-table entry of a 16 or 64 KiB granule maps the granule whole.
+    /// Returns the pages and the granule in pages (1 when untranslated).
+    pub(crate) fn mapped_pages_for(
+        &self,
+        dev: &Device,
+        size: u64,
+    ) -> Result<(u64, u64), DmaAllocError> {
+        let pages = self.pages_for(dev, size)?;
+        if !self.translated(dev) || crate::reintroduce::active(Defect::SubGranuleAllocNotRounded) {
+            return Ok((pages, 1));
+        }
+        let unit = (self.space.granule(dev) / PAGE_SIZE).max(1);
+        let rounded = pages.next_multiple_of(unit);
+        if rounded > MAX_BLOCK_PAGES {
+            return Err(DmaAllocError::TooLarge {
+                device: dev.id(),
+                size,
+                max: MAX_BLOCK_PAGES * PAGE_SIZE,
+            });
+        }
+        Ok((rounded, unit))
+    }
+
     /// Whether `dev` sits behind the device address space's translation.
     pub(crate) fn translated(&self, dev: &Device) -> bool {
         self.space.translates(dev)
     }
 
     /// `pages` contiguous pages `dev` can use: anywhere when translated, else from the
-    /// zones its mask fully reaches.
+    /// zones its mask fully reaches. The zones' buddy allocator aligns a block to the next
+    /// power of two of its size, so a multiple of a granule comes granule aligned.
     pub(crate) fn take_contiguous(
         &self,
         dev: &Device,

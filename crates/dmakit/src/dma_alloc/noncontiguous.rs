@@ -46,10 +46,10 @@ where
         size: u64,
         dir: Direction,
     ) -> Result<SgTable, DmaAllocError> {
-        let pages = self.pages_for(dev, size)?;
+        let (pages, unit) = self.mapped_pages_for(dev, size)?;
         let translated = self.translated(dev);
         let chunks = if translated {
-            self.alloc_chunks(dev, pages, MAX_BLOCK_PAGES, Placement::Anywhere)?
+            self.alloc_chunks(dev, pages, unit, MAX_BLOCK_PAGES, Placement::Anywhere)?
         } else {
             let phys = self.take_contiguous(dev, pages)?;
             let chunk = vec![SgChunk::new_reachable(phys, pages)];

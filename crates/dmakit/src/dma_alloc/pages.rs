@@ -48,7 +48,7 @@ impl DmaPages {
     pub fn range(&self) -> PhysRange {
         self.range
     }
-    /// Pages held (the size rounded up).
+    /// Pages held: the size rounded up to pages, and behind an IOMMU to its granule.
     pub fn page_count(&self) -> u64 {
         self.pages
     }
@@ -83,7 +83,7 @@ where
         size: u64,
         dir: Direction,
     ) -> Result<DmaPages, DmaAllocError> {
-        let pages = self.pages_for(dev, size)?;
+        let (pages, _) = self.mapped_pages_for(dev, size)?;
         let phys = self.take_contiguous(dev, pages)?;
         let ranges = page_range(phys, pages).and_then(|all| {
             PhysRange::new(phys, size)

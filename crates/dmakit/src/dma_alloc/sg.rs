@@ -45,7 +45,7 @@ where
             Placement::ReachableThenAnywhere
         };
         let max_chunk = (dev.max_segment_size() / PAGE_SIZE).max(1);
-        let chunks = self.alloc_chunks(dev, pages, max_chunk, placement)?;
+        let chunks = self.alloc_chunks(dev, pages, 1, max_chunk, placement)?;
         Ok(self.make_table(
             dev,
             chunks,

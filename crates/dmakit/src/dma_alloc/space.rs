@@ -29,6 +29,9 @@ pub enum DeviceSpaceError {
     },
     /// The page tables could not be updated (no memory for a table page, a hardware error).
     TablesFailed,
+    /// The device was detached from its IOMMU domain, which now blocks it: nothing can be
+    /// mapped for it until it is attached again.
+    Detached,
 }
 
 impl fmt::Display for DeviceSpaceError {
@@ -39,6 +42,9 @@ impl fmt::Display for DeviceSpaceError {
             }
             DeviceSpaceError::NotMapped { dma } => write!(f, "{dma} is not a live mapping"),
             DeviceSpaceError::TablesFailed => f.write_str("page tables could not be updated"),
+            DeviceSpaceError::Detached => {
+                f.write_str("the device is detached from its IOMMU domain (blocked)")
+            }
         }
     }
 }
@@ -70,11 +76,20 @@ pub trait DeviceAddressSpace {
     /// physical addresses and must lie below its mask.
     fn translates(&self, dev: &Device) -> bool;
 
+    /// The smallest unit the space maps for a translated `dev`, in bytes: a power of two of
+    /// at least [`crate::PAGE_SIZE`] (an IOMMU's granule). The allocators round translated
+    /// allocations up to it and take their pages in naturally aligned groups of it, so
+    /// [`DeviceAddressSpace::map_pages_contiguous`] can map them. The default, one page,
+    /// suits spaces that map single pages.
+    fn granule(&self, _dev: &Device) -> u64 {
+        crate::platform::PAGE_SIZE
+    }
+
     /// Maps `pages` at consecutive device addresses for `dev`; returns the first.
     ///
     /// # Errors
-    /// [`DeviceSpaceError::NoSpace`] or [`DeviceSpaceError::TablesFailed`]; nothing is
-    /// mapped then.
+    /// [`DeviceSpaceError::NoSpace`], [`DeviceSpaceError::TablesFailed`] or
+    /// [`DeviceSpaceError::Detached`]; nothing is mapped then.
     fn map_pages_contiguous(
         &self,
         dev: &Device,
@@ -129,6 +144,9 @@ macro_rules! forward {
         impl<T: DeviceAddressSpace + ?Sized> DeviceAddressSpace for $ptr {
             fn translates(&self, dev: &Device) -> bool {
                 (**self).translates(dev)
+            }
+            fn granule(&self, dev: &Device) -> u64 {
+                (**self).granule(dev)
             }
             fn map_pages_contiguous(
                 &self,

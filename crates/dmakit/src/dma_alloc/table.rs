@@ -186,13 +186,15 @@ where
     Z: Deref<Target = ZonedPageAllocator>,
     S: DeviceAddressSpace,
 {
-    /// Takes `pages` pages in chunks of at most `max_chunk` pages, largest first, halving
-    /// the chunk size on shortage, and zeroes them (memory holds the zeros). On error every
-    /// chunk taken is given back.
+    /// Takes `pages` pages (a multiple of `unit`) in chunks of at most `max_chunk` pages,
+    /// largest first, halving the chunk size on shortage but never below `unit` and always
+    /// a multiple of it (so a chunk is aligned to `unit` pages: whole IOMMU granules), and
+    /// zeroes them (memory holds the zeros). On error every chunk taken is given back.
     pub(crate) fn alloc_chunks(
         &self,
         dev: &Device,
         pages: u64,
+        unit: u64,
         max_chunk: u64,
         placement: Placement,
     ) -> Result<Vec<SgChunk>, DmaAllocError> {
@@ -200,7 +202,10 @@ where
         let mut chunks: Vec<SgChunk> = Vec::new();
         let mut remaining = pages;
         let mut reachable_only = placement != Placement::Anywhere;
-        let first_want = |left: u64| left.min(max_chunk.max(1));
+        let unit = unit.max(1);
+        // Chunks stay whole multiples of `unit` (which `pages` is), so the buddy allocator
+        // hands each out aligned to it.
+        let first_want = |left: u64| left.min(max_chunk.max(unit));
         let mut want = first_want(remaining);
         while remaining > 0 {
             want = want.min(remaining);
@@ -224,7 +229,9 @@ where
                         return Err(e);
                     }
                 }
-                Err(MemError::OutOfMemory { .. }) if want > 1 => want /= 2,
+                Err(MemError::OutOfMemory { .. }) if want > unit => {
+                    want = (want / 2 / unit * unit).max(unit)
+                }
                 Err(MemError::OutOfMemory { .. } | MemError::NoReachableZone { .. })
                     if reachable_only && placement == Placement::ReachableThenAnywhere =>
                 {

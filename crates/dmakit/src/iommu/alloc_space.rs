@@ -22,9 +22,16 @@ use crate::platform::{IommuPerm, PAGE_SIZE};
 const ALLOC_CPU: usize = 0;
 
 impl DeviceAddressSpace for IommuDma {
-    /// A device is translated while it is attached to a domain.
+    /// A device is translated while it is attached to a domain, and also once detached
+    /// (the IOMMU then blocks it: its allocations are refused with
+    /// [`DeviceSpaceError::Detached`] rather than given physical addresses).
     fn translates(&self, dev: &Device) -> bool {
-        self.domain_of(dev.id()).is_some()
+        !matches!(self.route_of(dev.id()), Ok(None))
+    }
+
+    /// The IOMMU's granule: page-table entries map whole granules.
+    fn granule(&self, _dev: &Device) -> u64 {
+        self.iommu.granule()
     }
 
     /// Maps `pages` at consecutive IOVAs of `dev`'s domain. With a granule larger than a
@@ -38,7 +45,10 @@ impl DeviceAddressSpace for IommuDma {
     ) -> Result<DmaAddr, DeviceSpaceError> {
         let count = pages.len() as u64;
         let no_space = DeviceSpaceError::NoSpace { pages: count };
-        let dom = self.domain_of(dev.id()).ok_or(no_space)?;
+        let dom = self
+            .route_of(dev.id())
+            .map_err(|_| DeviceSpaceError::Detached)?
+            .ok_or(no_space)?;
         let g = dom.granule;
         let per = (g / PAGE_SIZE) as usize;
         if pages.is_empty() {

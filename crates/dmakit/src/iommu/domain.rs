@@ -15,18 +15,22 @@ use spin::Mutex;
 use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
 use crate::addr::{DmaAddr, PhysAddr};
-use crate::bounce::BounceBackend;
+use crate::bounce::{BounceBackend, PoolUsage};
 use crate::device::DeviceId;
 use crate::direction::Direction;
-use crate::platform::{Iommu, IommuDomainId};
+use crate::platform::{Clock, Iommu, IommuDomainId};
+use crate::reintroduce::{self, Defect};
 
 /// When unmapped IOVAs are invalidated in the IOTLB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FlushMode {
     /// Every unmap invalidates its range before returning (Linux `iommu.strict=1`).
     Strict,
-    /// Unmaps queue their IOVAs; one invalidation of the whole domain releases a batch of
-    /// up to `queue` of them (Linux's flush queue). Unmaps of untrusted devices stay strict.
+    /// Unmaps queue their IOVAs (and bounce slots); one invalidation of the whole domain
+    /// releases a batch of up to `queue` of them (Linux's flush queue). The queue also
+    /// drains when its oldest entry is older than [`DomainConfig::flush_timeout_ns`], when
+    /// a bounce pool is full (before a map fails for want of room) and when the IOVA space
+    /// runs out. Unmaps of untrusted devices stay strict.
     Lazy {
         /// Entries that trigger a drain (at least 1).
         queue: usize,
@@ -47,6 +51,13 @@ pub struct DomainConfig {
     pub magazine_size: usize,
     /// Full magazines kept per size class.
     pub depot_magazines: usize,
+    /// Lazy mode: the longest an unmapped IOVA (and its bounce slot) may wait for its
+    /// invalidation, in nanoseconds of the [`Clock`] given to
+    /// [`super::IommuDma::with_clock`]. Checked on every map and unmap in the domain: the
+    /// first one after the deadline drains the queue (an idle domain is drained by
+    /// [`super::IommuDma::flush_queues`], which a timer should call). `None`: bounded by
+    /// the queue's length only. Ignored in strict mode.
+    pub flush_timeout_ns: Option<u64>,
 }
 
 impl DomainConfig {
@@ -57,9 +68,11 @@ impl DomainConfig {
         rcache_max_order: 9,
         magazine_size: 128,
         depot_magazines: 32,
+        flush_timeout_ns: None,
     };
 
-    /// Lazy invalidation with a 256-entry flush queue, whole aperture, default caches.
+    /// Lazy invalidation with a 256-entry flush queue, whole aperture, default caches, no
+    /// time bound (set [`DomainConfig::flush_timeout_ns`] for one; Linux uses 10 ms).
     pub const LAZY: Self = Self {
         mode: FlushMode::Lazy { queue: 256 },
         ..Self::STRICT
@@ -120,6 +133,8 @@ pub struct DomainStats {
     pub live_mappings: usize,
     /// Unmapped IOVA ranges waiting in the flush queue.
     pub queued: usize,
+    /// Bounce slots of those ranges, held until the invalidation.
+    pub parked_bounces: usize,
     /// Flush-queue drains so far (each one IOTLB invalidation of the whole domain).
     pub queue_flushes: u64,
     /// The IOVA allocator's counters.
@@ -137,6 +152,8 @@ pub struct IommuDomain {
     pub(crate) iova: IovaAllocator,
     pub(crate) records: Mutex<BTreeMap<u64, Record>>,
     pub(crate) fq: FlushQueue,
+    /// The lazy queue's time bound, with the clock that measures it.
+    timeout: Option<(u64, Arc<dyn Clock + Send + Sync>)>,
 }
 
 impl IommuDomain {
@@ -145,6 +162,7 @@ impl IommuDomain {
         iommu: Arc<dyn Iommu + Send + Sync>,
         cfg: &DomainConfig,
         cpus: usize,
+        clock: Option<Arc<dyn Clock + Send + Sync>>,
     ) -> Result<Self, IovaError> {
         let granule = iommu.granule();
         let shift = granule.trailing_zeros();
@@ -179,6 +197,10 @@ impl IommuDomain {
             iova,
             records: Mutex::new(BTreeMap::new()),
             fq: FlushQueue::new(queue),
+            timeout: match cfg.mode {
+                FlushMode::Strict => None,
+                FlushMode::Lazy { .. } => cfg.flush_timeout_ns.zip(clock),
+            },
         })
     }
 
@@ -209,6 +231,7 @@ impl IommuDomain {
             mode: self.mode,
             live_mappings: self.records.lock().len(),
             queued: self.fq.len(),
+            parked_bounces: self.fq.parked_bounces(),
             queue_flushes: self.fq.flushes(),
             iova: self.iova.stats(),
         }
@@ -254,31 +277,82 @@ impl IommuDomain {
         debug_assert!(freed.is_ok(), "{freed:?}");
     }
 
-    /// Queues an unmapped range (lazy mode); drains when the queue is full.
-    pub(crate) fn defer(&self, entry: FlushEntry, cpu: usize) {
-        if self.fq.push(entry) {
-            self.drain(cpu);
+    /// Queues an unmapped range (lazy mode); drains when the queue is full, when its oldest
+    /// entry has outlived the time bound, or when the entry parks a bounce slot of a pool
+    /// under pressure (see [`under_pressure`]). Returns the bounce slots a drain released.
+    pub(crate) fn defer(&self, entry: FlushEntry, cpu: usize) -> usize {
+        let now = self.timeout.as_ref().map_or(0, |(_, c)| c.now_ns());
+        let pressure = !reintroduce::active(Defect::LazyDomainParksBounces)
+            && entry
+                .bounce
+                .as_ref()
+                .is_some_and(|(b, _)| under_pressure(b.usage()));
+        if self.fq.push(entry, now) || pressure || self.expired(now) {
+            self.drain(cpu)
+        } else {
+            0
         }
     }
 
+    /// Drains the queue if its oldest entry has outlived the time bound (checked on every
+    /// map). Returns the bounce slots released.
+    pub(crate) fn drain_expired(&self, cpu: usize) -> usize {
+        match &self.timeout {
+            // An empty queue (the common case) costs no clock read.
+            Some((_, clock)) if self.fq.queued_hint() && self.expired(clock.now_ns()) => {
+                self.drain(cpu)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether the oldest queued entry has waited at least the time bound at `now`.
+    fn expired(&self, now: u64) -> bool {
+        if reintroduce::active(Defect::LazyDomainParksBounces) {
+            return false;
+        }
+        self.timeout.as_ref().is_some_and(|(limit, _)| {
+            now.checked_sub(*limit)
+                .is_some_and(|deadline| self.fq.oldest_at_or_before(deadline))
+        })
+    }
+
+    /// Bounce slots waiting in the flush queue for their invalidation.
+    pub(crate) fn parked_bounces(&self) -> usize {
+        self.fq.parked_bounces()
+    }
+
     /// Invalidates the domain's IOTLB, then releases every queued IOVA and bounce slot.
-    pub(crate) fn drain(&self, cpu: usize) {
+    /// Returns the bounce slots released.
+    pub(crate) fn drain(&self, cpu: usize) -> usize {
         let entries = self.fq.take();
         if entries.is_empty() {
-            return;
+            return 0;
         }
         self.iommu.flush_iotlb_all(self.id);
+        let mut bounces = 0;
         for e in entries {
             if let Some((backend, slot)) = e.bounce {
                 let freed = backend.free(slot);
                 debug_assert!(freed.is_some());
+                bounces += 1;
             }
             self.release(e.iova, cpu);
         }
+        bounces
     }
 
     /// The first device address of the IOVA range.
     pub(crate) fn iova_addr(&self, range: IovaRange) -> DmaAddr {
         DmaAddr::new(range.pfn << self.shift)
     }
+}
+
+/// Whether a bounce pool is so full that its slots should not wait in a flush queue: at
+/// least three quarters of its memory reserved. Parked slots then go back (after the
+/// invalidation) at the unmap that parks one, so lazily unmapped bounces never leave a pool
+/// full with nothing live; a map that still finds the pool full drains every queue before
+/// it fails (`IommuDma::reclaim_bounces`).
+pub(crate) fn under_pressure(u: PoolUsage) -> bool {
+    u.used.saturating_mul(4) >= u.total.saturating_mul(3)
 }

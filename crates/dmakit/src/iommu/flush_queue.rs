@@ -3,16 +3,18 @@
 //!
 //! Invalidating the IOTLB on every unmap (strict mode) costs a round trip to the IOMMU each
 //! time. Lazy mode instead removes the page-table entries at unmap, parks the IOVA (and any
-//! bounce slot the mapping used) here, and when the queue fills up, or the owner asks,
-//! invalidates the whole domain once and only then returns everything to the allocators.
-//! An IOVA therefore never reaches the allocator, and can never be handed out again, while
-//! a stale IOTLB entry may still translate it. What lazy mode gives up is the window between
-//! unmap and that invalidation, during which a device may still reach the old memory through
-//! the IOTLB; untrusted devices are never given that window (their unmaps are strict).
+//! bounce slot the mapping used) here, and invalidates the whole domain once before
+//! returning everything to the allocators: when the queue fills up, when its oldest entry
+//! has waited longer than the domain's time bound, when a bounce pool or the IOVA space
+//! runs short, or when the owner asks. An IOVA or bounce slot therefore never reaches its
+//! allocator, and can never be handed out again, while a stale IOTLB entry may still
+//! translate it. What lazy mode gives up is the window between unmap and that
+//! invalidation, during which a device may still reach the old memory through the IOTLB;
+//! untrusted devices are never given that window (their unmaps are strict).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
@@ -28,11 +30,19 @@ pub(crate) struct FlushEntry {
     pub(crate) bounce: Option<(Arc<dyn BounceBackend>, PhysAddr)>,
 }
 
+/// No entry is queued: the oldest-entry time reads this.
+const EMPTY: u64 = u64::MAX;
+
 /// A bounded queue of [`FlushEntry`]s.
 pub(crate) struct FlushQueue {
     entries: Mutex<Vec<FlushEntry>>,
     capacity: usize,
     flushes: AtomicU64,
+    /// Bounce slots parked in the queue (read without the lock: "is there any room to win
+    /// by draining?").
+    bounces: AtomicUsize,
+    /// When the oldest queued entry was queued (clock nanoseconds), or [`EMPTY`].
+    oldest_ns: AtomicU64,
 }
 
 impl FlushQueue {
@@ -43,12 +53,22 @@ impl FlushQueue {
             entries: Mutex::new(Vec::with_capacity(capacity)),
             capacity,
             flushes: AtomicU64::new(0),
+            bounces: AtomicUsize::new(0),
+            oldest_ns: AtomicU64::new(EMPTY),
         }
     }
 
-    /// Queues `entry`; returns whether the queue is now full and should be drained.
-    pub(crate) fn push(&self, entry: FlushEntry) -> bool {
+    /// Queues `entry` at time `now_ns` (0 without a clock); returns whether the queue is
+    /// now full and should be drained.
+    pub(crate) fn push(&self, entry: FlushEntry, now_ns: u64) -> bool {
         let mut q = self.entries.lock();
+        if q.is_empty() {
+            self.oldest_ns
+                .store(now_ns.min(EMPTY - 1), Ordering::Relaxed);
+        }
+        if entry.bounce.is_some() {
+            self.bounces.fetch_add(1, Ordering::Relaxed);
+        }
         q.push(entry);
         q.len() >= self.capacity
     }
@@ -61,12 +81,31 @@ impl FlushQueue {
             return Vec::new();
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.bounces.store(0, Ordering::Relaxed);
+        self.oldest_ns.store(EMPTY, Ordering::Relaxed);
         core::mem::replace(&mut *q, Vec::with_capacity(self.capacity))
     }
 
     /// Entries waiting.
     pub(crate) fn len(&self) -> usize {
         self.entries.lock().len()
+    }
+
+    /// Bounce slots waiting (a hint: read without the queue's lock).
+    pub(crate) fn parked_bounces(&self) -> usize {
+        self.bounces.load(Ordering::Relaxed)
+    }
+
+    /// Whether anything is queued (a hint: read without the queue's lock).
+    pub(crate) fn queued_hint(&self) -> bool {
+        self.oldest_ns.load(Ordering::Relaxed) != EMPTY
+    }
+
+    /// Whether the oldest entry was queued at or before `deadline_ns` (a hint: read
+    /// without the queue's lock).
+    pub(crate) fn oldest_at_or_before(&self, deadline_ns: u64) -> bool {
+        let oldest = self.oldest_ns.load(Ordering::Relaxed);
+        oldest != EMPTY && oldest <= deadline_ns
     }
 
     /// Drains performed so far.

@@ -38,7 +38,8 @@ pub use domain::{DomainConfig, DomainStats, FlushMode, IommuDomain};
 pub use iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
 
 use crate::device::{Device, DeviceId};
-use crate::platform::{Iommu, IommuDomainId, IommuError, PAGE_SIZE};
+use crate::error::DmaError;
+use crate::platform::{Clock, Iommu, IommuDomainId, IommuError, PAGE_SIZE};
 
 /// Why a domain or attachment operation failed. Nothing changed then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub enum IommuDmaError {
     NotAttached(DeviceId),
     /// The device, or the domain, still has live mappings.
     Busy,
+    /// A lazy domain with [`DomainConfig::flush_timeout_ns`] needs a clock
+    /// ([`IommuDma::with_clock`]) to keep its time bound.
+    NoClock,
 }
 
 impl fmt::Display for IommuDmaError {
@@ -70,6 +74,9 @@ impl fmt::Display for IommuDmaError {
             IommuDmaError::AlreadyAttached(d) => write!(f, "{d} is already attached to a domain"),
             IommuDmaError::NotAttached(d) => write!(f, "{d} is not attached to a domain"),
             IommuDmaError::Busy => f.write_str("live mappings remain"),
+            IommuDmaError::NoClock => {
+                f.write_str("a flush timeout needs a clock (IommuDma::with_clock)")
+            }
         }
     }
 }
@@ -90,11 +97,20 @@ impl From<IommuError> for IommuDmaError {
 /// A device is mapped through the IOMMU exactly while it is attached here; attaching also
 /// tells the hardware ([`Iommu::attach_device`]). Several devices may share a domain (one
 /// address space, like a Linux IOMMU group); each device's mappings stay its own.
+///
+/// A device that was attached and then [detached](IommuDma::detach) sits behind the IOMMU
+/// still, which now blocks it: the mapper refuses to map, unmap or sync for it
+/// ([`crate::DmaError::Detached`]) and the DMA allocators refuse to allocate for it
+/// ([`crate::dma_alloc::DeviceSpaceError::Detached`]) until it is attached again. It is
+/// never mapped directly: a physical address would not reach memory through the blocking
+/// IOMMU, and an old IOVA is never taken for a physical address.
 pub struct IommuDma {
     iommu: Arc<dyn Iommu + Send + Sync>,
     cpus: usize,
+    clock: Option<Arc<dyn Clock + Send + Sync>>,
     domains: Mutex<BTreeMap<IommuDomainId, Arc<IommuDomain>>>,
-    devices: Mutex<BTreeMap<DeviceId, Arc<IommuDomain>>>,
+    /// Every device ever attached: its domain, or `None` once detached (blocked).
+    devices: Mutex<BTreeMap<DeviceId, Option<Arc<IommuDomain>>>>,
 }
 
 impl fmt::Debug for IommuDma {
@@ -120,9 +136,17 @@ impl IommuDma {
         Ok(Self {
             iommu,
             cpus: cpus.max(1),
+            clock: None,
             domains: Mutex::new(BTreeMap::new()),
             devices: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Domains created from now on measure their flush queue's time bound
+    /// ([`DomainConfig::flush_timeout_ns`]) with `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock + Send + Sync>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// The IOMMU.
@@ -135,10 +159,15 @@ impl IommuDma {
     /// # Errors
     /// [`IommuDmaError::Platform`] when the IOMMU cannot create one;
     /// [`IommuDmaError::Iova`] when the IOVA window is empty (the hardware domain is
-    /// destroyed again).
+    /// destroyed again); [`IommuDmaError::NoClock`] for a lazy domain with a flush timeout
+    /// but no clock (nothing created).
     pub fn create_domain(&self, cfg: DomainConfig) -> Result<IommuDomainId, IommuDmaError> {
+        let timed = matches!(cfg.mode, FlushMode::Lazy { .. }) && cfg.flush_timeout_ns.is_some();
+        if timed && self.clock.is_none() {
+            return Err(IommuDmaError::NoClock);
+        }
         let id = self.iommu.create_domain()?;
-        match IommuDomain::new(id, self.iommu.clone(), &cfg, self.cpus) {
+        match IommuDomain::new(id, self.iommu.clone(), &cfg, self.cpus, self.clock.clone()) {
             Ok(d) => {
                 self.domains.lock().insert(id, Arc::new(d));
                 Ok(id)
@@ -163,7 +192,7 @@ impl IommuDma {
             .get(&id)
             .ok_or(IommuError::NoSuchDomain(id))?
             .clone();
-        if self.devices.lock().values().any(|a| a.id == id) {
+        if self.devices.lock().values().flatten().any(|a| a.id == id) {
             return Err(IommuError::DomainBusy(id).into());
         }
         if !d.records.lock().is_empty() {
@@ -188,34 +217,59 @@ impl IommuDma {
             .cloned()
             .ok_or(IommuError::NoSuchDomain(id))?;
         let mut devices = self.devices.lock();
-        if devices.contains_key(&dev.id()) {
+        if let Some(Some(_)) = devices.get(&dev.id()) {
             return Err(IommuDmaError::AlreadyAttached(dev.id()));
         }
         self.iommu.attach_device(id, dev.id())?;
-        devices.insert(dev.id(), domain);
+        devices.insert(dev.id(), Some(domain));
         Ok(())
     }
 
-    /// Detaches `dev` (the hardware then blocks it); it is mapped without the IOMMU again.
+    /// Detaches `dev`: the hardware blocks it from now on. It stays known here as blocked:
+    /// the mapper refuses its mappings, unmaps and syncs with [`crate::DmaError::Detached`]
+    /// and the allocators its allocations, until it is attached again (see [`IommuDma`]).
     ///
     /// # Errors
-    /// [`IommuDmaError::NotAttached`]; [`IommuDmaError::Busy`] while it has live mappings.
+    /// [`IommuDmaError::NotAttached`]; [`IommuDmaError::Busy`] while it has live mappings
+    /// (streaming ones or DMA allocations): unmap and free them first. Nothing changed then.
     pub fn detach(&self, dev: &Device) -> Result<(), IommuDmaError> {
         let mut devices = self.devices.lock();
-        let d = devices
-            .get(&dev.id())
-            .ok_or(IommuDmaError::NotAttached(dev.id()))?;
+        let Some(Some(d)) = devices.get(&dev.id()) else {
+            return Err(IommuDmaError::NotAttached(dev.id()));
+        };
         if d.has_mappings_of(dev.id()) {
             return Err(IommuDmaError::Busy);
         }
         self.iommu.detach_device(dev.id());
-        devices.remove(&dev.id());
+        if crate::reintroduce::active(crate::reintroduce::Defect::DetachGoesDirect) {
+            // The put-back defect: forgotten, so mapped directly from now on.
+            devices.remove(&dev.id());
+        } else {
+            devices.insert(dev.id(), None);
+        }
         Ok(())
     }
 
-    /// The domain `dev` is attached to.
+    /// The domain `dev` is attached to (`None` when it is not attached, including when
+    /// it was detached).
     pub fn domain_of(&self, dev: DeviceId) -> Option<Arc<IommuDomain>> {
-        self.devices.lock().get(&dev).cloned()
+        self.devices.lock().get(&dev).cloned().flatten()
+    }
+
+    /// Whether `dev` was detached and not attached again: the IOMMU blocks it.
+    pub fn is_detached(&self, dev: DeviceId) -> bool {
+        matches!(self.devices.lock().get(&dev), Some(None))
+    }
+
+    /// How the mapper reaches `dev`: through its domain (`Ok(Some)`), without the IOMMU
+    /// (`Ok(None)`: never attached), or not at all ([`crate::DmaError::Detached`]). One
+    /// lock, taken once per operation.
+    pub(crate) fn route_of(&self, dev: DeviceId) -> Result<Option<Arc<IommuDomain>>, DmaError> {
+        match self.devices.lock().get(&dev) {
+            Some(Some(d)) => Ok(Some(d.clone())),
+            Some(None) => Err(DmaError::Detached { device: dev }),
+            None => Ok(None),
+        }
     }
 
     /// The domain with this id.
@@ -225,11 +279,28 @@ impl IommuDma {
 
     /// Drains the flush queue of every domain: one IOTLB invalidation per domain with
     /// queued IOVAs, then they are released. Call it periodically in lazy mode (Linux does
-    /// it from a timer) so unmapped memory does not stay reachable for long.
-    pub fn flush_queues(&self, cpu: usize) {
+    /// it from a timer) so unmapped memory does not stay reachable for long. Returns the
+    /// bounce slots released; [`crate::DmaMapper::flush_iommu_queues`] does the same and
+    /// also completes deferred mappings that now fit.
+    pub fn flush_queues(&self, cpu: usize) -> usize {
         let all: Vec<Arc<IommuDomain>> = self.domains.lock().values().cloned().collect();
-        for d in all {
-            d.drain(cpu);
+        all.iter().map(|d| d.drain(cpu)).sum()
+    }
+
+    /// A bounce pool is full: drains the flush queues that hold bounce slots (each after
+    /// its IOTLB invalidation), so parked slots are used before a map fails. Returns the
+    /// slots released. Runs on a failing map, so it allocates nothing: it drains under the
+    /// domain list's lock, which no map, unmap or sync takes (only domain creation,
+    /// destruction and attachment do).
+    pub(crate) fn reclaim_bounces(&self, cpu: usize) -> usize {
+        if crate::reintroduce::active(crate::reintroduce::Defect::LazyDomainParksBounces) {
+            return 0;
         }
+        self.domains
+            .lock()
+            .values()
+            .filter(|d| d.parked_bounces() > 0)
+            .map(|d| d.drain(cpu))
+            .sum()
     }
 }

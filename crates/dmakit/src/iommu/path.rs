@@ -13,8 +13,11 @@
 //!
 //! Unmap removes the translations, then in strict mode invalidates them at once; in lazy
 //! mode the IOVA (and any bounce slot) waits in the domain's flush queue for one batched
-//! invalidation, so it is never reused while a stale IOTLB entry may translate it. Unmaps
-//! of untrusted devices are always strict. The path knows nothing of the direct path or of
+//! invalidation, so it is never reused while a stale IOTLB entry may translate it. The
+//! queue drains when full, when its oldest entry outlives the domain's time bound (checked
+//! here on every map and unmap), when the pool of a slot it parks is under pressure, and
+//! when a map finds its pool full (the routing layer drains every domain's queue before it
+//! fails). Unmaps of untrusted devices are always strict. The path knows nothing of the direct path or of
 //! any particular bounce pool: the routing layer hands it the device's backend.
 
 use alloc::sync::Arc;
@@ -33,6 +36,7 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::mapping::{DmaSegment, MapPath};
 use crate::platform::{IommuPerm, Platform};
+use crate::reintroduce::{self, Defect};
 
 /// What the routing layer passes along for a map.
 pub(crate) struct MapCtx<'a> {
@@ -137,6 +141,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     ctx: &MapCtx<'_>,
 ) -> Result<(DmaAddr, MapPath), MapFailure> {
     let cpu = p.current_cpu();
+    dom.drain_expired(cpu);
     let g = dom.granule;
     let perm = IommuPerm::for_direction(dir);
     let reason = bounce_reason(dev, range, dir, ctx.policy, p.cache_line_size(), g);
@@ -372,11 +377,17 @@ fn finish<P: Platform + ?Sized>(
         Kind::Bounced { backend, slot } => {
             let dma = DmaAddr::new(slot.as_u64());
             result = if strict {
-                bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir).map(|(_, copied)| {
-                    Ended {
-                        freed_room: true,
-                        copied,
-                    }
+                let unmapped = bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir);
+                if unmapped.is_err() && !reintroduce::active(Defect::IommuFaultLeaksSlot) {
+                    // The copy back faulted (the record matched the slot, so nothing else
+                    // can fail): the record and the IOVA are gone, so the slot must go
+                    // too, or nothing could ever free it.
+                    let freed = backend.free(*slot);
+                    debug_assert!(freed.is_some());
+                }
+                unmapped.map(|(_, copied)| Ended {
+                    freed_room: true,
+                    copied,
                 })
             } else {
                 // Copy back now; the slot is released only after the invalidation.
@@ -397,13 +408,19 @@ fn finish<P: Platform + ?Sized>(
     if strict {
         dom.release(rec.iova, cpu);
     } else {
-        dom.defer(
+        let released = dom.defer(
             FlushEntry {
                 iova: rec.iova,
                 bounce: parked,
             },
             cpu,
         );
+        // A drain released bounce slots: deferred mappings may fit now.
+        if released > 0 && !reintroduce::active(Defect::LazyDomainParksBounces) {
+            if let Ok(ended) = &mut result {
+                ended.freed_room = true;
+            }
+        }
     }
     result
 }
@@ -424,7 +441,8 @@ fn cpu_side<P: Platform + ?Sized>(p: &P, dev: &Device, phys: PhysAddr, len: u64,
 /// [`DmaError::UnknownMapping`] (not a live mapping of `dev`), [`DmaError::OutOfMapping`]
 /// (another length), [`DmaError::WrongDirection`]: nothing changed then.
 /// [`DmaError::Iommu`] when the IOMMU refuses the unmap (the mapping stays live); a bounce
-/// copy fault (the IOVA is released, the data is lost).
+/// copy fault: the mapping is still ended (IOVA and bounce slot released, or queued for
+/// release in lazy mode), only the data the device wrote is lost.
 pub(crate) fn unmap<P: Platform + ?Sized>(
     p: &P,
     dom: &IommuDomain,
@@ -578,6 +596,13 @@ fn push_segments(dev: &Device, start: u64, len: u64, out: &mut Vec<DmaSegment>) 
     }
 }
 
+/// A mapped scatter-gather list: the device's segments, and the path each buffer took (one
+/// entry per buffer, in list order), so the caller can count them as single mappings.
+pub(crate) struct SgMapped {
+    pub(crate) segments: Vec<DmaSegment>,
+    pub(crate) paths: Vec<MapPath>,
+}
+
 /// Maps a scatter-gather list. Without bounces, the whole list takes one IOVA range with
 /// the buffers back to back, and buffers that meet on a granule boundary become one
 /// device segment (then split only by the device's segment limits). When some buffer must
@@ -592,10 +617,12 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
     ranges: &[PhysRange],
     dir: Direction,
     ctx: &MapCtx<'_>,
-) -> Result<Vec<DmaSegment>, MapFailure> {
+) -> Result<SgMapped, MapFailure> {
     let g = dom.granule;
     let line = p.cache_line_size();
+    dom.drain_expired(p.current_cpu());
     let mut out = Vec::with_capacity(ranges.len());
+    let mut paths = Vec::with_capacity(ranges.len());
     if ranges
         .iter()
         .any(|r| bounce_reason(dev, *r, dir, ctx.policy, line, g).is_some())
@@ -603,8 +630,9 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
         let mut keys: Vec<(DmaAddr, u64)> = Vec::with_capacity(ranges.len());
         for r in ranges {
             match map(p, dom, dev, *r, dir, ctx) {
-                Ok((dma, _)) => {
+                Ok((dma, path)) => {
                     keys.push((dma, r.len()));
+                    paths.push(path);
                     push_segments(dev, dma.as_u64(), r.len(), &mut out);
                 }
                 Err(f) => {
@@ -617,7 +645,10 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
                 }
             }
         }
-        return Ok(out);
+        return Ok(SgMapped {
+            segments: out,
+            paths,
+        });
     }
     let cpu = p.current_cpu();
     let mut spans = Vec::with_capacity(ranges.len());
@@ -702,7 +733,11 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
             kind: Kind::Sg { pieces },
         },
     );
-    Ok(out)
+    paths.resize(ranges.len(), MapPath::Iommu { domain: dom.id });
+    Ok(SgMapped {
+        segments: out,
+        paths,
+    })
 }
 
 /// Unmaps every mapping the segments of a [`map_sg`] belong to (each once).

@@ -182,15 +182,40 @@ impl<P: Platform> DmaMapper<P> {
         self
     }
 
+    /// Drains the flush queues of every lazy IOMMU domain ([`IommuDma::flush_queues`]:
+    /// one IOTLB invalidation per domain, then the queued IOVAs and bounce slots are
+    /// released) and, when bounce slots were released, completes deferred mappings that
+    /// now fit. Call it from a timer in lazy mode. Returns the bounce slots released (0
+    /// without an IOMMU).
+    pub fn flush_iommu_queues(&self) -> usize {
+        let Some(iommu) = &self.iommu else {
+            return 0;
+        };
+        let released = iommu.flush_queues(self.platform.current_cpu());
+        if released > 0
+            && !crate::reintroduce::active(crate::reintroduce::Defect::LazyDomainParksBounces)
+        {
+            self.room_freed();
+        }
+        released
+    }
+
     /// The IOMMU layer, if there is one.
     pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
         self.iommu.as_ref()
     }
 
     /// The IOMMU domain `dev` is mapped through, if any.
+    ///
+    /// # Errors
+    /// [`DmaError::Detached`] when `dev` was detached from its domain: the IOMMU blocks it,
+    /// so it is not mapped at all (never directly).
     #[inline]
-    fn iommu_domain(&self, dev: &Device) -> Option<Arc<IommuDomain>> {
-        self.iommu.as_ref()?.domain_of(dev.id())
+    fn iommu_domain(&self, dev: &Device) -> Result<Option<Arc<IommuDomain>>, DmaError> {
+        match &self.iommu {
+            Some(iommu) => iommu.route_of(dev.id()),
+            None => Ok(None),
+        }
     }
 
     fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {

@@ -49,14 +49,18 @@ pub(super) enum Route {
     Iommu(Arc<IommuDomain>),
     /// Through the device's bounce pool, for this reason.
     Bounce(BounceReason),
+    /// Nowhere: the device cannot be mapped for (it was detached from its IOMMU domain).
+    Refused(DmaError),
 }
 
 impl<P: Platform> DmaMapper<P> {
     /// Which path a mapping of `range` by `dev` in `dir` takes: the single routing decision.
     #[inline]
     pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
-        if let Some(dom) = self.iommu_domain(dev) {
-            return Route::Iommu(dom);
+        match self.iommu_domain(dev) {
+            Ok(Some(dom)) => return Route::Iommu(dom),
+            Err(e) => return Route::Refused(e),
+            Ok(None) => {}
         }
         match decision::bounce_reason(dev, range, dir, self.policy, self.line()) {
             None => Route::Direct,
@@ -90,6 +94,7 @@ impl<P: Platform> DmaMapper<P> {
             Route::Direct => Ok((self.map_direct(dev, range, dir), MapPath::Direct)),
             Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
             Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
+            Route::Refused(e) => Err(MapFailure::Failed(e)),
         }
     }
 
@@ -111,22 +116,44 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        let cpu = self.platform.current_cpu();
         let ctx = self.iommu_ctx(dev);
-        let mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
-        match &mapped {
-            Ok((_, path)) => {
+        let mut mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
+        if is_full(&mapped) && self.reclaim_parked_bounces() {
+            mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
+        }
+        self.count_iommu(
+            dev,
+            range,
+            dir,
+            site,
+            mapped.as_ref().map(|(_, path)| *path),
+        );
+        mapped
+    }
+
+    /// Counts the outcome of one buffer mapped on the IOMMU path (a single mapping or one
+    /// buffer of a scatter-gather list), as [`DmaMapper::map_bounced`] counts its own.
+    pub(super) fn count_iommu(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        outcome: Result<MapPath, &MapFailure>,
+    ) {
+        let cpu = self.platform.current_cpu();
+        match outcome {
+            Ok(path) => {
                 // The IOMMU path fills its bounces by the bounce path's rule.
-                let filled = dir.device_reads() || ctx.fill_inbound;
+                let filled = dir.device_reads() || !self.controls.skip_inbound_fill;
                 let copied = if filled { range.len() } else { 0 };
-                self.record_mapped(cpu, dev, range, dir, site, *path, copied);
+                self.record_mapped(cpu, dev, range, dir, site, path, copied);
             }
             Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
                 self.counters.exhausted(cpu, dev.id())
             }
             Err(_) => {}
         }
-        mapped
     }
 
     #[inline(never)]
@@ -153,7 +180,11 @@ impl<P: Platform> DmaMapper<P> {
             dir,
             reason,
         };
-        let (used, mapped) = match self.bounce_into(backend.as_ref(), dev, range, meta) {
+        let mut first = self.bounce_into(backend.as_ref(), dev, range, meta);
+        if is_full(&first) && self.reclaim_parked_bounces() {
+            first = self.bounce_into(backend.as_ref(), dev, range, meta);
+        }
+        let (used, mapped) = match first {
             Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) if backend.growth_pending() => {
                 // While growth is on its way, an exact-size transient bounce bridges the gap.
                 match &self.transient {
@@ -185,6 +216,15 @@ impl<P: Platform> DmaMapper<P> {
                 Err(e)
             }
         }
+    }
+
+    /// A bounce pool is full: releases the bounce slots lazy IOMMU domains hold for
+    /// unmapped IOVAs (after invalidating their IOTLBs). Returns whether any was released,
+    /// so the failed map may be tried once more.
+    pub(super) fn reclaim_parked_bounces(&self) -> bool {
+        self.iommu
+            .as_ref()
+            .is_some_and(|i| i.reclaim_bounces(self.platform.current_cpu()) > 0)
     }
 
     /// Counts a successful mapping; a bounced one is also attributed to its call site and
@@ -278,4 +318,9 @@ impl<P: Platform> DmaMapper<P> {
             },
         }
     }
+}
+
+/// Whether a map failed because its bounce pool is full.
+pub(super) fn is_full<T>(r: &Result<T, MapFailure>) -> bool {
+    matches!(r, Err(MapFailure::NoRoom(BounceAllocError::Full { .. })))
 }

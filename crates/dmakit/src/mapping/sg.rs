@@ -14,6 +14,7 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu;
 use crate::platform::Platform;
+use crate::reintroduce::{self, Defect};
 
 /// One element of a scatter-gather list given to [`DmaMapper::map_sg`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,12 +97,30 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(Vec<DmaSegment>, Vec<Option<PhysAddr>>), DmaError> {
-        if let Some(dom) = self.iommu_domain(dev) {
+        if let Some(dom) = self.iommu_domain(dev)? {
             let ctx = self.iommu_ctx(dev);
-            let segs = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx)
-                .map_err(|f| self.failure_to_error(dev, ranges[0], f))?;
-            let phys = alloc::vec![None; segs.len()];
-            return Ok((segs, phys));
+            let mut mapped = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx);
+            if super::route::is_full(&mapped) && self.reclaim_parked_bounces() {
+                mapped = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx);
+            }
+            let mapped = match mapped {
+                Ok(m) => m,
+                Err(f) => {
+                    // Counted once, for the list, like a failed single mapping.
+                    if !reintroduce::active(Defect::IommuSgUncounted) {
+                        self.count_iommu(dev, ranges[0], dir, site, Err(&f));
+                    }
+                    return Err(self.failure_to_error(dev, ranges[0], f));
+                }
+            };
+            // Every buffer counts as one mapping, bounced or not, as on the direct path.
+            if !reintroduce::active(Defect::IommuSgUncounted) {
+                for (&range, &path) in ranges.iter().zip(&mapped.paths) {
+                    self.count_iommu(dev, range, dir, site, Ok(path));
+                }
+            }
+            let phys = alloc::vec![None; mapped.segments.len()];
+            return Ok((mapped.segments, phys));
         }
         let mut out = Vec::with_capacity(ranges.len());
         let mut phys = Vec::with_capacity(ranges.len());
@@ -141,7 +160,10 @@ impl<P: Platform> DmaMapper<P> {
     /// Unmaps every segment returned by [`DmaMapper::map_sg`].
     ///
     /// # Errors
-    /// The first error of [`DmaMapper::unmap`]; the remaining segments are still unmapped.
+    /// [`DmaError::ZeroLength`] for an empty list, on every path (direct, bounced, IOMMU):
+    /// `map_sg` never returns one, so an empty list is a caller's mistake, refused as an
+    /// empty `map_sg` is; nothing is done then. Otherwise the first error of
+    /// [`DmaMapper::unmap`]; the remaining segments are still unmapped.
     #[track_caller]
     pub fn unmap_sg(
         &self,
@@ -149,6 +171,13 @@ impl<P: Platform> DmaMapper<P> {
         segments: &[DmaSegment],
         dir: Direction,
     ) -> Result<(), DmaError> {
+        // The put-back defect: the direct path accepted an empty list (the IOMMU path
+        // below refuses it on its own).
+        let old_empty_rule = reintroduce::active(Defect::EmptyUnmapSgInconsistent)
+            && matches!(self.iommu_domain(dev), Ok(None));
+        if segments.is_empty() && !old_empty_rule {
+            return Err(DmaError::ZeroLength { device: dev.id() });
+        }
         if let Some(d) = &self.debug {
             let site = Location::caller();
             for seg in segments {
@@ -164,7 +193,7 @@ impl<P: Platform> DmaMapper<P> {
                 d.unmapping(dev, u, site);
             }
         }
-        if let Some(dom) = self.iommu_domain(dev) {
+        if let Some(dom) = self.iommu_domain(dev)? {
             let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
             self.room_freed();
             return r;

@@ -26,8 +26,9 @@ impl<P: Platform> DmaMapper<P> {
     /// pool, or none it can reach and no way to grow one; [`DmaError::PoolExhausted`] or
     /// [`DmaError::TooLargeToBounce`] when the pool cannot take it;
     /// [`DmaError::AlignMaskUnsupported`] when the pool cannot honour the device's
-    /// `min_align_mask`; a memory fault from the bounce copy. On error nothing was changed,
-    /// every pool's usage and high-water mark included.
+    /// `min_align_mask`; a memory fault from the bounce copy; [`DmaError::Detached`] for a
+    /// device detached from its IOMMU domain. On error nothing was changed, every pool's
+    /// usage and high-water mark included.
     #[inline]
     #[track_caller]
     pub fn map(
@@ -91,6 +92,8 @@ impl<P: Platform> DmaMapper<P> {
     /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
     /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
     /// Direct mappings keep no record; the debug checker catches their misuse.
+    /// [`DmaError::Detached`] for a device detached from its IOMMU domain (it has no live
+    /// mapping, and an old IOVA is never taken for a physical address).
     #[inline]
     #[track_caller]
     pub fn unmap(
@@ -123,7 +126,7 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        if let Some(dom) = self.iommu_domain(dev) {
+        if let Some(dom) = self.iommu_domain(dev)? {
             return self.unmap_iommu(&dom, dev, dma, range.len(), dir);
         }
         match self.backend_owning(dma) {
@@ -144,7 +147,16 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let ended = iommu::path::unmap(&self.platform, dom, dev, dma, len, dir)?;
+        let ended = match iommu::path::unmap(&self.platform, dom, dev, dma, len, dir) {
+            Ok(ended) => ended,
+            Err(e) => {
+                // A faulted copy back still ended the mapping and released its slot.
+                if matches!(e, DmaError::Memory(_)) {
+                    self.room_freed();
+                }
+                return Err(e);
+            }
+        };
         self.counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), ended.copied);
         if ended.freed_room {
@@ -236,7 +248,7 @@ impl<P: Platform> DmaMapper<P> {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
         let fill_inbound = !self.controls.skip_inbound_fill;
-        let copied = if let Some(dom) = self.iommu_domain(dev) {
+        let copied = if let Some(dom) = self.iommu_domain(dev)? {
             let to = if for_cpu {
                 iommu::path::SyncTo::Cpu
             } else {
