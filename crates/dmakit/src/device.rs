@@ -375,6 +375,6 @@ mod tests {
             b().dma_bits(65).dma_bits(40).build().unwrap().dma_mask(),
             (1 << 40) - 1
         );
-        assert!(DeviceError::BadDmaBits(65).to_string().contains("65"));
+        assert!(alloc::format!("{}", DeviceError::BadDmaBits(65)).contains("65"));
     }
 }
