@@ -66,7 +66,7 @@ fn release_ends_the_devices_waiting_mappings_at_once() {
     });
     assert_eq!(
         seen.at_release,
-        vec![(1, released.clone()), (2, released)],
+        vec![(1, released), (2, released)],
         "both callbacks ran at release, in order, with the documented error"
     );
     assert!(seen.after_free.is_empty(), "{:?}", seen.after_free);
