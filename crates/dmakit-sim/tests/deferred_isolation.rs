@@ -89,3 +89,21 @@ fn each_device_waits_in_its_own_fifo() {
     assert_eq!(seen.after_hog_free, [1, 2], "device 1 in request order");
     assert_eq!(seen.used_at_end, 0);
 }
+
+#[test]
+fn a_release_from_the_hook_during_a_retry_ends_the_claimed_entry() {
+    let seen = release_during_a_retry(Duration::from_secs(20))
+        .expect("the retry must return although its growth hook releases the device");
+    assert_eq!(seen.hook_calls, 2);
+    assert_eq!(seen.queued_after, 0);
+    assert_eq!(
+        seen.completions,
+        [(
+            1,
+            Err(DmaError::DeviceReleased {
+                device: DeviceId(1)
+            })
+        )]
+    );
+    assert_eq!(seen.used_at_end, 0);
+}

@@ -60,3 +60,13 @@ fn control_single_fifo_blocks_the_other_device() {
     assert_eq!(seen.roomy_status, MapStatus::Deferred, "{seen:?}");
     assert!(seen.after_dev2_free.is_empty(), "{seen:?}");
 }
+
+#[test]
+fn control_release_from_the_hook_leaves_the_entry_queued() {
+    let _g = put_back(Some(Defect::DeferSurvivesRelease));
+    let seen = release_during_a_retry(Duration::from_secs(20)).expect("finishes");
+    assert_eq!(seen.queued_after, 1, "{seen:?}");
+    // It completes later, mapped, for the released device.
+    assert_eq!(seen.completions.len(), 1, "{seen:?}");
+    assert!(seen.completions[0].1.is_ok(), "{seen:?}");
+}

@@ -415,3 +415,108 @@ pub fn two_devices_one_pool() -> TwoDevices {
         used_at_end: r.pool.usage().used,
     }
 }
+
+/// What [`release_during_a_retry`] saw; `None` from it means it did not finish in time.
+#[derive(Debug)]
+pub struct ReleasedMidRetry {
+    /// Growth-hook calls (the second one, inside the retry, released the device).
+    pub hook_calls: usize,
+    /// Deferred entries left after the retry.
+    pub queued_after: usize,
+    /// Callbacks run by the end of the retry.
+    pub completions: Vec<(u32, Result<DmaAddr, DmaError>)>,
+    /// Pool bytes in use at the end, the hog unmapped.
+    pub used_at_end: u64,
+}
+
+/// Releases the device from inside the growth hook.
+struct ReleasingHook {
+    mapper: OnceLock<Arc<DmaMapper<&'static HostPlatform>>>,
+    dev: Device,
+    calls: Mutex<usize>,
+}
+
+impl GrowthHook for ReleasingHook {
+    fn request(&self, _req: GrowthRequest) {
+        let n = {
+            let mut c = self.calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        if n == 2 {
+            if let Some(m) = self.mapper.get() {
+                let _ = m.release_device(&self.dev);
+            }
+        }
+    }
+}
+
+/// A queued mapping is being retried (its entry is claimed, the queue's lock dropped) when
+/// the growth hook, called by that very attempt, releases its device. Runs on host memory
+/// (the hook needs a thread-safe platform) on its own thread, `None` past `timeout`.
+pub fn release_during_a_retry(timeout: Duration) -> Option<ReleasedMidRetry> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let host: &'static HostPlatform = Box::leak(Box::new(
+            HostPlatform::new(0, 4 << 20, 1, 64, HostMaintenance::None).unwrap(),
+        ));
+        let dev = Device::builder(DeviceId(1), "nc").build().unwrap();
+        let hook = Arc::new(ReleasingHook {
+            mapper: OnceLock::new(),
+            dev: dev.clone(),
+            calls: Mutex::new(0),
+        });
+        let cfg = PoolConfig::builder().cpu_count(1).build().unwrap();
+        let pool = Arc::new(SwiotlbBounce::new(
+            cfg,
+            Some(hook.clone()),
+            1 << 20,
+            u64::MAX,
+        ));
+        pool.add_region(PhysAddr::new(0), POOL).unwrap();
+        let mapper = Arc::new(DmaMapper::new(host).with_swiotlb(pool.clone()));
+        let _ = hook.mapper.set(mapper.clone());
+        let base = PhysAddr::new(1 << 20);
+        let dir = Direction::FromDevice;
+        // The hog belongs to another device, which is not released.
+        let other = Device::builder(DeviceId(2), "nc").build().unwrap();
+        let hog_len = POOL - 128;
+        let hog = mapper
+            .map(&other, base.add(MISALIGN), hog_len, dir)
+            .unwrap();
+        let done = Done::default();
+        let status = mapper
+            .map_or_defer(
+                &dev,
+                base.add(300_000 + MISALIGN),
+                10_000,
+                dir,
+                record(&done, 1),
+            )
+            .unwrap();
+        assert_eq!(status, MapStatus::Deferred);
+        // The pool gives up on that growth; the next exhaustion asks again, from inside
+        // the retry's attempt.
+        pool.growth_failed();
+        mapper.retry_deferred();
+        let queued_after = mapper.deferred_len();
+        let completions = std::mem::take(&mut *done.lock().unwrap());
+        mapper.unmap(&other, hog, hog_len, dir).unwrap();
+        // Anything that completed only now is a mapping for the released device.
+        let mut completions = completions;
+        completions.extend(std::mem::take(&mut *done.lock().unwrap()));
+        for (_, r) in &completions {
+            if let Ok(dma) = r {
+                mapper.unmap(&dev, *dma, 10_000, dir).unwrap();
+            }
+        }
+        let hook_calls = *hook.calls.lock().unwrap();
+        let _ = tx.send(ReleasedMidRetry {
+            hook_calls,
+            queued_after,
+            completions,
+            used_at_end: pool.usage().used,
+        });
+    });
+    rx.recv_timeout(timeout).ok()
+}
