@@ -107,3 +107,69 @@ fn a_release_from_the_hook_during_a_retry_ends_the_claimed_entry() {
     );
     assert_eq!(seen.used_at_end, 0);
 }
+
+/// Two devices on two threads share a pool with room for one bounce at a time; each
+/// queues two requests, then unmaps them as they complete. No completion may be lost
+/// (claimed entries, dropped locks) and each device's complete in its request order.
+#[test]
+fn two_devices_contending_for_one_slot_lose_no_completion_and_keep_order() {
+    use dmakit::swiotlb::PoolConfig;
+    use dmakit::swiotlb_backend::SwiotlbBounce;
+    use dmakit::{Device, Direction, DmaMapper, PhysAddr};
+    use dmakit_sim::host::{HostMaintenance, HostPlatform};
+    use std::sync::mpsc::channel;
+    use std::sync::Arc;
+
+    const MIB: u64 = 1 << 20;
+    let host = HostPlatform::new(0, 8 * MIB, 2, 64, HostMaintenance::None).unwrap();
+    let cfg = PoolConfig::builder().cpu_count(2).build().unwrap();
+    let pool = Arc::new(SwiotlbBounce::new(cfg, None, 0, u64::MAX));
+    pool.add_region(PhysAddr::new(0), 256 * 1024).unwrap();
+    let mapper = DmaMapper::new(&host).with_swiotlb(pool.clone());
+    let len = 150 * 1024;
+    let dir = Direction::FromDevice;
+    std::thread::scope(|s| {
+        for t in 0..2u32 {
+            let (mapper, host) = (&mapper, &host);
+            s.spawn(move || {
+                host.bind_current_thread(t as usize);
+                let dev = Device::builder(DeviceId(t + 1), "t")
+                    .cache_line(64)
+                    .build()
+                    .unwrap();
+                let buf = PhysAddr::new(MIB + t as u64 * 2 * MIB + 8);
+                for i in 0..300u32 {
+                    let (tx, rx) = channel();
+                    let mut now = Vec::new();
+                    for k in 0..2u32 {
+                        let tx = tx.clone();
+                        let at = buf.add(k as u64 * 200 * 1024);
+                        let done = Box::new(move |r| tx.send((k, r)).unwrap());
+                        match mapper.map_or_defer(&dev, at, len, dir, done).unwrap() {
+                            MapStatus::Mapped(dma) => now.push((k, dma)),
+                            MapStatus::Deferred => {}
+                        }
+                    }
+                    let mut order = Vec::new();
+                    for (k, dma) in now {
+                        order.push(k);
+                        mapper.unmap(&dev, dma, len, dir).unwrap();
+                    }
+                    while order.len() < 2 {
+                        let (k, r) = rx
+                            .recv_timeout(Duration::from_secs(60))
+                            .unwrap_or_else(|_| panic!("device {t}: round {i}: lost completion"));
+                        order.push(k);
+                        mapper.unmap(&dev, r.unwrap(), len, dir).unwrap();
+                    }
+                    assert_eq!(order, [0, 1], "device {t}: round {i}: request order");
+                }
+            });
+        }
+    });
+    assert_eq!(mapper.deferred_len(), 0);
+    assert_eq!(dmakit::bounce::BounceBackend::usage(pool.as_ref()).used, 0);
+    // Every round's second request had to wait for the first.
+    let deferred = mapper.stats().total().deferred;
+    assert!(deferred >= 600, "{deferred} deferrals");
+}
