@@ -214,12 +214,13 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    /// Room was freed: completes deferred mappings if any may be waiting. Takes no shared
-    /// lock when nobody waits.
+    /// Room was freed: completes deferred mappings if any may be waiting. Takes no lock
+    /// and writes nothing shared when nobody waits: a waiter that announced itself after
+    /// this load makes its attempt after the free, and finds the room.
     pub(super) fn room_freed(&self) {
-        self.room_events.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.room_events.fetch_add(1, Ordering::SeqCst);
             self.drain_deferred();
         }
     }
