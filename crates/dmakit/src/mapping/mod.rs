@@ -41,7 +41,9 @@ use deferred::DeferQueue;
 use route::{Registered, Route};
 pub use sg::{DmaSegment, SgEntry};
 
-/// Called once when a deferred mapping completes (or fails for a reason other than room).
+/// Called once when a deferred mapping completes, fails for a reason other than room, or
+/// is ended by the release of its device ([`DmaError::DeviceReleased`]). Never called with
+/// a lock of the mapper held.
 pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
 
 /// What [`DmaMapper::map_or_defer`] did.
@@ -50,7 +52,7 @@ pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
 pub enum MapStatus {
     /// Mapped now; the callback was not called and never will be.
     Mapped(DmaAddr),
-    /// Queued; the callback runs when bounce room frees up.
+    /// Queued; the callback runs when bounce room frees up (or the device is released).
     Deferred,
 }
 
