@@ -21,7 +21,7 @@ impl fmt::Display for DeviceId {
 /// A validated device description.
 ///
 /// Invariants (checked by [`DeviceBuilder::build`]): the DMA mask is a non-zero contiguous low
-/// bit mask (`2^n - 1`); the cache line size is a power of two between 8 and 4096; the maximum
+/// bit mask (`2^n - 1`, so 1 to 64 address bits); the cache line size is a power of two between 8 and 4096; the maximum
 /// segment size is non-zero; the segment boundary mask is `2^n - 1`; `min_align_mask` is
 /// `2^n - 1` (possibly zero) and smaller than 64 KiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +62,8 @@ pub enum DeviceError {
     BadSegmentBoundary(u64),
     /// `min_align_mask` is not of the form `2^n - 1`, or is 64 KiB or more.
     BadMinAlignMask(u64),
+    /// [`DeviceBuilder::dma_bits`] was given more than 64 bits.
+    BadDmaBits(u32),
 }
 
 impl fmt::Display for DeviceError {
@@ -84,6 +86,9 @@ impl fmt::Display for DeviceError {
                 f,
                 "min_align_mask {m:#x} must be of the form 2^n-1 and below 64 KiB"
             ),
+            DeviceError::BadDmaBits(b) => {
+                write!(f, "{b} DMA address bits: a device has 1 to 64")
+            }
         }
     }
 }
@@ -116,6 +121,7 @@ impl Device {
                 force_bounce: false,
                 bounce_pool: BouncePool::Swiotlb,
             },
+            bad_bits: None,
         }
     }
 
@@ -200,20 +206,35 @@ impl Device {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct DeviceBuilder {
     dev: Device,
+    /// A `dma_bits` count above 64, reported by `build`.
+    bad_bits: Option<u32>,
 }
 
 impl DeviceBuilder {
-    /// The device can address `bits` address bits (1..=64).
+    /// The device can address `bits` address bits (1..=64). `build` rejects 0 as
+    /// [`DeviceError::BadDmaMask`] and more than 64 as [`DeviceError::BadDmaBits`].
     pub fn dma_bits(mut self, bits: u32) -> Self {
+        self.bad_bits = None;
         self.dev.dma_mask = match bits {
             0 => 0,
-            64.. => u64::MAX,
+            64 => u64::MAX,
+            65.. if crate::reintroduce::active(
+                crate::reintroduce::Defect::DmaBitsAbove64Accepted,
+            ) =>
+            {
+                u64::MAX
+            }
+            65.. => {
+                self.bad_bits = Some(bits);
+                u64::MAX
+            }
             b => (1u64 << b) - 1,
         };
         self
     }
-    /// Sets the DMA mask directly (validated by `build`).
+    /// Sets the DMA mask directly (validated by `build`); replaces an earlier `dma_bits`.
     pub fn dma_mask(mut self, mask: u64) -> Self {
+        self.bad_bits = None;
         self.dev.dma_mask = mask;
         self
     }
@@ -265,6 +286,9 @@ impl DeviceBuilder {
     /// A [`DeviceError`] naming the first property that violates the invariants listed on
     /// [`Device`].
     pub fn build(self) -> Result<Device, DeviceError> {
+        if let Some(bits) = self.bad_bits {
+            return Err(DeviceError::BadDmaBits(bits));
+        }
         let d = self.dev;
         if d.dma_mask == 0 || !is_low_mask(d.dma_mask) {
             return Err(DeviceError::BadDmaMask(d.dma_mask));
@@ -335,5 +359,22 @@ mod tests {
         assert!(!d.can_address(0, 0));
         assert!(!d.can_address(u64::MAX, 2));
         assert_eq!(b().dma_bits(64).build().unwrap().dma_mask(), u64::MAX);
+    }
+
+    #[test]
+    fn more_than_64_address_bits_are_refused() {
+        for bits in [65, 128, u32::MAX] {
+            assert_eq!(
+                b().dma_bits(bits).build(),
+                Err(DeviceError::BadDmaBits(bits))
+            );
+        }
+        assert_eq!(b().dma_bits(1).build().unwrap().dma_mask(), 1);
+        // The last setting wins, as for every other property.
+        assert_eq!(
+            b().dma_bits(65).dma_bits(40).build().unwrap().dma_mask(),
+            (1 << 40) - 1
+        );
+        assert!(alloc::format!("{}", DeviceError::BadDmaBits(65)).contains("65"));
     }
 }

@@ -19,7 +19,8 @@ pub enum DmaError {
         /// The device asked for.
         device: DeviceId,
     },
-    /// `addr + len` leaves the 64-bit address space.
+    /// `addr + len` leaves the 64-bit address space, or reaches into its last page (whose
+    /// end no address can hold; see [`crate::DmaMapper::map`]).
     AddressOverflow {
         /// The device asked for.
         device: DeviceId,
@@ -110,6 +111,12 @@ pub enum DmaError {
         /// The device's DMA mask that bounded the search.
         mask: u64,
     },
+    /// A deferred mapping was still waiting when its device was released
+    /// ([`crate::DmaMapper::release_device`]): it was taken out of the queue, never mapped.
+    DeviceReleased {
+        /// The device released.
+        device: DeviceId,
+    },
     /// The IOMMU refused a page-table operation for a mapping of the device.
     Iommu {
         /// The device asked for.
@@ -132,7 +139,7 @@ impl fmt::Display for DmaError {
             DmaError::ZeroLength { device } => write!(f, "{device}: zero-length DMA request"),
             DmaError::AddressOverflow { device, addr, len } => write!(
                 f,
-                "{device}: range of {len} bytes at {addr:#x} overflows the address space"
+                "{device}: range of {len} bytes at {addr:#x} overflows the address space (it must end by 2^64 - 4096)"
             ),
             DmaError::NoBouncePool { device, phys, len } => write!(
                 f,
@@ -188,6 +195,10 @@ impl fmt::Display for DmaError {
             DmaError::Detached { device } => write!(
                 f,
                 "{device}: detached from its IOMMU domain, so the IOMMU blocks it; attach it again"
+            ),
+            DmaError::DeviceReleased { device } => write!(
+                f,
+                "{device}: released while a deferred mapping waited; it was never mapped"
             ),
         }
     }

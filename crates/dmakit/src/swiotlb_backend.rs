@@ -194,6 +194,10 @@ impl BounceBackend for SwiotlbBounce {
         }
     }
 
+    fn max_bounce(&self, min_align_mask: u64) -> Option<u64> {
+        Some(self.pool.max_mapping_size(min_align_mask))
+    }
+
     fn growth_pending(&self) -> bool {
         self.growth.is_pending()
     }

@@ -133,6 +133,12 @@ pub trait BounceBackend: Send + Sync {
     }
     /// Current occupancy.
     fn usage(&self) -> PoolUsage;
+    /// The longest bounce a request with `min_align_mask` could ever get, however much room
+    /// frees up (without growth of its segments); `None` (the default) when the backend
+    /// cannot say. Deferred mappings use it to refuse at once what no free could satisfy.
+    fn max_bounce(&self, _min_align_mask: u64) -> Option<u64> {
+        None
+    }
     /// Whether the backend asked for more memory and is still waiting for it.
     fn growth_pending(&self) -> bool {
         false

@@ -15,6 +15,7 @@ use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::error::DmaError;
+use crate::reintroduce::{active, Defect};
 
 /// Which API made a mapping; it must be undone through the same one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,26 +75,53 @@ pub struct LiveMapping {
 }
 
 impl LiveMapping {
-    /// The buffer as `[start, end)`, when known.
+    /// The buffer as its first and last byte, when known (inclusive, so that a buffer at
+    /// the very top of the address space has a span too). A record whose range leaves the
+    /// address space (only a bad direct call can make one) is clipped at its top.
     fn span(&self) -> Option<(u64, u64)> {
-        self.phys.map(|p| (p.as_u64(), p.as_u64() + self.len))
+        self.phys.map(|p| {
+            let last = p.as_u64().saturating_add(self.len.max(1) - 1);
+            (p.as_u64(), last)
+        })
     }
 
-    /// Whether `[start, end)` of the buffer lies inside parts the CPU owns.
-    fn cpu_owns(&self, base: u64, start: u64, end: u64) -> bool {
-        let mut at = start;
+    /// The cache lines the buffer touches, as the first byte of the first line and the
+    /// first byte of the last line, for lines of `line` bytes (a power of two). Never
+    /// overflows: the last line is named by its start, not by its end.
+    fn lines(&self, line: u64) -> Option<(u64, u64)> {
+        let (first, last) = self.span()?;
+        if active(Defect::CheckerRoundingOverflow) {
+            // The old arithmetic: round the exclusive end up to the line (overflows at the
+            // top; where it wraps to 0 no line is found).
+            let end = (first + self.len).next_multiple_of(line);
+            return Some((first & !(line - 1), end.checked_sub(line)?));
+        }
+        Some((first & !(line - 1), last & !(line - 1)))
+    }
+
+    /// Whether the bytes `first..=last` of the buffer lie inside parts the CPU owns.
+    fn cpu_owns(&self, base: u64, first: u64, last: u64) -> bool {
+        // Inclusive bounds throughout: a part at the top of the address space has no end.
         let mut parts: Vec<(u64, u64)> = self
             .cpu_owned
             .iter()
-            .map(|&(o, l)| (base + o, base + o + l))
+            .filter(|&&(_, l)| l > 0)
+            .map(|&(o, l)| {
+                let s = base.saturating_add(o);
+                (s, s.saturating_add(l - 1))
+            })
             .collect();
         parts.sort_unstable();
+        let mut at = first;
         for (s, e) in parts {
-            if s <= at && e > at {
-                at = e;
+            if s <= at && e >= at {
+                if e >= last {
+                    return true;
+                }
+                at = e + 1;
             }
         }
-        at >= end
+        false
     }
 }
 
@@ -184,10 +212,7 @@ impl DebugChecker {
     pub(crate) fn mapped(&self, dev: &Device, m: LiveMapping) {
         self.failed.lock().remove(&dev.id());
         let mut table = self.table.lock();
-        let lines = |m: &LiveMapping| {
-            m.span()
-                .map(|(a, b)| (a & !(self.line - 1), b.next_multiple_of(self.line)))
-        };
+        let lines = |m: &LiveMapping| m.lines(self.line);
         let exposed = |m: &LiveMapping| {
             m.dir.device_writes()
                 && !m.bounced
@@ -197,7 +222,7 @@ impl DebugChecker {
         if let (true, Some((lo, hi))) = (exposed(&m), lines(&m)) {
             let clash = table
                 .values()
-                .find(|o| exposed(o) && lines(o).is_some_and(|(olo, ohi)| olo < hi && ohi > lo));
+                .find(|o| exposed(o) && lines(o).is_some_and(|(olo, ohi)| olo <= hi && ohi >= lo));
             if let Some(o) = clash {
                 let message = format!(
                     "{}: inbound mapping of {} bytes at {} made at {} shares a cache line with the live inbound mapping of {} bytes at {} ({}) made at {}; neither is bounced",
@@ -261,15 +286,24 @@ impl DebugChecker {
         }
     }
 
-    /// Checks an unmap (or free) against the record and removes the record.
-    pub(crate) fn unmapping(&self, dev: &Device, u: Unmapping, site: &'static Location<'static>) {
+    /// Checks an unmap (or free) against the record, reports what does not match, and takes
+    /// the record out of the table, returning it. The caller hands it back through
+    /// [`DebugChecker::unmap_rejected`] if the mapping layer then refuses the unmap: the
+    /// record is taken out first so that the address, once the unmap frees it, can be
+    /// mapped again (and recorded) by another thread at once.
+    pub(crate) fn unmapping(
+        &self,
+        dev: &Device,
+        u: Unmapping,
+        site: &'static Location<'static>,
+    ) -> Option<LiveMapping> {
         let Some(m) = self.table.lock().remove(&(dev.id(), u.dma.as_u64())) else {
             let what = match u.family {
                 MappingFamily::Coherent => "free",
                 _ => "unmap",
             };
             self.not_mapped(dev, u.dma, u.len, what, site);
-            return;
+            return None;
         };
         let id = dev.id();
         if !m.family.same_api(u.family) {
@@ -336,6 +370,18 @@ impl DebugChecker {
                 );
             }
         }
+        Some(m)
+    }
+
+    /// The mapping layer refused the unmap that took `m` out (wrong size, wrong direction,
+    /// not its mapping): the mapping is still live, so its record goes back, and the later
+    /// correct unmap, its syncs and a leak at release are checked against it. The refused
+    /// call itself was already reported by [`DebugChecker::unmapping`].
+    pub(crate) fn unmap_rejected(&self, m: LiveMapping) {
+        if active(Defect::CheckerForgetsBeforeValidation) {
+            return;
+        }
+        self.table.lock().insert((m.device, m.dma.as_u64()), m);
     }
 
     /// Checks a sync of `len` bytes at `offset` in mapping `dma`, and tracks which parts the
@@ -364,6 +410,8 @@ impl DebugChecker {
             if for_cpu {
                 m.cpu_owned.push((offset, len));
             } else {
+                // `offset + len <= mlen` (checked above), and every kept part lies inside the
+                // mapping too, so these sums cannot overflow.
                 m.cpu_owned
                     .retain(|&(o, l)| o + l <= offset || o >= offset + len);
             }
@@ -466,15 +514,19 @@ impl DebugChecker {
     /// reported (and returned). Coherent allocations and parts handed back by
     /// `sync_for_cpu` are the CPU's to use.
     pub fn check_cpu_access(&self, phys: PhysAddr, len: u64, write: bool) -> Option<DebugReport> {
-        let (a, b) = (phys.as_u64(), phys.as_u64().saturating_add(len));
+        if len == 0 {
+            return None;
+        }
+        // Inclusive bounds: an access at the top of the address space has no end.
+        let (a, b) = (phys.as_u64(), phys.as_u64().saturating_add(len - 1));
         let table = self.table.lock();
         let m = table.values().find(|m| {
             let Some((s, e)) = m.span() else {
                 return false;
             };
             m.family != MappingFamily::Coherent
-                && s < b
-                && e > a
+                && s <= b
+                && e >= a
                 && (write || m.dir.device_writes())
                 && !m.cpu_owns(s, a.max(s), b.min(e))
         })?;

@@ -18,5 +18,13 @@
 pub(crate) mod checker;
 mod report;
 
+/// Checker scenarios for the tests and, with the test-only `reintroduce-defects` feature,
+/// for their controls in `tests/checker_controls.rs`. Not an interface.
+#[cfg(all(feature = "std", any(test, feature = "reintroduce-defects")))]
+#[doc(hidden)]
+pub mod scenarios;
+#[cfg(all(test, feature = "std"))]
+mod tests;
+
 pub use checker::{DebugChecker, LiveMapping, MappingFamily};
 pub use report::{DebugIssue, DebugReport};

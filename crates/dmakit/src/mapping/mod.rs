@@ -11,10 +11,9 @@
 //! sync), `deferred` (mappings that wait for room) and `sg` (scatter-gather lists).
 
 use core::panic::Location;
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicU64, AtomicUsize};
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -38,11 +37,13 @@ mod route;
 mod sg;
 mod single;
 
-use deferred::Deferred;
+use deferred::DeferQueue;
 use route::{Registered, Route};
 pub use sg::{DmaSegment, SgEntry};
 
-/// Called once when a deferred mapping completes (or fails for a reason other than room).
+/// Called once when a deferred mapping completes, fails for a reason other than room, or
+/// is ended by the release of its device ([`DmaError::DeviceReleased`]). Never called with
+/// a lock of the mapper held.
 pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
 
 /// What [`DmaMapper::map_or_defer`] did.
@@ -51,7 +52,7 @@ pub type DeferredCompletion = Box<dyn FnOnce(Result<DmaAddr, DmaError>) + Send>;
 pub enum MapStatus {
     /// Mapped now; the callback was not called and never will be.
     Mapped(DmaAddr),
-    /// Queued; the callback runs when bounce room frees up.
+    /// Queued; the callback runs when bounce room frees up (or the device is released).
     Deferred,
 }
 
@@ -94,10 +95,13 @@ pub struct DmaMapper<P> {
     swiotlb: Option<Registered>,
     coherent: Option<Registered>,
     transient: Option<TransientPool>,
-    deferred: Mutex<VecDeque<Deferred>>,
+    deferred: Mutex<DeferQueue>,
     /// Deferred mappings queued, plus `map_or_defer` attempts under way: frees look at it
     /// (not at the queue's lock) to decide whether anyone may be waiting for room.
     waiting: AtomicUsize,
+    /// Room events so far (frees, explicit retries): a deferred attempt that saw one during
+    /// its attempt tries again instead of waiting for the next.
+    room_events: AtomicU64,
     controls: HazardControls,
     iommu: Option<Arc<IommuDma>>,
     debug: Option<DebugChecker>,
@@ -115,8 +119,9 @@ impl<P: Platform> DmaMapper<P> {
             swiotlb: None,
             coherent: None,
             transient: None,
-            deferred: Mutex::new(VecDeque::new()),
+            deferred: Mutex::new(DeferQueue::new()),
             waiting: AtomicUsize::new(0),
+            room_events: AtomicU64::new(0),
             controls: HazardControls::default(),
             iommu: None,
             debug: None,
@@ -238,9 +243,14 @@ impl<P: Platform> DmaMapper<P> {
         self.debug.as_ref()
     }
 
-    /// The device is going away: with the debug checker on, every mapping it still has is
-    /// reported as a leak (and returned); otherwise nothing is known and nothing returned.
+    /// The device is going away. Its deferred mappings still waiting are taken out of the
+    /// queue and their callbacks called, on this thread and outside every lock of the
+    /// mapper, with [`DmaError::DeviceReleased`] (one another thread is trying at this
+    /// moment gets the same from that thread); none completes later. With the debug
+    /// checker on, every mapping the device still has is reported as a leak (and
+    /// returned); otherwise nothing is known and nothing returned.
     pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
+        self.cancel_deferred(dev);
         self.debug
             .as_ref()
             .map_or_else(Vec::new, |d| d.release_device(dev))
@@ -362,13 +372,28 @@ fn debug_record_mapped(
 }
 
 /// Validates a caller's range once, at the API boundary.
+///
+/// The rule: the range must not be empty, and every page it touches must lie inside the
+/// 64-bit address space with an end the address types can hold, that is
+/// `addr + len <= 2^64 - PAGE_SIZE`. Maintenance, bounces and IOMMU mappings all work on
+/// whole lines or pages, and the last page of the address space has no such end (the IOVA
+/// allocator never hands it out either), so a range reaching into it — or one as absurd as
+/// `map(0, u64::MAX)` — is [`DmaError::AddressOverflow`] on every device, whatever its mask.
 fn checked_range(dev: &Device, addr: u64, len: u64) -> Result<PhysRange, DmaError> {
     if len == 0 {
         return Err(DmaError::ZeroLength { device: dev.id() });
     }
-    PhysRange::new(PhysAddr::new(addr), len).ok_or(DmaError::AddressOverflow {
+    let overflow = DmaError::AddressOverflow {
         device: dev.id(),
         addr,
         len,
-    })
+    };
+    let range = PhysRange::new(PhysAddr::new(addr), len).ok_or(overflow)?;
+    if crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted) {
+        return Ok(range);
+    }
+    match range.end().checked_align_up(crate::platform::PAGE_SIZE) {
+        Some(_) => Ok(range),
+        None => Err(overflow),
+    }
 }

@@ -21,11 +21,13 @@ impl<P: Platform> DmaMapper<P> {
     /// `dma_map_phys`). Returns the address the device must use.
     ///
     /// # Errors
-    /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range;
-    /// [`DmaError::NoBouncePool`] when the buffer must be bounced and the device has no
-    /// pool, or none it can reach and no way to grow one; [`DmaError::PoolExhausted`] or
-    /// [`DmaError::TooLargeToBounce`] when the pool cannot take it;
-    /// [`DmaError::AlignMaskUnsupported`] when the pool cannot honour the device's
+    /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range (one whose
+    /// end overflows, or lies beyond `2^64 - 4096`: no mapping may reach into the last page
+    /// of the address space, whose end no address can hold — so `map(0, u64::MAX)` fails
+    /// on every device); [`DmaError::NoBouncePool`] when the buffer must be bounced and the
+    /// device has no pool, or none it can reach and no way to grow one;
+    /// [`DmaError::PoolExhausted`] or [`DmaError::TooLargeToBounce`] when the pool cannot
+    /// take it; [`DmaError::AlignMaskUnsupported`] when the pool cannot honour the device's
     /// `min_align_mask`; a memory fault from the bounce copy; [`DmaError::Detached`] for a
     /// device detached from its IOMMU domain. On error nothing was changed, every pool's
     /// usage and high-water mark included.
@@ -91,7 +93,8 @@ impl<P: Platform> DmaMapper<P> {
     /// [`DmaError::ZeroLength`], [`DmaError::AddressOverflow`] for a bad range. For a
     /// bounced mapping also [`DmaError::UnknownMapping`] (not live, or another device's),
     /// [`DmaError::OutOfMapping`] (a different length), [`DmaError::WrongDirection`].
-    /// Direct mappings keep no record; the debug checker catches their misuse.
+    /// Direct mappings keep no record; the debug checker catches their misuse. A refused
+    /// unmap leaves the mapping live, and with the debug checker on, its record too.
     /// [`DmaError::Detached`] for a device detached from its IOMMU domain (it has no live
     /// mapping, and an old IOVA is never taken for a physical address).
     #[inline]
@@ -104,16 +107,23 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = checked_range(dev, dma.as_u64(), len)?;
-        if let Some(d) = &self.debug {
-            let u = Unmapping {
-                dma,
-                len,
-                dir,
-                family: MappingFamily::Single,
-            };
-            d.unmapping(dev, u, Location::caller());
+        let Some(d) = &self.debug else {
+            return self.unmap_range(dev, dma, range, dir);
+        };
+        let u = Unmapping {
+            dma,
+            len,
+            dir,
+            family: MappingFamily::Single,
+        };
+        let record = d.unmapping(dev, u, Location::caller());
+        let result = self.unmap_range(dev, dma, range, dir);
+        if let (Some(m), Err(e)) = (record, &result) {
+            if unmap_refused(e) {
+                d.unmap_rejected(m);
+            }
         }
-        self.unmap_range(dev, dma, range, dir)
+        result
     }
 
     /// Unmaps without consulting the debug checker (the caller did, or is undoing its own
@@ -297,4 +307,16 @@ impl<P: Platform> DmaMapper<P> {
             })?;
         checked_range(dev, start, len)
     }
+}
+
+/// Whether an unmap failed because it was refused (it did not name the live mapping as it
+/// was made), leaving the mapping live. Other failures (a memory fault of the copy back)
+/// end the mapping or not depending on the path, and the checker's record goes with it.
+fn unmap_refused(e: &DmaError) -> bool {
+    matches!(
+        e,
+        DmaError::UnknownMapping { .. }
+            | DmaError::OutOfMapping { .. }
+            | DmaError::WrongDirection { .. }
+    )
 }
