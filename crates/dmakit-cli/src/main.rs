@@ -39,7 +39,21 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// Test-only: puts back the defect `DMAKIT_PUT_BACK` names (see the crate's
+/// `reintroduce-defects` feature).
+#[cfg(feature = "reintroduce-defects")]
+fn put_back_from_env() {
+    use dmakit::reintroduce::{enable, Defect};
+    if let Ok(name) = std::env::var("DMAKIT_PUT_BACK") {
+        for d in Defect::ALL.into_iter().filter(|d| format!("{d:?}") == name) {
+            enable(d);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(feature = "reintroduce-defects")]
+    put_back_from_env();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(a) => simulate::run(a),
