@@ -41,7 +41,7 @@ impl Outcome {
             "no answer within the budget"
         } else if self.signal.is_some() {
             "killed by a signal"
-        } else if !self.code.is_some_and(|c| c != 0) {
+        } else if self.code.is_none_or(|c| c == 0) {
             "exit code must be non-zero"
         } else if self.stderr.contains("panicked") {
             "panicked"

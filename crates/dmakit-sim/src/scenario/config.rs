@@ -979,7 +979,7 @@ fn buffer(
             let offset = need(&s.offset, "offset")?;
             let field_size = size.1;
             // Checked before any arithmetic: the offsets may be anything up to u64::MAX.
-            let field_end = offset.checked_add(field_size).unwrap_or(u64::MAX);
+            let field_end = offset.saturating_add(field_size);
             let next_field = opt(&s.next_field)
                 .unwrap_or_else(|| field_end.checked_next_multiple_of(8).unwrap_or(u64::MAX));
             if offset % 8 != 0
