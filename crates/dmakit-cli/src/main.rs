@@ -4,6 +4,7 @@
 
 mod bench;
 mod html;
+mod reservoir;
 mod simulate;
 mod slab;
 mod table;

@@ -30,6 +30,9 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Still running when the budget ran out (then killed).
     pub timed_out: bool,
+    /// The highest resident set (`VmHWM`, KiB) read from `/proc` while it ran (every
+    /// 20 ms; 0 if it ended before the first read).
+    pub peak_rss_kib: u64,
 }
 
 impl Outcome {
@@ -91,7 +94,7 @@ pub fn run(args: &[&str], put_back: Option<&str>, limit: u64, budget: Duration) 
     let mut child = cmd.spawn().expect("prlimit (util-linux) runs the binary");
     let out = reader(child.stdout.take());
     let err = reader(child.stderr.take());
-    let (status, timed_out) = wait(&mut child, budget);
+    let (status, timed_out, peak_rss_kib) = wait(&mut child, budget);
     let elapsed = started.elapsed();
     use std::os::unix::process::ExitStatusExt;
     Outcome {
@@ -101,6 +104,7 @@ pub fn run(args: &[&str], put_back: Option<&str>, limit: u64, budget: Duration) 
         stderr: err.join().expect("stderr reader"),
         elapsed,
         timed_out,
+        peak_rss_kib,
     }
 }
 
@@ -114,18 +118,33 @@ fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<S
     })
 }
 
-fn wait(child: &mut Child, budget: Duration) -> (std::process::ExitStatus, bool) {
+fn wait(child: &mut Child, budget: Duration) -> (std::process::ExitStatus, bool, u64) {
     let deadline = Instant::now() + budget;
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
     loop {
+        // Read before asking whether it ended: the entry vanishes once it is reaped.
+        peak = peak.max(high_water_kib(&status));
         if let Some(s) = child.try_wait().expect("wait for the binary") {
-            return (s, false);
+            return (s, false, peak);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            return (child.wait().expect("reap the binary"), true);
+            return (child.wait().expect("reap the binary"), true, peak);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `VmHWM` of a `/proc/PID/status` file in KiB (0 when unreadable).
+fn high_water_kib(status: &str) -> u64 {
+    std::fs::read_to_string(status)
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The corpus of malformed inputs.
