@@ -2,7 +2,8 @@
 //! refused with its position; touching RAM ranges accepted, overlapping ones refused.
 
 use dmakit_sim::scenario::config::{
-    MAX_BOUNCE_POOL_BYTES, MAX_CACHE_BYTES, MAX_CACHE_WAYS, MAX_DEVICES, MAX_RAM_RANGES,
+    MAX_BOUNCE_POOL_BYTES, MAX_CACHE_BYTES, MAX_CACHE_WAYS, MAX_DEVICES, MAX_LIVE_OBJECTS,
+    MAX_RAM_RANGES, MAX_RESIDENT_BYTES,
 };
 use dmakit_sim::scenario::{parse_scenario, Scenario, ScenarioError};
 
@@ -101,4 +102,35 @@ fn devices_are_accepted_up_to_their_limit() {
     assert_eq!(e.field, format!("device[{MAX_DEVICES}]"), "{e}");
     // device[4096] is the 4097th table: `[[device]]` on line 7 + 2 * 4096.
     assert_eq!((e.line, e.column), (7 + 2 * MAX_DEVICES, 1), "{e}");
+}
+
+#[test]
+fn live_objects_and_resident_bytes_are_accepted_up_to_their_limits() {
+    let live = |n: u64| {
+        scenario(RAM, "").replace(
+            "[[device]]",
+            &format!("[kmalloc]\nlive_objects = {n}\n[[device]]"),
+        )
+    };
+    let ok = parse_scenario(&live(MAX_LIVE_OBJECTS), "edge.toml").expect("at the limit");
+    assert_eq!(ok.churn.live_objects, MAX_LIVE_OBJECTS);
+    let e = parse_scenario(&live(MAX_LIVE_OBJECTS + 1), "edge.toml").unwrap_err();
+    assert_eq!(at(&e), (8, 16, "kmalloc.live_objects"), "{e}");
+    // Pages of 256 KiB, 64 in flight: exactly 16 MiB; one more byte of size is refused.
+    let queue = |size: u64| {
+        scenario(RAM, "")
+            .replace("size = 64", &format!("size = {size}\nqueue_depth = 64"))
+            .replace("buffer = \"kmalloc\"", "buffer = \"pages\"")
+    };
+    let ok = parse_scenario(&queue(256 * 1024), "edge.toml").expect("at the limit");
+    assert_eq!(ok.drivers[0].transfers[0].queue_depth, 64);
+    assert_eq!(MAX_RESIDENT_BYTES, 64 * 256 * 1024);
+    let twice = queue(256 * 1024).replace(
+        "[[driver.transfer]]",
+        "[[driver.transfer]]\nsite = \"t\"\ndirection = \"to-device\"\nsize = 1\n\
+         buffer = \"kmalloc\"\n[[driver.transfer]]",
+    );
+    let e = parse_scenario(&twice, "edge.toml").unwrap_err();
+    assert_eq!(e.field, "driver[0].transfer[1]", "{e}");
+    assert!(e.message.contains("16777217 bytes"), "{e}");
 }

@@ -9,8 +9,9 @@
 //! more than the model can hold: the cache ([`MAX_CACHE_BYTES`], [`MAX_CACHE_WAYS`]), the
 //! RAM map ([`MAX_RAM_RANGES`], ranges may not overlap), the devices ([`MAX_DEVICES`]),
 //! the bounce pool ([`MAX_BOUNCE_POOL_BYTES`]), transfer patterns
-//! ([`MAX_TRANSFER_SITES`]), driver weights ([`MAX_DRIVER_WEIGHT`]), and every size, depth
-//! and count of a transfer; the file itself is read with a size limit
+//! ([`MAX_TRANSFER_SITES`]), driver weights ([`MAX_DRIVER_WEIGHT`]), background objects
+//! ([`MAX_LIVE_OBJECTS`]), the bytes all transfers keep alive at once
+//! ([`MAX_RESIDENT_BYTES`]), and every size, depth and count of a transfer; the file itself is read with a size limit
 //! ([`crate::scenario::input::MAX_SCENARIO_BYTES`]). Validation is linear in the size of
 //! the file (device names are looked up in a hash map): 200,000 devices are validated in
 //! about a second before the device count rejects them.
@@ -55,6 +56,17 @@ pub const MAX_BOUNCE_POOL_BYTES: u64 = 1 << 30;
 /// Most `[[device]]` entries (the model looks devices up by scanning them). The whole
 /// file is validated first, so a mistake in any device is reported before the count.
 pub const MAX_DEVICES: usize = 4096;
+
+/// Most live background kmalloc objects (`kmalloc.live_objects`): the model keeps each
+/// one's bytes and provenance, about 3 KiB of host memory per object and policy.
+pub const MAX_LIVE_OBJECTS: u64 = 100_000;
+
+/// Most bytes all transfer patterns together may keep alive at once in the model's
+/// memory: buffers in flight (`queue_depth` times the largest size), page fragments kept
+/// (`in_flight` plus `queue_depth` fragments of headroom + size + tail), framebuffers
+/// (`frames` times the largest size) and driver structures. 16 MiB; the model takes about
+/// 10 bytes of host memory per byte it holds, per policy.
+pub const MAX_RESIDENT_BYTES: u64 = 16 << 20;
 
 /// Largest driver weight (weights are relative frequencies; the runner sums them).
 pub const MAX_DRIVER_WEIGHT: f64 = 1e6;
@@ -348,6 +360,7 @@ pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> 
     }
     let mut drivers = Vec::new();
     let mut sites = 0;
+    let mut resident = 0;
     for (i, d) in spec.drivers.iter().enumerate() {
         // Checked before each driver: the file may hold any number of them.
         sites += d.get_ref().transfers.get_ref().len();
@@ -361,7 +374,23 @@ pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> 
                 ),
             ));
         }
-        drivers.push(driver(&cx, i, d, &devices, &index, &iommu)?);
+        let model = driver(&cx, i, d, &devices, &index, &iommu)?;
+        for (j, t) in model.transfers.iter().enumerate() {
+            resident += resident_bytes(t);
+            if resident > MAX_RESIDENT_BYTES {
+                return Err(cx.err(
+                    d.get_ref().transfers.get_ref()[j].span(),
+                    format!("driver[{i}].transfer[{j}]"),
+                    format!(
+                        "the transfer patterns up to this one keep {resident} bytes alive at \
+                         once (buffers in flight, fragments, frames); the model holds at most \
+                         {MAX_RESIDENT_BYTES} (16 MiB): lower queue_depth, in_flight, frames \
+                         or size"
+                    ),
+                ));
+            }
+        }
+        drivers.push(model);
     }
     if drivers.is_empty() {
         return Err(cx.err(
@@ -560,11 +589,14 @@ fn churn(cx: &Ctx<'_>, k: &KmallocSpec) -> Result<ChurnModel, ScenarioError> {
         path => SlabinfoSource::File(PathBuf::from(path)),
     };
     let live = *k.live_objects.get_ref();
-    if live > 1_000_000 {
+    if live > MAX_LIVE_OBJECTS {
         return Err(cx.err(
             k.live_objects.span(),
             "kmalloc.live_objects",
-            "at most 1,000,000 live background objects",
+            format!(
+                "{live}: at most {MAX_LIVE_OBJECTS} live background objects (each policy's \
+                 model holds them all; 1,000,000 took 2.9 GB per policy)"
+            ),
         ));
     }
     let c = *k.churn_per_transfer.get_ref();
@@ -758,6 +790,23 @@ fn driver(
         weight: w,
         transfers,
     })
+}
+
+/// Bytes `t` keeps alive at once in the model's memory (see [`MAX_RESIDENT_BYTES`]). Every
+/// term is bounded by the validation of `t`, so this cannot overflow.
+fn resident_bytes(t: &TransferModel) -> u64 {
+    let depth = t.queue_depth as u64;
+    match t.buffer {
+        BufferModel::PageFrag {
+            headroom,
+            tail,
+            in_flight,
+            ..
+        } => (headroom + t.size.1 + tail) * (in_flight as u64 + depth),
+        BufferModel::Noncontiguous { frames } => t.size.1 * frames as u64,
+        BufferModel::StructField { struct_size, .. } => struct_size,
+        BufferModel::Kmalloc | BufferModel::DmaKmalloc | BufferModel::Pages => t.size.1 * depth,
+    }
 }
 
 fn directions(
