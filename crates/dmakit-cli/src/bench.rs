@@ -14,6 +14,7 @@ use dmakit_sim::scenario::units::parse_size;
 use dmakit_sim::{SimIommu, SimIommuConfig};
 use serde::Serialize;
 
+use crate::reservoir::{Reservoir, MAX_SAMPLES};
 use crate::table;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -87,8 +88,8 @@ struct Out {
     unmap_p99_ns: u64,
 }
 
-/// Map and unmap latencies of one thread, in nanoseconds.
-type Latencies = (Vec<u32>, Vec<u32>);
+/// A sample of one thread's map and unmap latencies, in nanoseconds.
+type Latencies = Reservoir;
 
 fn granule(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
@@ -178,7 +179,8 @@ pub fn run(args: Args) -> Result<(), String> {
                 s.spawn(move || {
                     mapper.platform().bind_current_thread(t);
                     let buf = PhysAddr::new(pool + per_thread * t as u64);
-                    let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+                    // Bounded whatever --seconds is: a uniform sample, not every latency.
+                    let mut sample = Reservoir::new(MAX_SAMPLES / threads, t as u64 + 1);
                     barrier.wait();
                     let start = Instant::now();
                     while start.elapsed() < run_for {
@@ -187,10 +189,10 @@ pub fn run(args: Args) -> Result<(), String> {
                         let t1 = Instant::now();
                         mapper.unmap(dev, dma, g, dir).map_err(|e| e.to_string())?;
                         let t2 = Instant::now();
-                        maps.push((t1 - t0).as_nanos().min(u32::MAX as u128) as u32);
-                        unmaps.push((t2 - t1).as_nanos().min(u32::MAX as u128) as u32);
+                        let ns = |d: Duration| d.as_nanos().min(u32::MAX as u128) as u32;
+                        sample.offer(ns(t1 - t0), ns(t2 - t1));
                     }
-                    Ok((maps, unmaps))
+                    Ok(sample)
                 })
             })
             .collect();
@@ -198,13 +200,13 @@ pub fn run(args: Args) -> Result<(), String> {
             .map(|h| h.join().unwrap_or_else(|_| Err("a thread panicked".into())))
             .collect()
     });
-    let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+    let (mut maps, mut unmaps, mut ops) = (Vec::new(), Vec::new(), 0);
     for r in results {
-        let (m, u) = r?;
-        maps.extend(m);
-        unmaps.extend(u);
+        let s = r?;
+        ops += s.offered();
+        maps.extend(s.maps);
+        unmaps.extend(s.unmaps);
     }
-    let ops = maps.len() as u64;
     let out = Out {
         mode: format!("{:?}", args.mode).to_lowercase(),
         domain: (args.mode == Mode::Iommu).then(|| format!("{:?}", args.domain).to_lowercase()),

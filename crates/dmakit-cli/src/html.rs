@@ -366,11 +366,31 @@ pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
     Ok(h)
 }
 
-/// Writes `DIR/report.html`; returns its path.
+/// Writes `DIR/report.html` (creating DIR); returns its path.
+///
+/// # Errors
+/// A message naming the directory or the file when either cannot be written.
 pub fn write_report(dir: &Path, sc: &Scenario, r: &SimulationReport) -> Result<PathBuf, String> {
+    let path = prepare_report(dir)?;
+    std::fs::write(&path, render(sc, r)?)
+        .map_err(|x| format!("cannot write {}: {x}", path.display()))?;
+    Ok(path)
+}
+
+/// Makes sure the report can be written into `dir` before a run starts: creates `dir`
+/// (and its parents) and opens `dir/report.html` for writing without changing it.
+/// Returns the report's path.
+///
+/// # Errors
+/// A message naming the directory or the file when either cannot be created or written.
+pub fn prepare_report(dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|x| format!("cannot create {}: {x}", dir.display()))?;
     let path = dir.join("report.html");
-    std::fs::write(&path, render(sc, r)?)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
         .map_err(|x| format!("cannot write {}: {x}", path.display()))?;
     Ok(path)
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod html;
+mod reservoir;
 mod simulate;
 mod slab;
 mod table;
@@ -39,7 +40,21 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// Test-only: puts back the defect `DMAKIT_PUT_BACK` names (see the crate's
+/// `reintroduce-defects` feature).
+#[cfg(feature = "reintroduce-defects")]
+fn put_back_from_env() {
+    use dmakit::reintroduce::{enable, Defect};
+    if let Ok(name) = std::env::var("DMAKIT_PUT_BACK") {
+        for d in Defect::ALL.into_iter().filter(|d| format!("{d:?}") == name) {
+            enable(d);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(feature = "reintroduce-defects")]
+    put_back_from_env();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(a) => simulate::run(a),

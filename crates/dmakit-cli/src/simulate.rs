@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+use dmakit::reintroduce::Defect;
+use dmakit_sim::scenario::input::{read_text, MAX_SCENARIO_BYTES};
 use dmakit_sim::scenario::units::format_bytes;
 use dmakit_sim::scenario::{
     parse_scenario, simulate, Policy, RunOptions, Scenario, SimulationReport, DEFAULT_SCENARIO,
@@ -78,9 +80,9 @@ fn load(args: &Args) -> Result<(String, String), String> {
             DEFAULT_SCENARIO.to_string(),
             DEFAULT_SCENARIO_FILE.to_string(),
         )),
-        Some(p) => std::fs::read_to_string(p)
-            .map(|t| (t, p.display().to_string()))
-            .map_err(|e| format!("cannot read scenario file {}: {e}", p.display())),
+        Some(p) => {
+            read_text(p, MAX_SCENARIO_BYTES, "scenario file").map(|t| (t, p.display().to_string()))
+        }
     }
 }
 
@@ -102,6 +104,12 @@ pub fn run(args: Args) -> Result<(), String> {
         transfers: args.transfers,
         top_sites: args.top,
     };
+    // Find out now, not after a long run, whether the report can be written.
+    if let Some(dir) = &args.report {
+        if !dmakit::reintroduce::active(Defect::CliReportCheckedLate) {
+            crate::html::prepare_report(dir)?;
+        }
+    }
     let started = Instant::now();
     let report = run_with_progress(&sc, &policies, &opts)?;
     let elapsed = started.elapsed();

@@ -1,10 +1,11 @@
 //! `dmakit slab`: what the kmalloc caches of a real machine take under each minimum
 //! alignment.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dmakit::mem::footprint::kmalloc_footprints;
 use dmakit::mem::{parse_slabinfo, SHIPPED_SLABINFO};
+use dmakit_sim::scenario::input::{read_text, MAX_SLABINFO_BYTES};
 use dmakit_sim::scenario::units::format_bytes;
 use serde::Serialize;
 
@@ -44,11 +45,14 @@ struct Out {
 
 fn source(args: &Args) -> Result<(String, String), String> {
     if let Some(p) = &args.slabinfo {
-        return std::fs::read_to_string(p)
-            .map(|t| (t, p.display().to_string()))
-            .map_err(|e| format!("cannot read slabinfo file {}: {e}", p.display()));
+        return read_text(p, MAX_SLABINFO_BYTES, "slabinfo file")
+            .map(|t| (t, p.display().to_string()));
     }
-    match std::fs::read_to_string("/proc/slabinfo") {
+    match read_text(
+        Path::new("/proc/slabinfo"),
+        MAX_SLABINFO_BYTES,
+        "slabinfo file",
+    ) {
         Ok(t) if parse_slabinfo(&t).is_ok() => Ok((t, "/proc/slabinfo".into())),
         _ => Ok((SHIPPED_SLABINFO.to_string(), "shipped snapshot".into())),
     }

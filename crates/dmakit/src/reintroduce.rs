@@ -58,6 +58,18 @@ pub enum Defect {
     TooLargeReportsZero,
     /// 11f: after `IommuDma::detach`, the device's mappings silently go direct.
     DetachGoesDirect,
+    /// 12a: a scenario's `machine.cache_size` (and `cache_ways`) is accepted at any size,
+    /// and the model allocates the whole cache up front.
+    CliCacheSizeUnbounded,
+    /// 12b: scenario and slabinfo files are read whole, whatever their size.
+    CliInputUnbounded,
+    /// 12c: overlapping RAM ranges of a scenario are merged without a word.
+    CliRamOverlapMerged,
+    /// 12d: `dmakit simulate --report DIR` finds out only after the run that it cannot
+    /// write DIR.
+    CliReportCheckedLate,
+    /// 12e: every `[[device]]` name is compared with every other one (quadratic).
+    CliDeviceValidationQuadratic,
 }
 
 #[cfg(feature = "reintroduce-defects")]
@@ -141,7 +153,7 @@ pub const fn active(_d: Defect) -> bool {
 
 impl Defect {
     /// Every defect, in finding order.
-    pub const ALL: [Defect; 20] = [
+    pub const ALL: [Defect; 25] = [
         Defect::LeadInSlotsFreed,
         Defect::CheckerForgetsBeforeValidation,
         Defect::IommuSgUncounted,
@@ -162,5 +174,10 @@ impl Defect {
         Defect::EmptyUnmapSgInconsistent,
         Defect::TooLargeReportsZero,
         Defect::DetachGoesDirect,
+        Defect::CliCacheSizeUnbounded,
+        Defect::CliInputUnbounded,
+        Defect::CliRamOverlapMerged,
+        Defect::CliReportCheckedLate,
+        Defect::CliDeviceValidationQuadratic,
     ];
 }

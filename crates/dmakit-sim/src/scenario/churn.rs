@@ -12,6 +12,7 @@ use dmakit::mem::{parse_slabinfo, AllocKind, SHIPPED_SLABINFO};
 use crate::oracle::Oracle;
 use crate::rng::SimRng;
 use crate::scenario::heap::{Heap, HeapError};
+use crate::scenario::input::{read_text, MAX_SLABINFO_BYTES};
 use crate::scenario::model::SlabinfoSource;
 use crate::transfer::{cpu_scribble, Scratch};
 
@@ -21,7 +22,8 @@ pub const PROC_SLABINFO: &str = "/proc/slabinfo";
 /// Reads the slabinfo text of `source`; returns it with a description of its origin.
 ///
 /// # Errors
-/// A message naming the file when a configured file cannot be read.
+/// A message naming the file when a configured file cannot be read, is larger than
+/// [`MAX_SLABINFO_BYTES`] or is not UTF-8.
 pub fn load_slabinfo(source: &SlabinfoSource) -> Result<(String, String), String> {
     let shipped = || {
         (
@@ -31,15 +33,19 @@ pub fn load_slabinfo(source: &SlabinfoSource) -> Result<(String, String), String
     };
     match source {
         SlabinfoSource::Shipped => Ok(shipped()),
-        SlabinfoSource::Auto => match std::fs::read_to_string(PROC_SLABINFO) {
+        SlabinfoSource::Auto => match read_text(
+            Path::new(PROC_SLABINFO),
+            MAX_SLABINFO_BYTES,
+            "slabinfo file",
+        ) {
             Ok(t) if SizeDistribution::from_slabinfo(&t).is_ok() => {
                 Ok((t, PROC_SLABINFO.to_string()))
             }
             _ => Ok(shipped()),
         },
-        SlabinfoSource::File(p) => std::fs::read_to_string(p)
-            .map(|t| (t, p.display().to_string()))
-            .map_err(|e| format!("cannot read slabinfo file {}: {e}", display(p))),
+        SlabinfoSource::File(p) => {
+            read_text(p, MAX_SLABINFO_BYTES, "slabinfo file").map(|t| (t, display(p)))
+        }
     }
 }
 

@@ -4,11 +4,24 @@
 //! it is wrong: syntax and type errors come from the TOML parser's spans, semantic ones
 //! (a mask below all RAM, a field outside its structure) from spans kept on the fields.
 //! The format is documented by the built-in scenario, `scenarios/phone.toml`.
+//!
+//! Whatever drives the model's memory or time is bounded, so no file can make a run take
+//! more than the model can hold: the cache ([`MAX_CACHE_BYTES`], [`MAX_CACHE_WAYS`]), the
+//! RAM map ([`MAX_RAM_RANGES`], ranges may not overlap), the devices ([`MAX_DEVICES`]),
+//! the bounce pool ([`MAX_BOUNCE_POOL_BYTES`]), transfer patterns
+//! ([`MAX_TRANSFER_SITES`]), driver weights ([`MAX_DRIVER_WEIGHT`]), background objects
+//! ([`MAX_LIVE_OBJECTS`]), the bytes all transfers keep alive at once
+//! ([`MAX_RESIDENT_BYTES`]), and every size, depth and count of a transfer; the file itself is read with a size limit
+//! ([`crate::scenario::input::MAX_SCENARIO_BYTES`]). Validation is linear in the size of
+//! the file (device names are looked up in a hash map): 200,000 devices are validated in
+//! about a second before the device count rejects them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+use dmakit::reintroduce::{self, Defect};
 use dmakit::{Device, DeviceId, Direction};
 use serde::Deserialize;
 use toml::Spanned;
@@ -24,6 +37,42 @@ use crate::scenario::units::parse_size;
 
 /// Most transfer patterns a scenario may declare (each gets its own call site).
 pub const MAX_TRANSFER_SITES: usize = crate::scenario::sites::SITES;
+
+/// Largest modelled data cache (16 MiB). The model holds every byte of the cache with its
+/// provenance stamp (5 bytes of host memory per cached byte) for each policy run side by
+/// side, and allocates it up front.
+pub const MAX_CACHE_BYTES: u64 = 16 << 20;
+
+/// Most ways per cache set (each access searches its set).
+pub const MAX_CACHE_WAYS: u64 = 64;
+
+/// Most `machine.ram` ranges (each RAM check searches them).
+pub const MAX_RAM_RANGES: usize = 64;
+
+/// Largest fixed bounce pool (1 GiB; Linux's default is 64 MiB). The pool keeps state per
+/// 2 KiB slot, per policy.
+pub const MAX_BOUNCE_POOL_BYTES: u64 = 1 << 30;
+
+/// Most `[[device]]` entries (the model looks devices up by scanning them). The whole
+/// file is validated first, so a mistake in any device is reported before the count.
+pub const MAX_DEVICES: usize = 4096;
+
+/// Most live background kmalloc objects (`kmalloc.live_objects`): the model keeps each
+/// one's bytes and provenance, about 3 KiB of host memory per object and policy.
+pub const MAX_LIVE_OBJECTS: u64 = 100_000;
+
+/// Most bytes all transfer patterns together may keep alive at once in the model's
+/// memory: buffers in flight (`queue_depth` times the largest size), page fragments kept
+/// (`in_flight` plus `queue_depth` fragments of headroom + size + tail), framebuffers
+/// (`frames` times the largest size) and driver structures. 16 MiB; the model takes about
+/// 10 bytes of host memory per byte it holds, per policy.
+pub const MAX_RESIDENT_BYTES: u64 = 16 << 20;
+
+/// Largest driver weight (weights are relative frequencies; the runner sums them).
+pub const MAX_DRIVER_WEIGHT: f64 = 1e6;
+
+/// How many device names an "unknown device" error lists.
+const NAMES_LISTED: usize = 8;
 
 /// A mistake in a scenario file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,8 +308,8 @@ const SEGMENT: u64 = 256 * 1024;
 ///
 /// # Errors
 /// A [`ScenarioError`] for the first mistake: TOML syntax, an unknown or missing field, a
-/// value of the wrong type, or a value that makes no sense for the machine (see the module
-/// docs).
+/// value of the wrong type, a value that makes no sense for the machine, or one beyond the
+/// limits of the model (see the module docs).
 pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> {
     let cx = Ctx { file, src };
     let spec: FileSpec = toml::from_str(src).map_err(|e| {
@@ -277,31 +326,71 @@ pub fn parse_scenario(src: &str, file: &str) -> Result<Scenario, ScenarioError> 
     })?;
     let machine = machine(&cx, &spec.machine)?;
     let churn = churn(&cx, &spec.kmalloc)?;
-    let mut devices = Vec::new();
-    let mut iommu = Vec::new();
+    let mut devices = Vec::with_capacity(spec.devices.len());
+    let mut iommu = Vec::with_capacity(spec.devices.len());
+    let mut index = HashMap::with_capacity(spec.devices.len());
     for (i, d) in spec.devices.iter().enumerate() {
-        let (dev, mode) = device(&cx, i, d, &machine)?;
-        if devices.iter().any(|o: &Device| o.name() == dev.name()) {
+        let name = d.get_ref().name.get_ref().as_str();
+        let taken = if reintroduce::active(Defect::CliDeviceValidationQuadratic) {
+            devices.iter().any(|o: &Device| o.name() == name)
+        } else {
+            index.contains_key(name)
+        };
+        if taken {
             return Err(cx.err(
                 d.get_ref().name.span(),
                 format!("device[{i}].name"),
-                format!("a device named `{}` already exists", dev.name()),
+                format!("a device named `{name}` already exists"),
             ));
         }
+        let (dev, mode) = device(&cx, i, d, &machine)?;
+        index.insert(name, i);
         devices.push(dev);
         iommu.push(mode);
     }
-    let mut drivers = Vec::new();
-    for (i, d) in spec.drivers.iter().enumerate() {
-        drivers.push(driver(&cx, i, d, &devices, &iommu)?);
-    }
-    let sites: usize = drivers.iter().map(|d| d.transfers.len()).sum();
-    if sites > MAX_TRANSFER_SITES {
+    if let Some(d) = spec.devices.get(MAX_DEVICES) {
         return Err(cx.err(
-            spec.drivers.last().map_or(0..0, Spanned::span),
-            "driver",
-            format!("{sites} transfer patterns; at most {MAX_TRANSFER_SITES} are supported"),
+            d.span(),
+            format!("device[{MAX_DEVICES}]"),
+            format!(
+                "{} devices: the model runs at most {MAX_DEVICES}",
+                spec.devices.len()
+            ),
         ));
+    }
+    let mut drivers = Vec::new();
+    let mut sites = 0;
+    let mut resident = 0;
+    for (i, d) in spec.drivers.iter().enumerate() {
+        // Checked before each driver: the file may hold any number of them.
+        sites += d.get_ref().transfers.get_ref().len();
+        if sites > MAX_TRANSFER_SITES {
+            return Err(cx.err(
+                d.span(),
+                format!("driver[{i}]"),
+                format!(
+                    "{sites} transfer patterns up to this driver; at most {MAX_TRANSFER_SITES} \
+                     are supported"
+                ),
+            ));
+        }
+        let model = driver(&cx, i, d, &devices, &index, &iommu)?;
+        for (j, t) in model.transfers.iter().enumerate() {
+            resident += resident_bytes(t);
+            if resident > MAX_RESIDENT_BYTES {
+                return Err(cx.err(
+                    d.get_ref().transfers.get_ref()[j].span(),
+                    format!("driver[{i}].transfer[{j}]"),
+                    format!(
+                        "the transfer patterns up to this one keep {resident} bytes alive at \
+                         once (buffers in flight, fragments, frames); the model holds at most \
+                         {MAX_RESIDENT_BYTES} (16 MiB): lower queue_depth, in_flight, frames \
+                         or size"
+                    ),
+                ));
+            }
+        }
+        drivers.push(model);
     }
     if drivers.is_empty() {
         return Err(cx.err(
@@ -339,6 +428,25 @@ fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, ScenarioError>
         None => 64 * 1024,
     };
     let ways = m.cache_ways.as_ref().map_or(4, |w| *w.get_ref());
+    if !reintroduce::active(Defect::CliCacheSizeUnbounded) {
+        if let Some(s) = m.cache_size.as_ref().filter(|_| capacity > MAX_CACHE_BYTES) {
+            return Err(cx.err(
+                s.span(),
+                "machine.cache_size",
+                format!(
+                    "{capacity} bytes: the model holds caches of at most {MAX_CACHE_BYTES} bytes \
+                     (16 MiB)"
+                ),
+            ));
+        }
+        if let Some(w) = m.cache_ways.as_ref().filter(|_| ways > MAX_CACHE_WAYS) {
+            return Err(cx.err(
+                w.span(),
+                "machine.cache_ways",
+                format!("{ways}: the model has at most {MAX_CACHE_WAYS} ways per set"),
+            ));
+        }
+    }
     let cache = CacheConfig {
         line_size: line,
         capacity,
@@ -355,7 +463,17 @@ fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, ScenarioError>
             format!("{capacity} bytes is not a non-zero multiple of cache_ways ({ways}) lines of {line} bytes"),
         ));
     }
-    let mut ram = Vec::new();
+    if m.ram.get_ref().len() > MAX_RAM_RANGES {
+        return Err(cx.err(
+            m.ram.span(),
+            "machine.ram",
+            format!(
+                "{} ranges: the model has at most {MAX_RAM_RANGES}",
+                m.ram.get_ref().len()
+            ),
+        ));
+    }
+    let mut ram: Vec<(u64, u64)> = Vec::new();
     for (i, r) in m.ram.get_ref().iter().enumerate() {
         let start = cx.size(&r.start, &format!("machine.ram[{i}].start"))?;
         let size = cx.size(&r.size, &format!("machine.ram[{i}].size"))?;
@@ -364,6 +482,20 @@ fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, ScenarioError>
                 r.size.span(),
                 format!("machine.ram[{i}]"),
                 "RAM ranges must be non-empty, page aligned and inside the 64-bit address space",
+            ));
+        }
+        let end = start + size;
+        let overlap = ram.iter().position(|&(s, l)| start < s + l && s < end);
+        if let Some(j) = overlap.filter(|_| !reintroduce::active(Defect::CliRamOverlapMerged)) {
+            let (s, l) = ram[j];
+            return Err(cx.err(
+                r.start.span(),
+                format!("machine.ram[{i}]"),
+                format!(
+                    "[{start:#x}, {end:#x}) overlaps machine.ram[{j}] [{s:#x}, {:#x}): RAM ranges \
+                     must not overlap",
+                    s + l
+                ),
             ));
         }
         ram.push((start, size));
@@ -394,6 +526,16 @@ fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, ScenarioError>
         SizeText::Text(t) if t == "none" => PoolSize::None,
         _ => {
             let bytes = cx.size(&m.bounce_pool, "machine.bounce_pool")?;
+            if bytes > MAX_BOUNCE_POOL_BYTES {
+                return Err(cx.err(
+                    m.bounce_pool.span(),
+                    "machine.bounce_pool",
+                    format!(
+                        "{bytes} bytes: the model holds bounce pools of at most \
+                         {MAX_BOUNCE_POOL_BYTES} bytes (1 GiB)"
+                    ),
+                ));
+            }
             if bytes == 0 || bytes % SEGMENT != 0 {
                 return Err(cx.err(
                     m.bounce_pool.span(),
@@ -447,11 +589,14 @@ fn churn(cx: &Ctx<'_>, k: &KmallocSpec) -> Result<ChurnModel, ScenarioError> {
         path => SlabinfoSource::File(PathBuf::from(path)),
     };
     let live = *k.live_objects.get_ref();
-    if live > 1_000_000 {
+    if live > MAX_LIVE_OBJECTS {
         return Err(cx.err(
             k.live_objects.span(),
             "kmalloc.live_objects",
-            "at most 1,000,000 live background objects",
+            format!(
+                "{live}: at most {MAX_LIVE_OBJECTS} live background objects (each policy's \
+                 model holds them all; 1,000,000 took 2.9 GB per policy)"
+            ),
         ));
     }
     let c = *k.churn_per_transfer.get_ref();
@@ -579,30 +724,39 @@ fn driver(
     i: usize,
     d: &Spanned<DriverSpec>,
     devices: &[Device],
+    index: &HashMap<&str, usize>,
     iommu: &[Option<IommuMode>],
 ) -> Result<DriverModel, ScenarioError> {
     let s = d.get_ref();
-    let device = devices
-        .iter()
-        .position(|dev| dev.name() == s.device.get_ref())
-        .ok_or_else(|| {
-            let known: Vec<&str> = devices.iter().map(Device::name).collect();
-            cx.err(
-                s.device.span(),
-                format!("driver[{i}].device"),
-                format!(
-                    "no [[device]] named `{}` (devices: {})",
-                    s.device.get_ref(),
-                    known.join(", ")
-                ),
-            )
-        })?;
+    let device = *index.get(s.device.get_ref().as_str()).ok_or_else(|| {
+        let mut known: Vec<&str> = devices
+            .iter()
+            .take(NAMES_LISTED)
+            .map(Device::name)
+            .collect();
+        if devices.len() > NAMES_LISTED {
+            known.push("...");
+        }
+        let known = if devices.is_empty() {
+            "the scenario has none".to_string()
+        } else {
+            format!("{} of them: {}", devices.len(), known.join(", "))
+        };
+        cx.err(
+            s.device.span(),
+            format!("driver[{i}].device"),
+            format!(
+                "no [[device]] named `{}` (devices: {known})",
+                s.device.get_ref()
+            ),
+        )
+    })?;
     let w = *s.weight.get_ref();
-    if !(w > 0.0 && w.is_finite()) {
+    if !(w > 0.0 && w <= MAX_DRIVER_WEIGHT) {
         return Err(cx.err(
             s.weight.span(),
             format!("driver[{i}].weight"),
-            "must be positive",
+            format!("must be positive and at most {MAX_DRIVER_WEIGHT:e}"),
         ));
     }
     let mut transfers = Vec::new();
@@ -636,6 +790,23 @@ fn driver(
         weight: w,
         transfers,
     })
+}
+
+/// Bytes `t` keeps alive at once in the model's memory (see [`MAX_RESIDENT_BYTES`]). Every
+/// term is bounded by the validation of `t`, so this cannot overflow.
+fn resident_bytes(t: &TransferModel) -> u64 {
+    let depth = t.queue_depth as u64;
+    match t.buffer {
+        BufferModel::PageFrag {
+            headroom,
+            tail,
+            in_flight,
+            ..
+        } => (headroom + t.size.1 + tail) * (in_flight as u64 + depth),
+        BufferModel::Noncontiguous { frames } => t.size.1 * frames as u64,
+        BufferModel::StructField { struct_size, .. } => struct_size,
+        BufferModel::Kmalloc | BufferModel::DmaKmalloc | BufferModel::Pages => t.size.1 * depth,
+    }
 }
 
 fn directions(
@@ -856,12 +1027,14 @@ fn buffer(
             let struct_size = need(&s.struct_size, "struct_size")?;
             let offset = need(&s.offset, "offset")?;
             let field_size = size.1;
-            let next_field =
-                opt(&s.next_field).unwrap_or((offset + field_size).next_multiple_of(8));
+            // Checked before any arithmetic: the offsets may be anything up to u64::MAX.
+            let field_end = offset.saturating_add(field_size);
+            let next_field = opt(&s.next_field)
+                .unwrap_or_else(|| field_end.checked_next_multiple_of(8).unwrap_or(u64::MAX));
             if offset % 8 != 0
-                || offset + field_size > next_field
-                || next_field > struct_size
                 || struct_size > 8192
+                || field_end > next_field
+                || next_field > struct_size
             {
                 let span = s.offset.as_ref().map_or(s.buffer.span(), Spanned::span);
                 return Err(cx.err(
@@ -870,7 +1043,7 @@ fn buffer(
                     format!(
                         "the field [{offset}, {}) must start 8-byte aligned and fit before next_field \
                          ({next_field}) inside the structure ({struct_size} bytes, at most 8 KiB)",
-                        offset + field_size
+                        offset.saturating_add(field_size)
                     ),
                 ));
             }
@@ -894,7 +1067,10 @@ fn buffer(
                     "must be a power of two from 8 to 4096",
                 ));
             }
-            if headroom + size.1 + tail > 16 * 1024 || in_flight > 4096 {
+            let fragment = headroom
+                .checked_add(size.1)
+                .and_then(|b| b.checked_add(tail));
+            if fragment.is_none_or(|b| b > 16 * 1024) || in_flight > 4096 {
                 let span = s.tail.as_ref().map_or(s.buffer.span(), Spanned::span);
                 return Err(cx.err(
                     span,

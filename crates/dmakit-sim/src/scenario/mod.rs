@@ -9,6 +9,7 @@
 //! - [`churn`]: background kmalloc traffic shaped like a real `/proc/slabinfo`;
 //! - [`drivers`]: where drivers put their DMA buffers (kmalloc objects, structure fields,
 //!   page fragments, pages);
+//! - [`input`]: input files read with a size limit;
 //! - [`iommu`]: the machine's IOMMU in front of the devices a scenario puts behind it;
 //! - [`frames`]: noncontiguous framebuffers a display engine behind the IOMMU scans out;
 //! - [`sites`]: a distinct call site per transfer pattern, for the mapper's statistics;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod drivers;
 pub mod frames;
 pub mod heap;
+pub mod input;
 pub mod iommu;
 pub mod model;
 pub mod policy;

@@ -56,6 +56,9 @@ pub struct RunOptions {
 /// Why a run could not be done.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunError {
+    /// An input the scenario names (its slabinfo file) cannot be read or parsed; the text
+    /// names the file and what is wrong.
+    Input(String),
     /// The scenario describes a machine that cannot work; the text explains why.
     Impossible(String),
     /// The model or the allocator refused something during the run.
@@ -65,6 +68,7 @@ pub enum RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            RunError::Input(m) => f.write_str(m),
             RunError::Impossible(m) => write!(f, "impossible machine: {m}"),
             RunError::Model(m) => write!(f, "simulation failed: {m}"),
         }
@@ -103,16 +107,18 @@ fn knobs(burst: (u64, u64)) -> TransferKnobs {
 /// `progress` counts transfers done across all of them.
 ///
 /// # Errors
-/// The first [`RunError`] of any policy, or a bad slabinfo.
+/// The first [`RunError`] of any policy, or [`RunError::Input`] for a slabinfo file that
+/// cannot be read (missing, larger than
+/// [`MAX_SLABINFO_BYTES`](crate::scenario::input::MAX_SLABINFO_BYTES), not UTF-8) or parsed.
 pub fn simulate(
     sc: &Scenario,
     policies: &[Policy],
     opts: &RunOptions,
     progress: &AtomicU64,
 ) -> Result<SimulationReport, RunError> {
-    let (text, origin) = load_slabinfo(&sc.churn.slabinfo).map_err(RunError::Impossible)?;
+    let (text, origin) = load_slabinfo(&sc.churn.slabinfo).map_err(RunError::Input)?;
     let sizes = SizeDistribution::from_slabinfo(&text)
-        .map_err(|e| RunError::Impossible(format!("{origin}: {e}")))?;
+        .map_err(|e| RunError::Input(format!("{origin}: {e}")))?;
     let results: Vec<Result<PolicyReport, RunError>> = std::thread::scope(|s| {
         let handles: Vec<_> = policies
             .iter()

@@ -15,6 +15,10 @@
 //!
 //! Blank lines are skipped. Anything else is an error naming the (1-based) line and what is
 //! wrong with it.
+//!
+//! Counts are bounded so that the memory figures derived from them fit 64 bits: every
+//! count, the objects of all caches together and the pages of all slabs together are at
+//! most [`MAX_SLABINFO_COUNT`] (2^40, far beyond any machine).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -79,7 +83,14 @@ pub enum SlabinfoErrorKind {
     },
     /// The counts contradict each other (e.g. more active than total objects).
     Inconsistent(&'static str),
+    /// A count, or the total of a count over all lines, exceeds [`MAX_SLABINFO_COUNT`]
+    /// (what exceeds it).
+    TooLarge(&'static str),
 }
+
+/// Largest count a slabinfo may hold: per field, for the live objects of all caches
+/// together and for the pages of all slabs together (2^40).
+pub const MAX_SLABINFO_COUNT: u64 = 1 << 40;
 
 /// A malformed `/proc/slabinfo` input: which line and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +125,9 @@ impl fmt::Display for SlabinfoError {
                 )
             }
             SlabinfoErrorKind::Inconsistent(what) => write!(f, "inconsistent counts: {what}"),
+            SlabinfoErrorKind::TooLarge(what) => {
+                write!(f, "{what} exceeds {MAX_SLABINFO_COUNT} (2^40)")
+            }
         }
     }
 }
@@ -144,8 +158,9 @@ const SEPARATORS: [(usize, &str); 4] = [(6, ":"), (7, "tunables"), (11, ":"), (1
 /// # Errors
 /// The first malformed line, as a [`SlabinfoError`] with its 1-based number: no header or
 /// another version, a field count other than 16, a wrong separator, a non-numeric count,
-/// or counts that contradict each other (`active_objs > num_objs`,
-/// `active_slabs > num_slabs`, objects in a cache with zero objects or pages per slab).
+/// counts that contradict each other (`active_objs > num_objs`,
+/// `active_slabs > num_slabs`, objects in a cache with zero objects or pages per slab), or
+/// counts beyond [`MAX_SLABINFO_COUNT`] (on the line that takes a total past it).
 pub fn parse_slabinfo(text: &str) -> Result<Vec<SlabinfoRow<'_>>, SlabinfoError> {
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     let (n, header) = lines.next().ok_or(SlabinfoError {
@@ -167,12 +182,30 @@ pub fn parse_slabinfo(text: &str) -> Result<Vec<SlabinfoRow<'_>>, SlabinfoError>
         });
     }
     let mut rows = Vec::new();
+    let (mut objects, mut pages) = (0u64, 0u64);
     for (n, line) in lines {
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
-        rows.push(parse_row(n, t).map_err(|kind| SlabinfoError { line: n, kind })?);
+        let row = parse_row(n, t).map_err(|kind| SlabinfoError { line: n, kind })?;
+        // Each term is at most 2^40 (parse_row), so the sums cannot overflow.
+        objects += row.active_objs;
+        pages += row.num_slabs * row.pagesperslab;
+        let total = if objects > MAX_SLABINFO_COUNT {
+            Some("the live objects of all caches")
+        } else if pages > MAX_SLABINFO_COUNT {
+            Some("the pages of all slabs")
+        } else {
+            None
+        };
+        if let Some(what) = total {
+            return Err(SlabinfoError {
+                line: n,
+                kind: SlabinfoErrorKind::TooLarge(what),
+            });
+        }
+        rows.push(row);
     }
     Ok(rows)
 }
@@ -205,6 +238,9 @@ fn parse_row(line: usize, text: &str) -> Result<SlabinfoRow<'_>, SlabinfoErrorKi
                 field,
                 found: fields[i].to_string(),
             })?;
+        if v[i] > MAX_SLABINFO_COUNT {
+            return Err(SlabinfoErrorKind::TooLarge(field));
+        }
     }
     let row = SlabinfoRow {
         line,
@@ -236,5 +272,68 @@ fn parse_row(line: usize, text: &str) -> Result<SlabinfoRow<'_>, SlabinfoErrorKi
             "objects in a cache with zero objects or pages per slab",
         ));
     }
+    // Both factors are at most 2^40: the product fits 128 bits.
+    if u128::from(row.num_slabs) * u128::from(row.pagesperslab) > u128::from(MAX_SLABINFO_COUNT) {
+        return Err(SlabinfoErrorKind::TooLarge("num_slabs * pagesperslab"));
+    }
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    fn row(active: u64, slabs: u64, pages: u64) -> String {
+        format!("kmalloc-64 {active} {active} 64 64 {pages} : tunables 0 0 0 : slabdata {slabs} {slabs} 0\n")
+    }
+
+    fn kind(text: &str) -> (usize, SlabinfoErrorKind) {
+        let e = parse_slabinfo(text).unwrap_err();
+        (e.line, e.kind)
+    }
+
+    #[test]
+    fn counts_at_the_limit_parse_and_one_past_it_does_not() {
+        let head = "slabinfo - version: 2.1\n";
+        let at = format!("{head}{}", row(MAX_SLABINFO_COUNT, 1, 1));
+        assert_eq!(
+            parse_slabinfo(&at).unwrap()[0].active_objs,
+            MAX_SLABINFO_COUNT
+        );
+        let past = format!("{head}{}", row(MAX_SLABINFO_COUNT + 1, 1, 1));
+        assert_eq!(kind(&past), (2, SlabinfoErrorKind::TooLarge("active_objs")));
+        let max = format!("{head}{}", row(u64::MAX, 1, 1));
+        assert_eq!(kind(&max), (2, SlabinfoErrorKind::TooLarge("active_objs")));
+    }
+
+    #[test]
+    fn totals_past_the_limit_are_refused_on_the_line_that_crosses_it() {
+        let head = "slabinfo - version: 2.1\n";
+        let half = MAX_SLABINFO_COUNT / 2;
+        let objs = format!(
+            "{head}{}{}{}",
+            row(half, 1, 1),
+            row(half, 1, 1),
+            row(1, 1, 1)
+        );
+        assert_eq!(
+            kind(&objs),
+            (
+                4,
+                SlabinfoErrorKind::TooLarge("the live objects of all caches")
+            )
+        );
+        let product = format!("{head}{}", row(1, 1 << 21, 1 << 20));
+        assert_eq!(
+            kind(&product),
+            (2, SlabinfoErrorKind::TooLarge("num_slabs * pagesperslab"))
+        );
+        let pages = format!("{head}{}{}", row(1, 1 << 20, 1 << 20), row(1, 1, 1));
+        assert_eq!(
+            kind(&pages),
+            (3, SlabinfoErrorKind::TooLarge("the pages of all slabs"))
+        );
+        assert!(parse_slabinfo(&format!("{head}{}", row(1, 1 << 20, 1 << 20))).is_ok());
+    }
 }
