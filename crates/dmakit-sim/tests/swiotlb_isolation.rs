@@ -101,6 +101,16 @@ fn a_faulted_bounce_leaves_every_pool_as_it_was() {
     }
 }
 
+/// 11b for scatter-gather: a `map_sg` whose second buffer faults gives the first
+/// buffer's bounce back without a trace in the pool's usage, high-water included.
+#[test]
+fn a_failed_sg_list_leaves_the_pool_as_it_was() {
+    let r = failed_sg();
+    assert!(matches!(r.error, Err(DmaError::Memory(_))), "{r:?}");
+    assert_eq!(r.before.live, 1, "{r:?}");
+    assert_eq!(r.after, r.before);
+}
+
 /// 11e: a `min_align_mask` the pool's segments cannot honour is an explicit error naming
 /// the mask and the largest the pool supports, not `TooLargeToBounce { max: 0 }`; a mask
 /// the pool honours reports the largest length it can bounce for that device, never 0.

@@ -88,6 +88,15 @@ fn failed_bounce_raises_high_water_on_every_backend() {
 }
 
 #[test]
+fn failed_sg_list_unmapped_keeps_its_rise_of_the_high_water_mark() {
+    let _g = put_back(Some(Defect::SgUnwindKeepsHighWater));
+    let r = failed_sg();
+    assert!(matches!(r.error, Err(DmaError::Memory(_))), "{r:?}");
+    assert_eq!((r.after.used, r.after.live), (r.before.used, r.before.live));
+    assert!(r.after.high_water > r.before.high_water, "{r:?}");
+}
+
+#[test]
 fn too_large_reports_zero_for_an_unsupported_mask() {
     let _g = put_back(Some(Defect::TooLargeReportsZero));
     let r = align_beyond_segment(0xffff);

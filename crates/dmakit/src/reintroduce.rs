@@ -49,6 +49,9 @@ pub enum Defect {
     HugeRangeAccepted,
     /// 11b: a bounce that failed (memory fault) still raises the pool's high-water mark.
     FailedBounceRaisesHighWater,
+    /// 11b (scatter-gather): a `map_sg` that fails part-way gives its bounced segments back
+    /// by unmapping them, which keeps their rise of the pool's high-water mark.
+    SgUnwindKeepsHighWater,
     /// 11c: `dma_bits` above 64 is accepted.
     DmaBitsAbove64Accepted,
     /// 11d: `unmap_sg(&[])` answers differently on the direct and IOMMU paths.
@@ -153,7 +156,7 @@ pub const fn active(_d: Defect) -> bool {
 
 impl Defect {
     /// Every defect, in finding order.
-    pub const ALL: [Defect; 25] = [
+    pub const ALL: [Defect; 26] = [
         Defect::LeadInSlotsFreed,
         Defect::CheckerForgetsBeforeValidation,
         Defect::IommuSgUncounted,
@@ -170,6 +173,7 @@ impl Defect {
         Defect::SubGranuleAllocNotRounded,
         Defect::HugeRangeAccepted,
         Defect::FailedBounceRaisesHighWater,
+        Defect::SgUnwindKeepsHighWater,
         Defect::DmaBitsAbove64Accepted,
         Defect::EmptyUnmapSgInconsistent,
         Defect::TooLargeReportsZero,

@@ -633,3 +633,38 @@ pub fn align_beyond_segment(mask: u64) -> Result<DmaAddr, DmaError> {
     }
     r
 }
+
+/// 11b for scatter-gather: with one bounce live (so the pool has a mark to keep), a list
+/// whose first buffer bounces and whose second faults in its bounce copy must leave the
+/// pool as it was, high-water included: the first segment is given back, not unmapped.
+pub fn failed_sg() -> FaultedBounce {
+    let x = mixed(17);
+    let mapper = x.mapper();
+    let dev = x.bouncer(2);
+    let buf = page(&x.m).add(8);
+    stamp(&x.m, buf, 3000, OTHER, 1);
+    let live = mapper.map(&dev, buf, 100, Direction::ToDevice).unwrap();
+    let before = x.pool.usage();
+    let entries = [
+        dmakit::SgEntry {
+            phys: buf.add(200),
+            len: 2500,
+        },
+        dmakit::SgEntry {
+            phys: PhysAddr::new(HOLE),
+            len: 9000,
+        },
+    ];
+    let error = mapper
+        .map_sg(&dev, &entries, Direction::ToDevice)
+        .map(|segs| segs[0].dma);
+    let after = x.pool.usage();
+    mapper.unmap(&dev, live, 100, Direction::ToDevice).unwrap();
+    assert_eq!(x.pool.usage().live, 0);
+    FaultedBounce {
+        before,
+        after,
+        error,
+        backend: x.pool.name(),
+    }
+}

@@ -10,6 +10,7 @@ use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::debug::checker::Unmapping;
 use crate::debug::{LiveMapping, MappingFamily};
 use crate::device::Device;
+use crate::direct;
 use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu;
@@ -211,12 +212,33 @@ impl<P: Platform> DmaMapper<P> {
         first
     }
 
+    /// Gives back the segments a failing `map_sg` already mapped. The device never saw the
+    /// list, so nothing was transferred: a bounce is abandoned (no copy back, and the pool's
+    /// usage and high-water mark are as before the call); a direct segment gets the unmap
+    /// maintenance of its direction.
     fn unwind(&self, dev: &Device, mapped: &[DmaSegment], dir: Direction) {
+        let mut freed = false;
         for s in mapped {
             // These segments were mapped by this call with these exact arguments.
-            let undone = checked_range(dev, s.dma.as_u64(), s.len)
-                .and_then(|range| self.unmap_range(dev, s.dma, range, dir));
-            debug_assert!(undone.is_ok());
+            let Ok(range) = checked_range(dev, s.dma.as_u64(), s.len) else {
+                debug_assert!(false, "a segment this call mapped is a valid range");
+                continue;
+            };
+            if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
+                let _ = self.unmap_range(dev, s.dma, range, dir);
+                continue;
+            }
+            match self.backend_owning(s.dma) {
+                Some(backend) => {
+                    let undone = backend.abandon(PhysAddr::new(s.dma.as_u64()));
+                    debug_assert!(undone.is_some());
+                    freed = true;
+                }
+                None => direct::unmap(&self.platform, dev, range, dir),
+            }
+        }
+        if freed {
+            self.room_freed();
         }
     }
 }
