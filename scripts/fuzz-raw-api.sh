@@ -28,10 +28,15 @@ mkdir -p fuzz/corpus/raw_api fuzz/artifacts/raw_api
 cd fuzz
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+jobs=()
+if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then
+  # libFuzzer's fork-less parallel mode: each job logs to fuzz-N.log, printed at its end.
+  jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS")
+fi
 status=0
 cargo +nightly fuzz run raw_api corpus/raw_api seeds/raw_api -- \
   -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
-  -jobs="${FUZZ_JOBS:-1}" -workers="${FUZZ_JOBS:-1}" -print_final_stats=1 2>&1 | tee "$log" || status=$?
+  -print_final_stats=1 "${jobs[@]}" 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
 
 crash="$(grep -oE 'artifacts/raw_api/[a-z]+-[0-9a-f]+' "$log" | head -n1 || true)"
 if [ "$status" -ne 0 ] || [ -n "$crash" ]; then

@@ -72,10 +72,10 @@ fn every_device_round_trips() {
     run(true, ops);
 }
 
-/// Defect: the SWIOTLB pool does not reserve a `min_align_mask` bounce's lead-in,
-/// although the `BounceBackend` contract says it belongs to the bounce (the IOMMU path
-/// relies on it to give untrusted devices whole granules): a force-bounced mapping is
-/// placed inside the 3 KiB lead-in of a live min-align bounce.
+/// Defect (issue 11, finding 1, `LeadInSlotsFreed`): the SWIOTLB pool does not reserve a
+/// `min_align_mask` bounce's lead-in, although the `BounceBackend` contract says it belongs
+/// to the bounce (the IOMMU path relies on it to give untrusted devices whole granules): a
+/// force-bounced mapping is placed inside the 0xbc8-byte lead-in of a live min-align bounce.
 #[test]
 #[ignore = "known defect: the pool hands out a min_align_mask bounce's lead-in"]
 fn min_align_lead_in_is_reserved() {
@@ -90,8 +90,9 @@ fn min_align_lead_in_is_reserved() {
     );
 }
 
-/// Defect: a map that fails after the pool reserved room (here the bounce copy faults,
-/// the buffer running past the end of memory) leaves the pool's high-water mark raised.
+/// Defect (issue 11, finding 11b, `FailedBounceRaisesHighWater`): a map that fails after
+/// the pool reserved room (here the bounce copy faults, the buffer running past the end of
+/// memory) leaves the pool's high-water mark raised.
 #[test]
 #[ignore = "known defect: a failed map raises the pool's high-water mark"]
 fn failed_map_keeps_high_water() {
@@ -107,8 +108,9 @@ fn failed_map_keeps_high_water() {
     );
 }
 
-/// Defect: a 32-bit device mapping from CPU 1, whose pool area lies above 4 GiB, is
-/// refused with `NoBouncePool`, although the pool's other area, below 4 GiB, is empty.
+/// Defect (issue 11, finding 6, `MaskLimitedNoGrowth`): a 32-bit device mapping from CPU 1,
+/// whose pool area lies above 4 GiB, is refused with `NoBouncePool`, although the pool's
+/// other area, below 4 GiB, is empty.
 #[test]
 #[ignore = "known defect: a 32-bit device is refused while reachable pool room is free"]
 fn dma32_finds_reachable_room() {
