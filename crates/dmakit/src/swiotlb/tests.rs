@@ -658,13 +658,19 @@ fn lookups_without_the_directory_fall_back_to_the_stripes() {
     pool.check().unwrap();
 }
 
+/// Most steps of a random-traffic case under Miri.
+const MIRI_STEPS: usize = 40;
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    // Under Miri, PROPTEST_CASES cases (scripts/miri.sh asks for a few) of at most
+    // MIRI_STEPS steps: there, 4 cases of up to 300 steps, each checking the whole pool,
+    // take 490 s.
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { ProptestConfig::default().cases } else { 200 }))]
     /// Random traffic over several areas: every internal invariant holds after each step
     /// (cached runs disjoint from live and free ones, counters equal to the tables,
     /// allowances within the mark), and an exhausted pool has no cached run left.
     #[test]
-    fn caches_and_counters_keep_the_invariants(ops in proptest::collection::vec((0usize..4, 1u64..700, 0u32..3, 0usize..64, any::<bool>()), 1..300)) {
+    fn caches_and_counters_keep_the_invariants(ops in proptest::collection::vec((0usize..4, 1u64..700, 0u32..3, 0usize..64, any::<bool>()), 1..if cfg!(miri) { MIRI_STEPS } else { 300 })) {
         let pool: Pool<u32> = Pool::with_region(cfg(64, 16, 4), PhysAddr::new(0x3000), 4 * 1024).unwrap();
         let mut live: Vec<Bounce> = Vec::new();
         let mut high = 0;
