@@ -18,3 +18,24 @@ fn every_invariant_holds_under_any_mix_of_devices() {
     }
     assert!(out.ops > 0, "the budget ran no operation");
 }
+
+/// What the fuzzer finds on the code as it is: the first failure of every invariant within
+/// the budget, each shrunk. `DMAKIT_FUZZ_SURVEY=1 cargo test -p dmakit-sim --test
+/// fuzz_isolation -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn survey_prints_every_invariant_that_fails() {
+    let mut b = fuzz::Budget::from_env(60.0);
+    b.shrink_seconds = 5.0;
+    let (seen, cases, ops) = fuzz::survey(b);
+    eprintln!("survey: {cases} cases, {ops} operations");
+    for s in &seen {
+        eprintln!(
+            "{:40} seed {:5} step {:4} ops {:8} {:6.1} s  {}",
+            s.invariant, s.seed, s.step, s.ops_to_find, s.seconds, s.detail
+        );
+        for (i, op) in s.shrunk.iter().enumerate() {
+            eprintln!("      {i:3}: {op:?}");
+        }
+    }
+}

@@ -69,6 +69,8 @@ pub struct State {
     fault_buf: (PhysAddr, u64),
     /// The 64 KiB buffer for the coherent pool.
     big: usize,
+    /// The buffer larger than any bounce.
+    huge: usize,
     live: Vec<(Live, DmaAddr)>,
     pending: Vec<Pending>,
     fired: Fired,
@@ -95,7 +97,7 @@ impl State {
         // Two arenas (below and above 4 GiB), each a 64 KiB page of packed kmalloc-style
         // objects and 64 KiB of larger, partly aligned buffers.
         for (lo, hi) in [(32 << 20, rig::BELOW_4G), (4 * GIB + (64 << 20), u64::MAX)] {
-            let base = rig::pages(&rig.m, 192 * KIB, lo, hi);
+            let base = rig::pages(&rig.m, 384 * KIB, lo, hi);
             let base = PhysAddr::new(base.as_u64().next_multiple_of(64 * KIB));
             let mut at = 0u64;
             const SIZES: [u64; 12] = [8, 13, 24, 31, 64, 100, 128, 200, 512, 1000, 1536, 3000];
@@ -114,7 +116,15 @@ impl State {
             bufs.push((big.add(32 * KIB + 8), 8 * KIB - 16));
             bufs.push((big.add(48 * KIB), 4096));
             bufs.push((big.add(52 * KIB + 0x900), 13));
+            // Larger buffers: 32-bit devices fill the low pool region with them.
+            for j in 0..6 {
+                bufs.push((big.add(64 * KIB + j * 32 * KIB + 8 * (j % 2)), 32 * KIB - 16));
+            }
         }
+        // Larger than any bounce can be.
+        let hbase = rig::pages(&rig.m, 2 * SEGMENT, 32 << 20, rig::BELOW_4G);
+        bufs.push((hbase.add(8), SEGMENT + 4096));
+        let huge = bufs.len() - 1;
         let bigbase = rig::pages(&rig.m, 128 * KIB, 32 << 20, rig::BELOW_4G);
         bufs.push((bigbase.add(8), COHERENT_BYTES - 8));
         let big = bufs.len() - 1;
@@ -142,6 +152,7 @@ impl State {
             bufs,
             fault_buf: (PhysAddr::new(3 * GIB + 0x40), 100),
             big,
+            huge,
             live: Vec::new(),
             pending: Vec::new(),
             fired: Arc::new(Mutex::new(Vec::new())),
@@ -177,7 +188,11 @@ impl State {
     }
 
     fn idle(&self, buf: u16) -> Option<usize> {
-        let b = buf as usize % self.bufs.len();
+        let b = if buf == super::ops::HUGE {
+            self.huge
+        } else {
+            buf as usize % self.bufs.len()
+        };
         (!self.bufs[b].busy).then_some(b)
     }
 
@@ -432,7 +447,10 @@ impl State {
                     cancelled: false,
                 });
                 let lead = phys.as_u64() & d.dev.min_align_mask();
-                if !self.through_iommu(i) && lead + len > SEGMENT {
+                // It must bounce: forced, or an inbound buffer whose first line is shared.
+                let must_bounce = d.dev.force_bounce()
+                    || (!d.dev.is_coherent() && dir.device_writes() && phys.as_u64() % d.dev.cache_line() != 0);
+                if !self.through_iommu(i) && must_bounce && lead + len > SEGMENT {
                     return fail(
                         "too-large-deferred",
                         format!("{}: {len} bytes can never bounce (segment {SEGMENT}) but were deferred", d.dev.name()),
@@ -440,10 +458,14 @@ impl State {
                 }
                 if !queued_same_pool {
                     // Nothing waits ahead of it for the same pool: a plain map must fail too.
-                    if let Ok(dma) = self.rig.mapper(&d).map(&d.dev, phys, len, dir) {
+                    if let Ok((dma, path)) = self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir) {
                         let _ = self.rig.mapper(&d).unmap(&d.dev, dma, len, dir);
                         return fail(
-                            "deferred-with-room",
+                            if matches!(path, dmakit::MapPath::Bounced { .. }) {
+                                "deferred-behind-another-pool"
+                            } else {
+                                "deferred-without-bounce"
+                            },
                             format!(
                                 "{}: {len} bytes at {phys} deferred ({} waiting in all), yet a plain map succeeds",
                                 d.dev.name(),
@@ -781,7 +803,7 @@ impl State {
         let before = check::usages(&self.rig);
         let r = self.rig.mapper(&d).unmap(&d.dev, a, n, dr);
         if r.is_ok() {
-            return fail("invalid-call-accepted", format!("{}: {kind:?} unmap ({a}, {n}, {}) returned Ok", d.dev.name(), dr.name()));
+            return fail("invalid-unmap-accepted", format!("{}: {kind:?} unmap ({a}, {n}, {}) returned Ok", d.dev.name(), dr.name()));
         }
         check::pools_unchanged(&before, &check::usages(&self.rig), &format!("{kind:?} unmap"))
     }
@@ -795,7 +817,13 @@ impl State {
         let name = d.dev.name();
         let must_fail = |r: bool, what: &str| {
             if r {
-                fail("invalid-call-accepted", format!("{name}: {what} returned Ok"))
+                fail(
+                    match kind {
+                        Invalid::Huge => "huge-range-accepted",
+                        _ => "invalid-call-accepted",
+                    },
+                    format!("{name}: {what} returned Ok"),
+                )
             } else {
                 Ok(())
             }
@@ -838,7 +866,7 @@ impl State {
             }
             Invalid::DmaBits65 => {
                 if Device::builder(DeviceId(99), "bits65").dma_bits(65).build().is_ok() {
-                    return fail("invalid-call-accepted", "dma_bits(65) was accepted");
+                    return fail("dma-bits-65-accepted", "dma_bits(65) was accepted");
                 }
             }
             Invalid::NearTop => {
@@ -862,7 +890,11 @@ impl State {
     }
 
     fn release(&mut self, i: usize) -> Checked {
-        self.unmap_all_of(i)?;
+        // Unmapping may complete the device's own deferred requests: unmap those too.
+        while self.live.iter().any(|(l, _)| l.dev == i) {
+            self.unmap_all_of(i)?;
+            self.drain_callbacks()?;
+        }
         self.checker_quiet("unmapping before a release")?;
         let d = self.dev(i);
         for p in self.pending.iter_mut().filter(|p| p.dev == i) {
@@ -888,7 +920,9 @@ impl State {
         };
         self.grown += 1;
         let bytes = req.min_bytes.max(rig::GROW_BYTES).next_multiple_of(SEGMENT);
-        match self.rig.m.alloc_pages_between(bytes / 4096, 16 << 20, req.max_addr) {
+        // A grower that prefers memory above 4 GiB where the request allows it.
+        let high = self.rig.m.alloc_pages_between(bytes / 4096, 4 * GIB, req.max_addr);
+        match high.or_else(|| self.rig.m.alloc_pages_between(bytes / 4096, 16 << 20, req.max_addr)) {
             Some(base) => {
                 let _ = self.rig.swiotlb[pool].add_region(base, bytes);
             }
@@ -981,18 +1015,18 @@ impl State {
         match self.rig.mapper(&d).map(&d.dev, phys, len, Direction::ToDevice) {
             Ok(dma) => {
                 let _ = self.rig.mapper(&d).unmap(&d.dev, dma, len, Direction::ToDevice);
-                fail("invalid-call-accepted", format!("{}: a bounce of memory outside RAM ({phys}) mapped", d.dev.name()))
+                fail("fault-map-accepted", format!("{}: a bounce of memory outside RAM ({phys}) mapped", d.dev.name()))
             }
             Err(_) => self.failed_left_pools(&before, nfired, &format!("faulting bounce by {}", d.dev.name())),
         }
     }
 
-    fn big_coherent(&mut self) -> Checked {
+    fn big_coherent(&mut self, second: bool) -> Checked {
         let b = self.big;
         if self.bufs[b].busy {
             return Ok(());
         }
-        self.map(8, b, Direction::FromDevice)
+        self.map(if second { 16 } else { 8 }, b, Direction::FromDevice)
     }
 
     fn churn(&mut self, i: usize, n: u8) -> Checked {
@@ -1098,7 +1132,7 @@ impl State {
             Op::Detach { dev } => self.detach(dev as usize % nd)?,
             Op::AllocDma { unit, pages } => self.alloc_dma(unit, pages)?,
             Op::FaultMap { dev } => self.fault_map(dev)?,
-            Op::BigCoherent => self.big_coherent()?,
+            Op::BigCoherent { second } => self.big_coherent(second)?,
             Op::Churn { dev, n } => self.churn(dev as usize % nd, n)?,
         }
         self.drain_callbacks()?;

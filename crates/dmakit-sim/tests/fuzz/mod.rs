@@ -34,7 +34,8 @@
 //! Environment: `DMAKIT_FUZZ_SECONDS` (wall-time budget, default 60), `DMAKIT_FUZZ_OPS`
 //! (operation budget), `DMAKIT_FUZZ_SEED` (first case seed; a failure prints the seed that
 //! replays it), `DMAKIT_FUZZ_WITHOUT` (comma-separated operation classes to leave out, e.g.
-//! `Defer,Detach`).
+//! `Defer,Detach`), `DMAKIT_FUZZ_DEVICES` (comma-separated device indices of the rig that
+//! operations may name, e.g. `2,5,8`).
 
 #![allow(dead_code)]
 
@@ -53,8 +54,7 @@ use shrink::CaseFailure;
 
 /// Operations per case.
 pub const OPS_PER_CASE: usize = 300;
-/// The rig's device and buffer counts the generator draws from (indices wrap).
-const DEVICES: u8 = 16;
+/// The buffer count the generator draws from (indices wrap).
 const BUFFERS: u16 = 256;
 /// A case that takes longer than this has hung.
 pub const CASE_LIMIT: Duration = Duration::from_secs(20);
@@ -66,6 +66,8 @@ pub struct Budget {
     pub seconds: f64,
     pub ops: u64,
     pub classes: Classes,
+    /// Device indices operations may name (all of them by default).
+    pub devices: &'static [u8],
     /// How long shrinking may take.
     pub shrink_seconds: f64,
 }
@@ -83,7 +85,17 @@ impl Budget {
                 }
             }
         }
+        let devices: &'static [u8] = match std::env::var("DMAKIT_FUZZ_DEVICES") {
+            Ok(v) => Vec::leak(
+                v.split(',')
+                    .map(|d| d.trim().parse::<u8>().expect("DMAKIT_FUZZ_DEVICES: device indices"))
+                    .filter(|&d| (d as usize) < ALL_DEVICES.len())
+                    .collect(),
+            ),
+            Err(_) => &ALL_DEVICES,
+        };
         Budget {
+            devices,
             first_seed: num("DMAKIT_FUZZ_SEED").map_or(1, |s| s as u64),
             seconds: num("DMAKIT_FUZZ_SECONDS").unwrap_or(default_seconds),
             ops: num("DMAKIT_FUZZ_OPS").map_or(u64::MAX, |n| n as u64),
@@ -151,8 +163,11 @@ pub fn options(seed: u64) -> RigOptions {
     }
 }
 
-pub fn case_ops(seed: u64, classes: Classes) -> Vec<Op> {
-    ops::generate(seed, OPS_PER_CASE, DEVICES, BUFFERS, classes)
+/// Every device of the rig.
+pub const ALL_DEVICES: [u8; 17] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+
+pub fn case_ops(seed: u64, b: &Budget) -> Vec<Op> {
+    ops::generate(seed, OPS_PER_CASE, b.devices, BUFFERS, b.classes)
 }
 
 /// Runs cases from `b.first_seed` on until one fails or the budget is spent.
@@ -162,7 +177,7 @@ pub fn run(b: Budget) -> Outcome {
     let mut cases = 0u64;
     let mut seed = b.first_seed;
     while start.elapsed().as_secs_f64() < b.seconds && done < b.ops {
-        let mut ops = case_ops(seed, b.classes);
+        let mut ops = case_ops(seed, &b);
         let left = (b.ops - done).min(ops.len() as u64) as usize;
         ops.truncate(left);
         let o = options(seed);
@@ -195,4 +210,55 @@ pub fn run(b: Budget) -> Outcome {
         seconds: start.elapsed().as_secs_f64(),
         finding: None,
     }
+}
+
+/// One invariant's first failure in a survey.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub invariant: &'static str,
+    pub seed: u64,
+    pub step: usize,
+    pub ops_to_find: u64,
+    pub seconds: f64,
+    pub detail: String,
+    pub shrunk: Vec<Op>,
+}
+
+/// Runs cases for the whole budget, a failing case ending at its first violation, and
+/// records the first failure of every invariant (shrunk within `b.shrink_seconds` each):
+/// what the fuzzer finds on the code as it is.
+pub fn survey(b: Budget) -> (Vec<Seen>, u64, u64) {
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut cases = 0u64;
+    let mut seed = b.first_seed;
+    let mut seen: Vec<Seen> = Vec::new();
+    while start.elapsed().as_secs_f64() < b.seconds && done < b.ops {
+        let ops = case_ops(seed, &b);
+        let o = options(seed);
+        cases += 1;
+        match shrink::run_watched(o, &ops, CASE_LIMIT) {
+            Ok(()) => done += ops.len() as u64,
+            Err(f) => {
+                let at = done + f.step as u64 + 1;
+                done = at;
+                if !seen.iter().any(|s| s.invariant == f.violation.invariant) {
+                    let secs = start.elapsed().as_secs_f64();
+                    let (shrunk, _) =
+                        shrink::shrink(o, &ops, &f, CASE_LIMIT, Duration::from_secs_f64(b.shrink_seconds));
+                    seen.push(Seen {
+                        invariant: f.violation.invariant,
+                        seed,
+                        step: f.step,
+                        ops_to_find: at,
+                        seconds: secs,
+                        detail: f.violation.detail.clone(),
+                        shrunk,
+                    });
+                }
+            }
+        }
+        seed += 1;
+    }
+    (seen, cases, done)
 }

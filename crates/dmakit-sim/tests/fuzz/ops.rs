@@ -135,8 +135,9 @@ pub enum Op {
     AllocDma { unit: u8, pages: bool },
     /// Maps the buffer outside RAM on a device that must bounce it: the copy faults.
     FaultMap { dev: u8 },
-    /// 64 KiB through the coherent pool (it fits a fully free pool).
-    BigCoherent,
+    /// 64 KiB through the coherent pool (it fits a fully free pool), by one of the two
+    /// devices that use it.
+    BigCoherent { second: bool },
     /// `n` map/unmap pairs on a device (lazy domains park their bounces).
     Churn { dev: u8, n: u8 },
 }
@@ -144,7 +145,7 @@ pub enum Op {
 impl Op {
     pub fn class(&self) -> Class {
         match self {
-            Op::Map { .. } | Op::Unmap { .. } | Op::CpuTouch { .. } | Op::BigCoherent => {
+            Op::Map { .. } | Op::Unmap { .. } | Op::CpuTouch { .. } | Op::BigCoherent { .. } => {
                 Class::Map
             }
             Op::MapOrDefer { .. } | Op::Retry => Class::Defer,
@@ -165,6 +166,9 @@ impl Op {
     }
 }
 
+/// Names the buffer larger than any bounce.
+pub const HUGE: u16 = u16::MAX;
+
 const DIRS: [Direction; 3] = [
     Direction::ToDevice,
     Direction::FromDevice,
@@ -172,7 +176,8 @@ const DIRS: [Direction; 3] = [
 ];
 
 /// Generates `n` operations for a rig of `devices` devices and `buffers` buffers.
-pub fn generate(seed: u64, n: usize, devices: u8, buffers: u16, classes: Classes) -> Vec<Op> {
+/// `devices` lists the device indices operations may name.
+pub fn generate(seed: u64, n: usize, devices: &[u8], buffers: u16, classes: Classes) -> Vec<Op> {
     let mut r = SimRng::new(seed ^ 0x5eed_f0cc);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -184,14 +189,18 @@ pub fn generate(seed: u64, n: usize, devices: u8, buffers: u16, classes: Classes
     out
 }
 
-fn one(r: &mut SimRng, devices: u8, buffers: u16) -> Op {
-    let dev = r.below(devices as u64) as u8;
+fn one(r: &mut SimRng, devices: &[u8], buffers: u16) -> Op {
+    let dev = devices[r.below(devices.len() as u64) as usize];
     let buf = r.below(buffers as u64) as u16;
     let dir = DIRS[r.below(3) as usize];
     let pick = r.next_u64() as u32;
     match r.below(100) {
         0..=21 => Op::Map { dev, buf, dir },
-        22..=27 => Op::MapOrDefer { dev, buf, dir },
+        22..=27 => Op::MapOrDefer {
+            dev,
+            buf: if r.chance(0.1) { HUGE } else { buf },
+            dir,
+        },
         28..=32 => {
             let k = 1 + r.below(3) as usize;
             let bufs = (0..k).map(|_| r.below(buffers as u64) as u16).collect();
@@ -247,10 +256,12 @@ fn one(r: &mut SimRng, devices: u8, buffers: u16) -> Op {
             pages: r.chance(0.5),
         },
         92..=93 => Op::FaultMap { dev },
-        94..=95 => Op::BigCoherent,
+        94..=95 => Op::BigCoherent {
+            second: r.chance(0.5),
+        },
         _ => Op::Churn {
             dev,
-            n: 1 + r.below(24) as u8,
+            n: 1 + r.below(64) as u8,
         },
     }
 }

@@ -243,7 +243,8 @@ impl Rig {
                 hooks[0].clone(),
                 &[(256 * KIB, 16 << 20, BELOW_4G), (512 * KIB, 4 * GIB, u64::MAX)],
             ),
-            swiotlb_pool(&m, hooks[1].clone(), &[(512 * KIB, 16 << 20, BELOW_4G)]),
+            // One segment: 128 parked bounces fill it.
+            swiotlb_pool(&m, hooks[1].clone(), &[(256 * KIB, 16 << 20, BELOW_4G)]),
             swiotlb_pool(&m, hooks[2].clone(), &[(1 << 20, 16 << 20, BELOW_4G)]),
         ];
         let coherent = Arc::new(
@@ -400,7 +401,7 @@ fn device_table() -> Vec<(Device, usize, Behind, &'static str)> {
             b(nc(10, "u-lazy4k", 128).trusted(false).dma_bits(32)),
             0,
             i(0, true),
-            "untrusted, lazy, 4 KiB, 32-bit",
+            "untrusted in a lazy domain (invalidated strictly), 4 KiB, 32-bit",
         ),
         (
             b(nc(11, "t-strict16k", 128)),
@@ -409,10 +410,10 @@ fn device_table() -> Vec<(Device, usize, Behind, &'static str)> {
             "trusted, strict, 16 KiB",
         ),
         (
-            b(nc(12, "u-lazy16k", 64).trusted(false)),
+            b(nc(12, "t-lazy16k", 64)),
             1,
             i(1, true),
-            "untrusted, lazy, 16 KiB",
+            "trusted, lazy, 16 KiB, 64-byte lines",
         ),
         (
             b(nc(13, "u-strict64k", 128).trusted(false)),
@@ -421,16 +422,22 @@ fn device_table() -> Vec<(Device, usize, Behind, &'static str)> {
             "untrusted, strict, 64 KiB",
         ),
         (
-            b(nc(14, "u-lazy64k", 128).trusted(false)),
+            b(nc(14, "t-lazy64k", 128)),
             2,
             i(2, true),
-            "untrusted, lazy, 64 KiB",
+            "trusted, lazy, 64 KiB",
         ),
         (
             b(nc(15, "t-lazy4k", 128).dma_bits(32)),
             0,
             i(0, true),
             "trusted, lazy, 4 KiB, 32-bit",
+        ),
+        (
+            b(nc(16, "cohpool64", 64).bounce_pool(BouncePool::Coherent)),
+            0,
+            n,
+            "bounces through the coherent pool, 64-byte lines",
         ),
     ]
 }

@@ -26,11 +26,19 @@ fn quiet_case_panics() {
     ONCE.call_once(|| {
         let prev = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if thread::current().name() != Some(CASE_THREAD) {
+            if thread::current().name() == Some(CASE_THREAD) {
+                let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+            } else {
                 prev(info);
             }
         }));
     });
+}
+
+thread_local! {
+    /// Where the last panic of this case thread happened.
+    static PANIC_AT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Runs `ops` on a fresh rig, then the final checks. Returns the first violation; a panic
@@ -41,7 +49,7 @@ fn execute(o: RigOptions, ops: &[Op], progress: &AtomicUsize) -> Result<(), Case
         for (i, op) in ops.iter().enumerate() {
             progress.store(i, Ordering::SeqCst);
             st.step(op).map_err(|v| CaseFailure { step: i, violation: v })?;
-            if i % 16 == 15 {
+            if i % 64 == 63 {
                 st.check_idle_buffers()
                     .map_err(|v| CaseFailure { step: i, violation: v })?;
             }
@@ -64,7 +72,7 @@ fn execute(o: RigOptions, ops: &[Op], progress: &AtomicUsize) -> Result<(), Case
                 step: progress.load(Ordering::SeqCst),
                 violation: Violation {
                     invariant: "panic",
-                    detail: msg,
+                    detail: format!("{msg} at {}", PANIC_AT.with(|p| p.borrow().clone())),
                 },
             })
         }
