@@ -33,21 +33,32 @@ pub fn fail<T>(invariant: &'static str, detail: impl Into<String>) -> Result<T, 
 
 /// The pools, in a fixed order: the three SWIOTLB pools, the coherent pool, the transient
 /// pool.
-pub const POOL_NAMES: [&str; 5] = ["swiotlb-0", "swiotlb-1", "swiotlb-2", "coherent", "transient"];
+pub const POOL_NAMES: [&str; 6] = [
+    "swiotlb-0",
+    "swiotlb-1",
+    "swiotlb-2",
+    "coherent",
+    "transient",
+    "swiotlb-3",
+];
+pub const POOLS: usize = 6;
 pub const COHERENT: usize = 3;
 pub const TRANSIENT: usize = 4;
 
-pub fn backends(r: &Rig) -> [&dyn BounceBackend; 5] {
+pub fn backends(r: &Rig) -> [&dyn BounceBackend; POOLS] {
     [
         r.swiotlb[0].as_ref(),
         r.swiotlb[1].as_ref(),
         r.swiotlb[2].as_ref(),
         r.coherent.as_ref(),
-        r.mappers[0].transient().expect("the rig has a transient pool"),
+        r.mappers[0]
+            .transient()
+            .expect("the rig has a transient pool"),
+        r.swiotlb[3].as_ref(),
     ]
 }
 
-pub fn usages(r: &Rig) -> [PoolUsage; 5] {
+pub fn usages(r: &Rig) -> [PoolUsage; POOLS] {
     backends(r).map(|b| b.usage())
 }
 
@@ -59,7 +70,11 @@ pub fn pool_of(r: &Rig, addr: u64) -> Option<usize> {
 
 /// A failed call leaves every pool as it was: the high-water mark exactly, and nothing more
 /// in use or live (a failed map may drain a lazy flush queue, which only frees).
-pub fn pools_unchanged(before: &[PoolUsage; 5], after: &[PoolUsage; 5], what: &str) -> Checked {
+pub fn pools_unchanged(
+    before: &[PoolUsage; POOLS],
+    after: &[PoolUsage; POOLS],
+    what: &str,
+) -> Checked {
     for (i, (b, a)) in before.iter().zip(after).enumerate() {
         if a.high_water != b.high_water || a.used > b.used || a.live > b.live {
             return fail(

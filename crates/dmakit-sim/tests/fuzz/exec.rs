@@ -28,8 +28,13 @@ pub struct Buffer {
 }
 
 enum Kind {
-    Single { buf: usize },
-    Sg { bufs: Vec<usize>, segs: Vec<DmaSegment> },
+    Single {
+        buf: usize,
+    },
+    Sg {
+        bufs: Vec<usize>,
+        segs: Vec<DmaSegment>,
+    },
 }
 
 struct Live {
@@ -92,7 +97,7 @@ fn hostile(dev: DeviceId) -> Owner {
 impl State {
     pub fn new(o: RigOptions) -> State {
         let rig = Rig::new(o);
-        let mut rng = SimRng::new(o.seed ^ 0xb0ff_e75);
+        let mut rng = SimRng::new(o.seed ^ 0x0b0f_fe75);
         let mut bufs = Vec::new();
         // Two arenas (below and above 4 GiB), each a 64 KiB page of packed kmalloc-style
         // objects and 64 KiB of larger, partly aligned buffers.
@@ -103,9 +108,18 @@ impl State {
             const SIZES: [u64; 12] = [8, 13, 24, 31, 64, 100, 128, 200, 512, 1000, 1536, 3000];
             while at < 60 * KIB {
                 let len = SIZES[rng.below(SIZES.len() as u64) as usize];
-                let len = if rng.chance(0.2) { len + rng.below(64) } else { len };
+                let len = if rng.chance(0.2) {
+                    len + rng.below(64)
+                } else {
+                    len
+                };
                 bufs.push((base.add(at), len));
-                at = (at + len).next_multiple_of(8) + if rng.chance(0.3) { 8 * rng.below(40) } else { 0 };
+                at = (at + len).next_multiple_of(8)
+                    + if rng.chance(0.3) {
+                        8 * rng.below(40)
+                    } else {
+                        0
+                    };
                 if bufs.len() % 24 == 0 {
                     at = at.next_multiple_of(4096) + 0x900 * rng.below(2);
                 }
@@ -118,7 +132,10 @@ impl State {
             bufs.push((big.add(52 * KIB + 0x900), 13));
             // Larger buffers: 32-bit devices fill the low pool region with them.
             for j in 0..6 {
-                bufs.push((big.add(64 * KIB + j * 32 * KIB + 8 * (j % 2)), 32 * KIB - 16));
+                bufs.push((
+                    big.add(64 * KIB + j * 32 * KIB + 8 * (j % 2)),
+                    32 * KIB - 16,
+                ));
             }
         }
         // Larger than any bounce can be.
@@ -181,9 +198,10 @@ impl State {
     /// The pool index device `i` bounces into.
     fn pool_for(&self, i: usize) -> usize {
         let d = &self.rig.devices[i];
-        match (d.behind, d.dev.bounce_pool()) {
-            (Behind::Nothing, BouncePool::Coherent) => COHERENT,
-            _ => d.mapper,
+        match (d.behind, d.dev.bounce_pool(), d.mapper) {
+            (Behind::Nothing, BouncePool::Coherent, _) => COHERENT,
+            (_, _, 3) => check::POOLS - 1,
+            (_, _, m) => m,
         }
     }
 
@@ -224,7 +242,11 @@ impl State {
         }
         let a = dma.as_u64();
         if let Some(pool) = check::pool_of(&self.rig, a) {
-            let unit = if pool < COHERENT { SLOT } else { rig::COHERENT_MIN };
+            let unit = if pool == COHERENT || pool == check::TRANSIENT {
+                rig::COHERENT_MIN
+            } else {
+                SLOT
+            };
             let start = (a & !d.dev.min_align_mask()) & !(unit - 1);
             let end = (a + len).next_multiple_of(unit);
             out.push(Footprint {
@@ -239,7 +261,13 @@ impl State {
 
     /// Records a new live mapping, grants it to the device and checks the device can use
     /// it: it reads the buffer (or writes it back unchanged, for a write-only mapping).
-    fn add_live(&mut self, i: usize, dir: Direction, kind: Kind, ranges: &[(DmaAddr, u64)]) -> Checked {
+    fn add_live(
+        &mut self,
+        i: usize,
+        dir: Direction,
+        kind: Kind,
+        ranges: &[(DmaAddr, u64)],
+    ) -> Checked {
         let id = self.next_id;
         self.next_id += 1;
         let mut footprint = Vec::new();
@@ -291,7 +319,11 @@ impl State {
                     (&want[at..at + n], &owners[at..at + n]),
                     "device-sees-wrong-bytes",
                 )?;
-            } else if let Err(e) = self.rig.m.device_write(d.id(), dma, &want[at..at + n], owners[at]) {
+            } else if let Err(e) =
+                self.rig
+                    .m
+                    .device_write(d.id(), dma, &want[at..at + n], owners[at])
+            {
                 return fail(
                     "ok-mapping-unusable",
                     format!("{}: write of {dma} (+{len}) faults: {e}", d.dev.name()),
@@ -341,7 +373,10 @@ impl State {
                 if let Some(r) = reports.first() {
                     return fail(
                         "checker-report-on-valid-call",
-                        format!("mapper {i} after {what}: {} reports, first: {r}", reports.len()),
+                        format!(
+                            "mapper {i} after {what}: {} reports, first: {r}",
+                            reports.len()
+                        ),
                     );
                 }
             }
@@ -350,29 +385,53 @@ impl State {
     }
 
     /// How a refused valid map is judged.
-    fn judge_map_error(&self, i: usize, phys: PhysAddr, len: u64, e: DmaError, before: &[dmakit::bounce::PoolUsage; 5]) -> Checked {
+    fn judge_map_error(
+        &self,
+        i: usize,
+        phys: PhysAddr,
+        len: u64,
+        e: DmaError,
+        before: &[dmakit::bounce::PoolUsage; check::POOLS],
+        fired_before: usize,
+    ) -> Checked {
+        // Deferred mappings that completed during the call are not in the model yet.
+        let fired_during = self.fired.lock().unwrap().len() != fired_before;
         let d = self.dev(i);
         let name = d.dev.name();
         if self.detached[i] {
             return Ok(());
         }
         match e {
-            DmaError::NoBouncePool { .. } if self.rig.mapper(&d).bounce_backend(&d.dev).is_some() => fail(
-                "no-bounce-pool-with-a-pool",
-                format!("{name} has a pool but got {e:?}"),
-            ),
+            DmaError::NoBouncePool { .. }
+                if self.rig.mapper(&d).bounce_backend(&d.dev).is_some() =>
+            {
+                fail(
+                    "no-bounce-pool-with-a-pool",
+                    format!("{name} has a pool but got {e:?}"),
+                )
+            }
             DmaError::TooLargeToBounce { max: 0, .. } => {
                 fail("too-large-says-nothing", format!("{name}: {e:?}"))
             }
+            DmaError::PoolExhausted { .. } if fired_during => Ok(()),
             DmaError::PoolExhausted { .. } => {
                 let p = self.pool_for(i);
-                let lead = phys.as_u64() & (d.dev.min_align_mask() | self.rig.granule(&d).map_or(0, |g| g - 1));
+                let lead = phys.as_u64()
+                    & (d.dev.min_align_mask() | self.rig.granule(&d).map_or(0, |g| g - 1));
                 let need = (lead + len).next_multiple_of(self.rig.granule(&d).unwrap_or(1));
-                let cap = if p == COHERENT { COHERENT_BYTES } else { SEGMENT };
+                let cap = if p == COHERENT {
+                    COHERENT_BYTES
+                } else {
+                    SEGMENT
+                };
                 if before[p].used == 0 && need <= cap {
                     return fail(
                         "exhausted-while-free",
-                        format!("{name}: {e:?} although {} was entirely free ({:?})", check::POOL_NAMES[p], before[p]),
+                        format!(
+                            "{name}: {e:?} although {} was entirely free ({:?})",
+                            check::POOL_NAMES[p],
+                            before[p]
+                        ),
                     );
                 }
                 let holders = self
@@ -393,13 +452,21 @@ impl State {
                 Ok(())
             }
             DmaError::TooLargeToBounce { .. } | DmaError::IovaExhausted { .. } => Ok(()),
-            _ => fail("valid-map-refused", format!("{name}: map of {len} at {phys}: {e:?}")),
+            _ => fail(
+                "valid-map-refused",
+                format!("{name}: map of {len} at {phys}: {e:?}"),
+            ),
         }
     }
 
     /// After a failed mapping call: the pools are as they were (unless deferred mappings
     /// completed during the call).
-    fn failed_left_pools(&self, before: &[dmakit::bounce::PoolUsage; 5], fired_before: usize, what: &str) -> Checked {
+    fn failed_left_pools(
+        &self,
+        before: &[dmakit::bounce::PoolUsage; check::POOLS],
+        fired_before: usize,
+        what: &str,
+    ) -> Checked {
         if self.fired.lock().unwrap().len() != fired_before {
             return Ok(());
         }
@@ -416,7 +483,7 @@ impl State {
         match self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir) {
             Ok((dma, _)) => self.add_live(i, dir, Kind::Single { buf: b }, &[(dma, len)]),
             Err(e) => {
-                self.judge_map_error(i, phys, len, e, &before)?;
+                self.judge_map_error(i, phys, len, e, &before, fired)?;
                 self.failed_left_pools(&before, fired, &format!("failed map by {}", d.dev.name()))
             }
         }
@@ -431,12 +498,20 @@ impl State {
         let done = Box::new(move |r| fired.lock().unwrap().push((token, r)));
         let pool = self.pool_for(i);
         let queued_same_pool = self.pending.iter().any(|p| {
-            !p.cancelled && self.pool_for(p.dev) == pool && self.rig.devices[p.dev].mapper == d.mapper
+            !p.cancelled
+                && self.pool_for(p.dev) == pool
+                && self.rig.devices[p.dev].mapper == d.mapper
         });
         let before = check::usages(&self.rig);
         let nfired = self.fired.lock().unwrap().len();
-        match self.rig.mapper(&d).map_or_defer(&d.dev, phys, len, dir, done) {
-            Ok(MapStatus::Mapped(dma)) => self.add_live(i, dir, Kind::Single { buf: b }, &[(dma, len)]),
+        match self
+            .rig
+            .mapper(&d)
+            .map_or_defer(&d.dev, phys, len, dir, done)
+        {
+            Ok(MapStatus::Mapped(dma)) => {
+                self.add_live(i, dir, Kind::Single { buf: b }, &[(dma, len)])
+            }
             Ok(MapStatus::Deferred) => {
                 self.bufs[b].busy = true;
                 self.pending.push(Pending {
@@ -446,10 +521,15 @@ impl State {
                     dir,
                     cancelled: false,
                 });
+                if self.detached[i] {
+                    return Ok(());
+                }
                 let lead = phys.as_u64() & d.dev.min_align_mask();
                 // It must bounce: forced, or an inbound buffer whose first line is shared.
                 let must_bounce = d.dev.force_bounce()
-                    || (!d.dev.is_coherent() && dir.device_writes() && phys.as_u64() % d.dev.cache_line() != 0);
+                    || (!d.dev.is_coherent()
+                        && dir.device_writes()
+                        && phys.as_u64() % d.dev.cache_line() != 0);
                 if !self.through_iommu(i) && must_bounce && lead + len > SEGMENT {
                     return fail(
                         "too-large-deferred",
@@ -458,7 +538,8 @@ impl State {
                 }
                 if !queued_same_pool {
                     // Nothing waits ahead of it for the same pool: a plain map must fail too.
-                    if let Ok((dma, path)) = self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir) {
+                    if let Ok((dma, path)) = self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir)
+                    {
                         let _ = self.rig.mapper(&d).unmap(&d.dev, dma, len, dir);
                         return fail(
                             if matches!(path, dmakit::MapPath::Bounced { .. }) {
@@ -477,8 +558,12 @@ impl State {
                 Ok(())
             }
             Err(e) => {
-                self.judge_map_error(i, phys, len, e, &before)?;
-                self.failed_left_pools(&before, nfired, &format!("failed map_or_defer by {}", d.dev.name()))
+                self.judge_map_error(i, phys, len, e, &before, nfired)?;
+                self.failed_left_pools(
+                    &before,
+                    nfired,
+                    &format!("failed map_or_defer by {}", d.dev.name()),
+                )
             }
         }
     }
@@ -511,7 +596,10 @@ impl State {
                 let total: u64 = segs.iter().map(|s| s.len).sum();
                 let want: u64 = entries.iter().map(|e| e.len).sum();
                 if total != want {
-                    return fail("sg-segments-wrong", format!("{}: segments cover {total} of {want} bytes", d.dev.name()));
+                    return fail(
+                        "sg-segments-wrong",
+                        format!("{}: segments cover {total} of {want} bytes", d.dev.name()),
+                    );
                 }
                 let ranges: Vec<(DmaAddr, u64)> = segs.iter().map(|s| (s.dma, s.len)).collect();
                 self.add_live(i, dir, Kind::Sg { bufs: chosen, segs }, &ranges)?;
@@ -534,15 +622,24 @@ impl State {
                 Ok(())
             }
             Err(e) => {
-                let (p, l) = (entries[0].phys, entries.iter().map(|e| e.len).max().unwrap());
-                self.judge_map_error(i, p, l, e, &before)?;
-                self.failed_left_pools(&before, nfired, &format!("failed map_sg by {}", d.dev.name()))
+                let (p, l) = (
+                    entries[0].phys,
+                    entries.iter().map(|e| e.len).max().unwrap(),
+                );
+                self.judge_map_error(i, p, l, e, &before, nfired)?;
+                self.failed_left_pools(
+                    &before,
+                    nfired,
+                    &format!("failed map_sg by {}", d.dev.name()),
+                )
             }
         }
     }
 
     fn pick(&self, pick: u32, f: impl Fn(&Live) -> bool) -> Option<usize> {
-        let c: Vec<usize> = (0..self.live.len()).filter(|&k| f(&self.live[k].0)).collect();
+        let c: Vec<usize> = (0..self.live.len())
+            .filter(|&k| f(&self.live[k].0))
+            .collect();
         (!c.is_empty()).then(|| c[pick as usize % c.len()])
     }
 
@@ -563,10 +660,16 @@ impl State {
             self.bufs[b].busy = false;
         }
         if let Err(e) = r {
-            return fail("valid-unmap-refused", format!("{}: unmap of {dma}: {e:?}", d.dev.name()));
+            return fail(
+                "valid-unmap-refused",
+                format!("{}: unmap of {dma}: {e:?}", d.dev.name()),
+            );
         }
         for b in l.bufs() {
-            self.check_buffer(b, &format!("after {}'s unmap ({})", d.dev.name(), l.dir.name()))?;
+            self.check_buffer(
+                b,
+                &format!("after {}'s unmap ({})", d.dev.name(), l.dir.name()),
+            )?;
         }
         if let (true, Behind::Iommu { lazy: false, .. }) = (self.through_iommu(l.dev), d.behind) {
             // A strict domain: the old IOVA is gone at once.
@@ -575,7 +678,10 @@ impl State {
             let r = self.rig.m.device_read(d.id(), a, n);
             self.rig.m.revoke(d.id(), a, n).unwrap();
             if r.is_ok() && l.dir.device_reads() {
-                return fail("strict-unmap-still-reachable", format!("{} reads {a} after its unmap", d.dev.name()));
+                return fail(
+                    "strict-unmap-still-reachable",
+                    format!("{} reads {a} after its unmap", d.dev.name()),
+                );
             }
         }
         Ok(())
@@ -593,14 +699,20 @@ impl State {
         let n = 1 + len as u64 % (blen - off);
         let mapper = self.rig.mapper(&d);
         if let Err(e) = mapper.sync_for_cpu(&d.dev, dma, off, n, dir) {
-            return fail("valid-sync-refused", format!("{}: sync_for_cpu {dma}+{off} ({n}): {e:?}", d.dev.name()));
+            return fail(
+                "valid-sync-refused",
+                format!("{}: sync_for_cpu {dma}+{off} ({n}): {e:?}", d.dev.name()),
+            );
         }
         let b = &self.bufs[buf];
         if dir.device_writes() {
             let (seen, owners) = rig::cpu_bytes(&self.rig.m, b.phys.add(off), n);
             let (o, e) = (off as usize, (off + n) as usize);
             check::same_bytes(
-                &format!("buffer {buf} part +{off} ({n}) after sync_for_cpu by {}", d.dev.name()),
+                &format!(
+                    "buffer {buf} part +{off} ({n}) after sync_for_cpu by {}",
+                    d.dev.name()
+                ),
                 (&seen, &owners),
                 (&b.data[o..e], &b.owners[o..e]),
                 "byte-oracle",
@@ -615,8 +727,15 @@ impl State {
             b.data[off as usize..(off + n) as usize].copy_from_slice(&new);
             b.owners[off as usize..(off + n) as usize].fill(owner);
         }
-        if let Err(e) = self.rig.mapper(&d).sync_for_device(&d.dev, dma, off, n, dir) {
-            return fail("valid-sync-refused", format!("{}: sync_for_device {dma}+{off} ({n}): {e:?}", d.dev.name()));
+        if let Err(e) = self
+            .rig
+            .mapper(&d)
+            .sync_for_device(&d.dev, dma, off, n, dir)
+        {
+            return fail(
+                "valid-sync-refused",
+                format!("{}: sync_for_device {dma}+{off} ({n}): {e:?}", d.dev.name()),
+            );
         }
         if dir.device_reads() {
             let seen = self.rig.m.device_read(d.id(), dma.add(off), n).unwrap();
@@ -645,7 +764,10 @@ impl State {
         self.rng.fill_bytes(&mut data);
         let owner = self.bufs[buf].owner;
         if let Err(e) = self.rig.m.device_write(d.id(), dma.add(off), &data, owner) {
-            return fail("ok-mapping-unusable", format!("{}: write {dma}+{off} ({n}): {e}", d.dev.name()));
+            return fail(
+                "ok-mapping-unusable",
+                format!("{}: write {dma}+{off} ({n}): {e}", d.dev.name()),
+            );
         }
         let b = &mut self.bufs[buf];
         b.data[off as usize..(off + n) as usize].copy_from_slice(&data);
@@ -662,7 +784,12 @@ impl State {
         let b = &self.bufs[buf];
         let seen = match self.rig.m.device_read(d.id(), dma, b.len) {
             Ok(s) => s,
-            Err(e) => return fail("ok-mapping-unusable", format!("{}: read {dma}: {e}", d.dev.name())),
+            Err(e) => {
+                return fail(
+                    "ok-mapping-unusable",
+                    format!("{}: read {dma}: {e}", d.dev.name()),
+                )
+            }
         };
         check::same_bytes(
             &format!("{} reads its mapping {dma} of buffer {buf}", d.dev.name()),
@@ -709,18 +836,30 @@ impl State {
                 let seen = match seen {
                     Ok(s) => s,
                     Err(err) => {
-                        return fail("ok-mapping-unusable", format!("{}: granule read {a} (+{n}): {err}", d.dev.name()))
+                        return fail(
+                            "ok-mapping-unusable",
+                            format!("{}: granule read {a} (+{n}): {err}", d.dev.name()),
+                        )
                     }
                 };
                 check::isolated(
-                    &format!("{} ({}) reads the granules {a}..{e:#x} of its mapping {dma}", d.dev.name(), d.what),
+                    &format!(
+                        "{} ({}) reads the granules {a}..{e:#x} of its mapping {dma}",
+                        d.dev.name(),
+                        d.what
+                    ),
                     &seen.data,
                     &seen.owners,
                     &allowed,
                 )?;
                 // Beyond what was granted the engine refuses.
-                if !granted.iter().any(|&(gs, ge)| gs <= e && e < ge) && self.rig.m.device_read(d.id(), DmaAddr::new(e), 1).is_ok() {
-                    return fail("read-outside-grant", format!("{} read {e:#x}, never granted", d.dev.name()));
+                if !granted.iter().any(|&(gs, ge)| gs <= e && e < ge)
+                    && self.rig.m.device_read(d.id(), DmaAddr::new(e), 1).is_ok()
+                {
+                    return fail(
+                        "read-outside-grant",
+                        format!("{} read {e:#x}, never granted", d.dev.name()),
+                    );
                 }
             }
         }
@@ -745,7 +884,10 @@ impl State {
         let r = self.rig.m.device_write(d.id(), a, &junk, hostile(d.id()));
         self.rig.m.revoke(d.id(), a, n).unwrap();
         if let Err(err) = r {
-            return fail("ok-mapping-unusable", format!("{}: granule write {a} (+{n}): {err}", d.dev.name()));
+            return fail(
+                "ok-mapping-unusable",
+                format!("{}: granule write {a} (+{n}): {err}", d.dev.name()),
+            );
         }
         // What landed on the buffer is the device's; the rest is its own padding.
         let off = (dma.as_u64() - s) as usize;
@@ -771,11 +913,15 @@ impl State {
     }
 
     fn bad_unmap(&mut self, pick: u32, kind: BadUnmap) -> Checked {
-        let Some(k) = self.pick(pick, |l| l.recorded && matches!(l.kind, Kind::Single { .. })) else {
+        let Some(k) = self.pick(pick, |l| {
+            l.recorded && matches!(l.kind, Kind::Single { .. })
+        }) else {
             return Ok(());
         };
         let (l, dma) = (&self.live[k].0, self.live[k].1);
-        let Kind::Single { buf } = l.kind else { unreachable!() };
+        let Kind::Single { buf } = l.kind else {
+            unreachable!()
+        };
         let (i, dir) = (l.dev, l.dir);
         let d = self.dev(i);
         let len = self.bufs[buf].len;
@@ -803,9 +949,20 @@ impl State {
         let before = check::usages(&self.rig);
         let r = self.rig.mapper(&d).unmap(&d.dev, a, n, dr);
         if r.is_ok() {
-            return fail("invalid-unmap-accepted", format!("{}: {kind:?} unmap ({a}, {n}, {}) returned Ok", d.dev.name(), dr.name()));
+            return fail(
+                "invalid-unmap-accepted",
+                format!(
+                    "{}: {kind:?} unmap ({a}, {n}, {}) returned Ok",
+                    d.dev.name(),
+                    dr.name()
+                ),
+            );
         }
-        check::pools_unchanged(&before, &check::usages(&self.rig), &format!("{kind:?} unmap"))
+        check::pools_unchanged(
+            &before,
+            &check::usages(&self.rig),
+            &format!("{kind:?} unmap"),
+        )
     }
 
     fn invalid(&mut self, i: usize, kind: Invalid) -> Checked {
@@ -829,19 +986,46 @@ impl State {
             }
         };
         match kind {
-            Invalid::ZeroLength => must_fail(mapper.map(&d.dev, b.phys, 0, Direction::ToDevice).is_ok(), "map of 0 bytes")?,
+            Invalid::ZeroLength => must_fail(
+                mapper.map(&d.dev, b.phys, 0, Direction::ToDevice).is_ok(),
+                "map of 0 bytes",
+            )?,
             Invalid::Overflow => must_fail(
-                mapper.map(&d.dev, PhysAddr::new(u64::MAX - 10), 100, Direction::ToDevice).is_ok(),
+                mapper
+                    .map(
+                        &d.dev,
+                        PhysAddr::new(u64::MAX - 10),
+                        100,
+                        Direction::ToDevice,
+                    )
+                    .is_ok(),
                 "map wrapping past u64::MAX",
             )?,
             Invalid::Huge => must_fail(
-                mapper.map(&d.dev, PhysAddr::new(0), u64::MAX, Direction::ToDevice).is_ok(),
+                mapper
+                    .map(&d.dev, PhysAddr::new(0), u64::MAX, Direction::ToDevice)
+                    .is_ok(),
                 "map(0, u64::MAX)",
             )?,
-            Invalid::EmptySg => must_fail(mapper.map_sg(&d.dev, &[], Direction::ToDevice).is_ok(), "map_sg(&[])")?,
+            Invalid::EmptySg => must_fail(
+                mapper.map_sg(&d.dev, &[], Direction::ToDevice).is_ok(),
+                "map_sg(&[])",
+            )?,
             Invalid::ZeroLengthSgEntry => {
-                let e = [SgEntry { phys: b.phys, len: b.len.min(8) }, SgEntry { phys: b.phys.add(64), len: 0 }];
-                must_fail(mapper.map_sg(&d.dev, &e, Direction::ToDevice).is_ok(), "map_sg with a zero-length entry")?
+                let e = [
+                    SgEntry {
+                        phys: b.phys,
+                        len: b.len.min(8),
+                    },
+                    SgEntry {
+                        phys: b.phys.add(64),
+                        len: 0,
+                    },
+                ];
+                must_fail(
+                    mapper.map_sg(&d.dev, &e, Direction::ToDevice).is_ok(),
+                    "map_sg with a zero-length entry",
+                )?
             }
             Invalid::EmptyUnmapSg => {
                 let ok = mapper.unmap_sg(&d.dev, &[], Direction::ToDevice).is_ok();
@@ -850,22 +1034,36 @@ impl State {
                     Some((other, was)) if was != ok => {
                         return fail(
                             "paths-disagree",
-                            format!("unmap_sg(&[]): {other} got ok={was}, {name} ({}) got ok={ok}", d.what),
+                            format!(
+                                "unmap_sg(&[]): {other} got ok={was}, {name} ({}) got ok={ok}",
+                                d.what
+                            ),
                         )
                     }
                     Some(_) => {}
                 }
             }
             Invalid::SyncOutOfRange => {
-                if let Some(k) = self.pick(0, |l| l.dev == i && l.recorded && matches!(l.kind, Kind::Single { .. })) {
+                if let Some(k) = self.pick(0, |l| {
+                    l.dev == i && l.recorded && matches!(l.kind, Kind::Single { .. })
+                }) {
                     let (l, dma) = (&self.live[k].0, self.live[k].1);
-                    let Kind::Single { buf } = l.kind else { unreachable!() };
+                    let Kind::Single { buf } = l.kind else {
+                        unreachable!()
+                    };
                     let len = self.bufs[buf].len;
-                    must_fail(mapper.sync_for_cpu(&d.dev, dma, len, 1, l.dir).is_ok(), "sync past the mapping's end")?;
+                    must_fail(
+                        mapper.sync_for_cpu(&d.dev, dma, len, 1, l.dir).is_ok(),
+                        "sync past the mapping's end",
+                    )?;
                 }
             }
             Invalid::DmaBits65 => {
-                if Device::builder(DeviceId(99), "bits65").dma_bits(65).build().is_ok() {
+                if Device::builder(DeviceId(99), "bits65")
+                    .dma_bits(65)
+                    .build()
+                    .is_ok()
+                {
                     return fail("dma-bits-65-accepted", "dma_bits(65) was accepted");
                 }
             }
@@ -874,12 +1072,23 @@ impl State {
                 // it unmaps.
                 let coh = self.dev(7);
                 let at = PhysAddr::new(u64::MAX - 0x3f);
-                if let Ok(dma) = self.rig.mapper(&coh).map(&coh.dev, at, 0x20, Direction::ToDevice) {
-                    let _ = self.rig.mapper(&coh).unmap(&coh.dev, dma, 0x20, Direction::ToDevice);
+                if let Ok(dma) = self
+                    .rig
+                    .mapper(&coh)
+                    .map(&coh.dev, at, 0x20, Direction::ToDevice)
+                {
+                    let _ = self
+                        .rig
+                        .mapper(&coh)
+                        .unmap(&coh.dev, dma, 0x20, Direction::ToDevice);
                 }
             }
         }
-        check::pools_unchanged(&before, &check::usages(&self.rig), &format!("invalid call {kind:?}"))
+        check::pools_unchanged(
+            &before,
+            &check::usages(&self.rig),
+            &format!("invalid call {kind:?}"),
+        )
     }
 
     fn unmap_all_of(&mut self, i: usize) -> Checked {
@@ -902,7 +1111,10 @@ impl State {
         }
         let leaks = self.rig.mapper(&d).release_device(&d.dev);
         if let Some(r) = leaks.first() {
-            return fail("release-reports-leak", format!("{} released with nothing mapped: {r}", d.dev.name()));
+            return fail(
+                "release-reports-leak",
+                format!("{} released with nothing mapped: {r}", d.dev.name()),
+            );
         }
         Ok(())
     }
@@ -921,8 +1133,15 @@ impl State {
         self.grown += 1;
         let bytes = req.min_bytes.max(rig::GROW_BYTES).next_multiple_of(SEGMENT);
         // A grower that prefers memory above 4 GiB where the request allows it.
-        let high = self.rig.m.alloc_pages_between(bytes / 4096, 4 * GIB, req.max_addr);
-        match high.or_else(|| self.rig.m.alloc_pages_between(bytes / 4096, 16 << 20, req.max_addr)) {
+        let high = self
+            .rig
+            .m
+            .alloc_pages_between(bytes / 4096, 4 * GIB, req.max_addr);
+        match high.or_else(|| {
+            self.rig
+                .m
+                .alloc_pages_between(bytes / 4096, 16 << 20, req.max_addr)
+        }) {
             Some(base) => {
                 let _ = self.rig.swiotlb[pool].add_region(base, bytes);
             }
@@ -965,21 +1184,27 @@ impl State {
         let zones = self
             .zones
             .get_or_insert_with(|| {
-                let low = m.alloc_pages_between(2048, 16 << 20, rig::BELOW_4G).unwrap();
-                Arc::new(ZonedPageAllocator::new(&[PhysRange::new(low, 2048 * 4096).unwrap()]).unwrap())
+                let low = m
+                    .alloc_pages_between(2048, 16 << 20, rig::BELOW_4G)
+                    .unwrap();
+                Arc::new(
+                    ZonedPageAllocator::new(&[PhysRange::new(low, 2048 * 4096).unwrap()]).unwrap(),
+                )
             })
             .clone();
         let cfg = DmaAllocatorConfig {
             atomic_pool_bytes: 64 * KIB,
             ..DmaAllocatorConfig::default()
         };
-        let a = match DmaAllocator::new(&*m, zones.clone(), self.rig.iommus[unit].clone(), cfg, None) {
-            Ok(a) => a,
-            Err(e) => return fail("dma-allocator-refused", format!("{e:?}")),
-        };
+        let a =
+            match DmaAllocator::new(&*m, zones.clone(), self.rig.iommus[unit].clone(), cfg, None) {
+                Ok(a) => a,
+                Err(e) => return fail("dma-allocator-refused", format!("{e:?}")),
+            };
         let g = self.rig.granules[unit];
         let r = if pages {
-            a.alloc_pages(&d.dev, 8 * KIB, Direction::Bidirectional).map(|p| a.free_pages(&d.dev, p).is_ok())
+            a.alloc_pages(&d.dev, 8 * KIB, Direction::Bidirectional)
+                .map(|p| a.free_pages(&d.dev, p).is_ok())
         } else {
             a.alloc_coherent(&d.dev, 4 * KIB, AllocContext::MayBlock)
                 .map(|c| a.free_coherent(&d.dev, c).is_ok())
@@ -987,13 +1212,20 @@ impl State {
         let _ = a.release();
         match r {
             Ok(true) => Ok(()),
-            Ok(false) => fail("dma-free-refused", format!("{}: free after a sub-granule allocation", d.dev.name())),
+            Ok(false) => fail(
+                "dma-free-refused",
+                format!("{}: free after a sub-granule allocation", d.dev.name()),
+            ),
             Err(e) => fail(
                 "sub-granule-alloc-refused",
                 format!(
                     "{}: {} of {} KiB behind a {} KiB IOMMU: {e:?}",
                     d.dev.name(),
-                    if pages { "alloc_pages" } else { "alloc_coherent" },
+                    if pages {
+                        "alloc_pages"
+                    } else {
+                        "alloc_coherent"
+                    },
                     if pages { 8 } else { 4 },
                     g / KIB
                 ),
@@ -1012,12 +1244,100 @@ impl State {
         let before = check::usages(&self.rig);
         let nfired = self.fired.lock().unwrap().len();
         self.invalid_call = true;
-        match self.rig.mapper(&d).map(&d.dev, phys, len, Direction::ToDevice) {
+        match self
+            .rig
+            .mapper(&d)
+            .map(&d.dev, phys, len, Direction::ToDevice)
+        {
             Ok(dma) => {
-                let _ = self.rig.mapper(&d).unmap(&d.dev, dma, len, Direction::ToDevice);
-                fail("fault-map-accepted", format!("{}: a bounce of memory outside RAM ({phys}) mapped", d.dev.name()))
+                let _ = self
+                    .rig
+                    .mapper(&d)
+                    .unmap(&d.dev, dma, len, Direction::ToDevice);
+                fail(
+                    "fault-map-accepted",
+                    format!(
+                        "{}: a bounce of memory outside RAM ({phys}) mapped",
+                        d.dev.name()
+                    ),
+                )
             }
-            Err(_) => self.failed_left_pools(&before, nfired, &format!("faulting bounce by {}", d.dev.name())),
+            Err(_) => self.failed_left_pools(
+                &before,
+                nfired,
+                &format!("faulting bounce by {}", d.dev.name()),
+            ),
+        }
+    }
+
+    /// A write-only bounce of memory outside RAM on the mapper without inbound fills: the
+    /// map succeeds, the copy back at unmap faults. Whatever unmap answers, the mapping is
+    /// over (its IOVA is gone), so its slot must be free again.
+    fn fault_unmap(&mut self) -> Checked {
+        let d = self.dev(17);
+        let (phys, len) = self.fault_buf;
+        let p = check::POOLS - 1;
+        let before = check::usages(&self.rig)[p];
+        self.invalid_call = true;
+        let Ok(dma) = self
+            .rig
+            .mapper(&d)
+            .map(&d.dev, phys, len, Direction::FromDevice)
+        else {
+            return Ok(());
+        };
+        let r = self
+            .rig
+            .mapper(&d)
+            .unmap(&d.dev, dma, len, Direction::FromDevice);
+        let after = check::usages(&self.rig)[p];
+        if after.used > before.used || after.live > before.live {
+            return fail(
+                "faulting-unmap-leaks",
+                format!(
+                    "{}: unmap whose copy back faulted ({r:?}) left {} {before:?} -> {after:?}",
+                    d.dev.name(),
+                    check::POOL_NAMES[p]
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A device whose `min_align_mask` no segment of its pool can honour: every map fails,
+    /// and the error must say something useful.
+    fn boundary_map(&mut self, buf: u16) -> Checked {
+        let d = self.dev(18);
+        let Some(b) = self.idle(buf) else {
+            return Ok(());
+        };
+        let (phys, len) = (self.bufs[b].phys, self.bufs[b].len);
+        let before = check::usages(&self.rig);
+        match self
+            .rig
+            .mapper(&d)
+            .map(&d.dev, phys, len, Direction::ToDevice)
+        {
+            Ok(dma) => {
+                if let Err(e) = self
+                    .rig
+                    .mapper(&d)
+                    .unmap(&d.dev, dma, len, Direction::ToDevice)
+                {
+                    return fail("valid-unmap-refused", format!("{}: {e:?}", d.dev.name()));
+                }
+                self.check_buffer(b, "after an unmap by alignffff")
+            }
+            Err(DmaError::TooLargeToBounce { max: 0, .. }) => fail(
+                "too-large-says-nothing",
+                format!(
+                    "{}: {len} bytes: TooLargeToBounce {{ max: 0 }}",
+                    d.dev.name()
+                ),
+            ),
+            Err(_) => {
+                check::pools_unchanged(&before, &check::usages(&self.rig), "alignffff's failed map")
+            }
         }
     }
 
@@ -1048,23 +1368,26 @@ impl State {
         let fired: Vec<_> = std::mem::take(&mut *self.fired.lock().unwrap());
         for (token, r) in fired {
             let Some(k) = self.pending.iter().position(|p| p.token == token) else {
-                return fail("callback-twice", format!("deferred callback {token} fired again"));
+                return fail(
+                    "callback-twice",
+                    format!("deferred callback {token} fired again"),
+                );
             };
             let p = self.pending.remove(k);
             self.bufs[p.buf].busy = false;
             let d = self.dev(p.dev);
-            match r {
-                Ok(dma) => {
-                    let len = self.bufs[p.buf].len;
-                    self.add_live(p.dev, p.dir, Kind::Single { buf: p.buf }, &[(dma, len)])?;
-                    if p.cancelled {
-                        return fail(
-                            "callback-after-release",
-                            format!("{}'s deferred mapping completed (Ok({dma})) after release_device", d.dev.name()),
-                        );
-                    }
+            if let Ok(dma) = r {
+                let len = self.bufs[p.buf].len;
+                self.add_live(p.dev, p.dir, Kind::Single { buf: p.buf }, &[(dma, len)])?;
+                if p.cancelled {
+                    return fail(
+                        "callback-after-release",
+                        format!(
+                            "{}'s deferred mapping completed (Ok({dma})) after release_device",
+                            d.dev.name()
+                        ),
+                    );
                 }
-                Err(_) => {}
             }
         }
         Ok(())
@@ -1098,19 +1421,25 @@ impl State {
                 }
             }
             Op::DeviceWrite { pick, seed } => {
-                if let Some(k) = self.pick(pick, |l| l.dir.device_writes() && matches!(l.kind, Kind::Single { .. })) {
+                if let Some(k) = self.pick(pick, |l| {
+                    l.dir.device_writes() && matches!(l.kind, Kind::Single { .. })
+                }) {
                     self.device_write(k, seed)?;
                 }
             }
             Op::DeviceRead { pick } => {
-                if let Some(k) = self.pick(pick, |l| l.dir.device_reads() && matches!(l.kind, Kind::Single { .. })) {
+                if let Some(k) = self.pick(pick, |l| {
+                    l.dir.device_reads() && matches!(l.kind, Kind::Single { .. })
+                }) {
                     self.device_read(k)?;
                 }
             }
             Op::HostileRead { dev } => self.hostile_read(dev as usize % nd)?,
             Op::HostileWrite { pick } => {
                 let devs = &self.rig.devices;
-                if let Some(k) = self.pick(pick, |l| devs[l.dev].untrusted() && l.dir.device_writes()) {
+                if let Some(k) =
+                    self.pick(pick, |l| devs[l.dev].untrusted() && l.dir.device_writes())
+                {
                     self.hostile_write(k)?;
                 }
             }
@@ -1133,12 +1462,18 @@ impl State {
             Op::AllocDma { unit, pages } => self.alloc_dma(unit, pages)?,
             Op::FaultMap { dev } => self.fault_map(dev)?,
             Op::BigCoherent { second } => self.big_coherent(second)?,
+            Op::FaultUnmap => self.fault_unmap()?,
+            Op::BoundaryMap { buf } => self.boundary_map(buf)?,
             Op::Churn { dev, n } => self.churn(dev as usize % nd, n)?,
         }
         self.drain_callbacks()?;
         self.checker_quiet(&format!("{op:?}"))?;
         self.invalid_call = false;
-        let mut all: Vec<Footprint> = self.live.iter().flat_map(|(l, _)| l.footprint.clone()).collect();
+        let mut all: Vec<Footprint> = self
+            .live
+            .iter()
+            .flat_map(|(l, _)| l.footprint.clone())
+            .collect();
         check::disjoint(&mut all)
     }
 
@@ -1168,13 +1503,19 @@ impl State {
         }
         for (i, u) in check::usages(&self.rig).iter().enumerate() {
             if u.used != 0 || u.live != 0 {
-                return fail("pool-not-empty-at-end", format!("{}: {u:?} with nothing mapped", check::POOL_NAMES[i]));
+                return fail(
+                    "pool-not-empty-at-end",
+                    format!("{}: {u:?} with nothing mapped", check::POOL_NAMES[i]),
+                );
             }
         }
         for (i, m) in self.rig.mappers.iter().enumerate() {
             let c = m.debug_checker().unwrap();
             if let Some(l) = c.live().first() {
-                return fail("checker-not-empty-at-end", format!("mapper {i}: {} records left, first {l:?}", c.live().len()));
+                return fail(
+                    "checker-not-empty-at-end",
+                    format!("mapper {i}: {} records left, first {l:?}", c.live().len()),
+                );
             }
         }
         self.check_idle_buffers()

@@ -79,16 +79,26 @@ impl Budget {
         let mut classes = Classes::ALL;
         if let Ok(v) = std::env::var("DMAKIT_FUZZ_WITHOUT") {
             for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                match Class::ALL.iter().find(|c| format!("{c:?}").eq_ignore_ascii_case(name)) {
+                match Class::ALL
+                    .iter()
+                    .find(|c| format!("{c:?}").eq_ignore_ascii_case(name))
+                {
                     Some(&c) => classes = classes.without(c),
-                    None => panic!("DMAKIT_FUZZ_WITHOUT: unknown class {name}; classes: {:?}", Class::ALL),
+                    None => panic!(
+                        "DMAKIT_FUZZ_WITHOUT: unknown class {name}; classes: {:?}",
+                        Class::ALL
+                    ),
                 }
             }
         }
         let devices: &'static [u8] = match std::env::var("DMAKIT_FUZZ_DEVICES") {
             Ok(v) => Vec::leak(
                 v.split(',')
-                    .map(|d| d.trim().parse::<u8>().expect("DMAKIT_FUZZ_DEVICES: device indices"))
+                    .map(|d| {
+                        d.trim()
+                            .parse::<u8>()
+                            .expect("DMAKIT_FUZZ_DEVICES: device indices")
+                    })
                     .filter(|&d| (d as usize) < ALL_DEVICES.len())
                     .collect(),
             ),
@@ -123,7 +133,11 @@ impl Finding {
         let _ = writeln!(
             s,
             "fuzz failure: seed {} step {}: {}\n  found after {} operations in {:.1} s",
-            self.seed, self.failure.step, self.failure.violation, self.ops_to_find, self.seconds_to_find
+            self.seed,
+            self.failure.step,
+            self.failure.violation,
+            self.ops_to_find,
+            self.seconds_to_find
         );
         let _ = writeln!(
             s,
@@ -185,8 +199,13 @@ pub fn run(b: Budget) -> Outcome {
         if let Err(f) = shrink::run_watched(o, &ops, CASE_LIMIT) {
             let ops_to_find = done + f.step as u64 + 1;
             let seconds_to_find = start.elapsed().as_secs_f64();
-            let (shrunk, shrunk_failure) =
-                shrink::shrink(o, &ops, &f, CASE_LIMIT, Duration::from_secs_f64(b.shrink_seconds));
+            let (shrunk, shrunk_failure) = shrink::shrink(
+                o,
+                &ops,
+                &f,
+                CASE_LIMIT,
+                Duration::from_secs_f64(b.shrink_seconds),
+            );
             return Outcome {
                 cases,
                 ops: ops_to_find,
@@ -244,8 +263,13 @@ pub fn survey(b: Budget) -> (Vec<Seen>, u64, u64) {
                 done = at;
                 if !seen.iter().any(|s| s.invariant == f.violation.invariant) {
                     let secs = start.elapsed().as_secs_f64();
-                    let (shrunk, _) =
-                        shrink::shrink(o, &ops, &f, CASE_LIMIT, Duration::from_secs_f64(b.shrink_seconds));
+                    let (shrunk, _) = shrink::shrink(
+                        o,
+                        &ops,
+                        &f,
+                        CASE_LIMIT,
+                        Duration::from_secs_f64(b.shrink_seconds),
+                    );
                     seen.push(Seen {
                         invariant: f.violation.invariant,
                         seed,

@@ -95,9 +95,17 @@ pub enum BadUnmap {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Map buffer `buf` for device `dev`.
-    Map { dev: u8, buf: u16, dir: Direction },
+    Map {
+        dev: u8,
+        buf: u16,
+        dir: Direction,
+    },
     /// `map_or_defer` of buffer `buf`.
-    MapOrDefer { dev: u8, buf: u16, dir: Direction },
+    MapOrDefer {
+        dev: u8,
+        buf: u16,
+        dir: Direction,
+    },
     /// `map_sg` of up to three buffers.
     MapSg {
         dev: u8,
@@ -105,24 +113,50 @@ pub enum Op {
         dir: Direction,
     },
     /// Correct unmap (or `unmap_sg`) of a live mapping.
-    Unmap { pick: u32 },
+    Unmap {
+        pick: u32,
+    },
     /// Partial or full sync of a live single mapping: to the CPU (it checks what the device
     /// wrote), CPU writes, back to the device.
-    Sync { pick: u32, off: u32, len: u32 },
+    Sync {
+        pick: u32,
+        off: u32,
+        len: u32,
+    },
     /// The device writes inside its mapping.
-    DeviceWrite { pick: u32, seed: u8 },
+    DeviceWrite {
+        pick: u32,
+        seed: u8,
+    },
     /// The device reads its mapping and must see the buffer.
-    DeviceRead { pick: u32 },
+    DeviceRead {
+        pick: u32,
+    },
     /// An untrusted device reads every granule it can reach (and beyond what was granted).
-    HostileRead { dev: u8 },
+    HostileRead {
+        dev: u8,
+    },
     /// An untrusted device writes the whole granules of a writable mapping.
-    HostileWrite { pick: u32 },
+    HostileWrite {
+        pick: u32,
+    },
     /// The CPU writes an idle buffer.
-    CpuTouch { buf: u16, seed: u8 },
-    BadUnmap { pick: u32, kind: BadUnmap },
-    Invalid { dev: u8, kind: Invalid },
+    CpuTouch {
+        buf: u16,
+        seed: u8,
+    },
+    BadUnmap {
+        pick: u32,
+        kind: BadUnmap,
+    },
+    Invalid {
+        dev: u8,
+        kind: Invalid,
+    },
     /// Unmaps everything of the device, then `release_device`.
-    Release { dev: u8 },
+    Release {
+        dev: u8,
+    },
     /// `flush_queues` on every IOMMU.
     Flush,
     /// Serves the oldest growth request.
@@ -130,16 +164,34 @@ pub enum Op {
     /// `retry_deferred` on every mapper.
     Retry,
     /// Unmaps everything of an IOMMU device, then `IommuDma::detach`.
-    Detach { dev: u8 },
+    Detach {
+        dev: u8,
+    },
     /// `alloc_coherent` of 4 KiB or `alloc_pages` of 8 KiB behind a large-granule IOMMU.
-    AllocDma { unit: u8, pages: bool },
+    AllocDma {
+        unit: u8,
+        pages: bool,
+    },
     /// Maps the buffer outside RAM on a device that must bounce it: the copy faults.
-    FaultMap { dev: u8 },
+    FaultMap {
+        dev: u8,
+    },
+    /// A write-only bounce of memory outside RAM whose copy back faults at unmap.
+    FaultUnmap,
+    /// A map by the device whose `min_align_mask` no segment of its pool can honour.
+    BoundaryMap {
+        buf: u16,
+    },
     /// 64 KiB through the coherent pool (it fits a fully free pool), by one of the two
     /// devices that use it.
-    BigCoherent { second: bool },
+    BigCoherent {
+        second: bool,
+    },
     /// `n` map/unmap pairs on a device (lazy domains park their bounces).
-    Churn { dev: u8, n: u8 },
+    Churn {
+        dev: u8,
+        n: u8,
+    },
 }
 
 impl Op {
@@ -160,7 +212,8 @@ impl Op {
             Op::Grow => Class::Growth,
             Op::Detach { .. } => Class::Detach,
             Op::AllocDma { .. } => Class::Alloc,
-            Op::FaultMap { .. } => Class::Fault,
+            Op::FaultMap { .. } | Op::FaultUnmap => Class::Fault,
+            Op::BoundaryMap { .. } => Class::Invalid,
             Op::Churn { .. } => Class::Churn,
         }
     }
@@ -195,7 +248,8 @@ fn one(r: &mut SimRng, devices: &[u8], buffers: u16) -> Op {
     let dir = DIRS[r.below(3) as usize];
     let pick = r.next_u64() as u32;
     match r.below(100) {
-        0..=21 => Op::Map { dev, buf, dir },
+        0..=20 => Op::Map { dev, buf, dir },
+        21 => Op::BoundaryMap { buf },
         22..=27 => Op::MapOrDefer {
             dev,
             buf: if r.chance(0.1) { HUGE } else { buf },
@@ -255,7 +309,8 @@ fn one(r: &mut SimRng, devices: &[u8], buffers: u16) -> Op {
             unit: 1 + r.below(2) as u8,
             pages: r.chance(0.5),
         },
-        92..=93 => Op::FaultMap { dev },
+        92 => Op::FaultMap { dev },
+        93 => Op::FaultUnmap,
         94..=95 => Op::BigCoherent {
             second: r.chance(0.5),
         },

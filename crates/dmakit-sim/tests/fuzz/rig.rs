@@ -178,14 +178,20 @@ pub struct RigOptions {
     pub sync_retry: bool,
 }
 
-fn swiotlb_pool(
+fn swiotlb_pool(m: &Machine, hook: Arc<Hook>, regions: &[(u64, u64, u64)]) -> Arc<SwiotlbBounce> {
+    swiotlb_pool_of(m, hook, regions, PoolConfig::DEFAULT_SEGMENT_SLOTS)
+}
+
+fn swiotlb_pool_of(
     m: &Machine,
     hook: Arc<Hook>,
     regions: &[(u64, u64, u64)],
+    segment_slots: u64,
 ) -> Arc<SwiotlbBounce> {
     let cfg = PoolConfig::builder()
         .cpu_count(1)
         .max_cache_line(LINE)
+        .segment_slots(segment_slots)
         .build()
         .unwrap();
     let pool = SwiotlbBounce::new(cfg, Some(hook as Arc<dyn GrowthHook>), GROW_BYTES, u64::MAX);
@@ -226,7 +232,7 @@ impl Rig {
             .iter()
             .map(|u| Arc::new(IommuDma::new(Arc::new(u.clone()), 1).unwrap()))
             .collect();
-        let hooks: Vec<Arc<Hook>> = (0..3)
+        let hooks: Vec<Arc<Hook>> = (0..4)
             .map(|pool| {
                 Arc::new(Hook {
                     queue: Mutex::new(Vec::new()),
@@ -241,11 +247,17 @@ impl Rig {
             swiotlb_pool(
                 &m,
                 hooks[0].clone(),
-                &[(256 * KIB, 16 << 20, BELOW_4G), (512 * KIB, 4 * GIB, u64::MAX)],
+                &[
+                    (256 * KIB, 16 << 20, BELOW_4G),
+                    (512 * KIB, 4 * GIB, u64::MAX),
+                ],
             ),
             // One segment: 128 parked bounces fill it.
             swiotlb_pool(&m, hooks[1].clone(), &[(256 * KIB, 16 << 20, BELOW_4G)]),
             swiotlb_pool(&m, hooks[2].clone(), &[(1 << 20, 16 << 20, BELOW_4G)]),
+            // Pool 3 has 16 KiB segments; its mapper skips inbound fills (a hazard control),
+            // so only the dedicated operations use its two devices.
+            swiotlb_pool_of(&m, hooks[3].clone(), &[(256 * KIB, 16 << 20, BELOW_4G)], 8),
         ];
         let coherent = Arc::new(
             CoherentBouncePool::new(
@@ -264,16 +276,24 @@ impl Rig {
         m.set_uncached(PhysRange::new(cbase, COHERENT_BYTES).unwrap());
         coherent.add_chunk(cbase, COHERENT_BYTES).unwrap();
         let spare = m.alloc_pages(256, BELOW_4G).unwrap();
-        let transient_pages =
-            Arc::new(ZonedPageAllocator::new(&[PhysRange::new(spare, 256 * 4096).unwrap()]).unwrap());
+        let transient_pages = Arc::new(
+            ZonedPageAllocator::new(&[PhysRange::new(spare, 256 * 4096).unwrap()]).unwrap(),
+        );
 
         let plat = Plat(m.clone());
-        let mappers: Vec<Rc<Mapper>> = (0..3)
+        let mappers: Vec<Rc<Mapper>> = (0..4)
             .map(|i| {
                 let mut mp = DmaMapper::new(plat.clone())
                     .with_swiotlb(swiotlb[i].clone())
-                    .with_iommu(iommus[i].clone())
+                    .with_iommu(iommus[i % 3].clone())
                     .with_debug_checker();
+                if i == 3 {
+                    // Without the inbound fill, a write-only bounce of memory outside RAM
+                    // maps, and its copy back faults at unmap.
+                    mp = mp.with_hazard_controls(dmakit::HazardControls {
+                        skip_inbound_fill: true,
+                    });
+                }
                 if i == 0 {
                     mp = mp
                         .with_coherent_pool(coherent.clone())
@@ -360,9 +380,16 @@ fn device_table() -> Vec<(Device, usize, Behind, &'static str)> {
         (b(nc(0, "nc128", 128)), 0, n, "non-coherent, 128-byte lines"),
         (b(nc(1, "nc64", 64)), 0, n, "non-coherent, 64-byte lines"),
         (b(nc(2, "dma32", 128).dma_bits(32)), 0, n, "32-bit mask"),
-        (b(nc(3, "align7ff", 128).min_align_mask(0x7ff)), 0, n, "min_align_mask 0x7ff"),
         (
-            b(nc(4, "alignfff", 64).min_align_mask(0xfff).force_bounce(true)),
+            b(nc(3, "align7ff", 128).min_align_mask(0x7ff)),
+            0,
+            n,
+            "min_align_mask 0x7ff",
+        ),
+        (
+            b(nc(4, "alignfff", 64)
+                .min_align_mask(0xfff)
+                .force_bounce(true)),
             0,
             n,
             "min_align_mask 0xfff, force-bounce",
@@ -374,7 +401,9 @@ fn device_table() -> Vec<(Device, usize, Behind, &'static str)> {
             "min_align_mask 0x3fff, 32-bit",
         ),
         (
-            b(Device::builder(DeviceId(6), "forced").coherent(true).force_bounce(true)),
+            b(Device::builder(DeviceId(6), "forced")
+                .coherent(true)
+                .force_bounce(true)),
             0,
             n,
             "coherent, force-bounce",
@@ -438,6 +467,22 @@ fn device_table() -> Vec<(Device, usize, Behind, &'static str)> {
             0,
             n,
             "bounces through the coherent pool, 64-byte lines",
+        ),
+        // Only for dedicated operations (mapper 3 skips inbound fills):
+        (
+            b(nc(17, "u-strict4k-nofill", 128).trusted(false)),
+            3,
+            i(0, false),
+            "untrusted, strict, 4 KiB, mapper without inbound fill",
+        ),
+        (
+            b(Device::builder(DeviceId(18), "alignffff")
+                .coherent(true)
+                .force_bounce(true)
+                .min_align_mask(0xffff)),
+            3,
+            n,
+            "min_align_mask 0xffff on a pool of 16 KiB segments",
         ),
     ]
 }

@@ -48,10 +48,15 @@ fn execute(o: RigOptions, ops: &[Op], progress: &AtomicUsize) -> Result<(), Case
         let mut st = State::new(o);
         for (i, op) in ops.iter().enumerate() {
             progress.store(i, Ordering::SeqCst);
-            st.step(op).map_err(|v| CaseFailure { step: i, violation: v })?;
+            st.step(op).map_err(|v| CaseFailure {
+                step: i,
+                violation: v,
+            })?;
             if i % 64 == 63 {
-                st.check_idle_buffers()
-                    .map_err(|v| CaseFailure { step: i, violation: v })?;
+                st.check_idle_buffers().map_err(|v| CaseFailure {
+                    step: i,
+                    violation: v,
+                })?;
             }
         }
         progress.store(ops.len(), Ordering::SeqCst);
@@ -109,7 +114,13 @@ pub fn run_watched(o: RigOptions, ops: &[Op], limit: Duration) -> Result<(), Cas
 /// The smallest subsequence of `ops` found (delta debugging, within `budget`) that still
 /// fails with the same invariant. A hang is not shrunk: every try would leave a spinning
 /// thread behind.
-pub fn shrink(o: RigOptions, ops: &[Op], first: &CaseFailure, limit: Duration, budget: Duration) -> (Vec<Op>, CaseFailure) {
+pub fn shrink(
+    o: RigOptions,
+    ops: &[Op],
+    first: &CaseFailure,
+    limit: Duration,
+    budget: Duration,
+) -> (Vec<Op>, CaseFailure) {
     let mut best: Vec<Op> = ops[..(first.step + 1).min(ops.len())].to_vec();
     let mut best_f = first.clone();
     if first.violation.invariant == "hang" {
@@ -128,7 +139,11 @@ pub fn shrink(o: RigOptions, ops: &[Op], first: &CaseFailure, limit: Duration, b
         let mut reduced = false;
         let mut i = 0;
         while i < best.len() && start.elapsed() < budget {
-            let cand: Vec<Op> = best[..i].iter().chain(&best[(i + chunk).min(best.len())..]).cloned().collect();
+            let cand: Vec<Op> = best[..i]
+                .iter()
+                .chain(&best[(i + chunk).min(best.len())..])
+                .cloned()
+                .collect();
             if let Some(f) = same(&cand) {
                 let keep = (f.step + 1).min(cand.len());
                 best = cand[..keep].to_vec();
