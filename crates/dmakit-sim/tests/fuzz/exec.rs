@@ -626,6 +626,11 @@ impl State {
                     entries[0].phys,
                     entries.iter().map(|e| e.len).max().unwrap(),
                 );
+                // A list's own earlier segments hold room when a later one fails: the
+                // room judgments hold for single-entry lists only.
+                if entries.len() > 1 && matches!(e, DmaError::PoolExhausted { .. }) {
+                    return self.failed_left_pools(&before, nfired, "failed map_sg");
+                }
                 self.judge_map_error(i, p, l, e, &before, nfired)?;
                 self.failed_left_pools(
                     &before,
