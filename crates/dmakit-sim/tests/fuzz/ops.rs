@@ -26,10 +26,11 @@ pub enum Class {
     Alloc,
     Fault,
     Churn,
+    Boundary,
 }
 
 impl Class {
-    pub const ALL: [Class; 15] = [
+    pub const ALL: [Class; 16] = [
         Class::Map,
         Class::Defer,
         Class::Sg,
@@ -45,6 +46,7 @@ impl Class {
         Class::Alloc,
         Class::Fault,
         Class::Churn,
+        Class::Boundary,
     ];
 }
 
@@ -213,7 +215,7 @@ impl Op {
             Op::Detach { .. } => Class::Detach,
             Op::AllocDma { .. } => Class::Alloc,
             Op::FaultMap { .. } | Op::FaultUnmap => Class::Fault,
-            Op::BoundaryMap { .. } => Class::Invalid,
+            Op::BoundaryMap { .. } => Class::Boundary,
             Op::Churn { .. } => Class::Churn,
         }
     }
