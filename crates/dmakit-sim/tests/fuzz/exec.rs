@@ -319,11 +319,13 @@ impl State {
                     (&want[at..at + n], &owners[at..at + n]),
                     "device-sees-wrong-bytes",
                 )?;
-            } else if let Err(e) =
-                self.rig
-                    .m
-                    .device_write(d.id(), dma, &want[at..at + n], owners[at])
-            {
+            } else if let Err(e) = write_runs(
+                &self.rig.m,
+                d.id(),
+                dma,
+                &want[at..at + n],
+                &owners[at..at + n],
+            ) {
                 return fail(
                     "ok-mapping-unusable",
                     format!("{}: write of {dma} (+{len}) faults: {e}", d.dev.name()),
@@ -654,6 +656,7 @@ impl State {
         let d = self.dev(l.dev);
         let mapper = self.rig.mapper(&d);
         let ranges = l.ranges_with(dma, self);
+        let nfired = self.fired.lock().unwrap().len();
         let r = match &l.kind {
             Kind::Single { buf } => mapper.unmap(&d.dev, dma, self.bufs[*buf].len, l.dir),
             Kind::Sg { segs, .. } => mapper.unmap_sg(&d.dev, segs, l.dir),
@@ -676,7 +679,11 @@ impl State {
                 &format!("after {}'s unmap ({})", d.dev.name(), l.dir.name()),
             )?;
         }
-        if let (true, Behind::Iommu { lazy: false, .. }) = (self.through_iommu(l.dev), d.behind) {
+        // (A deferred mapping completed by this unmap may have the same IOVA again.)
+        let refilled = self.fired.lock().unwrap().len() != nfired;
+        if let (true, false, Behind::Iommu { lazy: false, .. }) =
+            (self.through_iommu(l.dev), refilled, d.behind)
+        {
             // A strict domain: the old IOVA is gone at once.
             let (a, n) = ranges[0];
             self.rig.m.grant(d.id(), a, n).unwrap();
@@ -1354,6 +1361,21 @@ impl State {
         self.map(if second { 16 } else { 8 }, b, Direction::FromDevice)
     }
 
+    fn fill(&mut self, i: usize) -> Checked {
+        let mut idle: Vec<usize> = (0..self.bufs.len())
+            .filter(|&b| !self.bufs[b].busy && b != self.huge)
+            .collect();
+        idle.sort_by_key(|&b| std::cmp::Reverse(self.bufs[b].len));
+        for b in idle.into_iter().take(16) {
+            let before = self.live.len();
+            self.map(i, b, Direction::FromDevice)?;
+            if self.live.len() == before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn churn(&mut self, i: usize, n: u8) -> Checked {
         for j in 0..n {
             let Some(b) = self.idle(j as u16 * 7 + 3) else {
@@ -1468,6 +1490,7 @@ impl State {
             Op::FaultMap { dev } => self.fault_map(dev)?,
             Op::BigCoherent { second } => self.big_coherent(second)?,
             Op::FaultUnmap => self.fault_unmap()?,
+            Op::Fill { dev } => self.fill(dev as usize % nd)?,
             Op::BoundaryMap { buf } => self.boundary_map(buf)?,
             Op::Churn { dev, n } => self.churn(dev as usize % nd, n)?,
         }
@@ -1525,6 +1548,26 @@ impl State {
         }
         self.check_idle_buffers()
     }
+}
+
+/// The device writes `data` at `dma`, each byte stamped with its owner in `owners` (one
+/// write per run of equal owners).
+fn write_runs(
+    m: &dmakit_sim::Machine,
+    dev: DeviceId,
+    dma: DmaAddr,
+    data: &[u8],
+    owners: &[Owner],
+) -> Result<(), dmakit_sim::SimError> {
+    let mut i = 0;
+    while i < data.len() {
+        let j = (i..data.len())
+            .find(|&j| owners[j] != owners[i])
+            .unwrap_or(data.len());
+        m.device_write(dev, dma.add(i as u64), &data[i..j], owners[i])?;
+        i = j;
+    }
+    Ok(())
 }
 
 /// (mappings, bounces) the statistics count for `dev`.

@@ -178,6 +178,10 @@ pub enum Op {
     FaultMap {
         dev: u8,
     },
+    /// Maps the device's largest idle buffers until a map fails (at most 16): pool pressure.
+    Fill {
+        dev: u8,
+    },
     /// A write-only bounce of memory outside RAM whose copy back faults at unmap.
     FaultUnmap,
     /// A map by the device whose `min_align_mask` no segment of its pool can honour.
@@ -215,6 +219,7 @@ impl Op {
             Op::Detach { .. } => Class::Detach,
             Op::AllocDma { .. } => Class::Alloc,
             Op::FaultMap { .. } | Op::FaultUnmap => Class::Fault,
+            Op::Fill { .. } => Class::Map,
             Op::BoundaryMap { .. } => Class::Boundary,
             Op::Churn { .. } => Class::Churn,
         }
@@ -250,7 +255,8 @@ fn one(r: &mut SimRng, devices: &[u8], buffers: u16) -> Op {
     let dir = DIRS[r.below(3) as usize];
     let pick = r.next_u64() as u32;
     match r.below(100) {
-        0..=20 => Op::Map { dev, buf, dir },
+        0..=17 => Op::Map { dev, buf, dir },
+        18..=20 => Op::Fill { dev },
         21 => Op::BoundaryMap { buf },
         22..=27 => Op::MapOrDefer {
             dev,
