@@ -7,8 +7,8 @@
 //! hook can reach them through a thread-local and call `retry_deferred` synchronously.
 
 use std::cell::RefCell;
-use std::rc::{Rc, Weak};
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::growth::{GrowthHook, GrowthRequest};
@@ -130,26 +130,35 @@ impl DmaTranslation for Routed {
 
 thread_local! {
     /// The mappers of the case running on this thread, for the synchronous growth hook.
-    static MAPPERS: RefCell<Vec<Weak<Mapper>>> = const { RefCell::new(Vec::new()) };
+    static MAPPERS: RefCell<Vec<std::rc::Weak<Mapper>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The growth hook: queues requests (growth completions are fuzzer operations) and, when
 /// `sync_retry` is set, also retries every mapper's deferred queue on the spot, as a hook
-/// that grows synchronously where that is allowed would.
+/// that grows synchronously where that is allowed would, and then reports that it found
+/// no memory this time (so the next shortage calls it again).
 pub struct Hook {
     pub queue: Mutex<Vec<(usize, GrowthRequest)>>,
     pub pool: usize,
     pub sync_retry: bool,
+    pub target: OnceLock<Weak<SwiotlbBounce>>,
 }
 
 impl GrowthHook for Hook {
     fn request(&self, req: GrowthRequest) {
         self.queue.lock().unwrap().push((self.pool, req));
         if self.sync_retry {
-            let mappers: Vec<Rc<Mapper>> =
-                MAPPERS.with(|m| m.borrow().iter().filter_map(Weak::upgrade).collect());
+            let mappers: Vec<Rc<Mapper>> = MAPPERS.with(|m| {
+                m.borrow()
+                    .iter()
+                    .filter_map(std::rc::Weak::upgrade)
+                    .collect()
+            });
             for m in mappers {
                 m.retry_deferred();
+            }
+            if let Some(p) = self.target.get().and_then(Weak::upgrade) {
+                p.growth_failed();
             }
         }
     }
@@ -238,6 +247,7 @@ impl Rig {
                     queue: Mutex::new(Vec::new()),
                     pool,
                     sync_retry: o.sync_retry,
+                    target: OnceLock::new(),
                 })
             })
             .collect();
@@ -259,6 +269,9 @@ impl Rig {
             // so only the dedicated operations use its two devices.
             swiotlb_pool_of(&m, hooks[3].clone(), &[(256 * KIB, 16 << 20, BELOW_4G)], 8),
         ];
+        for (h, p) in hooks.iter().zip(&swiotlb) {
+            let _ = h.target.set(Arc::downgrade(p));
+        }
         let coherent = Arc::new(
             CoherentBouncePool::new(
                 ObjectPoolConfig {
