@@ -107,7 +107,12 @@ impl Budget {
         Budget {
             devices,
             first_seed: num("DMAKIT_FUZZ_SEED").map_or(1, |s| s as u64),
-            seconds: num("DMAKIT_FUZZ_SECONDS").unwrap_or(default_seconds),
+            // An operation budget alone is not cut short by the default time budget.
+            seconds: num("DMAKIT_FUZZ_SECONDS").unwrap_or(if num("DMAKIT_FUZZ_OPS").is_some() {
+                f64::INFINITY
+            } else {
+                default_seconds
+            }),
             ops: num("DMAKIT_FUZZ_OPS").map_or(u64::MAX, |n| n as u64),
             classes,
             shrink_seconds: 20.0,
