@@ -222,20 +222,39 @@ impl State {
         if let (true, Behind::Iommu { unit, .. }) = (self.through_iommu(i), d.behind) {
             let g = self.rig.granules[unit];
             let dom = d.domain.unwrap();
-            let mut iova = dma.as_u64() & !(g - 1);
-            while iova < dma.as_u64() + len {
+            // Untrusted and force-bounce devices own the whole granules of their bounces
+            // (the device can reach all of them); a trusted device's alignment bounce owns
+            // its slots, lead-in included, and shares its granules with others by design.
+            let whole = !d.dev.is_trusted() || d.dev.force_bounce();
+            let (start, end) = (dma.as_u64(), dma.as_u64() + len);
+            let mut iova = start;
+            while iova < end {
+                let piece_end = ((iova & !(g - 1)) + g).min(end);
                 if let Some((p, _)) = self.rig.units[unit].iova_to_phys(dom, DmaAddr::new(iova)) {
-                    let p = p.as_u64() & !(g - 1);
+                    let p = p.as_u64();
                     if let Some(pool) = check::pool_of(&self.rig, p) {
+                        let (s, e) = if whole {
+                            (p & !(g - 1), (p & !(g - 1)) + g)
+                        } else {
+                            let lead = if iova == start {
+                                d.dev.min_align_mask()
+                            } else {
+                                0
+                            };
+                            (
+                                (p & !lead) & !(SLOT - 1),
+                                (p + (piece_end - iova)).next_multiple_of(SLOT),
+                            )
+                        };
                         out.push(Footprint {
                             pool,
-                            start: p,
-                            end: p + g,
+                            start: s,
+                            end: e,
                             id,
                         });
                     }
                 }
-                iova += g;
+                iova = piece_end;
             }
             return out;
         }
