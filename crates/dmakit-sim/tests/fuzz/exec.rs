@@ -83,6 +83,8 @@ pub struct State {
     /// The first answer to `unmap_sg(&[])`: (device, was it Ok).
     empty_unmap_sg: Option<(DeviceId, bool)>,
     detached: Vec<bool>,
+    /// `release_device` was called for it (later maps may be refused, with any error).
+    released: Vec<bool>,
     grown: u32,
     zones: Option<Arc<ZonedPageAllocator>>,
     /// An operation is under way that is not a valid call: debug reports are expected.
@@ -176,6 +178,7 @@ impl State {
             rng,
             empty_unmap_sg: None,
             detached: vec![false; n],
+            released: vec![false; n],
             grown: 0,
             zones: None,
             invalid_call: false,
@@ -418,7 +421,7 @@ impl State {
         let fired_during = self.fired.lock().unwrap().len() != fired_before;
         let d = self.dev(i);
         let name = d.dev.name();
-        if self.detached[i] {
+        if self.detached[i] || self.released[i] {
             return Ok(());
         }
         match e {

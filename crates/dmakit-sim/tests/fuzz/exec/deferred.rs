@@ -128,6 +128,7 @@ impl State {
         for p in self.pending.iter_mut().filter(|p| p.dev == i) {
             p.cancelled = true;
         }
+        self.released[i] = true;
         let leaks = self.rig.mapper(&d).release_device(&d.dev);
         if let Some(r) = leaks.first() {
             return fail(
