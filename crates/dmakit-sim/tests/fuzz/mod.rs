@@ -6,7 +6,7 @@
 //!
 //! | defect | invariant that fires |
 //! |---|---|
-//! | 1 `LeadInSlotsFreed` | `bounce-footprints-overlap` (a bounce owns its lead-in slots and, behind an IOMMU, its whole granules), `isolation` (an untrusted device reading its whole granules sees another owner's bytes), `byte-oracle` (the zero padding wipes a neighbour's in-flight bounce) |
+//! | 1 `LeadInSlotsFreed` | `bounce-footprints-overlap` (a bounce owns its lead-in slots and, behind an IOMMU, its whole granules), `isolation` (an untrusted device reading its whole granules sees another owner's bytes), `byte-oracle`, `device-sees-wrong-bytes` (the zero padding wipes a neighbour's in-flight bounce) |
 //! | 2 `CheckerForgetsBeforeValidation` | `checker-report-on-valid-call` (after a refused wrong-size/direction unmap, the correct unmap is reported `not-mapped`), `checker-not-empty-at-end` |
 //! | 3 `IommuSgUncounted` | `statistics-miss-mappings` (a successful `map_sg` must raise the device's mapping count, and its bounce count when it bounced) |
 //! | 4 `LazyDomainParksBounces` | `exhausted-while-only-unmapped-hold-it` (`PoolExhausted` while no live mapping holds the pool), `pool-not-empty-at-end` |
@@ -16,15 +16,15 @@
 //! | 5d `DeferSurvivesRelease` | `callback-after-release` |
 //! | 5e `DeferSingleFifo` | `deferred-with-room` (queued behind another pool's requests) |
 //! | 6 `MaskLimitedNoGrowth` | `no-bounce-pool-with-a-pool` (a 32-bit device whose low region is full) |
-//! | 7 `CoherentNoCoalesce` | `exhausted-while-free` (64 KiB through an entirely free 64 KiB coherent pool) |
-//! | 8 `IommuFaultLeaksSlot` | `pool-not-empty-at-end`, `failed-call-changed-pool` (only where a bounce copy faults at unmap; see RELIABILITY.md) |
+//! | 7 `CoherentNoCoalesce` | `exhausted-while-free` (64 KiB through an entirely free 64 KiB coherent pool), `deferred-left-at-end` (a deferred request the fragmented pool never serves) |
+//! | 8 `IommuFaultLeaksSlot` | `faulting-unmap-leaks` (a write-only untrusted bounce of memory outside RAM, on a mapper without inbound fills, whose copy back faults at unmap) |
 //! | 9 `CheckerRoundingOverflow` | `panic` (a map ending next to `u64::MAX`) |
 //! | 10 `SubGranuleAllocNotRounded` | `sub-granule-alloc-refused` (4 KiB `alloc_coherent`, 8 KiB `alloc_pages` behind 16/64 KiB granules) |
-//! | 11a `HugeRangeAccepted` | `invalid-call-accepted` (`map(0, u64::MAX)`) |
+//! | 11a `HugeRangeAccepted` | `huge-range-accepted` (`map(0, u64::MAX)`; while defect 9 is in, the same call panics in the checker first) |
 //! | 11b `FailedBounceRaisesHighWater` | `failed-call-changed-pool` (a bounce of memory outside RAM) |
-//! | 11c `DmaBitsAbove64Accepted` | `invalid-call-accepted` (`dma_bits(65)`) |
+//! | 11c `DmaBitsAbove64Accepted` | `dma-bits-65-accepted` |
 //! | 11d `EmptyUnmapSgInconsistent` | `paths-disagree` (`unmap_sg(&[])` on direct and IOMMU devices) |
-//! | 11e `TooLargeReportsZero` | `too-large-says-nothing` (`TooLargeToBounce { max: 0 }`) |
+//! | 11e `TooLargeReportsZero` | `too-large-says-nothing` (`TooLargeToBounce { max: 0 }` for a device whose `min_align_mask` no 16 KiB segment can honour) |
 //! | 11f `DetachGoesDirect` | `ok-mapping-unusable` (after `IommuDma::detach`, a map that answers `Ok` must be usable by the device; any `Err` is accepted) |
 //!
 //! Expectations follow the fixed semantics of issue 11; where it leaves a choice (what a
