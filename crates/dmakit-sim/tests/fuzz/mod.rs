@@ -11,10 +11,10 @@
 //! | 3 `IommuSgUncounted` | `statistics-miss-mappings` (a successful `map_sg` must raise the device's mapping count, and its bounce count when it bounced) |
 //! | 4 `LazyDomainParksBounces` | `exhausted-while-only-unmapped-hold-it` (`PoolExhausted` while no live mapping holds the pool), `pool-not-empty-at-end` |
 //! | 5a `DeferHookUnderLock` | `hang` (the growth hook of half the cases calls `retry_deferred` synchronously; the watchdog fires) |
-//! | 5b `DeferUnneededMapping` | `deferred-with-room` (a deferred request that a plain map serves at once, with nothing queued for its pool) |
-//! | 5c `DeferTooLarge` | `too-large-deferred` |
+//! | 5b `DeferUnneededMapping` | `deferred-without-bounce` (a deferred request that a plain map serves at once without a bounce, with nothing queued for its pool) |
+//! | 5c `DeferTooLarge` | `too-large-deferred`, `deferred-left-at-end` |
 //! | 5d `DeferSurvivesRelease` | `callback-after-release` |
-//! | 5e `DeferSingleFifo` | `deferred-with-room` (queued behind another pool's requests) |
+//! | 5e `DeferSingleFifo` | `deferred-behind-another-pool` (queued behind another pool's requests although a plain map bounces it at once) |
 //! | 6 `MaskLimitedNoGrowth` | `no-bounce-pool-with-a-pool` (a 32-bit device whose low region is full) |
 //! | 7 `CoherentNoCoalesce` | `exhausted-while-free` (64 KiB through an entirely free 64 KiB coherent pool), `deferred-left-at-end` (a deferred request the fragmented pool never serves) |
 //! | 8 `IommuFaultLeaksSlot` | `faulting-unmap-leaks` (a write-only untrusted bounce of memory outside RAM, on a mapper without inbound fills, whose copy back faults at unmap) |
