@@ -268,12 +268,18 @@ impl State {
                 }
             }
             Invalid::DmaBits65 => {
-                if Device::builder(DeviceId(99), "bits65")
-                    .dma_bits(65)
-                    .build()
-                    .is_ok()
-                {
-                    return fail("dma-bits-65-accepted", "dma_bits(65) was accepted");
+                // The edges: 64 bits is a valid mask, anything above is not.
+                let bits = |n| Device::builder(DeviceId(99), "bits").dma_bits(n).build();
+                for n in [65, 96, u32::MAX] {
+                    if bits(n).is_ok() {
+                        return fail(
+                            "dma-bits-65-accepted",
+                            format!("dma_bits({n}) was accepted"),
+                        );
+                    }
+                }
+                if let Err(e) = bits(64) {
+                    return fail("dma-bits-64-refused", format!("dma_bits(64): {e:?}"));
                 }
             }
             Invalid::NearTop => {
