@@ -44,8 +44,16 @@ impl State {
         }
         for k in mine {
             let (l, dma) = (&self.live[k].0, self.live[k].1);
-            let mut allowed: Vec<Owner> = l.bufs().iter().map(|&b| self.bufs[b].owner).collect();
+            // The buffer's bytes as they are now (a device may have written them earlier),
+            // and whatever this device itself wrote.
+            let mut allowed: Vec<Owner> = l
+                .bufs()
+                .iter()
+                .flat_map(|&b| self.bufs[b].owners.iter().copied())
+                .collect();
             allowed.push(hostile(d.id()));
+            allowed.sort_by_key(|o| o.0);
+            allowed.dedup();
             for (s, e) in self.windows(l, dma) {
                 let (a, n) = (DmaAddr::new(s), e - s);
                 self.rig.m.grant(d.id(), a, n).unwrap();
