@@ -24,6 +24,12 @@ pub struct GrowthRequest {
 
 /// Receives growth requests. Called on the map path, possibly in atomic context: it must not
 /// block. It answers later by adding memory to the pool that asked.
+///
+/// A hook allowed to allocate on the spot may add the memory at once and then call
+/// [`crate::DmaMapper::retry_deferred`], even from inside the map that asked. A hook that
+/// finds no memory reports it to the pool (e.g. `SwiotlbBounce::growth_failed`) and does
+/// **not** retry: a retry tells waiting mappings that room was made, so each would try
+/// again, fail, ask again and be retried again, without end.
 pub trait GrowthHook: Send + Sync {
     /// A pool asks for memory.
     fn request(&self, req: GrowthRequest);

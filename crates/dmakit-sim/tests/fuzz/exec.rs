@@ -571,8 +571,17 @@ impl State {
                     entries.iter().map(|e| e.len).max().unwrap(),
                 );
                 // A list's own earlier segments hold room when a later one fails: the
-                // room judgments hold for single-entry lists only.
-                if entries.len() > 1 && matches!(e, DmaError::PoolExhausted { .. }) {
+                // room judgments hold only for a list that maps as one segment (one entry
+                // within the device's segment size and boundary).
+                let one_segment = entries.len() == 1 && {
+                    let (start, len) = (entries[0].phys.as_u64(), entries[0].len);
+                    let boundary = d.dev.seg_boundary_mask();
+                    len <= d.dev.max_segment_size()
+                        && (start & boundary)
+                            .checked_add(len)
+                            .is_some_and(|end| end <= boundary.saturating_add(1))
+                };
+                if !one_segment && matches!(e, DmaError::PoolExhausted { .. }) {
                     return self.failed_left_pools(&before, nfired, "failed map_sg");
                 }
                 self.judge_map_error(i, p, l, e, &before, nfired)?;

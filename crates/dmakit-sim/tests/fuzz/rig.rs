@@ -133,34 +133,49 @@ thread_local! {
     static MAPPERS: RefCell<Vec<std::rc::Weak<Mapper>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The growth hook: queues requests (growth completions are fuzzer operations) and, when
-/// `sync_retry` is set, also retries every mapper's deferred queue on the spot, as a hook
-/// that grows synchronously where that is allowed would, and then reports that it found
-/// no memory this time (so the next shortage calls it again).
+/// A pool's growth hook. Requests queue for the `Grow` operation, which serves them later
+/// as a background grower would. With `sync_retry` set, the hook first tries to grow on the
+/// spot, as a hook that may allocate there would: it adds a region from its reserve (memory
+/// set aside at start-up, within the request's reach) and retries every mapper's deferred
+/// queue synchronously, from inside the map that asked. With no reserve left it queues the
+/// request like the other hooks, without a retry: a retry says room was made, and a hook
+/// that says so without adding memory makes every waiter try, fail and ask again forever.
 pub struct Hook {
     pub queue: Mutex<Vec<(usize, GrowthRequest)>>,
     pub pool: usize,
     pub sync_retry: bool,
     pub target: OnceLock<Weak<SwiotlbBounce>>,
+    /// Regions the hook may add on the spot (`sync_retry` only).
+    pub reserve: Mutex<Vec<(PhysAddr, u64)>>,
 }
 
 impl GrowthHook for Hook {
     fn request(&self, req: GrowthRequest) {
-        self.queue.lock().unwrap().push((self.pool, req));
         if self.sync_retry {
-            let mappers: Vec<Rc<Mapper>> = MAPPERS.with(|m| {
-                m.borrow()
-                    .iter()
-                    .filter_map(std::rc::Weak::upgrade)
-                    .collect()
-            });
-            for m in mappers {
-                m.retry_deferred();
-            }
-            if let Some(p) = self.target.get().and_then(Weak::upgrade) {
-                p.growth_failed();
+            let region = {
+                let mut r = self.reserve.lock().unwrap();
+                let fits = r.iter().position(|&(base, bytes)| {
+                    bytes >= req.min_bytes && base.as_u64() + (bytes - 1) <= req.max_addr
+                });
+                fits.map(|i| r.remove(i))
+            };
+            if let (Some((base, bytes)), Some(p)) =
+                (region, self.target.get().and_then(Weak::upgrade))
+            {
+                let _ = p.add_region(base, bytes);
+                let mappers: Vec<Rc<Mapper>> = MAPPERS.with(|m| {
+                    m.borrow()
+                        .iter()
+                        .filter_map(std::rc::Weak::upgrade)
+                        .collect()
+                });
+                for m in mappers {
+                    m.retry_deferred();
+                }
+                return;
             }
         }
+        self.queue.lock().unwrap().push((self.pool, req));
     }
 }
 
@@ -248,6 +263,18 @@ impl Rig {
                     pool,
                     sync_retry: o.sync_retry,
                     target: OnceLock::new(),
+                    reserve: Mutex::new(if o.sync_retry {
+                        (0..2)
+                            .map(|_| {
+                                (
+                                    m.alloc_pages(GROW_BYTES / 4096, BELOW_4G).unwrap(),
+                                    GROW_BYTES,
+                                )
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    }),
                 })
             })
             .collect();

@@ -129,6 +129,12 @@ impl BounceBackend for CoherentBouncePool {
         self.objects.contains(addr)
     }
 
+    /// The largest object, `max_object`: a bounce whose offset under the mask is 0 fits in
+    /// it; a longer one never does, however much is freed or grown.
+    fn max_bounce(&self, _min_align_mask: u64) -> Option<u64> {
+        Some(self.objects.config().max_object)
+    }
+
     fn memory_span(&self) -> Option<Arc<MemorySpan>> {
         Some(self.objects.memory_span().clone())
     }

@@ -455,6 +455,44 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     finish(p, dom, dev, dma.as_u64(), rec)
 }
 
+/// Takes back a mapping this call made and the device never saw (a failing sg list):
+/// page tables and IOTLB at once, whatever the domain's mode, the IOVA released, and a
+/// bounce abandoned — no copy back, and the pool's usage and high-water mark as before.
+///
+/// # Errors
+/// As [`unmap`] for a mapping that is not live with these arguments, or that the IOMMU
+/// refuses to unmap (then it stays live).
+fn undo<P: Platform + ?Sized>(
+    p: &P,
+    dom: &IommuDomain,
+    dev: &Device,
+    dma: DmaAddr,
+    len: u64,
+    dir: Direction,
+) -> Result<(), DmaError> {
+    let key = dma.as_u64();
+    let rec = take_record(dom, dev, key, Some(len), dir)?;
+    let base = dom.iova_addr(rec.iova);
+    if let Err(error) = dom.iommu.unmap(dom.id, base, rec.mapped) {
+        dom.records.lock().insert(key, rec);
+        return Err(DmaError::Iommu {
+            device: dev.id(),
+            error,
+        });
+    }
+    dom.iommu.flush_iotlb_range(dom.id, base, rec.mapped);
+    match &rec.kind {
+        Kind::Bounced { backend, slot } => {
+            let abandoned = backend.abandon(*slot);
+            debug_assert!(abandoned.is_some());
+        }
+        Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
+        Kind::Sg { .. } | Kind::Pages { .. } => {}
+    }
+    dom.release(rec.iova, p.current_cpu());
+    Ok(())
+}
+
 /// The key of the live mapping of `dev` holding `[addr, addr + len)`.
 fn containing(
     recs: &alloc::collections::BTreeMap<u64, Record>,
@@ -638,7 +676,11 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
                 Err(f) => {
                     for (dma, len) in keys {
                         // Mapped just above with these arguments.
-                        let undone = unmap(p, dom, dev, dma, len, dir);
+                        let undone = if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
+                            unmap(p, dom, dev, dma, len, dir).map(|_| ())
+                        } else {
+                            undo(p, dom, dev, dma, len, dir)
+                        };
                         debug_assert!(undone.is_ok());
                     }
                     return Err(f);
