@@ -49,6 +49,8 @@ fn expected(d: Defect) -> &'static [&'static str] {
         Defect::EmptyUnmapSgInconsistent => &["paths-disagree"],
         Defect::TooLargeReportsZero => &["too-large-says-nothing"],
         Defect::DetachGoesDirect => &["ok-mapping-unusable"],
+        Defect::SgUnwindKeepsHighWater => &["failed-call-changed-pool"],
+        Defect::IommuSyncStraysIntoNeighbour => &["invalid-call-accepted"],
         _ => &[],
     }
 }
@@ -88,7 +90,9 @@ impl Row {
 #[test]
 fn every_defect_put_back_is_found_by_the_fuzzer() {
     // A defect that hangs leaves its case thread spinning: run it last.
-    let mut order: Vec<Defect> = Defect::ALL.to_vec();
+    // The command's own defects are caught by its controls (`dmakit-cli`'s
+    // `hostile_inputs_controls`), not by the mapping layer's fuzzer.
+    let mut order: Vec<Defect> = Defect::ALL.into_iter().filter(|d| !d.in_cli()).collect();
     order.sort_by_key(|&d| d == Defect::DeferHookUnderLock);
     let mut rows = Vec::new();
     for d in order {

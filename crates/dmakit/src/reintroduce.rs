@@ -52,6 +52,9 @@ pub enum Defect {
     /// 11b (scatter-gather): a `map_sg` that fails part-way gives its bounced segments back
     /// by unmapping them, which keeps their rise of the pool's high-water mark.
     SgUnwindKeepsHighWater,
+    /// Found by the fuzzer: an IOMMU-path sync of a part past the end of the mapping it
+    /// names syncs another mapping of the device that starts right after it.
+    IommuSyncStraysIntoNeighbour,
     /// 11c: `dma_bits` above 64 is accepted.
     DmaBitsAbove64Accepted,
     /// 11d: `unmap_sg(&[])` answers differently on the direct and IOMMU paths.
@@ -155,8 +158,21 @@ pub const fn active(_d: Defect) -> bool {
 }
 
 impl Defect {
+    /// Whether the defect lies in the `dmakit` command (input handling), not in the mapping
+    /// layer: its controls run the command, not the mapping-layer fuzzer.
+    pub fn in_cli(self) -> bool {
+        matches!(
+            self,
+            Defect::CliCacheSizeUnbounded
+                | Defect::CliInputUnbounded
+                | Defect::CliRamOverlapMerged
+                | Defect::CliReportCheckedLate
+                | Defect::CliDeviceValidationQuadratic
+        )
+    }
+
     /// Every defect, in finding order.
-    pub const ALL: [Defect; 26] = [
+    pub const ALL: [Defect; 27] = [
         Defect::LeadInSlotsFreed,
         Defect::CheckerForgetsBeforeValidation,
         Defect::IommuSgUncounted,
@@ -174,6 +190,7 @@ impl Defect {
         Defect::HugeRangeAccepted,
         Defect::FailedBounceRaisesHighWater,
         Defect::SgUnwindKeepsHighWater,
+        Defect::IommuSyncStraysIntoNeighbour,
         Defect::DmaBitsAbove64Accepted,
         Defect::EmptyUnmapSgInconsistent,
         Defect::TooLargeReportsZero,

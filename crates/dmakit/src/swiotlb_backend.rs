@@ -98,9 +98,25 @@ impl SwiotlbBounce {
                 self.grow_below(u64::MAX);
                 Err(BounceAllocError::Full { used, total })
             }
-            Err(_) => Err(BounceAllocError::TooLarge {
+            Err(e) => Err(self.refusal(req, e)),
+        }
+    }
+
+    /// What an allocation refused for a reason other than room says.
+    fn refusal(&self, req: &BounceRequest, e: PoolError) -> BounceAllocError {
+        match e {
+            PoolError::TooLarge { max, .. } => BounceAllocError::TooLarge { max },
+            PoolError::BadAlignMask { mask, segment }
+                if !crate::reintroduce::active(crate::reintroduce::Defect::TooLargeReportsZero) =>
+            {
+                BounceAllocError::AlignUnsupported {
+                    min_align_mask: mask,
+                    max_mask: segment - 1,
+                }
+            }
+            _ => BounceAllocError::TooLarge {
                 max: self.pool.max_mapping_size(req.min_align_mask),
-            }),
+            },
         }
     }
 }
@@ -146,21 +162,7 @@ impl BounceBackend for SwiotlbBounce {
                     Err(BounceAllocError::Unreachable)
                 }
             }
-            Err(PoolError::TooLarge { max, .. }) => Err(BounceAllocError::TooLarge { max }),
-            Err(PoolError::BadAlignMask { mask, segment }) => {
-                if crate::reintroduce::active(crate::reintroduce::Defect::TooLargeReportsZero) {
-                    return Err(BounceAllocError::TooLarge {
-                        max: self.pool.max_mapping_size(req.min_align_mask),
-                    });
-                }
-                Err(BounceAllocError::AlignUnsupported {
-                    min_align_mask: mask,
-                    max_mask: segment - 1,
-                })
-            }
-            Err(_) => Err(BounceAllocError::TooLarge {
-                max: self.pool.max_mapping_size(req.min_align_mask),
-            }),
+            Err(e) => Err(self.refusal(req, e)),
         }
     }
 

@@ -557,13 +557,27 @@ pub(crate) fn sync<P: Platform + ?Sized>(
         .checked_add(offset)
         .ok_or(overflow(dev, dma.as_u64(), offset))?;
     let recs = dom.records.lock();
-    let key = containing(&recs, dev, addr, len)?;
+    // The mapping the caller names is the one holding `dma`; the synced part must lie in
+    // it, even where another mapping of the device starts right after it.
+    let key = if reintroduce::active(Defect::IommuSyncStraysIntoNeighbour) {
+        containing(&recs, dev, addr, len)?
+    } else {
+        containing(&recs, dev, dma.as_u64(), 1)?
+    };
     let Some(r) = recs.get(&key) else {
         return Err(DmaError::UnknownMapping {
             device: dev.id(),
             dma,
         });
     };
+    if (addr - key).checked_add(len).is_none_or(|end| end > r.len) {
+        return Err(DmaError::OutOfMapping {
+            device: dev.id(),
+            dma: DmaAddr::new(addr),
+            len,
+            mapped_len: r.len,
+        });
+    }
     if !r.dir.permits_sync(dir) {
         return Err(DmaError::WrongDirection {
             device: dev.id(),

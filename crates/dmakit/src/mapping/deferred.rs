@@ -61,8 +61,8 @@ impl DeferQueue {
     }
 
     /// Whether a new request of `dev` must queue behind an older one (FIFO per device).
-    fn holds_up(&self, dev: DeviceId) -> bool {
-        if active(Defect::DeferSingleFifo) {
+    fn holds_up(&self, dev: DeviceId, behind_all: bool) -> bool {
+        if behind_all || active(Defect::DeferSingleFifo) {
             return !self.entries.is_empty();
         }
         self.entries.iter().any(|e| e.dev.id() == dev)
@@ -137,9 +137,11 @@ impl<P: Platform> DmaMapper<P> {
             let seen = self.room_events.load(Ordering::SeqCst);
             // The defect put back: the queue's lock stays held across the attempt.
             let held = active(Defect::DeferHookUnderLock).then(|| self.deferred.lock());
+            // The defect put back: a buffer that needs no bounce waits behind anything.
+            let behind_all = active(Defect::DeferUnneededMapping) && matches!(route, Route::Direct);
             let held_up = match &held {
-                Some(q) => q.holds_up(dev.id()),
-                None => self.deferred.lock().holds_up(dev.id()),
+                Some(q) => q.holds_up(dev.id(), behind_all),
+                None => self.deferred.lock().holds_up(dev.id(), behind_all),
             };
             if !held_up {
                 match self.map_range(dev, range, dir, site) {

@@ -305,6 +305,12 @@ impl State {
                         .mapper(&coh)
                         .unmap(&coh.dev, dma, 0x20, Direction::ToDevice);
                 }
+                // The checker's public entry for coherent memory the caller allocated
+                // itself takes any address: a record at the very top, then its free.
+                if let Some(c) = self.rig.mapper(&coh).debug_checker() {
+                    c.coherent_allocated(&coh.dev, DmaAddr::new(at.as_u64()), at, 0x20);
+                    c.coherent_freeing(&coh.dev, DmaAddr::new(at.as_u64()), 0x20);
+                }
             }
         }
         check::pools_unchanged(
