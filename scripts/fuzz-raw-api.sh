@@ -5,8 +5,8 @@
 # Installs cargo-fuzz if it is missing and needs the nightly toolchain. New inputs go to
 # fuzz/corpus/raw_api (not committed); the committed seeds in fuzz/seeds/raw_api are read
 # too. A crash leaves its input, minimized, in fuzz/artifacts/raw_api/ and makes the script
-# exit non-zero. DMAKIT_FUZZ_KNOWN=name,... steps over checks of defects already reported
-# (see fuzz/src/harness.rs); FUZZ_JOBS=N runs N fuzzing processes (default 1).
+# exit non-zero. Every check of the harness (fuzz/src/harness/mod.rs lists them) always
+# runs; FUZZ_JOBS=N runs N fuzzing processes (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,26 +1,20 @@
 //! Runs the committed seed inputs through the harness on the stable toolchain, without
 //! libFuzzer, plus programs written out by hand: one that must pass, and one per defect
-//! the fuzzer found, which fail until the defect is fixed (ignored until then).
+//! the fuzzer found (now fixed), kept as regression tests of those findings.
 
 use std::path::Path;
 
 use dmakit_fuzz::harness::run_program;
 use dmakit_fuzz::ops::{Buf, Op, Program};
-use dmakit_fuzz::Known;
-
-/// The defects the fuzzer found in the current code; the seeds were grown with them
-/// stepped over, and each has its own test below.
-const KNOWN: [&str; 3] = ["lead-in", "failed-high-water", "unreachable-room"];
 
 #[test]
 fn seed_corpus_runs_clean() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/raw_api");
-    let known = Known::of(KNOWN);
     let mut n = 0;
     for e in std::fs::read_dir(&dir).expect("fuzz/seeds/raw_api") {
         let path = e.unwrap().path();
         eprintln!("running {}", path.display());
-        dmakit_fuzz::run_with(&std::fs::read(&path).unwrap(), &known);
+        dmakit_fuzz::run(&std::fs::read(&path).unwrap());
         n += 1;
     }
     assert!(n > 0, "no seed inputs in {}", dir.display());
@@ -31,7 +25,7 @@ fn map(dev: u8, dir: u8, off: u16, len: u16) -> Op {
 }
 
 fn run(debug_checker: bool, ops: Vec<Op>) {
-    run_program(&Program { debug_checker, ops }, &Known::default());
+    run_program(&Program { debug_checker, ops });
 }
 
 /// Each device maps a misaligned inbound buffer, the device writes part of it, wrong
@@ -72,12 +66,12 @@ fn every_device_round_trips() {
     run(true, ops);
 }
 
-/// Defect (issue 11, finding 1, `LeadInSlotsFreed`): the SWIOTLB pool does not reserve a
-/// `min_align_mask` bounce's lead-in, although the `BounceBackend` contract says it belongs
-/// to the bounce (the IOMMU path relies on it to give untrusted devices whole granules): a
-/// force-bounced mapping is placed inside the 0xbc8-byte lead-in of a live min-align bounce.
+/// Regression (issue 11, finding 1, `LeadInSlotsFreed`, fixed): the SWIOTLB pool did not
+/// reserve a `min_align_mask` bounce's lead-in, although the `BounceBackend` contract says it
+/// belongs to the bounce (the IOMMU path relies on it to give untrusted devices whole
+/// granules): a force-bounced mapping was placed inside the 0xbc8-byte lead-in of a live
+/// min-align bounce.
 #[test]
-#[ignore = "known defect: the pool hands out a min_align_mask bounce's lead-in"]
 fn min_align_lead_in_is_reserved() {
     // The min-align device keeps 0xbc8 of low bits, so its lead-in is 0xbc8 bytes.
     run(
@@ -90,11 +84,10 @@ fn min_align_lead_in_is_reserved() {
     );
 }
 
-/// Defect (issue 11, finding 11b, `FailedBounceRaisesHighWater`): a map that fails after
-/// the pool reserved room (here the bounce copy faults, the buffer running past the end of
-/// memory) leaves the pool's high-water mark raised.
+/// Regression (issue 11, finding 11b, `FailedBounceRaisesHighWater`, fixed): a map that
+/// failed after the pool reserved room (here the bounce copy faults, the buffer running past
+/// the end of memory) left the pool's high-water mark raised.
 #[test]
-#[ignore = "known defect: a failed map raises the pool's high-water mark"]
 fn failed_map_keeps_high_water() {
     run(
         false,
@@ -108,11 +101,10 @@ fn failed_map_keeps_high_water() {
     );
 }
 
-/// Defect (issue 11, finding 6, `MaskLimitedNoGrowth`): a 32-bit device mapping from CPU 1,
-/// whose pool area lies above 4 GiB, is refused with `NoBouncePool`, although the pool's
-/// other area, below 4 GiB, is empty.
+/// Regression (issue 11, finding 6, `MaskLimitedNoGrowth`, fixed): a 32-bit device mapping
+/// from CPU 1, whose pool area lies above 4 GiB, was refused with `NoBouncePool`, although
+/// the pool's other area, below 4 GiB, was empty.
 #[test]
-#[ignore = "known defect: a 32-bit device is refused while reachable pool room is free"]
 fn dma32_finds_reachable_room() {
     // Device 2 (dma32) with bit 7 set: a buffer in the area above 4 GiB, so it must bounce.
     run(false, vec![Op::Cpu(1), map(0x80 | 2, 0, 64, 100)]);

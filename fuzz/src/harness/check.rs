@@ -73,13 +73,8 @@ impl Harness {
                     m.dma, m.len, d.name(), m.phys, m.dir, buf[at], m.view[at]
                 ));
             }
-            // The lead-in belongs to the bounce (the `BounceBackend` contract), unless a
-            // known defect is being stepped over.
-            let first = if self.known.has("lead-in") {
-                m.dma
-            } else {
-                m.dma - lead
-            } / LINE;
+            // The lead-in belongs to the bounce (the `BounceBackend` contract).
+            let first = (m.dma - lead) / LINE;
             let last = (m.dma + m.len - 1) / LINE;
             bounces.push((first, last, m.dma));
         }

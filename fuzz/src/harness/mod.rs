@@ -26,45 +26,6 @@ use crate::model::{must_bounce, sg_pieces, Live, Model, Pending};
 use crate::ops::{direction, length, pattern, Buf, Op, Program, MAX_OPS};
 use crate::world::{World, AREA, ARENA, BASE, CPUS, POOL_BYTES, POOL_START};
 
-/// Known findings to step over, so a run can look past defects already reported. Every
-/// check is on when the set is empty (the default).
-#[derive(Clone, Debug, Default)]
-pub struct Known(Vec<String>);
-
-impl Known {
-    /// The names in `DMAKIT_FUZZ_KNOWN` (comma-separated): `lead-in`, `failed-high-water`,
-    /// `unreachable-room`.
-    pub fn from_env() -> Self {
-        Self::of(
-            std::env::var("DMAKIT_FUZZ_KNOWN")
-                .unwrap_or_default()
-                .split(','),
-        )
-    }
-
-    /// The given names.
-    pub fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        Self(
-            names
-                .into_iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|k| k == name)
-    }
-}
-
-/// The known defect "unreachable-room": a device whose mask reaches only part of the pool
-/// is refused with `NoBouncePool` when the pool first offers room beyond the mask, although
-/// room below it is free.
-fn unreachable_room(known: &Known, e: DmaError) -> bool {
-    known.has("unreachable-room") && matches!(e, DmaError::NoBouncePool { .. })
-}
-
 /// Most live mappings (segments included) and waiting requests at once.
 const MAX_LIVE: usize = 64;
 const MAX_PENDING: usize = 16;
@@ -79,13 +40,11 @@ pub struct Harness {
     step: usize,
     op: String,
     scratch: Vec<u8>,
-    known: Known,
 }
 
 /// Runs `p`; panics (a crash for libFuzzer) on the first broken promise.
-pub fn run_program(p: &Program, known: &Known) {
+pub fn run_program(p: &Program) {
     let mut h = Harness {
-        known: known.clone(),
         w: World::new(p.debug_checker),
         m: Model::new(ARENA),
         done: Arc::default(),
@@ -202,10 +161,7 @@ impl Harness {
     }
 
     fn unchanged(&self, before: PoolUsage, what: &str) {
-        let mut after = self.usage();
-        if self.known.has("failed-high-water") {
-            after.high_water = before.high_water;
-        }
+        let after = self.usage();
         if after != before {
             self.fail(format_args!(
                 "{what} changed the pool: {before:?} -> {after:?}"
@@ -279,8 +235,7 @@ impl Harness {
         if !matches!(
             e,
             DmaError::PoolExhausted { .. } | DmaError::TooLargeToBounce { .. }
-        ) && !unreachable_room(&self.known, e)
-        {
+        ) {
             self.fail(format_args!("unexpected error {e:?}"));
         }
         self.unchanged(before, "a failed map");
@@ -346,8 +301,7 @@ impl Harness {
                     DmaError::PoolExhausted { .. }
                         | DmaError::TooLargeToBounce { .. }
                         | DmaError::OutOfMapping { .. }
-                ) && !unreachable_room(&self.known, e)
-                {
+                ) {
                     self.fail(format_args!("unexpected sg error {e:?}"));
                 }
                 self.unchanged(before, "a failed map_sg");
