@@ -10,7 +10,7 @@
 //! | 2 `CheckerForgetsBeforeValidation` | `checker-report-on-valid-call` (after a refused wrong-size/direction unmap, the correct unmap is reported `not-mapped`), `checker-not-empty-at-end` |
 //! | 3 `IommuSgUncounted` | `statistics-miss-mappings` (a successful `map_sg` must raise the device's mapping count, and its bounce count when it bounced) |
 //! | 4 `LazyDomainParksBounces` | `exhausted-while-only-unmapped-hold-it` (`PoolExhausted` while no live mapping holds the pool), `pool-not-empty-at-end` |
-//! | 5a `DeferHookUnderLock` | `hang` (the growth hook of half the cases calls `retry_deferred` synchronously; the watchdog fires) |
+//! | 5a `DeferHookUnderLock` | `hang` (the growth hook of half the cases grows on the spot from a reserve and calls `retry_deferred` synchronously; the watchdog fires) |
 //! | 5b `DeferUnneededMapping` | `deferred-without-bounce` (a deferred request that a plain map serves at once without a bounce, with nothing queued for its pool) |
 //! | 5c `DeferTooLarge` | `too-large-deferred`, `deferred-left-at-end` |
 //! | 5d `DeferSurvivesRelease` | `callback-after-release` |
@@ -18,10 +18,12 @@
 //! | 6 `MaskLimitedNoGrowth` | `no-bounce-pool-with-a-pool` (a 32-bit device whose low region is full) |
 //! | 7 `CoherentNoCoalesce` | `exhausted-while-free` (64 KiB through an entirely free 64 KiB coherent pool), `deferred-left-at-end` (a deferred request the fragmented pool never serves) |
 //! | 8 `IommuFaultLeaksSlot` | `faulting-unmap-leaks` (a write-only untrusted bounce of memory outside RAM, on a mapper without inbound fills, whose copy back faults at unmap) |
-//! | 9 `CheckerRoundingOverflow` | `panic` (a map ending next to `u64::MAX`) |
+//! | 9 `CheckerRoundingOverflow` | `panic` (a record at the very top of the address space through the checker's public `coherent_allocated`; the mapper itself refuses every range that reaches the last page since 11a) |
 //! | 10 `SubGranuleAllocNotRounded` | `sub-granule-alloc-refused` (4 KiB `alloc_coherent`, 8 KiB `alloc_pages` behind 16/64 KiB granules) |
 //! | 11a `HugeRangeAccepted` | `huge-range-accepted` (`map(0, u64::MAX)`; while defect 9 is in, the same call panics in the checker first) |
 //! | 11b `FailedBounceRaisesHighWater` | `failed-call-changed-pool` (a bounce of memory outside RAM) |
+//! | 11b `SgUnwindKeepsHighWater` | `failed-call-changed-pool` (a `map_sg` whose later buffer fails, on the direct and the IOMMU path) |
+//! | — `IommuSyncStraysIntoNeighbour` (found by this fuzzer) | `invalid-call-accepted` (a sync of the byte past a mapping's end, where another mapping of the device starts) |
 //! | 11c `DmaBitsAbove64Accepted` | `dma-bits-65-accepted` |
 //! | 11d `EmptyUnmapSgInconsistent` | `paths-disagree` (`unmap_sg(&[])` on direct and IOMMU devices) |
 //! | 11e `TooLargeReportsZero` | `too-large-says-nothing` (`TooLargeToBounce { max: 0 }` for a device whose `min_align_mask` no 16 KiB segment can honour) |
