@@ -164,3 +164,19 @@ fn a_detached_device_is_refused_never_mapped_directly() {
     );
     assert!(a.reattached_works, "{a:?}");
 }
+
+#[test]
+fn a_sync_past_a_mappings_end_does_not_sync_the_next_mapping() {
+    let p = s::sync_past_the_end();
+    assert_eq!(p.b_dma.as_u64(), p.a_dma.as_u64() + p.a_len, "{p:?}");
+    assert!(
+        matches!(p.for_cpu, Err(DmaError::OutOfMapping { .. })),
+        "{p:?}"
+    );
+    assert!(
+        matches!(p.for_device, Err(DmaError::OutOfMapping { .. })),
+        "{p:?}"
+    );
+    assert_eq!(p.b_cpu_bytes_changed, 0, "{p:?}");
+    assert_eq!(p.b_device_bytes_changed, 0, "{p:?}");
+}

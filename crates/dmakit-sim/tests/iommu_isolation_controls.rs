@@ -135,3 +135,17 @@ fn control_detached_device_goes_direct() {
     );
     assert!(a.alloc.is_ok(), "{a:?}");
 }
+
+#[test]
+fn control_sync_past_the_end_syncs_the_next_mapping() {
+    let _g = put_back(Some(Defect::IommuSyncStraysIntoNeighbour));
+    let p = s::sync_past_the_end();
+    assert!(
+        p.for_cpu.is_ok() || p.for_device.is_ok(),
+        "the sync found B's record: {p:?}"
+    );
+    assert!(
+        p.b_cpu_bytes_changed > 0,
+        "B's bounced byte reached its CPU buffer: {p:?}"
+    );
+}

@@ -805,3 +805,78 @@ pub fn after_detach() -> AfterDetach {
         reattached_works,
     }
 }
+
+// ----- a sync past a mapping's end, where the device's next mapping starts -----
+
+/// What a sync of the byte just past mapping A did, where mapping B of the same device
+/// starts at that IOVA.
+#[derive(Debug)]
+pub struct PastTheEnd {
+    /// A's and B's DMA addresses and lengths (B starts at `a_dma + a_len`).
+    pub a_dma: DmaAddr,
+    pub a_len: u64,
+    pub b_dma: DmaAddr,
+    pub b_len: u64,
+    /// `sync_for_cpu(a_dma, a_len, 1)`, then `sync_for_device(a_dma, a_len, 1)`.
+    pub for_cpu: Result<(), DmaError>,
+    pub for_device: Result<(), DmaError>,
+    /// Bytes of B's CPU buffer that differ from what the CPU wrote there (the device had
+    /// stamped all of B's bounce before the syncs, and B itself was never synced).
+    pub b_cpu_bytes_changed: usize,
+    /// Bytes of B the device reads back that differ from what it wrote.
+    pub b_device_bytes_changed: usize,
+}
+
+/// An untrusted, coherent device behind a strict 4 KiB domain maps A, the last 100 bytes
+/// of a page, after B, the first 100 bytes of the next page, both bidirectional (each
+/// bounced into a granule of its own, at its buffer's offset). The top-down IOVA allocator
+/// places A's granule right below B's, so B's record starts at `a_dma + 100`. The device stamps
+/// all of B's bounce; then the driver syncs the byte just past A, for the CPU and back
+/// for the device.
+pub fn sync_past_the_end() -> PastTheEnd {
+    let r = rig(51, Granule::K4, HazardConfig::NONE);
+    let pool = r.swiotlb(POOL_PAGES);
+    let dev = untrusted(19);
+    attach(&r, &r.dma, &dev, DomainConfig::STRICT);
+    let mapper = DmaMapper::new(&r.m)
+        .with_swiotlb(pool.clone())
+        .with_iommu(r.dma.clone());
+    let dir = Direction::Bidirectional;
+    let (a_len, b_len) = (100u64, 100u64);
+    let pages = r.m.alloc_pages(2, u64::MAX).unwrap();
+    let a_buf = pages.add(4096 - a_len);
+    let b_buf = pages.add(4096);
+    let cpu_b = vec![0x4b; b_len as usize];
+    r.m.cpu_write(a_buf, &vec![0x4a; a_len as usize], Owner(19))
+        .unwrap();
+    r.m.cpu_write(b_buf, &cpu_b, Owner(19)).unwrap();
+    // The IOVA allocator works top down: B first takes the granule above the one A gets.
+    let b_dma = mapper.map(&dev, b_buf, b_len, dir).unwrap();
+    let a_dma = mapper.map(&dev, a_buf, a_len, dir).unwrap();
+    assert_eq!(
+        b_dma.as_u64(),
+        a_dma.as_u64() + a_len,
+        "B's mapping must start right past A's end ({a_dma:?} + {a_len}, B at {b_dma:?})"
+    );
+    let stamp = vec![0xdb; b_len as usize];
+    r.m.grant(dev.id(), b_dma, b_len).unwrap();
+    r.m.device_write(dev.id(), b_dma, &stamp, Owner(91))
+        .unwrap();
+    let for_cpu = mapper.sync_for_cpu(&dev, a_dma, a_len, 1, dir);
+    let for_device = mapper.sync_for_device(&dev, a_dma, a_len, 1, dir);
+    let mut back = vec![0u8; b_len as usize];
+    r.m.cpu_read(b_buf, &mut back).unwrap();
+    let b_cpu_bytes_changed = back.iter().zip(&cpu_b).filter(|(x, y)| x != y).count();
+    let seen = r.m.device_read(dev.id(), b_dma, b_len).unwrap();
+    let b_device_bytes_changed = seen.data.iter().zip(&stamp).filter(|(x, y)| x != y).count();
+    PastTheEnd {
+        a_dma,
+        a_len,
+        b_dma,
+        b_len,
+        for_cpu,
+        for_device,
+        b_cpu_bytes_changed,
+        b_device_bytes_changed,
+    }
+}
