@@ -4,34 +4,12 @@
 
 use std::sync::Arc;
 
-use dmakit::{DeviceId, DmaAddr, DomainConfig, IommuDma, PhysAddr};
+use dmakit::{DeviceId, DomainConfig, IommuDma};
 
-use crate::device::{DmaTranslation, FaultReason};
 use crate::iommu::{SimIommu, SimIommuConfig};
 use crate::machine::Machine;
+use crate::routed::RoutedTranslation;
 use crate::scenario::model::{IommuMode, Scenario};
-
-/// The bus translation of a machine where only some devices sit behind the IOMMU.
-struct Routed {
-    iommu: SimIommu,
-    behind: Vec<DeviceId>,
-}
-
-impl DmaTranslation for Routed {
-    fn translate(
-        &self,
-        device: DeviceId,
-        dma: DmaAddr,
-        len: u64,
-        write: bool,
-    ) -> Result<(PhysAddr, u64), FaultReason> {
-        if self.behind.contains(&device) {
-            self.iommu.translate(device, dma, len, write)
-        } else {
-            Ok((PhysAddr::new(dma.as_u64()), len))
-        }
-    }
-}
 
 /// The IOMMU of a scenario's machine: the model's hardware and the mapping layer's side.
 pub struct MachineIommu {
@@ -63,10 +41,11 @@ pub fn setup(machine: &Machine, sc: &Scenario) -> Result<Option<MachineIommu>, S
         ..SimIommuConfig::default()
     })
     .map_err(|e| format!("IOMMU model: {e}"))?;
-    machine.set_translation(Box::new(Routed {
-        iommu: hw.clone(),
-        behind,
-    }));
+    let mut routed = RoutedTranslation::new();
+    for &dev in &behind {
+        routed.route(dev, &hw);
+    }
+    machine.set_translation(Box::new(routed));
     let dma =
         Arc::new(IommuDma::new(Arc::new(hw.clone()), sc.machine.cpus).map_err(|e| e.to_string())?);
     for (dev, mode) in sc.devices.iter().zip(&sc.iommu) {

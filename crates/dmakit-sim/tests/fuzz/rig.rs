@@ -16,12 +16,12 @@ use dmakit::mem::ZonedPageAllocator;
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{
-    BouncePool, CacheMaintenance, CpuMemory, CpuTopology, Device, DeviceId, DmaAddr, DmaMapper,
+    BouncePool, CacheMaintenance, CpuMemory, CpuTopology, Device, DeviceId, DmaMapper,
     DomainConfig, IommuDma, IommuDomainId, MemoryFault, PageAllocator, PhysAddr, PhysRange,
 };
 use dmakit_sim::{
-    CacheConfig, DmaTranslation, FaultReason, Granule, HazardConfig, Machine, MachineConfig,
-    SimIommu, SimIommuConfig,
+    CacheConfig, Granule, HazardConfig, Machine, MachineConfig, RoutedTranslation, SimIommu,
+    SimIommuConfig,
 };
 
 pub const KIB: u64 = 1 << 10;
@@ -104,27 +104,6 @@ impl Dev {
     }
     pub fn untrusted(&self) -> bool {
         !self.dev.is_trusted() && matches!(self.behind, Behind::Iommu { .. })
-    }
-}
-
-/// The bus translation: each device behind its IOMMU, the others direct.
-struct Routed {
-    units: Vec<SimIommu>,
-    behind: Vec<(DeviceId, usize)>,
-}
-
-impl DmaTranslation for Routed {
-    fn translate(
-        &self,
-        device: DeviceId,
-        dma: DmaAddr,
-        len: u64,
-        write: bool,
-    ) -> Result<(PhysAddr, u64), FaultReason> {
-        match self.behind.iter().find(|(d, _)| *d == device) {
-            Some(&(_, u)) => self.units[u].translate(device, dma, len, write),
-            None => Ok((PhysAddr::new(dma.as_u64()), len)),
-        }
     }
 }
 
@@ -345,10 +324,7 @@ impl Rig {
         MAPPERS.with(|w| *w.borrow_mut() = mappers.iter().map(Rc::downgrade).collect());
 
         let devices = device_table();
-        let mut routed = Routed {
-            units: units.clone(),
-            behind: Vec::new(),
-        };
+        let mut routed = RoutedTranslation::new();
         let mut devs = Vec::new();
         for (dev, mapper, behind, what) in devices {
             m.attach(dev.clone()).unwrap();
@@ -362,7 +338,7 @@ impl Rig {
                     };
                     let d = iommus[unit].create_domain(cfg).unwrap();
                     iommus[unit].attach(&dev, d).unwrap();
-                    routed.behind.push((dev.id(), unit));
+                    routed.route(dev.id(), &units[unit]);
                     Some(d)
                 }
             };

@@ -17,7 +17,8 @@ use dmakit::{
     DomainConfig, IommuDma, MapPath, MapStatus, PageAllocator, PhysAddr, PhysRange,
 };
 use dmakit_sim::{
-    DmaTranslation, FaultReason, Granule, Machine, MachineConfig, Owner, SimIommu, SimIommuConfig,
+    DmaTranslation, Granule, Machine, MachineConfig, Owner, RoutedTranslation, SimIommu,
+    SimIommuConfig,
 };
 
 pub const KIB: u64 = 1024;
@@ -28,29 +29,6 @@ pub const BUF: Owner = Owner(9);
 pub const OTHER: Owner = Owner(21);
 /// A third device's secret.
 pub const SECRET: Owner = Owner(22);
-
-/// Bus translation where only the listed devices sit behind the IOMMU; the others address
-/// physical memory directly.
-struct Routed {
-    iommu: SimIommu,
-    behind: Vec<DeviceId>,
-}
-
-impl DmaTranslation for Routed {
-    fn translate(
-        &self,
-        device: DeviceId,
-        dma: DmaAddr,
-        len: u64,
-        write: bool,
-    ) -> Result<(PhysAddr, u64), FaultReason> {
-        if self.behind.contains(&device) {
-            self.iommu.translate(device, dma, len, write)
-        } else {
-            Ok((PhysAddr::new(dma.as_u64()), len))
-        }
-    }
-}
 
 /// A machine with an untrusted device `U` behind a strict 4 KiB-granule IOMMU domain and
 /// any number of devices outside it, all bouncing through one SWIOTLB pool of one
@@ -78,10 +56,9 @@ pub fn mixed(seed: u64) -> Mixed {
         .trusted(false)
         .build()
         .unwrap();
-    m.set_translation(Box::new(Routed {
-        iommu: iommu.clone(),
-        behind: vec![untrusted.id()],
-    }));
+    let mut routed = RoutedTranslation::new();
+    routed.route(untrusted.id(), &iommu);
+    m.set_translation(Box::new(routed));
     let dma = Arc::new(IommuDma::new(Arc::new(iommu.clone()), 1).unwrap());
     let domain = dma.create_domain(DomainConfig::STRICT).unwrap();
     m.attach(untrusted.clone()).unwrap();
