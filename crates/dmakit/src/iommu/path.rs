@@ -342,6 +342,27 @@ pub(crate) struct Ended {
     pub(crate) copied: u64,
 }
 
+/// Removes the page-table entries of the mapping whose record was taken; when the IOMMU
+/// refuses, the record goes back (the mapping stays live) and the error is returned.
+fn unmap_tables(
+    dom: &IommuDomain,
+    dev: &Device,
+    key: u64,
+    rec: Record,
+) -> Result<(Record, DmaAddr), DmaError> {
+    let base = dom.iova_addr(rec.iova);
+    match dom.iommu.unmap(dom.id, base, rec.mapped) {
+        Ok(()) => Ok((rec, base)),
+        Err(error) => {
+            dom.records.lock().insert(key, rec);
+            Err(DmaError::Iommu {
+                device: dev.id(),
+                error,
+            })
+        }
+    }
+}
+
 /// Ends a mapping whose record was taken: page tables, IOTLB (now or queued), CPU side,
 /// IOVA release.
 fn finish<P: Platform + ?Sized>(
@@ -352,14 +373,7 @@ fn finish<P: Platform + ?Sized>(
     rec: Record,
 ) -> Result<Ended, DmaError> {
     let cpu = p.current_cpu();
-    let base = dom.iova_addr(rec.iova);
-    if let Err(error) = dom.iommu.unmap(dom.id, base, rec.mapped) {
-        dom.records.lock().insert(key, rec);
-        return Err(DmaError::Iommu {
-            device: dev.id(),
-            error,
-        });
-    }
+    let (rec, base) = unmap_tables(dom, dev, key, rec)?;
     let strict = matches!(dom.mode, FlushMode::Strict) || !dev.is_trusted();
     if strict {
         dom.iommu.flush_iotlb_range(dom.id, base, rec.mapped);
@@ -472,14 +486,7 @@ fn undo<P: Platform + ?Sized>(
 ) -> Result<(), DmaError> {
     let key = dma.as_u64();
     let rec = take_record(dom, dev, key, Some(len), dir)?;
-    let base = dom.iova_addr(rec.iova);
-    if let Err(error) = dom.iommu.unmap(dom.id, base, rec.mapped) {
-        dom.records.lock().insert(key, rec);
-        return Err(DmaError::Iommu {
-            device: dev.id(),
-            error,
-        });
-    }
+    let (rec, base) = unmap_tables(dom, dev, key, rec)?;
     dom.iommu.flush_iotlb_range(dom.id, base, rec.mapped);
     match &rec.kind {
         Kind::Bounced { backend, slot } => {
