@@ -9,8 +9,8 @@ use clap::ValueEnum;
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{Device, DeviceId, Direction, DmaMapper, DomainConfig, IommuDma, PhysAddr, PAGE_SIZE};
+use dmakit_scenario::units::parse_size;
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
-use dmakit_sim::scenario::units::parse_size;
 use dmakit_sim::{SimIommu, SimIommuConfig};
 use serde::Serialize;
 

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use dmakit_sim::scenario::units::format_bytes;
-use dmakit_sim::scenario::{Scenario, SimulationReport};
+use dmakit_scenario::units::format_bytes;
+use dmakit_scenario::{Scenario, SimulationReport};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 

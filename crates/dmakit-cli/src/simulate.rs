@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use dmakit::reintroduce::Defect;
-use dmakit_sim::scenario::input::{read_text, MAX_SCENARIO_BYTES};
-use dmakit_sim::scenario::units::format_bytes;
-use dmakit_sim::scenario::{
+use dmakit_scenario::input::{read_text, MAX_SCENARIO_BYTES};
+use dmakit_scenario::units::format_bytes;
+use dmakit_scenario::{
     parse_scenario, simulate, Policy, RunOptions, Scenario, SimulationReport, DEFAULT_SCENARIO,
     DEFAULT_SCENARIO_FILE,
 };
@@ -157,7 +157,7 @@ fn run_with_progress(
             bar.set_position(progress.load(Ordering::Relaxed));
         }
         h.join()
-            .unwrap_or_else(|_| Err(dmakit_sim::scenario::RunError::Model("panicked".into())))
+            .unwrap_or_else(|_| Err(dmakit_scenario::RunError::Model("panicked".into())))
     });
     bar.finish_and_clear();
     result.map_err(|e| e.to_string())

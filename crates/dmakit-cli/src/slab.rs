@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use dmakit::mem::footprint::kmalloc_footprints;
 use dmakit::mem::{parse_slabinfo, SHIPPED_SLABINFO};
-use dmakit_sim::scenario::input::{read_text, MAX_SLABINFO_BYTES};
-use dmakit_sim::scenario::units::format_bytes;
+use dmakit_scenario::input::{read_text, MAX_SLABINFO_BYTES};
+use dmakit_scenario::units::format_bytes;
 use serde::Serialize;
 
 use crate::table::{self, count};

@@ -126,7 +126,7 @@ fn too_many_devices_are_refused_even_when_each_is_valid() {
         .map(|i| format!("[[device]]\nname = \"d{i}\"\n"))
         .collect();
     devices.push_str("[[device]]");
-    let text = dmakit_sim::scenario::DEFAULT_SCENARIO.replacen("[[device]]", &devices, 1);
+    let text = dmakit_scenario::DEFAULT_SCENARIO.replacen("[[device]]", &devices, 1);
     let path = dir.join("devices.toml");
     std::fs::write(&path, text).expect("write");
     let o = run(

@@ -26,7 +26,6 @@
 //! - [`oracle`]: what every tracked byte must hold, and the classification of wrong bytes;
 //! - [`placement`]: where a buffer and its neighbours sit (line aligned, kmalloc-packed,
 //!   struct field);
-//! - [`scenario`]: realistic machines and drivers run under competing policies;
 //! - [`transfer`]: one transfer through the mapping layer, judged by the oracle;
 //! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine.
 
@@ -48,7 +47,6 @@ pub mod placement;
 pub mod platform;
 pub mod rng;
 pub mod routed;
-pub mod scenario;
 pub mod transfer;
 pub mod vmap;
 pub mod workload;

@@ -1,7 +1,7 @@
 //! One DMA transfer through the mapping layer, judged by the oracle.
 //!
 //! The step shared by the randomized harness ([`crate::workload`]) and the scenario runner
-//! ([`crate::scenario`]): the CPU writes the buffer, `DmaMapper::map` lends it to the
+//! (`dmakit-scenario`): the CPU writes the buffer, `DmaMapper::map` lends it to the
 //! device, the device is granted exactly the returned bus window and reads and/or writes it
 //! (writes may stop short) while the CPU keeps loading and storing the neighbours, then the
 //! transfer completes (unmap, or sync_for_cpu then unmap, optionally with a second round

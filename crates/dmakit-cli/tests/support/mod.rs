@@ -220,12 +220,12 @@ pub fn report_into_a_file(put_back: Option<&str>) -> Outcome {
     let blocker = dir.join("not-a-dir");
     std::fs::write(&blocker, "a file").expect("write");
     let missing = dir.join("missing.slabinfo");
-    let scenario = dmakit_sim::scenario::DEFAULT_SCENARIO.replacen(
+    let scenario = dmakit_scenario::DEFAULT_SCENARIO.replacen(
         "slabinfo = \"auto\"",
         &format!("slabinfo = \"{}\"", missing.display()),
         1,
     );
-    assert_ne!(scenario, dmakit_sim::scenario::DEFAULT_SCENARIO);
+    assert_ne!(scenario, dmakit_scenario::DEFAULT_SCENARIO);
     let sc = dir.join("scenario.toml");
     std::fs::write(&sc, scenario).expect("write");
     let args = [

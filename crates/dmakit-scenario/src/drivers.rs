@@ -10,13 +10,13 @@ use std::collections::VecDeque;
 use dmakit::mem::AllocKind;
 use dmakit::PAGE_SIZE;
 
-use crate::error::SimError;
-use crate::memory::Owner;
-use crate::oracle::Oracle;
-use crate::rng::SimRng;
-use crate::scenario::heap::{Heap, HeapError};
-use crate::scenario::model::{BufferModel, TransferModel};
-use crate::transfer::{cpu_scribble, Scratch};
+use crate::heap::{Heap, HeapError};
+use crate::model::{BufferModel, TransferModel};
+use dmakit_sim::error::SimError;
+use dmakit_sim::memory::Owner;
+use dmakit_sim::oracle::Oracle;
+use dmakit_sim::rng::SimRng;
+use dmakit_sim::transfer::{cpu_scribble, Scratch};
 
 /// Pages of one page-fragment block (Linux's `PAGE_FRAG_CACHE_MAX_SIZE`, 32 KiB).
 pub const FRAG_BLOCK_PAGES: u64 = 8;

@@ -12,7 +12,7 @@
 //! ([`MAX_TRANSFER_SITES`]), driver weights ([`MAX_DRIVER_WEIGHT`]), background objects
 //! ([`MAX_LIVE_OBJECTS`]), the bytes all transfers keep alive at once
 //! ([`MAX_RESIDENT_BYTES`]), and every size, depth and count of a transfer; the file itself is read with a size limit
-//! ([`crate::scenario::input::MAX_SCENARIO_BYTES`]). Validation is linear in the size of
+//! ([`crate::input::MAX_SCENARIO_BYTES`]). Validation is linear in the size of
 //! the file (device names are looked up in a hash map): 200,000 devices are validated in
 //! about a second before the device count rejects them.
 
@@ -26,17 +26,17 @@ use dmakit::{Device, DeviceId, Direction};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::cache::CacheConfig;
-use crate::hazard::HazardConfig;
-use crate::iommu::Granule;
-use crate::scenario::model::{
+use crate::model::{
     BufferModel, ChurnModel, DriverModel, IommuMode, MachineModel, PoolSize, Scenario,
     SlabinfoSource, TransferModel,
 };
-use crate::scenario::units::parse_size;
+use crate::units::parse_size;
+use dmakit_sim::cache::CacheConfig;
+use dmakit_sim::hazard::HazardConfig;
+use dmakit_sim::iommu::Granule;
 
 /// Most transfer patterns a scenario may declare (each gets its own call site).
-pub const MAX_TRANSFER_SITES: usize = crate::scenario::sites::SITES;
+pub const MAX_TRANSFER_SITES: usize = crate::sites::SITES;
 
 /// Largest modelled data cache (16 MiB). The model holds every byte of the cache with its
 /// provenance stamp (5 bytes of host memory per cached byte) for each policy run side by

@@ -2,9 +2,9 @@
 
 use std::sync::atomic::AtomicU64;
 
-use dmakit_sim::scenario::churn::SizeDistribution;
-use dmakit_sim::scenario::model::SlabinfoSource;
-use dmakit_sim::scenario::{
+use dmakit_scenario::churn::SizeDistribution;
+use dmakit_scenario::model::SlabinfoSource;
+use dmakit_scenario::{
     default_scenario, parse_scenario, run_policy, simulate, Policy, RunOptions, Scenario,
 };
 

@@ -38,7 +38,7 @@ pub use report::{PolicyReport, SimulationReport, SiteReport};
 pub use run::{run_policy, simulate, RunError, RunOptions};
 
 /// The built-in scenario (`scenarios/phone.toml`): a modelled arm64 phone.
-pub const DEFAULT_SCENARIO: &str = include_str!("../../../../scenarios/phone.toml");
+pub const DEFAULT_SCENARIO: &str = include_str!("../../../scenarios/phone.toml");
 
 /// The name the built-in scenario goes by in messages.
 pub const DEFAULT_SCENARIO_FILE: &str = "scenarios/phone.toml";

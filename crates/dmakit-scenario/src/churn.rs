@@ -9,12 +9,12 @@ use std::path::Path;
 use dmakit::mem::footprint::kmalloc_cache;
 use dmakit::mem::{parse_slabinfo, AllocKind, SHIPPED_SLABINFO};
 
-use crate::oracle::Oracle;
-use crate::rng::SimRng;
-use crate::scenario::heap::{Heap, HeapError};
-use crate::scenario::input::{read_text, MAX_SLABINFO_BYTES};
-use crate::scenario::model::SlabinfoSource;
-use crate::transfer::{cpu_scribble, Scratch};
+use crate::heap::{Heap, HeapError};
+use crate::input::{read_text, MAX_SLABINFO_BYTES};
+use crate::model::SlabinfoSource;
+use dmakit_sim::oracle::Oracle;
+use dmakit_sim::rng::SimRng;
+use dmakit_sim::transfer::{cpu_scribble, Scratch};
 
 /// Where the live slabinfo is read from when the source is `auto`.
 pub const PROC_SLABINFO: &str = "/proc/slabinfo";
@@ -128,7 +128,7 @@ impl Churn {
         let size = self.sizes.sample(rng);
         let (addr, owner) = heap.kmalloc(oracle, size, AllocKind::Normal, "kmalloc-object")?;
         cpu_scribble(heap.machine(), oracle, rng, scratch, addr, size, owner)
-            .map_err(|_| HeapError::Sim(crate::SimError::BadRange { addr, len: size }))?;
+            .map_err(|_| HeapError::Sim(dmakit_sim::SimError::BadRange { addr, len: size }))?;
         self.live.push(addr);
         Ok(())
     }

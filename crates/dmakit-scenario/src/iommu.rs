@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use dmakit::{DeviceId, DomainConfig, IommuDma};
 
-use crate::iommu::{SimIommu, SimIommuConfig};
-use crate::machine::Machine;
-use crate::routed::RoutedTranslation;
-use crate::scenario::model::{IommuMode, Scenario};
+use crate::model::{IommuMode, Scenario};
+use dmakit_sim::iommu::{SimIommu, SimIommuConfig};
+use dmakit_sim::machine::Machine;
+use dmakit_sim::routed::RoutedTranslation;
 
 /// The IOMMU of a scenario's machine: the model's hardware and the mapping layer's side.
 pub struct MachineIommu {

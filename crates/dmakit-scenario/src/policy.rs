@@ -9,7 +9,7 @@ use std::fmt;
 use dmakit::mem::{MemError, MinAlignPolicy};
 use dmakit::AlignmentPolicy;
 
-use crate::scenario::model::{MachineModel, PoolSize};
+use crate::model::{MachineModel, PoolSize};
 
 /// A policy under comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

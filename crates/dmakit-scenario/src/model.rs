@@ -1,21 +1,21 @@
 //! A validated scenario: the machine, its devices, its drivers and their DMA patterns.
 //!
-//! Built from a scenario file by [`crate::scenario::config`]; everything here has been
+//! Built from a scenario file by [`crate::config`]; everything here has been
 //! checked, so the runner trusts it.
 
 use std::path::PathBuf;
 
 use dmakit::{Device, Direction};
 
-use crate::cache::CacheConfig;
-use crate::hazard::HazardConfig;
-use crate::iommu::Granule;
+use dmakit_sim::cache::CacheConfig;
+use dmakit_sim::hazard::HazardConfig;
+use dmakit_sim::iommu::Granule;
 
 /// How large the SWIOTLB bounce pool is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolSize {
     /// As Linux on arm64 sizes it for the machine's RAM (see
-    /// [`crate::scenario::policy::linux_arm64_swiotlb_bytes`]).
+    /// [`crate::policy::linux_arm64_swiotlb_bytes`]).
     LinuxArm64,
     /// A fixed size in bytes (non-zero, a multiple of the 256 KiB segment).
     Bytes(u64),

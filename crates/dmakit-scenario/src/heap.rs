@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use dmakit::mem::{AllocKind, Kmalloc, MemError};
 use dmakit::{PhysAddr, PAGE_SIZE};
 
-use crate::error::SimError;
-use crate::machine::Machine;
-use crate::memory::Owner;
-use crate::oracle::Oracle;
-use crate::transfer::Neighbour;
+use dmakit_sim::error::SimError;
+use dmakit_sim::machine::Machine;
+use dmakit_sim::memory::Owner;
+use dmakit_sim::oracle::Oracle;
+use dmakit_sim::transfer::Neighbour;
 
 #[derive(Clone, Copy, Debug)]
 struct Obj {

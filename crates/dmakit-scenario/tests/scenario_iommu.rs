@@ -4,9 +4,9 @@
 
 use std::sync::atomic::AtomicU64;
 
-use dmakit_sim::scenario::churn::SizeDistribution;
-use dmakit_sim::scenario::model::{BufferModel, IommuMode, SlabinfoSource};
-use dmakit_sim::scenario::{default_scenario, parse_scenario, run_policy, Policy, RunOptions};
+use dmakit_scenario::churn::SizeDistribution;
+use dmakit_scenario::model::{BufferModel, IommuMode, SlabinfoSource};
+use dmakit_scenario::{default_scenario, parse_scenario, run_policy, Policy, RunOptions};
 
 fn sizes() -> SizeDistribution {
     SizeDistribution::from_slabinfo(dmakit::mem::SHIPPED_SLABINFO).unwrap()

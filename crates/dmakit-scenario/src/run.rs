@@ -18,22 +18,22 @@ use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{BounceReason, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE};
 
-use crate::machine::{Machine, MachineConfig};
-use crate::memory::Owner;
-use crate::oracle::Oracle;
-use crate::rng::SimRng;
-use crate::scenario::churn::{load_slabinfo, Churn, SizeDistribution};
-use crate::scenario::drivers::Buffer;
-use crate::scenario::drivers::{Env, Placer};
-use crate::scenario::frames::Framebuffers;
-use crate::scenario::heap::{Heap, HeapError};
-use crate::scenario::iommu;
-use crate::scenario::model::{BufferModel, Scenario};
-use crate::scenario::policy::{self, Policy, ARM64_DMA_LIMIT};
-use crate::scenario::report::{PolicyReport, SimulationReport, SiteReport};
-use crate::scenario::sites::{self, Args};
-use crate::scenario::units::format_bytes;
-use crate::transfer::{Neighbour, Scratch, Started, Transfer, TransferKnobs};
+use crate::churn::{load_slabinfo, Churn, SizeDistribution};
+use crate::drivers::Buffer;
+use crate::drivers::{Env, Placer};
+use crate::frames::Framebuffers;
+use crate::heap::{Heap, HeapError};
+use crate::iommu;
+use crate::model::{BufferModel, Scenario};
+use crate::policy::{self, Policy, ARM64_DMA_LIMIT};
+use crate::report::{PolicyReport, SimulationReport, SiteReport};
+use crate::sites::{self, Args};
+use crate::units::format_bytes;
+use dmakit_sim::machine::{Machine, MachineConfig};
+use dmakit_sim::memory::Owner;
+use dmakit_sim::oracle::Oracle;
+use dmakit_sim::rng::SimRng;
+use dmakit_sim::transfer::{Neighbour, Scratch, Started, Transfer, TransferKnobs};
 
 /// A transfer of a queue between its start and its completion.
 struct Pending {
@@ -109,7 +109,7 @@ fn knobs(burst: (u64, u64)) -> TransferKnobs {
 /// # Errors
 /// The first [`RunError`] of any policy, or [`RunError::Input`] for a slabinfo file that
 /// cannot be read (missing, larger than
-/// [`MAX_SLABINFO_BYTES`](crate::scenario::input::MAX_SLABINFO_BYTES), not UTF-8) or parsed.
+/// [`MAX_SLABINFO_BYTES`](crate::input::MAX_SLABINFO_BYTES), not UTF-8) or parsed.
 pub fn simulate(
     sc: &Scenario,
     policies: &[Policy],

@@ -1,11 +1,11 @@
 //! The scenario file's limits at their edges: the largest value accepted, the next one
 //! refused with its position; touching RAM ranges accepted, overlapping ones refused.
 
-use dmakit_sim::scenario::config::{
+use dmakit_scenario::config::{
     MAX_BOUNCE_POOL_BYTES, MAX_CACHE_BYTES, MAX_CACHE_WAYS, MAX_DEVICES, MAX_LIVE_OBJECTS,
     MAX_RAM_RANGES, MAX_RESIDENT_BYTES,
 };
-use dmakit_sim::scenario::{parse_scenario, Scenario, ScenarioError};
+use dmakit_scenario::{parse_scenario, Scenario, ScenarioError};
 
 /// A one-device scenario; `machine` is the `[machine]` body after `cpus` and
 /// `cache_line` (line 5 onwards), `devices` extra `[[device]]` tables.

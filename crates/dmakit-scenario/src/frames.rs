@@ -14,13 +14,13 @@ use dmakit::dma_alloc::{DmaAllocator, DmaAllocatorConfig, SgTable};
 use dmakit::mem::ZonedPageAllocator;
 use dmakit::{Device, DmaAddr, IommuDma, PhysAddr, PhysRange, PAGE_SIZE};
 
-use crate::machine::Machine;
-use crate::memory::Owner;
-use crate::oracle::Oracle;
-use crate::rng::SimRng;
-use crate::scenario::heap::Heap;
-use crate::scenario::model::{BufferModel, Scenario};
-use crate::transfer::{cpu_scribble, Scratch};
+use crate::heap::Heap;
+use crate::model::{BufferModel, Scenario};
+use dmakit_sim::machine::Machine;
+use dmakit_sim::memory::Owner;
+use dmakit_sim::oracle::Oracle;
+use dmakit_sim::rng::SimRng;
+use dmakit_sim::transfer::{cpu_scribble, Scratch};
 
 /// Pages of each piece of memory the framebuffers come from: pieces scattered over RAM,
 /// so a frame's pages are scattered too.

@@ -10,9 +10,9 @@ use std::panic::Location;
 
 use dmakit::{Direction, PhysRange, Platform};
 
-use crate::memory::Owner;
-use crate::transfer::{Neighbour, Started, Transfer};
-use crate::workload::WorkloadError;
+use dmakit_sim::memory::Owner;
+use dmakit_sim::transfer::{Neighbour, Started, Transfer};
+use dmakit_sim::workload::WorkloadError;
 
 /// How many distinct call sites there are (transfer patterns a scenario may declare).
 pub const SITES: usize = 32;
