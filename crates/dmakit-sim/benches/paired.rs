@@ -25,7 +25,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{device, mapper, MIB, POOL};
-use dmakit::swiotlb::{BounceRequest, Pool, PoolConfig};
+use dmakit::swiotlb::{Pool, PoolConfig, SlotRequest};
 use dmakit::{CpuMemory, Device, Direction, DmaMapper, PhysAddr};
 use dmakit_sim::host::HostPlatform;
 use dmakit_sim::SimRng;
@@ -205,7 +205,7 @@ fn observability() -> Comparison {
 
 /// A 1 GiB pool's allocation cost at 10 %, 50 % and 90 % occupancy.
 fn occupancy() -> Comparison {
-    let req = BounceRequest::new(PhysAddr::new(0x1008), 4096, 0);
+    let req = SlotRequest::new(PhysAddr::new(0x1008), 4096, 0);
     let cases = [10u64, 50, 90]
         .into_iter()
         .map(|percent| {
@@ -233,7 +233,7 @@ fn filled_pool(percent: u64) -> Pool<()> {
         let len = rng.between(1, 32 * 1024);
         let orig = PhysAddr::new(rng.below(1 << 40));
         let mask = [0, 0xfff][rng.below(2) as usize];
-        let req = BounceRequest::new(orig, len, mask);
+        let req = SlotRequest::new(orig, len, mask);
         if pool.alloc(rng.below(2) as usize, req, ()).is_err() {
             break;
         }

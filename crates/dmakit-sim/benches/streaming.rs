@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{device, mapper, MIB, POOL};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dmakit::swiotlb::{BounceRequest, Pool, PoolConfig};
+use dmakit::swiotlb::{Pool, PoolConfig, SlotRequest};
 use dmakit::{CpuMemory, Direction, PhysAddr};
 use dmakit_sim::SimRng;
 
@@ -88,17 +88,13 @@ fn pool_occupancy(c: &mut Criterion) {
             let orig = PhysAddr::new(rng.below(1 << 40));
             let mask = [0, 0xfff][rng.below(2) as usize];
             if pool
-                .alloc(
-                    rng.below(2) as usize,
-                    BounceRequest::new(orig, len, mask),
-                    (),
-                )
+                .alloc(rng.below(2) as usize, SlotRequest::new(orig, len, mask), ())
                 .is_err()
             {
                 break;
             }
         }
-        let req = BounceRequest::new(PhysAddr::new(0x1008), 4096, 0);
+        let req = SlotRequest::new(PhysAddr::new(0x1008), 4096, 0);
         g.bench_with_input(BenchmarkId::from_parameter(percent), &percent, |b, _| {
             b.iter(|| {
                 let got = pool.alloc(0, black_box(req), ()).unwrap();

@@ -12,7 +12,7 @@ use crate::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
 };
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
-use crate::swiotlb::{self, Pool, PoolConfig, PoolError, RegionError};
+use crate::swiotlb::{self, Pool, PoolConfig, RegionError, SwiotlbError};
 
 /// A SWIOTLB-style bounce backend.
 pub struct SwiotlbBounce {
@@ -85,7 +85,7 @@ impl SwiotlbBounce {
     fn alloc_ignoring_mask(
         &self,
         req: &BounceRequest,
-        request: swiotlb::BounceRequest,
+        request: swiotlb::SlotRequest,
         meta: BounceMeta,
     ) -> Result<PhysAddr, BounceAllocError> {
         match self.pool.alloc(req.cpu, request, meta) {
@@ -94,7 +94,7 @@ impl SwiotlbBounce {
                 let _ = self.pool.free(b.addr);
                 Err(BounceAllocError::Unreachable)
             }
-            Err(PoolError::Exhausted { used, total, .. }) => {
+            Err(SwiotlbError::Exhausted { used, total, .. }) => {
                 self.grow_below(u64::MAX);
                 Err(BounceAllocError::Full { used, total })
             }
@@ -103,10 +103,10 @@ impl SwiotlbBounce {
     }
 
     /// What an allocation refused for a reason other than room says.
-    fn refusal(&self, req: &BounceRequest, e: PoolError) -> BounceAllocError {
+    fn refusal(&self, req: &BounceRequest, e: SwiotlbError) -> BounceAllocError {
         match e {
-            PoolError::TooLarge { max, .. } => BounceAllocError::TooLarge { max },
-            PoolError::BadAlignMask { mask, segment }
+            SwiotlbError::TooLarge { max, .. } => BounceAllocError::TooLarge { max },
+            SwiotlbError::BadAlignMask { mask, segment }
                 if !crate::reintroduce::active(crate::reintroduce::Defect::TooLargeReportsZero) =>
             {
                 BounceAllocError::AlignUnsupported {
@@ -141,17 +141,17 @@ impl BounceBackend for SwiotlbBounce {
     /// `min_align_mask` allows; [`BounceAllocError::AlignUnsupported`] when the mask is not
     /// smaller than a segment (nothing could be bounced).
     fn alloc(&self, req: &BounceRequest, meta: BounceMeta) -> Result<PhysAddr, BounceAllocError> {
-        let request = swiotlb::BounceRequest::new(req.orig, req.len, req.min_align_mask);
+        let request = swiotlb::SlotRequest::new(req.orig, req.len, req.min_align_mask);
         if crate::reintroduce::active(crate::reintroduce::Defect::MaskLimitedNoGrowth) {
             return self.alloc_ignoring_mask(req, request, meta);
         }
         match self.pool.alloc_below(req.cpu, request, req.max_addr, meta) {
             Ok(b) => Ok(b.addr),
-            Err(PoolError::Exhausted { used, total, .. }) => {
+            Err(SwiotlbError::Exhausted { used, total, .. }) => {
                 self.grow_below(req.max_addr);
                 Err(BounceAllocError::Full { used, total })
             }
-            Err(PoolError::Unreachable { .. }) => {
+            Err(SwiotlbError::Unreachable { .. }) => {
                 if self.grow_below(req.max_addr) {
                     let s = self.pool.stats();
                     Err(BounceAllocError::Full {

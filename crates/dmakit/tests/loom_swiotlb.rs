@@ -34,7 +34,7 @@ mod swiotlb;
 use addr::PhysAddr;
 use loom::sync::Arc;
 use loom::thread;
-use swiotlb::{BounceRequest, Pool, PoolConfig};
+use swiotlb::{Pool, PoolConfig, SlotRequest};
 
 fn tiny_pool() -> Pool<usize> {
     // 64-byte slots, 2 slots per segment, 2 segments, one area per segment.
@@ -65,7 +65,7 @@ fn two_threads_never_share_slots() {
                 thread::spawn(move || {
                     // Both start in area 0 so they contend for one lock.
                     let b = pool
-                        .alloc(0, BounceRequest::new(PhysAddr::new(t as u64), 64, 0), t)
+                        .alloc(0, SlotRequest::new(PhysAddr::new(t as u64), 64, 0), t)
                         .unwrap();
                     // Had another thread been given the same slot, its metadata would show
                     // here or its free would fail.
@@ -75,7 +75,7 @@ fn two_threads_never_share_slots() {
             })
             .collect();
         let held = pool
-            .alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 9)
+            .alloc(1, SlotRequest::new(PhysAddr::new(0), 64, 0), 9)
             .unwrap();
         assert_eq!(pool.get(held.addr).unwrap().1, 9);
         for h in handles {
@@ -96,7 +96,7 @@ fn concurrent_allocs_are_disjoint() {
             .map(|t| {
                 let pool = Arc::clone(&pool);
                 thread::spawn(move || {
-                    pool.alloc(t, BounceRequest::new(PhysAddr::new(0), 128, 0), t)
+                    pool.alloc(t, SlotRequest::new(PhysAddr::new(0), 128, 0), t)
                         .unwrap()
                 })
             })
@@ -120,7 +120,7 @@ fn growth_while_allocating() {
             thread::spawn(move || pool.add_region(PhysAddr::new(0x8000), 128).unwrap())
         };
         let b = pool
-            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 1)
             .unwrap();
         let r = grower.join().unwrap();
         assert_eq!(pool.regions().len(), 2);
@@ -136,7 +136,7 @@ fn allowance_moves_between_areas_under_contention() {
         let pool = Arc::new(tiny_pool());
         // Area 0 reaches one slot and frees it (into its cache): its allowance stays.
         let b = pool
-            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 0)
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 0)
             .unwrap();
         pool.free(b.addr).unwrap();
         let other = {
@@ -145,13 +145,13 @@ fn allowance_moves_between_areas_under_contention() {
             // allocates again from its cache.
             thread::spawn(move || {
                 let b = pool
-                    .alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+                    .alloc(1, SlotRequest::new(PhysAddr::new(0), 64, 0), 1)
                     .unwrap();
                 assert_eq!(pool.free(b.addr).unwrap().1, 1);
             })
         };
         let a = pool
-            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 2)
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 2)
             .unwrap();
         assert_eq!(a.slot_start, b.slot_start, "reused from the cache");
         let high = pool.stats().high_water_bytes;
@@ -171,7 +171,7 @@ fn lookups_race_with_growth() {
     bounded().check(|| {
         let pool = Arc::new(tiny_pool());
         let b = pool
-            .alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+            .alloc(1, SlotRequest::new(PhysAddr::new(0), 64, 0), 1)
             .unwrap();
         let grower = {
             let pool = Arc::clone(&pool);
@@ -200,14 +200,14 @@ fn abandon_races_with_an_allocation_in_another_area() {
         let kept = {
             let pool = Arc::clone(&pool);
             thread::spawn(move || {
-                pool.alloc(1, BounceRequest::new(PhysAddr::new(0), 64, 0), 1)
+                pool.alloc(1, SlotRequest::new(PhysAddr::new(0), 64, 0), 1)
                     .unwrap()
             })
         };
         // An allocation given back unused takes back only what it raised the mark by,
         // never what the other thread's bounce needs.
         let b = pool
-            .alloc(0, BounceRequest::new(PhysAddr::new(0), 64, 0), 0)
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 0)
             .unwrap();
         assert_eq!(pool.abandon(b.addr).unwrap().1, 0);
         let kept = kept.join().unwrap();

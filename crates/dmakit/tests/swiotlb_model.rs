@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use dmakit::swiotlb::{Bounce, BounceRequest, Pool, PoolConfig, PoolError};
+use dmakit::swiotlb::{Bounce, Pool, PoolConfig, SlotRequest, SwiotlbError};
 use dmakit::{PhysAddr, PAGE_SIZE};
 use proptest::prelude::*;
 
@@ -37,7 +37,7 @@ fn geometry() -> impl Strategy<Value = (u64, u64, usize, Vec<u64>, u64)> {
     ]
 }
 
-fn check_placement(b: &Bounce, r: &BounceRequest, slot: u64) {
+fn check_placement(b: &Bounce, r: &SlotRequest, slot: u64) {
     let addr = b.addr.as_u64();
     let mask = r.min_align_mask;
     assert_eq!(addr & mask, r.orig.as_u64() & mask, "{b:?} {r:?}");
@@ -75,11 +75,11 @@ proptest! {
                     let mask = (1u64 << mask_bits) - 1;
                     let max = pool.max_mapping_size(mask);
                     let req = if max == 0 {
-                        BounceRequest::new(PhysAddr::new(orig), 1, mask)
+                        SlotRequest::new(PhysAddr::new(orig), 1, mask)
                     } else {
                         // Bias towards small requests, sometimes up to the limit.
                         let len = if len_pick % 4 == 0 { 1 + len_pick % max } else { 1 + len_pick % max.min(3 * slot) };
-                        BounceRequest::new(PhysAddr::new(orig), len, mask)
+                        SlotRequest::new(PhysAddr::new(orig), len, mask)
                     };
                     let before = pool.stats();
                     match pool.alloc(cpu, req, next_meta) {
@@ -96,8 +96,8 @@ proptest! {
                             live.insert(s, (b, next_meta));
                             next_meta += 1;
                         }
-                        Err(PoolError::BadAlignMask { .. }) => prop_assert!(max == 0),
-                        Err(PoolError::Exhausted { used, total, .. }) => {
+                        Err(SwiotlbError::BadAlignMask { .. }) => prop_assert!(max == 0),
+                        Err(SwiotlbError::Exhausted { used, total, .. }) => {
                             prop_assert_eq!(pool.stats(), before);
                             prop_assert_eq!((used, total), (before.used_bytes, before.total_bytes));
                         }
@@ -110,7 +110,7 @@ proptest! {
                     let (b, meta) = live.remove(&key).unwrap();
                     prop_assert_eq!(pool.get(b.addr), Ok((b, meta)));
                     prop_assert_eq!(pool.free(b.addr), Ok((b, meta)));
-                    prop_assert_eq!(pool.free(b.addr), Err(PoolError::NotMapped { addr: b.addr }));
+                    prop_assert_eq!(pool.free(b.addr), Err(SwiotlbError::NotMapped { addr: b.addr }));
                 }
                 Op::FreeBogus(a) => {
                     // Any address that is not a live bounce address is refused.
@@ -120,7 +120,7 @@ proptest! {
                     };
                     if !live.values().any(|(b, _)| b.addr.as_u64() == a) {
                         let before = pool.stats();
-                        prop_assert_eq!(pool.free(PhysAddr::new(a)), Err(PoolError::NotMapped { addr: PhysAddr::new(a) }));
+                        prop_assert_eq!(pool.free(PhysAddr::new(a)), Err(SwiotlbError::NotMapped { addr: PhysAddr::new(a) }));
                         prop_assert_eq!(pool.stats(), before);
                     }
                 }

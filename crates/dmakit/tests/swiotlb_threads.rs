@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use dmakit::swiotlb::{BounceRequest, Pool, PoolConfig, PoolError};
+use dmakit::swiotlb::{Pool, PoolConfig, SlotRequest, SwiotlbError};
 use dmakit::PhysAddr;
 
 /// Small deterministic generator (xorshift).
@@ -48,7 +48,7 @@ fn concurrent_alloc_free_never_overlaps() {
                         let max = pool.max_mapping_size(mask);
                         let len = 1 + rng.next() % if rng.next() % 8 == 0 { max } else { 9000 };
                         let orig = rng.next();
-                        let req = BounceRequest::new(PhysAddr::new(orig), len, mask);
+                        let req = SlotRequest::new(PhysAddr::new(orig), len, mask);
                         match pool.alloc(t, req, (t, i)) {
                             Ok(b) => {
                                 assert_eq!(b.addr.as_u64() & mask, orig & mask);
@@ -71,7 +71,7 @@ fn concurrent_alloc_free_never_overlaps() {
                                 drop(c);
                                 mine.push((b, i));
                             }
-                            Err(PoolError::Exhausted { used, total, .. }) => {
+                            Err(SwiotlbError::Exhausted { used, total, .. }) => {
                                 assert!(used <= total);
                                 // Grow once under pressure, while others keep working.
                                 if !grown && t < 2 {

@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-use super::objects::{ObjectPool, ObjectPoolConfig, PoolError};
+use super::objects::{ObjectPool, ObjectPoolConfig, ObjectPoolError};
 use crate::addr::PhysAddr;
 use crate::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
@@ -35,11 +35,11 @@ impl CoherentBouncePool {
     /// (directly, or from the growth hook's answer).
     ///
     /// # Errors
-    /// [`PoolError::BadConfig`] as [`ObjectPool::new`].
+    /// [`ObjectPoolError::BadConfig`] as [`ObjectPool::new`].
     pub fn new(
         cfg: ObjectPoolConfig,
         hook: Option<Arc<dyn GrowthHook>>,
-    ) -> Result<Self, PoolError> {
+    ) -> Result<Self, ObjectPoolError> {
         Ok(Self {
             objects: ObjectPool::new(cfg, hook)?,
             live: Mutex::new(BTreeMap::new()),
@@ -51,7 +51,7 @@ impl CoherentBouncePool {
     ///
     /// # Errors
     /// As [`ObjectPool::add_chunk`].
-    pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), PoolError> {
+    pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
         self.objects.add_chunk(base, bytes)
     }
 
@@ -102,8 +102,10 @@ impl BounceBackend for CoherentBouncePool {
             .objects
             .alloc(size, align, req.max_addr)
             .map_err(|e| match e {
-                PoolError::TooLarge { max } => BounceAllocError::TooLarge { max },
-                PoolError::Exhausted { used, total } => BounceAllocError::Full { used, total },
+                ObjectPoolError::TooLarge { max } => BounceAllocError::TooLarge { max },
+                ObjectPoolError::Exhausted { used, total } => {
+                    BounceAllocError::Full { used, total }
+                }
                 _ => BounceAllocError::Unreachable,
             })?;
         let dma = obj.as_u64() + offset;

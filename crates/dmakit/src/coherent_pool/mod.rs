@@ -19,4 +19,4 @@ pub mod bounce;
 pub mod objects;
 
 pub use bounce::CoherentBouncePool;
-pub use objects::{ObjectPool, ObjectPoolConfig, ObjectPoolUsage, PoolError};
+pub use objects::{ObjectPool, ObjectPoolConfig, ObjectPoolError, ObjectPoolUsage};

@@ -62,7 +62,7 @@ impl Default for ObjectPoolConfig {
 
 /// Errors of the object pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PoolError {
+pub enum ObjectPoolError {
     /// The configuration breaks the rules on [`ObjectPoolConfig`].
     BadConfig,
     /// A chunk is empty, not aligned to or a multiple of a page (or of `min_object` when
@@ -138,12 +138,12 @@ impl ObjectPool {
     /// An empty pool; add memory with [`ObjectPool::add_chunk`].
     ///
     /// # Errors
-    /// [`PoolError::BadConfig`] if sizes are not powers of two, `min_object` is below 64,
+    /// [`ObjectPoolError::BadConfig`] if sizes are not powers of two, `min_object` is below 64,
     /// `max_object` exceeds `chunk_bytes`, or `chunk_bytes` is not a multiple of a page.
     pub fn new(
         cfg: ObjectPoolConfig,
         hook: Option<Arc<dyn GrowthHook>>,
-    ) -> Result<Self, PoolError> {
+    ) -> Result<Self, ObjectPoolError> {
         let ok = cfg.min_object.is_power_of_two()
             && cfg.max_object.is_power_of_two()
             && cfg.min_object >= 64
@@ -151,7 +151,7 @@ impl ObjectPool {
             && cfg.max_object <= cfg.chunk_bytes
             && cfg.chunk_bytes % PAGE_SIZE == 0;
         if !ok {
-            return Err(PoolError::BadConfig);
+            return Err(ObjectPoolError::BadConfig);
         }
         let classes =
             (cfg.max_object.trailing_zeros() - cfg.min_object.trailing_zeros() + 1) as usize;
@@ -180,19 +180,19 @@ impl ObjectPool {
     /// blocks that fit it. Completes an outstanding growth request.
     ///
     /// # Errors
-    /// [`PoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
+    /// [`ObjectPoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
     /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the
     /// pool has; nothing changed.
-    pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), PoolError> {
+    pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
         let b = base.as_u64();
-        let end = b.checked_add(bytes).ok_or(PoolError::BadChunk)?;
+        let end = b.checked_add(bytes).ok_or(ObjectPoolError::BadChunk)?;
         let unit = PAGE_SIZE.max(self.cfg.min_object);
         if bytes == 0 || b % unit != 0 || bytes % unit != 0 {
-            return Err(PoolError::BadChunk);
+            return Err(ObjectPoolError::BadChunk);
         }
         let mut s = self.state.lock();
         if s.chunks.iter().any(|c| b < c.end && c.base < end) {
-            return Err(PoolError::BadChunk);
+            return Err(ObjectPoolError::BadChunk);
         }
         // Covered before the chunk can hand out objects.
         self.span.cover(b, bytes);
@@ -218,11 +218,11 @@ impl ObjectPool {
     }
 
     /// The class index and object size for a request of `size` bytes aligned to `align`.
-    fn class_for(&self, size: u64, align: u64) -> Result<(usize, u64), PoolError> {
+    fn class_for(&self, size: u64, align: u64) -> Result<(usize, u64), ObjectPoolError> {
         let need = size.max(align).max(self.cfg.min_object);
         let obj = need.checked_next_power_of_two().unwrap_or(u64::MAX);
         if obj > self.cfg.max_object {
-            return Err(PoolError::TooLarge {
+            return Err(ObjectPoolError::TooLarge {
                 max: self.cfg.max_object,
             });
         }
@@ -235,8 +235,8 @@ impl ObjectPool {
     /// [`ObjectPoolConfig::refill_below`]) or the request failed.
     ///
     /// # Errors
-    /// [`PoolError::TooLarge`] or [`PoolError::Exhausted`]; nothing changed.
-    pub fn alloc(&self, size: u64, align: u64, max_addr: u64) -> Result<PhysAddr, PoolError> {
+    /// [`ObjectPoolError::TooLarge`] or [`ObjectPoolError::Exhausted`]; nothing changed.
+    pub fn alloc(&self, size: u64, align: u64, max_addr: u64) -> Result<PhysAddr, ObjectPoolError> {
         let (class, obj) = self.class_for(size, align)?;
         let mut s = self.state.lock();
         let result = match take_split(&mut s, class, self.cfg.min_object, max_addr) {
@@ -247,7 +247,7 @@ impl ObjectPool {
                 s.high_water = s.high_water.max(s.used);
                 Ok(PhysAddr::new(addr))
             }
-            None => Err(PoolError::Exhausted {
+            None => Err(ObjectPoolError::Exhausted {
                 used: s.used,
                 total: s.total,
             }),
@@ -278,13 +278,13 @@ impl ObjectPool {
     /// Frees the object at `addr`, merging it with its free buddies.
     ///
     /// # Errors
-    /// [`PoolError::NotLive`] if `addr` is not the start of a live object; nothing changed.
-    pub fn free(&self, addr: PhysAddr) -> Result<(), PoolError> {
+    /// [`ObjectPoolError::NotLive`] if `addr` is not the start of a live object; nothing changed.
+    pub fn free(&self, addr: PhysAddr) -> Result<(), ObjectPoolError> {
         let mut s = self.state.lock();
         let class = s
             .live
             .remove(&addr.as_u64())
-            .ok_or(PoolError::NotLive(addr))? as usize;
+            .ok_or(ObjectPoolError::NotLive(addr))? as usize;
         let obj = self.cfg.min_object << class;
         s.used -= obj;
         s.free_bytes += obj;
@@ -418,27 +418,33 @@ mod tests {
     fn rejects_bad_config_and_chunks() {
         let mut c = cfg();
         c.min_object = 96;
-        assert_eq!(ObjectPool::new(c, None).err(), Some(PoolError::BadConfig));
+        assert_eq!(
+            ObjectPool::new(c, None).err(),
+            Some(ObjectPoolError::BadConfig)
+        );
         let mut c = cfg();
         c.max_object = 128 * 1024;
-        assert_eq!(ObjectPool::new(c, None).err(), Some(PoolError::BadConfig));
+        assert_eq!(
+            ObjectPool::new(c, None).err(),
+            Some(ObjectPoolError::BadConfig)
+        );
         let p = ObjectPool::new(cfg(), None).unwrap();
         assert_eq!(
             p.add_chunk(PhysAddr::new(0x1001), 4096),
-            Err(PoolError::BadChunk)
+            Err(ObjectPoolError::BadChunk)
         );
         assert_eq!(
             p.add_chunk(PhysAddr::new(0x1000), 100),
-            Err(PoolError::BadChunk)
+            Err(ObjectPoolError::BadChunk)
         );
         assert_eq!(
             p.add_chunk(PhysAddr::new(!0xfff), 8192),
-            Err(PoolError::BadChunk)
+            Err(ObjectPoolError::BadChunk)
         );
         p.add_chunk(PhysAddr::new(0x10000), 0x10000).unwrap();
         assert_eq!(
             p.add_chunk(PhysAddr::new(0x18000), 0x10000),
-            Err(PoolError::BadChunk)
+            Err(ObjectPoolError::BadChunk)
         );
         assert_eq!(p.usage().total, 0x10000);
     }
@@ -470,7 +476,7 @@ mod tests {
         p.free(PhysAddr::new(a0)).unwrap();
         assert_eq!(
             p.free(PhysAddr::new(a0)),
-            Err(PoolError::NotLive(PhysAddr::new(a0)))
+            Err(ObjectPoolError::NotLive(PhysAddr::new(a0)))
         );
         assert_eq!(p.alloc(100, 1, u64::MAX).unwrap().as_u64(), a0);
         for (a, _) in got.iter().skip(1) {
@@ -489,12 +495,12 @@ mod tests {
         assert_eq!(a.as_u64() % 4096, 0);
         assert_eq!(
             p.alloc(64 * 1024 + 1, 1, u64::MAX),
-            Err(PoolError::TooLarge { max: 64 * 1024 })
+            Err(ObjectPoolError::TooLarge { max: 64 * 1024 })
         );
         // Nothing is reachable below 1 MiB.
         assert!(matches!(
             p.alloc(10, 1, 0xfffff),
-            Err(PoolError::Exhausted { .. })
+            Err(ObjectPoolError::Exhausted { .. })
         ));
     }
 
@@ -510,7 +516,7 @@ mod tests {
         let u = p.usage();
         assert_eq!(
             p.alloc(4096, 1, u64::MAX),
-            Err(PoolError::Exhausted {
+            Err(ObjectPoolError::Exhausted {
                 used: u.used,
                 total: u.total
             })
@@ -594,7 +600,7 @@ mod tests {
         assert_eq!(p.usage().largest_free, 8 * 1024);
         assert!(matches!(
             p.alloc(16 * 1024, 1, u64::MAX),
-            Err(PoolError::Exhausted { .. })
+            Err(ObjectPoolError::Exhausted { .. })
         ));
         // The abutting 4 KiB below completes the 16 KiB block once its halves are freed.
         p.add_chunk(PhysAddr::new(0x100000), 0x1000).unwrap();
@@ -699,12 +705,12 @@ mod tests {
                                     }
                                     live.push((a, obj));
                                 }
-                                Err(PoolError::TooLarge { max }) => {
+                                Err(ObjectPoolError::TooLarge { max }) => {
                                     prop_assert!(obj > max);
                                     prop_assert_eq!(p.usage(), before);
                                 }
                                 Err(e) => {
-                                    let exhausted = matches!(e, PoolError::Exhausted { .. });
+                                    let exhausted = matches!(e, ObjectPoolError::Exhausted { .. });
                                     prop_assert!(exhausted, "{:?}", e);
                                     prop_assert_eq!(p.usage(), before);
                                     // No aligned candidate below the limit is free of live
@@ -723,7 +729,7 @@ mod tests {
                         Op::Free(i) if !live.is_empty() => {
                             let (a, _) = live.swap_remove(i % live.len());
                             p.free(PhysAddr::new(a)).unwrap();
-                            prop_assert_eq!(p.free(PhysAddr::new(a)), Err(PoolError::NotLive(PhysAddr::new(a))));
+                            prop_assert_eq!(p.free(PhysAddr::new(a)), Err(ObjectPoolError::NotLive(PhysAddr::new(a))));
                         }
                         Op::Free(_) => {}
                     }

@@ -14,7 +14,7 @@ use core::ops::Deref;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::coherent_pool::objects::ObjectPoolUsage;
-use crate::coherent_pool::PoolError;
+use crate::coherent_pool::ObjectPoolError;
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::dma_alloc::{
@@ -181,12 +181,12 @@ where
             .atomic
             .alloc(size, align, max_addr)
             .map_err(|e| match e {
-                PoolError::TooLarge { max } => DmaAllocError::TooLarge {
+                ObjectPoolError::TooLarge { max } => DmaAllocError::TooLarge {
                     device: dev.id(),
                     size,
                     max,
                 },
-                PoolError::Exhausted { used, total } => DmaAllocError::AtomicPoolExhausted {
+                ObjectPoolError::Exhausted { used, total } => DmaAllocError::AtomicPoolExhausted {
                     device: dev.id(),
                     size,
                     used,

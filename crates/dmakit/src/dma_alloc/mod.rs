@@ -26,13 +26,13 @@
 //! function consumes; a failed allocation gives back everything it took before returning
 //! its error, and a refused free hands the handle back.
 
+pub mod alloc_sg;
 pub mod coherent;
 pub mod error;
 pub mod noncontiguous;
 pub mod pages;
-pub mod sg;
+pub mod sg_table;
 pub mod space;
-pub mod table;
 pub mod vmap;
 
 use core::ops::Deref;
@@ -55,8 +55,8 @@ use crate::reintroduce::Defect;
 pub use coherent::CoherentBuffer;
 pub use error::{DmaAllocError, Rejected};
 pub use pages::DmaPages;
+pub use sg_table::{SgChunk, SgTable, TableKind};
 pub use space::{DeviceAddressSpace, DeviceSpaceError, NoTranslation};
-pub use table::{SgChunk, SgTable, TableKind};
 pub use vmap::Vmap;
 
 /// The context an allocation is made in.

@@ -14,7 +14,7 @@ use alloc::vec;
 use crate::device::Device;
 use crate::direct;
 use crate::direction::Direction;
-use crate::dma_alloc::table::{Placement, TableShape};
+use crate::dma_alloc::sg_table::{Placement, TableShape};
 use crate::dma_alloc::{
     DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgChunk, SgTable, TableKind,
 };

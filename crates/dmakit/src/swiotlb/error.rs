@@ -7,7 +7,7 @@ use crate::addr::{PhysAddr, PhysRange};
 /// Why an allocation, lookup or free failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum PoolError {
+pub enum SwiotlbError {
     /// A request of zero bytes.
     ZeroLength,
     /// The request, with the lead-in its `min_align_mask` offset needs, does not fit in one
@@ -49,26 +49,26 @@ pub enum PoolError {
     },
 }
 
-impl fmt::Display for PoolError {
+impl fmt::Display for SwiotlbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            PoolError::ZeroLength => f.write_str("zero-length bounce request"),
-            PoolError::TooLarge { len, max } => write!(
+            SwiotlbError::ZeroLength => f.write_str("zero-length bounce request"),
+            SwiotlbError::TooLarge { len, max } => write!(
                 f,
                 "bounce of {len} bytes exceeds the largest of {max} bytes for this alignment"
             ),
-            PoolError::BadAlignMask { mask, segment } => write!(
+            SwiotlbError::BadAlignMask { mask, segment } => write!(
                 f,
                 "min_align_mask {mask:#x} must be 2^n-1 and below the {segment}-byte segment"
             ),
-            PoolError::Exhausted { len, used, total } => write!(
+            SwiotlbError::Exhausted { len, used, total } => write!(
                 f,
                 "bounce pool exhausted allocating {len} bytes ({used} of {total} bytes in use)"
             ),
-            PoolError::Unreachable { max_addr } => {
+            SwiotlbError::Unreachable { max_addr } => {
                 write!(f, "no bounce slot lies at or below {max_addr:#x}")
             }
-            PoolError::NotMapped { addr } => {
+            SwiotlbError::NotMapped { addr } => {
                 write!(f, "{addr} is not the start of a live bounce allocation")
             }
         }
@@ -148,6 +148,6 @@ impl fmt::Display for RegionError {
 #[cfg(feature = "std")]
 extern crate std;
 #[cfg(feature = "std")]
-impl std::error::Error for PoolError {}
+impl std::error::Error for SwiotlbError {}
 #[cfg(feature = "std")]
 impl std::error::Error for RegionError {}

@@ -31,7 +31,7 @@
 //!   granule, for the IOMMU path's untrusted bounces) in front of its bytes.
 //! - **Reach**: [`Pool::alloc_below`] keeps the whole run at or below a device's mask,
 //!   skipping regions and areas above it; it tells "reachable memory full"
-//!   ([`PoolError::Exhausted`]) from "no memory within reach" ([`PoolError::Unreachable`]).
+//!   ([`SwiotlbError::Exhausted`]) from "no memory within reach" ([`SwiotlbError::Unreachable`]).
 //! - **Lookup**: the owning region and area from a lock-free directory of region bounds,
 //!   then that area's stripe of the region table, a binary search and arithmetic to the
 //!   slot; each area keeps the caller's metadata of its live allocations indexed by first
@@ -56,16 +56,16 @@ mod config;
 mod error;
 mod pool;
 mod region;
+mod region_table;
 mod request;
 mod slots;
 mod stats;
 mod sync;
-mod table;
 
 pub use config::{ConfigError, PoolConfig, PoolConfigBuilder};
-pub use error::{PoolError, RegionError};
+pub use error::{RegionError, SwiotlbError};
 pub use pool::Pool;
-pub use request::{Bounce, BounceRequest};
+pub use request::{Bounce, SlotRequest};
 pub use stats::{AreaStats, PoolStats};
 
 #[cfg(all(test, not(loom)))]

@@ -4,12 +4,12 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::config::PoolConfig;
-use super::error::{PoolError, RegionError};
+use super::error::{RegionError, SwiotlbError};
 use super::region::{area_index, Location, Region};
-use super::request::{max_mapping_size, Bounce, BounceRequest, Shape};
+use super::region_table::{find, Entry, Lookup, RegionTable, Regions};
+use super::request::{max_mapping_size, Bounce, Shape, SlotRequest};
 use super::stats::{AreaCounter, AreaStats, Counters, PoolStats};
 use super::sync::MutexGuard;
-use super::table::{find, Entry, Lookup, RegionTable, Regions};
 use crate::addr::{PhysAddr, PhysRange};
 use crate::bounce::MemorySpan;
 use crate::platform::PAGE_SIZE;
@@ -193,10 +193,10 @@ impl<T> Pool<T> {
     /// is allocated.
     ///
     /// # Errors
-    /// [`PoolError::BadAlignMask`], [`PoolError::ZeroLength`], [`PoolError::TooLarge`] (see
-    /// [`Pool::max_mapping_size`]) for a bad request; [`PoolError::Exhausted`] with current
+    /// [`SwiotlbError::BadAlignMask`], [`SwiotlbError::ZeroLength`], [`SwiotlbError::TooLarge`] (see
+    /// [`Pool::max_mapping_size`]) for a bad request; [`SwiotlbError::Exhausted`] with current
     /// usage when no area has room. On error nothing changed and `meta` is dropped.
-    pub fn alloc(&self, cpu: usize, request: BounceRequest, meta: T) -> Result<Bounce, PoolError> {
+    pub fn alloc(&self, cpu: usize, request: SlotRequest, meta: T) -> Result<Bounce, SwiotlbError> {
         self.alloc_below(cpu, request, u64::MAX, meta)
     }
 
@@ -206,18 +206,18 @@ impl<T> Pool<T> {
     /// cuts is searched for a run below it (O(its free blocks) instead of O(1)).
     ///
     /// # Errors
-    /// As [`Pool::alloc`], and [`PoolError::Unreachable`] when the pool has memory but no
+    /// As [`Pool::alloc`], and [`SwiotlbError::Unreachable`] when the pool has memory but no
     /// slot of it lies at or below `max_addr` (it cannot ever serve this device without new
-    /// memory); [`PoolError::Exhausted`] when some memory is within reach but has no room,
+    /// memory); [`SwiotlbError::Exhausted`] when some memory is within reach but has no room,
     /// or the pool has no memory at all. On error
     /// nothing changed and `meta` is dropped.
     pub fn alloc_below(
         &self,
         cpu: usize,
-        request: BounceRequest,
+        request: SlotRequest,
         max_addr: u64,
         meta: T,
-    ) -> Result<Bounce, PoolError> {
+    ) -> Result<Bounce, SwiotlbError> {
         let shape = Shape::new(&self.config, &request)?;
         let shift = self.config.slot_shift();
         let slot_mask = self.config.slot_size() - 1;
@@ -263,11 +263,11 @@ impl<T> Pool<T> {
             }
         }
         if !reachable && !regions.is_empty() {
-            return Err(PoolError::Unreachable { max_addr });
+            return Err(SwiotlbError::Unreachable { max_addr });
         }
         let used: u64 = counters_of(&regions).map(|c| c.used() as u64).sum();
         drop(regions);
-        Err(PoolError::Exhausted {
+        Err(SwiotlbError::Exhausted {
             len: request.len,
             used: used << shift,
             total: (self.counters.total_slots() as u64) << shift,
@@ -279,13 +279,13 @@ impl<T> Pool<T> {
     /// pool).
     ///
     /// # Errors
-    /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation.
+    /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation.
     pub fn with<R>(
         &self,
         addr: PhysAddr,
         f: impl FnOnce(&Bounce, &T) -> R,
-    ) -> Result<R, PoolError> {
-        let not_mapped = PoolError::NotMapped { addr };
+    ) -> Result<R, SwiotlbError> {
+        let not_mapped = SwiotlbError::NotMapped { addr };
         let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
         let region = &regions[index];
         let shift = self.config.slot_shift();
@@ -305,8 +305,8 @@ impl<T> Pool<T> {
     /// The allocation whose bounce address is `addr` and a copy of its metadata.
     ///
     /// # Errors
-    /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation.
-    pub fn get(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError>
+    /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation.
+    pub fn get(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError>
     where
         T: Clone,
     {
@@ -317,10 +317,10 @@ impl<T> Pool<T> {
     /// Its whole run, lead-in included, is free again.
     ///
     /// # Errors
-    /// [`PoolError::NotMapped`] if `addr` is not the bounce address of a live allocation:
+    /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation:
     /// an unknown address, an address inside an allocation, or one already freed. Nothing
     /// changes then.
-    pub fn free(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError> {
+    pub fn free(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
         self.release(addr, false)
     }
 
@@ -332,12 +332,12 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// As [`Pool::free`].
-    pub fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), PoolError> {
+    pub fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
         self.release(addr, true)
     }
 
-    fn release(&self, addr: PhysAddr, unused: bool) -> Result<(Bounce, T), PoolError> {
-        let not_mapped = PoolError::NotMapped { addr };
+    fn release(&self, addr: PhysAddr, unused: bool) -> Result<(Bounce, T), SwiotlbError> {
+        let not_mapped = SwiotlbError::NotMapped { addr };
         let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
         let region = &regions[index];
         let area = &region.areas()[loc.area];
@@ -423,7 +423,7 @@ impl<T> Pool<T> {
 
     /// Most regions for which [`Pool::region_of`] takes no lock, and lookups by address
     /// find their area's stripe without locking another one first.
-    pub const LOCK_FREE_REGIONS: usize = super::table::DIRECTORY_REGIONS;
+    pub const LOCK_FREE_REGIONS: usize = super::region_table::DIRECTORY_REGIONS;
 
     /// Locks the stripe of the area owning `addr` and finds where `addr` falls: the locked
     /// region list, the region's index in it, and the location. `None` when no region

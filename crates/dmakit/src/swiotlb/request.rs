@@ -9,14 +9,14 @@
 
 use super::area::Placement;
 use super::config::PoolConfig;
-use super::error::PoolError;
+use super::error::SwiotlbError;
 use super::slots::order_for;
 use crate::addr::PhysAddr;
 use crate::platform::PAGE_SIZE;
 
 /// A request for a bounce allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BounceRequest {
+pub struct SlotRequest {
     /// The original buffer's physical address (only its bits under `min_align_mask` are
     /// used).
     pub orig: PhysAddr,
@@ -27,7 +27,7 @@ pub struct BounceRequest {
     pub min_align_mask: u64,
 }
 
-impl BounceRequest {
+impl SlotRequest {
     /// A request to bounce `len` bytes at `orig` for a device with `min_align_mask`.
     pub const fn new(orig: PhysAddr, len: u64, min_align_mask: u64) -> Self {
         Self {
@@ -71,18 +71,18 @@ pub(crate) struct Shape {
 
 impl Shape {
     /// Validates `req` against the geometry.
-    pub(crate) fn new(cfg: &PoolConfig, req: &BounceRequest) -> Result<Self, PoolError> {
+    pub(crate) fn new(cfg: &PoolConfig, req: &SlotRequest) -> Result<Self, SwiotlbError> {
         let (len, mask) = (req.len, req.min_align_mask);
         let segment = cfg.segment_size();
         if mask & mask.wrapping_add(1) != 0 || mask >= segment {
-            return Err(PoolError::BadAlignMask { mask, segment });
+            return Err(SwiotlbError::BadAlignMask { mask, segment });
         }
         if len == 0 {
-            return Err(PoolError::ZeroLength);
+            return Err(SwiotlbError::ZeroLength);
         }
         let max = max_mapping_size(cfg, mask);
         if len > max {
-            return Err(PoolError::TooLarge { len, max });
+            return Err(SwiotlbError::TooLarge { len, max });
         }
         let shift = cfg.slot_shift();
         let slot = cfg.slot_size();

@@ -21,11 +21,11 @@ fn cfg(slot: u64, seg: u64, areas: usize) -> PoolConfig {
         .unwrap()
 }
 
-fn req(orig: u64, len: u64, mask: u64) -> BounceRequest {
-    BounceRequest::new(PhysAddr::new(orig), len, mask)
+fn req(orig: u64, len: u64, mask: u64) -> SlotRequest {
+    SlotRequest::new(PhysAddr::new(orig), len, mask)
 }
 
-fn check_bounce(b: &Bounce, r: &BounceRequest, slot: u64) {
+fn check_bounce(b: &Bounce, r: &SlotRequest, slot: u64) {
     let addr = b.addr.as_u64();
     assert_eq!(
         addr & r.min_align_mask,
@@ -199,14 +199,14 @@ fn segment_size_limits_a_mapping() {
     assert_eq!(whole.slot_bytes, 256 * KIB);
     assert_eq!(
         pool.alloc(0, req(0, 256 * KIB + 1, 0), ()),
-        Err(PoolError::TooLarge {
+        Err(SwiotlbError::TooLarge {
             len: 256 * KIB + 1,
             max: 256 * KIB
         })
     );
     assert_eq!(
         pool.alloc(0, req(0xfff, 256 * KIB - 0xfff + 1, 0xfff), ()),
-        Err(PoolError::TooLarge {
+        Err(SwiotlbError::TooLarge {
             len: 256 * KIB - 0xfff + 1,
             max: 256 * KIB - 0xfff
         })
@@ -217,10 +217,13 @@ fn segment_size_limits_a_mapping() {
     assert_eq!(b.addr.as_u64() & 0xfff, 0xfff);
     pool.free(b.addr).unwrap();
     pool.free(whole.addr).unwrap();
-    assert_eq!(pool.alloc(0, req(0, 0, 0), ()), Err(PoolError::ZeroLength));
+    assert_eq!(
+        pool.alloc(0, req(0, 0, 0), ()),
+        Err(SwiotlbError::ZeroLength)
+    );
     assert_eq!(
         pool.alloc(0, req(0, 1, 0x1001), ()),
-        Err(PoolError::BadAlignMask {
+        Err(SwiotlbError::BadAlignMask {
             mask: 0x1001,
             segment: 256 * KIB
         })
@@ -228,7 +231,7 @@ fn segment_size_limits_a_mapping() {
     assert!(pool.alloc(0, req(0, 1, 256 * KIB - 1), ()).is_ok());
     assert!(matches!(
         pool.alloc(0, req(0, 1, 512 * KIB - 1), ()),
-        Err(PoolError::BadAlignMask { .. })
+        Err(SwiotlbError::BadAlignMask { .. })
     ));
 }
 
@@ -246,7 +249,7 @@ fn exhaustion_changes_nothing() {
     let err = pool.alloc(0, req(0, 100, 0), 2).unwrap_err();
     assert_eq!(
         err,
-        PoolError::Exhausted {
+        SwiotlbError::Exhausted {
             len: 100,
             used: 2048,
             total: 2048
@@ -261,7 +264,7 @@ fn exhaustion_changes_nothing() {
     let before = (pool.stats(), pool.area_stats());
     assert!(matches!(
         pool.alloc(0, req(0, 64 * 4, 0), 4),
-        Err(PoolError::Exhausted { .. })
+        Err(SwiotlbError::Exhausted { .. })
     ));
     assert_eq!((pool.stats(), pool.area_stats()), before);
     pool.check().unwrap();
@@ -274,7 +277,7 @@ fn bad_frees_are_errors() {
     let b = pool.alloc(0, req(0x123, 5000, 0xfff), 7).unwrap();
     let before = pool.stats();
     let not = |a: u64| {
-        Err(PoolError::NotMapped {
+        Err(SwiotlbError::NotMapped {
             addr: PhysAddr::new(a),
         })
     };
@@ -305,7 +308,7 @@ fn regions_are_added_validated_and_removed() {
     let pool: Pool<u8> = Pool::new(cfg(2048, 128, 2));
     assert!(matches!(
         pool.alloc(0, req(0, 1, 0), 0),
-        Err(PoolError::Exhausted {
+        Err(SwiotlbError::Exhausted {
             used: 0,
             total: 0,
             ..
@@ -362,7 +365,7 @@ fn regions_are_added_validated_and_removed() {
     assert_eq!(pool.stats().total_bytes, seg);
     assert!(matches!(
         pool.alloc(0, req(0, 1, 0), 2),
-        Err(PoolError::Exhausted { .. })
+        Err(SwiotlbError::Exhausted { .. })
     ));
     pool.free(b.addr).unwrap();
     assert_eq!(pool.remove_region(base(0x1000)), Ok(r0));
@@ -370,7 +373,7 @@ fn regions_are_added_validated_and_removed() {
     assert!(pool.regions().is_empty());
     assert_eq!(
         pool.free(b.addr).map(|_| ()),
-        Err(PoolError::NotMapped { addr: b.addr })
+        Err(SwiotlbError::NotMapped { addr: b.addr })
     );
     // Removed memory can come back.
     pool.add_region(base(0x100_0000), seg).unwrap();
@@ -575,7 +578,7 @@ fn the_cache_never_makes_an_allocation_fail() {
     assert_eq!(pool.cached_slots(), 0);
     assert!(matches!(
         pool.alloc(0, req(0, 1, 0), 2),
-        Err(PoolError::Exhausted { .. })
+        Err(SwiotlbError::Exhausted { .. })
     ));
     pool.check().unwrap();
     for b in live {
@@ -686,7 +689,7 @@ proptest! {
                         check_bounce(&b, &r, 64);
                         live.push(b);
                     }
-                    Err(PoolError::Exhausted { .. }) => prop_assert_eq!(pool.cached_slots(), 0),
+                    Err(SwiotlbError::Exhausted { .. }) => prop_assert_eq!(pool.cached_slots(), 0),
                     Err(e) => prop_assert!(false, "unexpected {:?}", e),
                 }
             }
@@ -796,7 +799,7 @@ fn alloc_below_stays_within_reach() {
     let before = pool.stats();
     assert!(matches!(
         pool.alloc_below(0, req(0, 100, 0), limit, 2),
-        Err(PoolError::Exhausted { used, total, .. }) if used == 256 * KIB && total == 512 * KIB
+        Err(SwiotlbError::Exhausted { used, total, .. }) if used == 256 * KIB && total == 512 * KIB
     ));
     assert_eq!(pool.stats(), before);
     // The high region still serves a device without the limit.
@@ -805,7 +808,7 @@ fn alloc_below_stays_within_reach() {
     // Nothing at all below a limit under the first region.
     assert_eq!(
         pool.alloc_below(0, req(0, 100, 0), low - 1, 4),
-        Err(PoolError::Unreachable { max_addr: low - 1 })
+        Err(SwiotlbError::Unreachable { max_addr: low - 1 })
     );
     // A limit inside the first region's first segment: only slots wholly below it.
     for b in held.drain(..) {
@@ -848,7 +851,7 @@ fn abandon_restores_the_high_water_mark() {
     assert_eq!(pool.stats().high_water_bytes, 5 * 2048);
     assert_eq!(
         pool.abandon(c.addr),
-        Err(PoolError::NotMapped { addr: c.addr })
+        Err(SwiotlbError::NotMapped { addr: c.addr })
     );
     pool.check().unwrap();
 }

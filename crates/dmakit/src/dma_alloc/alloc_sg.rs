@@ -12,7 +12,7 @@
 use core::ops::Deref;
 
 use crate::device::Device;
-use crate::dma_alloc::table::{Placement, TableShape};
+use crate::dma_alloc::sg_table::{Placement, TableShape};
 use crate::dma_alloc::{
     DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgTable, TableKind,
 };

@@ -1,5 +1,5 @@
 //! Scatter-gather tables of allocated memory, shared by [`super::noncontiguous`] and
-//! [`super::sg`].
+//! [`super::alloc_sg`].
 //!
 //! A table is a list of physically contiguous chunks of whole pages. How the chunks are
 //! chosen differs (one chunk below the mask, scattered pages anywhere, reachable pages with
