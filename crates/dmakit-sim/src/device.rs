@@ -7,68 +7,10 @@
 //! [`DeviceFault`], never silently dropped. The bus-to-physical translation sits behind the
 //! one small [`DmaTranslation`] seam, so an IOMMU can replace the identity later.
 
-use std::fmt;
-
 use dmakit::{Device, DeviceId, DmaAddr, PhysAddr};
 
+pub use crate::device_fault::{DeviceFault, FaultReason};
 use crate::error::SimError;
-
-/// Why a device access was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FaultReason {
-    /// Some address of the access is above the device's DMA mask.
-    AboveMask,
-    /// The access is not inside any window currently granted to the device.
-    NotGranted,
-    /// The translation (identity, or an IOMMU) has no mapping for the address.
-    NoTranslation,
-    /// The translated physical range is not RAM.
-    NotMemory,
-    /// The translation (an IOMMU) forbids this kind of access (a write to a read-only
-    /// mapping, or a read of a write-only one).
-    PermissionDenied,
-}
-
-impl fmt::Display for FaultReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FaultReason::AboveMask => "address above the device's DMA mask",
-            FaultReason::NotGranted => "access outside the windows granted to the device",
-            FaultReason::NoTranslation => "no translation for the address",
-            FaultReason::NotMemory => "translated address is not memory",
-            FaultReason::PermissionDenied => "the translation forbids this access",
-        })
-    }
-}
-
-/// A refused device access, as recorded by the machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DeviceFault {
-    /// The device that emitted the access.
-    pub device: DeviceId,
-    /// First bus address of the access.
-    pub addr: DmaAddr,
-    /// Its length.
-    pub len: u64,
-    /// Whether it was a write.
-    pub write: bool,
-    /// Why it was refused.
-    pub reason: FaultReason,
-}
-
-impl fmt::Display for DeviceFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} of {} bytes at {}: {}",
-            self.device,
-            if self.write { "write" } else { "read" },
-            self.len,
-            self.addr,
-            self.reason
-        )
-    }
-}
 
 /// Translation of bus addresses to physical addresses: the seam where an IOMMU plugs in.
 pub trait DmaTranslation {

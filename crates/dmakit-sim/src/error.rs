@@ -9,7 +9,7 @@ use std::fmt;
 
 use dmakit::DeviceId;
 
-use crate::device::DeviceFault;
+use crate::device_fault::DeviceFault;
 
 /// Why the model refused a configuration or a request.
 #[derive(Clone, Debug, PartialEq)]

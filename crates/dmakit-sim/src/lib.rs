@@ -14,6 +14,7 @@
 //! - [`hazard`]: seeded evictions and speculative fills aimed near recent CPU activity;
 //! - [`device`]: DMA engines with masks, granted windows, a fault log and the translation
 //!   seam where an IOMMU will plug in;
+//! - [`device_fault`]: the record of a refused device access ([`DeviceFault`]);
 //! - [`fault_inject`]: dropping selected cache maintenance, to show the model can fail;
 //! - [`page_alloc`]: a first-fit page allocator so pools and workloads never overlap;
 //! - [`iommu`]: an IOMMU with per-domain page tables, an IOTLB that keeps translations
@@ -27,13 +28,15 @@
 //! - [`placement`]: where a buffer and its neighbours sit (line aligned, kmalloc-packed,
 //!   struct field);
 //! - [`transfer`]: one transfer through the mapping layer, judged by the oracle;
-//! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine.
+//! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine;
+//! - [`workload_error`]: why a workload or one of its transfers could not run.
 
 #![warn(missing_docs)]
 
 pub mod cache;
 pub mod coherent;
 pub mod device;
+pub mod device_fault;
 pub mod error;
 pub mod fault_inject;
 pub mod hazard;
@@ -50,9 +53,11 @@ pub mod routed;
 pub mod transfer;
 pub mod vmap;
 pub mod workload;
+pub mod workload_error;
 
 pub use cache::{CacheConfig, CacheStats};
-pub use device::{DeviceFault, DmaTranslation, FaultReason, IdentityTranslation};
+pub use device::{DmaTranslation, IdentityTranslation};
+pub use device_fault::{DeviceFault, FaultReason};
 pub use error::SimError;
 pub use fault_inject::{MaintenanceFaults, MaintenanceKind};
 pub use hazard::HazardConfig;

@@ -16,9 +16,10 @@ use crate::machine::Machine;
 use crate::memory::Owner;
 use crate::oracle::Oracle;
 use crate::rng::SimRng;
-use crate::workload::{WorkloadConfig, WorkloadError};
+use crate::workload_error::WorkloadError;
 
-/// How a transfer behaves (the per-transfer part of a [`WorkloadConfig`]).
+/// How a transfer behaves (the per-transfer part of a
+/// [`WorkloadConfig`](crate::workload::WorkloadConfig)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TransferKnobs {
     /// CPU operations on neighbours interleaved with each round, inclusive range.
@@ -35,20 +36,6 @@ pub struct TransferKnobs {
     pub rewrite_inbound_between_rounds: bool,
     /// Control: check before the final unmap / sync_for_cpu (a missing sync).
     pub skip_sync_for_cpu: bool,
-}
-
-impl From<&WorkloadConfig> for TransferKnobs {
-    fn from(c: &WorkloadConfig) -> Self {
-        Self {
-            cpu_ops: c.cpu_ops,
-            device_chunk: c.device_chunk,
-            short_write_chance: c.short_write_chance,
-            sync_chance: c.sync_chance,
-            second_round_chance: c.second_round_chance,
-            rewrite_inbound_between_rounds: c.rewrite_inbound_between_rounds,
-            skip_sync_for_cpu: c.skip_sync_for_cpu,
-        }
-    }
 }
 
 /// An object the CPU keeps using while the buffer is lent to the device.

@@ -10,8 +10,6 @@
 //! public API and the address `map` returned, so bounce pools, an IOMMU or routing policies
 //! plug in underneath without changing it.
 
-use std::fmt;
-
 use dmakit::{Device, Direction, DmaError, DmaMapper, PhysAddr, PhysRange, Platform};
 
 use crate::error::SimError;
@@ -21,7 +19,10 @@ use crate::memory::Owner;
 use crate::oracle::{Oracle, OracleReport};
 use crate::placement::{Layout, Placement, Role};
 use crate::rng::SimRng;
-use crate::transfer::{cpu_scribble, Neighbour, Scratch, Transfer, TransferOutcome};
+use crate::transfer::{
+    cpu_scribble, Neighbour, Scratch, Transfer, TransferKnobs, TransferOutcome,
+};
+pub use crate::workload_error::WorkloadError;
 
 /// What a workload does.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,38 +109,17 @@ impl Default for WorkloadConfig {
     }
 }
 
-/// Why a workload could not run.
-#[derive(Clone, Debug, PartialEq)]
-pub enum WorkloadError {
-    /// The model refused a request (bad configuration, no memory for the slots, ...).
-    Sim(SimError),
-    /// The mapper refused an unmap or sync of a mapping it had made.
-    Mapper(DmaError),
-    /// The configuration cannot produce transfers (empty lists, bad ranges).
-    Config(&'static str),
-}
-
-impl fmt::Display for WorkloadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WorkloadError::Sim(e) => write!(f, "machine model: {e}"),
-            WorkloadError::Mapper(e) => write!(f, "mapper: {e}"),
-            WorkloadError::Config(m) => write!(f, "workload configuration: {m}"),
+impl From<&WorkloadConfig> for TransferKnobs {
+    fn from(c: &WorkloadConfig) -> Self {
+        Self {
+            cpu_ops: c.cpu_ops,
+            device_chunk: c.device_chunk,
+            short_write_chance: c.short_write_chance,
+            sync_chance: c.sync_chance,
+            second_round_chance: c.second_round_chance,
+            rewrite_inbound_between_rounds: c.rewrite_inbound_between_rounds,
+            skip_sync_for_cpu: c.skip_sync_for_cpu,
         }
-    }
-}
-
-impl std::error::Error for WorkloadError {}
-
-impl From<SimError> for WorkloadError {
-    fn from(e: SimError) -> Self {
-        WorkloadError::Sim(e)
-    }
-}
-
-impl From<DmaError> for WorkloadError {
-    fn from(e: DmaError) -> Self {
-        WorkloadError::Mapper(e)
     }
 }
 
