@@ -19,9 +19,7 @@ use crate::memory::Owner;
 use crate::oracle::{Oracle, OracleReport};
 use crate::placement::{Layout, Placement, Role};
 use crate::rng::SimRng;
-use crate::transfer::{
-    cpu_scribble, Neighbour, Scratch, Transfer, TransferKnobs, TransferOutcome,
-};
+use crate::transfer::{cpu_scribble, Neighbour, Scratch, Transfer, TransferKnobs, TransferOutcome};
 pub use crate::workload_error::WorkloadError;
 
 /// What a workload does.
