@@ -1,305 +1,32 @@
-//! Scenario files: the TOML format, and its validation into a [`Scenario`].
-//!
-//! Every mistake is reported with the file, line, column and field it is about, and why
-//! it is wrong: syntax and type errors come from the TOML parser's spans, semantic ones
-//! (a mask below all RAM, a field outside its structure) from spans kept on the fields.
-//! The format is documented by the built-in scenario, `scenarios/phone.toml`.
-//!
-//! Whatever drives the model's memory or time is bounded, so no file can make a run take
-//! more than the model can hold: the cache ([`MAX_CACHE_BYTES`], [`MAX_CACHE_WAYS`]), the
-//! RAM map ([`MAX_RAM_RANGES`], ranges may not overlap), the devices ([`MAX_DEVICES`]),
-//! the bounce pool ([`MAX_BOUNCE_POOL_BYTES`]), transfer patterns
-//! ([`MAX_TRANSFER_SITES`]), driver weights ([`MAX_DRIVER_WEIGHT`]), background objects
-//! ([`MAX_LIVE_OBJECTS`]), the bytes all transfers keep alive at once
-//! ([`MAX_RESIDENT_BYTES`]), and every size, depth and count of a transfer; the file itself is read with a size limit
-//! ([`crate::input::MAX_SCENARIO_BYTES`]). Validation is linear in the size of
-//! the file (device names are looked up in a hash map): 200,000 devices are validated in
-//! about a second before the device count rejects them.
+//! Turning a [`FileSpec`] into the validated [`Scenario`]: every value checked against the
+//! machine and the model's [limits](super::limits), every mistake reported at its position.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::ops::Range;
 use std::path::PathBuf;
 
 use dmakit::reintroduce::{self, Defect};
 use dmakit::{Device, DeviceId, Direction};
-use serde::Deserialize;
+use dmakit_sim::cache::CacheConfig;
+use dmakit_sim::hazard::HazardConfig;
+use dmakit_sim::iommu::Granule;
 use toml::Spanned;
 
+use super::error::{Ctx, ScenarioError};
+use super::limits::{
+    MAX_BOUNCE_POOL_BYTES, MAX_CACHE_BYTES, MAX_CACHE_WAYS, MAX_DEVICES, MAX_DRIVER_WEIGHT,
+    MAX_LIVE_OBJECTS, MAX_RAM_RANGES, MAX_RESIDENT_BYTES, MAX_TRANSFER_SITES,
+};
+use super::spec::{
+    DeviceSpec, Directions, DriverSpec, FileSpec, KmallocSpec, MachineSpec, SizeRange, SizeText,
+    TransferSpec,
+};
 use crate::model::{
     BufferModel, ChurnModel, DriverModel, IommuMode, MachineModel, PoolSize, Scenario,
     SlabinfoSource, TransferModel,
 };
-use crate::units::parse_size;
-use dmakit_sim::cache::CacheConfig;
-use dmakit_sim::hazard::HazardConfig;
-use dmakit_sim::iommu::Granule;
-
-/// Most transfer patterns a scenario may declare (each gets its own call site).
-pub const MAX_TRANSFER_SITES: usize = crate::sites::SITES;
-
-/// Largest modelled data cache (16 MiB). The model holds every byte of the cache with its
-/// provenance stamp (5 bytes of host memory per cached byte) for each policy run side by
-/// side, and allocates it up front.
-pub const MAX_CACHE_BYTES: u64 = 16 << 20;
-
-/// Most ways per cache set (each access searches its set).
-pub const MAX_CACHE_WAYS: u64 = 64;
-
-/// Most `machine.ram` ranges (each RAM check searches them).
-pub const MAX_RAM_RANGES: usize = 64;
-
-/// Largest fixed bounce pool (1 GiB; Linux's default is 64 MiB). The pool keeps state per
-/// 2 KiB slot, per policy.
-pub const MAX_BOUNCE_POOL_BYTES: u64 = 1 << 30;
-
-/// Most `[[device]]` entries (the model looks devices up by scanning them). The whole
-/// file is validated first, so a mistake in any device is reported before the count.
-pub const MAX_DEVICES: usize = 4096;
-
-/// Most live background kmalloc objects (`kmalloc.live_objects`): the model keeps each
-/// one's bytes and provenance, about 3 KiB of host memory per object and policy.
-pub const MAX_LIVE_OBJECTS: u64 = 100_000;
-
-/// Most bytes all transfer patterns together may keep alive at once in the model's
-/// memory: buffers in flight (`queue_depth` times the largest size), page fragments kept
-/// (`in_flight` plus `queue_depth` fragments of headroom + size + tail), framebuffers
-/// (`frames` times the largest size) and driver structures. 16 MiB; the model takes about
-/// 10 bytes of host memory per byte it holds, per policy.
-pub const MAX_RESIDENT_BYTES: u64 = 16 << 20;
-
-/// Largest driver weight (weights are relative frequencies; the runner sums them).
-pub const MAX_DRIVER_WEIGHT: f64 = 1e6;
 
 /// How many device names an "unknown device" error lists.
 const NAMES_LISTED: usize = 8;
-
-/// A mistake in a scenario file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScenarioError {
-    /// The file (as given by the caller).
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// The field (dotted path) or the text the error is about.
-    pub field: String,
-    /// What is wrong, and what would be right.
-    pub message: String,
-}
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: `{}`: {}",
-            self.file, self.line, self.column, self.field, self.message
-        )
-    }
-}
-
-impl std::error::Error for ScenarioError {}
-
-/// A size: a number of bytes or a string with a unit (`"4 GiB"`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-enum SizeText {
-    Bytes(u64),
-    Text(String),
-}
-
-/// One size or an inclusive range `[min, max]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-enum SizeRange {
-    One(SizeText),
-    Range(Vec<SizeText>),
-}
-
-/// One direction or a list to pick from.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-enum Directions {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSpec {
-    name: String,
-    #[serde(default)]
-    description: String,
-    machine: MachineSpec,
-    #[serde(default)]
-    kmalloc: KmallocSpec,
-    #[serde(default, rename = "device")]
-    devices: Vec<Spanned<DeviceSpec>>,
-    #[serde(default, rename = "driver")]
-    drivers: Vec<Spanned<DriverSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MachineSpec {
-    cpus: Spanned<u64>,
-    cache_line: Spanned<u64>,
-    #[serde(default)]
-    cache_size: Option<Spanned<SizeText>>,
-    #[serde(default)]
-    cache_ways: Option<Spanned<u64>>,
-    ram: Spanned<Vec<RamSpec>>,
-    bounce_pool: Spanned<SizeText>,
-    #[serde(default)]
-    hazards: Option<HazardSpec>,
-    #[serde(default)]
-    iommu_granule: Option<Spanned<SizeText>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RamSpec {
-    start: Spanned<SizeText>,
-    size: Spanned<SizeText>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HazardSpec {
-    evict_rate: Spanned<f64>,
-    speculate_rate: Spanned<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KmallocSpec {
-    #[serde(default = "auto")]
-    slabinfo: Spanned<String>,
-    #[serde(default = "default_live")]
-    live_objects: Spanned<u64>,
-    #[serde(default = "default_churn")]
-    churn_per_transfer: Spanned<f64>,
-}
-
-fn auto() -> Spanned<String> {
-    Spanned::new(0..0, "auto".into())
-}
-fn default_live() -> Spanned<u64> {
-    Spanned::new(0..0, 20_000)
-}
-fn default_churn() -> Spanned<f64> {
-    Spanned::new(0..0, 1.0)
-}
-
-impl Default for KmallocSpec {
-    fn default() -> Self {
-        Self {
-            slabinfo: auto(),
-            live_objects: default_live(),
-            churn_per_transfer: default_churn(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeviceSpec {
-    name: Spanned<String>,
-    #[serde(default)]
-    dma_bits: Option<Spanned<u64>>,
-    #[serde(default)]
-    coherent: bool,
-    #[serde(default)]
-    cache_line: Option<Spanned<u64>>,
-    #[serde(default)]
-    iommu: Option<Spanned<String>>,
-    #[serde(default)]
-    trusted: Option<Spanned<bool>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DriverSpec {
-    name: String,
-    device: Spanned<String>,
-    weight: Spanned<f64>,
-    #[serde(rename = "transfer")]
-    transfers: Spanned<Vec<Spanned<TransferSpec>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferSpec {
-    site: Spanned<String>,
-    direction: Spanned<Directions>,
-    size: Spanned<SizeRange>,
-    #[serde(default)]
-    step: Option<Spanned<u64>>,
-    buffer: Spanned<String>,
-    #[serde(default)]
-    chance: Option<Spanned<f64>>,
-    #[serde(default)]
-    burst: Option<Spanned<[u64; 2]>>,
-    #[serde(default)]
-    struct_size: Option<Spanned<u64>>,
-    #[serde(default)]
-    offset: Option<Spanned<u64>>,
-    #[serde(default)]
-    next_field: Option<Spanned<u64>>,
-    #[serde(default)]
-    align: Option<Spanned<u64>>,
-    #[serde(default)]
-    headroom: Option<Spanned<u64>>,
-    #[serde(default)]
-    tail: Option<Spanned<u64>>,
-    #[serde(default)]
-    in_flight: Option<Spanned<u64>>,
-    #[serde(default)]
-    frames: Option<Spanned<u64>>,
-    #[serde(default)]
-    queue_depth: Option<Spanned<u64>>,
-}
-
-/// Builds errors with positions in one file.
-struct Ctx<'a> {
-    file: &'a str,
-    src: &'a str,
-}
-
-impl Ctx<'_> {
-    fn err(
-        &self,
-        span: Range<usize>,
-        field: impl Into<String>,
-        msg: impl Into<String>,
-    ) -> ScenarioError {
-        let at = span.start.min(self.src.len());
-        let before = &self.src[..at];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        ScenarioError {
-            file: self.file.to_string(),
-            line,
-            column,
-            field: field.into(),
-            message: msg.into(),
-        }
-    }
-
-    fn size(&self, s: &Spanned<SizeText>, field: &str) -> Result<u64, ScenarioError> {
-        match s.get_ref() {
-            SizeText::Bytes(b) => Ok(*b),
-            SizeText::Text(t) => parse_size(t).ok_or_else(|| {
-                self.err(
-                    s.span(),
-                    field,
-                    format!("`{t}` is not a size (write 4096, \"64 KiB\", \"4GiB\" or \"0x1000\")"),
-                )
-            }),
-        }
-    }
-}
 
 const GIB: u64 = 1 << 30;
 const SEGMENT: u64 = 256 * 1024;
