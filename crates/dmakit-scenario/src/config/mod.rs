@@ -17,7 +17,7 @@
 //! about a second before the device count rejects them.
 //!
 //! Files, one concept each: `spec.rs`, what a file may say (the serde types);
-//! `validate.rs`, turning that into the [`Scenario`](crate::Scenario); `error.rs`, the error and the
+//! `validate/`, turning that into the [`Scenario`](crate::Scenario), one file per table; `error.rs`, the error and the
 //! positions it carries; `limits.rs`, the bounds above.
 
 mod error;
