@@ -11,14 +11,14 @@
 //! the bounce pool ([`MAX_BOUNCE_POOL_BYTES`]), transfer patterns
 //! ([`MAX_TRANSFER_SITES`]), driver weights ([`MAX_DRIVER_WEIGHT`]), background objects
 //! ([`MAX_LIVE_OBJECTS`]), the bytes all transfers keep alive at once
-//! ([`MAX_RESIDENT_BYTES`]), and every size, depth and count of a transfer; the file itself is read with a size limit
-//! ([`crate::input::MAX_SCENARIO_BYTES`]). Validation is linear in the size of
-//! the file (device names are looked up in a hash map): 200,000 devices are validated in
-//! about a second before the device count rejects them.
+//! ([`MAX_RESIDENT_BYTES`]), and every size, depth and count of a transfer; the file
+//! itself is read with a size limit ([`crate::input::MAX_SCENARIO_BYTES`]). Validation is
+//! linear in the size of the file (device names are looked up in a hash map): 200,000
+//! devices are validated in about a second before the device count rejects them.
 //!
 //! Files, one concept each: `spec.rs`, what a file may say (the serde types);
-//! `validate/`, turning that into the [`Scenario`](crate::Scenario), one file per table; `error.rs`, the error and the
-//! positions it carries; `limits.rs`, the bounds above.
+//! `validate/`, turning that into the [`Scenario`](crate::Scenario), one file per table;
+//! `error.rs`, the error and the positions it carries; `limits.rs`, the bounds above.
 
 mod error;
 mod limits;
