@@ -16,6 +16,31 @@
 //! - [`run`]: the runner;
 //! - [`report`]: the results;
 //! - [`units`]: byte sizes in files and reports.
+//!
+//! This crate is the experiment behind `dmakit simulate`, not a general-purpose
+//! simulator: its drivers model the DMA patterns of real drivers, and its API serves the
+//! command.
+//!
+//! # Example
+//!
+//! The built-in phone, with the shipped slabinfo, under the exact policy and its control:
+//!
+//! ```
+//! use std::sync::atomic::AtomicU64;
+//!
+//! use dmakit_scenario::model::SlabinfoSource;
+//! use dmakit_scenario::{default_scenario, simulate, Policy, RunOptions};
+//!
+//! let mut scenario = default_scenario()?;
+//! scenario.churn.slabinfo = SlabinfoSource::Shipped;
+//! let options = RunOptions { seed: 1, transfers: 2_000, top_sites: 3 };
+//! let progress = AtomicU64::new(0);
+//! let report = simulate(&scenario, &[Policy::Exact, Policy::NoBounce], &options, &progress)?;
+//! let exact = &report.policies[0];
+//! assert_eq!(exact.corrupted_bytes + exact.stale_bytes + exact.leaked_bytes, 0);
+//! assert!(report.policies[1].corrupted_bytes > 0, "the control shows the hazard");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod churn;
 pub mod config;

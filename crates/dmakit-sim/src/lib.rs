@@ -30,6 +30,37 @@
 //! - [`transfer`]: one transfer through the mapping layer, judged by the oracle;
 //! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine;
 //! - [`workload_error`]: why a workload or one of its transfers could not run.
+//!
+//! This crate is dmakit's test and measurement harness, not a hardware emulator: its API
+//! follows what the tests, benchmarks and the scenario runner need.
+//!
+//! # Example
+//!
+//! A misbehaving machine with a SWIOTLB pool below 4 GiB, a non-coherent device, and a
+//! thousand randomized transfers through the real mapper, every byte judged by the oracle:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use dmakit::swiotlb::PoolConfig;
+//! use dmakit::swiotlb_backend::SwiotlbBounce;
+//! use dmakit::{Device, DeviceId, DmaMapper, PageAllocator};
+//! use dmakit_sim::{run_workload, Machine, MachineConfig, WorkloadConfig};
+//!
+//! let machine = Machine::new(MachineConfig::default())?;
+//! let below_4g = (1 << 32) - 1;
+//! let pool_bytes = 4 << 20;
+//! let base = machine.alloc_pages(pool_bytes / 4096, below_4g).expect("free pages");
+//! let pool = SwiotlbBounce::new(PoolConfig::builder().build()?, None, 0, below_4g);
+//! pool.add_region(base, pool_bytes)?;
+//! let mapper = DmaMapper::new(&machine).with_swiotlb(Arc::new(pool));
+//! let device = Device::builder(DeviceId(1), "nic").dma_bits(32).build()?;
+//!
+//! let outcome = run_workload(&machine, &mapper, &device, WorkloadConfig::default())?;
+//! assert!(outcome.report.is_clean(), "{:?}", outcome.report);
+//! assert!(mapper.stats().total().bounces_total() > 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
