@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use dmakit::mem::footprint::kmalloc_footprints;
-use dmakit::mem::{parse_slabinfo, SHIPPED_SLABINFO};
+use dmakit_scenario::footprint::{kmalloc_footprints, SHIPPED_SLABINFO};
 use dmakit_scenario::input::{read_text, MAX_SLABINFO_BYTES};
+use dmakit_scenario::slabinfo::parse_slabinfo;
 use dmakit_scenario::units::format_bytes;
 use serde::Serialize;
 

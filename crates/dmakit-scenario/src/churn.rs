@@ -6,12 +6,13 @@
 
 use std::path::Path;
 
-use dmakit::mem::footprint::kmalloc_cache;
-use dmakit::mem::{parse_slabinfo, AllocKind, SHIPPED_SLABINFO};
+use dmakit_mem::AllocKind;
 
+use crate::footprint::{kmalloc_cache, SHIPPED_SLABINFO};
 use crate::heap::{Heap, HeapError};
 use crate::input::{read_text, MAX_SLABINFO_BYTES};
 use crate::model::SlabinfoSource;
+use crate::slabinfo::parse_slabinfo;
 use dmakit_sim::oracle::Oracle;
 use dmakit_sim::rng::SimRng;
 use dmakit_sim::transfer::{cpu_scribble, Scratch};

@@ -7,8 +7,8 @@
 
 use std::collections::VecDeque;
 
-use dmakit::mem::AllocKind;
 use dmakit::PAGE_SIZE;
+use dmakit_mem::AllocKind;
 
 use crate::heap::{Heap, HeapError};
 use crate::model::{BufferModel, TransferModel};

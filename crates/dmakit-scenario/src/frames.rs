@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use dmakit::dma_alloc::{DmaAllocator, DmaAllocatorConfig, SgTable};
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::{Device, DmaAddr, IommuDma, PhysAddr, PhysRange, PAGE_SIZE};
+use dmakit_mem::ZonedPageAllocator;
 
 use crate::heap::Heap;
 use crate::model::{BufferModel, Scenario};

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use dmakit::mem::{AllocKind, Kmalloc, MemError};
 use dmakit::{PhysAddr, PAGE_SIZE};
+use dmakit_mem::{AllocKind, Kmalloc, MemError};
 
 use dmakit_sim::error::SimError;
 use dmakit_sim::machine::Machine;

@@ -6,6 +6,9 @@
 //! - [`model`]: the validated scenario;
 //! - [`policy`]: the four policies and the bounce pool each gets;
 //! - [`heap`]: every simulated object, from a real kmalloc, known to the oracle;
+//! - [`slabinfo`]: `/proc/slabinfo` parsing;
+//! - [`footprint`]: the memory the kmalloc caches of a real machine take under each
+//!   minimum alignment (`dmakit slab`);
 //! - [`churn`]: background kmalloc traffic shaped like a real `/proc/slabinfo`;
 //! - [`drivers`]: where drivers put their DMA buffers (kmalloc objects, structure fields,
 //!   page fragments, pages);
@@ -45,6 +48,7 @@
 pub mod churn;
 pub mod config;
 pub mod drivers;
+pub mod footprint;
 pub mod frames;
 pub mod heap;
 pub mod input;
@@ -54,6 +58,7 @@ pub mod policy;
 pub mod report;
 pub mod run;
 pub mod sites;
+pub mod slabinfo;
 pub mod units;
 
 pub use config::{parse_scenario, ScenarioError};

@@ -28,7 +28,7 @@ pub enum PoolSize {
 pub enum SlabinfoSource {
     /// `/proc/slabinfo` when readable, else the snapshot shipped with dmakit.
     Auto,
-    /// The snapshot shipped with dmakit ([`dmakit::mem::SHIPPED_SLABINFO`]).
+    /// The snapshot shipped with dmakit ([`crate::footprint::SHIPPED_SLABINFO`]).
     Shipped,
     /// A slabinfo file.
     File(PathBuf),

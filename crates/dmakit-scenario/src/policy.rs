@@ -1,13 +1,13 @@
 //! The four policies a scenario is run under, and the bounce pool each gets.
 //!
 //! A policy is two choices: the kmalloc minimum alignment (the allocation side, a real
-//! [`dmakit::mem::Kmalloc`] with [`MinAlignPolicy::fixed`]) and the mapping layer's alignment
+//! [`dmakit_mem::Kmalloc`] with [`MinAlignPolicy::fixed`]) and the mapping layer's alignment
 //! rule ([`AlignmentPolicy`]).
 
 use std::fmt;
 
-use dmakit::mem::{MemError, MinAlignPolicy};
 use dmakit::AlignmentPolicy;
+use dmakit_mem::{MemError, MinAlignPolicy};
 
 use crate::model::{MachineModel, PoolSize};
 

@@ -1,7 +1,7 @@
 //! Runs a scenario under one policy, or under several side by side (one thread each).
 //!
 //! Each policy gets its own [`Machine`] (same scenario, same seed), a real SWIOTLB pool of
-//! the size that policy gets, a real [`dmakit::mem::Kmalloc`] with the policy's minimum
+//! the size that policy gets, a real [`dmakit_mem::Kmalloc`] with the policy's minimum
 //! alignment, and the mapping layer with the policy's alignment rule. Every simulated
 //! kmalloc object comes from that kmalloc, every object is known to the oracle, and every
 //! transfer is judged. Bounce figures come from the mapper's own statistics.
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dmakit::bounce::BounceBackend;
-use dmakit::mem::Kmalloc;
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{BounceReason, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE};
+use dmakit_mem::Kmalloc;
 
 use crate::churn::{load_slabinfo, Churn, SizeDistribution};
 use crate::drivers::Buffer;

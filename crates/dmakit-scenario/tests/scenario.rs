@@ -61,7 +61,8 @@ fn phone_under_four_policies() {
 #[test]
 fn runs_are_deterministic() {
     let sc = phone();
-    let sizes = SizeDistribution::from_slabinfo(dmakit::mem::SHIPPED_SLABINFO).unwrap();
+    let sizes =
+        SizeDistribution::from_slabinfo(dmakit_scenario::footprint::SHIPPED_SLABINFO).unwrap();
     let p = AtomicU64::new(0);
     let a = run_policy(&sc, Policy::Exact, &sizes, &opts(3_000), &p).unwrap();
     let b = run_policy(&sc, Policy::Exact, &sizes, &opts(3_000), &p).unwrap();

@@ -9,7 +9,7 @@ use dmakit_scenario::model::{BufferModel, IommuMode, SlabinfoSource};
 use dmakit_scenario::{default_scenario, parse_scenario, run_policy, Policy, RunOptions};
 
 fn sizes() -> SizeDistribution {
-    SizeDistribution::from_slabinfo(dmakit::mem::SHIPPED_SLABINFO).unwrap()
+    SizeDistribution::from_slabinfo(dmakit_scenario::footprint::SHIPPED_SLABINFO).unwrap()
 }
 
 fn opts(transfers: u64) -> RunOptions {

@@ -14,12 +14,12 @@
 use std::sync::Arc;
 
 use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig, NoTranslation, SgTable};
-use dmakit::mem::{ZoneStats, ZonedPageAllocator};
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{
     Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE,
 };
+use dmakit_mem::{ZoneStats, ZonedPageAllocator};
 use dmakit_sim::{
     FaultReason, HazardConfig, Machine, MachineConfig, Oracle, OracleReport, Owner, SimError,
     VmapMachine, VmapMode,

@@ -6,10 +6,10 @@
 mod iommu_rig;
 
 use dmakit::dma_alloc::{DeviceAddressSpace, DmaAllocator, DmaAllocatorConfig};
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::{
     Device, DeviceId, Direction, DmaMapper, DomainConfig, PhysAddr, PhysRange, PAGE_SIZE,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{FaultReason, Granule, HazardConfig, IommuFaultReason, Machine, Owner, SimError};
 use iommu_rig::rig;
 

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dmakit::bounce::BounceBackend;
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::stats::{BounceReport, BounceReporter};
 use dmakit::typed::{DmaBuffer, FromDevice, ToDevice};
 use dmakit::{
     BouncePool, BounceReason, Clock, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper,
     MapPath, MapStatus, PhysAddr, PhysRange, SgEntry,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{run_workload, Machine, Owner, WorkloadConfig};
 use testbed::*;
 

@@ -106,8 +106,8 @@ fn concurrent_bounces_never_share_a_slot_and_keep_their_data() {
 #[test]
 fn a_background_worker_grows_a_full_pool() {
     use dmakit::growth_worker::GrowthWorker;
-    use dmakit::mem::ZonedPageAllocator;
     use dmakit::{DmaError, PageAllocator, PhysRange};
+    use dmakit_mem::ZonedPageAllocator;
     use std::sync::Weak;
 
     let host = Arc::new(HostPlatform::new(0, 64 * MIB, 1, 64, HostMaintenance::None).unwrap());

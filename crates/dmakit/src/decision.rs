@@ -19,8 +19,8 @@
 use crate::addr::PhysRange;
 use crate::device::Device;
 use crate::direction::Direction;
-use crate::mem::size_class::class_for;
 use crate::platform::PAGE_SIZE;
+use crate::size_class::class_for;
 
 /// How the alignment rule is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

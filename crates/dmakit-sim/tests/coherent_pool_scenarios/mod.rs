@@ -12,11 +12,11 @@ use dmakit::dma_alloc::{
     AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig, NoTranslation,
 };
 use dmakit::growth::GrowthHook;
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::{
     BouncePool, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper, PageAllocator, PhysAddr,
     PhysRange, PAGE_SIZE,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{Machine, Oracle, OracleReport, Owner};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;

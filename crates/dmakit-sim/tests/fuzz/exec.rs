@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::{BouncePool, DeviceId, Direction, DmaAddr, DmaError, DmaSegment, PhysAddr, SgEntry};
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{Owner, SimRng};
 
 mod adversarial;

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::growth::{GrowthHook, GrowthRequest};
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{
     BouncePool, CacheMaintenance, CpuMemory, CpuTopology, Device, DeviceId, DmaMapper,
     DomainConfig, IommuDma, IommuDomainId, MemoryFault, PageAllocator, PhysAddr, PhysRange,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{
     CacheConfig, Granule, HazardConfig, Machine, MachineConfig, RoutedTranslation, SimIommu,
     SimIommuConfig,

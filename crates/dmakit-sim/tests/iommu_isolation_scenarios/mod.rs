@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig};
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::{
     BounceReason, CacheMaintenance, Clock, CpuMemory, CpuTopology, Device, DeviceId, Direction,
     DmaAddr, DmaError, DmaMapper, DomainConfig, FlushMode, IommuDma, MapStatus, MemoryFault,
     PageAllocator, PhysAddr, PhysRange, SgEntry, PAGE_SIZE,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{Granule, HazardConfig, Machine, Owner};
 
 #[path = "../iommu_rig/mod.rs"]

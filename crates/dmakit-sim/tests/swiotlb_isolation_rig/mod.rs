@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use dmakit::bounce::{BounceBackend, PoolUsage};
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::growth::{GrowthHook, GrowthRequest};
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
 use dmakit::{
     BouncePool, BounceReason, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper,
     DomainConfig, IommuDma, MapPath, MapStatus, PageAllocator, PhysAddr, PhysRange,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{
     DmaTranslation, Granule, Machine, MachineConfig, Owner, RoutedTranslation, SimIommu,
     SimIommuConfig,

@@ -9,20 +9,18 @@
 //! The table is mapped and synced through the streaming API ([`crate::DmaMapper::map_sg`]
 //! with [`SgTable::entries`]).
 
-use core::ops::Deref;
-
 use crate::device::Device;
 use crate::dma_alloc::sg_table::{Placement, TableShape};
+use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{
     DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgTable, TableKind,
 };
-use crate::mem::ZonedPageAllocator;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// Allocates `size` zeroed bytes of cached memory as a scatter-gather table for `dev`.

@@ -10,18 +10,16 @@
 //! the answer ([`DmaAllocator::grow_atomic_pool`]) adds at least as much memory as the pool
 //! holds (doubling it, as Linux's `atomic_pool_expand` does). The pool never shrinks.
 
-use core::ops::Deref;
-
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::coherent_pool::objects::ObjectPoolUsage;
 use crate::coherent_pool::ObjectPoolError;
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
+use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{
     page_range, AllocContext, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected,
 };
 use crate::growth::GrowthRequest;
-use crate::mem::ZonedPageAllocator;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, MemoryFault, PAGE_SIZE};
 
 /// Where a coherent buffer's memory came from.
@@ -78,7 +76,7 @@ impl CoherentBuffer {
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// Allocates `size` zeroed bytes of coherent memory `dev` can reach (Linux

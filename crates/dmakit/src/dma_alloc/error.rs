@@ -9,7 +9,7 @@ use core::fmt;
 
 use crate::device::DeviceId;
 use crate::dma_alloc::space::DeviceSpaceError;
-use crate::mem::MemError;
+use crate::dma_alloc::zones::PageAllocError;
 use crate::platform::MemoryFault;
 
 /// Why a DMA allocation, free, sync or view operation failed.
@@ -113,7 +113,7 @@ pub enum DmaAllocError {
     BadConfig(&'static str),
     /// The page allocator refused a free: the allocator's records and the page allocator
     /// disagree (memory was freed behind the allocator's back).
-    PageAllocator(MemError),
+    PageAllocator(PageAllocError),
 }
 
 impl fmt::Display for DmaAllocError {

@@ -4,7 +4,7 @@
 //! also need memory allocated *for* a device, and which memory that may be depends on the
 //! device: below its DMA mask without an IOMMU, anywhere behind one; uncached for a
 //! non-coherent device that must share it with the CPU without maintenance. This module
-//! answers those requests on top of the zoned page allocator ([`crate::mem::zones`]), the
+//! answers those requests on top of a zoned page allocator ([`ZonedPages`]), the
 //! coherent object pool ([`crate::coherent_pool`]) and the platform traits, as Linux's
 //! `kernel/dma/{direct,pool,mapping}.c` do:
 //!
@@ -20,7 +20,8 @@
 //!   mapping layer bounces at map time;
 //! - [`vmap`]: contiguous CPU views of tables, with the flushes caches that alias by virtual
 //!   address need;
-//! - [`space`]: the [`DeviceAddressSpace`] seam through which an IOMMU plugs in.
+//! - [`space`]: the [`DeviceAddressSpace`] seam through which an IOMMU plugs in;
+//! - [`zones`]: the [`ZonedPages`] seam through which a page allocator plugs in.
 //!
 //! Every allocation returns an owned handle (not `Clone`) that only the matching free
 //! function consumes; a failed allocation gives back everything it took before returning
@@ -34,8 +35,8 @@ pub mod pages;
 pub mod sg_table;
 pub mod space;
 pub mod vmap;
+pub mod zones;
 
-use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::sync::Arc;
@@ -48,7 +49,6 @@ use crate::coherent_pool::{ObjectPool, ObjectPoolConfig};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::growth::GrowthHook;
-use crate::mem::{MemError, ZonedPageAllocator, MAX_BLOCK_PAGES};
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 use crate::reintroduce::Defect;
 
@@ -58,6 +58,7 @@ pub use pages::DmaPages;
 pub use sg_table::{SgChunk, SgTable, TableKind};
 pub use space::{DeviceAddressSpace, DeviceSpaceError, NoTranslation};
 pub use vmap::Vmap;
+pub use zones::{PageAllocError, ZonedPages};
 
 /// The context an allocation is made in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,8 +109,8 @@ pub(crate) fn next_token() -> u64 {
 /// space. See the [module docs](self).
 ///
 /// `P` is the platform (cache maintenance, CPU memory access, uncached remapping; views
-/// also need [`crate::platform::VirtualMapping`]); `Z` is a handle on the
-/// [`ZonedPageAllocator`] (`&ZonedPageAllocator`, `Arc<ZonedPageAllocator>`); `S` is the
+/// also need [`crate::platform::VirtualMapping`]); `Z` is the zoned page allocator, any
+/// [`ZonedPages`] (`dmakit-mem`'s `ZonedPageAllocator`, by reference or in an `Arc`); `S` is the
 /// device address space ([`NoTranslation`] without an IOMMU). All methods take `&self`.
 pub struct DmaAllocator<P, Z, S = NoTranslation> {
     platform: P,
@@ -125,7 +126,7 @@ pub struct DmaAllocator<P, Z, S = NoTranslation> {
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// An allocator whose atomic pool starts with `cfg.atomic_pool_bytes` of uncached memory
@@ -192,7 +193,7 @@ where
     }
 
     /// The zoned page allocator.
-    pub fn zones(&self) -> &ZonedPageAllocator {
+    pub fn zones(&self) -> &Z {
         &self.zones
     }
 
@@ -238,11 +239,11 @@ where
             return Err(DmaAllocError::ZeroSize { device: dev.id() });
         }
         let pages = size.div_ceil(PAGE_SIZE);
-        if pages > MAX_BLOCK_PAGES {
+        if pages > Z::MAX_BLOCK_PAGES {
             return Err(DmaAllocError::TooLarge {
                 device: dev.id(),
                 size,
-                max: MAX_BLOCK_PAGES * PAGE_SIZE,
+                max: Z::MAX_BLOCK_PAGES * PAGE_SIZE,
             });
         }
         Ok(pages)
@@ -263,11 +264,11 @@ where
         }
         let unit = (self.space.granule(dev) / PAGE_SIZE).max(1);
         let rounded = pages.next_multiple_of(unit);
-        if rounded > MAX_BLOCK_PAGES {
+        if rounded > Z::MAX_BLOCK_PAGES {
             return Err(DmaAllocError::TooLarge {
                 device: dev.id(),
                 size,
-                max: MAX_BLOCK_PAGES * PAGE_SIZE,
+                max: Z::MAX_BLOCK_PAGES * PAGE_SIZE,
             });
         }
         Ok((rounded, unit))
@@ -378,16 +379,16 @@ where
 }
 
 /// Translates a page allocator error for `device`.
-pub(crate) fn mem_error(device: DeviceId, e: MemError) -> DmaAllocError {
+pub(crate) fn mem_error(device: DeviceId, e: PageAllocError) -> DmaAllocError {
     match e {
-        MemError::ZeroSize => DmaAllocError::ZeroSize { device },
-        MemError::TooLarge { pages, max_pages } => DmaAllocError::TooLarge {
+        PageAllocError::ZeroSize => DmaAllocError::ZeroSize { device },
+        PageAllocError::TooLarge { pages, max_pages } => DmaAllocError::TooLarge {
             device,
             size: pages.saturating_mul(PAGE_SIZE),
             max: max_pages * PAGE_SIZE,
         },
-        MemError::OutOfMemory { pages } => DmaAllocError::OutOfMemory { device, pages },
-        MemError::NoReachableZone { dma_mask } => {
+        PageAllocError::OutOfMemory { pages } => DmaAllocError::OutOfMemory { device, pages },
+        PageAllocError::NoReachableZone { dma_mask } => {
             DmaAllocError::NoReachableMemory { device, dma_mask }
         }
         other => DmaAllocError::PageAllocator(other),

@@ -7,24 +7,22 @@
 //! when physical memory is too fragmented for one chunk. The CPU reaches the pages through
 //! their linear addresses, or one contiguous view from [`super::vmap`].
 
-use core::ops::Deref;
-
 use alloc::vec;
 
 use crate::device::Device;
 use crate::direct;
 use crate::direction::Direction;
 use crate::dma_alloc::sg_table::{Placement, TableShape};
+use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{
     DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgChunk, SgTable, TableKind,
 };
-use crate::mem::{ZonedPageAllocator, MAX_BLOCK_PAGES};
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory};
 
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// Allocates `size` zeroed bytes that `dev` sees at one contiguous device address
@@ -49,7 +47,7 @@ where
         let (pages, unit) = self.mapped_pages_for(dev, size)?;
         let translated = self.translated(dev);
         let chunks = if translated {
-            self.alloc_chunks(dev, pages, unit, MAX_BLOCK_PAGES, Placement::Anywhere)?
+            self.alloc_chunks(dev, pages, unit, Z::MAX_BLOCK_PAGES, Placement::Anywhere)?
         } else {
             let phys = self.take_contiguous(dev, pages)?;
             let chunk = vec![SgChunk::new_reachable(phys, pages)];

@@ -5,14 +5,12 @@
 //! device, and ownership passes back and forth with explicit syncs, exactly as for a
 //! streaming mapping. Forgetting a sync is the caller's bug; the machine model shows it.
 
-use core::ops::Deref;
-
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::{Device, DeviceId};
 use crate::direct;
 use crate::direction::Direction;
+use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected};
-use crate::mem::ZonedPageAllocator;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, MemoryFault};
 
 /// Cached pages allocated by [`DmaAllocator::alloc_pages`] for transfers in one direction.
@@ -65,7 +63,7 @@ impl DmaPages {
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// Allocates `size` bytes of cached, physically contiguous, zeroed pages `dev` can

@@ -6,7 +6,6 @@
 //! a fallback), so the chunk allocator here takes a placement, gives back every chunk it
 //! took when it fails, and the free path is the same for both kinds.
 
-use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::vec::Vec;
@@ -14,9 +13,9 @@ use alloc::vec::Vec;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
+use crate::dma_alloc::zones::{PageAllocError, ZonedPages};
 use crate::dma_alloc::{page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected};
 use crate::mapping::SgEntry;
-use crate::mem::{MemError, ZonedPageAllocator};
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 
 /// Which allocator made a table (and so which free function takes it).
@@ -183,7 +182,7 @@ pub(crate) struct TableShape {
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// Takes `pages` pages (a multiple of `unit`) in chunks of at most `max_chunk` pages,
@@ -229,19 +228,19 @@ where
                         return Err(e);
                     }
                 }
-                Err(MemError::OutOfMemory { .. }) if want > unit => {
+                Err(PageAllocError::OutOfMemory { .. }) if want > unit => {
                     want = (want / 2 / unit * unit).max(unit)
                 }
-                Err(MemError::OutOfMemory { .. } | MemError::NoReachableZone { .. })
-                    if reachable_only && placement == Placement::ReachableThenAnywhere =>
-                {
+                Err(
+                    PageAllocError::OutOfMemory { .. } | PageAllocError::NoReachableZone { .. },
+                ) if reachable_only && placement == Placement::ReachableThenAnywhere => {
                     reachable_only = false;
                     want = first_want(remaining);
                 }
                 Err(e) => {
                     self.free_chunks(&chunks);
                     return Err(match e {
-                        MemError::OutOfMemory { .. } => DmaAllocError::OutOfMemory {
+                        PageAllocError::OutOfMemory { .. } => DmaAllocError::OutOfMemory {
                             device: dev.id(),
                             pages,
                         },

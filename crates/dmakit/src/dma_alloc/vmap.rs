@@ -9,12 +9,10 @@
 //! the device wrote ([`DmaAllocator::invalidate_vmap`], `invalidate_kernel_vmap_range`).
 //! The machine model has an aliasing mode that shows the corruption a missing flush causes.
 
-use core::ops::Deref;
-
 use crate::addr::{PhysAddr, PhysRange};
 use crate::dma_alloc::pages::sub_range;
+use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgTable};
-use crate::mem::ZonedPageAllocator;
 use crate::platform::{
     CacheMaintenance, CoherentRemap, CpuMemory, VirtAddr, VirtualMapping, PAGE_SIZE,
 };
@@ -50,7 +48,7 @@ impl Vmap {
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
     P: CacheMaintenance + CpuMemory + CoherentRemap + VirtualMapping,
-    Z: Deref<Target = ZonedPageAllocator>,
+    Z: ZonedPages,
     S: DeviceAddressSpace,
 {
     /// Maps the pages of `table` at one contiguous CPU virtual range (Linux

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use dmakit::dma_alloc::{DmaAllocator, DmaAllocatorConfig};
-use dmakit::mem::ZonedPageAllocator;
 use dmakit::{
     AllocContext, Device, DeviceId, Direction, DmaAddr, DmaError, PhysAddr, PhysRange, SgEntry,
 };
+use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::Owner;
 
 use super::super::check::{self, fail, Checked};

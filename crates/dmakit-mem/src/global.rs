@@ -16,9 +16,9 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
-use crate::addr::PhysAddr;
-use crate::mem::kmalloc::{AllocKind, Kmalloc};
-use crate::platform::PageAllocator;
+use crate::kmalloc::{AllocKind, Kmalloc};
+use dmakit::addr::PhysAddr;
+use dmakit::platform::PageAllocator;
 
 /// kmalloc as a heap: pointers are `phys + linear_offset`.
 #[derive(Debug)]

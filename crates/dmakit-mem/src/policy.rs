@@ -10,9 +10,9 @@
 //!   object must own its lines and the minimum alignment is raised to the line size (the
 //!   fallback the seed discussion settled on for machines without a bounce pool).
 
-use crate::device::Device;
-use crate::mem::error::MemError;
-use crate::mem::size_class::is_valid_min_align;
+use crate::error::MemError;
+use dmakit::device::Device;
+use dmakit::size_class::is_valid_min_align;
 
 /// The smallest minimum alignment: every class is a multiple of 8.
 pub const SMALL_MIN_ALIGN: u64 = 8;

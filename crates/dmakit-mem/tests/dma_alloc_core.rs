@@ -15,11 +15,11 @@ use dmakit::dma_alloc::{
 };
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::growth_worker::GrowthWorker;
-use dmakit::mem::{Zone, ZoneStats, ZonedPageAllocator};
 use dmakit::{
     CacheMaintenance, CoherentRemap, CpuMemory, Device, DeviceId, Direction, DmaAddr, MemoryFault,
     PhysAddr, PhysRange, VirtAddr, VirtualMapping, PAGE_SIZE,
 };
+use dmakit_mem::{Zone, ZoneStats, ZonedPageAllocator};
 use proptest::prelude::*;
 
 const KIB: u64 = 1 << 10;

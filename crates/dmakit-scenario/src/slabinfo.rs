@@ -3,7 +3,7 @@
 //! The cost of a minimum alignment is best measured on real machines, and `/proc/slabinfo`
 //! is what every Linux machine can give. This parser takes the text as a `&str` (no I/O, no
 //! `std`), so the same code reads a snapshot shipped with the crate, a file on a host, or the
-//! output of [`crate::mem::Kmalloc::write_slabinfo`].
+//! output of [`dmakit_mem::Kmalloc::write_slabinfo`].
 //!
 //! Format: a first line `slabinfo - version: 2.1`, comment lines starting with `#`, then one
 //! line per cache with exactly sixteen whitespace-separated fields:
@@ -20,9 +20,7 @@
 //! count, the objects of all caches together and the pages of all slabs together are at
 //! most [`MAX_SLABINFO_COUNT`] (2^40, far beyond any machine).
 
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
-use core::fmt;
+use std::fmt;
 
 /// One cache line of `/proc/slabinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,9 +130,6 @@ impl fmt::Display for SlabinfoError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
 impl std::error::Error for SlabinfoError {}
 
 /// Field positions in a cache line: (index, name) of numbers, (index, text) of separators.
@@ -282,7 +277,6 @@ fn parse_row(line: usize, text: &str) -> Result<SlabinfoRow<'_>, SlabinfoErrorKi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::format;
 
     fn row(active: u64, slabs: u64, pages: u64) -> String {
         format!("kmalloc-64 {active} {active} 64 64 {pages} : tunables 0 0 0 : slabdata {slabs} {slabs} 0\n")

@@ -1,13 +1,18 @@
-//! `/proc/slabinfo` parsing and the minimum-alignment cost model, on synthetic input and on
-//! the shipped snapshot, checked against an independent computation written here.
+//! `/proc/slabinfo` parsing and the minimum-alignment cost model, on synthetic input, on
+//! kmalloc's own slabinfo output and on the shipped snapshot, checked against an
+//! independent computation written here.
 
 use std::collections::BTreeMap;
 
-use dmakit::mem::footprint::{observed_kmalloc_bytes, shipped_footprints};
-use dmakit::mem::{
-    alignment_tradeoff, bounce_pool_cost, kmalloc_footprint, kmalloc_footprints, parse_slabinfo,
-    SlabGeometry, SlabOrderPolicy, SlabinfoErrorKind, SHIPPED_SLABINFO,
+use dmakit::{PhysAddr, PhysRange};
+use dmakit_mem::{
+    AllocKind, Kmalloc, MinAlignPolicy, SlabGeometry, SlabOrderPolicy, ZonedPageAllocator,
 };
+use dmakit_scenario::footprint::{
+    alignment_tradeoff, bounce_pool_cost, kmalloc_footprint, kmalloc_footprints,
+    observed_kmalloc_bytes, shipped_footprints, SHIPPED_SLABINFO,
+};
+use dmakit_scenario::slabinfo::{parse_slabinfo, SlabinfoErrorKind};
 use proptest::prelude::*;
 
 const SNAPSHOT: &str = include_str!("../../../data/slabinfo-x86_64-vm-6.18.txt");
@@ -18,6 +23,69 @@ fn line(name: &str, active: u64, num: u64, size: u64, per: u64, pages: u64) -> S
         "{name} {active} {num} {size} {per} {pages} : tunables 0 0 0 : slabdata {s} {s} 0\n",
         s = num.div_ceil(per.max(1))
     )
+}
+
+const MIB: u64 = 1 << 20;
+
+fn kmalloc(min_align: u64, line: u64) -> Kmalloc<ZonedPageAllocator> {
+    // Physical memory that is never touched: kmalloc only computes addresses.
+    let pages =
+        ZonedPageAllocator::new(&[PhysRange::new(PhysAddr::new(64 * MIB), 64 * MIB).unwrap()])
+            .unwrap();
+    Kmalloc::new(pages, MinAlignPolicy::fixed(min_align, line).unwrap())
+}
+
+fn used_pages(k: &Kmalloc<ZonedPageAllocator>) -> u64 {
+    k.page_allocator()
+        .stats()
+        .iter()
+        .map(|z| z.pages.used_pages)
+        .sum()
+}
+
+#[test]
+fn slabinfo_output_parses_back() {
+    let k = kmalloc(16, 64);
+    let mut live = Vec::new();
+    for i in 1..600u64 {
+        live.push(k.alloc(i * 7 % 3000 + 1, AllocKind::Normal).unwrap());
+        if i % 5 == 0 {
+            live.push(k.alloc(i % 500 + 1, AllocKind::Dma).unwrap());
+        }
+    }
+    for a in live.iter().step_by(3) {
+        k.free(*a).unwrap();
+    }
+    let text = k.slabinfo();
+    let rows = parse_slabinfo(&text).unwrap();
+    let stats = k.cache_stats();
+    assert_eq!(rows.len(), stats.len());
+    for (row, s) in rows.iter().zip(&stats) {
+        assert_eq!(row.name, s.name);
+        assert_eq!(
+            (
+                row.active_objs,
+                row.num_objs,
+                row.objsize,
+                row.objperslab,
+                row.pagesperslab,
+                row.active_slabs,
+                row.num_slabs
+            ),
+            (
+                s.active_objs,
+                s.num_objs,
+                s.object_size,
+                s.objects_per_slab,
+                s.pages_per_slab,
+                s.active_slabs,
+                s.num_slabs
+            )
+        );
+    }
+    assert!(rows.iter().any(|r| r.active_objs > 0));
+    let slab_pages: u64 = stats.iter().map(|s| s.num_slabs * s.pages_per_slab).sum();
+    assert_eq!(slab_pages + k.large_pages(), used_pages(&k));
 }
 
 #[test]

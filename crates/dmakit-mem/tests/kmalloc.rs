@@ -1,11 +1,10 @@
-//! kmalloc: alignment, DMA caches, the automatic policy, errors and slabinfo output.
+//! kmalloc: alignment, DMA caches, the automatic policy and errors (its slabinfo output is
+//! parsed back in `dmakit-scenario`'s `tests/slabinfo.rs`).
 
 use std::collections::BTreeMap;
 
-use dmakit::mem::{
-    parse_slabinfo, AllocKind, Kmalloc, MemError, MinAlignPolicy, ZonedPageAllocator,
-};
 use dmakit::{Device, DeviceId, PhysAddr, PhysRange, PAGE_SIZE};
+use dmakit_mem::{AllocKind, Kmalloc, MemError, MinAlignPolicy, ZonedPageAllocator};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
@@ -182,51 +181,6 @@ fn out_of_memory_is_an_error() {
     );
     assert_eq!(used_pages(&k), 0);
     assert!(k.cache_stats().iter().all(|c| c.num_slabs == 0));
-}
-
-#[test]
-fn slabinfo_output_parses_back() {
-    let k = kmalloc(16, 64);
-    let mut live = Vec::new();
-    for i in 1..600u64 {
-        live.push(k.alloc(i * 7 % 3000 + 1, AllocKind::Normal).unwrap());
-        if i % 5 == 0 {
-            live.push(k.alloc(i % 500 + 1, AllocKind::Dma).unwrap());
-        }
-    }
-    for a in live.iter().step_by(3) {
-        k.free(*a).unwrap();
-    }
-    let text = k.slabinfo();
-    let rows = parse_slabinfo(&text).unwrap();
-    let stats = k.cache_stats();
-    assert_eq!(rows.len(), stats.len());
-    for (row, s) in rows.iter().zip(&stats) {
-        assert_eq!(row.name, s.name);
-        assert_eq!(
-            (
-                row.active_objs,
-                row.num_objs,
-                row.objsize,
-                row.objperslab,
-                row.pagesperslab,
-                row.active_slabs,
-                row.num_slabs
-            ),
-            (
-                s.active_objs,
-                s.num_objs,
-                s.object_size,
-                s.objects_per_slab,
-                s.pages_per_slab,
-                s.active_slabs,
-                s.num_slabs
-            )
-        );
-    }
-    assert!(rows.iter().any(|r| r.active_objs > 0));
-    let slab_pages: u64 = stats.iter().map(|s| s.num_slabs * s.pages_per_slab).sum();
-    assert_eq!(slab_pages + k.large_pages(), used_pages(&k));
 }
 
 #[derive(Clone, Debug)]

@@ -2,12 +2,13 @@
 //!
 //! Page and object allocation fail for two kinds of reasons: the request is wrong (zero
 //! size, an address that was never handed out, a bad configuration) or memory ran out.
-//! Both are values of [`MemError`]; no allocator in [`crate::mem`] panics on either. A
+//! Both are values of [`MemError`]; no allocator in this crate panics on either. A
 //! failed call leaves the allocator exactly as it was.
 
 use core::fmt;
 
-use crate::addr::{PhysAddr, PhysRange};
+use dmakit::addr::{PhysAddr, PhysRange};
+use dmakit::dma_alloc::PageAllocError;
 
 /// Why an allocation, a free or an allocator configuration was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,26 +59,34 @@ pub enum MemError {
     BadCacheLine(u64),
 }
 
+impl MemError {
+    /// The page allocator's own error, for the page-level refusals (zero size, too large,
+    /// out of memory, no reachable zone, not allocated); `None` for the object and
+    /// configuration errors, which no page allocation or free returns.
+    pub(crate) const fn page_error(self) -> Option<PageAllocError> {
+        Some(match self {
+            MemError::ZeroSize => PageAllocError::ZeroSize,
+            MemError::TooLarge { pages, max_pages } => {
+                PageAllocError::TooLarge { pages, max_pages }
+            }
+            MemError::OutOfMemory { pages } => PageAllocError::OutOfMemory { pages },
+            MemError::NoReachableZone { dma_mask } => PageAllocError::NoReachableZone { dma_mask },
+            MemError::NotAllocated { base, pages } => PageAllocError::NotAllocated { base, pages },
+            MemError::UnknownObject { .. }
+            | MemError::OverlappingRam { .. }
+            | MemError::BadDmaLimit(_)
+            | MemError::BadAlignment(_)
+            | MemError::BadCacheLine(_) => return None,
+        })
+    }
+}
+
 impl fmt::Display for MemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(page) = self.page_error() {
+            return page.fmt(f);
+        }
         match *self {
-            MemError::ZeroSize => f.write_str("allocation of zero size"),
-            MemError::TooLarge { pages, max_pages } => write!(
-                f,
-                "{pages} pages exceed the largest allocation of {max_pages} pages"
-            ),
-            MemError::OutOfMemory { pages } => {
-                write!(f, "out of memory allocating {pages} contiguous pages")
-            }
-            MemError::NoReachableZone { dma_mask } => {
-                write!(
-                    f,
-                    "DMA mask {dma_mask:#x} fully reaches no zone with memory"
-                )
-            }
-            MemError::NotAllocated { base, pages } => {
-                write!(f, "{pages} pages at {base} are not a live allocation")
-            }
             MemError::UnknownObject { addr } => write!(f, "{addr} is not a live object"),
             MemError::OverlappingRam { range } => {
                 write!(f, "RAM range {range:?} overlaps memory already managed")
@@ -95,6 +104,12 @@ impl fmt::Display for MemError {
                     "cache line size {l} must be a power of two from 8 to 4096"
                 )
             }
+            // Written by `PageAllocError` above.
+            MemError::ZeroSize
+            | MemError::TooLarge { .. }
+            | MemError::OutOfMemory { .. }
+            | MemError::NoReachableZone { .. }
+            | MemError::NotAllocated { .. } => Ok(()),
         }
     }
 }

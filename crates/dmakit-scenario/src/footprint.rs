@@ -38,18 +38,17 @@
 //! both go to the 128 cache). On real data the effect is dwarfed by the growth; the tests
 //! check both facts.
 
-use alloc::collections::BTreeMap;
-use alloc::string::String;
-use alloc::vec::Vec;
+use std::collections::BTreeMap;
 
-use crate::mem::error::MemError;
-use crate::mem::size_class::{class_for, is_valid_min_align, parse_class_label};
-use crate::mem::slab::{SlabGeometry, SlabOrderPolicy};
-use crate::mem::slabinfo::{parse_slabinfo, SlabinfoError, SlabinfoRow};
-use crate::platform::PAGE_SIZE;
+use dmakit::size_class::{class_for, is_valid_min_align};
+use dmakit::PAGE_SIZE;
+use dmakit_mem::class_label::parse_class_label;
+use dmakit_mem::{MemError, SlabGeometry, SlabOrderPolicy};
+
+use crate::slabinfo::{parse_slabinfo, SlabinfoError, SlabinfoRow};
 
 /// A real `/proc/slabinfo` snapshot: an x86-64 VM running Linux 6.18 (kmalloc alignment 8).
-pub const SHIPPED_SLABINFO: &str = include_str!("../../../../data/slabinfo-x86_64-vm-6.18.txt");
+pub const SHIPPED_SLABINFO: &str = include_str!("../../../data/slabinfo-x86_64-vm-6.18.txt");
 
 /// The minimum alignments studied: 8 (dmakit with a bounce pool) up to 128 (arm64's
 /// cache-line alignment for non-coherent DMA).

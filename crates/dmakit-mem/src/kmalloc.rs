@@ -9,7 +9,7 @@
 //! `dma-kmalloc-*` caches, own their cache lines, and never need a bounce.
 //!
 //! Requests up to [`KMALLOC_MAX_CACHE_SIZE`] are served from slab caches (see
-//! [`crate::mem::slab`]); larger ones take whole pages from the page allocator. The
+//! [`crate::slab`]); larger ones take whole pages from the page allocator. The
 //! allocator hands out physical addresses and never dereferences them.
 
 use alloc::collections::BTreeMap;
@@ -20,12 +20,13 @@ use core::fmt;
 
 use spin::Mutex;
 
-use crate::addr::PhysAddr;
-use crate::mem::error::MemError;
-use crate::mem::policy::MinAlignPolicy;
-use crate::mem::size_class::{class_label, classes_for, KMALLOC_MAX_CACHE_SIZE};
-use crate::mem::slab::{CacheStats, SlabCache, SlabGeometry, SlabOrderPolicy};
-use crate::platform::{PageAllocator, PAGE_SIZE};
+use crate::class_label::class_label;
+use crate::error::MemError;
+use crate::policy::MinAlignPolicy;
+use crate::slab::{CacheStats, SlabCache, SlabGeometry, SlabOrderPolicy};
+use dmakit::addr::PhysAddr;
+use dmakit::platform::{PageAllocator, PAGE_SIZE};
+use dmakit::size_class::{classes_for, KMALLOC_MAX_CACHE_SIZE};
 
 /// What an allocation will be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

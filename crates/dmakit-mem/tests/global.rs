@@ -12,8 +12,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use dmakit::mem::{Kmalloc, KmallocHeap, MinAlignPolicy, ZonedPageAllocator};
 use dmakit::{PhysAddr, PhysRange};
+use dmakit_mem::{Kmalloc, KmallocHeap, MinAlignPolicy, ZonedPageAllocator};
 
 const ARENA_LEN: usize = 16 << 20;
 const PAGE: usize = 4096;

@@ -17,9 +17,9 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::addr::PhysAddr;
-use crate::mem::error::MemError;
-use crate::platform::{PageAllocator, PAGE_SIZE};
+use crate::error::MemError;
+use dmakit::addr::PhysAddr;
+use dmakit::platform::{PageAllocator, PAGE_SIZE};
 
 /// How slab sizes are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl Slab {
     }
 }
 
-/// One slab cache. Not synchronised: [`crate::mem::Kmalloc`] locks it.
+/// One slab cache. Not synchronised: [`crate::Kmalloc`] locks it.
 ///
 /// Guarantees: objects never overlap; every object lies inside a slab obtained from the page
 /// allocator; an object's address is `base + i * object_size` for a page-aligned slab base.

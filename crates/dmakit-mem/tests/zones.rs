@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use dmakit::mem::{MemError, Zone, ZoneLayout, ZoneStats, ZonedPageAllocator};
 use dmakit::{Device, DeviceId, PageAllocator, PhysAddr, PhysRange, PAGE_SIZE};
+use dmakit_mem::{MemError, Zone, ZoneLayout, ZoneStats, ZonedPageAllocator};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;

@@ -13,11 +13,13 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-use crate::addr::{PhysAddr, PhysRange};
-use crate::device::Device;
-use crate::mem::buddy::{BuddyAllocator, BuddyStats};
-use crate::mem::error::MemError;
-use crate::platform::{PageAllocator, PAGE_SIZE};
+use dmakit::addr::{PhysAddr, PhysRange};
+use dmakit::device::Device;
+use dmakit::dma_alloc::{PageAllocError, ZonedPages};
+use dmakit::platform::{PageAllocator, PAGE_SIZE};
+
+use crate::buddy::{BuddyAllocator, BuddyStats, MAX_BLOCK_PAGES};
+use crate::error::MemError;
 
 /// One of the three memory zones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -286,10 +288,10 @@ fn check_request(pages: u64) -> Result<(), MemError> {
     if pages == 0 {
         return Err(MemError::ZeroSize);
     }
-    if pages > crate::mem::buddy::MAX_BLOCK_PAGES {
+    if pages > MAX_BLOCK_PAGES {
         return Err(MemError::TooLarge {
             pages,
-            max_pages: crate::mem::buddy::MAX_BLOCK_PAGES,
+            max_pages: MAX_BLOCK_PAGES,
         });
     }
     Ok(())
@@ -307,5 +309,32 @@ impl PageAllocator for ZonedPageAllocator {
         if let Err(e) = self.free(base, pages) {
             log::error!("free_pages ignored: {e}");
         }
+    }
+}
+
+/// The DMA allocators' view: the inherent methods of the same names, with their page-level
+/// errors.
+impl ZonedPages for ZonedPageAllocator {
+    const MAX_BLOCK_PAGES: u64 = MAX_BLOCK_PAGES;
+
+    fn alloc_for_device(&self, dev: &Device, pages: u64) -> Result<PhysAddr, PageAllocError> {
+        ZonedPageAllocator::alloc_for_device(self, dev, pages).map_err(page_error)
+    }
+
+    fn alloc_below(&self, pages: u64, max_addr: u64) -> Result<PhysAddr, PageAllocError> {
+        ZonedPageAllocator::alloc_below(self, pages, max_addr).map_err(page_error)
+    }
+
+    fn free(&self, base: PhysAddr, pages: u64) -> Result<(), PageAllocError> {
+        ZonedPageAllocator::free(self, base, pages).map_err(page_error)
+    }
+}
+
+/// The page-level error of a zone allocation or free. Those return only page-level
+/// [`MemError`]s (see their `# Errors`), so anything else is a defect of this crate.
+fn page_error(e: MemError) -> PageAllocError {
+    match e.page_error() {
+        Some(page) => page,
+        None => unreachable!("a zone allocation or free returned {e}"),
     }
 }

@@ -20,7 +20,7 @@
 //! - it rounds every request up to a power of two and keeps the tail, where we return the
 //!   tail pages to the free lists (as Linux's exact page allocation does);
 //! - it has no way to bound an allocation by an address limit, which the
-//!   [`crate::PageAllocator`] contract (`max_addr`) needs.
+//!   [`dmakit::PageAllocator`] contract (`max_addr`) needs.
 //!
 //! What remains once those are added is the split and merge loops, which are short.
 //!
@@ -35,9 +35,9 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use crate::addr::{PhysAddr, PhysRange};
-use crate::mem::error::MemError;
-use crate::platform::PAGE_SIZE;
+use crate::error::MemError;
+use dmakit::addr::{PhysAddr, PhysRange};
+use dmakit::platform::PAGE_SIZE;
 
 /// The largest block order: one allocation is at most `2^MAX_ORDER` pages (4 GiB with
 /// 4 KiB pages).
@@ -63,7 +63,7 @@ pub struct BuddyStats {
 }
 
 /// A buddy allocator over page frames of physical memory. Not synchronised: see
-/// [`crate::mem::ZonedPageAllocator`] for the locked, zoned allocator built on it.
+/// [`crate::ZonedPageAllocator`] for the locked, zoned allocator built on it.
 #[derive(Clone, Debug)]
 pub struct BuddyAllocator {
     /// Free block start frames, per order.
@@ -125,7 +125,7 @@ impl BuddyAllocator {
 
     /// Allocates `pages` contiguous pages; the base is `PAGE_SIZE` aligned (and aligned to
     /// the next power of two of `pages`, a property callers may use but the
-    /// [`crate::PageAllocator`] contract does not promise).
+    /// [`dmakit::PageAllocator`] contract does not promise).
     ///
     /// # Errors
     /// [`MemError::ZeroSize`], [`MemError::TooLarge`] above [`MAX_BLOCK_PAGES`],

@@ -1,5 +1,9 @@
 //! kmalloc size classes and how a minimum alignment thins them out.
 //!
+//! The mapping layer needs this rule as much as kmalloc does: Linux's size-only bounce test
+//! ([`crate::AlignmentPolicy::SizeOnly`]) judges a buffer by the class its size falls in, so
+//! the rule lives here in the core, and `dmakit-mem`'s kmalloc builds its caches from it.
+//!
 //! Small objects are served from caches of fixed sizes: the powers of two from 8 to 8192 plus
 //! 96 and 192, which catch the common sizes just above 64 and 128. A minimum alignment `a`
 //! keeps only the classes whose size is a multiple of `a` (objects are laid out back to back
@@ -40,39 +44,9 @@ pub fn class_for(size: u64, align: u64) -> Option<u64> {
     classes_for(align).find(|&c| c >= size)
 }
 
-/// The conventional cache name suffix for a class: `8`, `96`, `1k`, `8k`.
-pub fn class_label(size: u64) -> ClassLabel {
-    ClassLabel(size)
-}
-
-/// Formats a size class the way cache names spell it (see [`class_label`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClassLabel(u64);
-
-impl core::fmt::Display for ClassLabel {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        if self.0 >= 1024 && self.0 % 1024 == 0 {
-            write!(f, "{}k", self.0 / 1024)
-        } else {
-            write!(f, "{}", self.0)
-        }
-    }
-}
-
-/// Parses a cache name suffix (`8`, `96`, `1k`, `8k`) back to a size class; `None` if it is
-/// not one of [`KMALLOC_CLASSES`].
-pub fn parse_class_label(label: &str) -> Option<u64> {
-    let value = match label.strip_suffix('k') {
-        Some(kib) => kib.parse::<u64>().ok()?.checked_mul(1024)?,
-        None => label.parse::<u64>().ok()?,
-    };
-    KMALLOC_CLASSES.contains(&value).then_some(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::ToString;
     use alloc::vec::Vec;
 
     #[test]
@@ -92,15 +66,5 @@ mod tests {
         assert_eq!(class_for(129, 128), Some(256));
         assert_eq!(class_for(8193, 8), None);
         assert_eq!(class_for(0, 8), None);
-    }
-
-    #[test]
-    fn labels_round_trip() {
-        for c in KMALLOC_CLASSES {
-            assert_eq!(parse_class_label(&class_label(c).to_string()), Some(c));
-        }
-        assert_eq!(class_label(2048).to_string(), "2k");
-        assert_eq!(parse_class_label("3k"), None);
-        assert_eq!(parse_class_label("x"), None);
     }
 }
