@@ -132,10 +132,7 @@ impl fmt::Display for SlabinfoError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for SlabinfoError {}
+impl core::error::Error for SlabinfoError {}
 
 /// Field positions in a cache line: (index, name) of numbers, (index, text) of separators.
 const NUMBERS: [(usize, &str); 11] = [
