@@ -453,10 +453,7 @@ fn counters_add_up_and_copied_bytes_match_the_machine() {
     let s = mapper.stats();
     let t = s.total();
     assert_eq!(t.direct + t.bounces_total(), t.mappings_total());
-    assert_eq!(
-        t.bounced_by_direction.iter().sum::<u64>(),
-        t.bounces_total()
-    );
+    assert_eq!(t.bounced_by_direction.total(), t.bounces_total());
     assert!(t.bounces_total() > 0 && t.direct > 0);
     assert_eq!(
         t.bytes_to_bounce + t.bytes_from_bounce,
