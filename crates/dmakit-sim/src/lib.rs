@@ -29,7 +29,7 @@
 //! - [`transfer`]: one transfer through the mapping layer, judged by the oracle;
 //! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod cache;
 pub mod coherent;

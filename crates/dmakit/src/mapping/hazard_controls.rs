@@ -20,7 +20,7 @@ pub struct HazardControls {
 /// Without the `hazard-controls` feature there is nothing to switch off.
 #[cfg(not(feature = "hazard-controls"))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct HazardControls;
+pub(crate) struct HazardControls {}
 
 impl HazardControls {
     /// Whether inbound bounces are left unfilled (always `false` without the feature).
