@@ -41,16 +41,16 @@ pub struct DmaMapperBuilder<P> {
 impl<P: Platform> DmaMapperBuilder<P> {
     /// Gives devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) (the
     /// default) a SWIOTLB pool over the `bytes` of memory at `base`, which the caller
-    /// reserves for it: 2 KiB slots in 256 KiB segments, one area per CPU (one in all if
-    /// the platform reports more CPUs than a pool has areas), no growth. For another
-    /// geometry or growth, build a
-    /// [`SwiotlbBounce`] and give it to [`Self::swiotlb_backend`].
+    /// reserves for it: 2 KiB slots in 256 KiB segments, per-CPU areas (the CPU count
+    /// rounded up to a power of two; one area if that is above the pool's limit of 4,096),
+    /// no growth. For another geometry or growth, build a [`SwiotlbBounce`] and give it to
+    /// [`Self::swiotlb_backend`].
     ///
     /// # Errors
     /// As [`SwiotlbBounce::add_region`]: [`RegionError::Misaligned`] unless `base` is a
     /// multiple of the page size, [`RegionError::BadSize`] unless `bytes` is a non-zero
     /// multiple of 256 KiB, [`RegionError::TooLarge`] if the range leaves the address
-    /// space. The builder is dropped then.
+    /// space or holds `u32::MAX` slots or more. The builder is dropped then.
     pub fn swiotlb(self, base: PhysAddr, bytes: u64) -> Result<Self, RegionError> {
         let config = PoolConfig::builder()
             .cpu_count(self.mapper.platform().cpu_count())

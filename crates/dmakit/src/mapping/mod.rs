@@ -83,7 +83,8 @@ pub enum MapPath {
     },
 }
 
-/// The streaming DMA mapping layer for one platform.
+/// The streaming DMA mapping layer for one platform, configured once by
+/// [`DmaMapper::builder`].
 ///
 /// All methods take `&self`, validate their input and never panic on bad input. A failed
 /// operation leaves the caller's buffer and every pool exactly as they were.
