@@ -9,7 +9,7 @@ use dmakit::Direction;
 /// A whole input: whether the debug checker runs, then the calls.
 #[derive(Arbitrary, Debug)]
 pub struct Program {
-    /// Run with [`dmakit::DmaMapper::with_debug_checker`].
+    /// Run with [`dmakit::DmaMapperBuilder::debug_checker`].
     pub debug_checker: bool,
     /// The calls, in order (at most [`MAX_OPS`] are run).
     pub ops: Vec<Op>,

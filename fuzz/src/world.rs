@@ -86,10 +86,11 @@ impl World {
         let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
         pool.add_region(PhysAddr::new(POOL_START), POOL_BYTES)
             .expect("pool region");
-        let mut mapper = DmaMapper::new(host.clone()).with_swiotlb(Arc::new(pool));
+        let mut builder = DmaMapper::builder(host.clone()).swiotlb_backend(Arc::new(pool));
         if debug {
-            mapper = mapper.with_debug_checker();
+            builder = builder.debug_checker();
         }
+        let mapper = builder.build();
         Self {
             host,
             mapper,

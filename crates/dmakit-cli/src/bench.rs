@@ -161,15 +161,16 @@ pub fn run(args: Args) -> Result<(), String> {
     backend
         .add_region(PhysAddr::new(0), pool)
         .map_err(|e| e.to_string())?;
-    let mut mapper = DmaMapper::new(host).with_swiotlb(Arc::new(backend));
+    let mut builder = DmaMapper::builder(host).swiotlb_backend(Arc::new(backend));
     let dev = Device::builder(DeviceId(1), "bench")
         .force_bounce(args.mode == Mode::Bounce)
         .max_segment_size(u64::MAX)
         .build()
         .map_err(|e| e.to_string())?;
     if args.mode == Mode::Iommu {
-        mapper = mapper.with_iommu(iommu(&dev, threads, args.domain)?);
+        builder = builder.iommu(iommu(&dev, threads, args.domain)?);
     }
+    let mapper = builder.build();
     let run_for = Duration::from_secs_f64(args.seconds);
     let barrier = Barrier::new(threads);
     let results: Vec<Result<Latencies, String>> = std::thread::scope(|s| {

@@ -114,7 +114,4 @@ impl fmt::Display for MemError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for MemError {}
+impl core::error::Error for MemError {}

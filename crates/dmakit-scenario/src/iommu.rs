@@ -15,7 +15,7 @@ use dmakit_sim::routed::RoutedTranslation;
 pub struct MachineIommu {
     /// The modelled hardware (fault log, statistics).
     pub hw: SimIommu,
-    /// The mapping layer's domains, for [`dmakit::DmaMapper::with_iommu`] and the DMA
+    /// The mapping layer's domains, for [`dmakit::DmaMapperBuilder::iommu`] and the DMA
     /// allocators.
     pub dma: Arc<IommuDma>,
 }

@@ -185,7 +185,7 @@ pub fn run_policy(
         .filter(|(_, i)| i.is_none())
         .map(|(d, _)| d.dma_mask())
         .fold(ARM64_DMA_LIMIT - 1, u64::min);
-    let mut mapper = DmaMapper::new(&machine).with_policy(policy.alignment());
+    let mut builder = DmaMapper::builder(&machine).policy(policy.alignment());
     let mut pool = None;
     if pool_bytes > 0 {
         let cfg = PoolConfig::builder()
@@ -205,12 +205,13 @@ pub fn run_policy(
         let b = Arc::new(SwiotlbBounce::new(cfg, None, 0, reach));
         b.add_region(base, pool_bytes)
             .map_err(|e| RunError::Impossible(format!("bounce pool: {e}")))?;
-        mapper = mapper.with_swiotlb(b.clone());
+        builder = builder.swiotlb_backend(b.clone());
         pool = Some(b);
     }
     if let Some(i) = &iommu {
-        mapper = mapper.with_iommu(i.dma.clone());
+        builder = builder.iommu(i.dma.clone());
     }
+    let mapper = builder.build();
     let kpolicy = policy
         .kmalloc_policy(line)
         .map_err(|e| RunError::Impossible(e.to_string()))?;

@@ -100,7 +100,10 @@ fn probe(trusted: bool) -> u64 {
     let pool = m.alloc_pages(64, u32::MAX as u64).unwrap();
     let b = SwiotlbBounce::new(PoolConfig::builder().build().unwrap(), None, 0, u64::MAX);
     b.add_region(pool, 64 * 4096).unwrap();
-    let mapper = DmaMapper::new(&m).with_swiotlb(Arc::new(b)).with_iommu(dma);
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(Arc::new(b))
+        .iommu(dma)
+        .build();
     let page = m.alloc_pages(1, u64::MAX).unwrap();
     let mut oracle = Oracle::new(m.line_size()).unwrap();
     for (off, len, owner) in [(0u64, 0x40u64, 7u32), (0x40, 13, 9), (0x50, 0xfb0, 8)] {

@@ -39,7 +39,7 @@ fn mapper(cfg: DomainConfig, latency: Duration) -> (DmaMapper<Arc<HostPlatform>>
         .expect("device");
     let d = dma.create_domain(cfg).expect("domain");
     dma.attach(&dev, d).expect("attach");
-    (DmaMapper::new(host).with_iommu(dma), dev)
+    (DmaMapper::builder(host).iommu(dma).build(), dev)
 }
 
 fn map_unmap(c: &mut Criterion) {

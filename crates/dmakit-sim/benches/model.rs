@@ -13,7 +13,7 @@ fn transfers(c: &mut Criterion) {
         ..MachineConfig::default()
     })
     .expect("machine");
-    let mapper = DmaMapper::new(&machine);
+    let mapper = DmaMapper::builder(&machine).build();
     let dev = Device::builder(DeviceId(1), "bench")
         .build()
         .expect("device");

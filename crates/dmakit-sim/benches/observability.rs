@@ -14,9 +14,9 @@ use dmakit::{Direction, PhysAddr};
 fn observability(c: &mut Criterion) {
     let dev = device();
     let variants = [
-        ("neither", mapper(1).without_statistics()),
-        ("stats", mapper(1)),
-        ("stats+checker", mapper(1).with_debug_checker()),
+        ("neither", mapper(1).without_statistics().build()),
+        ("stats", mapper(1).build()),
+        ("stats+checker", mapper(1).debug_checker().build()),
     ];
     let mut g = c.benchmark_group("observability");
     for (name, m) in &variants {

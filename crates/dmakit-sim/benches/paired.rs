@@ -135,7 +135,7 @@ fn map_case(name: String, m: &Mapper, buf: PhysAddr, len: u64) -> Case {
 /// Direct against bounced, 64 bytes each. Kept apart from the large copies below: run in
 /// the same rounds, those slow the small cases by up to a third.
 fn direct_vs_bounced() -> Comparison {
-    let m: Mapper = Arc::new(mapper(1));
+    let m: Mapper = Arc::new(mapper(1).build());
     Comparison {
         title: "direct vs bounced: 64 B map+unmap",
         cases: vec![
@@ -148,7 +148,7 @@ fn direct_vs_bounced() -> Comparison {
 
 /// Each bounce against two plain copies of the bytes it moves, between the same addresses.
 fn bounce_vs_memcpy() -> Comparison {
-    let m: Mapper = Arc::new(mapper(1));
+    let m: Mapper = Arc::new(mapper(1).build());
     let dev = device();
     let buf = PhysAddr::new(POOL + 8);
     let mut cases = Vec::new();
@@ -176,11 +176,11 @@ fn bounce_vs_memcpy() -> Comparison {
 /// The cost of statistics and of the debug checker on the map+unmap path.
 fn observability() -> Comparison {
     let variants: [(&str, Mapper); 3] = [
-        ("neither", Arc::new(mapper(1).without_statistics())),
-        ("statistics", Arc::new(mapper(1))),
+        ("neither", Arc::new(mapper(1).without_statistics().build())),
+        ("statistics", Arc::new(mapper(1).build())),
         (
             "statistics + checker",
-            Arc::new(mapper(1).with_debug_checker()),
+            Arc::new(mapper(1).debug_checker().build()),
         ),
     ];
     let mut cases = Vec::new();
@@ -311,7 +311,7 @@ impl Drop for Workers {
 /// Map+unmap throughput of one thread against two, each on its own CPU's pool area. Both
 /// cases run on workers woken the same way, so the wake-up cost is on both sides.
 fn threads() -> Comparison {
-    let m: Mapper = Arc::new(mapper(2));
+    let m: Mapper = Arc::new(mapper(2).build());
     let one = Workers::new(&m, 1);
     let two = Workers::new(&m, 2);
     Comparison {

@@ -20,7 +20,7 @@ use dmakit::{CpuMemory, Direction, PhysAddr};
 use dmakit_sim::SimRng;
 
 fn direct_vs_bounce(c: &mut Criterion) {
-    let m = mapper(1);
+    let m = mapper(1).build();
     let dev = device();
     let mut g = c.benchmark_group("direct_vs_bounce");
     let aligned = PhysAddr::new(POOL);
@@ -45,7 +45,7 @@ fn direct_vs_bounce(c: &mut Criterion) {
 }
 
 fn bounce_vs_memcpy(c: &mut Criterion) {
-    let m = mapper(1);
+    let m = mapper(1).build();
     let dev = device();
     let mut g = c.benchmark_group("bounce");
     for size in [8u64, 64, 512, 4096, 16384, 65536] {
@@ -108,7 +108,7 @@ fn pool_occupancy(c: &mut Criterion) {
 fn threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("threads");
     for threads in [1usize, 2] {
-        let m = mapper(2);
+        let m = mapper(2).build();
         let dev = device();
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(

@@ -1,6 +1,6 @@
 //! The core crate's platform traits, implemented by the simulated [`Machine`].
 //!
-//! This is what lets the real mapping layer run on the model: `DmaMapper::new(&machine)`
+//! This is what lets the real mapping layer run on the model: `DmaMapper::builder(&machine).build()`
 //! drives the simulated cache, and `CpuMemory` copies (bounce copies) go through that cache
 //! and carry provenance stamps, so a bounce that leaks data is caught.
 

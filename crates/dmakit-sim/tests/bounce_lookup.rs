@@ -84,7 +84,7 @@ fn bounce_in_added_region(stale: bool) -> Outcome {
     } else {
         pool.clone()
     };
-    let mapper = DmaMapper::new(&m).with_swiotlb(backend);
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(backend).build();
     let dev = device(1, BouncePool::Swiotlb);
     m.attach(dev.clone()).unwrap();
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
@@ -157,7 +157,7 @@ fn control_a_span_that_misses_added_memory_loses_the_device_data() {
 fn direct_mappings_between_bounce_regions_stay_direct() {
     let m = machine(22);
     let pool = swiotlb(&m, REGION, None);
-    let mapper = DmaMapper::new(&m).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
     let dev = device(1, BouncePool::Swiotlb);
     let base = m.alloc_pages(64, BELOW_4G).unwrap();
     let added = m.alloc_pages(REGION / 4096, BELOW_4G).unwrap();

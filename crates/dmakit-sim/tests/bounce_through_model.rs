@@ -20,7 +20,9 @@ fn shared_lines_bounced_through_swiotlb_are_clean() {
     let base = m.alloc_pages(pages, u32::MAX as u64).unwrap();
     let backend = SwiotlbBounce::new(PoolConfig::builder().build().unwrap(), None, 0, u64::MAX);
     backend.add_region(base, pages * 4096).unwrap();
-    let mapper = DmaMapper::new(&m).with_swiotlb(Arc::new(backend));
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(Arc::new(backend))
+        .build();
     let dev = Device::builder(DeviceId(1), "nc").build().unwrap();
     let out = run_workload(
         &m,
@@ -39,7 +41,9 @@ fn shared_lines_bounced_through_swiotlb_are_clean() {
     assert!(out.machine.speculative_fills > 0);
 }
 
-fn short_inbound_second_rounds(controls: dmakit::HazardControls) -> dmakit_sim::OracleReport {
+fn short_inbound_second_rounds(
+    controls: dmakit::mapping::HazardControls,
+) -> dmakit_sim::OracleReport {
     let m = Machine::new(MachineConfig {
         seed: 73,
         hazards: HazardConfig::NONE,
@@ -49,9 +53,10 @@ fn short_inbound_second_rounds(controls: dmakit::HazardControls) -> dmakit_sim::
     let base = m.alloc_pages(64, u32::MAX as u64).unwrap();
     let backend = SwiotlbBounce::new(PoolConfig::builder().build().unwrap(), None, 0, u64::MAX);
     backend.add_region(base, 64 * 4096).unwrap();
-    let mapper = DmaMapper::new(&m)
-        .with_swiotlb(Arc::new(backend))
-        .with_hazard_controls(controls);
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(Arc::new(backend))
+        .hazard_controls(controls)
+        .build();
     let dev = Device::builder(DeviceId(1), "nc").build().unwrap();
     let out = run_workload(
         &m,
@@ -77,7 +82,7 @@ fn short_inbound_second_rounds(controls: dmakit::HazardControls) -> dmakit_sim::
 fn cpu_writes_to_an_inbound_buffer_between_rounds_survive_short_device_writes() {
     // sync_for_device refills an inbound bounce from the buffer, so bytes the device does
     // not write in the second round keep the CPU's latest value.
-    let report = short_inbound_second_rounds(dmakit::HazardControls::default());
+    let report = short_inbound_second_rounds(dmakit::mapping::HazardControls::default());
     assert!(report.is_clean(), "{report}");
 }
 
@@ -85,7 +90,7 @@ fn cpu_writes_to_an_inbound_buffer_between_rounds_survive_short_device_writes() 
 fn without_the_inbound_fill_the_model_sees_old_bounce_bytes() {
     // The control: with the fill off, the unwritten bytes come back from whatever the
     // bounce held — the buffer's own older data, or an earlier user's.
-    let report = short_inbound_second_rounds(dmakit::HazardControls {
+    let report = short_inbound_second_rounds(dmakit::mapping::HazardControls {
         skip_inbound_fill: true,
     });
     assert!(report.wrong_bytes() > 0, "{report}");

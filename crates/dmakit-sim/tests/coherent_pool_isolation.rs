@@ -1,5 +1,5 @@
 //! Isolation and coalescing of the coherent object pool on the machine model, through both
-//! of its users: the coherent bounce backend (`DmaMapper::with_coherent_pool`) and the
+//! of its users: the coherent bounce backend (`DmaMapperBuilder::coherent_backend`) and the
 //! atomic pool of `DmaAllocator::alloc_coherent`.
 //!
 //! The same scenarios run with the fixed defect put back in

@@ -5,17 +5,18 @@ mod testbed;
 
 use dmakit::debug::{DebugIssue, DebugReport};
 use dmakit::{
-    AlignmentPolicy, BouncePool, Device, DeviceId, Direction, DmaAddr, DmaMapper, PhysAddr, SgEntry,
+    AlignmentPolicy, BouncePool, Device, DeviceId, Direction, DmaAddr, DmaMapper, DmaMapperBuilder,
+    PhysAddr, SgEntry,
 };
 use dmakit_sim::{run_workload, Machine, WorkloadConfig};
 use testbed::*;
 
 use Direction::*;
 
-fn rig(m: &Machine) -> DmaMapper<&Machine> {
-    DmaMapper::new(m)
-        .with_swiotlb(swiotlb(m, 1 << 20, None))
-        .with_debug_checker()
+fn rig(m: &Machine) -> DmaMapperBuilder<&Machine> {
+    DmaMapper::builder(m)
+        .swiotlb_backend(swiotlb(m, 1 << 20, None))
+        .debug_checker()
 }
 
 fn buffers(m: &Machine) -> PhysAddr {
@@ -37,7 +38,7 @@ fn only(mapper: &DmaMapper<&Machine>, issue: DebugIssue) -> DebugReport {
 #[test]
 fn unmap_of_an_address_never_mapped_or_already_unmapped() {
     let m = machine(1);
-    let mapper = rig(&m);
+    let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     let bogus = DmaAddr::new(buf.as_u64() + 0x800);
@@ -62,7 +63,7 @@ fn unmap_of_an_address_never_mapped_or_already_unmapped() {
 #[test]
 fn a_failed_mapping_used_without_checking() {
     let m = machine(2);
-    let mapper = DmaMapper::new(&m).with_debug_checker(); // no bounce pool
+    let mapper = DmaMapper::builder(&m).debug_checker().build(); // no bounce pool
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     // The driver ignores the error and uses a default address.
@@ -86,7 +87,7 @@ fn a_failed_mapping_used_without_checking() {
 #[test]
 fn unmap_with_another_size_direction_or_api() {
     let m = machine(3);
-    let mapper = rig(&m);
+    let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     let dma = mapper.map(&dev, buf, 256, ToDevice).unwrap();
@@ -126,7 +127,7 @@ fn unmap_with_another_size_direction_or_api() {
 #[test]
 fn sg_unmap_with_another_entry_count() {
     let m = machine(4);
-    let mapper = rig(&m);
+    let mapper = rig(&m).build();
     let dev = Device::builder(DeviceId(5), "sg")
         .cache_line(LINE)
         .max_segment_size(4096)
@@ -173,7 +174,7 @@ fn sg_unmap_with_another_entry_count() {
 #[test]
 fn sync_outside_the_mapping_or_in_a_forbidden_direction() {
     let m = machine(5);
-    let mapper = rig(&m);
+    let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     let dma = mapper.map(&dev, buf, 512, FromDevice).unwrap();
@@ -198,7 +199,7 @@ fn two_unbounced_inbound_mappings_sharing_a_line() {
     let buf = buffers(&m);
     let dev = device(1, BouncePool::Swiotlb);
     // Under the Never policy two 8-byte neighbours are both mapped in place.
-    let never = rig(&m).with_policy(AlignmentPolicy::Never);
+    let never = rig(&m).policy(AlignmentPolicy::Never).build();
     let a = never.map(&dev, buf, 8, FromDevice).unwrap();
     let b = never.map(&dev, buf.add(8), 8, FromDevice).unwrap();
     let r = only(&never, DebugIssue::SharedInboundLine);
@@ -209,7 +210,7 @@ fn two_unbounced_inbound_mappings_sharing_a_line() {
     never.unmap(&dev, a, 8, FromDevice).unwrap();
     never.unmap(&dev, b, 8, FromDevice).unwrap();
     // The exact policy bounces both: nothing to report.
-    let exact = rig(&m);
+    let exact = rig(&m).build();
     let a = exact.map(&dev, buf, 8, FromDevice).unwrap();
     let b = exact.map(&dev, buf.add(8), 8, FromDevice).unwrap();
     exact.unmap(&dev, a, 8, FromDevice).unwrap();
@@ -220,7 +221,7 @@ fn two_unbounced_inbound_mappings_sharing_a_line() {
 #[test]
 fn mappings_still_live_when_the_device_is_released() {
     let m = machine(7);
-    let mapper = rig(&m);
+    let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let other = device(2, BouncePool::Swiotlb);
     let buf = buffers(&m);
@@ -242,7 +243,7 @@ fn mappings_still_live_when_the_device_is_released() {
 #[test]
 fn cpu_access_while_the_device_owns_the_buffer() {
     let m = machine(8);
-    let mapper = rig(&m);
+    let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     let checker = mapper.debug_checker().unwrap();
@@ -269,10 +270,11 @@ fn cpu_access_while_the_device_owns_the_buffer() {
 fn randomised_workloads_report_nothing_and_a_missing_sync_is_caught() {
     for backend in [BouncePool::Swiotlb, BouncePool::Coherent] {
         let m = machine(9);
-        let mapper = DmaMapper::new(&m)
-            .with_swiotlb(swiotlb(&m, 8 << 20, None))
-            .with_coherent_pool(coherent(&m, 8 << 20))
-            .with_debug_checker();
+        let mapper = DmaMapper::builder(&m)
+            .swiotlb_backend(swiotlb(&m, 8 << 20, None))
+            .coherent_backend(coherent(&m, 8 << 20))
+            .debug_checker()
+            .build();
         let dev = device(1, backend);
         let cfg = WorkloadConfig {
             transfers: 20_000,
@@ -288,10 +290,11 @@ fn randomised_workloads_report_nothing_and_a_missing_sync_is_caught() {
 
         // The control: the harness reads buffers before giving them back to the CPU.
         let m = machine(10);
-        let mapper = DmaMapper::new(&m)
-            .with_swiotlb(swiotlb(&m, 8 << 20, None))
-            .with_coherent_pool(coherent(&m, 8 << 20))
-            .with_debug_checker();
+        let mapper = DmaMapper::builder(&m)
+            .swiotlb_backend(swiotlb(&m, 8 << 20, None))
+            .coherent_backend(coherent(&m, 8 << 20))
+            .debug_checker()
+            .build();
         let cfg = WorkloadConfig {
             skip_sync_for_cpu: true,
             transfers: 2_000,

@@ -125,7 +125,9 @@ fn two_devices_contending_for_one_slot_lose_no_completion_and_keep_order() {
     let cfg = PoolConfig::builder().cpu_count(2).build().unwrap();
     let pool = Arc::new(SwiotlbBounce::new(cfg, None, 0, u64::MAX));
     pool.add_region(PhysAddr::new(0), 256 * 1024).unwrap();
-    let mapper = DmaMapper::new(&host).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(&host)
+        .swiotlb_backend(pool.clone())
+        .build();
     let len = 150 * 1024;
     let dir = Direction::FromDevice;
     std::thread::scope(|s| {

@@ -47,7 +47,7 @@ fn address_above_the_mask_is_a_fault_and_nothing_moves() {
 #[test]
 fn the_mapper_refuses_what_the_device_cannot_reach() {
     let m = Machine::new(MachineConfig::default()).unwrap();
-    let mapper = DmaMapper::new(&m);
+    let mapper = DmaMapper::builder(&m).build();
     let r = mapper.map(&dev32(), PhysAddr::new(5 * GIB), 64, Direction::ToDevice);
     assert!(
         matches!(r, Err(dmakit::DmaError::NoBouncePool { .. })),
@@ -59,7 +59,7 @@ fn the_mapper_refuses_what_the_device_cannot_reach() {
 fn access_outside_granted_windows_is_a_fault() {
     let m = Machine::new(MachineConfig::default()).unwrap();
     m.attach(dev32()).unwrap();
-    let mapper = DmaMapper::new(&m);
+    let mapper = DmaMapper::builder(&m).build();
     let buf = PhysAddr::new(0x10_0000);
     m.cpu_write(buf, &[5; 128], Owner(3)).unwrap();
     let dma = mapper.map(&dev32(), buf, 64, Direction::ToDevice).unwrap();

@@ -390,7 +390,7 @@ fn alloc_sg_out_of_low_memory_is_bounced_at_map_time_and_arrives_intact() {
     assert_eq!(mask_faults, 1);
 
     // Without a bounce pool the mapping layer refuses the table.
-    let bare = DmaMapper::new(&m);
+    let bare = DmaMapper::builder(&m).build();
     assert!(matches!(
         bare.map_sg(&d, &entries, Direction::ToDevice),
         Err(DmaError::NoBouncePool { .. })
@@ -406,7 +406,9 @@ fn alloc_sg_out_of_low_memory_is_bounced_at_map_time_and_arrives_intact() {
         16 * MIB - 1,
     );
     backend.add_region(base, pool_pages * PAGE_SIZE).unwrap();
-    let mapper = DmaMapper::new(&m).with_swiotlb(Arc::new(backend));
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(Arc::new(backend))
+        .build();
     let mut oracle = Oracle::new(m.line_size()).unwrap();
     for (i, e) in entries.iter().enumerate() {
         oracle

@@ -110,7 +110,7 @@ fn sg_tables_are_mapped_as_one_segment() {
     let z = zones(&r.m);
     let a =
         DmaAllocator::new(&r.m, &z, r.dma.clone(), DmaAllocatorConfig::default(), None).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     let table = a.alloc_sg(&dev, 40 * 1024).unwrap();
     let entries = table.entries();
     let phys: Vec<PhysAddr> = table.pages();

@@ -34,7 +34,7 @@ fn access_after_unmap(drop_invalidations: bool, cfg: DomainConfig) -> (bool, Vec
     let dev = dev();
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     r.iommu.set_drop_invalidations(drop_invalidations);
     let buf = page(&r, Owner(5));
     let dma = mapper
@@ -110,7 +110,7 @@ fn lazy_mode_never_reuses_an_iova_before_its_invalidation() {
     let dev = dev();
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     let buf = page(&r, Owner(5));
     let mut queued: Vec<DmaAddr> = Vec::new();
     let mut after_drain = Vec::new();

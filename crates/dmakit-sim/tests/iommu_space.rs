@@ -24,7 +24,7 @@ fn a_32_bit_device_uses_buffers_above_4_gib_without_bouncing() {
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
     // No bounce pool at all: a bounce would be an error.
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     let buf = r.m.alloc_pages_between(4, 5 * GIB, 8 * GIB - 1).unwrap();
     assert!(buf.as_u64() >= 5 * GIB);
     let out: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
@@ -68,7 +68,7 @@ fn a_32_bit_coherent_device_runs_the_harness_above_4_gib_without_a_pool() {
         .build()
         .unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     let out = run_workload(
         &r.m,
         &mapper,
@@ -96,7 +96,7 @@ fn scattered_pages_become_one_contiguous_segment() {
         .unwrap();
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     // Four pages far apart, in descending physical order.
     let pages: Vec<PhysAddr> = [7 * GIB, GIB, 5 * GIB, 3 << 20]
         .iter()
@@ -169,7 +169,7 @@ fn exhaust(mode: FlushMode) {
     let dev = Device::builder(DeviceId(1), "d").build().unwrap();
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     let buf = r.m.alloc_pages_between(17, 0, 8 * GIB).unwrap();
     let mut live: Vec<DmaAddr> = (0..16)
         .map(|i| {

@@ -62,9 +62,10 @@ fn attached(
         .unwrap();
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool)
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool)
+        .iommu(r.dma.clone())
+        .build();
     (dev, mapper)
 }
 

@@ -21,10 +21,11 @@ fn run(
     let d = r.domain(cfg);
     r.dma.attach(&dev, d).unwrap();
     let pool = r.swiotlb(256);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone())
-        .with_policy(policy);
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .policy(policy)
+        .build();
     let out = run_workload(
         &r.m,
         &mapper,

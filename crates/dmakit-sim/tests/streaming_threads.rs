@@ -30,7 +30,9 @@ fn concurrent_bounces_never_share_a_slot_and_keep_their_data() {
     let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
     pool.add_region(PhysAddr::new(0), POOL).unwrap();
     let pool = Arc::new(pool);
-    let mapper = DmaMapper::new(&host).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(&host)
+        .swiotlb_backend(pool.clone())
+        .build();
     let devices: Vec<Device> = [0u64, 0x3f, 0xfff]
         .iter()
         .enumerate()
@@ -140,7 +142,9 @@ fn a_background_worker_grows_a_full_pool() {
         pool.add_region(PhysAddr::new(0), 256 * 1024).unwrap();
         pool
     });
-    let mapper = DmaMapper::new(host.clone()).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(host.clone())
+        .swiotlb_backend(pool.clone())
+        .build();
     let buf = PhysAddr::new(50 * MIB + 8);
     let hog = mapper
         .map(&dev, buf, 250_000, Direction::FromDevice)
@@ -176,7 +180,9 @@ fn deferred_mappings_are_never_forgotten_under_contention() {
     let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
     // One segment: room for exactly one 150 KiB bounce at a time.
     pool.add_region(PhysAddr::new(0), 256 * 1024).unwrap();
-    let mapper = DmaMapper::new(&host).with_swiotlb(Arc::new(pool));
+    let mapper = DmaMapper::builder(&host)
+        .swiotlb_backend(Arc::new(pool))
+        .build();
     let dev = Device::builder(DeviceId(1), "t")
         .cache_line(64)
         .build()

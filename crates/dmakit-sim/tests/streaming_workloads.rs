@@ -7,8 +7,9 @@
 
 mod testbed;
 
+use dmakit::mapping::HazardControls;
 use dmakit::stats::DeviceStats;
-use dmakit::{AlignmentPolicy, BouncePool, BounceReason, Direction, DmaMapper, HazardControls};
+use dmakit::{AlignmentPolicy, BouncePool, BounceReason, Direction, DmaMapper};
 use dmakit_sim::{run_workload, Placement, WorkloadConfig, WorkloadOutcome};
 use testbed::*;
 
@@ -57,11 +58,12 @@ fn run(
     let m = machine(cfg.seed ^ 0x5eed);
     let dev = device(1, backend);
     let mapper = match backend {
-        BouncePool::Swiotlb => DmaMapper::new(&m).with_swiotlb(swiotlb(&m, 8 << 20, None)),
-        BouncePool::Coherent => DmaMapper::new(&m).with_coherent_pool(coherent(&m, 8 << 20)),
+        BouncePool::Swiotlb => DmaMapper::builder(&m).swiotlb_backend(swiotlb(&m, 8 << 20, None)),
+        BouncePool::Coherent => DmaMapper::builder(&m).coherent_backend(coherent(&m, 8 << 20)),
     }
-    .with_policy(policy)
-    .with_hazard_controls(controls);
+    .policy(policy)
+    .hazard_controls(controls)
+    .build();
     let out = run_workload(&m, &mapper, &dev, cfg).unwrap();
     assert_eq!(out.map_errors, 0, "{:?}", out.first_map_error);
     let total = mapper.stats().total();
@@ -225,7 +227,9 @@ fn nvme_style_min_align_mask_is_clean() {
         .min_align_mask(0xfff)
         .build()
         .unwrap();
-    let mapper = DmaMapper::new(&m).with_swiotlb(swiotlb(&m, 8 << 20, None));
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(swiotlb(&m, 8 << 20, None))
+        .build();
     let out = run_workload(&m, &mapper, &dev, small(20_000, 9)).unwrap();
     assert_eq!(out.map_errors, 0);
     assert!(out.report.is_clean(), "{}", out.report);

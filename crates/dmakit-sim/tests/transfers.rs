@@ -20,7 +20,7 @@ fn noncoherent() -> Device {
 }
 
 fn run(m: &Machine, policy: AlignmentPolicy, dev: &Device, cfg: WorkloadConfig) -> WorkloadOutcome {
-    let mapper = DmaMapper::new(m).with_policy(policy);
+    let mapper = DmaMapper::builder(m).policy(policy).build();
     run_workload(m, &mapper, dev, cfg).unwrap()
 }
 
@@ -303,7 +303,7 @@ fn every_line_size_behaves() {
 #[test]
 fn bad_workload_configurations_are_errors() {
     let m = machine(1, HazardConfig::NONE);
-    let mapper = DmaMapper::new(&m);
+    let mapper = DmaMapper::builder(&m).build();
     let dev = noncoherent();
     let bad = |cfg: WorkloadConfig| run_workload(&m, &mapper, &dev, cfg).is_err();
     assert!(bad(WorkloadConfig {

@@ -15,12 +15,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
-use dmakit::{
-    BounceReason, CacheMaintenance, CpuMemory, CpuTopology, Device, DeviceId, Direction, DmaMapper,
-    MapPath, MemoryFault, PhysAddr, PhysRange,
-};
+use dmakit::prelude::*;
+use dmakit::{BounceReason, MapPath};
 
 const MEMORY: u64 = 1 << 20;
 const LINE: u64 = 64;
@@ -104,14 +100,10 @@ impl CpuTopology for HostMemory {
 fn main() {
     let host = Arc::new(HostMemory::new());
 
-    let config = PoolConfig::builder()
-        .cpu_count(1)
-        .build()
-        .expect("pool geometry");
-    let pool = SwiotlbBounce::new(config, None, 0, u64::MAX);
-    pool.add_region(PhysAddr::new(0), POOL)
-        .expect("pool region");
-    let mapper = DmaMapper::new(Arc::clone(&host)).with_swiotlb(Arc::new(pool));
+    let mapper = DmaMapper::builder(Arc::clone(&host))
+        .swiotlb(PhysAddr::new(0), POOL)
+        .expect("pool region")
+        .build();
 
     let nic = Device::builder(DeviceId(1), "nic")
         .coherent(false)

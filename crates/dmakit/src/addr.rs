@@ -3,6 +3,10 @@
 //! A CPU physical address and the address a device emits are different things: with an
 //! IOMMU or a bounce buffer they differ in value, and mixing them up is the classic DMA bug.
 //! Giving each its own type makes the compiler catch that mix-up.
+//!
+//! Arithmetic on the types never wraps silently: the `checked_*` methods return `None`
+//! where the result would leave the 64-bit address space, and the others panic there, in
+//! every build profile (an address that wrapped would name unrelated memory).
 
 use core::fmt;
 
@@ -29,35 +33,45 @@ macro_rules! address_type {
                 self.0
             }
 
-            /// Rounds down to a multiple of `align`, which must be a power of two.
+            /// Rounds down to a multiple of `align`.
+            ///
+            /// # Panics
+            /// If `align` is not a power of two.
             #[inline]
             pub const fn align_down(self, align: u64) -> Self {
-                debug_assert!(align.is_power_of_two());
-                Self(self.0 & !(align - 1))
+                Self(self.0 & !align_mask(align))
             }
 
-            /// Rounds up to a multiple of `align` (a power of two); `None` on overflow.
+            /// Rounds up to a multiple of `align`; `None` if that leaves the 64-bit address
+            /// space.
+            ///
+            /// # Panics
+            /// If `align` is not a power of two.
             #[inline]
             pub const fn checked_align_up(self, align: u64) -> Option<Self> {
-                debug_assert!(align.is_power_of_two());
-                match self.0.checked_add(align - 1) {
-                    Some(v) => Some(Self(v & !(align - 1))),
+                let mask = align_mask(align);
+                match self.0.checked_add(mask) {
+                    Some(v) => Some(Self(v & !mask)),
                     None => None,
                 }
             }
 
-            /// Whether the address is a multiple of `align` (a power of two).
+            /// Whether the address is a multiple of `align`.
+            ///
+            /// # Panics
+            /// If `align` is not a power of two.
             #[inline]
             pub const fn is_aligned(self, align: u64) -> bool {
-                debug_assert!(align.is_power_of_two());
-                self.0 & (align - 1) == 0
+                self.0 & align_mask(align) == 0
             }
 
-            /// The offset of the address inside an `align`-sized block (a power of two).
+            /// The offset of the address inside an `align`-sized block.
+            ///
+            /// # Panics
+            /// If `align` is not a power of two.
             #[inline]
             pub const fn offset_in(self, align: u64) -> u64 {
-                debug_assert!(align.is_power_of_two());
-                self.0 & (align - 1)
+                self.0 & align_mask(align)
             }
 
             /// `self + bytes`, or `None` if that leaves the 64-bit address space.
@@ -69,11 +83,23 @@ macro_rules! address_type {
                 }
             }
 
-            /// `self + bytes`. The caller has already checked that this cannot overflow
-            /// (for example by validating the range at the API boundary).
+            /// `self + bytes`, for callers that have already checked that this cannot
+            /// overflow (for example by validating the range at the API boundary); use
+            /// [`Self::checked_add`] where it can.
+            ///
+            /// # Panics
+            /// If the sum leaves the 64-bit address space, in every build profile: it never
+            /// wraps.
             #[inline]
+            #[track_caller]
             pub const fn add(self, bytes: u64) -> Self {
-                Self(self.0 + bytes)
+                match self.0.checked_add(bytes) {
+                    Some(v) => Self(v),
+                    None => panic!(concat!(
+                        stringify!($name),
+                        "::add overflows the 64-bit address space"
+                    )),
+                }
             }
 
             /// Bytes from `base` up to `self`; `None` if `self` is below `base`.
@@ -101,6 +127,17 @@ macro_rules! address_type {
             }
         }
     };
+}
+
+/// `align - 1`, the mask of the offset inside an `align`-sized block.
+///
+/// # Panics
+/// If `align` is not a power of two (zero included), in every build profile.
+#[inline]
+#[track_caller]
+const fn align_mask(align: u64) -> u64 {
+    assert!(align.is_power_of_two(), "alignment is not a power of two");
+    align - 1
 }
 
 address_type!(
@@ -163,14 +200,20 @@ impl PhysRange {
         self.start.add(self.len - 1)
     }
 
-    /// Whether the range starts and ends on a multiple of `align` (a power of two), i.e.
-    /// whether it owns every `align`-sized block it touches.
+    /// Whether the range starts and ends on a multiple of `align`, i.e. whether it owns
+    /// every `align`-sized block it touches.
+    ///
+    /// # Panics
+    /// If `align` is not a power of two.
     #[inline]
     pub const fn is_aligned(&self, align: u64) -> bool {
-        (self.start.as_u64() | self.end().as_u64()) & (align - 1) == 0
+        (self.start.as_u64() | self.end().as_u64()) & align_mask(align) == 0
     }
 
     /// The smallest `align`-aligned range containing this one; `None` if that overflows.
+    ///
+    /// # Panics
+    /// If `align` is not a power of two.
     pub const fn expand_to(&self, align: u64) -> Option<Self> {
         let start = self.start.align_down(align);
         match self.end().checked_align_up(align) {
@@ -244,5 +287,49 @@ mod tests {
         assert!(PhysRange::new(PhysAddr::new(0x1000), 64)
             .unwrap()
             .is_aligned(64));
+    }
+
+    #[test]
+    fn add_adds_up_to_the_top_of_the_address_space() {
+        assert_eq!(PhysAddr::new(0x1000).add(0x10), PhysAddr::new(0x1010));
+        assert_eq!(PhysAddr::new(u64::MAX - 1).add(1), PhysAddr::new(u64::MAX));
+        assert_eq!(DmaAddr::new(u64::MAX).add(0), DmaAddr::new(u64::MAX));
+    }
+
+    // Runs in every profile: `cargo test --release -p dmakit --lib addr` shows that the sum
+    // panics there too instead of wrapping to a low address.
+    #[test]
+    #[should_panic(expected = "PhysAddr::add overflows the 64-bit address space")]
+    fn phys_add_overflow_panics_in_every_profile() {
+        let _ = PhysAddr::new(u64::MAX).add(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "DmaAddr::add overflows the 64-bit address space")]
+    fn dma_add_overflow_panics_in_every_profile() {
+        let _ = DmaAddr::new(u64::MAX - 0xfff).add(0x1000);
+    }
+
+    #[test]
+    fn checked_add_reports_overflow_without_panicking() {
+        assert_eq!(
+            PhysAddr::new(u64::MAX - 1).checked_add(1),
+            Some(PhysAddr::new(u64::MAX))
+        );
+        assert_eq!(DmaAddr::new(1).checked_add(u64::MAX), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "alignment is not a power of two")]
+    fn zero_alignment_panics_instead_of_wrapping() {
+        let _ = PhysAddr::new(0x1234).align_down(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "alignment is not a power of two")]
+    fn range_alignment_must_be_a_power_of_two() {
+        let _ = PhysRange::new(PhysAddr::new(0x1000), 64)
+            .unwrap()
+            .is_aligned(48);
     }
 }

@@ -93,10 +93,7 @@ impl fmt::Display for DeviceError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for DeviceError {}
+impl core::error::Error for DeviceError {}
 
 /// Whether `m` is `2^n - 1` for some `n` (zero included).
 const fn is_low_mask(m: u64) -> bool {

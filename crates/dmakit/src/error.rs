@@ -204,10 +204,7 @@ impl fmt::Display for DmaError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for DmaError {}
+impl core::error::Error for DmaError {}
 
 impl From<MemoryFault> for DmaError {
     fn from(f: MemoryFault) -> Self {

@@ -7,10 +7,86 @@
 //!
 //! The crate is `no_std` + `alloc`. It reaches hardware only through the traits in
 //! [`platform`]; implement them for your machine and drive [`DmaMapper`].
+//!
+//! # Bouncing one buffer
+//!
+//! [`prelude`] holds the names this needs. A platform gives the mapper cache maintenance,
+//! CPU copies and the CPU count; here a tiny one over a byte array whose caches are
+//! coherent, so maintenance does nothing:
+//!
+//! ```
+//! use dmakit::prelude::*;
+//! use std::sync::Mutex;
+//!
+//! struct Ram(Mutex<Vec<u8>>);
+//!
+//! impl Ram {
+//!     fn bytes(&self, at: PhysAddr, len: u64) -> Result<core::ops::Range<usize>, MemoryFault> {
+//!         let fault = MemoryFault { addr: at, len };
+//!         let end = at.checked_add(len).ok_or(fault)?.as_u64();
+//!         let size = self.0.lock().unwrap().len() as u64;
+//!         if end > size {
+//!             return Err(fault);
+//!         }
+//!         Ok(at.as_u64() as usize..end as usize)
+//!     }
+//! }
+//!
+//! impl CacheMaintenance for Ram {
+//!     fn cache_line_size(&self) -> u64 {
+//!         64
+//!     }
+//!     fn clean(&self, _: PhysRange) {}
+//!     fn invalidate(&self, _: PhysRange) {}
+//!     fn clean_invalidate(&self, _: PhysRange) {}
+//! }
+//!
+//! impl CpuMemory for Ram {
+//!     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
+//!         let (d, s) = (self.bytes(dst, len)?, self.bytes(src, len)?);
+//!         self.0.lock().unwrap().copy_within(s, d.start);
+//!         Ok(())
+//!     }
+//!     fn fill(&self, dst: PhysAddr, byte: u8, len: u64) -> Result<(), MemoryFault> {
+//!         let d = self.bytes(dst, len)?;
+//!         self.0.lock().unwrap()[d].fill(byte);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl CpuTopology for Ram {
+//!     fn cpu_count(&self) -> usize {
+//!         1
+//!     }
+//!     fn current_cpu(&self) -> usize {
+//!         0
+//!     }
+//! }
+//!
+//! /// Receives into the 100 bytes at `buf`, which share their cache lines with other data:
+//! /// the device writes a bounce slot in the pool at `pool`, and unmap copies it back.
+//! fn receive<P: Platform>(
+//!     platform: P,
+//!     pool: PhysAddr,
+//!     buf: PhysAddr,
+//! ) -> Result<DmaAddr, Box<dyn core::error::Error>> {
+//!     let mapper = DmaMapper::builder(platform).swiotlb(pool, 256 * 1024)?.build();
+//!     let nic = Device::builder(DeviceId(1), "nic").build()?;
+//!     let dma = mapper.map(&nic, buf, 100, Direction::FromDevice)?;
+//!     // ... the device writes up to 100 bytes at `dma` ...
+//!     mapper.unmap(&nic, dma, 100, Direction::FromDevice)?;
+//!     Ok(dma)
+//! }
+//!
+//! let ram = Ram(Mutex::new(vec![0; 1 << 20]));
+//! let (pool, buf) = (PhysAddr::new(0), PhysAddr::new(512 * 1024 + 8));
+//! let dma = receive(&ram, pool, buf).unwrap();
+//! assert!(dma.as_u64() < 256 * 1024, "bounced through the pool");
+//! ```
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 extern crate alloc;
 
@@ -31,6 +107,7 @@ pub mod iommu;
 mod maintenance;
 pub mod mapping;
 pub mod platform;
+pub mod prelude;
 pub mod reintroduce;
 pub mod size_class;
 pub mod stats;
@@ -46,7 +123,7 @@ pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfi
 pub use error::DmaError;
 pub use iommu::{DomainConfig, FlushMode, IommuDma};
 pub use mapping::{
-    DeferredCompletion, DmaMapper, DmaSegment, HazardControls, MapPath, MapStatus, SgEntry,
+    DeferredCompletion, DmaMapper, DmaMapperBuilder, DmaSegment, MapPath, MapStatus, SgEntry,
 };
 pub use platform::{
     CacheMaintenance, Clock, CoherentPageAllocator, CpuMemory, CpuTopology, MemoryFault,

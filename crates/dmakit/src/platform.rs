@@ -54,6 +54,8 @@ impl fmt::Display for MemoryFault {
     }
 }
 
+impl core::error::Error for MemoryFault {}
+
 /// CPU copies between physical ranges, as the CPU sees memory (through its caches).
 ///
 /// Contract: the copy behaves as CPU loads and stores through the data cache, byte for byte,
@@ -421,6 +423,8 @@ impl fmt::Display for IommuError {
         }
     }
 }
+
+impl core::error::Error for IommuError {}
 
 /// An IOMMU: per-domain page tables translating I/O virtual addresses (IOVAs) to physical
 /// addresses, and the IOTLB that caches those translations.

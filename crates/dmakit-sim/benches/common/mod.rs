@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb_backend::SwiotlbBounce;
-use dmakit::{Device, DeviceId, DmaMapper, PhysAddr};
+use dmakit::{Device, DeviceId, DmaMapper, DmaMapperBuilder, PhysAddr};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
 
 pub const MIB: u64 = 1 << 20;
@@ -22,7 +22,7 @@ pub fn device() -> Device {
 }
 
 /// A mapper over a fresh arena with a SWIOTLB pool of `cpus` areas, statistics on.
-pub fn mapper(cpus: usize) -> DmaMapper<Arc<HostPlatform>> {
+pub fn mapper(cpus: usize) -> DmaMapperBuilder<Arc<HostPlatform>> {
     let host = Arc::new(
         HostPlatform::new(0, POOL + BUFFERS, cpus, 64, HostMaintenance::None).expect("arena"),
     );
@@ -32,5 +32,5 @@ pub fn mapper(cpus: usize) -> DmaMapper<Arc<HostPlatform>> {
         .expect("config");
     let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
     pool.add_region(PhysAddr::new(0), POOL).expect("region");
-    DmaMapper::new(host).with_swiotlb(Arc::new(pool))
+    DmaMapper::builder(host).swiotlb_backend(Arc::new(pool))
 }

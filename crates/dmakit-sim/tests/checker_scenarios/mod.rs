@@ -43,9 +43,10 @@ pub fn refused_unmaps_of_a_bounced_mapping() -> Refused {
     use Direction::*;
     let m = machine(61);
     let pool = swiotlb(&m, 1 << 20, None);
-    let mapper = DmaMapper::new(&m)
-        .with_swiotlb(pool.clone())
-        .with_debug_checker();
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(pool.clone())
+        .debug_checker()
+        .build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = m.alloc_pages(4, BELOW_4G).unwrap();
     // Misaligned and inbound on a non-coherent device: bounced.

@@ -130,7 +130,7 @@ struct Rig<'m> {
 impl<'m> Rig<'m> {
     fn new(m: &'m Machine, bytes: u64, max_object: u64, lines: &[u64]) -> Self {
         let pool = pool(m, bytes, max_object, 0, None);
-        let mapper = DmaMapper::new(m).with_coherent_pool(pool.clone());
+        let mapper = DmaMapper::builder(m).coherent_backend(pool.clone()).build();
         let devs = lines
             .iter()
             .enumerate()
@@ -346,7 +346,9 @@ pub fn fragmented_pool_growth(seed: u64) -> Threshold {
     let m = machine(seed);
     let queue = Arc::new(GrowthQueue::default());
     let pool = pool(&m, 64 * KIB, 64 * KIB, 16 * KIB, Some(queue.clone()));
-    let mapper = DmaMapper::new(&m).with_coherent_pool(pool.clone());
+    let mapper = DmaMapper::builder(&m)
+        .coherent_backend(pool.clone())
+        .build();
     let dev = coherent_pool_device(&m, 1, LINE);
     let base = m.alloc_pages(512 * 256 / PAGE_SIZE + 1, BELOW_4G).unwrap();
     let mut live = Vec::new();

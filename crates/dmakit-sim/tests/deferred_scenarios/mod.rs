@@ -94,7 +94,11 @@ pub fn hook_retries_synchronously(timeout: Duration) -> Option<HookRetry> {
             u64::MAX,
         ));
         pool.add_region(PhysAddr::new(0), POOL).unwrap();
-        let mapper = Arc::new(DmaMapper::new(host).with_swiotlb(pool.clone()));
+        let mapper = Arc::new(
+            DmaMapper::builder(host)
+                .swiotlb_backend(pool.clone())
+                .build(),
+        );
         let _ = hook.mapper.set(mapper.clone());
         let dev = Device::builder(DeviceId(1), "nc").build().unwrap();
         let base = PhysAddr::new(1 << 20);
@@ -159,9 +163,10 @@ fn rig_with_room(seed: u64, room: u64) -> Rig {
     let m: &'static Machine = Box::leak(Box::new(machine(seed)));
     let pool: Arc<dyn BounceBackend> = swiotlb(m, POOL, None);
     let coherent: Arc<dyn BounceBackend> = coherent(m, 64 * 1024);
-    let mapper = DmaMapper::new(m)
-        .with_swiotlb(pool.clone())
-        .with_coherent_pool(coherent.clone());
+    let mapper = DmaMapper::builder(m)
+        .swiotlb_backend(pool.clone())
+        .coherent_backend(coherent.clone())
+        .build();
     let dev = device(1, BouncePool::Swiotlb);
     let base = buffers(m, 4 << 20);
     let hog_len = POOL - room;
@@ -474,7 +479,11 @@ pub fn release_during_a_retry(timeout: Duration) -> Option<ReleasedMidRetry> {
             u64::MAX,
         ));
         pool.add_region(PhysAddr::new(0), POOL).unwrap();
-        let mapper = Arc::new(DmaMapper::new(host).with_swiotlb(pool.clone()));
+        let mapper = Arc::new(
+            DmaMapper::builder(host)
+                .swiotlb_backend(pool.clone())
+                .build(),
+        );
         let _ = hook.mapper.set(mapper.clone());
         let base = PhysAddr::new(1 << 20);
         let dir = Direction::FromDevice;

@@ -302,23 +302,23 @@ impl Rig {
         let plat = Plat(m.clone());
         let mappers: Vec<Rc<Mapper>> = (0..4)
             .map(|i| {
-                let mut mp = DmaMapper::new(plat.clone())
-                    .with_swiotlb(swiotlb[i].clone())
-                    .with_iommu(iommus[i % 3].clone())
-                    .with_debug_checker();
+                let mut mp = DmaMapper::builder(plat.clone())
+                    .swiotlb_backend(swiotlb[i].clone())
+                    .iommu(iommus[i % 3].clone())
+                    .debug_checker();
                 if i == 3 {
                     // Without the inbound fill, a write-only bounce of memory outside RAM
                     // maps, and its copy back faults at unmap.
-                    mp = mp.with_hazard_controls(dmakit::HazardControls {
+                    mp = mp.hazard_controls(dmakit::mapping::HazardControls {
                         skip_inbound_fill: true,
                     });
                 }
                 if i == 0 {
                     mp = mp
-                        .with_coherent_pool(coherent.clone())
-                        .with_transient_pages(transient_pages.clone());
+                        .coherent_backend(coherent.clone())
+                        .transient_pages(transient_pages.clone());
                 }
-                Rc::new(mp)
+                Rc::new(mp.build())
             })
             .collect();
         MAPPERS.with(|w| *w.borrow_mut() = mappers.iter().map(Rc::downgrade).collect());

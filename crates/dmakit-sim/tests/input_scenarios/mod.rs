@@ -32,9 +32,10 @@ pub fn huge_ranges() -> Huge {
     use Direction::ToDevice;
     let m = machine(71);
     let pool = swiotlb(&m, 1 << 20, None);
-    let mapper = DmaMapper::new(&m)
-        .with_swiotlb(pool.clone())
-        .with_debug_checker();
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(pool.clone())
+        .debug_checker()
+        .build();
     let dev = Device::builder(DeviceId(1), "64-bit")
         .cache_line(LINE)
         .build()

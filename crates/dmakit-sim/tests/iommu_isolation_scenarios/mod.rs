@@ -83,9 +83,10 @@ pub fn sg_counts() -> SgCounts {
     let pool = r.swiotlb(POOL_PAGES);
     let dev = untrusted(3);
     attach(&r, &r.dma, &dev, DomainConfig::STRICT);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let bufs = buffers(&r, 2, 100, Owner(3));
     let entries: Vec<SgEntry> = bufs
         .iter()
@@ -132,9 +133,10 @@ pub fn lazy_pairs(pairs: u64) -> LazyPairs {
     let pool = r.swiotlb(POOL_PAGES);
     let dev = trusted(4);
     attach(&r, &r.dma, &dev, DomainConfig::LAZY);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let bufs = buffers(&r, pairs + 1, 100, Owner(4));
     let dir = Direction::FromDevice;
     for &b in &bufs[..pairs as usize] {
@@ -179,9 +181,10 @@ pub fn waiter_behind_lazy_unmaps() -> Waiter {
     let waiter = trusted(6);
     attach(&r, &r.dma, &holder, DomainConfig::LAZY);
     attach(&r, &r.dma, &waiter, DomainConfig::LAZY);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let dir = Direction::FromDevice;
     let bufs = buffers(&r, POOL_SLOTS + 1, 100, Owner(5));
     let live: Vec<DmaAddr> = bufs[..POOL_SLOTS as usize]
@@ -240,9 +243,10 @@ pub fn waiter_woken_by_flush() -> FlushWake {
     let waiter = trusted(17);
     attach(&r, &r.dma, &holder, DomainConfig::LAZY);
     attach(&r, &r.dma, &waiter, DomainConfig::LAZY);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let dir = Direction::FromDevice;
     let live: Vec<DmaAddr> = buffers(&r, 90, 100, Owner(16))
         .into_iter()
@@ -293,9 +297,10 @@ pub fn sg_behind_parked_slots() -> (u64, u64, Result<usize, DmaError>) {
     let pool = r.swiotlb(POOL_PAGES);
     let dev = trusted(18);
     attach(&r, &r.dma, &dev, DomainConfig::LAZY);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let dir = Direction::FromDevice;
     let bufs = buffers(&r, POOL_SLOTS + 2, 100, Owner(18));
     let parked: Vec<DmaAddr> = bufs[..90]
@@ -357,7 +362,7 @@ pub fn lazy_window_after_timeout() -> Window {
         ..DomainConfig::STRICT
     };
     attach(&r, &dma, &dev, cfg);
-    let mapper = DmaMapper::new(&r.m).with_iommu(dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(dma.clone()).build();
     let page = r.m.alloc_pages(2, u64::MAX).unwrap();
     r.m.cpu_write(page, &[0x77; 4096], Owner(7)).unwrap();
     r.m.cpu_write(page.add(4096), &[0x78; 4096], Owner(17))
@@ -411,9 +416,10 @@ pub fn stale_iova_after_pool_pressure(drop_invalidations: bool) -> StaleSlot {
     let b = trusted(9);
     attach(&r, &r.dma, &a, DomainConfig::LAZY);
     attach(&r, &r.dma, &b, DomainConfig::STRICT);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     r.iommu.set_drop_invalidations(drop_invalidations);
     let dir = Direction::Bidirectional;
     let abuf = buffers(&r, 1, 100, Owner(8))[0];
@@ -508,9 +514,10 @@ pub fn faulted_copy_back() -> FaultedUnmap {
         m: &r.m,
         poisoned: Cell::new(None),
     };
-    let mapper = DmaMapper::new(&plat)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&plat)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let dir = Direction::FromDevice;
     let bufs = buffers(&r, POOL_SLOTS + 1, 100, Owner(10));
     let dma = mapper.map(&dev, bufs[0], 100, dir).unwrap();
@@ -702,7 +709,7 @@ pub fn empty_unmap_sg() -> (Result<(), DmaError>, Result<(), DmaError>) {
     r.m.attach(direct.clone()).unwrap();
     let translated = trusted(14);
     attach(&r, &r.dma, &translated, DomainConfig::STRICT);
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     (
         mapper.unmap_sg(&direct, &[], Direction::ToDevice),
         mapper.unmap_sg(&translated, &[], Direction::ToDevice),
@@ -746,7 +753,7 @@ pub fn after_detach() -> AfterDetach {
         .unwrap();
     r.m.attach(dev.clone()).unwrap();
     r.dma.attach(&dev, d).unwrap();
-    let mapper = DmaMapper::new(&r.m).with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     let page = r.m.alloc_pages(1, u64::MAX).unwrap();
     r.m.cpu_write(page, &[0x15; 4096], Owner(15)).unwrap();
     let dir = Direction::FromDevice;
@@ -838,9 +845,10 @@ pub fn sync_past_the_end() -> PastTheEnd {
     let pool = r.swiotlb(POOL_PAGES);
     let dev = untrusted(19);
     attach(&r, &r.dma, &dev, DomainConfig::STRICT);
-    let mapper = DmaMapper::new(&r.m)
-        .with_swiotlb(pool.clone())
-        .with_iommu(r.dma.clone());
+    let mapper = DmaMapper::builder(&r.m)
+        .swiotlb_backend(pool.clone())
+        .iommu(r.dma.clone())
+        .build();
     let dir = Direction::Bidirectional;
     let (a_len, b_len) = (100u64, 100u64);
     let pages = r.m.alloc_pages(2, u64::MAX).unwrap();

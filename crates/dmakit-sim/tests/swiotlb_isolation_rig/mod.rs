@@ -75,9 +75,10 @@ pub fn mixed(seed: u64) -> Mixed {
 
 impl Mixed {
     pub fn mapper(&self) -> DmaMapper<&Machine> {
-        DmaMapper::new(&self.m)
-            .with_swiotlb(self.pool.clone())
-            .with_iommu(self.dma.clone())
+        DmaMapper::builder(&self.m)
+            .swiotlb_backend(self.pool.clone())
+            .iommu(self.dma.clone())
+            .build()
     }
 
     /// A device outside the IOMMU whose every mapping is bounced through the pool.
@@ -257,7 +258,7 @@ pub fn min_align_lead_in() -> LeadIn {
     })
     .unwrap();
     let pool = Arc::new(swiotlb(&m, 256 * KIB, None, u64::MAX));
-    let mapper = DmaMapper::new(&m).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
     let nvme = Device::builder(DeviceId(1), "nvme")
         .min_align_mask(0xfff)
         .force_bounce(true)
@@ -355,7 +356,7 @@ pub fn mask_limited_bounce() -> MaskLimited {
     .unwrap();
     let queue = Arc::new(GrowthQueue::default());
     let pool = split_pool(&m, Some(queue.clone()), true);
-    let mapper = DmaMapper::new(&m).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
     let wide = Device::builder(DeviceId(1), "wide")
         .force_bounce(true)
         .build()
@@ -421,7 +422,7 @@ pub fn mask_limited_bounce() -> MaskLimited {
 
     // Without growth: the reachable memory full, then none reachable at all.
     let full = split_pool(&m, None, true);
-    let mapper = DmaMapper::new(&m).with_swiotlb(full.clone());
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(full.clone()).build();
     let hog = mapper
         .map(&wide, base, 256 * KIB, Direction::ToDevice)
         .unwrap();
@@ -435,7 +436,7 @@ pub fn mask_limited_bounce() -> MaskLimited {
         .unmap(&wide, hog, 256 * KIB, Direction::ToDevice)
         .unwrap();
     let high_only = split_pool(&m, None, false);
-    let mapper = DmaMapper::new(&m).with_swiotlb(high_only);
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(high_only).build();
     let unreachable = mapper.map(&narrow, buf, 100, Direction::ToDevice);
     MaskLimited {
         map,
@@ -508,15 +509,16 @@ pub fn faulted_bounce(which: Backend) -> FaultedBounce {
     } else {
         &m
     };
-    let mapper = DmaMapper::new(machine)
-        .with_swiotlb(if which == Backend::IommuUntrusted {
+    let mapper = DmaMapper::builder(machine)
+        .swiotlb_backend(if which == Backend::IommuUntrusted {
             iommu_pool.clone() as Arc<dyn BounceBackend>
         } else {
             pool.clone()
         })
-        .with_coherent_pool(coherent.clone())
-        .with_transient_pages(zoned)
-        .with_iommu(x.dma.clone());
+        .coherent_backend(coherent.clone())
+        .transient_pages(zoned)
+        .iommu(x.dma.clone())
+        .build();
     let dev = match which {
         Backend::IommuUntrusted => x.untrusted.clone(),
         _ => Device::builder(DeviceId(2), "bouncer")
@@ -592,7 +594,7 @@ pub fn align_beyond_segment(mask: u64) -> Result<DmaAddr, DmaError> {
     let pool = Arc::new(SwiotlbBounce::new(cfg, None, 0, u64::MAX));
     let base = m.alloc_pages(64, BELOW_4G).unwrap();
     pool.add_region(base, 256 * KIB).unwrap();
-    let mapper = DmaMapper::new(&m).with_swiotlb(pool.clone());
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
     let dev = Device::builder(DeviceId(1), "wide-align")
         .min_align_mask(mask)
         .force_bounce(true)

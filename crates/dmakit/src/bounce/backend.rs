@@ -1,5 +1,7 @@
 //! What a bounce memory backend provides.
 
+use core::fmt;
+
 use alloc::sync::Arc;
 
 use super::MemorySpan;
@@ -66,6 +68,32 @@ pub enum BounceAllocError {
         max_mask: u64,
     },
 }
+
+impl fmt::Display for BounceAllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BounceAllocError::Full { used, total } => {
+                write!(f, "bounce backend full: {used} of {total} bytes in use")
+            }
+            BounceAllocError::TooLarge { max } => {
+                write!(f, "bounce larger than the backend's largest, {max} bytes")
+            }
+            BounceAllocError::Unreachable => {
+                f.write_str("no bounce memory below the device's address limit")
+            }
+            BounceAllocError::AlignUnsupported {
+                min_align_mask,
+                max_mask,
+            } => write!(
+                f,
+                "min_align_mask {min_align_mask:#x} is above the largest the backend honours, \
+                 {max_mask:#x}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for BounceAllocError {}
 
 /// A snapshot of a backend's occupancy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

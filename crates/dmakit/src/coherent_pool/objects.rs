@@ -20,6 +20,8 @@
 //! `refill_below`. Free bytes left in blocks too small for that object do not put growth
 //! off.
 
+use core::fmt;
+
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -83,6 +85,24 @@ pub enum ObjectPoolError {
     /// Free of an address that is not a live object.
     NotLive(PhysAddr),
 }
+
+impl fmt::Display for ObjectPoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ObjectPoolError::BadConfig => f.write_str("unusable object pool configuration"),
+            ObjectPoolError::BadChunk => f.write_str("unusable object pool chunk"),
+            ObjectPoolError::TooLarge { max } => {
+                write!(f, "object larger than the pool's largest, {max} bytes")
+            }
+            ObjectPoolError::Exhausted { used, total } => {
+                write!(f, "object pool exhausted: {used} of {total} bytes in use")
+            }
+            ObjectPoolError::NotLive(addr) => write!(f, "{addr} is not a live object"),
+        }
+    }
+}
+
+impl core::error::Error for ObjectPoolError {}
 
 struct Chunk {
     base: u64,

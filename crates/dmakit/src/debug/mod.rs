@@ -4,7 +4,7 @@
 //! direction, to sync only inside a mapping and only in an allowed direction, and to
 //! release every mapping before the device goes away. A driver that breaks those rules
 //! corrupts memory much later and far away. With the checker on (at run time,
-//! [`crate::DmaMapper::with_debug_checker`]), every mapping is recorded in a shadow table
+//! [`crate::DmaMapperBuilder::debug_checker`]), every mapping is recorded in a shadow table
 //! together with the call site that made it, and every later operation is checked against
 //! that record. A violation becomes a [`DebugReport`] naming the device, the address, the
 //! size, the offending call site and the site of the original mapping; it is logged and

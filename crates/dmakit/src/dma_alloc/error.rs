@@ -181,10 +181,7 @@ impl fmt::Display for DmaAllocError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for DmaAllocError {}
+impl core::error::Error for DmaAllocError {}
 
 /// A refused free or unmap: the error, and the handle given back so its memory is not lost.
 #[derive(Debug)]
@@ -201,5 +198,4 @@ impl<T> fmt::Display for Rejected<T> {
     }
 }
 
-#[cfg(feature = "std")]
-impl<T: fmt::Debug> std::error::Error for Rejected<T> {}
+impl<T: fmt::Debug> core::error::Error for Rejected<T> {}

@@ -49,10 +49,7 @@ impl fmt::Display for DeviceSpaceError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for DeviceSpaceError {}
+impl core::error::Error for DeviceSpaceError {}
 
 /// A device's address space when it sits behind a translation (an IOMMU).
 ///

@@ -119,6 +119,8 @@ impl fmt::Display for IovaError {
     }
 }
 
+impl core::error::Error for IovaError {}
+
 /// Counters of an allocator (monotonic, relaxed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IovaStats {

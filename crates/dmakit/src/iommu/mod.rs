@@ -18,7 +18,7 @@
 //!
 //! The hardware is reached through the [`Iommu`] platform trait. [`IommuDma`] owns the
 //! domains and says which device uses which; give it to
-//! [`DmaMapper::with_iommu`](crate::DmaMapper::with_iommu), and every device attached to a
+//! [`DmaMapperBuilder::iommu`](crate::DmaMapperBuilder::iommu), and every device attached to a
 //! domain is mapped through it, the others as before.
 
 mod alloc_space;
@@ -81,10 +81,7 @@ impl fmt::Display for IommuDmaError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for IommuDmaError {}
+impl core::error::Error for IommuDmaError {}
 
 impl From<IommuError> for IommuDmaError {
     fn from(e: IommuError) -> Self {

@@ -6,9 +6,10 @@
 //! module knows them all. It also owns what spans paths: growth fallbacks, deferred
 //! mappings and scatter-gather splitting.
 //!
-//! This file holds the mapper, its configuration and its observability; the operations are
-//! split by kind: `route` (the decision and the paths behind it), `single` (map, unmap,
-//! sync), `deferred` (mappings that wait for room) and `sg` (scatter-gather lists).
+//! This file holds the mapper and its observability; [`DmaMapperBuilder`] configures it.
+//! The operations are split by kind: `route` (the decision and the paths behind it),
+//! `single` (map, unmap, sync), `deferred` (mappings that wait for room) and `sg`
+//! (scatter-gather lists).
 
 use core::panic::Location;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
@@ -32,12 +33,19 @@ use crate::stats::{
     BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
 };
 
+mod builder;
 mod deferred;
+mod hazard_controls;
 mod route;
 mod sg;
 mod single;
 
+pub use builder::DmaMapperBuilder;
 use deferred::DeferQueue;
+#[cfg(feature = "hazard-controls")]
+pub use hazard_controls::HazardControls;
+#[cfg(not(feature = "hazard-controls"))]
+use hazard_controls::HazardControls;
 use route::{Registered, Route};
 pub use sg::{DmaSegment, SgEntry};
 
@@ -75,17 +83,8 @@ pub enum MapPath {
     },
 }
 
-/// Switches that turn a safety mechanism off, so tests and the simulator can show the
-/// failure it prevents. Never set them outside such a demonstration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HazardControls {
-    /// Do not fill inbound bounces from the original buffer (at map and at
-    /// `sync_for_device`): a short device write then copies back whatever the bounce memory
-    /// held before — data of an earlier user.
-    pub skip_inbound_fill: bool,
-}
-
-/// The streaming DMA mapping layer for one platform.
+/// The streaming DMA mapping layer for one platform, configured once by
+/// [`DmaMapper::builder`].
 ///
 /// All methods take `&self`, validate their input and never panic on bad input. A failed
 /// operation leaves the caller's buffer and every pool exactly as they were.
@@ -112,8 +111,9 @@ pub struct DmaMapper<P> {
 }
 
 impl<P: Platform> DmaMapper<P> {
-    /// A mapper over `platform` with the exact alignment policy and no bounce pools.
-    pub fn new(platform: P) -> Self {
+    /// A mapper over `platform` with the exact alignment policy and no bounce pools (the
+    /// builder's starting point).
+    pub(crate) fn new(platform: P) -> Self {
         Self {
             policy: AlignmentPolicy::Exact,
             swiotlb: None,
@@ -133,24 +133,21 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    /// Call sites with at least this share of all bounces, in parts per million, get the
-    /// "make this allocation a DMA buffer" suggestion in [`DmaMapper::top_sites`]
-    /// (default 100,000: a tenth).
-    pub fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
+    /// Backs [`DmaMapperBuilder::site_suggestion_threshold`].
+    pub(crate) fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
         self.suggest_ppm = ppm;
         self
     }
 
-    /// Turns statistics and call-site attribution off: [`DmaMapper::stats`] then reports
-    /// no devices and [`DmaMapper::top_sites`] nothing, and the map path does no counting.
-    pub fn without_statistics(mut self) -> Self {
+    /// Backs [`DmaMapperBuilder::without_statistics`].
+    pub(crate) fn without_statistics(mut self) -> Self {
         self.counters = DeviceCounters::disabled();
         self.sites = SiteTable::disabled();
         self
     }
 
-    /// Samples bounces through `reporter` (at most one report per its interval).
-    pub fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
+    /// Backs [`DmaMapperBuilder::bounce_reporter`].
+    pub(crate) fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
         self.reporter = Some(reporter);
         self
     }
@@ -180,9 +177,8 @@ impl<P: Platform> DmaMapper<P> {
         self.sites.top(n, self.suggest_ppm)
     }
 
-    /// Devices attached to a domain of `iommu` are mapped through it (IOVAs, page tables,
-    /// IOTLB invalidation); the others as before.
-    pub fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
+    /// Backs [`DmaMapperBuilder::iommu`].
+    pub(crate) fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
         self.iommu = Some(iommu);
         self
     }
@@ -227,13 +223,12 @@ impl<P: Platform> DmaMapper<P> {
         iommu::path::MapCtx {
             backend: self.bounce_backend(dev),
             policy: self.policy,
-            fill_inbound: !self.controls.skip_inbound_fill,
+            fill_inbound: !self.controls.skips_inbound_fill(),
         }
     }
 
-    /// Checks every operation against a shadow table of live mappings and reports driver
-    /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
-    pub fn with_debug_checker(mut self) -> Self {
+    /// Backs [`DmaMapperBuilder::debug_checker`].
+    pub(crate) fn with_debug_checker(mut self) -> Self {
         self.debug = Some(DebugChecker::new(self.line(), 10_000));
         self
     }
@@ -270,33 +265,36 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    /// Turns safety mechanisms off for a demonstration; see [`HazardControls`].
-    pub fn with_hazard_controls(mut self, controls: HazardControls) -> Self {
+    /// Backs [`DmaMapperBuilder::hazard_controls`].
+    #[cfg(feature = "hazard-controls")]
+    pub(crate) fn with_hazard_controls(mut self, controls: HazardControls) -> Self {
         self.controls = controls;
         self
     }
 
-    /// Uses `policy` for the alignment rule.
-    pub fn with_policy(mut self, policy: AlignmentPolicy) -> Self {
+    /// Backs [`DmaMapperBuilder::policy`].
+    pub(crate) fn with_policy(mut self, policy: AlignmentPolicy) -> Self {
         self.policy = policy;
         self
     }
 
-    /// Bounces of devices that use [`BouncePool::Swiotlb`] go to `pool`.
-    pub fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+    /// Backs [`DmaMapperBuilder::swiotlb_backend`].
+    pub(crate) fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
         self.swiotlb = Some(Registered::new(pool));
         self
     }
 
-    /// Bounces of devices that use [`BouncePool::Coherent`] go to `pool`.
-    pub fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+    /// Backs [`DmaMapperBuilder::coherent_backend`].
+    pub(crate) fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
         self.coherent = Some(Registered::new(pool));
         self
     }
 
-    /// While a full pool waits for growth, serve bounces with exact-size page allocations
-    /// from `pages`.
-    pub fn with_transient_pages(mut self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+    /// Backs [`DmaMapperBuilder::transient_pages`].
+    pub(crate) fn with_transient_pages(
+        mut self,
+        pages: Arc<dyn PageAllocator + Send + Sync>,
+    ) -> Self {
         self.transient = Some(TransientPool::new(pages));
         self
     }

@@ -145,7 +145,7 @@ impl<P: Platform> DmaMapper<P> {
         match outcome {
             Ok(path) => {
                 // The IOMMU path fills its bounces by the bounce path's rule.
-                let filled = dir.device_reads() || !self.controls.skip_inbound_fill;
+                let filled = dir.device_reads() || !self.controls.skips_inbound_fill();
                 let copied = if filled { range.len() } else { 0 };
                 self.record_mapped(cpu, dev, range, dir, site, path, copied);
             }
@@ -264,7 +264,7 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         meta: BounceMeta,
     ) -> Result<(DmaAddr, u64), MapFailure> {
-        let fill = !self.controls.skip_inbound_fill;
+        let fill = !self.controls.skips_inbound_fill();
         bounce::map(&self.platform, backend, dev, range, meta, fill)
     }
 

@@ -257,7 +257,7 @@ impl<P: Platform> DmaMapper<P> {
         if let Some(d) = &self.debug {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
-        let fill_inbound = !self.controls.skip_inbound_fill;
+        let fill_inbound = !self.controls.skips_inbound_fill();
         let copied = if let Some(dom) = self.iommu_domain(dev)? {
             let to = if for_cpu {
                 iommu::path::SyncTo::Cpu

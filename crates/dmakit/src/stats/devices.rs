@@ -5,6 +5,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use super::breakdown::{ByDirection, ByReason};
 use crate::decision::BounceReason;
 use crate::device::DeviceId;
 use crate::direction::Direction;
@@ -18,15 +19,14 @@ pub const MAX_TRACKED_DEVICES: usize = 64;
 pub struct DeviceStats {
     /// The device.
     pub device: DeviceId,
-    /// Successful mappings (single mappings and sg segments), by [`Direction`] index
-    /// (`ToDevice`, `FromDevice`, `Bidirectional`).
-    pub mappings: [u64; 3],
+    /// Successful mappings (single mappings and sg segments), by [`Direction`].
+    pub mappings: ByDirection,
     /// Mappings that used the device's path directly (no bounce).
     pub direct: u64,
-    /// Bounced mappings by [`BounceReason`] (in [`BounceReason::ALL`] order).
-    pub bounced: [u64; 4],
+    /// Bounced mappings by [`BounceReason`].
+    pub bounced: ByReason,
     /// Bounced mappings by direction.
-    pub bounced_by_direction: [u64; 3],
+    pub bounced_by_direction: ByDirection,
     /// Bytes copied from callers' buffers into bounces (map, `sync_for_device`).
     pub bytes_to_bounce: u64,
     /// Bytes copied from bounces back to callers' buffers (unmap, `sync_for_cpu`).
@@ -40,49 +40,28 @@ pub struct DeviceStats {
 impl DeviceStats {
     /// All successful mappings.
     pub fn mappings_total(&self) -> u64 {
-        self.mappings.iter().sum()
+        self.mappings.total()
     }
 
     /// All bounced mappings.
     pub fn bounces_total(&self) -> u64 {
-        self.bounced.iter().sum()
+        self.bounced.total()
     }
 
     /// Bounces for `reason`.
     pub fn bounces(&self, reason: BounceReason) -> u64 {
-        self.bounced[reason_index(reason)]
+        *self.bounced.get(reason)
     }
 
     pub(crate) fn add(&mut self, o: &DeviceStats) {
-        for i in 0..3 {
-            self.mappings[i] += o.mappings[i];
-            self.bounced_by_direction[i] += o.bounced_by_direction[i];
-        }
-        for i in 0..4 {
-            self.bounced[i] += o.bounced[i];
-        }
+        self.mappings.add(&o.mappings);
+        self.bounced_by_direction.add(&o.bounced_by_direction);
+        self.bounced.add(&o.bounced);
         self.direct += o.direct;
         self.bytes_to_bounce += o.bytes_to_bounce;
         self.bytes_from_bounce += o.bytes_from_bounce;
         self.exhaustion_errors += o.exhaustion_errors;
         self.deferred += o.deferred;
-    }
-}
-
-pub(crate) fn reason_index(r: BounceReason) -> usize {
-    match r {
-        BounceReason::Forced => 0,
-        BounceReason::AboveMask => 1,
-        BounceReason::Misaligned => 2,
-        BounceReason::Untrusted => 3,
-    }
-}
-
-fn dir_index(d: Direction) -> usize {
-    match d {
-        Direction::ToDevice => 0,
-        Direction::FromDevice => 1,
-        Direction::Bidirectional => 2,
     }
 }
 
@@ -96,14 +75,17 @@ struct Row {
     /// `id + 1` of the device owning the row; 0 = free.
     key: AtomicU32,
     /// Direct mappings by direction.
-    direct: [AtomicU64; 3],
+    direct: ByDirection<AtomicU64>,
     /// Bounced mappings by reason and direction.
-    bounced: [[AtomicU64; 3]; 4],
+    bounced: ByReason<ByDirection<AtomicU64>>,
     bytes_to_bounce: AtomicU64,
     bytes_from_bounce: AtomicU64,
     exhaustion_errors: AtomicU64,
     deferred: AtomicU64,
 }
+
+// The layout the comment on `Row` promises.
+const _: () = assert!(core::mem::offset_of!(Row, bounced) == 32);
 
 /// One CPU stripe: a small open-addressed table from device id to a row of counters,
 /// probed from `id % MAX_TRACKED_DEVICES` (device ids are usually small and dense).
@@ -199,9 +181,9 @@ impl DeviceCounters {
             return;
         };
         match bounce {
-            None => bump(&r.direct[dir_index(dir)], 1),
+            None => bump(r.direct.get(dir), 1),
             Some(reason) => {
-                bump(&r.bounced[reason_index(reason)][dir_index(dir)], 1);
+                bump(r.bounced.get(reason).get(dir), 1);
                 if copied > 0 {
                     bump(&r.bytes_to_bounce, copied);
                 }
@@ -250,18 +232,19 @@ impl DeviceCounters {
                     continue;
                 }
                 let device = DeviceId(key - 1);
-                let direct = r.direct.each_ref().map(load);
-                let matrix = r
-                    .bounced
-                    .each_ref()
-                    .map(|by_dir| by_dir.each_ref().map(load));
-                let by_direction: [u64; 3] =
-                    core::array::from_fn(|d| matrix.iter().map(|by_dir| by_dir[d]).sum());
+                let direct = r.direct.map(load);
+                let matrix = r.bounced.map(|by_dir| by_dir.map(load));
+                let mut by_direction = ByDirection::default();
+                for (_, by_dir) in matrix.iter() {
+                    by_direction.add(by_dir);
+                }
+                let mut mappings = direct;
+                mappings.add(&by_direction);
                 let row = DeviceStats {
                     device,
-                    mappings: core::array::from_fn(|d| direct[d] + by_direction[d]),
-                    direct: direct.iter().sum(),
-                    bounced: matrix.map(|by_dir| by_dir.iter().sum()),
+                    mappings,
+                    direct: direct.total(),
+                    bounced: matrix.map(ByDirection::total),
                     bounced_by_direction: by_direction,
                     bytes_to_bounce: load(&r.bytes_to_bounce),
                     bytes_from_bounce: load(&r.bytes_from_bounce),

@@ -8,10 +8,12 @@
 //! buffers as DMA buffers. Nothing here takes a lock on the map path: counters are atomics,
 //! striped by CPU so CPUs do not fight over one cache line.
 
+mod breakdown;
 mod devices;
 mod reporter;
 mod sites;
 
+pub use breakdown::{ByDirection, ByReason};
 pub use devices::{DeviceStats, MAX_TRACKED_DEVICES};
 pub use reporter::{BounceReport, BounceReporter, ReportSink};
 pub use sites::{SiteStats, MAX_TRACKED_SITES};

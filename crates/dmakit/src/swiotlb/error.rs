@@ -145,9 +145,5 @@ impl fmt::Display for RegionError {
     }
 }
 
-#[cfg(feature = "std")]
-extern crate std;
-#[cfg(feature = "std")]
-impl std::error::Error for SwiotlbError {}
-#[cfg(feature = "std")]
-impl std::error::Error for RegionError {}
+impl core::error::Error for SwiotlbError {}
+impl core::error::Error for RegionError {}

@@ -1,0 +1,148 @@
+//! Configuring a [`DmaMapper`] before its first mapping.
+//!
+//! A mapper's pools, IOMMU layer, checker and statistics are fixed once it maps: map paths
+//! run in interrupt context and take no lock to read their configuration. So they are all
+//! set here, on a builder that owns the mapper until [`DmaMapperBuilder::build`] hands it
+//! over, and the mapper itself has no setters.
+
+use alloc::sync::Arc;
+
+use crate::addr::PhysAddr;
+use crate::bounce::BounceBackend;
+use crate::decision::AlignmentPolicy;
+use crate::iommu::IommuDma;
+use crate::platform::{PageAllocator, Platform};
+use crate::stats::BounceReporter;
+use crate::swiotlb::{PoolConfig, RegionError};
+use crate::swiotlb_backend::SwiotlbBounce;
+
+use super::DmaMapper;
+#[cfg(feature = "hazard-controls")]
+use super::HazardControls;
+
+impl<P: Platform> DmaMapper<P> {
+    /// Starts configuring a mapper over `platform`. Without further settings the mapper
+    /// uses the exact alignment policy, has no bounce pool and no IOMMU layer, keeps
+    /// statistics and has the debug checker off.
+    pub fn builder(platform: P) -> DmaMapperBuilder<P> {
+        DmaMapperBuilder {
+            mapper: DmaMapper::new(platform),
+        }
+    }
+}
+
+/// Configures a [`DmaMapper`]; see [`DmaMapper::builder`]. A setting given twice keeps the
+/// second value.
+#[must_use = "a builder does nothing until build() is called"]
+pub struct DmaMapperBuilder<P> {
+    mapper: DmaMapper<P>,
+}
+
+impl<P: Platform> DmaMapperBuilder<P> {
+    /// Gives devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) (the
+    /// default) a SWIOTLB pool over the `bytes` of memory at `base`, which the caller
+    /// reserves for it: 2 KiB slots in 256 KiB segments, per-CPU areas (the CPU count
+    /// rounded up to a power of two; one area if that is above the pool's limit of 4,096),
+    /// no growth. For another geometry or growth, build a [`SwiotlbBounce`] and give it to
+    /// [`Self::swiotlb_backend`].
+    ///
+    /// # Errors
+    /// As [`SwiotlbBounce::add_region`]: [`RegionError::Misaligned`] unless `base` is a
+    /// multiple of the page size, [`RegionError::BadSize`] unless `bytes` is a non-zero
+    /// multiple of 256 KiB, [`RegionError::TooLarge`] if the range leaves the address
+    /// space or holds `u32::MAX` slots or more. The builder is dropped then.
+    pub fn swiotlb(self, base: PhysAddr, bytes: u64) -> Result<Self, RegionError> {
+        let config = PoolConfig::builder()
+            .cpu_count(self.mapper.platform().cpu_count())
+            .build()
+            .unwrap_or_default();
+        let pool = SwiotlbBounce::new(config, None, 0, u64::MAX);
+        pool.add_region(base, bytes)?;
+        Ok(self.swiotlb_backend(Arc::new(pool)))
+    }
+
+    /// Bounces of devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) go
+    /// to `pool`.
+    pub fn swiotlb_backend(self, pool: Arc<dyn BounceBackend>) -> Self {
+        Self {
+            mapper: self.mapper.with_swiotlb(pool),
+        }
+    }
+
+    /// Bounces of devices that use [`BouncePool::Coherent`](crate::BouncePool::Coherent)
+    /// go to `pool`.
+    pub fn coherent_backend(self, pool: Arc<dyn BounceBackend>) -> Self {
+        Self {
+            mapper: self.mapper.with_coherent_pool(pool),
+        }
+    }
+
+    /// While a full pool waits for growth, bounces are served with exact-size page
+    /// allocations from `pages`.
+    pub fn transient_pages(self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+        Self {
+            mapper: self.mapper.with_transient_pages(pages),
+        }
+    }
+
+    /// Devices attached to a domain of `iommu` are mapped through it (IOVAs, page tables,
+    /// IOTLB invalidation); the others as without it.
+    pub fn iommu(self, iommu: Arc<IommuDma>) -> Self {
+        Self {
+            mapper: self.mapper.with_iommu(iommu),
+        }
+    }
+
+    /// Uses `policy` for the alignment rule (default [`AlignmentPolicy::Exact`]).
+    pub fn policy(self, policy: AlignmentPolicy) -> Self {
+        Self {
+            mapper: self.mapper.with_policy(policy),
+        }
+    }
+
+    /// Checks every operation against a shadow table of live mappings and reports driver
+    /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
+    pub fn debug_checker(self) -> Self {
+        Self {
+            mapper: self.mapper.with_debug_checker(),
+        }
+    }
+
+    /// Samples bounces through `reporter` (at most one report per its interval).
+    pub fn bounce_reporter(self, reporter: BounceReporter) -> Self {
+        Self {
+            mapper: self.mapper.with_bounce_reporter(reporter),
+        }
+    }
+
+    /// Call sites with at least this share of all bounces, in parts per million, get the
+    /// "make this allocation a DMA buffer" suggestion in [`DmaMapper::top_sites`]
+    /// (default 100,000: a tenth).
+    pub fn site_suggestion_threshold(self, ppm: u64) -> Self {
+        Self {
+            mapper: self.mapper.with_site_suggestion_threshold(ppm),
+        }
+    }
+
+    /// Turns statistics and call-site attribution off: [`DmaMapper::stats`] then reports
+    /// no devices and [`DmaMapper::top_sites`] nothing, and the map path does no counting.
+    pub fn without_statistics(self) -> Self {
+        Self {
+            mapper: self.mapper.without_statistics(),
+        }
+    }
+
+    /// Turns safety mechanisms off for a demonstration (model/test-only feature
+    /// `hazard-controls`); see [`HazardControls`].
+    #[cfg(feature = "hazard-controls")]
+    pub fn hazard_controls(self, controls: HazardControls) -> Self {
+        Self {
+            mapper: self.mapper.with_hazard_controls(controls),
+        }
+    }
+
+    /// The configured mapper. Never fails: every setting was checked when it was given.
+    pub fn build(self) -> DmaMapper<P> {
+        self.mapper
+    }
+}

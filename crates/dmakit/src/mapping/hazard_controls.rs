@@ -1,0 +1,38 @@
+//! Switches that turn a safety mechanism of the mapper off.
+//!
+//! The machine model and its tests turn a mechanism off to show the corruption it
+//! prevents. A product has no use for that, so the switches exist only with the
+//! model/test-only cargo feature `hazard-controls`; without it [`HazardControls`] is an
+//! empty private type and every mechanism is always on.
+
+/// Switches that turn a safety mechanism off, so tests and the model can show the failure
+/// it prevents (cargo feature `hazard-controls`). Never set them outside such a
+/// demonstration; the default turns nothing off.
+#[cfg(feature = "hazard-controls")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HazardControls {
+    /// Do not fill inbound bounces from the original buffer (at map and at
+    /// `sync_for_device`): a short device write then copies back whatever the bounce memory
+    /// held before — data of an earlier user.
+    pub skip_inbound_fill: bool,
+}
+
+/// Without the `hazard-controls` feature there is nothing to switch off.
+#[cfg(not(feature = "hazard-controls"))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HazardControls {}
+
+impl HazardControls {
+    /// Whether inbound bounces are left unfilled (always `false` without the feature).
+    #[inline(always)]
+    pub(crate) const fn skips_inbound_fill(&self) -> bool {
+        #[cfg(feature = "hazard-controls")]
+        {
+            self.skip_inbound_fill
+        }
+        #[cfg(not(feature = "hazard-controls"))]
+        {
+            false
+        }
+    }
+}
