@@ -29,6 +29,7 @@ pub mod growth;
 pub mod growth_worker;
 pub mod iommu;
 mod maintenance;
+mod mapped;
 pub mod mapping;
 pub mod mem;
 pub mod platform;

@@ -34,7 +34,7 @@ use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::maintenance;
-use crate::mapping::{DmaSegment, MapPath};
+use crate::mapped::{DmaSegment, MapPath};
 use crate::platform::{IommuPerm, Platform};
 use crate::reintroduce::{self, Defect};
 
@@ -46,26 +46,6 @@ pub(crate) struct MapCtx<'a> {
     pub(crate) policy: AlignmentPolicy,
     /// Fill inbound bounces from the buffer (off only to demonstrate the hazard).
     pub(crate) fill_inbound: bool,
-}
-
-/// Why `range` must be bounced on the IOMMU path, if it must.
-pub(crate) fn bounce_reason(
-    dev: &Device,
-    range: PhysRange,
-    dir: Direction,
-    policy: AlignmentPolicy,
-    cpu_line: u64,
-    granule: u64,
-) -> Option<BounceReason> {
-    if dev.force_bounce() {
-        Some(BounceReason::Forced)
-    } else if !dev.is_trusted() && !range.is_aligned(granule) {
-        Some(BounceReason::Untrusted)
-    } else if decision::needs_alignment_bounce(dev, range, dir, policy, cpu_line) {
-        Some(BounceReason::Misaligned)
-    } else {
-        None
-    }
 }
 
 /// The whole granules holding `[start, start + len)`: `(first byte, length)`.
@@ -144,7 +124,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     dom.drain_expired(cpu);
     let g = dom.granule;
     let perm = IommuPerm::for_direction(dir);
-    let reason = bounce_reason(dev, range, dir, ctx.policy, p.cache_line_size(), g);
+    let reason = decision::iommu_bounce_reason(dev, range, dir, ctx.policy, p.cache_line_size(), g);
     let Some(reason) = reason else {
         let start = range.start().as_u64();
         let (first, span) = granule_span(start, range.len(), g)
@@ -684,7 +664,7 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
     let mut paths = Vec::with_capacity(ranges.len());
     if ranges
         .iter()
-        .any(|r| bounce_reason(dev, *r, dir, ctx.policy, line, g).is_some())
+        .any(|r| decision::iommu_bounce_reason(dev, *r, dir, ctx.policy, line, g).is_some())
     {
         let mut keys: Vec<(DmaAddr, u64)> = Vec::with_capacity(ranges.len());
         for r in ranges {

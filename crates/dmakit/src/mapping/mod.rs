@@ -22,11 +22,11 @@ use spin::Mutex;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::{BounceBackend, TransientPool};
 use crate::debug::{DebugChecker, DebugReport, LiveMapping, MappingFamily};
-use crate::decision::{AlignmentPolicy, BounceReason};
+use crate::decision::AlignmentPolicy;
 use crate::device::{BouncePool, Device};
 use crate::direction::Direction;
 use crate::error::DmaError;
-use crate::iommu::{self, IommuDma, IommuDomain};
+use crate::iommu::IommuDma;
 use crate::platform::{PageAllocator, Platform};
 use crate::stats::{
     BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
@@ -39,7 +39,8 @@ mod single;
 
 use deferred::DeferQueue;
 use route::{Registered, Route};
-pub use sg::{DmaSegment, SgEntry};
+pub use crate::mapped::{DmaSegment, MapPath};
+pub use sg::SgEntry;
 
 /// Called once when a deferred mapping completes, fails for a reason other than room, or
 /// is ended by the release of its device ([`DmaError::DeviceReleased`]). Never called with
@@ -54,25 +55,6 @@ pub enum MapStatus {
     Mapped(DmaAddr),
     /// Queued; the callback runs when bounce room frees up (or the device is released).
     Deferred,
-}
-
-/// How a single mapping was made, as reported by [`DmaMapper::map_traced`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapPath {
-    /// The device uses the buffer in place.
-    Direct,
-    /// The buffer was bounced for `reason` through the named backend.
-    Bounced {
-        /// Why.
-        reason: BounceReason,
-        /// The backend's name.
-        backend: &'static str,
-    },
-    /// The device reaches the buffer in place through an IOVA of IOMMU domain `domain`.
-    Iommu {
-        /// The device's domain.
-        domain: crate::platform::IommuDomainId,
-    },
 }
 
 /// Switches that turn a safety mechanism off, so tests and the simulator can show the
@@ -208,27 +190,6 @@ impl<P: Platform> DmaMapper<P> {
     /// The IOMMU layer, if there is one.
     pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
         self.iommu.as_ref()
-    }
-
-    /// The IOMMU domain `dev` is mapped through, if any.
-    ///
-    /// # Errors
-    /// [`DmaError::Detached`] when `dev` was detached from its domain: the IOMMU blocks it,
-    /// so it is not mapped at all (never directly).
-    #[inline]
-    fn iommu_domain(&self, dev: &Device) -> Result<Option<Arc<IommuDomain>>, DmaError> {
-        match &self.iommu {
-            Some(iommu) => iommu.route_of(dev.id()),
-            None => Ok(None),
-        }
-    }
-
-    fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
-        iommu::path::MapCtx {
-            backend: self.bounce_backend(dev),
-            policy: self.policy,
-            fill_inbound: !self.controls.skip_inbound_fill,
-        }
     }
 
     /// Checks every operation against a shadow table of live mappings and reports driver

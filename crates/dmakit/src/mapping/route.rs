@@ -1,10 +1,12 @@
-//! The routing decision and the paths behind it.
+//! The routing decisions and the paths behind them.
 //!
-//! [`DmaMapper::route`] decides, once per mapping or sg segment, whether it goes direct,
-//! through the device's IOMMU domain, or through a bounce pool (and why). The direct path is
-//! small enough to inline into `map`; the IOMMU and bounce paths are out of line. At unmap
-//! and sync, [`DmaMapper::backend_owning`] finds the bounce pool holding an address, testing
-//! each pool's memory span first so direct mappings cost no lookup.
+//! Two decisions, each made once per operation: [`DmaMapper::route`] (forward) decides
+//! whether a mapping or sg segment goes direct, through the device's IOMMU domain, or
+//! through a bounce pool (and why); [`DmaMapper::owner_of`] (reverse) finds, at unmap and
+//! sync, which of those holds a device address. Only `iommu_domain` asks whether a device
+//! is behind the IOMMU, and only these two call it. The direct path is small enough to
+//! inline into `map`; the IOMMU and bounce paths are out of line. The reverse lookup tests
+//! each pool's memory span first, so direct mappings cost no lookup.
 
 use core::panic::Location;
 
@@ -53,8 +55,40 @@ pub(super) enum Route {
     Refused(DmaError),
 }
 
+/// Who holds a live mapping, as the reverse routing decision finds it.
+pub(super) enum Owner<'a> {
+    /// The device's IOMMU domain (which knows whether it bounced).
+    Iommu(Arc<IommuDomain>),
+    /// This bounce backend: the address is one of its slots.
+    Bounce(&'a dyn BounceBackend),
+    /// Nobody: the device uses the buffer in place.
+    Direct,
+}
+
 impl<P: Platform> DmaMapper<P> {
-    /// Which path a mapping of `range` by `dev` in `dir` takes: the single routing decision.
+    /// The IOMMU domain `dev` is mapped through, if any.
+    ///
+    /// # Errors
+    /// [`DmaError::Detached`] when `dev` was detached from its domain: the IOMMU blocks it,
+    /// so it is not mapped at all (never directly).
+    #[inline]
+    fn iommu_domain(&self, dev: &Device) -> Result<Option<Arc<IommuDomain>>, DmaError> {
+        match &self.iommu {
+            Some(iommu) => iommu.route_of(dev.id()),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
+        iommu::path::MapCtx {
+            backend: self.bounce_backend(dev),
+            policy: self.policy,
+            fill_inbound: !self.controls.skip_inbound_fill,
+        }
+    }
+
+    /// Which path a mapping of `range` by `dev` in `dir` takes: the forward routing
+    /// decision.
     #[inline]
     pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
         match self.iommu_domain(dev) {
@@ -266,6 +300,24 @@ impl<P: Platform> DmaMapper<P> {
     ) -> Result<(DmaAddr, u64), MapFailure> {
         let fill = !self.controls.skip_inbound_fill;
         bounce::map(&self.platform, backend, dev, range, meta, fill)
+    }
+
+    /// Who holds the mapping `dma` of `dev`: the reverse routing decision, made once by
+    /// unmap, sync and `unmap_sg`. For a device behind the IOMMU its domain, whatever
+    /// `dma` is; otherwise the backend whose memory holds `dma`, or the direct path.
+    ///
+    /// # Errors
+    /// [`DmaError::Detached`] for a device detached from its IOMMU domain: an old IOVA is
+    /// never taken for a physical address.
+    #[inline]
+    pub(super) fn owner_of(&self, dev: &Device, dma: DmaAddr) -> Result<Owner<'_>, DmaError> {
+        if let Some(dom) = self.iommu_domain(dev)? {
+            return Ok(Owner::Iommu(dom));
+        }
+        Ok(match self.backend_owning(dma) {
+            Some(backend) => Owner::Bounce(backend),
+            None => Owner::Direct,
+        })
     }
 
     /// The backend whose memory holds `dma`, if any. Direct mappings, whose buffers lie

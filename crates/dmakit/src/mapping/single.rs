@@ -3,6 +3,7 @@
 
 use core::panic::Location;
 
+use super::route::Owner;
 use super::{checked_range, DmaMapper, MapPath, Route};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
@@ -136,12 +137,10 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        if let Some(dom) = self.iommu_domain(dev)? {
-            return self.unmap_iommu(&dom, dev, dma, range.len(), dir);
-        }
-        match self.backend_owning(dma) {
-            Some(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
-            None => {
+        match self.owner_of(dev, dma)? {
+            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, range.len(), dir),
+            Owner::Bounce(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
+            Owner::Direct => {
                 direct::unmap(&self.platform, dev, range, dir);
                 Ok(())
             }
@@ -258,27 +257,25 @@ impl<P: Platform> DmaMapper<P> {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
         let fill_inbound = !self.controls.skip_inbound_fill;
-        let copied = if let Some(dom) = self.iommu_domain(dev)? {
-            let to = if for_cpu {
-                iommu::path::SyncTo::Cpu
-            } else {
-                iommu::path::SyncTo::Device { fill_inbound }
-            };
-            iommu::path::sync(&self.platform, &dom, dev, part, to)?
-        } else {
-            match (self.backend_owning(dma), for_cpu) {
-                (Some(b), true) => bounce::sync_for_cpu(&self.platform, b, dev, part)?,
-                (Some(b), false) => {
-                    bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?
-                }
-                (None, true) => {
-                    direct::sync_for_cpu(&self.platform, dev, range, dir);
-                    0
-                }
-                (None, false) => {
-                    direct::sync_for_device(&self.platform, dev, range, dir);
-                    0
-                }
+        let copied = match (self.owner_of(dev, dma)?, for_cpu) {
+            (Owner::Iommu(dom), true) => {
+                iommu::path::sync(&self.platform, &dom, dev, part, iommu::path::SyncTo::Cpu)?
+            }
+            (Owner::Iommu(dom), false) => {
+                let to = iommu::path::SyncTo::Device { fill_inbound };
+                iommu::path::sync(&self.platform, &dom, dev, part, to)?
+            }
+            (Owner::Bounce(b), true) => bounce::sync_for_cpu(&self.platform, b, dev, part)?,
+            (Owner::Bounce(b), false) => {
+                bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?
+            }
+            (Owner::Direct, true) => {
+                direct::sync_for_cpu(&self.platform, dev, range, dir);
+                0
+            }
+            (Owner::Direct, false) => {
+                direct::sync_for_device(&self.platform, dev, range, dir);
+                0
             }
         };
         let cpu = self.platform.current_cpu();
