@@ -27,8 +27,8 @@ use super::domain::{FlushMode, IommuDomain, Kind, Piece, Record};
 use super::flush_queue::FlushEntry;
 use super::iova::{IovaError, IovaRange};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
-use crate::bounce::path::{self as bounce, MapFailure, SyncPart};
-use crate::bounce::{BounceBackend, BounceMeta, BounceRequest};
+use crate::bounce::path::{self as bounce, MapFailure, Placement, SyncPart};
+use crate::bounce::{BounceBackend, BounceMeta};
 use crate::decision::{self, AlignmentPolicy, BounceReason};
 use crate::device::Device;
 use crate::direction::Direction;
@@ -157,7 +157,14 @@ pub(crate) fn map<P: Platform + ?Sized>(
             phys: range.start(),
             len: range.len(),
         }))?;
-    let (slot, first, span) = bounce_in(p, backend.as_ref(), dev, range, dir, reason, g, ctx)?;
+    let meta = BounceMeta {
+        device: dev.id(),
+        orig: range.start(),
+        len: range.len(),
+        dir,
+        reason,
+    };
+    let (slot, first, span) = bounce_in(p, backend.as_ref(), dev, range, meta, g, ctx)?;
     let iova = match map_granules(dom, dev, first, span, perm, cpu) {
         Ok(i) => i,
         Err(e) => {
@@ -194,87 +201,35 @@ fn insert(dom: &IommuDomain, dma: DmaAddr, rec: Record) {
     dom.records.lock().insert(dma.as_u64(), rec);
 }
 
-/// Reserves and fills a bounce for `range`. Returns the slot (where the buffer's bytes
-/// go) and the granules to map, `(first byte, length)`.
+/// Reserves and fills a bounce for `range` (the bounce path's one routine). Returns the
+/// slot (where the buffer's bytes go) and the granules to map, `(first byte, length)`.
 ///
-/// For untrusted and force-bounce devices the slot owns whole granules: it keeps the
-/// buffer's offset inside its granule (`min_align_mask` of at least the granule, which
-/// every backend honours by reserving the lead-in too), extends to the end of the last
-/// granule, and everything around the buffer's bytes is zeroed and written back before
-/// the device can look.
-#[allow(clippy::too_many_arguments)]
+/// For untrusted and force-bounce devices the slot owns whole granules, padded with zeros
+/// around the buffer's bytes ([`Placement::granule_pad`]); the IOMMU translates, so the slot
+/// may be anywhere in memory.
 fn bounce_in<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
     dev: &Device,
     range: PhysRange,
-    dir: Direction,
-    reason: BounceReason,
+    meta: BounceMeta,
     g: u64,
     ctx: &MapCtx<'_>,
 ) -> Result<(PhysAddr, u64, u64), MapFailure> {
-    let start = range.start().as_u64();
-    let len = range.len();
-    let pad = matches!(reason, BounceReason::Untrusted | BounceReason::Forced);
-    let off = start & (g - 1);
-    let (mask, req_len) = if pad {
-        let whole = (off + len)
-            .checked_next_multiple_of(g)
-            .ok_or(MapFailure::Failed(overflow(dev, start, len)))?;
-        ((g - 1).max(dev.min_align_mask()), whole - off)
-    } else {
-        (dev.min_align_mask(), len)
-    };
-    let req = BounceRequest {
-        len: req_len,
-        orig: range.start(),
-        min_align_mask: mask,
-        // The IOMMU translates: the slot may be anywhere in memory.
+    let pad = matches!(meta.reason, BounceReason::Untrusted | BounceReason::Forced);
+    let place = Placement {
         max_addr: u64::MAX,
-        cpu: p.current_cpu(),
+        granule_pad: pad.then_some(g),
     };
-    let meta = BounceMeta {
-        device: dev.id(),
-        orig: range.start(),
-        len,
-        dir,
-        reason,
-    };
-    let slot = backend.alloc(&req, meta).map_err(MapFailure::NoRoom)?;
-    let s = slot.as_u64();
-    let filled = (|| {
-        if pad {
-            let lead = s - off;
-            if off > 0 {
-                p.fill(PhysAddr::new(lead), 0, off)?;
-            }
-            if req_len > len {
-                p.fill(slot.add(len), 0, req_len - len)?;
-            }
-        }
-        if dir.device_reads() || ctx.fill_inbound {
-            p.copy(slot, range.start(), len)?;
-        }
-        Ok(())
-    })();
-    if let Err(fault) = filled {
-        backend.abandon(slot);
-        return Err(MapFailure::Failed(DmaError::Memory(fault)));
-    }
-    let (first, span) = if pad {
-        (s - off, off + req_len)
-    } else {
-        granule_span(s, len, g).ok_or(MapFailure::Failed(overflow(dev, s, len)))?
-    };
-    if backend.is_cached() && !dev.is_coherent() {
-        // The padding was written through the cache too: it must reach memory before the
-        // device reads it, or the device would see what the memory held before.
-        let maintained = if pad { (first, span) } else { (s, len) };
-        if let Some(r) = PhysRange::new(PhysAddr::new(maintained.0), maintained.1) {
-            maintenance::for_device(p, r, dir);
+    let b = bounce::map(p, backend, dev, range, meta, ctx.fill_inbound, place)?;
+    let (at, len) = b.reach;
+    match granule_span(at, len, g) {
+        Some((first, span)) => Ok((b.slot, first, span)),
+        None => {
+            backend.abandon(b.slot);
+            Err(MapFailure::Failed(overflow(dev, at, len)))
         }
     }
-    Ok((slot, first, span))
 }
 
 /// Removes the record of the mapping at `key` after checking it belongs to `dev`, has

@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 
 use super::{DmaMapper, MapPath};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
-use crate::bounce::path::{self as bounce, MapFailure};
+use crate::bounce::path::{self as bounce, MapFailure, Placement};
 use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, MemorySpan};
 use crate::decision::{self, BounceReason};
 use crate::device::Device;
@@ -299,7 +299,12 @@ impl<P: Platform> DmaMapper<P> {
         meta: BounceMeta,
     ) -> Result<(DmaAddr, u64), MapFailure> {
         let fill = !self.controls.skip_inbound_fill;
-        bounce::map(&self.platform, backend, dev, range, meta, fill)
+        let place = Placement {
+            max_addr: dev.dma_mask(),
+            granule_pad: None,
+        };
+        bounce::map(&self.platform, backend, dev, range, meta, fill, place)
+            .map(|b| (DmaAddr::new(b.slot.as_u64()), b.copied))
     }
 
     /// Who holds the mapping `dma` of `dev`: the reverse routing decision, made once by
