@@ -59,13 +59,13 @@ pub(crate) fn map<P: Platform + ?Sized>(
     let (lead, slot_len, min_align_mask) = match place.granule_pad {
         Some(g) => {
             let off = start & (g - 1);
-            let whole = (off + len).checked_next_multiple_of(g).ok_or(MapFailure::Failed(
-                DmaError::AddressOverflow {
+            let whole = (off + len)
+                .checked_next_multiple_of(g)
+                .ok_or(MapFailure::Failed(DmaError::AddressOverflow {
                     device: dev.id(),
                     addr: start,
                     len,
-                },
-            ))?;
+                }))?;
             // A mask of at least the granule keeps the offset; every backend reserves the
             // lead-in then.
             (off, whole - off, (g - 1).max(dev.min_align_mask()))

@@ -37,9 +37,9 @@ mod route;
 mod sg;
 mod single;
 
+pub use crate::mapped::{DmaSegment, MapPath};
 use deferred::DeferQueue;
 use route::{Registered, Route};
-pub use crate::mapped::{DmaSegment, MapPath};
 pub use sg::SgEntry;
 
 /// Called once when a deferred mapping completes, fails for a reason other than room, or
