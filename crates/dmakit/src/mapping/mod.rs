@@ -6,11 +6,12 @@
 //! module knows them all. It also owns what spans paths: growth fallbacks, deferred
 //! mappings and scatter-gather splitting.
 //!
-//! This file holds the mapper, its configuration and its observability; the operations are
-//! split by kind: `route` (the decision and the paths behind it), `single` (map, unmap,
-//! sync), `deferred` (mappings that wait for room) and `sg` (scatter-gather lists).
+//! This file holds the mapper and its configuration. What the mapper holds is grouped by
+//! concern: `routes` (its bounce pools and IOMMU layer) and `observability` (debug checker,
+//! statistics, reporter). The operations are split by kind: `route` (the decisions and the
+//! paths behind them), `single` (map, unmap, sync), `deferred` (mappings that wait for
+//! room) and `sg` (scatter-gather lists).
 
-use core::panic::Location;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
 
 use alloc::boxed::Box;
@@ -21,10 +22,9 @@ use spin::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::{BounceBackend, TransientPool};
-use crate::debug::{DebugChecker, DebugReport, LiveMapping, MappingFamily};
+use crate::debug::{DebugChecker, DebugReport};
 use crate::decision::AlignmentPolicy;
-use crate::device::{BouncePool, Device};
-use crate::direction::Direction;
+use crate::device::Device;
 use crate::error::DmaError;
 use crate::iommu::IommuDma;
 use crate::platform::{PageAllocator, Platform};
@@ -33,13 +33,17 @@ use crate::stats::{
 };
 
 mod deferred;
+mod observability;
 mod route;
+mod routes;
 mod sg;
 mod single;
 
 pub use crate::mapped::{DmaSegment, MapPath};
 use deferred::DeferQueue;
-use route::{Registered, Route};
+use observability::Observability;
+use route::Route;
+use routes::{Registered, Routes};
 pub use sg::SgEntry;
 
 /// Called once when a deferred mapping completes, fails for a reason other than room, or
@@ -74,9 +78,7 @@ pub struct HazardControls {
 pub struct DmaMapper<P> {
     platform: P,
     policy: AlignmentPolicy,
-    swiotlb: Option<Registered>,
-    coherent: Option<Registered>,
-    transient: Option<TransientPool>,
+    routes: Routes,
     deferred: Mutex<DeferQueue>,
     /// Deferred mappings queued, plus `map_or_defer` attempts under way: frees look at it
     /// (not at the queue's lock) to decide whether anyone may be waiting for room.
@@ -85,12 +87,7 @@ pub struct DmaMapper<P> {
     /// its attempt tries again instead of waiting for the next.
     room_events: AtomicU64,
     controls: HazardControls,
-    iommu: Option<Arc<IommuDma>>,
-    debug: Option<DebugChecker>,
-    counters: DeviceCounters,
-    sites: SiteTable,
-    suggest_ppm: u64,
-    reporter: Option<BounceReporter>,
+    obs: Observability,
 }
 
 impl<P: Platform> DmaMapper<P> {
@@ -98,19 +95,12 @@ impl<P: Platform> DmaMapper<P> {
     pub fn new(platform: P) -> Self {
         Self {
             policy: AlignmentPolicy::Exact,
-            swiotlb: None,
-            coherent: None,
-            transient: None,
+            routes: Routes::new(),
             deferred: Mutex::new(DeferQueue::new()),
             waiting: AtomicUsize::new(0),
             room_events: AtomicU64::new(0),
             controls: HazardControls::default(),
-            iommu: None,
-            debug: None,
-            counters: DeviceCounters::new(platform.cpu_count()),
-            sites: SiteTable::new(platform.cpu_count()),
-            suggest_ppm: 100_000,
-            reporter: None,
+            obs: Observability::new(platform.cpu_count()),
             platform,
         }
     }
@@ -119,31 +109,29 @@ impl<P: Platform> DmaMapper<P> {
     /// "make this allocation a DMA buffer" suggestion in [`DmaMapper::top_sites`]
     /// (default 100,000: a tenth).
     pub fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
-        self.suggest_ppm = ppm;
+        self.obs.suggest_ppm = ppm;
         self
     }
 
     /// Turns statistics and call-site attribution off: [`DmaMapper::stats`] then reports
     /// no devices and [`DmaMapper::top_sites`] nothing, and the map path does no counting.
     pub fn without_statistics(mut self) -> Self {
-        self.counters = DeviceCounters::disabled();
-        self.sites = SiteTable::disabled();
+        self.obs.counters = DeviceCounters::disabled();
+        self.obs.sites = SiteTable::disabled();
         self
     }
 
     /// Samples bounces through `reporter` (at most one report per its interval).
     pub fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
-        self.reporter = Some(reporter);
+        self.obs.reporter = Some(reporter);
         self
     }
 
     /// A snapshot of the statistics: per device, per pool. Reads atomics only.
     pub fn stats(&self) -> StatsSnapshot {
-        let pools = [&self.swiotlb, &self.coherent]
-            .into_iter()
-            .flatten()
-            .map(|r| r.backend.as_ref())
-            .chain(self.transient.as_ref().map(|t| t as &dyn BounceBackend))
+        let pools = self
+            .routes
+            .backends()
             .map(|b| PoolSnapshot {
                 name: b.name(),
                 usage: b.usage(),
@@ -151,21 +139,21 @@ impl<P: Platform> DmaMapper<P> {
             })
             .collect();
         StatsSnapshot {
-            devices: self.counters.snapshot(),
+            devices: self.obs.counters.snapshot(),
             pools,
-            untracked_site_bounces: self.sites.untracked(),
+            untracked_site_bounces: self.obs.sites.untracked(),
         }
     }
 
     /// The `n` call sites that requested the most bounced mappings, most first.
     pub fn top_sites(&self, n: usize) -> Vec<SiteStats> {
-        self.sites.top(n, self.suggest_ppm)
+        self.obs.sites.top(n, self.obs.suggest_ppm)
     }
 
     /// Devices attached to a domain of `iommu` are mapped through it (IOVAs, page tables,
     /// IOTLB invalidation); the others as before.
     pub fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
-        self.iommu = Some(iommu);
+        self.routes.iommu = Some(iommu);
         self
     }
 
@@ -175,7 +163,7 @@ impl<P: Platform> DmaMapper<P> {
     /// now fit. Call it from a timer in lazy mode. Returns the bounce slots released (0
     /// without an IOMMU).
     pub fn flush_iommu_queues(&self) -> usize {
-        let Some(iommu) = &self.iommu else {
+        let Some(iommu) = &self.routes.iommu else {
             return 0;
         };
         let released = iommu.flush_queues(self.platform.current_cpu());
@@ -189,19 +177,19 @@ impl<P: Platform> DmaMapper<P> {
 
     /// The IOMMU layer, if there is one.
     pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
-        self.iommu.as_ref()
+        self.routes.iommu.as_ref()
     }
 
     /// Checks every operation against a shadow table of live mappings and reports driver
     /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
     pub fn with_debug_checker(mut self) -> Self {
-        self.debug = Some(DebugChecker::new(self.line(), 10_000));
+        self.obs.debug = Some(DebugChecker::new(self.line(), 10_000));
         self
     }
 
     /// The debug checker, when enabled.
     pub fn debug_checker(&self) -> Option<&DebugChecker> {
-        self.debug.as_ref()
+        self.obs.debug.as_ref()
     }
 
     /// The device is going away. Its deferred mappings still waiting are taken out of the
@@ -212,23 +200,10 @@ impl<P: Platform> DmaMapper<P> {
     /// returned); otherwise nothing is known and nothing returned.
     pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
         self.cancel_deferred(dev);
-        self.debug
+        self.obs
+            .debug
             .as_ref()
             .map_or_else(Vec::new, |d| d.release_device(dev))
-    }
-
-    #[inline]
-    fn debug_mapped(
-        &self,
-        dev: &Device,
-        range: PhysRange,
-        dir: Direction,
-        site: &'static Location<'static>,
-        result: &Result<(DmaAddr, MapPath), DmaError>,
-    ) {
-        if let Some(d) = &self.debug {
-            debug_record_mapped(d, dev, range, dir, site, result);
-        }
     }
 
     /// Turns safety mechanisms off for a demonstration; see [`HazardControls`].
@@ -245,20 +220,20 @@ impl<P: Platform> DmaMapper<P> {
 
     /// Bounces of devices that use [`BouncePool::Swiotlb`] go to `pool`.
     pub fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.swiotlb = Some(Registered::new(pool));
+        self.routes.swiotlb = Some(Registered::new(pool));
         self
     }
 
     /// Bounces of devices that use [`BouncePool::Coherent`] go to `pool`.
     pub fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.coherent = Some(Registered::new(pool));
+        self.routes.coherent = Some(Registered::new(pool));
         self
     }
 
     /// While a full pool waits for growth, serve bounces with exact-size page allocations
     /// from `pages`.
     pub fn with_transient_pages(mut self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
-        self.transient = Some(TransientPool::new(pages));
+        self.routes.transient = Some(TransientPool::new(pages));
         self
     }
 
@@ -274,15 +249,12 @@ impl<P: Platform> DmaMapper<P> {
 
     /// The pool bounces of `dev` go to, if there is one.
     pub fn bounce_backend(&self, dev: &Device) -> Option<&Arc<dyn BounceBackend>> {
-        match dev.bounce_pool() {
-            BouncePool::Swiotlb => self.swiotlb.as_ref().map(|r| &r.backend),
-            BouncePool::Coherent => self.coherent.as_ref().map(|r| &r.backend),
-        }
+        self.routes.bounce_backend(dev)
     }
 
     /// The transient backend, if enabled.
     pub fn transient(&self) -> Option<&TransientPool> {
-        self.transient.as_ref()
+        self.routes.transient.as_ref()
     }
 
     /// Whether kmalloc must keep cache-line alignment for safety on this platform: some
@@ -298,37 +270,6 @@ impl<P: Platform> DmaMapper<P> {
 
     fn line(&self) -> u64 {
         self.platform.cache_line_size()
-    }
-}
-
-/// Tells the debug checker about a single mapping's outcome (out of line: only a mapper
-/// with the checker on gets here).
-#[inline(never)]
-fn debug_record_mapped(
-    d: &DebugChecker,
-    dev: &Device,
-    range: PhysRange,
-    dir: Direction,
-    site: &'static Location<'static>,
-    result: &Result<(DmaAddr, MapPath), DmaError>,
-) {
-    match result {
-        Ok((dma, path)) => d.mapped(
-            dev,
-            LiveMapping {
-                device: dev.id(),
-                dma: *dma,
-                phys: Some(range.start()),
-                len: range.len(),
-                dir,
-                family: MappingFamily::Single,
-                site,
-                bounced: matches!(path, MapPath::Bounced { .. }),
-                coherent_device: dev.is_coherent(),
-                cpu_owned: Vec::new(),
-            },
-        ),
-        Err(e) => d.map_failed(dev, site, *e),
     }
 }
 

@@ -51,7 +51,7 @@ impl<P: Platform> DmaMapper<P> {
             .collect::<Result<Vec<_>, _>>()?;
         let site = Location::caller();
         let result = self.map_sg_ranges(dev, &ranges, dir, site);
-        if let Some(d) = &self.debug {
+        if let Some(d) = &self.obs.debug {
             match &result {
                 Ok((segs, phys)) => {
                     let group = d.next_group();
@@ -186,7 +186,7 @@ impl<P: Platform> DmaMapper<P> {
             return Err(DmaError::ZeroLength { device: dev.id() });
         };
         let owner = self.owner_of(dev, first_seg.dma);
-        if let Some(d) = &self.debug {
+        if let Some(d) = &self.obs.debug {
             let site = Location::caller();
             for seg in segments {
                 let u = Unmapping {
@@ -235,7 +235,7 @@ impl<P: Platform> DmaMapper<P> {
                 let _ = self.unmap_range(dev, s.dma, range, dir);
                 continue;
             }
-            match self.backend_owning(s.dma) {
+            match self.routes.backend_owning(s.dma) {
                 Some(backend) => {
                     let undone = backend.abandon(PhysAddr::new(s.dma.as_u64()));
                     debug_assert!(undone.is_some());

@@ -77,13 +77,13 @@ impl<P: Platform> DmaMapper<P> {
         if let Route::Direct = route {
             // Returned on its own, so a direct mapping's result stays in registers.
             let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
-            self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+            self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(mapped);
         }
         let result = self
             .map_routed(dev, range, dir, site, route)
             .map_err(|f| self.failure_to_error(dev, range, f));
-        self.debug_mapped(dev, range, dir, site, &result);
+        self.obs.debug_mapped(dev, range, dir, site, &result);
         result
     }
 
@@ -108,7 +108,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = checked_range(dev, dma.as_u64(), len)?;
-        let Some(d) = &self.debug else {
+        let Some(d) = &self.obs.debug else {
             return self.unmap_range(dev, dma, range, dir);
         };
         let u = Unmapping {
@@ -166,7 +166,8 @@ impl<P: Platform> DmaMapper<P> {
                 return Err(e);
             }
         };
-        self.counters
+        self.obs
+            .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), ended.copied);
         if ended.freed_room {
             self.room_freed();
@@ -184,7 +185,8 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
-        self.counters
+        self.obs
+            .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
         self.room_freed();
         Ok(())
@@ -253,7 +255,7 @@ impl<P: Platform> DmaMapper<P> {
             dir,
         } = part;
         let range = self.sync_range(dev, dma, offset, len)?;
-        if let Some(d) = &self.debug {
+        if let Some(d) = &self.obs.debug {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
         let fill_inbound = !self.controls.skip_inbound_fill;
@@ -280,9 +282,9 @@ impl<P: Platform> DmaMapper<P> {
         };
         let cpu = self.platform.current_cpu();
         if for_cpu {
-            self.counters.copied_from_bounce(cpu, dev.id(), copied);
+            self.obs.counters.copied_from_bounce(cpu, dev.id(), copied);
         } else {
-            self.counters.copied_to_bounce(cpu, dev.id(), copied);
+            self.obs.counters.copied_to_bounce(cpu, dev.id(), copied);
         }
         Ok(())
     }
