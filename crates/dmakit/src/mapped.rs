@@ -1,9 +1,10 @@
-//! What a mapping hands back: the path it took and the segments a device sees.
+//! The plain values mappings pass around: the buffers of a scatter-gather list, the path
+//! a mapping took, and the segments a device sees.
 //!
-//! A leaf module, so the router ([`crate::mapping`]) and the paths it drives (the IOMMU
-//! path in particular) share these types without importing each other.
+//! A leaf module, so the router and the modules around it (the IOMMU path, the DMA
+//! allocators' scatter-gather tables) share these types without importing each other.
 
-use crate::addr::DmaAddr;
+use crate::addr::{DmaAddr, PhysAddr};
 use crate::decision::BounceReason;
 use crate::platform::IommuDomainId;
 
@@ -35,6 +36,17 @@ pub enum MapPath {
 pub struct DmaSegment {
     /// Device address.
     pub dma: DmaAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One element of a scatter-gather list given to [`DmaMapper::map_sg`].
+///
+/// [`DmaMapper::map_sg`]: crate::DmaMapper::map_sg
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgEntry {
+    /// First byte.
+    pub phys: PhysAddr,
     /// Length in bytes.
     pub len: u64,
 }

@@ -15,7 +15,7 @@ use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::dma_alloc::{page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected};
-use crate::mapping::SgEntry;
+use crate::mapped::SgEntry;
 use crate::mem::{MemError, ZonedPageAllocator};
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 

@@ -39,12 +39,11 @@ mod routes;
 mod sg;
 mod single;
 
-pub use crate::mapped::{DmaSegment, MapPath};
+pub use crate::mapped::{DmaSegment, MapPath, SgEntry};
 use deferred::DeferQueue;
 use observability::Observability;
 use route::Route;
 use routes::{Registered, Routes};
-pub use sg::SgEntry;
 
 /// Called once when a deferred mapping completes, fails for a reason other than room, or
 /// is ended by the release of its device ([`DmaError::DeviceReleased`]). Never called with

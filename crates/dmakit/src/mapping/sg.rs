@@ -6,7 +6,7 @@ use core::panic::Location;
 use alloc::vec::Vec;
 
 use super::route::{Owner, Route};
-use super::{checked_range, DmaMapper, DmaSegment};
+use super::{checked_range, DmaMapper, DmaSegment, SgEntry};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::debug::checker::Unmapping;
 use crate::debug::{LiveMapping, MappingFamily};
@@ -17,15 +17,6 @@ use crate::error::DmaError;
 use crate::iommu;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
-
-/// One element of a scatter-gather list given to [`DmaMapper::map_sg`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SgEntry {
-    /// First byte.
-    pub phys: PhysAddr,
-    /// Length in bytes.
-    pub len: u64,
-}
 
 impl<P: Platform> DmaMapper<P> {
     /// Maps a scatter-gather list. Entries longer than the device's maximum segment size,
