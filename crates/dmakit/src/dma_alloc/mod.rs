@@ -15,7 +15,7 @@
 //!   syncs;
 //! - [`noncontiguous`]: [`DmaAllocator::alloc_noncontiguous`], a table contiguous in device
 //!   space: one physical chunk without an IOMMU, scattered pages behind one;
-//! - [`sg`]: [`DmaAllocator::alloc_sg`] (proposed for Linux in 2018, never merged), a
+//! - [`alloc_sg`]: [`DmaAllocator::alloc_sg`] (proposed for Linux in 2018, never merged), a
 //!   scatter-gather table placed where the device can reach it, falling back to memory the
 //!   mapping layer bounces at map time;
 //! - [`vmap`]: contiguous CPU views of tables, with the flushes caches that alias by virtual

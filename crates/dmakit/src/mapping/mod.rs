@@ -217,13 +217,13 @@ impl<P: Platform> DmaMapper<P> {
         self
     }
 
-    /// Bounces of devices that use [`BouncePool::Swiotlb`] go to `pool`.
+    /// Bounces of devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) go to `pool`.
     pub fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
         self.routes.swiotlb = Some(Registered::new(pool));
         self
     }
 
-    /// Bounces of devices that use [`BouncePool::Coherent`] go to `pool`.
+    /// Bounces of devices that use [`BouncePool::Coherent`](crate::BouncePool::Coherent) go to `pool`.
     pub fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
         self.routes.coherent = Some(Registered::new(pool));
         self
