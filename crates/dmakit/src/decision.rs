@@ -1,6 +1,7 @@
 //! The bounce decision: does this mapping need a bounce buffer, and why?
 //!
-//! One small function, [`bounce_reason`], so the rule that makes DMA safe can be read in one
+//! One small function per kind of path, [`bounce_reason`] (direct) and
+//! [`iommu_bounce_reason`], so the rule that makes DMA safe can be read in one
 //! sitting. A mapping (or one scatter-gather segment) is bounced when
 //!
 //! - the device is marked force-bounce (confidential guests share only bounce memory);
@@ -9,7 +10,11 @@
 //!   last cache line of the range holds bytes outside it (`(start | end) & (line - 1) != 0`).
 //!   Outbound transfers never need this bounce: cleaning a shared line is harmless.
 //!
-//! The last rule has three variants, kept side by side for comparison in the simulator:
+//! Behind an IOMMU ([`iommu_bounce_reason`]) the mask rule gives way to one of its own: an
+//! untrusted device whose buffer does not fill whole IOMMU granules is bounced, since it
+//! could reach every byte of a granule it is given.
+//!
+//! The alignment rule has three variants, kept side by side for comparison in the simulator:
 //! [`AlignmentPolicy::Exact`] (the default) checks the real address range;
 //! [`AlignmentPolicy::SizeOnly`] is Linux 6.5's heuristic, which looks only at the size
 //! and so misses a small buffer at an odd offset inside a larger structure;
@@ -102,6 +107,33 @@ pub fn bounce_reason(
         return Some(BounceReason::Misaligned);
     }
     None
+}
+
+/// Decides whether `range` mapped by `dev` in `dir` must be bounced on the IOMMU path,
+/// whose page tables map whole granules of `granule` bytes.
+///
+/// The mask does not matter there (the IOMMU translates), but every byte of a mapped
+/// granule is reachable: an untrusted device whose buffer does not fill whole granules is
+/// bounced so it never sees a neighbour's bytes. Returns the first reason that applies, in
+/// the order forced, untrusted, misaligned (the alignment rule as on the direct path).
+#[inline]
+pub fn iommu_bounce_reason(
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+    policy: AlignmentPolicy,
+    cpu_line: u64,
+    granule: u64,
+) -> Option<BounceReason> {
+    if dev.force_bounce() {
+        Some(BounceReason::Forced)
+    } else if !dev.is_trusted() && !range.is_aligned(granule) {
+        Some(BounceReason::Untrusted)
+    } else if needs_alignment_bounce(dev, range, dir, policy, cpu_line) {
+        Some(BounceReason::Misaligned)
+    } else {
+        None
+    }
 }
 
 /// The alignment rule alone (the third bullet of the module docs).

@@ -105,6 +105,7 @@ pub mod growth;
 pub mod growth_worker;
 pub mod iommu;
 mod maintenance;
+mod mapped;
 pub mod mapping;
 pub mod platform;
 pub mod prelude;

@@ -8,14 +8,41 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
 
-/// Bounces `range` for `dev`: reserves room, fills it from the original (every direction,
-/// unless `fill_inbound` is off for a demonstration of the hazard), does the maintenance the
-/// bounce memory needs, and returns the device address.
+/// Where a bounce may lie and what it must cover, as the path that asks for it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The highest address any byte of the slot may have: the device's mask on the direct
+    /// path, anything behind an IOMMU (which translates).
+    pub(crate) max_addr: u64,
+    /// For a device that will be given whole IOMMU granules of this size: the slot keeps
+    /// the buffer's offset inside its granule and extends to the end of its last granule,
+    /// and every byte around the buffer's is zeroed, so the device never sees another
+    /// user's data in a granule it can reach. `None`: the slot is the buffer's size.
+    pub(crate) granule_pad: Option<u64>,
+}
+
+/// A filled bounce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bounced {
+    /// Where the buffer's bytes are (the slot's address as the backend knows it).
+    pub(crate) slot: PhysAddr,
+    /// Bytes copied from the buffer into the slot.
+    pub(crate) copied: u64,
+    /// What the device may reach, `(first byte, length)`: the slot, or with granule padding
+    /// the whole granules around it.
+    pub(crate) reach: (u64, u64),
+}
+
+/// Bounces `range` for `dev`: reserves room as `place` says, zeroes the padding, fills the
+/// slot from the original (every direction, unless `fill_inbound` is off for a
+/// demonstration of the hazard), and does the maintenance the bounce memory needs before
+/// the device looks.
 ///
 /// # Errors
 /// [`MapFailure::NoRoom`] with the backend's refusal (the caller may grow the pool or defer
-/// the mapping), or [`MapFailure::Failed`] for a CPU copy fault. Nothing changed: a bounce
-/// whose copy faults is abandoned ([`BounceBackend::abandon`]), so the backend's usage,
+/// the mapping); [`MapFailure::Failed`] with [`DmaError::AddressOverflow`] when the padded
+/// slot's end overflows, or with a CPU fault of the fill. Nothing changed: a bounce whose
+/// fill faults is abandoned ([`BounceBackend::abandon`]), so the backend's usage,
 /// high-water mark included, is what it was before.
 pub(crate) fn map<P: Platform + ?Sized>(
     p: &P,
@@ -24,27 +51,63 @@ pub(crate) fn map<P: Platform + ?Sized>(
     range: PhysRange,
     meta: BounceMeta,
     fill_inbound: bool,
-) -> Result<(DmaAddr, u64), MapFailure> {
+    place: Placement,
+) -> Result<Bounced, MapFailure> {
+    let (start, len) = (range.start().as_u64(), range.len());
+    // The lead-in (the buffer's offset in its granule) and the slot's length from the
+    // buffer's first byte.
+    let (lead, slot_len, min_align_mask) = match place.granule_pad {
+        Some(g) => {
+            let off = start & (g - 1);
+            let whole = (off + len)
+                .checked_next_multiple_of(g)
+                .ok_or(MapFailure::Failed(DmaError::AddressOverflow {
+                    device: dev.id(),
+                    addr: start,
+                    len,
+                }))?;
+            // A mask of at least the granule keeps the offset; every backend reserves the
+            // lead-in then.
+            (off, whole - off, (g - 1).max(dev.min_align_mask()))
+        }
+        None => (0, len, dev.min_align_mask()),
+    };
     let req = BounceRequest {
-        len: range.len(),
+        len: slot_len,
         orig: range.start(),
-        min_align_mask: dev.min_align_mask(),
-        max_addr: dev.dma_mask(),
+        min_align_mask,
+        max_addr: place.max_addr,
         cpu: p.current_cpu(),
     };
     let slot = backend.alloc(&req, meta).map_err(MapFailure::NoRoom)?;
-    let mut copied = 0;
-    if meta.dir.device_reads() || fill_inbound {
-        if let Err(fault) = p.copy(slot, range.start(), range.len()) {
-            backend.abandon(slot);
-            return Err(MapFailure::Failed(DmaError::Memory(fault)));
+    let fill_buffer = meta.dir.device_reads() || fill_inbound;
+    let filled = (|| {
+        if lead > 0 {
+            p.fill(PhysAddr::new(slot.as_u64() - lead), 0, lead)?;
         }
-        copied = range.len();
+        if slot_len > len {
+            p.fill(slot.add(len), 0, slot_len - len)?;
+        }
+        if fill_buffer {
+            p.copy(slot, range.start(), len)?;
+        }
+        Ok(())
+    })();
+    if let Err(fault) = filled {
+        backend.abandon(slot);
+        return Err(MapFailure::Failed(DmaError::Memory(fault)));
     }
+    let reach = (slot.as_u64() - lead, lead + slot_len);
     if needs_maintenance(backend, dev) {
-        maintenance::for_device(p, slot_range(slot, range.len()), meta.dir);
+        // The padding was written through the cache too: it must reach memory before the
+        // device reads it, or the device would see what the memory held before.
+        maintenance::for_device(p, slot_range(PhysAddr::new(reach.0), reach.1), meta.dir);
     }
-    Ok((DmaAddr::new(slot.as_u64()), copied))
+    Ok(Bounced {
+        slot,
+        copied: if fill_buffer { len } else { 0 },
+        reach,
+    })
 }
 
 /// A part of a mapping named by a sync: `len` bytes at `offset` inside the mapping `dma`,

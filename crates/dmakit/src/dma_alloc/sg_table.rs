@@ -15,7 +15,7 @@ use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::dma_alloc::zones::{PageAllocError, ZonedPages};
 use crate::dma_alloc::{page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected};
-use crate::mapping::SgEntry;
+use crate::mapped::SgEntry;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 
 /// Which allocator made a table (and so which free function takes it).

@@ -49,7 +49,7 @@ impl DeviceAddressSpace for IommuDma {
             .route_of(dev.id())
             .map_err(|_| DeviceSpaceError::Detached)?
             .ok_or(no_space)?;
-        let g = dom.granule;
+        let g = dom.granule();
         let per = (g / PAGE_SIZE) as usize;
         if pages.is_empty() {
             return Err(no_space);
@@ -67,7 +67,7 @@ impl DeviceAddressSpace for IommuDma {
         let total = count * PAGE_SIZE;
         let limit = dom.limit_pfn(dev.dma_mask()).ok_or(no_space)?;
         let iova = dom
-            .alloc_iova(total >> dom.shift, limit, ALLOC_CPU)
+            .alloc_iova(total, limit, ALLOC_CPU)
             .map_err(|_| no_space)?;
         let base = dom.iova_addr(iova).as_u64();
         let perm = IommuPerm::for_direction(dir);
@@ -87,21 +87,18 @@ impl DeviceAddressSpace for IommuDma {
             }
         }
         for (i, pc) in pieces.iter().enumerate() {
-            let mapped = dom
-                .iommu
-                .map(dom.id, DmaAddr::new(pc.dma), pc.phys, pc.len, perm);
+            let mapped = dom.map_tables(DmaAddr::new(pc.dma), pc.phys, pc.len, perm);
             if mapped.is_err() {
                 for done in &pieces[..i] {
-                    let undone = dom.iommu.unmap(dom.id, DmaAddr::new(done.dma), done.len);
+                    let undone = dom.unmap_tables(DmaAddr::new(done.dma), done.len);
                     debug_assert!(undone.is_ok());
                 }
-                dom.iommu
-                    .flush_iotlb_range(dom.id, DmaAddr::new(base), total);
+                dom.flush_range(DmaAddr::new(base), total);
                 dom.release(iova, ALLOC_CPU);
                 return Err(DeviceSpaceError::TablesFailed);
             }
         }
-        dom.records.lock().insert(
+        dom.insert(
             base,
             Record {
                 device: dev.id(),
@@ -120,23 +117,21 @@ impl DeviceAddressSpace for IommuDma {
     fn unmap_pages(&self, dev: &Device, dma: DmaAddr, pages: u64) -> Result<(), DeviceSpaceError> {
         let not_mapped = DeviceSpaceError::NotMapped { dma };
         let dom = self.domain_of(dev.id()).ok_or(not_mapped)?;
-        let rec = {
-            let mut recs = dom.records.lock();
-            let ok = recs.get(&dma.as_u64()).is_some_and(|r| {
-                r.device == dev.id()
-                    && matches!(r.kind, Kind::Pages { .. })
-                    && Some(r.len) == pages.checked_mul(PAGE_SIZE)
-            });
-            if !ok {
-                return Err(not_mapped);
+        let rec = dom.take(dma.as_u64(), not_mapped, |r| {
+            let ok = r.device == dev.id()
+                && matches!(r.kind, Kind::Pages { .. })
+                && Some(r.len) == pages.checked_mul(PAGE_SIZE);
+            if ok {
+                Ok(())
+            } else {
+                Err(not_mapped)
             }
-            recs.remove(&dma.as_u64()).ok_or(not_mapped)?
-        };
-        if dom.iommu.unmap(dom.id, dma, rec.mapped).is_err() {
-            dom.records.lock().insert(dma.as_u64(), rec);
+        })?;
+        if dom.unmap_tables(dma, rec.mapped).is_err() {
+            dom.insert(dma.as_u64(), rec);
             return Err(DeviceSpaceError::TablesFailed);
         }
-        dom.iommu.flush_iotlb_range(dom.id, dma, rec.mapped);
+        dom.flush_range(dma, rec.mapped);
         dom.release(rec.iova, ALLOC_CPU);
         Ok(())
     }

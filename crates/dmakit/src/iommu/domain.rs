@@ -16,9 +16,9 @@ use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::bounce::{BounceBackend, PoolUsage};
-use crate::device::DeviceId;
+use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
-use crate::platform::{Clock, Iommu, IommuDomainId};
+use crate::platform::{Clock, Iommu, IommuDomainId, IommuError, IommuPerm};
 use crate::reintroduce::{self, Defect};
 
 /// When unmapped IOVAs are invalidated in the IOTLB.
@@ -144,14 +144,14 @@ pub struct DomainStats {
 /// One domain: IOVA allocator, live mappings, flush queue. Created by
 /// [`super::IommuDma::create_domain`].
 pub struct IommuDomain {
-    pub(crate) id: IommuDomainId,
-    pub(crate) mode: FlushMode,
-    pub(crate) iommu: Arc<dyn Iommu + Send + Sync>,
-    pub(crate) granule: u64,
-    pub(crate) shift: u32,
-    pub(crate) iova: IovaAllocator,
-    pub(crate) records: Mutex<BTreeMap<u64, Record>>,
-    pub(crate) fq: FlushQueue,
+    id: IommuDomainId,
+    mode: FlushMode,
+    iommu: Arc<dyn Iommu + Send + Sync>,
+    granule: u64,
+    shift: u32,
+    iova: IovaAllocator,
+    records: Mutex<BTreeMap<u64, Record>>,
+    fq: FlushQueue,
     /// The lazy queue's time bound, with the clock that measures it.
     timeout: Option<(u64, Arc<dyn Clock + Send + Sync>)>,
 }
@@ -242,6 +242,75 @@ impl IommuDomain {
         self.records.lock().values().any(|r| r.device == device)
     }
 
+    /// Whether any mapping is live in this domain.
+    pub(crate) fn has_mappings(&self) -> bool {
+        !self.records.lock().is_empty()
+    }
+
+    /// Records the live mapping whose first device address is `key`.
+    pub(crate) fn insert(&self, key: u64, rec: Record) {
+        self.records.lock().insert(key, rec);
+    }
+
+    /// Removes the record at `key` if `check` accepts it (under the records' lock, so no
+    /// other unmap can take it in between).
+    ///
+    /// # Errors
+    /// `missing` when no mapping starts at `key`; whatever `check` returns (the record
+    /// stays then).
+    pub(crate) fn take<E>(
+        &self,
+        key: u64,
+        missing: E,
+        check: impl FnOnce(&Record) -> Result<(), E>,
+    ) -> Result<Record, E> {
+        let mut recs = self.records.lock();
+        check(recs.get(&key).ok_or(missing)?)?;
+        Ok(recs
+            .remove(&key)
+            .unwrap_or_else(|| unreachable!("the record was just found under the lock")))
+    }
+
+    /// Runs `f` on the live mappings, keyed by first device address, under the records'
+    /// lock (so `f` must not call back into the domain's records).
+    pub(crate) fn with_records<R>(&self, f: impl FnOnce(&BTreeMap<u64, Record>) -> R) -> R {
+        f(&self.records.lock())
+    }
+
+    /// Whether unmaps of `dev` invalidate at once: in strict mode, and always for an
+    /// untrusted device.
+    pub(crate) fn strict_for(&self, dev: &Device) -> bool {
+        matches!(self.mode, FlushMode::Strict) || !dev.is_trusted()
+    }
+
+    /// Maps `len` bytes at IOVA `dma` to `phys` in the page tables.
+    ///
+    /// # Errors
+    /// Whatever the IOMMU refuses; nothing is mapped then.
+    pub(crate) fn map_tables(
+        &self,
+        dma: DmaAddr,
+        phys: PhysAddr,
+        len: u64,
+        perm: IommuPerm,
+    ) -> Result<(), IommuError> {
+        self.iommu.map(self.id, dma, phys, len, perm)
+    }
+
+    /// Removes the page-table entries of `len` bytes at IOVA `dma` (the IOTLB may still
+    /// translate them: see [`IommuDomain::flush_range`]).
+    ///
+    /// # Errors
+    /// Whatever the IOMMU refuses; the entries stay then.
+    pub(crate) fn unmap_tables(&self, dma: DmaAddr, len: u64) -> Result<(), IommuError> {
+        self.iommu.unmap(self.id, dma, len)
+    }
+
+    /// Invalidates the IOTLB for `len` bytes at IOVA `dma`.
+    pub(crate) fn flush_range(&self, dma: DmaAddr, len: u64) {
+        self.iommu.flush_iotlb_range(self.id, dma, len);
+    }
+
     /// The IOVA a byte address falls in, as a page frame number limit for a device mask:
     /// the last granule whose every byte is at or below `mask`; `None` when no granule is.
     pub(crate) fn limit_pfn(&self, mask: u64) -> Option<u64> {
@@ -251,14 +320,15 @@ impl IommuDomain {
         }
     }
 
-    /// Allocates IOVA pages below `limit_pfn`; in lazy mode, drains the flush queue and
-    /// retries once before giving up.
+    /// Allocates the IOVA pages of `len` granule-aligned bytes below `limit_pfn`; in lazy
+    /// mode, drains the flush queue and retries once before giving up.
     pub(crate) fn alloc_iova(
         &self,
-        pages: u64,
+        len: u64,
         limit_pfn: u64,
         cpu: usize,
     ) -> Result<IovaRange, IovaError> {
+        let pages = len >> self.shift;
         match self.iova.alloc(pages, limit_pfn, cpu) {
             Err(IovaError::Exhausted { .. }) if self.fq.len() > 0 => {
                 self.drain(cpu);

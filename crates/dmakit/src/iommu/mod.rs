@@ -189,10 +189,10 @@ impl IommuDma {
             .get(&id)
             .ok_or(IommuError::NoSuchDomain(id))?
             .clone();
-        if self.devices.lock().values().flatten().any(|a| a.id == id) {
+        if self.devices.lock().values().flatten().any(|a| a.id() == id) {
             return Err(IommuError::DomainBusy(id).into());
         }
-        if !d.records.lock().is_empty() {
+        if d.has_mappings() {
             return Err(IommuDmaError::Busy);
         }
         d.drain(0);

@@ -124,7 +124,7 @@ impl<P: Platform> DmaMapper<P> {
         let route = self.route(dev, range, dir);
         if matches!(route, Route::Direct) && !active(Defect::DeferUnneededMapping) {
             let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
-            self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+            self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(MapStatus::Mapped(mapped.0));
         }
         self.never_fits(dev, range, &route)?;
@@ -148,7 +148,7 @@ impl<P: Platform> DmaMapper<P> {
                     Ok(mapped) => {
                         drop(held);
                         self.waiting.fetch_sub(1, Ordering::SeqCst);
-                        self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+                        self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
                         return Ok(MapStatus::Mapped(mapped.0));
                     }
                     Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
@@ -185,7 +185,8 @@ impl<P: Platform> DmaMapper<P> {
             });
             break;
         }
-        self.counters
+        self.obs
+            .counters
             .deferred(self.platform.current_cpu(), dev.id());
         Ok(MapStatus::Deferred)
     }
@@ -287,7 +288,7 @@ impl<P: Platform> DmaMapper<P> {
                 continue;
             }
             let result = result.map_err(|f| self.failure_to_error(&dev, range, f));
-            self.debug_mapped(&dev, range, dir, site, &result);
+            self.obs.debug_mapped(&dev, range, dir, site, &result);
             (entry.done)(result.map(|(dma, _)| dma));
         }
     }

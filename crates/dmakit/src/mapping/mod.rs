@@ -6,12 +6,12 @@
 //! module knows them all. It also owns what spans paths: growth fallbacks, deferred
 //! mappings and scatter-gather splitting.
 //!
-//! This file holds the mapper and its observability; [`DmaMapperBuilder`] configures it.
-//! The operations are split by kind: `route` (the decision and the paths behind it),
-//! `single` (map, unmap, sync), `deferred` (mappings that wait for room) and `sg`
-//! (scatter-gather lists).
+//! This file holds the mapper; [`DmaMapperBuilder`] configures it. What the mapper holds is
+//! grouped by concern: `routes` (its bounce pools and IOMMU layer) and `observability`
+//! (debug checker, statistics, reporter). The operations are split by kind: `route` (the
+//! decisions and the paths behind them), `single` (map, unmap, sync), `deferred` (mappings
+//! that wait for room) and `sg` (scatter-gather lists).
 
-use core::panic::Location;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
 
 use alloc::boxed::Box;
@@ -22,12 +22,11 @@ use spin::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::{BounceBackend, TransientPool};
-use crate::debug::{DebugChecker, DebugReport, LiveMapping, MappingFamily};
-use crate::decision::{AlignmentPolicy, BounceReason};
-use crate::device::{BouncePool, Device};
-use crate::direction::Direction;
+use crate::debug::{DebugChecker, DebugReport};
+use crate::decision::AlignmentPolicy;
+use crate::device::Device;
 use crate::error::DmaError;
-use crate::iommu::{self, IommuDma, IommuDomain};
+use crate::iommu::IommuDma;
 use crate::platform::{PageAllocator, Platform};
 use crate::stats::{
     BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
@@ -36,18 +35,22 @@ use crate::stats::{
 mod builder;
 mod deferred;
 mod hazard_controls;
+mod observability;
 mod route;
+mod routes;
 mod sg;
 mod single;
 
+pub use crate::mapped::{DmaSegment, MapPath, SgEntry};
 pub use builder::DmaMapperBuilder;
 use deferred::DeferQueue;
 #[cfg(feature = "hazard-controls")]
 pub use hazard_controls::HazardControls;
 #[cfg(not(feature = "hazard-controls"))]
 use hazard_controls::HazardControls;
-use route::{Registered, Route};
-pub use sg::{DmaSegment, SgEntry};
+use observability::Observability;
+use route::Route;
+use routes::{Registered, Routes};
 
 /// Called once when a deferred mapping completes, fails for a reason other than room, or
 /// is ended by the release of its device ([`DmaError::DeviceReleased`]). Never called with
@@ -64,25 +67,6 @@ pub enum MapStatus {
     Deferred,
 }
 
-/// How a single mapping was made, as reported by [`DmaMapper::map_traced`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapPath {
-    /// The device uses the buffer in place.
-    Direct,
-    /// The buffer was bounced for `reason` through the named backend.
-    Bounced {
-        /// Why.
-        reason: BounceReason,
-        /// The backend's name.
-        backend: &'static str,
-    },
-    /// The device reaches the buffer in place through an IOVA of IOMMU domain `domain`.
-    Iommu {
-        /// The device's domain.
-        domain: crate::platform::IommuDomainId,
-    },
-}
-
 /// The streaming DMA mapping layer for one platform, configured once by
 /// [`DmaMapper::builder`].
 ///
@@ -91,9 +75,7 @@ pub enum MapPath {
 pub struct DmaMapper<P> {
     platform: P,
     policy: AlignmentPolicy,
-    swiotlb: Option<Registered>,
-    coherent: Option<Registered>,
-    transient: Option<TransientPool>,
+    routes: Routes,
     deferred: Mutex<DeferQueue>,
     /// Deferred mappings queued, plus `map_or_defer` attempts under way: frees look at it
     /// (not at the queue's lock) to decide whether anyone may be waiting for room.
@@ -102,12 +84,7 @@ pub struct DmaMapper<P> {
     /// its attempt tries again instead of waiting for the next.
     room_events: AtomicU64,
     controls: HazardControls,
-    iommu: Option<Arc<IommuDma>>,
-    debug: Option<DebugChecker>,
-    counters: DeviceCounters,
-    sites: SiteTable,
-    suggest_ppm: u64,
-    reporter: Option<BounceReporter>,
+    obs: Observability,
 }
 
 impl<P: Platform> DmaMapper<P> {
@@ -116,49 +93,40 @@ impl<P: Platform> DmaMapper<P> {
     pub(crate) fn new(platform: P) -> Self {
         Self {
             policy: AlignmentPolicy::Exact,
-            swiotlb: None,
-            coherent: None,
-            transient: None,
+            routes: Routes::new(),
             deferred: Mutex::new(DeferQueue::new()),
             waiting: AtomicUsize::new(0),
             room_events: AtomicU64::new(0),
             controls: HazardControls::default(),
-            iommu: None,
-            debug: None,
-            counters: DeviceCounters::new(platform.cpu_count()),
-            sites: SiteTable::new(platform.cpu_count()),
-            suggest_ppm: 100_000,
-            reporter: None,
+            obs: Observability::new(platform.cpu_count()),
             platform,
         }
     }
 
     /// Backs [`DmaMapperBuilder::site_suggestion_threshold`].
     pub(crate) fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
-        self.suggest_ppm = ppm;
+        self.obs.suggest_ppm = ppm;
         self
     }
 
     /// Backs [`DmaMapperBuilder::without_statistics`].
     pub(crate) fn without_statistics(mut self) -> Self {
-        self.counters = DeviceCounters::disabled();
-        self.sites = SiteTable::disabled();
+        self.obs.counters = DeviceCounters::disabled();
+        self.obs.sites = SiteTable::disabled();
         self
     }
 
     /// Backs [`DmaMapperBuilder::bounce_reporter`].
     pub(crate) fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
-        self.reporter = Some(reporter);
+        self.obs.reporter = Some(reporter);
         self
     }
 
     /// A snapshot of the statistics: per device, per pool. Reads atomics only.
     pub fn stats(&self) -> StatsSnapshot {
-        let pools = [&self.swiotlb, &self.coherent]
-            .into_iter()
-            .flatten()
-            .map(|r| r.backend.as_ref())
-            .chain(self.transient.as_ref().map(|t| t as &dyn BounceBackend))
+        let pools = self
+            .routes
+            .backends()
             .map(|b| PoolSnapshot {
                 name: b.name(),
                 usage: b.usage(),
@@ -166,20 +134,20 @@ impl<P: Platform> DmaMapper<P> {
             })
             .collect();
         StatsSnapshot {
-            devices: self.counters.snapshot(),
+            devices: self.obs.counters.snapshot(),
             pools,
-            untracked_site_bounces: self.sites.untracked(),
+            untracked_site_bounces: self.obs.sites.untracked(),
         }
     }
 
     /// The `n` call sites that requested the most bounced mappings, most first.
     pub fn top_sites(&self, n: usize) -> Vec<SiteStats> {
-        self.sites.top(n, self.suggest_ppm)
+        self.obs.sites.top(n, self.obs.suggest_ppm)
     }
 
     /// Backs [`DmaMapperBuilder::iommu`].
     pub(crate) fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
-        self.iommu = Some(iommu);
+        self.routes.iommu = Some(iommu);
         self
     }
 
@@ -189,7 +157,7 @@ impl<P: Platform> DmaMapper<P> {
     /// now fit. Call it from a timer in lazy mode. Returns the bounce slots released (0
     /// without an IOMMU).
     pub fn flush_iommu_queues(&self) -> usize {
-        let Some(iommu) = &self.iommu else {
+        let Some(iommu) = &self.routes.iommu else {
             return 0;
         };
         let released = iommu.flush_queues(self.platform.current_cpu());
@@ -203,39 +171,18 @@ impl<P: Platform> DmaMapper<P> {
 
     /// The IOMMU layer, if there is one.
     pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
-        self.iommu.as_ref()
-    }
-
-    /// The IOMMU domain `dev` is mapped through, if any.
-    ///
-    /// # Errors
-    /// [`DmaError::Detached`] when `dev` was detached from its domain: the IOMMU blocks it,
-    /// so it is not mapped at all (never directly).
-    #[inline]
-    fn iommu_domain(&self, dev: &Device) -> Result<Option<Arc<IommuDomain>>, DmaError> {
-        match &self.iommu {
-            Some(iommu) => iommu.route_of(dev.id()),
-            None => Ok(None),
-        }
-    }
-
-    fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
-        iommu::path::MapCtx {
-            backend: self.bounce_backend(dev),
-            policy: self.policy,
-            fill_inbound: !self.controls.skips_inbound_fill(),
-        }
+        self.routes.iommu.as_ref()
     }
 
     /// Backs [`DmaMapperBuilder::debug_checker`].
     pub(crate) fn with_debug_checker(mut self) -> Self {
-        self.debug = Some(DebugChecker::new(self.line(), 10_000));
+        self.obs.debug = Some(DebugChecker::new(self.line(), 10_000));
         self
     }
 
     /// The debug checker, when enabled.
     pub fn debug_checker(&self) -> Option<&DebugChecker> {
-        self.debug.as_ref()
+        self.obs.debug.as_ref()
     }
 
     /// The device is going away. Its deferred mappings still waiting are taken out of the
@@ -246,23 +193,10 @@ impl<P: Platform> DmaMapper<P> {
     /// returned); otherwise nothing is known and nothing returned.
     pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
         self.cancel_deferred(dev);
-        self.debug
+        self.obs
+            .debug
             .as_ref()
             .map_or_else(Vec::new, |d| d.release_device(dev))
-    }
-
-    #[inline]
-    fn debug_mapped(
-        &self,
-        dev: &Device,
-        range: PhysRange,
-        dir: Direction,
-        site: &'static Location<'static>,
-        result: &Result<(DmaAddr, MapPath), DmaError>,
-    ) {
-        if let Some(d) = &self.debug {
-            debug_record_mapped(d, dev, range, dir, site, result);
-        }
     }
 
     /// Backs [`DmaMapperBuilder::hazard_controls`].
@@ -280,13 +214,13 @@ impl<P: Platform> DmaMapper<P> {
 
     /// Backs [`DmaMapperBuilder::swiotlb_backend`].
     pub(crate) fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.swiotlb = Some(Registered::new(pool));
+        self.routes.swiotlb = Some(Registered::new(pool));
         self
     }
 
     /// Backs [`DmaMapperBuilder::coherent_backend`].
     pub(crate) fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.coherent = Some(Registered::new(pool));
+        self.routes.coherent = Some(Registered::new(pool));
         self
     }
 
@@ -295,7 +229,7 @@ impl<P: Platform> DmaMapper<P> {
         mut self,
         pages: Arc<dyn PageAllocator + Send + Sync>,
     ) -> Self {
-        self.transient = Some(TransientPool::new(pages));
+        self.routes.transient = Some(TransientPool::new(pages));
         self
     }
 
@@ -311,15 +245,12 @@ impl<P: Platform> DmaMapper<P> {
 
     /// The pool bounces of `dev` go to, if there is one.
     pub fn bounce_backend(&self, dev: &Device) -> Option<&Arc<dyn BounceBackend>> {
-        match dev.bounce_pool() {
-            BouncePool::Swiotlb => self.swiotlb.as_ref().map(|r| &r.backend),
-            BouncePool::Coherent => self.coherent.as_ref().map(|r| &r.backend),
-        }
+        self.routes.bounce_backend(dev)
     }
 
     /// The transient backend, if enabled.
     pub fn transient(&self) -> Option<&TransientPool> {
-        self.transient.as_ref()
+        self.routes.transient.as_ref()
     }
 
     /// Whether kmalloc must keep cache-line alignment for safety on this platform: some
@@ -335,37 +266,6 @@ impl<P: Platform> DmaMapper<P> {
 
     fn line(&self) -> u64 {
         self.platform.cache_line_size()
-    }
-}
-
-/// Tells the debug checker about a single mapping's outcome (out of line: only a mapper
-/// with the checker on gets here).
-#[inline(never)]
-fn debug_record_mapped(
-    d: &DebugChecker,
-    dev: &Device,
-    range: PhysRange,
-    dir: Direction,
-    site: &'static Location<'static>,
-    result: &Result<(DmaAddr, MapPath), DmaError>,
-) {
-    match result {
-        Ok((dma, path)) => d.mapped(
-            dev,
-            LiveMapping {
-                device: dev.id(),
-                dma: *dma,
-                phys: Some(range.start()),
-                len: range.len(),
-                dir,
-                family: MappingFamily::Single,
-                site,
-                bounced: matches!(path, MapPath::Bounced { .. }),
-                coherent_device: dev.is_coherent(),
-                cpu_owned: Vec::new(),
-            },
-        ),
-        Err(e) => d.map_failed(dev, site, *e),
     }
 }
 

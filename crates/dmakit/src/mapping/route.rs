@@ -1,19 +1,21 @@
-//! The routing decision and the paths behind it.
+//! The routing decisions and the paths behind them.
 //!
-//! [`DmaMapper::route`] decides, once per mapping or sg segment, whether it goes direct,
-//! through the device's IOMMU domain, or through a bounce pool (and why). The direct path is
-//! small enough to inline into `map`; the IOMMU and bounce paths are out of line. At unmap
-//! and sync, [`DmaMapper::backend_owning`] finds the bounce pool holding an address, testing
-//! each pool's memory span first so direct mappings cost no lookup.
+//! Two decisions, each made once per operation: [`DmaMapper::route`] (forward) decides
+//! whether a mapping or sg segment goes direct, through the device's IOMMU domain, or
+//! through a bounce pool (and why); [`DmaMapper::owner_of`] (reverse) finds, at unmap and
+//! sync, which of those holds a device address. Only `Routes::iommu_domain` asks whether a device
+//! is behind the IOMMU, and only these two call it. The direct path is small enough to
+//! inline into `map`; the IOMMU and bounce paths are out of line. The reverse lookup tests
+//! each pool's memory span first, so direct mappings cost no lookup.
 
 use core::panic::Location;
 
 use alloc::sync::Arc;
 
 use super::{DmaMapper, MapPath};
-use crate::addr::{DmaAddr, PhysAddr, PhysRange};
-use crate::bounce::path::{self as bounce, MapFailure};
-use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta, MemorySpan};
+use crate::addr::{DmaAddr, PhysRange};
+use crate::bounce::path::{self as bounce, MapFailure, Placement};
+use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta};
 use crate::decision::{self, BounceReason};
 use crate::device::Device;
 use crate::direct;
@@ -21,25 +23,6 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu::{self, IommuDomain};
 use crate::platform::Platform;
-
-/// A bounce backend as the router keeps it: with its memory span, when it has one.
-pub(super) struct Registered {
-    pub(super) backend: Arc<dyn BounceBackend>,
-    span: Option<Arc<MemorySpan>>,
-}
-
-impl Registered {
-    pub(super) fn new(backend: Arc<dyn BounceBackend>) -> Self {
-        let span = backend.memory_span();
-        Self { backend, span }
-    }
-
-    /// False when `a` is certainly not in the backend's memory; true when it may be.
-    #[inline]
-    fn may_hold(&self, a: PhysAddr) -> bool {
-        self.span.as_ref().is_none_or(|s| s.may_contain(a.as_u64()))
-    }
-}
 
 /// The path a mapping takes, as decided by the routing layer.
 pub(super) enum Route {
@@ -53,11 +36,30 @@ pub(super) enum Route {
     Refused(DmaError),
 }
 
+/// Who holds a live mapping, as the reverse routing decision finds it.
+pub(super) enum Owner<'a> {
+    /// The device's IOMMU domain (which knows whether it bounced).
+    Iommu(Arc<IommuDomain>),
+    /// This bounce backend: the address is one of its slots.
+    Bounce(&'a dyn BounceBackend),
+    /// Nobody: the device uses the buffer in place.
+    Direct,
+}
+
 impl<P: Platform> DmaMapper<P> {
-    /// Which path a mapping of `range` by `dev` in `dir` takes: the single routing decision.
+    pub(super) fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
+        iommu::path::MapCtx {
+            backend: self.bounce_backend(dev),
+            policy: self.policy,
+            fill_inbound: !self.controls.skips_inbound_fill(),
+        }
+    }
+
+    /// Which path a mapping of `range` by `dev` in `dir` takes: the forward routing
+    /// decision.
     #[inline]
     pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
-        match self.iommu_domain(dev) {
+        match self.routes.iommu_domain(dev) {
             Ok(Some(dom)) => return Route::Iommu(dom),
             Err(e) => return Route::Refused(e),
             Ok(None) => {}
@@ -102,7 +104,8 @@ impl<P: Platform> DmaMapper<P> {
     #[inline]
     pub(super) fn map_direct(&self, dev: &Device, range: PhysRange, dir: Direction) -> DmaAddr {
         let dma = direct::map(&self.platform, dev, range, dir);
-        self.counters
+        self.obs
+            .counters
             .mapped(self.platform.current_cpu(), dev.id(), dir, None, 0);
         dma
     }
@@ -147,10 +150,11 @@ impl<P: Platform> DmaMapper<P> {
                 // The IOMMU path fills its bounces by the bounce path's rule.
                 let filled = dir.device_reads() || !self.controls.skips_inbound_fill();
                 let copied = if filled { range.len() } else { 0 };
-                self.record_mapped(cpu, dev, range, dir, site, path, copied);
+                self.obs
+                    .record_mapped(cpu, dev, range, dir, site, path, copied);
             }
             Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {
-                self.counters.exhausted(cpu, dev.id())
+                self.obs.counters.exhausted(cpu, dev.id())
             }
             Err(_) => {}
         }
@@ -187,7 +191,7 @@ impl<P: Platform> DmaMapper<P> {
         let (used, mapped) = match first {
             Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) if backend.growth_pending() => {
                 // While growth is on its way, an exact-size transient bounce bridges the gap.
-                match &self.transient {
+                match &self.routes.transient {
                     Some(t) => (
                         t as &dyn BounceBackend,
                         self.bounce_into(t, dev, range, meta),
@@ -206,12 +210,13 @@ impl<P: Platform> DmaMapper<P> {
                     reason,
                     backend: used.name(),
                 };
-                self.record_mapped(cpu, dev, range, dir, site, path, copied);
+                self.obs
+                    .record_mapped(cpu, dev, range, dir, site, path, copied);
                 Ok((dma, path))
             }
             Err(e) => {
                 if let MapFailure::NoRoom(BounceAllocError::Full { .. }) = e {
-                    self.counters.exhausted(cpu, dev.id());
+                    self.obs.counters.exhausted(cpu, dev.id());
                 }
                 Err(e)
             }
@@ -222,39 +227,10 @@ impl<P: Platform> DmaMapper<P> {
     /// unmapped IOVAs (after invalidating their IOTLBs). Returns whether any was released,
     /// so the failed map may be tried once more.
     pub(super) fn reclaim_parked_bounces(&self) -> bool {
-        self.iommu
+        self.routes
+            .iommu
             .as_ref()
             .is_some_and(|i| i.reclaim_bounces(self.platform.current_cpu()) > 0)
-    }
-
-    /// Counts a successful mapping; a bounced one is also attributed to its call site and
-    /// offered to the reporter.
-    #[allow(clippy::too_many_arguments)]
-    fn record_mapped(
-        &self,
-        cpu: usize,
-        dev: &Device,
-        range: PhysRange,
-        dir: Direction,
-        site: &'static Location<'static>,
-        path: MapPath,
-        copied: u64,
-    ) {
-        let MapPath::Bounced { reason, .. } = path else {
-            self.counters.mapped(cpu, dev.id(), dir, None, 0);
-            return;
-        };
-        self.counters
-            .mapped(cpu, dev.id(), dir, Some(reason), copied);
-        self.sites.record(cpu, site, range.len());
-        if let Some(r) = &self.reporter {
-            r.bounced(site, dev.id(), reason, range.len(), dir);
-        }
-        log::trace!(
-            "{}: bounced {range:?} ({}) at {site}",
-            dev.id(),
-            reason.name()
-        );
     }
 
     fn bounce_into(
@@ -265,23 +241,30 @@ impl<P: Platform> DmaMapper<P> {
         meta: BounceMeta,
     ) -> Result<(DmaAddr, u64), MapFailure> {
         let fill = !self.controls.skips_inbound_fill();
-        bounce::map(&self.platform, backend, dev, range, meta, fill)
+        let place = Placement {
+            max_addr: dev.dma_mask(),
+            granule_pad: None,
+        };
+        bounce::map(&self.platform, backend, dev, range, meta, fill, place)
+            .map(|b| (DmaAddr::new(b.slot.as_u64()), b.copied))
     }
 
-    /// The backend whose memory holds `dma`, if any. Direct mappings, whose buffers lie
-    /// outside every backend's span, cost no lookup.
+    /// Who holds the mapping `dma` of `dev`: the reverse routing decision, made once by
+    /// unmap, sync and `unmap_sg`. For a device behind the IOMMU its domain, whatever
+    /// `dma` is; otherwise the backend whose memory holds `dma`, or the direct path.
+    ///
+    /// # Errors
+    /// [`DmaError::Detached`] for a device detached from its IOMMU domain: an old IOVA is
+    /// never taken for a physical address.
     #[inline]
-    pub(super) fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {
-        let a = PhysAddr::new(dma.as_u64());
-        for r in [&self.swiotlb, &self.coherent].into_iter().flatten() {
-            if r.may_hold(a) && r.backend.contains(a) {
-                return Some(r.backend.as_ref());
-            }
+    pub(super) fn owner_of(&self, dev: &Device, dma: DmaAddr) -> Result<Owner<'_>, DmaError> {
+        if let Some(dom) = self.routes.iommu_domain(dev)? {
+            return Ok(Owner::Iommu(dom));
         }
-        self.transient
-            .as_ref()
-            .filter(|t| t.span().may_contain(a.as_u64()) && t.contains(a))
-            .map(|t| t as &dyn BounceBackend)
+        Ok(match self.routes.backend_owning(dma) {
+            Some(backend) => Owner::Bounce(backend),
+            None => Owner::Direct,
+        })
     }
 
     pub(super) fn failure_to_error(

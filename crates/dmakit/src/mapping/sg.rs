@@ -5,7 +5,8 @@ use core::panic::Location;
 
 use alloc::vec::Vec;
 
-use super::{checked_range, DmaMapper};
+use super::route::{Owner, Route};
+use super::{checked_range, DmaMapper, DmaSegment, SgEntry};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::debug::checker::Unmapping;
 use crate::debug::{LiveMapping, MappingFamily};
@@ -16,24 +17,6 @@ use crate::error::DmaError;
 use crate::iommu;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
-
-/// One element of a scatter-gather list given to [`DmaMapper::map_sg`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SgEntry {
-    /// First byte.
-    pub phys: PhysAddr,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-/// One device-visible segment produced by [`DmaMapper::map_sg`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DmaSegment {
-    /// Device address.
-    pub dma: DmaAddr,
-    /// Length in bytes.
-    pub len: u64,
-}
 
 impl<P: Platform> DmaMapper<P> {
     /// Maps a scatter-gather list. Entries longer than the device's maximum segment size,
@@ -59,7 +42,7 @@ impl<P: Platform> DmaMapper<P> {
             .collect::<Result<Vec<_>, _>>()?;
         let site = Location::caller();
         let result = self.map_sg_ranges(dev, &ranges, dir, site);
-        if let Some(d) = &self.debug {
+        if let Some(d) = &self.obs.debug {
             match &result {
                 Ok((segs, phys)) => {
                     let group = d.next_group();
@@ -98,7 +81,14 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(Vec<DmaSegment>, Vec<Option<PhysAddr>>), DmaError> {
-        if let Some(dom) = self.iommu_domain(dev)? {
+        // The list's first buffer says which way the device goes; the direct and bounce
+        // segments then get their own decisions below.
+        let dom = match self.route(dev, ranges[0], dir) {
+            Route::Iommu(dom) => Some(dom),
+            Route::Refused(e) => return Err(e),
+            Route::Direct | Route::Bounce(_) => None,
+        };
+        if let Some(dom) = dom {
             let ctx = self.iommu_ctx(dev);
             let mut mapped = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx);
             if super::route::is_full(&mapped) && self.reclaim_parked_bounces() {
@@ -174,12 +164,20 @@ impl<P: Platform> DmaMapper<P> {
     ) -> Result<(), DmaError> {
         // The put-back defect: the direct path accepted an empty list (the IOMMU path
         // below refuses it on its own).
+        // (Only whether the device is behind the IOMMU matters there, so any address does.)
         let old_empty_rule = reintroduce::active(Defect::EmptyUnmapSgInconsistent)
-            && matches!(self.iommu_domain(dev), Ok(None));
-        if segments.is_empty() && !old_empty_rule {
+            && matches!(
+                self.owner_of(dev, DmaAddr::new(0)),
+                Ok(Owner::Bounce(_) | Owner::Direct)
+            );
+        let Some(first_seg) = segments.first() else {
+            if old_empty_rule {
+                return Ok(());
+            }
             return Err(DmaError::ZeroLength { device: dev.id() });
-        }
-        if let Some(d) = &self.debug {
+        };
+        let owner = self.owner_of(dev, first_seg.dma);
+        if let Some(d) = &self.obs.debug {
             let site = Location::caller();
             for seg in segments {
                 let u = Unmapping {
@@ -194,7 +192,7 @@ impl<P: Platform> DmaMapper<P> {
                 d.unmapping(dev, u, site);
             }
         }
-        if let Some(dom) = self.iommu_domain(dev)? {
+        if let Owner::Iommu(dom) = owner? {
             let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
             self.room_freed();
             return r;
@@ -228,7 +226,7 @@ impl<P: Platform> DmaMapper<P> {
                 let _ = self.unmap_range(dev, s.dma, range, dir);
                 continue;
             }
-            match self.backend_owning(s.dma) {
+            match self.routes.backend_owning(s.dma) {
                 Some(backend) => {
                     let undone = backend.abandon(PhysAddr::new(s.dma.as_u64()));
                     debug_assert!(undone.is_some());

@@ -3,6 +3,7 @@
 
 use core::panic::Location;
 
+use super::route::Owner;
 use super::{checked_range, DmaMapper, MapPath, Route};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
@@ -76,13 +77,13 @@ impl<P: Platform> DmaMapper<P> {
         if let Route::Direct = route {
             // Returned on its own, so a direct mapping's result stays in registers.
             let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
-            self.debug_mapped(dev, range, dir, site, &Ok(mapped));
+            self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(mapped);
         }
         let result = self
             .map_routed(dev, range, dir, site, route)
             .map_err(|f| self.failure_to_error(dev, range, f));
-        self.debug_mapped(dev, range, dir, site, &result);
+        self.obs.debug_mapped(dev, range, dir, site, &result);
         result
     }
 
@@ -107,7 +108,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let range = checked_range(dev, dma.as_u64(), len)?;
-        let Some(d) = &self.debug else {
+        let Some(d) = &self.obs.debug else {
             return self.unmap_range(dev, dma, range, dir);
         };
         let u = Unmapping {
@@ -136,12 +137,10 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        if let Some(dom) = self.iommu_domain(dev)? {
-            return self.unmap_iommu(&dom, dev, dma, range.len(), dir);
-        }
-        match self.backend_owning(dma) {
-            Some(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
-            None => {
+        match self.owner_of(dev, dma)? {
+            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, range.len(), dir),
+            Owner::Bounce(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
+            Owner::Direct => {
                 direct::unmap(&self.platform, dev, range, dir);
                 Ok(())
             }
@@ -167,7 +166,8 @@ impl<P: Platform> DmaMapper<P> {
                 return Err(e);
             }
         };
-        self.counters
+        self.obs
+            .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), ended.copied);
         if ended.freed_room {
             self.room_freed();
@@ -185,7 +185,8 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
     ) -> Result<(), DmaError> {
         let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
-        self.counters
+        self.obs
+            .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
         self.room_freed();
         Ok(())
@@ -254,38 +255,36 @@ impl<P: Platform> DmaMapper<P> {
             dir,
         } = part;
         let range = self.sync_range(dev, dma, offset, len)?;
-        if let Some(d) = &self.debug {
+        if let Some(d) = &self.obs.debug {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
         let fill_inbound = !self.controls.skips_inbound_fill();
-        let copied = if let Some(dom) = self.iommu_domain(dev)? {
-            let to = if for_cpu {
-                iommu::path::SyncTo::Cpu
-            } else {
-                iommu::path::SyncTo::Device { fill_inbound }
-            };
-            iommu::path::sync(&self.platform, &dom, dev, part, to)?
-        } else {
-            match (self.backend_owning(dma), for_cpu) {
-                (Some(b), true) => bounce::sync_for_cpu(&self.platform, b, dev, part)?,
-                (Some(b), false) => {
-                    bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?
-                }
-                (None, true) => {
-                    direct::sync_for_cpu(&self.platform, dev, range, dir);
-                    0
-                }
-                (None, false) => {
-                    direct::sync_for_device(&self.platform, dev, range, dir);
-                    0
-                }
+        let copied = match (self.owner_of(dev, dma)?, for_cpu) {
+            (Owner::Iommu(dom), true) => {
+                iommu::path::sync(&self.platform, &dom, dev, part, iommu::path::SyncTo::Cpu)?
+            }
+            (Owner::Iommu(dom), false) => {
+                let to = iommu::path::SyncTo::Device { fill_inbound };
+                iommu::path::sync(&self.platform, &dom, dev, part, to)?
+            }
+            (Owner::Bounce(b), true) => bounce::sync_for_cpu(&self.platform, b, dev, part)?,
+            (Owner::Bounce(b), false) => {
+                bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?
+            }
+            (Owner::Direct, true) => {
+                direct::sync_for_cpu(&self.platform, dev, range, dir);
+                0
+            }
+            (Owner::Direct, false) => {
+                direct::sync_for_device(&self.platform, dev, range, dir);
+                0
             }
         };
         let cpu = self.platform.current_cpu();
         if for_cpu {
-            self.counters.copied_from_bounce(cpu, dev.id(), copied);
+            self.obs.counters.copied_from_bounce(cpu, dev.id(), copied);
         } else {
-            self.counters.copied_to_bounce(cpu, dev.id(), copied);
+            self.obs.counters.copied_to_bounce(cpu, dev.id(), copied);
         }
         Ok(())
     }

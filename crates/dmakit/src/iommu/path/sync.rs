@@ -1,0 +1,157 @@
+//! Partial syncs on the IOMMU path: ownership of a part of a live mapping passes to the
+//! device or back to the CPU.
+
+use alloc::collections::BTreeMap;
+
+use super::super::domain::{IommuDomain, Kind, Record};
+use super::overflow;
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::bounce::path::{self as bounce, SyncPart};
+use crate::device::Device;
+use crate::error::DmaError;
+use crate::maintenance;
+use crate::platform::Platform;
+use crate::reintroduce::{self, Defect};
+
+/// The key of the live mapping of `dev` holding `[addr, addr + len)`.
+pub(super) fn containing(
+    recs: &BTreeMap<u64, Record>,
+    dev: &Device,
+    addr: u64,
+    len: u64,
+) -> Result<u64, DmaError> {
+    let (&key, r) = recs
+        .range(..=addr)
+        .next_back()
+        .filter(|(&k, r)| r.device == dev.id() && addr - k < r.len)
+        .ok_or(DmaError::UnknownMapping {
+            device: dev.id(),
+            dma: DmaAddr::new(addr),
+        })?;
+    if (addr - key).checked_add(len).is_none_or(|end| end > r.len) {
+        return Err(DmaError::OutOfMapping {
+            device: dev.id(),
+            dma: DmaAddr::new(addr),
+            len,
+            mapped_len: r.len,
+        });
+    }
+    Ok(key)
+}
+
+/// Which way a sync hands ownership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncTo {
+    /// To the device; inbound bounces are refilled unless `fill_inbound` is off (only to
+    /// demonstrate the hazard).
+    Device {
+        /// Refill inbound bounces from the buffer.
+        fill_inbound: bool,
+    },
+    /// Back to the CPU.
+    Cpu,
+}
+
+/// Ownership of the part `part` (bytes at an offset inside the mapping at `part.dma`)
+/// passes to the device or back to the CPU. Returns the bytes copied to or from a bounce.
+///
+/// # Errors
+/// [`DmaError::UnknownMapping`] when the part is not inside a live mapping of `dev`,
+/// [`DmaError::OutOfMapping`] when it leaves it, [`DmaError::WrongDirection`] when the
+/// mapping does not permit the direction; a bounce copy fault.
+pub(crate) fn sync<P: Platform + ?Sized>(
+    p: &P,
+    dom: &IommuDomain,
+    dev: &Device,
+    part: SyncPart,
+    to: SyncTo,
+) -> Result<u64, DmaError> {
+    let SyncPart {
+        dma,
+        offset,
+        len,
+        dir,
+    } = part;
+    let addr = dma
+        .as_u64()
+        .checked_add(offset)
+        .ok_or(overflow(dev, dma.as_u64(), offset))?;
+    // A bounce is synced after the records' lock is dropped; the rest under it.
+    let bounced = dom.with_records(|recs| {
+        // The mapping the caller names is the one holding `dma`; the synced part must lie
+        // in it, even where another mapping of the device starts right after it.
+        let key = if reintroduce::active(Defect::IommuSyncStraysIntoNeighbour) {
+            containing(recs, dev, addr, len)?
+        } else {
+            containing(recs, dev, dma.as_u64(), 1)?
+        };
+        let Some(r) = recs.get(&key) else {
+            return Err(DmaError::UnknownMapping {
+                device: dev.id(),
+                dma,
+            });
+        };
+        if (addr - key).checked_add(len).is_none_or(|end| end > r.len) {
+            return Err(DmaError::OutOfMapping {
+                device: dev.id(),
+                dma: DmaAddr::new(addr),
+                len,
+                mapped_len: r.len,
+            });
+        }
+        if !r.dir.permits_sync(dir) {
+            return Err(DmaError::WrongDirection {
+                device: dev.id(),
+                mapped: r.dir,
+                requested: dir,
+            });
+        }
+        let at = addr - key;
+        let maintain = |phys: PhysAddr, n: u64| {
+            if dev.is_coherent() {
+                return;
+            }
+            if let Some(range) = PhysRange::new(phys, n) {
+                if to != SyncTo::Cpu {
+                    maintenance::for_device(p, range, dir);
+                } else {
+                    maintenance::for_cpu(p, range, dir);
+                }
+            }
+        };
+        match &r.kind {
+            Kind::Single { phys } => {
+                maintain(phys.add(at), len);
+                Ok(None)
+            }
+            Kind::Sg { pieces } | Kind::Pages { pieces } => {
+                let (lo, hi) = (addr, addr + len);
+                for pc in pieces {
+                    let (s, e) = (pc.dma.max(lo), (pc.dma + pc.len).min(hi));
+                    if s < e {
+                        maintain(pc.phys.add(s - pc.dma), e - s);
+                    }
+                }
+                Ok(None)
+            }
+            Kind::Bounced { backend, slot } => {
+                let part = SyncPart {
+                    dma: DmaAddr::new(slot.as_u64()),
+                    offset: at,
+                    len,
+                    dir,
+                };
+                Ok(Some((backend.clone(), part)))
+            }
+        }
+    })?;
+    let Some((backend, part)) = bounced else {
+        return Ok(0);
+    };
+    match to {
+        SyncTo::Device { fill_inbound } => {
+            bounce::sync_for_device(p, backend.as_ref(), dev, part, fill_inbound)
+        }
+        SyncTo::Cpu => bounce::sync_for_cpu(p, backend.as_ref(), dev, part),
+    }
+}
