@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the core crate's unit tests under Miri (undefined behaviour, out-of-bounds and
+# Runs the unit tests of the core crate and of the allocator crate (dmakit-mem) under Miri (undefined behaviour, out-of-bounds and
 # use-after-free checks, data races in the threaded tests): scripts/miri.sh [TEST FILTER...]
 #
 # Needs the nightly toolchain; adds its miri and rust-src components if they are missing.
@@ -26,4 +26,5 @@ export PROPTEST_DISABLE_FAILURE_PERSISTENCE=1
 start=$(date +%s)
 cargo +nightly miri setup >/dev/null
 cargo +nightly miri test -p dmakit --lib -- "$@"
-echo "==> Miri: core crate unit tests passed in $(( $(date +%s) - start )) s (PROPTEST_CASES=$PROPTEST_CASES)"
+cargo +nightly miri test -p dmakit-mem --lib -- "$@"
+echo "==> Miri: unit tests of dmakit and dmakit-mem passed in $(( $(date +%s) - start )) s (PROPTEST_CASES=$PROPTEST_CASES)"

@@ -318,23 +318,24 @@ impl ZonedPages for ZonedPageAllocator {
     const MAX_BLOCK_PAGES: u64 = MAX_BLOCK_PAGES;
 
     fn alloc_for_device(&self, dev: &Device, pages: u64) -> Result<PhysAddr, PageAllocError> {
-        ZonedPageAllocator::alloc_for_device(self, dev, pages).map_err(page_error)
+        ZonedPageAllocator::alloc_for_device(self, dev, pages).map_err(|e| page_error(e, pages))
     }
 
     fn alloc_below(&self, pages: u64, max_addr: u64) -> Result<PhysAddr, PageAllocError> {
-        ZonedPageAllocator::alloc_below(self, pages, max_addr).map_err(page_error)
+        ZonedPageAllocator::alloc_below(self, pages, max_addr).map_err(|e| page_error(e, pages))
     }
 
     fn free(&self, base: PhysAddr, pages: u64) -> Result<(), PageAllocError> {
-        ZonedPageAllocator::free(self, base, pages).map_err(page_error)
+        ZonedPageAllocator::free(self, base, pages).map_err(|e| page_error(e, pages))
     }
 }
 
-/// The page-level error of a zone allocation or free. Those return only page-level
-/// [`MemError`]s (see their `# Errors`), so anything else is a defect of this crate.
-fn page_error(e: MemError) -> PageAllocError {
-    match e.page_error() {
-        Some(page) => page,
-        None => unreachable!("a zone allocation or free returned {e}"),
-    }
+/// The page-level error of a zone allocation or free of `pages` pages. Those return only
+/// page-level [`MemError`]s (see their `# Errors`); anything else would be a defect of this
+/// crate, caught by debug builds and reported as a refusal (never a panic) in release.
+fn page_error(e: MemError, pages: u64) -> PageAllocError {
+    e.page_error().unwrap_or_else(|| {
+        debug_assert!(false, "a zone allocation or free returned {e}");
+        PageAllocError::OutOfMemory { pages }
+    })
 }

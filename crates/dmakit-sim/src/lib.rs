@@ -40,20 +40,15 @@
 //! thousand randomized transfers through the real mapper, every byte judged by the oracle:
 //!
 //! ```
-//! use std::sync::Arc;
-//!
-//! use dmakit::swiotlb::PoolConfig;
-//! use dmakit::swiotlb_backend::SwiotlbBounce;
-//! use dmakit::{Device, DeviceId, DmaMapper, PageAllocator};
+//! use dmakit::prelude::*;
+//! use dmakit::PageAllocator;
 //! use dmakit_sim::{run_workload, Machine, MachineConfig, WorkloadConfig};
 //!
 //! let machine = Machine::new(MachineConfig::default())?;
 //! let below_4g = (1 << 32) - 1;
 //! let pool_bytes = 4 << 20;
 //! let base = machine.alloc_pages(pool_bytes / 4096, below_4g).expect("free pages");
-//! let pool = SwiotlbBounce::new(PoolConfig::builder().build()?, None, 0, below_4g);
-//! pool.add_region(base, pool_bytes)?;
-//! let mapper = DmaMapper::new(&machine).with_swiotlb(Arc::new(pool));
+//! let mapper = DmaMapper::builder(&machine).swiotlb(base, pool_bytes)?.build();
 //! let device = Device::builder(DeviceId(1), "nic").dma_bits(32).build()?;
 //!
 //! let outcome = run_workload(&machine, &mapper, &device, WorkloadConfig::default())?;
