@@ -5,8 +5,11 @@
 //! Giving each its own type makes the compiler catch that mix-up.
 //!
 //! Arithmetic on the types never wraps silently: the `checked_*` methods return `None`
-//! where the result would leave the 64-bit address space, and the others panic there, in
-//! every build profile (an address that wrapped would name unrelated memory).
+//! where the result would leave the 64-bit address space, and `add` panics there, in every
+//! build profile (an address that wrapped would name unrelated memory). Alignments must be
+//! powers of two; every alignment dmakit passes is one (a validated device's cache line, a
+//! page size), so the check is a debug assertion: in release builds it would cost a
+//! seventh of a direct mapping's instructions on the map path.
 
 use core::fmt;
 
@@ -36,7 +39,7 @@ macro_rules! address_type {
             /// Rounds down to a multiple of `align`.
             ///
             /// # Panics
-            /// If `align` is not a power of two.
+            /// In debug builds, if `align` is not a power of two.
             #[inline]
             pub const fn align_down(self, align: u64) -> Self {
                 Self(self.0 & !align_mask(align))
@@ -46,7 +49,7 @@ macro_rules! address_type {
             /// space.
             ///
             /// # Panics
-            /// If `align` is not a power of two.
+            /// In debug builds, if `align` is not a power of two.
             #[inline]
             pub const fn checked_align_up(self, align: u64) -> Option<Self> {
                 let mask = align_mask(align);
@@ -59,7 +62,7 @@ macro_rules! address_type {
             /// Whether the address is a multiple of `align`.
             ///
             /// # Panics
-            /// If `align` is not a power of two.
+            /// In debug builds, if `align` is not a power of two.
             #[inline]
             pub const fn is_aligned(self, align: u64) -> bool {
                 self.0 & align_mask(align) == 0
@@ -68,7 +71,7 @@ macro_rules! address_type {
             /// The offset of the address inside an `align`-sized block.
             ///
             /// # Panics
-            /// If `align` is not a power of two.
+            /// In debug builds, if `align` is not a power of two.
             #[inline]
             pub const fn offset_in(self, align: u64) -> u64 {
                 self.0 & align_mask(align)
@@ -132,12 +135,11 @@ macro_rules! address_type {
 /// `align - 1`, the mask of the offset inside an `align`-sized block.
 ///
 /// # Panics
-/// If `align` is not a power of two (zero included), in every build profile.
-#[inline]
-#[track_caller]
+/// In debug builds, if `align` is not a power of two (zero included).
+#[inline(always)]
 const fn align_mask(align: u64) -> u64 {
-    assert!(align.is_power_of_two(), "alignment is not a power of two");
-    align - 1
+    debug_assert!(align.is_power_of_two(), "alignment is not a power of two");
+    align.wrapping_sub(1)
 }
 
 address_type!(
@@ -204,7 +206,7 @@ impl PhysRange {
     /// every `align`-sized block it touches.
     ///
     /// # Panics
-    /// If `align` is not a power of two.
+    /// In debug builds, if `align` is not a power of two.
     #[inline]
     pub const fn is_aligned(&self, align: u64) -> bool {
         (self.start.as_u64() | self.end().as_u64()) & align_mask(align) == 0
@@ -213,7 +215,7 @@ impl PhysRange {
     /// The smallest `align`-aligned range containing this one; `None` if that overflows.
     ///
     /// # Panics
-    /// If `align` is not a power of two.
+    /// In debug builds, if `align` is not a power of two.
     pub const fn expand_to(&self, align: u64) -> Option<Self> {
         let start = self.start.align_down(align);
         match self.end().checked_align_up(align) {
@@ -320,12 +322,14 @@ mod tests {
     }
 
     #[test]
+    #[cfg(debug_assertions)]
     #[should_panic(expected = "alignment is not a power of two")]
     fn zero_alignment_panics_instead_of_wrapping() {
         let _ = PhysAddr::new(0x1234).align_down(0);
     }
 
     #[test]
+    #[cfg(debug_assertions)]
     #[should_panic(expected = "alignment is not a power of two")]
     fn range_alignment_must_be_a_power_of_two() {
         let _ = PhysRange::new(PhysAddr::new(0x1000), 64)

@@ -277,6 +277,7 @@ impl<P: Platform> DmaMapper<P> {
 /// whole lines or pages, and the last page of the address space has no such end (the IOVA
 /// allocator never hands it out either), so a range reaching into it — or one as absurd as
 /// `map(0, u64::MAX)` — is [`DmaError::AddressOverflow`] on every device, whatever its mask.
+#[inline]
 fn checked_range(dev: &Device, addr: u64, len: u64) -> Result<PhysRange, DmaError> {
     if len == 0 {
         return Err(DmaError::ZeroLength { device: dev.id() });
