@@ -9,14 +9,10 @@ use crate::device::Device;
 use crate::direction::Direction;
 use crate::maintenance;
 use crate::platform::CacheMaintenance;
+use crate::translation::bus_of;
 
-/// The bus address of a directly mapped buffer (identity translation).
-#[inline]
-pub(crate) fn dma_addr(range: PhysRange) -> DmaAddr {
-    DmaAddr::new(range.start().as_u64())
-}
-
-/// Hands `range` to the device for a transfer in `dir`.
+/// Hands `range` to the device for a transfer in `dir`; returns the bus address at which
+/// the device reaches it.
 #[inline]
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,
@@ -25,7 +21,7 @@ pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     dir: Direction,
 ) -> DmaAddr {
     sync_for_device(cache, dev, range, dir);
-    dma_addr(range)
+    bus_of(range.start())
 }
 
 /// Gives `range` back to the CPU after a transfer in `dir`.

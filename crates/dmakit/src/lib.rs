@@ -114,6 +114,7 @@ pub mod size_class;
 pub mod stats;
 pub mod swiotlb;
 pub mod swiotlb_backend;
+mod translation;
 pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};

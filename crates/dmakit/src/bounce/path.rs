@@ -7,6 +7,7 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
+use crate::translation::phys_of_bus;
 
 /// Where a bounce may lie and what it must cover, as the path that asks for it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +82,10 @@ pub(crate) fn map<P: Platform + ?Sized>(
     };
     let slot = backend.alloc(&req, meta).map_err(MapFailure::NoRoom)?;
     let fill_buffer = meta.dir.device_reads() || fill_inbound;
+    let reach = (slot.as_u64() - lead, lead + slot_len);
     let filled = (|| {
         if lead > 0 {
-            p.fill(PhysAddr::new(slot.as_u64() - lead), 0, lead)?;
+            p.fill(PhysAddr::new(reach.0), 0, lead)?;
         }
         if slot_len > len {
             p.fill(slot.add(len), 0, slot_len - len)?;
@@ -97,7 +99,6 @@ pub(crate) fn map<P: Platform + ?Sized>(
         backend.abandon(slot);
         return Err(MapFailure::Failed(DmaError::Memory(fault)));
     }
-    let reach = (slot.as_u64() - lead, lead + slot_len);
     if needs_maintenance(backend, dev) {
         // The padding was written through the cache too: it must reach memory before the
         // device reads it, or the device would see what the memory held before.
@@ -145,7 +146,7 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     len: u64,
     dir: Direction,
 ) -> Result<(BounceMeta, u64), DmaError> {
-    let slot = PhysAddr::new(dma.as_u64());
+    let slot = phys_of_bus(dma);
     let meta = live(backend, dev, dma)?;
     if meta.len != len {
         return Err(DmaError::OutOfMapping {
@@ -189,7 +190,7 @@ pub(crate) fn sync_for_cpu<P: Platform + ?Sized>(
         dir,
     } = part;
     let meta = checked_part(backend, dev, dma, offset, len, dir)?;
-    let slot = PhysAddr::new(dma.as_u64()).add(offset);
+    let slot = phys_of_bus(dma).add(offset);
     to_cpu(p, backend, dev, slot, meta.orig.add(offset), len, dir)
 }
 
@@ -214,7 +215,7 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
         dir,
     } = part;
     let meta = checked_part(backend, dev, dma, offset, len, dir)?;
-    let slot = PhysAddr::new(dma.as_u64()).add(offset);
+    let slot = phys_of_bus(dma).add(offset);
     let mut copied = 0;
     if dir.device_reads() || fill_inbound {
         p.copy(slot, meta.orig.add(offset), len)?;
@@ -246,7 +247,7 @@ fn to_cpu<P: Platform + ?Sized>(
 }
 
 fn live(backend: &dyn BounceBackend, dev: &Device, dma: DmaAddr) -> Result<BounceMeta, DmaError> {
-    match backend.get(PhysAddr::new(dma.as_u64())) {
+    match backend.get(phys_of_bus(dma)) {
         Some(meta) if meta.device == dev.id() => Ok(meta),
         _ => Err(DmaError::UnknownMapping {
             device: dev.id(),

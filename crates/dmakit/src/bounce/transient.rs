@@ -106,13 +106,13 @@ impl BounceBackend for TransientPool {
         // Covered before the bounce's address is handed out.
         self.span.cover(base.as_u64(), pages * PAGE_SIZE);
         let start = base.as_u64().next_multiple_of(align);
-        let dma = start + offset;
+        let slot = start + offset;
         let mut s = self.state.lock();
         s.used += pages * PAGE_SIZE;
         let raised = s.used.saturating_sub(s.high_water);
         s.high_water += raised;
         s.live.insert(
-            dma,
+            slot,
             Live {
                 base: base.as_u64(),
                 pages,
@@ -120,7 +120,7 @@ impl BounceBackend for TransientPool {
                 meta,
             },
         );
-        Ok(PhysAddr::new(dma))
+        Ok(PhysAddr::new(slot))
     }
 
     fn get(&self, addr: PhysAddr) -> Option<BounceMeta> {

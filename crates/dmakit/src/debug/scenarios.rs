@@ -11,9 +11,10 @@ use core::panic::Location;
 
 use super::checker::{DebugChecker, LiveMapping, MappingFamily};
 use super::report::DebugIssue;
-use crate::addr::{DmaAddr, PhysAddr};
+use crate::addr::PhysAddr;
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
+use crate::translation::bus_of;
 
 /// The checker's line size in these scenarios.
 pub const LINE: u64 = 128;
@@ -30,10 +31,11 @@ fn dev(id: u32) -> Device {
 
 #[track_caller]
 fn inbound(dev: &Device, phys: u64, len: u64) -> LiveMapping {
+    let phys = PhysAddr::new(phys);
     LiveMapping {
         device: dev.id(),
-        dma: DmaAddr::new(phys),
-        phys: Some(PhysAddr::new(phys)),
+        dma: bus_of(phys),
+        phys: Some(phys),
         len,
         dir: Direction::FromDevice,
         family: MappingFamily::Single,

@@ -21,6 +21,7 @@ use crate::dma_alloc::{
 };
 use crate::growth::GrowthRequest;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, MemoryFault, PAGE_SIZE};
+use crate::translation::bus_of;
 
 /// Where a coherent buffer's memory came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,7 +217,7 @@ where
                 self.device_address(dev, first, pages, Direction::Bidirectional)
                     .map(|d| d.add(phys.as_u64() - first.as_u64()))?
             } else {
-                DmaAddr::new(phys.as_u64())
+                bus_of(phys)
             };
             Ok((range, dma))
         });
@@ -259,10 +260,10 @@ where
         let (map_base, map_pages) = match buf.source {
             Source::AtomicPool => {
                 let (first, pages) = self.atomic_mapped_span(dev, buf.phys(), buf.size());
-                (
-                    DmaAddr::new(buf.dma.as_u64() - (buf.phys().as_u64() - first.as_u64())),
-                    pages,
-                )
+                // The device mapping starts as far before `buf.dma` as `first` is before
+                // the buffer.
+                let base = buf.dma.as_u64() - (buf.phys().as_u64() - first.as_u64());
+                (DmaAddr::new(base), pages)
             }
             Source::Pages { pages, .. } => (buf.dma, pages),
         };

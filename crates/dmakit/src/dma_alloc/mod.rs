@@ -51,6 +51,7 @@ use crate::direction::Direction;
 use crate::growth::GrowthHook;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 use crate::reintroduce::Defect;
+use crate::translation::bus_of;
 
 pub use coherent::CoherentBuffer;
 pub use error::{DmaAllocError, Rejected};
@@ -314,7 +315,7 @@ where
         dir: Direction,
     ) -> Result<DmaAddr, DmaAllocError> {
         if !self.translated(dev) {
-            return Ok(DmaAddr::new(phys.as_u64()));
+            return Ok(bus_of(phys));
         }
         let list: Vec<PhysAddr> = (0..pages).map(|i| phys.add(i * PAGE_SIZE)).collect();
         self.space

@@ -18,6 +18,7 @@ use crate::dma_alloc::{
     DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgChunk, SgTable, TableKind,
 };
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory};
+use crate::translation::bus_of;
 
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
@@ -67,7 +68,7 @@ where
             translated,
         };
         if !translated {
-            let dma = crate::addr::DmaAddr::new(chunks[0].phys().as_u64());
+            let dma = bus_of(chunks[0].phys());
             return Ok(self.make_table(dev, chunks, shape(dma)));
         }
         let table = self.make_table(dev, chunks, shape(crate::addr::DmaAddr::ZERO));

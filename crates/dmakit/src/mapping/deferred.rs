@@ -119,7 +119,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         done: DeferredCompletion,
     ) -> Result<MapStatus, DmaError> {
-        let range = checked_range(dev, phys.as_u64(), len)?;
+        let range = checked_range(dev, phys, len)?;
         let site = Location::caller();
         let route = self.route(dev, range, dir);
         if matches!(route, Route::Direct) && !active(Defect::DeferUnneededMapping) {

@@ -277,17 +277,19 @@ impl<P: Platform> DmaMapper<P> {
 /// whole lines or pages, and the last page of the address space has no such end (the IOVA
 /// allocator never hands it out either), so a range reaching into it — or one as absurd as
 /// `map(0, u64::MAX)` — is [`DmaError::AddressOverflow`] on every device, whatever its mask.
+/// Unmap and sync pass the physical address their DMA address names on the direct path
+/// ([`crate::translation::phys_of_bus`]).
 #[inline]
-fn checked_range(dev: &Device, addr: u64, len: u64) -> Result<PhysRange, DmaError> {
+fn checked_range(dev: &Device, start: PhysAddr, len: u64) -> Result<PhysRange, DmaError> {
     if len == 0 {
         return Err(DmaError::ZeroLength { device: dev.id() });
     }
     let overflow = DmaError::AddressOverflow {
         device: dev.id(),
-        addr,
+        addr: start.as_u64(),
         len,
     };
-    let range = PhysRange::new(PhysAddr::new(addr), len).ok_or(overflow)?;
+    let range = PhysRange::new(start, len).ok_or(overflow)?;
     if crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted) {
         return Ok(range);
     }

@@ -23,6 +23,7 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu::{self, IommuDomain};
 use crate::platform::Platform;
+use crate::translation::bus_of;
 
 /// The path a mapping takes, as decided by the routing layer.
 pub(super) enum Route {
@@ -246,7 +247,7 @@ impl<P: Platform> DmaMapper<P> {
             granule_pad: None,
         };
         bounce::map(&self.platform, backend, dev, range, meta, fill, place)
-            .map(|b| (DmaAddr::new(b.slot.as_u64()), b.copied))
+            .map(|b| (bus_of(b.slot), b.copied))
     }
 
     /// Who holds the mapping `dma` of `dev`: the reverse routing decision, made once by

@@ -17,6 +17,7 @@ use crate::error::DmaError;
 use crate::iommu;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
+use crate::translation::{bus_of, phys_of_bus};
 
 impl<P: Platform> DmaMapper<P> {
     /// Maps a scatter-gather list. Entries longer than the device's maximum segment size,
@@ -38,7 +39,7 @@ impl<P: Platform> DmaMapper<P> {
         }
         let ranges = entries
             .iter()
-            .map(|e| checked_range(dev, e.phys.as_u64(), e.len))
+            .map(|e| checked_range(dev, e.phys, e.len))
             .collect::<Result<Vec<_>, _>>()?;
         let site = Location::caller();
         let result = self.map_sg_ranges(dev, &ranges, dir, site);
@@ -58,7 +59,7 @@ impl<P: Platform> DmaMapper<P> {
                                 group,
                             },
                             site,
-                            bounced: phys.is_some_and(|p| p.as_u64() != seg.dma.as_u64()),
+                            bounced: phys.is_some_and(|p| bus_of(p) != seg.dma),
                             coherent_device: dev.is_coherent(),
                             cpu_owned: Vec::new(),
                         };
@@ -199,7 +200,7 @@ impl<P: Platform> DmaMapper<P> {
         }
         let mut first = Ok(());
         for s in segments {
-            let r = match checked_range(dev, s.dma.as_u64(), s.len) {
+            let r = match checked_range(dev, phys_of_bus(s.dma), s.len) {
                 Ok(range) => self.unmap_range(dev, s.dma, range, dir),
                 Err(e) => Err(e),
             };
@@ -218,7 +219,7 @@ impl<P: Platform> DmaMapper<P> {
         let mut freed = false;
         for s in mapped {
             // These segments were mapped by this call with these exact arguments.
-            let Ok(range) = checked_range(dev, s.dma.as_u64(), s.len) else {
+            let Ok(range) = checked_range(dev, phys_of_bus(s.dma), s.len) else {
                 debug_assert!(false, "a segment this call mapped is a valid range");
                 continue;
             };
@@ -228,7 +229,7 @@ impl<P: Platform> DmaMapper<P> {
             }
             match self.routes.backend_owning(s.dma) {
                 Some(backend) => {
-                    let undone = backend.abandon(PhysAddr::new(s.dma.as_u64()));
+                    let undone = backend.abandon(phys_of_bus(s.dma));
                     debug_assert!(undone.is_some());
                     freed = true;
                 }

@@ -16,6 +16,7 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu::{self, IommuDomain};
 use crate::platform::Platform;
+use crate::translation::phys_of_bus;
 
 impl<P: Platform> DmaMapper<P> {
     /// Lends `len` bytes at `phys` to `dev` for one transfer in `dir` (Linux
@@ -72,7 +73,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        let range = checked_range(dev, phys.as_u64(), len)?;
+        let range = checked_range(dev, phys, len)?;
         let route = self.route(dev, range, dir);
         if let Route::Direct = route {
             // Returned on its own, so a direct mapping's result stays in registers.
@@ -107,7 +108,7 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let range = checked_range(dev, dma.as_u64(), len)?;
+        let range = checked_range(dev, phys_of_bus(dma), len)?;
         let Some(d) = &self.obs.debug else {
             return self.unmap_range(dev, dma, range, dir);
         };
@@ -296,15 +297,12 @@ impl<P: Platform> DmaMapper<P> {
         offset: u64,
         len: u64,
     ) -> Result<PhysRange, DmaError> {
-        let start = dma
-            .as_u64()
-            .checked_add(offset)
-            .ok_or(DmaError::AddressOverflow {
-                device: dev.id(),
-                addr: dma.as_u64(),
-                len: offset,
-            })?;
-        checked_range(dev, start, len)
+        let start = dma.checked_add(offset).ok_or(DmaError::AddressOverflow {
+            device: dev.id(),
+            addr: dma.as_u64(),
+            len: offset,
+        })?;
+        checked_range(dev, phys_of_bus(start), len)
     }
 }
 

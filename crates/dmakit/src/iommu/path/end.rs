@@ -13,6 +13,7 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
+use crate::translation::bus_of;
 
 /// Removes the record of the mapping at `key` after checking it belongs to `dev`, has
 /// length `len` (when given) and direction `dir`.
@@ -106,7 +107,9 @@ pub(super) fn finish<P: Platform + ?Sized>(
         }
         Kind::Pages { .. } => {}
         Kind::Bounced { backend, slot } => {
-            let dma = DmaAddr::new(slot.as_u64());
+            // The bounce path knows a slot by its bus address as a device without an
+            // IOMMU would reach it, not by the IOVA.
+            let dma = bus_of(*slot);
             result = if strict {
                 let unmapped = bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir);
                 if unmapped.is_err() && !reintroduce::active(Defect::IommuFaultLeaksSlot) {

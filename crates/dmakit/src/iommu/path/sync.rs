@@ -12,6 +12,7 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
+use crate::translation::bus_of;
 
 /// The key of the live mapping of `dev` holding `[addr, addr + len)`.
 pub(super) fn containing(
@@ -135,8 +136,9 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                 Ok(None)
             }
             Kind::Bounced { backend, slot } => {
+                // The bounce path knows the slot by its bus address, not by the IOVA.
                 let part = SyncPart {
-                    dma: DmaAddr::new(slot.as_u64()),
+                    dma: bus_of(*slot),
                     offset: at,
                     len,
                     dir,
