@@ -43,7 +43,7 @@
 //! use std::sync::Arc;
 //!
 //! use dmakit::swiotlb::PoolConfig;
-//! use dmakit::swiotlb_backend::SwiotlbBounce;
+//! use dmakit::swiotlb::SwiotlbBounce;
 //! use dmakit::{Device, DeviceId, DmaMapper, PageAllocator};
 //! use dmakit_sim::{run_workload, Machine, MachineConfig, WorkloadConfig};
 //!

@@ -16,7 +16,7 @@ extern crate alloc;
 
 /// The crate paths the pool module refers to.
 mod addr {
-    pub use dmakit::addr::*;
+    pub use dmakit::*;
 }
 mod platform {
     pub use dmakit::platform::*;

@@ -52,12 +52,6 @@ impl<T> Pool<T> {
         Ok(pool)
     }
 
-    /// The pool's geometry.
-    #[inline]
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     /// Alignment a region base needs: the page size, or the slot size if larger.
     #[inline]
     pub fn region_alignment(&self) -> u64 {
@@ -211,7 +205,7 @@ impl<T> Pool<T> {
     /// memory); [`SwiotlbError::Exhausted`] when some memory is within reach but has no room,
     /// or the pool has no memory at all. On error
     /// nothing changed and `meta` is dropped.
-    pub fn alloc_below(
+    pub(crate) fn alloc_below(
         &self,
         cpu: usize,
         request: SlotRequest,
@@ -280,7 +274,7 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation.
-    pub fn with<R>(
+    pub(crate) fn with<R>(
         &self,
         addr: PhysAddr,
         f: impl FnOnce(&Bounce, &T) -> R,
@@ -332,7 +326,7 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// As [`Pool::free`].
-    pub fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
+    pub(crate) fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
         self.release(addr, true)
     }
 
@@ -388,7 +382,7 @@ impl<T> Pool<T> {
     /// Checks every area's invariants, and that no area holds more than the high-water
     /// mark allows; for tests.
     #[cfg(test)]
-    pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
+    pub fn check(&self) -> Result<(), alloc::string::String> {
         let regions = self.table.read(0);
         for region in regions.iter() {
             for area in region.areas() {

@@ -11,6 +11,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use alloc::sync::Arc;
 
+#[cfg(feature = "std")]
+mod worker;
+#[cfg(feature = "std")]
+pub use worker::GrowthWorker;
+
 /// A pool's request for more memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrowthRequest {
