@@ -42,8 +42,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use dmakit::swiotlb::PoolConfig;
-//! use dmakit::swiotlb::SwiotlbBounce;
+//! use dmakit::swiotlb::{PoolConfig, SwiotlbBounce};
 //! use dmakit::{Device, DeviceId, DmaMapper, PageAllocator};
 //! use dmakit_sim::{run_workload, Machine, MachineConfig, WorkloadConfig};
 //!
@@ -53,7 +52,9 @@
 //! let base = machine.alloc_pages(pool_bytes / 4096, below_4g).expect("free pages");
 //! let pool = SwiotlbBounce::new(PoolConfig::builder().build()?, None, 0, below_4g);
 //! pool.add_region(base, pool_bytes)?;
-//! let mapper = DmaMapper::new(&machine).with_swiotlb(Arc::new(pool));
+//! let mapper = DmaMapper::builder(&machine)
+//!     .swiotlb_backend(Arc::new(pool))
+//!     .build();
 //! let device = Device::builder(DeviceId(1), "nic").dma_bits(32).build()?;
 //!
 //! let outcome = run_workload(&machine, &mapper, &device, WorkloadConfig::default())?;

@@ -28,6 +28,9 @@ mod reintroduce {
     pub use dmakit::reintroduce::*;
 }
 
+/// The pool's bounce backend grows through it.
+#[path = "../src/growth/mod.rs"]
+mod growth;
 #[path = "../src/swiotlb/mod.rs"]
 mod swiotlb;
 

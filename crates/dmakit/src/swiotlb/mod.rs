@@ -4,7 +4,8 @@
 //! cache line on a non-coherent device, or because every mapping must be bounced), the
 //! routing layer copies it through memory from this pool. The pool only manages addresses:
 //! it never touches the memory, copies data or maintains caches. That is the routing
-//! layer's job, using the [`Bounce`] this pool returns.
+//! layer's job, using the [`Bounce`] this pool returns. [`SwiotlbBounce`] is the pool as
+//! the bounce path's [`BounceBackend`](crate::bounce::BounceBackend), with growth.
 //!
 //! # Layout
 //!

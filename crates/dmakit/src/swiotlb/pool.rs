@@ -159,9 +159,9 @@ impl<T> Pool<T> {
     }
 
     /// The region containing `addr`, if any. Takes no lock while the pool has at most
-    /// [`Pool::LOCK_FREE_REGIONS`] regions and none is being added or removed.
+    /// [`DIRECTORY_REGIONS`](super::region_table::DIRECTORY_REGIONS) regions and none is being added or removed.
     #[inline]
-    pub fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
+    pub(crate) fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
         match self.table.lookup(addr.as_u64()) {
             Lookup::In { start, len } => PhysRange::new(PhysAddr::new(start), len),
             Lookup::Outside => None,
@@ -382,7 +382,7 @@ impl<T> Pool<T> {
     /// Checks every area's invariants, and that no area holds more than the high-water
     /// mark allows; for tests.
     #[cfg(test)]
-    pub fn check(&self) -> Result<(), alloc::string::String> {
+    pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
         let regions = self.table.read(0);
         for region in regions.iter() {
             for area in region.areas() {
@@ -414,10 +414,6 @@ impl<T> Pool<T> {
         let areas = regions.iter().flat_map(|r| r.areas().iter());
         areas.map(|a| a.cached_slots() as u64).sum()
     }
-
-    /// Most regions for which [`Pool::region_of`] takes no lock, and lookups by address
-    /// find their area's stripe without locking another one first.
-    pub const LOCK_FREE_REGIONS: usize = super::region_table::DIRECTORY_REGIONS;
 
     /// Locks the stripe of the area owning `addr` and finds where `addr` falls: the locked
     /// region list, the region's index in it, and the location. `None` when no region
