@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{Device, DeviceId, DmaMapper, PhysAddr};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
 

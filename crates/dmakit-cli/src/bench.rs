@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{Device, DeviceId, Direction, DmaMapper, DomainConfig, IommuDma, PhysAddr, PAGE_SIZE};
 use dmakit_scenario::units::parse_size;
 use dmakit_sim::host::{HostMaintenance, HostPlatform};

@@ -36,8 +36,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::error::MemError;
-use dmakit::addr::{PhysAddr, PhysRange};
 use dmakit::platform::PAGE_SIZE;
+use dmakit::{PhysAddr, PhysRange};
 
 /// The largest block order: one allocation is at most `2^MAX_ORDER` pages (4 GiB with
 /// 4 KiB pages).

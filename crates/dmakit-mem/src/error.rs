@@ -7,8 +7,8 @@
 
 use core::fmt;
 
-use dmakit::addr::{PhysAddr, PhysRange};
 use dmakit::dma_alloc::PageAllocError;
+use dmakit::{PhysAddr, PhysRange};
 
 /// Why an allocation, a free or an allocator configuration was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,8 +17,8 @@
 use core::alloc::{GlobalAlloc, Layout};
 
 use crate::kmalloc::{AllocKind, Kmalloc};
-use dmakit::addr::PhysAddr;
 use dmakit::platform::PageAllocator;
+use dmakit::PhysAddr;
 
 /// kmalloc as a heap: pointers are `phys + linear_offset`.
 #[derive(Debug)]

@@ -24,9 +24,9 @@ use crate::class_label::class_label;
 use crate::error::MemError;
 use crate::policy::MinAlignPolicy;
 use crate::slab::{CacheStats, SlabCache, SlabGeometry, SlabOrderPolicy};
-use dmakit::addr::PhysAddr;
 use dmakit::platform::{PageAllocator, PAGE_SIZE};
 use dmakit::size_class::{classes_for, KMALLOC_MAX_CACHE_SIZE};
+use dmakit::PhysAddr;
 
 /// What an allocation will be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -11,8 +11,8 @@
 //!   fallback the seed discussion settled on for machines without a bounce pool).
 
 use crate::error::MemError;
-use dmakit::device::Device;
 use dmakit::size_class::is_valid_min_align;
+use dmakit::Device;
 
 /// The smallest minimum alignment: every class is a multiple of 8.
 pub const SMALL_MIN_ALIGN: u64 = 8;

@@ -18,8 +18,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::error::MemError;
-use dmakit::addr::PhysAddr;
 use dmakit::platform::{PageAllocator, PAGE_SIZE};
+use dmakit::PhysAddr;
 
 /// How slab sizes are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

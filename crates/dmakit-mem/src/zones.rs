@@ -13,10 +13,10 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-use dmakit::addr::{PhysAddr, PhysRange};
-use dmakit::device::Device;
 use dmakit::dma_alloc::{PageAllocError, ZonedPages};
 use dmakit::platform::{PageAllocator, PAGE_SIZE};
+use dmakit::Device;
+use dmakit::{PhysAddr, PhysRange};
 
 use crate::buddy::{BuddyAllocator, BuddyStats, MAX_BLOCK_PAGES};
 use crate::error::MemError;

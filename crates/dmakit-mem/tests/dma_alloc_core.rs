@@ -13,8 +13,8 @@ use dmakit::dma_alloc::{
     AllocContext, CoherentBuffer, DeviceAddressSpace, DeviceSpaceError, DmaAllocError,
     DmaAllocator, DmaAllocatorConfig, DmaPages, NoTranslation, SgTable, TableKind,
 };
+use dmakit::growth::GrowthWorker;
 use dmakit::growth::{GrowthHook, GrowthRequest};
-use dmakit::growth_worker::GrowthWorker;
 use dmakit::{
     CacheMaintenance, CoherentRemap, CpuMemory, Device, DeviceId, Direction, DmaAddr, MemoryFault,
     PhysAddr, PhysRange, VirtAddr, VirtualMapping, PAGE_SIZE,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use dmakit::bounce::BounceBackend;
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{BounceReason, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE};
 use dmakit_mem::Kmalloc;
 

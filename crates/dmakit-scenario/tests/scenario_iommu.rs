@@ -78,7 +78,7 @@ fn every_policy_bounces_untrusted_buffers_and_nothing_leaks() {
 /// IOMMU page around a 13-byte buffer among other objects.
 fn probe(trusted: bool) -> u64 {
     use dmakit::swiotlb::PoolConfig;
-    use dmakit::swiotlb_backend::SwiotlbBounce;
+    use dmakit::swiotlb::SwiotlbBounce;
     use dmakit::{
         Device, DeviceId, Direction, DmaMapper, DomainConfig, IommuDma, PageAllocator, PhysRange,
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use dmakit::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
 };
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{BouncePool, DmaAddr, DmaError, DmaMapper, MapPath, PageAllocator, PhysAddr};
 use dmakit::{Direction, PhysRange};
 use dmakit_sim::{Machine, Owner};

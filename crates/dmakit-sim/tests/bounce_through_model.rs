@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{Device, DeviceId, DmaMapper, PageAllocator};
 use dmakit_sim::{run_workload, HazardConfig, Machine, MachineConfig, WorkloadConfig};
 
@@ -41,9 +41,7 @@ fn shared_lines_bounced_through_swiotlb_are_clean() {
     assert!(out.machine.speculative_fills > 0);
 }
 
-fn short_inbound_second_rounds(
-    controls: dmakit::mapping::HazardControls,
-) -> dmakit_sim::OracleReport {
+fn short_inbound_second_rounds(controls: dmakit::HazardControls) -> dmakit_sim::OracleReport {
     let m = Machine::new(MachineConfig {
         seed: 73,
         hazards: HazardConfig::NONE,
@@ -82,7 +80,7 @@ fn short_inbound_second_rounds(
 fn cpu_writes_to_an_inbound_buffer_between_rounds_survive_short_device_writes() {
     // sync_for_device refills an inbound bounce from the buffer, so bytes the device does
     // not write in the second round keep the CPU's latest value.
-    let report = short_inbound_second_rounds(dmakit::mapping::HazardControls::default());
+    let report = short_inbound_second_rounds(dmakit::HazardControls::default());
     assert!(report.is_clean(), "{report}");
 }
 
@@ -90,7 +88,7 @@ fn cpu_writes_to_an_inbound_buffer_between_rounds_survive_short_device_writes() 
 fn without_the_inbound_fill_the_model_sees_old_bounce_bytes() {
     // The control: with the fill off, the unwritten bytes come back from whatever the
     // bounce held — the buffer's own older data, or an earlier user's.
-    let report = short_inbound_second_rounds(dmakit::mapping::HazardControls {
+    let report = short_inbound_second_rounds(dmakit::HazardControls {
         skip_inbound_fill: true,
     });
     assert!(report.wrong_bytes() > 0, "{report}");

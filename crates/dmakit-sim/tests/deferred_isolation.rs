@@ -114,7 +114,7 @@ fn a_release_from_the_hook_during_a_retry_ends_the_claimed_entry() {
 #[test]
 fn two_devices_contending_for_one_slot_lose_no_completion_and_keep_order() {
     use dmakit::swiotlb::PoolConfig;
-    use dmakit::swiotlb_backend::SwiotlbBounce;
+    use dmakit::swiotlb::SwiotlbBounce;
     use dmakit::{Device, Direction, DmaMapper, PhysAddr};
     use dmakit_sim::host::{HostMaintenance, HostPlatform};
     use std::sync::mpsc::channel;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig, NoTranslation, SgTable};
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{
     Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE,
 };

@@ -5,7 +5,7 @@
 mod input_scenarios;
 mod testbed;
 
-use dmakit::device::DeviceError;
+use dmakit::DeviceError;
 use dmakit::{DeviceId, DmaError};
 use input_scenarios::*;
 

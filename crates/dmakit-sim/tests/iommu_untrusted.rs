@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dmakit::bounce::BounceBackend;
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{
     BounceReason, CacheMaintenance, Device, DeviceId, Direction, DmaMapper, DomainConfig, MapPath,
     PageAllocator, PhysAddr, PhysRange,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{Device, DeviceId, Direction, DmaMapper, MapPath, PhysAddr};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
 use dmakit_sim::SimRng;
@@ -107,7 +107,7 @@ fn concurrent_bounces_never_share_a_slot_and_keep_their_data() {
 
 #[test]
 fn a_background_worker_grows_a_full_pool() {
-    use dmakit::growth_worker::GrowthWorker;
+    use dmakit::growth::GrowthWorker;
     use dmakit::{DmaError, PageAllocator, PhysRange};
     use dmakit_mem::ZonedPageAllocator;
     use std::sync::Weak;

@@ -7,8 +7,8 @@
 
 mod testbed;
 
-use dmakit::mapping::HazardControls;
 use dmakit::stats::DeviceStats;
+use dmakit::HazardControls;
 use dmakit::{AlignmentPolicy, BouncePool, BounceReason, Direction, DmaMapper};
 use dmakit_sim::{run_workload, Placement, WorkloadConfig, WorkloadOutcome};
 use testbed::*;

@@ -40,16 +40,7 @@ pub enum AlignmentPolicy {
     Never,
 }
 
-impl AlignmentPolicy {
-    /// A short lowercase name for reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            AlignmentPolicy::Exact => "exact",
-            AlignmentPolicy::SizeOnly => "size-only",
-            AlignmentPolicy::Never => "never",
-        }
-    }
-}
+impl AlignmentPolicy {}
 
 /// Why a mapping is bounced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,7 +81,7 @@ impl BounceReason {
 /// unit that must not be shared. Returns the first reason that applies, in the order
 /// forced, above mask, misaligned.
 #[inline]
-pub fn bounce_reason(
+pub(crate) fn bounce_reason(
     dev: &Device,
     range: PhysRange,
     dir: Direction,
@@ -117,7 +108,7 @@ pub fn bounce_reason(
 /// bounced so it never sees a neighbour's bytes. Returns the first reason that applies, in
 /// the order forced, untrusted, misaligned (the alignment rule as on the direct path).
 #[inline]
-pub fn iommu_bounce_reason(
+pub(crate) fn iommu_bounce_reason(
     dev: &Device,
     range: PhysRange,
     dir: Direction,
@@ -138,7 +129,7 @@ pub fn iommu_bounce_reason(
 
 /// The alignment rule alone (the third bullet of the module docs).
 #[inline]
-pub fn needs_alignment_bounce(
+pub(crate) fn needs_alignment_bounce(
     dev: &Device,
     range: PhysRange,
     dir: Direction,

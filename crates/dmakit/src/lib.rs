@@ -90,30 +90,27 @@
 
 extern crate alloc;
 
-pub mod addr;
+mod addr;
 pub mod bounce;
 pub mod coherent_pool;
 pub mod debug;
-pub mod decision;
-pub mod device;
+mod decision;
+mod device;
 mod direct;
-pub mod direction;
+mod direction;
 pub mod dma_alloc;
-pub mod error;
+mod error;
 pub mod growth;
-#[cfg(feature = "std")]
-pub mod growth_worker;
 pub mod iommu;
 mod maintenance;
 mod mapped;
-pub mod mapping;
+mod mapping;
 pub mod platform;
 pub mod prelude;
 pub mod reintroduce;
 pub mod size_class;
 pub mod stats;
 pub mod swiotlb;
-pub mod swiotlb_backend;
 mod translation;
 pub mod typed;
 
@@ -124,6 +121,8 @@ pub use direction::Direction;
 pub use dma_alloc::{AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig};
 pub use error::DmaError;
 pub use iommu::{DomainConfig, FlushMode, IommuDma};
+#[cfg(feature = "hazard-controls")]
+pub use mapping::HazardControls;
 pub use mapping::{
     DeferredCompletion, DmaMapper, DmaMapperBuilder, DmaSegment, MapPath, MapStatus, SgEntry,
 };

@@ -340,25 +340,9 @@ pub struct IommuPerm {
 }
 
 impl IommuPerm {
-    /// Read only.
-    pub const READ: Self = Self {
-        read: true,
-        write: false,
-    };
-    /// Write only.
-    pub const WRITE: Self = Self {
-        read: false,
-        write: true,
-    };
-    /// Read and write.
-    pub const READ_WRITE: Self = Self {
-        read: true,
-        write: true,
-    };
-
     /// The least a transfer in `dir` needs: `ToDevice` reads, `FromDevice` writes,
     /// `Bidirectional` both.
-    pub const fn for_direction(dir: crate::direction::Direction) -> Self {
+    pub(crate) const fn for_direction(dir: crate::direction::Direction) -> Self {
         Self {
             read: dir.device_reads(),
             write: dir.device_writes(),

@@ -150,13 +150,8 @@ impl<'m, P: Platform, D: DirectionType, B: DmaBuffer> Mapping<'m, P, D, B> {
     }
 
     /// Length of the mapping.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.buffer().len()
-    }
-
-    /// Whether the mapping is empty (never: empty buffers cannot be mapped).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn buffer(&self) -> &B {
@@ -263,11 +258,6 @@ impl<P: Platform, D: DirectionType, B: DmaBuffer> CpuAccess<'_, '_, P, D, B> {
     /// The buffer, for the CPU to read or write (within the synced part).
     pub fn buffer(&self) -> &B {
         self.mapping.buffer()
-    }
-
-    /// The part of the mapping this token covers, as (offset, length).
-    pub fn part(&self) -> (u64, u64) {
-        (self.offset, self.len)
     }
 
     /// Hands the part back to the device, making the CPU's writes visible to it.

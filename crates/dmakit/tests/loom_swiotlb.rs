@@ -16,7 +16,7 @@ extern crate alloc;
 
 /// The crate paths the pool module refers to.
 mod addr {
-    pub use dmakit::addr::*;
+    pub use dmakit::*;
 }
 mod platform {
     pub use dmakit::platform::*;
@@ -28,6 +28,9 @@ mod reintroduce {
     pub use dmakit::reintroduce::*;
 }
 
+/// The pool's bounce backend grows through it.
+#[path = "../src/growth/mod.rs"]
+mod growth;
 #[path = "../src/swiotlb/mod.rs"]
 mod swiotlb;
 

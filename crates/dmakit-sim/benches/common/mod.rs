@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{Device, DeviceId, DmaMapper, DmaMapperBuilder, PhysAddr};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
 

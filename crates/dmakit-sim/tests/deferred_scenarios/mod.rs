@@ -11,7 +11,7 @@ use std::time::Duration;
 use dmakit::bounce::BounceBackend;
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{
     BouncePool, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper, MapStatus,
     PageAllocator, PhysAddr,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{
     BouncePool, CacheMaintenance, CpuMemory, CpuTopology, Device, DeviceId, DmaMapper,
     DomainConfig, IommuDma, IommuDomainId, MemoryFault, PageAllocator, PhysAddr, PhysRange,
@@ -309,7 +309,7 @@ impl Rig {
                 if i == 3 {
                     // Without the inbound fill, a write-only bounce of memory outside RAM
                     // maps, and its copy back faults at unmap.
-                    mp = mp.hazard_controls(dmakit::mapping::HazardControls {
+                    mp = mp.hazard_controls(dmakit::HazardControls {
                         skip_inbound_fill: true,
                     });
                 }

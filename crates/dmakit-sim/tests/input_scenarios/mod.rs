@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use dmakit::bounce::{BounceBackend, PoolUsage};
-use dmakit::device::DeviceError;
+use dmakit::DeviceError;
 use dmakit::{Device, DeviceId, Direction, DmaError, DmaMapper, MapStatus, PhysAddr};
 
 use super::testbed::*;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use dmakit::bounce::BounceBackend;
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{DomainConfig, IommuDma, IommuDomainId, PageAllocator};
 use dmakit_sim::{Granule, HazardConfig, Machine, MachineConfig, SimIommu, SimIommuConfig};
 

@@ -10,7 +10,7 @@ use dmakit::bounce::{BounceBackend, PoolUsage};
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{
     BouncePool, BounceReason, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper,
     DomainConfig, IommuDma, MapPath, MapStatus, PageAllocator, PhysAddr, PhysRange,

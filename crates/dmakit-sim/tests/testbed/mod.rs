@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::swiotlb::PoolConfig;
-use dmakit::swiotlb_backend::SwiotlbBounce;
+use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{BouncePool, Device, DeviceId, PageAllocator, PhysAddr, PhysRange};
 use dmakit_sim::{CacheConfig, HazardConfig, Machine, MachineConfig};
 

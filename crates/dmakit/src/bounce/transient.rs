@@ -36,7 +36,7 @@ pub struct TransientPool {
 
 impl TransientPool {
     /// A transient backend over `pages`.
-    pub fn new(pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+    pub(crate) fn new(pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
         Self {
             pages,
             state: Mutex::new(State {

@@ -35,7 +35,8 @@ impl CoherentBouncePool {
     /// (directly, or from the growth hook's answer).
     ///
     /// # Errors
-    /// [`ObjectPoolError::BadConfig`] as [`ObjectPool::new`].
+    /// [`ObjectPoolError::BadConfig`] if sizes are not powers of two, `min_object` is below 64,
+    /// `max_object` exceeds `chunk_bytes`, or `chunk_bytes` is not a multiple of a page.
     pub fn new(
         cfg: ObjectPoolConfig,
         hook: Option<Arc<dyn GrowthHook>>,
@@ -47,10 +48,13 @@ impl CoherentBouncePool {
         })
     }
 
-    /// Adds a chunk of coherent memory.
+    /// Adds `[base, base + bytes)` of coherent memory, cut into the largest aligned free
+    /// blocks that fit it. Completes an outstanding growth request.
     ///
     /// # Errors
-    /// As [`ObjectPool::add_chunk`].
+    /// [`ObjectPoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
+    /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the
+    /// pool has; nothing changed.
     pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
         self.objects.add_chunk(base, bytes)
     }

@@ -8,15 +8,15 @@
 //! chunk, before it runs out, so a steady allocation rate rarely meets an empty pool. It
 //! never shrinks.
 //!
-//! [`objects`] is the allocator, a buddy allocator: freed objects merge with their free
+//! [`ObjectPool`] is the allocator, a buddy allocator: freed objects merge with their free
 //! buddies, so a pool whose objects are all freed serves any request up to its largest
-//! block, and two live objects never overlap. [`bounce`] makes it a bounce backend,
+//! block, and two live objects never overlap. [`CoherentBouncePool`] makes it a bounce backend,
 //! remembering the original address of every bounce in a map keyed by DMA address; the
 //! same allocator serves the atomic pool of
 //! [`DmaAllocator`](crate::dma_alloc::DmaAllocator).
 
-pub mod bounce;
-pub mod objects;
+mod bounce;
+mod objects;
 
 pub use bounce::CoherentBouncePool;
 pub use objects::{ObjectPool, ObjectPoolConfig, ObjectPoolError, ObjectPoolUsage};

@@ -160,7 +160,7 @@ impl ObjectPool {
     /// # Errors
     /// [`ObjectPoolError::BadConfig`] if sizes are not powers of two, `min_object` is below 64,
     /// `max_object` exceeds `chunk_bytes`, or `chunk_bytes` is not a multiple of a page.
-    pub fn new(
+    pub(crate) fn new(
         cfg: ObjectPoolConfig,
         hook: Option<Arc<dyn GrowthHook>>,
     ) -> Result<Self, ObjectPoolError> {
@@ -192,7 +192,7 @@ impl ObjectPool {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &ObjectPoolConfig {
+    pub(crate) fn config(&self) -> &ObjectPoolConfig {
         &self.cfg
     }
 
@@ -203,7 +203,7 @@ impl ObjectPool {
     /// [`ObjectPoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
     /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the
     /// pool has; nothing changed.
-    pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
+    pub(crate) fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
         let b = base.as_u64();
         let end = b.checked_add(bytes).ok_or(ObjectPoolError::BadChunk)?;
         let unit = PAGE_SIZE.max(self.cfg.min_object);
@@ -256,7 +256,12 @@ impl ObjectPool {
     ///
     /// # Errors
     /// [`ObjectPoolError::TooLarge`] or [`ObjectPoolError::Exhausted`]; nothing changed.
-    pub fn alloc(&self, size: u64, align: u64, max_addr: u64) -> Result<PhysAddr, ObjectPoolError> {
+    pub(crate) fn alloc(
+        &self,
+        size: u64,
+        align: u64,
+        max_addr: u64,
+    ) -> Result<PhysAddr, ObjectPoolError> {
         let (class, obj) = self.class_for(size, align)?;
         let mut s = self.state.lock();
         let result = match take_split(&mut s, class, self.cfg.min_object, max_addr) {
@@ -299,7 +304,7 @@ impl ObjectPool {
     ///
     /// # Errors
     /// [`ObjectPoolError::NotLive`] if `addr` is not the start of a live object; nothing changed.
-    pub fn free(&self, addr: PhysAddr) -> Result<(), ObjectPoolError> {
+    pub(crate) fn free(&self, addr: PhysAddr) -> Result<(), ObjectPoolError> {
         let mut s = self.state.lock();
         let class = s
             .live
@@ -328,12 +333,12 @@ impl ObjectPool {
     }
 
     /// A span covering every chunk the pool has had (see [`MemorySpan`]).
-    pub fn memory_span(&self) -> &Arc<MemorySpan> {
+    pub(crate) fn memory_span(&self) -> &Arc<MemorySpan> {
         &self.span
     }
 
     /// Whether `addr` lies in one of the pool's chunks.
-    pub fn contains(&self, addr: PhysAddr) -> bool {
+    pub(crate) fn contains(&self, addr: PhysAddr) -> bool {
         let a = addr.as_u64();
         let s = self.state.lock();
         let i = s.chunks.partition_point(|c| c.base <= a);
@@ -354,12 +359,12 @@ impl ObjectPool {
     }
 
     /// How many times the pool grew in answer to its own request.
-    pub fn growth_events(&self) -> u64 {
+    pub(crate) fn growth_events(&self) -> u64 {
         self.growth.events()
     }
 
     /// Whether a growth request is outstanding.
-    pub fn growth_pending(&self) -> bool {
+    pub(crate) fn growth_pending(&self) -> bool {
         self.growth.is_pending()
     }
 

@@ -147,7 +147,7 @@ pub(crate) struct Unmapping {
 impl DebugChecker {
     /// A checker for a platform whose cache lines are `line` bytes, keeping at most
     /// `max_reports` reports (further ones are only logged).
-    pub fn new(line: u64, max_reports: usize) -> Self {
+    pub(crate) fn new(line: u64, max_reports: usize) -> Self {
         Self {
             table: Mutex::new(BTreeMap::new()),
             failed: Mutex::new(BTreeMap::new()),
@@ -445,7 +445,7 @@ impl DebugChecker {
 
     /// Reports and forgets every live mapping of `dev` (the device is going away).
     /// Returns the leak reports.
-    pub fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
+    pub(crate) fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
         let leaked: Vec<LiveMapping> = {
             let mut table = self.table.lock();
             let keys: Vec<_> = table.keys().filter(|k| k.0 == dev.id()).copied().collect();

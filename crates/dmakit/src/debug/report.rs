@@ -37,7 +37,7 @@ pub enum DebugIssue {
 
 impl DebugIssue {
     /// A short kebab-case name.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             DebugIssue::NotMapped => "not-mapped",
             DebugIssue::UncheckedMapError => "unchecked-map-error",

@@ -17,10 +17,10 @@ use crate::direction::Direction;
 use crate::translation::bus_of;
 
 /// The checker's line size in these scenarios.
-pub const LINE: u64 = 128;
+pub(crate) const LINE: u64 = 128;
 
 /// The first byte of the last cache line of the address space.
-pub const TOP_LINE: u64 = 0u64.wrapping_sub(LINE);
+pub(crate) const TOP_LINE: u64 = 0u64.wrapping_sub(LINE);
 
 fn dev(id: u32) -> Device {
     Device::builder(DeviceId(id), "top")

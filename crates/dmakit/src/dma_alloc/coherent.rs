@@ -11,8 +11,8 @@
 //! holds (doubling it, as Linux's `atomic_pool_expand` does). The pool never shrinks.
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
-use crate::coherent_pool::objects::ObjectPoolUsage;
 use crate::coherent_pool::ObjectPoolError;
+use crate::coherent_pool::ObjectPoolUsage;
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::dma_alloc::zones::ZonedPages;
@@ -63,10 +63,6 @@ impl CoherentBuffer {
     /// The CPU range of the buffer.
     pub fn range(&self) -> PhysRange {
         self.range
-    }
-    /// The device the buffer was allocated for.
-    pub fn device(&self) -> DeviceId {
-        self.device
     }
     /// Whether the memory is an object of the atomic pool.
     pub fn from_atomic_pool(&self) -> bool {

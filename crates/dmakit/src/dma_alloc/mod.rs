@@ -8,34 +8,34 @@
 //! coherent object pool ([`crate::coherent_pool`]) and the platform traits, as Linux's
 //! `kernel/dma/{direct,pool,mapping}.c` do:
 //!
-//! - [`coherent`]: [`DmaAllocator::alloc_coherent`], memory CPU and device see alike without
+//! - `coherent`: [`DmaAllocator::alloc_coherent`], memory CPU and device see alike without
 //!   maintenance; in atomic context from the atomic pool, which never waits and grows in the
 //!   background when its free space falls below its initial size;
-//! - [`pages`]: [`DmaAllocator::alloc_pages`], cached pages the device can reach; the caller
+//! - `pages`: [`DmaAllocator::alloc_pages`], cached pages the device can reach; the caller
 //!   syncs;
-//! - [`noncontiguous`]: [`DmaAllocator::alloc_noncontiguous`], a table contiguous in device
+//! - `noncontiguous`: [`DmaAllocator::alloc_noncontiguous`], a table contiguous in device
 //!   space: one physical chunk without an IOMMU, scattered pages behind one;
-//! - [`alloc_sg`]: [`DmaAllocator::alloc_sg`] (proposed for Linux in 2018, never merged), a
+//! - `alloc_sg`: [`DmaAllocator::alloc_sg`] (proposed for Linux in 2018, never merged), a
 //!   scatter-gather table placed where the device can reach it, falling back to memory the
 //!   mapping layer bounces at map time;
-//! - [`vmap`]: contiguous CPU views of tables, with the flushes caches that alias by virtual
+//! - `vmap`: contiguous CPU views of tables, with the flushes caches that alias by virtual
 //!   address need;
-//! - [`space`]: the [`DeviceAddressSpace`] seam through which an IOMMU plugs in;
-//! - [`zones`]: the [`ZonedPages`] seam through which a page allocator plugs in.
+//! - `space`: the [`DeviceAddressSpace`] seam through which an IOMMU plugs in;
+//! - `zones`: the [`ZonedPages`] seam through which a page allocator plugs in.
 //!
 //! Every allocation returns an owned handle (not `Clone`) that only the matching free
 //! function consumes; a failed allocation gives back everything it took before returning
 //! its error, and a refused free hands the handle back.
 
-pub mod alloc_sg;
-pub mod coherent;
-pub mod error;
-pub mod noncontiguous;
-pub mod pages;
-pub mod sg_table;
-pub mod space;
-pub mod vmap;
-pub mod zones;
+mod alloc_sg;
+mod coherent;
+mod error;
+mod noncontiguous;
+mod pages;
+mod sg_table;
+mod space;
+mod vmap;
+mod zones;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -135,7 +135,7 @@ where
     /// below its initial size it sends one request at a time to `growth` (without a hook it
     /// never grows); whoever serves the hook answers by calling
     /// [`DmaAllocator::grow_atomic_pool`] where waiting is allowed (a
-    /// [`crate::growth_worker::GrowthWorker`] thread with `std`, a work queue without).
+    /// [`crate::growth::GrowthWorker`] thread with `std`, a work queue without).
     ///
     /// # Errors
     /// [`DmaAllocError::BadConfig`] for a configuration that breaks the rules on
@@ -189,12 +189,12 @@ where
     }
 
     /// The platform.
-    pub fn platform(&self) -> &P {
+    pub(crate) fn platform(&self) -> &P {
         &self.platform
     }
 
     /// The zoned page allocator.
-    pub fn zones(&self) -> &Z {
+    pub(crate) fn zones(&self) -> &Z {
         &self.zones
     }
 
@@ -204,7 +204,7 @@ where
     }
 
     /// The configuration.
-    pub fn config(&self) -> &DmaAllocatorConfig {
+    pub(crate) fn config(&self) -> &DmaAllocatorConfig {
         &self.cfg
     }
 

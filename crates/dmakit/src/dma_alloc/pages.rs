@@ -38,26 +38,6 @@ impl DmaPages {
     pub fn dma(&self) -> DmaAddr {
         self.dma
     }
-    /// Bytes requested.
-    pub fn size(&self) -> u64 {
-        self.range.len()
-    }
-    /// The CPU range of the requested bytes.
-    pub fn range(&self) -> PhysRange {
-        self.range
-    }
-    /// Pages held: the size rounded up to pages, and behind an IOMMU to its granule.
-    pub fn page_count(&self) -> u64 {
-        self.pages
-    }
-    /// The direction of the transfers they serve.
-    pub fn direction(&self) -> Direction {
-        self.dir
-    }
-    /// The device they were allocated for.
-    pub fn device(&self) -> DeviceId {
-        self.device
-    }
 }
 
 impl<P, Z, S> DmaAllocator<P, Z, S>

@@ -87,7 +87,7 @@ impl SgTable {
         self.size
     }
     /// The device the table was allocated for.
-    pub fn device(&self) -> DeviceId {
+    pub(crate) fn device(&self) -> DeviceId {
         self.device
     }
     /// Which allocator made it.
@@ -95,7 +95,7 @@ impl SgTable {
         self.kind
     }
     /// The direction a noncontiguous table was mapped for (`None` for an sg table).
-    pub fn direction(&self) -> Option<Direction> {
+    pub(crate) fn direction(&self) -> Option<Direction> {
         self.dir
     }
     /// Where the device sees a noncontiguous table, as one contiguous range of

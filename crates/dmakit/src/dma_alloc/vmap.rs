@@ -35,14 +35,6 @@ impl Vmap {
     pub fn addr(&self) -> VirtAddr {
         self.addr
     }
-    /// Bytes of the table seen through the view.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-    /// Pages mapped.
-    pub fn page_count(&self) -> u64 {
-        self.pages
-    }
 }
 
 impl<P, Z, S> DmaAllocator<P, Z, S>

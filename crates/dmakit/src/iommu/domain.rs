@@ -205,17 +205,12 @@ impl IommuDomain {
     }
 
     /// The domain's id.
-    pub fn id(&self) -> IommuDomainId {
+    pub(crate) fn id(&self) -> IommuDomainId {
         self.id
     }
 
-    /// The invalidation mode.
-    pub fn mode(&self) -> FlushMode {
-        self.mode
-    }
-
     /// The IOMMU granule in bytes.
-    pub fn granule(&self) -> u64 {
+    pub(crate) fn granule(&self) -> u64 {
         self.granule
     }
 
@@ -238,7 +233,7 @@ impl IommuDomain {
     }
 
     /// Whether `device` has live mappings in this domain.
-    pub fn has_mappings_of(&self, device: DeviceId) -> bool {
+    pub(crate) fn has_mappings_of(&self, device: DeviceId) -> bool {
         self.records.lock().values().any(|r| r.device == device)
     }
 

@@ -335,7 +335,8 @@ fn take_fit(mag: &mut Vec<u64>, pages: u64, limit: u64) -> Option<u64> {
     }
 }
 
-/// The IOVA allocator of one domain. See the [module docs](self).
+/// The IOVA allocator of one domain: size aligned, mask bounded, with per-CPU range caches
+/// so the common case does not touch the tree.
 ///
 /// Thread-safe: the tree has one lock, each CPU's magazines of each size class another.
 pub struct IovaAllocator {
@@ -388,11 +389,6 @@ impl IovaAllocator {
             rcaches,
             counters: Counters::default(),
         })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &IovaConfig {
-        &self.cfg
     }
 
     /// The pages an allocation of `pages` reserves: cacheable sizes round up to a power

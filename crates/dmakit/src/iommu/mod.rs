@@ -4,9 +4,9 @@
 //! look contiguous, a 32-bit device reaches RAM above 4 GiB without a bounce, and a device
 //! cannot reach memory it was not given. This module is the mapping layer's side of that:
 //!
-//! - [`iova`]: the per-domain IOVA allocator (size aligned, mask bounded, with per-CPU
+//! - `iova`: the per-domain IOVA allocator (size aligned, mask bounded, with per-CPU
 //!   range caches so the common case does not touch the tree);
-//! - [`domain`]: a domain's bookkeeping (live mappings, strict or lazy invalidation);
+//! - `domain`: a domain's bookkeeping (live mappings, strict or lazy invalidation);
 //! - `flush_queue`: lazy mode's batch of IOVAs waiting for one IOTLB invalidation;
 //! - `path`: map, unmap, sync and scatter-gather through IOVAs, bouncing where a
 //!   non-coherent device would share a cache line or an untrusted one would see a
@@ -22,9 +22,9 @@
 //! domain is mapped through it, the others as before.
 
 mod alloc_space;
-pub mod domain;
+mod domain;
 mod flush_queue;
-pub mod iova;
+mod iova;
 pub(crate) mod path;
 
 use alloc::collections::BTreeMap;
@@ -146,11 +146,6 @@ impl IommuDma {
         self
     }
 
-    /// The IOMMU.
-    pub fn iommu(&self) -> &Arc<dyn Iommu + Send + Sync> {
-        &self.iommu
-    }
-
     /// Creates a domain with `cfg`.
     ///
     /// # Errors
@@ -251,11 +246,6 @@ impl IommuDma {
     /// it was detached).
     pub fn domain_of(&self, dev: DeviceId) -> Option<Arc<IommuDomain>> {
         self.devices.lock().get(&dev).cloned().flatten()
-    }
-
-    /// Whether `dev` was detached and not attached again: the IOMMU blocks it.
-    pub fn is_detached(&self, dev: DeviceId) -> bool {
-        matches!(self.devices.lock().get(&dev), Some(None))
     }
 
     /// How the mapper reaches `dev`: through its domain (`Ok(Some)`), without the IOMMU

@@ -13,8 +13,8 @@ use crate::decision::AlignmentPolicy;
 use crate::iommu::IommuDma;
 use crate::platform::{PageAllocator, Platform};
 use crate::stats::BounceReporter;
+use crate::swiotlb::SwiotlbBounce;
 use crate::swiotlb::{PoolConfig, RegionError};
-use crate::swiotlb_backend::SwiotlbBounce;
 
 use super::DmaMapper;
 #[cfg(feature = "hazard-controls")]

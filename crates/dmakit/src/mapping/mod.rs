@@ -169,11 +169,6 @@ impl<P: Platform> DmaMapper<P> {
         released
     }
 
-    /// The IOMMU layer, if there is one.
-    pub fn iommu(&self) -> Option<&Arc<IommuDma>> {
-        self.routes.iommu.as_ref()
-    }
-
     /// Backs [`DmaMapperBuilder::debug_checker`].
     pub(crate) fn with_debug_checker(mut self) -> Self {
         self.obs.debug = Some(DebugChecker::new(self.line(), 10_000));
@@ -236,11 +231,6 @@ impl<P: Platform> DmaMapper<P> {
     /// The platform this mapper drives.
     pub fn platform(&self) -> &P {
         &self.platform
-    }
-
-    /// The alignment policy in force.
-    pub fn policy(&self) -> AlignmentPolicy {
-        self.policy
     }
 
     /// The pool bounces of `dev` go to, if there is one.

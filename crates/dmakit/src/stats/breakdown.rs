@@ -26,7 +26,7 @@ pub struct ByReason<T = u64> {
 impl<T> ByReason<T> {
     /// The value for `reason`.
     #[inline]
-    pub const fn get(&self, reason: BounceReason) -> &T {
+    pub(crate) const fn get(&self, reason: BounceReason) -> &T {
         match reason {
             BounceReason::Forced => &self.forced,
             BounceReason::AboveMask => &self.above_mask,
@@ -36,7 +36,7 @@ impl<T> ByReason<T> {
     }
 
     /// Every reason with its value, in [`BounceReason::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (BounceReason, &T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (BounceReason, &T)> {
         BounceReason::ALL.into_iter().map(move |r| (r, self.get(r)))
     }
 
@@ -53,7 +53,7 @@ impl<T> ByReason<T> {
 
 impl ByReason {
     /// The sum over all reasons.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.forced + self.above_mask + self.misaligned + self.untrusted
     }
 
@@ -80,7 +80,7 @@ pub struct ByDirection<T = u64> {
 impl<T> ByDirection<T> {
     /// The value for `dir`.
     #[inline]
-    pub const fn get(&self, dir: Direction) -> &T {
+    pub(crate) const fn get(&self, dir: Direction) -> &T {
         match dir {
             Direction::ToDevice => &self.to_device,
             Direction::FromDevice => &self.from_device,

@@ -12,7 +12,7 @@ use crate::direction::Direction;
 
 /// How many distinct devices the counters track; mappings of further devices are counted
 /// in no per-device row (the mapping itself is unaffected).
-pub const MAX_TRACKED_DEVICES: usize = 64;
+pub(crate) const MAX_TRACKED_DEVICES: usize = 64;
 
 /// Counters of one device (a snapshot; see [`crate::stats::StatsSnapshot`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

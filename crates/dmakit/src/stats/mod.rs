@@ -14,9 +14,9 @@ mod reporter;
 mod sites;
 
 pub use breakdown::{ByDirection, ByReason};
-pub use devices::{DeviceStats, MAX_TRACKED_DEVICES};
+pub use devices::DeviceStats;
 pub use reporter::{BounceReport, BounceReporter, ReportSink};
-pub use sites::{SiteStats, MAX_TRACKED_SITES};
+pub use sites::SiteStats;
 
 pub(crate) use devices::DeviceCounters;
 pub(crate) use sites::SiteTable;

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 /// How many distinct call sites are tracked; bounces from further sites are counted as
 /// untracked.
-pub const MAX_TRACKED_SITES: usize = 1024;
+pub(crate) const MAX_TRACKED_SITES: usize = 1024;
 
 /// Bounces attributed to one call site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

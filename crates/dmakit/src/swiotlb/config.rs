@@ -72,7 +72,7 @@ const MAX_SLOT_SIZE: u64 = 1 << 20;
 
 impl PoolConfig {
     /// Default slot size in bytes (as Linux SWIOTLB).
-    pub const DEFAULT_SLOT_SIZE: u64 = 2048;
+    pub(crate) const DEFAULT_SLOT_SIZE: u64 = 2048;
     /// Default number of slots per segment (as Linux SWIOTLB: 256 KiB segments).
     pub const DEFAULT_SEGMENT_SLOTS: u64 = 128;
 
@@ -90,7 +90,7 @@ impl PoolConfig {
 
     /// Bytes per slot, the granularity of allocation (a power of two).
     #[inline]
-    pub fn slot_size(&self) -> u64 {
+    pub(crate) fn slot_size(&self) -> u64 {
         1 << self.slot_shift
     }
 
@@ -109,7 +109,7 @@ impl PoolConfig {
     /// Areas (independently locked parts) each region is split into, at most; a region with
     /// fewer segments gets one area per segment.
     #[inline]
-    pub fn areas(&self) -> usize {
+    pub(crate) fn areas(&self) -> usize {
         self.areas
     }
 

@@ -35,7 +35,7 @@ pub enum SwiotlbError {
         total: u64,
     },
     /// No slot of the pool lies at or below the address limit of the request
-    /// ([`Pool::alloc_below`](super::Pool::alloc_below)): only new memory within reach can
+    /// (the pool's allocation below a device's mask): only new memory within reach can
     /// serve it.
     Unreachable {
         /// The highest address the device reaches.

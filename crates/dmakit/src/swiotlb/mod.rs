@@ -4,7 +4,8 @@
 //! cache line on a non-coherent device, or because every mapping must be bounced), the
 //! routing layer copies it through memory from this pool. The pool only manages addresses:
 //! it never touches the memory, copies data or maintains caches. That is the routing
-//! layer's job, using the [`Bounce`] this pool returns.
+//! layer's job, using the [`Bounce`] this pool returns. [`SwiotlbBounce`] is the pool as
+//! the bounce path's [`BounceBackend`](crate::bounce::BounceBackend), with growth.
 //!
 //! # Layout
 //!
@@ -29,7 +30,7 @@
 //!   allocation holds its run from the aligned boundary before the bounce address: the
 //!   lead-in slots belong to it, so nothing else can land in the aligned window (an IOMMU
 //!   granule, for the IOMMU path's untrusted bounces) in front of its bytes.
-//! - **Reach**: [`Pool::alloc_below`] keeps the whole run at or below a device's mask,
+//! - **Reach**: `Pool::alloc_below` keeps the whole run at or below a device's mask,
 //!   skipping regions and areas above it; it tells "reachable memory full"
 //!   ([`SwiotlbError::Exhausted`]) from "no memory within reach" ([`SwiotlbError::Unreachable`]).
 //! - **Lookup**: the owning region and area from a lock-free directory of region bounds,
@@ -48,10 +49,11 @@
 //! Two live allocations never share a slot, lead-ins included; free blocks, cached runs
 //! and live allocations partition every area; a failed call changes nothing observable (an
 //! allocation that fails may have returned cached runs to the buddy lists, which are free
-//! either way); an allocation given back with [`Pool::abandon`] leaves the statistics,
+//! either way); an allocation given back with `Pool::abandon` leaves the statistics,
 //! high-water mark included, as they were before it.
 
 mod area;
+mod backend;
 mod config;
 mod error;
 mod pool;
@@ -62,6 +64,7 @@ mod slots;
 mod stats;
 mod sync;
 
+pub use backend::SwiotlbBounce;
 pub use config::{ConfigError, PoolConfig, PoolConfigBuilder};
 pub use error::{RegionError, SwiotlbError};
 pub use pool::Pool;

@@ -52,12 +52,6 @@ impl<T> Pool<T> {
         Ok(pool)
     }
 
-    /// The pool's geometry.
-    #[inline]
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     /// Alignment a region base needs: the page size, or the slot size if larger.
     #[inline]
     pub fn region_alignment(&self) -> u64 {
@@ -165,9 +159,9 @@ impl<T> Pool<T> {
     }
 
     /// The region containing `addr`, if any. Takes no lock while the pool has at most
-    /// [`Pool::LOCK_FREE_REGIONS`] regions and none is being added or removed.
+    /// [`DIRECTORY_REGIONS`](super::region_table::DIRECTORY_REGIONS) regions and none is being added or removed.
     #[inline]
-    pub fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
+    pub(crate) fn region_of(&self, addr: PhysAddr) -> Option<PhysRange> {
         match self.table.lookup(addr.as_u64()) {
             Lookup::In { start, len } => PhysRange::new(PhysAddr::new(start), len),
             Lookup::Outside => None,
@@ -211,7 +205,7 @@ impl<T> Pool<T> {
     /// memory); [`SwiotlbError::Exhausted`] when some memory is within reach but has no room,
     /// or the pool has no memory at all. On error
     /// nothing changed and `meta` is dropped.
-    pub fn alloc_below(
+    pub(crate) fn alloc_below(
         &self,
         cpu: usize,
         request: SlotRequest,
@@ -280,7 +274,7 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation.
-    pub fn with<R>(
+    pub(crate) fn with<R>(
         &self,
         addr: PhysAddr,
         f: impl FnOnce(&Bounce, &T) -> R,
@@ -332,7 +326,7 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// As [`Pool::free`].
-    pub fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
+    pub(crate) fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
         self.release(addr, true)
     }
 
@@ -420,10 +414,6 @@ impl<T> Pool<T> {
         let areas = regions.iter().flat_map(|r| r.areas().iter());
         areas.map(|a| a.cached_slots() as u64).sum()
     }
-
-    /// Most regions for which [`Pool::region_of`] takes no lock, and lookups by address
-    /// find their area's stripe without locking another one first.
-    pub const LOCK_FREE_REGIONS: usize = super::region_table::DIRECTORY_REGIONS;
 
     /// Locks the stripe of the area owning `addr` and finds where `addr` falls: the locked
     /// region list, the region's index in it, and the location. `None` when no region

@@ -634,7 +634,7 @@ fn lookups_without_the_directory_fall_back_to_the_stripes() {
     // More regions than the lock-free directory describes.
     let seg = 64 * 8;
     let pool: Pool<usize> = Pool::new(cfg(64, 8, 2));
-    let n = Pool::<usize>::LOCK_FREE_REGIONS + 3;
+    let n = super::region_table::DIRECTORY_REGIONS + 3;
     let bases: Vec<u64> = (0..n as u64).map(|i| 0x10_0000 + i * 0x1_0000).collect();
     for &b in bases.iter().rev() {
         pool.add_region(PhysAddr::new(b), 2 * seg).unwrap();

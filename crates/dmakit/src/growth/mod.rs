@@ -5,11 +5,17 @@
 //! *requests* growth through a [`GrowthHook`]; whoever implements the hook (a kernel
 //! workqueue, a background thread, or a plain callback that allocates on the spot where that
 //! is allowed) obtains the memory later and hands it to the pool. A pool keeps at most one
-//! request outstanding, so a burst of failures does not flood the hook.
+//! request outstanding, so a burst of failures does not flood the hook. With `std`,
+//! `GrowthWorker` is such a hook served by a background thread.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use alloc::sync::Arc;
+
+#[cfg(feature = "std")]
+mod worker;
+#[cfg(feature = "std")]
+pub use worker::GrowthWorker;
 
 /// A pool's request for more memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

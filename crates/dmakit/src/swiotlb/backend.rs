@@ -62,11 +62,6 @@ impl SwiotlbBounce {
     pub fn pool(&self) -> &Pool<BounceMeta> {
         &self.pool
     }
-
-    /// Bytes a growth request asks for.
-    pub fn grow_bytes(&self) -> u64 {
-        self.grow_bytes
-    }
 }
 
 impl SwiotlbBounce {
