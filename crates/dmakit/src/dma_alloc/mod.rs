@@ -113,6 +113,29 @@ pub(crate) fn next_token() -> u64 {
 /// also need [`crate::platform::VirtualMapping`]); `Z` is the zoned page allocator, any
 /// [`ZonedPages`] (`dmakit-mem`'s `ZonedPageAllocator`, by reference or in an `Arc`); `S` is the
 /// device address space ([`NoTranslation`] without an IOMMU). All methods take `&self`.
+///
+/// A descriptor ring the CPU and a device share without cache maintenance, given back when
+/// the driver is done (a refused free returns the buffer with the error, so it is never
+/// lost):
+///
+/// ```
+/// use dmakit::dma_alloc::{AllocContext, DeviceAddressSpace, DmaAllocError, DmaAllocator};
+/// use dmakit::dma_alloc::ZonedPages;
+/// use dmakit::prelude::*;
+/// use dmakit::CoherentRemap;
+///
+/// fn with_ring<P, Z, S>(alloc: &DmaAllocator<P, Z, S>, nic: &Device) -> Result<(), DmaAllocError>
+/// where
+///     P: CacheMaintenance + CpuMemory + CoherentRemap,
+///     Z: ZonedPages,
+///     S: DeviceAddressSpace,
+/// {
+///     let ring = alloc.alloc_coherent(nic, 4096, AllocContext::MayBlock)?;
+///     // The device is given `ring.dma()`; the CPU writes descriptors at `ring.phys()`.
+///     assert_eq!(ring.size(), 4096);
+///     alloc.free_coherent(nic, ring).map_err(|refused| refused.error)
+/// }
+/// ```
 pub struct DmaAllocator<P, Z, S = NoTranslation> {
     platform: P,
     zones: Z,
