@@ -152,7 +152,7 @@ impl PhysAddr {
 
     /// Bytes from `base` up to `self`; `None` if `self` is below `base`.
     #[inline]
-    pub(crate) const fn checked_offset_from(self, base: Self) -> Option<u64> {
+    pub const fn checked_offset_from(self, base: Self) -> Option<u64> {
         self.0.checked_sub(base.0)
     }
 }
