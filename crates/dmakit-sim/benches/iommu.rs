@@ -122,7 +122,7 @@ fn iova(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     for (name, live) in [("10k", 10_000usize), ("1M", 1_000_000)] {
         let (a, v) = populated(live, 0, true);
-        assert!(a.tree_free_ranges() >= live);
+        assert!(a.stats().tree_free_ranges >= live);
         g.bench_function(name, |b| {
             b.iter(|| {
                 let r = a.alloc(black_box(2), u64::MAX, 0).expect("room");

@@ -36,47 +36,6 @@ macro_rules! address_type {
                 self.0
             }
 
-            /// Rounds down to a multiple of `align`.
-            ///
-            /// # Panics
-            /// In debug builds, if `align` is not a power of two.
-            #[inline]
-            pub const fn align_down(self, align: u64) -> Self {
-                Self(self.0 & !align_mask(align))
-            }
-
-            /// Rounds up to a multiple of `align`; `None` if that leaves the 64-bit address
-            /// space.
-            ///
-            /// # Panics
-            /// In debug builds, if `align` is not a power of two.
-            #[inline]
-            pub const fn checked_align_up(self, align: u64) -> Option<Self> {
-                let mask = align_mask(align);
-                match self.0.checked_add(mask) {
-                    Some(v) => Some(Self(v & !mask)),
-                    None => None,
-                }
-            }
-
-            /// Whether the address is a multiple of `align`.
-            ///
-            /// # Panics
-            /// In debug builds, if `align` is not a power of two.
-            #[inline]
-            pub const fn is_aligned(self, align: u64) -> bool {
-                self.0 & align_mask(align) == 0
-            }
-
-            /// The offset of the address inside an `align`-sized block.
-            ///
-            /// # Panics
-            /// In debug builds, if `align` is not a power of two.
-            #[inline]
-            pub const fn offset_in(self, align: u64) -> u64 {
-                self.0 & align_mask(align)
-            }
-
             /// `self + bytes`, or `None` if that leaves the 64-bit address space.
             #[inline]
             pub const fn checked_add(self, bytes: u64) -> Option<Self> {
@@ -103,12 +62,6 @@ macro_rules! address_type {
                         "::add overflows the 64-bit address space"
                     )),
                 }
-            }
-
-            /// Bytes from `base` up to `self`; `None` if `self` is below `base`.
-            #[inline]
-            pub const fn checked_offset_from(self, base: Self) -> Option<u64> {
-                self.0.checked_sub(base.0)
             }
         }
 
@@ -151,6 +104,58 @@ address_type!(
     /// an I/O virtual address behind an IOMMU, or the address of a bounce slot.
     DmaAddr
 );
+
+/// Alignment and offset helpers: cache maintenance, bounce decisions and pool lookups work
+/// on the CPU's physical addresses, so only [`PhysAddr`] has them; a device address needs
+/// no more than construction, its value and addition.
+impl PhysAddr {
+    /// Rounds down to a multiple of `align`.
+    ///
+    /// # Panics
+    /// In debug builds, if `align` is not a power of two.
+    #[inline]
+    pub const fn align_down(self, align: u64) -> Self {
+        Self(self.0 & !align_mask(align))
+    }
+
+    /// Rounds up to a multiple of `align`; `None` if that leaves the 64-bit address
+    /// space.
+    ///
+    /// # Panics
+    /// In debug builds, if `align` is not a power of two.
+    #[inline]
+    pub const fn checked_align_up(self, align: u64) -> Option<Self> {
+        let mask = align_mask(align);
+        match self.0.checked_add(mask) {
+            Some(v) => Some(Self(v & !mask)),
+            None => None,
+        }
+    }
+
+    /// Whether the address is a multiple of `align`.
+    ///
+    /// # Panics
+    /// In debug builds, if `align` is not a power of two.
+    #[inline]
+    pub const fn is_aligned(self, align: u64) -> bool {
+        self.0 & align_mask(align) == 0
+    }
+
+    /// The offset of the address inside an `align`-sized block.
+    ///
+    /// # Panics
+    /// In debug builds, if `align` is not a power of two.
+    #[inline]
+    pub const fn offset_in(self, align: u64) -> u64 {
+        self.0 & align_mask(align)
+    }
+
+    /// Bytes from `base` up to `self`; `None` if `self` is below `base`.
+    #[inline]
+    pub const fn checked_offset_from(self, base: Self) -> Option<u64> {
+        self.0.checked_sub(base.0)
+    }
+}
 
 /// A half-open byte range `[start, start + len)` of physical memory, validated so that its
 /// end does not overflow the address space and its length is not zero.

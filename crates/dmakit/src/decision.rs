@@ -91,7 +91,7 @@ pub(crate) fn bounce_reason(
     if dev.force_bounce() {
         return Some(BounceReason::Forced);
     }
-    if !dev.can_reach(range.start(), range.len()) {
+    if !dev.can_address(range.start().as_u64(), range.len()) {
         return Some(BounceReason::AboveMask);
     }
     if needs_alignment_bounce(dev, range, dir, policy, cpu_line) {

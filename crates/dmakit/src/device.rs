@@ -6,8 +6,6 @@
 
 use core::fmt;
 
-use crate::addr::PhysAddr;
-
 /// Identifies a device to statistics, the debug checker and error messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(pub u32);
@@ -189,12 +187,6 @@ impl Device {
                 Some(last) => last <= self.dma_mask,
                 None => false,
             }
-    }
-
-    /// Whether physical memory at `addr` lies entirely within the device's mask.
-    #[inline]
-    pub fn can_reach(&self, addr: PhysAddr, len: u64) -> bool {
-        self.can_address(addr.as_u64(), len)
     }
 }
 

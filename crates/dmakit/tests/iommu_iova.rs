@@ -55,10 +55,14 @@ fn allocations_respect_the_limit_and_are_size_aligned() {
 fn freed_ranges_come_back_from_the_cache_without_touching_the_tree() {
     let a = alloc(1, 1 << 20);
     let r = a.alloc(4, u64::MAX, 0).unwrap();
-    let free_before = a.tree_free_pages();
+    let free_before = a.stats().tree_free_pages;
     a.free(r, 0).unwrap();
-    assert_eq!(a.tree_free_pages(), free_before, "cached, not in the tree");
-    assert_eq!(a.cached_ranges(), 1);
+    assert_eq!(
+        a.stats().tree_free_pages,
+        free_before,
+        "cached, not in the tree"
+    );
+    assert_eq!(a.stats().cached_ranges, 1);
     let again = a.alloc(3, u64::MAX, 0).unwrap();
     assert_eq!(again, r, "same size class: the cached range is reused");
     let s = a.stats();
@@ -67,7 +71,7 @@ fn freed_ranges_come_back_from_the_cache_without_touching_the_tree() {
     a.free(again, 0).unwrap();
     let low = a.alloc(4, r.pfn - 1, 0).unwrap();
     assert!(low.end() <= r.pfn);
-    assert_eq!(a.cached_ranges(), 1);
+    assert_eq!(a.stats().cached_ranges, 1);
 }
 
 #[test]
@@ -79,14 +83,14 @@ fn the_depot_is_bounded_and_overflow_returns_to_the_tree() {
     };
     let a = IovaAllocator::new(cfg).unwrap();
     let rs: Vec<IovaRange> = (0..100).map(|_| a.alloc(1, u64::MAX, 0).unwrap()).collect();
-    let tree_before = a.tree_free_pages();
+    let tree_before = a.stats().tree_free_pages;
     for r in &rs {
         a.free(*r, 0).unwrap();
     }
     // Two magazines per CPU plus two in the depot, four ranges each.
-    assert!(a.cached_ranges() <= 16, "{}", a.cached_ranges());
+    assert!(a.stats().cached_ranges <= 16, "{}", a.stats().cached_ranges);
     assert_eq!(
-        a.tree_free_pages() - tree_before + a.cached_ranges() as u64,
+        a.stats().tree_free_pages - tree_before + a.stats().cached_ranges as u64,
         100
     );
     assert!(a.stats().tree_frees > 0);
@@ -107,10 +111,10 @@ fn exhaustion_is_an_error_after_the_caches_are_emptied() {
     for r in live.drain(..) {
         a.free(r, 1).unwrap();
     }
-    assert_eq!(a.cached_ranges(), 16);
+    assert_eq!(a.stats().cached_ranges, 16);
     let two = a.alloc(2, u64::MAX, 0).unwrap();
     assert_eq!(two.pfn % 2, 0);
-    assert_eq!(a.cached_ranges(), 0);
+    assert_eq!(a.stats().cached_ranges, 0);
     // Once before the first exhaustion was reported, once for the two-page request.
     assert_eq!(a.stats().cache_flushes, 2);
     // A limit below the first page can never be met.
@@ -228,7 +232,7 @@ proptest! {
             a.free(r, 0).unwrap();
         }
         a.flush_caches();
-        prop_assert_eq!(a.tree_free_pages(), last - first + 1);
-        prop_assert_eq!(a.tree_free_ranges(), 1);
+        prop_assert_eq!(a.stats().tree_free_pages, last - first + 1);
+        prop_assert_eq!(a.stats().tree_free_ranges, 1);
     }
 }

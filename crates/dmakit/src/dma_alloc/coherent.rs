@@ -60,10 +60,6 @@ impl CoherentBuffer {
     pub fn size(&self) -> u64 {
         self.range.len()
     }
-    /// The CPU range of the buffer.
-    pub fn range(&self) -> PhysRange {
-        self.range
-    }
     /// Whether the memory is an object of the atomic pool.
     pub fn from_atomic_pool(&self) -> bool {
         self.source == Source::AtomicPool

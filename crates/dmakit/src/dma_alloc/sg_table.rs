@@ -215,8 +215,9 @@ where
             };
             match got {
                 Ok(phys) => {
-                    let reachable =
-                        translated || reachable_only || dev.can_reach(phys, want * PAGE_SIZE);
+                    let reachable = translated
+                        || reachable_only
+                        || dev.can_address(phys.as_u64(), want * PAGE_SIZE);
                     chunks.push(SgChunk {
                         phys,
                         pages: want,

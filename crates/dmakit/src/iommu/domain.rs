@@ -137,7 +137,7 @@ pub struct DomainStats {
     pub parked_bounces: usize,
     /// Flush-queue drains so far (each one IOTLB invalidation of the whole domain).
     pub queue_flushes: u64,
-    /// The IOVA allocator's counters.
+    /// The IOVA allocator's counters and free space.
     pub iova: IovaStats,
 }
 
@@ -221,6 +221,8 @@ impl IommuDomain {
 
     /// A snapshot of the domain's state.
     pub fn stats(&self) -> DomainStats {
+        // Before the records lock: the allocator's snapshot takes its own locks.
+        let iova = self.iova.stats();
         DomainStats {
             id: self.id,
             mode: self.mode,
@@ -228,7 +230,7 @@ impl IommuDomain {
             queued: self.fq.len(),
             parked_bounces: self.fq.parked_bounces(),
             queue_flushes: self.fq.flushes(),
-            iova: self.iova.stats(),
+            iova,
         }
     }
 

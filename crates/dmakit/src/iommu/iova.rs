@@ -121,7 +121,7 @@ impl fmt::Display for IovaError {
 
 impl core::error::Error for IovaError {}
 
-/// Counters of an allocator (monotonic, relaxed).
+/// Counters of an allocator (monotonic, relaxed) and its free space.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IovaStats {
     /// Allocations served by a range cache.
@@ -134,6 +134,12 @@ pub struct IovaStats {
     pub tree_frees: u64,
     /// Times the caches were emptied into the tree to make room.
     pub cache_flushes: u64,
+    /// Pages free in the tree (not counting cached ranges).
+    pub tree_free_pages: u64,
+    /// Number of disjoint free ranges in the tree.
+    pub tree_free_ranges: usize,
+    /// Ranges currently held by the caches.
+    pub cached_ranges: usize,
 }
 
 #[derive(Default)]
@@ -561,17 +567,17 @@ impl IovaAllocator {
     }
 
     /// Pages free in the tree (not counting cached ranges).
-    pub fn tree_free_pages(&self) -> u64 {
+    fn tree_free_pages(&self) -> u64 {
         self.tree.lock().free_pages
     }
 
     /// Number of disjoint free ranges in the tree.
-    pub fn tree_free_ranges(&self) -> usize {
+    fn tree_free_ranges(&self) -> usize {
         self.tree.lock().by_start.len()
     }
 
     /// Ranges currently held by the caches.
-    pub fn cached_ranges(&self) -> usize {
+    fn cached_ranges(&self) -> usize {
         self.rcaches
             .iter()
             .map(|rc| {
@@ -587,7 +593,9 @@ impl IovaAllocator {
             .sum()
     }
 
-    /// The counters so far.
+    /// The counters so far and the current free space. Takes the tree's and each range
+    /// cache's lock in turn (never two at once), so the parts are each exact but not one
+    /// atomic snapshot while other threads allocate.
     pub fn stats(&self) -> IovaStats {
         let c = &self.counters;
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -597,6 +605,9 @@ impl IovaAllocator {
             rcache_frees: r(&c.rcache_frees),
             tree_frees: r(&c.tree_frees),
             cache_flushes: r(&c.cache_flushes),
+            tree_free_pages: self.tree_free_pages(),
+            tree_free_ranges: self.tree_free_ranges(),
+            cached_ranges: self.cached_ranges(),
         }
     }
 }
