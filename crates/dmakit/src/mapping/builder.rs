@@ -8,14 +8,16 @@
 use alloc::sync::Arc;
 
 use crate::addr::PhysAddr;
-use crate::bounce::BounceBackend;
+use crate::bounce::{BounceBackend, TransientPool};
+use crate::debug::DebugChecker;
 use crate::decision::AlignmentPolicy;
 use crate::iommu::IommuDma;
 use crate::platform::{PageAllocator, Platform};
-use crate::stats::BounceReporter;
+use crate::stats::{BounceReporter, DeviceCounters, SiteTable};
 use crate::swiotlb::SwiotlbBounce;
 use crate::swiotlb::{PoolConfig, RegionError};
 
+use super::routes::Registered;
 use super::DmaMapper;
 #[cfg(feature = "hazard-controls")]
 use super::HazardControls;
@@ -63,82 +65,73 @@ impl<P: Platform> DmaMapperBuilder<P> {
 
     /// Bounces of devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) go
     /// to `pool`.
-    pub fn swiotlb_backend(self, pool: Arc<dyn BounceBackend>) -> Self {
-        Self {
-            mapper: self.mapper.with_swiotlb(pool),
-        }
+    pub fn swiotlb_backend(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.mapper.routes.swiotlb = Some(Registered::new(pool));
+        self
     }
 
     /// Bounces of devices that use [`BouncePool::Coherent`](crate::BouncePool::Coherent)
     /// go to `pool`.
-    pub fn coherent_backend(self, pool: Arc<dyn BounceBackend>) -> Self {
-        Self {
-            mapper: self.mapper.with_coherent_pool(pool),
-        }
+    pub fn coherent_backend(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.mapper.routes.coherent = Some(Registered::new(pool));
+        self
     }
 
     /// While a full pool waits for growth, bounces are served with exact-size page
     /// allocations from `pages`.
-    pub fn transient_pages(self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
-        Self {
-            mapper: self.mapper.with_transient_pages(pages),
-        }
+    pub fn transient_pages(mut self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+        self.mapper.routes.transient = Some(TransientPool::new(pages));
+        self
     }
 
     /// Devices attached to a domain of `iommu` are mapped through it (IOVAs, page tables,
     /// IOTLB invalidation); the others as without it.
-    pub fn iommu(self, iommu: Arc<IommuDma>) -> Self {
-        Self {
-            mapper: self.mapper.with_iommu(iommu),
-        }
+    pub fn iommu(mut self, iommu: Arc<IommuDma>) -> Self {
+        self.mapper.routes.iommu = Some(iommu);
+        self
     }
 
     /// Uses `policy` for the alignment rule (default [`AlignmentPolicy::Exact`]).
-    pub fn policy(self, policy: AlignmentPolicy) -> Self {
-        Self {
-            mapper: self.mapper.with_policy(policy),
-        }
+    pub fn policy(mut self, policy: AlignmentPolicy) -> Self {
+        self.mapper.policy = policy;
+        self
     }
 
     /// Checks every operation against a shadow table of live mappings and reports driver
     /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
-    pub fn debug_checker(self) -> Self {
-        Self {
-            mapper: self.mapper.with_debug_checker(),
-        }
+    pub fn debug_checker(mut self) -> Self {
+        self.mapper.obs.debug = Some(DebugChecker::new(self.mapper.line(), 10_000));
+        self
     }
 
     /// Samples bounces through `reporter` (at most one report per its interval).
-    pub fn bounce_reporter(self, reporter: BounceReporter) -> Self {
-        Self {
-            mapper: self.mapper.with_bounce_reporter(reporter),
-        }
+    pub fn bounce_reporter(mut self, reporter: BounceReporter) -> Self {
+        self.mapper.obs.reporter = Some(reporter);
+        self
     }
 
     /// Call sites with at least this share of all bounces, in parts per million, get the
     /// "make this allocation a DMA buffer" suggestion in [`DmaMapper::top_sites`]
     /// (default 100,000: a tenth).
-    pub fn site_suggestion_threshold(self, ppm: u64) -> Self {
-        Self {
-            mapper: self.mapper.with_site_suggestion_threshold(ppm),
-        }
+    pub fn site_suggestion_threshold(mut self, ppm: u64) -> Self {
+        self.mapper.obs.suggest_ppm = ppm;
+        self
     }
 
     /// Turns statistics and call-site attribution off: [`DmaMapper::stats`] then reports
     /// no devices and [`DmaMapper::top_sites`] nothing, and the map path does no counting.
-    pub fn without_statistics(self) -> Self {
-        Self {
-            mapper: self.mapper.without_statistics(),
-        }
+    pub fn without_statistics(mut self) -> Self {
+        self.mapper.obs.counters = DeviceCounters::disabled();
+        self.mapper.obs.sites = SiteTable::disabled();
+        self
     }
 
     /// Turns safety mechanisms off for a demonstration (model/test-only feature
     /// `hazard-controls`); see [`HazardControls`].
     #[cfg(feature = "hazard-controls")]
-    pub fn hazard_controls(self, controls: HazardControls) -> Self {
-        Self {
-            mapper: self.mapper.with_hazard_controls(controls),
-        }
+    pub fn hazard_controls(mut self, controls: HazardControls) -> Self {
+        self.mapper.controls = controls;
+        self
     }
 
     /// The configured mapper. Never fails: every setting was checked when it was given.

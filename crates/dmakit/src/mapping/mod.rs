@@ -26,11 +26,8 @@ use crate::debug::{DebugChecker, DebugReport};
 use crate::decision::AlignmentPolicy;
 use crate::device::Device;
 use crate::error::DmaError;
-use crate::iommu::IommuDma;
-use crate::platform::{PageAllocator, Platform};
-use crate::stats::{
-    BounceReporter, DeviceCounters, PoolSnapshot, SiteStats, SiteTable, StatsSnapshot,
-};
+use crate::platform::Platform;
+use crate::stats::{PoolSnapshot, SiteStats, StatsSnapshot};
 
 mod builder;
 mod deferred;
@@ -50,7 +47,7 @@ pub use hazard_controls::HazardControls;
 use hazard_controls::HazardControls;
 use observability::Observability;
 use route::Route;
-use routes::{Registered, Routes};
+use routes::Routes;
 
 /// Called once when a deferred mapping completes, fails for a reason other than room, or
 /// is ended by the release of its device ([`DmaError::DeviceReleased`]). Never called with
@@ -88,9 +85,9 @@ pub struct DmaMapper<P> {
 }
 
 impl<P: Platform> DmaMapper<P> {
-    /// A mapper over `platform` with the exact alignment policy and no bounce pools (the
-    /// builder's starting point).
-    pub(crate) fn new(platform: P) -> Self {
+    /// A mapper over `platform` with the exact alignment policy and no bounce pools: the
+    /// builder's starting point, which [`DmaMapperBuilder`] then configures field by field.
+    fn new(platform: P) -> Self {
         Self {
             policy: AlignmentPolicy::Exact,
             routes: Routes::new(),
@@ -101,25 +98,6 @@ impl<P: Platform> DmaMapper<P> {
             obs: Observability::new(platform.cpu_count()),
             platform,
         }
-    }
-
-    /// Backs [`DmaMapperBuilder::site_suggestion_threshold`].
-    pub(crate) fn with_site_suggestion_threshold(mut self, ppm: u64) -> Self {
-        self.obs.suggest_ppm = ppm;
-        self
-    }
-
-    /// Backs [`DmaMapperBuilder::without_statistics`].
-    pub(crate) fn without_statistics(mut self) -> Self {
-        self.obs.counters = DeviceCounters::disabled();
-        self.obs.sites = SiteTable::disabled();
-        self
-    }
-
-    /// Backs [`DmaMapperBuilder::bounce_reporter`].
-    pub(crate) fn with_bounce_reporter(mut self, reporter: BounceReporter) -> Self {
-        self.obs.reporter = Some(reporter);
-        self
     }
 
     /// A snapshot of the statistics: per device, per pool. Reads atomics only.
@@ -145,13 +123,7 @@ impl<P: Platform> DmaMapper<P> {
         self.obs.sites.top(n, self.obs.suggest_ppm)
     }
 
-    /// Backs [`DmaMapperBuilder::iommu`].
-    pub(crate) fn with_iommu(mut self, iommu: Arc<IommuDma>) -> Self {
-        self.routes.iommu = Some(iommu);
-        self
-    }
-
-    /// Drains the flush queues of every lazy IOMMU domain ([`IommuDma::flush_queues`]:
+    /// Drains the flush queues of every lazy IOMMU domain ([`crate::iommu::IommuDma::flush_queues`]:
     /// one IOTLB invalidation per domain, then the queued IOVAs and bounce slots are
     /// released) and, when bounce slots were released, completes deferred mappings that
     /// now fit. Call it from a timer in lazy mode. Returns the bounce slots released (0
@@ -167,12 +139,6 @@ impl<P: Platform> DmaMapper<P> {
             self.room_freed();
         }
         released
-    }
-
-    /// Backs [`DmaMapperBuilder::debug_checker`].
-    pub(crate) fn with_debug_checker(mut self) -> Self {
-        self.obs.debug = Some(DebugChecker::new(self.line(), 10_000));
-        self
     }
 
     /// The debug checker, when enabled.
@@ -192,40 +158,6 @@ impl<P: Platform> DmaMapper<P> {
             .debug
             .as_ref()
             .map_or_else(Vec::new, |d| d.release_device(dev))
-    }
-
-    /// Backs [`DmaMapperBuilder::hazard_controls`].
-    #[cfg(feature = "hazard-controls")]
-    pub(crate) fn with_hazard_controls(mut self, controls: HazardControls) -> Self {
-        self.controls = controls;
-        self
-    }
-
-    /// Backs [`DmaMapperBuilder::policy`].
-    pub(crate) fn with_policy(mut self, policy: AlignmentPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// Backs [`DmaMapperBuilder::swiotlb_backend`].
-    pub(crate) fn with_swiotlb(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.routes.swiotlb = Some(Registered::new(pool));
-        self
-    }
-
-    /// Backs [`DmaMapperBuilder::coherent_backend`].
-    pub(crate) fn with_coherent_pool(mut self, pool: Arc<dyn BounceBackend>) -> Self {
-        self.routes.coherent = Some(Registered::new(pool));
-        self
-    }
-
-    /// Backs [`DmaMapperBuilder::transient_pages`].
-    pub(crate) fn with_transient_pages(
-        mut self,
-        pages: Arc<dyn PageAllocator + Send + Sync>,
-    ) -> Self {
-        self.routes.transient = Some(TransientPool::new(pages));
-        self
     }
 
     /// The platform this mapper drives.
