@@ -1,0 +1,8 @@
+//! Acceptance: every map, unmap and sync path is callable from atomic context.
+//!
+//! Two properties, one module each: no path allocates from the heap (`no_alloc`), and a
+//! map from an interrupt that arrives inside another map's critical section on the same
+//! CPU completes instead of deadlocking (`interrupts`).
+
+mod interrupts;
+mod no_alloc;

@@ -1,0 +1,1 @@
+//! Interrupts arriving inside a map path's critical section.

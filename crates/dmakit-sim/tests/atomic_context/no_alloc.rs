@@ -1,0 +1,1 @@
+//! No heap allocation on any map, unmap or sync path.
