@@ -91,7 +91,8 @@ impl CacheMaintenance for Rec {
     }
 }
 
-impl CpuMemory for Rec {
+// SAFETY: neither method touches any memory; they only count calls.
+unsafe impl CpuMemory for Rec {
     fn copy(&self, _: PhysAddr, _: PhysAddr, _: u64) -> Result<(), MemoryFault> {
         Ok(())
     }

@@ -59,10 +59,12 @@ fn map_unmap(c: &mut Criterion) {
                 let buf = PhysAddr::new(2 * MIB);
                 g.bench_function(format!("{mode}{suffix}/{name}"), |b| {
                     b.iter(|| {
-                        let dma = m
-                            .map(&dev, black_box(buf), len, Direction::Bidirectional)
-                            .expect("map");
-                        m.unmap(&dev, dma, len, Direction::Bidirectional)
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        let dma =
+                            unsafe { m.map(&dev, black_box(buf), len, Direction::Bidirectional) }
+                                .expect("map");
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        unsafe { m.unmap(&dev, dma, len, Direction::Bidirectional) }
                             .expect("unmap");
                     })
                 });

@@ -26,10 +26,11 @@ fn observability(c: &mut Criterion) {
         ] {
             g.bench_function(format!("{kind}/{name}"), |b| {
                 b.iter(|| {
-                    let dma = m
-                        .map(&dev, black_box(buf), 64, Direction::FromDevice)
-                        .unwrap();
-                    m.unmap(&dev, dma, 64, Direction::FromDevice).unwrap();
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    let dma =
+                        unsafe { m.map(&dev, black_box(buf), 64, Direction::FromDevice) }.unwrap();
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    unsafe { m.unmap(&dev, dma, 64, Direction::FromDevice) }.unwrap();
                 })
             });
         }

@@ -120,10 +120,10 @@ type Mapper = Arc<DmaMapper<Arc<HostPlatform>>>;
 type Build = fn() -> Comparison;
 
 fn map_unmap(m: &Mapper, dev: &Device, buf: PhysAddr, len: u64) {
-    let dma = m
-        .map(dev, black_box(buf), len, Direction::FromDevice)
-        .unwrap();
-    m.unmap(dev, dma, len, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { m.map(dev, black_box(buf), len, Direction::FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { m.unmap(dev, dma, len, Direction::FromDevice) }.unwrap();
 }
 
 /// A case of `len`-byte map+unmaps of `buf` through `m`.
@@ -155,8 +155,10 @@ fn bounce_vs_memcpy() -> Comparison {
     let mut ratios = Vec::new();
     for size in [4096u64, 16384, 65536] {
         // The slot this mapping gets (the pool hands the same one back each time).
-        let dma = m.map(&dev, buf, size, Direction::FromDevice).unwrap();
-        m.unmap(&dev, dma, size, Direction::FromDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { m.map(&dev, buf, size, Direction::FromDevice) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { m.unmap(&dev, dma, size, Direction::FromDevice) }.unwrap();
         let slot = PhysAddr::new(dma.as_u64());
         ratios.push((cases.len(), cases.len() + 1, "<= 1.25"));
         cases.push(map_case(format!("bounce {size} B"), &m, buf, size));

@@ -26,19 +26,21 @@ fn direct_vs_bounce(c: &mut Criterion) {
     let aligned = PhysAddr::new(POOL);
     g.bench_function("direct_64", |b| {
         b.iter(|| {
-            let dma = m
-                .map(&dev, black_box(aligned), 64, Direction::FromDevice)
-                .unwrap();
-            m.unmap(&dev, dma, 64, Direction::FromDevice).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            let dma =
+                unsafe { m.map(&dev, black_box(aligned), 64, Direction::FromDevice) }.unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { m.unmap(&dev, dma, 64, Direction::FromDevice) }.unwrap();
         })
     });
     let misaligned = PhysAddr::new(POOL + 8);
     g.bench_function("bounced_64", |b| {
         b.iter(|| {
-            let dma = m
-                .map(&dev, black_box(misaligned), 64, Direction::FromDevice)
-                .unwrap();
-            m.unmap(&dev, dma, 64, Direction::FromDevice).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            let dma =
+                unsafe { m.map(&dev, black_box(misaligned), 64, Direction::FromDevice) }.unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { m.unmap(&dev, dma, 64, Direction::FromDevice) }.unwrap();
         })
     });
     g.finish();
@@ -53,16 +55,19 @@ fn bounce_vs_memcpy(c: &mut Criterion) {
         let buf = PhysAddr::new(POOL + 8);
         g.bench_with_input(BenchmarkId::new("bounce", size), &size, |b, &size| {
             b.iter(|| {
-                let dma = m
-                    .map(&dev, black_box(buf), size, Direction::FromDevice)
-                    .unwrap();
-                m.unmap(&dev, dma, size, Direction::FromDevice).unwrap();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                let dma =
+                    unsafe { m.map(&dev, black_box(buf), size, Direction::FromDevice) }.unwrap();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { m.unmap(&dev, dma, size, Direction::FromDevice) }.unwrap();
             })
         });
         // The same bytes a bounce moves, between the same addresses: the original into the
         // slot the pool gives this mapping, and back.
-        let dma = m.map(&dev, buf, size, Direction::FromDevice).unwrap();
-        m.unmap(&dev, dma, size, Direction::FromDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { m.map(&dev, buf, size, Direction::FromDevice) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { m.unmap(&dev, dma, size, Direction::FromDevice) }.unwrap();
         let slot = PhysAddr::new(dma.as_u64());
         g.bench_with_input(BenchmarkId::new("memcpy", size), &size, |b, &size| {
             b.iter(|| {
@@ -127,8 +132,13 @@ fn threads(c: &mut Criterion) {
                                 let buf = PhysAddr::new(POOL + 8 + (t as u64) * MIB);
                                 barrier.wait();
                                 for _ in 0..per {
-                                    let dma = m.map(dev, buf, 512, Direction::FromDevice).unwrap();
-                                    m.unmap(dev, dma, 512, Direction::FromDevice).unwrap();
+                                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                                    let dma =
+                                        unsafe { m.map(dev, buf, 512, Direction::FromDevice) }
+                                            .unwrap();
+                                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                                    unsafe { m.unmap(dev, dma, 512, Direction::FromDevice) }
+                                        .unwrap();
                                 }
                             });
                         }

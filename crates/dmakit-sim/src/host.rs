@@ -214,7 +214,9 @@ impl CacheMaintenance for HostPlatform {
     }
 }
 
-impl CpuMemory for HostPlatform {
+// SAFETY: `at` checks every range against the arena and faults outside it; the copies
+// touch only the checked ranges.
+unsafe impl CpuMemory for HostPlatform {
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
         let d = self.at(dst, len)?;
         let s = self.at(src, len)?;

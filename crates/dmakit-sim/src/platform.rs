@@ -26,7 +26,9 @@ impl CacheMaintenance for Machine {
     }
 }
 
-impl CpuMemory for Machine {
+// SAFETY: the model's memory is its own sparse store, not Rust memory; an access outside
+// its RAM map is a MemoryFault.
+unsafe impl CpuMemory for Machine {
     /// Loads through the cache, then stores through it, stamps included.
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
         self.copy_(dst.as_u64(), src.as_u64(), len)

@@ -326,10 +326,11 @@ impl<P: Platform> Transfer<'_, P> {
         for _ in 0..self.rng.between(0, 2) {
             self.cpu_step(neighbours)?;
         }
-        let (dma, path) = match self
-            .mapper
-            .map_traced(self.device, buf.start(), buf.len(), dir)
-        {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let (dma, path) = match unsafe {
+            self.mapper
+                .map_traced(self.device, buf.start(), buf.len(), dir)
+        } {
             Ok(d) => d,
             Err(e) => return Ok(Started::MapFailed(e)),
         };
@@ -412,24 +413,30 @@ impl<P: Platform> Transfer<'_, P> {
                 if dir.device_reads() || self.knobs.rewrite_inbound_between_rounds {
                     self.scribble(buf.start().as_u64(), buf.len(), owner)?;
                 }
-                self.mapper.sync_for_device(dev, dma, 0, buf.len(), dir)?;
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.mapper.sync_for_device(dev, dma, 0, buf.len(), dir) }?;
             }
             self.device_round(neighbours, buf, dma, dir, owner)?;
             if round + 1 < rounds {
-                self.mapper.sync_for_cpu(dev, dma, 0, buf.len(), dir)?;
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.mapper.sync_for_cpu(dev, dma, 0, buf.len(), dir) }?;
                 self.complete_check(buf, owner)?;
                 continue;
             }
             if self.knobs.skip_sync_for_cpu {
                 // Control: the CPU reads before giving the buffer back.
                 self.complete_check(buf, owner)?;
-                self.mapper.unmap(dev, dma, buf.len(), dir)?;
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.mapper.unmap(dev, dma, buf.len(), dir) }?;
             } else if self.rng.chance(self.knobs.sync_chance) {
-                self.mapper.sync_for_cpu(dev, dma, 0, buf.len(), dir)?;
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.mapper.sync_for_cpu(dev, dma, 0, buf.len(), dir) }?;
                 self.complete_check(buf, owner)?;
-                self.mapper.unmap(dev, dma, buf.len(), dir)?;
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.mapper.unmap(dev, dma, buf.len(), dir) }?;
             } else {
-                self.mapper.unmap(dev, dma, buf.len(), dir)?;
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.mapper.unmap(dev, dma, buf.len(), dir) }?;
                 self.complete_check(buf, owner)?;
             }
         }

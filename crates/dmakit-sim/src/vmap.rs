@@ -313,7 +313,8 @@ impl CacheMaintenance for VmapMachine<'_> {
     }
 }
 
-impl CpuMemory for VmapMachine<'_> {
+// SAFETY: forwards unchanged to the model machine's implementation.
+unsafe impl CpuMemory for VmapMachine<'_> {
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
         self.machine.copy(dst, src, len)
     }

@@ -88,9 +88,8 @@ fn bounce_in_added_region(stale: bool) -> Outcome {
     let dev = device(1, BouncePool::Swiotlb);
     m.attach(dev.clone()).unwrap();
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
-    let hog = mapper
-        .map(&dev, base.add(8), 200_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog = unsafe { mapper.map(&dev, base.add(8), 200_000, Direction::FromDevice) }.unwrap();
     let added = m.alloc_pages(REGION / 4096, BELOW_4G).unwrap();
     pool.add_region(added, REGION).unwrap();
 
@@ -98,26 +97,28 @@ fn bounce_in_added_region(stale: bool) -> Outcome {
     let len = 100_000;
     m.cpu_write(phys, &vec![0x11; len as usize], Owner(7))
         .unwrap();
-    let (dma, path) = mapper
-        .map_traced(&dev, phys, len, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) = unsafe { mapper.map_traced(&dev, phys, len, Direction::FromDevice) }.unwrap();
     assert!(matches!(path, MapPath::Bounced { .. }));
     let region = PhysRange::new(added, REGION).unwrap();
     assert!(region.contains_range(&PhysRange::new(PhysAddr::new(dma.as_u64()), len).unwrap()));
     m.grant(dev.id(), dma, len).unwrap();
     let written: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     m.device_write(dev.id(), dma, &written, Owner(9)).unwrap();
-    let unmapped = mapper.unmap(&dev, dma, len, Direction::FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let unmapped = unsafe { mapper.unmap(&dev, dma, len, Direction::FromDevice) };
     let buffer = read(&m, phys, len);
-    let stray = mapper.unmap(
-        &dev,
-        DmaAddr::new(added.as_u64() + REGION - 4096),
-        64,
-        Direction::FromDevice,
-    );
-    mapper
-        .unmap(&dev, hog, 200_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let stray = unsafe {
+        mapper.unmap(
+            &dev,
+            DmaAddr::new(added.as_u64() + REGION - 4096),
+            64,
+            Direction::FromDevice,
+        )
+    };
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, hog, 200_000, Direction::FromDevice) }.unwrap();
     Outcome {
         unmapped,
         buffer,
@@ -167,14 +168,13 @@ fn direct_mappings_between_bounce_regions_stay_direct() {
     // them (inside the span or not) is not mistaken for a bounce.
     for off in [0u64, 4096, 64 * 1024] {
         let phys = base.add(off);
-        let (dma, path) = mapper
-            .map_traced(&dev, phys, 1024, Direction::FromDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let (dma, path) =
+            unsafe { mapper.map_traced(&dev, phys, 1024, Direction::FromDevice) }.unwrap();
         assert_eq!(path, MapPath::Direct);
         assert_eq!(dma.as_u64(), phys.as_u64());
-        mapper
-            .unmap(&dev, dma, 1024, Direction::FromDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 1024, Direction::FromDevice) }.unwrap();
         assert_eq!(
             span.may_contain(phys.as_u64()),
             phys.as_u64() >= pool.pool().regions()[0].start().as_u64()

@@ -42,7 +42,8 @@ fn unmap_of_an_address_never_mapped_or_already_unmapped() {
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     let bogus = DmaAddr::new(buf.as_u64() + 0x800);
-    let _ = mapper.unmap(&dev, bogus, 128, FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap(&dev, bogus, 128, FromDevice) };
     let r = only(&mapper, DebugIssue::NotMapped);
     assert!(
         r.message.contains("never mapped or is already unmapped"),
@@ -53,10 +54,13 @@ fn unmap_of_an_address_never_mapped_or_already_unmapped() {
         "names the offending line: {r}"
     );
 
-    let dma = mapper.map(&dev, buf, 128, FromDevice).unwrap();
-    mapper.unmap(&dev, dma, 128, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 128, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 128, FromDevice) }.unwrap();
     assert!(issues(&mapper).is_empty(), "correct sequence");
-    let _ = mapper.unmap(&dev, dma, 128, FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap(&dev, dma, 128, FromDevice) };
     only(&mapper, DebugIssue::NotMapped);
 }
 
@@ -67,10 +71,10 @@ fn a_failed_mapping_used_without_checking() {
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     // The driver ignores the error and uses a default address.
-    let dma = mapper
-        .map(&dev, buf.add(8), 13, FromDevice)
-        .unwrap_or_default();
-    let _ = mapper.sync_for_cpu(&dev, dma, 0, 13, FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf.add(8), 13, FromDevice) }.unwrap_or_default();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.sync_for_cpu(&dev, dma, 0, 13, FromDevice) };
     let r = only(&mapper, DebugIssue::UncheckedMapError);
     assert!(
         r.message.contains("failed") && r.message.contains("without checking"),
@@ -78,8 +82,10 @@ fn a_failed_mapping_used_without_checking() {
     );
     assert!(r.mapped_at.is_some());
     // Checking the result first: no report.
-    if let Ok(dma) = mapper.map(&dev, buf, 128, FromDevice) {
-        mapper.unmap(&dev, dma, 128, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    if let Ok(dma) = unsafe { mapper.map(&dev, buf, 128, FromDevice) } {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 128, FromDevice) }.unwrap();
     }
     assert!(issues(&mapper).is_empty());
 }
@@ -90,25 +96,31 @@ fn unmap_with_another_size_direction_or_api() {
     let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
-    let dma = mapper.map(&dev, buf, 256, ToDevice).unwrap();
-    mapper.unmap(&dev, dma, 128, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 256, ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 128, ToDevice) }.unwrap();
     let r = only(&mapper, DebugIssue::WrongSize);
     assert!(
         r.message.contains("128 bytes") && r.message.contains("256 bytes were mapped"),
         "{r}"
     );
 
-    let dma = mapper.map(&dev, buf, 256, ToDevice).unwrap();
-    let _ = mapper.unmap(&dev, dma, 256, FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 256, ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap(&dev, dma, 256, FromDevice) };
     let r = only(&mapper, DebugIssue::WrongDirection);
     assert!(
         r.message.contains("from-device unmap") && r.message.contains("mapped to-device"),
         "{r}"
     );
 
-    let dma = mapper.map(&dev, buf, 256, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 256, ToDevice) }.unwrap();
     let seg = dmakit::DmaSegment { dma, len: 256 };
-    let _ = mapper.unmap_sg(&dev, &[seg], ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap_sg(&dev, &[seg], ToDevice) };
     let r = only(&mapper, DebugIssue::WrongFamily);
     assert!(
         r.message.contains("scatter-gather unmap") && r.message.contains("single API"),
@@ -117,7 +129,8 @@ fn unmap_with_another_size_direction_or_api() {
 
     let checker = mapper.debug_checker().unwrap();
     checker.coherent_allocated(&dev, DmaAddr::new(buf.as_u64()), buf, 4096);
-    let _ = mapper.unmap(&dev, DmaAddr::new(buf.as_u64()), 4096, Bidirectional);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap(&dev, DmaAddr::new(buf.as_u64()), 4096, Bidirectional) };
     only(&mapper, DebugIssue::WrongFamily);
     checker.coherent_allocated(&dev, DmaAddr::new(buf.as_u64()), buf, 4096);
     checker.coherent_freeing(&dev, DmaAddr::new(buf.as_u64()), 4096);
@@ -134,8 +147,9 @@ fn sg_unmap_with_another_entry_count() {
         .build()
         .unwrap();
     let buf = buffers(&m);
-    let segs = mapper
-        .map_sg(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe {
+        mapper.map_sg(
             &dev,
             &[SgEntry {
                 phys: buf,
@@ -143,9 +157,11 @@ fn sg_unmap_with_another_entry_count() {
             }],
             FromDevice,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(segs.len(), 3);
-    let _ = mapper.unmap_sg(&dev, &segs[..2], FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap_sg(&dev, &segs[..2], FromDevice) };
     let r = issues(&mapper);
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|r| r.issue == DebugIssue::WrongSgCount));
@@ -155,10 +171,12 @@ fn sg_unmap_with_another_entry_count() {
         "{}",
         r[0]
     );
-    mapper.unmap(&dev, segs[2].dma, 4096, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, segs[2].dma, 4096, FromDevice) }.unwrap();
     only(&mapper, DebugIssue::WrongFamily);
-    let segs = mapper
-        .map_sg(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe {
+        mapper.map_sg(
             &dev,
             &[SgEntry {
                 phys: buf,
@@ -166,8 +184,10 @@ fn sg_unmap_with_another_entry_count() {
             }],
             FromDevice,
         )
-        .unwrap();
-    mapper.unmap_sg(&dev, &segs, FromDevice).unwrap();
+    }
+    .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, FromDevice) }.unwrap();
     assert!(issues(&mapper).is_empty());
 }
 
@@ -177,19 +197,21 @@ fn sync_outside_the_mapping_or_in_a_forbidden_direction() {
     let mapper = rig(&m).build();
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
-    let dma = mapper.map(&dev, buf, 512, FromDevice).unwrap();
-    mapper
-        .sync_for_cpu(&dev, dma, 500, 100, FromDevice)
-        .unwrap(); // direct: no error value
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 512, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_cpu(&dev, dma, 500, 100, FromDevice) }.unwrap(); // direct: no error value
     let r = only(&mapper, DebugIssue::SyncOutOfRange);
     assert!(r.message.contains("outside the 512-byte mapping"), "{r}");
-    mapper.sync_for_device(&dev, dma, 0, 512, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_device(&dev, dma, 0, 512, ToDevice) }.unwrap();
     only(&mapper, DebugIssue::WrongDirection);
-    mapper.sync_for_cpu(&dev, dma, 0, 512, FromDevice).unwrap();
-    mapper
-        .sync_for_device(&dev, dma, 0, 512, FromDevice)
-        .unwrap();
-    mapper.unmap(&dev, dma, 512, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_cpu(&dev, dma, 0, 512, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_device(&dev, dma, 0, 512, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 512, FromDevice) }.unwrap();
     assert!(issues(&mapper).is_empty());
 }
 
@@ -200,21 +222,29 @@ fn two_unbounced_inbound_mappings_sharing_a_line() {
     let dev = device(1, BouncePool::Swiotlb);
     // Under the Never policy two 8-byte neighbours are both mapped in place.
     let never = rig(&m).policy(AlignmentPolicy::Never).build();
-    let a = never.map(&dev, buf, 8, FromDevice).unwrap();
-    let b = never.map(&dev, buf.add(8), 8, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let a = unsafe { never.map(&dev, buf, 8, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let b = unsafe { never.map(&dev, buf.add(8), 8, FromDevice) }.unwrap();
     let r = only(&never, DebugIssue::SharedInboundLine);
     assert!(
         r.message.contains("shares a cache line") && r.message.contains("neither is bounced"),
         "{r}"
     );
-    never.unmap(&dev, a, 8, FromDevice).unwrap();
-    never.unmap(&dev, b, 8, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { never.unmap(&dev, a, 8, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { never.unmap(&dev, b, 8, FromDevice) }.unwrap();
     // The exact policy bounces both: nothing to report.
     let exact = rig(&m).build();
-    let a = exact.map(&dev, buf, 8, FromDevice).unwrap();
-    let b = exact.map(&dev, buf.add(8), 8, FromDevice).unwrap();
-    exact.unmap(&dev, a, 8, FromDevice).unwrap();
-    exact.unmap(&dev, b, 8, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let a = unsafe { exact.map(&dev, buf, 8, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let b = unsafe { exact.map(&dev, buf.add(8), 8, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { exact.unmap(&dev, a, 8, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { exact.unmap(&dev, b, 8, FromDevice) }.unwrap();
     assert!(issues(&exact).is_empty());
 }
 
@@ -225,8 +255,10 @@ fn mappings_still_live_when_the_device_is_released() {
     let dev = device(1, BouncePool::Swiotlb);
     let other = device(2, BouncePool::Swiotlb);
     let buf = buffers(&m);
-    let kept = mapper.map(&dev, buf.add(8), 100, FromDevice).unwrap();
-    let fine = mapper.map(&other, buf.add(4096), 128, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let kept = unsafe { mapper.map(&dev, buf.add(8), 100, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let fine = unsafe { mapper.map(&other, buf.add(4096), 128, ToDevice) }.unwrap();
     let leaks = mapper.release_device(&dev);
     assert_eq!(leaks.len(), 1);
     assert_eq!(
@@ -236,7 +268,8 @@ fn mappings_still_live_when_the_device_is_released() {
     assert!(leaks[0]
         .message
         .contains("released with a live single mapping of 100 bytes"));
-    mapper.unmap(&other, fine, 128, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&other, fine, 128, ToDevice) }.unwrap();
     assert!(mapper.release_device(&other).is_empty());
 }
 
@@ -247,22 +280,27 @@ fn cpu_access_while_the_device_owns_the_buffer() {
     let dev = device(1, BouncePool::Swiotlb);
     let buf = buffers(&m);
     let checker = mapper.debug_checker().unwrap();
-    let dma = mapper.map(&dev, buf, 256, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 256, FromDevice) }.unwrap();
     let r = checker.check_cpu_access(buf.add(16), 4, false).unwrap();
     assert_eq!(r.issue, DebugIssue::CpuReadWhileDeviceOwns);
     assert!(r.message.contains("the CPU read 4 bytes"), "{r}");
     // After sync_for_cpu of that part the CPU may read it, but not the rest.
-    mapper.sync_for_cpu(&dev, dma, 0, 128, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_cpu(&dev, dma, 0, 128, FromDevice) }.unwrap();
     assert!(checker.check_cpu_access(buf.add(16), 4, false).is_none());
     assert!(checker.check_cpu_access(buf.add(200), 4, false).is_some());
-    mapper.unmap(&dev, dma, 256, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 256, FromDevice) }.unwrap();
     assert!(checker.check_cpu_access(buf, 256, true).is_none());
     // Writing a buffer the device is reading is a bug too; reading it is not.
-    let dma = mapper.map(&dev, buf, 256, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, 256, ToDevice) }.unwrap();
     assert!(checker.check_cpu_access(buf, 8, false).is_none());
     let r = checker.check_cpu_access(buf, 8, true).unwrap();
     assert_eq!(r.issue, DebugIssue::CpuWriteWhileDeviceOwns);
-    mapper.unmap(&dev, dma, 256, ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 256, ToDevice) }.unwrap();
     checker.take_reports();
 }
 

@@ -147,7 +147,8 @@ fn two_devices_contending_for_one_slot_lose_no_completion_and_keep_order() {
                         let tx = tx.clone();
                         let at = buf.add(k as u64 * 200 * 1024);
                         let done = Box::new(move |r| tx.send((k, r)).unwrap());
-                        match mapper.map_or_defer(&dev, at, len, dir, done).unwrap() {
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        match unsafe { mapper.map_or_defer(&dev, at, len, dir, done) }.unwrap() {
                             MapStatus::Mapped(dma) => now.push((k, dma)),
                             MapStatus::Deferred => {}
                         }
@@ -155,14 +156,16 @@ fn two_devices_contending_for_one_slot_lose_no_completion_and_keep_order() {
                     let mut order = Vec::new();
                     for (k, dma) in now {
                         order.push(k);
-                        mapper.unmap(&dev, dma, len, dir).unwrap();
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        unsafe { mapper.unmap(&dev, dma, len, dir) }.unwrap();
                     }
                     while order.len() < 2 {
                         let (k, r) = rx
                             .recv_timeout(Duration::from_secs(60))
                             .unwrap_or_else(|_| panic!("device {t}: round {i}: lost completion"));
                         order.push(k);
-                        mapper.unmap(&dev, r.unwrap(), len, dir).unwrap();
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        unsafe { mapper.unmap(&dev, r.unwrap(), len, dir) }.unwrap();
                     }
                     assert_eq!(order, [0, 1], "device {t}: round {i}: request order");
                 }

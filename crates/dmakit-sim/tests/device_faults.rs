@@ -48,7 +48,8 @@ fn address_above_the_mask_is_a_fault_and_nothing_moves() {
 fn the_mapper_refuses_what_the_device_cannot_reach() {
     let m = Machine::new(MachineConfig::default()).unwrap();
     let mapper = DmaMapper::builder(&m).build();
-    let r = mapper.map(&dev32(), PhysAddr::new(5 * GIB), 64, Direction::ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let r = unsafe { mapper.map(&dev32(), PhysAddr::new(5 * GIB), 64, Direction::ToDevice) };
     assert!(
         matches!(r, Err(dmakit::DmaError::NoBouncePool { .. })),
         "{r:?}"
@@ -62,7 +63,8 @@ fn access_outside_granted_windows_is_a_fault() {
     let mapper = DmaMapper::builder(&m).build();
     let buf = PhysAddr::new(0x10_0000);
     m.cpu_write(buf, &[5; 128], Owner(3)).unwrap();
-    let dma = mapper.map(&dev32(), buf, 64, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev32(), buf, 64, Direction::ToDevice) }.unwrap();
     m.grant(DeviceId(7), dma, 64).unwrap();
     // Inside: fine, and the device sees the cleaned data.
     let got = m.device_read(DeviceId(7), dma, 64).unwrap();
@@ -79,9 +81,8 @@ fn access_outside_granted_windows_is_a_fault() {
             Owner(9)
         )
         .is_err());
-    mapper
-        .unmap(&dev32(), dma, 64, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev32(), dma, 64, Direction::ToDevice) }.unwrap();
     m.revoke(DeviceId(7), dma, 64).unwrap();
     // After revoke nothing is reachable.
     assert!(m.device_read(DeviceId(7), dma, 1).is_err());

@@ -392,7 +392,8 @@ fn alloc_sg_out_of_low_memory_is_bounced_at_map_time_and_arrives_intact() {
     // Without a bounce pool the mapping layer refuses the table.
     let bare = DmaMapper::builder(&m).build();
     assert!(matches!(
-        bare.map_sg(&d, &entries, Direction::ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { bare.map_sg(&d, &entries, Direction::ToDevice) },
         Err(DmaError::NoBouncePool { .. })
     ));
 
@@ -425,7 +426,8 @@ fn alloc_sg_out_of_low_memory_is_bounced_at_map_time_and_arrives_intact() {
         oracle.cpu_stored(e.phys, part, Owner(60));
         off += e.len as usize;
     }
-    let segs = mapper.map_sg(&d, &entries, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&d, &entries, Direction::ToDevice) }.unwrap();
     let bounced = segs
         .iter()
         .filter(|s| !entries.iter().any(|e| e.phys.as_u64() == s.dma.as_u64()))
@@ -453,10 +455,12 @@ fn alloc_sg_out_of_low_memory_is_bounced_at_map_time_and_arrives_intact() {
         read, data,
         "the device read the CPU's data through the bounces"
     );
-    mapper.unmap_sg(&d, &segs, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&d, &segs, Direction::ToDevice) }.unwrap();
 
     // Inbound: the device writes every segment, the CPU reads them back after unmap.
-    let segs = mapper.map_sg(&d, &entries, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&d, &entries, Direction::FromDevice) }.unwrap();
     let back = pattern(size as usize, 200);
     let mut off = 0usize;
     for s in &segs {
@@ -466,7 +470,8 @@ fn alloc_sg_out_of_low_memory_is_bounced_at_map_time_and_arrives_intact() {
         m.revoke(d.id(), s.dma, s.len).unwrap();
         off += s.len as usize;
     }
-    mapper.unmap_sg(&d, &segs, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&d, &segs, Direction::FromDevice) }.unwrap();
     let mut off = 0usize;
     for e in &entries {
         oracle.device_wrote(e.phys, &back[off..off + e.len as usize], Owner(70));

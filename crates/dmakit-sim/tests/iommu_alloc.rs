@@ -118,7 +118,8 @@ fn sg_tables_are_mapped_as_one_segment() {
         r.m.cpu_write(p, &[0x10 + i as u8; PAGE_SIZE as usize], Owner(4))
             .unwrap();
     }
-    let segs = mapper.map_sg(&dev, &entries, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&dev, &entries, Direction::ToDevice) }.unwrap();
     assert_eq!(segs.len(), 1, "{segs:?}");
     assert!(segs[0].dma.as_u64() + segs[0].len - 1 <= u32::MAX as u64);
     r.m.grant(dev.id(), segs[0].dma, segs[0].len).unwrap();
@@ -126,7 +127,8 @@ fn sg_tables_are_mapped_as_one_segment() {
     for (i, chunk) in seen.data.chunks(PAGE_SIZE as usize).enumerate() {
         assert!(chunk.iter().all(|&b| b == 0x10 + i as u8), "page {i}");
     }
-    mapper.unmap_sg(&dev, &segs, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, Direction::ToDevice) }.unwrap();
     r.dma.flush_queues(0);
     assert!(r.m.device_read(dev.id(), segs[0].dma, 64).is_err());
     a.free_sg(&dev, table).unwrap();

@@ -37,16 +37,14 @@ fn access_after_unmap(drop_invalidations: bool, cfg: DomainConfig) -> (bool, Vec
     let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     r.iommu.set_drop_invalidations(drop_invalidations);
     let buf = page(&r, Owner(5));
-    let dma = mapper
-        .map(&dev, buf, LEN, Direction::Bidirectional)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf, LEN, Direction::Bidirectional) }.unwrap();
     assert_ne!(dma.as_u64(), buf.as_u64(), "the device sees an IOVA");
     r.m.grant(dev.id(), dma, LEN).unwrap();
     let seen = r.m.device_read(dev.id(), dma, 64).unwrap();
     assert!(seen.owners.iter().all(|&o| o == Owner(5)));
-    mapper
-        .unmap(&dev, dma, LEN, Direction::Bidirectional)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, LEN, Direction::Bidirectional) }.unwrap();
     r.dma.flush_queues(0);
     let read = r.m.device_read(dev.id(), dma, 64);
     let write = r.m.device_write(dev.id(), dma, &[0xee; 16], Owner(66));
@@ -115,7 +113,8 @@ fn lazy_mode_never_reuses_an_iova_before_its_invalidation() {
     let mut queued: Vec<DmaAddr> = Vec::new();
     let mut after_drain = Vec::new();
     for round in 0..40 {
-        let dma = mapper.map(&dev, buf, LEN, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { mapper.map(&dev, buf, LEN, Direction::ToDevice) }.unwrap();
         let stats = r.dma.domain(d).unwrap().stats();
         if stats.queued == 0 && round > 0 {
             // A drain just happened: everything queued before it is invalidated.
@@ -126,7 +125,8 @@ fn lazy_mode_never_reuses_an_iova_before_its_invalidation() {
             !queued.contains(&dma),
             "round {round}: {dma} reused while waiting for invalidation"
         );
-        mapper.unmap(&dev, dma, LEN, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, LEN, Direction::ToDevice) }.unwrap();
         queued.push(dma);
     }
     let stats = r.dma.domain(d).unwrap().stats();

@@ -29,29 +29,28 @@ fn a_32_bit_device_uses_buffers_above_4_gib_without_bouncing() {
     assert!(buf.as_u64() >= 5 * GIB);
     let out: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
     r.m.cpu_write(buf, &out, Owner(3)).unwrap();
-    let (dma, path) = mapper
-        .map_traced(&dev, buf, 8192, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) = unsafe { mapper.map_traced(&dev, buf, 8192, Direction::ToDevice) }.unwrap();
     assert_eq!(path, MapPath::Iommu { domain: d });
     assert!(dma.as_u64() + 8191 <= u32::MAX as u64, "{dma}");
     r.m.grant(dev.id(), dma, 8192).unwrap();
     let seen = r.m.device_read(dev.id(), dma, 8192).unwrap();
     assert_eq!(seen.data, out, "the device read the CPU's data above 4 GiB");
     assert!(seen.owners.iter().all(|&o| o == Owner(3)));
-    mapper.unmap(&dev, dma, 8192, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 8192, Direction::ToDevice) }.unwrap();
 
     let inbound = buf.add(8192);
-    let (dma, path) = mapper
-        .map_traced(&dev, inbound, 8192, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) =
+        unsafe { mapper.map_traced(&dev, inbound, 8192, Direction::FromDevice) }.unwrap();
     assert_eq!(path, MapPath::Iommu { domain: d });
     assert!(dma.as_u64() + 8191 <= u32::MAX as u64);
     r.m.grant(dev.id(), dma, 8192).unwrap();
     r.m.device_write(dev.id(), dma, &[0x77; 8192], Owner(4))
         .unwrap();
-    mapper
-        .unmap(&dev, dma, 8192, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 8192, Direction::FromDevice) }.unwrap();
     let mut back = vec![0u8; 8192];
     r.m.cpu_read(inbound, &mut back).unwrap();
     assert_eq!(back, vec![0x77; 8192]);
@@ -111,7 +110,8 @@ fn scattered_pages_become_one_contiguous_segment() {
             SgEntry { phys: p, len: 4096 }
         })
         .collect();
-    let segs = mapper.map_sg(&dev, &entries, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&dev, &entries, Direction::ToDevice) }.unwrap();
     assert_eq!(segs.len(), 1, "{segs:?}");
     assert_eq!(segs[0].len, 4 * 4096);
     r.m.grant(dev.id(), segs[0].dma, segs[0].len).unwrap();
@@ -120,24 +120,22 @@ fn scattered_pages_become_one_contiguous_segment() {
         let chunk = &seen.data[i * 4096..(i + 1) * 4096];
         assert!(chunk.iter().all(|&b| b == i as u8 + 1), "page {i}");
     }
-    mapper
-        .sync_for_device(&dev, segs[0].dma, 4096, 4096, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_device(&dev, segs[0].dma, 4096, 4096, Direction::ToDevice) }.unwrap();
     // The device's segment limit splits the contiguous range, but it stays contiguous.
     let small = Device::builder(DeviceId(2), "sg-small")
         .max_segment_size(8192)
         .build()
         .unwrap();
     r.dma.attach(&small, d).unwrap();
-    let split = mapper
-        .map_sg(&small, &entries, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let split = unsafe { mapper.map_sg(&small, &entries, Direction::ToDevice) }.unwrap();
     assert_eq!(split.len(), 2);
     assert_eq!(split[1].dma.as_u64(), split[0].dma.as_u64() + 8192);
-    mapper
-        .unmap_sg(&small, &split, Direction::ToDevice)
-        .unwrap();
-    mapper.unmap_sg(&dev, &segs, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&small, &split, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, Direction::ToDevice) }.unwrap();
     assert!(r.m.device_read(dev.id(), segs[0].dma, 64).is_err());
     assert_eq!(r.dma.domain(d).unwrap().stats().live_mappings, 0);
     // Sub-page pieces do not merge: each keeps its own offset in its granule.
@@ -151,11 +149,13 @@ fn scattered_pages_become_one_contiguous_segment() {
             len: 4096,
         },
     ];
-    let segs = mapper.map_sg(&dev, &odd, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&dev, &odd, Direction::ToDevice) }.unwrap();
     assert_eq!(segs.len(), 2);
     assert_eq!(segs[0].dma.as_u64() & 0xfff, 100);
     assert_eq!(segs[1].dma.as_u64(), (segs[0].dma.as_u64() & !0xfff) + 4096);
-    mapper.unmap_sg(&dev, &segs, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, Direction::ToDevice) }.unwrap();
 }
 
 fn exhaust(mode: FlushMode) {
@@ -173,9 +173,8 @@ fn exhaust(mode: FlushMode) {
     let buf = r.m.alloc_pages_between(17, 0, 8 * GIB).unwrap();
     let mut live: Vec<DmaAddr> = (0..16)
         .map(|i| {
-            mapper
-                .map(&dev, buf.add(i * 4096), 4096, Direction::ToDevice)
-                .unwrap()
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(&dev, buf.add(i * 4096), 4096, Direction::ToDevice) }.unwrap()
         })
         .collect();
     let mut sorted: Vec<u64> = live.iter().map(|a| a.as_u64()).collect();
@@ -183,9 +182,9 @@ fn exhaust(mode: FlushMode) {
     sorted.dedup();
     assert_eq!(sorted.len(), 16);
     assert!(sorted.iter().all(|&a| (0x10_0000..0x11_0000).contains(&a)));
-    let err = mapper
-        .map(&dev, buf.add(16 * 4096), 4096, Direction::ToDevice)
-        .unwrap_err();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let err =
+        unsafe { mapper.map(&dev, buf.add(16 * 4096), 4096, Direction::ToDevice) }.unwrap_err();
     assert!(
         matches!(err, DmaError::IovaExhausted { len: 4096, .. }),
         "{err:?}"
@@ -193,31 +192,29 @@ fn exhaust(mode: FlushMode) {
     assert!(err.to_string().contains("IOVA space exhausted"));
     // A two-page request cannot fit either, and fails the same way.
     assert!(matches!(
-        mapper.map(&dev, buf, 8192, Direction::ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, buf, 8192, Direction::ToDevice) },
         Err(DmaError::IovaExhausted { len: 8192, .. })
     ));
     // Free one and the same IOVA serves the next mapping.
     let freed = live.remove(5);
-    mapper
-        .unmap(&dev, freed, 4096, Direction::ToDevice)
-        .unwrap();
-    let again = mapper
-        .map(&dev, buf.add(16 * 4096), 4096, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, freed, 4096, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let again = unsafe { mapper.map(&dev, buf.add(16 * 4096), 4096, Direction::ToDevice) }.unwrap();
     assert_eq!(again, freed);
     live.push(again);
     for (i, dma) in live.into_iter().enumerate() {
         let _ = i;
-        mapper.unmap(&dev, dma, 4096, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 4096, Direction::ToDevice) }.unwrap();
     }
     // Everything free again: the whole window serves one 16-page mapping.
-    let all = mapper
-        .map(&dev, buf, 16 * 4096, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let all = unsafe { mapper.map(&dev, buf, 16 * 4096, Direction::ToDevice) }.unwrap();
     assert_eq!(all.as_u64(), 0x10_0000);
-    mapper
-        .unmap(&dev, all, 16 * 4096, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, all, 16 * 4096, Direction::ToDevice) }.unwrap();
 }
 
 #[test]

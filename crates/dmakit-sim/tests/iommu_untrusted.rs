@@ -94,7 +94,8 @@ fn read_granule(trusted: bool, granule: Granule, dir: Direction) -> Seen {
     // The neighbours' data is in memory, where a device could read it.
     CacheMaintenance::clean(&r.m, PhysRange::new(page, g).unwrap());
     let buf = page.add(0x123);
-    let (dma, path) = mapper.map_traced(&dev, buf, 13, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) = unsafe { mapper.map_traced(&dev, buf, 13, dir) }.unwrap();
     if trusted {
         assert!(matches!(path, MapPath::Iommu { .. }), "{path:?}");
     } else {
@@ -139,7 +140,8 @@ fn read_granule(trusted: bool, granule: Granule, dir: Direction) -> Seen {
         r.m.device_write(dev.id(), gbase, &junk, Owner(99)).unwrap();
         oracle.device_wrote(buf, &junk[..13], Owner(99));
     }
-    mapper.unmap(&dev, dma, 13, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 13, dir) }.unwrap();
     oracle.check_all(&r.m, Owner(99)).unwrap();
     let report = oracle.take_report();
     Seen {
@@ -168,9 +170,8 @@ fn an_untrusted_device_cannot_read_a_write_only_mapping() {
     let r = rig(5, Granule::K4, HazardConfig::NONE);
     let (dev, mapper) = attached(&r, r.swiotlb(64), DomainConfig::STRICT, false);
     let page = r.m.alloc_pages(1, u64::MAX).unwrap();
-    let dma = mapper
-        .map(&dev, page.add(0x40), 13, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, page.add(0x40), 13, Direction::FromDevice) }.unwrap();
     r.m.grant(dev.id(), dma, 13).unwrap();
     let err = r.m.device_read(dev.id(), dma, 13).unwrap_err();
     assert!(matches!(
@@ -182,7 +183,8 @@ fn an_untrusted_device_cannot_read_a_write_only_mapping() {
         dmakit_sim::IommuFaultReason::ReadDenied
     );
     r.m.device_write(dev.id(), dma, &[1; 13], Owner(3)).unwrap();
-    mapper.unmap(&dev, dma, 13, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 13, Direction::FromDevice) }.unwrap();
     let mut back = [0u8; 13];
     r.m.cpu_read(page.add(0x40), &mut back).unwrap();
     assert_eq!(back, [1; 13]);
@@ -206,10 +208,14 @@ fn bytes_copied_through_untrusted_bounces_are_all_counted() {
         let buf = r.m.alloc_pages(1, u32::MAX as u64).unwrap().add(0x48);
         let before = r.m.stats().copied_bytes;
         let dir = Direction::Bidirectional;
-        let dma = mapper.map(&dev, buf, 1000, dir).unwrap();
-        mapper.sync_for_cpu(&dev, dma, 100, 200, dir).unwrap();
-        mapper.sync_for_device(&dev, dma, 300, 50, dir).unwrap();
-        mapper.unmap(&dev, dma, 1000, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { mapper.map(&dev, buf, 1000, dir) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_cpu(&dev, dma, 100, 200, dir) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_device(&dev, dma, 300, 50, dir) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 1000, dir) }.unwrap();
         let copied = r.m.stats().copied_bytes - before;
         let t = mapper.stats().total();
         // Every byte the machine saw copied is in the statistics, each way.

@@ -60,9 +60,9 @@ fn bounces_keep_min_align_bits_and_large_ones_are_page_aligned() {
                 (0x3c8, 100),
             ] {
                 let phys = base.add(off);
-                let (dma, path) = mapper
-                    .map_traced(&dev, phys, len, Direction::FromDevice)
-                    .unwrap();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                let (dma, path) =
+                    unsafe { mapper.map_traced(&dev, phys, len, Direction::FromDevice) }.unwrap();
                 assert!(matches!(
                     path,
                     MapPath::Bounced {
@@ -78,7 +78,8 @@ fn bounces_keep_min_align_bits_and_large_ones_are_page_aligned() {
                 if len >= 4096 && phys.as_u64() & mask == 0 {
                     assert_eq!(dma.as_u64() % 4096, 0, "{backend:?} {len}");
                 }
-                mapper.unmap(&dev, dma, len, Direction::FromDevice).unwrap();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { mapper.unmap(&dev, dma, len, Direction::FromDevice) }.unwrap();
                 checked += 1;
             }
         }
@@ -100,18 +101,16 @@ fn exhaustion_is_a_clear_error_that_changes_nothing() {
     for i in 0..4u64 {
         let phys = base.add(8 + i * 70_000);
         live.push((
-            mapper
-                .map(&dev, phys, 64 * 1024, Direction::FromDevice)
-                .unwrap(),
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(&dev, phys, 64 * 1024, Direction::FromDevice) }.unwrap(),
             64 * 1024,
         ));
     }
     let victim = base.add(600_008);
     let before = scribble(&m, victim, 5000, 3);
     let usage = pool.usage();
-    let err = mapper
-        .map(&dev, victim, 5000, Direction::FromDevice)
-        .unwrap_err();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let err = unsafe { mapper.map(&dev, victim, 5000, Direction::FromDevice) }.unwrap_err();
     assert_eq!(
         err,
         DmaError::PoolExhausted {
@@ -130,7 +129,8 @@ fn exhaustion_is_a_clear_error_that_changes_nothing() {
     assert_eq!(read(&m, victim, 5000), before);
     assert_eq!(mapper.stats().total().exhaustion_errors, 1);
     for (dma, len) in live {
-        mapper.unmap(&dev, dma, len, Direction::FromDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, len, Direction::FromDevice) }.unwrap();
     }
     assert_eq!(pool.usage().used, 0);
 }
@@ -142,41 +142,44 @@ fn deferred_mappings_complete_in_order_once_slots_free() {
     let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
     let dev = device(1, BouncePool::Swiotlb);
     let base = buffers(&m, 1 << 20);
-    let hog = mapper
-        .map(&dev, base.add(8), 256 * 1024 - 64, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog =
+        unsafe { mapper.map(&dev, base.add(8), 256 * 1024 - 64, Direction::FromDevice) }.unwrap();
     type Completions = Arc<Mutex<Vec<(usize, Result<DmaAddr, DmaError>)>>>;
     let done: Completions = Arc::default();
     for i in 0..3usize {
         let d = done.clone();
-        let status = mapper
-            .map_or_defer(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let status = unsafe {
+            mapper.map_or_defer(
                 &dev,
                 base.add(300_008 + i as u64 * 100_000),
                 60_000,
                 Direction::FromDevice,
                 Box::new(move |r| d.lock().unwrap().push((i, r))),
             )
-            .unwrap();
+        }
+        .unwrap();
         assert_eq!(status, MapStatus::Deferred);
     }
     // A small request would fit nowhere either; queued behind the others, FIFO.
     let d = done.clone();
-    let status = mapper
-        .map_or_defer(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let status = unsafe {
+        mapper.map_or_defer(
             &dev,
             base.add(900_008),
             100,
             Direction::FromDevice,
             Box::new(move |r| d.lock().unwrap().push((3, r))),
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(status, MapStatus::Deferred);
     assert_eq!(mapper.deferred_len(), 4);
     assert!(done.lock().unwrap().is_empty());
-    mapper
-        .unmap(&dev, hog, 256 * 1024 - 64, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, hog, 256 * 1024 - 64, Direction::FromDevice) }.unwrap();
     let done = done.lock().unwrap();
     let order: Vec<usize> = done.iter().map(|(i, _)| *i).collect();
     assert_eq!(order, [0, 1, 2, 3]);
@@ -185,9 +188,8 @@ fn deferred_mappings_complete_in_order_once_slots_free() {
     assert_eq!(mapper.stats().total().deferred, 4);
     for (i, r) in done.iter() {
         let len = if *i == 3 { 100 } else { 60_000 };
-        mapper
-            .unmap(&dev, *r.as_ref().unwrap(), len, Direction::FromDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, *r.as_ref().unwrap(), len, Direction::FromDevice) }.unwrap();
     }
     assert_eq!(pool.usage().used, 0);
 }
@@ -200,15 +202,18 @@ fn growth_adds_a_pool_and_the_mapping_then_succeeds() {
     let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
     let dev = device(1, BouncePool::Swiotlb);
     let base = buffers(&m, 1 << 20);
-    let hog = mapper
-        .map(&dev, base.add(8), 200_000, Direction::FromDevice)
-        .unwrap();
-    assert!(mapper
-        .map(&dev, base.add(300_008), 100_000, Direction::FromDevice)
-        .is_err());
-    assert!(mapper
-        .map(&dev, base.add(300_008), 100_000, Direction::FromDevice)
-        .is_err());
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog = unsafe { mapper.map(&dev, base.add(8), 200_000, Direction::FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    assert!(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, base.add(300_008), 100_000, Direction::FromDevice) }.is_err()
+    );
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    assert!(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, base.add(300_008), 100_000, Direction::FromDevice) }.is_err()
+    );
     // One request outstanding, however many failures.
     let reqs = std::mem::take(&mut *queue.0.lock().unwrap());
     assert_eq!(reqs.len(), 1);
@@ -222,17 +227,15 @@ fn growth_adds_a_pool_and_the_mapping_then_succeeds() {
     assert!(!pool.growth_pending());
     assert_eq!(pool.pool().stats().regions, 2);
     assert_eq!(mapper.stats().pools[0].growth_events, 1);
-    let dma = mapper
-        .map(&dev, base.add(300_008), 100_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma =
+        unsafe { mapper.map(&dev, base.add(300_008), 100_000, Direction::FromDevice) }.unwrap();
     let region = PhysRange::new(grown, reqs[0].min_bytes).unwrap();
     assert!(region.contains_range(&PhysRange::new(PhysAddr::new(dma.as_u64()), 100_000).unwrap()));
-    mapper
-        .unmap(&dev, dma, 100_000, Direction::FromDevice)
-        .unwrap();
-    mapper
-        .unmap(&dev, hog, 200_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 100_000, Direction::FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, hog, 200_000, Direction::FromDevice) }.unwrap();
 }
 
 #[test]
@@ -254,14 +257,13 @@ fn a_transient_bounce_bridges_pending_growth_and_returns_its_pages() {
     let dev = device(1, BouncePool::Swiotlb);
     m.attach(dev.clone()).unwrap();
     let base = buffers(&m, 1 << 20);
-    let hog = mapper
-        .map(&dev, base.add(8), 250_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog = unsafe { mapper.map(&dev, base.add(8), 250_000, Direction::FromDevice) }.unwrap();
     let phys = base.add(300_008);
     let old = scribble(&m, phys, 9000, 1);
-    let (dma, path) = mapper
-        .map_traced(&dev, phys, 9000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) =
+        unsafe { mapper.map_traced(&dev, phys, 9000, Direction::FromDevice) }.unwrap();
     assert_eq!(
         path,
         MapPath::Bounced {
@@ -274,16 +276,14 @@ fn a_transient_bounce_bridges_pending_growth_and_returns_its_pages() {
     m.grant(dev.id(), dma, 9000).unwrap();
     let new = vec![0xab; 4000];
     m.device_write(dev.id(), dma, &new, Owner(9)).unwrap();
-    mapper
-        .unmap(&dev, dma, 9000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 9000, Direction::FromDevice) }.unwrap();
     let got = read(&m, phys, 9000);
     assert_eq!(&got[..4000], &new[..]);
     assert_eq!(&got[4000..], &old[4000..]);
     assert_eq!(zoned.stats().map(|z| z.pages.free_pages), free_before);
-    mapper
-        .unmap(&dev, hog, 250_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, hog, 250_000, Direction::FromDevice) }.unwrap();
 }
 
 #[test]
@@ -297,11 +297,13 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     let id = dev.id();
     use Direction::*;
     assert_eq!(
-        mapper.map(&dev, base, 0, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, base, 0, FromDevice) },
         Err(DmaError::ZeroLength { device: id })
     );
     assert_eq!(
-        mapper.map(&dev, PhysAddr::new(u64::MAX - 3), 16, ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, PhysAddr::new(u64::MAX - 3), 16, ToDevice) },
         Err(DmaError::AddressOverflow {
             device: id,
             addr: u64::MAX - 3,
@@ -309,7 +311,8 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         })
     );
     assert!(matches!(
-        mapper.map(&dev, base.add(8), 300 * 1024, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, base.add(8), 300 * 1024, FromDevice) },
         Err(DmaError::TooLargeToBounce {
             len: 307_200,
             max: 262_144,
@@ -318,29 +321,34 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     ));
     let no_pool = DmaMapper::builder(&m).build();
     assert!(matches!(
-        no_pool.map(&dev, base.add(8), 13, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { no_pool.map(&dev, base.add(8), 13, FromDevice) },
         Err(DmaError::NoBouncePool { .. })
     ));
 
-    let dma = mapper.map(&dev, base.add(8), 1000, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, base.add(8), 1000, FromDevice) }.unwrap();
     let usage = pool.usage();
     let unknown = DmaAddr::new(dma.as_u64() + 4096);
     assert_eq!(
-        mapper.unmap(&dev, unknown, 8, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, unknown, 8, FromDevice) },
         Err(DmaError::UnknownMapping {
             device: id,
             dma: unknown
         })
     );
     assert_eq!(
-        mapper.unmap(&other, dma, 1000, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&other, dma, 1000, FromDevice) },
         Err(DmaError::UnknownMapping {
             device: other.id(),
             dma
         })
     );
     assert_eq!(
-        mapper.unmap(&dev, dma, 999, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 999, FromDevice) },
         Err(DmaError::OutOfMapping {
             device: id,
             dma,
@@ -349,7 +357,8 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         })
     );
     assert_eq!(
-        mapper.unmap(&dev, dma, 1000, ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 1000, ToDevice) },
         Err(DmaError::WrongDirection {
             device: id,
             mapped: FromDevice,
@@ -357,7 +366,8 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         })
     );
     assert_eq!(
-        mapper.sync_for_cpu(&dev, dma, 0, 10, Bidirectional),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_cpu(&dev, dma, 0, 10, Bidirectional) },
         Err(DmaError::WrongDirection {
             device: id,
             mapped: FromDevice,
@@ -365,7 +375,8 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         })
     );
     assert_eq!(
-        mapper.sync_for_cpu(&dev, dma, 990, 11, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_cpu(&dev, dma, 990, 11, FromDevice) },
         Err(DmaError::OutOfMapping {
             device: id,
             dma,
@@ -374,22 +385,27 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         })
     );
     assert_eq!(
-        mapper.sync_for_device(&dev, dma, 0, 0, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_device(&dev, dma, 0, 0, FromDevice) },
         Err(DmaError::ZeroLength { device: id })
     );
     assert!(matches!(
-        mapper.sync_for_cpu(&dev, dma, u64::MAX, 2, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_cpu(&dev, dma, u64::MAX, 2, FromDevice) },
         Err(DmaError::AddressOverflow { .. })
     ));
     assert_eq!(
-        mapper.map_sg(&dev, &[], FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map_sg(&dev, &[], FromDevice) },
         Err(DmaError::ZeroLength { device: id })
     );
     // Nothing above changed the pool.
     assert_eq!(pool.usage(), usage);
-    mapper.unmap(&dev, dma, 1000, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 1000, FromDevice) }.unwrap();
     assert_eq!(
-        mapper.unmap(&dev, dma, 1000, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 1000, FromDevice) },
         Err(DmaError::UnknownMapping { device: id, dma })
     );
     for e in [
@@ -410,22 +426,21 @@ fn a_partial_sync_copies_only_its_range() {
     m.attach(dev.clone()).unwrap();
     let phys = buffers(&m, 8192).add(8);
     let old = scribble(&m, phys, 1000, 2);
-    let dma = mapper.map(&dev, phys, 1000, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, phys, 1000, Direction::FromDevice) }.unwrap();
     m.grant(dev.id(), dma, 1000).unwrap();
     m.device_write(dev.id(), dma, &[0x5a; 1000], Owner(9))
         .unwrap();
     let copied = m.stats().copied_bytes;
-    mapper
-        .sync_for_cpu(&dev, dma, 100, 50, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_cpu(&dev, dma, 100, 50, Direction::FromDevice) }.unwrap();
     assert_eq!(m.stats().copied_bytes - copied, 50);
     let got = read(&m, phys, 1000);
     assert!(got[100..150].iter().all(|&b| b == 0x5a));
     assert_eq!(&got[..100], &old[..100]);
     assert_eq!(&got[150..], &old[150..]);
-    mapper
-        .unmap(&dev, dma, 1000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 1000, Direction::FromDevice) }.unwrap();
     assert!(read(&m, phys, 1000).iter().all(|&b| b == 0x5a));
 }
 
@@ -494,11 +509,16 @@ fn the_hot_call_site_ranks_first_and_dominates_the_samples() {
     for _ in 0..1000 {
         let dma = if rng.chance(0.05) {
             cold += 1;
-            mapper.map(&dev, phys, 13, Direction::FromDevice).unwrap() // the cold site
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(&dev, phys, 13, Direction::FromDevice) }.unwrap()
+        // the cold site
         } else {
-            mapper.map(&dev, phys, 13, Direction::FromDevice).unwrap() // the hot site
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(&dev, phys, 13, Direction::FromDevice) }.unwrap()
+            // the hot site
         };
-        mapper.unmap(&dev, dma, 13, Direction::FromDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 13, Direction::FromDevice) }.unwrap();
     }
     let top = mapper.top_sites(5);
     assert_eq!(top.len(), 2);
@@ -520,7 +540,10 @@ struct SimBuf {
     phys: PhysAddr,
     len: u64,
 }
-impl DmaBuffer for SimBuf {
+
+// SAFETY: each test gives a `SimBuf` its own range of the model's memory (which is not Rust
+// memory) and touches it only through the mapping while it is lent.
+unsafe impl DmaBuffer for SimBuf {
     fn phys(&self) -> PhysAddr {
         self.phys
     }
@@ -609,9 +632,8 @@ fn scatter_gather_splits_at_limits_and_bounces_per_segment() {
             len: 0x2000,
         }, // crosses a 64 KiB boundary: split
     ];
-    let segs = mapper
-        .map_sg(&dev, &entries, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&dev, &entries, Direction::FromDevice) }.unwrap();
     let lens: Vec<u64> = segs.iter().map(|s| s.len).collect();
     assert_eq!(lens, [8192, 8192, 20_000 - 16_384, 100, 0x1000, 0x1000]);
     assert_eq!(segs[0].dma.as_u64(), base.add(0x1000).as_u64());
@@ -625,7 +647,8 @@ fn scatter_gather_splits_at_limits_and_bounces_per_segment() {
         2,
         "the misaligned entry and the split tail of the first"
     );
-    mapper.unmap_sg(&dev, &segs, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, Direction::FromDevice) }.unwrap();
     assert_eq!(pool.usage().live, 0);
     // A failure part-way leaves nothing mapped.
     let bad = [
@@ -635,7 +658,8 @@ fn scatter_gather_splits_at_limits_and_bounces_per_segment() {
         },
         SgEntry { phys: base, len: 0 },
     ];
-    assert!(mapper.map_sg(&dev, &bad, Direction::FromDevice).is_err());
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    assert!(unsafe { mapper.map_sg(&dev, &bad, Direction::FromDevice) }.is_err());
     // A segment the pool cannot take, after one it could: the first is unmapped again.
     let wide = Device::builder(DeviceId(4), "wide")
         .cache_line(LINE)
@@ -653,7 +677,8 @@ fn scatter_gather_splits_at_limits_and_bounces_per_segment() {
         },
     ];
     assert!(matches!(
-        mapper.map_sg(&wide, &too_big, Direction::FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map_sg(&wide, &too_big, Direction::FromDevice) },
         Err(DmaError::TooLargeToBounce { .. })
     ));
     assert_eq!(pool.usage().live, 0);
@@ -688,11 +713,11 @@ fn statistics_can_be_turned_off_without_changing_mappings() {
         .build();
     let dev = device(1, BouncePool::Swiotlb);
     let phys = buffers(&m, 8192).add(8);
-    let (dma, path) = mapper
-        .map_traced(&dev, phys, 100, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) = unsafe { mapper.map_traced(&dev, phys, 100, Direction::FromDevice) }.unwrap();
     assert!(matches!(path, MapPath::Bounced { .. }));
-    mapper.unmap(&dev, dma, 100, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 100, Direction::FromDevice) }.unwrap();
     let s = mapper.stats();
     assert!(s.devices.is_empty() && mapper.top_sites(5).is_empty());
     // Pool occupancy is the pool's own bookkeeping: one 2 KiB slot at the peak.

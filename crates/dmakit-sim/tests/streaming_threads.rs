@@ -66,7 +66,8 @@ fn concurrent_bounces_never_share_a_slot_and_keep_their_data() {
                     let data: Vec<u8> = (0..len).map(|k| (k as u8).wrapping_add(seed)).collect();
                     host.write(phys, &data).unwrap();
 
-                    let (dma, path) = mapper.map_traced(dev, phys, len, dir).unwrap();
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    let (dma, path) = unsafe { mapper.map_traced(dev, phys, len, dir) }.unwrap();
                     let is_bounce = matches!(path, MapPath::Bounced { .. });
                     if is_bounce {
                         bounced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -91,7 +92,8 @@ fn concurrent_bounces_never_share_a_slot_and_keep_their_data() {
                     if is_bounce {
                         live.lock().unwrap().remove(&dma.as_u64());
                     }
-                    mapper.unmap(dev, dma, len, dir).unwrap();
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    unsafe { mapper.unmap(dev, dma, len, dir) }.unwrap();
                     let mut back = vec![0u8; len as usize];
                     host.read(phys, &mut back).unwrap();
                     assert_eq!(back, if dir.device_writes() { reply } else { data }, "thread {t} transfer {i}");
@@ -146,27 +148,24 @@ fn a_background_worker_grows_a_full_pool() {
         .swiotlb_backend(pool.clone())
         .build();
     let buf = PhysAddr::new(50 * MIB + 8);
-    let hog = mapper
-        .map(&dev, buf, 250_000, Direction::FromDevice)
-        .unwrap();
-    let err = mapper
-        .map(&dev, buf.add(300_000), 100_000, Direction::FromDevice)
-        .unwrap_err();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog = unsafe { mapper.map(&dev, buf, 250_000, Direction::FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let err =
+        unsafe { mapper.map(&dev, buf.add(300_000), 100_000, Direction::FromDevice) }.unwrap_err();
     assert!(matches!(err, DmaError::PoolExhausted { .. }), "{err}");
     // The worker adds a region in the background; the mapping then succeeds.
     let base = grown.recv().unwrap();
     assert!((16 * MIB..48 * MIB).contains(&base.as_u64()));
-    let dma = mapper
-        .map(&dev, buf.add(300_000), 100_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma =
+        unsafe { mapper.map(&dev, buf.add(300_000), 100_000, Direction::FromDevice) }.unwrap();
     assert!((base.as_u64()..base.as_u64() + MIB).contains(&dma.as_u64()));
     assert_eq!(pool.pool().stats().regions, 2);
-    mapper
-        .unmap(&dev, dma, 100_000, Direction::FromDevice)
-        .unwrap();
-    mapper
-        .unmap(&dev, hog, 250_000, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 100_000, Direction::FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, hog, 250_000, Direction::FromDevice) }.unwrap();
 }
 
 #[test]
@@ -198,9 +197,11 @@ fn deferred_mappings_are_never_forgotten_under_contention() {
                 for i in 0..2000 {
                     let (tx, rx) = channel();
                     let done = Box::new(move |r| tx.send(r).unwrap());
-                    let dma = match mapper
-                        .map_or_defer(dev, buf, len, Direction::FromDevice, done)
-                        .unwrap()
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    let dma = match unsafe {
+                        mapper.map_or_defer(dev, buf, len, Direction::FromDevice, done)
+                    }
+                    .unwrap()
                     {
                         MapStatus::Mapped(dma) => dma,
                         MapStatus::Deferred => {
@@ -214,7 +215,8 @@ fn deferred_mappings_are_never_forgotten_under_contention() {
                                 .unwrap()
                         }
                     };
-                    mapper.unmap(dev, dma, len, Direction::FromDevice).unwrap();
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    unsafe { mapper.unmap(dev, dma, len, Direction::FromDevice) }.unwrap();
                 }
             });
         }

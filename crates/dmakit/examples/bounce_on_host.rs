@@ -75,7 +75,8 @@ impl CacheMaintenance for HostMemory {
     }
 }
 
-impl CpuMemory for HostMemory {
+// SAFETY: `span` bounds every access to the byte array; a range outside it is a fault.
+unsafe impl CpuMemory for HostMemory {
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
         let (d, s) = (Self::span(dst, len)?, Self::span(src, len)?);
         self.bytes.lock().unwrap().copy_within(s, d.start);
@@ -119,9 +120,10 @@ fn main() {
     host.write(neighbour, b"neighbour: keep!");
     host.write(buf, &[0xee; 100]);
 
-    let (dma, path) = mapper
-        .map_traced(&nic, PhysAddr::new(buf), len, Direction::FromDevice)
-        .expect("map");
+    // SAFETY: the buffer is platform memory (model or host arena) that only this mapping uses until it is unmapped.
+    let (dma, path) =
+        unsafe { mapper.map_traced(&nic, PhysAddr::new(buf), len, Direction::FromDevice) }
+            .expect("map");
     println!("map: buffer {buf:#x} ({len} bytes) -> bus address {dma} via {path:?}");
     assert!(
         matches!(
@@ -146,17 +148,15 @@ fn main() {
         "the device wrote into the pool only"
     );
 
-    mapper
-        .sync_for_cpu(&nic, dma, 0, len, Direction::FromDevice)
-        .expect("sync_for_cpu");
+    // SAFETY: the buffer is platform memory (model or host arena) that only this mapping uses until it is unmapped.
+    unsafe { mapper.sync_for_cpu(&nic, dma, 0, len, Direction::FromDevice) }.expect("sync_for_cpu");
     assert_eq!(
         host.read(buf, len),
         packet,
         "sync_for_cpu copies the packet back"
     );
-    mapper
-        .unmap(&nic, dma, len, Direction::FromDevice)
-        .expect("unmap");
+    // SAFETY: the buffer is platform memory (model or host arena) that only this mapping uses until it is unmapped.
+    unsafe { mapper.unmap(&nic, dma, len, Direction::FromDevice) }.expect("unmap");
 
     assert_eq!(host.read(buf, len), packet, "the buffer holds the packet");
     assert_eq!(

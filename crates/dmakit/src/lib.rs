@@ -41,7 +41,8 @@
 //!     fn clean_invalidate(&self, _: PhysRange) {}
 //! }
 //!
-//! impl CpuMemory for Ram {
+//! // SAFETY: `bytes` bounds every access to the array; anything outside it is a fault.
+//! unsafe impl CpuMemory for Ram {
 //!     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
 //!         let (d, s) = (self.bytes(dst, len)?, self.bytes(src, len)?);
 //!         self.0.lock().unwrap().copy_within(s, d.start);
@@ -65,28 +66,36 @@
 //!
 //! /// Receives into the 100 bytes at `buf`, which share their cache lines with other data:
 //! /// the device writes a bounce slot in the pool at `pool`, and unmap copies it back.
-//! fn receive<P: Platform>(
+//! ///
+//! /// # Safety
+//! /// `buf` is 100 bytes of the platform's memory that the caller owns and leaves alone
+//! /// until this returns.
+//! unsafe fn receive<P: Platform>(
 //!     platform: P,
 //!     pool: PhysAddr,
 //!     buf: PhysAddr,
 //! ) -> Result<DmaAddr, Box<dyn core::error::Error>> {
 //!     let mapper = DmaMapper::builder(platform).swiotlb(pool, 256 * 1024)?.build();
 //!     let nic = Device::builder(DeviceId(1), "nic").build()?;
-//!     let dma = mapper.map(&nic, buf, 100, Direction::FromDevice)?;
+//!     // SAFETY: the caller lends `buf` to us until we return; we unmap before that.
+//!     let dma = unsafe { mapper.map(&nic, buf, 100, Direction::FromDevice)? };
 //!     // ... the device writes up to 100 bytes at `dma` ...
-//!     mapper.unmap(&nic, dma, 100, Direction::FromDevice)?;
+//!     // SAFETY: `dma` is the live mapping made above, and the device is done with it.
+//!     unsafe { mapper.unmap(&nic, dma, 100, Direction::FromDevice)? };
 //!     Ok(dma)
 //! }
 //!
 //! let ram = Ram(Mutex::new(vec![0; 1 << 20]));
 //! let (pool, buf) = (PhysAddr::new(0), PhysAddr::new(512 * 1024 + 8));
-//! let dma = receive(&ram, pool, buf).unwrap();
+//! // SAFETY: nothing else uses the array while `receive` runs.
+//! let dma = unsafe { receive(&ram, pool, buf) }.unwrap();
 //! assert!(dma.as_u64() < 256 * 1024, "bounced through the pool");
 //! ```
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

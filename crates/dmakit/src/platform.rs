@@ -61,7 +61,13 @@ impl core::error::Error for MemoryFault {}
 /// Contract: the copy behaves as CPU loads and stores through the data cache, byte for byte,
 /// for ranges that do not overlap. Ranges outside memory give a [`MemoryFault`] and change
 /// nothing.
-pub trait CpuMemory {
+///
+/// # Implementation safety
+/// The mapping layer's safe callers (the typed API) rely on this trait to write exactly the
+/// bytes they name. An implementation must write only `[dst, dst + len)` and read only
+/// `[src, src + len)`, and must turn a range it cannot access into a [`MemoryFault`]
+/// instead of touching other memory: a copy that strays corrupts memory Rust code owns.
+pub unsafe trait CpuMemory {
     /// Copies `len` bytes from `src` to `dst`.
     ///
     /// # Errors
@@ -231,7 +237,9 @@ macro_rules! forward {
             }
         }
 
-        impl<T: CpuMemory + ?Sized> CpuMemory for $ptr {
+        // SAFETY: forwards every call unchanged to an implementation that keeps the
+        // contract.
+        unsafe impl<T: CpuMemory + ?Sized> CpuMemory for $ptr {
             #[inline]
             fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
                 (**self).copy(dst, src, len)

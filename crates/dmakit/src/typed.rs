@@ -86,9 +86,14 @@ impl Inbound for Bidirectional {}
 
 /// Memory that can be lent to a device: a physically contiguous byte range.
 ///
-/// Contract: `phys()` and `len()` do not change while the value exists, and the range is
-/// memory the platform's `CpuMemory` can access.
-pub trait DmaBuffer {
+/// # Implementation safety
+/// The typed API maps the range safely on the strength of this trait. An implementation
+/// guarantees that `phys()` and `len()` do not change while the value exists, that the
+/// range is memory the platform's `CpuMemory` can access, and that the value owns it: no
+/// other code reads or writes those bytes, or frees them, while the value exists except
+/// through the value itself (a mapping holds the value, so nothing touches the range while
+/// the device may).
+pub unsafe trait DmaBuffer {
     /// First byte.
     fn phys(&self) -> PhysAddr;
     /// Length in bytes.
@@ -96,15 +101,6 @@ pub trait DmaBuffer {
     /// Whether the buffer is empty (it cannot be mapped then).
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl<T: DmaBuffer + ?Sized> DmaBuffer for &T {
-    fn phys(&self) -> PhysAddr {
-        (**self).phys()
-    }
-    fn len(&self) -> u64 {
-        (**self).len()
     }
 }
 
@@ -130,7 +126,9 @@ impl<P: Platform> DmaMapper<P> {
         dev: &'m Device,
         buf: B,
     ) -> Result<Mapping<'m, P, D, B>, (B, DmaError)> {
-        match self.map(dev, buf.phys(), buf.len(), D::DIR) {
+        // SAFETY: `B: DmaBuffer` owns the range, and the mapping keeps `buf` until it is
+        // unmapped (or hands it back on failure), so nothing touches the range meanwhile.
+        match unsafe { self.map(dev, buf.phys(), buf.len(), D::DIR) } {
             Ok(dma) => Ok(Mapping {
                 mapper: self,
                 dev,
@@ -168,7 +166,9 @@ impl<'m, P: Platform, D: DirectionType, B: DmaBuffer> Mapping<'m, P, D, B> {
     #[track_caller]
     pub fn unmap(mut self) -> Result<B, (Self, DmaError)> {
         let len = self.len();
-        match self.mapper.unmap(self.dev, self.dma, len, D::DIR) {
+        // SAFETY: `self` is the live mapping `map_buffer` made; it still holds the buffer,
+        // and consuming it ends the device's use of `dma`.
+        match unsafe { self.mapper.unmap(self.dev, self.dma, len, D::DIR) } {
             Ok(()) => match self.buf.take() {
                 Some(b) => Ok(b),
                 None => unreachable!("the buffer is present until unmap consumes the mapping"),
@@ -203,8 +203,12 @@ impl<'m, P: Platform, D: Inbound, B: DmaBuffer> Mapping<'m, P, D, B> {
         len: u64,
     ) -> Result<CpuAccess<'_, 'm, P, D, B>, DmaError> {
         self.part(offset, len)?;
-        self.mapper
-            .sync_for_cpu(self.dev, self.dma, offset, len, D::DIR)?;
+        // SAFETY: `self` is a live mapping holding its buffer; the `&mut` borrow means no
+        // `CpuAccess` to it is outstanding while the copy runs.
+        (unsafe {
+            self.mapper
+                .sync_for_cpu(self.dev, self.dma, offset, len, D::DIR)
+        })?;
         Ok(CpuAccess {
             mapping: self,
             offset,
@@ -237,7 +241,9 @@ impl<'m, P: Platform, D: Outbound, B: DmaBuffer> Mapping<'m, P, D, B> {
 impl<P: Platform, D: DirectionType, B: DmaBuffer> Drop for Mapping<'_, P, D, B> {
     fn drop(&mut self) {
         if let Some(buf) = self.buf.take() {
-            if let Err(e) = self.mapper.unmap(self.dev, self.dma, buf.len(), D::DIR) {
+            // SAFETY: the mapping is live and held its buffer until now; dropping it ends the
+            // device's use of `dma`.
+            if let Err(e) = unsafe { self.mapper.unmap(self.dev, self.dma, buf.len(), D::DIR) } {
                 log::error!("unmap on drop failed: {e}");
             }
         }
@@ -267,8 +273,12 @@ impl<P: Platform, D: DirectionType, B: DmaBuffer> CpuAccess<'_, '_, P, D, B> {
     #[track_caller]
     pub fn for_device(self) -> Result<(), DmaError> {
         let m = &*self.mapping;
-        m.mapper
-            .sync_for_device(m.dev, m.dma, self.offset, self.len, D::DIR)
+        // SAFETY: the token borrows the live mapping, which holds its buffer; the CPU hands
+        // the part back here, so the copy to the bounce memory races no CPU access.
+        unsafe {
+            m.mapper
+                .sync_for_device(m.dev, m.dma, self.offset, self.len, D::DIR)
+        }
     }
 
     /// Keeps CPU ownership (for example because the mapping is unmapped next).

@@ -183,7 +183,8 @@ impl Harness {
         let must = must_bounce(&d, phys, len, dir);
         let pa = PhysAddr::new(phys);
         if !defer {
-            match self.w.mapper.map_traced(&d, pa, len, dir) {
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            match unsafe { self.w.mapper.map_traced(&d, pa, len, dir) } {
                 Ok((dma, path)) => {
                     if matches!(path, MapPath::Bounced { .. }) != (dma.as_u64() != phys) {
                         self.fail(format_args!("path {path:?} but dma {dma:?}"));
@@ -198,7 +199,8 @@ impl Harness {
         let done = self.done.clone();
         let cb = Box::new(move |r| done.lock().unwrap().push((token, r)));
         let queued = !self.m.pending.is_empty();
-        match self.w.mapper.map_or_defer(&d, pa, len, dir, cb) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { self.w.mapper.map_or_defer(&d, pa, len, dir, cb) } {
             Ok(MapStatus::Mapped(dma)) => {
                 if queued {
                     self.fail("mapped at once although earlier requests wait");
@@ -270,7 +272,8 @@ impl Harness {
             })
             .collect();
         let before = self.usage();
-        match self.w.mapper.map_sg(&d, &sg, dir) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { self.w.mapper.map_sg(&d, &sg, dir) } {
             Ok(segs) => {
                 if segs.len() != pieces.len() {
                     self.fail(format_args!(
@@ -325,12 +328,14 @@ impl Harness {
             Some(id) => {
                 let g = self.m.groups.iter().position(|g| g.id == id).unwrap();
                 let g = self.m.groups.remove(g);
-                self.w.mapper.unmap_sg(&d, &g.segs, g.dir)
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.w.mapper.unmap_sg(&d, &g.segs, g.dir) }
             }
             None => {
                 let m = &self.m.live[i];
                 let (dma, len, dir) = (DmaAddr::new(m.dma), m.len, m.dir);
-                self.w.mapper.unmap(&d, dma, len, dir)
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { self.w.mapper.unmap(&d, dma, len, dir) }
             }
         };
         if let Err(e) = r {
@@ -363,9 +368,11 @@ impl Harness {
         let (dma, dir) = (DmaAddr::new(m.dma), m.dir);
         let before = self.usage();
         let r = if for_cpu {
-            self.w.mapper.sync_for_cpu(&d, dma, o, l, dir)
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { self.w.mapper.sync_for_cpu(&d, dma, o, l, dir) }
         } else {
-            self.w.mapper.sync_for_device(&d, dma, o, l, dir)
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { self.w.mapper.sync_for_device(&d, dma, o, l, dir) }
         };
         if let Err(e) = r {
             self.fail(format_args!("sync of a live mapping failed: {e}"));

@@ -24,7 +24,8 @@ impl Harness {
             _ => (BASE + addr % AREA, 16 * 1024 + len % (112 * 1024)),
         };
         let before = self.usage();
-        match self.w.mapper.map(&d, PhysAddr::new(a), l, dir) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { self.w.mapper.map(&d, PhysAddr::new(a), l, dir) } {
             Ok(dma) => {
                 if kind % 5 < 2 {
                     self.fail("an invalid range was mapped");
@@ -32,7 +33,8 @@ impl Harness {
                 if !d.can_address(dma.as_u64(), l) {
                     self.fail(format_args!("{dma:?}+{l} is beyond the device's mask"));
                 }
-                if let Err(e) = self.w.mapper.unmap(&d, dma, l, dir) {
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                if let Err(e) = unsafe { self.w.mapper.unmap(&d, dma, l, dir) } {
                     self.fail(format_args!("could not unmap what was just mapped: {e}"));
                 }
                 let after = self.usage();
@@ -112,7 +114,8 @@ impl Harness {
         }
         let d = self.w.devices[dev].clone();
         let before = self.usage();
-        let r = self.w.mapper.unmap(&d, DmaAddr::new(dma), len, dir);
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let r = unsafe { self.w.mapper.unmap(&d, DmaAddr::new(dma), len, dir) };
         if r.is_ok() && in_pool(dma, 1) {
             self.fail(format_args!(
                 "a wrong unmap of pool address {dma:#x} by {} succeeded",
@@ -150,9 +153,11 @@ impl Harness {
         let before = self.usage();
         let a = DmaAddr::new(dma);
         let r = if for_cpu {
-            self.w.mapper.sync_for_cpu(&d, a, off, len, dir)
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { self.w.mapper.sync_for_cpu(&d, a, off, len, dir) }
         } else {
-            self.w.mapper.sync_for_device(&d, a, off, len, dir)
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { self.w.mapper.sync_for_device(&d, a, off, len, dir) }
         };
         if r.is_ok() && bounced {
             self.fail(format_args!(

@@ -50,10 +50,19 @@ pub fn refused_unmaps_of_a_bounced_mapping() -> Refused {
     let dev = device(1, BouncePool::Swiotlb);
     let buf = m.alloc_pages(4, BELOW_4G).unwrap();
     // Misaligned and inbound on a non-coherent device: bounced.
-    let dma = mapper.map(&dev, buf.add(8), 1000, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, buf.add(8), 1000, FromDevice) }.unwrap();
     assert!(pool.contains(dmakit::PhysAddr::new(dma.as_u64())));
-    let wrong_size = (mapper.unmap(&dev, dma, 999, FromDevice), issues(&mapper));
-    let wrong_dir = (mapper.unmap(&dev, dma, 1000, ToDevice), issues(&mapper));
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let wrong_size = (
+        unsafe { mapper.unmap(&dev, dma, 999, FromDevice) },
+        issues(&mapper),
+    );
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let wrong_dir = (
+        unsafe { mapper.unmap(&dev, dma, 1000, ToDevice) },
+        issues(&mapper),
+    );
     let live_after = mapper
         .debug_checker()
         .unwrap()
@@ -62,15 +71,20 @@ pub fn refused_unmaps_of_a_bounced_mapping() -> Refused {
         .filter(|l| l.device == dev.id())
         .count();
     let sync_outside = (
-        mapper.sync_for_cpu(&dev, dma, 990, 20, FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.sync_for_cpu(&dev, dma, 990, 20, FromDevice) },
         issues(&mapper),
     );
-    let correct_unmap = (mapper.unmap(&dev, dma, 1000, FromDevice), issues(&mapper));
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let correct_unmap = (
+        unsafe { mapper.unmap(&dev, dma, 1000, FromDevice) },
+        issues(&mapper),
+    );
 
-    let dma2 = mapper
-        .map(&dev, buf.add(8192 + 8), 500, FromDevice)
-        .unwrap();
-    let _ = mapper.unmap(&dev, dma2, 400, FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma2 = unsafe { mapper.map(&dev, buf.add(8192 + 8), 500, FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { mapper.unmap(&dev, dma2, 400, FromDevice) };
     let _ = issues(&mapper);
     let leaks_at_release = mapper
         .release_device(&dev)
@@ -78,7 +92,8 @@ pub fn refused_unmaps_of_a_bounced_mapping() -> Refused {
         .map(|r| r.issue)
         .collect();
     // The driver's late cleanup of the live bounce (the checker no longer knows it).
-    mapper.unmap(&dev, dma2, 500, FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma2, 500, FromDevice) }.unwrap();
     let _ = issues(&mapper);
     Refused {
         wrong_size,

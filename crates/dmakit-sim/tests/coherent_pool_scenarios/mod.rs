@@ -173,7 +173,8 @@ impl<'m> Rig<'m> {
         self.m.cpu_write(phys, &data, cpu_owner).unwrap();
         self.oracle.cpu_stored(phys, &data, cpu_owner);
         self.out.maps += 1;
-        let dma = match self.mapper.map(d, phys, len, Direction::Bidirectional) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = match unsafe { self.mapper.map(d, phys, len, Direction::Bidirectional) } {
             Ok(dma) => dma,
             Err(e) => {
                 if matches!(e, DmaError::PoolExhausted { .. }) {
@@ -244,9 +245,8 @@ impl<'m> Rig<'m> {
     fn unmap(&mut self, i: usize) {
         let l = self.live.swap_remove(i);
         let d = &self.devs[l.dev];
-        self.mapper
-            .unmap(d, l.dma, l.len, Direction::Bidirectional)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { self.mapper.unmap(d, l.dma, l.len, Direction::Bidirectional) }.unwrap();
         for _ in 0..4 {
             self.m.tick();
         }
@@ -354,27 +354,29 @@ pub fn fragmented_pool_growth(seed: u64) -> Threshold {
     let mut live = Vec::new();
     for i in 0..512u64 {
         let phys = base.add(i * 256 + 8);
-        let dma = mapper.map(&dev, phys, 100, Direction::FromDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { mapper.map(&dev, phys, 100, Direction::FromDevice) }.unwrap();
         live.push(dma);
     }
-    assert!(mapper
-        .map(&dev, base.add(512 * 256 + 8), 100, Direction::FromDevice)
-        .is_err());
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    assert!(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, base.add(512 * 256 + 8), 100, Direction::FromDevice) }.is_err()
+    );
     pool.objects().growth_failed();
     queue.0.lock().unwrap().clear();
     for dma in live {
         if dma.as_u64() % PAGE_SIZE != 0 {
-            mapper.unmap(&dev, dma, 100, Direction::FromDevice).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.unmap(&dev, dma, 100, Direction::FromDevice) }.unwrap();
         }
     }
     let u = pool.objects().usage();
-    let extra = mapper
-        .map(&dev, base.add(8), 100, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let extra = unsafe { mapper.map(&dev, base.add(8), 100, Direction::FromDevice) }.unwrap();
     let requests = queue.0.lock().unwrap().len();
-    mapper
-        .unmap(&dev, extra, 100, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, extra, 100, Direction::FromDevice) }.unwrap();
     Threshold {
         free: u.free,
         largest_free: u.largest_free,

@@ -103,28 +103,28 @@ pub fn hook_retries_synchronously(timeout: Duration) -> Option<HookRetry> {
         let dev = Device::builder(DeviceId(1), "nc").build().unwrap();
         let base = PhysAddr::new(1 << 20);
         let hog_len = POOL - 128;
-        let hog = mapper
-            .map(&dev, base.add(MISALIGN), hog_len, Direction::FromDevice)
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let hog = unsafe { mapper.map(&dev, base.add(MISALIGN), hog_len, Direction::FromDevice) }
             .unwrap();
         let done = Done::default();
-        let status = mapper
-            .map_or_defer(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let status = unsafe {
+            mapper.map_or_defer(
                 &dev,
                 base.add(300_000 + MISALIGN),
                 10_000,
                 Direction::FromDevice,
                 record(&done, 1),
             )
-            .unwrap();
-        mapper
-            .unmap(&dev, hog, hog_len, Direction::FromDevice)
-            .unwrap();
+        }
+        .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, hog, hog_len, Direction::FromDevice) }.unwrap();
         let completions = std::mem::take(&mut *done.lock().unwrap());
         for (_, r) in &completions {
             if let Ok(dma) = r {
-                mapper
-                    .unmap(&dev, *dma, 10_000, Direction::FromDevice)
-                    .unwrap();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { mapper.unmap(&dev, *dma, 10_000, Direction::FromDevice) }.unwrap();
             }
         }
         let hook_calls = *hook.calls.lock().unwrap();
@@ -170,9 +170,9 @@ fn rig_with_room(seed: u64, room: u64) -> Rig {
     let dev = device(1, BouncePool::Swiotlb);
     let base = buffers(m, 4 << 20);
     let hog_len = POOL - room;
-    let hog = mapper
-        .map(&dev, base.add(MISALIGN), hog_len, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog =
+        unsafe { mapper.map(&dev, base.add(MISALIGN), hog_len, Direction::FromDevice) }.unwrap();
     Rig {
         m,
         mapper,
@@ -188,15 +188,17 @@ fn rig_with_room(seed: u64, room: u64) -> Rig {
 
 /// Queues one inbound request of `dev` that cannot fit while the hog lives.
 fn queue_one(r: &Rig, tag: u32) -> MapStatus {
-    r.mapper
-        .map_or_defer(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe {
+        r.mapper.map_or_defer(
             &r.dev,
             r.base.add(1_000_000 + MISALIGN + tag as u64 * 20_000),
             10_000,
             Direction::FromDevice,
             record(&r.done, tag),
         )
-        .unwrap()
+    }
+    .unwrap()
 }
 
 /// What [`unneeded_mapping_while_queued`] saw.
@@ -216,18 +218,20 @@ pub fn unneeded_mapping_while_queued() -> Unneeded {
     let r = rig(52);
     assert_eq!(queue_one(&r, 1), MapStatus::Deferred);
     let phys = r.base.add(2_000_000 + MISALIGN);
-    let status = r
-        .mapper
-        .map_or_defer(&r.dev, phys, 100, Direction::ToDevice, record(&r.done, 2))
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let status = unsafe {
+        r.mapper
+            .map_or_defer(&r.dev, phys, 100, Direction::ToDevice, record(&r.done, 2))
+    }
+    .unwrap();
     let queued_after = r.mapper.deferred_len();
     if let MapStatus::Mapped(dma) = status {
-        r.mapper
-            .unmap(&r.dev, dma, 100, Direction::ToDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { r.mapper.unmap(&r.dev, dma, 100, Direction::ToDevice) }.unwrap();
     }
     // Whatever was deferred completes once the hog goes; direct ones unmap by their size.
-    let _ = r.mapper.unmap(&r.dev, r.hog, HOG, Direction::FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { r.mapper.unmap(&r.dev, r.hog, HOG, Direction::FromDevice) };
     for (tag, res) in std::mem::take(&mut *r.done.lock().unwrap()) {
         if let Ok(dma) = res {
             let (len, dir) = if tag == 2 {
@@ -235,7 +239,8 @@ pub fn unneeded_mapping_while_queued() -> Unneeded {
             } else {
                 (10_000, Direction::FromDevice)
             };
-            r.mapper.unmap(&r.dev, dma, len, dir).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { r.mapper.unmap(&r.dev, dma, len, dir) }.unwrap();
         }
     }
     assert_eq!(r.pool.usage().used, 0);
@@ -265,22 +270,25 @@ pub fn too_large_while_queued() -> TooLarge {
     let r = rig(53);
     assert_eq!(queue_one(&r, 1), MapStatus::Deferred);
     let usage_before = r.pool.usage();
-    let answer = r.mapper.map_or_defer(
-        &r.dev,
-        r.base.add(2_000_000 + MISALIGN),
-        POOL + 4096,
-        Direction::FromDevice,
-        record(&r.done, 2),
-    );
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let answer = unsafe {
+        r.mapper.map_or_defer(
+            &r.dev,
+            r.base.add(2_000_000 + MISALIGN),
+            POOL + 4096,
+            Direction::FromDevice,
+            record(&r.done, 2),
+        )
+    };
     let usage_after = r.pool.usage();
     let queued_after = r.mapper.deferred_len();
-    let _ = r.mapper.unmap(&r.dev, r.hog, HOG, Direction::FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { r.mapper.unmap(&r.dev, r.hog, HOG, Direction::FromDevice) };
     let later = std::mem::take(&mut *r.done.lock().unwrap());
     for (tag, res) in &later {
         if let (1, Ok(dma)) = (tag, res) {
-            r.mapper
-                .unmap(&r.dev, *dma, 10_000, Direction::FromDevice)
-                .unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { r.mapper.unmap(&r.dev, *dma, 10_000, Direction::FromDevice) }.unwrap();
         }
     }
     assert_eq!(r.pool.usage().used, 0);
@@ -316,13 +324,13 @@ pub fn release_with_queued_mappings() -> Released {
     let _ = r.mapper.release_device(&r.dev);
     let at_release = std::mem::take(&mut *r.done.lock().unwrap());
     let queued_after_release = r.mapper.deferred_len();
-    let _ = r.mapper.unmap(&r.dev, r.hog, HOG, Direction::FromDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { r.mapper.unmap(&r.dev, r.hog, HOG, Direction::FromDevice) };
     let after_free = std::mem::take(&mut *r.done.lock().unwrap());
     for (_, res) in &after_free {
         if let Ok(dma) = res {
-            r.mapper
-                .unmap(&r.dev, *dma, 10_000, Direction::FromDevice)
-                .unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { r.mapper.unmap(&r.dev, *dma, 10_000, Direction::FromDevice) }.unwrap();
         }
     }
     let _ = other;
@@ -358,25 +366,30 @@ pub fn two_devices_one_pool() -> TwoDevices {
     let dev2 = device(2, BouncePool::Swiotlb);
     let dir = Direction::FromDevice;
     let ask = |dev: &Device, at: u64, len: u64, tag: u32| {
-        r.mapper
-            .map_or_defer(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe {
+            r.mapper.map_or_defer(
                 dev,
                 r.base.add(at + MISALIGN),
                 len,
                 dir,
                 record(&r.done, tag),
             )
-            .unwrap()
+        }
+        .unwrap()
     };
     assert_eq!(ask(&r.dev, 1_000_000, 100_000, 1), MapStatus::Deferred);
     assert_eq!(ask(&r.dev, 1_200_000, 1000, 2), MapStatus::Deferred);
     let roomy_status = ask(&dev2, 2_000_000, 1000, 20);
-    let dev2_hog = r
-        .mapper
-        .map(&dev2, r.base.add(2_100_000 + MISALIGN), 30_000, dir)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dev2_hog = unsafe {
+        r.mapper
+            .map(&dev2, r.base.add(2_100_000 + MISALIGN), 30_000, dir)
+    }
+    .unwrap();
     let blocked_status = ask(&dev2, 2_200_000, 20_000, 21);
-    r.mapper.unmap(&dev2, dev2_hog, 30_000, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { r.mapper.unmap(&dev2, dev2_hog, 30_000, dir) }.unwrap();
     let first = std::mem::take(&mut *r.done.lock().unwrap());
     let after_dev2_free = first.iter().map(|(t, _)| *t).collect();
     let mut all = first;
@@ -393,23 +406,27 @@ pub fn two_devices_one_pool() -> TwoDevices {
     for (tag, res) in all.drain(..) {
         if let Ok(dma) = res {
             let d = if tag >= 20 { &dev2 } else { &r.dev };
-            r.mapper.unmap(d, dma, len_of(tag), dir).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { r.mapper.unmap(d, dma, len_of(tag), dir) }.unwrap();
         }
     }
-    let _ = r.mapper.unmap(&r.dev, r.hog, r.hog_len, dir);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let _ = unsafe { r.mapper.unmap(&r.dev, r.hog, r.hog_len, dir) };
     let mut rest = std::mem::take(&mut *r.done.lock().unwrap());
     let after_hog_free = rest.iter().map(|(t, _)| *t).collect();
     for (tag, res) in rest.drain(..) {
         if let Ok(dma) = res {
             let d = if tag >= 20 { &dev2 } else { &r.dev };
-            r.mapper.unmap(d, dma, len_of(tag), dir).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { r.mapper.unmap(d, dma, len_of(tag), dir) }.unwrap();
         }
     }
     // Anything completed by those unmaps.
     for (tag, res) in std::mem::take(&mut *r.done.lock().unwrap()) {
         if let Ok(dma) = res {
             let d = if tag >= 20 { &dev2 } else { &r.dev };
-            r.mapper.unmap(d, dma, len_of(tag), dir).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { r.mapper.unmap(d, dma, len_of(tag), dir) }.unwrap();
         }
     }
     TwoDevices {
@@ -490,19 +507,20 @@ pub fn release_during_a_retry(timeout: Duration) -> Option<ReleasedMidRetry> {
         // The hog belongs to another device, which is not released.
         let other = Device::builder(DeviceId(2), "nc").build().unwrap();
         let hog_len = POOL - 128;
-        let hog = mapper
-            .map(&other, base.add(MISALIGN), hog_len, dir)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let hog = unsafe { mapper.map(&other, base.add(MISALIGN), hog_len, dir) }.unwrap();
         let done = Done::default();
-        let status = mapper
-            .map_or_defer(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let status = unsafe {
+            mapper.map_or_defer(
                 &dev,
                 base.add(300_000 + MISALIGN),
                 10_000,
                 dir,
                 record(&done, 1),
             )
-            .unwrap();
+        }
+        .unwrap();
         assert_eq!(status, MapStatus::Deferred);
         // The pool gives up on that growth; the next exhaustion asks again, from inside
         // the retry's attempt.
@@ -510,13 +528,15 @@ pub fn release_during_a_retry(timeout: Duration) -> Option<ReleasedMidRetry> {
         mapper.retry_deferred();
         let queued_after = mapper.deferred_len();
         let completions = std::mem::take(&mut *done.lock().unwrap());
-        mapper.unmap(&other, hog, hog_len, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&other, hog, hog_len, dir) }.unwrap();
         // Anything that completed only now is a mapping for the released device.
         let mut completions = completions;
         completions.extend(std::mem::take(&mut *done.lock().unwrap()));
         for (_, r) in &completions {
             if let Ok(dma) = r {
-                mapper.unmap(&dev, *dma, 10_000, dir).unwrap();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { mapper.unmap(&dev, *dma, 10_000, dir) }.unwrap();
             }
         }
         let hook_calls = *hook.calls.lock().unwrap();

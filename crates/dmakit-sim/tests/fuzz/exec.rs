@@ -503,7 +503,8 @@ impl State {
         let (phys, len) = (self.bufs[b].phys, self.bufs[b].len);
         let before = check::usages(&self.rig);
         let fired = self.fired.lock().unwrap().len();
-        match self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir) } {
             Ok((dma, _)) => self.add_live(i, dir, Kind::Single { buf: b }, &[(dma, len)]),
             Err(e) => {
                 self.judge_map_error(i, phys, len, e, &before, fired)?;
@@ -535,7 +536,8 @@ impl State {
         let before = check::usages(&self.rig);
         let nfired = self.fired.lock().unwrap().len();
         let stats_before = device_stats(self.rig.mapper(&d), d.id());
-        match self.rig.mapper(&d).map_sg(&d.dev, &entries, dir) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { self.rig.mapper(&d).map_sg(&d.dev, &entries, dir) } {
             Ok(segs) => {
                 let total: u64 = segs.iter().map(|s| s.len).sum();
                 let want: u64 = entries.iter().map(|e| e.len).sum();
@@ -609,8 +611,12 @@ impl State {
         let ranges = l.ranges_with(dma, self);
         let nfired = self.fired.lock().unwrap().len();
         let r = match &l.kind {
-            Kind::Single { buf } => mapper.unmap(&d.dev, dma, self.bufs[*buf].len, l.dir),
-            Kind::Sg { segs, .. } => mapper.unmap_sg(&d.dev, segs, l.dir),
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            Kind::Single { buf } => unsafe {
+                mapper.unmap(&d.dev, dma, self.bufs[*buf].len, l.dir)
+            },
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            Kind::Sg { segs, .. } => unsafe { mapper.unmap_sg(&d.dev, segs, l.dir) },
         };
         for &(a, n) in &ranges {
             let _ = self.rig.m.revoke(d.id(), a, n);
@@ -661,7 +667,8 @@ impl State {
         let off = off as u64 % blen;
         let n = 1 + len as u64 % (blen - off);
         let mapper = self.rig.mapper(&d);
-        if let Err(e) = mapper.sync_for_cpu(&d.dev, dma, off, n, dir) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        if let Err(e) = unsafe { mapper.sync_for_cpu(&d.dev, dma, off, n, dir) } {
             return fail(
                 "valid-sync-refused",
                 format!("{}: sync_for_cpu {dma}+{off} ({n}): {e:?}", d.dev.name()),
@@ -690,11 +697,12 @@ impl State {
             b.data[off as usize..(off + n) as usize].copy_from_slice(&new);
             b.owners[off as usize..(off + n) as usize].fill(owner);
         }
-        if let Err(e) = self
-            .rig
-            .mapper(&d)
-            .sync_for_device(&d.dev, dma, off, n, dir)
-        {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        if let Err(e) = unsafe {
+            self.rig
+                .mapper(&d)
+                .sync_for_device(&d.dev, dma, off, n, dir)
+        } {
             return fail(
                 "valid-sync-refused",
                 format!("{}: sync_for_device {dma}+{off} ({n}): {e:?}", d.dev.name()),

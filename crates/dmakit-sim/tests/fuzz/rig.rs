@@ -59,7 +59,8 @@ impl CacheMaintenance for Plat {
     }
 }
 
-impl CpuMemory for Plat {
+// SAFETY: forwards unchanged to the model machine's implementation.
+unsafe impl CpuMemory for Plat {
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
         self.0.copy(dst, src, len)
     }

@@ -42,17 +42,21 @@ pub fn huge_ranges() -> Huge {
         .unwrap();
     let before = pool.usage();
     let map = |addr: u64, len: u64| {
-        let r = mapper.map(&dev, PhysAddr::new(addr), len, ToDevice);
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let r = unsafe { mapper.map(&dev, PhysAddr::new(addr), len, ToDevice) };
         if let Ok(dma) = r {
-            mapper.unmap(&dev, dma, len, ToDevice).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.unmap(&dev, dma, len, ToDevice) }.unwrap();
         }
         r.map(|d| d.as_u64())
     };
     let whole_space = map(0, u64::MAX);
     let whole_space_deferred =
-        mapper.map_or_defer(&dev, PhysAddr::ZERO, u64::MAX, ToDevice, Box::new(|_| {}));
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map_or_defer(&dev, PhysAddr::ZERO, u64::MAX, ToDevice, Box::new(|_| {})) };
     if let Ok(MapStatus::Mapped(dma)) = whole_space_deferred {
-        mapper.unmap(&dev, dma, u64::MAX, ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, u64::MAX, ToDevice) }.unwrap();
     }
     let last_page = map(u64::MAX - 4095, 8);
     let below_last_page = map(u64::MAX - 8191, 4096);

@@ -92,14 +92,16 @@ pub fn sg_counts() -> SgCounts {
         .iter()
         .map(|&phys| SgEntry { phys, len: 100 })
         .collect();
-    let segs = mapper.map_sg(&dev, &entries, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&dev, &entries, Direction::ToDevice) }.unwrap();
     let row = mapper
         .stats()
         .devices
         .into_iter()
         .find(|d| d.device == dev.id());
     let pool_live = pool.usage().live;
-    mapper.unmap_sg(&dev, &segs, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, Direction::ToDevice) }.unwrap();
     SgCounts {
         mappings: row.as_ref().map_or(0, |d| d.mappings_total()),
         untrusted_bounces: row.map_or(0, |d| d.bounces(BounceReason::Untrusted)),
@@ -140,15 +142,19 @@ pub fn lazy_pairs(pairs: u64) -> LazyPairs {
     let bufs = buffers(&r, pairs + 1, 100, Owner(4));
     let dir = Direction::FromDevice;
     for &b in &bufs[..pairs as usize] {
-        let dma = mapper.map(&dev, b, 100, dir).unwrap();
-        mapper.unmap(&dev, dma, 100, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { mapper.map(&dev, b, 100, dir) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 100, dir) }.unwrap();
     }
     let u = pool.usage();
     let domain_live = r.dma.domain_of(dev.id()).unwrap().stats().live_mappings;
-    let next = mapper.map(&dev, bufs[pairs as usize], 100, dir);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let next = unsafe { mapper.map(&dev, bufs[pairs as usize], 100, dir) };
     let pool_live_after_next = pool.usage().live;
     if let Ok(dma) = next {
-        mapper.unmap(&dev, dma, 100, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 100, dir) }.unwrap();
     }
     LazyPairs {
         used: u.used,
@@ -189,13 +195,15 @@ pub fn waiter_behind_lazy_unmaps() -> Waiter {
     let bufs = buffers(&r, POOL_SLOTS + 1, 100, Owner(5));
     let live: Vec<DmaAddr> = bufs[..POOL_SLOTS as usize]
         .iter()
-        .map(|&b| mapper.map(&holder, b, 100, dir).unwrap())
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        .map(|&b| unsafe { mapper.map(&holder, b, 100, dir) }.unwrap())
         .collect();
     assert_eq!(pool.usage().used, pool.usage().total, "the pool is full");
     let done = Arc::new(AtomicUsize::new(0));
     let seen = done.clone();
-    let status = mapper
-        .map_or_defer(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let status = unsafe {
+        mapper.map_or_defer(
             &waiter,
             bufs[POOL_SLOTS as usize],
             100,
@@ -206,10 +214,12 @@ pub fn waiter_behind_lazy_unmaps() -> Waiter {
                 }
             }),
         )
-        .unwrap();
+    }
+    .unwrap();
     let deferred = status == MapStatus::Deferred;
     for dma in live {
-        mapper.unmap(&holder, dma, 100, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&holder, dma, 100, dir) }.unwrap();
     }
     mapper.flush_iommu_queues();
     Waiter {
@@ -250,7 +260,8 @@ pub fn waiter_woken_by_flush() -> FlushWake {
     let dir = Direction::FromDevice;
     let live: Vec<DmaAddr> = buffers(&r, 90, 100, Owner(16))
         .into_iter()
-        .map(|b| mapper.map(&holder, b, 100, dir).unwrap())
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        .map(|b| unsafe { mapper.map(&holder, b, 100, dir) }.unwrap())
         .collect();
     let big_len = 160 * 1024;
     let big =
@@ -261,8 +272,9 @@ pub fn waiter_woken_by_flush() -> FlushWake {
         .unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     let seen = done.clone();
-    let status = mapper
-        .map_or_defer(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let status = unsafe {
+        mapper.map_or_defer(
             &waiter,
             big,
             big_len,
@@ -273,9 +285,11 @@ pub fn waiter_woken_by_flush() -> FlushWake {
                 }
             }),
         )
-        .unwrap();
+    }
+    .unwrap();
     for dma in live {
-        mapper.unmap(&holder, dma, 100, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&holder, dma, 100, dir) }.unwrap();
     }
     let parked = r.dma.domain_of(holder.id()).unwrap().stats().parked_bounces;
     let completed_before_flush = done.load(Ordering::SeqCst) == 1;
@@ -305,20 +319,24 @@ pub fn sg_behind_parked_slots() -> (u64, u64, Result<usize, DmaError>) {
     let bufs = buffers(&r, POOL_SLOTS + 2, 100, Owner(18));
     let parked: Vec<DmaAddr> = bufs[..90]
         .iter()
-        .map(|&b| mapper.map(&dev, b, 100, dir).unwrap())
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        .map(|&b| unsafe { mapper.map(&dev, b, 100, dir) }.unwrap())
         .collect();
     for dma in parked {
-        mapper.unmap(&dev, dma, 100, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 100, dir) }.unwrap();
     }
     for &b in &bufs[90..POOL_SLOTS as usize] {
-        mapper.map(&dev, b, 100, dir).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, b, 100, dir) }.unwrap();
     }
     let u = pool.usage();
     let entries: Vec<SgEntry> = bufs[POOL_SLOTS as usize..]
         .iter()
         .map(|&phys| SgEntry { phys, len: 100 })
         .collect();
-    let sg = mapper.map_sg(&dev, &entries, dir).map(|segs| segs.len());
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let sg = unsafe { mapper.map_sg(&dev, &entries, dir) }.map(|segs| segs.len());
     (u.used, u.total, sg)
 }
 
@@ -367,25 +385,25 @@ pub fn lazy_window_after_timeout() -> Window {
     r.m.cpu_write(page, &[0x77; 4096], Owner(7)).unwrap();
     r.m.cpu_write(page.add(4096), &[0x78; 4096], Owner(17))
         .unwrap();
-    let old = mapper.map(&dev, page, 4096, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let old = unsafe { mapper.map(&dev, page, 4096, Direction::ToDevice) }.unwrap();
     r.m.grant(dev.id(), old, 4096).unwrap();
     r.m.device_read(dev.id(), old, 64).unwrap();
-    mapper.unmap(&dev, old, 4096, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, old, 4096, Direction::ToDevice) }.unwrap();
     let dom = dma.domain_of(dev.id()).unwrap();
     let queued_after_unmap = dom.stats().queued;
     clock.0.fetch_add(2_000_000, Ordering::SeqCst);
-    let other = mapper
-        .map(&dev, page.add(4096), 4096, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let other = unsafe { mapper.map(&dev, page.add(4096), 4096, Direction::ToDevice) }.unwrap();
     let queued_after_deadline = dom.stats().queued;
     // The old IOVA may well translate again, to the new mapping: what matters is whether
     // it still reaches the old page.
     let reached_after_deadline =
         r.m.device_read(dev.id(), old, 64)
             .is_ok_and(|s| s.owners.iter().all(|&o| o == Owner(7)));
-    mapper
-        .unmap(&dev, other, 4096, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, other, 4096, Direction::ToDevice) }.unwrap();
     Window {
         queued_after_unmap,
         queued_after_deadline,
@@ -423,16 +441,19 @@ pub fn stale_iova_after_pool_pressure(drop_invalidations: bool) -> StaleSlot {
     r.iommu.set_drop_invalidations(drop_invalidations);
     let dir = Direction::Bidirectional;
     let abuf = buffers(&r, 1, 100, Owner(8))[0];
-    let adma = mapper.map(&a, abuf, 100, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let adma = unsafe { mapper.map(&a, abuf, 100, dir) }.unwrap();
     let granule = DmaAddr::new(adma.as_u64() & !4095);
     r.m.grant(a.id(), granule, 4096).unwrap();
     r.m.device_read(a.id(), granule, 4096).unwrap();
-    mapper.unmap(&a, adma, 100, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&a, adma, 100, dir) }.unwrap();
     let secret = Owner(90);
     let bbufs = buffers(&r, POOL_SLOTS, 100, secret);
     let mut other_mapped = 0;
     for &bb in &bbufs {
-        if mapper.map(&b, bb, 100, Direction::Bidirectional).is_ok() {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        if unsafe { mapper.map(&b, bb, 100, Direction::Bidirectional) }.is_ok() {
             other_mapped += 1;
         }
     }
@@ -469,7 +490,9 @@ impl CacheMaintenance for FaultyCopies<'_> {
     }
 }
 
-impl CpuMemory for FaultyCopies<'_> {
+// SAFETY: forwards to the model machine's implementation, or faults without touching
+// memory.
+unsafe impl CpuMemory for FaultyCopies<'_> {
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
         let hit = self.poisoned.get().is_some_and(|p| {
             dst.as_u64() < p.end().as_u64() && p.start().as_u64() < dst.as_u64() + len
@@ -520,15 +543,18 @@ pub fn faulted_copy_back() -> FaultedUnmap {
         .build();
     let dir = Direction::FromDevice;
     let bufs = buffers(&r, POOL_SLOTS + 1, 100, Owner(10));
-    let dma = mapper.map(&dev, bufs[0], 100, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, bufs[0], 100, dir) }.unwrap();
     plat.poisoned.set(PhysRange::new(bufs[0], 100));
-    let unmap = mapper.unmap(&dev, dma, 100, dir);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let unmap = unsafe { mapper.unmap(&dev, dma, 100, dir) };
     plat.poisoned.set(None);
     let u = pool.usage();
     let mut refilled = 0;
     for &b in &bufs[1..] {
         // Each untrusted bounce of 100 bytes owns a whole 4 KiB granule: two slots.
-        if mapper.map(&dev, b, 100, dir).is_ok() {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        if unsafe { mapper.map(&dev, b, 100, dir) }.is_ok() {
             refilled += 1;
         }
     }
@@ -711,8 +737,10 @@ pub fn empty_unmap_sg() -> (Result<(), DmaError>, Result<(), DmaError>) {
     attach(&r, &r.dma, &translated, DomainConfig::STRICT);
     let mapper = DmaMapper::builder(&r.m).iommu(r.dma.clone()).build();
     (
-        mapper.unmap_sg(&direct, &[], Direction::ToDevice),
-        mapper.unmap_sg(&translated, &[], Direction::ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap_sg(&direct, &[], Direction::ToDevice) },
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap_sg(&translated, &[], Direction::ToDevice) },
     )
 }
 
@@ -757,9 +785,11 @@ pub fn after_detach() -> AfterDetach {
     let page = r.m.alloc_pages(1, u64::MAX).unwrap();
     r.m.cpu_write(page, &[0x15; 4096], Owner(15)).unwrap();
     let dir = Direction::FromDevice;
-    let old = mapper.map(&dev, page, 4096, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let old = unsafe { mapper.map(&dev, page, 4096, dir) }.unwrap();
     let detach_while_mapped = r.dma.detach(&dev);
-    mapper.unmap(&dev, old, 4096, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, old, 4096, dir) }.unwrap();
     let z = zones(&r.m);
     let a =
         DmaAllocator::new(&r.m, &z, r.dma.clone(), DmaAllocatorConfig::default(), None).unwrap();
@@ -769,7 +799,8 @@ pub fn after_detach() -> AfterDetach {
     let detach_while_allocated = r.dma.detach(&dev);
     a.free_coherent(&dev, held).unwrap();
     r.dma.detach(&dev).unwrap();
-    let map = mapper.map(&dev, page, 4096, dir);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let map = unsafe { mapper.map(&dev, page, 4096, dir) };
     let device_write_ok = match map {
         Ok(dma) => {
             r.m.grant(dev.id(), dma, 4096).unwrap();
@@ -782,7 +813,8 @@ pub fn after_detach() -> AfterDetach {
     // old IOVA's value.
     let bystander = PhysAddr::new(old.as_u64());
     r.m.cpu_write(bystander, &[0xb5; 64], Owner(16)).unwrap();
-    let unmap_old_iova = mapper.unmap(&dev, old, 4096, dir);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let unmap_old_iova = unsafe { mapper.unmap(&dev, old, 4096, dir) };
     let mut back = [0u8; 64];
     r.m.cpu_read(bystander, &mut back).unwrap();
     let alloc = match a.alloc_coherent(&dev, 4096, AllocContext::MayBlock) {
@@ -794,13 +826,15 @@ pub fn after_detach() -> AfterDetach {
         Err(e) => Err(e.to_string()),
     };
     r.dma.attach(&dev, d).unwrap();
-    let again = mapper.map(&dev, page, 4096, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let again = unsafe { mapper.map(&dev, page, 4096, dir) }.unwrap();
     r.m.grant(dev.id(), again, 4096).unwrap();
     let reattached_works = again.as_u64() != page.as_u64()
         && r.m
             .device_write(dev.id(), again, &[0xd1; 64], Owner(15))
             .is_ok();
-    mapper.unmap(&dev, again, 4096, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, again, 4096, dir) }.unwrap();
     AfterDetach {
         detach_while_mapped,
         detach_while_allocated,
@@ -859,8 +893,10 @@ pub fn sync_past_the_end() -> PastTheEnd {
         .unwrap();
     r.m.cpu_write(b_buf, &cpu_b, Owner(19)).unwrap();
     // The IOVA allocator works top down: B first takes the granule above the one A gets.
-    let b_dma = mapper.map(&dev, b_buf, b_len, dir).unwrap();
-    let a_dma = mapper.map(&dev, a_buf, a_len, dir).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let b_dma = unsafe { mapper.map(&dev, b_buf, b_len, dir) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let a_dma = unsafe { mapper.map(&dev, a_buf, a_len, dir) }.unwrap();
     assert_eq!(
         b_dma.as_u64(),
         a_dma.as_u64() + a_len,
@@ -870,8 +906,10 @@ pub fn sync_past_the_end() -> PastTheEnd {
     r.m.grant(dev.id(), b_dma, b_len).unwrap();
     r.m.device_write(dev.id(), b_dma, &stamp, Owner(91))
         .unwrap();
-    let for_cpu = mapper.sync_for_cpu(&dev, a_dma, a_len, 1, dir);
-    let for_device = mapper.sync_for_device(&dev, a_dma, a_len, 1, dir);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let for_cpu = unsafe { mapper.sync_for_cpu(&dev, a_dma, a_len, 1, dir) };
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let for_device = unsafe { mapper.sync_for_device(&dev, a_dma, a_len, 1, dir) };
     let mut back = vec![0u8; b_len as usize];
     r.m.cpu_read(b_buf, &mut back).unwrap();
     let b_cpu_bytes_changed = back.iter().zip(&cpu_b).filter(|(x, y)| x != y).count();

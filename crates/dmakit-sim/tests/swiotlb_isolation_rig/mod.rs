@@ -151,7 +151,8 @@ pub fn untrusted_reads_its_granule() -> GranuleRead {
     let v = x.bouncer(2);
     let buf = page(&x.m).add(0x900);
     stamp(&x.m, buf, 13, BUF, 3);
-    let (udma, path) = mapper.map_traced(u, buf, 13, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (udma, path) = unsafe { mapper.map_traced(u, buf, 13, Direction::ToDevice) }.unwrap();
     assert!(
         matches!(
             path,
@@ -164,7 +165,8 @@ pub fn untrusted_reads_its_granule() -> GranuleRead {
     );
     let vbuf = page(&x.m).add(8);
     stamp(&x.m, vbuf, 100, OTHER, 5);
-    let vdma = mapper.map(&v, vbuf, 100, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let vdma = unsafe { mapper.map(&v, vbuf, 100, Direction::ToDevice) }.unwrap();
     let gbase = granule_base(udma);
     let (gphys, _) = x.iommu.translate(u.id(), gbase, 4096, false).unwrap();
     let other_in_granule = vdma.as_u64() >> 12 == gphys.as_u64() >> 12;
@@ -172,8 +174,10 @@ pub fn untrusted_reads_its_granule() -> GranuleRead {
     let seen = x.m.device_read(u.id(), gbase, 4096).unwrap();
     let foreign = seen.owners.iter().filter(|&&o| o == OTHER).count();
     let own = seen.owners.iter().filter(|&&o| o == BUF).count();
-    mapper.unmap(&v, vdma, 100, Direction::ToDevice).unwrap();
-    mapper.unmap(u, udma, 13, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&v, vdma, 100, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(u, udma, 13, Direction::ToDevice) }.unwrap();
     assert_eq!(x.pool.usage().live, 0);
     GranuleRead {
         offset: udma.as_u64() & 0xfff,
@@ -205,16 +209,22 @@ pub fn padding_spares_in_flight_bounce() -> InFlight {
     let w = x.bouncer(3);
     let buf = page(&x.m).add(0x900);
     stamp(&x.m, buf, 13, BUF, 3);
-    let udma = mapper.map(u, buf, 13, Direction::ToDevice).unwrap();
-    mapper.unmap(u, udma, 13, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let udma = unsafe { mapper.map(u, buf, 13, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(u, udma, 13, Direction::ToDevice) }.unwrap();
     let vbuf = page(&x.m).add(8);
     stamp(&x.m, vbuf, 100, OTHER, 5);
-    let vdma = mapper.map(&v, vbuf, 100, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let vdma = unsafe { mapper.map(&v, vbuf, 100, Direction::ToDevice) }.unwrap();
     let wbuf = page(&x.m).add(8);
     let secret = stamp(&x.m, wbuf, 100, SECRET, 7);
-    let wdma = mapper.map(&w, wbuf, 100, Direction::ToDevice).unwrap();
-    mapper.unmap(&v, vdma, 100, Direction::ToDevice).unwrap();
-    let udma = mapper.map(u, buf, 13, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let wdma = unsafe { mapper.map(&w, wbuf, 100, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&v, vdma, 100, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let udma = unsafe { mapper.map(u, buf, 13, Direction::ToDevice) }.unwrap();
     x.m.grant(w.id(), wdma, 100).unwrap();
     let seen = x.m.device_read(w.id(), wdma, 100).unwrap();
     let zeroed = seen.data.iter().filter(|&&b| b == 0).count();
@@ -224,8 +234,10 @@ pub fn padding_spares_in_flight_bounce() -> InFlight {
         .zip(&secret)
         .filter(|(a, b)| a != b)
         .count();
-    mapper.unmap(u, udma, 13, Direction::ToDevice).unwrap();
-    mapper.unmap(&w, wdma, 100, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(u, udma, 13, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&w, wdma, 100, Direction::ToDevice) }.unwrap();
     assert_eq!(x.pool.usage().live, 0);
     InFlight {
         len: seen.data.len(),
@@ -272,14 +284,16 @@ pub fn min_align_lead_in() -> LeadIn {
     m.attach(other.clone()).unwrap();
     let buf = page(&m).add(0x900);
     stamp(&m, buf, 13, BUF, 3);
-    let dma = mapper.map(&nvme, buf, 13, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&nvme, buf, 13, Direction::ToDevice) }.unwrap();
     let used_alone = pool.usage().used;
     let window = dma.as_u64() & !0xfff..dma.as_u64();
     let mut others = Vec::new();
     for i in 0..8 {
         let b = page(&m).add(8);
         stamp(&m, b, 100, OTHER, i);
-        others.push(mapper.map(&other, b, 100, Direction::ToDevice).unwrap());
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        others.push(unsafe { mapper.map(&other, b, 100, Direction::ToDevice) }.unwrap());
     }
     let others_inside = others
         .iter()
@@ -291,9 +305,11 @@ pub fn min_align_lead_in() -> LeadIn {
     let seen = m.device_read(nvme.id(), start, reach).unwrap();
     let foreign = seen.owners.iter().filter(|&&o| o == OTHER).count();
     for d in others {
-        mapper.unmap(&other, d, 100, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&other, d, 100, Direction::ToDevice) }.unwrap();
     }
-    mapper.unmap(&nvme, dma, 13, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&nvme, dma, 13, Direction::ToDevice) }.unwrap();
     assert_eq!(pool.usage().live, 0);
     LeadIn {
         offset: dma.as_u64() & 0xfff,
@@ -370,23 +386,26 @@ pub fn mask_limited_bounce() -> MaskLimited {
     m.attach(narrow.clone()).unwrap();
     let base = m.alloc_pages(128, BELOW_4G).unwrap();
     // The low region is the first region: a whole-segment bounce takes it.
-    let hog = mapper
-        .map(&wide, base, 256 * KIB, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog = unsafe { mapper.map(&wide, base, 256 * KIB, Direction::ToDevice) }.unwrap();
     assert!(hog.as_u64() < BELOW_4G, "{hog:?}");
     let buf = base.add(8);
     stamp(&m, buf, 100, OTHER, 1);
-    let map = mapper.map(&narrow, buf, 100, Direction::ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let map = unsafe { mapper.map(&narrow, buf, 100, Direction::ToDevice) };
     let growth_limits: Vec<u64> = queue.0.lock().unwrap().iter().map(|r| r.max_addr).collect();
     let done = Arc::new(Mutex::new(None));
     let sink = done.clone();
-    let status = mapper.map_or_defer(
-        &narrow,
-        buf,
-        100,
-        Direction::ToDevice,
-        Box::new(move |r| *sink.lock().unwrap() = Some(r)),
-    );
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let status = unsafe {
+        mapper.map_or_defer(
+            &narrow,
+            buf,
+            100,
+            Direction::ToDevice,
+            Box::new(move |r| *sink.lock().unwrap() = Some(r)),
+        )
+    };
     let deferred = matches!(status, Ok(MapStatus::Deferred));
     // Serve the growth request as a worker would: memory below its limit.
     if let Some(req) = queue.0.lock().unwrap().first().copied() {
@@ -400,44 +419,39 @@ pub fn mask_limited_bounce() -> MaskLimited {
         r.map(|dma| {
             m.grant(narrow.id(), dma, 100).unwrap();
             let readable = m.device_read(narrow.id(), dma, 100).is_ok();
-            mapper
-                .unmap(&narrow, dma, 100, Direction::ToDevice)
-                .unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.unmap(&narrow, dma, 100, Direction::ToDevice) }.unwrap();
             (dma.as_u64() + 99, readable)
         })
     });
     if let Ok(MapStatus::Mapped(dma)) = status {
-        mapper
-            .unmap(&narrow, dma, 100, Direction::ToDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&narrow, dma, 100, Direction::ToDevice) }.unwrap();
     }
     if let Ok(dma) = map {
-        mapper
-            .unmap(&narrow, dma, 100, Direction::ToDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&narrow, dma, 100, Direction::ToDevice) }.unwrap();
     }
-    mapper
-        .unmap(&wide, hog, 256 * KIB, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&wide, hog, 256 * KIB, Direction::ToDevice) }.unwrap();
 
     // Without growth: the reachable memory full, then none reachable at all.
     let full = split_pool(&m, None, true);
     let mapper = DmaMapper::builder(&m).swiotlb_backend(full.clone()).build();
-    let hog = mapper
-        .map(&wide, base, 256 * KIB, Direction::ToDevice)
-        .unwrap();
-    let without_growth = mapper.map(&narrow, buf, 100, Direction::ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let hog = unsafe { mapper.map(&wide, base, 256 * KIB, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let without_growth = unsafe { mapper.map(&narrow, buf, 100, Direction::ToDevice) };
     if let Ok(dma) = without_growth {
-        mapper
-            .unmap(&narrow, dma, 100, Direction::ToDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&narrow, dma, 100, Direction::ToDevice) }.unwrap();
     }
-    mapper
-        .unmap(&wide, hog, 256 * KIB, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&wide, hog, 256 * KIB, Direction::ToDevice) }.unwrap();
     let high_only = split_pool(&m, None, false);
     let mapper = DmaMapper::builder(&m).swiotlb_backend(high_only).build();
-    let unreachable = mapper.map(&narrow, buf, 100, Direction::ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let unreachable = unsafe { mapper.map(&narrow, buf, 100, Direction::ToDevice) };
     MaskLimited {
         map,
         growth_limits,
@@ -542,14 +556,14 @@ pub fn faulted_bounce(which: Backend) -> FaultedBounce {
         // the transient pages while growth is pending.
         let big = m.alloc_pages(64, BELOW_4G).unwrap();
         live.push((
-            mapper
-                .map(&dev, big, 256 * KIB, Direction::ToDevice)
-                .unwrap(),
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(&dev, big, 256 * KIB, Direction::ToDevice) }.unwrap(),
             256 * KIB,
         ));
     }
     live.push((
-        mapper.map(&dev, buf, 100, Direction::ToDevice).unwrap(),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&dev, buf, 100, Direction::ToDevice) }.unwrap(),
         100,
     ));
     if which == Backend::Transient {
@@ -563,11 +577,13 @@ pub fn faulted_bounce(which: Backend) -> FaultedBounce {
         Backend::Transient => mapper.transient().unwrap(),
     };
     let before = backend.usage();
-    let error = mapper.map(&dev, PhysAddr::new(HOLE), 9000, Direction::ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let error = unsafe { mapper.map(&dev, PhysAddr::new(HOLE), 9000, Direction::ToDevice) };
     let after = backend.usage();
     let name = backend.name();
     for (d, len) in live {
-        mapper.unmap(&dev, d, len, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, d, len, Direction::ToDevice) }.unwrap();
     }
     assert_eq!(backend.usage().live, 0);
     FaultedBounce {
@@ -604,9 +620,11 @@ pub fn align_beyond_segment(mask: u64) -> Result<DmaAddr, DmaError> {
     let buf = page(&m).add(8);
     stamp(&m, buf, 100, OTHER, 1);
     let before = pool.usage();
-    let r = mapper.map(&dev, buf, 100, Direction::ToDevice);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let r = unsafe { mapper.map(&dev, buf, 100, Direction::ToDevice) };
     if let Ok(dma) = r {
-        mapper.unmap(&dev, dma, 100, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 100, Direction::ToDevice) }.unwrap();
     } else {
         assert_eq!(pool.usage(), before);
     }
@@ -622,7 +640,8 @@ pub fn failed_sg() -> FaultedBounce {
     let dev = x.bouncer(2);
     let buf = page(&x.m).add(8);
     stamp(&x.m, buf, 3000, OTHER, 1);
-    let live = mapper.map(&dev, buf, 100, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let live = unsafe { mapper.map(&dev, buf, 100, Direction::ToDevice) }.unwrap();
     let before = x.pool.usage();
     let entries = [
         dmakit::SgEntry {
@@ -634,11 +653,12 @@ pub fn failed_sg() -> FaultedBounce {
             len: 9000,
         },
     ];
-    let error = mapper
-        .map_sg(&dev, &entries, Direction::ToDevice)
-        .map(|segs| segs[0].dma);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let error =
+        unsafe { mapper.map_sg(&dev, &entries, Direction::ToDevice) }.map(|segs| segs[0].dma);
     let after = x.pool.usage();
-    mapper.unmap(&dev, live, 100, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, live, 100, Direction::ToDevice) }.unwrap();
     assert_eq!(x.pool.usage().live, 0);
     FaultedBounce {
         before,

@@ -110,8 +110,13 @@ impl<P: Platform> DmaMapper<P> {
     /// uncalled. That includes [`DmaError::TooLargeToBounce`] for a request no free could
     /// ever satisfy, when the device's pool can tell (the SWIOTLB pool can) or the request
     /// is tried at once.
+    ///
+    /// # Safety
+    /// As [`DmaMapper::map`], from this call on: the buffer is the device's while the
+    /// request waits, too, until the mapping `done` reports is unmapped (or `done` reports
+    /// a failure, or the call returns an error).
     #[track_caller]
-    pub fn map_or_defer(
+    pub unsafe fn map_or_defer(
         &self,
         dev: &Device,
         phys: PhysAddr,

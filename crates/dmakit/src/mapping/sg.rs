@@ -27,8 +27,12 @@ impl<P: Platform> DmaMapper<P> {
     /// # Errors
     /// Any error of [`DmaMapper::map`] for any segment; segments already mapped are unmapped
     /// again, so nothing is left behind. [`DmaError::ZeroLength`] for an empty list.
+    ///
+    /// # Safety
+    /// As [`DmaMapper::map`], for every entry: each is memory the caller owns and will not
+    /// touch until the list is unmapped.
     #[track_caller]
-    pub fn map_sg(
+    pub unsafe fn map_sg(
         &self,
         dev: &Device,
         entries: &[SgEntry],
@@ -156,8 +160,11 @@ impl<P: Platform> DmaMapper<P> {
     /// `map_sg` never returns one, so an empty list is a caller's mistake, refused as an
     /// empty `map_sg` is; nothing is done then. Otherwise the first error of
     /// [`DmaMapper::unmap`]; the remaining segments are still unmapped.
+    ///
+    /// # Safety
+    /// As [`DmaMapper::unmap`], for the list returned by [`DmaMapper::map_sg`].
     #[track_caller]
-    pub fn unmap_sg(
+    pub unsafe fn unmap_sg(
         &self,
         dev: &Device,
         segments: &[DmaSegment],

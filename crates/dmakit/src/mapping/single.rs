@@ -33,9 +33,16 @@ impl<P: Platform> DmaMapper<P> {
     /// `min_align_mask`; a memory fault from the bounce copy; [`DmaError::Detached`] for a
     /// device detached from its IOMMU domain. On error nothing was changed, every pool's
     /// usage and high-water mark included.
+    ///
+    /// # Safety
+    /// `[phys, phys + len)` is memory the caller owns and will not touch (read, write or
+    /// free) while the device may use it: from this call until the mapping is unmapped. The
+    /// device reads the buffer, or writes it, at any time in between, and for a bounced
+    /// inbound mapping the unmap writes it. The caller stops the device from using the
+    /// returned address before unmapping it.
     #[inline]
     #[track_caller]
-    pub fn map(
+    pub unsafe fn map(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -50,9 +57,12 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// As [`DmaMapper::map`].
+    ///
+    /// # Safety
+    /// As [`DmaMapper::map`].
     #[inline]
     #[track_caller]
-    pub fn map_traced(
+    pub unsafe fn map_traced(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -99,9 +109,15 @@ impl<P: Platform> DmaMapper<P> {
     /// unmap leaves the mapping live, and with the debug checker on, its record too.
     /// [`DmaError::Detached`] for a device detached from its IOMMU domain (it has no live
     /// mapping, and an old IOVA is never taken for a physical address).
+    ///
+    /// # Safety
+    /// `dma` and `len` name a live mapping of `dev` made by this mapper, whose buffer the
+    /// caller still owns untouched, and the device has stopped using it: an unmap writes
+    /// what the device wrote into that buffer (for a bounced mapping, by copying it back),
+    /// and it frees the bounce memory, which may at once be lent to another device.
     #[inline]
     #[track_caller]
-    pub fn unmap(
+    pub unsafe fn unmap(
         &self,
         dev: &Device,
         dma: DmaAddr,
@@ -200,8 +216,13 @@ impl<P: Platform> DmaMapper<P> {
     /// As [`DmaMapper::unmap`]; for a bounced mapping [`DmaError::OutOfMapping`] when the
     /// part leaves the mapping and [`DmaError::WrongDirection`] when the mapping does not
     /// permit `dir`.
+    ///
+    /// # Safety
+    /// `dma` names a live mapping of `dev` made by this mapper whose buffer the caller owns,
+    /// and the device does not use the synced part during the call: a sync of a bounced
+    /// mapping copies between the buffer and the bounce memory.
     #[track_caller]
-    pub fn sync_for_device(
+    pub unsafe fn sync_for_device(
         &self,
         dev: &Device,
         dma: DmaAddr,
@@ -223,8 +244,13 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// As [`DmaMapper::sync_for_device`].
+    ///
+    /// # Safety
+    /// `dma` names a live mapping of `dev` made by this mapper whose buffer the caller owns,
+    /// and the device does not use the synced part during the call: a sync of a bounced
+    /// mapping copies between the buffer and the bounce memory.
     #[track_caller]
-    pub fn sync_for_cpu(
+    pub unsafe fn sync_for_cpu(
         &self,
         dev: &Device,
         dma: DmaAddr,

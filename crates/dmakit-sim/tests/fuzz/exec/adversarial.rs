@@ -161,7 +161,8 @@ impl State {
         let before = check::usages(&self.rig);
         let checker = self.rig.mapper(&d).debug_checker().unwrap();
         let reported = checker.reports().len();
-        let r = self.rig.mapper(&d).unmap(&d.dev, a, n, dr);
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let r = unsafe { self.rig.mapper(&d).unmap(&d.dev, a, n, dr) };
         // An address that no longer looks like a bounce (a transient bounce's pages went
         // back) is unmapped as a direct mapping, which keeps no record: then the debug
         // checker must report it, as documented.
@@ -204,28 +205,32 @@ impl State {
         };
         match kind {
             Invalid::ZeroLength => must_fail(
-                mapper.map(&d.dev, b.phys, 0, Direction::ToDevice).is_ok(),
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { mapper.map(&d.dev, b.phys, 0, Direction::ToDevice) }.is_ok(),
                 "map of 0 bytes",
             )?,
             Invalid::Overflow => must_fail(
-                mapper
-                    .map(
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe {
+                    mapper.map(
                         &d.dev,
                         PhysAddr::new(u64::MAX - 10),
                         100,
                         Direction::ToDevice,
                     )
-                    .is_ok(),
+                }
+                .is_ok(),
                 "map wrapping past u64::MAX",
             )?,
             Invalid::Huge => must_fail(
-                mapper
-                    .map(&d.dev, PhysAddr::new(0), u64::MAX, Direction::ToDevice)
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { mapper.map(&d.dev, PhysAddr::new(0), u64::MAX, Direction::ToDevice) }
                     .is_ok(),
                 "map(0, u64::MAX)",
             )?,
             Invalid::EmptySg => must_fail(
-                mapper.map_sg(&d.dev, &[], Direction::ToDevice).is_ok(),
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                unsafe { mapper.map_sg(&d.dev, &[], Direction::ToDevice) }.is_ok(),
                 "map_sg(&[])",
             )?,
             Invalid::ZeroLengthSgEntry => {
@@ -240,12 +245,14 @@ impl State {
                     },
                 ];
                 must_fail(
-                    mapper.map_sg(&d.dev, &e, Direction::ToDevice).is_ok(),
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    unsafe { mapper.map_sg(&d.dev, &e, Direction::ToDevice) }.is_ok(),
                     "map_sg with a zero-length entry",
                 )?
             }
             Invalid::EmptyUnmapSg => {
-                let ok = mapper.unmap_sg(&d.dev, &[], Direction::ToDevice).is_ok();
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                let ok = unsafe { mapper.unmap_sg(&d.dev, &[], Direction::ToDevice) }.is_ok();
                 match self.empty_unmap_sg {
                     None => self.empty_unmap_sg = Some((d.id(), ok)),
                     Some((other, was)) if was != ok => {
@@ -270,7 +277,8 @@ impl State {
                     };
                     let len = self.bufs[buf].len;
                     must_fail(
-                        mapper.sync_for_cpu(&d.dev, dma, len, 1, l.dir).is_ok(),
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        unsafe { mapper.sync_for_cpu(&d.dev, dma, len, 1, l.dir) }.is_ok(),
                         "sync past the mapping's end",
                     )?;
                 }
@@ -295,15 +303,18 @@ impl State {
                 // it unmaps.
                 let coh = self.dev(7);
                 let at = PhysAddr::new(u64::MAX - 0x3f);
-                if let Ok(dma) = self
-                    .rig
-                    .mapper(&coh)
-                    .map(&coh.dev, at, 0x20, Direction::ToDevice)
-                {
-                    let _ = self
-                        .rig
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                if let Ok(dma) = unsafe {
+                    self.rig
                         .mapper(&coh)
-                        .unmap(&coh.dev, dma, 0x20, Direction::ToDevice);
+                        .map(&coh.dev, at, 0x20, Direction::ToDevice)
+                } {
+                    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                    let _ = unsafe {
+                        self.rig
+                            .mapper(&coh)
+                            .unmap(&coh.dev, dma, 0x20, Direction::ToDevice)
+                    };
                 }
                 // The checker's public entry for coherent memory the caller allocated
                 // itself takes any address: a record at the very top, then its free.
@@ -407,16 +418,19 @@ impl State {
         let before = check::usages(&self.rig);
         let nfired = self.fired.lock().unwrap().len();
         self.invalid_call = true;
-        match self
-            .rig
-            .mapper(&d)
-            .map(&d.dev, phys, len, Direction::ToDevice)
-        {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe {
+            self.rig
+                .mapper(&d)
+                .map(&d.dev, phys, len, Direction::ToDevice)
+        } {
             Ok(dma) => {
-                let _ = self
-                    .rig
-                    .mapper(&d)
-                    .unmap(&d.dev, dma, len, Direction::ToDevice);
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                let _ = unsafe {
+                    self.rig
+                        .mapper(&d)
+                        .unmap(&d.dev, dma, len, Direction::ToDevice)
+                };
                 fail(
                     "fault-map-accepted",
                     format!(
@@ -442,17 +456,20 @@ impl State {
         let p = check::POOLS - 1;
         let before = check::usages(&self.rig)[p];
         self.invalid_call = true;
-        let Ok(dma) = self
-            .rig
-            .mapper(&d)
-            .map(&d.dev, phys, len, Direction::FromDevice)
-        else {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let Ok(dma) = (unsafe {
+            self.rig
+                .mapper(&d)
+                .map(&d.dev, phys, len, Direction::FromDevice)
+        }) else {
             return Ok(());
         };
-        let r = self
-            .rig
-            .mapper(&d)
-            .unmap(&d.dev, dma, len, Direction::FromDevice);
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let r = unsafe {
+            self.rig
+                .mapper(&d)
+                .unmap(&d.dev, dma, len, Direction::FromDevice)
+        };
         let after = check::usages(&self.rig)[p];
         if after.used > before.used || after.live > before.live {
             return fail(
@@ -476,17 +493,19 @@ impl State {
         };
         let (phys, len) = (self.bufs[b].phys, self.bufs[b].len);
         let before = check::usages(&self.rig);
-        match self
-            .rig
-            .mapper(&d)
-            .map(&d.dev, phys, len, Direction::ToDevice)
-        {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe {
+            self.rig
+                .mapper(&d)
+                .map(&d.dev, phys, len, Direction::ToDevice)
+        } {
             Ok(dma) => {
-                if let Err(e) = self
-                    .rig
-                    .mapper(&d)
-                    .unmap(&d.dev, dma, len, Direction::ToDevice)
-                {
+                // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                if let Err(e) = unsafe {
+                    self.rig
+                        .mapper(&d)
+                        .unmap(&d.dev, dma, len, Direction::ToDevice)
+                } {
                     return fail("valid-unmap-refused", format!("{}: {e:?}", d.dev.name()));
                 }
                 self.check_buffer(b, "after an unmap by alignffff")

@@ -23,11 +23,12 @@ impl State {
         });
         let before = check::usages(&self.rig);
         let nfired = self.fired.lock().unwrap().len();
-        match self
-            .rig
-            .mapper(&d)
-            .map_or_defer(&d.dev, phys, len, dir, done)
-        {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe {
+            self.rig
+                .mapper(&d)
+                .map_or_defer(&d.dev, phys, len, dir, done)
+        } {
             Ok(MapStatus::Mapped(dma)) => {
                 self.add_live(i, dir, Kind::Single { buf: b }, &[(dma, len)])
             }
@@ -57,9 +58,12 @@ impl State {
                 }
                 if !queued_same_pool {
                     // Nothing waits ahead of it for the same pool: a plain map must fail too.
-                    if let Ok((dma, path)) = self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir)
+                    if let Ok((dma, path)) =
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        unsafe { self.rig.mapper(&d).map_traced(&d.dev, phys, len, dir) }
                     {
-                        let _ = self.rig.mapper(&d).unmap(&d.dev, dma, len, dir);
+                        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+                        let _ = unsafe { self.rig.mapper(&d).unmap(&d.dev, dma, len, dir) };
                         return fail(
                             if matches!(path, dmakit::MapPath::Bounced { .. }) {
                                 "deferred-behind-another-pool"
