@@ -1,0 +1,54 @@
+//! Restricted DMA pools: bounce memory that belongs to one device alone.
+//!
+//! Some platforms (Linux's `restricted-dma-pool` device-tree regions) let a device reach
+//! only one window of memory, set aside for it; everything it transfers is bounced through
+//! that window, whatever its alignment, and no other device's bounces land there. The map
+//! path runs in interrupt context, so the table is built once by the builder and only read
+//! afterwards: a binary search over a sorted slice, no lock, no allocation.
+//!
+//! Linux ignores a restricted pool on a device behind an IOMMU (the IOMMU already confines
+//! it). Here that combination is a configuration error the router reports on every map,
+//! unmap and sync of the device ([`crate::DmaError::RestrictedPoolBehindIommu`]): a
+//! device described as confined to a window must not silently reach anything else.
+
+use alloc::vec::Vec;
+
+use super::routes::Registered;
+use crate::device::DeviceId;
+
+/// The restricted pools, one per device, sorted by device.
+pub(super) struct RestrictedPools {
+    pools: Vec<(DeviceId, Registered)>,
+}
+
+impl RestrictedPools {
+    /// No restricted pools.
+    pub(super) const fn new() -> Self {
+        Self { pools: Vec::new() }
+    }
+
+    /// Gives `device` the pool `pool`, replacing one it had. Builder only.
+    pub(super) fn insert(&mut self, device: DeviceId, pool: Registered) {
+        match self.pools.binary_search_by_key(&device, |(d, _)| *d) {
+            Ok(i) => self.pools[i].1 = pool,
+            Err(i) => self.pools.insert(i, (device, pool)),
+        }
+    }
+
+    /// The restricted pool of `device`, if it has one. O(log n), no lock.
+    #[inline]
+    pub(super) fn of(&self, device: DeviceId) -> Option<&Registered> {
+        if self.pools.is_empty() {
+            return None;
+        }
+        self.pools
+            .binary_search_by_key(&device, |(d, _)| *d)
+            .ok()
+            .map(|i| &self.pools[i].1)
+    }
+
+    /// Every restricted pool, by device.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Registered> {
+        self.pools.iter().map(|(_, r)| r)
+    }
+}
