@@ -82,11 +82,12 @@ where
     S: DeviceAddressSpace,
 {
     /// Declares `region` as `dev`'s coherent memory (Linux `dma_declare_coherent_memory`):
-    /// [`DmaAllocator::alloc_coherent`] for `dev` is served from it from now on, in power-
-    /// of-two pieces aligned to their size, and never from other memory (see the
-    /// [module docs](self) for why there is no fallback). The caller reserves the region
-    /// for this use; it is remapped uncached for a non-coherent device, and made cached
-    /// again by [`DmaAllocator::release`].
+    /// [`DmaAllocator::alloc_coherent`] for `dev` is served from it from now on, in
+    /// power-of-two pieces aligned to their size, and never from other memory — a full
+    /// region fails the allocation ([`DmaAllocError::DeclaredRegionExhausted`]), as Linux's
+    /// `no-map` regions do, since the device was given the region because other memory is
+    /// not for it. The caller reserves the region for this use; it is remapped uncached
+    /// for a non-coherent device, and made cached again by [`DmaAllocator::release`].
     ///
     /// # Errors
     /// [`DmaAllocError::BadDeclaredRegion`] for a region that is not whole, page-aligned

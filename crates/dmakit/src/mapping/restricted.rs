@@ -13,22 +13,22 @@
 
 use alloc::vec::Vec;
 
-use super::routes::Registered;
 use crate::device::DeviceId;
 
-/// The restricted pools, one per device, sorted by device.
-pub(super) struct RestrictedPools {
-    pools: Vec<(DeviceId, Registered)>,
+/// The restricted pools (`T`: a pool as the router keeps it), one per device, sorted by
+/// device.
+pub(super) struct RestrictedPools<T> {
+    pools: Vec<(DeviceId, T)>,
 }
 
-impl RestrictedPools {
+impl<T> RestrictedPools<T> {
     /// No restricted pools.
     pub(super) const fn new() -> Self {
         Self { pools: Vec::new() }
     }
 
     /// Gives `device` the pool `pool`, replacing one it had. Builder only.
-    pub(super) fn insert(&mut self, device: DeviceId, pool: Registered) {
+    pub(super) fn insert(&mut self, device: DeviceId, pool: T) {
         match self.pools.binary_search_by_key(&device, |(d, _)| *d) {
             Ok(i) => self.pools[i].1 = pool,
             Err(i) => self.pools.insert(i, (device, pool)),
@@ -37,7 +37,7 @@ impl RestrictedPools {
 
     /// The restricted pool of `device`, if it has one. O(log n), no lock.
     #[inline]
-    pub(super) fn of(&self, device: DeviceId) -> Option<&Registered> {
+    pub(super) fn of(&self, device: DeviceId) -> Option<&T> {
         if self.pools.is_empty() {
             return None;
         }
@@ -48,7 +48,7 @@ impl RestrictedPools {
     }
 
     /// Every restricted pool, by device.
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Registered> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
         self.pools.iter().map(|(_, r)| r)
     }
 }

@@ -41,7 +41,7 @@ impl Registered {
 pub(super) struct Routes {
     pub(super) swiotlb: Option<Registered>,
     /// Pools that serve one device each, and no other.
-    pub(super) restricted: RestrictedPools,
+    pub(super) restricted: RestrictedPools<Registered>,
     pub(super) coherent: Option<Registered>,
     pub(super) transient: Option<TransientPool>,
     pub(super) iommu: Option<Arc<IommuDma>>,
