@@ -579,6 +579,11 @@ fn coherent_allocations_of_a_device_come_from_its_declared_region() {
         .alloc_coherent(&dev, 32 * KIB, AllocContext::MayBlock)
         .unwrap_err();
     assert!(
+        e.to_string()
+            .contains("declared coherent region has no room"),
+        "{e}"
+    );
+    assert!(
         matches!(e, DmaAllocError::DeclaredRegionExhausted { .. }),
         "{e}"
     );

@@ -52,3 +52,22 @@ impl<T> RestrictedPools<T> {
         self.pools.iter().map(|(_, r)| r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_find_each_device_and_a_second_pool_replaces_the_first() {
+        let mut t = RestrictedPools::new();
+        assert_eq!(t.of(DeviceId(1)), None);
+        for (d, p) in [(7, 70), (2, 20), (5, 50), (2, 21)] {
+            t.insert(DeviceId(d), p);
+        }
+        assert_eq!(t.of(DeviceId(2)), Some(&21));
+        assert_eq!(t.of(DeviceId(5)), Some(&50));
+        assert_eq!(t.of(DeviceId(7)), Some(&70));
+        assert_eq!(t.of(DeviceId(3)), None);
+        assert_eq!(t.iter().copied().collect::<Vec<_>>(), [21, 50, 70]);
+    }
+}
