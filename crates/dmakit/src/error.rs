@@ -131,6 +131,14 @@ pub enum DmaError {
         /// The device asked for.
         device: DeviceId,
     },
+    /// The device has a restricted DMA pool
+    /// ([`crate::DmaMapperBuilder::restricted_pool`]) and is also attached to an IOMMU
+    /// domain: a configuration error, refused on every map, unmap and sync of the device.
+    /// Give it one or the other.
+    RestrictedPoolBehindIommu {
+        /// The device asked for.
+        device: DeviceId,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -195,6 +203,11 @@ impl fmt::Display for DmaError {
             DmaError::Detached { device } => write!(
                 f,
                 "{device}: detached from its IOMMU domain, so the IOMMU blocks it; attach it again"
+            ),
+            DmaError::RestrictedPoolBehindIommu { device } => write!(
+                f,
+                "{device}: has a restricted DMA pool and is attached to an IOMMU domain; \
+                 configure one or the other"
             ),
             DmaError::DeviceReleased { device } => write!(
                 f,

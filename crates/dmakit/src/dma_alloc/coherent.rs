@@ -15,6 +15,7 @@ use crate::coherent_pool::ObjectPoolError;
 use crate::coherent_pool::ObjectPoolUsage;
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
+use crate::dma_alloc::declared::Declared;
 use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{
     page_range, AllocContext, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected,
@@ -30,6 +31,8 @@ enum Source {
     AtomicPool,
     /// Pages of the zones; `uncached` when they were remapped for a non-coherent device.
     Pages { pages: u64, uncached: bool },
+    /// An object of the device's declared region.
+    Declared,
 }
 
 /// Coherent memory allocated by [`DmaAllocator::alloc_coherent`]: `size` zeroed bytes at
@@ -64,6 +67,11 @@ impl CoherentBuffer {
     pub fn from_atomic_pool(&self) -> bool {
         self.source == Source::AtomicPool
     }
+    /// Whether the memory is an object of the device's declared region
+    /// ([`DmaAllocator::declare_coherent`]).
+    pub fn from_declared_region(&self) -> bool {
+        self.source == Source::Declared
+    }
 }
 
 impl<P, Z, S> DmaAllocator<P, Z, S>
@@ -83,7 +91,8 @@ where
     ///   allocator only spins on a short lock).
     ///
     /// Behind a translating [`DeviceAddressSpace`] the memory may lie anywhere and is mapped
-    /// for the device.
+    /// for the device. A device with a declared region ([`DmaAllocator::declare_coherent`])
+    /// is served from that region alone, in either context.
     ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`] (for the atomic pool: above
@@ -91,7 +100,9 @@ where
     /// [`DmaAllocError::AtomicPoolExhausted`] when the pool has no reachable room now;
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones;
     /// [`DmaAllocError::Memory`] when the remap or zeroing is refused;
-    /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses. Nothing is left allocated.
+    /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses;
+    /// [`DmaAllocError::DeclaredRegionExhausted`] (or [`DmaAllocError::TooLarge`]) when a
+    /// declared region has no room. Nothing is left allocated.
     pub fn alloc_coherent(
         &self,
         dev: &Device,
@@ -99,6 +110,9 @@ where
         ctx: AllocContext,
     ) -> Result<CoherentBuffer, DmaAllocError> {
         let (pages, _) = self.mapped_pages_for(dev, size)?;
+        if let Some(region) = self.declared.of(dev.id()) {
+            return self.alloc_declared(dev, &region, size);
+        }
         if ctx == AllocContext::Atomic && !dev.is_coherent() {
             return self.alloc_atomic(dev, size);
         }
@@ -230,8 +244,64 @@ where
         }
     }
 
-    /// Returns coherent memory to the atomic pool or the zones it came from (Linux
-    /// `dma_free_coherent`); pages are made cached again first.
+    /// An object of `region` (declared for `dev`) of `size` bytes, zeroed.
+    fn alloc_declared(
+        &self,
+        dev: &Device,
+        region: &Declared,
+        size: u64,
+    ) -> Result<CoherentBuffer, DmaAllocError> {
+        let align = if size >= PAGE_SIZE { PAGE_SIZE } else { 1 };
+        let phys = region
+            .objects
+            .alloc(size, align, u64::MAX)
+            .map_err(|e| match e {
+                ObjectPoolError::TooLarge { max } => DmaAllocError::TooLarge {
+                    device: dev.id(),
+                    size,
+                    max,
+                },
+                _ => {
+                    let u = region.objects.usage();
+                    DmaAllocError::DeclaredRegionExhausted {
+                        device: dev.id(),
+                        size,
+                        used: u.used,
+                        total: u.total,
+                    }
+                }
+            })?;
+        let zeroed = match PhysRange::new(phys, size) {
+            Some(range) if region.uncached => self
+                .platform()
+                .fill(phys, 0, size)
+                .map(|()| range)
+                .map_err(DmaAllocError::Memory),
+            Some(range) => self.zero_cached(range).map(|()| range),
+            None => Err(DmaAllocError::Memory(MemoryFault {
+                addr: phys,
+                len: size,
+            })),
+        };
+        match zeroed {
+            Ok(range) => Ok(CoherentBuffer {
+                range,
+                dma: bus_of(phys),
+                device: dev.id(),
+                source: Source::Declared,
+                translated: false,
+                owner: self.id(),
+            }),
+            Err(e) => {
+                let freed = region.objects.free(phys);
+                debug_assert!(freed.is_ok());
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns coherent memory to the atomic pool, the declared region or the zones it came
+    /// from (Linux `dma_free_coherent`); pages are made cached again first.
     ///
     /// # Errors
     /// [`DmaAllocError::ForeignHandle`] for a buffer of another allocator,
@@ -258,6 +328,7 @@ where
                 (DmaAddr::new(base), pages)
             }
             Source::Pages { pages, .. } => (buf.dma, pages),
+            Source::Declared => (buf.dma, 0),
         };
         if let Err(e) = self.drop_device_address(dev, map_base, map_pages, buf.translated) {
             return reject(e, buf);
@@ -265,6 +336,15 @@ where
         match buf.source {
             Source::AtomicPool => {
                 if self.atomic.free(buf.phys()).is_err() {
+                    return reject(DmaAllocError::ForeignHandle, buf);
+                }
+            }
+            Source::Declared => {
+                let freed = self
+                    .declared
+                    .of(buf.device)
+                    .is_some_and(|r| r.objects.free(buf.phys()).is_ok());
+                if !freed {
                     return reject(DmaAllocError::ForeignHandle, buf);
                 }
             }

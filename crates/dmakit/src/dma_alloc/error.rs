@@ -7,6 +7,7 @@
 
 use core::fmt;
 
+use crate::addr::PhysAddr;
 use crate::device::DeviceId;
 use crate::dma_alloc::space::DeviceSpaceError;
 use crate::dma_alloc::zones::PageAllocError;
@@ -97,7 +98,8 @@ pub enum DmaAllocError {
         /// Size of the allocation.
         size: u64,
     },
-    /// The allocator cannot be torn down while allocations from its atomic pool are live.
+    /// The allocator cannot be torn down while allocations from its atomic pool or its
+    /// declared regions are live.
     LiveAllocations {
         /// Live atomic pool objects.
         live: u64,
@@ -108,6 +110,34 @@ pub enum DmaAllocError {
         bytes: u64,
         /// Highest address the memory had to end at.
         max_addr: u64,
+    },
+    /// A region given to [`crate::dma_alloc::DmaAllocator::declare_coherent`] is empty, not
+    /// page aligned or a whole number of pages, not reachable by the device's mask, or
+    /// overlaps a region already declared.
+    BadDeclaredRegion {
+        /// The device it was declared for.
+        device: DeviceId,
+        /// Its first byte.
+        base: PhysAddr,
+        /// Its length.
+        len: u64,
+    },
+    /// The device already has a declared coherent region.
+    AlreadyDeclared {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The device's declared coherent region has no free piece of the size asked for.
+    /// Allocations of a device with a declared region never fall back to other memory.
+    DeclaredRegionExhausted {
+        /// The device asked for.
+        device: DeviceId,
+        /// Bytes requested.
+        size: u64,
+        /// Bytes of the region in live allocations.
+        used: u64,
+        /// Bytes of the region.
+        total: u64,
     },
     /// The allocator configuration breaks a rule of [`crate::dma_alloc::DmaAllocatorConfig`].
     BadConfig(&'static str),
@@ -169,11 +199,30 @@ impl fmt::Display for DmaAllocError {
             ),
             DmaAllocError::LiveAllocations { live } => write!(
                 f,
-                "{live} atomic pool allocations are still live"
+                "{live} allocations from the atomic pool or declared regions are still live"
             ),
             DmaAllocError::GrowthFailed { bytes, max_addr } => write!(
                 f,
                 "atomic pool growth found no {bytes} bytes of memory below {max_addr:#x}"
+            ),
+            DmaAllocError::BadDeclaredRegion { device, base, len } => write!(
+                f,
+                "{device}: cannot declare {len} bytes at {base} as its coherent memory: the \
+                 region must be whole pages the device reaches, apart from every other \
+                 declared region"
+            ),
+            DmaAllocError::AlreadyDeclared { device } => {
+                write!(f, "{device}: already has a declared coherent region")
+            }
+            DmaAllocError::DeclaredRegionExhausted {
+                device,
+                size,
+                used,
+                total,
+            } => write!(
+                f,
+                "{device}: declared coherent region has no room for {size} bytes ({used} of \
+                 {total} bytes used)"
             ),
             DmaAllocError::BadConfig(why) => write!(f, "bad DMA allocator configuration: {why}"),
             DmaAllocError::PageAllocator(e) => write!(f, "page allocator refused a free: {e}"),

@@ -11,6 +11,8 @@
 //! - `coherent`: [`DmaAllocator::alloc_coherent`], memory CPU and device see alike without
 //!   maintenance; in atomic context from the atomic pool, which never waits and grows in the
 //!   background when its free space falls below its initial size;
+//! - `declared`: [`DmaAllocator::declare_coherent`], a region of memory that serves one
+//!   device's coherent allocations alone;
 //! - `pages`: [`DmaAllocator::alloc_pages`], cached pages the device can reach; the caller
 //!   syncs;
 //! - `noncontiguous`: [`DmaAllocator::alloc_noncontiguous`], a table contiguous in device
@@ -29,6 +31,7 @@
 
 mod alloc_sg;
 mod coherent;
+mod declared;
 mod error;
 mod noncontiguous;
 mod pages;
@@ -144,6 +147,8 @@ pub struct DmaAllocator<P, Z, S = NoTranslation> {
     atomic: ObjectPool,
     /// Chunks of the atomic pool, to give back on [`DmaAllocator::release`].
     atomic_chunks: Mutex<Vec<PhysRange>>,
+    /// Coherent memory declared for single devices.
+    declared: declared::DeclaredRegions,
     id: u64,
 }
 
@@ -205,6 +210,7 @@ where
             cfg,
             atomic,
             atomic_chunks: Mutex::new(Vec::new()),
+            declared: declared::DeclaredRegions::default(),
             id: next_token(),
         };
         this.add_atomic_memory(bytes / PAGE_SIZE, bytes / PAGE_SIZE, cfg.atomic_pool_reach)?;
@@ -232,20 +238,25 @@ where
     }
 
     /// Tears the allocator down, giving the atomic pool's memory back to the zones (cached
-    /// again). Page-backed allocations hold their own pages and are unaffected, but they
-    /// can no longer be freed through this allocator: free them first.
+    /// again) and declared regions back to their owner (cached again). Page-backed
+    /// allocations hold their own pages and are unaffected, but they can no longer be
+    /// freed through this allocator: free them first.
     ///
     /// # Errors
-    /// [`DmaAllocError::LiveAllocations`] (allocator handed back) while atomic pool objects
-    /// are live.
+    /// [`DmaAllocError::LiveAllocations`] (allocator handed back) while atomic pool or
+    /// declared region objects are live.
     #[allow(clippy::result_large_err)]
     pub fn release(self) -> Result<(), Rejected<Self>> {
-        let live = self.atomic.usage().live;
+        let live = self.atomic.usage().live + self.declared.live();
         if live > 0 {
             return Err(Rejected {
                 error: DmaAllocError::LiveAllocations { live },
                 handle: self,
             });
+        }
+        let declared = self.declared.take_all();
+        for r in declared.iter().filter(|r| r.uncached) {
+            self.platform.make_cached(r.range);
         }
         let chunks = core::mem::take(&mut *self.atomic_chunks.lock());
         for c in chunks {

@@ -397,6 +397,12 @@ impl IovaAllocator {
         })
     }
 
+    /// The largest allocation, in pages, the per-CPU range caches serve (`2^rcache_max_order`);
+    /// larger ones search the tree.
+    pub fn largest_cached_pages(&self) -> u64 {
+        1 << self.cfg.rcache_max_order
+    }
+
     /// The pages an allocation of `pages` reserves: cacheable sizes round up to a power
     /// of two, larger ones are kept exact.
     pub fn reserved_pages(&self, pages: u64) -> u64 {

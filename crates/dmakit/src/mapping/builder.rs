@@ -11,6 +11,7 @@ use crate::addr::PhysAddr;
 use crate::bounce::{BounceBackend, TransientPool};
 use crate::debug::DebugChecker;
 use crate::decision::AlignmentPolicy;
+use crate::device::DeviceId;
 use crate::iommu::IommuDma;
 use crate::platform::{PageAllocator, Platform};
 use crate::stats::{BounceReporter, DeviceCounters, SiteTable};
@@ -54,13 +55,48 @@ impl<P: Platform> DmaMapperBuilder<P> {
     /// multiple of 256 KiB, [`RegionError::TooLarge`] if the range leaves the address
     /// space or holds `u32::MAX` slots or more. The builder is dropped then.
     pub fn swiotlb(self, base: PhysAddr, bytes: u64) -> Result<Self, RegionError> {
+        let pool = self.default_swiotlb(base, bytes)?;
+        Ok(self.swiotlb_backend(pool))
+    }
+
+    /// Gives `device` a restricted DMA pool (Linux `restricted-dma-pool`) over the `bytes`
+    /// of memory at `base`, which the caller reserves for this device alone: a SWIOTLB pool
+    /// of the geometry [`Self::swiotlb`] builds, without growth. Every mapping of the
+    /// device then bounces through it, whatever its alignment (never in place, never
+    /// through a global pool); bounces of other devices never land in it. A second pool
+    /// for the same device replaces the first. The device must not be attached to an
+    /// IOMMU domain: its mappings are refused then
+    /// ([`DmaError::RestrictedPoolBehindIommu`](crate::DmaError::RestrictedPoolBehindIommu)).
+    ///
+    /// # Errors
+    /// As [`Self::swiotlb`]; the builder is dropped then.
+    pub fn restricted_pool(
+        mut self,
+        device: DeviceId,
+        base: PhysAddr,
+        bytes: u64,
+    ) -> Result<Self, RegionError> {
+        let pool = self.default_swiotlb(base, bytes)?;
+        self.mapper
+            .routes
+            .restricted
+            .insert(device, Registered::new(pool));
+        Ok(self)
+    }
+
+    /// A SWIOTLB pool of the default geometry over `bytes` at `base`, without growth.
+    fn default_swiotlb(
+        &self,
+        base: PhysAddr,
+        bytes: u64,
+    ) -> Result<Arc<dyn BounceBackend>, RegionError> {
         let config = PoolConfig::builder()
             .cpu_count(self.mapper.platform().cpu_count())
             .build()
             .unwrap_or_default();
         let pool = SwiotlbBounce::new(config, None, 0, u64::MAX);
         pool.add_region(base, bytes)?;
-        Ok(self.swiotlb_backend(Arc::new(pool)))
+        Ok(Arc::new(pool))
     }
 
     /// Bounces of devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) go

@@ -15,6 +15,10 @@ pub struct HazardControls {
     /// `sync_for_device`): a short device write then copies back whatever the bounce memory
     /// held before — data of an earlier user.
     pub skip_inbound_fill: bool,
+    /// Route devices that have a restricted pool like every other device: aligned buffers
+    /// then map in place and the others bounce through the global pool, outside the one
+    /// window the device may reach.
+    pub restricted_pools_ignored: bool,
 }
 
 /// Without the `hazard-controls` feature there is nothing to switch off.
@@ -29,6 +33,19 @@ impl HazardControls {
         #[cfg(feature = "hazard-controls")]
         {
             self.skip_inbound_fill
+        }
+        #[cfg(not(feature = "hazard-controls"))]
+        {
+            false
+        }
+    }
+
+    /// Whether restricted pools are ignored (always `false` without the feature).
+    #[inline(always)]
+    pub(crate) const fn ignores_restricted_pools(&self) -> bool {
+        #[cfg(feature = "hazard-controls")]
+        {
+            self.restricted_pools_ignored
         }
         #[cfg(not(feature = "hazard-controls"))]
         {

@@ -32,7 +32,9 @@ use crate::stats::{PoolSnapshot, SiteStats, StatsSnapshot};
 mod builder;
 mod deferred;
 mod hazard_controls;
+mod limits;
 mod observability;
+mod restricted;
 mod route;
 mod routes;
 mod sg;
@@ -165,9 +167,13 @@ impl<P: Platform> DmaMapper<P> {
         &self.platform
     }
 
-    /// The pool bounces of `dev` go to, if there is one.
+    /// The pool bounces of `dev` go to, if there is one: its restricted pool when it has
+    /// one, else the global pool its [`crate::BouncePool`] names.
     pub fn bounce_backend(&self, dev: &Device) -> Option<&Arc<dyn BounceBackend>> {
-        self.routes.bounce_backend(dev)
+        match self.restricted_pool(dev) {
+            Some(pool) => Some(&pool.backend),
+            None => self.routes.bounce_backend(dev),
+        }
     }
 
     /// The transient backend, if enabled.

@@ -12,6 +12,7 @@ use core::panic::Location;
 
 use alloc::sync::Arc;
 
+use super::routes::Registered;
 use super::{DmaMapper, MapPath};
 use crate::addr::{DmaAddr, PhysRange};
 use crate::bounce::path::{self as bounce, MapFailure, Placement};
@@ -23,7 +24,7 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu::{self, IommuDomain};
 use crate::platform::Platform;
-use crate::translation::bus_of;
+use crate::translation::{bus_of, phys_of_bus};
 
 /// The path a mapping takes, as decided by the routing layer.
 pub(super) enum Route {
@@ -48,6 +49,51 @@ pub(super) enum Owner<'a> {
 }
 
 impl<P: Platform> DmaMapper<P> {
+    /// The restricted pool of `dev`, if it has one (and the hazard control does not
+    /// ignore restricted pools).
+    #[inline]
+    pub(super) fn restricted_pool(&self, dev: &Device) -> Option<&Registered> {
+        if self.controls.ignores_restricted_pools() {
+            return None;
+        }
+        self.routes.restricted.of(dev.id())
+    }
+
+    /// The route of a device with a restricted pool: always a bounce into that pool (for
+    /// the first reason of the bounce decision that applies, else because the device is
+    /// confined to its pool, [`BounceReason::Forced`]); refused behind an IOMMU.
+    #[inline(never)]
+    fn route_restricted(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
+        if let Err(e) = self.restricted_not_behind_iommu(dev) {
+            return Route::Refused(e);
+        }
+        let reason = decision::bounce_reason(dev, range, dir, self.policy, self.line());
+        Route::Bounce(reason.unwrap_or(BounceReason::Forced))
+    }
+
+    /// A device with a restricted pool must not be attached to an IOMMU domain.
+    ///
+    /// # Errors
+    /// [`DmaError::RestrictedPoolBehindIommu`] when it is; [`DmaError::Detached`] when it
+    /// was detached from one.
+    pub(super) fn restricted_not_behind_iommu(&self, dev: &Device) -> Result<(), DmaError> {
+        match self.routes.iommu_domain(dev)? {
+            Some(_) => Err(DmaError::RestrictedPoolBehindIommu { device: dev.id() }),
+            None => Ok(()),
+        }
+    }
+
+    /// The bounce backend of `dev` that holds `dma`, if any: its restricted pool for a
+    /// device that has one (and no other pool), else the global pool whose memory holds it.
+    pub(super) fn bounce_owning(&self, dev: &Device, dma: DmaAddr) -> Option<&dyn BounceBackend> {
+        match self.restricted_pool(dev) {
+            Some(pool) => pool
+                .holds(phys_of_bus(dma))
+                .then_some(pool.backend.as_ref()),
+            None => self.routes.backend_owning(dma),
+        }
+    }
+
     pub(super) fn iommu_ctx<'a>(&'a self, dev: &Device) -> iommu::path::MapCtx<'a> {
         iommu::path::MapCtx {
             backend: self.bounce_backend(dev),
@@ -60,6 +106,9 @@ impl<P: Platform> DmaMapper<P> {
     /// decision.
     #[inline]
     pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
+        if self.restricted_pool(dev).is_some() {
+            return self.route_restricted(dev, range, dir);
+        }
         match self.routes.iommu_domain(dev) {
             Ok(Some(dom)) => return Route::Iommu(dom),
             Err(e) => return Route::Refused(e),
@@ -257,8 +306,22 @@ impl<P: Platform> DmaMapper<P> {
     /// # Errors
     /// [`DmaError::Detached`] for a device detached from its IOMMU domain: an old IOVA is
     /// never taken for a physical address.
+    ///
+    /// A device with a restricted pool never maps in place: `dma` is looked up in its pool
+    /// alone, and an address outside it is [`DmaError::UnknownMapping`];
+    /// [`DmaError::RestrictedPoolBehindIommu`] when the device is also behind an IOMMU.
     #[inline]
     pub(super) fn owner_of(&self, dev: &Device, dma: DmaAddr) -> Result<Owner<'_>, DmaError> {
+        if self.restricted_pool(dev).is_some() {
+            self.restricted_not_behind_iommu(dev)?;
+            return match self.bounce_owning(dev, dma) {
+                Some(backend) => Ok(Owner::Bounce(backend)),
+                None => Err(DmaError::UnknownMapping {
+                    device: dev.id(),
+                    dma,
+                }),
+            };
+        }
         if let Some(dom) = self.routes.iommu_domain(dev)? {
             return Ok(Owner::Iommu(dom));
         }

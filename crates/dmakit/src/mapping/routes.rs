@@ -1,5 +1,5 @@
-//! The routes a mapper sends mappings down, grouped: its bounce pools and its IOMMU layer,
-//! with the lookups the router makes in them.
+//! The routes a mapper sends mappings down, grouped: its bounce pools (global and
+//! restricted to one device) and its IOMMU layer, with the lookups the router makes in them.
 
 use alloc::sync::Arc;
 
@@ -9,6 +9,8 @@ use crate::device::{BouncePool, Device};
 use crate::error::DmaError;
 use crate::iommu::{IommuDma, IommuDomain};
 use crate::translation::phys_of_bus;
+
+use super::restricted::RestrictedPools;
 
 /// A bounce backend as the router keeps it: with its memory span, when it has one.
 pub(super) struct Registered {
@@ -27,11 +29,19 @@ impl Registered {
     fn may_hold(&self, a: PhysAddr) -> bool {
         self.span.as_ref().is_none_or(|s| s.may_contain(a.as_u64()))
     }
+
+    /// Whether `a` lies in the backend's memory.
+    #[inline]
+    pub(super) fn holds(&self, a: PhysAddr) -> bool {
+        self.may_hold(a) && self.backend.contains(a)
+    }
 }
 
 /// The mapper's bounce pools and IOMMU layer (each optional).
 pub(super) struct Routes {
     pub(super) swiotlb: Option<Registered>,
+    /// Pools that serve one device each, and no other.
+    pub(super) restricted: RestrictedPools<Registered>,
     pub(super) coherent: Option<Registered>,
     pub(super) transient: Option<TransientPool>,
     pub(super) iommu: Option<Arc<IommuDma>>,
@@ -42,6 +52,7 @@ impl Routes {
     pub(super) const fn new() -> Self {
         Self {
             swiotlb: None,
+            restricted: RestrictedPools::new(),
             coherent: None,
             transient: None,
             iommu: None,
@@ -56,11 +67,13 @@ impl Routes {
         }
     }
 
-    /// Every bounce backend: the registered pools, then the transient one.
+    /// Every bounce backend: the registered pools, the restricted ones, then the transient
+    /// one.
     pub(super) fn backends(&self) -> impl Iterator<Item = &dyn BounceBackend> {
         [&self.swiotlb, &self.coherent]
             .into_iter()
             .flatten()
+            .chain(self.restricted.iter())
             .map(|r| r.backend.as_ref())
             .chain(self.transient.as_ref().map(|t| t as &dyn BounceBackend))
     }
@@ -78,14 +91,15 @@ impl Routes {
         }
     }
 
-    /// The backend whose memory holds `dma` (at the physical address a device without an
-    /// IOMMU reaches there), if any. Direct mappings, whose buffers lie outside every
-    /// backend's span, cost no lookup.
+    /// The global backend whose memory holds `dma` (at the physical address a device
+    /// without an IOMMU reaches there), if any; restricted pools are never searched here
+    /// (only their own device's lookups find them). Direct mappings, whose buffers lie
+    /// outside every backend's span, cost no lookup.
     #[inline]
     pub(super) fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {
         let a = phys_of_bus(dma);
         for r in [&self.swiotlb, &self.coherent].into_iter().flatten() {
-            if r.may_hold(a) && r.backend.contains(a) {
+            if r.holds(a) {
                 return Some(r.backend.as_ref());
             }
         }

@@ -234,7 +234,7 @@ impl<P: Platform> DmaMapper<P> {
                 let _ = self.unmap_range(dev, s.dma, range, dir);
                 continue;
             }
-            match self.routes.backend_owning(s.dma) {
+            match self.bounce_owning(dev, s.dma) {
                 Some(backend) => {
                     let undone = backend.abandon(phys_of_bus(s.dma));
                     debug_assert!(undone.is_some());
