@@ -238,7 +238,8 @@ fn sg_lists_syncs_and_deferral_stay_inside_the_restricted_pool() {
     for (i, e) in entries.iter().enumerate() {
         cpu_fill(&r, &mut o, e.phys, e.len, Owner(10 + i as u32));
     }
-    let segs = mapper.map_sg(&a, &entries, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&a, &entries, Direction::ToDevice) }.unwrap();
     assert_eq!(segs.len(), entries.len());
     for ((s, e), i) in segs.iter().zip(&entries).zip(10..) {
         assert!(
@@ -251,8 +252,8 @@ fn sg_lists_syncs_and_deferral_stay_inside_the_restricted_pool() {
     // A sync for the device after the CPU rewrote one piece: the device sees the new bytes.
     o.unregister(entries[0].phys).unwrap();
     cpu_fill(&r, &mut o, entries[0].phys, entries[0].len, Owner(20));
-    mapper
-        .sync_for_device(&a, segs[0].dma, 0, entries[0].len, Direction::ToDevice)
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_for_device(&a, segs[0].dma, 0, entries[0].len, Direction::ToDevice) }
         .unwrap();
     device_reads(
         &r,
@@ -261,7 +262,8 @@ fn sg_lists_syncs_and_deferral_stay_inside_the_restricted_pool() {
         (segs[0].dma, entries[0].phys, entries[0].len),
         Owner(20),
     );
-    mapper.unmap_sg(&a, &segs, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&a, &segs, Direction::ToDevice) }.unwrap();
     assert_eq!(mapper.bounce_backend(&a).unwrap().usage().live, 0);
 
     // Deferral: fill the pool, queue one more, free one; the queued one lands in the pool.
@@ -270,7 +272,8 @@ fn sg_lists_syncs_and_deferral_stay_inside_the_restricted_pool() {
     let mut live = Vec::new();
     let full_at = loop {
         let at = bufs.add(live.len() as u64 * big);
-        match mapper.map(&a, at, big, Direction::ToDevice) {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { mapper.map(&a, at, big, Direction::ToDevice) } {
             Ok(dma) => live.push(dma),
             Err(DmaError::PoolExhausted { .. }) => break at,
             Err(e) => panic!("{e}"),
@@ -279,24 +282,27 @@ fn sg_lists_syncs_and_deferral_stay_inside_the_restricted_pool() {
     assert_eq!(live.len() as u64, POOL / big);
     let done: Arc<Mutex<Option<Result<DmaAddr, DmaError>>>> = Arc::default();
     let sink = done.clone();
-    let status = mapper
-        .map_or_defer(
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let status = unsafe {
+        mapper.map_or_defer(
             &a,
             full_at,
             big,
             Direction::ToDevice,
             Box::new(move |r| *sink.lock().unwrap() = Some(r)),
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(status, MapStatus::Deferred);
-    mapper.unmap(&a, live[0], big, Direction::ToDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&a, live[0], big, Direction::ToDevice) }.unwrap();
     let completed = done.lock().unwrap().take().expect("completed").unwrap();
     assert!(in_range(r.pools[0], completed, big));
-    mapper
-        .unmap(&a, completed, big, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&a, completed, big, Direction::ToDevice) }.unwrap();
     for &dma in &live[1..] {
-        mapper.unmap(&a, dma, big, Direction::ToDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&a, dma, big, Direction::ToDevice) }.unwrap();
     }
     assert_eq!(mapper.bounce_backend(&a).unwrap().usage().live, 0);
     o.set_faults(r.m.fault_count() as u64);
@@ -316,17 +322,15 @@ fn exhausting_one_restricted_pool_touches_no_other_pool() {
     let mut live = Vec::new();
     for i in 0..POOL / big {
         live.push(
-            mapper
-                .map(&a, bufs.add(i * big), big, Direction::FromDevice)
-                .unwrap(),
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(&a, bufs.add(i * big), big, Direction::FromDevice) }.unwrap(),
         );
     }
     let (before_a, before_b, before_c) = (usage(&a), usage(&b), usage(&c));
     assert_eq!(before_a.used, POOL);
     let extra = bufs.add(POOL);
-    let e = mapper
-        .map(&a, extra, big, Direction::FromDevice)
-        .unwrap_err();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let e = unsafe { mapper.map(&a, extra, big, Direction::FromDevice) }.unwrap_err();
     assert!(
         matches!(
             e,
@@ -344,23 +348,23 @@ fn exhausting_one_restricted_pool_touches_no_other_pool() {
     );
     // The other restricted device and the ordinary one still map, each in its own pool.
     let small = r.buffer(PAGE_SIZE);
-    let db = mapper
-        .map(&b, small.add(8), 200, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let db = unsafe { mapper.map(&b, small.add(8), 200, Direction::FromDevice) }.unwrap();
     assert!(in_range(r.pools[1], db, 200));
-    let dc = mapper
-        .map(&c, small.add(1024), 200, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dc = unsafe { mapper.map(&c, small.add(1024), 200, Direction::FromDevice) }.unwrap();
     assert!(in_range(r.global, dc, 200));
-    mapper.unmap(&b, db, 200, Direction::FromDevice).unwrap();
-    mapper.unmap(&c, dc, 200, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&b, db, 200, Direction::FromDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&c, dc, 200, Direction::FromDevice) }.unwrap();
     // A restricted device's address is never looked up elsewhere: device 1 cannot end
     // device 2's mapping, nor one the ordinary device holds in place.
-    let db = mapper
-        .map(&b, small.add(8), 200, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let db = unsafe { mapper.map(&b, small.add(8), 200, Direction::FromDevice) }.unwrap();
     assert_eq!(
-        mapper.unmap(&a, db, 200, Direction::FromDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&a, db, 200, Direction::FromDevice) },
         Err(DmaError::UnknownMapping {
             device: DeviceId(1),
             dma: db
@@ -368,13 +372,16 @@ fn exhausting_one_restricted_pool_touches_no_other_pool() {
     );
     let in_place = DmaAddr::new(small.as_u64());
     assert!(matches!(
-        mapper.unmap(&a, in_place, 128, Direction::ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&a, in_place, 128, Direction::ToDevice) },
         Err(DmaError::UnknownMapping { .. })
     ));
-    mapper.unmap(&b, db, 200, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&b, db, 200, Direction::FromDevice) }.unwrap();
     for (i, dma) in live.into_iter().enumerate() {
         assert!(in_range(r.pools[0], dma, big), "{i}");
-        mapper.unmap(&a, dma, big, Direction::FromDevice).unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&a, dma, big, Direction::FromDevice) }.unwrap();
     }
     assert_eq!(usage(&a).live + usage(&b).live + usage(&c).live, 0);
     assert_eq!(r.m.fault_count(), 0);
@@ -393,28 +400,28 @@ fn ignoring_restricted_pools_lets_addresses_leave_the_pool() {
     let a = restricted(1);
     r.m.attach(a.clone()).unwrap();
     let buf = r.buffer(2 * PAGE_SIZE);
-    let (dma, path) = mapper
-        .map_traced(&a, buf, PAGE_SIZE, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) =
+        unsafe { mapper.map_traced(&a, buf, PAGE_SIZE, Direction::ToDevice) }.unwrap();
     assert_eq!(path, MapPath::Direct);
     assert!(!in_range(r.pools[0], dma, PAGE_SIZE));
     r.m.grant(a.id(), dma, PAGE_SIZE).unwrap();
     assert!(r.m.device_read(a.id(), dma, PAGE_SIZE).is_err());
     r.m.revoke(a.id(), dma, PAGE_SIZE).unwrap();
-    mapper
-        .unmap(&a, dma, PAGE_SIZE, Direction::ToDevice)
-        .unwrap();
-    let dma = mapper
-        .map(&a, buf.add(PAGE_SIZE + 8), 100, Direction::FromDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&a, dma, PAGE_SIZE, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma =
+        unsafe { mapper.map(&a, buf.add(PAGE_SIZE + 8), 100, Direction::FromDevice) }.unwrap();
     assert!(in_range(r.global, dma, 100) && !in_range(r.pools[0], dma, 100));
-    mapper.unmap(&a, dma, 100, Direction::FromDevice).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&a, dma, 100, Direction::FromDevice) }.unwrap();
     assert!(r.m.fault_count() > 0);
     // With the mechanism on, the same two mappings land in the pool.
     let mapper = r.mapper(HazardControls::default());
-    let (dma, path) = mapper
-        .map_traced(&a, buf, PAGE_SIZE, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let (dma, path) =
+        unsafe { mapper.map_traced(&a, buf, PAGE_SIZE, Direction::ToDevice) }.unwrap();
     assert!(
         matches!(
             path,
@@ -426,9 +433,8 @@ fn ignoring_restricted_pools_lets_addresses_leave_the_pool() {
         "{path:?}"
     );
     assert!(in_range(r.pools[0], dma, PAGE_SIZE));
-    mapper
-        .unmap(&a, dma, PAGE_SIZE, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&a, dma, PAGE_SIZE, Direction::ToDevice) }.unwrap();
 }
 
 #[test]
@@ -460,13 +466,15 @@ fn splitting_at_max_mapping_size_maps_what_fails_whole() {
         assert_eq!(mapper.opt_mapping_size(dev), max);
         // Misaligned start: the bounce keeps the offset under the min_align_mask.
         let start = buf.add(0x123);
-        let whole = mapper.map(dev, start, request, Direction::FromDevice);
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let whole = unsafe { mapper.map(dev, start, request, Direction::FromDevice) };
         assert!(
             matches!(whole, Err(DmaError::TooLargeToBounce { .. })),
             "{whole:?}"
         );
         assert!(matches!(
-            mapper.map(dev, start, max + 1, Direction::FromDevice),
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.map(dev, start, max + 1, Direction::FromDevice) },
             Err(DmaError::TooLargeToBounce { .. })
         ));
         // Split at the limit, the device writes every piece, the CPU sees it all.
@@ -477,13 +485,15 @@ fn splitting_at_max_mapping_size_maps_what_fails_whole() {
         while at < request {
             let len = max.min(request - at);
             let phys = start.add(at);
-            let dma = mapper.map(dev, phys, len, Direction::FromDevice).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            let dma = unsafe { mapper.map(dev, phys, len, Direction::FromDevice) }.unwrap();
             let data: Vec<u8> = (0..len).map(|i| (i as u8) | 0x80).collect();
             r.m.grant(dev.id(), dma, len).unwrap();
             r.m.device_write(dev.id(), dma, &data, Owner(2)).unwrap();
             r.m.revoke(dev.id(), dma, len).unwrap();
             o.device_wrote(phys, &data, Owner(2));
-            mapper.unmap(dev, dma, len, Direction::FromDevice).unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { mapper.unmap(dev, dma, len, Direction::FromDevice) }.unwrap();
             at += len;
         }
         o.check_transfer(&r.m, PhysRange::new(start, request).unwrap(), Owner(2))
@@ -660,9 +670,15 @@ fn behind_an_iommu_a_restricted_pool_is_refused_and_limits_follow_the_domain() {
     let refused = DmaError::RestrictedPoolBehindIommu {
         device: DeviceId(1),
     };
-    assert_eq!(mapper.map(&a, buf, 64, Direction::ToDevice), Err(refused));
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     assert_eq!(
-        mapper.unmap(&a, DmaAddr::new(pool.as_u64()), 64, Direction::ToDevice),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map(&a, buf, 64, Direction::ToDevice) },
+        Err(refused)
+    );
+    assert_eq!(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&a, DmaAddr::new(pool.as_u64()), 64, Direction::ToDevice) },
         Err(refused)
     );
     assert!(refused.to_string().contains("restricted DMA pool"));
@@ -673,12 +689,10 @@ fn behind_an_iommu_a_restricted_pool_is_refused_and_limits_follow_the_domain() {
     // size the IOVA range caches serve is the one without a slow path.
     assert_eq!(mapper.max_mapping_size(&trusted), u64::MAX);
     assert_eq!(mapper.opt_mapping_size(&trusted), PAGE_SIZE << 9);
-    let whole = mapper
-        .map(&trusted, buf, 1024 * KIB, Direction::ToDevice)
-        .unwrap();
-    mapper
-        .unmap(&trusted, whole, 1024 * KIB, Direction::ToDevice)
-        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let whole = unsafe { mapper.map(&trusted, buf, 1024 * KIB, Direction::ToDevice) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&trusted, whole, 1024 * KIB, Direction::ToDevice) }.unwrap();
 
     // An untrusted device's bounces are padded to whole granules: the limit leaves room for
     // the padding at every offset, and a misaligned request above it fails whole.
@@ -686,22 +700,23 @@ fn behind_an_iommu_a_restricted_pool_is_refused_and_limits_follow_the_domain() {
     assert!(max < 256 * KIB && max > 240 * KIB, "{max}");
     assert_eq!(mapper.opt_mapping_size(&untrusted), max);
     assert!(matches!(
-        mapper.map(
-            &untrusted,
-            buf.add(0x123),
-            1024 * KIB,
-            Direction::FromDevice
-        ),
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe {
+            mapper.map(
+                &untrusted,
+                buf.add(0x123),
+                1024 * KIB,
+                Direction::FromDevice,
+            )
+        },
         Err(DmaError::TooLargeToBounce { .. })
     ));
     for off in [1, 0x123, 0x800, 0xfff] {
         let at = buf.add(off);
-        let dma = mapper
-            .map(&untrusted, at, max, Direction::FromDevice)
-            .unwrap();
-        mapper
-            .unmap(&untrusted, dma, max, Direction::FromDevice)
-            .unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let dma = unsafe { mapper.map(&untrusted, at, max, Direction::FromDevice) }.unwrap();
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&untrusted, dma, max, Direction::FromDevice) }.unwrap();
     }
     assert_eq!(m.fault_count(), 0);
 }
