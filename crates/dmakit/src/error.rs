@@ -131,6 +131,17 @@ pub enum DmaError {
         /// The device asked for.
         device: DeviceId,
     },
+    /// The bounce the mapping needs cannot be reached by the device: no memory below the
+    /// device's limit (its mask capped by its bus limit) lies in its bus windows, or the
+    /// slot the pool chose lies outside them. Nothing was mapped and the pool is as it was.
+    BounceUnreachable {
+        /// The device asked for.
+        device: DeviceId,
+        /// The slot the pool chose (none was taken when no memory could do).
+        slot: Option<PhysAddr>,
+        /// Bytes requested.
+        len: u64,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -199,6 +210,22 @@ impl fmt::Display for DmaError {
             DmaError::DeviceReleased { device } => write!(
                 f,
                 "{device}: released while a deferred mapping waited; it was never mapped"
+            ),
+            DmaError::BounceUnreachable {
+                device,
+                slot: Some(slot),
+                len,
+            } => write!(
+                f,
+                "{device}: the {len}-byte bounce slot at {slot} has no bus address the device can emit (outside its DMA ranges, or above its mask or bus limit)"
+            ),
+            DmaError::BounceUnreachable {
+                device,
+                slot: None,
+                len,
+            } => write!(
+                f,
+                "{device}: no memory a {len}-byte bounce could use has a bus address the device can emit"
             ),
         }
     }

@@ -21,7 +21,7 @@ use crate::dma_alloc::{
 };
 use crate::growth::GrowthRequest;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, MemoryFault, PAGE_SIZE};
-use crate::translation::bus_of;
+use crate::translation::{bus_within, highest_phys_within};
 
 /// Where a coherent buffer's memory came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +166,16 @@ where
 
     fn alloc_atomic(&self, dev: &Device, size: u64) -> Result<CoherentBuffer, DmaAllocError> {
         let translated = self.translated(dev);
-        let max_addr = if translated { u64::MAX } else { dev.dma_mask() };
+        let max_addr = if translated {
+            u64::MAX
+        } else {
+            highest_phys_within(dev, dev.coherent_limit()).ok_or(
+                DmaAllocError::NoReachableMemory {
+                    device: dev.id(),
+                    dma_mask: dev.coherent_dma_mask(),
+                },
+            )?
+        };
         let align = if size >= PAGE_SIZE { PAGE_SIZE } else { 1 };
         let phys = self
             .atomic
@@ -209,7 +218,12 @@ where
                 self.device_address(dev, first, pages, Direction::Bidirectional)
                     .map(|d| d.add(phys.as_u64() - first.as_u64()))?
             } else {
-                bus_of(phys)
+                bus_within(dev, range, dev.coherent_limit()).ok_or(
+                    DmaAllocError::NoReachableMemory {
+                        device: dev.id(),
+                        dma_mask: dev.coherent_dma_mask(),
+                    },
+                )?
             };
             Ok((range, dma))
         });
