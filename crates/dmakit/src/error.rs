@@ -102,13 +102,15 @@ pub enum DmaError {
     /// A CPU copy for a bounce touched memory the platform does not know.
     Memory(MemoryFault),
     /// The device's IOMMU domain has no free I/O virtual address range of the needed size
-    /// within the device's DMA mask, even after releasing cached and flush-queued ranges.
+    /// within the device's DMA mask (capped by its bus limit), even after releasing cached
+    /// and flush-queued ranges.
     IovaExhausted {
         /// The device asked for.
         device: DeviceId,
         /// Bytes of IOVA space needed (whole granules).
         len: u64,
-        /// The device's DMA mask that bounded the search.
+        /// The highest address the search could use: the device's DMA mask, or its bus
+        /// limit where that is lower.
         mask: u64,
     },
     /// A deferred mapping was still waiting when its device was released
@@ -200,7 +202,7 @@ impl fmt::Display for DmaError {
             DmaError::Memory(fault) => write!(f, "bounce copy failed: {fault}"),
             DmaError::IovaExhausted { device, len, mask } => write!(
                 f,
-                "{device}: IOVA space exhausted: no free range of {len} bytes below mask {mask:#x}"
+                "{device}: IOVA space exhausted: no free range of {len} bytes at or below {mask:#x}"
             ),
             DmaError::Iommu { device, error } => write!(f, "{device}: IOMMU refused: {error}"),
             DmaError::Detached { device } => write!(

@@ -74,6 +74,6 @@ fn iova_error(dev: &Device, len: u64, _: IovaError) -> DmaError {
     DmaError::IovaExhausted {
         device: dev.id(),
         len,
-        mask: dev.dma_mask(),
+        mask: dev.streaming_limit(),
     }
 }
