@@ -75,8 +75,9 @@ where
     /// Allocates `size` zeroed bytes of coherent memory `dev` can reach (Linux
     /// `dma_alloc_coherent`).
     ///
-    /// - Non-coherent device, [`AllocContext::Atomic`]: an object of the atomic pool below
-    ///   the device's mask. Never waits; may trigger a growth request.
+    /// - Non-coherent device, [`AllocContext::Atomic`]: an object of the atomic pool the
+    ///   device reaches (through its bus windows, below its coherent mask and bus limit).
+    ///   Never waits; may trigger a growth request.
     /// - Non-coherent device, [`AllocContext::MayBlock`]: pages from the zones the device
     ///   reaches, remapped uncached.
     /// - Coherent device, either context: pages from the zones (no remap needed; the zone
@@ -89,7 +90,8 @@ where
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`] (for the atomic pool: above
     /// [`crate::dma_alloc::DmaAllocatorConfig::atomic_pool_bytes`]);
     /// [`DmaAllocError::AtomicPoolExhausted`] when the pool has no reachable room now;
-    /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones;
+    /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones
+    /// (or when no memory the device's windows reach lies below its coherent limit);
     /// [`DmaAllocError::Memory`] when the remap or zeroing is refused;
     /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses. Nothing is left allocated.
     pub fn alloc_coherent(

@@ -2,7 +2,8 @@
 //!
 //! The streaming API ([`crate::DmaMapper`]) lends buffers the caller already has. Drivers
 //! also need memory allocated *for* a device, and which memory that may be depends on the
-//! device: below its DMA mask without an IOMMU, anywhere behind one; uncached for a
+//! device: without an IOMMU, memory it reaches through its bus windows at bus addresses
+//! its coherent mask and bus limit allow; anywhere behind one; uncached for a
 //! non-coherent device that must share it with the CPU without maintenance. This module
 //! answers those requests on top of a zoned page allocator ([`ZonedPages`]), the
 //! coherent object pool ([`crate::coherent_pool`]) and the platform traits, as Linux's
