@@ -480,10 +480,17 @@ fn coherent_allocations(b: &Bus, accessor: &Device, oracle: &mut Oracle) {
         ..DmaAllocatorConfig::default()
     };
     let a = DmaAllocator::new(&b.m, &zones, NoTranslation, cfg, None).unwrap();
-    for (i, size) in [4096u64, 3 * 4096, 8192].into_iter().enumerate() {
-        let buf = a
-            .alloc_coherent(&dev, size, AllocContext::MayBlock)
-            .unwrap();
+    // Pages from the zones, and an object of the atomic pool (which the allocator took
+    // from the zones below 4 GiB: the low ones).
+    let sizes = [
+        (4096u64, AllocContext::MayBlock),
+        (3 * 4096, AllocContext::MayBlock),
+        (8192, AllocContext::MayBlock),
+        (512, AllocContext::Atomic),
+    ];
+    for (i, (size, ctx)) in sizes.into_iter().enumerate() {
+        let buf = a.alloc_coherent(&dev, size, ctx).unwrap();
+        assert_eq!(buf.from_atomic_pool(), ctx == AllocContext::Atomic);
         let r = PhysRange::new(low, 16 * MIB).unwrap();
         assert!(r.contains_range(&PhysRange::new(buf.phys(), size).unwrap()));
         assert!(dev.can_address_coherent(buf.dma().as_u64(), size));
@@ -583,8 +590,8 @@ fn every_path_is_clean_through_bus_windows() {
     let mut oracle = Oracle::new(LINE).unwrap();
     coherent_allocations(&b, &split(), &mut oracle);
     let report = oracle.take_report();
-    assert_eq!(report.transfers, 3);
-    assert!(report.checked_bytes >= 4 * 4096 + 8192, "{report}");
+    assert_eq!(report.transfers, 4);
+    assert!(report.checked_bytes >= 4 * 4096 + 8192 + 512, "{report}");
     assert!(report.device_read_bytes > 0, "{report}");
     assert!(report.is_clean() && b.m.faults().is_empty(), "{report}");
 }
