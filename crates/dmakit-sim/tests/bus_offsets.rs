@@ -66,13 +66,14 @@ fn down() -> Device {
 }
 
 /// `split`'s description, with or without its windows: `[0x2000_0000, 0x6000_0000)` at bus
-/// `cpu - 0x1000_0000` and 6–7 GiB at bus `0x8000_0000`; a bus limit at 3 GiB; coherent
+/// `cpu - 0x1000_0000` and 6–7 GiB at bus `0x8000_0000`; a bus limit at bus
+/// `0xafff_ffff`, which cuts off the last quarter of the second window; coherent
 /// allocations below bus 1 GiB (30 bits), so only the first window serves them.
 fn split_builder(id: u32, windows: bool) -> DeviceBuilder {
     let b = Device::builder(DeviceId(id), "split")
         .dma_bits(32)
         .coherent_dma_bits(30)
-        .bus_dma_limit(0xbfff_ffff)
+        .bus_dma_limit(0xafff_ffff)
         .cache_line(LINE);
     if !windows {
         return b;
@@ -214,8 +215,8 @@ impl Verdict {
 /// Randomized transfers (all directions, sizes to 4 KiB, every placement, syncs and second
 /// rounds) by every device at once, interleaved on the one machine: for each windowed
 /// device one run with buffers it reaches in place (direct, or bounced where a line is
-/// shared) and one with buffers outside its windows (always bounced); the IOMMU device
-/// anywhere.
+/// shared) and one with buffers it cannot reach in place (outside its windows, or above
+/// its bus limit: always bounced); the IOMMU device anywhere.
 fn random_transfers(b: &Bus, mapper: &DmaMapper<&Machine>) -> Vec<(Device, Verdict)> {
     let runs: [(Device, u64, u64); 7] = [
         (up(), 16 * MIB, GIB - 1),
@@ -223,7 +224,8 @@ fn random_transfers(b: &Bus, mapper: &DmaMapper<&Machine>) -> Vec<(Device, Verdi
         (down(), 4 * GIB, 5 * GIB - 1),
         (down(), 16 * MIB, GIB - 1),
         (split(), 6 * GIB, 7 * GIB - 1),
-        (split(), 7 * GIB, 8 * GIB - 1),
+        // In its second window, but above its bus limit.
+        (split(), 6 * GIB + 0x3000_0000, 7 * GIB - 1),
         (behind_iommu(), 16 * MIB, 8 * GIB - 1),
     ];
     let mut harnesses = Vec::new();
