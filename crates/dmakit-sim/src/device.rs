@@ -5,7 +5,10 @@
 //! way a test harness must (every access has to fall inside a window *granted* from what
 //! `map` returned). A violating access does not happen; it is recorded as a
 //! [`DeviceFault`], never silently dropped. The bus-to-physical translation sits behind the
-//! one small [`DmaTranslation`] seam, so an IOMMU can replace the identity later.
+//! one small [`DmaTranslation`] seam: by default a device reaches memory through its own
+//! bus windows ([`BusWindowTranslation`], the table its [`Device`] describes), and an
+//! IOMMU can take a device's place there. The model reads the table itself, so a mapper
+//! that translated wrongly hands the device an address that reaches other memory, or none.
 
 use dmakit::{Device, DeviceId, DmaAddr, PhysAddr};
 
@@ -14,7 +17,8 @@ use crate::error::SimError;
 
 /// Translation of bus addresses to physical addresses: the seam where an IOMMU plugs in.
 pub trait DmaTranslation {
-    /// Translates the start of an access of `len` bytes at `dma` by `device`; `write` says
+    /// Translates the start of an access of `len` bytes at `dma` by `device` (as attached
+    /// to the machine); `write` says
     /// whether it is a write, so a translation with permissions can refuse it. Returns the
     /// physical address of `dma` and how many bytes from there are physically contiguous
     /// (at least 1, at most `len`); the engine calls again for the rest.
@@ -23,26 +27,42 @@ pub trait DmaTranslation {
     /// The [`FaultReason`] to record when `dma` has no translation or forbids the access.
     fn translate(
         &self,
-        device: DeviceId,
+        device: &Device,
         dma: DmaAddr,
         len: u64,
         write: bool,
     ) -> Result<(PhysAddr, u64), FaultReason>;
 }
 
-/// The direct path's translation: the bus address is the physical address.
+/// The translation of a device with no IOMMU: its bus windows
+/// ([`dmakit::DeviceBuilder::dma_range`]) map bus `[dma, dma + size)` to physical
+/// `[cpu, cpu + size)`; with no window the bus address is the physical address. A bus
+/// address outside every window is [`FaultReason::NoTranslation`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct IdentityTranslation;
+pub struct BusWindowTranslation;
 
-impl DmaTranslation for IdentityTranslation {
+impl DmaTranslation for BusWindowTranslation {
     fn translate(
         &self,
-        _device: DeviceId,
+        device: &Device,
         dma: DmaAddr,
         len: u64,
         _write: bool,
     ) -> Result<(PhysAddr, u64), FaultReason> {
-        Ok((PhysAddr::new(dma.as_u64()), len))
+        let windows = device.bus_ranges();
+        if windows.is_identity() {
+            return Ok((PhysAddr::new(dma.as_u64()), len));
+        }
+        let a = dma.as_u64();
+        windows
+            .entries()
+            .iter()
+            .find_map(|w| {
+                let off = a.checked_sub(w.dma().as_u64())?;
+                let left = w.size().checked_sub(off).filter(|&n| n > 0)?;
+                Some((PhysAddr::new(w.cpu().as_u64() + off), left.min(len)))
+            })
+            .ok_or(FaultReason::NoTranslation)
     }
 }
 
@@ -64,7 +84,7 @@ impl Default for DmaEngines {
         Self {
             devices: Vec::new(),
             faults: Vec::new(),
-            translation: Box::new(IdentityTranslation),
+            translation: Box::new(BusWindowTranslation),
         }
     }
 }
@@ -181,7 +201,7 @@ impl DmaEngines {
             let mut done = 0;
             while done < len {
                 let d = DmaAddr::new(start + done);
-                match self.translation.translate(id, d, len - done, write) {
+                match self.translation.translate(&a.dev, d, len - done, write) {
                     Ok((p, n)) if n >= 1 && n <= len - done => {
                         if !is_ram(p.as_u64(), n) {
                             reason = Some(FaultReason::NotMemory);

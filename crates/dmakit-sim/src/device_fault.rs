@@ -14,7 +14,8 @@ pub enum FaultReason {
     AboveMask,
     /// The access is not inside any window currently granted to the device.
     NotGranted,
-    /// The translation (identity, or an IOMMU) has no mapping for the address.
+    /// The translation (the device's bus windows, or an IOMMU) has no mapping for the
+    /// address.
     NoTranslation,
     /// The translated physical range is not RAM.
     NotMemory,

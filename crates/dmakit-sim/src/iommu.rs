@@ -29,7 +29,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dmakit::{DeviceId, DmaAddr, Iommu, IommuDomainId, IommuError, IommuPerm, PhysAddr};
+use dmakit::{Device, DeviceId, DmaAddr, Iommu, IommuDomainId, IommuError, IommuPerm, PhysAddr};
 use rustc_hash::FxHashMap;
 
 use crate::device::{DmaTranslation, FaultReason};
@@ -615,13 +615,16 @@ impl Iommu for SimIommu {
 }
 
 impl DmaTranslation for SimIommu {
+    /// The IOMMU's page tables hold physical addresses: a device behind it does not use
+    /// its bus windows.
     fn translate(
         &self,
-        device: DeviceId,
+        device: &Device,
         dma: DmaAddr,
         len: u64,
         write: bool,
     ) -> Result<(PhysAddr, u64), FaultReason> {
+        let device = device.id();
         let mut s = self.lock();
         match s.translate(device, dma, len, write) {
             Ok(t) => Ok(t),

@@ -82,7 +82,7 @@ pub mod workload;
 pub mod workload_error;
 
 pub use cache::{CacheConfig, CacheStats};
-pub use device::{DmaTranslation, IdentityTranslation};
+pub use device::{BusWindowTranslation, DmaTranslation};
 pub use device_fault::{DeviceFault, FaultReason};
 pub use error::SimError;
 pub use fault_inject::{MaintenanceFaults, MaintenanceKind};

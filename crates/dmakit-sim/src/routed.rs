@@ -4,13 +4,13 @@
 //! behind another IOMMU instance). Mixed machines like that are where isolation defects
 //! show, so the scenario runner and the tests build them from this one translation.
 
-use dmakit::{DeviceId, DmaAddr, PhysAddr};
+use dmakit::{Device, DeviceId, DmaAddr, PhysAddr};
 
-use crate::device::{DmaTranslation, FaultReason};
+use crate::device::{BusWindowTranslation, DmaTranslation, FaultReason};
 use crate::iommu::SimIommu;
 
 /// Each routed device goes through its own IOMMU; every other device reaches physical
-/// memory at its DMA address.
+/// memory through its bus windows ([`BusWindowTranslation`]).
 #[derive(Default)]
 pub struct RoutedTranslation {
     routes: Vec<(DeviceId, SimIommu)>,
@@ -32,14 +32,14 @@ impl RoutedTranslation {
 impl DmaTranslation for RoutedTranslation {
     fn translate(
         &self,
-        device: DeviceId,
+        device: &Device,
         dma: DmaAddr,
         len: u64,
         write: bool,
     ) -> Result<(PhysAddr, u64), FaultReason> {
-        match self.routes.iter().find(|(d, _)| *d == device) {
+        match self.routes.iter().find(|(d, _)| *d == device.id()) {
             Some((_, iommu)) => iommu.translate(device, dma, len, write),
-            None => Ok((PhysAddr::new(dma.as_u64()), len)),
+            None => BusWindowTranslation.translate(device, dma, len, write),
         }
     }
 }

@@ -38,7 +38,7 @@ struct Firewall {
 impl DmaTranslation for Firewall {
     fn translate(
         &self,
-        device: DeviceId,
+        device: &Device,
         dma: DmaAddr,
         len: u64,
         _write: bool,
@@ -48,7 +48,7 @@ impl DmaTranslation for Firewall {
         let mut own = self
             .confined
             .iter()
-            .filter(|(d, _)| *d == device)
+            .filter(|(d, _)| *d == device.id())
             .peekable();
         let allowed = if own.peek().is_some() {
             own.any(|(_, w)| w.contains_range(&access))

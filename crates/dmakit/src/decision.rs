@@ -5,7 +5,9 @@
 //! sitting. A mapping (or one scatter-gather segment) is bounced when
 //!
 //! - the device is marked force-bounce (confidential guests share only bounce memory);
-//! - any byte of it is above the device's DMA mask;
+//! - the device cannot reach it in place: no bus window of the device holds the whole
+//!   range, or its last bus address is above the device's DMA mask or bus limit (judged on
+//!   the bus address, [`crate::translation`]);
 //! - the device does not snoop caches, the device will write the buffer, and the first or
 //!   last cache line of the range holds bytes outside it (`(start | end) & (line - 1) != 0`).
 //!   Outbound transfers never need this bounce: cleaning a shared line is harmless.
@@ -21,11 +23,12 @@
 //! [`AlignmentPolicy::Never`] does no alignment bouncing at all (the control that shows the
 //! hazard).
 
-use crate::addr::PhysRange;
+use crate::addr::{DmaAddr, PhysRange};
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::platform::PAGE_SIZE;
 use crate::size_class::class_for;
+use crate::translation::bus_within;
 
 /// How the alignment rule is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -47,7 +50,8 @@ impl AlignmentPolicy {}
 pub enum BounceReason {
     /// The device is marked force-bounce.
     Forced,
-    /// Part of the buffer is above the device's DMA mask.
+    /// The device cannot reach the buffer in place: part of it is above the device's DMA
+    /// mask or bus limit, or outside its bus windows.
     AboveMask,
     /// An inbound mapping on a non-coherent device shares a cache line with other data.
     Misaligned,
@@ -78,26 +82,27 @@ impl BounceReason {
 /// Decides whether `range` mapped by `dev` in `dir` must be bounced on the direct path.
 ///
 /// `cpu_line` is the CPU's cache line size; the larger of it and the device's line is the
-/// unit that must not be shared. Returns the first reason that applies, in the order
-/// forced, above mask, misaligned.
+/// unit that must not be shared. Returns the bus address at which the device reaches the
+/// range in place when no bounce is needed, else the first reason that applies, in the
+/// order forced, above mask (out of reach), misaligned.
 #[inline]
-pub(crate) fn bounce_reason(
+pub(crate) fn direct_or_bounce(
     dev: &Device,
     range: PhysRange,
     dir: Direction,
     policy: AlignmentPolicy,
     cpu_line: u64,
-) -> Option<BounceReason> {
+) -> Result<DmaAddr, BounceReason> {
     if dev.force_bounce() {
-        return Some(BounceReason::Forced);
+        return Err(BounceReason::Forced);
     }
-    if !dev.can_address(range.start().as_u64(), range.len()) {
-        return Some(BounceReason::AboveMask);
-    }
+    let Some(dma) = bus_within(dev, range, dev.streaming_limit()) else {
+        return Err(BounceReason::AboveMask);
+    };
     if needs_alignment_bounce(dev, range, dir, policy, cpu_line) {
-        return Some(BounceReason::Misaligned);
+        return Err(BounceReason::Misaligned);
     }
-    None
+    Ok(dma)
 }
 
 /// Decides whether `range` mapped by `dev` in `dir` must be bounced on the IOMMU path,
@@ -162,6 +167,69 @@ mod tests {
     use super::*;
     use crate::addr::PhysAddr;
     use crate::device::DeviceId;
+
+    /// The reason alone, as the tests below judge it.
+    fn bounce_reason(
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        policy: AlignmentPolicy,
+        cpu_line: u64,
+    ) -> Option<BounceReason> {
+        direct_or_bounce(dev, range, dir, policy, cpu_line).err()
+    }
+
+    #[test]
+    fn reach_is_judged_on_the_bus_address() {
+        // Physical 0x1_0000_0000.. is bus 0x1000_0000..: a 32-bit device reaches it in
+        // place, and nothing outside the window.
+        let d = Device::builder(DeviceId(0), "win")
+            .dma_bits(32)
+            .coherent(true)
+            .dma_range(
+                PhysAddr::new(0x1_0000_0000),
+                DmaAddr::new(0x1000_0000),
+                0x1000,
+            )
+            .build()
+            .unwrap();
+        let direct = direct_or_bounce(
+            &d,
+            r(0x1_0000_0100, 64),
+            Direction::FromDevice,
+            AlignmentPolicy::Exact,
+            64,
+        );
+        assert_eq!(direct, Ok(DmaAddr::new(0x1000_0100)));
+        for (a, l) in [(0x1000, 64), (0x1_0000_0fc0, 128)] {
+            assert_eq!(
+                bounce_reason(
+                    &d,
+                    r(a, l),
+                    Direction::FromDevice,
+                    AlignmentPolicy::Exact,
+                    64
+                ),
+                Some(BounceReason::AboveMask)
+            );
+        }
+        // The bus limit caps the mask.
+        let limited = Device::builder(DeviceId(0), "lim")
+            .coherent(true)
+            .bus_dma_limit(0xffff)
+            .build()
+            .unwrap();
+        assert_eq!(
+            bounce_reason(
+                &limited,
+                r(0xfff0, 32),
+                Direction::ToDevice,
+                AlignmentPolicy::Exact,
+                64
+            ),
+            Some(BounceReason::AboveMask)
+        );
+    }
 
     fn dev() -> Device {
         Device::builder(DeviceId(0), "d")

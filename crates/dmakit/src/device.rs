@@ -6,6 +6,9 @@
 
 use core::fmt;
 
+use crate::addr::{DmaAddr, PhysAddr};
+use crate::bus_ranges::{BusRangeError, BusRanges};
+
 /// Identifies a device to statistics, the debug checker and error messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(pub u32);
@@ -21,12 +24,19 @@ impl fmt::Display for DeviceId {
 /// Invariants (checked by [`DeviceBuilder::build`]): the DMA mask is a non-zero contiguous low
 /// bit mask (`2^n - 1`, so 1 to 64 address bits); the cache line size is a power of two between 8 and 4096; the maximum
 /// segment size is non-zero; the segment boundary mask is `2^n - 1`; `min_align_mask` is
-/// `2^n - 1` (possibly zero) and smaller than 64 KiB.
+/// `2^n - 1` (possibly zero) and smaller than 64 KiB; the coherent mask is a mask of the
+/// same form; the bus windows ([`BusRanges`]) neither overflow nor overlap.
+///
+/// Masks and the bus limit are judged on **bus** addresses (what the device emits), which
+/// differ from physical ones when the device has bus windows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     id: DeviceId,
     name: &'static str,
     dma_mask: u64,
+    coherent_dma_mask: u64,
+    bus_dma_limit: u64,
+    bus_ranges: BusRanges,
     coherent: bool,
     cache_line: u64,
     min_align_mask: u64,
@@ -62,6 +72,23 @@ pub enum DeviceError {
     BadMinAlignMask(u64),
     /// [`DeviceBuilder::dma_bits`] was given more than 64 bits.
     BadDmaBits(u32),
+    /// The coherent DMA mask is zero or not of the form `2^n - 1`.
+    BadCoherentDmaMask(u64),
+    /// [`DeviceBuilder::coherent_dma_bits`] was given more than 64 bits.
+    BadCoherentDmaBits(u32),
+    /// The bus DMA limit is zero.
+    ZeroBusDmaLimit,
+    /// A bus window ([`DeviceBuilder::dma_range`]) was refused.
+    BadDmaRange {
+        /// Its first CPU physical address.
+        cpu: PhysAddr,
+        /// Its first bus address.
+        dma: DmaAddr,
+        /// Its length.
+        size: u64,
+        /// What is wrong with it.
+        error: BusRangeError,
+    },
 }
 
 impl fmt::Display for DeviceError {
@@ -87,6 +114,23 @@ impl fmt::Display for DeviceError {
             DeviceError::BadDmaBits(b) => {
                 write!(f, "{b} DMA address bits: a device has 1 to 64")
             }
+            DeviceError::BadCoherentDmaMask(m) => write!(
+                f,
+                "coherent DMA mask {m:#x} must be non-zero and of the form 2^n-1"
+            ),
+            DeviceError::BadCoherentDmaBits(b) => {
+                write!(f, "{b} coherent DMA address bits: a device has 1 to 64")
+            }
+            DeviceError::ZeroBusDmaLimit => f.write_str("bus DMA limit must not be zero"),
+            DeviceError::BadDmaRange {
+                cpu,
+                dma,
+                size,
+                error,
+            } => write!(
+                f,
+                "DMA range of {size:#x} bytes from CPU {cpu} to bus {dma}: {error}"
+            ),
         }
     }
 }
@@ -107,6 +151,9 @@ impl Device {
                 id,
                 name,
                 dma_mask: u64::MAX,
+                coherent_dma_mask: u64::MAX,
+                bus_dma_limit: u64::MAX,
+                bus_ranges: BusRanges::IDENTITY,
                 coherent: false,
                 cache_line: 64,
                 min_align_mask: 0,
@@ -117,6 +164,8 @@ impl Device {
                 bounce_pool: BouncePool::Swiotlb,
             },
             bad_bits: None,
+            coherent_mask: None,
+            bad_range: None,
         }
     }
 
@@ -178,16 +227,69 @@ impl Device {
         self.bounce_pool
     }
 
-    /// Whether the device can emit every address of `[addr, addr + len)`.
+    /// The mask for coherent allocations (Linux `coherent_dma_mask`); the streaming mask
+    /// unless set apart.
+    #[inline]
+    pub fn coherent_dma_mask(&self) -> u64 {
+        self.coherent_dma_mask
+    }
+    /// The highest bus address the interconnect carries for the device, whatever its
+    /// masks (Linux `bus_dma_limit`); `u64::MAX` when there is no such limit.
+    #[inline]
+    pub fn bus_dma_limit(&self) -> u64 {
+        self.bus_dma_limit
+    }
+    /// The windows through which the device sees memory (empty: identity).
+    #[inline]
+    pub fn bus_ranges(&self) -> &BusRanges {
+        &self.bus_ranges
+    }
+    /// The highest bus address a streaming mapping may use: the lower of the DMA mask
+    /// and the bus limit.
+    #[inline]
+    pub fn streaming_limit(&self) -> u64 {
+        self.dma_mask.min(self.bus_dma_limit)
+    }
+    /// The highest bus address a coherent allocation may use: the lower of the coherent
+    /// mask and the bus limit.
+    #[inline]
+    pub fn coherent_limit(&self) -> u64 {
+        self.coherent_dma_mask.min(self.bus_dma_limit)
+    }
+
+    /// Whether the device can emit every bus address of `[addr, addr + len)` for a
+    /// streaming mapping: none is above [`Self::streaming_limit`].
     #[inline]
     pub fn can_address(&self, addr: u64, len: u64) -> bool {
-        len != 0
-            && addr <= self.dma_mask
-            && match addr.checked_add(len - 1) {
-                Some(last) => last <= self.dma_mask,
-                None => false,
-            }
+        fits(addr, len, self.streaming_limit())
     }
+
+    /// Whether the device can emit every bus address of `[addr, addr + len)` for a
+    /// coherent allocation: none is above [`Self::coherent_limit`].
+    #[inline]
+    pub fn can_address_coherent(&self, addr: u64, len: u64) -> bool {
+        fits(addr, len, self.coherent_limit())
+    }
+
+    /// The same device seeing memory at its physical addresses (its bus windows dropped).
+    #[cfg(feature = "hazard-controls")]
+    pub(crate) fn without_bus_ranges(&self) -> Device {
+        Device {
+            bus_ranges: BusRanges::IDENTITY,
+            ..self.clone()
+        }
+    }
+}
+
+/// Whether `[addr, addr + len)` is non-empty and ends at or below `limit`.
+#[inline]
+const fn fits(addr: u64, len: u64, limit: u64) -> bool {
+    len != 0
+        && addr <= limit
+        && match addr.checked_add(len - 1) {
+            Some(last) => last <= limit,
+            None => false,
+        }
 }
 
 /// Builds a [`Device`]; see [`Device::builder`].
@@ -197,6 +299,11 @@ pub struct DeviceBuilder {
     dev: Device,
     /// A `dma_bits` count above 64, reported by `build`.
     bad_bits: Option<u32>,
+    /// The coherent mask when set apart from the streaming one: the mask, or a bit count
+    /// above 64 (reported by `build`).
+    coherent_mask: Option<Result<u64, u32>>,
+    /// The first refused bus window, reported by `build`.
+    bad_range: Option<DeviceError>,
 }
 
 impl DeviceBuilder {
@@ -269,6 +376,48 @@ impl DeviceBuilder {
         self
     }
 
+    /// The mask for coherent allocations, as address bits (1..=64); without it the
+    /// coherent mask is the streaming mask. `build` rejects 0 as
+    /// [`DeviceError::BadCoherentDmaMask`] and more than 64 as
+    /// [`DeviceError::BadCoherentDmaBits`].
+    pub fn coherent_dma_bits(mut self, bits: u32) -> Self {
+        self.coherent_mask = Some(match bits {
+            0 => Ok(0),
+            64 => Ok(u64::MAX),
+            65.. => Err(bits),
+            b => Ok((1u64 << b) - 1),
+        });
+        self
+    }
+    /// Sets the coherent mask directly (validated by `build`); replaces an earlier
+    /// `coherent_dma_bits`.
+    pub fn coherent_dma_mask(mut self, mask: u64) -> Self {
+        self.coherent_mask = Some(Ok(mask));
+        self
+    }
+    /// The highest bus address the interconnect carries for the device (non-zero); masks
+    /// above it are capped by it.
+    pub fn bus_dma_limit(mut self, limit: u64) -> Self {
+        self.dev.bus_dma_limit = limit;
+        self
+    }
+    /// Adds a bus window: the device reaches CPU physical `[cpu, cpu + size)` at bus
+    /// addresses `[dma, dma + size)`. With no window the device sees memory at its physical
+    /// addresses; with windows it reaches only the memory they cover. `build` reports the
+    /// first refused window as [`DeviceError::BadDmaRange`] (empty, overflowing,
+    /// overlapping an earlier one, or more than [`crate::bus_ranges::MAX_BUS_RANGES`]).
+    pub fn dma_range(mut self, cpu: PhysAddr, dma: DmaAddr, size: u64) -> Self {
+        if let Err(error) = self.dev.bus_ranges.push(cpu, dma, size) {
+            self.bad_range.get_or_insert(DeviceError::BadDmaRange {
+                cpu,
+                dma,
+                size,
+                error,
+            });
+        }
+        self
+    }
+
     /// Validates the description.
     ///
     /// # Errors
@@ -278,9 +427,23 @@ impl DeviceBuilder {
         if let Some(bits) = self.bad_bits {
             return Err(DeviceError::BadDmaBits(bits));
         }
-        let d = self.dev;
+        if let Some(e) = self.bad_range {
+            return Err(e);
+        }
+        let mut d = self.dev;
         if d.dma_mask == 0 || !is_low_mask(d.dma_mask) {
             return Err(DeviceError::BadDmaMask(d.dma_mask));
+        }
+        d.coherent_dma_mask = match self.coherent_mask {
+            None => d.dma_mask,
+            Some(Err(bits)) => return Err(DeviceError::BadCoherentDmaBits(bits)),
+            Some(Ok(m)) if m == 0 || !is_low_mask(m) => {
+                return Err(DeviceError::BadCoherentDmaMask(m))
+            }
+            Some(Ok(m)) => m,
+        };
+        if d.bus_dma_limit == 0 {
+            return Err(DeviceError::ZeroBusDmaLimit);
         }
         if !d.cache_line.is_power_of_two() || !(8..=4096).contains(&d.cache_line) {
             return Err(DeviceError::BadCacheLine(d.cache_line));
@@ -365,5 +528,69 @@ mod tests {
             (1 << 40) - 1
         );
         assert!(alloc::format!("{}", DeviceError::BadDmaBits(65)).contains("65"));
+    }
+
+    #[test]
+    fn coherent_mask_and_bus_limit() {
+        let d = b().dma_bits(40).build().unwrap();
+        assert_eq!(d.coherent_dma_mask(), (1 << 40) - 1);
+        assert_eq!(d.bus_dma_limit(), u64::MAX);
+        let d = b()
+            .dma_bits(40)
+            .coherent_dma_bits(32)
+            .bus_dma_limit(0x3_ffff_ffff)
+            .build()
+            .unwrap();
+        assert_eq!(d.coherent_limit(), 0xffff_ffff);
+        assert_eq!(d.streaming_limit(), 0x3_ffff_ffff);
+        assert!(d.can_address(0x3_ffff_fff0, 16));
+        assert!(!d.can_address(0x3_ffff_fff0, 17));
+        assert!(!d.can_address_coherent(0xffff_fff0, 17));
+        assert!(d.can_address_coherent(0xffff_fff0, 16));
+        assert_eq!(
+            b().coherent_dma_mask(0xf0).build(),
+            Err(DeviceError::BadCoherentDmaMask(0xf0))
+        );
+        assert_eq!(
+            b().coherent_dma_bits(0).build(),
+            Err(DeviceError::BadCoherentDmaMask(0))
+        );
+        assert_eq!(
+            b().coherent_dma_bits(65).build(),
+            Err(DeviceError::BadCoherentDmaBits(65))
+        );
+        assert_eq!(
+            b().bus_dma_limit(0).build(),
+            Err(DeviceError::ZeroBusDmaLimit)
+        );
+    }
+
+    #[test]
+    fn bus_windows_are_validated_by_build() {
+        let (c, d) = (PhysAddr::new(0x8000_0000), DmaAddr::new(0));
+        let dev = b().dma_range(c, d, 0x4000_0000).build().unwrap();
+        assert_eq!(dev.bus_ranges().entries().len(), 1);
+        let e = b()
+            .dma_range(c, d, 0x4000_0000)
+            .dma_range(PhysAddr::new(0), DmaAddr::new(0x1000), 0x1000)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            DeviceError::BadDmaRange {
+                cpu: PhysAddr::new(0),
+                dma: DmaAddr::new(0x1000),
+                size: 0x1000,
+                error: BusRangeError::Overlap,
+            }
+        );
+        assert!(alloc::format!("{e}").contains("overlaps"));
+        assert!(matches!(
+            b().dma_range(c, d, 0).build(),
+            Err(DeviceError::BadDmaRange {
+                error: BusRangeError::ZeroSize,
+                ..
+            })
+        ));
     }
 }

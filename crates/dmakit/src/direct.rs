@@ -1,27 +1,25 @@
-//! The direct path: the device reaches the caller's buffer at its physical address.
+//! The direct path: the device reaches the caller's buffer in place (at the bus address
+//! the router found for it).
 //!
 //! Used when nothing forces a bounce. The only work is the cache maintenance the direction
 //! needs on a non-coherent device; a coherent device needs none. The path knows nothing of
 //! bounce pools or IOMMUs: the routing layer chose it.
 
-use crate::addr::{DmaAddr, PhysRange};
+use crate::addr::PhysRange;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::maintenance;
 use crate::platform::CacheMaintenance;
-use crate::translation::bus_of;
 
-/// Hands `range` to the device for a transfer in `dir`; returns the bus address at which
-/// the device reaches it.
+/// Hands `range` to the device for a transfer in `dir`.
 #[inline]
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
     range: PhysRange,
     dir: Direction,
-) -> DmaAddr {
+) {
     sync_for_device(cache, dev, range, dir);
-    bus_of(range.start())
 }
 
 /// Gives `range` back to the CPU after a transfer in `dir`.

@@ -102,13 +102,15 @@ pub enum DmaError {
     /// A CPU copy for a bounce touched memory the platform does not know.
     Memory(MemoryFault),
     /// The device's IOMMU domain has no free I/O virtual address range of the needed size
-    /// within the device's DMA mask, even after releasing cached and flush-queued ranges.
+    /// within the device's DMA mask (capped by its bus limit), even after releasing cached
+    /// and flush-queued ranges.
     IovaExhausted {
         /// The device asked for.
         device: DeviceId,
         /// Bytes of IOVA space needed (whole granules).
         len: u64,
-        /// The device's DMA mask that bounded the search.
+        /// The highest address the search could use: the device's DMA mask, or its bus
+        /// limit where that is lower.
         mask: u64,
     },
     /// A deferred mapping was still waiting when its device was released
@@ -138,6 +140,17 @@ pub enum DmaError {
     RestrictedPoolBehindIommu {
         /// The device asked for.
         device: DeviceId,
+    },
+    /// The bounce the mapping needs cannot be reached by the device: no memory below the
+    /// device's limit (its mask capped by its bus limit) lies in its bus windows, or the
+    /// slot the pool chose lies outside them. Nothing was mapped and the pool is as it was.
+    BounceUnreachable {
+        /// The device asked for.
+        device: DeviceId,
+        /// The slot the pool chose (none was taken when no memory could do).
+        slot: Option<PhysAddr>,
+        /// Bytes requested.
+        len: u64,
     },
 }
 
@@ -197,7 +210,7 @@ impl fmt::Display for DmaError {
             DmaError::Memory(fault) => write!(f, "bounce copy failed: {fault}"),
             DmaError::IovaExhausted { device, len, mask } => write!(
                 f,
-                "{device}: IOVA space exhausted: no free range of {len} bytes below mask {mask:#x}"
+                "{device}: IOVA space exhausted: no free range of {len} bytes at or below {mask:#x}"
             ),
             DmaError::Iommu { device, error } => write!(f, "{device}: IOMMU refused: {error}"),
             DmaError::Detached { device } => write!(
@@ -212,6 +225,22 @@ impl fmt::Display for DmaError {
             DmaError::DeviceReleased { device } => write!(
                 f,
                 "{device}: released while a deferred mapping waited; it was never mapped"
+            ),
+            DmaError::BounceUnreachable {
+                device,
+                slot: Some(slot),
+                len,
+            } => write!(
+                f,
+                "{device}: the {len}-byte bounce slot at {slot} has no bus address the device can emit (outside its DMA ranges, or above its mask or bus limit)"
+            ),
+            DmaError::BounceUnreachable {
+                device,
+                slot: None,
+                len,
+            } => write!(
+                f,
+                "{device}: no memory a {len}-byte bounce could use has a bus address the device can emit"
             ),
         }
     }

@@ -101,6 +101,7 @@ extern crate alloc;
 
 mod addr;
 pub mod bounce;
+pub mod bus_ranges;
 pub mod coherent_pool;
 pub mod debug;
 mod decision;

@@ -168,7 +168,7 @@ pub fn untrusted_reads_its_granule() -> GranuleRead {
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     let vdma = unsafe { mapper.map(&v, vbuf, 100, Direction::ToDevice) }.unwrap();
     let gbase = granule_base(udma);
-    let (gphys, _) = x.iommu.translate(u.id(), gbase, 4096, false).unwrap();
+    let (gphys, _) = x.iommu.translate(u, gbase, 4096, false).unwrap();
     let other_in_granule = vdma.as_u64() >> 12 == gphys.as_u64() >> 12;
     x.m.grant(u.id(), gbase, 4096).unwrap();
     let seen = x.m.device_read(u.id(), gbase, 4096).unwrap();

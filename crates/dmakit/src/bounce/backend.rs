@@ -19,7 +19,8 @@ pub struct BounceRequest {
     pub orig: PhysAddr,
     /// Low address bits to preserve (`2^n - 1`, possibly 0).
     pub min_align_mask: u64,
-    /// The last byte of the bounce must be at or below this address (the device's mask).
+    /// The last byte of the bounce must be at or below this physical address (the end of
+    /// what the device's mask and bus limit reach through its bus windows).
     pub max_addr: u64,
     /// The CPU asking, as a hint for per-CPU structures.
     pub cpu: usize,

@@ -7,13 +7,14 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
-use crate::translation::phys_of_bus;
 
 /// Where a bounce may lie and what it must cover, as the path that asks for it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Placement {
-    /// The highest address any byte of the slot may have: the device's mask on the direct
-    /// path, anything behind an IOMMU (which translates).
+    /// The highest physical address any byte of the slot may have: on the direct path the
+    /// highest one whose bus address the device's mask and bus limit allow
+    /// ([`crate::translation::highest_phys_within`]; the router then checks the slot's bus
+    /// address), anything behind an IOMMU (which translates).
     pub(crate) max_addr: u64,
     /// For a device that will be given whole IOMMU granules of this size: the slot keeps
     /// the buffer's offset inside its granule and extends to the end of its last granule,
@@ -130,8 +131,9 @@ pub(crate) enum MapFailure {
     Failed(DmaError),
 }
 
-/// Ends the bounced mapping at `dma`: maintenance, copy back what the device may have
-/// written, release the room. Returns the metadata of the ended bounce and the bytes copied
+/// Ends the bounced mapping at `dma`, whose slot is at `slot` (the physical address the
+/// device reaches at `dma`, or the slot an IOMMU maps `dma` to): maintenance, copy back
+/// what the device may have written, release the room. Returns the metadata of the ended bounce and the bytes copied
 /// back.
 ///
 /// # Errors
@@ -143,11 +145,11 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     backend: &dyn BounceBackend,
     dev: &Device,
     dma: DmaAddr,
+    slot: PhysAddr,
     len: u64,
     dir: Direction,
 ) -> Result<(BounceMeta, u64), DmaError> {
-    let slot = phys_of_bus(dma);
-    let meta = live(backend, dev, dma)?;
+    let meta = live(backend, dev, dma, slot)?;
     if meta.len != len {
         return Err(DmaError::OutOfMapping {
             device: dev.id(),
@@ -171,8 +173,8 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     Ok((meta, copied))
 }
 
-/// Hands `len` bytes at `offset` inside the bounced mapping `dma` back to the CPU: the CPU
-/// sees what the device wrote there. Only that part is copied; returns the bytes copied.
+/// Hands `len` bytes at `offset` inside the bounced mapping `dma`, whose slot is at `slot`
+/// (as for [`unmap`]), back to the CPU: the CPU sees what the device wrote there. Only that part is copied; returns the bytes copied.
 ///
 /// # Errors
 /// As [`unmap`], and [`DmaError::OutOfMapping`] if the part leaves the mapping,
@@ -181,21 +183,26 @@ pub(crate) fn sync_for_cpu<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
     dev: &Device,
+    slot: PhysAddr,
     part: SyncPart,
 ) -> Result<u64, DmaError> {
+    let meta = checked_part(backend, dev, slot, part)?;
     let SyncPart {
-        dma,
-        offset,
+        offset, len, dir, ..
+    } = part;
+    to_cpu(
+        p,
+        backend,
+        dev,
+        slot.add(offset),
+        meta.orig.add(offset),
         len,
         dir,
-    } = part;
-    let meta = checked_part(backend, dev, dma, offset, len, dir)?;
-    let slot = phys_of_bus(dma).add(offset);
-    to_cpu(p, backend, dev, slot, meta.orig.add(offset), len, dir)
+    )
 }
 
-/// Hands `len` bytes at `offset` inside the bounced mapping `dma` to the device: what the
-/// CPU wrote there reaches the bounce. Inbound mappings are refilled too (unlike Linux), so
+/// Hands `len` bytes at `offset` inside the bounced mapping `dma`, whose slot is at `slot`
+/// (as for [`unmap`]), to the device: what the CPU wrote there reaches the bounce. Inbound mappings are refilled too (unlike Linux), so
 /// bytes the device then does not write keep the CPU's latest value, as on the direct path.
 /// Returns the bytes copied.
 ///
@@ -205,17 +212,15 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
     dev: &Device,
+    slot: PhysAddr,
     part: SyncPart,
     fill_inbound: bool,
 ) -> Result<u64, DmaError> {
+    let meta = checked_part(backend, dev, slot, part)?;
     let SyncPart {
-        dma,
-        offset,
-        len,
-        dir,
+        offset, len, dir, ..
     } = part;
-    let meta = checked_part(backend, dev, dma, offset, len, dir)?;
-    let slot = phys_of_bus(dma).add(offset);
+    let slot = slot.add(offset);
     let mut copied = 0;
     if dir.device_reads() || fill_inbound {
         p.copy(slot, meta.orig.add(offset), len)?;
@@ -246,8 +251,13 @@ fn to_cpu<P: Platform + ?Sized>(
     Ok(len)
 }
 
-fn live(backend: &dyn BounceBackend, dev: &Device, dma: DmaAddr) -> Result<BounceMeta, DmaError> {
-    match backend.get(phys_of_bus(dma)) {
+fn live(
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    dma: DmaAddr,
+    slot: PhysAddr,
+) -> Result<BounceMeta, DmaError> {
+    match backend.get(slot) {
         Some(meta) if meta.device == dev.id() => Ok(meta),
         _ => Err(DmaError::UnknownMapping {
             device: dev.id(),
@@ -259,12 +269,16 @@ fn live(backend: &dyn BounceBackend, dev: &Device, dma: DmaAddr) -> Result<Bounc
 fn checked_part(
     backend: &dyn BounceBackend,
     dev: &Device,
-    dma: DmaAddr,
-    offset: u64,
-    len: u64,
-    dir: Direction,
+    slot: PhysAddr,
+    part: SyncPart,
 ) -> Result<BounceMeta, DmaError> {
-    let meta = live(backend, dev, dma)?;
+    let SyncPart {
+        dma,
+        offset,
+        len,
+        dir,
+    } = part;
+    let meta = live(backend, dev, dma, slot)?;
     if len == 0 {
         return Err(DmaError::ZeroLength { device: dev.id() });
     }

@@ -34,7 +34,7 @@ fn inbound(dev: &Device, phys: u64, len: u64) -> LiveMapping {
     let phys = PhysAddr::new(phys);
     LiveMapping {
         device: dev.id(),
-        dma: bus_of(phys),
+        dma: bus_of(dev, phys).unwrap(),
         phys: Some(phys),
         len,
         dir: Direction::FromDevice,

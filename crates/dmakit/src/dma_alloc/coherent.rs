@@ -22,7 +22,7 @@ use crate::dma_alloc::{
 };
 use crate::growth::GrowthRequest;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, MemoryFault, PAGE_SIZE};
-use crate::translation::bus_of;
+use crate::translation::{bus_within, highest_phys_within};
 
 /// Where a coherent buffer's memory came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,8 +83,9 @@ where
     /// Allocates `size` zeroed bytes of coherent memory `dev` can reach (Linux
     /// `dma_alloc_coherent`).
     ///
-    /// - Non-coherent device, [`AllocContext::Atomic`]: an object of the atomic pool below
-    ///   the device's mask. Never waits; may trigger a growth request.
+    /// - Non-coherent device, [`AllocContext::Atomic`]: an object of the atomic pool the
+    ///   device reaches (through its bus windows, below its coherent mask and bus limit).
+    ///   Never waits; may trigger a growth request.
     /// - Non-coherent device, [`AllocContext::MayBlock`]: pages from the zones the device
     ///   reaches, remapped uncached.
     /// - Coherent device, either context: pages from the zones (no remap needed; the zone
@@ -98,7 +99,8 @@ where
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`] (for the atomic pool: above
     /// [`crate::dma_alloc::DmaAllocatorConfig::atomic_pool_bytes`]);
     /// [`DmaAllocError::AtomicPoolExhausted`] when the pool has no reachable room now;
-    /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones;
+    /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones
+    /// (or when no memory the device's windows reach lies below its coherent limit);
     /// [`DmaAllocError::Memory`] when the remap or zeroing is refused;
     /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses;
     /// [`DmaAllocError::DeclaredRegionExhausted`] (or [`DmaAllocError::TooLarge`]) when a
@@ -180,7 +182,16 @@ where
 
     fn alloc_atomic(&self, dev: &Device, size: u64) -> Result<CoherentBuffer, DmaAllocError> {
         let translated = self.translated(dev);
-        let max_addr = if translated { u64::MAX } else { dev.dma_mask() };
+        let max_addr = if translated {
+            u64::MAX
+        } else {
+            highest_phys_within(dev, dev.coherent_limit()).ok_or(
+                DmaAllocError::NoReachableMemory {
+                    device: dev.id(),
+                    dma_mask: dev.coherent_dma_mask(),
+                },
+            )?
+        };
         let align = if size >= PAGE_SIZE { PAGE_SIZE } else { 1 };
         let phys = self
             .atomic
@@ -223,7 +234,12 @@ where
                 self.device_address(dev, first, pages, Direction::Bidirectional)
                     .map(|d| d.add(phys.as_u64() - first.as_u64()))?
             } else {
-                bus_of(phys)
+                bus_within(dev, range, dev.coherent_limit()).ok_or(
+                    DmaAllocError::NoReachableMemory {
+                        device: dev.id(),
+                        dma_mask: dev.coherent_dma_mask(),
+                    },
+                )?
             };
             Ok((range, dma))
         });
@@ -283,10 +299,21 @@ where
                 len: size,
             })),
         };
-        match zeroed {
-            Ok(range) => Ok(CoherentBuffer {
+        // Declared regions lie in one bus window below the coherent limit (checked when
+        // declared), so every object of one has a bus address.
+        let reached = zeroed.and_then(|range| {
+            bus_within(dev, range, dev.coherent_limit())
+                .map(|dma| (range, dma))
+                .ok_or(DmaAllocError::BadDeclaredRegion {
+                    device: dev.id(),
+                    base: region.range.start(),
+                    len: region.range.len(),
+                })
+        });
+        match reached {
+            Ok((range, dma)) => Ok(CoherentBuffer {
                 range,
-                dma: bus_of(phys),
+                dma,
                 device: dev.id(),
                 source: Source::Declared,
                 translated: false,

@@ -24,6 +24,7 @@ use crate::coherent_pool::{ObjectPool, ObjectPoolConfig, ObjectPoolUsage};
 use crate::device::{Device, DeviceId};
 use crate::dma_alloc::{DeviceAddressSpace, DmaAllocError, DmaAllocator, ZonedPages};
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
+use crate::translation::bus_within;
 
 /// One declared region: its device, its memory and the objects handed out of it.
 pub(super) struct Declared {
@@ -109,7 +110,7 @@ where
         let unit = PAGE_SIZE.max(self.config().atomic_min_object);
         if !region.start().is_aligned(unit)
             || region.len() % unit != 0
-            || !dev.can_address(region.start().as_u64(), region.len())
+            || bus_within(dev, region, dev.coherent_limit()).is_none()
         {
             return Err(bad);
         }

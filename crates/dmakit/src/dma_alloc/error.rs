@@ -112,8 +112,8 @@ pub enum DmaAllocError {
         max_addr: u64,
     },
     /// A region given to [`crate::dma_alloc::DmaAllocator::declare_coherent`] is empty, not
-    /// page aligned or a whole number of pages, not reachable by the device's mask, or
-    /// overlaps a region already declared.
+    /// page aligned or a whole number of pages, not inside one of the device's bus windows
+    /// at or below its coherent limit, or overlaps a region already declared.
     BadDeclaredRegion {
         /// The device it was declared for.
         device: DeviceId,

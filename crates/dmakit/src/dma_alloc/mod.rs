@@ -2,7 +2,8 @@
 //!
 //! The streaming API ([`crate::DmaMapper`]) lends buffers the caller already has. Drivers
 //! also need memory allocated *for* a device, and which memory that may be depends on the
-//! device: below its DMA mask without an IOMMU, anywhere behind one; uncached for a
+//! device: without an IOMMU, memory it reaches through its bus windows at bus addresses
+//! its coherent mask and bus limit allow; anywhere behind one; uncached for a
 //! non-coherent device that must share it with the CPU without maintenance. This module
 //! answers those requests on top of a zoned page allocator ([`ZonedPages`]), the
 //! coherent object pool ([`crate::coherent_pool`]) and the platform traits, as Linux's
@@ -54,7 +55,7 @@ use crate::direction::Direction;
 use crate::growth::GrowthHook;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 use crate::reintroduce::Defect;
-use crate::translation::bus_of;
+use crate::translation::{bus_within, highest_phys_within};
 
 pub use coherent::CoherentBuffer;
 pub use error::{DmaAllocError, Rejected};
@@ -314,9 +315,9 @@ where
         self.space.translates(dev)
     }
 
-    /// `pages` contiguous pages `dev` can use: anywhere when translated, else from the
-    /// zones its mask fully reaches. The zones' buddy allocator aligns a block to the next
-    /// power of two of its size, so a multiple of a granule comes granule aligned.
+    /// `pages` contiguous pages `dev` can use: anywhere when translated, else pages it
+    /// reaches ([`Self::take_reachable`]). The zones' buddy allocator aligns a block to the
+    /// next power of two of its size, so a multiple of a granule comes granule aligned.
     pub(crate) fn take_contiguous(
         &self,
         dev: &Device,
@@ -325,9 +326,41 @@ where
         let r = if self.translated(dev) {
             self.zones.alloc_below(pages, u64::MAX)
         } else {
-            self.zones.alloc_for_device(dev, pages)
+            self.take_reachable(dev, pages)
         };
         r.map_err(|e| mem_error(dev.id(), e))
+    }
+
+    /// `pages` contiguous pages whose every byte the untranslated `dev` reaches through
+    /// its bus windows at a bus address its coherent mask and bus limit allow (every DMA
+    /// allocation is judged on the coherent mask). A device seeing memory at its physical
+    /// addresses, with no limit below its masks, gets the zones its mask fully reaches;
+    /// any other gets pages below the highest physical address its windows reach below its
+    /// limit, checked afterwards.
+    ///
+    /// # Errors
+    /// As [`ZonedPages::alloc_for_device`]; [`PageAllocError::NoReachableZone`] (with the
+    /// coherent mask) when the device's windows reach no memory below its limit or the
+    /// pages found lie outside them (they are given back).
+    pub(crate) fn take_reachable(
+        &self,
+        dev: &Device,
+        pages: u64,
+    ) -> Result<PhysAddr, PageAllocError> {
+        let limit = dev.coherent_limit();
+        if dev.bus_ranges().is_identity() && limit == dev.dma_mask() {
+            return self.zones.alloc_for_device(dev, pages);
+        }
+        let none = PageAllocError::NoReachableZone {
+            dma_mask: dev.coherent_dma_mask(),
+        };
+        let max = highest_phys_within(dev, limit).ok_or(none)?;
+        let phys = self.zones.alloc_below(pages, max)?;
+        if coherent_bus_address(dev, phys, pages).is_none() {
+            self.give_pages(phys, pages);
+            return Err(none);
+        }
+        Ok(phys)
     }
 
     /// Gives pages back on an unwinding path, where the pages were taken by this call.
@@ -349,7 +382,12 @@ where
         dir: Direction,
     ) -> Result<DmaAddr, DmaAllocError> {
         if !self.translated(dev) {
-            return Ok(bus_of(phys));
+            return coherent_bus_address(dev, phys, pages).ok_or(
+                DmaAllocError::NoReachableMemory {
+                    device: dev.id(),
+                    dma_mask: dev.coherent_dma_mask(),
+                },
+            );
         }
         let list: Vec<PhysAddr> = (0..pages).map(|i| phys.add(i * PAGE_SIZE)).collect();
         self.space
@@ -428,6 +466,13 @@ pub(crate) fn mem_error(device: DeviceId, e: PageAllocError) -> DmaAllocError {
         }
         other => DmaAllocError::PageAllocator(other),
     }
+}
+
+/// The bus address at which the untranslated `dev` reaches all of `pages` pages at `phys`
+/// for a coherent allocation (at or below its coherent mask and bus limit), if it does.
+pub(crate) fn coherent_bus_address(dev: &Device, phys: PhysAddr, pages: u64) -> Option<DmaAddr> {
+    let range = PhysRange::new(phys, pages.checked_mul(PAGE_SIZE)?)?;
+    bus_within(dev, range, dev.coherent_limit())
 }
 
 /// The range of `pages` pages at `base` (a valid range: the page allocator handed it out).

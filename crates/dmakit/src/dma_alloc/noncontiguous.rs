@@ -18,7 +18,6 @@ use crate::dma_alloc::{
     DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgChunk, SgTable, TableKind,
 };
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory};
-use crate::translation::bus_of;
 
 impl<P, Z, S> DmaAllocator<P, Z, S>
 where
@@ -68,8 +67,14 @@ where
             translated,
         };
         if !translated {
-            let dma = bus_of(chunks[0].phys());
-            return Ok(self.make_table(dev, chunks, shape(dma)));
+            // `take_contiguous` found memory the device reaches.
+            return match self.device_address(dev, chunks[0].phys(), pages, dir) {
+                Ok(dma) => Ok(self.make_table(dev, chunks, shape(dma))),
+                Err(e) => {
+                    self.free_chunks(&chunks);
+                    Err(e)
+                }
+            };
         }
         let table = self.make_table(dev, chunks, shape(crate::addr::DmaAddr::ZERO));
         let list = table.pages();

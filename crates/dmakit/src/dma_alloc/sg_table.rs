@@ -14,7 +14,9 @@ use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::dma_alloc::zones::{PageAllocError, ZonedPages};
-use crate::dma_alloc::{page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected};
+use crate::dma_alloc::{
+    coherent_bus_address, page_range, DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected,
+};
 use crate::mapped::SgEntry;
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 
@@ -209,7 +211,7 @@ where
         while remaining > 0 {
             want = want.min(remaining);
             let got = if reachable_only {
-                self.zones().alloc_for_device(dev, want)
+                self.take_reachable(dev, want)
             } else {
                 self.zones().alloc_below(want, u64::MAX)
             };
@@ -217,7 +219,7 @@ where
                 Ok(phys) => {
                     let reachable = translated
                         || reachable_only
-                        || dev.can_address(phys.as_u64(), want * PAGE_SIZE);
+                        || coherent_bus_address(dev, phys, want).is_some();
                     chunks.push(SgChunk {
                         phys,
                         pages: want,

@@ -20,7 +20,11 @@ pub trait ZonedPages {
     /// The most pages one allocation may have.
     const MAX_BLOCK_PAGES: u64;
 
-    /// `pages` contiguous pages whose every byte `dev`'s DMA mask reaches.
+    /// `pages` contiguous pages whose every byte `dev`'s DMA mask reaches at its physical
+    /// address. The DMA allocators ask this only for a device that sees memory at its
+    /// physical addresses (no bus windows) with no coherent mask or bus limit below its
+    /// DMA mask; for any other they take pages with [`ZonedPages::alloc_below`] and check
+    /// the bus addresses themselves.
     ///
     /// # Errors
     /// [`PageAllocError::ZeroSize`], [`PageAllocError::TooLarge`] above

@@ -65,7 +65,7 @@ impl DeviceAddressSpace for IommuDma {
             return Err(DeviceSpaceError::TablesFailed);
         }
         let total = count * PAGE_SIZE;
-        let limit = dom.limit_pfn(dev.dma_mask()).ok_or(no_space)?;
+        let limit = dom.limit_pfn(dev.coherent_limit()).ok_or(no_space)?;
         let iova = dom
             .alloc_iova(total, limit, ALLOC_CPU)
             .map_err(|_| no_space)?;

@@ -124,11 +124,12 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         done: DeferredCompletion,
     ) -> Result<MapStatus, DmaError> {
+        let dev = &*self.controls.bus_view(dev);
         let range = checked_range(dev, phys, len)?;
         let site = Location::caller();
         let route = self.route(dev, range, dir);
-        if matches!(route, Route::Direct) && !active(Defect::DeferUnneededMapping) {
-            let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
+        if let (Route::Direct(dma), false) = (&route, active(Defect::DeferUnneededMapping)) {
+            let mapped = (self.map_direct(dev, range, dir, *dma), MapPath::Direct);
             self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(MapStatus::Mapped(mapped.0));
         }
@@ -143,7 +144,8 @@ impl<P: Platform> DmaMapper<P> {
             // The defect put back: the queue's lock stays held across the attempt.
             let held = active(Defect::DeferHookUnderLock).then(|| self.deferred.lock());
             // The defect put back: a buffer that needs no bounce waits behind anything.
-            let behind_all = active(Defect::DeferUnneededMapping) && matches!(route, Route::Direct);
+            let behind_all =
+                active(Defect::DeferUnneededMapping) && matches!(route, Route::Direct(_));
             let held_up = match &held {
                 Some(q) => q.holds_up(dev.id(), behind_all),
                 None => self.deferred.lock().holds_up(dev.id(), behind_all),
@@ -266,7 +268,7 @@ impl<P: Platform> DmaMapper<P> {
                 // rather than leak.
                 drop(queue);
                 if let Ok((dma, _)) = result {
-                    let _ = self.unmap_range(&dev, dma, range, dir);
+                    let _ = self.unmap_range(&dev, dma, range.len(), dir);
                 }
                 continue;
             };
@@ -287,7 +289,7 @@ impl<P: Platform> DmaMapper<P> {
                 if let Ok((dma, _)) = result {
                     // Mapped for a device that was released meanwhile: undo it. The
                     // mapping was never seen by anyone, so this cannot be refused.
-                    let _ = self.unmap_range(&dev, dma, range, dir);
+                    let _ = self.unmap_range(&dev, dma, range.len(), dir);
                 }
                 (entry.done)(Err(DmaError::DeviceReleased { device: dev.id() }));
                 continue;

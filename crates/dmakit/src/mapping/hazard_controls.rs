@@ -5,6 +5,10 @@
 //! model/test-only cargo feature `hazard-controls`; without it [`HazardControls`] is an
 //! empty private type and every mechanism is always on.
 
+use alloc::borrow::Cow;
+
+use crate::device::Device;
+
 /// Switches that turn a safety mechanism off, so tests and the model can show the failure
 /// it prevents (cargo feature `hazard-controls`). Never set them outside such a
 /// demonstration; the default turns nothing off.
@@ -19,6 +23,10 @@ pub struct HazardControls {
     /// then map in place and the others bounce through the global pool, outside the one
     /// window the device may reach.
     pub restricted_pools_ignored: bool,
+    /// Ignore every device's bus windows ([`crate::DeviceBuilder::dma_range`]): the mapper
+    /// hands out physical addresses as bus addresses and takes bus addresses back as
+    /// physical ones, so a device with windows reaches the wrong memory or none.
+    pub identity_bus_translation: bool,
 }
 
 /// Without the `hazard-controls` feature there is nothing to switch off.
@@ -27,6 +35,18 @@ pub struct HazardControls {
 pub(crate) struct HazardControls {}
 
 impl HazardControls {
+    /// The device as the mapper's paths see it: `dev` itself, or without its bus windows
+    /// when `identity_bus_translation` is on (only with the feature; a copy of the
+    /// description, no heap memory).
+    #[inline(always)]
+    pub(crate) fn bus_view<'a>(&self, dev: &'a Device) -> Cow<'a, Device> {
+        #[cfg(feature = "hazard-controls")]
+        if self.identity_bus_translation {
+            return Cow::Owned(dev.without_bus_ranges());
+        }
+        Cow::Borrowed(dev)
+    }
+
     /// Whether inbound bounces are left unfilled (always `false` without the feature).
     #[inline(always)]
     pub(crate) const fn skips_inbound_fill(&self) -> bool {

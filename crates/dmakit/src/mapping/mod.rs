@@ -205,24 +205,36 @@ impl<P: Platform> DmaMapper<P> {
 /// whole lines or pages, and the last page of the address space has no such end (the IOVA
 /// allocator never hands it out either), so a range reaching into it — or one as absurd as
 /// `map(0, u64::MAX)` — is [`DmaError::AddressOverflow`] on every device, whatever its mask.
-/// Unmap and sync pass the physical address their DMA address names on the direct path
-/// ([`crate::translation::phys_of_bus`]).
+/// Unmap and sync apply the same rule to the device address they are given
+/// ([`checked_extent`]).
 #[inline]
 fn checked_range(dev: &Device, start: PhysAddr, len: u64) -> Result<PhysRange, DmaError> {
+    checked_extent(dev, start.as_u64(), len)?;
+    PhysRange::new(start, len).ok_or(DmaError::AddressOverflow {
+        device: dev.id(),
+        addr: start.as_u64(),
+        len,
+    })
+}
+
+/// The rule of [`checked_range`] for `len` bytes at the raw address `start` (a physical or
+/// a device address).
+#[inline]
+fn checked_extent(dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
     if len == 0 {
         return Err(DmaError::ZeroLength { device: dev.id() });
     }
     let overflow = DmaError::AddressOverflow {
         device: dev.id(),
-        addr: start.as_u64(),
+        addr: start,
         len,
     };
-    let range = PhysRange::new(start, len).ok_or(overflow)?;
+    let end = start.checked_add(len).ok_or(overflow)?;
     if crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted) {
-        return Ok(range);
+        return Ok(());
     }
-    match range.end().checked_align_up(crate::platform::PAGE_SIZE) {
-        Some(_) => Ok(range),
+    match end.checked_next_multiple_of(crate::platform::PAGE_SIZE) {
+        Some(_) => Ok(()),
         None => Err(overflow),
     }
 }

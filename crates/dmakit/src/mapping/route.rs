@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 
 use super::routes::Registered;
 use super::{DmaMapper, MapPath};
-use crate::addr::{DmaAddr, PhysRange};
+use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, MapFailure, Placement};
 use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta};
 use crate::decision::{self, BounceReason};
@@ -24,12 +24,12 @@ use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::iommu::{self, IommuDomain};
 use crate::platform::Platform;
-use crate::translation::{bus_of, phys_of_bus};
+use crate::translation::{bus_within, highest_phys_within, phys_of_bus};
 
 /// The path a mapping takes, as decided by the routing layer.
 pub(super) enum Route {
-    /// The device reaches the buffer in place.
-    Direct,
+    /// The device reaches the buffer in place, at this bus address.
+    Direct(DmaAddr),
     /// Through this IOMMU domain (which may still bounce, by its own rules).
     Iommu(Arc<IommuDomain>),
     /// Through the device's bounce pool, for this reason.
@@ -42,10 +42,11 @@ pub(super) enum Route {
 pub(super) enum Owner<'a> {
     /// The device's IOMMU domain (which knows whether it bounced).
     Iommu(Arc<IommuDomain>),
-    /// This bounce backend: the address is one of its slots.
-    Bounce(&'a dyn BounceBackend),
-    /// Nobody: the device uses the buffer in place.
-    Direct,
+    /// This bounce backend: the address is one of its slots, the one at this physical
+    /// address.
+    Bounce(&'a dyn BounceBackend, PhysAddr),
+    /// Nobody: the device uses the buffer in place, at this physical address.
+    Direct(PhysAddr),
 }
 
 impl<P: Platform> DmaMapper<P> {
@@ -67,8 +68,8 @@ impl<P: Platform> DmaMapper<P> {
         if let Err(e) = self.restricted_not_behind_iommu(dev) {
             return Route::Refused(e);
         }
-        let reason = decision::bounce_reason(dev, range, dir, self.policy, self.line());
-        Route::Bounce(reason.unwrap_or(BounceReason::Forced))
+        let decided = decision::direct_or_bounce(dev, range, dir, self.policy, self.line());
+        Route::Bounce(decided.err().unwrap_or(BounceReason::Forced))
     }
 
     /// A device with a restricted pool must not be attached to an IOMMU domain.
@@ -83,14 +84,13 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    /// The bounce backend of `dev` that holds `dma`, if any: its restricted pool for a
-    /// device that has one (and no other pool), else the global pool whose memory holds it.
-    pub(super) fn bounce_owning(&self, dev: &Device, dma: DmaAddr) -> Option<&dyn BounceBackend> {
+    /// The bounce backend of `dev` whose memory holds `phys` (where the device reaches a
+    /// mapping's address), if any: its restricted pool for a device that has one (and no
+    /// other pool), else the global pool whose memory holds it.
+    pub(super) fn bounce_owning(&self, dev: &Device, phys: PhysAddr) -> Option<&dyn BounceBackend> {
         match self.restricted_pool(dev) {
-            Some(pool) => pool
-                .holds(phys_of_bus(dma))
-                .then_some(pool.backend.as_ref()),
-            None => self.routes.backend_owning(dma),
+            Some(pool) => pool.holds(phys).then_some(pool.backend.as_ref()),
+            None => self.routes.backend_owning(phys),
         }
     }
 
@@ -114,9 +114,9 @@ impl<P: Platform> DmaMapper<P> {
             Err(e) => return Route::Refused(e),
             Ok(None) => {}
         }
-        match decision::bounce_reason(dev, range, dir, self.policy, self.line()) {
-            None => Route::Direct,
-            Some(reason) => Route::Bounce(reason),
+        match decision::direct_or_bounce(dev, range, dir, self.policy, self.line()) {
+            Ok(dma) => Route::Direct(dma),
+            Err(reason) => Route::Bounce(reason),
         }
     }
 
@@ -143,17 +143,24 @@ impl<P: Platform> DmaMapper<P> {
         route: Route,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
         match route {
-            Route::Direct => Ok((self.map_direct(dev, range, dir), MapPath::Direct)),
+            Route::Direct(dma) => Ok((self.map_direct(dev, range, dir, dma), MapPath::Direct)),
             Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
             Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
             Route::Refused(e) => Err(MapFailure::Failed(e)),
         }
     }
 
-    /// The direct path and its one counter; small enough to inline into `map`.
+    /// The direct path and its one counter, for `range`, which `dev` reaches at `dma`;
+    /// small enough to inline into `map`.
     #[inline]
-    pub(super) fn map_direct(&self, dev: &Device, range: PhysRange, dir: Direction) -> DmaAddr {
-        let dma = direct::map(&self.platform, dev, range, dir);
+    pub(super) fn map_direct(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        dma: DmaAddr,
+    ) -> DmaAddr {
+        direct::map(&self.platform, dev, range, dir);
         self.obs
             .counters
             .mapped(self.platform.current_cpu(), dev.id(), dir, None, 0);
@@ -283,6 +290,14 @@ impl<P: Platform> DmaMapper<P> {
             .is_some_and(|i| i.reclaim_bounces(self.platform.current_cpu()) > 0)
     }
 
+    /// Bounces `range` into `backend` for `dev`, below the physical address whose bus
+    /// address is the device's streaming limit, and checks that the device reaches the
+    /// slot: in one of its bus windows, at or below its mask and bus limit.
+    ///
+    /// # Errors
+    /// As [`bounce::map`]; [`DmaError::BounceUnreachable`] when the device reaches no
+    /// memory below its limit, or the slot chosen lies outside its bus windows (the slot
+    /// is abandoned then, so the backend is as it was).
     fn bounce_into(
         &self,
         backend: &dyn BounceBackend,
@@ -290,45 +305,63 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         meta: BounceMeta,
     ) -> Result<(DmaAddr, u64), MapFailure> {
+        let limit = dev.streaming_limit();
+        let unreachable = |slot| {
+            MapFailure::Failed(DmaError::BounceUnreachable {
+                device: dev.id(),
+                slot,
+                len: range.len(),
+            })
+        };
+        let max_addr = highest_phys_within(dev, limit).ok_or_else(|| unreachable(None))?;
         let fill = !self.controls.skips_inbound_fill();
         let place = Placement {
-            max_addr: dev.dma_mask(),
+            max_addr,
             granule_pad: None,
         };
-        bounce::map(&self.platform, backend, dev, range, meta, fill, place)
-            .map(|b| (bus_of(b.slot), b.copied))
+        let b = bounce::map(&self.platform, backend, dev, range, meta, fill, place)?;
+        let reached = PhysRange::new(b.slot, range.len()).and_then(|s| bus_within(dev, s, limit));
+        match reached {
+            Some(dma) => Ok((dma, b.copied)),
+            None => {
+                let undone = backend.abandon(b.slot);
+                debug_assert!(undone.is_some(), "the slot was just taken");
+                Err(unreachable(Some(b.slot)))
+            }
+        }
     }
 
     /// Who holds the mapping `dma` of `dev`: the reverse routing decision, made once by
     /// unmap, sync and `unmap_sg`. For a device behind the IOMMU its domain, whatever
-    /// `dma` is; otherwise the backend whose memory holds `dma`, or the direct path.
+    /// `dma` is; otherwise the backend whose memory holds the physical address the
+    /// device reaches at `dma`, or the direct path.
     ///
     /// # Errors
     /// [`DmaError::Detached`] for a device detached from its IOMMU domain: an old IOVA is
-    /// never taken for a physical address.
+    /// never taken for a physical address. [`DmaError::UnknownMapping`] when `dma` lies in
+    /// none of the device's bus windows (no mapping can be there).
     ///
     /// A device with a restricted pool never maps in place: `dma` is looked up in its pool
     /// alone, and an address outside it is [`DmaError::UnknownMapping`];
     /// [`DmaError::RestrictedPoolBehindIommu`] when the device is also behind an IOMMU.
     #[inline]
     pub(super) fn owner_of(&self, dev: &Device, dma: DmaAddr) -> Result<Owner<'_>, DmaError> {
-        if self.restricted_pool(dev).is_some() {
+        let restricted = self.restricted_pool(dev).is_some();
+        if restricted {
             self.restricted_not_behind_iommu(dev)?;
-            return match self.bounce_owning(dev, dma) {
-                Some(backend) => Ok(Owner::Bounce(backend)),
-                None => Err(DmaError::UnknownMapping {
-                    device: dev.id(),
-                    dma,
-                }),
-            };
-        }
-        if let Some(dom) = self.routes.iommu_domain(dev)? {
+        } else if let Some(dom) = self.routes.iommu_domain(dev)? {
             return Ok(Owner::Iommu(dom));
         }
-        Ok(match self.routes.backend_owning(dma) {
-            Some(backend) => Owner::Bounce(backend),
-            None => Owner::Direct,
-        })
+        let unknown = DmaError::UnknownMapping {
+            device: dev.id(),
+            dma,
+        };
+        let phys = phys_of_bus(dev, dma).ok_or(unknown)?;
+        match self.bounce_owning(dev, phys) {
+            Some(backend) => Ok(Owner::Bounce(backend, phys)),
+            None if restricted => Err(unknown),
+            None => Ok(Owner::Direct(phys)),
+        }
     }
 
     pub(super) fn failure_to_error(

@@ -3,12 +3,11 @@
 
 use alloc::sync::Arc;
 
-use crate::addr::{DmaAddr, PhysAddr};
+use crate::addr::PhysAddr;
 use crate::bounce::{BounceBackend, MemorySpan, TransientPool};
 use crate::device::{BouncePool, Device};
 use crate::error::DmaError;
 use crate::iommu::{IommuDma, IommuDomain};
-use crate::translation::phys_of_bus;
 
 use super::restricted::RestrictedPools;
 
@@ -91,13 +90,13 @@ impl Routes {
         }
     }
 
-    /// The global backend whose memory holds `dma` (at the physical address a device
-    /// without an IOMMU reaches there), if any; restricted pools are never searched here
-    /// (only their own device's lookups find them). Direct mappings, whose buffers lie
-    /// outside every backend's span, cost no lookup.
+    /// The global backend whose memory holds `a` (the physical address a device without an
+    /// IOMMU reaches at its DMA address, [`crate::translation::phys_of_bus`]), if any;
+    /// restricted pools are never searched here (only their own device's lookups find
+    /// them). Direct mappings, whose buffers lie outside every backend's span, cost no
+    /// lookup.
     #[inline]
-    pub(super) fn backend_owning(&self, dma: DmaAddr) -> Option<&dyn BounceBackend> {
-        let a = phys_of_bus(dma);
+    pub(super) fn backend_owning(&self, a: PhysAddr) -> Option<&dyn BounceBackend> {
         for r in [&self.swiotlb, &self.coherent].into_iter().flatten() {
             if r.holds(a) {
                 return Some(r.backend.as_ref());

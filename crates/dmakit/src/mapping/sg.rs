@@ -6,7 +6,7 @@ use core::panic::Location;
 use alloc::vec::Vec;
 
 use super::route::{Owner, Route};
-use super::{checked_range, DmaMapper, DmaSegment, SgEntry};
+use super::{checked_extent, checked_range, DmaMapper, DmaSegment, SgEntry};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::debug::checker::Unmapping;
 use crate::debug::{LiveMapping, MappingFamily};
@@ -38,6 +38,7 @@ impl<P: Platform> DmaMapper<P> {
         entries: &[SgEntry],
         dir: Direction,
     ) -> Result<Vec<DmaSegment>, DmaError> {
+        let dev = &*self.controls.bus_view(dev);
         if entries.is_empty() {
             return Err(DmaError::ZeroLength { device: dev.id() });
         }
@@ -63,7 +64,7 @@ impl<P: Platform> DmaMapper<P> {
                                 group,
                             },
                             site,
-                            bounced: phys.is_some_and(|p| bus_of(p) != seg.dma),
+                            bounced: phys.is_some_and(|p| bus_of(dev, p) != Some(seg.dma)),
                             coherent_device: dev.is_coherent(),
                             cpu_owned: Vec::new(),
                         };
@@ -91,7 +92,7 @@ impl<P: Platform> DmaMapper<P> {
         let dom = match self.route(dev, ranges[0], dir) {
             Route::Iommu(dom) => Some(dom),
             Route::Refused(e) => return Err(e),
-            Route::Direct | Route::Bounce(_) => None,
+            Route::Direct(_) | Route::Bounce(_) => None,
         };
         if let Some(dom) = dom {
             let ctx = self.iommu_ctx(dev);
@@ -170,13 +171,14 @@ impl<P: Platform> DmaMapper<P> {
         segments: &[DmaSegment],
         dir: Direction,
     ) -> Result<(), DmaError> {
+        let dev = &*self.controls.bus_view(dev);
         // The put-back defect: the direct path accepted an empty list (the IOMMU path
         // below refuses it on its own).
         // (Only whether the device is behind the IOMMU matters there, so any address does.)
         let old_empty_rule = reintroduce::active(Defect::EmptyUnmapSgInconsistent)
             && matches!(
                 self.owner_of(dev, DmaAddr::new(0)),
-                Ok(Owner::Bounce(_) | Owner::Direct)
+                Ok(Owner::Bounce(..) | Owner::Direct(_))
             );
         let Some(first_seg) = segments.first() else {
             if old_empty_rule {
@@ -207,8 +209,8 @@ impl<P: Platform> DmaMapper<P> {
         }
         let mut first = Ok(());
         for s in segments {
-            let r = match checked_range(dev, phys_of_bus(s.dma), s.len) {
-                Ok(range) => self.unmap_range(dev, s.dma, range, dir),
+            let r = match checked_extent(dev, s.dma.as_u64(), s.len) {
+                Ok(()) => self.unmap_range(dev, s.dma, s.len, dir),
                 Err(e) => Err(e),
             };
             if first.is_ok() {
@@ -225,18 +227,20 @@ impl<P: Platform> DmaMapper<P> {
     fn unwind(&self, dev: &Device, mapped: &[DmaSegment], dir: Direction) {
         let mut freed = false;
         for s in mapped {
-            // These segments were mapped by this call with these exact arguments.
-            let Ok(range) = checked_range(dev, phys_of_bus(s.dma), s.len) else {
+            if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
+                let _ = self.unmap_range(dev, s.dma, s.len, dir);
+                continue;
+            }
+            // These segments were mapped by this call with these exact arguments: the
+            // device reaches each, and each is a valid range.
+            let range = phys_of_bus(dev, s.dma).and_then(|p| PhysRange::new(p, s.len));
+            let Some(range) = range else {
                 debug_assert!(false, "a segment this call mapped is a valid range");
                 continue;
             };
-            if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
-                let _ = self.unmap_range(dev, s.dma, range, dir);
-                continue;
-            }
-            match self.bounce_owning(dev, s.dma) {
+            match self.bounce_owning(dev, range.start()) {
                 Some(backend) => {
-                    let undone = backend.abandon(phys_of_bus(s.dma));
+                    let undone = backend.abandon(range.start());
                     debug_assert!(undone.is_some());
                     freed = true;
                 }
@@ -250,7 +254,9 @@ impl<P: Platform> DmaMapper<P> {
 }
 
 /// Splits `range` into pieces that respect the device's maximum segment size and segment
-/// boundary (both in the physical address space, which is the DMA space of the direct path).
+/// boundary. The boundary is judged on the bus address at which the device reaches each
+/// piece in place (a piece it cannot reach in place is bounced, and its slot's bus address
+/// is checked after mapping, [`crosses_boundary`]).
 fn split_segment(dev: &Device, range: PhysRange) -> impl Iterator<Item = PhysRange> + '_ {
     let mut at = range.start().as_u64();
     let end = range.end().as_u64();
@@ -259,9 +265,11 @@ fn split_segment(dev: &Device, range: PhysRange) -> impl Iterator<Item = PhysRan
             return None;
         }
         let boundary = dev.seg_boundary_mask();
-        let to_boundary = (boundary - (at & boundary)).saturating_add(1);
+        let here = PhysAddr::new(at);
+        let bus = bus_of(dev, here).map_or(at, |d| d.as_u64());
+        let to_boundary = (boundary - (bus & boundary)).saturating_add(1);
         let len = (end - at).min(dev.max_segment_size()).min(to_boundary);
-        let piece = PhysRange::new(PhysAddr::new(at), len);
+        let piece = PhysRange::new(here, len);
         at += len;
         piece
     })

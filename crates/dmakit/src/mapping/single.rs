@@ -4,7 +4,7 @@
 use core::panic::Location;
 
 use super::route::Owner;
-use super::{checked_range, DmaMapper, MapPath, Route};
+use super::{checked_extent, checked_range, DmaMapper, MapPath, Route};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
 use crate::bounce::BounceBackend;
@@ -83,11 +83,12 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
+        let dev = &*self.controls.bus_view(dev);
         let range = checked_range(dev, phys, len)?;
         let route = self.route(dev, range, dir);
-        if let Route::Direct = route {
+        if let Route::Direct(dma) = route {
             // Returned on its own, so a direct mapping's result stays in registers.
-            let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
+            let mapped = (self.map_direct(dev, range, dir, dma), MapPath::Direct);
             self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(mapped);
         }
@@ -124,9 +125,10 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let range = checked_range(dev, phys_of_bus(dma), len)?;
+        let dev = &*self.controls.bus_view(dev);
+        checked_extent(dev, dma.as_u64(), len)?;
         let Some(d) = &self.obs.debug else {
-            return self.unmap_range(dev, dma, range, dir);
+            return self.unmap_range(dev, dma, len, dir);
         };
         let u = Unmapping {
             dma,
@@ -135,7 +137,7 @@ impl<P: Platform> DmaMapper<P> {
             family: MappingFamily::Single,
         };
         let record = d.unmapping(dev, u, Location::caller());
-        let result = self.unmap_range(dev, dma, range, dir);
+        let result = self.unmap_range(dev, dma, len, dir);
         if let (Some(m), Err(e)) = (record, &result) {
             if unmap_refused(e) {
                 d.unmap_rejected(m);
@@ -144,21 +146,21 @@ impl<P: Platform> DmaMapper<P> {
         result
     }
 
-    /// Unmaps without consulting the debug checker (the caller did, or is undoing its own
-    /// work).
+    /// Unmaps the `len` bytes at `dma` (validated by [`checked_extent`]) without consulting
+    /// the debug checker (the caller did, or is undoing its own work).
     #[inline]
     pub(super) fn unmap_range(
         &self,
         dev: &Device,
         dma: DmaAddr,
-        range: PhysRange,
+        len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
         match self.owner_of(dev, dma)? {
-            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, range.len(), dir),
-            Owner::Bounce(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
-            Owner::Direct => {
-                direct::unmap(&self.platform, dev, range, dir);
+            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, len, dir),
+            Owner::Bounce(backend, slot) => self.unmap_bounced(backend, dev, dma, slot, len, dir),
+            Owner::Direct(phys) => {
+                direct::unmap(&self.platform, dev, checked_range(dev, phys, len)?, dir);
                 Ok(())
             }
         }
@@ -198,10 +200,11 @@ impl<P: Platform> DmaMapper<P> {
         backend: &dyn BounceBackend,
         dev: &Device,
         dma: DmaAddr,
+        slot: PhysAddr,
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, slot, len, dir)?;
         self.obs
             .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
@@ -275,13 +278,14 @@ impl<P: Platform> DmaMapper<P> {
         for_cpu: bool,
         site: &'static Location<'static>,
     ) -> Result<(), DmaError> {
+        let dev = &*self.controls.bus_view(dev);
         let SyncPart {
             dma,
             offset,
             len,
             dir,
         } = part;
-        let range = self.sync_range(dev, dma, offset, len)?;
+        let start = self.sync_start(dev, dma, offset, len)?;
         if let Some(d) = &self.obs.debug {
             d.syncing(dev, dma, offset, len, dir, for_cpu, site);
         }
@@ -294,16 +298,18 @@ impl<P: Platform> DmaMapper<P> {
                 let to = iommu::path::SyncTo::Device { fill_inbound };
                 iommu::path::sync(&self.platform, &dom, dev, part, to)?
             }
-            (Owner::Bounce(b), true) => bounce::sync_for_cpu(&self.platform, b, dev, part)?,
-            (Owner::Bounce(b), false) => {
-                bounce::sync_for_device(&self.platform, b, dev, part, fill_inbound)?
+            (Owner::Bounce(b, slot), true) => {
+                bounce::sync_for_cpu(&self.platform, b, dev, slot, part)?
             }
-            (Owner::Direct, true) => {
-                direct::sync_for_cpu(&self.platform, dev, range, dir);
+            (Owner::Bounce(b, slot), false) => {
+                bounce::sync_for_device(&self.platform, b, dev, slot, part, fill_inbound)?
+            }
+            (Owner::Direct(_), true) => {
+                direct::sync_for_cpu(&self.platform, dev, self.synced(dev, start, len)?, dir);
                 0
             }
-            (Owner::Direct, false) => {
-                direct::sync_for_device(&self.platform, dev, range, dir);
+            (Owner::Direct(_), false) => {
+                direct::sync_for_device(&self.platform, dev, self.synced(dev, start, len)?, dir);
                 0
             }
         };
@@ -316,19 +322,33 @@ impl<P: Platform> DmaMapper<P> {
         Ok(())
     }
 
-    fn sync_range(
+    /// The device address of the synced part, validated by [`checked_extent`].
+    fn sync_start(
         &self,
         dev: &Device,
         dma: DmaAddr,
         offset: u64,
         len: u64,
-    ) -> Result<PhysRange, DmaError> {
+    ) -> Result<DmaAddr, DmaError> {
         let start = dma.checked_add(offset).ok_or(DmaError::AddressOverflow {
             device: dev.id(),
             addr: dma.as_u64(),
             len: offset,
         })?;
-        checked_range(dev, phys_of_bus(start), len)
+        checked_extent(dev, start.as_u64(), len)?;
+        Ok(start)
+    }
+
+    /// The CPU range of a direct mapping's synced part at `start`.
+    ///
+    /// # Errors
+    /// [`DmaError::UnknownMapping`] when `start` lies in none of the device's bus windows.
+    fn synced(&self, dev: &Device, start: DmaAddr, len: u64) -> Result<PhysRange, DmaError> {
+        let phys = phys_of_bus(dev, start).ok_or(DmaError::UnknownMapping {
+            device: dev.id(),
+            dma: start,
+        })?;
+        checked_range(dev, phys, len)
     }
 }
 

@@ -13,7 +13,6 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
-use crate::translation::bus_of;
 
 /// Removes the record of the mapping at `key` after checking it belongs to `dev`, has
 /// length `len` (when given) and direction `dir`.
@@ -107,11 +106,12 @@ pub(super) fn finish<P: Platform + ?Sized>(
         }
         Kind::Pages { .. } => {}
         Kind::Bounced { backend, slot } => {
-            // The bounce path knows a slot by its bus address as a device without an
-            // IOMMU would reach it, not by the IOVA.
-            let dma = bus_of(*slot);
+            // The bounce path finds the slot by its physical address; the IOVA names the
+            // mapping in its errors.
+            let dma = DmaAddr::new(key);
             result = if strict {
-                let unmapped = bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir);
+                let unmapped =
+                    bounce::unmap(p, backend.as_ref(), dev, dma, *slot, rec.len, rec.dir);
                 if unmapped.is_err() && !reintroduce::active(Defect::IommuFaultLeaksSlot) {
                     // The copy back faulted (the record matched the slot, so nothing else
                     // can fail): the record and the IOVA are gone, so the slot must go
@@ -132,7 +132,7 @@ pub(super) fn finish<P: Platform + ?Sized>(
                     len: rec.len,
                     dir: rec.dir,
                 };
-                bounce::sync_for_cpu(p, backend.as_ref(), dev, part).map(|copied| Ended {
+                bounce::sync_for_cpu(p, backend.as_ref(), dev, *slot, part).map(|copied| Ended {
                     freed_room: false,
                     copied,
                 })

@@ -1,6 +1,6 @@
 //! The IOMMU path: map, unmap, sync and scatter-gather through I/O virtual addresses.
 //!
-//! A mapping reserves IOVA pages in the device's domain (below the device's mask, wherever
+//! A mapping reserves IOVA pages in the device's domain (below the device's mask capped by its bus limit, wherever
 //! the memory is), maps the granules holding the buffer, and gives the device the IOVA with
 //! the buffer's offset inside its first granule. Two cases bounce instead, through the
 //! generic bounce machinery, and map the bounce slot
@@ -67,13 +67,14 @@ fn overflow(dev: &Device, addr: u64, len: u64) -> DmaError {
     }
 }
 
-/// The domain had no IOVA range for `len` bytes below the device's mask. (The allocator's
+/// The domain had no IOVA range for `len` bytes below the device's mask (capped by its
+/// bus limit). (The allocator's
 /// other errors cannot happen here: its configuration was checked when the domain was
 /// created, and the path frees only what it allocated.)
 fn iova_error(dev: &Device, len: u64, _: IovaError) -> DmaError {
     DmaError::IovaExhausted {
         device: dev.id(),
         len,
-        mask: dev.dma_mask(),
+        mask: dev.streaming_limit(),
     }
 }

@@ -106,13 +106,13 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
             .ok_or_else(|| MapFailure::Failed(overflow(dev, s, r.len())))?;
         spans.push((first, span));
     }
-    let limit =
-        dom.limit_pfn(dev.dma_mask())
-            .ok_or(MapFailure::Failed(DmaError::IovaExhausted {
-                device: dev.id(),
-                len: total,
-                mask: dev.dma_mask(),
-            }))?;
+    let limit = dom
+        .limit_pfn(dev.streaming_limit())
+        .ok_or(MapFailure::Failed(DmaError::IovaExhausted {
+            device: dev.id(),
+            len: total,
+            mask: dev.streaming_limit(),
+        }))?;
     let iova = dom
         .alloc_iova(total, limit, cpu)
         .map_err(|e| MapFailure::Failed(iova_error(dev, total, e)))?;

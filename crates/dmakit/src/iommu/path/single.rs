@@ -25,11 +25,11 @@ fn map_granules(
     cpu: usize,
 ) -> Result<IovaRange, DmaError> {
     let limit = dom
-        .limit_pfn(dev.dma_mask())
+        .limit_pfn(dev.streaming_limit())
         .ok_or(DmaError::IovaExhausted {
             device: dev.id(),
             len,
-            mask: dev.dma_mask(),
+            mask: dev.streaming_limit(),
         })?;
     let iova = dom
         .alloc_iova(len, limit, cpu)

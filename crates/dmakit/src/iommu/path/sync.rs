@@ -12,7 +12,6 @@ use crate::error::DmaError;
 use crate::maintenance;
 use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
-use crate::translation::bus_of;
 
 /// The key of the live mapping of `dev` holding `[addr, addr + len)`.
 pub(super) fn containing(
@@ -136,24 +135,25 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                 Ok(None)
             }
             Kind::Bounced { backend, slot } => {
-                // The bounce path knows the slot by its bus address, not by the IOVA.
+                // The bounce path finds the slot by its physical address; the IOVA names
+                // the mapping in its errors.
                 let part = SyncPart {
-                    dma: bus_of(*slot),
+                    dma: DmaAddr::new(key),
                     offset: at,
                     len,
                     dir,
                 };
-                Ok(Some((backend.clone(), part)))
+                Ok(Some((backend.clone(), *slot, part)))
             }
         }
     })?;
-    let Some((backend, part)) = bounced else {
+    let Some((backend, slot, part)) = bounced else {
         return Ok(0);
     };
     match to {
         SyncTo::Device { fill_inbound } => {
-            bounce::sync_for_device(p, backend.as_ref(), dev, part, fill_inbound)
+            bounce::sync_for_device(p, backend.as_ref(), dev, slot, part, fill_inbound)
         }
-        SyncTo::Cpu => bounce::sync_for_cpu(p, backend.as_ref(), dev, part),
+        SyncTo::Cpu => bounce::sync_for_cpu(p, backend.as_ref(), dev, slot, part),
     }
 }
