@@ -4,5 +4,7 @@
 //! map from an interrupt that arrives inside another map's critical section on the same
 //! CPU completes instead of deadlocking (`interrupts`).
 
+#[path = "atomic_context/interrupts.rs"]
 mod interrupts;
+#[path = "atomic_context/no_alloc.rs"]
 mod no_alloc;
