@@ -17,7 +17,10 @@ use crate::platform::interrupts::{interrupt_control, InterruptControl, Interrupt
 pub(crate) struct Relax;
 
 impl spin::RelaxStrategy for Relax {
-    #[inline]
+    // Out of line: the spin is the contended case, and keeping it small keeps the
+    // uncontended lock inlined where it was.
+    #[cold]
+    #[inline(never)]
     fn relax() {
         match interrupt_control() {
             Some(c) => c.relax(),
@@ -26,27 +29,46 @@ impl spin::RelaxStrategy for Relax {
     }
 }
 
-/// Interrupts masked for one critical section; restores them when dropped.
-struct Masked(Option<(&'static dyn InterruptControl, InterruptState)>);
+/// Interrupts masked for one critical section (the state before, when a control was
+/// installed); restores them when dropped.
+///
+/// Only the check for a control is inline; the calls into it are not, so that a lock stays
+/// small enough to be inlined where it is taken.
+struct Masked(Option<InterruptState>);
 
 impl Masked {
     #[inline]
     fn new() -> Self {
-        Self(interrupt_control().map(|c| (c, c.disable())))
+        Self(interrupt_control().map(disable))
     }
 }
 
 impl Drop for Masked {
     #[inline]
     fn drop(&mut self) {
-        if let Some((c, state)) = self.0 {
-            // SAFETY: `state` is what `c.disable()` returned when this section opened, on
-            // this CPU (interrupts stay masked, so the thread did not migrate). The lock of
-            // this section is released already (guards drop it first), and the core
-            // releases locks held together in reverse order, so every section opened later
-            // is restored already.
-            unsafe { c.restore(state) };
+        if let Some(state) = self.0 {
+            restore(state);
         }
+    }
+}
+
+#[inline(never)]
+fn disable(c: &'static dyn InterruptControl) -> InterruptState {
+    c.disable()
+}
+
+/// Restores `state`, which the installed control's `disable` returned for the section
+/// being closed.
+#[inline(never)]
+fn restore(state: InterruptState) {
+    // A control, once installed, stays: the one that saved the state restores it.
+    if let Some(c) = interrupt_control() {
+        // SAFETY: `state` is what `c.disable()` returned when this section opened, on this
+        // CPU (interrupts stay masked, so the thread did not migrate). The lock of this
+        // section is released already (guards drop it first), and the core releases locks
+        // held together in reverse order, so every section opened later is restored
+        // already.
+        unsafe { c.restore(state) };
     }
 }
 
