@@ -229,31 +229,35 @@ fn handler(r: &Rig, out: Rc<RefCell<HandlerRun>>) -> Box<dyn FnOnce()> {
     })
 }
 
+/// One interrupted transfer and what its handler did.
+struct Run {
+    /// The interrupted transfer's outcome and oracle report, or the deadlock the watchdog
+    /// found.
+    interrupted: Result<(TransferOutcome, OracleReport), Deadlock>,
+    handler: Rc<RefCell<HandlerRun>>,
+    rig: Rig,
+}
+
 /// Raises the handler inside the critical section of an `interrupted` map on the test
-/// thread; returns the interrupted transfer's outcome and oracle report (or the deadlock
-/// the watchdog found) and what the handler did.
-fn interrupt(
-    irq: &SimInterrupts,
-    interrupted: Interrupted,
-    seed: u64,
-) -> (
-    Result<(TransferOutcome, OracleReport), Deadlock>,
-    Rc<RefCell<HandlerRun>>,
-    Rig,
-) {
-    let r = rig(seed);
-    let out = Rc::new(RefCell::new(HandlerRun::default()));
-    let mut bench = Bench::new(&r, seed, 1);
+/// thread.
+fn interrupt(irq: &SimInterrupts, interrupted: Interrupted, seed: u64) -> Run {
+    let rig = rig(seed);
+    let handler_run = Rc::new(RefCell::new(HandlerRun::default()));
+    let mut bench = Bench::new(&rig, seed, 1);
     let (dev, (offset, len)) = match interrupted {
-        Interrupted::Swiotlb => (r.swiotlb.clone(), SHARED_LINES),
-        Interrupted::Iommu => (r.strict.clone(), WHOLE_LINES),
+        Interrupted::Swiotlb => (rig.swiotlb.clone(), SHARED_LINES),
+        Interrupted::Iommu => (rig.strict.clone(), WHOLE_LINES),
     };
-    irq.raise_in_next_nested_section(handler(&r, out.clone()));
+    irq.raise_in_next_nested_section(handler(&rig, handler_run.clone()));
     let result = irq.catch_deadlock(|| {
         let o = bench.transfer(&dev, offset, len);
         (o, bench.oracle.take_report())
     });
-    (result, out, r)
+    Run {
+        interrupted: result,
+        handler: handler_run,
+        rig,
+    }
 }
 
 fn clean(report: &OracleReport) {
@@ -274,7 +278,11 @@ fn a_map_from_an_interrupt_inside_a_critical_section_completes_on_every_path() {
         .enumerate()
     {
         let before = irq.stats();
-        let (result, out, r) = interrupt(irq, interrupted, 11 + i as u64);
+        let Run {
+            interrupted: result,
+            handler: out,
+            rig: r,
+        } = interrupt(irq, interrupted, 11 + i as u64);
         let (outcome, report) = result.unwrap_or_else(|d| panic!("{interrupted:?}: {d:?}"));
         let after = irq.stats();
         // Raised inside the section, masked, delivered when the section's lock was
@@ -340,7 +348,7 @@ fn control_without_masking_the_interrupt_deadlocks_on_the_held_lock() {
         .enumerate()
     {
         let before = irq.stats();
-        let (result, _, _) = interrupt(irq, interrupted, 21 + i as u64);
+        let result = interrupt(irq, interrupted, 21 + i as u64).interrupted;
         let after = irq.stats();
         let deadlock = result.err().unwrap_or_else(|| {
             panic!("{interrupted:?}: the handler ran inside the section and did not deadlock")
