@@ -35,7 +35,7 @@ pub type Handler = Box<dyn FnOnce()>;
 /// The watchdog's report: a handler spun on a lock that the code it interrupted holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadlock {
-    /// Open lock sections of the interrupted code when the handler started spinning.
+    /// Lock sections the interrupted code held when the handler started.
     pub held_sections: u32,
 }
 
