@@ -20,6 +20,8 @@
 //! - [`iommu`]: an IOMMU with per-domain page tables, an IOTLB that keeps translations
 //!   until invalidated, and a fault log, plugged in through the translation seam;
 //! - [`host`]: a platform over real memory, for benchmarks and multi-threaded tests;
+//! - [`interrupts`]: per-CPU interrupt masking, pending interrupts and a deadlock watchdog,
+//!   installed as the core's interrupt control;
 //! - [`machine`]: the [`Machine`] tying them together;
 //! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
 //! - [`coherent`]: uncached pages for the core's coherent allocations;
@@ -67,6 +69,7 @@ pub mod error;
 pub mod fault_inject;
 pub mod hazard;
 pub mod host;
+pub mod interrupts;
 pub mod iommu;
 pub mod machine;
 pub mod memory;
@@ -87,6 +90,7 @@ pub use device_fault::{DeviceFault, FaultReason};
 pub use error::SimError;
 pub use fault_inject::{MaintenanceFaults, MaintenanceKind};
 pub use hazard::HazardConfig;
+pub use interrupts::{Deadlock, InterruptStats, SimInterrupts};
 pub use iommu::{Granule, IommuFault, IommuFaultReason, IommuStats, SimIommu, SimIommuConfig};
 pub use machine::{Machine, MachineConfig, MachineStats};
 pub use memory::{Owner, Stamped, MEM_PAGE};

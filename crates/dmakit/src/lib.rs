@@ -121,6 +121,7 @@ pub mod reintroduce;
 pub mod size_class;
 pub mod stats;
 pub mod swiotlb;
+mod sync;
 mod translation;
 pub mod typed;
 

@@ -11,6 +11,11 @@ use core::fmt;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::DeviceId;
 
+pub(crate) mod interrupts;
+pub use interrupts::{
+    install_interrupt_control, AlreadyInstalled, InterruptControl, InterruptState,
+};
+
 /// Size of a page, the unit of page allocation and of "a mapping of a page or more".
 pub const PAGE_SIZE: u64 = 4096;
 

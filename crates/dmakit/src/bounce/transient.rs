@@ -4,7 +4,7 @@
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
 use super::MemorySpan;

@@ -4,7 +4,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::objects::{ObjectPool, ObjectPoolConfig, ObjectPoolError};
 use crate::addr::PhysAddr;

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::report::{DebugIssue, DebugReport};
 use crate::addr::{DmaAddr, PhysAddr};

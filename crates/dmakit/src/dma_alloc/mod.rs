@@ -46,7 +46,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::coherent_pool::{ObjectPool, ObjectPoolConfig};

@@ -10,7 +10,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};

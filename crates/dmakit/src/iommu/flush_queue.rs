@@ -16,7 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::iova::IovaRange;
 use crate::addr::PhysAddr;

@@ -32,7 +32,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use spin::Mutex;
+use crate::sync::{Mutex, RwLock};
 
 pub use domain::{DomainConfig, DomainStats, FlushMode, IommuDomain};
 pub use iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
@@ -106,8 +106,10 @@ pub struct IommuDma {
     cpus: usize,
     clock: Option<Arc<dyn Clock + Send + Sync>>,
     domains: Mutex<BTreeMap<IommuDomainId, Arc<IommuDomain>>>,
-    /// Every device ever attached: its domain, or `None` once detached (blocked).
-    devices: Mutex<BTreeMap<DeviceId, Option<Arc<IommuDomain>>>>,
+    /// Every device ever attached: its domain, or `None` once detached (blocked). Map,
+    /// unmap and sync look their device up under the shared read side; only attach and
+    /// detach write.
+    devices: RwLock<BTreeMap<DeviceId, Option<Arc<IommuDomain>>>>,
 }
 
 impl fmt::Debug for IommuDma {
@@ -115,7 +117,7 @@ impl fmt::Debug for IommuDma {
         f.debug_struct("IommuDma")
             .field("granule", &self.iommu.granule())
             .field("domains", &self.domains.lock().len())
-            .field("devices", &self.devices.lock().len())
+            .field("devices", &self.devices.read().len())
             .finish()
     }
 }
@@ -135,7 +137,7 @@ impl IommuDma {
             cpus: cpus.max(1),
             clock: None,
             domains: Mutex::new(BTreeMap::new()),
-            devices: Mutex::new(BTreeMap::new()),
+            devices: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -184,7 +186,7 @@ impl IommuDma {
             .get(&id)
             .ok_or(IommuError::NoSuchDomain(id))?
             .clone();
-        if self.devices.lock().values().flatten().any(|a| a.id() == id) {
+        if self.devices.read().values().flatten().any(|a| a.id() == id) {
             return Err(IommuError::DomainBusy(id).into());
         }
         if d.has_mappings() {
@@ -208,7 +210,7 @@ impl IommuDma {
             .get(&id)
             .cloned()
             .ok_or(IommuError::NoSuchDomain(id))?;
-        let mut devices = self.devices.lock();
+        let mut devices = self.devices.write();
         if let Some(Some(_)) = devices.get(&dev.id()) {
             return Err(IommuDmaError::AlreadyAttached(dev.id()));
         }
@@ -225,7 +227,7 @@ impl IommuDma {
     /// [`IommuDmaError::NotAttached`]; [`IommuDmaError::Busy`] while it has live mappings
     /// (streaming ones or DMA allocations): unmap and free them first. Nothing changed then.
     pub fn detach(&self, dev: &Device) -> Result<(), IommuDmaError> {
-        let mut devices = self.devices.lock();
+        let mut devices = self.devices.write();
         let Some(Some(d)) = devices.get(&dev.id()) else {
             return Err(IommuDmaError::NotAttached(dev.id()));
         };
@@ -245,14 +247,14 @@ impl IommuDma {
     /// The domain `dev` is attached to (`None` when it is not attached, including when
     /// it was detached).
     pub fn domain_of(&self, dev: DeviceId) -> Option<Arc<IommuDomain>> {
-        self.devices.lock().get(&dev).cloned().flatten()
+        self.devices.read().get(&dev).cloned().flatten()
     }
 
     /// How the mapper reaches `dev`: through its domain (`Ok(Some)`), without the IOMMU
-    /// (`Ok(None)`: never attached), or not at all ([`crate::DmaError::Detached`]). One
-    /// lock, taken once per operation.
+    /// (`Ok(None)`: never attached), or not at all ([`crate::DmaError::Detached`]). The
+    /// read side of one lock, taken once per operation: CPUs looking up at once share it.
     pub(crate) fn route_of(&self, dev: DeviceId) -> Result<Option<Arc<IommuDomain>>, DmaError> {
-        match self.devices.lock().get(&dev) {
+        match self.devices.read().get(&dev) {
             Some(Some(d)) => Ok(Some(d.clone())),
             Some(None) => Err(DmaError::Detached { device: dev }),
             None => Ok(None),

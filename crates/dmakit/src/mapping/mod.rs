@@ -18,7 +18,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::{BounceBackend, TransientPool};

@@ -205,6 +205,7 @@ impl<T> Pool<T> {
     /// memory); [`SwiotlbError::Exhausted`] when some memory is within reach but has no room,
     /// or the pool has no memory at all. On error
     /// nothing changed and `meta` is dropped.
+    #[inline]
     pub(crate) fn alloc_below(
         &self,
         cpu: usize,
@@ -274,6 +275,7 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation.
+    #[inline]
     pub(crate) fn with<R>(
         &self,
         addr: PhysAddr,
@@ -300,6 +302,7 @@ impl<T> Pool<T> {
     ///
     /// # Errors
     /// [`SwiotlbError::NotMapped`] if `addr` is not the bounce address of a live allocation.
+    #[inline]
     pub fn get(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError>
     where
         T: Clone,

@@ -168,6 +168,9 @@ impl<'a, T> WriteGuard<'a, T> {
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
         self.directory.publish(&self.stripes[0]);
+        // Unlock in the reverse order of locking, so each stripe restores the interrupt
+        // state it saved only after every stripe locked after it is released.
+        while self.stripes.pop().is_some() {}
     }
 }
 

@@ -1,6 +1,7 @@
 //! The lock and atomic types the pool is built from, swappable for model-checked ones.
 //!
-//! Normal builds use `spin::Mutex` and `core` atomics. The loom test
+//! Normal builds use the core's interrupt-masking [`Mutex`](crate::sync::Mutex) and `core`
+//! atomics. The loom test
 //! (`tests/loom_swiotlb.rs`) compiles this module tree into its own test crate, where loom is
 //! available as a dev-dependency; there (and only there: `cfg(all(loom, test))`) the types
 //! come from loom so that it can explore every interleaving of the area and table locks, the
@@ -8,24 +9,8 @@
 
 #[cfg(not(all(loom, test)))]
 mod imp {
+    pub(crate) use crate::sync::{Mutex, MutexGuard};
     pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
-
-    /// A spinning mutual-exclusion lock.
-    pub(crate) struct Mutex<T>(spin::Mutex<T>);
-
-    /// Guard of a locked [`Mutex`].
-    pub(crate) type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
-
-    impl<T> Mutex<T> {
-        pub(crate) const fn new(value: T) -> Self {
-            Self(spin::Mutex::new(value))
-        }
-
-        #[inline]
-        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            self.0.lock()
-        }
-    }
 }
 
 #[cfg(all(loom, test))]
