@@ -75,6 +75,12 @@ fn restore(state: InterruptState) {
 /// A spin mutex whose critical sections mask interrupts.
 pub(crate) struct Mutex<T>(spin::mutex::SpinMutex<T, Relax>);
 
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
 /// Guard of a locked [`Mutex`]: unlocks, then restores interrupts, when dropped.
 pub(crate) struct MutexGuard<'a, T> {
     // Field order is drop order: unlock first, then restore.

@@ -207,21 +207,20 @@ fn handler(r: &Rig, out: Rc<RefCell<HandlerRun>>) -> Box<dyn FnOnce()> {
         // The deferred path: room is free, so it maps at once (under the queue's lock for
         // its FIFO check); then unmapped.
         let buf = bench.m.alloc_pages(1, BELOW_4G).unwrap();
-        let status = bench
-            .mapper
-            .map_or_defer(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let status = unsafe {
+            bench.mapper.map_or_defer(
                 &swiotlb,
                 PhysAddr::new(buf.as_u64() + 8),
                 100,
                 Direction::ToDevice,
                 Box::new(|_| {}),
             )
-            .unwrap();
+        }
+        .unwrap();
         if let MapStatus::Mapped(dma) = status {
-            bench
-                .mapper
-                .unmap(&swiotlb, dma, 100, Direction::ToDevice)
-                .unwrap();
+            // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+            unsafe { bench.mapper.unmap(&swiotlb, dma, 100, Direction::ToDevice) }.unwrap();
         }
         let mut o = out.borrow_mut();
         o.deferred = Some(status);

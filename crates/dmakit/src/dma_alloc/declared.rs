@@ -17,7 +17,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use crate::addr::PhysRange;
 use crate::coherent_pool::{ObjectPool, ObjectPoolConfig, ObjectPoolUsage};
