@@ -4,5 +4,14 @@
 //! map from an interrupt that arrives inside another map's critical section on the same
 //! CPU completes instead of deadlocking (`interrupts`).
 
+#[path = "atomic_context/interrupts.rs"]
 mod interrupts;
+#[path = "atomic_context/no_alloc.rs"]
 mod no_alloc;
+#[path = "testbed/mod.rs"]
+mod testbed;
+
+/// Every allocation of this binary goes through the watch: a flagged region that allocates
+/// fails its test.
+#[global_allocator]
+static WATCH: no_alloc::Watch = no_alloc::Watch;

@@ -1,1 +1,295 @@
 //! No heap allocation on any map, unmap or sync path.
+//!
+//! The test binary's global allocator ([`Watch`]) counts every allocation a thread makes
+//! while its "no allocation" flag is up, and remembers the first one (its size and the
+//! label of the region it happened in). [`atomic`] raises the flag around one region and
+//! asserts afterwards that nothing was allocated; the allocator itself never panics.
+//! Set-up (building mappers, attaching devices, machine memory the model touches first)
+//! happens outside the flag.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+/// The global allocator of this test binary: the system allocator, watched.
+pub struct Watch;
+
+/// The first allocation seen inside a flagged region: its size and the region's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offence {
+    /// Bytes asked for.
+    pub size: usize,
+    /// The label [`atomic`] was given.
+    pub label: &'static str,
+}
+
+thread_local! {
+    static LABEL: Cell<Option<&'static str>> = const { Cell::new(None) };
+    static FIRST: Cell<Option<Offence>> = const { Cell::new(None) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Watch {
+    fn note(size: usize) {
+        // `try_with`: a thread being torn down has no locals left; it is never flagged.
+        let _ = LABEL.try_with(|l| {
+            if let Some(label) = l.get() {
+                COUNT.with(|c| c.set(c.get() + 1));
+                FIRST.with(|f| {
+                    if f.get().is_none() {
+                        f.set(Some(Offence { size, label }));
+                    }
+                });
+            }
+        });
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; `note` only touches
+// const-initialised thread-locals without destructors, which never allocate.
+unsafe impl GlobalAlloc for Watch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::note(layout.size());
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::note(layout.size());
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::note(new_size);
+        // SAFETY: the caller's contract for `realloc` is passed on as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on as is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Runs `f` with this thread's "no allocation" flag up and returns what it returned, with
+/// the number of allocations made meanwhile and the first of them.
+pub fn watched<R>(label: &'static str, f: impl FnOnce() -> R) -> (R, usize, Option<Offence>) {
+    FIRST.with(|x| x.set(None));
+    COUNT.with(|c| c.set(0));
+    LABEL.with(|l| l.set(Some(label)));
+    let r = f();
+    LABEL.with(|l| l.set(None));
+    (r, COUNT.with(Cell::get), FIRST.with(Cell::get))
+}
+
+/// Runs `f` with the flag up and fails the test if it allocated.
+#[track_caller]
+pub fn atomic<R>(label: &'static str, f: impl FnOnce() -> R) -> R {
+    let (r, n, first) = watched(label, f);
+    assert_eq!(first, None, "{n} heap allocation(s) inside `{label}`");
+    r
+}
+
+#[test]
+fn the_allocator_catches_an_allocation_inside_the_flag() {
+    let mut v: Vec<u64> = Vec::new();
+    let ((), n, first) = watched("deliberate push", || v.push(1));
+    assert_eq!(n, 1);
+    assert_eq!(
+        first,
+        Some(Offence {
+            size: 32,
+            label: "deliberate push"
+        })
+    );
+    // Outside the flag nothing is counted, and a region that allocates nothing passes.
+    v.push(2);
+    let ((), n, first) = watched("no push", || v[0] += 1);
+    assert_eq!((n, first), (0, None));
+}
+
+/// Runs `f` twice: once as set-up (first use of devices, pools and model memory may
+/// allocate), then with the flag up, failing the test if the second run allocated.
+#[track_caller]
+fn steady(label: &'static str, mut f: impl FnMut()) {
+    f();
+    atomic(label, f);
+}
+
+mod paths {
+    use dmakit::bounce::BounceBackend;
+    use dmakit::{
+        BouncePool, CpuMemory, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper,
+        PageAllocator, PhysAddr, Platform,
+    };
+    use dmakit_sim::host::{HostMaintenance, HostPlatform};
+    use dmakit_sim::Machine;
+
+    use super::{atomic, steady};
+    use crate::testbed::{device, machine, swiotlb, BELOW_4G, LINE};
+
+    /// Mappings live at once in each round: enough that every table behind a path holds
+    /// many records, not one.
+    const LIVE: usize = 48;
+    const DIRS: [Direction; 3] = [
+        Direction::ToDevice,
+        Direction::FromDevice,
+        Direction::Bidirectional,
+    ];
+
+    /// Maps `LIVE` buffers of `len` bytes at `stride` apart from `base + skew` (cycling the
+    /// directions), syncs part of each both ways, and unmaps them, checking every result.
+    /// The addresses live in an array: the round itself allocates nothing.
+    fn round<P: Platform>(
+        mapper: &DmaMapper<P>,
+        dev: &Device,
+        base: PhysAddr,
+        skew: u64,
+        len: u64,
+    ) {
+        let stride = (len + skew).next_multiple_of(LINE) + LINE;
+        let mut live = [DmaAddr::new(0); LIVE];
+        for (i, dma) in live.iter_mut().enumerate() {
+            let phys = base.add(i as u64 * stride + skew);
+            *dma = mapper.map(dev, phys, len, DIRS[i % 3]).unwrap();
+        }
+        for (i, &dma) in live.iter().enumerate() {
+            let dir = DIRS[i % 3];
+            mapper.sync_for_cpu(dev, dma, 1, len - 1, dir).unwrap();
+            mapper.sync_for_device(dev, dma, 0, len / 2, dir).unwrap();
+        }
+        for (i, &dma) in live.iter().enumerate() {
+            mapper.unmap(dev, dma, len, DIRS[i % 3]).unwrap();
+        }
+    }
+
+    fn buffers(m: &Machine) -> PhysAddr {
+        m.alloc_pages(128, BELOW_4G).unwrap()
+    }
+
+    #[test]
+    fn direct_maps_allocate_nothing() {
+        let m = machine(1);
+        let mapper = DmaMapper::builder(&m)
+            .swiotlb_backend(swiotlb(&m, 1 << 20, None))
+            .build();
+        let coherent = Device::builder(DeviceId(1), "coherent")
+            .coherent(true)
+            .dma_bits(32)
+            .build()
+            .unwrap();
+        let noncoherent = device(2, BouncePool::Swiotlb);
+        for d in [&coherent, &noncoherent] {
+            m.attach(d.clone()).unwrap();
+        }
+        let base = buffers(&m);
+        // A coherent device maps anything in place; a non-coherent one maps whole lines
+        // in place, with maintenance.
+        steady("direct, coherent device", || {
+            round(&mapper, &coherent, base, 8, 100)
+        });
+        steady("direct, non-coherent device, whole lines", || {
+            round(&mapper, &noncoherent, base, 0, 2 * LINE)
+        });
+        assert_eq!(
+            mapper
+                .stats()
+                .devices
+                .iter()
+                .map(|d| d.bounces_total())
+                .sum::<u64>(),
+            0
+        );
+    }
+
+    #[test]
+    fn swiotlb_bounces_allocate_nothing() {
+        let m = machine(2);
+        let pool = swiotlb(&m, 1 << 20, None);
+        let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
+        let dev = device(3, BouncePool::Swiotlb);
+        m.attach(dev.clone()).unwrap();
+        let base = buffers(&m);
+        steady("swiotlb, misaligned", || round(&mapper, &dev, base, 8, 100));
+        steady("swiotlb, misaligned, several pages", || {
+            round(&mapper, &dev, base, 24, 3000)
+        });
+        assert_eq!(pool.usage().used, 0);
+        assert!(
+            mapper
+                .stats()
+                .devices
+                .iter()
+                .map(|d| d.bounces_total())
+                .sum::<u64>()
+                > 0
+        );
+    }
+
+    #[test]
+    fn refused_maps_allocate_nothing() {
+        let m = machine(3);
+        // One bounce of nearly a segment fills the pool.
+        let pool = swiotlb(&m, 256 * 1024, None);
+        let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
+        let dev = device(4, BouncePool::Swiotlb);
+        m.attach(dev.clone()).unwrap();
+        let base = buffers(&m);
+        let hog = mapper
+            .map(&dev, base.add(8), 250_000, Direction::FromDevice)
+            .unwrap();
+        let used = pool.usage().used;
+        steady("refused maps", || {
+            let full = mapper.map(&dev, base.add(0x4_0008), 16384, Direction::FromDevice);
+            assert!(
+                matches!(full, Err(DmaError::PoolExhausted { .. })),
+                "{full:?}"
+            );
+            let empty = mapper.map(&dev, base, 0, Direction::ToDevice);
+            assert!(matches!(empty, Err(DmaError::ZeroLength { .. })));
+            let huge = mapper.map(&dev, PhysAddr::new(u64::MAX - 8), 64, Direction::ToDevice);
+            assert!(matches!(huge, Err(DmaError::AddressOverflow { .. })));
+            let wrong = mapper.unmap(&dev, hog, 250_000, Direction::ToDevice);
+            assert!(
+                matches!(wrong, Err(DmaError::WrongDirection { .. })),
+                "{wrong:?}"
+            );
+            let part = mapper.sync_for_cpu(&dev, hog, 250_000, 64, Direction::FromDevice);
+            assert!(
+                matches!(part, Err(DmaError::OutOfMapping { .. })),
+                "{part:?}"
+            );
+        });
+        assert_eq!(pool.usage().used, used, "refusals changed the pool");
+        mapper
+            .unmap(&dev, hog, 250_000, Direction::FromDevice)
+            .unwrap();
+    }
+
+    #[test]
+    fn host_platform_paths_allocate_nothing() {
+        const MIB: u64 = 1 << 20;
+        let host = HostPlatform::new(0, 8 * MIB, 1, 64, HostMaintenance::None).unwrap();
+        let cfg = dmakit::swiotlb::PoolConfig::builder().build().unwrap();
+        let pool = dmakit::swiotlb::SwiotlbBounce::new(cfg, None, 0, u64::MAX);
+        pool.add_region(PhysAddr::new(0), 2 * MIB).unwrap();
+        let mapper = DmaMapper::builder(&host)
+            .swiotlb_backend(std::sync::Arc::new(pool))
+            .build();
+        let bounced = Device::builder(DeviceId(5), "noncoherent")
+            .cache_line(64)
+            .build()
+            .unwrap();
+        let direct = Device::builder(DeviceId(6), "coherent")
+            .coherent(true)
+            .build()
+            .unwrap();
+        let base = PhysAddr::new(4 * MIB);
+        host.fill(base, 0x5a, 4096).unwrap();
+        steady("host, bounced", || round(&mapper, &bounced, base, 8, 100));
+        steady("host, direct", || round(&mapper, &direct, base, 8, 100));
+        atomic("host, refused", || {
+            assert!(mapper.map(&bounced, base, 0, Direction::ToDevice).is_err());
+        });
+    }
+}
