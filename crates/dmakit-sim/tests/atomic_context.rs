@@ -6,6 +6,8 @@
 
 #[path = "atomic_context/interrupts.rs"]
 mod interrupts;
+#[path = "iommu_rig/mod.rs"]
+mod iommu_rig;
 #[path = "atomic_context/no_alloc.rs"]
 mod no_alloc;
 #[path = "testbed/mod.rs"]

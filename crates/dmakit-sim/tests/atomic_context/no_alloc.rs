@@ -118,14 +118,20 @@ fn steady(label: &'static str, mut f: impl FnMut()) {
 
 mod paths {
     use dmakit::bounce::BounceBackend;
+    use dmakit::swiotlb::{PoolConfig, SwiotlbBounce};
     use dmakit::{
-        BouncePool, CpuMemory, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper,
-        PageAllocator, PhysAddr, Platform,
+        BouncePool, CacheMaintenance, CpuMemory, DeferredCompletion, Device, DeviceId, Direction,
+        DmaAddr, DmaError, DmaMapper, DomainConfig, FlushMode, HazardControls, MapStatus,
+        PageAllocator, PhysAddr, PhysRange, Platform,
     };
     use dmakit_sim::host::{HostMaintenance, HostPlatform};
     use dmakit_sim::Machine;
+    use dmakit_sim::{Granule, HazardConfig};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
-    use super::{atomic, steady};
+    use super::{atomic, steady, watched};
+    use crate::iommu_rig::{rig, Rig};
     use crate::testbed::{device, machine, swiotlb, BELOW_4G, LINE};
 
     /// Mappings live at once in each round: enough that every table behind a path holds
@@ -163,8 +169,18 @@ mod paths {
         }
     }
 
+    /// Writes `len` bytes at `base` through to the model's memory, so that it holds their
+    /// pages (it allocates a page when one is first written, which a later write-back
+    /// from the cache could otherwise do inside a watched region).
+    fn materialise(m: &Machine, base: PhysAddr, len: u64) {
+        m.fill(base, 0x5a, len).unwrap();
+        m.clean(PhysRange::new(base, len).unwrap());
+    }
+
     fn buffers(m: &Machine) -> PhysAddr {
-        m.alloc_pages(128, BELOW_4G).unwrap()
+        let base = m.alloc_pages(128, BELOW_4G).unwrap();
+        materialise(m, base, 128 * 4096);
+        base
     }
 
     #[test]
@@ -270,8 +286,8 @@ mod paths {
     fn host_platform_paths_allocate_nothing() {
         const MIB: u64 = 1 << 20;
         let host = HostPlatform::new(0, 8 * MIB, 1, 64, HostMaintenance::None).unwrap();
-        let cfg = dmakit::swiotlb::PoolConfig::builder().build().unwrap();
-        let pool = dmakit::swiotlb::SwiotlbBounce::new(cfg, None, 0, u64::MAX);
+        let cfg = PoolConfig::builder().build().unwrap();
+        let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
         pool.add_region(PhysAddr::new(0), 2 * MIB).unwrap();
         let mapper = DmaMapper::builder(&host)
             .swiotlb_backend(std::sync::Arc::new(pool))
@@ -291,5 +307,218 @@ mod paths {
         atomic("host, refused", || {
             assert!(mapper.map(&bounced, base, 0, Direction::ToDevice).is_err());
         });
+    }
+
+    /// A device behind a new domain of `cfg` on the rig's machine, and a mapper with a
+    /// SWIOTLB pool for its bounces, every page of which the model has materialised (its
+    /// sparse memory allocates a page when it is first written).
+    fn behind_iommu(r: &Rig, cfg: DomainConfig, trusted: bool) -> (Device, DmaMapper<&Machine>) {
+        let d = r.domain(cfg);
+        let dev = Device::builder(DeviceId(8), "behind-iommu")
+            .cache_line(LINE)
+            .trusted(trusted)
+            .build()
+            .unwrap();
+        r.m.attach(dev.clone()).unwrap();
+        r.dma.attach(&dev, d).unwrap();
+        let pool = r.m.alloc_pages(256, u32::MAX as u64).unwrap();
+        materialise(&r.m, pool, 256 * 4096);
+        let swiotlb = SwiotlbBounce::new(PoolConfig::builder().build().unwrap(), None, 0, u64::MAX);
+        swiotlb.add_region(pool, 256 * 4096).unwrap();
+        let mapper = DmaMapper::builder(&r.m)
+            .swiotlb_backend(std::sync::Arc::new(swiotlb))
+            .iommu(r.dma.clone())
+            .build();
+        (dev, mapper)
+    }
+
+    #[test]
+    fn iommu_maps_allocate_nothing() {
+        for cfg in [DomainConfig::STRICT, DomainConfig::LAZY] {
+            for trusted in [true, false] {
+                let r = rig(5, Granule::K4, HazardConfig::NONE);
+                let (dev, mapper) = behind_iommu(&r, cfg, trusted);
+                let base = buffers(&r.m);
+                // Whole pages map in place; a misaligned buffer is bounced (an untrusted
+                // device's into zero-padded pages), and a lazy domain parks its slot.
+                steady("iommu, 4 KiB pages", || round(&mapper, &dev, base, 0, 4096));
+                steady("iommu, bounced", || round(&mapper, &dev, base, 8, 100));
+                steady("iommu, flush queues", || {
+                    mapper.flush_iommu_queues();
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn a_lazy_domain_drains_its_full_queue_without_allocating() {
+        let r = rig(6, Granule::K4, HazardConfig::NONE);
+        let cfg = DomainConfig {
+            mode: FlushMode::Lazy { queue: 8 },
+            ..DomainConfig::STRICT
+        };
+        let (dev, mapper) = behind_iommu(&r, cfg, true);
+        let base = buffers(&r.m);
+        // 48 unmaps through an 8-entry queue: it fills and drains on the unmap path.
+        steady("lazy, queue drains", || round(&mapper, &dev, base, 0, 4096));
+        let stats = r.dma.domain_of(dev.id()).unwrap().stats();
+        assert!(stats.queue_flushes >= 2 * 48 / 8, "{stats:?}");
+    }
+
+    #[test]
+    fn a_full_mapping_table_refuses_without_allocating() {
+        let r = rig(7, Granule::K4, HazardConfig::NONE);
+        let cfg = DomainConfig {
+            max_mappings: 2,
+            ..DomainConfig::STRICT
+        };
+        let (dev, mapper) = behind_iommu(&r, cfg, true);
+        let base = buffers(&r.m);
+        let a = mapper.map(&dev, base, 4096, Direction::ToDevice).unwrap();
+        let b = mapper
+            .map(&dev, base.add(4096), 4096, Direction::ToDevice)
+            .unwrap();
+        let dom = r.dma.domain_of(dev.id()).unwrap();
+        let before = dom.stats();
+        steady("mapping table full", || {
+            for (off, len) in [(8192, 4096), (3 * 4096 + 8, 100)] {
+                let full = mapper.map(&dev, base.add(off), len, Direction::FromDevice);
+                assert!(
+                    matches!(full, Err(DmaError::MappingTableFull { capacity: 2, .. })),
+                    "{full:?}"
+                );
+            }
+        });
+        let after = dom.stats();
+        assert_eq!(after.live_mappings, 2);
+        assert_eq!(after.iova.tree_free_pages, before.iova.tree_free_pages);
+        for dma in [a, b] {
+            mapper.unmap(&dev, dma, 4096, Direction::ToDevice).unwrap();
+        }
+        let again = mapper.map(&dev, base.add(8192), 4096, Direction::ToDevice);
+        assert!(
+            again.is_ok(),
+            "room again once a mapping is gone: {again:?}"
+        );
+    }
+
+    /// Completion callbacks that record the address they are given in `got[i]`, made
+    /// (boxed) before any watched region: the caller allocates them, not the map path.
+    fn completions(got: &Arc<[AtomicU64; 8]>, n: usize) -> Vec<DeferredCompletion> {
+        (0..n)
+            .map(|i| {
+                let got = got.clone();
+                let done: DeferredCompletion = Box::new(move |r: Result<DmaAddr, DmaError>| {
+                    got[i].store(r.map_or(u64::MAX, DmaAddr::as_u64), Ordering::SeqCst);
+                });
+                done
+            })
+            .collect()
+    }
+
+    /// A mapper whose pool one hog fills, with room for `capacity` deferred mappings.
+    fn deferring(m: &Machine, capacity: usize, controls: HazardControls) -> DmaMapper<&Machine> {
+        DmaMapper::builder(m)
+            .swiotlb_backend(swiotlb(m, 256 * 1024, None))
+            .deferred_capacity(capacity)
+            .hazard_controls(controls)
+            .build()
+    }
+
+    #[test]
+    fn deferred_mappings_queue_and_complete_without_allocating() {
+        const WAITING: usize = 4;
+        let m = machine(8);
+        let mapper = deferring(&m, WAITING, HazardControls::default());
+        let dev = device(9, BouncePool::Swiotlb);
+        m.attach(dev.clone()).unwrap();
+        let base = buffers(&m);
+        let got: Arc<[AtomicU64; 8]> = Arc::new(Default::default());
+        let at = |i: usize| base.add(0x4_0008 + i as u64 * 0x8000);
+        let round = |mut dones: Vec<DeferredCompletion>| {
+            let hog = mapper
+                .map(&dev, base.add(8), 250_000, Direction::FromDevice)
+                .unwrap();
+            for (i, done) in dones.drain(..WAITING).enumerate() {
+                let status = mapper.map_or_defer(&dev, at(i), 16384, Direction::FromDevice, done);
+                assert_eq!(status, Ok(MapStatus::Deferred));
+            }
+            // The queue is full: refused at once, nothing queued, the callback dropped.
+            let full = mapper.map_or_defer(
+                &dev,
+                at(WAITING),
+                16384,
+                Direction::FromDevice,
+                dones.pop().unwrap(),
+            );
+            assert!(
+                matches!(
+                    full,
+                    Err(DmaError::DeferQueueFull {
+                        capacity: WAITING,
+                        ..
+                    })
+                ),
+                "{full:?}"
+            );
+            assert_eq!(mapper.deferred_len(), WAITING);
+            // The unmap that frees the hog's room completes them, in order, here.
+            mapper
+                .unmap(&dev, hog, 250_000, Direction::FromDevice)
+                .unwrap();
+            mapper.retry_deferred();
+            assert_eq!(mapper.deferred_len(), 0);
+            for i in 0..WAITING {
+                let dma = got[i].swap(0, Ordering::SeqCst);
+                assert_ne!(dma, 0, "deferred mapping {i} not completed");
+                assert_ne!(dma, u64::MAX, "deferred mapping {i} failed");
+                mapper
+                    .unmap(&dev, DmaAddr::new(dma), 16384, Direction::FromDevice)
+                    .unwrap();
+            }
+        };
+        round(completions(&got, WAITING + 1));
+        let dones = completions(&got, WAITING + 1);
+        atomic("deferred: queued, refused, completed", || round(dones));
+    }
+
+    /// Control: with the queue's bound switched off, queueing past the room allocated up
+    /// front allocates on the map path, and the watch sees it.
+    #[test]
+    fn control_an_unbounded_deferred_queue_allocates_on_the_map_path() {
+        let m = machine(9);
+        let grow = HazardControls {
+            grow_defer_queue: true,
+            ..HazardControls::default()
+        };
+        let mapper = deferring(&m, 2, grow);
+        let dev = device(10, BouncePool::Swiotlb);
+        m.attach(dev.clone()).unwrap();
+        let base = buffers(&m);
+        let got: Arc<[AtomicU64; 8]> = Arc::new(Default::default());
+        let hog = mapper
+            .map(&dev, base.add(8), 250_000, Direction::FromDevice)
+            .unwrap();
+        let mut dones = completions(&got, 3);
+        let ((), n, first) = watched("unbounded deferred queue", || {
+            for i in 0..3 {
+                let at = base.add(0x4_0008 + i * 0x8000);
+                let status = mapper.map_or_defer(
+                    &dev,
+                    at,
+                    16384,
+                    Direction::FromDevice,
+                    dones.pop().unwrap(),
+                );
+                assert_eq!(status, Ok(MapStatus::Deferred));
+            }
+        });
+        assert!(n >= 1, "the third deferral grew the queue: {n} allocations");
+        assert_eq!(first.map(|o| o.label), Some("unbounded deferred queue"));
+        assert_eq!(mapper.deferred_len(), 3);
+        mapper
+            .unmap(&dev, hog, 250_000, Direction::FromDevice)
+            .unwrap();
+        assert_eq!(mapper.deferred_len(), 0);
     }
 }

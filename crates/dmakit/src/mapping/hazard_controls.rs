@@ -15,6 +15,10 @@ pub struct HazardControls {
     /// `sync_for_device`): a short device write then copies back whatever the bounce memory
     /// held before — data of an earlier user.
     pub skip_inbound_fill: bool,
+    /// Let the deferred-mapping queue grow past its capacity instead of refusing with
+    /// [`crate::DmaError::DeferQueueFull`]: queueing then allocates on the map path, which
+    /// must not allocate in interrupt context.
+    pub grow_defer_queue: bool,
 }
 
 /// Without the `hazard-controls` feature there is nothing to switch off.
@@ -29,6 +33,20 @@ impl HazardControls {
         #[cfg(feature = "hazard-controls")]
         {
             self.skip_inbound_fill
+        }
+        #[cfg(not(feature = "hazard-controls"))]
+        {
+            false
+        }
+    }
+
+    /// Whether the deferred queue grows past its capacity (always `false` without the
+    /// feature).
+    #[inline(always)]
+    pub(crate) const fn grows_defer_queue(&self) -> bool {
+        #[cfg(feature = "hazard-controls")]
+        {
+            self.grow_defer_queue
         }
         #[cfg(not(feature = "hazard-controls"))]
         {
