@@ -22,6 +22,7 @@
 //! domain is mapped through it, the others as before.
 
 mod alloc_space;
+mod depot;
 mod domain;
 mod flush_queue;
 mod iova;
