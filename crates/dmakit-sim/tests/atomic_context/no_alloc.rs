@@ -5,7 +5,16 @@
 //! label of the region it happened in). [`atomic`] raises the flag around one region and
 //! asserts afterwards that nothing was allocated; the allocator itself never panics.
 //! Set-up (building mappers, attaching devices, machine memory the model touches first)
-//! happens outside the flag.
+//! happens outside the flag: each watched region runs once unwatched first.
+//!
+//! Watched, with statistics on: direct maps (coherent and non-coherent devices), SWIOTLB
+//! bounces, refused maps (pool full, bad ranges, wrong direction, a part outside the
+//! mapping), the IOMMU path strict and lazy (in place, bounced, untrusted, parked bounce
+//! slots, flush-queue drains on unmap and by `flush_iommu_queues`, IOVA magazines through
+//! the depot, a full mapping table), deferral (queued, refused when the queue is full,
+//! completed by an unmap), on the model and (direct and bounced) on the host platform.
+//! Not yet watched because they still allocate: the coherent object pool, the transient
+//! pool, scatter-gather lists and the debug checker.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
