@@ -51,7 +51,13 @@ fn main() -> ExitCode {
         let d = dma.create_domain(DomainConfig::STRICT).expect("domain");
         dma.attach(&dev, d).expect("attach");
         let mapper = builder.iommu(dma).build();
-        (mapper, dev, PhysAddr::new(POOL + MIB), 4096, Direction::Bidirectional)
+        (
+            mapper,
+            dev,
+            PhysAddr::new(POOL + MIB),
+            4096,
+            Direction::Bidirectional,
+        )
     } else {
         let dev = Device::builder(DeviceId(1), "loop")
             .cache_line(64)
@@ -66,6 +72,10 @@ fn main() -> ExitCode {
         mapper.unmap(&dev, dma, len, dir).expect("unmap");
     }
     let bounces = mapper.stats().total().bounces_total();
-    assert_eq!(bounces, if mode == "bounced" { n } else { 0 }, "bounce count");
+    assert_eq!(
+        bounces,
+        if mode == "bounced" { n } else { 0 },
+        "bounce count"
+    );
     ExitCode::SUCCESS
 }
