@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per 64-byte map+unmap pair, direct and bounced, counted by callgrind
+# Instructions per 64-byte map+unmap pair, direct and bounced, and per 4 KiB pair through a
+# strict IOMMU domain, counted by callgrind
 # (identical whatever the machine's load): scripts/callgrind.sh [N]
 #
 # Runs crates/dmakit-sim/examples/map_unmap_loop.rs with 1,000 and 1,000 + N pairs (default
@@ -16,8 +17,9 @@ ir() {
   valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$bin" "$1" "$2" 2>"$out/log" >/dev/null
   grep -E '^(summary|totals):' "$out/cg" | head -1 | awk '{print $2}'
 }
-for mode in direct bounced; do
+for mode in direct bounced iommu; do
   base=$(ir "$mode" 1000)
   more=$(ir "$mode" $((1000 + n)))
-  echo "$mode 64 B map+unmap: $(( (more - base) / n )) instructions per pair (callgrind, N=$n)"
+  size=$([ "$mode" = iommu ] && echo "4 KiB" || echo "64 B")
+  echo "$mode $size map+unmap: $(( (more - base) / n )) instructions per pair (callgrind, N=$n)"
 done

@@ -1,30 +1,33 @@
-//! `N` map+unmap pairs of one 64-byte `FromDevice` buffer on the host platform, for
-//! instruction counts under `valgrind --tool=callgrind` (`scripts/callgrind.sh`): the
-//! difference between two runs of different `N` is the cost of the pairs alone, whatever
-//! the setup costs.
+//! `N` map+unmap pairs of one buffer on the host platform, for instruction counts under
+//! `valgrind --tool=callgrind` (`scripts/callgrind.sh`): the difference between two runs of
+//! different `N` is the cost of the pairs alone, whatever the setup costs.
 //!
-//! `map_unmap_loop direct N` maps a line-aligned buffer (no bounce); `map_unmap_loop bounced
-//! N` one 8 bytes off a line (a SWIOTLB bounce: slot, fill, maintenance, copy back, free).
-//! Same setup as the `paired` benchmark: a non-coherent device with 64-byte lines, a 64 MiB
-//! pool of one area, statistics on, debug checker off.
+//! `map_unmap_loop direct N` maps a line-aligned 64-byte `FromDevice` buffer (no bounce);
+//! `map_unmap_loop bounced N` one 8 bytes off a line (a SWIOTLB bounce: slot, fill,
+//! maintenance, copy back, free). Same setup as the `paired` benchmark: a non-coherent
+//! device with 64-byte lines, a 64 MiB pool of one area, statistics on, debug checker off.
+//! `map_unmap_loop iommu N` maps a page-aligned 4 KiB `Bidirectional` buffer of a coherent
+//! device through a strict IOMMU domain with the model's page tables in software, as the
+//! `iommu` benchmark does.
 
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use dmakit::prelude::*;
+use dmakit::{DomainConfig, IommuDma};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
+use dmakit_sim::{SimIommu, SimIommuConfig};
 
 const MIB: u64 = 1 << 20;
 const POOL: u64 = 64 * MIB;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (offset, n) = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some("direct"), Some(n)) => (0, n),
-        (Some("bounced"), Some(n)) => (8, n),
+    let (mode, n) = match (args.get(1).map(String::as_str), args.get(2)) {
+        (Some(mode @ ("direct" | "bounced" | "iommu")), Some(n)) => (mode, n),
         _ => {
-            eprintln!("usage: map_unmap_loop direct|bounced N");
+            eprintln!("usage: map_unmap_loop direct|bounced|iommu N");
             return ExitCode::from(2);
         }
     };
@@ -35,23 +38,46 @@ fn main() -> ExitCode {
     let host = Arc::new(
         HostPlatform::new(0, POOL + 16 * MIB, 1, 64, HostMaintenance::None).expect("arena"),
     );
-    let mapper = DmaMapper::builder(host)
+    let builder = DmaMapper::builder(host)
         .swiotlb(PhysAddr::new(0), POOL)
-        .expect("pool region")
-        .build();
-    let dev = Device::builder(DeviceId(1), "loop")
-        .cache_line(64)
-        .build()
-        .expect("device");
-    let buf = PhysAddr::new(POOL + MIB + offset);
+        .expect("pool region");
+    let (mapper, dev, buf, len, dir) = if mode == "iommu" {
+        let iommu = SimIommu::new(SimIommuConfig::default()).expect("iommu");
+        let dma = Arc::new(IommuDma::new(Arc::new(iommu), 1).expect("iommu layer"));
+        let dev = Device::builder(DeviceId(1), "loop")
+            .coherent(true)
+            .build()
+            .expect("device");
+        let d = dma.create_domain(DomainConfig::STRICT).expect("domain");
+        dma.attach(&dev, d).expect("attach");
+        let mapper = builder.iommu(dma).build();
+        (
+            mapper,
+            dev,
+            PhysAddr::new(POOL + MIB),
+            4096,
+            Direction::Bidirectional,
+        )
+    } else {
+        let dev = Device::builder(DeviceId(1), "loop")
+            .cache_line(64)
+            .build()
+            .expect("device");
+        let offset = if mode == "bounced" { 8 } else { 0 };
+        let buf = PhysAddr::new(POOL + MIB + offset);
+        (builder.build(), dev, buf, 64, Direction::FromDevice)
+    };
     for _ in 0..n {
-        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
-        let dma =
-            unsafe { mapper.map(&dev, black_box(buf), 64, Direction::FromDevice) }.expect("map");
-        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
-        unsafe { mapper.unmap(&dev, dma, 64, Direction::FromDevice) }.expect("unmap");
+        // SAFETY: the buffer lies in the host arena, which only this loop uses.
+        let dma = unsafe { mapper.map(&dev, black_box(buf), len, dir) }.expect("map");
+        // SAFETY: `dma` is the mapping just made, and no device uses it.
+        unsafe { mapper.unmap(&dev, dma, len, dir) }.expect("unmap");
     }
     let bounces = mapper.stats().total().bounces_total();
-    assert_eq!(bounces, if offset == 0 { 0 } else { n }, "bounce count");
+    assert_eq!(
+        bounces,
+        if mode == "bounced" { n } else { 0 },
+        "bounce count"
+    );
     ExitCode::SUCCESS
 }

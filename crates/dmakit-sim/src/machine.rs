@@ -101,6 +101,9 @@ struct State {
     inject: MaintenanceFaults,
     stats: MachineStats,
     plan: Vec<(u64, u64)>,
+    /// Reused by CPU copies and fills (bounces): kept between calls so that once it has
+    /// grown to a copy's size, copying allocates nothing.
+    scratch: Stamped,
 }
 
 #[inline]
@@ -125,24 +128,30 @@ impl State {
         self.uncached.iter().any(|&(s, e)| s <= addr && addr < e)
     }
 
+    /// The end of the maximal piece starting at `a` (before `end`) whose lines are all
+    /// cached or all uncached, and whether they are cached.
+    #[inline]
+    fn piece(&self, a: u64, end: u64) -> (u64, bool) {
+        if self.uncached.is_empty() {
+            return (end, true);
+        }
+        let line = self.cache.line_size();
+        let cached = !self.is_uncached(a);
+        let mut b = (a & !(line - 1)) + line;
+        while b < end && self.is_uncached(b) != cached {
+            b += line;
+        }
+        (b.min(end), cached)
+    }
+
     /// Runs `f(addr, len, cached)` over maximal pieces of `[addr, addr+len)` that are all
     /// cached or all uncached.
     #[inline]
     fn split(&self, addr: u64, len: u64, mut f: impl FnMut(u64, u64, bool)) {
-        if self.uncached.is_empty() {
-            f(addr, len, true);
-            return;
-        }
-        let line = self.cache.line_size();
         let end = addr + len;
         let mut a = addr;
         while a < end {
-            let cached = !self.is_uncached(a);
-            let mut b = (a & !(line - 1)) + line;
-            while b < end && self.is_uncached(b) != cached {
-                b += line;
-            }
-            let stop = b.min(end);
+            let (stop, cached) = self.piece(a, end);
             f(a, stop - a, cached);
             a = stop;
         }
@@ -152,16 +161,20 @@ impl State {
         if self.uncached.is_empty() {
             self.cache.load(&mut self.mem, addr, data, owners);
         } else {
-            let mut pieces = Vec::new();
-            self.split(addr, data.len() as u64, |a, n, c| pieces.push((a, n, c)));
-            for (a, n, cached) in pieces {
-                let o = (a - addr) as usize;
-                let (d, w) = (&mut data[o..o + n as usize], &mut owners[o..o + n as usize]);
+            // Piece by piece without collecting them first: the mapping layer's paths run
+            // here, and the allocation tests count every heap allocation on them.
+            let end = addr + data.len() as u64;
+            let mut a = addr;
+            while a < end {
+                let (stop, cached) = self.piece(a, end);
+                let (o, n) = ((a - addr) as usize, (stop - a) as usize);
+                let (d, w) = (&mut data[o..o + n], &mut owners[o..o + n]);
                 if cached {
                     self.cache.load(&mut self.mem, a, d, w);
                 } else {
                     self.mem.read_unchecked(a, d, w);
                 }
+                a = stop;
             }
         }
         self.stats.cpu_loads += 1;
@@ -173,13 +186,14 @@ impl State {
         if self.uncached.is_empty() {
             self.cache.store(&mut self.mem, addr, data, owners);
         } else {
-            let mut pieces = Vec::new();
-            self.split(addr, data.len() as u64, |a, n, c| pieces.push((a, n, c)));
-            for (a, n, cached) in pieces {
-                let o = (a - addr) as usize;
-                let d = &data[o..o + n as usize];
+            let end = addr + data.len() as u64;
+            let mut a = addr;
+            while a < end {
+                let (stop, cached) = self.piece(a, end);
+                let (o, n) = ((a - addr) as usize, (stop - a) as usize);
+                let d = &data[o..o + n];
                 let w = match owners {
-                    Stamps::Each(s) => Stamps::Each(&s[o..o + n as usize]),
+                    Stamps::Each(s) => Stamps::Each(&s[o..o + n]),
                     all => all,
                 };
                 if cached {
@@ -187,6 +201,7 @@ impl State {
                 } else {
                     self.mem.write_unchecked(a, d, w);
                 }
+                a = stop;
             }
         }
         self.stats.cpu_stores += 1;
@@ -290,6 +305,7 @@ impl Machine {
                 inject: MaintenanceFaults::NONE,
                 stats: MachineStats::default(),
                 plan: Vec::new(),
+                scratch: Stamped::zeroed(0),
             }),
             pages: RefCell::new(pages),
             cpus: cfg.cpus,
@@ -718,10 +734,13 @@ impl Machine {
         if n == 0 {
             return Ok(());
         }
-        let mut tmp = Stamped::zeroed(n);
+        let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
+        tmp.data.resize(n, 0);
+        tmp.owners.resize(n, Owner::NOBODY);
         s.load(src, &mut tmp.data, &mut tmp.owners);
         s.store(dst, &tmp.data, Stamps::Each(&tmp.owners));
         s.stats.copied_bytes += len;
+        s.scratch = tmp;
         Ok(())
     }
 
@@ -735,8 +754,11 @@ impl Machine {
         if n == 0 {
             return Ok(());
         }
-        let tmp = vec![byte; n];
-        s.store(dst, &tmp, Stamps::All(Owner::NOBODY));
+        let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
+        tmp.data.clear();
+        tmp.data.resize(n, byte);
+        s.store(dst, &tmp.data, Stamps::All(Owner::NOBODY));
+        s.scratch = tmp;
         Ok(())
     }
 

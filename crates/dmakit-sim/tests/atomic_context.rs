@@ -6,5 +6,14 @@
 
 #[path = "atomic_context/interrupts.rs"]
 mod interrupts;
+#[path = "iommu_rig/mod.rs"]
+mod iommu_rig;
 #[path = "atomic_context/no_alloc.rs"]
 mod no_alloc;
+#[path = "testbed/mod.rs"]
+mod testbed;
+
+/// Every allocation of this binary goes through the watch: a flagged region that allocates
+/// fails its test.
+#[global_allocator]
+static WATCH: no_alloc::Watch = no_alloc::Watch;

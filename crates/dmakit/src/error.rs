@@ -152,6 +152,23 @@ pub enum DmaError {
         /// Bytes requested.
         len: u64,
     },
+    /// The device's IOMMU domain already records as many live mappings as it was given
+    /// room for ([`crate::DomainConfig::max_mappings`]): nothing was mapped.
+    MappingTableFull {
+        /// The device asked for.
+        device: DeviceId,
+        /// Mappings the domain records at once.
+        capacity: usize,
+    },
+    /// [`crate::DmaMapper::map_or_defer`] found no room and the queue of deferred mappings
+    /// already holds as many as it was given room for
+    /// ([`crate::DmaMapperBuilder::deferred_capacity`]): nothing was mapped or queued.
+    DeferQueueFull {
+        /// The device asked for.
+        device: DeviceId,
+        /// Deferred mappings the queue holds.
+        capacity: usize,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -241,6 +258,14 @@ impl fmt::Display for DmaError {
             } => write!(
                 f,
                 "{device}: no memory a {len}-byte bounce could use has a bus address the device can emit"
+            ),
+            DmaError::MappingTableFull { device, capacity } => write!(
+                f,
+                "{device}: its IOMMU domain's mapping table is full ({capacity} live mappings); unmap some or create the domain with a larger max_mappings"
+            ),
+            DmaError::DeferQueueFull { device, capacity } => write!(
+                f,
+                "{device}: no bounce room, and the deferred-mapping queue is full ({capacity} waiting); nothing was queued"
             ),
         }
     }

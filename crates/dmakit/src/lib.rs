@@ -110,6 +110,7 @@ mod direct;
 mod direction;
 pub mod dma_alloc;
 mod error;
+mod fixed_table;
 pub mod growth;
 pub mod iommu;
 mod maintenance;

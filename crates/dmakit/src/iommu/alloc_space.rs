@@ -65,6 +65,8 @@ impl DeviceAddressSpace for IommuDma {
             return Err(DeviceSpaceError::TablesFailed);
         }
         let total = count * PAGE_SIZE;
+        // The domain's mapping table full counts as no space: nothing can be mapped.
+        let room = dom.reserve().ok_or(no_space)?;
         let limit = dom.limit_pfn(dev.coherent_limit()).ok_or(no_space)?;
         let iova = dom
             .alloc_iova(total, limit, ALLOC_CPU)
@@ -98,7 +100,7 @@ impl DeviceAddressSpace for IommuDma {
                 return Err(DeviceSpaceError::TablesFailed);
             }
         }
-        dom.insert(
+        room.insert(
             base,
             Record {
                 device: dev.id(),
@@ -128,9 +130,10 @@ impl DeviceAddressSpace for IommuDma {
             }
         })?;
         if dom.unmap_tables(dma, rec.mapped).is_err() {
-            dom.insert(dma.as_u64(), rec);
+            dom.put_back(dma.as_u64(), rec);
             return Err(DeviceSpaceError::TablesFailed);
         }
+        dom.forget(dma.as_u64());
         dom.flush_range(dma, rec.mapped);
         dom.release(rec.iova, ALLOC_CPU);
         Ok(())

@@ -6,7 +6,6 @@
 //! live and what each one maps, so unmap and sync can be checked and routed, and so an IOVA
 //! is only returned to the allocator once no IOTLB entry can still translate it.
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -14,6 +13,7 @@ use crate::sync::Mutex;
 
 use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
+use super::records::{Records, Reservation};
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::bounce::{BounceBackend, PoolUsage};
 use crate::device::{Device, DeviceId};
@@ -58,6 +58,11 @@ pub struct DomainConfig {
     /// [`super::IommuDma::flush_queues`], which a timer should call). `None`: bounded by
     /// the queue's length only. Ignored in strict mode.
     pub flush_timeout_ns: Option<u64>,
+    /// Mappings the domain records at once (single, scatter-gather and DMA-allocation
+    /// mappings count one each). Their room is allocated when the domain is created, so
+    /// no map, unmap or sync allocates; a map beyond it fails with
+    /// [`crate::DmaError::MappingTableFull`]. About 100 bytes each.
+    pub max_mappings: usize,
 }
 
 impl DomainConfig {
@@ -69,6 +74,7 @@ impl DomainConfig {
         magazine_size: 128,
         depot_magazines: 32,
         flush_timeout_ns: None,
+        max_mappings: 4096,
     };
 
     /// Lazy invalidation with a 256-entry flush queue, whole aperture, default caches, no
@@ -150,7 +156,7 @@ pub struct IommuDomain {
     granule: u64,
     shift: u32,
     iova: IovaAllocator,
-    records: Mutex<BTreeMap<u64, Record>>,
+    records: Mutex<Records<Record>>,
     fq: FlushQueue,
     /// The lazy queue's time bound, with the clock that measures it.
     timeout: Option<(u64, Arc<dyn Clock + Send + Sync>)>,
@@ -195,7 +201,7 @@ impl IommuDomain {
             granule,
             shift,
             iova,
-            records: Mutex::new(BTreeMap::new()),
+            records: Mutex::new(Records::with_capacity(cfg.max_mappings)),
             fq: FlushQueue::new(queue),
             timeout: match cfg.mode {
                 FlushMode::Strict => None,
@@ -244,17 +250,26 @@ impl IommuDomain {
         !self.records.lock().is_empty()
     }
 
-    /// Records the live mapping whose first device address is `key`.
-    pub(crate) fn insert(&self, key: u64, rec: Record) {
-        self.records.lock().insert(key, rec);
+    /// Promises room for one more record: a map reserves before it takes IOVA space, so a
+    /// full table refuses it with nothing to undo. `None` when the domain already records
+    /// [`DomainConfig::max_mappings`] mappings.
+    pub(crate) fn reserve(&self) -> Option<Reservation<'_, Record>> {
+        Records::reserve(&self.records)
     }
 
-    /// Removes the record at `key` if `check` accepts it (under the records' lock, so no
-    /// other unmap can take it in between).
+    /// Mappings the domain records at once ([`DomainConfig::max_mappings`]).
+    pub(crate) fn max_mappings(&self) -> usize {
+        self.records.lock().capacity()
+    }
+
+    /// Takes the record at `key` out if `check` accepts it (under the records' lock, so no
+    /// other unmap can take it in between). Its room stays taken until
+    /// [`IommuDomain::forget`] (the page tables are gone) or [`IommuDomain::put_back`] (the
+    /// IOMMU refused).
     ///
     /// # Errors
-    /// `missing` when no mapping starts at `key`; whatever `check` returns (the record
-    /// stays then).
+    /// `missing` when no live mapping starts at `key`; whatever `check` returns (the
+    /// record stays then).
     pub(crate) fn take<E>(
         &self,
         key: u64,
@@ -262,15 +277,25 @@ impl IommuDomain {
         check: impl FnOnce(&Record) -> Result<(), E>,
     ) -> Result<Record, E> {
         let mut recs = self.records.lock();
-        check(recs.get(&key).ok_or(missing)?)?;
+        check(recs.get(key).ok_or(missing)?)?;
         Ok(recs
-            .remove(&key)
+            .take(key)
             .unwrap_or_else(|| unreachable!("the record was just found under the lock")))
+    }
+
+    /// The record taken at `key` is ended: its room is free again.
+    pub(crate) fn forget(&self, key: u64) {
+        self.records.lock().forget(key);
+    }
+
+    /// The record taken at `key` is live again (its unmap was refused).
+    pub(crate) fn put_back(&self, key: u64, rec: Record) {
+        self.records.lock().put_back(key, rec);
     }
 
     /// Runs `f` on the live mappings, keyed by first device address, under the records'
     /// lock (so `f` must not call back into the domain's records).
-    pub(crate) fn with_records<R>(&self, f: impl FnOnce(&BTreeMap<u64, Record>) -> R) -> R {
+    pub(crate) fn with_records<R>(&self, f: impl FnOnce(&Records<Record>) -> R) -> R {
         f(&self.records.lock())
     }
 
@@ -347,18 +372,28 @@ impl IommuDomain {
     /// Queues an unmapped range (lazy mode); drains when the queue is full, when its oldest
     /// entry has outlived the time bound, or when the entry parks a bounce slot of a pool
     /// under pressure (see [`under_pressure`]). Returns the bounce slots a drain released.
-    pub(crate) fn defer(&self, entry: FlushEntry, cpu: usize) -> usize {
+    pub(crate) fn defer(&self, mut entry: FlushEntry, cpu: usize) -> usize {
         let now = self.timeout.as_ref().map_or(0, |(_, c)| c.now_ns());
         let pressure = !reintroduce::active(Defect::LazyDomainParksBounces)
             && entry
                 .bounce
                 .as_ref()
                 .is_some_and(|(b, _)| under_pressure(b.usage()));
-        if self.fq.push(entry, now) || pressure || self.expired(now) {
-            self.drain(cpu)
-        } else {
-            0
+        let mut released = 0;
+        let full = loop {
+            match self.fq.push(entry, now) {
+                Ok(full) => break full,
+                // Full already (other unmaps filled it meanwhile): make room first.
+                Err(back) => {
+                    released += self.drain(cpu);
+                    entry = back;
+                }
+            }
+        };
+        if full || pressure || self.expired(now) {
+            released += self.drain(cpu);
         }
+        released
     }
 
     /// Drains the queue if its oldest entry has outlived the time bound (checked on every
@@ -392,13 +427,12 @@ impl IommuDomain {
     /// Invalidates the domain's IOTLB, then releases every queued IOVA and bounce slot.
     /// Returns the bounce slots released.
     pub(crate) fn drain(&self, cpu: usize) -> usize {
-        let entries = self.fq.take();
-        if entries.is_empty() {
+        let Some(seal) = self.fq.seal() else {
             return 0;
-        }
+        };
         self.iommu.flush_iotlb_all(self.id);
         let mut bounces = 0;
-        for e in entries {
+        while let Some(e) = self.fq.pop_sealed(seal) {
             if let Some((backend, slot)) = e.bounce {
                 let freed = backend.free(slot);
                 debug_assert!(freed.is_some());

@@ -12,8 +12,8 @@
 //! invalidation, during which a device may still reach the old memory through the IOTLB;
 //! untrusted devices are never given that window (their unmaps are strict).
 
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::sync::Mutex;
@@ -33,9 +33,15 @@ pub(crate) struct FlushEntry {
 /// No entry is queued: the oldest-entry time reads this.
 const EMPTY: u64 = u64::MAX;
 
-/// A bounded queue of [`FlushEntry`]s.
+/// A bounded queue of [`FlushEntry`]s, allocated once: queueing and draining (on unmap
+/// paths, in interrupt context) never allocate.
+///
+/// Every entry carries the number of pushes before it. A drain first *seals* the queue
+/// (notes that number), then invalidates the IOTLB, then pops only entries pushed before
+/// the seal, one at a time with the lock dropped in between: whatever a drain releases was
+/// unmapped before its own invalidation, even when several drains and pushes interleave.
 pub(crate) struct FlushQueue {
-    entries: Mutex<Vec<FlushEntry>>,
+    entries: Mutex<Ring>,
     capacity: usize,
     flushes: AtomicU64,
     /// Bounce slots parked in the queue (read without the lock: "is there any room to win
@@ -45,12 +51,22 @@ pub(crate) struct FlushQueue {
     oldest_ns: AtomicU64,
 }
 
+/// The queued entries, oldest first, each with its push number and time.
+struct Ring {
+    queued: VecDeque<(u64, u64, FlushEntry)>,
+    pushes: u64,
+}
+
 impl FlushQueue {
-    /// A queue that asks to be drained once it holds `capacity` entries (at least 1).
+    /// A queue of `capacity` entries (at least 1), which asks to be drained once full.
+    /// Allocates: called when the domain is created.
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            entries: Mutex::new(Vec::with_capacity(capacity)),
+            entries: Mutex::new(Ring {
+                queued: VecDeque::with_capacity(capacity),
+                pushes: 0,
+            }),
             capacity,
             flushes: AtomicU64::new(0),
             bounces: AtomicUsize::new(0),
@@ -60,35 +76,60 @@ impl FlushQueue {
 
     /// Queues `entry` at time `now_ns` (0 without a clock); returns whether the queue is
     /// now full and should be drained.
-    pub(crate) fn push(&self, entry: FlushEntry, now_ns: u64) -> bool {
+    ///
+    /// # Errors
+    /// `Err(entry)`, nothing queued, when the queue is already full: drain, then push again.
+    pub(crate) fn push(&self, entry: FlushEntry, now_ns: u64) -> Result<bool, FlushEntry> {
         let mut q = self.entries.lock();
-        if q.is_empty() {
+        if q.queued.len() >= self.capacity {
+            return Err(entry);
+        }
+        if q.queued.is_empty() {
             self.oldest_ns
                 .store(now_ns.min(EMPTY - 1), Ordering::Relaxed);
         }
         if entry.bounce.is_some() {
             self.bounces.fetch_add(1, Ordering::Relaxed);
         }
-        q.push(entry);
-        q.len() >= self.capacity
+        let seq = q.pushes;
+        q.pushes += 1;
+        q.queued.push_back((seq, now_ns, entry));
+        Ok(q.queued.len() >= self.capacity)
     }
 
-    /// Takes every queued entry. The caller must invalidate the IOTLB of the domain before
-    /// releasing any of them.
-    pub(crate) fn take(&self) -> Vec<FlushEntry> {
-        let mut q = self.entries.lock();
-        if q.is_empty() {
-            return Vec::new();
+    /// Starts a drain: `None` when nothing is queued, else the seal to give
+    /// [`FlushQueue::pop_sealed`]. The caller must invalidate the IOTLB of the domain after
+    /// this and before popping.
+    pub(crate) fn seal(&self) -> Option<u64> {
+        let q = self.entries.lock();
+        if q.queued.is_empty() {
+            return None;
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.bounces.store(0, Ordering::Relaxed);
-        self.oldest_ns.store(EMPTY, Ordering::Relaxed);
-        core::mem::replace(&mut *q, Vec::with_capacity(self.capacity))
+        Some(q.pushes)
+    }
+
+    /// The oldest entry if it was pushed before `seal`.
+    pub(crate) fn pop_sealed(&self, seal: u64) -> Option<FlushEntry> {
+        let mut q = self.entries.lock();
+        if q.queued.front().is_none_or(|&(seq, _, _)| seq >= seal) {
+            return None;
+        }
+        let (_, _, entry) = q.queued.pop_front()?;
+        if entry.bounce.is_some() {
+            self.bounces.fetch_sub(1, Ordering::Relaxed);
+        }
+        let oldest = q
+            .queued
+            .front()
+            .map_or(EMPTY, |&(_, t, _)| t.min(EMPTY - 1));
+        self.oldest_ns.store(oldest, Ordering::Relaxed);
+        Some(entry)
     }
 
     /// Entries waiting.
     pub(crate) fn len(&self) -> usize {
-        self.entries.lock().len()
+        self.entries.lock().queued.len()
     }
 
     /// Bounce slots waiting (a hint: read without the queue's lock).

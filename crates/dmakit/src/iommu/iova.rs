@@ -30,6 +30,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sync::Mutex;
 
+use super::depot::Depot;
+
 /// A range of IOVA pages: `pages` granules from page frame number `pfn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IovaRange {
@@ -324,7 +326,7 @@ struct CpuMags {
 /// The cache of one power-of-two size class.
 struct Rcache {
     cpus: Vec<Mutex<CpuMags>>,
-    depot: Mutex<Vec<Vec<u64>>>,
+    depot: Mutex<Depot>,
 }
 
 /// Takes a cached pfn whose range of `pages` ends at or below `limit`: the most recent one
@@ -386,7 +388,7 @@ impl IovaAllocator {
                         })
                     })
                     .collect(),
-                depot: Mutex::new(Vec::with_capacity(cfg.depot_magazines)),
+                depot: Mutex::new(Depot::new(cfg.depot_magazines, cfg.magazine_size)),
             })
             .collect();
         Ok(Self {
@@ -479,19 +481,7 @@ impl IovaAllocator {
             return Err(IovaError::NotAllocated(range));
         }
         if let Some(c) = self.class_of(range.pages) {
-            if let Some(spilled) = self.cache_put(c, range.pfn, cpu) {
-                let mut tree = self.tree.lock();
-                for pfn in spilled {
-                    let r = IovaRange {
-                        pfn,
-                        pages: range.pages,
-                    };
-                    // Every cached range was allocated and freed once; the tree takes it.
-                    let back = tree.free(r);
-                    debug_assert!(back.is_ok(), "{back:?}");
-                    bump(&self.counters.tree_frees);
-                }
-            }
+            self.cache_put(c, range.pfn, cpu);
             bump(&self.counters.rcache_frees);
             return Ok(());
         }
@@ -511,38 +501,41 @@ impl IovaAllocator {
             core::mem::swap(&mut m.loaded, &mut m.prev);
             return Some(p);
         }
-        let mut depot = rc.depot.lock();
-        let full = depot.pop()?;
-        let old = core::mem::replace(&mut m.loaded, full);
-        if !old.is_empty() {
-            depot.push(old);
+        if !rc.depot.lock().exchange(&mut m.loaded) {
+            return None;
         }
-        drop(depot);
         take_fit(&mut m.loaded, pages, limit)
     }
 
-    /// Caches `pfn`; returns a magazine to give back to the tree when the depot is full.
-    fn cache_put(&self, class: usize, pfn: u64, cpu: usize) -> Option<Vec<u64>> {
+    /// Caches `pfn`. When both of the CPU's magazines are full, the loaded one goes to the
+    /// depot, or, the depot full, its ranges go back to the tree. Allocates nothing: the
+    /// magazines and the depot were sized when the allocator was made.
+    fn cache_put(&self, class: usize, pfn: u64, cpu: usize) {
         let rc = &self.rcaches[class];
         let cap = self.cfg.magazine_size;
         let mut mags = rc.cpus[cpu % rc.cpus.len()].lock();
         let m = &mut *mags;
-        let mut spilled = None;
         if m.loaded.len() >= cap {
             if m.prev.len() < cap {
                 core::mem::swap(&mut m.loaded, &mut m.prev);
-            } else {
-                let full = core::mem::replace(&mut m.loaded, Vec::with_capacity(cap));
-                let mut depot = rc.depot.lock();
-                if depot.len() < self.cfg.depot_magazines {
-                    depot.push(full);
-                } else {
-                    spilled = Some(full);
-                }
+            } else if !rc.depot.lock().put(&mut m.loaded) {
+                // Lock order: a CPU's magazines, then the depot or the tree; never back.
+                self.spill(class, m.loaded.drain(..));
             }
         }
         m.loaded.push(pfn);
-        spilled
+    }
+
+    /// Gives cached ranges of size class `class` back to the tree.
+    fn spill(&self, class: usize, pfns: impl Iterator<Item = u64>) {
+        let pages = 1u64 << class;
+        let mut tree = self.tree.lock();
+        for pfn in pfns {
+            // Every cached range was allocated and freed once; the tree takes it.
+            let back = tree.free(IovaRange { pfn, pages });
+            debug_assert!(back.is_ok(), "{back:?}");
+            bump(&self.counters.tree_frees);
+        }
     }
 
     /// Gives every cached range back to the tree (done automatically before reporting
@@ -550,25 +543,12 @@ impl IovaAllocator {
     pub fn flush_caches(&self) {
         bump(&self.counters.cache_flushes);
         for (class, rc) in self.rcaches.iter().enumerate() {
-            let pages = 1u64 << class;
-            let mut all = Vec::new();
             for cpu in &rc.cpus {
                 let mut m = cpu.lock();
-                all.append(&mut m.loaded);
-                all.append(&mut m.prev);
+                let m = &mut *m;
+                self.spill(class, m.loaded.drain(..).chain(m.prev.drain(..)));
             }
-            for mut mag in rc.depot.lock().drain(..) {
-                all.append(&mut mag);
-            }
-            if all.is_empty() {
-                continue;
-            }
-            let mut tree = self.tree.lock();
-            for pfn in all {
-                let back = tree.free(IovaRange { pfn, pages });
-                debug_assert!(back.is_ok(), "{back:?}");
-                bump(&self.counters.tree_frees);
-            }
+            self.spill(class, rc.depot.lock().drain());
         }
     }
 
@@ -594,7 +574,7 @@ impl IovaAllocator {
                         m.loaded.len() + m.prev.len()
                     })
                     .sum::<usize>()
-                    + rc.depot.lock().iter().map(Vec::len).sum::<usize>()
+                    + rc.depot.lock().ranges()
             })
             .sum()
     }

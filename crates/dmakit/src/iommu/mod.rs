@@ -22,15 +22,17 @@
 //! domain is mapped through it, the others as before.
 
 mod alloc_space;
+mod depot;
 mod domain;
 mod flush_queue;
 mod iova;
 pub(crate) mod path;
+mod records;
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Bound;
 
 use crate::sync::{Mutex, RwLock};
 
@@ -271,9 +273,27 @@ impl IommuDma {
     /// it from a timer) so unmapped memory does not stay reachable for long. Returns the
     /// bounce slots released; [`crate::DmaMapper::flush_iommu_queues`] does the same and
     /// also completes deferred mappings that now fit.
+    ///
+    /// Allocates nothing, and drains each domain with the domain list's lock dropped: the
+    /// next domain is looked up after the previous one's drain.
     pub fn flush_queues(&self, cpu: usize) -> usize {
-        let all: Vec<Arc<IommuDomain>> = self.domains.lock().values().cloned().collect();
-        all.iter().map(|d| d.drain(cpu)).sum()
+        let mut released = 0;
+        let mut after = None;
+        loop {
+            let next = {
+                let domains = self.domains.lock();
+                let mut rest = match after {
+                    None => domains.range(..),
+                    Some(id) => domains.range((Bound::Excluded(id), Bound::Unbounded)),
+                };
+                rest.next().map(|(&id, d)| (id, d.clone()))
+            };
+            let Some((id, dom)) = next else {
+                return released;
+            };
+            released += dom.drain(cpu);
+            after = Some(id);
+        }
     }
 
     /// A bounce pool is full: drains the flush queues that hold bounce slots (each after

@@ -18,6 +18,9 @@ use crate::stats::{BounceReporter, DeviceCounters, SiteTable};
 use crate::swiotlb::SwiotlbBounce;
 use crate::swiotlb::{PoolConfig, RegionError};
 
+use crate::sync::Mutex;
+
+use super::deferred::DeferQueue;
 use super::routes::Registered;
 use super::DmaMapper;
 #[cfg(feature = "hazard-controls")]
@@ -151,6 +154,15 @@ impl<P: Platform> DmaMapperBuilder<P> {
     /// (default 100,000: a tenth).
     pub fn site_suggestion_threshold(mut self, ppm: u64) -> Self {
         self.mapper.obs.suggest_ppm = ppm;
+        self
+    }
+
+    /// Room for `capacity` deferred mappings waiting at once (default 256). The queue is
+    /// allocated here, so [`DmaMapper::map_or_defer`] never allocates; when it is full,
+    /// `map_or_defer` refuses with [`crate::DmaError::DeferQueueFull`]. Zero turns deferral
+    /// off: every request that would wait is refused so.
+    pub fn deferred_capacity(mut self, capacity: usize) -> Self {
+        self.mapper.deferred = Mutex::new(DeferQueue::new(capacity));
         self
     }
 

@@ -46,16 +46,27 @@ pub(super) struct Deferred {
     failed_at: Option<u64>,
 }
 
-/// The waiting mappings of every device, oldest first.
+/// The waiting mappings of every device, oldest first, at most `capacity` of them.
+///
+/// The room is allocated once, here: queueing a mapping (on a map path, in interrupt
+/// context) never allocates, and a full queue refuses with [`DmaError::DeferQueueFull`].
 pub(super) struct DeferQueue {
     entries: VecDeque<Deferred>,
+    capacity: usize,
     next_seq: u64,
 }
 
 impl DeferQueue {
-    pub(super) const fn new() -> Self {
+    /// Deferred mappings a mapper's queue holds unless
+    /// [`super::DmaMapperBuilder::deferred_capacity`] says otherwise.
+    pub(super) const DEFAULT_CAPACITY: usize = 256;
+
+    /// A queue with room for `capacity` waiting mappings. Allocates: call outside atomic
+    /// context (the builder does).
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
-            entries: VecDeque::new(),
+            entries: VecDeque::with_capacity(capacity),
+            capacity,
             next_seq: 0,
         }
     }
@@ -109,7 +120,9 @@ impl<P: Platform> DmaMapper<P> {
     /// Every error of [`DmaMapper::map`] except exhaustion, at once; then `done` is dropped
     /// uncalled. That includes [`DmaError::TooLargeToBounce`] for a request no free could
     /// ever satisfy, when the device's pool can tell (the SWIOTLB pool can) or the request
-    /// is tried at once.
+    /// is tried at once. [`DmaError::DeferQueueFull`] when it would wait but the queue
+    /// holds its capacity ([`crate::DmaMapperBuilder::deferred_capacity`]): queueing never
+    /// allocates.
     ///
     /// # Safety
     /// As [`DmaMapper::map`], from this call on: the buffer is the device's while the
@@ -176,6 +189,15 @@ impl<P: Platform> DmaMapper<P> {
                 // Room may have freed after the attempt, and its drain did not see this
                 // request: look again rather than wait for the next free.
                 continue;
+            }
+            if queue.entries.len() >= queue.capacity && !self.controls.grows_defer_queue() {
+                let capacity = queue.capacity;
+                drop(queue);
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                return Err(DmaError::DeferQueueFull {
+                    device: dev.id(),
+                    capacity,
+                });
             }
             let seq = queue.next_seq;
             queue.next_seq += 1;

@@ -27,6 +27,10 @@ pub struct HazardControls {
     /// hands out physical addresses as bus addresses and takes bus addresses back as
     /// physical ones, so a device with windows reaches the wrong memory or none.
     pub identity_bus_translation: bool,
+    /// Let the deferred-mapping queue grow past its capacity instead of refusing with
+    /// [`crate::DmaError::DeferQueueFull`]: queueing then allocates on the map path, which
+    /// must not allocate in interrupt context.
+    pub grow_defer_queue: bool,
 }
 
 /// Without the `hazard-controls` feature there is nothing to switch off.
@@ -66,6 +70,20 @@ impl HazardControls {
         #[cfg(feature = "hazard-controls")]
         {
             self.restricted_pools_ignored
+        }
+        #[cfg(not(feature = "hazard-controls"))]
+        {
+            false
+        }
+    }
+
+    /// Whether the deferred queue grows past its capacity (always `false` without the
+    /// feature).
+    #[inline(always)]
+    pub(crate) const fn grows_defer_queue(&self) -> bool {
+        #[cfg(feature = "hazard-controls")]
+        {
+            self.grow_defer_queue
         }
         #[cfg(not(feature = "hazard-controls"))]
         {

@@ -93,7 +93,7 @@ impl<P: Platform> DmaMapper<P> {
         Self {
             policy: AlignmentPolicy::Exact,
             routes: Routes::new(),
-            deferred: Mutex::new(DeferQueue::new()),
+            deferred: Mutex::new(DeferQueue::new(DeferQueue::DEFAULT_CAPACITY)),
             waiting: AtomicUsize::new(0),
             room_events: AtomicU64::new(0),
             controls: HazardControls::default(),

@@ -69,9 +69,12 @@ fn unmap_tables(
 ) -> Result<(Record, DmaAddr), DmaError> {
     let base = dom.iova_addr(rec.iova);
     match dom.unmap_tables(base, rec.mapped) {
-        Ok(()) => Ok((rec, base)),
+        Ok(()) => {
+            dom.forget(key);
+            Ok((rec, base))
+        }
         Err(error) => {
-            dom.insert(key, rec);
+            dom.put_back(key, rec);
             Err(DmaError::Iommu {
                 device: dev.id(),
                 error,

@@ -36,7 +36,9 @@ pub(crate) use sg::{map_sg, unmap_sg};
 pub(crate) use single::{map, unmap};
 pub(crate) use sync::{sync, SyncTo};
 
+use super::domain::{IommuDomain, Record};
 use super::iova::IovaError;
+use super::records::Reservation;
 use crate::bounce::BounceBackend;
 use crate::decision::AlignmentPolicy;
 use crate::device::Device;
@@ -65,6 +67,18 @@ fn overflow(dev: &Device, addr: u64, len: u64) -> DmaError {
         addr,
         len,
     }
+}
+
+/// Room for the record of a new mapping of `dev` in `dom`, promised before anything is
+/// taken so that a full table refuses the map with nothing to undo.
+///
+/// # Errors
+/// [`DmaError::MappingTableFull`] when the domain records its `max_mappings` already.
+fn reserve<'a>(dom: &'a IommuDomain, dev: &Device) -> Result<Reservation<'a, Record>, DmaError> {
+    dom.reserve().ok_or(DmaError::MappingTableFull {
+        device: dev.id(),
+        capacity: dom.max_mappings(),
+    })
 }
 
 /// The domain had no IOVA range for `len` bytes below the device's mask (capped by its

@@ -8,7 +8,7 @@ use super::super::domain::{IommuDomain, Kind, Piece, Record};
 use super::end::{finish, take_record, undo};
 use super::single::{map, unmap};
 use super::sync::containing;
-use super::{granule_span, iova_error, overflow, MapCtx};
+use super::{granule_span, iova_error, overflow, reserve, MapCtx};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::MapFailure;
 use crate::decision;
@@ -95,6 +95,7 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
         });
     }
     let cpu = p.current_cpu();
+    let room = reserve(dom, dev).map_err(MapFailure::Failed)?;
     let mut spans = Vec::with_capacity(ranges.len());
     let mut total = 0u64;
     for r in ranges {
@@ -162,7 +163,7 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
     }
     let key = pieces.first().map_or(base, |pc| pc.dma);
     let end = pieces.last().map_or(base, |pc| pc.dma + pc.len);
-    dom.insert(
+    room.insert(
         key,
         Record {
             device: dev.id(),

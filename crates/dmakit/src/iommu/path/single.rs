@@ -3,7 +3,7 @@
 use super::super::domain::{IommuDomain, Kind, Record};
 use super::super::iova::IovaRange;
 use super::end::{finish, take_record, Ended};
-use super::{granule_span, iova_error, overflow, MapCtx};
+use super::{granule_span, iova_error, overflow, reserve, MapCtx};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, MapFailure, Placement};
 use crate::bounce::{BounceBackend, BounceMeta};
@@ -48,8 +48,9 @@ fn map_granules(
 ///
 /// # Errors
 /// [`MapFailure::NoRoom`] when the bounce backend is full; [`MapFailure::Failed`] with
-/// [`DmaError::NoBouncePool`], [`DmaError::IovaExhausted`], [`DmaError::Iommu`],
-/// [`DmaError::AddressOverflow`] or a bounce copy fault. Nothing changed then.
+/// [`DmaError::MappingTableFull`], [`DmaError::NoBouncePool`], [`DmaError::IovaExhausted`],
+/// [`DmaError::Iommu`], [`DmaError::AddressOverflow`] or a bounce copy fault. Nothing
+/// changed then.
 pub(crate) fn map<P: Platform + ?Sized>(
     p: &P,
     dom: &IommuDomain,
@@ -60,6 +61,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
 ) -> Result<(DmaAddr, MapPath), MapFailure> {
     let cpu = p.current_cpu();
     dom.drain_expired(cpu);
+    let room = reserve(dom, dev).map_err(MapFailure::Failed)?;
     let g = dom.granule();
     let perm = IommuPerm::for_direction(dir);
     let reason = decision::iommu_bounce_reason(dev, range, dir, ctx.policy, p.cache_line_size(), g);
@@ -72,7 +74,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
             maintenance::for_device(p, range, dir);
         }
         let dma = dom.iova_addr(iova).add(start - first);
-        dom.insert(
+        room.insert(
             dma.as_u64(),
             Record {
                 device: dev.id(),
@@ -110,7 +112,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
         }
     };
     let dma = dom.iova_addr(iova).add(slot.as_u64() - first);
-    dom.insert(
+    room.insert(
         dma.as_u64(),
         Record {
             device: dev.id(),

@@ -1,9 +1,8 @@
 //! Partial syncs on the IOMMU path: ownership of a part of a live mapping passes to the
 //! device or back to the CPU.
 
-use alloc::collections::BTreeMap;
-
 use super::super::domain::{IommuDomain, Kind, Record};
+use super::super::records::Records;
 use super::overflow;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
@@ -15,15 +14,14 @@ use crate::reintroduce::{self, Defect};
 
 /// The key of the live mapping of `dev` holding `[addr, addr + len)`.
 pub(super) fn containing(
-    recs: &BTreeMap<u64, Record>,
+    recs: &Records<Record>,
     dev: &Device,
     addr: u64,
     len: u64,
 ) -> Result<u64, DmaError> {
-    let (&key, r) = recs
-        .range(..=addr)
-        .next_back()
-        .filter(|(&k, r)| r.device == dev.id() && addr - k < r.len)
+    let (key, r) = recs
+        .at_or_below(addr)
+        .filter(|&(k, r)| r.device == dev.id() && addr - k < r.len)
         .ok_or(DmaError::UnknownMapping {
             device: dev.id(),
             dma: DmaAddr::new(addr),
@@ -85,7 +83,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
         } else {
             containing(recs, dev, dma.as_u64(), 1)?
         };
-        let Some(r) = recs.get(&key) else {
+        let Some(r) = recs.get(key) else {
             return Err(DmaError::UnknownMapping {
                 device: dev.id(),
                 dma,
