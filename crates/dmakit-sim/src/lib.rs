@@ -21,6 +21,8 @@
 //!   until invalidated, and a fault log, plugged in through the translation seam;
 //! - [`host`]: a platform over real memory, for benchmarks and multi-threaded tests;
 //! - [`machine`]: the [`Machine`] tying them together;
+//! - [`sharing`]: a confidential guest's private memory and the pages it shared with the
+//!   host ([`SharedPages`]), which devices alone may reach;
 //! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
 //! - [`coherent`]: uncached pages for the core's coherent allocations;
 //! - [`vmap`]: contiguous virtual views, with an aliasing-cache mode;
@@ -76,6 +78,7 @@ pub mod placement;
 pub mod platform;
 pub mod rng;
 pub mod routed;
+pub mod sharing;
 pub mod transfer;
 pub mod vmap;
 pub mod workload;
@@ -94,5 +97,6 @@ pub use oracle::{ByteReport, ErrorKind, ErrorSite, Oracle, OracleReport};
 pub use placement::Placement;
 pub use rng::SimRng;
 pub use routed::RoutedTranslation;
+pub use sharing::SharedPages;
 pub use vmap::{VmapMachine, VmapMode};
 pub use workload::{run_workload, WorkloadConfig, WorkloadOutcome};

@@ -7,17 +7,19 @@
 //! the cache (except in uncached regions); devices reach RAM directly unless coherent.
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 use dmakit::{Device, DeviceId, DmaAddr, MemoryFault, PhysAddr, PhysRange};
 
 use crate::cache::{Cache, CacheConfig, CacheStats};
-use crate::device::{DeviceFault, DmaEngines, DmaTranslation};
+use crate::device::{DeviceFault, DmaEngines, DmaTranslation, FaultReason};
 use crate::error::SimError;
 use crate::fault_inject::{MaintenanceFaults, MaintenanceKind};
 use crate::hazard::{Hazard, HazardConfig, Hazards};
 use crate::memory::{Memory, Owner, RamMap, Stamped, Stamps};
 use crate::page_alloc::PageAlloc;
 use crate::rng::SimRng;
+use crate::sharing::SharedPages;
 
 const GIB: u64 = 1 << 30;
 
@@ -101,6 +103,9 @@ struct State {
     inject: MaintenanceFaults,
     stats: MachineStats,
     plan: Vec<(u64, u64)>,
+    /// A confidential guest's shared pages: devices reach no other memory. `None`: all
+    /// memory is shared (not a confidential guest).
+    sharing: Option<Arc<SharedPages>>,
 }
 
 #[inline]
@@ -290,6 +295,7 @@ impl Machine {
                 inject: MaintenanceFaults::NONE,
                 stats: MachineStats::default(),
                 plan: Vec::new(),
+                sharing: None,
             }),
             pages: RefCell::new(pages),
             cpus: cfg.cpus,
@@ -297,6 +303,24 @@ impl Machine {
             line: cfg.cache.line_size,
             bad_frees: Cell::new(0),
         })
+    }
+
+    /// Builds a confidential guest: as [`Machine::new`], but all memory starts private and
+    /// a device access to a page not shared through [`Machine::host_sharing`] is refused
+    /// and recorded with [`crate::FaultReason::PrivateMemory`]. CPU accesses are unaffected.
+    ///
+    /// # Errors
+    /// As [`Machine::new`].
+    pub fn new_confidential(cfg: MachineConfig) -> Result<Self, SimError> {
+        let m = Self::new(cfg)?;
+        m.state.borrow_mut().sharing = Some(Arc::new(SharedPages::new()));
+        Ok(m)
+    }
+
+    /// The shared pages of a confidential guest (the platform's
+    /// [`dmakit::MemorySharing`] hook); `None` for a machine that is not one.
+    pub fn host_sharing(&self) -> Option<Arc<SharedPages>> {
+        self.state.borrow().sharing.clone()
     }
 
     /// The CPU data cache line size.
@@ -658,14 +682,17 @@ impl Machine {
         let mut plan = std::mem::take(&mut st.plan);
         plan.clear();
         let mem = &st.mem;
-        let r = st.engines.plan(
-            dev,
-            dma,
-            len,
-            write,
-            |a, n| mem.ram().contains(a, n),
-            &mut plan,
-        );
+        let shared = st.sharing.as_deref();
+        let reach = |a: u64, n: u64| {
+            if !mem.ram().contains(a, n) {
+                Err(FaultReason::NotMemory)
+            } else if shared.is_some_and(|s| !s.is_shared(a, n)) {
+                Err(FaultReason::PrivateMemory)
+            } else {
+                Ok(())
+            }
+        };
+        let r = st.engines.plan(dev, dma, len, write, reach, &mut plan);
         if r.is_ok() {
             let mut off = 0usize;
             for &(p, n) in &plan {

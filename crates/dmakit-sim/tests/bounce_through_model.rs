@@ -90,6 +90,7 @@ fn without_the_inbound_fill_the_model_sees_old_bounce_bytes() {
     // bounce held — the buffer's own older data, or an earlier user's.
     let report = short_inbound_second_rounds(dmakit::HazardControls {
         skip_inbound_fill: true,
+        ..Default::default()
     });
     assert!(report.wrong_bytes() > 0, "{report}");
 }

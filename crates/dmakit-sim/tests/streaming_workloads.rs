@@ -212,6 +212,7 @@ fn short_inbound_writes_never_show_old_bounce_data() {
             cfg(8),
             HazardControls {
                 skip_inbound_fill: true,
+                ..Default::default()
             },
         );
         assert!(out.report.leaked_bytes > 0, "{backend:?}: {}", out.report);

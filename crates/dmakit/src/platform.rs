@@ -11,6 +11,9 @@ use core::fmt;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::DeviceId;
 
+mod sharing;
+pub use sharing::{HostSharing, MemorySharing};
+
 /// Size of a page, the unit of page allocation and of "a mapping of a page or more".
 pub const PAGE_SIZE: u64 = 4096;
 

@@ -311,6 +311,7 @@ impl Rig {
                     // maps, and its copy back faults at unmap.
                     mp = mp.hazard_controls(dmakit::HazardControls {
                         skip_inbound_fill: true,
+                        ..Default::default()
                     });
                 }
                 if i == 0 {

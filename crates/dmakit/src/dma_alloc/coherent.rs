@@ -28,8 +28,13 @@ use crate::translation::bus_of;
 enum Source {
     /// An object of the atomic pool (already uncached).
     AtomicPool,
-    /// Pages of the zones; `uncached` when they were remapped for a non-coherent device.
-    Pages { pages: u64, uncached: bool },
+    /// Pages of the zones; `uncached` when they were remapped for a non-coherent device,
+    /// `shared` when they were shared with the host for a device that must bounce.
+    Pages {
+        pages: u64,
+        uncached: bool,
+        shared: bool,
+    },
 }
 
 /// Coherent memory allocated by [`DmaAllocator::alloc_coherent`]: `size` zeroed bytes at
@@ -82,6 +87,10 @@ where
     /// - Coherent device, either context: pages from the zones (no remap needed; the zone
     ///   allocator only spins on a short lock).
     ///
+    /// With [`DmaAllocator::with_memory_sharing`], pages for a device that must bounce are
+    /// shared with the host first; in [`AllocContext::Atomic`] such a device, coherent or
+    /// not, is served from the atomic pool, which is shared already.
+    ///
     /// Behind a translating [`DeviceAddressSpace`] the memory may lie anywhere and is mapped
     /// for the device.
     ///
@@ -91,6 +100,8 @@ where
     /// [`DmaAllocError::AtomicPoolExhausted`] when the pool has no reachable room now;
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones;
     /// [`DmaAllocError::Memory`] when the remap or zeroing is refused;
+    /// [`DmaAllocError::NotShared`] when the pages of a device that must bounce cannot be
+    /// shared with the host (see [`DmaAllocator::with_memory_sharing`]);
     /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses. Nothing is left allocated.
     pub fn alloc_coherent(
         &self,
@@ -99,7 +110,8 @@ where
         ctx: AllocContext,
     ) -> Result<CoherentBuffer, DmaAllocError> {
         let (pages, _) = self.mapped_pages_for(dev, size)?;
-        if ctx == AllocContext::Atomic && !dev.is_coherent() {
+        // Sharing may block: an atomic allocation to share is served by the (shared) pool.
+        if ctx == AllocContext::Atomic && (!dev.is_coherent() || self.must_share(dev)) {
             return self.alloc_atomic(dev, size);
         }
         let phys = self.take_contiguous(dev, pages)?;
@@ -113,9 +125,17 @@ where
                 }));
             }
         };
+        let shared = self.must_share(dev);
+        if shared {
+            if let Err(f) = self.sharing().share(range) {
+                self.give_pages(phys, pages);
+                return Err(DmaAllocError::NotShared(f));
+            }
+        }
         let uncached = !dev.is_coherent();
         if uncached {
             if let Err(f) = self.platform.make_uncached(range) {
+                self.unshare_if(shared, range);
                 self.give_pages(phys, pages);
                 return Err(DmaAllocError::Memory(f));
             }
@@ -134,7 +154,11 @@ where
                 range: buf_range,
                 dma,
                 device: dev.id(),
-                source: Source::Pages { pages, uncached },
+                source: Source::Pages {
+                    pages,
+                    uncached,
+                    shared,
+                },
                 translated: self.translated(dev),
                 owner: self.id(),
             }),
@@ -142,6 +166,7 @@ where
                 if uncached {
                     self.platform.make_cached(range);
                 }
+                self.unshare_if(shared, range);
                 self.give_pages(phys, pages);
                 Err(e)
             }
@@ -268,7 +293,11 @@ where
                     return reject(DmaAllocError::ForeignHandle, buf);
                 }
             }
-            Source::Pages { pages, uncached } => {
+            Source::Pages {
+                pages,
+                uncached,
+                shared,
+            } => {
                 let range = match page_range(buf.phys(), pages) {
                     Ok(r) => r,
                     Err(e) => return reject(e, buf),
@@ -276,6 +305,7 @@ where
                 if uncached {
                     self.platform.make_cached(range);
                 }
+                self.unshare_if(shared, range);
                 if let Err(e) = self.zones().free(buf.phys(), pages) {
                     return reject(DmaAllocError::PageAllocator(e), buf);
                 }
@@ -292,8 +322,9 @@ where
     ///
     /// # Errors
     /// [`DmaAllocError::GrowthFailed`] when no such memory is free, or
-    /// [`DmaAllocError::Memory`] when the remap is refused; the pool is unchanged, and the
-    /// next shortage may request growth again.
+    /// [`DmaAllocError::Memory`] when the remap is refused, [`DmaAllocError::NotShared`]
+    /// when sharing it with the host is refused; the pool is unchanged, and the next
+    /// shortage may request growth again.
     pub fn grow_atomic_pool(&self, req: GrowthRequest) -> Result<PhysRange, DmaAllocError> {
         let min_pages = req.min_bytes.max(1).div_ceil(PAGE_SIZE);
         let want_pages = min_pages.max(self.atomic.usage().total / PAGE_SIZE);
@@ -303,6 +334,13 @@ where
             self.atomic.growth_failed();
         }
         r
+    }
+
+    /// Makes `range` private again if it was `shared` for the device.
+    fn unshare_if(&self, shared: bool, range: PhysRange) {
+        if shared {
+            self.sharing().unshare(range);
+        }
     }
 
     /// Occupancy of the atomic pool.
@@ -341,8 +379,14 @@ where
             self.give_pages(base, pages);
             return Err(DmaAllocError::Memory(f));
         }
+        if let Err(f) = self.sharing().share(range) {
+            self.platform.make_cached(range);
+            self.give_pages(base, pages);
+            return Err(DmaAllocError::NotShared(f));
+        }
         if self.atomic.add_chunk(base, range.len()).is_err() {
             // The zones never hand out memory twice, so the chunk cannot overlap the pool's.
+            self.sharing().unshare(range);
             self.platform.make_cached(range);
             self.give_pages(base, pages);
             return Err(DmaAllocError::GrowthFailed {

@@ -5,6 +5,9 @@
 //! model/test-only cargo feature `hazard-controls`; without it [`HazardControls`] is an
 //! empty private type and every mechanism is always on.
 
+#[cfg(feature = "hazard-controls")]
+use crate::platform::HostSharing;
+
 /// Switches that turn a safety mechanism off, so tests and the model can show the failure
 /// it prevents (cargo feature `hazard-controls`). Never set them outside such a
 /// demonstration; the default turns nothing off.
@@ -15,6 +18,22 @@ pub struct HazardControls {
     /// `sync_for_device`): a short device write then copies back whatever the bounce memory
     /// held before — data of an earlier user.
     pub skip_inbound_fill: bool,
+    /// Do not share pool memory with the host: a [`HostSharing`] given these controls
+    /// (see [`HostSharing::with_controls`]) skips every conversion, so in a confidential
+    /// guest the bounce pools and coherent allocations stay private and the devices that
+    /// use them fault.
+    pub skip_memory_sharing: bool,
+}
+
+#[cfg(feature = "hazard-controls")]
+impl HostSharing {
+    /// The same sharing with `controls` applied (model/test-only feature
+    /// `hazard-controls`): with [`HazardControls::skip_memory_sharing`] no conversion is
+    /// made.
+    pub fn with_controls(mut self, controls: HazardControls) -> Self {
+        self.skip = controls.skip_memory_sharing;
+        self
+    }
 }
 
 /// Without the `hazard-controls` feature there is nothing to switch off.
