@@ -65,7 +65,8 @@ impl HostSharing {
     pub fn new(hook: Arc<dyn MemorySharing>) -> Self {
         Self {
             hook: Some(hook),
-            ..Self::default()
+            #[cfg(feature = "hazard-controls")]
+            skip: false,
         }
     }
 
