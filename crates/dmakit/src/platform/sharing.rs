@@ -75,11 +75,12 @@ impl HostSharing {
         self.hook.is_some()
     }
 
-    /// Shares `range` with the host; nothing to do without a hook.
+    /// Shares `range` with the host; nothing to do without a hook. (For pools: a bounce
+    /// backend of its own calls it on memory it receives, outside its locks.)
     ///
     /// # Errors
     /// The hook's [`MemoryFault`]; the range is private then.
-    pub(crate) fn share(&self, range: PhysRange) -> Result<(), MemoryFault> {
+    pub fn share(&self, range: PhysRange) -> Result<(), MemoryFault> {
         match self.converter() {
             Some(h) => h.share(range),
             None => Ok(()),
@@ -87,7 +88,7 @@ impl HostSharing {
     }
 
     /// Makes `range` private again; nothing to do without a hook.
-    pub(crate) fn unshare(&self, range: PhysRange) {
+    pub fn unshare(&self, range: PhysRange) {
         if let Some(h) = self.converter() {
             h.unshare(range);
         }
