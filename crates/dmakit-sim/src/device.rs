@@ -175,7 +175,8 @@ impl DmaEngines {
     }
 
     /// Checks an access and translates it into physical chunks `(phys, len)` appended to
-    /// `out`. A refused access is recorded and returned as the fault.
+    /// `out`; `reach` judges each chunk (is it RAM, and may devices reach it) and names the
+    /// fault when not. A refused access is recorded and returned as the fault.
     ///
     /// # Errors
     /// [`SimError::UnknownDevice`], [`SimError::BadRange`] for requests the bus cannot
@@ -186,7 +187,7 @@ impl DmaEngines {
         dma: DmaAddr,
         len: u64,
         write: bool,
-        is_ram: impl Fn(u64, u64) -> bool,
+        reach: impl Fn(u64, u64) -> Result<(), FaultReason>,
         out: &mut Vec<(u64, u64)>,
     ) -> Result<(), SimError> {
         let i = self.find(id)?;
@@ -203,8 +204,8 @@ impl DmaEngines {
                 let d = DmaAddr::new(start + done);
                 match self.translation.translate(&a.dev, d, len - done, write) {
                     Ok((p, n)) if n >= 1 && n <= len - done => {
-                        if !is_ram(p.as_u64(), n) {
-                            reason = Some(FaultReason::NotMemory);
+                        if let Err(r) = reach(p.as_u64(), n) {
+                            reason = Some(r);
                             break;
                         }
                         out.push((p.as_u64(), n));
@@ -274,7 +275,13 @@ mod tests {
     fn plan_checks_mask_grants_and_memory() {
         let mut e = DmaEngines::default();
         e.attach(dev32()).unwrap();
-        let ram = |a: u64, n: u64| a + n <= 1 << 40;
+        let ram = |a: u64, n: u64| {
+            if a + n <= 1 << 40 {
+                Ok(())
+            } else {
+                Err(FaultReason::NotMemory)
+            }
+        };
         let mut out = Vec::new();
         let hi = DmaAddr::new(1 << 33);
         e.grant(DeviceId(1), hi, 64).unwrap();

@@ -22,6 +22,9 @@ pub enum FaultReason {
     /// The translation (an IOMMU) forbids this kind of access (a write to a read-only
     /// mapping, or a read of a write-only one).
     PermissionDenied,
+    /// The translated physical range is memory private to a confidential guest: the
+    /// guest has not shared it with the host (see [`crate::sharing`]).
+    PrivateMemory,
 }
 
 impl fmt::Display for FaultReason {
@@ -32,6 +35,7 @@ impl fmt::Display for FaultReason {
             FaultReason::NoTranslation => "no translation for the address",
             FaultReason::NotMemory => "translated address is not memory",
             FaultReason::PermissionDenied => "the translation forbids this access",
+            FaultReason::PrivateMemory => "memory private to the guest (not shared with the host)",
         })
     }
 }

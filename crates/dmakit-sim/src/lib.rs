@@ -23,6 +23,8 @@
 //! - [`interrupts`]: per-CPU interrupt masking, pending interrupts and a deadlock watchdog,
 //!   installed as the core's interrupt control;
 //! - [`machine`]: the [`Machine`] tying them together;
+//! - [`sharing`]: a confidential guest's private memory and the pages it shared with the
+//!   host ([`SharedPages`]), which devices alone may reach;
 //! - [`platform`]: the core crate's platform traits implemented for [`Machine`];
 //! - [`coherent`]: uncached pages for the core's coherent allocations;
 //! - [`vmap`]: contiguous virtual views, with an aliasing-cache mode;
@@ -79,6 +81,7 @@ pub mod placement;
 pub mod platform;
 pub mod rng;
 pub mod routed;
+pub mod sharing;
 pub mod transfer;
 pub mod vmap;
 pub mod workload;
@@ -98,5 +101,6 @@ pub use oracle::{ByteReport, ErrorKind, ErrorSite, Oracle, OracleReport};
 pub use placement::Placement;
 pub use rng::SimRng;
 pub use routed::RoutedTranslation;
+pub use sharing::SharedPages;
 pub use vmap::{VmapMachine, VmapMode};
 pub use workload::{run_workload, WorkloadConfig, WorkloadOutcome};

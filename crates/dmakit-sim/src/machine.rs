@@ -7,17 +7,19 @@
 //! the cache (except in uncached regions); devices reach RAM directly unless coherent.
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 use dmakit::{Device, DeviceId, DmaAddr, MemoryFault, PhysAddr, PhysRange};
 
 use crate::cache::{Cache, CacheConfig, CacheStats};
-use crate::device::{DeviceFault, DmaEngines, DmaTranslation};
+use crate::device::{DeviceFault, DmaEngines, DmaTranslation, FaultReason};
 use crate::error::SimError;
 use crate::fault_inject::{MaintenanceFaults, MaintenanceKind};
 use crate::hazard::{Hazard, HazardConfig, Hazards};
 use crate::memory::{Memory, Owner, RamMap, Stamped, Stamps};
 use crate::page_alloc::PageAlloc;
 use crate::rng::SimRng;
+use crate::sharing::SharedPages;
 
 const GIB: u64 = 1 << 30;
 
@@ -104,6 +106,9 @@ struct State {
     /// Reused by CPU copies and fills (bounces): kept between calls so that once it has
     /// grown to a copy's size, copying allocates nothing.
     scratch: Stamped,
+    /// A confidential guest's shared pages: devices reach no other memory. `None`: all
+    /// memory is shared (not a confidential guest).
+    sharing: Option<Arc<SharedPages>>,
 }
 
 #[inline]
@@ -306,6 +311,7 @@ impl Machine {
                 stats: MachineStats::default(),
                 plan: Vec::new(),
                 scratch: Stamped::zeroed(0),
+                sharing: None,
             }),
             pages: RefCell::new(pages),
             cpus: cfg.cpus,
@@ -313,6 +319,24 @@ impl Machine {
             line: cfg.cache.line_size,
             bad_frees: Cell::new(0),
         })
+    }
+
+    /// Builds a confidential guest: as [`Machine::new`], but all memory starts private and
+    /// a device access to a page not shared through [`Machine::host_sharing`] is refused
+    /// and recorded with [`crate::FaultReason::PrivateMemory`]. CPU accesses are unaffected.
+    ///
+    /// # Errors
+    /// As [`Machine::new`].
+    pub fn new_confidential(cfg: MachineConfig) -> Result<Self, SimError> {
+        let m = Self::new(cfg)?;
+        m.state.borrow_mut().sharing = Some(Arc::new(SharedPages::new()));
+        Ok(m)
+    }
+
+    /// The shared pages of a confidential guest (the platform's
+    /// [`dmakit::MemorySharing`] hook); `None` for a machine that is not one.
+    pub fn host_sharing(&self) -> Option<Arc<SharedPages>> {
+        self.state.borrow().sharing.clone()
     }
 
     /// The CPU data cache line size.
@@ -674,14 +698,17 @@ impl Machine {
         let mut plan = std::mem::take(&mut st.plan);
         plan.clear();
         let mem = &st.mem;
-        let r = st.engines.plan(
-            dev,
-            dma,
-            len,
-            write,
-            |a, n| mem.ram().contains(a, n),
-            &mut plan,
-        );
+        let shared = st.sharing.as_deref();
+        let reach = |a: u64, n: u64| {
+            if !mem.ram().contains(a, n) {
+                Err(FaultReason::NotMemory)
+            } else if shared.is_some_and(|s| !s.is_shared(a, n)) {
+                Err(FaultReason::PrivateMemory)
+            } else {
+                Ok(())
+            }
+        };
+        let r = st.engines.plan(dev, dma, len, write, reach, &mut plan);
         if r.is_ok() {
             let mut off = 0usize;
             for &(p, n) in &plan {

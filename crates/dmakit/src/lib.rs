@@ -143,4 +143,5 @@ pub use platform::{
     PageAllocator, Platform, PAGE_SIZE,
 };
 pub use platform::{CoherentRemap, VirtAddr, VirtualMapping};
+pub use platform::{HostSharing, MemorySharing};
 pub use platform::{Iommu, IommuDomainId, IommuError, IommuPerm};

@@ -15,6 +15,8 @@ pub(crate) mod interrupts;
 pub use interrupts::{
     install_interrupt_control, AlreadyInstalled, InterruptControl, InterruptState,
 };
+mod sharing;
+pub use sharing::{HostSharing, MemorySharing};
 
 /// Size of a page, the unit of page allocation and of "a mapping of a page or more".
 pub const PAGE_SIZE: u64 = 4096;

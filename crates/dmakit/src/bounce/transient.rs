@@ -1,5 +1,7 @@
 //! Transient bounces: exact-size page allocations that serve a mapping while a full pool
-//! waits for growth, and are returned to the page allocator at unmap.
+//! waits for growth, and are returned to the page allocator at unmap. In a confidential
+//! guest the pages are shared with the host as they are taken and made private again
+//! before they are returned.
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -8,8 +10,8 @@ use crate::sync::Mutex;
 
 use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
 use super::MemorySpan;
-use crate::addr::PhysAddr;
-use crate::platform::{PageAllocator, PAGE_SIZE};
+use crate::addr::{PhysAddr, PhysRange};
+use crate::platform::{HostSharing, PageAllocator, PAGE_SIZE};
 
 struct Live {
     base: u64,
@@ -30,15 +32,18 @@ struct State {
 /// allocation.
 pub struct TransientPool {
     pages: Arc<dyn PageAllocator + Send + Sync>,
+    sharing: HostSharing,
     state: Mutex<State>,
     span: Arc<MemorySpan>,
 }
 
 impl TransientPool {
-    /// A transient backend over `pages`.
-    pub(crate) fn new(pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
+    /// A transient backend over `pages`, sharing them with the host through `sharing`
+    /// while they serve a bounce.
+    pub(crate) fn new(pages: Arc<dyn PageAllocator + Send + Sync>, sharing: HostSharing) -> Self {
         Self {
             pages,
+            sharing,
             state: Mutex::new(State {
                 live: BTreeMap::new(),
                 used: 0,
@@ -72,7 +77,11 @@ impl TransientPool {
             }
             live
         };
-        self.pages.free_pages(PhysAddr::new(live.base), live.pages);
+        let base = PhysAddr::new(live.base);
+        if let Some(range) = PhysRange::new(base, live.pages * PAGE_SIZE) {
+            self.sharing.unshare(range);
+        }
+        self.pages.free_pages(base, live.pages);
         Some(live.meta)
     }
 }
@@ -103,6 +112,13 @@ impl BounceBackend for TransientPool {
             .pages
             .alloc_pages(pages, req.max_addr)
             .ok_or_else(full)?;
+        // Pages handed out are a valid range; a refused share makes them useless here.
+        let shared = PhysRange::new(base, pages * PAGE_SIZE)
+            .is_some_and(|range| self.sharing.share(range).is_ok());
+        if !shared {
+            self.pages.free_pages(base, pages);
+            return Err(full());
+        }
         // Covered before the bounce's address is handed out.
         self.span.cover(base.as_u64(), pages * PAGE_SIZE);
         let start = base.as_u64().next_multiple_of(align);

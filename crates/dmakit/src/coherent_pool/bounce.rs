@@ -12,7 +12,7 @@ use crate::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
 };
 use crate::growth::GrowthHook;
-use crate::platform::PAGE_SIZE;
+use crate::platform::{HostSharing, PAGE_SIZE};
 
 /// Bounces in coherent memory: no cache maintenance on the bounce side, growth before the
 /// pool runs dry. The original of every bounce is kept in a map keyed by its DMA address.
@@ -28,6 +28,7 @@ pub struct CoherentBouncePool {
     /// high-water mark by).
     live: Mutex<BTreeMap<u64, (u64, BounceMeta, u64)>>,
     high_water: AtomicU64,
+    sharing: HostSharing,
 }
 
 impl CoherentBouncePool {
@@ -45,17 +46,33 @@ impl CoherentBouncePool {
             objects: ObjectPool::new(cfg, hook)?,
             live: Mutex::new(BTreeMap::new()),
             high_water: AtomicU64::new(0),
+            sharing: HostSharing::default(),
         })
     }
 
+    /// The same pool, sharing every chunk it receives with the host through `sharing`
+    /// before the chunk is used (confidential guests; the pool never shrinks, so nothing is
+    /// made private again). Give it before the first chunk.
+    pub fn with_sharing(mut self, sharing: HostSharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
     /// Adds `[base, base + bytes)` of coherent memory, cut into the largest aligned free
-    /// blocks that fit it. Completes an outstanding growth request.
+    /// blocks that fit it, after sharing it with the host when the pool has sharing (see
+    /// [`Self::with_sharing`]). Completes an outstanding growth request.
     ///
     /// # Errors
     /// [`ObjectPoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
     /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the
-    /// pool has; nothing changed.
+    /// pool has; [`ObjectPoolError::NotShared`] when the platform refuses to share it;
+    /// nothing changed (a chunk that overlaps another one added at the same moment stays
+    /// shared, since part of it is the other chunk's).
     pub fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
+        let range = self.objects.check_chunk(base, bytes)?;
+        self.sharing
+            .share(range)
+            .map_err(ObjectPoolError::NotShared)?;
         self.objects.add_chunk(base, bytes)
     }
 

@@ -28,10 +28,10 @@ use alloc::vec::Vec;
 
 use crate::sync::Mutex;
 
-use crate::addr::PhysAddr;
+use crate::addr::{PhysAddr, PhysRange};
 use crate::bounce::MemorySpan;
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
-use crate::platform::PAGE_SIZE;
+use crate::platform::{MemoryFault, PAGE_SIZE};
 use crate::reintroduce::Defect;
 
 /// Shape of an [`ObjectPool`].
@@ -84,6 +84,9 @@ pub enum ObjectPoolError {
     },
     /// Free of an address that is not a live object.
     NotLive(PhysAddr),
+    /// The platform refused to share a chunk with the host (a confidential guest's devices
+    /// reach only shared memory); the chunk stays private and out of the pool.
+    NotShared(MemoryFault),
 }
 
 impl fmt::Display for ObjectPoolError {
@@ -98,6 +101,9 @@ impl fmt::Display for ObjectPoolError {
                 write!(f, "object pool exhausted: {used} of {total} bytes in use")
             }
             ObjectPoolError::NotLive(addr) => write!(f, "{addr} is not a live object"),
+            ObjectPoolError::NotShared(fault) => {
+                write!(f, "chunk could not be shared with the host: {fault}")
+            }
         }
     }
 }
@@ -204,12 +210,7 @@ impl ObjectPool {
     /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the
     /// pool has; nothing changed.
     pub(crate) fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
-        let b = base.as_u64();
-        let end = b.checked_add(bytes).ok_or(ObjectPoolError::BadChunk)?;
-        let unit = PAGE_SIZE.max(self.cfg.min_object);
-        if bytes == 0 || b % unit != 0 || bytes % unit != 0 {
-            return Err(ObjectPoolError::BadChunk);
-        }
+        let (b, end) = self.chunk_bounds(base, bytes)?;
         let mut s = self.state.lock();
         if s.chunks.iter().any(|c| b < c.end && c.base < end) {
             return Err(ObjectPoolError::BadChunk);
@@ -235,6 +236,41 @@ impl ObjectPool {
         drop(s);
         self.growth.grew();
         Ok(())
+    }
+
+    /// The chunk `[base, base + bytes)` as `(start, end)` if [`ObjectPool::add_chunk`]
+    /// would take it now (it may still overlap a chunk added after this returns).
+    ///
+    /// # Errors
+    /// [`ObjectPoolError::BadChunk`] as for [`ObjectPool::add_chunk`].
+    pub(crate) fn check_chunk(
+        &self,
+        base: PhysAddr,
+        bytes: u64,
+    ) -> Result<PhysRange, ObjectPoolError> {
+        let (b, end) = self.chunk_bounds(base, bytes)?;
+        if self
+            .state
+            .lock()
+            .chunks
+            .iter()
+            .any(|c| b < c.end && c.base < end)
+        {
+            return Err(ObjectPoolError::BadChunk);
+        }
+        PhysRange::new(base, bytes).ok_or(ObjectPoolError::BadChunk)
+    }
+
+    /// `(start, end)` of a chunk that is not empty, is aligned to and a multiple of a page
+    /// (or of `min_object` when larger), and does not overflow.
+    fn chunk_bounds(&self, base: PhysAddr, bytes: u64) -> Result<(u64, u64), ObjectPoolError> {
+        let b = base.as_u64();
+        let end = b.checked_add(bytes).ok_or(ObjectPoolError::BadChunk)?;
+        let unit = PAGE_SIZE.max(self.cfg.min_object);
+        if bytes == 0 || b % unit != 0 || bytes % unit != 0 {
+            return Err(ObjectPoolError::BadChunk);
+        }
+        Ok((b, end))
     }
 
     /// The class index and object size for a request of `size` bytes aligned to `align`.

@@ -29,8 +29,13 @@ use crate::translation::{bus_within, highest_phys_within};
 enum Source {
     /// An object of the atomic pool (already uncached).
     AtomicPool,
-    /// Pages of the zones; `uncached` when they were remapped for a non-coherent device.
-    Pages { pages: u64, uncached: bool },
+    /// Pages of the zones; `uncached` when they were remapped for a non-coherent device,
+    /// `shared` when they were shared with the host for a device that must bounce.
+    Pages {
+        pages: u64,
+        uncached: bool,
+        shared: bool,
+    },
     /// An object of the device's declared region.
     Declared,
 }
@@ -91,6 +96,10 @@ where
     /// - Coherent device, either context: pages from the zones (no remap needed; the zone
     ///   allocator only spins on a short lock).
     ///
+    /// With [`DmaAllocator::with_memory_sharing`], pages for a device that must bounce are
+    /// shared with the host first; in [`AllocContext::Atomic`] such a device, coherent or
+    /// not, is served from the atomic pool, which is shared already.
+    ///
     /// Behind a translating [`DeviceAddressSpace`] the memory may lie anywhere and is mapped
     /// for the device. A device with a declared region ([`DmaAllocator::declare_coherent`])
     /// is served from that region alone, in either context.
@@ -102,6 +111,8 @@ where
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`] from the zones
     /// (or when no memory the device's windows reach lies below its coherent limit);
     /// [`DmaAllocError::Memory`] when the remap or zeroing is refused;
+    /// [`DmaAllocError::NotShared`] when the pages of a device that must bounce cannot be
+    /// shared with the host (see [`DmaAllocator::with_memory_sharing`]);
     /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses;
     /// [`DmaAllocError::DeclaredRegionExhausted`] (or [`DmaAllocError::TooLarge`]) when a
     /// declared region has no room. Nothing is left allocated.
@@ -115,7 +126,8 @@ where
         if let Some(region) = self.declared.of(dev.id()) {
             return self.alloc_declared(dev, &region, size);
         }
-        if ctx == AllocContext::Atomic && !dev.is_coherent() {
+        // Sharing may block: an atomic allocation to share is served by the (shared) pool.
+        if ctx == AllocContext::Atomic && (!dev.is_coherent() || self.must_share(dev)) {
             return self.alloc_atomic(dev, size);
         }
         let phys = self.take_contiguous(dev, pages)?;
@@ -129,9 +141,17 @@ where
                 }));
             }
         };
+        let shared = self.must_share(dev);
+        if shared {
+            if let Err(f) = self.sharing().share(range) {
+                self.give_pages(phys, pages);
+                return Err(DmaAllocError::NotShared(f));
+            }
+        }
         let uncached = !dev.is_coherent();
         if uncached {
             if let Err(f) = self.platform.make_uncached(range) {
+                self.unshare_if(shared, range);
                 self.give_pages(phys, pages);
                 return Err(DmaAllocError::Memory(f));
             }
@@ -150,7 +170,11 @@ where
                 range: buf_range,
                 dma,
                 device: dev.id(),
-                source: Source::Pages { pages, uncached },
+                source: Source::Pages {
+                    pages,
+                    uncached,
+                    shared,
+                },
                 translated: self.translated(dev),
                 owner: self.id(),
             }),
@@ -158,6 +182,7 @@ where
                 if uncached {
                     self.platform.make_cached(range);
                 }
+                self.unshare_if(shared, range);
                 self.give_pages(phys, pages);
                 Err(e)
             }
@@ -375,7 +400,11 @@ where
                     return reject(DmaAllocError::ForeignHandle, buf);
                 }
             }
-            Source::Pages { pages, uncached } => {
+            Source::Pages {
+                pages,
+                uncached,
+                shared,
+            } => {
                 let range = match page_range(buf.phys(), pages) {
                     Ok(r) => r,
                     Err(e) => return reject(e, buf),
@@ -383,6 +412,7 @@ where
                 if uncached {
                     self.platform.make_cached(range);
                 }
+                self.unshare_if(shared, range);
                 if let Err(e) = self.zones().free(buf.phys(), pages) {
                     return reject(DmaAllocError::PageAllocator(e), buf);
                 }
@@ -399,8 +429,9 @@ where
     ///
     /// # Errors
     /// [`DmaAllocError::GrowthFailed`] when no such memory is free, or
-    /// [`DmaAllocError::Memory`] when the remap is refused; the pool is unchanged, and the
-    /// next shortage may request growth again.
+    /// [`DmaAllocError::Memory`] when the remap is refused, [`DmaAllocError::NotShared`]
+    /// when sharing it with the host is refused; the pool is unchanged, and the next
+    /// shortage may request growth again.
     pub fn grow_atomic_pool(&self, req: GrowthRequest) -> Result<PhysRange, DmaAllocError> {
         let min_pages = req.min_bytes.max(1).div_ceil(PAGE_SIZE);
         let want_pages = min_pages.max(self.atomic.usage().total / PAGE_SIZE);
@@ -410,6 +441,13 @@ where
             self.atomic.growth_failed();
         }
         r
+    }
+
+    /// Makes `range` private again if it was `shared` for the device.
+    fn unshare_if(&self, shared: bool, range: PhysRange) {
+        if shared {
+            self.sharing().unshare(range);
+        }
     }
 
     /// Occupancy of the atomic pool.
@@ -448,8 +486,14 @@ where
             self.give_pages(base, pages);
             return Err(DmaAllocError::Memory(f));
         }
+        if let Err(f) = self.sharing().share(range) {
+            self.platform.make_cached(range);
+            self.give_pages(base, pages);
+            return Err(DmaAllocError::NotShared(f));
+        }
         if self.atomic.add_chunk(base, range.len()).is_err() {
             // The zones never hand out memory twice, so the chunk cannot overlap the pool's.
+            self.sharing().unshare(range);
             self.platform.make_cached(range);
             self.give_pages(base, pages);
             return Err(DmaAllocError::GrowthFailed {

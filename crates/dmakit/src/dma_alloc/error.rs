@@ -144,6 +144,9 @@ pub enum DmaAllocError {
     /// The page allocator refused a free: the allocator's records and the page allocator
     /// disagree (memory was freed behind the allocator's back).
     PageAllocator(PageAllocError),
+    /// The platform refused to share memory with the host (a confidential guest's devices
+    /// reach only shared memory); nothing was allocated.
+    NotShared(MemoryFault),
 }
 
 impl fmt::Display for DmaAllocError {
@@ -226,6 +229,9 @@ impl fmt::Display for DmaAllocError {
             ),
             DmaAllocError::BadConfig(why) => write!(f, "bad DMA allocator configuration: {why}"),
             DmaAllocError::PageAllocator(e) => write!(f, "page allocator refused a free: {e}"),
+            DmaAllocError::NotShared(fault) => {
+                write!(f, "memory could not be shared with the host: {fault}")
+            }
         }
     }
 }

@@ -53,7 +53,7 @@ use crate::coherent_pool::{ObjectPool, ObjectPoolConfig};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::growth::GrowthHook;
-use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
+use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, HostSharing, PAGE_SIZE};
 use crate::reintroduce::Defect;
 use crate::translation::{bus_within, highest_phys_within};
 
@@ -150,6 +150,10 @@ pub struct DmaAllocator<P, Z, S = NoTranslation> {
     atomic_chunks: Mutex<Vec<PhysRange>>,
     /// Coherent memory declared for single devices.
     declared: declared::DeclaredRegions,
+    /// Shares the memory of devices that must bounce with the host (none by default).
+    sharing: HostSharing,
+    /// Every device is one that must bounce (the mapper forces bouncing for all).
+    share_every_device: bool,
     id: u64,
 }
 
@@ -212,10 +216,58 @@ where
             atomic,
             atomic_chunks: Mutex::new(Vec::new()),
             declared: declared::DeclaredRegions::default(),
+            sharing: HostSharing::default(),
+            share_every_device: false,
             id: next_token(),
         };
         this.add_atomic_memory(bytes / PAGE_SIZE, bytes / PAGE_SIZE, cfg.atomic_pool_reach)?;
         Ok(this)
+    }
+
+    /// Confidential guests: coherent memory for devices that must bounce
+    /// ([`Device::force_bounce`], or every device when `every_device`, as for a mapper
+    /// built with [`crate::DmaMapperBuilder::force_bounce_all`]) is shared with the host
+    /// through `sharing`, since such devices reach no private memory: the atomic pool's
+    /// memory, now and as it grows (it serves every device, so it is shared whole), and
+    /// the pages [`DmaAllocator::alloc_coherent`] takes for those devices, made private
+    /// again when they are freed ([`DmaAllocator::release`] makes the atomic pool private
+    /// again). Conversions may block: they are made where memory is obtained, never on an
+    /// atomic allocation.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::NotShared`] when the platform refuses to share the atomic pool; the
+    /// allocator is handed back unchanged (its pool private).
+    #[allow(clippy::result_large_err)]
+    pub fn with_memory_sharing(
+        mut self,
+        sharing: HostSharing,
+        every_device: bool,
+    ) -> Result<Self, Rejected<Self>> {
+        let chunks = self.atomic_chunks.lock().clone();
+        for (i, c) in chunks.iter().enumerate() {
+            if let Err(fault) = sharing.share(*c) {
+                for done in &chunks[..i] {
+                    sharing.unshare(*done);
+                }
+                return Err(Rejected {
+                    error: DmaAllocError::NotShared(fault),
+                    handle: self,
+                });
+            }
+        }
+        self.sharing = sharing;
+        self.share_every_device = every_device;
+        Ok(self)
+    }
+
+    /// Whether `dev`'s coherent memory must be shared with the host.
+    pub(crate) fn must_share(&self, dev: &Device) -> bool {
+        self.sharing.is_active() && (self.share_every_device || dev.force_bounce())
+    }
+
+    /// The host sharing of memory for devices that must bounce.
+    pub(crate) fn sharing(&self) -> &HostSharing {
+        &self.sharing
     }
 
     /// The platform.
@@ -261,6 +313,7 @@ where
         }
         let chunks = core::mem::take(&mut *self.atomic_chunks.lock());
         for c in chunks {
+            self.sharing.unshare(c);
             self.platform.make_cached(c);
             self.give_pages(c.start(), c.len() / PAGE_SIZE);
         }

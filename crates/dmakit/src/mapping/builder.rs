@@ -13,7 +13,7 @@ use crate::debug::DebugChecker;
 use crate::decision::AlignmentPolicy;
 use crate::device::DeviceId;
 use crate::iommu::IommuDma;
-use crate::platform::{PageAllocator, Platform};
+use crate::platform::{HostSharing, PageAllocator, Platform};
 use crate::stats::{BounceReporter, DeviceCounters, SiteTable};
 use crate::swiotlb::SwiotlbBounce;
 use crate::swiotlb::{PoolConfig, RegionError};
@@ -33,6 +33,8 @@ impl<P: Platform> DmaMapper<P> {
     pub fn builder(platform: P) -> DmaMapperBuilder<P> {
         DmaMapperBuilder {
             mapper: DmaMapper::new(platform),
+            sharing: HostSharing::default(),
+            transient: None,
         }
     }
 }
@@ -42,6 +44,10 @@ impl<P: Platform> DmaMapper<P> {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct DmaMapperBuilder<P> {
     mapper: DmaMapper<P>,
+    /// Shares the memory of the pools the builder makes (none by default).
+    sharing: HostSharing,
+    /// Pages for the transient pool, made at [`DmaMapperBuilder::build`] with `sharing`.
+    transient: Option<Arc<dyn PageAllocator + Send + Sync>>,
 }
 
 impl<P: Platform> DmaMapperBuilder<P> {
@@ -56,7 +62,9 @@ impl<P: Platform> DmaMapperBuilder<P> {
     /// As [`SwiotlbBounce::add_region`]: [`RegionError::Misaligned`] unless `base` is a
     /// multiple of the page size, [`RegionError::BadSize`] unless `bytes` is a non-zero
     /// multiple of 256 KiB, [`RegionError::TooLarge`] if the range leaves the address
-    /// space or holds `u32::MAX` slots or more. The builder is dropped then.
+    /// space or holds `u32::MAX` slots or more, [`RegionError::NotShared`] when the
+    /// platform refuses to share it (see [`Self::memory_sharing`], which must come first).
+    /// The builder is dropped then.
     pub fn swiotlb(self, base: PhysAddr, bytes: u64) -> Result<Self, RegionError> {
         let pool = self.default_swiotlb(base, bytes)?;
         Ok(self.swiotlb_backend(pool))
@@ -97,7 +105,7 @@ impl<P: Platform> DmaMapperBuilder<P> {
             .cpu_count(self.mapper.platform().cpu_count())
             .build()
             .unwrap_or_default();
-        let pool = SwiotlbBounce::new(config, None, 0, u64::MAX);
+        let pool = SwiotlbBounce::new(config, None, 0, u64::MAX).with_sharing(self.sharing.clone());
         pool.add_region(base, bytes)?;
         Ok(Arc::new(pool))
     }
@@ -117,9 +125,34 @@ impl<P: Platform> DmaMapperBuilder<P> {
     }
 
     /// While a full pool waits for growth, bounces are served with exact-size page
-    /// allocations from `pages`.
+    /// allocations from `pages` (shared with the host while they serve a bounce when the
+    /// mapper has [`Self::memory_sharing`]).
     pub fn transient_pages(mut self, pages: Arc<dyn PageAllocator + Send + Sync>) -> Self {
-        self.mapper.routes.transient = Some(TransientPool::new(pages));
+        self.transient = Some(pages);
+        self
+    }
+
+    /// Confidential guests: the memory of the pools this builder makes ([`Self::swiotlb`],
+    /// which must come after this, and [`Self::transient_pages`]) is shared with the host
+    /// through `sharing` before a device uses it. Pools made elsewhere take their own
+    /// ([`SwiotlbBounce::with_sharing`],
+    /// [`CoherentBouncePool::with_sharing`](crate::coherent_pool::CoherentBouncePool::with_sharing)).
+    /// A confidential guest also sets [`Self::force_bounce_all`]: its devices reach no
+    /// private memory, so no buffer may be mapped in place.
+    pub fn memory_sharing(mut self, sharing: HostSharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
+    /// Every device bounces every mapping, whatever its own
+    /// [`Device::force_bounce`](crate::Device::force_bounce) flag says (Linux
+    /// `swiotlb=force`): on the direct path and behind the IOMMU, with reason
+    /// [`BounceReason::Forced`](crate::BounceReason::Forced). Mappings then fail with
+    /// [`DmaError::NoBouncePool`](crate::DmaError::NoBouncePool) for a device whose pool is
+    /// not configured. A confidential guest turns it on together with
+    /// [`Self::memory_sharing`].
+    pub fn force_bounce_all(mut self) -> Self {
+        self.mapper.force_bounce_all = true;
         self
     }
 
@@ -183,7 +216,10 @@ impl<P: Platform> DmaMapperBuilder<P> {
     }
 
     /// The configured mapper. Never fails: every setting was checked when it was given.
-    pub fn build(self) -> DmaMapper<P> {
+    pub fn build(mut self) -> DmaMapper<P> {
+        if let Some(pages) = self.transient {
+            self.mapper.routes.transient = Some(TransientPool::new(pages, self.sharing));
+        }
         self.mapper
     }
 }

@@ -8,6 +8,8 @@
 use alloc::borrow::Cow;
 
 use crate::device::Device;
+#[cfg(feature = "hazard-controls")]
+use crate::platform::HostSharing;
 
 /// Switches that turn a safety mechanism off, so tests and the model can show the failure
 /// it prevents (cargo feature `hazard-controls`). Never set them outside such a
@@ -31,6 +33,22 @@ pub struct HazardControls {
     /// [`crate::DmaError::DeferQueueFull`]: queueing then allocates on the map path, which
     /// must not allocate in interrupt context.
     pub grow_defer_queue: bool,
+    /// Do not share pool memory with the host: a [`HostSharing`] given these controls
+    /// (see [`HostSharing::with_controls`]) skips every conversion, so in a confidential
+    /// guest the bounce pools and coherent allocations stay private and the devices that
+    /// use them fault.
+    pub skip_memory_sharing: bool,
+}
+
+#[cfg(feature = "hazard-controls")]
+impl HostSharing {
+    /// The same sharing with `controls` applied (model/test-only feature
+    /// `hazard-controls`): with [`HazardControls::skip_memory_sharing`] no conversion is
+    /// made.
+    pub fn with_controls(mut self, controls: HazardControls) -> Self {
+        self.skip = controls.skip_memory_sharing;
+        self
+    }
 }
 
 /// Without the `hazard-controls` feature there is nothing to switch off.

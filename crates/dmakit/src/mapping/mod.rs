@@ -83,6 +83,8 @@ pub struct DmaMapper<P> {
     /// its attempt tries again instead of waiting for the next.
     room_events: AtomicU64,
     controls: HazardControls,
+    /// Every device bounces every mapping (the builder's `force_bounce_all`).
+    force_bounce_all: bool,
     obs: Observability,
 }
 
@@ -97,6 +99,7 @@ impl<P: Platform> DmaMapper<P> {
             waiting: AtomicUsize::new(0),
             room_events: AtomicU64::new(0),
             controls: HazardControls::default(),
+            force_bounce_all: false,
             obs: Observability::new(platform.cpu_count()),
             platform,
         }

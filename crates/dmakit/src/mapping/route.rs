@@ -99,6 +99,7 @@ impl<P: Platform> DmaMapper<P> {
             backend: self.bounce_backend(dev),
             policy: self.policy,
             fill_inbound: !self.controls.skips_inbound_fill(),
+            force_bounce: self.force_bounce_all,
         }
     }
 
@@ -113,6 +114,9 @@ impl<P: Platform> DmaMapper<P> {
             Ok(Some(dom)) => return Route::Iommu(dom),
             Err(e) => return Route::Refused(e),
             Ok(None) => {}
+        }
+        if self.force_bounce_all {
+            return Route::Bounce(BounceReason::Forced);
         }
         match decision::direct_or_bounce(dev, range, dir, self.policy, self.line()) {
             Ok(dma) => Route::Direct(dma),

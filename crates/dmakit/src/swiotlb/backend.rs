@@ -12,6 +12,7 @@ use crate::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
 };
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
+use crate::platform::HostSharing;
 use crate::swiotlb::{self, Pool, PoolConfig, RegionError, SwiotlbError};
 
 /// A SWIOTLB-style bounce backend.
@@ -20,6 +21,7 @@ pub struct SwiotlbBounce {
     growth: Growth,
     grow_bytes: u64,
     reach: u64,
+    sharing: HostSharing,
 }
 
 impl SwiotlbBounce {
@@ -37,20 +39,64 @@ impl SwiotlbBounce {
             growth: Growth::new(hook),
             grow_bytes,
             reach,
+            sharing: HostSharing::default(),
         }
     }
 
-    /// Adds a region of memory (initial memory, or the answer to a growth request).
+    /// The same backend, sharing every region it receives with the host through `sharing`
+    /// before the region is used, and making it private again when
+    /// [`SwiotlbBounce::remove_region`] gives it back (confidential guests). Give it before
+    /// the first region.
+    pub fn with_sharing(mut self, sharing: HostSharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
+    /// Adds a region of memory (initial memory, or the answer to a growth request). With
+    /// sharing (see [`SwiotlbBounce::with_sharing`]) the region is shared with the host
+    /// before any bounce can use it.
     ///
     /// # Errors
-    /// As [`Pool::add_region`]; the pool is unchanged then.
+    /// As [`Pool::add_region`]; [`RegionError::NotShared`] when the platform refuses to
+    /// share it. The pool is unchanged then and the region private (a region that
+    /// overlaps another one added at the same moment stays shared, since part of it is
+    /// the other region's).
     pub fn add_region(&self, base: PhysAddr, bytes: u64) -> Result<PhysRange, RegionError> {
-        let r = self.pool.add_region(base, bytes);
+        let r = self.share_and_add(base, bytes);
         match r {
             Ok(_) => self.growth.grew(),
             Err(_) => self.growth.completed(),
         }
         r
+    }
+
+    /// Removes the region that starts at `base`, which must hold no live bounce, and makes
+    /// it private again; returns its range so the caller can release the memory.
+    ///
+    /// # Errors
+    /// As [`Pool::remove_region`]; the pool is unchanged then.
+    pub fn remove_region(&self, base: PhysAddr) -> Result<PhysRange, RegionError> {
+        let range = self.pool.remove_region(base)?;
+        self.sharing.unshare(range);
+        Ok(range)
+    }
+
+    /// Shares the region (outside every lock of the pool), then adds it.
+    fn share_and_add(&self, base: PhysAddr, bytes: u64) -> Result<PhysRange, RegionError> {
+        let range = self.pool.region_shape(base, bytes)?;
+        if let Some(existing) = self.pool.regions().into_iter().find(|r| r.overlaps(&range)) {
+            return Err(RegionError::Overlaps {
+                new: range,
+                existing,
+            });
+        }
+        self.sharing
+            .share(range)
+            .map_err(|fault| RegionError::NotShared {
+                region: range,
+                fault,
+            })?;
+        self.pool.add_region(base, bytes)
     }
 
     /// The grower could not find memory: the next shortage may ask again.

@@ -3,6 +3,7 @@
 use core::fmt;
 
 use crate::addr::{PhysAddr, PhysRange};
+use crate::platform::MemoryFault;
 
 /// Why an allocation, lookup or free failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +120,14 @@ pub enum RegionError {
         /// Live allocations in it.
         live: u64,
     },
+    /// The platform refused to share the region with the host (a confidential guest's
+    /// devices reach only shared memory); it stays private and out of the pool.
+    NotShared {
+        /// The region.
+        region: PhysRange,
+        /// The page the platform could not convert.
+        fault: MemoryFault,
+    },
 }
 
 impl fmt::Display for RegionError {
@@ -140,6 +149,12 @@ impl fmt::Display for RegionError {
             RegionError::NotFound { base } => write!(f, "no region starts at {base}"),
             RegionError::Busy { region, live } => {
                 write!(f, "region {region:?} still holds {live} live allocations")
+            }
+            RegionError::NotShared { region, fault } => {
+                write!(
+                    f,
+                    "region {region:?} could not be shared with the host: {fault}"
+                )
             }
         }
     }

@@ -78,18 +78,7 @@ impl<T> Pool<T> {
     /// `u32::MAX` slots or more; [`RegionError::Overlaps`] if it overlaps a region of the
     /// pool. On error the pool is unchanged.
     pub fn add_region(&self, base: PhysAddr, size: u64) -> Result<PhysRange, RegionError> {
-        let align = self.region_alignment();
-        if !base.is_aligned(align) {
-            return Err(RegionError::Misaligned { base, align });
-        }
-        let segment = self.config.segment_size();
-        if size == 0 || size % segment != 0 {
-            return Err(RegionError::BadSize { size, segment });
-        }
-        let range = match PhysRange::new(base, size) {
-            Some(r) if size >> self.config.slot_shift() < u32::MAX as u64 => r,
-            _ => return Err(RegionError::TooLarge { base, size }),
-        };
+        let range = self.region_shape(base, size)?;
         // Build the region (the only allocation) before taking any lock.
         let region = Arc::new(Region::new(range, &self.config));
         let slots = region.slots() as usize;
@@ -111,6 +100,23 @@ impl<T> Pool<T> {
         table.update(|stripe| stripe.insert(at, Entry(Arc::clone(&region))));
         self.counters.region_added(slots);
         Ok(range)
+    }
+
+    /// The range of a region of `size` bytes at `base`, if the pool's geometry allows one
+    /// there (the checks of [`Pool::add_region`] but the overlap).
+    pub(crate) fn region_shape(&self, base: PhysAddr, size: u64) -> Result<PhysRange, RegionError> {
+        let align = self.region_alignment();
+        if !base.is_aligned(align) {
+            return Err(RegionError::Misaligned { base, align });
+        }
+        let segment = self.config.segment_size();
+        if size == 0 || size % segment != 0 {
+            return Err(RegionError::BadSize { size, segment });
+        }
+        match PhysRange::new(base, size) {
+            Some(r) if size >> self.config.slot_shift() < u32::MAX as u64 => Ok(r),
+            _ => Err(RegionError::TooLarge { base, size }),
+        }
     }
 
     /// Removes the region that starts at `base`, which must hold no live allocation, and

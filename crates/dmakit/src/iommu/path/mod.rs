@@ -39,9 +39,11 @@ pub(crate) use sync::{sync, SyncTo};
 use super::domain::{IommuDomain, Record};
 use super::iova::IovaError;
 use super::records::Reservation;
+use crate::addr::PhysRange;
 use crate::bounce::BounceBackend;
-use crate::decision::AlignmentPolicy;
+use crate::decision::{self, AlignmentPolicy, BounceReason};
 use crate::device::Device;
+use crate::direction::Direction;
 use crate::error::DmaError;
 
 /// What the routing layer passes along for a map.
@@ -52,6 +54,26 @@ pub(crate) struct MapCtx<'a> {
     pub(crate) policy: AlignmentPolicy,
     /// Fill inbound bounces from the buffer (off only to demonstrate the hazard).
     pub(crate) fill_inbound: bool,
+    /// Every mapping bounces, whatever the device says (the mapper's `force_bounce_all`).
+    pub(crate) force_bounce: bool,
+}
+
+impl MapCtx<'_> {
+    /// Why a mapping of `range` by `dev` in `dir` bounces in a domain of `granule`, if it
+    /// does: forced by the mapper, else by the IOMMU path's rule.
+    pub(crate) fn bounce_reason(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        cpu_line: u64,
+        granule: u64,
+    ) -> Option<BounceReason> {
+        if self.force_bounce {
+            return Some(BounceReason::Forced);
+        }
+        decision::iommu_bounce_reason(dev, range, dir, self.policy, cpu_line, granule)
+    }
 }
 
 /// The whole granules holding `[start, start + len)`: `(first byte, length)`.

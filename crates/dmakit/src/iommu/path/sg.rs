@@ -11,7 +11,6 @@ use super::sync::containing;
 use super::{granule_span, iova_error, overflow, reserve, MapCtx};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::MapFailure;
-use crate::decision;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::DmaError;
@@ -65,7 +64,7 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
     let mut paths = Vec::with_capacity(ranges.len());
     if ranges
         .iter()
-        .any(|r| decision::iommu_bounce_reason(dev, *r, dir, ctx.policy, line, g).is_some())
+        .any(|r| ctx.bounce_reason(dev, *r, dir, line, g).is_some())
     {
         let mut keys: Vec<(DmaAddr, u64)> = Vec::with_capacity(ranges.len());
         for r in ranges {

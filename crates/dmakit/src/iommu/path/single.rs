@@ -7,7 +7,7 @@ use super::{granule_span, iova_error, overflow, reserve, MapCtx};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, MapFailure, Placement};
 use crate::bounce::{BounceBackend, BounceMeta};
-use crate::decision::{self, BounceReason};
+use crate::decision::BounceReason;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::DmaError;
@@ -64,7 +64,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
     let room = reserve(dom, dev).map_err(MapFailure::Failed)?;
     let g = dom.granule();
     let perm = IommuPerm::for_direction(dir);
-    let reason = decision::iommu_bounce_reason(dev, range, dir, ctx.policy, p.cache_line_size(), g);
+    let reason = ctx.bounce_reason(dev, range, dir, p.cache_line_size(), g);
     let Some(reason) = reason else {
         let start = range.start().as_u64();
         let (first, span) = granule_span(start, range.len(), g)
