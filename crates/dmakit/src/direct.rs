@@ -5,6 +5,7 @@
 //! bounce pools or IOMMUs: the routing layer chose it.
 
 use crate::addr::{DmaAddr, PhysRange};
+use crate::attrs::MapAttrs;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::maintenance;
@@ -12,27 +13,35 @@ use crate::platform::CacheMaintenance;
 use crate::translation::bus_of;
 
 /// Hands `range` to the device for a transfer in `dir`; returns the bus address at which
-/// the device reaches it.
+/// the device reaches it. With [`MapAttrs::SKIP_CPU_SYNC`] the maintenance is left to the
+/// caller's `sync_for_device`.
 #[inline]
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
     range: PhysRange,
     dir: Direction,
+    attrs: MapAttrs,
 ) -> DmaAddr {
-    sync_for_device(cache, dev, range, dir);
+    if !attrs.skips_cpu_sync() {
+        sync_for_device(cache, dev, range, dir);
+    }
     bus_of(range.start())
 }
 
-/// Gives `range` back to the CPU after a transfer in `dir`.
+/// Gives `range` back to the CPU after a transfer in `dir`. With
+/// [`MapAttrs::SKIP_CPU_SYNC`] the maintenance is left to the caller's `sync_for_cpu`.
 #[inline]
 pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
     range: PhysRange,
     dir: Direction,
+    attrs: MapAttrs,
 ) {
-    sync_for_cpu(cache, dev, range, dir);
+    if !attrs.skips_cpu_sync() {
+        sync_for_cpu(cache, dev, range, dir);
+    }
 }
 
 /// Ownership of `range` passes to the device.

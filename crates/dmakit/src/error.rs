@@ -124,6 +124,19 @@ pub enum DmaError {
         /// What the IOMMU said.
         error: IommuError,
     },
+    /// [`crate::DmaMapper::map_resource`]: the device, with no IOMMU to translate, cannot
+    /// reach the register range at its bus address with its DMA mask. Resources are never
+    /// bounced.
+    ResourceUnreachable {
+        /// The device asked for.
+        device: DeviceId,
+        /// The first register byte.
+        phys: PhysAddr,
+        /// The range's length.
+        len: u64,
+        /// The device's DMA mask.
+        mask: u64,
+    },
     /// The device was detached from its IOMMU domain ([`crate::IommuDma::detach`]): the
     /// IOMMU blocks it, so no address handed to it could work, and no mapping of it is live.
     /// Attach it to a domain again to map for it.
@@ -195,6 +208,15 @@ impl fmt::Display for DmaError {
             DmaError::Detached { device } => write!(
                 f,
                 "{device}: detached from its IOMMU domain, so the IOMMU blocks it; attach it again"
+            ),
+            DmaError::ResourceUnreachable {
+                device,
+                phys,
+                len,
+                mask,
+            } => write!(
+                f,
+                "{device}: cannot reach the {len} register bytes at {phys} with DMA mask {mask:#x}; MMIO is never bounced"
             ),
             DmaError::DeviceReleased { device } => write!(
                 f,

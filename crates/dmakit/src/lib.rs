@@ -91,6 +91,7 @@
 extern crate alloc;
 
 mod addr;
+mod attrs;
 pub mod bounce;
 pub mod coherent_pool;
 pub mod debug;
@@ -115,6 +116,7 @@ mod translation;
 pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
+pub use attrs::MapAttrs;
 pub use decision::{AlignmentPolicy, BounceReason};
 pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;

@@ -131,8 +131,8 @@ pub(crate) enum MapFailure {
 }
 
 /// Ends the bounced mapping at `dma`: maintenance, copy back what the device may have
-/// written, release the room. Returns the metadata of the ended bounce and the bytes copied
-/// back.
+/// written (both only with `cpu_sync`; without it the caller synced for the CPU itself),
+/// release the room. Returns the metadata of the ended bounce and the bytes copied back.
 ///
 /// # Errors
 /// [`DmaError::UnknownMapping`] if `dma` is not a live bounce of `dev`;
@@ -145,6 +145,7 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     dma: DmaAddr,
     len: u64,
     dir: Direction,
+    cpu_sync: bool,
 ) -> Result<(BounceMeta, u64), DmaError> {
     let slot = phys_of_bus(dma);
     let meta = live(backend, dev, dma)?;
@@ -163,7 +164,11 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
             requested: dir,
         });
     }
-    let copied = to_cpu(p, backend, dev, slot, meta.orig, len, dir)?;
+    let copied = if cpu_sync {
+        to_cpu(p, backend, dev, slot, meta.orig, len, dir)?
+    } else {
+        0
+    };
     let meta = backend.free(slot).ok_or(DmaError::UnknownMapping {
         device: dev.id(),
         dma,

@@ -114,6 +114,30 @@ pub enum DmaAllocError {
     /// The page allocator refused a free: the allocator's records and the page allocator
     /// disagree (memory was freed behind the allocator's back).
     PageAllocator(PageAllocError),
+    /// A [`crate::dma_alloc::DmaPool`] shape breaks a rule of [`crate::dma_alloc::DmaPool::new`].
+    BadPoolShape {
+        /// Block size asked for.
+        size: u64,
+        /// Alignment asked for.
+        align: u64,
+        /// Boundary asked for.
+        boundary: Option<u64>,
+        /// The rule broken.
+        why: &'static str,
+    },
+    /// An atomic-context [`crate::dma_alloc::DmaPool::alloc`] found no free block; the pool
+    /// only grows where waiting is allowed.
+    DmaPoolEmpty {
+        /// The pool's device.
+        device: DeviceId,
+        /// The pool's block size.
+        size: u64,
+    },
+    /// A [`crate::dma_alloc::DmaPool`] cannot be destroyed while blocks are live.
+    DmaPoolBusy {
+        /// Live blocks.
+        live: usize,
+    },
 }
 
 impl fmt::Display for DmaAllocError {
@@ -177,6 +201,22 @@ impl fmt::Display for DmaAllocError {
             ),
             DmaAllocError::BadConfig(why) => write!(f, "bad DMA allocator configuration: {why}"),
             DmaAllocError::PageAllocator(e) => write!(f, "page allocator refused a free: {e}"),
+            DmaAllocError::BadPoolShape {
+                size,
+                align,
+                boundary,
+                why,
+            } => write!(
+                f,
+                "bad DMA pool shape (block {size} bytes, alignment {align}, boundary {boundary:?}): {why}"
+            ),
+            DmaAllocError::DmaPoolEmpty { device, size } => write!(
+                f,
+                "{device}: DMA pool of {size}-byte blocks has no free block and may not grow in atomic context"
+            ),
+            DmaAllocError::DmaPoolBusy { live } => {
+                write!(f, "DMA pool still has {live} live blocks; free them first")
+            }
         }
     }
 }

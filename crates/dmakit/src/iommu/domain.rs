@@ -58,6 +58,15 @@ pub struct DomainConfig {
     /// [`super::IommuDma::flush_queues`], which a timer should call). `None`: bounded by
     /// the queue's length only. Ignored in strict mode.
     pub flush_timeout_ns: Option<u64>,
+    /// An identity (passthrough) domain ([`crate::Iommu::create_identity_domain`]): an
+    /// attached device's DMA address is its physical address, with no page tables and no
+    /// IOVA. The mapper routes such a device as if it had no IOMMU — its DMA mask judged,
+    /// bounced through its pool when a buffer is beyond it or must be for alignment. Only
+    /// trusted devices may be attached (an untrusted one needs the translation to be kept
+    /// from other owners' memory; [`super::IommuDmaError::UntrustedIdentity`]), as Linux
+    /// refuses an identity default domain for an untrusted device. The other fields are
+    /// ignored. [`DomainConfig::IDENTITY`] is one.
+    pub identity: bool,
 }
 
 impl DomainConfig {
@@ -69,12 +78,19 @@ impl DomainConfig {
         magazine_size: 128,
         depot_magazines: 32,
         flush_timeout_ns: None,
+        identity: false,
     };
 
     /// Lazy invalidation with a 256-entry flush queue, whole aperture, default caches, no
     /// time bound (set [`DomainConfig::flush_timeout_ns`] for one; Linux uses 10 ms).
     pub const LAZY: Self = Self {
         mode: FlushMode::Lazy { queue: 256 },
+        ..Self::STRICT
+    };
+
+    /// An identity (passthrough) domain (see [`DomainConfig::identity`]).
+    pub const IDENTITY: Self = Self {
+        identity: true,
         ..Self::STRICT
     };
 }
@@ -98,6 +114,8 @@ pub(crate) enum Kind {
     Sg { pieces: Vec<Piece> },
     /// Pages of a DMA allocation mapped contiguously (their owner does the syncs).
     Pages { pieces: Vec<Piece> },
+    /// A peer device's registers, mapped as MMIO: no CPU side, ever.
+    Resource,
 }
 
 /// One buffer of a scatter-gather mapping: `len` bytes at IOVA `dma`, physical `phys`.
@@ -154,6 +172,8 @@ pub struct IommuDomain {
     fq: FlushQueue,
     /// The lazy queue's time bound, with the clock that measures it.
     timeout: Option<(u64, Arc<dyn Clock + Send + Sync>)>,
+    /// An identity domain: nothing is ever mapped in it.
+    identity: bool,
 }
 
 impl IommuDomain {
@@ -201,7 +221,13 @@ impl IommuDomain {
                 FlushMode::Strict => None,
                 FlushMode::Lazy { .. } => cfg.flush_timeout_ns.zip(clock),
             },
+            identity: cfg.identity,
         })
+    }
+
+    /// Whether this is an identity (passthrough) domain ([`DomainConfig::identity`]).
+    pub fn is_identity(&self) -> bool {
+        self.identity
     }
 
     /// The domain's id.

@@ -14,6 +14,7 @@ use alloc::sync::Arc;
 
 use super::{DmaMapper, MapPath};
 use crate::addr::{DmaAddr, PhysRange};
+use crate::attrs::MapAttrs;
 use crate::bounce::path::{self as bounce, MapFailure, Placement};
 use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta};
 use crate::decision::{self, BounceReason};
@@ -53,6 +54,7 @@ impl<P: Platform> DmaMapper<P> {
             backend: self.bounce_backend(dev),
             policy: self.policy,
             fill_inbound: !self.controls.skips_inbound_fill(),
+            attrs: MapAttrs::NONE,
         }
     }
 
@@ -79,11 +81,13 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        self.map_routed(dev, range, dir, site, self.route(dev, range, dir))
+        let route = self.route(dev, range, dir);
+        self.map_routed(dev, range, dir, site, route, MapAttrs::NONE)
     }
 
-    /// Maps `range` on the path `route`, and counts the outcome. Out of line: `map` takes
-    /// the direct path without it.
+    /// Maps `range` on the path `route` with `attrs`, and counts the outcome. Out of line:
+    /// `map` takes the direct path without it. A bounce skips nothing at map time (see
+    /// [`MapAttrs::SKIP_CPU_SYNC`]), so only the direct and IOMMU paths see `attrs`.
     #[inline(never)]
     pub(super) fn map_routed(
         &self,
@@ -92,10 +96,14 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
         route: Route,
+        attrs: MapAttrs,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
         match route {
-            Route::Direct => Ok((self.map_direct(dev, range, dir), MapPath::Direct)),
-            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
+            Route::Direct => Ok((
+                self.map_direct_attrs(dev, range, dir, attrs),
+                MapPath::Direct,
+            )),
+            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site, attrs),
             Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
             Route::Refused(e) => Err(MapFailure::Failed(e)),
         }
@@ -104,7 +112,19 @@ impl<P: Platform> DmaMapper<P> {
     /// The direct path and its one counter; small enough to inline into `map`.
     #[inline]
     pub(super) fn map_direct(&self, dev: &Device, range: PhysRange, dir: Direction) -> DmaAddr {
-        let dma = direct::map(&self.platform, dev, range, dir);
+        self.map_direct_attrs(dev, range, dir, MapAttrs::NONE)
+    }
+
+    /// The direct path with `attrs`, and its one counter.
+    #[inline]
+    pub(super) fn map_direct_attrs(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        attrs: MapAttrs,
+    ) -> DmaAddr {
+        let dma = direct::map(&self.platform, dev, range, dir, attrs);
         self.obs
             .counters
             .mapped(self.platform.current_cpu(), dev.id(), dir, None, 0);
@@ -119,8 +139,12 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
         site: &'static Location<'static>,
+        attrs: MapAttrs,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        let ctx = self.iommu_ctx(dev);
+        let ctx = iommu::path::MapCtx {
+            attrs,
+            ..self.iommu_ctx(dev)
+        };
         let mut mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
         if is_full(&mapped) && self.reclaim_parked_bounces() {
             mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);

@@ -6,6 +6,7 @@ use core::panic::Location;
 use super::route::Owner;
 use super::{checked_range, DmaMapper, MapPath, Route};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::attrs::MapAttrs;
 use crate::bounce::path::{self as bounce, SyncPart};
 use crate::bounce::BounceBackend;
 use crate::debug::checker::Unmapping;
@@ -42,7 +43,7 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<DmaAddr, DmaError> {
-        self.map_at(dev, phys, len, dir, Location::caller())
+        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
             .map(|(dma, _)| dma)
     }
 
@@ -59,30 +60,35 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        self.map_at(dev, phys, len, dir, Location::caller())
+        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
     }
 
-    /// The body of [`DmaMapper::map`] and [`DmaMapper::map_traced`], inlined into each so
-    /// that `map` never builds the [`MapPath`] it drops.
+    /// The body of [`DmaMapper::map`], [`DmaMapper::map_traced`] and
+    /// [`DmaMapper::map_attrs`], inlined into each so that `map` never builds the
+    /// [`MapPath`] it drops.
     #[inline(always)]
-    fn map_at(
+    pub(super) fn map_at(
         &self,
         dev: &Device,
         phys: PhysAddr,
         len: u64,
         dir: Direction,
+        attrs: MapAttrs,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
         let range = checked_range(dev, phys, len)?;
         let route = self.route(dev, range, dir);
         if let Route::Direct = route {
             // Returned on its own, so a direct mapping's result stays in registers.
-            let mapped = (self.map_direct(dev, range, dir), MapPath::Direct);
+            let mapped = (
+                self.map_direct_attrs(dev, range, dir, attrs),
+                MapPath::Direct,
+            );
             self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(mapped);
         }
         let result = self
-            .map_routed(dev, range, dir, site, route)
+            .map_routed(dev, range, dir, site, route, attrs)
             .map_err(|f| self.failure_to_error(dev, range, f));
         self.obs.debug_mapped(dev, range, dir, site, &result);
         result
@@ -108,9 +114,23 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
+        self.unmap_at(dev, dma, len, dir, MapAttrs::NONE, Location::caller())
+    }
+
+    /// The body of [`DmaMapper::unmap`] and [`DmaMapper::unmap_attrs`].
+    #[inline(always)]
+    pub(super) fn unmap_at(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+        attrs: MapAttrs,
+        site: &'static Location<'static>,
+    ) -> Result<(), DmaError> {
         let range = checked_range(dev, phys_of_bus(dma), len)?;
         let Some(d) = &self.obs.debug else {
-            return self.unmap_range(dev, dma, range, dir);
+            return self.unmap_range_attrs(dev, dma, range, dir, attrs);
         };
         let u = Unmapping {
             dma,
@@ -118,8 +138,8 @@ impl<P: Platform> DmaMapper<P> {
             dir,
             family: MappingFamily::Single,
         };
-        let record = d.unmapping(dev, u, Location::caller());
-        let result = self.unmap_range(dev, dma, range, dir);
+        let record = d.unmapping(dev, u, site);
+        let result = self.unmap_range_attrs(dev, dma, range, dir, attrs);
         if let (Some(m), Err(e)) = (record, &result) {
             if unmap_refused(e) {
                 d.unmap_rejected(m);
@@ -138,11 +158,25 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
     ) -> Result<(), DmaError> {
+        self.unmap_range_attrs(dev, dma, range, dir, MapAttrs::NONE)
+    }
+
+    /// As [`DmaMapper::unmap_range`], with the attributes the mapping was made with.
+    #[inline]
+    fn unmap_range_attrs(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        range: PhysRange,
+        dir: Direction,
+        attrs: MapAttrs,
+    ) -> Result<(), DmaError> {
+        let (len, cpu_sync) = (range.len(), !attrs.skips_cpu_sync());
         match self.owner_of(dev, dma)? {
-            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, range.len(), dir),
-            Owner::Bounce(backend) => self.unmap_bounced(backend, dev, dma, range.len(), dir),
+            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, len, dir, cpu_sync),
+            Owner::Bounce(backend) => self.unmap_bounced(backend, dev, dma, len, dir, cpu_sync),
             Owner::Direct => {
-                direct::unmap(&self.platform, dev, range, dir);
+                direct::unmap(&self.platform, dev, range, dir, attrs);
                 Ok(())
             }
         }
@@ -156,8 +190,9 @@ impl<P: Platform> DmaMapper<P> {
         dma: DmaAddr,
         len: u64,
         dir: Direction,
+        cpu_sync: bool,
     ) -> Result<(), DmaError> {
-        let ended = match iommu::path::unmap(&self.platform, dom, dev, dma, len, dir) {
+        let ended = match iommu::path::unmap(&self.platform, dom, dev, dma, len, dir, cpu_sync) {
             Ok(ended) => ended,
             Err(e) => {
                 // A faulted copy back still ended the mapping and released its slot.
@@ -184,8 +219,9 @@ impl<P: Platform> DmaMapper<P> {
         dma: DmaAddr,
         len: u64,
         dir: Direction,
+        cpu_sync: bool,
     ) -> Result<(), DmaError> {
-        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir)?;
+        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, len, dir, cpu_sync)?;
         self.obs
             .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
@@ -242,7 +278,7 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// Both syncs: ownership of `part` passes to the CPU (`for_cpu`) or to the device.
-    fn sync(
+    pub(super) fn sync(
         &self,
         dev: &Device,
         part: SyncPart,
@@ -290,7 +326,7 @@ impl<P: Platform> DmaMapper<P> {
         Ok(())
     }
 
-    fn sync_range(
+    pub(super) fn sync_range(
         &self,
         dev: &Device,
         dma: DmaAddr,

@@ -16,20 +16,22 @@ use crate::reintroduce::{self, Defect};
 use crate::translation::bus_of;
 
 /// Removes the record of the mapping at `key` after checking it belongs to `dev`, has
-/// length `len` (when given) and direction `dir`.
+/// length `len` (when given) and direction `dir`, and maps registers exactly when
+/// `resource` (so neither unmap ends the other's kind of mapping).
 pub(super) fn take_record(
     dom: &IommuDomain,
     dev: &Device,
     key: u64,
     len: Option<u64>,
     dir: Direction,
+    resource: bool,
 ) -> Result<Record, DmaError> {
     let unknown = DmaError::UnknownMapping {
         device: dev.id(),
         dma: DmaAddr::new(key),
     };
     dom.take(key, unknown, |r| {
-        if r.device != dev.id() {
+        if r.device != dev.id() || matches!(r.kind, Kind::Resource) != resource {
             return Err(unknown);
         }
         if let Some(len) = len.filter(|&l| l != r.len) {
@@ -81,14 +83,15 @@ fn unmap_tables(
     }
 }
 
-/// Ends a mapping whose record was taken: page tables, IOTLB (now or queued), CPU side,
-/// IOVA release.
+/// Ends a mapping whose record was taken: page tables, IOTLB (now or queued), CPU side
+/// (maintenance, a bounce's copy back: only with `cpu_sync`), IOVA release.
 pub(super) fn finish<P: Platform + ?Sized>(
     p: &P,
     dom: &IommuDomain,
     dev: &Device,
     key: u64,
     rec: Record,
+    cpu_sync: bool,
 ) -> Result<Ended, DmaError> {
     let cpu = p.current_cpu();
     let (rec, base) = unmap_tables(dom, dev, key, rec)?;
@@ -99,19 +102,21 @@ pub(super) fn finish<P: Platform + ?Sized>(
     let mut result = Ok(Ended::default());
     let mut parked = None;
     match &rec.kind {
+        Kind::Single { .. } | Kind::Sg { .. } if !cpu_sync => {}
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
         Kind::Sg { pieces } => {
             for pc in pieces {
                 cpu_side(p, dev, pc.phys, pc.len, rec.dir);
             }
         }
-        Kind::Pages { .. } => {}
+        Kind::Pages { .. } | Kind::Resource => {}
         Kind::Bounced { backend, slot } => {
             // The bounce path knows a slot by its bus address as a device without an
             // IOMMU would reach it, not by the IOVA.
             let dma = bus_of(*slot);
             result = if strict {
-                let unmapped = bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir);
+                let unmapped =
+                    bounce::unmap(p, backend.as_ref(), dev, dma, rec.len, rec.dir, cpu_sync);
                 if unmapped.is_err() && !reintroduce::active(Defect::IommuFaultLeaksSlot) {
                     // The copy back faulted (the record matched the slot, so nothing else
                     // can fail): the record and the IOVA are gone, so the slot must go
@@ -132,7 +137,12 @@ pub(super) fn finish<P: Platform + ?Sized>(
                     len: rec.len,
                     dir: rec.dir,
                 };
-                bounce::sync_for_cpu(p, backend.as_ref(), dev, part).map(|copied| Ended {
+                let copied = if cpu_sync {
+                    bounce::sync_for_cpu(p, backend.as_ref(), dev, part)
+                } else {
+                    Ok(0)
+                };
+                copied.map(|copied| Ended {
                     freed_room: false,
                     copied,
                 })
@@ -184,7 +194,7 @@ pub(super) fn undo<P: Platform + ?Sized>(
     dir: Direction,
 ) -> Result<(), DmaError> {
     let key = dma.as_u64();
-    let rec = take_record(dom, dev, key, Some(len), dir)?;
+    let rec = take_record(dom, dev, key, Some(len), dir, false)?;
     let (rec, base) = unmap_tables(dom, dev, key, rec)?;
     dom.flush_range(base, rec.mapped);
     match &rec.kind {
@@ -193,7 +203,7 @@ pub(super) fn undo<P: Platform + ?Sized>(
             debug_assert!(abandoned.is_some());
         }
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
-        Kind::Sg { .. } | Kind::Pages { .. } => {}
+        Kind::Sg { .. } | Kind::Pages { .. } | Kind::Resource => {}
     }
     dom.release(rec.iova, p.current_cpu());
     Ok(())

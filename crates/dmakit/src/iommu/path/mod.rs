@@ -23,20 +23,24 @@
 //! backend, and gets back plain results ([`crate::mapped`]).
 //!
 //! Split like the router: `single` (map, unmap), `end` (ending a mapping, shared by unmap
-//! and the sg path), `sync`, and `sg`; this file holds what they share.
+//! and the sg path), `sync`, `sg`, and `resource` (peer device registers); this file holds
+//! what they share.
 
 mod end;
+mod resource;
 mod sg;
 mod single;
 mod sync;
 
 use alloc::sync::Arc;
 
+pub(crate) use resource::{map_resource, unmap_resource};
 pub(crate) use sg::{map_sg, unmap_sg};
 pub(crate) use single::{map, unmap};
-pub(crate) use sync::{sync, SyncTo};
+pub(crate) use sync::{is_bounced, sync, SyncTo};
 
 use super::iova::IovaError;
+use crate::attrs::MapAttrs;
 use crate::bounce::BounceBackend;
 use crate::decision::AlignmentPolicy;
 use crate::device::Device;
@@ -50,6 +54,9 @@ pub(crate) struct MapCtx<'a> {
     pub(crate) policy: AlignmentPolicy,
     /// Fill inbound bounces from the buffer (off only to demonstrate the hazard).
     pub(crate) fill_inbound: bool,
+    /// The mapping's attributes ([`MapAttrs::SKIP_CPU_SYNC`]: no maintenance for a buffer
+    /// mapped in place).
+    pub(crate) attrs: MapAttrs,
 }
 
 /// The whole granules holding `[start, start + len)`: `(first byte, length)`.

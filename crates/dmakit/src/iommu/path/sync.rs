@@ -125,6 +125,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                 maintain(phys.add(at), len);
                 Ok(None)
             }
+            Kind::Resource => Ok(None),
             Kind::Sg { pieces } | Kind::Pages { pieces } => {
                 let (lo, hi) = (addr, addr + len);
                 for pc in pieces {
@@ -156,4 +157,16 @@ pub(crate) fn sync<P: Platform + ?Sized>(
         }
         SyncTo::Cpu => bounce::sync_for_cpu(p, backend.as_ref(), dev, part),
     }
+}
+
+/// Whether a sync of the mapping of `dev` holding `dma` would copy a bounce: true for a
+/// bounced mapping, and for an address in no live mapping of `dev` (so a driver asking
+/// about a wrong address never skips a sync it needs).
+pub(crate) fn is_bounced(dom: &IommuDomain, dev: &Device, dma: DmaAddr) -> bool {
+    dom.with_records(|recs| {
+        containing(recs, dev, dma.as_u64(), 1)
+            .ok()
+            .and_then(|key| recs.get(&key))
+            .is_none_or(|r| matches!(r.kind, Kind::Bounced { .. }))
+    })
 }
