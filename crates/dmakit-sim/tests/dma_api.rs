@@ -5,6 +5,8 @@
 //! failure.
 
 mod dma_api {
+    pub mod resource;
     pub mod rig;
+    pub mod sg_sync;
     pub mod skip_sync;
 }
