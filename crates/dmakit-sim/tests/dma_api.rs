@@ -5,6 +5,8 @@
 //! failure.
 
 mod dma_api {
+    pub mod identity;
+    pub mod pool;
     pub mod resource;
     pub mod rig;
     pub mod sg_sync;
