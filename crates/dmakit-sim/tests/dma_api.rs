@@ -6,6 +6,7 @@
 
 mod dma_api {
     pub mod identity;
+    pub mod no_alloc;
     pub mod pool;
     pub mod resource;
     pub mod rig;
