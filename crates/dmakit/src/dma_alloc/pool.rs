@@ -137,7 +137,10 @@ struct Page {
     live: usize,
 }
 
-/// A pool of small coherent blocks for one device. See the [module docs](self).
+/// A pool of small coherent blocks for one device (Linux `dma_pool_*`): equal blocks cut
+/// out of coherent pages it takes from a [`DmaAllocator`] one at a time, only where waiting
+/// is allowed. A block from a page with room costs a spin lock and a bitmap bit, never a
+/// heap allocation; pages go back at [`DmaPool::destroy`], refused while blocks are live.
 ///
 /// All methods take `&self` except [`DmaPool::destroy`]. The pages come from the
 /// [`DmaAllocator`] given to [`DmaPool::alloc`]; give the same one to every call.
