@@ -184,5 +184,30 @@ fn sg_syncs_validate_the_list_before_syncing_anything() {
         mapper.sync_sg_for_cpu(&dev, &segs, Direction::ToDevice),
         Err(dmakit::DmaError::WrongDirection { .. })
     ));
+    // A list with a bad segment after a good one syncs nothing: the device's bytes in the
+    // good segment's bounce do not reach the buffer until a list without it is synced.
+    m.cpu_write(page.add(8), &[0x11; 100], BUF).unwrap();
+    m.grant(dev.id(), segs[0].dma, 100).unwrap();
+    m.device_write(dev.id(), segs[0].dma, &[0x22; 100], Owner(3))
+        .unwrap();
+    let unknown = [
+        segs[0],
+        DmaSegment {
+            dma: segs[0].dma.add(4096),
+            len: 8,
+        },
+    ];
+    assert!(matches!(
+        mapper.sync_sg_for_cpu(&dev, &unknown, Direction::FromDevice),
+        Err(dmakit::DmaError::UnknownMapping { .. })
+    ));
+    let mut seen = [0; 100];
+    m.cpu_read(page.add(8), &mut seen).unwrap();
+    assert_eq!(seen, [0x11; 100], "nothing was synced");
+    mapper
+        .sync_sg_for_cpu(&dev, &segs, Direction::FromDevice)
+        .unwrap();
+    m.cpu_read(page.add(8), &mut seen).unwrap();
+    assert_eq!(seen, [0x22; 100], "the good list is");
     mapper.unmap_sg(&dev, &segs, Direction::FromDevice).unwrap();
 }

@@ -232,6 +232,20 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
     Ok(copied)
 }
 
+/// Whether [`sync_for_cpu`] / [`sync_for_device`] of `part` would be accepted, without
+/// touching anything.
+///
+/// # Errors
+/// Those syncs' refusals: [`DmaError::UnknownMapping`], [`DmaError::ZeroLength`],
+/// [`DmaError::OutOfMapping`], [`DmaError::WrongDirection`].
+pub(crate) fn check_part(
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    part: SyncPart,
+) -> Result<(), DmaError> {
+    checked_part(backend, dev, part.dma, part.offset, part.len, part.dir).map(|_| ())
+}
+
 fn to_cpu<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,

@@ -4,11 +4,13 @@
 
 use core::panic::Location;
 
+use super::route::Owner;
 use super::{DmaMapper, DmaSegment};
-use crate::bounce::path::SyncPart;
+use crate::bounce::path::{self as bounce, SyncPart};
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::DmaError;
+use crate::iommu;
 use crate::platform::Platform;
 
 impl<P: Platform> DmaMapper<P> {
@@ -18,12 +20,12 @@ impl<P: Platform> DmaMapper<P> {
     /// `map_sg` returned, or a sub-list of them.
     ///
     /// # Errors
-    /// [`DmaError::ZeroLength`] for an empty list; [`DmaError::AddressOverflow`] for a
-    /// segment whose range is invalid — both found before anything is synced. Then, per
-    /// segment, the errors of [`DmaMapper::sync_for_cpu`] ([`DmaError::UnknownMapping`],
-    /// [`DmaError::OutOfMapping`], [`DmaError::WrongDirection`], [`DmaError::Detached`]):
-    /// the first one stops the list, and the segments before it have been synced (a sync
-    /// only hands ownership over; doing it again is harmless).
+    /// [`DmaError::ZeroLength`] for an empty list; for any segment [`DmaError::AddressOverflow`]
+    /// (an invalid range) or a refusal of [`DmaMapper::sync_for_cpu`]
+    /// ([`DmaError::UnknownMapping`], [`DmaError::OutOfMapping`],
+    /// [`DmaError::WrongDirection`], [`DmaError::Detached`]). Every segment is checked
+    /// before any is synced, so a refused list syncs nothing. A bounce copy fault stops
+    /// the list there (the segments before it are synced).
     #[track_caller]
     pub fn sync_sg_for_cpu(
         &self,
@@ -61,18 +63,29 @@ impl<P: Platform> DmaMapper<P> {
         if segments.is_empty() {
             return Err(DmaError::ZeroLength { device: dev.id() });
         }
+        let part = |s: &DmaSegment| SyncPart {
+            dma: s.dma,
+            offset: 0,
+            len: s.len,
+            dir,
+        };
         for s in segments {
-            self.sync_range(dev, s.dma, 0, s.len)?;
+            self.check_sync(dev, part(s))?;
         }
         for s in segments {
-            let part = SyncPart {
-                dma: s.dma,
-                offset: 0,
-                len: s.len,
-                dir,
-            };
-            self.sync(dev, part, for_cpu, site)?;
+            self.sync(dev, part(s), for_cpu, site)?;
         }
         Ok(())
+    }
+
+    /// Whether a sync of `part` would be accepted, on the path that holds it, without
+    /// touching anything.
+    fn check_sync(&self, dev: &Device, part: SyncPart) -> Result<(), DmaError> {
+        self.sync_range(dev, part.dma, part.offset, part.len)?;
+        match self.owner_of(dev, part.dma)? {
+            Owner::Iommu(dom) => iommu::path::check_sync(&dom, dev, part),
+            Owner::Bounce(backend) => bounce::check_part(backend, dev, part),
+            Owner::Direct => Ok(()),
+        }
     }
 }

@@ -37,7 +37,7 @@ use alloc::sync::Arc;
 pub(crate) use resource::{map_resource, unmap_resource};
 pub(crate) use sg::{map_sg, unmap_sg};
 pub(crate) use single::{map, unmap};
-pub(crate) use sync::{is_bounced, sync, SyncTo};
+pub(crate) use sync::{check as check_sync, is_bounced, sync, SyncTo};
 
 use super::iova::IovaError;
 use crate::attrs::MapAttrs;
