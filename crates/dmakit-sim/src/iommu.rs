@@ -159,11 +159,14 @@ const VALID: u64 = 1;
 const TABLE: u64 = 1 << 1;
 const READ: u64 = 1 << 6;
 const WRITE: u64 = 1 << 7;
+const MMIO: u64 = 1 << 8;
 
 /// One domain's page tables: `tables[0]` is the root; a table entry holds the index of the
-/// next-level table, a leaf entry the physical frame and permissions.
+/// next-level table, a leaf entry the physical frame and permissions. An identity domain
+/// has no tables and translates every address to itself.
 struct PageTable {
     tables: Vec<Box<[u64]>>,
+    identity: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +198,7 @@ impl State {
     }
 
     fn walk(&self, domain: u32, vpn: u64) -> Option<u64> {
-        let pt = self.domains.get(&domain)?;
+        let pt = self.domains.get(&domain).filter(|pt| !pt.identity)?;
         let mut t = 0usize;
         for level in 0..self.levels {
             let e = pt.tables[t][self.index(vpn, level)];
@@ -259,8 +262,10 @@ impl State {
         phys: u64,
         len: u64,
     ) -> Result<(), IommuError> {
-        if !self.domains.contains_key(&domain.0) {
-            return Err(IommuError::NoSuchDomain(domain));
+        match self.domains.get(&domain.0) {
+            None => return Err(IommuError::NoSuchDomain(domain)),
+            Some(pt) if pt.identity => return Err(IommuError::IdentityDomain(domain)),
+            Some(_) => {}
         }
         let g = 1u64 << self.shift;
         if len == 0 || (iova | phys | len) & (g - 1) != 0 {
@@ -297,6 +302,9 @@ impl State {
             .get(&device)
             .ok_or(IommuFaultReason::NoDomain)?;
         let a = dma.as_u64();
+        if self.domains.get(&domain).is_some_and(|pt| pt.identity) {
+            return Ok((dma_as_phys(dma), len));
+        }
         let vpn = a >> self.shift;
         let key = (domain, vpn);
         let walked = self.walk(domain, vpn);
@@ -335,6 +343,11 @@ impl State {
         let off = a & (g - 1);
         Ok((PhysAddr::new((t.pfn << self.shift) | off), len.min(g - off)))
     }
+}
+
+/// The physical address an identity domain passes a device's address through to.
+fn dma_as_phys(dma: DmaAddr) -> PhysAddr {
+    PhysAddr::new(dma.as_u64())
 }
 
 /// The modelled IOMMU. Cloning gives another handle on the same IOMMU (one for the
@@ -468,6 +481,7 @@ impl SimIommu {
             IommuPerm {
                 read: e & READ != 0,
                 write: e & WRITE != 0,
+                mmio: e & MMIO != 0,
             },
         ))
     }
@@ -495,9 +509,28 @@ impl Iommu for SimIommu {
         let id = s.next_domain;
         s.next_domain += 1;
         let root = vec![0u64; 1 << s.bits].into_boxed_slice();
-        s.domains.insert(id, PageTable { tables: vec![root] });
+        let pt = PageTable {
+            tables: vec![root],
+            identity: false,
+        };
+        s.domains.insert(id, pt);
         s.tables += 1;
         s.stats.tables += 1;
+        Ok(IommuDomainId(id))
+    }
+
+    fn create_identity_domain(&self) -> Result<IommuDomainId, IommuError> {
+        let mut s = self.lock();
+        if s.domains.len() >= s.cfg.max_domains {
+            return Err(IommuError::NoMemory);
+        }
+        let id = s.next_domain;
+        s.next_domain += 1;
+        let pt = PageTable {
+            tables: Vec::new(),
+            identity: true,
+        };
+        s.domains.insert(id, pt);
         Ok(IommuDomainId(id))
     }
 
@@ -545,7 +578,10 @@ impl Iommu for SimIommu {
         if let Some(v) = (first..first + pages).find(|&v| s.walk(domain.0, v).is_some()) {
             return Err(IommuError::AlreadyMapped { iova: v << s.shift });
         }
-        let flags = VALID | if perm.read { READ } else { 0 } | if perm.write { WRITE } else { 0 };
+        let flags = VALID
+            | if perm.read { READ } else { 0 }
+            | if perm.write { WRITE } else { 0 }
+            | if perm.mmio { MMIO } else { 0 };
         for i in 0..pages {
             let leaf = ((p >> s.shift) + i) << s.shift | flags;
             if let Err(e) = s.set_leaf(domain.0, first + i, leaf) {

@@ -6,31 +6,40 @@
 //! bounce pools or IOMMUs: the routing layer chose it.
 
 use crate::addr::PhysRange;
+use crate::attrs::MapAttrs;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::maintenance;
 use crate::platform::CacheMaintenance;
 
-/// Hands `range` to the device for a transfer in `dir`.
+/// Hands `range` to the device for a transfer in `dir`. With [`MapAttrs::SKIP_CPU_SYNC`]
+/// the maintenance is left to the caller's `sync_for_device`.
 #[inline]
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
     range: PhysRange,
     dir: Direction,
+    attrs: MapAttrs,
 ) {
-    sync_for_device(cache, dev, range, dir);
+    if !attrs.skips_cpu_sync() {
+        sync_for_device(cache, dev, range, dir);
+    }
 }
 
-/// Gives `range` back to the CPU after a transfer in `dir`.
+/// Gives `range` back to the CPU after a transfer in `dir`. With
+/// [`MapAttrs::SKIP_CPU_SYNC`] the maintenance is left to the caller's `sync_for_cpu`.
 #[inline]
 pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
     range: PhysRange,
     dir: Direction,
+    attrs: MapAttrs,
 ) {
-    sync_for_cpu(cache, dev, range, dir);
+    if !attrs.skips_cpu_sync() {
+        sync_for_cpu(cache, dev, range, dir);
+    }
 }
 
 /// Ownership of `range` passes to the device.

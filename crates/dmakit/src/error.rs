@@ -126,6 +126,19 @@ pub enum DmaError {
         /// What the IOMMU said.
         error: IommuError,
     },
+    /// [`crate::DmaMapper::map_resource`]: the device, with no IOMMU to translate, cannot
+    /// reach the register range at its bus address with its DMA mask. Resources are never
+    /// bounced.
+    ResourceUnreachable {
+        /// The device asked for.
+        device: DeviceId,
+        /// The first register byte.
+        phys: PhysAddr,
+        /// The range's length.
+        len: u64,
+        /// The device's DMA mask.
+        mask: u64,
+    },
     /// The device was detached from its IOMMU domain ([`crate::IommuDma::detach`]): the
     /// IOMMU blocks it, so no address handed to it could work, and no mapping of it is live.
     /// Attach it to a domain again to map for it.
@@ -238,6 +251,15 @@ impl fmt::Display for DmaError {
                 f,
                 "{device}: has a restricted DMA pool and is attached to an IOMMU domain; \
                  configure one or the other"
+            ),
+            DmaError::ResourceUnreachable {
+                device,
+                phys,
+                len,
+                mask,
+            } => write!(
+                f,
+                "{device}: cannot reach the {len} register bytes at {phys} with DMA mask {mask:#x}; MMIO is never bounced"
             ),
             DmaError::DeviceReleased { device } => write!(
                 f,

@@ -100,6 +100,7 @@
 extern crate alloc;
 
 mod addr;
+mod attrs;
 pub mod bounce;
 pub mod bus_ranges;
 pub mod coherent_pool;
@@ -127,6 +128,7 @@ mod translation;
 pub mod typed;
 
 pub use addr::{DmaAddr, PhysAddr, PhysRange};
+pub use attrs::MapAttrs;
 pub use decision::{AlignmentPolicy, BounceReason};
 pub use device::{BouncePool, Device, DeviceBuilder, DeviceError, DeviceId};
 pub use direction::Direction;

@@ -352,6 +352,9 @@ pub struct IommuPerm {
     pub read: bool,
     /// The device may write the memory (inbound data).
     pub write: bool,
+    /// The target is another device's registers, not memory (Linux `IOMMU_MMIO`): the
+    /// IOMMU must give the access device (uncached, unmerged) attributes.
+    pub mmio: bool,
 }
 
 impl IommuPerm {
@@ -361,6 +364,15 @@ impl IommuPerm {
         Self {
             read: dir.device_reads(),
             write: dir.device_writes(),
+            mmio: false,
+        }
+    }
+
+    /// As [`IommuPerm::for_direction`], for a peer device's registers.
+    pub(crate) const fn for_mmio(dir: crate::direction::Direction) -> Self {
+        Self {
+            mmio: true,
+            ..Self::for_direction(dir)
         }
     }
 }
@@ -401,6 +413,10 @@ pub enum IommuError {
     NoMemory,
     /// The domain cannot be destroyed while devices are attached to it.
     DomainBusy(IommuDomainId),
+    /// The IOMMU has no identity (passthrough) domains.
+    IdentityUnsupported,
+    /// The domain is an identity domain: it has no page tables to map or unmap.
+    IdentityDomain(IommuDomainId),
 }
 
 impl fmt::Display for IommuError {
@@ -419,6 +435,12 @@ impl fmt::Display for IommuError {
             IommuError::NotMapped { iova } => write!(f, "iova {iova:#x} is not mapped"),
             IommuError::NoMemory => f.write_str("no memory for IOMMU page tables or domains"),
             IommuError::DomainBusy(d) => write!(f, "{d} still has devices attached"),
+            IommuError::IdentityUnsupported => {
+                f.write_str("the IOMMU has no identity (passthrough) domains")
+            }
+            IommuError::IdentityDomain(d) => {
+                write!(f, "{d} is an identity domain: it has no page tables")
+            }
         }
     }
 }
@@ -456,6 +478,16 @@ pub trait Iommu {
     /// # Errors
     /// [`IommuError::NoMemory`] when no more domains can be created.
     fn create_domain(&self) -> Result<IommuDomainId, IommuError>;
+    /// Creates an identity (passthrough) domain: a device attached to it reaches memory at
+    /// the physical address it uses, untranslated; it has no page tables (`map` and `unmap`
+    /// on it fail). Destroyed, attached and detached like any domain.
+    ///
+    /// # Errors
+    /// [`IommuError::IdentityUnsupported`] (the default, for an IOMMU without
+    /// passthrough); [`IommuError::NoMemory`] when no more domains can be created.
+    fn create_identity_domain(&self) -> Result<IommuDomainId, IommuError> {
+        Err(IommuError::IdentityUnsupported)
+    }
     /// Destroys an empty domain, freeing its page tables.
     ///
     /// # Errors
@@ -510,6 +542,9 @@ macro_rules! forward_iommu {
             }
             fn create_domain(&self) -> Result<IommuDomainId, IommuError> {
                 (**self).create_domain()
+            }
+            fn create_identity_domain(&self) -> Result<IommuDomainId, IommuError> {
+                (**self).create_identity_domain()
             }
             fn destroy_domain(&self, domain: IommuDomainId) -> Result<(), IommuError> {
                 (**self).destroy_domain(domain)

@@ -131,24 +131,35 @@ pub(crate) enum MapFailure {
     Failed(DmaError),
 }
 
-/// Ends the bounced mapping at `dma`, whose slot is at `slot` (the physical address the
-/// device reaches at `dma`, or the slot an IOMMU maps `dma` to): maintenance, copy back
-/// what the device may have written, release the room. Returns the metadata of the ended bounce and the bytes copied
-/// back.
+/// A live bounce as a mapping names it: the device address it was given and the slot's
+/// physical address (where the device reaches `dma`, or what an IOMMU maps `dma` to).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    /// The device address of the mapping (its errors name it).
+    pub(crate) dma: DmaAddr,
+    /// The bounce slot's physical address (the backend finds the bounce by it).
+    pub(crate) phys: PhysAddr,
+}
+
+/// Ends the bounced mapping in `at`: maintenance, copy back
+/// what the device may have written (both only with `cpu_sync`; without it the caller
+/// synced for the CPU itself), release the room. Returns the metadata of the ended bounce
+/// and the bytes copied back.
 ///
 /// # Errors
-/// [`DmaError::UnknownMapping`] if `dma` is not a live bounce of `dev`;
+/// [`DmaError::UnknownMapping`] if `at` is not a live bounce of `dev`;
 /// [`DmaError::OutOfMapping`] if `len` differs from the mapped length;
 /// [`DmaError::WrongDirection`] if `dir` differs; a copy fault leaves the mapping live.
 pub(crate) fn unmap<P: Platform + ?Sized>(
     p: &P,
     backend: &dyn BounceBackend,
     dev: &Device,
-    dma: DmaAddr,
-    slot: PhysAddr,
+    at: Slot,
     len: u64,
     dir: Direction,
+    cpu_sync: bool,
 ) -> Result<(BounceMeta, u64), DmaError> {
+    let Slot { dma, phys: slot } = at;
     let meta = live(backend, dev, dma, slot)?;
     if meta.len != len {
         return Err(DmaError::OutOfMapping {
@@ -165,7 +176,11 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
             requested: dir,
         });
     }
-    let copied = to_cpu(p, backend, dev, slot, meta.orig, len, dir)?;
+    let copied = if cpu_sync {
+        to_cpu(p, backend, dev, slot, meta.orig, len, dir)?
+    } else {
+        0
+    };
     let meta = backend.free(slot).ok_or(DmaError::UnknownMapping {
         device: dev.id(),
         dma,
@@ -230,6 +245,21 @@ pub(crate) fn sync_for_device<P: Platform + ?Sized>(
         maintenance::for_device(p, slot_range(slot, len), dir);
     }
     Ok(copied)
+}
+
+/// Whether [`sync_for_cpu`] / [`sync_for_device`] of `part` would be accepted, without
+/// touching anything.
+///
+/// # Errors
+/// Those syncs' refusals: [`DmaError::UnknownMapping`], [`DmaError::ZeroLength`],
+/// [`DmaError::OutOfMapping`], [`DmaError::WrongDirection`].
+pub(crate) fn check_part(
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    slot: PhysAddr,
+    part: SyncPart,
+) -> Result<(), DmaError> {
+    checked_part(backend, dev, slot, part).map(|_| ())
 }
 
 fn to_cpu<P: Platform + ?Sized>(

@@ -147,6 +147,30 @@ pub enum DmaAllocError {
     /// The platform refused to share memory with the host (a confidential guest's devices
     /// reach only shared memory); nothing was allocated.
     NotShared(MemoryFault),
+    /// A [`crate::dma_alloc::DmaPool`] shape breaks a rule of [`crate::dma_alloc::DmaPool::new`].
+    BadPoolShape {
+        /// Block size asked for.
+        size: u64,
+        /// Alignment asked for.
+        align: u64,
+        /// Boundary asked for.
+        boundary: Option<u64>,
+        /// The rule broken.
+        why: &'static str,
+    },
+    /// An atomic-context [`crate::dma_alloc::DmaPool::alloc`] found no free block; the pool
+    /// only grows where waiting is allowed.
+    DmaPoolEmpty {
+        /// The pool's device.
+        device: DeviceId,
+        /// The pool's block size.
+        size: u64,
+    },
+    /// A [`crate::dma_alloc::DmaPool`] cannot be destroyed while blocks are live.
+    DmaPoolBusy {
+        /// Live blocks.
+        live: usize,
+    },
 }
 
 impl fmt::Display for DmaAllocError {
@@ -231,6 +255,22 @@ impl fmt::Display for DmaAllocError {
             DmaAllocError::PageAllocator(e) => write!(f, "page allocator refused a free: {e}"),
             DmaAllocError::NotShared(fault) => {
                 write!(f, "memory could not be shared with the host: {fault}")
+            }
+            DmaAllocError::BadPoolShape {
+                size,
+                align,
+                boundary,
+                why,
+            } => write!(
+                f,
+                "bad DMA pool shape (block {size} bytes, alignment {align}, boundary {boundary:?}): {why}"
+            ),
+            DmaAllocError::DmaPoolEmpty { device, size } => write!(
+                f,
+                "{device}: DMA pool of {size}-byte blocks has no free block and may not grow in atomic context"
+            ),
+            DmaAllocError::DmaPoolBusy { live } => {
+                write!(f, "DMA pool still has {live} live blocks; free them first")
             }
         }
     }

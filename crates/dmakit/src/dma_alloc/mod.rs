@@ -21,6 +21,8 @@
 //! - `alloc_sg`: [`DmaAllocator::alloc_sg`] (proposed for Linux in 2018, never merged), a
 //!   scatter-gather table placed where the device can reach it, falling back to memory the
 //!   mapping layer bounces at map time;
+//! - `pool`: [`DmaPool`], small equal blocks of coherent memory for one device, aligned
+//!   and never crossing a boundary (Linux `dma_pool_*`);
 //! - `vmap`: contiguous CPU views of tables, with the flushes caches that alias by virtual
 //!   address need;
 //! - `space`: the [`DeviceAddressSpace`] seam through which an IOMMU plugs in;
@@ -36,6 +38,7 @@ mod declared;
 mod error;
 mod noncontiguous;
 mod pages;
+mod pool;
 mod sg_table;
 mod space;
 mod vmap;
@@ -60,6 +63,7 @@ use crate::translation::{bus_within, highest_phys_within};
 pub use coherent::CoherentBuffer;
 pub use error::{DmaAllocError, Rejected};
 pub use pages::DmaPages;
+pub use pool::{DmaBlock, DmaPool, DmaPoolUsage};
 pub use sg_table::{SgChunk, SgTable, TableKind};
 pub use space::{DeviceAddressSpace, DeviceSpaceError, NoTranslation};
 pub use vmap::Vmap;

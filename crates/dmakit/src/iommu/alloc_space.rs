@@ -22,9 +22,10 @@ use crate::platform::{IommuPerm, PAGE_SIZE};
 const ALLOC_CPU: usize = 0;
 
 impl DeviceAddressSpace for IommuDma {
-    /// A device is translated while it is attached to a domain, and also once detached
-    /// (the IOMMU then blocks it: its allocations are refused with
-    /// [`DeviceSpaceError::Detached`] rather than given physical addresses).
+    /// A device is translated while it is attached to a domain (not an identity one, which
+    /// passes its physical addresses through), and also once detached (the IOMMU then
+    /// blocks it: its allocations are refused with [`DeviceSpaceError::Detached`] rather
+    /// than given physical addresses).
     fn translates(&self, dev: &Device) -> bool {
         !matches!(self.route_of(dev.id()), Ok(None))
     }

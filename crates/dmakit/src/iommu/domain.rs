@@ -63,6 +63,15 @@ pub struct DomainConfig {
     /// no map, unmap or sync allocates; a map beyond it fails with
     /// [`crate::DmaError::MappingTableFull`]. About 100 bytes each.
     pub max_mappings: usize,
+    /// An identity (passthrough) domain ([`crate::Iommu::create_identity_domain`]): an
+    /// attached device's DMA address is its physical address, with no page tables and no
+    /// IOVA. The mapper routes such a device as if it had no IOMMU — its DMA mask judged,
+    /// bounced through its pool when a buffer is beyond it or must be for alignment. Only
+    /// trusted devices may be attached (an untrusted one needs the translation to be kept
+    /// from other owners' memory; [`super::IommuDmaError::UntrustedIdentity`]), as Linux
+    /// refuses an identity default domain for an untrusted device. The other fields are
+    /// ignored. [`DomainConfig::IDENTITY`] is one.
+    pub identity: bool,
 }
 
 impl DomainConfig {
@@ -75,12 +84,19 @@ impl DomainConfig {
         depot_magazines: 32,
         flush_timeout_ns: None,
         max_mappings: 4096,
+        identity: false,
     };
 
     /// Lazy invalidation with a 256-entry flush queue, whole aperture, default caches, no
     /// time bound (set [`DomainConfig::flush_timeout_ns`] for one; Linux uses 10 ms).
     pub const LAZY: Self = Self {
         mode: FlushMode::Lazy { queue: 256 },
+        ..Self::STRICT
+    };
+
+    /// An identity (passthrough) domain (see [`DomainConfig::identity`]).
+    pub const IDENTITY: Self = Self {
+        identity: true,
         ..Self::STRICT
     };
 }
@@ -104,6 +120,8 @@ pub(crate) enum Kind {
     Sg { pieces: Vec<Piece> },
     /// Pages of a DMA allocation mapped contiguously (their owner does the syncs).
     Pages { pieces: Vec<Piece> },
+    /// A peer device's registers, mapped as MMIO: no CPU side, ever.
+    Resource,
 }
 
 /// One buffer of a scatter-gather mapping: `len` bytes at IOVA `dma`, physical `phys`.
@@ -160,6 +178,8 @@ pub struct IommuDomain {
     fq: FlushQueue,
     /// The lazy queue's time bound, with the clock that measures it.
     timeout: Option<(u64, Arc<dyn Clock + Send + Sync>)>,
+    /// An identity domain: nothing is ever mapped in it.
+    identity: bool,
 }
 
 impl IommuDomain {
@@ -207,7 +227,13 @@ impl IommuDomain {
                 FlushMode::Strict => None,
                 FlushMode::Lazy { .. } => cfg.flush_timeout_ns.zip(clock),
             },
+            identity: cfg.identity,
         })
+    }
+
+    /// Whether this is an identity (passthrough) domain ([`DomainConfig::identity`]).
+    pub fn is_identity(&self) -> bool {
+        self.identity
     }
 
     /// The domain's id.

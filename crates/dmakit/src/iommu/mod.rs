@@ -62,6 +62,9 @@ pub enum IommuDmaError {
     /// A lazy domain with [`DomainConfig::flush_timeout_ns`] needs a clock
     /// ([`IommuDma::with_clock`]) to keep its time bound.
     NoClock,
+    /// An untrusted device cannot be attached to an identity domain: it would reach all
+    /// memory untranslated ([`DomainConfig::identity`]).
+    UntrustedIdentity(DeviceId),
 }
 
 impl fmt::Display for IommuDmaError {
@@ -79,6 +82,10 @@ impl fmt::Display for IommuDmaError {
             IommuDmaError::NoClock => {
                 f.write_str("a flush timeout needs a clock (IommuDma::with_clock)")
             }
+            IommuDmaError::UntrustedIdentity(d) => write!(
+                f,
+                "{d} is untrusted and cannot be attached to an identity domain; use a translating one"
+            ),
         }
     }
 }
@@ -150,10 +157,11 @@ impl IommuDma {
         self
     }
 
-    /// Creates a domain with `cfg`.
+    /// Creates a domain with `cfg` (an identity one with [`DomainConfig::identity`]).
     ///
     /// # Errors
-    /// [`IommuDmaError::Platform`] when the IOMMU cannot create one;
+    /// [`IommuDmaError::Platform`] when the IOMMU cannot create one (for an identity
+    /// domain [`IommuError::IdentityUnsupported`] when it has none);
     /// [`IommuDmaError::Iova`] when the IOVA window is empty (the hardware domain is
     /// destroyed again); [`IommuDmaError::NoClock`] for a lazy domain with a flush timeout
     /// but no clock (nothing created).
@@ -162,7 +170,11 @@ impl IommuDma {
         if timed && self.clock.is_none() {
             return Err(IommuDmaError::NoClock);
         }
-        let id = self.iommu.create_domain()?;
+        let id = if cfg.identity {
+            self.iommu.create_identity_domain()?
+        } else {
+            self.iommu.create_domain()?
+        };
         match IommuDomain::new(id, self.iommu.clone(), &cfg, self.cpus, self.clock.clone()) {
             Ok(d) => {
                 self.domains.lock().insert(id, Arc::new(d));
@@ -200,10 +212,12 @@ impl IommuDma {
         Ok(())
     }
 
-    /// Attaches `dev` to domain `id`: from now on its mappings go through the domain.
+    /// Attaches `dev` to domain `id`: from now on its mappings go through the domain (for
+    /// an identity domain: as if there were no IOMMU).
     ///
     /// # Errors
-    /// [`IommuDmaError::AlreadyAttached`]; [`IommuDmaError::Platform`] with
+    /// [`IommuDmaError::AlreadyAttached`]; [`IommuDmaError::UntrustedIdentity`] for an
+    /// untrusted device and an identity domain; [`IommuDmaError::Platform`] with
     /// [`IommuError::NoSuchDomain`] or whatever the IOMMU refused.
     pub fn attach(&self, dev: &Device, id: IommuDomainId) -> Result<(), IommuDmaError> {
         let domain = self
@@ -212,6 +226,9 @@ impl IommuDma {
             .get(&id)
             .cloned()
             .ok_or(IommuError::NoSuchDomain(id))?;
+        if domain.is_identity() && !dev.is_trusted() {
+            return Err(IommuDmaError::UntrustedIdentity(dev.id()));
+        }
         let mut devices = self.devices.write();
         if let Some(Some(_)) = devices.get(&dev.id()) {
             return Err(IommuDmaError::AlreadyAttached(dev.id()));
@@ -253,10 +270,12 @@ impl IommuDma {
     }
 
     /// How the mapper reaches `dev`: through its domain (`Ok(Some)`), without the IOMMU
-    /// (`Ok(None)`: never attached), or not at all ([`crate::DmaError::Detached`]). The
-    /// read side of one lock, taken once per operation: CPUs looking up at once share it.
+    /// (`Ok(None)`: never attached, or attached to an identity domain), or not at all
+    /// ([`crate::DmaError::Detached`]). The read side of one lock, taken once per
+    /// operation: CPUs looking up at once share it.
     pub(crate) fn route_of(&self, dev: DeviceId) -> Result<Option<Arc<IommuDomain>>, DmaError> {
         match self.devices.read().get(&dev) {
+            Some(Some(d)) if d.is_identity() => Ok(None),
             Some(Some(d)) => Ok(Some(d.clone())),
             Some(None) => Err(DmaError::Detached { device: dev }),
             None => Ok(None),

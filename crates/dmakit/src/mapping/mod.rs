@@ -9,8 +9,9 @@
 //! This file holds the mapper; [`DmaMapperBuilder`] configures it. What the mapper holds is
 //! grouped by concern: `routes` (its bounce pools and IOMMU layer) and `observability`
 //! (debug checker, statistics, reporter). The operations are split by kind: `route` (the
-//! decisions and the paths behind them), `single` (map, unmap, sync), `deferred` (mappings
-//! that wait for room) and `sg` (scatter-gather lists).
+//! decisions and the paths behind them), `single` (map, unmap, sync), `attributed` (the same
+//! with [`crate::MapAttrs`], and `need_sync`), `deferred` (mappings that wait for room), `sg`
+//! (scatter-gather lists), `sg_sync` (their syncs) and `resource` (peer device registers).
 
 use core::sync::atomic::{AtomicU64, AtomicUsize};
 
@@ -29,15 +30,18 @@ use crate::error::DmaError;
 use crate::platform::Platform;
 use crate::stats::{PoolSnapshot, SiteStats, StatsSnapshot};
 
+mod attributed;
 mod builder;
 mod deferred;
 mod hazard_controls;
 mod limits;
 mod observability;
+mod resource;
 mod restricted;
 mod route;
 mod routes;
 mod sg;
+mod sg_sync;
 mod single;
 
 pub use crate::mapped::{DmaSegment, MapPath, SgEntry};

@@ -15,6 +15,7 @@ use alloc::sync::Arc;
 use super::routes::Registered;
 use super::{DmaMapper, MapPath};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::attrs::MapAttrs;
 use crate::bounce::path::{self as bounce, MapFailure, Placement};
 use crate::bounce::{BounceAllocError, BounceBackend, BounceMeta};
 use crate::decision::{self, BounceReason};
@@ -100,6 +101,7 @@ impl<P: Platform> DmaMapper<P> {
             policy: self.policy,
             fill_inbound: !self.controls.skips_inbound_fill(),
             force_bounce: self.force_bounce_all,
+            attrs: MapAttrs::NONE,
         }
     }
 
@@ -132,11 +134,13 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        self.map_routed(dev, range, dir, site, self.route(dev, range, dir))
+        let route = self.route(dev, range, dir);
+        self.map_routed(dev, range, dir, site, route, MapAttrs::NONE)
     }
 
-    /// Maps `range` on the path `route`, and counts the outcome. Out of line: `map` takes
-    /// the direct path without it.
+    /// Maps `range` on the path `route` with `attrs`, and counts the outcome. Out of line:
+    /// `map` takes the direct path without it. A bounce skips nothing at map time (see
+    /// [`MapAttrs::SKIP_CPU_SYNC`]), so only the direct and IOMMU paths see `attrs`.
     #[inline(never)]
     pub(super) fn map_routed(
         &self,
@@ -145,10 +149,14 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
         route: Route,
+        attrs: MapAttrs,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
         match route {
-            Route::Direct(dma) => Ok((self.map_direct(dev, range, dir, dma), MapPath::Direct)),
-            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site),
+            Route::Direct(dma) => Ok((
+                self.map_direct_attrs(dev, range, dir, dma, attrs),
+                MapPath::Direct,
+            )),
+            Route::Iommu(dom) => self.map_iommu(&dom, dev, range, dir, site, attrs),
             Route::Bounce(reason) => self.map_bounced(dev, range, dir, site, reason),
             Route::Refused(e) => Err(MapFailure::Failed(e)),
         }
@@ -164,7 +172,20 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         dma: DmaAddr,
     ) -> DmaAddr {
-        direct::map(&self.platform, dev, range, dir);
+        self.map_direct_attrs(dev, range, dir, dma, MapAttrs::NONE)
+    }
+
+    /// The direct path with `attrs`, and its one counter.
+    #[inline]
+    pub(super) fn map_direct_attrs(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        dma: DmaAddr,
+        attrs: MapAttrs,
+    ) -> DmaAddr {
+        direct::map(&self.platform, dev, range, dir, attrs);
         self.obs
             .counters
             .mapped(self.platform.current_cpu(), dev.id(), dir, None, 0);
@@ -179,8 +200,12 @@ impl<P: Platform> DmaMapper<P> {
         range: PhysRange,
         dir: Direction,
         site: &'static Location<'static>,
+        attrs: MapAttrs,
     ) -> Result<(DmaAddr, MapPath), MapFailure> {
-        let ctx = self.iommu_ctx(dev);
+        let ctx = iommu::path::MapCtx {
+            attrs,
+            ..self.iommu_ctx(dev)
+        };
         let mut mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);
         if is_full(&mapped) && self.reclaim_parked_bounces() {
             mapped = iommu::path::map(&self.platform, dom, dev, range, dir, &ctx);

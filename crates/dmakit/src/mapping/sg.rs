@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use super::route::{Owner, Route};
 use super::{checked_extent, checked_range, DmaMapper, DmaSegment, SgEntry};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::attrs::MapAttrs;
 use crate::debug::checker::Unmapping;
 use crate::debug::{LiveMapping, MappingFamily};
 use crate::device::Device;
@@ -244,7 +245,7 @@ impl<P: Platform> DmaMapper<P> {
                     debug_assert!(undone.is_some());
                     freed = true;
                 }
-                None => direct::unmap(&self.platform, dev, range, dir),
+                None => direct::unmap(&self.platform, dev, range, dir, MapAttrs::NONE),
             }
         }
         if freed {

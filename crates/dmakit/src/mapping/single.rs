@@ -6,6 +6,7 @@ use core::panic::Location;
 use super::route::Owner;
 use super::{checked_extent, checked_range, DmaMapper, MapPath, Route};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::attrs::MapAttrs;
 use crate::bounce::path::{self as bounce, SyncPart};
 use crate::bounce::BounceBackend;
 use crate::debug::checker::Unmapping;
@@ -49,7 +50,7 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<DmaAddr, DmaError> {
-        self.map_at(dev, phys, len, dir, Location::caller())
+        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
             .map(|(dma, _)| dma)
     }
 
@@ -69,18 +70,20 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        self.map_at(dev, phys, len, dir, Location::caller())
+        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
     }
 
-    /// The body of [`DmaMapper::map`] and [`DmaMapper::map_traced`], inlined into each so
-    /// that `map` never builds the [`MapPath`] it drops.
+    /// The body of [`DmaMapper::map`], [`DmaMapper::map_traced`] and
+    /// [`DmaMapper::map_attrs`], inlined into each so that `map` never builds the
+    /// [`MapPath`] it drops.
     #[inline(always)]
-    fn map_at(
+    pub(super) fn map_at(
         &self,
         dev: &Device,
         phys: PhysAddr,
         len: u64,
         dir: Direction,
+        attrs: MapAttrs,
         site: &'static Location<'static>,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
         let dev = &*self.controls.bus_view(dev);
@@ -88,12 +91,15 @@ impl<P: Platform> DmaMapper<P> {
         let route = self.route(dev, range, dir);
         if let Route::Direct(dma) = route {
             // Returned on its own, so a direct mapping's result stays in registers.
-            let mapped = (self.map_direct(dev, range, dir, dma), MapPath::Direct);
+            let mapped = (
+                self.map_direct_attrs(dev, range, dir, dma, attrs),
+                MapPath::Direct,
+            );
             self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
             return Ok(mapped);
         }
         let result = self
-            .map_routed(dev, range, dir, site, route)
+            .map_routed(dev, range, dir, site, route, attrs)
             .map_err(|f| self.failure_to_error(dev, range, f));
         self.obs.debug_mapped(dev, range, dir, site, &result);
         result
@@ -125,10 +131,24 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
+        self.unmap_at(dev, dma, len, dir, MapAttrs::NONE, Location::caller())
+    }
+
+    /// The body of [`DmaMapper::unmap`] and [`DmaMapper::unmap_attrs`].
+    #[inline(always)]
+    pub(super) fn unmap_at(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+        attrs: MapAttrs,
+        site: &'static Location<'static>,
+    ) -> Result<(), DmaError> {
         let dev = &*self.controls.bus_view(dev);
         checked_extent(dev, dma.as_u64(), len)?;
         let Some(d) = &self.obs.debug else {
-            return self.unmap_range(dev, dma, len, dir);
+            return self.unmap_range_attrs(dev, dma, len, dir, attrs);
         };
         let u = Unmapping {
             dma,
@@ -136,8 +156,8 @@ impl<P: Platform> DmaMapper<P> {
             dir,
             family: MappingFamily::Single,
         };
-        let record = d.unmapping(dev, u, Location::caller());
-        let result = self.unmap_range(dev, dma, len, dir);
+        let record = d.unmapping(dev, u, site);
+        let result = self.unmap_range_attrs(dev, dma, len, dir, attrs);
         if let (Some(m), Err(e)) = (record, &result) {
             if unmap_refused(e) {
                 d.unmap_rejected(m);
@@ -156,11 +176,29 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(), DmaError> {
+        self.unmap_range_attrs(dev, dma, len, dir, MapAttrs::NONE)
+    }
+
+    /// As [`DmaMapper::unmap_range`], with the attributes the mapping was made with.
+    #[inline]
+    fn unmap_range_attrs(
+        &self,
+        dev: &Device,
+        dma: DmaAddr,
+        len: u64,
+        dir: Direction,
+        attrs: MapAttrs,
+    ) -> Result<(), DmaError> {
+        let cpu_sync = !attrs.skips_cpu_sync();
         match self.owner_of(dev, dma)? {
-            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, len, dir),
-            Owner::Bounce(backend, slot) => self.unmap_bounced(backend, dev, dma, slot, len, dir),
+            Owner::Iommu(dom) => self.unmap_iommu(&dom, dev, dma, len, dir, cpu_sync),
+            Owner::Bounce(backend, phys) => {
+                let at = bounce::Slot { dma, phys };
+                self.unmap_bounced(backend, dev, at, len, dir, cpu_sync)
+            }
             Owner::Direct(phys) => {
-                direct::unmap(&self.platform, dev, checked_range(dev, phys, len)?, dir);
+                let range = checked_range(dev, phys, len)?;
+                direct::unmap(&self.platform, dev, range, dir, attrs);
                 Ok(())
             }
         }
@@ -174,8 +212,9 @@ impl<P: Platform> DmaMapper<P> {
         dma: DmaAddr,
         len: u64,
         dir: Direction,
+        cpu_sync: bool,
     ) -> Result<(), DmaError> {
-        let ended = match iommu::path::unmap(&self.platform, dom, dev, dma, len, dir) {
+        let ended = match iommu::path::unmap(&self.platform, dom, dev, dma, len, dir, cpu_sync) {
             Ok(ended) => ended,
             Err(e) => {
                 // A faulted copy back still ended the mapping and released its slot.
@@ -199,12 +238,12 @@ impl<P: Platform> DmaMapper<P> {
         &self,
         backend: &dyn BounceBackend,
         dev: &Device,
-        dma: DmaAddr,
-        slot: PhysAddr,
+        at: bounce::Slot,
         len: u64,
         dir: Direction,
+        cpu_sync: bool,
     ) -> Result<(), DmaError> {
-        let (_, copied) = bounce::unmap(&self.platform, backend, dev, dma, slot, len, dir)?;
+        let (_, copied) = bounce::unmap(&self.platform, backend, dev, at, len, dir, cpu_sync)?;
         self.obs
             .counters
             .copied_from_bounce(self.platform.current_cpu(), dev.id(), copied);
@@ -271,7 +310,7 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// Both syncs: ownership of `part` passes to the CPU (`for_cpu`) or to the device.
-    fn sync(
+    pub(super) fn sync(
         &self,
         dev: &Device,
         part: SyncPart,
@@ -323,7 +362,7 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// The device address of the synced part, validated by [`checked_extent`].
-    fn sync_start(
+    pub(super) fn sync_start(
         &self,
         dev: &Device,
         dma: DmaAddr,
@@ -343,7 +382,12 @@ impl<P: Platform> DmaMapper<P> {
     ///
     /// # Errors
     /// [`DmaError::UnknownMapping`] when `start` lies in none of the device's bus windows.
-    fn synced(&self, dev: &Device, start: DmaAddr, len: u64) -> Result<PhysRange, DmaError> {
+    pub(super) fn synced(
+        &self,
+        dev: &Device,
+        start: DmaAddr,
+        len: u64,
+    ) -> Result<PhysRange, DmaError> {
         let phys = phys_of_bus(dev, start).ok_or(DmaError::UnknownMapping {
             device: dev.id(),
             dma: start,

@@ -15,20 +15,22 @@ use crate::platform::Platform;
 use crate::reintroduce::{self, Defect};
 
 /// Removes the record of the mapping at `key` after checking it belongs to `dev`, has
-/// length `len` (when given) and direction `dir`.
+/// length `len` (when given) and direction `dir`, and maps registers exactly when
+/// `resource` (so neither unmap ends the other's kind of mapping).
 pub(super) fn take_record(
     dom: &IommuDomain,
     dev: &Device,
     key: u64,
     len: Option<u64>,
     dir: Direction,
+    resource: bool,
 ) -> Result<Record, DmaError> {
     let unknown = DmaError::UnknownMapping {
         device: dev.id(),
         dma: DmaAddr::new(key),
     };
     dom.take(key, unknown, |r| {
-        if r.device != dev.id() {
+        if r.device != dev.id() || matches!(r.kind, Kind::Resource) != resource {
             return Err(unknown);
         }
         if let Some(len) = len.filter(|&l| l != r.len) {
@@ -83,14 +85,15 @@ fn unmap_tables(
     }
 }
 
-/// Ends a mapping whose record was taken: page tables, IOTLB (now or queued), CPU side,
-/// IOVA release.
+/// Ends a mapping whose record was taken: page tables, IOTLB (now or queued), CPU side
+/// (maintenance, a bounce's copy back: only with `cpu_sync`), IOVA release.
 pub(super) fn finish<P: Platform + ?Sized>(
     p: &P,
     dom: &IommuDomain,
     dev: &Device,
     key: u64,
     rec: Record,
+    cpu_sync: bool,
 ) -> Result<Ended, DmaError> {
     let cpu = p.current_cpu();
     let (rec, base) = unmap_tables(dom, dev, key, rec)?;
@@ -101,20 +104,22 @@ pub(super) fn finish<P: Platform + ?Sized>(
     let mut result = Ok(Ended::default());
     let mut parked = None;
     match &rec.kind {
+        Kind::Single { .. } | Kind::Sg { .. } if !cpu_sync => {}
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
         Kind::Sg { pieces } => {
             for pc in pieces {
                 cpu_side(p, dev, pc.phys, pc.len, rec.dir);
             }
         }
-        Kind::Pages { .. } => {}
+        Kind::Pages { .. } | Kind::Resource => {}
         Kind::Bounced { backend, slot } => {
             // The bounce path finds the slot by its physical address; the IOVA names the
             // mapping in its errors.
             let dma = DmaAddr::new(key);
             result = if strict {
+                let at = bounce::Slot { dma, phys: *slot };
                 let unmapped =
-                    bounce::unmap(p, backend.as_ref(), dev, dma, *slot, rec.len, rec.dir);
+                    bounce::unmap(p, backend.as_ref(), dev, at, rec.len, rec.dir, cpu_sync);
                 if unmapped.is_err() && !reintroduce::active(Defect::IommuFaultLeaksSlot) {
                     // The copy back faulted (the record matched the slot, so nothing else
                     // can fail): the record and the IOVA are gone, so the slot must go
@@ -135,7 +140,12 @@ pub(super) fn finish<P: Platform + ?Sized>(
                     len: rec.len,
                     dir: rec.dir,
                 };
-                bounce::sync_for_cpu(p, backend.as_ref(), dev, *slot, part).map(|copied| Ended {
+                let copied = if cpu_sync {
+                    bounce::sync_for_cpu(p, backend.as_ref(), dev, *slot, part)
+                } else {
+                    Ok(0)
+                };
+                copied.map(|copied| Ended {
                     freed_room: false,
                     copied,
                 })
@@ -187,7 +197,7 @@ pub(super) fn undo<P: Platform + ?Sized>(
     dir: Direction,
 ) -> Result<(), DmaError> {
     let key = dma.as_u64();
-    let rec = take_record(dom, dev, key, Some(len), dir)?;
+    let rec = take_record(dom, dev, key, Some(len), dir, false)?;
     let (rec, base) = unmap_tables(dom, dev, key, rec)?;
     dom.flush_range(base, rec.mapped);
     match &rec.kind {
@@ -196,7 +206,7 @@ pub(super) fn undo<P: Platform + ?Sized>(
             debug_assert!(abandoned.is_some());
         }
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
-        Kind::Sg { .. } | Kind::Pages { .. } => {}
+        Kind::Sg { .. } | Kind::Pages { .. } | Kind::Resource => {}
     }
     dom.release(rec.iova, p.current_cpu());
     Ok(())

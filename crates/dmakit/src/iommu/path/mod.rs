@@ -23,23 +23,27 @@
 //! backend, and gets back plain results ([`crate::mapped`]).
 //!
 //! Split like the router: `single` (map, unmap), `end` (ending a mapping, shared by unmap
-//! and the sg path), `sync`, and `sg`; this file holds what they share.
+//! and the sg path), `sync`, `sg`, and `resource` (peer device registers); this file holds
+//! what they share.
 
 mod end;
+mod resource;
 mod sg;
 mod single;
 mod sync;
 
 use alloc::sync::Arc;
 
+pub(crate) use resource::{map_resource, unmap_resource};
 pub(crate) use sg::{map_sg, unmap_sg};
 pub(crate) use single::{map, unmap};
-pub(crate) use sync::{sync, SyncTo};
+pub(crate) use sync::{check as check_sync, is_bounced, sync, SyncTo};
 
 use super::domain::{IommuDomain, Record};
 use super::iova::IovaError;
 use super::records::Reservation;
 use crate::addr::PhysRange;
+use crate::attrs::MapAttrs;
 use crate::bounce::BounceBackend;
 use crate::decision::{self, AlignmentPolicy, BounceReason};
 use crate::device::Device;
@@ -56,6 +60,9 @@ pub(crate) struct MapCtx<'a> {
     pub(crate) fill_inbound: bool,
     /// Every mapping bounces, whatever the device says (the mapper's `force_bounce_all`).
     pub(crate) force_bounce: bool,
+    /// The mapping's attributes ([`MapAttrs::SKIP_CPU_SYNC`]: no maintenance for a buffer
+    /// mapped in place).
+    pub(crate) attrs: MapAttrs,
 }
 
 impl MapCtx<'_> {

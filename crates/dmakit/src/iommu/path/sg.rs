@@ -78,7 +78,7 @@ pub(crate) fn map_sg<P: Platform + ?Sized>(
                     for (dma, len) in keys {
                         // Mapped just above with these arguments.
                         let undone = if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
-                            unmap(p, dom, dev, dma, len, dir).map(|_| ())
+                            unmap(p, dom, dev, dma, len, dir, true).map(|_| ())
                         } else {
                             undo(p, dom, dev, dma, len, dir)
                         };
@@ -212,7 +212,8 @@ pub(crate) fn unmap_sg<P: Platform + ?Sized>(
     keys.sort_unstable();
     keys.dedup();
     for k in keys {
-        let r = take_record(dom, dev, k, None, dir).and_then(|rec| finish(p, dom, dev, k, rec));
+        let r = take_record(dom, dev, k, None, dir, false)
+            .and_then(|rec| finish(p, dom, dev, k, rec, true));
         if let (Err(e), true) = (r, first.is_ok()) {
             first = Err(e);
         }

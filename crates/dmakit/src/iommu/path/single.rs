@@ -16,7 +16,7 @@ use crate::mapped::MapPath;
 use crate::platform::{IommuPerm, Platform};
 
 /// Reserves IOVA pages for `len` granule-aligned bytes at `phys` and maps them.
-fn map_granules(
+pub(super) fn map_granules(
     dom: &IommuDomain,
     dev: &Device,
     phys: u64,
@@ -70,7 +70,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
         let (first, span) = granule_span(start, range.len(), g)
             .ok_or_else(|| MapFailure::Failed(overflow(dev, start, range.len())))?;
         let iova = map_granules(dom, dev, first, span, perm, cpu).map_err(MapFailure::Failed)?;
-        if !dev.is_coherent() {
+        if !dev.is_coherent() && !ctx.attrs.skips_cpu_sync() {
             maintenance::for_device(p, range, dir);
         }
         let dma = dom.iova_addr(iova).add(start - first);
@@ -166,8 +166,9 @@ fn bounce_in<P: Platform + ?Sized>(
     }
 }
 
-/// Ends the mapping at `dma` of `len` bytes in `dir`. Returns whether a bounce slot was
-/// released (deferred mappings may fit now).
+/// Ends the mapping at `dma` of `len` bytes in `dir`; without `cpu_sync` (the mapping's
+/// `SKIP_CPU_SYNC`) the CPU side — maintenance, a bounce's copy back — is left to the
+/// caller. Returns whether a bounce slot was released (deferred mappings may fit now).
 ///
 /// # Errors
 /// [`DmaError::UnknownMapping`] (not a live mapping of `dev`), [`DmaError::OutOfMapping`]
@@ -182,7 +183,8 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     dma: DmaAddr,
     len: u64,
     dir: Direction,
+    cpu_sync: bool,
 ) -> Result<Ended, DmaError> {
-    let rec = take_record(dom, dev, dma.as_u64(), Some(len), dir)?;
-    finish(p, dom, dev, dma.as_u64(), rec)
+    let rec = take_record(dom, dev, dma.as_u64(), Some(len), dir, false)?;
+    finish(p, dom, dev, dma.as_u64(), rec, cpu_sync)
 }

@@ -37,6 +37,62 @@ pub(super) fn containing(
     Ok(key)
 }
 
+/// The key and record of the live mapping of `dev` that `part` (whose first byte is at
+/// `addr`) syncs, checked as every sync checks it.
+fn checked_record<'r>(
+    recs: &'r Records<Record>,
+    dev: &Device,
+    part: SyncPart,
+    addr: u64,
+) -> Result<(u64, &'r Record), DmaError> {
+    let SyncPart { dma, len, dir, .. } = part;
+    // The mapping the caller names is the one holding `dma`; the synced part must lie
+    // in it, even where another mapping of the device starts right after it.
+    let key = if reintroduce::active(Defect::IommuSyncStraysIntoNeighbour) {
+        containing(recs, dev, addr, len)?
+    } else {
+        containing(recs, dev, dma.as_u64(), 1)?
+    };
+    let Some(r) = recs.get(key) else {
+        return Err(DmaError::UnknownMapping {
+            device: dev.id(),
+            dma,
+        });
+    };
+    if (addr - key).checked_add(len).is_none_or(|end| end > r.len) {
+        return Err(DmaError::OutOfMapping {
+            device: dev.id(),
+            dma: DmaAddr::new(addr),
+            len,
+            mapped_len: r.len,
+        });
+    }
+    if !r.dir.permits_sync(dir) {
+        return Err(DmaError::WrongDirection {
+            device: dev.id(),
+            mapped: r.dir,
+            requested: dir,
+        });
+    }
+    Ok((key, r))
+}
+
+/// The first byte a sync of `part` touches.
+fn part_start(dev: &Device, part: SyncPart) -> Result<u64, DmaError> {
+    let dma = part.dma.as_u64();
+    dma.checked_add(part.offset)
+        .ok_or(overflow(dev, dma, part.offset))
+}
+
+/// Whether [`sync`] of `part` would be accepted, without touching anything.
+///
+/// # Errors
+/// The refusals of [`sync`] other than a copy fault.
+pub(crate) fn check(dom: &IommuDomain, dev: &Device, part: SyncPart) -> Result<(), DmaError> {
+    let addr = part_start(dev, part)?;
+    dom.with_records(|recs| checked_record(recs, dev, part, addr).map(|_| ()))
+}
+
 /// Which way a sync hands ownership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SyncTo {
@@ -64,46 +120,11 @@ pub(crate) fn sync<P: Platform + ?Sized>(
     part: SyncPart,
     to: SyncTo,
 ) -> Result<u64, DmaError> {
-    let SyncPart {
-        dma,
-        offset,
-        len,
-        dir,
-    } = part;
-    let addr = dma
-        .as_u64()
-        .checked_add(offset)
-        .ok_or(overflow(dev, dma.as_u64(), offset))?;
+    let SyncPart { len, dir, .. } = part;
+    let addr = part_start(dev, part)?;
     // A bounce is synced after the records' lock is dropped; the rest under it.
-    let bounced = dom.with_records(|recs| {
-        // The mapping the caller names is the one holding `dma`; the synced part must lie
-        // in it, even where another mapping of the device starts right after it.
-        let key = if reintroduce::active(Defect::IommuSyncStraysIntoNeighbour) {
-            containing(recs, dev, addr, len)?
-        } else {
-            containing(recs, dev, dma.as_u64(), 1)?
-        };
-        let Some(r) = recs.get(key) else {
-            return Err(DmaError::UnknownMapping {
-                device: dev.id(),
-                dma,
-            });
-        };
-        if (addr - key).checked_add(len).is_none_or(|end| end > r.len) {
-            return Err(DmaError::OutOfMapping {
-                device: dev.id(),
-                dma: DmaAddr::new(addr),
-                len,
-                mapped_len: r.len,
-            });
-        }
-        if !r.dir.permits_sync(dir) {
-            return Err(DmaError::WrongDirection {
-                device: dev.id(),
-                mapped: r.dir,
-                requested: dir,
-            });
-        }
+    let bounced = dom.with_records(|recs| -> Result<_, DmaError> {
+        let (key, r) = checked_record(recs, dev, part, addr)?;
         let at = addr - key;
         let maintain = |phys: PhysAddr, n: u64| {
             if dev.is_coherent() {
@@ -122,6 +143,7 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                 maintain(phys.add(at), len);
                 Ok(None)
             }
+            Kind::Resource => Ok(None),
             Kind::Sg { pieces } | Kind::Pages { pieces } => {
                 let (lo, hi) = (addr, addr + len);
                 for pc in pieces {
@@ -154,4 +176,16 @@ pub(crate) fn sync<P: Platform + ?Sized>(
         }
         SyncTo::Cpu => bounce::sync_for_cpu(p, backend.as_ref(), dev, slot, part),
     }
+}
+
+/// Whether a sync of the mapping of `dev` holding `dma` would copy a bounce: true for a
+/// bounced mapping, and for an address in no live mapping of `dev` (so a driver asking
+/// about a wrong address never skips a sync it needs).
+pub(crate) fn is_bounced(dom: &IommuDomain, dev: &Device, dma: DmaAddr) -> bool {
+    dom.with_records(|recs| {
+        containing(recs, dev, dma.as_u64(), 1)
+            .ok()
+            .and_then(|key| recs.get(key))
+            .is_none_or(|r| matches!(r.kind, Kind::Bounced { .. }))
+    })
 }
