@@ -578,3 +578,10 @@ mod paths {
         assert_eq!(mapper.deferred_len(), 0);
     }
 }
+
+#[path = "no_alloc/checker_sg.rs"]
+mod checker_sg;
+#[path = "no_alloc/coherent.rs"]
+mod coherent;
+#[path = "no_alloc/iova.rs"]
+mod iova;

@@ -1,0 +1,1 @@
+//! IOVA allocation allocates nothing, whatever the size and however fragmented the space.
