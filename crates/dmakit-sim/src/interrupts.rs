@@ -1,9 +1,8 @@
 //! A local interrupt controller for the model: masking per CPU, pending interrupts, and a
 //! watchdog that turns a self-deadlock into a report.
 //!
-//! dmakit's locks mask interrupts through the system's
-//! [`InterruptControl`](dmakit::platform::InterruptControl); [`SimInterrupts`] is that
-//! control for the model, so tests can raise an interrupt at the worst moment, inside a map
+//! dmakit's locks mask interrupts through the system's [`InterruptControl`];
+//! [`SimInterrupts`] is that control for the model, so tests can raise an interrupt at the worst moment, inside a map
 //! path's critical section, and see what happens. A test thread is one CPU: its masked
 //! state, its open lock sections and its pending interrupt are thread-local, and a handler
 //! runs on the interrupted thread, as on hardware.
