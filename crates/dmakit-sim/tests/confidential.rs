@@ -8,6 +8,8 @@
 //!   private again when it is removed;
 //! - the coherent bounce pool;
 //! - coherent allocations (`DmaAllocator`), from pages and from the atomic pool;
+//! - the other allocations a force-bounce device gets (`alloc_pages`, `alloc_noncontiguous`,
+//!   `alloc_sg`): shared while they live, private again once freed;
 //!
 //! every device access stays in shared memory (no `PrivateMemory` fault) and the oracle is
 //! clean. A refused share is a clean error that leaves the memory out of use. The control,
@@ -21,8 +23,9 @@ use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig, NoTransl
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::swiotlb::{PoolConfig, RegionError, SwiotlbBounce};
 use dmakit::{
-    BouncePool, Device, DeviceId, Direction, DmaAllocError, DmaError, DmaMapper, DomainConfig,
-    HazardControls, HostSharing, IommuDma, PageAllocator, PhysRange, SgEntry, PAGE_SIZE,
+    BouncePool, CacheMaintenance, Device, DeviceId, Direction, DmaAddr, DmaAllocError, DmaError,
+    DmaMapper, DomainConfig, HazardControls, HostSharing, IommuDma, PageAllocator, PhysRange,
+    SgEntry, PAGE_SIZE,
 };
 use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{
@@ -612,4 +615,241 @@ fn a_refused_transient_share_fails_the_map_and_returns_the_pages() {
     );
     assert_eq!(free(), 64, "the transient pages went back unused");
     assert_eq!(mapper.transient().unwrap().usage().live, 0);
+}
+
+/// The device writes a pattern of `len` bytes at `dma` and reads it back: whether both
+/// accesses went through and the device read its own bytes.
+fn device_writes(m: &Machine, dev: &Device, dma: DmaAddr, len: u64, seed: u8) -> bool {
+    let data = vec![seed; len as usize];
+    m.grant(dev.id(), dma, len).unwrap();
+    let ok = m.device_write(dev.id(), dma, &data, Owner(7)).is_ok()
+        && m.device_read(dev.id(), dma, len)
+            .is_ok_and(|r| r.data == data);
+    m.revoke(dev.id(), dma, len).unwrap();
+    ok
+}
+
+/// Whether the CPU sees `len` bytes of `seed` at `phys`.
+fn cpu_sees(m: &Machine, phys: dmakit::PhysAddr, len: u64, seed: u8) -> bool {
+    let mut got = vec![0; len as usize];
+    m.cpu_read(phys, &mut got).unwrap();
+    got.iter().all(|&b| b == seed)
+}
+
+/// What a run of one allocation kind for a force-bounce device saw.
+struct KindRun {
+    /// Private-memory faults.
+    faults: usize,
+    /// Whether every allocation was shared with the host while it lived.
+    shared_while_live: bool,
+    /// Whether every device round trip went through and the CPU saw the device's bytes.
+    round_trips: bool,
+    /// Whether every allocation's pages were private again after free.
+    private_after_free: bool,
+}
+
+/// Sizes the allocation-kind runs use: a partial page, one page, several with a tail.
+const KIND_SIZES: [u64; 3] = [512, PAGE_SIZE, 3 * PAGE_SIZE + 100];
+
+/// `alloc_pages` for a force-bounce device: the device writes and reads the pages through
+/// their DMA address between the syncs, and the CPU sees its bytes.
+fn pages_run(skip: bool) -> KindRun {
+    let (m, shared) = guest(47);
+    let alloc = allocator(&m, sharing(&shared, skip), false);
+    let dev = bouncer(14, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let (mut shared_while_live, mut round_trips, mut private_after_free) = (true, true, true);
+    for (i, size) in KIND_SIZES.into_iter().enumerate() {
+        let seed = 0x41 + i as u8;
+        let p = alloc
+            .alloc_pages(&dev, size, Direction::Bidirectional)
+            .unwrap();
+        shared_while_live &= shared.is_shared(p.phys().as_u64(), size);
+        alloc.sync_pages_for_device(&dev, &p, 0, size).unwrap();
+        let ok = device_writes(&m, &dev, p.dma(), size, seed);
+        alloc.sync_pages_for_cpu(&dev, &p, 0, size).unwrap();
+        round_trips &= ok && cpu_sees(&m, p.phys(), size, seed);
+        let phys = p.phys();
+        alloc.free_pages(&dev, p).map_err(|r| r.error).unwrap();
+        private_after_free &=
+            !shared.is_shared(phys.as_u64(), 1) && !shared.is_shared(phys.as_u64() + size - 1, 1);
+    }
+    KindRun {
+        faults: private_faults(&m),
+        shared_while_live,
+        round_trips,
+        private_after_free,
+    }
+}
+
+/// `alloc_noncontiguous` for a force-bounce device on the plain bus: the device uses the
+/// table's one device address between the syncs.
+fn noncontiguous_run(skip: bool) -> KindRun {
+    let (m, shared) = guest(53);
+    let alloc = allocator(&m, sharing(&shared, skip), false);
+    let dev = bouncer(15, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let (mut shared_while_live, mut round_trips, mut private_after_free) = (true, true, true);
+    for (i, size) in KIND_SIZES.into_iter().enumerate() {
+        let seed = 0x51 + i as u8;
+        let t = alloc
+            .alloc_noncontiguous(&dev, size, Direction::Bidirectional)
+            .unwrap();
+        let chunks: Vec<PhysRange> = t
+            .chunks()
+            .iter()
+            .map(|c| PhysRange::new(c.phys(), c.bytes()).unwrap())
+            .collect();
+        assert_eq!(chunks.len(), 1, "one physical chunk without an IOMMU");
+        shared_while_live &= t.chunks().iter().all(|c| c.shared())
+            && chunks
+                .iter()
+                .all(|c| shared.is_shared(c.start().as_u64(), c.len()));
+        alloc.sync_noncontiguous_for_device(&dev, &t).unwrap();
+        let ok = device_writes(&m, &dev, t.dma_addr().unwrap(), size, seed);
+        alloc.sync_noncontiguous_for_cpu(&dev, &t).unwrap();
+        round_trips &= ok && cpu_sees(&m, chunks[0].start(), size, seed);
+        alloc
+            .free_noncontiguous(&dev, t)
+            .map_err(|r| r.error)
+            .unwrap();
+        private_after_free &= chunks.iter().all(|c| {
+            !shared.is_shared(c.start().as_u64(), 1) && !shared.is_shared(c.last().as_u64(), 1)
+        });
+    }
+    KindRun {
+        faults: private_faults(&m),
+        shared_while_live,
+        round_trips,
+        private_after_free,
+    }
+}
+
+/// `alloc_sg` for a force-bounce device on the plain bus, which sees memory at its
+/// physical addresses: the device writes and reads every entry of the table, the CPU
+/// invalidates the entry and sees the device's bytes.
+fn sg_table_run(skip: bool) -> KindRun {
+    let (m, shared) = guest(59);
+    let alloc = allocator(&m, sharing(&shared, skip), false);
+    let dev = bouncer(16, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let (mut shared_while_live, mut round_trips, mut private_after_free) = (true, true, true);
+    for (i, size) in KIND_SIZES.into_iter().enumerate() {
+        let seed = 0x61 + i as u8;
+        let t = alloc.alloc_sg(&dev, size).unwrap();
+        assert!(!t.needs_bounce(), "the zones lie below the device's mask");
+        let chunks: Vec<PhysRange> = t
+            .chunks()
+            .iter()
+            .map(|c| PhysRange::new(c.phys(), c.bytes()).unwrap())
+            .collect();
+        shared_while_live &= t.chunks().iter().all(|c| c.shared())
+            && chunks
+                .iter()
+                .all(|c| shared.is_shared(c.start().as_u64(), c.len()));
+        for e in t.entries() {
+            // The device has no bus ranges: it sees memory at its physical addresses.
+            let ok = device_writes(&m, &dev, DmaAddr::new(e.phys.as_u64()), e.len, seed);
+            (&m).invalidate(PhysRange::new(e.phys, e.len).unwrap());
+            round_trips &= ok && cpu_sees(&m, e.phys, e.len, seed);
+        }
+        alloc.free_sg(&dev, t).map_err(|r| r.error).unwrap();
+        private_after_free &= chunks.iter().all(|c| {
+            !shared.is_shared(c.start().as_u64(), 1) && !shared.is_shared(c.last().as_u64(), 1)
+        });
+    }
+    KindRun {
+        faults: private_faults(&m),
+        shared_while_live,
+        round_trips,
+        private_after_free,
+    }
+}
+
+/// The assertions every allocation kind shares, run and control.
+fn assert_kind(name: &str, run: fn(bool) -> KindRun) {
+    let r = run(false);
+    assert_eq!(r.faults, 0, "{name}");
+    assert!(r.shared_while_live, "{name}: shared while it lives");
+    assert!(r.round_trips, "{name}: the device's bytes reach the CPU");
+    assert!(r.private_after_free, "{name}: private again after free");
+    // Control: the allocations stay private; every device access faults.
+    let r = run(true);
+    assert!(!r.shared_while_live, "{name} control");
+    assert!(!r.round_trips, "{name} control");
+    assert!(r.faults > 0, "{name} control: private memory faults");
+}
+
+#[test]
+fn pages_for_force_bounce_devices_come_from_shared_memory() {
+    assert_kind("alloc_pages", pages_run);
+}
+
+#[test]
+fn noncontiguous_tables_for_force_bounce_devices_come_from_shared_memory() {
+    assert_kind("alloc_noncontiguous", noncontiguous_run);
+}
+
+#[test]
+fn sg_tables_for_force_bounce_devices_come_from_shared_memory() {
+    assert_kind("alloc_sg", sg_table_run);
+}
+
+#[test]
+fn a_refused_share_fails_every_page_allocation_cleanly() {
+    let (m, shared) = guest(61);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    let zones = Arc::new(
+        ZonedPageAllocator::new(&[PhysRange::new(base, 256 * PAGE_SIZE).unwrap()]).unwrap(),
+    );
+    let free = || {
+        zones
+            .stats()
+            .iter()
+            .map(|z| z.pages.free_pages)
+            .sum::<u64>()
+    };
+    let alloc = DmaAllocator::new(
+        &m,
+        zones.clone(),
+        NoTranslation,
+        DmaAllocatorConfig {
+            atomic_pool_bytes: 16 * KIB,
+            ..DmaAllocatorConfig::default()
+        },
+        None,
+    )
+    .unwrap()
+    .with_memory_sharing(sharing(&shared, false), false)
+    .map_err(|r| r.error)
+    .unwrap();
+    let dev = bouncer(17, BouncePool::Swiotlb);
+    let (free_before, shared_before) = (free(), shared.shared_pages());
+    shared.set_refuse(true);
+    let size = 2 * PAGE_SIZE;
+    let errors = [
+        alloc
+            .alloc_pages(&dev, size, Direction::ToDevice)
+            .map(|_| ())
+            .unwrap_err(),
+        alloc
+            .alloc_noncontiguous(&dev, size, Direction::ToDevice)
+            .map(|_| ())
+            .unwrap_err(),
+        alloc.alloc_sg(&dev, size).map(|_| ()).unwrap_err(),
+    ];
+    for e in errors {
+        assert!(matches!(e, DmaAllocError::NotShared(_)), "{e}");
+        assert!(e.to_string().contains("shared"), "{e}");
+    }
+    assert_eq!(free(), free_before, "every page went back");
+    assert_eq!(shared.shared_pages(), shared_before, "nothing left shared");
+    // A device that need not bounce is not converted, so the refusal does not touch it.
+    let p = alloc
+        .alloc_pages(&plain(18), size, Direction::ToDevice)
+        .unwrap();
+    alloc
+        .free_pages(&plain(18), p)
+        .map_err(|r| r.error)
+        .unwrap();
 }
