@@ -8,6 +8,8 @@
 //!   private again when it is removed;
 //! - the coherent bounce pool;
 //! - coherent allocations (`DmaAllocator`), from pages and from the atomic pool;
+//! - the pools the mapper's builder makes, whether `memory_sharing` comes before or after
+//!   them;
 //! - the other allocations a force-bounce device gets (`alloc_pages`, `alloc_noncontiguous`,
 //!   `alloc_sg`): shared while they live, private again once freed;
 //!
@@ -95,6 +97,7 @@ fn swiotlb_mapper(m: &Machine, s: HostSharing, all: bool) -> DmaMapper<&Machine>
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
     let b = DmaMapper::builder(m)
         .memory_sharing(s)
+        .unwrap()
         .swiotlb(base, 1 << 20)
         .unwrap();
     if all { b.force_bounce_all() } else { b }.build()
@@ -207,6 +210,7 @@ fn iommu_run(skip: bool) -> (WorkloadOutcome, WorkloadOutcome, usize, bool) {
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
     let mapper = DmaMapper::builder(&m)
         .memory_sharing(sharing(&shared, skip))
+        .unwrap()
         .swiotlb(base, 1 << 20)
         .unwrap()
         .iommu(dma)
@@ -272,6 +276,7 @@ fn growth_run(skip: bool) -> Grown {
     );
     let mapper = DmaMapper::builder(&m)
         .memory_sharing(sharing(&shared, skip))
+        .unwrap()
         .swiotlb_backend(pool.clone())
         .transient_pages(zoned)
         .build();
@@ -585,6 +590,7 @@ fn a_refused_transient_share_fails_the_map_and_returns_the_pages() {
     };
     let mapper = DmaMapper::builder(&m)
         .memory_sharing(s)
+        .unwrap()
         .swiotlb_backend(pool.clone())
         .transient_pages(zoned.clone())
         .force_bounce_all()
@@ -852,4 +858,109 @@ fn a_refused_share_fails_every_page_allocation_cleanly() {
         .free_pages(&plain(18), p)
         .map_err(|r| r.error)
         .unwrap();
+}
+
+/// What a run with the builder's pools saw.
+struct OrderRun {
+    /// The global pool's device, then the restricted pool's.
+    outcomes: [WorkloadOutcome; 2],
+    /// Private-memory faults.
+    faults: usize,
+    /// Whether both pools' memory was shared when the mapper was built.
+    pools_shared: bool,
+}
+
+const RESTRICTED: u64 = 256 * KIB;
+
+/// A mapper whose builder makes a 1 MiB SWIOTLB pool and a restricted pool for device 20,
+/// with `memory_sharing` given first or last; a force-bounce device uses the global pool and
+/// device 20 its own.
+fn order_run(sharing_first: bool, skip: bool) -> OrderRun {
+    let (m, shared) = guest(67);
+    let s = sharing(&shared, skip);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    let own = m.alloc_pages(RESTRICTED / PAGE_SIZE, BELOW_4G).unwrap();
+    let restricted = plain(20);
+    fn pools<'a>(
+        b: dmakit::DmaMapperBuilder<&'a Machine>,
+        (base, own, restricted): (dmakit::PhysAddr, dmakit::PhysAddr, DeviceId),
+    ) -> dmakit::DmaMapperBuilder<&'a Machine> {
+        b.swiotlb(base, 1 << 20)
+            .unwrap()
+            .restricted_pool(restricted, own, RESTRICTED)
+            .unwrap()
+    }
+    let memory = (base, own, restricted.id());
+    let b = DmaMapper::builder(&m);
+    let mapper = if sharing_first {
+        pools(b.memory_sharing(s).unwrap(), memory)
+    } else {
+        pools(b, memory).memory_sharing(s).unwrap()
+    }
+    .build();
+    let pools_shared =
+        shared.is_shared(base.as_u64(), 1 << 20) && shared.is_shared(own.as_u64(), RESTRICTED);
+    let global = bouncer(21, BouncePool::Swiotlb);
+    let outcomes = [
+        run_workload(&m, &mapper, &global, workload(71)).unwrap(),
+        run_workload(&m, &mapper, &restricted, workload(73)).unwrap(),
+    ];
+    OrderRun {
+        outcomes,
+        faults: private_faults(&m),
+        pools_shared,
+    }
+}
+
+#[test]
+fn the_builder_shares_its_pools_whether_sharing_comes_first_or_last() {
+    for sharing_first in [true, false] {
+        let r = order_run(sharing_first, false);
+        assert!(r.pools_shared, "sharing first: {sharing_first}");
+        for out in &r.outcomes {
+            assert!(out.report.is_clean(), "{sharing_first}: {}", out.report);
+            assert_eq!(out.map_errors, 0, "{:?}", out.first_map_error);
+            assert!(out.report.checked_bytes > 0);
+        }
+        assert_eq!(r.faults, 0);
+        // Control: conversions skipped; both pools stay private and the devices fault.
+        let r = order_run(sharing_first, true);
+        assert!(!r.pools_shared);
+        assert!(r.faults > 0, "control, sharing first: {sharing_first}");
+    }
+}
+
+#[test]
+fn sharing_given_twice_or_refused_after_the_pools_leaves_no_memory_wrongly_shared() {
+    let (m, shared) = guest(79);
+    let s = sharing(&shared, false);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    // Given twice through the same hook: the remade pool's memory stays shared.
+    let mapper = DmaMapper::builder(&m)
+        .memory_sharing(s.clone())
+        .unwrap()
+        .swiotlb(base, 1 << 20)
+        .unwrap()
+        .memory_sharing(s.clone())
+        .unwrap()
+        .build();
+    assert!(shared.is_shared(base.as_u64(), 1 << 20));
+    assert_eq!(shared.shared_pages(), 256);
+    let out = run_workload(&m, &mapper, &bouncer(22, BouncePool::Swiotlb), workload(83)).unwrap();
+    assert!(out.report.is_clean(), "{}", out.report);
+    assert_eq!(private_faults(&m), 0);
+    drop(mapper);
+
+    // Refused after the pool was made: a clean error, and nothing is left shared.
+    let (m, shared) = guest(89);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    let b = DmaMapper::builder(&m).swiotlb(base, 1 << 20).unwrap();
+    shared.set_refuse(true);
+    let e = b
+        .memory_sharing(sharing(&shared, false))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, RegionError::NotShared { .. }), "{e}");
+    assert!(e.to_string().contains("could not be shared"), "{e}");
+    assert_eq!(shared.shared_pages(), 0);
 }
