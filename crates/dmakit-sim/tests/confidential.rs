@@ -756,7 +756,7 @@ fn sg_table_run(skip: bool) -> KindRun {
         for e in t.entries() {
             // The device has no bus ranges: it sees memory at its physical addresses.
             let ok = device_writes(&m, &dev, DmaAddr::new(e.phys.as_u64()), e.len, seed);
-            (&m).invalidate(PhysRange::new(e.phys, e.len).unwrap());
+            m.invalidate(PhysRange::new(e.phys, e.len).unwrap());
             round_trips &= ok && cpu_sees(&m, e.phys, e.len, seed);
         }
         alloc.free_sg(&dev, t).map_err(|r| r.error).unwrap();
@@ -881,10 +881,10 @@ fn order_run(sharing_first: bool, skip: bool) -> OrderRun {
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
     let own = m.alloc_pages(RESTRICTED / PAGE_SIZE, BELOW_4G).unwrap();
     let restricted = plain(20);
-    fn pools<'a>(
-        b: dmakit::DmaMapperBuilder<&'a Machine>,
+    fn pools(
+        b: dmakit::DmaMapperBuilder<&Machine>,
         (base, own, restricted): (dmakit::PhysAddr, dmakit::PhysAddr, DeviceId),
-    ) -> dmakit::DmaMapperBuilder<&'a Machine> {
+    ) -> dmakit::DmaMapperBuilder<&Machine> {
         b.swiotlb(base, 1 << 20)
             .unwrap()
             .restricted_pool(restricted, own, RESTRICTED)

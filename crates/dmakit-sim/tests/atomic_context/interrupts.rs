@@ -555,17 +555,15 @@ fn host_transfer(r: &HostRig, dev: &Device, phys: PhysAddr, len: u64, seed: u8) 
     (bounced, seen == cpu && back == device)
 }
 
+/// What each host transfer of the handler gave: (bounced, bytes intact).
+type HostOutcomes = Rc<RefCell<Vec<(bool, bool)>>>;
+
 /// Raises a handler doing a bounced and a direct transfer inside the critical section of
 /// a bounced map on the host; returns the interrupted transfer's result (or the deadlock)
 /// and the handler's.
-fn host_interrupt(
-    irq: &SimInterrupts,
-) -> (
-    Result<(bool, bool), Deadlock>,
-    Rc<RefCell<Vec<(bool, bool)>>>,
-) {
+fn host_interrupt(irq: &SimInterrupts) -> (Result<(bool, bool), Deadlock>, HostOutcomes) {
     let r = host_rig();
-    let out: Rc<RefCell<Vec<(bool, bool)>>> = Rc::default();
+    let out: HostOutcomes = Rc::default();
     let (handler_out, hr) = (out.clone(), host_rig_view(&r));
     irq.raise_in_next_nested_section(Box::new(move || {
         let b = host_transfer(&hr, &hr.bounced, PhysAddr::new(4 * MIB + 8), 200, 0x31);
@@ -621,7 +619,7 @@ fn control_without_masking_the_host_platform_deadlocks_on_the_held_lock() {
     irq.set_masking(false);
     let before = irq.stats();
     let (result, _) = host_interrupt(irq);
-    let deadlock = result.err().expect("the handler ran inside the section");
+    let deadlock = result.expect_err("the handler ran inside the section");
     assert!(deadlock.held_sections >= 1, "{deadlock:?}");
     assert_eq!(irq.stats().delivered_at_once, before.delivered_at_once + 1);
     assert!(!irq.masked() && irq.open_sections() == 0);
