@@ -8,6 +8,10 @@
 //!   private again when it is removed;
 //! - the coherent bounce pool;
 //! - coherent allocations (`DmaAllocator`), from pages and from the atomic pool;
+//! - the pools the mapper's builder makes, whether `memory_sharing` comes before or after
+//!   them;
+//! - the other allocations a force-bounce device gets (`alloc_pages`, `alloc_noncontiguous`,
+//!   `alloc_sg`): shared while they live, private again once freed;
 //!
 //! every device access stays in shared memory (no `PrivateMemory` fault) and the oracle is
 //! clean. A refused share is a clean error that leaves the memory out of use. The control,
@@ -21,8 +25,9 @@ use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig, NoTransl
 use dmakit::growth::{GrowthHook, GrowthRequest};
 use dmakit::swiotlb::{PoolConfig, RegionError, SwiotlbBounce};
 use dmakit::{
-    BouncePool, Device, DeviceId, Direction, DmaAllocError, DmaError, DmaMapper, DomainConfig,
-    HazardControls, HostSharing, IommuDma, PageAllocator, PhysRange, SgEntry, PAGE_SIZE,
+    BouncePool, CacheMaintenance, Device, DeviceId, Direction, DmaAddr, DmaAllocError, DmaError,
+    DmaMapper, DomainConfig, HazardControls, HostSharing, IommuDma, PageAllocator, PhysRange,
+    SgEntry, PAGE_SIZE,
 };
 use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{
@@ -92,6 +97,7 @@ fn swiotlb_mapper(m: &Machine, s: HostSharing, all: bool) -> DmaMapper<&Machine>
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
     let b = DmaMapper::builder(m)
         .memory_sharing(s)
+        .unwrap()
         .swiotlb(base, 1 << 20)
         .unwrap();
     if all { b.force_bounce_all() } else { b }.build()
@@ -204,6 +210,7 @@ fn iommu_run(skip: bool) -> (WorkloadOutcome, WorkloadOutcome, usize, bool) {
     let base = m.alloc_pages(256, BELOW_4G).unwrap();
     let mapper = DmaMapper::builder(&m)
         .memory_sharing(sharing(&shared, skip))
+        .unwrap()
         .swiotlb(base, 1 << 20)
         .unwrap()
         .iommu(dma)
@@ -269,6 +276,7 @@ fn growth_run(skip: bool) -> Grown {
     );
     let mapper = DmaMapper::builder(&m)
         .memory_sharing(sharing(&shared, skip))
+        .unwrap()
         .swiotlb_backend(pool.clone())
         .transient_pages(zoned)
         .build();
@@ -582,6 +590,7 @@ fn a_refused_transient_share_fails_the_map_and_returns_the_pages() {
     };
     let mapper = DmaMapper::builder(&m)
         .memory_sharing(s)
+        .unwrap()
         .swiotlb_backend(pool.clone())
         .transient_pages(zoned.clone())
         .force_bounce_all()
@@ -612,4 +621,346 @@ fn a_refused_transient_share_fails_the_map_and_returns_the_pages() {
     );
     assert_eq!(free(), 64, "the transient pages went back unused");
     assert_eq!(mapper.transient().unwrap().usage().live, 0);
+}
+
+/// The device writes a pattern of `len` bytes at `dma` and reads it back: whether both
+/// accesses went through and the device read its own bytes.
+fn device_writes(m: &Machine, dev: &Device, dma: DmaAddr, len: u64, seed: u8) -> bool {
+    let data = vec![seed; len as usize];
+    m.grant(dev.id(), dma, len).unwrap();
+    let ok = m.device_write(dev.id(), dma, &data, Owner(7)).is_ok()
+        && m.device_read(dev.id(), dma, len)
+            .is_ok_and(|r| r.data == data);
+    m.revoke(dev.id(), dma, len).unwrap();
+    ok
+}
+
+/// Whether the CPU sees `len` bytes of `seed` at `phys`.
+fn cpu_sees(m: &Machine, phys: dmakit::PhysAddr, len: u64, seed: u8) -> bool {
+    let mut got = vec![0; len as usize];
+    m.cpu_read(phys, &mut got).unwrap();
+    got.iter().all(|&b| b == seed)
+}
+
+/// What a run of one allocation kind for a force-bounce device saw.
+struct KindRun {
+    /// Private-memory faults.
+    faults: usize,
+    /// Whether every allocation was shared with the host while it lived.
+    shared_while_live: bool,
+    /// Whether every device round trip went through and the CPU saw the device's bytes.
+    round_trips: bool,
+    /// Whether every allocation's pages were private again after free.
+    private_after_free: bool,
+}
+
+/// Sizes the allocation-kind runs use: a partial page, one page, several with a tail.
+const KIND_SIZES: [u64; 3] = [512, PAGE_SIZE, 3 * PAGE_SIZE + 100];
+
+/// `alloc_pages` for a force-bounce device: the device writes and reads the pages through
+/// their DMA address between the syncs, and the CPU sees its bytes.
+fn pages_run(skip: bool) -> KindRun {
+    let (m, shared) = guest(47);
+    let alloc = allocator(&m, sharing(&shared, skip), false);
+    let dev = bouncer(14, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let (mut shared_while_live, mut round_trips, mut private_after_free) = (true, true, true);
+    for (i, size) in KIND_SIZES.into_iter().enumerate() {
+        let seed = 0x41 + i as u8;
+        let p = alloc
+            .alloc_pages(&dev, size, Direction::Bidirectional)
+            .unwrap();
+        shared_while_live &= shared.is_shared(p.phys().as_u64(), size);
+        alloc.sync_pages_for_device(&dev, &p, 0, size).unwrap();
+        let ok = device_writes(&m, &dev, p.dma(), size, seed);
+        alloc.sync_pages_for_cpu(&dev, &p, 0, size).unwrap();
+        round_trips &= ok && cpu_sees(&m, p.phys(), size, seed);
+        let phys = p.phys();
+        alloc.free_pages(&dev, p).map_err(|r| r.error).unwrap();
+        private_after_free &=
+            !shared.is_shared(phys.as_u64(), 1) && !shared.is_shared(phys.as_u64() + size - 1, 1);
+    }
+    KindRun {
+        faults: private_faults(&m),
+        shared_while_live,
+        round_trips,
+        private_after_free,
+    }
+}
+
+/// `alloc_noncontiguous` for a force-bounce device on the plain bus: the device uses the
+/// table's one device address between the syncs.
+fn noncontiguous_run(skip: bool) -> KindRun {
+    let (m, shared) = guest(53);
+    let alloc = allocator(&m, sharing(&shared, skip), false);
+    let dev = bouncer(15, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let (mut shared_while_live, mut round_trips, mut private_after_free) = (true, true, true);
+    for (i, size) in KIND_SIZES.into_iter().enumerate() {
+        let seed = 0x51 + i as u8;
+        let t = alloc
+            .alloc_noncontiguous(&dev, size, Direction::Bidirectional)
+            .unwrap();
+        let chunks: Vec<PhysRange> = t
+            .chunks()
+            .iter()
+            .map(|c| PhysRange::new(c.phys(), c.bytes()).unwrap())
+            .collect();
+        assert_eq!(chunks.len(), 1, "one physical chunk without an IOMMU");
+        shared_while_live &= t.chunks().iter().all(|c| c.shared())
+            && chunks
+                .iter()
+                .all(|c| shared.is_shared(c.start().as_u64(), c.len()));
+        alloc.sync_noncontiguous_for_device(&dev, &t).unwrap();
+        let ok = device_writes(&m, &dev, t.dma_addr().unwrap(), size, seed);
+        alloc.sync_noncontiguous_for_cpu(&dev, &t).unwrap();
+        round_trips &= ok && cpu_sees(&m, chunks[0].start(), size, seed);
+        alloc
+            .free_noncontiguous(&dev, t)
+            .map_err(|r| r.error)
+            .unwrap();
+        private_after_free &= chunks.iter().all(|c| {
+            !shared.is_shared(c.start().as_u64(), 1) && !shared.is_shared(c.last().as_u64(), 1)
+        });
+    }
+    KindRun {
+        faults: private_faults(&m),
+        shared_while_live,
+        round_trips,
+        private_after_free,
+    }
+}
+
+/// `alloc_sg` for a force-bounce device on the plain bus, which sees memory at its
+/// physical addresses: the device writes and reads every entry of the table, the CPU
+/// invalidates the entry and sees the device's bytes.
+fn sg_table_run(skip: bool) -> KindRun {
+    let (m, shared) = guest(59);
+    let alloc = allocator(&m, sharing(&shared, skip), false);
+    let dev = bouncer(16, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let (mut shared_while_live, mut round_trips, mut private_after_free) = (true, true, true);
+    for (i, size) in KIND_SIZES.into_iter().enumerate() {
+        let seed = 0x61 + i as u8;
+        let t = alloc.alloc_sg(&dev, size).unwrap();
+        assert!(!t.needs_bounce(), "the zones lie below the device's mask");
+        let chunks: Vec<PhysRange> = t
+            .chunks()
+            .iter()
+            .map(|c| PhysRange::new(c.phys(), c.bytes()).unwrap())
+            .collect();
+        shared_while_live &= t.chunks().iter().all(|c| c.shared())
+            && chunks
+                .iter()
+                .all(|c| shared.is_shared(c.start().as_u64(), c.len()));
+        for e in t.entries() {
+            // The device has no bus ranges: it sees memory at its physical addresses.
+            let ok = device_writes(&m, &dev, DmaAddr::new(e.phys.as_u64()), e.len, seed);
+            m.invalidate(PhysRange::new(e.phys, e.len).unwrap());
+            round_trips &= ok && cpu_sees(&m, e.phys, e.len, seed);
+        }
+        alloc.free_sg(&dev, t).map_err(|r| r.error).unwrap();
+        private_after_free &= chunks.iter().all(|c| {
+            !shared.is_shared(c.start().as_u64(), 1) && !shared.is_shared(c.last().as_u64(), 1)
+        });
+    }
+    KindRun {
+        faults: private_faults(&m),
+        shared_while_live,
+        round_trips,
+        private_after_free,
+    }
+}
+
+/// The assertions every allocation kind shares, run and control.
+fn assert_kind(name: &str, run: fn(bool) -> KindRun) {
+    let r = run(false);
+    assert_eq!(r.faults, 0, "{name}");
+    assert!(r.shared_while_live, "{name}: shared while it lives");
+    assert!(r.round_trips, "{name}: the device's bytes reach the CPU");
+    assert!(r.private_after_free, "{name}: private again after free");
+    // Control: the allocations stay private; every device access faults.
+    let r = run(true);
+    assert!(!r.shared_while_live, "{name} control");
+    assert!(!r.round_trips, "{name} control");
+    assert!(r.faults > 0, "{name} control: private memory faults");
+}
+
+#[test]
+fn pages_for_force_bounce_devices_come_from_shared_memory() {
+    assert_kind("alloc_pages", pages_run);
+}
+
+#[test]
+fn noncontiguous_tables_for_force_bounce_devices_come_from_shared_memory() {
+    assert_kind("alloc_noncontiguous", noncontiguous_run);
+}
+
+#[test]
+fn sg_tables_for_force_bounce_devices_come_from_shared_memory() {
+    assert_kind("alloc_sg", sg_table_run);
+}
+
+#[test]
+fn a_refused_share_fails_every_page_allocation_cleanly() {
+    let (m, shared) = guest(61);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    let zones = Arc::new(
+        ZonedPageAllocator::new(&[PhysRange::new(base, 256 * PAGE_SIZE).unwrap()]).unwrap(),
+    );
+    let free = || {
+        zones
+            .stats()
+            .iter()
+            .map(|z| z.pages.free_pages)
+            .sum::<u64>()
+    };
+    let alloc = DmaAllocator::new(
+        &m,
+        zones.clone(),
+        NoTranslation,
+        DmaAllocatorConfig {
+            atomic_pool_bytes: 16 * KIB,
+            ..DmaAllocatorConfig::default()
+        },
+        None,
+    )
+    .unwrap()
+    .with_memory_sharing(sharing(&shared, false), false)
+    .map_err(|r| r.error)
+    .unwrap();
+    let dev = bouncer(17, BouncePool::Swiotlb);
+    let (free_before, shared_before) = (free(), shared.shared_pages());
+    shared.set_refuse(true);
+    let size = 2 * PAGE_SIZE;
+    let errors = [
+        alloc
+            .alloc_pages(&dev, size, Direction::ToDevice)
+            .map(|_| ())
+            .unwrap_err(),
+        alloc
+            .alloc_noncontiguous(&dev, size, Direction::ToDevice)
+            .map(|_| ())
+            .unwrap_err(),
+        alloc.alloc_sg(&dev, size).map(|_| ()).unwrap_err(),
+    ];
+    for e in errors {
+        assert!(matches!(e, DmaAllocError::NotShared(_)), "{e}");
+        assert!(e.to_string().contains("shared"), "{e}");
+    }
+    assert_eq!(free(), free_before, "every page went back");
+    assert_eq!(shared.shared_pages(), shared_before, "nothing left shared");
+    // A device that need not bounce is not converted, so the refusal does not touch it.
+    let p = alloc
+        .alloc_pages(&plain(18), size, Direction::ToDevice)
+        .unwrap();
+    alloc
+        .free_pages(&plain(18), p)
+        .map_err(|r| r.error)
+        .unwrap();
+}
+
+/// What a run with the builder's pools saw.
+struct OrderRun {
+    /// The global pool's device, then the restricted pool's.
+    outcomes: [WorkloadOutcome; 2],
+    /// Private-memory faults.
+    faults: usize,
+    /// Whether both pools' memory was shared when the mapper was built.
+    pools_shared: bool,
+}
+
+const RESTRICTED: u64 = 256 * KIB;
+
+/// A mapper whose builder makes a 1 MiB SWIOTLB pool and a restricted pool for device 20,
+/// with `memory_sharing` given first or last; a force-bounce device uses the global pool and
+/// device 20 its own.
+fn order_run(sharing_first: bool, skip: bool) -> OrderRun {
+    let (m, shared) = guest(67);
+    let s = sharing(&shared, skip);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    let own = m.alloc_pages(RESTRICTED / PAGE_SIZE, BELOW_4G).unwrap();
+    let restricted = plain(20);
+    fn pools(
+        b: dmakit::DmaMapperBuilder<&Machine>,
+        (base, own, restricted): (dmakit::PhysAddr, dmakit::PhysAddr, DeviceId),
+    ) -> dmakit::DmaMapperBuilder<&Machine> {
+        b.swiotlb(base, 1 << 20)
+            .unwrap()
+            .restricted_pool(restricted, own, RESTRICTED)
+            .unwrap()
+    }
+    let memory = (base, own, restricted.id());
+    let b = DmaMapper::builder(&m);
+    let mapper = if sharing_first {
+        pools(b.memory_sharing(s).unwrap(), memory)
+    } else {
+        pools(b, memory).memory_sharing(s).unwrap()
+    }
+    .build();
+    let pools_shared =
+        shared.is_shared(base.as_u64(), 1 << 20) && shared.is_shared(own.as_u64(), RESTRICTED);
+    let global = bouncer(21, BouncePool::Swiotlb);
+    let outcomes = [
+        run_workload(&m, &mapper, &global, workload(71)).unwrap(),
+        run_workload(&m, &mapper, &restricted, workload(73)).unwrap(),
+    ];
+    OrderRun {
+        outcomes,
+        faults: private_faults(&m),
+        pools_shared,
+    }
+}
+
+#[test]
+fn the_builder_shares_its_pools_whether_sharing_comes_first_or_last() {
+    for sharing_first in [true, false] {
+        let r = order_run(sharing_first, false);
+        assert!(r.pools_shared, "sharing first: {sharing_first}");
+        for out in &r.outcomes {
+            assert!(out.report.is_clean(), "{sharing_first}: {}", out.report);
+            assert_eq!(out.map_errors, 0, "{:?}", out.first_map_error);
+            assert!(out.report.checked_bytes > 0);
+        }
+        assert_eq!(r.faults, 0);
+        // Control: conversions skipped; both pools stay private and the devices fault.
+        let r = order_run(sharing_first, true);
+        assert!(!r.pools_shared);
+        assert!(r.faults > 0, "control, sharing first: {sharing_first}");
+    }
+}
+
+#[test]
+fn sharing_given_twice_or_refused_after_the_pools_leaves_no_memory_wrongly_shared() {
+    let (m, shared) = guest(79);
+    let s = sharing(&shared, false);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    // Given twice through the same hook: the remade pool's memory stays shared.
+    let mapper = DmaMapper::builder(&m)
+        .memory_sharing(s.clone())
+        .unwrap()
+        .swiotlb(base, 1 << 20)
+        .unwrap()
+        .memory_sharing(s.clone())
+        .unwrap()
+        .build();
+    assert!(shared.is_shared(base.as_u64(), 1 << 20));
+    assert_eq!(shared.shared_pages(), 256);
+    let out = run_workload(&m, &mapper, &bouncer(22, BouncePool::Swiotlb), workload(83)).unwrap();
+    assert!(out.report.is_clean(), "{}", out.report);
+    assert_eq!(private_faults(&m), 0);
+    drop(mapper);
+
+    // Refused after the pool was made: a clean error, and nothing is left shared.
+    let (m, shared) = guest(89);
+    let base = m.alloc_pages(256, BELOW_4G).unwrap();
+    let b = DmaMapper::builder(&m).swiotlb(base, 1 << 20).unwrap();
+    shared.set_refuse(true);
+    let e = b
+        .memory_sharing(sharing(&shared, false))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, RegionError::NotShared { .. }), "{e}");
+    assert!(e.to_string().contains("could not be shared"), "{e}");
+    assert_eq!(shared.shared_pages(), 0);
 }

@@ -10,6 +10,11 @@
 //! the interrupted lock is released, and everything completes clean. The control switches
 //! masking off: the handler then runs inside the critical section, spins on the lock the
 //! interrupted map holds, and the controller's watchdog reports the deadlock.
+//!
+//! The same holds on the host platform (real memory, the test playing the device), with its
+//! own control; and a deferral the handler queues on a full pool waits, without blocking
+//! the handler, until the interrupted context unmaps, and then completes there with no lock
+//! held.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,9 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::swiotlb::{PoolConfig, SwiotlbBounce};
 use dmakit::{
-    BouncePool, Device, DeviceId, Direction, DmaMapper, DomainConfig, IommuDma, MapPath, MapStatus,
-    PageAllocator, PhysAddr, PhysRange,
+    BouncePool, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper, DomainConfig, IommuDma,
+    MapPath, MapStatus, PageAllocator, PhysAddr, PhysRange,
 };
+use dmakit_sim::host::{HostMaintenance, HostPlatform};
 use dmakit_sim::transfer::{Scratch, Transfer, TransferKnobs, TransferOutcome};
 use dmakit_sim::{
     Deadlock, Machine, MachineConfig, Oracle, OracleReport, Owner, RoutedTranslation,
@@ -358,5 +364,264 @@ fn control_without_masking_the_interrupt_deadlocks_on_the_held_lock() {
         assert_eq!(after.delivered_on_restore, before.delivered_on_restore);
         assert!(!irq.masked() && irq.open_sections() == 0);
     }
+    irq.set_masking(true);
+}
+
+/// What a deferred request's completion saw when it ran.
+#[derive(Debug)]
+struct Completion {
+    result: Result<DmaAddr, DmaError>,
+    /// dmakit lock sections open on the completing thread (0: no lock held).
+    open_sections: u32,
+    /// Whether interrupts were masked.
+    masked: bool,
+}
+
+/// Bytes of each bounce that fills the rig's 1 MiB SWIOTLB pool.
+const FILL: u64 = 32 * 1024;
+/// Bytes of the request the handler defers.
+const DEFERRED: u64 = 512;
+
+#[test]
+fn a_deferral_queued_in_an_interrupt_completes_when_the_interrupted_context_unmaps() {
+    let _serial = serial();
+    let irq = SimInterrupts::install().unwrap();
+    irq.set_masking(true);
+    let r = rig(31);
+    let dev = Device::builder(DeviceId(6), "deferred")
+        .cache_line(LINE)
+        .dma_bits(32)
+        .force_bounce(true)
+        .build()
+        .unwrap();
+    r.m.attach(dev.clone()).unwrap();
+    // Fill the pool.
+    let fill = r.m.alloc_pages(40 * FILL / 4096, BELOW_4G).unwrap();
+    let mut held = Vec::new();
+    loop {
+        assert!(held.len() < 40, "a 1 MiB pool holds 32 bounces of 32 KiB");
+        let phys = fill.add(held.len() as u64 * FILL);
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        match unsafe { r.mapper.map(&dev, phys, FILL, Direction::ToDevice) } {
+            Ok(dma) => held.push(dma),
+            Err(DmaError::PoolExhausted { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The buffer the handler maps, holding what the CPU wrote.
+    let buf = r.m.alloc_pages(1, BELOW_4G).unwrap();
+    let (owner, pattern) = (Owner(500), vec![0xa5u8; DEFERRED as usize]);
+    let mut oracle = Oracle::new(LINE).unwrap();
+    oracle
+        .register(r.m, owner, buf, DEFERRED, "deferred")
+        .unwrap();
+    r.m.cpu_write(buf, &pattern, owner).unwrap();
+    oracle.cpu_stored(buf, &pattern, owner);
+
+    let done: Arc<Mutex<Option<Completion>>> = Arc::default();
+    let status: Rc<RefCell<Option<Result<MapStatus, DmaError>>>> = Rc::default();
+    let (mapper, handler_dev, handler_done, handler_status) =
+        (r.mapper, dev.clone(), done.clone(), status.clone());
+    irq.raise_in_next_nested_section(Box::new(move || {
+        let record = Box::new(move |result| {
+            *handler_done.lock().unwrap() = Some(Completion {
+                result,
+                open_sections: irq.open_sections(),
+                masked: irq.masked(),
+            });
+        });
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let s = unsafe {
+            mapper.map_or_defer(&handler_dev, buf, DEFERRED, Direction::ToDevice, record)
+        };
+        *handler_status.borrow_mut() = Some(s);
+    }));
+    // The interrupted map: the first of an IOMMU domain (magazines held, depot taken).
+    let before = irq.stats();
+    let mut bench = Bench::new(&r, 31, 1);
+    let (outcome, report) = irq
+        .catch_deadlock(|| {
+            let o = bench.transfer(&r.strict, WHOLE_LINES.0, WHOLE_LINES.1);
+            (o, bench.oracle.take_report())
+        })
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(
+        irq.stats().delivered_on_restore,
+        before.delivered_on_restore + 1
+    );
+    assert!(matches!(
+        outcome,
+        TransferOutcome::Done(MapPath::Iommu { .. })
+    ));
+    clean(&report);
+    // The handler queued the request and returned; nothing completed it yet.
+    assert_eq!(*status.borrow(), Some(Ok(MapStatus::Deferred)));
+    assert!(done.lock().unwrap().is_none());
+
+    // The interrupted context unmaps one bounce: room, and the request completes here.
+    let freed = held.pop().unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { r.mapper.unmap(&dev, freed, FILL, Direction::ToDevice) }.unwrap();
+    let c = done
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the unmap completed the request");
+    assert_eq!(
+        (c.open_sections, c.masked),
+        (0, false),
+        "no lock held: {c:?}"
+    );
+    let dma = c.result.unwrap();
+    // The device reads what the CPU wrote, through the bounce.
+    r.m.grant(dev.id(), dma, DEFERRED).unwrap();
+    let read = r.m.device_read(dev.id(), dma, DEFERRED).unwrap();
+    r.m.revoke(dev.id(), dma, DEFERRED).unwrap();
+    oracle
+        .check_device_read(buf, &read.data, &read.owners, owner)
+        .unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { r.mapper.unmap(&dev, dma, DEFERRED, Direction::ToDevice) }.unwrap();
+    for dma in held {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { r.mapper.unmap(&dev, dma, FILL, Direction::ToDevice) }.unwrap();
+    }
+    oracle
+        .check_transfer(r.m, PhysRange::new(buf, DEFERRED).unwrap(), owner)
+        .unwrap();
+    clean(&oracle.take_report());
+    let checker = r.mapper.debug_checker().unwrap();
+    assert!(checker.reports().is_empty(), "{:?}", checker.reports());
+    assert!(checker.live().is_empty());
+}
+
+/// The host platform's arena, a mapper with a SWIOTLB pool in it, a device that bounces
+/// buffers sharing cache lines and one that maps in place. Leaked: the interrupt handler
+/// is `'static`.
+struct HostRig {
+    host: &'static HostPlatform,
+    mapper: &'static DmaMapper<&'static HostPlatform>,
+    bounced: Device,
+    direct: Device,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn host_rig() -> HostRig {
+    let host: &'static HostPlatform = Box::leak(Box::new(
+        HostPlatform::new(0, 8 * MIB, 1, LINE, HostMaintenance::None).unwrap(),
+    ));
+    let cfg = PoolConfig::builder()
+        .cpu_count(1)
+        .max_cache_line(LINE)
+        .build()
+        .unwrap();
+    let pool = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
+    pool.add_region(PhysAddr::new(0), 2 * MIB).unwrap();
+    let mapper = Box::leak(Box::new(
+        DmaMapper::builder(host)
+            .swiotlb_backend(Arc::new(pool))
+            .debug_checker()
+            .build(),
+    ));
+    HostRig {
+        host,
+        mapper,
+        bounced: device(7, "host-bounced", BouncePool::Swiotlb),
+        direct: Device::builder(DeviceId(8), "host-direct")
+            .coherent(true)
+            .build()
+            .unwrap(),
+    }
+}
+
+/// One bidirectional transfer on the host of `len` bytes at `phys`, the test playing the
+/// device (it reads at the DMA address, which the arena's identity bus makes a physical
+/// one, and writes there): returns the path taken and whether the device read what the
+/// CPU wrote and the CPU read what the device wrote.
+fn host_transfer(r: &HostRig, dev: &Device, phys: PhysAddr, len: u64, seed: u8) -> (bool, bool) {
+    let (cpu, device) = (vec![seed; len as usize], vec![!seed; len as usize]);
+    r.host.write(phys, &cpu).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { r.mapper.map(dev, phys, len, Direction::Bidirectional) }.unwrap();
+    let bounced = dma.as_u64() != phys.as_u64();
+    let mut seen = vec![0; len as usize];
+    r.host.read(PhysAddr::new(dma.as_u64()), &mut seen).unwrap();
+    r.host.write(PhysAddr::new(dma.as_u64()), &device).unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { r.mapper.unmap(dev, dma, len, Direction::Bidirectional) }.unwrap();
+    let mut back = vec![0; len as usize];
+    r.host.read(phys, &mut back).unwrap();
+    (bounced, seen == cpu && back == device)
+}
+
+/// What each host transfer of the handler gave: (bounced, bytes intact).
+type HostOutcomes = Rc<RefCell<Vec<(bool, bool)>>>;
+
+/// Raises a handler doing a bounced and a direct transfer inside the critical section of
+/// a bounced map on the host; returns the interrupted transfer's result (or the deadlock)
+/// and the handler's.
+fn host_interrupt(irq: &SimInterrupts) -> (Result<(bool, bool), Deadlock>, HostOutcomes) {
+    let r = host_rig();
+    let out: HostOutcomes = Rc::default();
+    let (handler_out, hr) = (out.clone(), host_rig_view(&r));
+    irq.raise_in_next_nested_section(Box::new(move || {
+        let b = host_transfer(&hr, &hr.bounced, PhysAddr::new(4 * MIB + 8), 200, 0x31);
+        let d = host_transfer(&hr, &hr.direct, PhysAddr::new(5 * MIB), 256, 0x32);
+        handler_out.borrow_mut().extend([b, d]);
+    }));
+    let result = irq.catch_deadlock(|| {
+        host_transfer(
+            &r,
+            &r.bounced,
+            PhysAddr::new(6 * MIB + SHARED_LINES.0),
+            SHARED_LINES.1,
+            0x33,
+        )
+    });
+    (result, out)
+}
+
+/// A second view of the same leaked rig, for the handler.
+fn host_rig_view(r: &HostRig) -> HostRig {
+    HostRig {
+        host: r.host,
+        mapper: r.mapper,
+        bounced: r.bounced.clone(),
+        direct: r.direct.clone(),
+    }
+}
+
+#[test]
+fn a_map_from_an_interrupt_inside_a_critical_section_completes_on_the_host_platform() {
+    let _serial = serial();
+    let irq = SimInterrupts::install().unwrap();
+    irq.set_masking(true);
+    let before = irq.stats();
+    let (result, out) = host_interrupt(irq);
+    let interrupted = result.unwrap_or_else(|d| panic!("{d:?}"));
+    let after = irq.stats();
+    assert_eq!(after.delivered_on_restore, before.delivered_on_restore + 1);
+    assert_eq!(after.delivered_at_once, before.delivered_at_once);
+    assert_eq!(interrupted, (true, true), "bounced, bytes intact");
+    assert_eq!(
+        *out.borrow(),
+        [(true, true), (false, true)],
+        "bounced, then in place"
+    );
+    assert!(!irq.masked() && irq.open_sections() == 0);
+}
+
+#[test]
+fn control_without_masking_the_host_platform_deadlocks_on_the_held_lock() {
+    let _serial = serial();
+    let irq = SimInterrupts::install().unwrap();
+    irq.set_masking(false);
+    let before = irq.stats();
+    let (result, _) = host_interrupt(irq);
+    let deadlock = result.expect_err("the handler ran inside the section");
+    assert!(deadlock.held_sections >= 1, "{deadlock:?}");
+    assert_eq!(irq.stats().delivered_at_once, before.delivered_at_once + 1);
+    assert!(!irq.masked() && irq.open_sections() == 0);
     irq.set_masking(true);
 }

@@ -28,12 +28,16 @@ where
     /// Behind a translating [`DeviceAddressSpace`] they come from anywhere. Without one they
     /// come from the zones the device's mask reaches; when those run out, the rest comes
     /// from anywhere and is marked unreachable ([`SgTable::needs_bounce`]): mapping the
-    /// table through [`crate::DmaMapper::map_sg`] then bounces those chunks.
+    /// table through [`crate::DmaMapper::map_sg`] then bounces those chunks. With
+    /// [`DmaAllocator::with_memory_sharing`], the chunks of a device that must bounce are
+    /// shared with the host before they are zeroed, and made private again by
+    /// [`DmaAllocator::free_sg`]. The call may block: never make it in atomic context.
     ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`];
     /// [`DmaAllocError::OutOfMemory`] when even the fallback finds no memory;
-    /// [`DmaAllocError::Memory`] when zeroing is refused. Nothing is left allocated.
+    /// [`DmaAllocError::Memory`] when zeroing is refused; [`DmaAllocError::NotShared`] when
+    /// the host refuses a chunk. Nothing is left allocated or shared.
     pub fn alloc_sg(&self, dev: &Device, size: u64) -> Result<SgTable, DmaAllocError> {
         let pages = self.pages_for(dev, size)?;
         let translated = self.translated(dev);

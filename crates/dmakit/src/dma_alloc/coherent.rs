@@ -142,11 +142,9 @@ where
             }
         };
         let shared = self.must_share(dev);
-        if shared {
-            if let Err(f) = self.sharing().share(range) {
-                self.give_pages(phys, pages);
-                return Err(DmaAllocError::NotShared(f));
-            }
+        if let Err(e) = self.share_if(shared, range) {
+            self.give_pages(phys, pages);
+            return Err(e);
         }
         let uncached = !dev.is_coherent();
         if uncached {
@@ -441,13 +439,6 @@ where
             self.atomic.growth_failed();
         }
         r
-    }
-
-    /// Makes `range` private again if it was `shared` for the device.
-    fn unshare_if(&self, shared: bool, range: PhysRange) {
-        if shared {
-            self.sharing().unshare(range);
-        }
     }
 
     /// Occupancy of the atomic pool.

@@ -233,10 +233,12 @@ where
     /// built with [`crate::DmaMapperBuilder::force_bounce_all`]) is shared with the host
     /// through `sharing`, since such devices reach no private memory: the atomic pool's
     /// memory, now and as it grows (it serves every device, so it is shared whole), and
-    /// the pages [`DmaAllocator::alloc_coherent`] takes for those devices, made private
-    /// again when they are freed ([`DmaAllocator::release`] makes the atomic pool private
-    /// again). Conversions may block: they are made where memory is obtained, never on an
-    /// atomic allocation.
+    /// the pages [`DmaAllocator::alloc_coherent`], [`DmaAllocator::alloc_pages`],
+    /// [`DmaAllocator::alloc_noncontiguous`] and [`DmaAllocator::alloc_sg`] take for those
+    /// devices, made private again when they are freed ([`DmaAllocator::release`] makes the
+    /// atomic pool private again). Conversions may block: they are made where memory is
+    /// obtained, never on an atomic allocation (an atomic coherent allocation to share is
+    /// served by the atomic pool; the other kinds may block and take no context).
     ///
     /// # Errors
     /// [`DmaAllocError::NotShared`] when the platform refuses to share the atomic pool; the
@@ -272,6 +274,27 @@ where
     /// The host sharing of memory for devices that must bounce.
     pub(crate) fn sharing(&self) -> &HostSharing {
         &self.sharing
+    }
+
+    /// Shares `range` with the host when `shared` (it is memory taken for a device that
+    /// must bounce, see [`Self::must_share`]).
+    ///
+    /// # Errors
+    /// [`DmaAllocError::NotShared`]; the range is private then.
+    pub(crate) fn share_if(&self, shared: bool, range: PhysRange) -> Result<(), DmaAllocError> {
+        if shared {
+            self.sharing
+                .share(range)
+                .map_err(DmaAllocError::NotShared)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `range` private again if it was `shared` by [`Self::share_if`].
+    pub(crate) fn unshare_if(&self, shared: bool, range: PhysRange) {
+        if shared {
+            self.sharing.unshare(range);
+        }
     }
 
     /// The platform.

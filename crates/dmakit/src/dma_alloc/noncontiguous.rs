@@ -15,7 +15,7 @@ use crate::direction::Direction;
 use crate::dma_alloc::sg_table::{Placement, TableShape};
 use crate::dma_alloc::zones::ZonedPages;
 use crate::dma_alloc::{
-    DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgChunk, SgTable, TableKind,
+    DeviceAddressSpace, DmaAllocError, DmaAllocator, Rejected, SgTable, TableKind,
 };
 use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory};
 
@@ -31,13 +31,16 @@ where
     /// the device's mask reaches. With translation: chunks anywhere (as large as memory
     /// allows, down to single pages), mapped contiguously through the
     /// [`DeviceAddressSpace`]. The CPU owns the memory after allocation; pass it to the
-    /// device with [`DmaAllocator::sync_noncontiguous_for_device`].
+    /// device with [`DmaAllocator::sync_noncontiguous_for_device`]. With
+    /// [`DmaAllocator::with_memory_sharing`], the chunks of a device that must bounce are
+    /// shared with the host before they are zeroed, and made private again when the table
+    /// is freed. The call may block: never make it in atomic context.
     ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`],
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`],
-    /// [`DmaAllocError::Memory`], [`DmaAllocError::DeviceSpace`]; nothing is left
-    /// allocated or mapped.
+    /// [`DmaAllocError::Memory`], [`DmaAllocError::NotShared`] (the host refused a chunk),
+    /// [`DmaAllocError::DeviceSpace`]; nothing is left allocated, mapped or shared.
     pub fn alloc_noncontiguous(
         &self,
         dev: &Device,
@@ -50,14 +53,13 @@ where
             self.alloc_chunks(dev, pages, unit, Z::MAX_BLOCK_PAGES, Placement::Anywhere)?
         } else {
             let phys = self.take_contiguous(dev, pages)?;
-            let chunk = vec![SgChunk::new_reachable(phys, pages)];
-            let zeroed =
-                crate::dma_alloc::page_range(phys, pages).and_then(|r| self.zero_cached(r));
-            if let Err(e) = zeroed {
-                self.free_chunks(&chunk);
-                return Err(e);
+            match self.prepare_chunk(dev, phys, pages, true) {
+                Ok(chunk) => vec![chunk],
+                Err(e) => {
+                    self.give_pages(phys, pages);
+                    return Err(e);
+                }
             }
-            chunk
         };
         let shape = |dma| TableShape {
             size,

@@ -26,6 +26,8 @@ pub struct DmaPages {
     dir: Direction,
     device: DeviceId,
     translated: bool,
+    /// Shared with the host for a device that must bounce.
+    shared: bool,
     owner: u64,
 }
 
@@ -49,12 +51,16 @@ where
     /// Allocates `size` bytes of cached, physically contiguous, zeroed pages `dev` can
     /// reach, for transfers in `dir` (Linux `dma_alloc_pages`). Memory holds the zeros and
     /// no line of the pages is dirty, so the device never sees an earlier owner's data.
+    /// With [`DmaAllocator::with_memory_sharing`], the pages of a device that must bounce
+    /// are shared with the host before they are zeroed, and made private again by
+    /// [`DmaAllocator::free_pages`]. The call may block (it takes pages and may convert
+    /// them): never make it in atomic context.
     ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`],
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`],
-    /// [`DmaAllocError::Memory`], [`DmaAllocError::DeviceSpace`]; nothing is left
-    /// allocated.
+    /// [`DmaAllocError::Memory`], [`DmaAllocError::NotShared`] (the host refused the
+    /// pages), [`DmaAllocError::DeviceSpace`]; nothing is left allocated or shared.
     pub fn alloc_pages(
         &self,
         dev: &Device,
@@ -71,8 +77,17 @@ where
                     len: size,
                 }))
         });
-        let made = ranges.and_then(|(all, range)| {
-            self.zero_cached(all)?;
+        let shared = self.must_share(dev);
+        let ranges =
+            ranges.and_then(|(all, range)| self.share_if(shared, all).map(|()| (all, range)));
+        let (all, range) = match ranges {
+            Ok(r) => r,
+            Err(e) => {
+                self.give_pages(phys, pages);
+                return Err(e);
+            }
+        };
+        let made = self.zero_cached(all).and_then(|()| {
             let dma = self.device_address(dev, phys, pages, dir)?;
             Ok(DmaPages {
                 range,
@@ -81,16 +96,19 @@ where
                 dir,
                 device: dev.id(),
                 translated: self.translated(dev),
+                shared,
                 owner: self.id(),
             })
         });
         if made.is_err() {
+            self.unshare_if(shared, all);
             self.give_pages(phys, pages);
         }
         made
     }
 
-    /// Returns pages from [`DmaAllocator::alloc_pages`] (Linux `dma_free_pages`).
+    /// Returns pages from [`DmaAllocator::alloc_pages`] (Linux `dma_free_pages`), private
+    /// again if they were shared with the host.
     ///
     /// # Errors
     /// [`DmaAllocError::ForeignHandle`], [`DmaAllocError::WrongDevice`],
@@ -101,7 +119,9 @@ where
         let checked = self
             .check_owner(pages.owner, pages.device, dev)
             .and_then(|()| self.drop_device_address(dev, pages.dma, pages.pages, pages.translated))
-            .and_then(|()| {
+            .and_then(|()| page_range(pages.phys(), pages.pages))
+            .and_then(|all| {
+                self.unshare_if(pages.shared, all);
                 self.zones()
                     .free(pages.phys(), pages.pages)
                     .map_err(DmaAllocError::PageAllocator)

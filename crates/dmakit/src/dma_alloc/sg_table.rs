@@ -37,6 +37,8 @@ pub struct SgChunk {
     phys: PhysAddr,
     pages: u64,
     reachable: bool,
+    /// Shared with the host for a device that must bounce.
+    shared: bool,
 }
 
 impl SgChunk {
@@ -57,12 +59,10 @@ impl SgChunk {
     pub fn reachable(&self) -> bool {
         self.reachable
     }
-    pub(crate) fn new_reachable(phys: PhysAddr, pages: u64) -> Self {
-        Self {
-            phys,
-            pages,
-            reachable: true,
-        }
+    /// Whether the chunk is shared with the host (see
+    /// [`DmaAllocator::with_memory_sharing`]).
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 }
 
@@ -190,7 +190,7 @@ where
     /// Takes `pages` pages (a multiple of `unit`) in chunks of at most `max_chunk` pages,
     /// largest first, halving the chunk size on shortage but never below `unit` and always
     /// a multiple of it (so a chunk is aligned to `unit` pages: whole IOMMU granules), and
-    /// zeroes them (memory holds the zeros). On error every chunk taken is given back.
+    /// prepares them ([`Self::prepare_chunk`]). On error every chunk taken is given back.
     pub(crate) fn alloc_chunks(
         &self,
         dev: &Device,
@@ -220,16 +220,15 @@ where
                     let reachable = translated
                         || reachable_only
                         || coherent_bus_address(dev, phys, want).is_some();
-                    chunks.push(SgChunk {
-                        phys,
-                        pages: want,
-                        reachable,
-                    });
-                    remaining -= want;
-                    if let Err(e) = page_range(phys, want).and_then(|r| self.zero_cached(r)) {
-                        self.free_chunks(&chunks);
-                        return Err(e);
+                    match self.prepare_chunk(dev, phys, want, reachable) {
+                        Ok(chunk) => chunks.push(chunk),
+                        Err(e) => {
+                            self.give_pages(phys, want);
+                            self.free_chunks(&chunks);
+                            return Err(e);
+                        }
                     }
+                    remaining -= want;
                 }
                 Err(PageAllocError::OutOfMemory { .. }) if want > unit => {
                     want = (want / 2 / unit * unit).max(unit)
@@ -255,9 +254,45 @@ where
         Ok(chunks)
     }
 
-    /// Gives back chunks taken by [`Self::alloc_chunks`] in this call.
+    /// Makes `pages` pages at `phys`, just taken for `dev`, a chunk of a table: shared with
+    /// the host when `dev` must bounce ([`DmaAllocator::with_memory_sharing`]), then zeroed
+    /// (memory holds the zeros). The caller gives the pages back on error.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::NotShared`], [`DmaAllocError::Memory`]; the pages are private then.
+    pub(crate) fn prepare_chunk(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        pages: u64,
+        reachable: bool,
+    ) -> Result<SgChunk, DmaAllocError> {
+        let range = page_range(phys, pages)?;
+        let shared = self.must_share(dev);
+        self.share_if(shared, range)?;
+        if let Err(e) = self.zero_cached(range) {
+            self.unshare_if(shared, range);
+            return Err(e);
+        }
+        Ok(SgChunk {
+            phys,
+            pages,
+            reachable,
+            shared,
+        })
+    }
+
+    /// Makes a chunk private again if it was shared.
+    fn unshare_chunk(&self, c: &SgChunk) {
+        if let Ok(range) = page_range(c.phys, c.pages) {
+            self.unshare_if(c.shared, range);
+        }
+    }
+
+    /// Gives back chunks taken by [`Self::alloc_chunks`] in this call, private again.
     pub(crate) fn free_chunks(&self, chunks: &[SgChunk]) {
         for c in chunks {
+            self.unshare_chunk(c);
             self.give_pages(c.phys, c.pages);
         }
     }
@@ -315,6 +350,7 @@ where
         }
         let mut first_err = None;
         for c in &table.chunks {
+            self.unshare_chunk(c);
             if let Err(e) = self.zones().free(c.phys, c.pages) {
                 first_err.get_or_insert(DmaAllocError::PageAllocator(e));
             }

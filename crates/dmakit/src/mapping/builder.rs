@@ -6,6 +6,7 @@
 //! over, and the mapper itself has no setters.
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use crate::addr::PhysAddr;
 use crate::bounce::{BounceBackend, TransientPool};
@@ -35,6 +36,7 @@ impl<P: Platform> DmaMapper<P> {
             mapper: DmaMapper::new(platform),
             sharing: HostSharing::default(),
             transient: None,
+            made: Vec::new(),
         }
     }
 }
@@ -48,6 +50,25 @@ pub struct DmaMapperBuilder<P> {
     sharing: HostSharing,
     /// Pages for the transient pool, made at [`DmaMapperBuilder::build`] with `sharing`.
     transient: Option<Arc<dyn PageAllocator + Send + Sync>>,
+    /// The SWIOTLB pools this builder made, remade when `sharing` changes.
+    made: Vec<MadePool>,
+}
+
+/// A SWIOTLB pool the builder made over memory the caller gave it.
+struct MadePool {
+    /// The device of a restricted pool; `None` for the global pool.
+    device: Option<DeviceId>,
+    base: PhysAddr,
+    bytes: u64,
+    pool: Arc<SwiotlbBounce>,
+}
+
+/// Makes every region of `pool` (a pool no mapping has used) private again.
+fn unshare_regions(pool: &SwiotlbBounce) {
+    for r in pool.pool().regions() {
+        let removed = pool.remove_region(r.start());
+        debug_assert!(removed.is_ok(), "a pool before build holds no bounce");
+    }
 }
 
 impl<P: Platform> DmaMapperBuilder<P> {
@@ -63,11 +84,18 @@ impl<P: Platform> DmaMapperBuilder<P> {
     /// multiple of the page size, [`RegionError::BadSize`] unless `bytes` is a non-zero
     /// multiple of 256 KiB, [`RegionError::TooLarge`] if the range leaves the address
     /// space or holds `u32::MAX` slots or more, [`RegionError::NotShared`] when the
-    /// platform refuses to share it (see [`Self::memory_sharing`], which must come first).
+    /// platform refuses to share it (see [`Self::memory_sharing`], before or after this).
     /// The builder is dropped then.
-    pub fn swiotlb(self, base: PhysAddr, bytes: u64) -> Result<Self, RegionError> {
+    pub fn swiotlb(mut self, base: PhysAddr, bytes: u64) -> Result<Self, RegionError> {
         let pool = self.default_swiotlb(base, bytes)?;
-        Ok(self.swiotlb_backend(pool))
+        self = self.swiotlb_backend(pool.clone());
+        self.made.push(MadePool {
+            device: None,
+            base,
+            bytes,
+            pool,
+        });
+        Ok(self)
     }
 
     /// Gives `device` a restricted DMA pool (Linux `restricted-dma-pool`) over the `bytes`
@@ -88,19 +116,27 @@ impl<P: Platform> DmaMapperBuilder<P> {
         bytes: u64,
     ) -> Result<Self, RegionError> {
         let pool = self.default_swiotlb(base, bytes)?;
+        self.forget_made(Some(device));
         self.mapper
             .routes
             .restricted
-            .insert(device, Registered::new(pool));
+            .insert(device, Registered::new(pool.clone()));
+        self.made.push(MadePool {
+            device: Some(device),
+            base,
+            bytes,
+            pool,
+        });
         Ok(self)
     }
 
-    /// A SWIOTLB pool of the default geometry over `bytes` at `base`, without growth.
+    /// A SWIOTLB pool of the default geometry over `bytes` at `base`, without growth,
+    /// shared through the builder's sharing.
     fn default_swiotlb(
         &self,
         base: PhysAddr,
         bytes: u64,
-    ) -> Result<Arc<dyn BounceBackend>, RegionError> {
+    ) -> Result<Arc<SwiotlbBounce>, RegionError> {
         let config = PoolConfig::builder()
             .cpu_count(self.mapper.platform().cpu_count())
             .build()
@@ -111,10 +147,23 @@ impl<P: Platform> DmaMapperBuilder<P> {
     }
 
     /// Bounces of devices that use [`BouncePool::Swiotlb`](crate::BouncePool::Swiotlb) go
-    /// to `pool`.
+    /// to `pool` (a pool [`Self::swiotlb`] made before is dropped, private again).
     pub fn swiotlb_backend(mut self, pool: Arc<dyn BounceBackend>) -> Self {
+        self.forget_made(None);
         self.mapper.routes.swiotlb = Some(Registered::new(pool));
         self
+    }
+
+    /// Drops the pool this builder made for `device` (`None`: the global pool), private
+    /// again.
+    fn forget_made(&mut self, device: Option<DeviceId>) {
+        self.made.retain(|m| {
+            let keep = m.device != device;
+            if !keep {
+                unshare_regions(&m.pool);
+            }
+            keep
+        });
     }
 
     /// Bounces of devices that use [`BouncePool::Coherent`](crate::BouncePool::Coherent)
@@ -133,15 +182,41 @@ impl<P: Platform> DmaMapperBuilder<P> {
     }
 
     /// Confidential guests: the memory of the pools this builder makes ([`Self::swiotlb`],
-    /// which must come after this, and [`Self::transient_pages`]) is shared with the host
-    /// through `sharing` before a device uses it. Pools made elsewhere take their own
+    /// [`Self::restricted_pool`] and [`Self::transient_pages`], given before or after this)
+    /// is shared with the host through `sharing` before a device uses it: pools made
+    /// earlier are remade over the same memory and shared now (memory an earlier sharing
+    /// shared is made private through it). Pools made elsewhere take their own
     /// ([`SwiotlbBounce::with_sharing`],
     /// [`CoherentBouncePool::with_sharing`](crate::coherent_pool::CoherentBouncePool::with_sharing)).
     /// A confidential guest also sets [`Self::force_bounce_all`]: its devices reach no
     /// private memory, so no buffer may be mapped in place.
-    pub fn memory_sharing(mut self, sharing: HostSharing) -> Self {
+    ///
+    /// # Errors
+    /// [`RegionError::NotShared`] when the platform refuses to share the memory of a pool
+    /// made earlier; the builder is dropped then, every pool it made private.
+    pub fn memory_sharing(mut self, sharing: HostSharing) -> Result<Self, RegionError> {
         self.sharing = sharing;
-        self
+        // The old pools give their memory up first: it may be the same hook's.
+        self.made.iter().for_each(|m| unshare_regions(&m.pool));
+        let mut remade = Vec::with_capacity(self.made.len());
+        for m in &self.made {
+            match self.default_swiotlb(m.base, m.bytes) {
+                Ok(pool) => remade.push(pool),
+                Err(e) => {
+                    remade.iter().for_each(|p| unshare_regions(p));
+                    return Err(e);
+                }
+            }
+        }
+        for (m, pool) in self.made.iter_mut().zip(remade) {
+            let route = Registered::new(pool.clone());
+            match m.device {
+                Some(d) => self.mapper.routes.restricted.insert(d, route),
+                None => self.mapper.routes.swiotlb = Some(route),
+            }
+            m.pool = pool;
+        }
+        Ok(self)
     }
 
     /// Every device bounces every mapping, whatever its own
