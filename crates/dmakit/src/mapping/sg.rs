@@ -67,7 +67,7 @@ impl<P: Platform> DmaMapper<P> {
                             site,
                             bounced: phys.is_some_and(|p| bus_of(dev, p) != Some(seg.dma)),
                             coherent_device: dev.is_coherent(),
-                            cpu_owned: Vec::new(),
+                            cpu_owned: crate::debug::CpuParts::EMPTY,
                         };
                         d.mapped(dev, m);
                     }
