@@ -5,16 +5,17 @@
 //! included, runs inside [`atomic`]. Scatter-gather lists are mapped with `map_sg_into`
 //! into the caller's array; `map_sg`, the wrapper that returns a `Vec`, is the control.
 
+use dmakit::bounce::BounceBackend;
 use dmakit::debug::{DebugConfig, DebugIssue, MAX_CPU_PARTS};
 use dmakit::swiotlb::{PoolConfig, SwiotlbBounce};
 use dmakit::{
-    BouncePool, CacheMaintenance, CpuMemory, Device, DeviceId, Direction, DmaAddr, DmaMapper,
-    DomainConfig, PageAllocator, PhysAddr, PhysRange, Platform,
+    BouncePool, CacheMaintenance, CpuMemory, Device, DeviceId, Direction, DmaAddr, DmaError,
+    DmaMapper, DmaSegment, DomainConfig, PageAllocator, PhysAddr, PhysRange, Platform, SgEntry,
 };
 use dmakit_sim::{Granule, HazardConfig, Machine};
 use std::sync::Arc;
 
-use super::steady;
+use super::{atomic, steady, watched};
 use crate::iommu_rig::{rig, Rig};
 use crate::testbed::{device, machine, swiotlb, BELOW_4G, LINE};
 
@@ -243,4 +244,157 @@ fn cpu_parts_and_reports_past_their_room_are_counted_without_allocating() {
     assert_eq!(checker.dropped_cpu_parts(), 2 * 2);
     assert_eq!(checker.reports().len(), 2);
     assert_eq!(checker.dropped_reports(), 2 * 3 - 2);
+}
+
+/// Four buffers of `len` bytes from `base + skew`, a page apart.
+fn list(base: PhysAddr, skew: u64, len: u64) -> [SgEntry; 4] {
+    core::array::from_fn(|i| SgEntry {
+        phys: base.add(i as u64 * 4096 + skew),
+        len,
+    })
+}
+
+/// Maps `entries` into an array, syncs the whole list both ways and unmaps it.
+fn sg_round<P: Platform>(mapper: &DmaMapper<P>, dev: &Device, entries: &[SgEntry]) {
+    let dir = Direction::Bidirectional;
+    let mut out = [DmaSegment {
+        dma: DmaAddr::new(0),
+        len: 0,
+    }; 8];
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let n = unsafe { mapper.map_sg_into(dev, entries, dir, &mut out) }.unwrap();
+    let segs = &out[..n];
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_sg_for_cpu(dev, segs, dir) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.sync_sg_for_device(dev, segs, dir) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(dev, segs, dir) }.unwrap();
+}
+
+#[test]
+fn sg_lists_into_an_array_allocate_nothing_direct_and_bounced() {
+    let m = machine(26);
+    let pool = swiotlb(&m, 1 << 20, None);
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(pool.clone())
+        .debug_checker()
+        .build();
+    let (coh, nc) = (coherent_device(6), device(7, BouncePool::Swiotlb));
+    for d in [&coh, &nc] {
+        m.attach(d.clone()).unwrap();
+    }
+    let base = buffers(&m);
+    steady("sg, direct, coherent", || {
+        sg_round(&mapper, &coh, &list(base, 8, 100))
+    });
+    steady("sg, direct, whole lines", || {
+        sg_round(&mapper, &nc, &list(base, 0, 2 * LINE))
+    });
+    steady("sg, bounced", || {
+        sg_round(&mapper, &nc, &list(base, 8, 100))
+    });
+    assert_eq!(pool.usage().used, 0);
+    assert!(
+        mapper
+            .stats()
+            .devices
+            .iter()
+            .map(|d| d.bounces_total())
+            .sum::<u64>()
+            > 0
+    );
+    let checker = mapper.debug_checker().unwrap();
+    assert_eq!(checker.reports(), vec![]);
+    assert!(checker.live().is_empty());
+}
+
+#[test]
+fn failing_sg_lists_unwind_without_allocating() {
+    let m = machine(27);
+    // One bounce of nearly a segment fills the pool.
+    let pool = swiotlb(&m, 256 * 1024, None);
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(pool.clone())
+        .debug_checker()
+        .build();
+    let dev = device(8, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let base = buffers(&m);
+    let dir = Direction::FromDevice;
+    let mut out = [DmaSegment {
+        dma: DmaAddr::new(0),
+        len: 0,
+    }; 8];
+    steady("sg, refused lists", || {
+        // Three small bounces, then one the pool cannot take: all three are given back.
+        let mut entries = list(base, 8, 100);
+        entries[3] = SgEntry {
+            phys: base.add(0x4_0008),
+            len: 300_000,
+        };
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let full = unsafe { mapper.map_sg_into(&dev, &entries, dir, &mut out) };
+        assert!(
+            matches!(full, Err(DmaError::PoolExhausted { .. })),
+            "{full:?}"
+        );
+        // Four bounces into room for two: the two mapped are given back.
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let short = unsafe { mapper.map_sg_into(&dev, &list(base, 8, 100), dir, &mut out[..2]) };
+        assert_eq!(
+            short,
+            Err(DmaError::SegmentListTooShort {
+                device: dev.id(),
+                room: 2
+            })
+        );
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        let empty = unsafe { mapper.map_sg_into(&dev, &[], dir, &mut out) };
+        assert!(matches!(empty, Err(DmaError::ZeroLength { .. })));
+    });
+    let usage = pool.usage();
+    assert_eq!((usage.used, usage.high_water), (0, 0), "{usage:?}");
+    let checker = mapper.debug_checker().unwrap();
+    assert!(checker.live().is_empty());
+    let short = DmaError::SegmentListTooShort {
+        device: dev.id(),
+        room: 2,
+    };
+    assert!(
+        short.to_string().contains("more than the 2 segments"),
+        "{short}"
+    );
+}
+
+/// Control: `map_sg`, the wrapper that returns a `Vec`, allocates, and the watch sees it.
+#[test]
+fn control_map_sg_allocates_its_list() {
+    let m = machine(28);
+    let mapper = DmaMapper::builder(&m)
+        .swiotlb_backend(swiotlb(&m, 1 << 20, None))
+        .build();
+    let dev = device(9, BouncePool::Swiotlb);
+    m.attach(dev.clone()).unwrap();
+    let base = buffers(&m);
+    let entries = list(base, 8, 100);
+    let dir = Direction::Bidirectional;
+    // Set-up: the same list once unwatched.
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let segs = unsafe { mapper.map_sg(&dev, &entries, dir) }.unwrap();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_sg(&dev, &segs, dir) }.unwrap();
+    let (segs, n, first) = watched("map_sg", || {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.map_sg(&dev, &entries, dir) }.unwrap()
+    });
+    assert!(n >= 1, "map_sg allocated its list: {n} allocations");
+    assert_eq!(first.map(|o| o.label), Some("map_sg"));
+    assert_eq!(segs.len(), 4);
+    // The same list through `map_sg_into` allocates nothing.
+    atomic("map_sg_into after map_sg", || {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap_sg(&dev, &segs, dir) }.unwrap();
+        sg_round(&mapper, &dev, &entries);
+    });
 }
