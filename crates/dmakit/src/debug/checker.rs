@@ -12,42 +12,13 @@ use crate::sync::Mutex;
 use super::config::DebugConfig;
 use super::cpu_parts::{CpuParts, MAX_CPU_PARTS};
 use super::detail::Detail;
+use super::family::MappingFamily;
 use super::report::{DebugIssue, DebugReport};
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::reintroduce::{active, Defect};
-
-/// Which API made a mapping; it must be undone through the same one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MappingFamily {
-    /// `map` / `unmap`.
-    Single,
-    /// One segment of a `map_sg` call that produced `nents` segments.
-    Sg {
-        /// Segments the call produced.
-        nents: usize,
-        /// Identifies the call.
-        group: u64,
-    },
-    /// A coherent allocation.
-    Coherent,
-}
-
-impl MappingFamily {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            MappingFamily::Single => "single",
-            MappingFamily::Sg { .. } => "scatter-gather",
-            MappingFamily::Coherent => "coherent",
-        }
-    }
-
-    fn same_api(self, other: MappingFamily) -> bool {
-        core::mem::discriminant(&self) == core::mem::discriminant(&other)
-    }
-}
 
 /// A live mapping as the checker records it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,8 +6,7 @@
 use core::fmt;
 use core::panic::Location;
 
-use super::checker::MappingFamily;
-use super::report::DebugReport;
+use super::family::MappingFamily;
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::DeviceId;
 use crate::direction::Direction;
@@ -72,11 +71,20 @@ impl fmt::Display for At {
     }
 }
 
-/// Writes the full explanation of `r`.
-pub(crate) fn explain(r: &DebugReport, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Where and on what a report's call was made.
+pub(crate) struct Subject {
+    pub(crate) device: DeviceId,
+    pub(crate) dma: DmaAddr,
+    pub(crate) len: u64,
+    pub(crate) site: Option<&'static Location<'static>>,
+    pub(crate) mapped_at: Option<&'static Location<'static>>,
+}
+
+/// Writes the full explanation of a report on `r` that found `detail`.
+pub(crate) fn explain(r: Subject, detail: Detail, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let (id, dma, len) = (r.device, r.dma, r.len);
     let (site, at) = (At(r.site), At(r.mapped_at));
-    match r.detail {
+    match detail {
         Detail::SharedLine {
             device,
             dma: odma,

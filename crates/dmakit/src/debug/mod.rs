@@ -20,6 +20,7 @@ pub(crate) mod checker;
 mod config;
 mod cpu_parts;
 mod detail;
+mod family;
 mod report;
 
 /// Checker scenarios for the tests and, with the test-only `reintroduce-defects` feature,
@@ -30,7 +31,8 @@ pub mod scenarios;
 #[cfg(all(test, feature = "std"))]
 mod tests;
 
-pub use checker::{DebugChecker, LiveMapping, MappingFamily};
+pub use checker::{DebugChecker, LiveMapping};
 pub use config::DebugConfig;
 pub use cpu_parts::{CpuParts, MAX_CPU_PARTS};
+pub use family::MappingFamily;
 pub use report::{DebugIssue, DebugReport};

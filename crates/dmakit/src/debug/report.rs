@@ -3,7 +3,7 @@
 use core::fmt;
 use core::panic::Location;
 
-use super::detail::{explain, Detail};
+use super::detail::{explain, Detail, Subject};
 use crate::addr::DmaAddr;
 use crate::device::DeviceId;
 
@@ -88,7 +88,15 @@ struct Message<'a>(&'a DebugReport);
 
 impl fmt::Display for Message<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        explain(self.0, f)
+        let r = self.0;
+        let subject = Subject {
+            device: r.device,
+            dma: r.dma,
+            len: r.len,
+            site: r.site,
+            mapped_at: r.mapped_at,
+        };
+        explain(subject, r.detail, f)
     }
 }
 

@@ -9,8 +9,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::panic::Location;
 
-use super::checker::{DebugChecker, LiveMapping, MappingFamily};
+use super::checker::{DebugChecker, LiveMapping};
 use super::config::DebugConfig;
+use super::family::MappingFamily;
 use super::report::DebugIssue;
 use crate::addr::PhysAddr;
 use crate::device::{Device, DeviceId};
