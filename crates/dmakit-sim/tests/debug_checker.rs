@@ -46,11 +46,11 @@ fn unmap_of_an_address_never_mapped_or_already_unmapped() {
     let _ = unsafe { mapper.unmap(&dev, bogus, 128, FromDevice) };
     let r = only(&mapper, DebugIssue::NotMapped);
     assert!(
-        r.message.contains("never mapped or is already unmapped"),
+        r.message().contains("never mapped or is already unmapped"),
         "{r}"
     );
     assert!(
-        r.message.contains("debug_checker.rs"),
+        r.message().contains("debug_checker.rs"),
         "names the offending line: {r}"
     );
 
@@ -77,7 +77,7 @@ fn a_failed_mapping_used_without_checking() {
     let _ = unsafe { mapper.sync_for_cpu(&dev, dma, 0, 13, FromDevice) };
     let r = only(&mapper, DebugIssue::UncheckedMapError);
     assert!(
-        r.message.contains("failed") && r.message.contains("without checking"),
+        r.message().contains("failed") && r.message().contains("without checking"),
         "{r}"
     );
     assert!(r.mapped_at.is_some());
@@ -102,7 +102,7 @@ fn unmap_with_another_size_direction_or_api() {
     unsafe { mapper.unmap(&dev, dma, 128, ToDevice) }.unwrap();
     let r = only(&mapper, DebugIssue::WrongSize);
     assert!(
-        r.message.contains("128 bytes") && r.message.contains("256 bytes were mapped"),
+        r.message().contains("128 bytes") && r.message().contains("256 bytes were mapped"),
         "{r}"
     );
 
@@ -112,7 +112,7 @@ fn unmap_with_another_size_direction_or_api() {
     let _ = unsafe { mapper.unmap(&dev, dma, 256, FromDevice) };
     let r = only(&mapper, DebugIssue::WrongDirection);
     assert!(
-        r.message.contains("from-device unmap") && r.message.contains("mapped to-device"),
+        r.message().contains("from-device unmap") && r.message().contains("mapped to-device"),
         "{r}"
     );
 
@@ -123,7 +123,7 @@ fn unmap_with_another_size_direction_or_api() {
     let _ = unsafe { mapper.unmap_sg(&dev, &[seg], ToDevice) };
     let r = only(&mapper, DebugIssue::WrongFamily);
     assert!(
-        r.message.contains("scatter-gather unmap") && r.message.contains("single API"),
+        r.message().contains("scatter-gather unmap") && r.message().contains("single API"),
         "{r}"
     );
 
@@ -166,7 +166,7 @@ fn sg_unmap_with_another_entry_count() {
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|r| r.issue == DebugIssue::WrongSgCount));
     assert!(
-        r[0].message
+        r[0].message()
             .contains("with 2 entries of a list mapped with 3"),
         "{}",
         r[0]
@@ -202,7 +202,7 @@ fn sync_outside_the_mapping_or_in_a_forbidden_direction() {
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.sync_for_cpu(&dev, dma, 500, 100, FromDevice) }.unwrap(); // direct: no error value
     let r = only(&mapper, DebugIssue::SyncOutOfRange);
-    assert!(r.message.contains("outside the 512-byte mapping"), "{r}");
+    assert!(r.message().contains("outside the 512-byte mapping"), "{r}");
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.sync_for_device(&dev, dma, 0, 512, ToDevice) }.unwrap();
     only(&mapper, DebugIssue::WrongDirection);
@@ -228,7 +228,7 @@ fn two_unbounced_inbound_mappings_sharing_a_line() {
     let b = unsafe { never.map(&dev, buf.add(8), 8, FromDevice) }.unwrap();
     let r = only(&never, DebugIssue::SharedInboundLine);
     assert!(
-        r.message.contains("shares a cache line") && r.message.contains("neither is bounced"),
+        r.message().contains("shares a cache line") && r.message().contains("neither is bounced"),
         "{r}"
     );
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
@@ -266,7 +266,7 @@ fn mappings_still_live_when_the_device_is_released() {
         (DebugIssue::Leak, kept, 100)
     );
     assert!(leaks[0]
-        .message
+        .message()
         .contains("released with a live single mapping of 100 bytes"));
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.unmap(&other, fine, 128, ToDevice) }.unwrap();
@@ -284,7 +284,7 @@ fn cpu_access_while_the_device_owns_the_buffer() {
     let dma = unsafe { mapper.map(&dev, buf, 256, FromDevice) }.unwrap();
     let r = checker.check_cpu_access(buf.add(16), 4, false).unwrap();
     assert_eq!(r.issue, DebugIssue::CpuReadWhileDeviceOwns);
-    assert!(r.message.contains("the CPU read 4 bytes"), "{r}");
+    assert!(r.message().contains("the CPU read 4 bytes"), "{r}");
     // After sync_for_cpu of that part the CPU may read it, but not the rest.
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.sync_for_cpu(&dev, dma, 0, 128, FromDevice) }.unwrap();

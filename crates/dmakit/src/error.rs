@@ -182,6 +182,14 @@ pub enum DmaError {
         /// Deferred mappings the queue holds.
         capacity: usize,
     },
+    /// [`crate::DmaMapper::map_sg_into`] was given an output list too short for the
+    /// segments the scatter-gather list maps to: nothing was left mapped.
+    SegmentListTooShort {
+        /// The device.
+        device: DeviceId,
+        /// Segments the output list holds.
+        room: usize,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -288,6 +296,10 @@ impl fmt::Display for DmaError {
             DmaError::DeferQueueFull { device, capacity } => write!(
                 f,
                 "{device}: no bounce room, and the deferred-mapping queue is full ({capacity} waiting); nothing was queued"
+            ),
+            DmaError::SegmentListTooShort { device, room } => write!(
+                f,
+                "{device}: the scatter-gather list maps to more than the {room} segments the output list holds; nothing was left mapped"
             ),
         }
     }

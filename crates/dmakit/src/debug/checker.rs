@@ -3,49 +3,22 @@
 use core::panic::Location;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use alloc::collections::BTreeMap;
-use alloc::format;
-use alloc::string::String;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use crate::fixed_table::FixedMap;
 use crate::sync::Mutex;
 
+use super::config::DebugConfig;
+use super::cpu_parts::{CpuParts, MAX_CPU_PARTS};
+use super::detail::Detail;
+use super::family::MappingFamily;
 use super::report::{DebugIssue, DebugReport};
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::{Device, DeviceId};
 use crate::direction::Direction;
 use crate::error::DmaError;
 use crate::reintroduce::{active, Defect};
-
-/// Which API made a mapping; it must be undone through the same one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MappingFamily {
-    /// `map` / `unmap`.
-    Single,
-    /// One segment of a `map_sg` call that produced `nents` segments.
-    Sg {
-        /// Segments the call produced.
-        nents: usize,
-        /// Identifies the call.
-        group: u64,
-    },
-    /// A coherent allocation.
-    Coherent,
-}
-
-impl MappingFamily {
-    fn name(self) -> &'static str {
-        match self {
-            MappingFamily::Single => "single",
-            MappingFamily::Sg { .. } => "scatter-gather",
-            MappingFamily::Coherent => "coherent",
-        }
-    }
-
-    fn same_api(self, other: MappingFamily) -> bool {
-        core::mem::discriminant(&self) == core::mem::discriminant(&other)
-    }
-}
 
 /// A live mapping as the checker records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,9 +42,8 @@ pub struct LiveMapping {
     pub bounced: bool,
     /// Whether the device snoops caches.
     pub coherent_device: bool,
-    /// Parts (offset, length) handed back to the CPU by `sync_for_cpu` and not yet
-    /// returned to the device.
-    pub cpu_owned: Vec<(u64, u64)>,
+    /// Parts handed back to the CPU by `sync_for_cpu` and not yet returned to the device.
+    pub cpu_owned: CpuParts,
 }
 
 impl LiveMapping {
@@ -102,18 +74,17 @@ impl LiveMapping {
     /// Whether the bytes `first..=last` of the buffer lie inside parts the CPU owns.
     fn cpu_owns(&self, base: u64, first: u64, last: u64) -> bool {
         // Inclusive bounds throughout: a part at the top of the address space has no end.
-        let mut parts: Vec<(u64, u64)> = self
-            .cpu_owned
-            .iter()
-            .filter(|&&(_, l)| l > 0)
-            .map(|&(o, l)| {
-                let s = base.saturating_add(o);
-                (s, s.saturating_add(l - 1))
-            })
-            .collect();
+        let mut parts = [(0u64, 0u64); MAX_CPU_PARTS];
+        let mut n = 0;
+        for (o, l) in self.cpu_owned.iter().filter(|&(_, l)| l > 0) {
+            let s = base.saturating_add(o);
+            parts[n] = (s, s.saturating_add(l - 1));
+            n += 1;
+        }
+        let parts = &mut parts[..n];
         parts.sort_unstable();
         let mut at = first;
-        for (s, e) in parts {
+        for &mut (s, e) in parts {
             if s <= at && e >= at {
                 if e >= last {
                     return true;
@@ -126,14 +97,19 @@ impl LiveMapping {
 }
 
 /// The shadow table of live mappings. Thread-safe; every operation takes one lock, which is
-/// acceptable for a checker that is off in production.
+/// acceptable for a checker that is off in production. Its tables are allocated when it is
+/// built, at the sizes of its [`DebugConfig`]: checking a map, unmap or sync, and
+/// reporting what it finds, never allocates (reading reports and releasing a device do).
 pub struct DebugChecker {
-    table: Mutex<BTreeMap<(DeviceId, u64), LiveMapping>>,
-    failed: Mutex<BTreeMap<DeviceId, (&'static Location<'static>, DmaError)>>,
-    reports: Mutex<Vec<DebugReport>>,
+    table: Mutex<FixedMap<(DeviceId, u64), LiveMapping>>,
+    failed: Mutex<FixedMap<DeviceId, (&'static Location<'static>, DmaError)>>,
+    reports: Mutex<VecDeque<DebugReport>>,
     max_reports: usize,
     line: u64,
     groups: AtomicU64,
+    untracked: AtomicU64,
+    dropped_reports: AtomicU64,
+    dropped_cpu_parts: AtomicU64,
 }
 
 /// What an unmap call says about the mapping it ends.
@@ -145,32 +121,60 @@ pub(crate) struct Unmapping {
 }
 
 impl DebugChecker {
-    /// A checker for a platform whose cache lines are `line` bytes, keeping at most
-    /// `max_reports` reports (further ones are only logged).
-    pub(crate) fn new(line: u64, max_reports: usize) -> Self {
+    /// A checker for a platform whose cache lines are `line` bytes, with the capacities of
+    /// `cfg`. Allocates its tables: call outside atomic context.
+    pub(crate) fn new(line: u64, cfg: DebugConfig) -> Self {
         Self {
-            table: Mutex::new(BTreeMap::new()),
-            failed: Mutex::new(BTreeMap::new()),
-            reports: Mutex::new(Vec::new()),
-            max_reports,
+            table: Mutex::new(FixedMap::with_capacity(cfg.live_mappings)),
+            failed: Mutex::new(FixedMap::with_capacity(cfg.failed_devices)),
+            reports: Mutex::new(VecDeque::with_capacity(cfg.reports)),
+            max_reports: cfg.reports,
             line: line.max(1),
             groups: AtomicU64::new(1),
+            untracked: AtomicU64::new(0),
+            dropped_reports: AtomicU64::new(0),
+            dropped_cpu_parts: AtomicU64::new(0),
         }
     }
 
-    /// Every report so far.
+    /// The reports kept, oldest first (allocates the list).
     pub fn reports(&self) -> Vec<DebugReport> {
-        self.reports.lock().clone()
+        self.reports.lock().iter().cloned().collect()
     }
 
-    /// Removes and returns every report so far.
+    /// Removes and returns the reports kept, oldest first (allocates the list; the room
+    /// for new reports stays).
     pub fn take_reports(&self) -> Vec<DebugReport> {
-        core::mem::take(&mut *self.reports.lock())
+        self.reports.lock().drain(..).collect()
     }
 
-    /// The live mappings, by device and address.
+    /// The live mappings, by device and address (allocates the list).
     pub fn live(&self) -> Vec<LiveMapping> {
         self.table.lock().values().cloned().collect()
+    }
+
+    /// Mappings made while the live table was full, and so not checked: their unmaps and
+    /// syncs are reported as "not mapped" (saying this count), and their leaks go unseen.
+    pub fn untracked(&self) -> u64 {
+        self.untracked.load(Ordering::Relaxed)
+    }
+
+    /// Reports dropped, oldest first, to make room for newer ones (each was logged).
+    pub fn dropped_reports(&self) -> u64 {
+        self.dropped_reports.load(Ordering::Relaxed)
+    }
+
+    /// `sync_for_cpu` parts not recorded because their mapping already held
+    /// [`crate::debug::MAX_CPU_PARTS`] others (a CPU access to one may be reported).
+    pub fn dropped_cpu_parts(&self) -> u64 {
+        self.dropped_cpu_parts.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `m` in the table, or counts it as untracked when the table is full.
+    fn track(&self, table: &mut FixedMap<(DeviceId, u64), LiveMapping>, m: LiveMapping) {
+        if table.insert((m.device, m.dma.as_u64()), m).is_err() {
+            self.untracked.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn next_group(&self) -> u64 {
@@ -180,9 +184,15 @@ impl DebugChecker {
     fn report(&self, r: DebugReport) {
         log::error!("{r}");
         let mut reports = self.reports.lock();
-        if reports.len() < self.max_reports {
-            reports.push(r);
+        if reports.len() >= self.max_reports {
+            self.dropped_reports.fetch_add(1, Ordering::Relaxed);
+            if reports.pop_front().is_none() {
+                // No room at all: the report is only logged.
+                return;
+            }
         }
+        // Within the room reserved at construction: no allocation.
+        reports.push_back(r);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -194,7 +204,7 @@ impl DebugChecker {
         len: u64,
         site: Option<&'static Location<'static>>,
         mapped_at: Option<&'static Location<'static>>,
-        message: String,
+        detail: Detail,
     ) {
         self.report(DebugReport {
             issue,
@@ -203,12 +213,13 @@ impl DebugChecker {
             len,
             site,
             mapped_at,
-            message,
+            detail,
         });
     }
 
     /// Records a new mapping, and reports it if it shares a cache line with another live
-    /// inbound mapping that is not bounced either.
+    /// inbound mapping that is not bounced either. When the table is full the mapping is
+    /// not recorded but counted ([`DebugChecker::untracked`]).
     pub(crate) fn mapped(&self, dev: &Device, m: LiveMapping) {
         self.failed.lock().remove(&dev.id());
         let mut table = self.table.lock();
@@ -222,32 +233,34 @@ impl DebugChecker {
         if let (true, Some((lo, hi))) = (exposed(&m), lines(&m)) {
             let clash = table
                 .values()
-                .find(|o| exposed(o) && lines(o).is_some_and(|(olo, ohi)| olo <= hi && ohi >= lo));
-            if let Some(o) = clash {
-                let message = format!(
-                    "{}: inbound mapping of {} bytes at {} made at {} shares a cache line with the live inbound mapping of {} bytes at {} ({}) made at {}; neither is bounced",
-                    m.device, m.len, m.dma, m.site, o.len, o.dma, o.device, o.site
-                );
-                let (device, dma, len, site, other) = (m.device, m.dma, m.len, m.site, o.site);
+                .find(|o| exposed(o) && lines(o).is_some_and(|(olo, ohi)| olo <= hi && ohi >= lo))
+                .map(|o| (o.device, o.dma, o.len, o.site));
+            if let Some((odev, odma, olen, osite)) = clash {
                 drop(table);
                 self.issue(
                     DebugIssue::SharedInboundLine,
-                    device,
-                    dma,
-                    len,
-                    Some(site),
-                    Some(other),
-                    message,
+                    m.device,
+                    m.dma,
+                    m.len,
+                    Some(m.site),
+                    Some(osite),
+                    Detail::SharedLine {
+                        device: odev,
+                        dma: odma,
+                        len: olen,
+                    },
                 );
                 table = self.table.lock();
             }
         }
-        table.insert((m.device, m.dma.as_u64()), m);
+        self.track(&mut table, m);
     }
 
-    /// Remembers a failed mapping request, to explain a later use of its non-address.
+    /// Remembers a failed mapping request, to explain a later use of its non-address (not
+    /// when the table of such requests is full).
     pub(crate) fn map_failed(&self, dev: &Device, site: &'static Location<'static>, err: DmaError) {
-        self.failed.lock().insert(dev.id(), (site, err));
+        // A full table only loses the explanation: the use is still reported.
+        let _ = self.failed.lock().insert(dev.id(), (site, err));
     }
 
     fn not_mapped(
@@ -255,35 +268,20 @@ impl DebugChecker {
         dev: &Device,
         dma: DmaAddr,
         len: u64,
-        what: &str,
+        what: &'static str,
         site: &'static Location<'static>,
     ) {
         let failed = self.failed.lock().get(&dev.id()).copied();
-        match failed {
-            Some((at, err)) => self.issue(
-                DebugIssue::UncheckedMapError,
-                dev.id(),
-                dma,
-                len,
-                Some(site),
-                Some(at),
-                format!(
-                    "{}: {what} of {len} bytes at {dma} at {site}: not a live mapping; the mapping requested at {at} failed ({err}) and its result was used without checking"
-                , dev.id()),
-            ),
-            None => self.issue(
-                DebugIssue::NotMapped,
-                dev.id(),
-                dma,
-                len,
-                Some(site),
-                None,
-                format!(
-                    "{}: {what} of {len} bytes at {dma} at {site}: the address was never mapped or is already unmapped",
-                    dev.id()
-                ),
-            ),
-        }
+        let (issue, at, failed) = match failed {
+            Some((at, err)) => (DebugIssue::UncheckedMapError, Some(at), Some(err)),
+            None => (DebugIssue::NotMapped, None, None),
+        };
+        let detail = Detail::NotMapped {
+            what,
+            failed,
+            untracked: self.untracked(),
+        };
+        self.issue(issue, dev.id(), dma, len, Some(site), at, detail);
     }
 
     /// Checks an unmap (or free) against the record, reports what does not match, and takes
@@ -305,68 +303,43 @@ impl DebugChecker {
             self.not_mapped(dev, u.dma, u.len, what, site);
             return None;
         };
-        let id = dev.id();
-        if !m.family.same_api(u.family) {
+        let report = |issue, detail| {
             self.issue(
-                DebugIssue::WrongFamily,
-                id,
+                issue,
+                dev.id(),
                 u.dma,
                 u.len,
                 Some(site),
                 Some(m.site),
-                format!(
-                    "{id}: {} unmap at {site} of {} bytes at {} that were mapped with the {} API at {}",
-                    u.family.name(),
-                    m.len,
-                    m.dma,
-                    m.family.name(),
-                    m.site
-                ),
-            );
+                detail,
+            )
+        };
+        if !m.family.same_api(u.family) {
+            let detail = Detail::WrongFamily {
+                given: u.family,
+                mapped: m.family,
+                len: m.len,
+            };
+            report(DebugIssue::WrongFamily, detail);
         }
         if m.len != u.len {
-            self.issue(
-                DebugIssue::WrongSize,
-                id,
-                u.dma,
-                u.len,
-                Some(site),
-                Some(m.site),
-                format!(
-                    "{id}: unmap at {site} of {} bytes at {}, but {} bytes were mapped at {}",
-                    u.len, u.dma, m.len, m.site
-                ),
-            );
+            report(DebugIssue::WrongSize, Detail::WrongSize { len: m.len });
         }
         if m.dir != u.dir && m.family != MappingFamily::Coherent {
-            self.issue(
-                DebugIssue::WrongDirection,
-                id,
-                u.dma,
-                u.len,
-                Some(site),
-                Some(m.site),
-                format!(
-                    "{id}: {} unmap at {site} of {} bytes at {} mapped {} at {}",
-                    u.dir, m.len, m.dma, m.dir, m.site
-                ),
-            );
+            let detail = Detail::WrongUnmapDirection {
+                given: u.dir,
+                mapped: m.dir,
+                len: m.len,
+            };
+            report(DebugIssue::WrongDirection, detail);
         }
         if let (MappingFamily::Sg { nents, .. }, MappingFamily::Sg { nents: given, .. }) =
             (m.family, u.family)
         {
             if nents != given {
-                self.issue(
+                report(
                     DebugIssue::WrongSgCount,
-                    id,
-                    u.dma,
-                    u.len,
-                    Some(site),
-                    Some(m.site),
-                    format!(
-                        "{id}: sg unmap at {site} with {given} entries of a list mapped with {nents} at {}",
-                        m.site
-                    ),
+                    Detail::WrongSgCount { given, nents },
                 );
             }
         }
@@ -381,7 +354,7 @@ impl DebugChecker {
         if active(Defect::CheckerForgetsBeforeValidation) {
             return;
         }
-        self.table.lock().insert((m.device, m.dma.as_u64()), m);
+        self.track(&mut self.table.lock(), m);
     }
 
     /// Checks a sync of `len` bytes at `offset` in mapping `dma`, and tracks which parts the
@@ -407,13 +380,12 @@ impl DebugChecker {
         let (mlen, mdir, msite) = (m.len, m.dir, m.site);
         let inside = offset.checked_add(len).is_some_and(|end| end <= mlen);
         if inside {
-            if for_cpu {
-                m.cpu_owned.push((offset, len));
-            } else {
+            if !for_cpu {
                 // `offset + len <= mlen` (checked above), and every kept part lies inside the
                 // mapping too, so these sums cannot overflow.
-                m.cpu_owned
-                    .retain(|&(o, l)| o + l <= offset || o >= offset + len);
+                m.cpu_owned.remove_overlapping(offset, len);
+            } else if !m.cpu_owned.add(offset, len) {
+                self.dropped_cpu_parts.fetch_add(1, Ordering::Relaxed);
             }
         }
         drop(table);
@@ -425,9 +397,7 @@ impl DebugChecker {
                 len,
                 Some(site),
                 Some(msite),
-                format!(
-                    "{id}: sync at {site} of {len} bytes at offset {offset} of {dma}, outside the {mlen}-byte mapping made at {msite}"
-                ),
+                Detail::SyncOutOfRange { offset, len: mlen },
             );
         }
         if !mdir.permits_sync(dir) {
@@ -438,17 +408,24 @@ impl DebugChecker {
                 len,
                 Some(site),
                 Some(msite),
-                format!("{id}: {dir} sync at {site} of {dma}, mapped {mdir} at {msite}"),
+                Detail::WrongSyncDirection {
+                    given: dir,
+                    mapped: mdir,
+                },
             );
         }
     }
 
     /// Reports and forgets every live mapping of `dev` (the device is going away).
-    /// Returns the leak reports.
+    /// Returns the leak reports. Allocates the list (not a map path).
     pub(crate) fn release_device(&self, dev: &Device) -> Vec<DebugReport> {
         let leaked: Vec<LiveMapping> = {
             let mut table = self.table.lock();
-            let keys: Vec<_> = table.keys().filter(|k| k.0 == dev.id()).copied().collect();
+            let keys: Vec<_> = table
+                .values()
+                .filter(|m| m.device == dev.id())
+                .map(|m| (m.device, m.dma.as_u64()))
+                .collect();
             keys.into_iter().filter_map(|k| table.remove(&k)).collect()
         };
         self.failed.lock().remove(&dev.id());
@@ -461,14 +438,7 @@ impl DebugChecker {
                 len: m.len,
                 site: None,
                 mapped_at: Some(m.site),
-                message: format!(
-                    "{}: released with a live {} mapping of {} bytes at {} made at {}",
-                    m.device,
-                    m.family.name(),
-                    m.len,
-                    m.dma,
-                    m.site
-                ),
+                detail: Detail::Leak { family: m.family },
             })
             .collect();
         for r in &out {
@@ -492,7 +462,7 @@ impl DebugChecker {
                 site: Location::caller(),
                 bounced: false,
                 coherent_device: true,
-                cpu_owned: Vec::new(),
+                cpu_owned: CpuParts::EMPTY,
             },
         );
     }
@@ -535,7 +505,6 @@ impl DebugChecker {
         } else {
             DebugIssue::CpuReadWhileDeviceOwns
         };
-        let verb = if write { "wrote" } else { "read" };
         let r = DebugReport {
             issue,
             device: m.device,
@@ -543,10 +512,12 @@ impl DebugChecker {
             len,
             site: None,
             mapped_at: Some(m.site),
-            message: format!(
-                "{}: the CPU {verb} {len} bytes at {phys} inside the {} mapping of {} bytes at {} (made at {}) while the device owns it",
-                m.device, m.dir, m.len, m.dma, m.site
-            ),
+            detail: Detail::CpuAccess {
+                phys,
+                write,
+                dir: m.dir,
+                len: m.len,
+            },
         };
         drop(table);
         self.report(r.clone());

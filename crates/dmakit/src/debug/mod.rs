@@ -8,7 +8,8 @@
 //! together with the call site that made it, and every later operation is checked against
 //! that record. A violation becomes a [`DebugReport`] naming the device, the address, the
 //! size, the offending call site and the site of the original mapping; it is logged and
-//! kept for inspection. The operation itself proceeds exactly as without the checker, so
+//! kept for inspection (its message is formatted only when read: checking allocates nothing,
+//! every table is sized at construction by a [`DebugConfig`]). The operation itself proceeds exactly as without the checker, so
 //! turning it on changes no behaviour.
 //!
 //! Beyond what a kernel can see, a machine model can ask [`DebugChecker::check_cpu_access`]
@@ -16,6 +17,10 @@
 //! `sync_for_cpu`) and writing one the device owns are reported too.
 
 pub(crate) mod checker;
+mod config;
+mod cpu_parts;
+mod detail;
+mod family;
 mod report;
 
 /// Checker scenarios for the tests and, with the test-only `reintroduce-defects` feature,
@@ -26,5 +31,8 @@ pub mod scenarios;
 #[cfg(all(test, feature = "std"))]
 mod tests;
 
-pub use checker::{DebugChecker, LiveMapping, MappingFamily};
+pub use checker::{DebugChecker, LiveMapping};
+pub use config::DebugConfig;
+pub use cpu_parts::{CpuParts, MAX_CPU_PARTS};
+pub use family::MappingFamily;
 pub use report::{DebugIssue, DebugReport};

@@ -3,6 +3,7 @@
 use core::fmt;
 use core::panic::Location;
 
+use super::detail::{explain, Detail, Subject};
 use crate::addr::DmaAddr;
 use crate::device::DeviceId;
 
@@ -70,12 +71,37 @@ pub struct DebugReport {
     pub site: Option<&'static Location<'static>>,
     /// Where the mapping concerned was made, when there is one.
     pub mapped_at: Option<&'static Location<'static>>,
-    /// The full explanation.
-    pub message: alloc::string::String,
+    /// The facts the message is written from (kept as values: a report is made inside
+    /// map, unmap and sync calls, which must not allocate).
+    pub(crate) detail: Detail,
+}
+
+impl DebugReport {
+    /// The full explanation (formatted now: allocates).
+    pub fn message(&self) -> alloc::string::String {
+        alloc::format!("{}", Message(self))
+    }
+}
+
+/// The explanation alone, as `Display`.
+struct Message<'a>(&'a DebugReport);
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        let subject = Subject {
+            device: r.device,
+            dma: r.dma,
+            len: r.len,
+            site: r.site,
+            mapped_at: r.mapped_at,
+        };
+        explain(subject, r.detail, f)
+    }
 }
 
 impl fmt::Display for DebugReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DMA-API: {}: {}", self.issue.name(), self.message)
+        write!(f, "DMA-API: {}: {}", self.issue.name(), Message(self))
     }
 }

@@ -9,7 +9,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::panic::Location;
 
-use super::checker::{DebugChecker, LiveMapping, MappingFamily};
+use super::checker::{DebugChecker, LiveMapping};
+use super::config::DebugConfig;
+use super::family::MappingFamily;
 use super::report::DebugIssue;
 use crate::addr::PhysAddr;
 use crate::device::{Device, DeviceId};
@@ -42,7 +44,7 @@ fn inbound(dev: &Device, phys: u64, len: u64) -> LiveMapping {
         site: Location::caller(),
         bounced: false,
         coherent_device: false,
-        cpu_owned: Vec::new(),
+        cpu_owned: crate::debug::CpuParts::EMPTY,
     }
 }
 
@@ -56,7 +58,13 @@ pub type TopSeen = Result<Vec<DebugIssue>, String>;
 /// (three leaks). Runs under `catch_unwind`: arithmetic that overflows is seen, not fatal.
 pub fn mappings_at_the_top() -> TopSeen {
     std::panic::catch_unwind(|| {
-        let c = DebugChecker::new(LINE, 100);
+        let c = DebugChecker::new(
+            LINE,
+            DebugConfig {
+                reports: 100,
+                ..DebugConfig::default()
+            },
+        );
         let (a, b) = (dev(1), dev(2));
         c.mapped(&a, inbound(&a, TOP_LINE + 8, 40));
         c.mapped(&b, inbound(&b, TOP_LINE + 64, 40));

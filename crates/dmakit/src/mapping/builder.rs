@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use crate::addr::PhysAddr;
 use crate::bounce::{BounceBackend, TransientPool};
-use crate::debug::DebugChecker;
+use crate::debug::{DebugChecker, DebugConfig};
 use crate::decision::AlignmentPolicy;
 use crate::device::DeviceId;
 use crate::iommu::IommuDma;
@@ -245,9 +245,16 @@ impl<P: Platform> DmaMapperBuilder<P> {
     }
 
     /// Checks every operation against a shadow table of live mappings and reports driver
-    /// bugs (see [`crate::debug`]). Behaviour is otherwise unchanged.
-    pub fn debug_checker(mut self) -> Self {
-        self.mapper.obs.debug = Some(DebugChecker::new(self.mapper.line(), 10_000));
+    /// bugs (see [`crate::debug`]), with the default [`DebugConfig`] capacities.
+    /// Behaviour is otherwise unchanged.
+    pub fn debug_checker(self) -> Self {
+        self.debug_checker_with(DebugConfig::default())
+    }
+
+    /// As [`DmaMapperBuilder::debug_checker`], with the checker's tables sized by `cfg`
+    /// (allocated here, once: checking never allocates).
+    pub fn debug_checker_with(mut self, cfg: DebugConfig) -> Self {
+        self.mapper.obs.debug = Some(DebugChecker::new(self.mapper.line(), cfg));
         self
     }
 

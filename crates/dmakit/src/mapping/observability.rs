@@ -3,8 +3,6 @@
 
 use core::panic::Location;
 
-use alloc::vec::Vec;
-
 use super::MapPath;
 use crate::addr::{DmaAddr, PhysRange};
 use crate::debug::{DebugChecker, LiveMapping, MappingFamily};
@@ -106,7 +104,7 @@ fn debug_record_mapped(
                 site,
                 bounced: matches!(path, MapPath::Bounced { .. }),
                 coherent_device: dev.is_coherent(),
-                cpu_owned: Vec::new(),
+                cpu_owned: crate::debug::CpuParts::EMPTY,
             },
         ),
         Err(e) => d.map_failed(dev, site, *e),

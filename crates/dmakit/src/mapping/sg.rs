@@ -25,6 +25,8 @@ impl<P: Platform> DmaMapper<P> {
     /// or crossing its segment boundary, are split; every resulting segment gets its own
     /// bounce decision. Returns the device-visible segments (possibly more than entries).
     ///
+    /// Allocates the returned list; in atomic context use [`DmaMapper::map_sg_into`].
+    ///
     /// # Errors
     /// Any error of [`DmaMapper::map`] for any segment; segments already mapped are unmapped
     /// again, so nothing is left behind. [`DmaError::ZeroLength`] for an empty list.
@@ -39,35 +41,89 @@ impl<P: Platform> DmaMapper<P> {
         entries: &[SgEntry],
         dir: Direction,
     ) -> Result<Vec<DmaSegment>, DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        if entries.is_empty() {
-            return Err(DmaError::ZeroLength { device: dev.id() });
-        }
-        let ranges = entries
+        // Room for every segment the list can map to: a buffer of `len` bytes is cut into
+        // at most `len / unit + 2` segments, whether on its own or merged with its
+        // neighbours on the IOMMU path.
+        let unit = dev
+            .max_segment_size()
+            .min(dev.seg_boundary_mask().saturating_add(1))
+            .max(1);
+        let room = entries
             .iter()
-            .map(|e| checked_range(dev, e.phys, e.len))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|e| usize::try_from((e.len / unit).saturating_add(2)).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add);
+        let mut out = alloc::vec![
+            DmaSegment {
+                dma: DmaAddr::new(0),
+                len: 0,
+            };
+            room
+        ];
+        // SAFETY: the caller's contract for `map_sg` is `map_sg_into`'s.
+        let n = unsafe { self.map_sg_into(dev, entries, dir, &mut out) }?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Maps a scatter-gather list as [`DmaMapper::map_sg`] does, writing the
+    /// device-visible segments to the front of `out` and returning how many there are.
+    /// Allocates nothing on the direct and bounced paths (in atomic context too); on the
+    /// IOMMU path the list's temporaries and its record are still allocated.
+    ///
+    /// # Errors
+    /// As [`DmaMapper::map_sg`]; [`DmaError::SegmentListTooShort`] when the segments do not
+    /// fit in `out`. On any error nothing is left mapped and the pools are as before the
+    /// call (what `out` holds then is unspecified).
+    ///
+    /// # Safety
+    /// As [`DmaMapper::map_sg`].
+    #[track_caller]
+    pub unsafe fn map_sg_into(
+        &self,
+        dev: &Device,
+        entries: &[SgEntry],
+        dir: Direction,
+        out: &mut [DmaSegment],
+    ) -> Result<usize, DmaError> {
+        let dev = &*self.controls.bus_view(dev);
+        let Some(first) = entries.first() else {
+            return Err(DmaError::ZeroLength { device: dev.id() });
+        };
+        for e in entries {
+            checked_range(dev, e.phys, e.len)?;
+        }
+        // Every entry was validated above, so this yields one range for each.
+        let ranges = || {
+            entries
+                .iter()
+                .filter_map(|e| checked_range(dev, e.phys, e.len).ok())
+        };
+        let first = checked_range(dev, first.phys, first.len)?;
         let site = Location::caller();
-        let result = self.map_sg_ranges(dev, &ranges, dir, site);
+        let result = self.map_sg_ranges(dev, first, ranges, dir, site, out);
         if let Some(d) = &self.obs.debug {
             match &result {
-                Ok((segs, phys)) => {
+                Ok((n, iommu)) => {
                     let group = d.next_group();
-                    for (seg, phys) in segs.iter().zip(phys) {
+                    // The CPU range of each segment: the piece it was mapped from on the
+                    // direct and bounced paths; none for IOMMU segments (possibly merged).
+                    let mut pieces = ranges().flat_map(|r| split_segment(dev, r));
+                    for seg in &out[..*n] {
+                        let phys = match iommu {
+                            true => None,
+                            false => pieces.next().map(|p| p.start()),
+                        };
                         let m = LiveMapping {
                             device: dev.id(),
                             dma: seg.dma,
-                            phys: *phys,
+                            phys,
                             len: seg.len,
                             dir,
-                            family: MappingFamily::Sg {
-                                nents: segs.len(),
-                                group,
-                            },
+                            family: MappingFamily::Sg { nents: *n, group },
                             site,
                             bounced: phys.is_some_and(|p| bus_of(dev, p) != Some(seg.dma)),
                             coherent_device: dev.is_coherent(),
-                            cpu_owned: Vec::new(),
+                            cpu_owned: crate::debug::CpuParts::EMPTY,
                         };
                         d.mapped(dev, m);
                     }
@@ -75,84 +131,112 @@ impl<P: Platform> DmaMapper<P> {
                 Err(e) => d.map_failed(dev, site, *e),
             }
         }
-        result.map(|(segs, _)| segs)
+        result.map(|(n, _)| n)
     }
 
-    /// Maps validated sg ranges; also returns each segment's CPU range where it is one
-    /// contiguous range (not for IOMMU-merged segments).
-    #[allow(clippy::type_complexity)]
-    fn map_sg_ranges(
+    /// Maps validated sg ranges (`first` is the first of `ranges()`) into `out`; returns the
+    /// number of segments and whether they went through the IOMMU.
+    fn map_sg_ranges<I: Iterator<Item = PhysRange>>(
         &self,
         dev: &Device,
-        ranges: &[PhysRange],
+        first: PhysRange,
+        ranges: impl Fn() -> I,
         dir: Direction,
         site: &'static Location<'static>,
-    ) -> Result<(Vec<DmaSegment>, Vec<Option<PhysAddr>>), DmaError> {
+        out: &mut [DmaSegment],
+    ) -> Result<(usize, bool), DmaError> {
         // The list's first buffer says which way the device goes; the direct and bounce
         // segments then get their own decisions below.
-        let dom = match self.route(dev, ranges[0], dir) {
+        let dom = match self.route(dev, first, dir) {
             Route::Iommu(dom) => Some(dom),
             Route::Refused(e) => return Err(e),
             Route::Direct(_) | Route::Bounce(_) => None,
         };
         if let Some(dom) = dom {
-            let ctx = self.iommu_ctx(dev);
-            let mut mapped = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx);
-            if super::route::is_full(&mapped) && self.reclaim_parked_bounces() {
-                mapped = iommu::path::map_sg(&self.platform, &dom, dev, ranges, dir, &ctx);
-            }
-            let mapped = match mapped {
-                Ok(m) => m,
-                Err(f) => {
-                    // Counted once, for the list, like a failed single mapping.
-                    if !reintroduce::active(Defect::IommuSgUncounted) {
-                        self.count_iommu(dev, ranges[0], dir, site, Err(&f));
-                    }
-                    return Err(self.failure_to_error(dev, ranges[0], f));
-                }
-            };
-            // Every buffer counts as one mapping, bounced or not, as on the direct path.
-            if !reintroduce::active(Defect::IommuSgUncounted) {
-                for (&range, &path) in ranges.iter().zip(&mapped.paths) {
-                    self.count_iommu(dev, range, dir, site, Ok(path));
-                }
-            }
-            let phys = alloc::vec![None; mapped.segments.len()];
-            return Ok((mapped.segments, phys));
+            let ranges: Vec<PhysRange> = ranges().collect();
+            return self.map_sg_iommu(dev, &dom, &ranges, dir, site, out);
         }
-        let mut out = Vec::with_capacity(ranges.len());
-        let mut phys = Vec::with_capacity(ranges.len());
-        for &range in ranges {
+        let mut n = 0;
+        let too_short = DmaError::SegmentListTooShort {
+            device: dev.id(),
+            room: out.len(),
+        };
+        for range in ranges() {
             for piece in split_segment(dev, range) {
+                if n == out.len() {
+                    self.unwind(dev, &out[..n], dir);
+                    return Err(too_short);
+                }
                 match self.map_range(dev, piece, dir, site) {
-                    Ok((dma, _)) if crosses_boundary(dev, dma, piece.len()) => {
-                        out.push(DmaSegment {
-                            dma,
-                            len: piece.len(),
-                        });
-                        self.unwind(dev, &out, dir);
-                        return Err(DmaError::OutOfMapping {
-                            device: dev.id(),
-                            dma,
-                            len: piece.len(),
-                            mapped_len: dev.seg_boundary_mask().saturating_add(1),
-                        });
-                    }
                     Ok((dma, _)) => {
-                        out.push(DmaSegment {
+                        out[n] = DmaSegment {
                             dma,
                             len: piece.len(),
-                        });
-                        phys.push(Some(piece.start()));
+                        };
+                        n += 1;
+                        if crosses_boundary(dev, dma, piece.len()) {
+                            self.unwind(dev, &out[..n], dir);
+                            return Err(DmaError::OutOfMapping {
+                                device: dev.id(),
+                                dma,
+                                len: piece.len(),
+                                mapped_len: dev.seg_boundary_mask().saturating_add(1),
+                            });
+                        }
                     }
                     Err(f) => {
-                        self.unwind(dev, &out, dir);
+                        self.unwind(dev, &out[..n], dir);
                         return Err(self.failure_to_error(dev, piece, f));
                     }
                 }
             }
         }
-        Ok((out, phys))
+        Ok((n, false))
+    }
+
+    /// Maps sg ranges through the device's IOMMU domain into `out`.
+    fn map_sg_iommu(
+        &self,
+        dev: &Device,
+        dom: &iommu::IommuDomain,
+        ranges: &[PhysRange],
+        dir: Direction,
+        site: &'static Location<'static>,
+        out: &mut [DmaSegment],
+    ) -> Result<(usize, bool), DmaError> {
+        let ctx = self.iommu_ctx(dev);
+        let mut mapped = iommu::path::map_sg(&self.platform, dom, dev, ranges, dir, &ctx);
+        if super::route::is_full(&mapped) && self.reclaim_parked_bounces() {
+            mapped = iommu::path::map_sg(&self.platform, dom, dev, ranges, dir, &ctx);
+        }
+        let mapped = match mapped {
+            Ok(m) => m,
+            Err(f) => {
+                // Counted once, for the list, like a failed single mapping.
+                if !reintroduce::active(Defect::IommuSgUncounted) {
+                    self.count_iommu(dev, ranges[0], dir, site, Err(&f));
+                }
+                return Err(self.failure_to_error(dev, ranges[0], f));
+            }
+        };
+        let n = mapped.segments.len();
+        let Some(room) = out.get_mut(..n) else {
+            let undone = iommu::path::unmap_sg(&self.platform, dom, dev, &mapped.segments, dir);
+            debug_assert!(undone.is_ok());
+            self.room_freed();
+            return Err(DmaError::SegmentListTooShort {
+                device: dev.id(),
+                room: out.len(),
+            });
+        };
+        room.copy_from_slice(&mapped.segments);
+        // Every buffer counts as one mapping, bounced or not, as on the direct path.
+        if !reintroduce::active(Defect::IommuSgUncounted) {
+            for (&range, &path) in ranges.iter().zip(&mapped.paths) {
+                self.count_iommu(dev, range, dir, site, Ok(path));
+            }
+        }
+        Ok((n, true))
     }
 
     /// Unmaps every segment returned by [`DmaMapper::map_sg`].
