@@ -30,6 +30,8 @@ where
     /// from anywhere and is marked unreachable ([`SgTable::needs_bounce`]): mapping the
     /// table through [`crate::DmaMapper::map_sg`] then bounces those chunks.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`];
     /// [`DmaAllocError::OutOfMemory`] when even the fallback finds no memory;

@@ -33,6 +33,8 @@ where
     /// [`DeviceAddressSpace`]. The CPU owns the memory after allocation; pass it to the
     /// device with [`DmaAllocator::sync_noncontiguous_for_device`].
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`],
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`],

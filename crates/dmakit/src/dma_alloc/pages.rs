@@ -50,6 +50,8 @@ where
     /// reach, for transfers in `dir` (Linux `dma_alloc_pages`). Memory holds the zeros and
     /// no line of the pages is dirty, so the device never sees an earlier owner's data.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`],
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`],
