@@ -80,6 +80,7 @@ fn map_unmap(c: &mut Criterion) {
 fn populated(live: usize, rcache_max_order: u32, holes: bool) -> (IovaAllocator, Vec<IovaRange>) {
     let a = IovaAllocator::new(IovaConfig {
         rcache_max_order,
+        max_live: 2 * live,
         ..IovaConfig::new(1, (1 << 36) - 1, 1)
     })
     .expect("allocator");

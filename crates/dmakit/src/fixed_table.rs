@@ -124,6 +124,24 @@ impl<K: Ord + Copy, V> FixedMap<K, V> {
         Some((self.index[i].0, self.slot(i)))
     }
 
+    /// The entries at or below `key`, in descending key order.
+    pub(crate) fn at_or_below_rev(&self, key: &K) -> impl Iterator<Item = (K, &V)> + '_ {
+        let end = match self.find(key) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        (0..end).rev().map(|i| (self.index[i].0, self.slot(i)))
+    }
+
+    /// The entry with the least key above `key`.
+    pub(crate) fn above(&self, key: &K) -> Option<(K, &V)> {
+        let i = match self.find(key) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        (i < self.index.len()).then(|| (self.index[i].0, self.slot(i)))
+    }
+
     /// The entries in ascending key order.
     #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (K, &V)> + '_ {
@@ -196,6 +214,8 @@ mod tests {
         Remove(u8),
         Get(u8),
         AtOrBelow(u8),
+        AtOrBelowRev(u8),
+        Above(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -204,6 +224,8 @@ mod tests {
             any::<u8>().prop_map(Op::Remove),
             any::<u8>().prop_map(Op::Get),
             any::<u8>().prop_map(Op::AtOrBelow),
+            any::<u8>().prop_map(Op::AtOrBelowRev),
+            any::<u8>().prop_map(Op::Above),
         ]
     }
 
@@ -232,6 +254,13 @@ mod tests {
                     Op::AtOrBelow(k) => prop_assert_eq!(
                         fixed.at_or_below(&k),
                         model.range(..=k).next_back().map(|(&k, v)| (k, v))
+                    ),
+                    Op::AtOrBelowRev(k) => prop_assert!(fixed
+                        .at_or_below_rev(&k)
+                        .eq(model.range(..=k).rev().map(|(&k, v)| (k, v)))),
+                    Op::Above(k) => prop_assert_eq!(
+                        fixed.above(&k),
+                        model.range(k..).find(|e| *e.0 > k).map(|(&k, v)| (k, v))
                     ),
                 }
                 prop_assert_eq!(fixed.len(), model.len());

@@ -91,6 +91,29 @@
 //! let dma = unsafe { receive(&ram, pool, buf) }.unwrap();
 //! assert!(dma.as_u64() < 256 * 1024, "bounced through the pool");
 //! ```
+//!
+//! # Atomic context
+//!
+//! A kernel maps from interrupt handlers and with spin locks held, where the heap may not
+//! be used and nothing may wait. What may run there takes only the core's interrupt-masking
+//! locks and allocates nothing; what may not says "Allocates: call outside atomic
+//! context." in its docs.
+//!
+//! - **Callable from an interrupt handler**: the mapper's map, unmap and sync calls
+//!   ([`DmaMapper::map`], `map_attrs`, `map_sg`, `map_resource`, `map_or_defer` and their
+//!   unmaps, `sync_*`), [`DmaMapper::flush_iommu_queues`], and underneath them IOVA
+//!   allocation and free ([`iommu::IovaAllocator`]), including sizes above the cached
+//!   orders, a fragmented space and exhaustion; [`DmaAllocator::alloc_coherent`] with
+//!   [`dma_alloc::AllocContext::Atomic`] (the atomic pool; it requests growth, never
+//!   waits for it). A bound reached (mapping table, IOVA space, deferred queue, pool) is
+//!   an error, never an allocation.
+//! - **Not callable there** (they allocate or wait): building a mapper
+//!   ([`DmaMapper::builder`]), [`iommu::IommuDma::new`], [`iommu::IommuDma::create_domain`]
+//!   and [`iommu::IommuDma::attach`] (a domain gets all its room when it is created),
+//!   adding or growing pool memory (SWIOTLB `add_region`, the coherent pool's `add_chunk`,
+//!   [`DmaAllocator::grow_atomic_pool`], the growth worker), and the [`DmaAllocator`]
+//!   page allocations that may wait (`alloc_pages`, `alloc_sg`, `alloc_noncontiguous`,
+//!   `alloc_coherent` with [`dma_alloc::AllocContext::MayBlock`]).
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -62,6 +62,8 @@ impl CoherentBouncePool {
     /// blocks that fit it, after sharing it with the host when the pool has sharing (see
     /// [`Self::with_sharing`]). Completes an outstanding growth request.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`ObjectPoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
     /// a page (or of `min_object` when that is larger), overflows, or overlaps a chunk the

@@ -33,6 +33,8 @@ where
     /// shared with the host before they are zeroed, and made private again by
     /// [`DmaAllocator::free_sg`]. The call may block: never make it in atomic context.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`];
     /// [`DmaAllocError::OutOfMemory`] when even the fallback finds no memory;

@@ -104,6 +104,8 @@ where
     /// for the device. A device with a declared region ([`DmaAllocator::declare_coherent`])
     /// is served from that region alone, in either context.
     ///
+    /// Allocates with [`AllocContext::MayBlock`]: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`] (for the atomic pool: above
     /// [`crate::dma_alloc::DmaAllocatorConfig::atomic_pool_bytes`]);
@@ -424,6 +426,8 @@ where
     /// `req.max_addr` (and the configured reach), remaps it uncached and adds it to the
     /// pool. Call it where waiting is allowed: from the growth hook's worker. Returns the
     /// memory added.
+    ///
+    /// Allocates: call outside atomic context.
     ///
     /// # Errors
     /// [`DmaAllocError::GrowthFailed`] when no such memory is free, or

@@ -36,6 +36,8 @@ where
     /// shared with the host before they are zeroed, and made private again when the table
     /// is freed. The call may block: never make it in atomic context.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`],
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`],

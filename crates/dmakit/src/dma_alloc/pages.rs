@@ -56,6 +56,8 @@ where
     /// [`DmaAllocator::free_pages`]. The call may block (it takes pages and may convert
     /// them): never make it in atomic context.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`DmaAllocError::ZeroSize`], [`DmaAllocError::TooLarge`],
     /// [`DmaAllocError::OutOfMemory`], [`DmaAllocError::NoReachableMemory`],

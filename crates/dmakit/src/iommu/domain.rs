@@ -202,6 +202,10 @@ impl IommuDomain {
             Some(end) => (end >> shift).checked_sub(1).ok_or(IovaError::BadConfig)?,
             None => u64::MAX >> shift,
         };
+        let queue = match cfg.mode {
+            FlushMode::Strict => 1,
+            FlushMode::Lazy { queue } => queue,
+        };
         let iova = IovaAllocator::new(IovaConfig {
             first_pfn: first,
             last_pfn: last,
@@ -209,11 +213,10 @@ impl IommuDomain {
             magazine_size: cfg.magazine_size,
             depot_magazines: cfg.depot_magazines,
             cpus,
+            // Each recorded mapping holds one range, and so does each unmapped one waiting
+            // in the flush queue: the IOVA table never refuses what the records admit.
+            max_live: cfg.max_mappings.saturating_add(queue),
         })?;
-        let queue = match cfg.mode {
-            FlushMode::Strict => 1,
-            FlushMode::Lazy { queue } => queue,
-        };
         Ok(Self {
             id,
             mode: cfg.mode,

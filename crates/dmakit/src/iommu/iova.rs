@@ -8,9 +8,10 @@
 //!
 //! Two layers, as in Linux's `iova.c`:
 //!
-//! - a **free-range tree**: the free space as disjoint, coalesced ranges in a `BTreeMap`,
-//!   also indexed by power-of-two length class, so a search looks at a few candidates of
-//!   the right class instead of walking every live range. A free range of about the
+//! - a **free-range table** ([`super::free_ranges`]): the free space as disjoint, coalesced
+//!   ranges in ordered tables allocated when the allocator is made, also indexed by
+//!   power-of-two length class, so a search looks at a few candidates of the right class
+//!   instead of walking every live range. A free range of about the
 //!   requested size is used first (best fit); otherwise allocation is top down (the highest
 //!   fitting address), which keeps low addresses for devices with small masks;
 //! - **range caches** ("rcaches"): per power-of-two size class, per CPU, two magazines of
@@ -22,8 +23,12 @@
 //!
 //! When the tree has no room, the caches are emptied back into it and the search is
 //! repeated once; only then is the space reported exhausted.
+//!
+//! Nothing here allocates after [`IovaAllocator::new`]: the magazines, the depots and the
+//! free-range table have their room from the start, so allocation and free run on map and
+//! unmap paths in interrupt context. The table's room is derived from
+//! [`IovaConfig::max_live`] and the cache sizes (see [`IovaAllocator::new`]).
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::Mutex;
 
 use super::depot::Depot;
+use super::free_ranges::{FreeRanges, Refusal};
 
 /// A range of IOVA pages: `pages` granules from page frame number `pfn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,11 +71,15 @@ pub struct IovaConfig {
     /// Number of per-CPU magazine pairs per size class (at least 1); CPU numbers are taken
     /// modulo this.
     pub cpus: usize,
+    /// Ranges allocated and not yet freed at once (including ranges waiting for an
+    /// invalidation in a flush queue). The free-range table is sized for it; beyond it an
+    /// allocation the caches cannot serve may fail with [`IovaError::RangeTableFull`].
+    pub max_live: usize,
 }
 
 impl IovaConfig {
     /// The defaults for the page frames `first_pfn..=last_pfn`: sizes up to 512 pages
-    /// cached, 128-range magazines, 32 depot magazines, `cpus` CPUs.
+    /// cached, 128-range magazines, 32 depot magazines, `cpus` CPUs, 4096 live ranges.
     pub const fn new(first_pfn: u64, last_pfn: u64, cpus: usize) -> Self {
         Self {
             first_pfn,
@@ -78,7 +88,19 @@ impl IovaConfig {
             magazine_size: 128,
             depot_magazines: 32,
             cpus,
+            max_live: 4096,
         }
+    }
+
+    /// Ranges the caches hold at most: per size class, two magazines per CPU and the
+    /// depot's magazines.
+    pub const fn max_cached(&self) -> usize {
+        let per_class = self
+            .cpus
+            .saturating_mul(2)
+            .saturating_add(self.depot_magazines)
+            .saturating_mul(self.magazine_size);
+        per_class.saturating_mul(self.rcache_max_order as usize + 1)
     }
 }
 
@@ -101,6 +123,12 @@ pub enum IovaError {
     /// A free of a range that is outside the space or overlaps free space (not allocated,
     /// or freed twice).
     NotAllocated(IovaRange),
+    /// The free-range table is full: more than [`IovaConfig::max_live`] ranges are live, so
+    /// the range (allocated or, after frees of parts of ranges, freed) has no room.
+    RangeTableFull {
+        /// The configured live bound.
+        max_live: usize,
+    },
 }
 
 impl fmt::Display for IovaError {
@@ -116,6 +144,11 @@ impl fmt::Display for IovaError {
                 f,
                 "IOVA range of {} pages at pfn {:#x} is not allocated",
                 r.pages, r.pfn
+            ),
+            IovaError::RangeTableFull { max_live } => write!(
+                f,
+                "IOVA free-range table full: more than {max_live} ranges live; free some or \
+                 configure a larger max_live"
             ),
         }
     }
@@ -157,166 +190,6 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Candidates looked at in a length class that may or may not fit, before moving on to the
-/// classes that surely fit.
-const PROBES: usize = 8;
-
-/// `floor(log2(n))` for `n > 0`.
-const fn floor_log2(n: u64) -> u32 {
-    63 - n.leading_zeros()
-}
-
-/// The free space: disjoint, coalesced `[start, end)` ranges, by start and by length class.
-struct FreeTree {
-    by_start: BTreeMap<u64, u64>,
-    classes: [BTreeSet<u64>; 64],
-    nonempty: u64,
-    free_pages: u64,
-}
-
-impl FreeTree {
-    fn new(first: u64, last: u64) -> Self {
-        let mut t = Self {
-            by_start: BTreeMap::new(),
-            classes: core::array::from_fn(|_| BTreeSet::new()),
-            nonempty: 0,
-            free_pages: 0,
-        };
-        t.insert(first, last + 1);
-        t
-    }
-
-    fn insert(&mut self, start: u64, end: u64) {
-        let c = floor_log2(end - start) as usize;
-        self.by_start.insert(start, end);
-        self.classes[c].insert(start);
-        self.nonempty |= 1 << c;
-        self.free_pages += end - start;
-    }
-
-    fn remove(&mut self, start: u64, end: u64) {
-        let c = floor_log2(end - start) as usize;
-        self.by_start.remove(&start);
-        self.classes[c].remove(&start);
-        if self.classes[c].is_empty() {
-            self.nonempty &= !(1 << c);
-        }
-        self.free_pages -= end - start;
-    }
-
-    /// Where an aligned block of `n` pages fits top down in `[start, end)` at or below
-    /// `limit`.
-    fn fit(start: u64, end: u64, n: u64, align: u64, limit: u64) -> Option<u64> {
-        let top = end.min(limit.saturating_add(1));
-        let at = top.checked_sub(n)? & !(align - 1);
-        (at >= start).then_some(at)
-    }
-
-    fn try_class(
-        &self,
-        c: usize,
-        n: u64,
-        align: u64,
-        limit: u64,
-        probes: usize,
-    ) -> Option<(u64, u64, u64)> {
-        self.classes[c]
-            .range(..=limit)
-            .rev()
-            .take(probes)
-            .find_map(|&s| {
-                let e = self.by_start[&s];
-                Self::fit(s, e, n, align, limit).map(|at| (s, e, at))
-            })
-    }
-
-    fn alloc(&mut self, n: u64, align: u64, limit: u64) -> Option<u64> {
-        let min_class = floor_log2(n);
-        // A free range of at least n + align - 1 pages holds an aligned block anywhere.
-        let sure = (n - 1)
-            .checked_add(align)
-            .and_then(u64::checked_next_power_of_two)
-            .map_or(64, u64::trailing_zeros);
-        let mut found = None;
-        // Classes that may fit: a few candidates each (best fit first).
-        for c in min_class..sure.min(64) {
-            if self.nonempty & (1 << c) != 0 {
-                found = self.try_class(c as usize, n, align, limit, PROBES);
-                if found.is_some() {
-                    break;
-                }
-            }
-        }
-        // Classes that surely fit below the limit: at most two candidates each (the one
-        // straddling the limit may not have room under it; the next lower one does), and
-        // the highest placement among the classes wins, keeping low addresses free for
-        // devices with small masks.
-        if found.is_none() {
-            let mut rest = if sure >= 64 {
-                0
-            } else {
-                self.nonempty >> sure << sure
-            };
-            while rest != 0 {
-                let c = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                if let Some(f) = self.try_class(c, n, align, limit, 2) {
-                    if found.is_none_or(|(_, _, at)| f.2 > at) {
-                        found = Some(f);
-                    }
-                }
-            }
-        }
-        // Near exhaustion: every candidate of the uncertain classes.
-        if found.is_none() {
-            for c in min_class..sure.min(64) {
-                if self.nonempty & (1 << c) != 0 {
-                    found = self.try_class(c as usize, n, align, limit, usize::MAX);
-                    if found.is_some() {
-                        break;
-                    }
-                }
-            }
-        }
-        let (s, e, at) = found?;
-        self.remove(s, e);
-        if at > s {
-            self.insert(s, at);
-        }
-        if at + n < e {
-            self.insert(at + n, e);
-        }
-        Some(at)
-    }
-
-    fn free(&mut self, r: IovaRange) -> Result<(), IovaError> {
-        let (mut start, mut end) = (r.pfn, r.end());
-        let pred = self
-            .by_start
-            .range(..=start)
-            .next_back()
-            .map(|(&s, &e)| (s, e));
-        let succ = self
-            .by_start
-            .range(start + 1..)
-            .next()
-            .map(|(&s, &e)| (s, e));
-        if pred.is_some_and(|(_, e)| e > start) || succ.is_some_and(|(s, _)| s < end) {
-            return Err(IovaError::NotAllocated(r));
-        }
-        if let Some((s, e)) = pred.filter(|&(_, e)| e == start) {
-            self.remove(s, e);
-            start = s;
-        }
-        if let Some((s, e)) = succ.filter(|&(s, _)| s == end) {
-            self.remove(s, e);
-            end = e;
-        }
-        self.insert(start, end);
-        Ok(())
-    }
-}
-
 /// One CPU's two magazines for one size class.
 struct CpuMags {
     loaded: Vec<u64>,
@@ -349,7 +222,7 @@ fn take_fit(mag: &mut Vec<u64>, pages: u64, limit: u64) -> Option<u64> {
 /// Thread-safe: the tree has one lock, each CPU's magazines of each size class another.
 pub struct IovaAllocator {
     cfg: IovaConfig,
-    tree: Mutex<FreeTree>,
+    tree: Mutex<FreeRanges>,
     rcaches: Vec<Rcache>,
     counters: Counters,
 }
@@ -364,7 +237,14 @@ impl fmt::Debug for IovaAllocator {
 }
 
 impl IovaAllocator {
-    /// An allocator over the page frames of `cfg`, all free.
+    /// An allocator over the page frames of `cfg`, all free. Allocates: call outside
+    /// atomic context.
+    ///
+    /// The free-range table gets room for `max_live + max_cached + 1` ranges
+    /// ([`IovaConfig::max_cached`]): every range out of the table is live or cached, and
+    /// free ranges, being coalesced, are at most one more than the ranges out (a page of
+    /// one lies between any two). So while at most `max_live` ranges are live no range
+    /// coming back is ever refused, and caches always flush back whole.
     ///
     /// # Errors
     /// [`IovaError::BadConfig`] for the configurations listed there.
@@ -392,7 +272,11 @@ impl IovaAllocator {
             })
             .collect();
         Ok(Self {
-            tree: Mutex::new(FreeTree::new(cfg.first_pfn, cfg.last_pfn)),
+            tree: Mutex::new(FreeRanges::new(
+                cfg.first_pfn,
+                cfg.last_pfn,
+                cfg.max_live.saturating_add(cfg.max_cached()),
+            )),
             cfg,
             rcaches,
             counters: Counters::default(),
@@ -428,7 +312,10 @@ impl IovaAllocator {
     /// pages, and overlaps no other live range. It is freed with [`IovaAllocator::free`].
     ///
     /// # Errors
-    /// [`IovaError::ZeroPages`]; [`IovaError::Exhausted`] when no such range is free.
+    /// [`IovaError::ZeroPages`]; [`IovaError::Exhausted`] when no such range is free;
+    /// [`IovaError::RangeTableFull`] when more than [`IovaConfig::max_live`] ranges are
+    /// live and the caches cannot serve this one. Allocates nothing, also when it empties
+    /// the caches.
     pub fn alloc(&self, pages: u64, limit_pfn: u64, cpu: usize) -> Result<IovaRange, IovaError> {
         if pages == 0 {
             return Err(IovaError::ZeroPages);
@@ -446,18 +333,21 @@ impl IovaAllocator {
                 return Ok(IovaRange { pfn, pages: n });
             }
         }
-        if let Some(pfn) = self.tree.lock().alloc(n, align, limit) {
+        if let Ok(pfn) = self.tree.lock().alloc(n, align, limit) {
             bump(&self.counters.tree_allocs);
             return Ok(IovaRange { pfn, pages: n });
         }
-        // Cached ranges may be what is missing: give them all back and try once more.
+        // Cached ranges may be what is missing (free space, or room in the table): give
+        // them all back and try once more.
         self.flush_caches();
-        match self.tree.lock().alloc(n, align, limit) {
-            Some(pfn) => {
+        let found = self.tree.lock().alloc(n, align, limit);
+        match found {
+            Ok(pfn) => {
                 bump(&self.counters.tree_allocs);
                 Ok(IovaRange { pfn, pages: n })
             }
-            None => Err(exhausted),
+            Err(Refusal::NoRoom) => Err(exhausted),
+            Err(Refusal::TableFull) => Err(self.table_full()),
         }
     }
 
@@ -471,7 +361,9 @@ impl IovaAllocator {
     ///
     /// # Errors
     /// [`IovaError::NotAllocated`] when a range that reaches the tree is outside the space
-    /// or overlaps free space.
+    /// or overlaps free space; [`IovaError::RangeTableFull`] when the table has no room for
+    /// it, which only earlier frees of other than whole allocated ranges can cause.
+    /// Allocates nothing.
     pub fn free(&self, range: IovaRange, cpu: usize) -> Result<(), IovaError> {
         if range.pages == 0
             || range.pfn < self.cfg.first_pfn
@@ -485,9 +377,20 @@ impl IovaAllocator {
             bump(&self.counters.rcache_frees);
             return Ok(());
         }
-        self.tree.lock().free(range)?;
+        let back = self.tree.lock().free(range.pfn, range.end());
+        match back {
+            Ok(()) => {}
+            Err(Refusal::NoRoom) => return Err(IovaError::NotAllocated(range)),
+            Err(Refusal::TableFull) => return Err(self.table_full()),
+        }
         bump(&self.counters.tree_frees);
         Ok(())
+    }
+
+    fn table_full(&self) -> IovaError {
+        IovaError::RangeTableFull {
+            max_live: self.cfg.max_live,
+        }
     }
 
     fn cache_get(&self, class: usize, pages: u64, limit: u64, cpu: usize) -> Option<u64> {
@@ -532,14 +435,14 @@ impl IovaAllocator {
         let mut tree = self.tree.lock();
         for pfn in pfns {
             // Every cached range was allocated and freed once; the tree takes it.
-            let back = tree.free(IovaRange { pfn, pages });
+            let back = tree.free(pfn, pfn + pages);
             debug_assert!(back.is_ok(), "{back:?}");
             bump(&self.counters.tree_frees);
         }
     }
 
     /// Gives every cached range back to the tree (done automatically before reporting
-    /// exhaustion).
+    /// exhaustion). Allocates nothing: the table has room for every cached range.
     pub fn flush_caches(&self) {
         bump(&self.counters.cache_flushes);
         for (class, rc) in self.rcaches.iter().enumerate() {
@@ -554,12 +457,12 @@ impl IovaAllocator {
 
     /// Pages free in the tree (not counting cached ranges).
     fn tree_free_pages(&self) -> u64 {
-        self.tree.lock().free_pages
+        self.tree.lock().free_pages()
     }
 
     /// Number of disjoint free ranges in the tree.
     fn tree_free_ranges(&self) -> usize {
-        self.tree.lock().by_start.len()
+        self.tree.lock().ranges()
     }
 
     /// Ranges currently held by the caches.

@@ -25,6 +25,7 @@ mod alloc_space;
 mod depot;
 mod domain;
 mod flush_queue;
+mod free_ranges;
 mod iova;
 pub(crate) mod path;
 mod records;
@@ -134,6 +135,8 @@ impl fmt::Debug for IommuDma {
 impl IommuDma {
     /// The mapping layer's view of `iommu`, with range caches for `cpus` CPUs.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`IommuDmaError::BadGranule`] when the IOMMU's granule is unusable.
     pub fn new(iommu: Arc<dyn Iommu + Send + Sync>, cpus: usize) -> Result<Self, IommuDmaError> {
@@ -158,6 +161,9 @@ impl IommuDma {
     }
 
     /// Creates a domain with `cfg` (an identity one with [`DomainConfig::identity`]).
+    ///
+    /// Allocates: call outside atomic context. (The domain's records, range caches and
+    /// free-range table get all their room here.)
     ///
     /// # Errors
     /// [`IommuDmaError::Platform`] when the IOMMU cannot create one (for an identity
@@ -214,6 +220,8 @@ impl IommuDma {
 
     /// Attaches `dev` to domain `id`: from now on its mappings go through the domain (for
     /// an identity domain: as if there were no IOMMU).
+    ///
+    /// Allocates: call outside atomic context.
     ///
     /// # Errors
     /// [`IommuDmaError::AlreadyAttached`]; [`IommuDmaError::UntrustedIdentity`] for an

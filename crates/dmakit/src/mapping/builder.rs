@@ -31,6 +31,8 @@ impl<P: Platform> DmaMapper<P> {
     /// Starts configuring a mapper over `platform`. Without further settings the mapper
     /// uses the exact alignment policy, has no bounce pool and no IOMMU layer, keeps
     /// statistics and has the debug checker off.
+    ///
+    /// Allocates: call outside atomic context.
     pub fn builder(platform: P) -> DmaMapperBuilder<P> {
         DmaMapperBuilder {
             mapper: DmaMapper::new(platform),
@@ -298,6 +300,8 @@ impl<P: Platform> DmaMapperBuilder<P> {
     }
 
     /// The configured mapper. Never fails: every setting was checked when it was given.
+    ///
+    /// Allocates: call outside atomic context.
     pub fn build(mut self) -> DmaMapper<P> {
         if let Some(pages) = self.transient {
             self.mapper.routes.transient = Some(TransientPool::new(pages, self.sharing));

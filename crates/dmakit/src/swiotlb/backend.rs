@@ -56,6 +56,8 @@ impl SwiotlbBounce {
     /// sharing (see [`SwiotlbBounce::with_sharing`]) the region is shared with the host
     /// before any bounce can use it.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// As [`Pool::add_region`]; [`RegionError::NotShared`] when the platform refuses to
     /// share it. The pool is unchanged then and the region private (a region that

@@ -71,6 +71,8 @@ impl<T> Pool<T> {
     /// Adds `size` bytes of memory at `base` to the pool. Safe while other threads allocate
     /// and free; the new region is usable as soon as this returns. Returns its range.
     ///
+    /// Allocates: call outside atomic context.
+    ///
     /// # Errors
     /// [`RegionError::Misaligned`] unless `base` is a multiple of
     /// [`Pool::region_alignment`]; [`RegionError::BadSize`] unless `size` is a non-zero
