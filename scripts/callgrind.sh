@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per 64-byte map+unmap pair, direct and bounced, and per 4 KiB pair through a
+# Instructions per 64-byte map+unmap pair, direct, bounced through SWIOTLB and through the
+# coherent object pool, and per 4 KiB pair through a
 # strict IOMMU domain, counted by callgrind
 # (identical whatever the machine's load): scripts/callgrind.sh [N]
 #
@@ -17,7 +18,7 @@ ir() {
   valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$bin" "$1" "$2" 2>"$out/log" >/dev/null
   grep -E '^(summary|totals):' "$out/cg" | head -1 | awk '{print $2}'
 }
-for mode in direct bounced iommu; do
+for mode in direct bounced coherent iommu; do
   base=$(ir "$mode" 1000)
   more=$(ir "$mode" $((1000 + n)))
   size=$([ "$mode" = iommu ] && echo "4 KiB" || echo "64 B")

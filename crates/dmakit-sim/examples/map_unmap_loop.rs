@@ -6,6 +6,9 @@
 //! `map_unmap_loop bounced N` one 8 bytes off a line (a SWIOTLB bounce: slot, fill,
 //! maintenance, copy back, free). Same setup as the `paired` benchmark: a non-coherent
 //! device with 64-byte lines, a 64 MiB pool of one area, statistics on, debug checker off.
+//! `map_unmap_loop coherent N` bounces the buffer 8 bytes off a line through a coherent
+//! object pool of one 1 MiB chunk instead (object, fill, copy back, free; no maintenance
+//! on the bounce side).
 //! `map_unmap_loop iommu N` maps a page-aligned 4 KiB `Bidirectional` buffer of a coherent
 //! device through a strict IOMMU domain with the model's page tables in software, as the
 //! `iommu` benchmark does.
@@ -14,8 +17,9 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::prelude::*;
-use dmakit::{DomainConfig, IommuDma};
+use dmakit::{BouncePool, DomainConfig, IommuDma};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
 use dmakit_sim::{SimIommu, SimIommuConfig};
 
@@ -25,9 +29,9 @@ const POOL: u64 = 64 * MIB;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (mode, n) = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some(mode @ ("direct" | "bounced" | "iommu")), Some(n)) => (mode, n),
+        (Some(mode @ ("direct" | "bounced" | "coherent" | "iommu")), Some(n)) => (mode, n),
         _ => {
-            eprintln!("usage: map_unmap_loop direct|bounced|iommu N");
+            eprintln!("usage: map_unmap_loop direct|bounced|coherent|iommu N");
             return ExitCode::from(2);
         }
     };
@@ -58,6 +62,18 @@ fn main() -> ExitCode {
             4096,
             Direction::Bidirectional,
         )
+    } else if mode == "coherent" {
+        let pool = CoherentBouncePool::new(ObjectPoolConfig::default(), None).expect("pool");
+        pool.add_chunk(PhysAddr::new(POOL + 8 * MIB), MIB)
+            .expect("chunk");
+        let dev = Device::builder(DeviceId(1), "loop")
+            .cache_line(64)
+            .bounce_pool(BouncePool::Coherent)
+            .build()
+            .expect("device");
+        let buf = PhysAddr::new(POOL + MIB + 8);
+        let mapper = builder.coherent_backend(Arc::new(pool)).build();
+        (mapper, dev, buf, 64, Direction::FromDevice)
     } else {
         let dev = Device::builder(DeviceId(1), "loop")
             .cache_line(64)
@@ -76,7 +92,11 @@ fn main() -> ExitCode {
     let bounces = mapper.stats().total().bounces_total();
     assert_eq!(
         bounces,
-        if mode == "bounced" { n } else { 0 },
+        if matches!(mode, "bounced" | "coherent") {
+            n
+        } else {
+            0
+        },
         "bounce count"
     );
     ExitCode::SUCCESS

@@ -46,6 +46,20 @@ impl<K: Ord + Copy, V> FixedMap<K, V> {
         }
     }
 
+    /// Makes room for `capacity` entries in all (never less than the map has now; at most
+    /// `u32::MAX`), keeping every entry. Allocates: call outside atomic context.
+    pub(crate) fn grow_to(&mut self, capacity: usize) {
+        let capacity = capacity.min(u32::MAX as usize);
+        let old = self.slots.len();
+        if capacity <= old {
+            return;
+        }
+        self.index.reserve_exact(capacity - self.index.len());
+        self.free.reserve_exact(capacity - self.free.len());
+        self.slots.resize_with(capacity, || None);
+        self.free.extend((old as u32..capacity as u32).rev());
+    }
+
     /// Entries the map can hold.
     pub(crate) fn capacity(&self) -> usize {
         self.slots.len()
@@ -198,6 +212,29 @@ mod tests {
         assert_eq!(m.at_or_below(&u64::MAX).map(|e| e.0), Some(300));
         *m.get_mut(&200).unwrap() = ();
         assert!(m.get(&200).is_some() && m.get(&201).is_none());
+    }
+
+    #[test]
+    fn growing_keeps_the_entries_and_makes_room() {
+        let mut m = FixedMap::with_capacity(2);
+        m.insert(20u64, 'b').unwrap();
+        m.insert(10, 'a').unwrap();
+        assert_eq!(m.insert(30, 'c'), Err('c'));
+        m.grow_to(1);
+        assert_eq!(m.capacity(), 2, "never shrinks");
+        m.grow_to(4);
+        assert_eq!(m.capacity(), 4);
+        assert_eq!(m.insert(30, 'c'), Ok(None));
+        assert_eq!(m.insert(0, 'z'), Ok(None));
+        assert_eq!(m.insert(40, 'd'), Err('d'));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [(0, &'z'), (10, &'a'), (20, &'b'), (30, &'c')]
+        );
+        for k in [0, 10, 20, 30] {
+            assert!(m.remove(&k).is_some());
+        }
+        assert!(m.is_empty());
     }
 
     #[test]

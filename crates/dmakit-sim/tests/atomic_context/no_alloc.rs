@@ -13,8 +13,8 @@
 //! slots, flush-queue drains on unmap and by `flush_iommu_queues`, IOVA magazines through
 //! the depot, a full mapping table), deferral (queued, refused when the queue is full,
 //! completed by an unmap), on the model and (direct and bounced) on the host platform.
-//! Not yet watched because they still allocate: the coherent object pool, the transient
-//! pool, scatter-gather lists and the debug checker.
+//! Coherent-pool and transient bounces are watched in `coherent`. Not yet watched because
+//! they still allocate: scatter-gather lists and the debug checker.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -155,7 +155,7 @@ mod paths {
     /// Maps `LIVE` buffers of `len` bytes at `stride` apart from `base + skew` (cycling the
     /// directions), syncs part of each both ways, and unmaps them, checking every result.
     /// The addresses live in an array: the round itself allocates nothing.
-    fn round<P: Platform>(
+    pub(super) fn round<P: Platform>(
         mapper: &DmaMapper<P>,
         dev: &Device,
         base: PhysAddr,
@@ -185,12 +185,12 @@ mod paths {
     /// Writes `len` bytes at `base` through to the model's memory, so that it holds their
     /// pages (it allocates a page when one is first written, which a later write-back
     /// from the cache could otherwise do inside a watched region).
-    fn materialise(m: &Machine, base: PhysAddr, len: u64) {
+    pub(super) fn materialise(m: &Machine, base: PhysAddr, len: u64) {
         m.fill(base, 0x5a, len).unwrap();
         m.clean(PhysRange::new(base, len).unwrap());
     }
 
-    fn buffers(m: &Machine) -> PhysAddr {
+    pub(super) fn buffers(m: &Machine) -> PhysAddr {
         let base = m.alloc_pages(128, BELOW_4G).unwrap();
         materialise(m, base, 128 * 4096);
         base

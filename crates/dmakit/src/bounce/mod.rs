@@ -22,4 +22,4 @@ mod transient;
 
 pub use backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
 pub use span::MemorySpan;
-pub use transient::TransientPool;
+pub use transient::{TransientPool, TRANSIENT_BOUNCES};

@@ -3,7 +3,6 @@
 //! guest the pages are shared with the host as they are taken and made private again
 //! before they are returned.
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 
 use crate::sync::Mutex;
@@ -11,6 +10,7 @@ use crate::sync::Mutex;
 use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest, PoolUsage};
 use super::MemorySpan;
 use crate::addr::{PhysAddr, PhysRange};
+use crate::fixed_table::FixedMap;
 use crate::platform::{HostSharing, PageAllocator, PAGE_SIZE};
 
 struct Live {
@@ -21,15 +21,22 @@ struct Live {
     meta: BounceMeta,
 }
 
+/// Live transient bounces a pool keeps records for (room made when the pool is built).
+pub const TRANSIENT_BOUNCES: usize = 256;
+
 struct State {
-    live: BTreeMap<u64, Live>,
+    live: FixedMap<u64, Live>,
     used: u64,
     high_water: u64,
 }
 
 /// A backend that takes whole pages per bounce from a page allocator. Pages own their cache
 /// lines, so bounces never share one. Used only as a stop-gap: every bounce costs a page
-/// allocation.
+/// allocation (from the page allocator, never from the heap).
+///
+/// At most [`TRANSIENT_BOUNCES`] bounces are live at once: their records are made when the
+/// pool is, so bouncing, looking up and ending a bounce never allocate; one more is
+/// refused as [`BounceAllocError::Full`].
 pub struct TransientPool {
     pages: Arc<dyn PageAllocator + Send + Sync>,
     sharing: HostSharing,
@@ -39,13 +46,13 @@ pub struct TransientPool {
 
 impl TransientPool {
     /// A transient backend over `pages`, sharing them with the host through `sharing`
-    /// while they serve a bounce.
+    /// while they serve a bounce. Allocates its records: call outside atomic context.
     pub(crate) fn new(pages: Arc<dyn PageAllocator + Send + Sync>, sharing: HostSharing) -> Self {
         Self {
             pages,
             sharing,
             state: Mutex::new(State {
-                live: BTreeMap::new(),
+                live: FixedMap::with_capacity(TRANSIENT_BOUNCES),
                 used: 0,
                 high_water: 0,
             }),
@@ -77,12 +84,16 @@ impl TransientPool {
             }
             live
         };
-        let base = PhysAddr::new(live.base);
-        if let Some(range) = PhysRange::new(base, live.pages * PAGE_SIZE) {
+        self.give_back(PhysAddr::new(live.base), live.pages);
+        Some(live.meta)
+    }
+
+    /// Makes `pages` pages at `base` private again and returns them to the page allocator.
+    fn give_back(&self, base: PhysAddr, pages: u64) {
+        if let Some(range) = PhysRange::new(base, pages * PAGE_SIZE) {
             self.sharing.unshare(range);
         }
-        self.pages.free_pages(base, live.pages);
-        Some(live.meta)
+        self.pages.free_pages(base, pages);
     }
 }
 
@@ -108,6 +119,14 @@ impl BounceBackend for TransientPool {
                 total: s.used,
             }
         };
+        let records_full = || {
+            let s = self.state.lock();
+            s.live.len() == s.live.capacity()
+        };
+        // Checked first so that a full table costs no page allocation.
+        if records_full() {
+            return Err(full());
+        }
         let base = self
             .pages
             .alloc_pages(pages, req.max_addr)
@@ -124,18 +143,22 @@ impl BounceBackend for TransientPool {
         let start = base.as_u64().next_multiple_of(align);
         let slot = start + offset;
         let mut s = self.state.lock();
-        s.used += pages * PAGE_SIZE;
-        let raised = s.used.saturating_sub(s.high_water);
+        let used = s.used + pages * PAGE_SIZE;
+        let raised = used.saturating_sub(s.high_water);
+        let live = Live {
+            base: base.as_u64(),
+            pages,
+            raised,
+            meta,
+        };
+        if s.live.insert(slot, live).is_err() {
+            // Another bounce took the last record since the check above.
+            drop(s);
+            self.give_back(base, pages);
+            return Err(full());
+        }
+        s.used = used;
         s.high_water += raised;
-        s.live.insert(
-            slot,
-            Live {
-                base: base.as_u64(),
-                pages,
-                raised,
-                meta,
-            },
-        );
         Ok(PhysAddr::new(slot))
     }
 
@@ -158,8 +181,7 @@ impl BounceBackend for TransientPool {
         let a = addr.as_u64();
         let s = self.state.lock();
         s.live
-            .range(..=a)
-            .next_back()
+            .at_or_below(&a)
             .is_some_and(|(_, l)| a >= l.base && a < l.base + l.pages * PAGE_SIZE)
     }
 

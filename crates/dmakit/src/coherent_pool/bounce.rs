@@ -1,6 +1,5 @@
 //! The coherent object pool as a bounce backend.
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,11 +10,15 @@ use crate::addr::PhysAddr;
 use crate::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
 };
+use crate::fixed_table::FixedMap;
 use crate::growth::GrowthHook;
 use crate::platform::{HostSharing, PAGE_SIZE};
 
 /// Bounces in coherent memory: no cache maintenance on the bounce side, growth before the
-/// pool runs dry. The original of every bounce is kept in a map keyed by its DMA address.
+/// pool runs dry. The original of every bounce is kept in a map keyed by its DMA address,
+/// with room for one record per `min_object` of the pool's memory (made when a chunk is
+/// added), so allocating, looking up and freeing a bounce never allocates and a record
+/// never lacks room.
 ///
 /// [`BounceBackend::usage`] reports the high-water mark of the bounces kept: a bounce given
 /// back with [`BounceBackend::abandon`] does not count in it (the object pool's own
@@ -26,7 +29,7 @@ pub struct CoherentBouncePool {
     objects: ObjectPool,
     /// Live bounces: bounce address → (object start, metadata, bytes the bounce raised the
     /// high-water mark by).
-    live: Mutex<BTreeMap<u64, (u64, BounceMeta, u64)>>,
+    live: Mutex<FixedMap<u64, (u64, BounceMeta, u64)>>,
     high_water: AtomicU64,
     sharing: HostSharing,
 }
@@ -44,7 +47,7 @@ impl CoherentBouncePool {
     ) -> Result<Self, ObjectPoolError> {
         Ok(Self {
             objects: ObjectPool::new(cfg, hook)?,
-            live: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(FixedMap::with_capacity(0)),
             high_water: AtomicU64::new(0),
             sharing: HostSharing::default(),
         })
@@ -60,7 +63,9 @@ impl CoherentBouncePool {
 
     /// Adds `[base, base + bytes)` of coherent memory, cut into the largest aligned free
     /// blocks that fit it, after sharing it with the host when the pool has sharing (see
-    /// [`Self::with_sharing`]). Completes an outstanding growth request.
+    /// [`Self::with_sharing`]), with room for its bounces' records. Completes an
+    /// outstanding growth request. Allocates: call outside atomic context (growth does,
+    /// from its worker or hook).
     ///
     /// Allocates: call outside atomic context.
     ///
@@ -75,6 +80,15 @@ impl CoherentBouncePool {
         self.sharing
             .share(range)
             .map_err(ObjectPoolError::NotShared)?;
+        // Room before the chunk can hand out objects: at most one bounce per `min_object`.
+        // Room made for a chunk refused below stays, unused.
+        let objects = usize::try_from(bytes / self.objects.config().min_object)
+            .map_err(|_| ObjectPoolError::BadChunk)?;
+        {
+            let mut live = self.live.lock();
+            let room = live.capacity().saturating_add(objects);
+            live.grow_to(room);
+        }
         self.objects.add_chunk(base, bytes)
     }
 
@@ -95,13 +109,18 @@ impl CoherentBouncePool {
         if unused
             && !crate::reintroduce::active(crate::reintroduce::Defect::FailedBounceRaisesHighWater)
         {
-            let used = self.objects.usage().used;
-            let lower = |high: u64| Some(high.saturating_sub(raised).max(used));
-            let _ = self
-                .high_water
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, lower);
+            self.take_back(raised);
         }
         Some(meta)
+    }
+
+    /// Takes `raised` bytes back from the high-water mark (never below the current usage).
+    fn take_back(&self, raised: u64) {
+        let used = self.objects.usage().used;
+        let lower = |high: u64| Some(high.saturating_sub(raised).max(used));
+        let _ = self
+            .high_water
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, lower);
     }
 }
 
@@ -134,7 +153,23 @@ impl BounceBackend for CoherentBouncePool {
         let dma = obj.as_u64() + offset;
         let used = self.objects.usage().used;
         let raised = used.saturating_sub(self.high_water.fetch_max(used, Ordering::Relaxed));
-        self.live.lock().insert(dma, (obj.as_u64(), meta, raised));
+        if self
+            .live
+            .lock()
+            .insert(dma, (obj.as_u64(), meta, raised))
+            .is_err()
+        {
+            // Not reached while every chunk came through `add_chunk`, which makes room for
+            // all its objects; refused cleanly all the same.
+            let freed = self.objects.free(obj);
+            debug_assert!(freed.is_ok());
+            self.take_back(raised);
+            let u = self.objects.usage();
+            return Err(BounceAllocError::Full {
+                used: u.used,
+                total: u.total,
+            });
+        }
         Ok(PhysAddr::new(dma))
     }
 

@@ -11,9 +11,17 @@
 //! maximal blocks its chunks were cut into (or larger ones, where chunks abut), so any
 //! request up to the largest of them succeeds.
 //!
-//! Cost: allocation and free are O(classes × log free blocks) (an ordered set per class);
-//! the sets are B-trees, so alloc and free may allocate heap nodes, as the map of live
-//! objects always did.
+//! Records: each chunk carries, sized when it is added, one bitmap of free blocks per class
+//! (bit `i` of class `c` is the block of `min_object << c` bytes at the chunk's `i`-th
+//! address aligned to that size) and the class of the live object starting at each
+//! `min_object` slot. A block is recorded in the chunk its start lies in, even when a merge
+//! across abutting chunks made it reach into the next one. So [`ObjectPool::alloc`] and
+//! [`ObjectPool::free`] never allocate (they run on map paths, in interrupt context), and
+//! the records can never be full; only [`ObjectPool::add_chunk`] allocates.
+//!
+//! Cost: a free is O(log chunks + classes); an allocation scans, per class tried, the
+//! class's bitmap words of the chunks in address order up to the first free block (the
+//! lowest one), a few dozen words per 256 KiB chunk.
 //!
 //! Growth: the pool asks its hook for a chunk when it could no longer serve one object of
 //! `min(refill_below, max_object)` bytes, or when its free bytes fall below
@@ -22,7 +30,6 @@
 
 use core::fmt;
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -110,17 +117,71 @@ impl fmt::Display for ObjectPoolError {
 
 impl core::error::Error for ObjectPoolError {}
 
+/// The free blocks of one class whose start lies in a chunk.
+struct FreeBits {
+    /// The chunk's first address aligned to the class's block size.
+    first: u64,
+    /// Bit `i`: the block at `first + i * size` is free.
+    words: Vec<u64>,
+}
+
+impl FreeBits {
+    /// The bit of the block at `a` (aligned to `size`, at or after `first`).
+    fn bit(&self, a: u64, size: u64) -> (usize, u64) {
+        let i = ((a - self.first) / size) as usize;
+        (i / 64, 1 << (i % 64))
+    }
+}
+
 struct Chunk {
     base: u64,
     end: u64,
+    /// Free blocks by class.
+    free: Vec<FreeBits>,
+    /// Class + 1 of the live object starting at each `min_object` slot; 0 where none does.
+    live: Vec<u8>,
+}
+
+impl Chunk {
+    /// An empty chunk `[base, end)` with records for every block and object it can hold.
+    /// Allocates.
+    fn new(base: u64, end: u64, min_object: u64, classes: usize) -> Self {
+        let free = (0..classes)
+            .map(|c| {
+                let size = min_object << c;
+                let first = base.next_multiple_of(size);
+                let blocks = end.saturating_sub(first).div_ceil(size);
+                FreeBits {
+                    first,
+                    words: alloc::vec![0; blocks.div_ceil(64) as usize],
+                }
+            })
+            .collect();
+        let slots = ((end - base) / min_object) as usize;
+        Self {
+            base,
+            end,
+            free,
+            live: alloc::vec![0; slots],
+        }
+    }
+
+    /// The lowest free block of `class` (of `size` bytes).
+    fn lowest_free(&self, class: usize, size: u64) -> Option<u64> {
+        let bits = &self.free[class];
+        let (w, word) = bits.words.iter().enumerate().find(|(_, w)| **w != 0)?;
+        let i = w as u64 * 64 + u64::from(word.trailing_zeros());
+        Some(bits.first + i * size)
+    }
 }
 
 struct State {
+    /// Chunks by address.
     chunks: Vec<Chunk>,
-    /// Free blocks of each class, by start address.
-    free: Vec<BTreeSet<u64>>,
-    /// Live objects: start address → class, sorted for O(log n) lookup.
-    live: BTreeMap<u64, u8>,
+    /// Free blocks of each class, over all chunks.
+    free_blocks: Vec<u64>,
+    /// Live objects.
+    live: u64,
     total: u64,
     used: u64,
     high_water: u64,
@@ -179,14 +240,13 @@ impl ObjectPool {
         if !ok {
             return Err(ObjectPoolError::BadConfig);
         }
-        let classes =
-            (cfg.max_object.trailing_zeros() - cfg.min_object.trailing_zeros() + 1) as usize;
+        let classes = class_count(&cfg);
         Ok(Self {
             cfg,
             state: Mutex::new(State {
                 chunks: Vec::new(),
-                free: (0..classes).map(|_| BTreeSet::new()).collect(),
-                live: BTreeMap::new(),
+                free_blocks: alloc::vec![0; classes],
+                live: 0,
                 total: 0,
                 used: 0,
                 high_water: 0,
@@ -203,7 +263,8 @@ impl ObjectPool {
     }
 
     /// Adds `[base, base + bytes)` of coherent memory, cut into the largest aligned free
-    /// blocks that fit it. Completes an outstanding growth request.
+    /// blocks that fit it. Completes an outstanding growth request. Allocates the chunk's
+    /// records: call outside atomic context (growth does, from its worker or hook).
     ///
     /// # Errors
     /// [`ObjectPoolError::BadChunk`] if the chunk is empty, not aligned to or not a multiple of
@@ -211,6 +272,8 @@ impl ObjectPool {
     /// pool has; nothing changed.
     pub(crate) fn add_chunk(&self, base: PhysAddr, bytes: u64) -> Result<(), ObjectPoolError> {
         let (b, end) = self.chunk_bounds(base, bytes)?;
+        let min = self.cfg.min_object;
+        let chunk = Chunk::new(b, end, min, class_count(&self.cfg));
         let mut s = self.state.lock();
         if s.chunks.iter().any(|c| b < c.end && c.base < end) {
             return Err(ObjectPoolError::BadChunk);
@@ -218,8 +281,7 @@ impl ObjectPool {
         // Covered before the chunk can hand out objects.
         self.span.cover(b, bytes);
         let at = s.chunks.partition_point(|c| c.base < b);
-        s.chunks.insert(at, Chunk { base: b, end });
-        let min = self.cfg.min_object;
+        s.chunks.insert(at, chunk);
         let mut a = b;
         while a < end {
             // The largest block aligned at `a` that fits before `end`; `a` is always
@@ -228,7 +290,7 @@ impl ObjectPool {
             while size > min && (a % size != 0 || end - a < size) {
                 size /= 2;
             }
-            s.free[class_of(size, min)].insert(a);
+            mark_free(&mut s, a, class_of(size, min), min);
             a += size;
         }
         s.total += bytes;
@@ -288,7 +350,7 @@ impl ObjectPool {
     /// Allocates an object of at least `size` bytes aligned to `align` (a power of two)
     /// whose last byte is at or below `max_addr`: the lowest such block of the smallest
     /// class that has one. Requests growth when the pool is low (see
-    /// [`ObjectPoolConfig::refill_below`]) or the request failed.
+    /// [`ObjectPoolConfig::refill_below`]) or the request failed. Never allocates.
     ///
     /// # Errors
     /// [`ObjectPoolError::TooLarge`] or [`ObjectPoolError::Exhausted`]; nothing changed.
@@ -302,7 +364,8 @@ impl ObjectPool {
         let mut s = self.state.lock();
         let result = match take_split(&mut s, class, self.cfg.min_object, max_addr) {
             Some(addr) => {
-                s.live.insert(addr, class as u8);
+                *live_slot(&mut s, addr, self.cfg.min_object) = class as u8 + 1;
+                s.live += 1;
                 s.used += obj;
                 s.free_bytes -= obj;
                 s.high_water = s.high_water.max(s.used);
@@ -336,35 +399,39 @@ impl ObjectPool {
         by_bytes || largest_free(s, self.cfg.min_object) < want
     }
 
-    /// Frees the object at `addr`, merging it with its free buddies.
+    /// Frees the object at `addr`, merging it with its free buddies. Never allocates.
     ///
     /// # Errors
     /// [`ObjectPoolError::NotLive`] if `addr` is not the start of a live object; nothing changed.
     pub(crate) fn free(&self, addr: PhysAddr) -> Result<(), ObjectPoolError> {
+        let min = self.cfg.min_object;
         let mut s = self.state.lock();
-        let class = s
-            .live
-            .remove(&addr.as_u64())
-            .ok_or(ObjectPoolError::NotLive(addr))? as usize;
-        let obj = self.cfg.min_object << class;
+        let a = addr.as_u64();
+        let class = match live_class(&s, a, min) {
+            Some(class) => class,
+            None => return Err(ObjectPoolError::NotLive(addr)),
+        };
+        *live_slot(&mut s, a, min) = 0;
+        s.live -= 1;
+        let obj = min << class;
         s.used -= obj;
         s.free_bytes += obj;
         if crate::reintroduce::active(Defect::CoherentNoCoalesce) {
-            s.free[class].insert(addr.as_u64());
+            mark_free(&mut s, a, class, min);
             return Ok(());
         }
-        let (mut a, mut c) = (addr.as_u64(), class);
+        let (mut a, mut c) = (a, class);
         // A free buddy is free pool memory of the same size, so the merged block is too
         // (even when the buddy lies in an abutting chunk).
-        while c + 1 < s.free.len() {
-            let size = self.cfg.min_object << c;
-            if !s.free[c].remove(&(a ^ size)) {
+        while c + 1 < s.free_blocks.len() {
+            let size = min << c;
+            if !take_free(&mut s, a ^ size, c, min) {
                 break;
             }
             a &= !size;
             c += 1;
         }
-        s.free[c].insert(a);
+        mark_free(&mut s, a, c, min);
         Ok(())
     }
 
@@ -384,9 +451,7 @@ impl ObjectPool {
     /// The size of the live object at `addr`, if there is one.
     pub fn object_size(&self, addr: PhysAddr) -> Option<u64> {
         let s = self.state.lock();
-        s.live
-            .get(&addr.as_u64())
-            .map(|&c| self.cfg.min_object << c)
+        live_class(&s, addr.as_u64(), self.cfg.min_object).map(|c| self.cfg.min_object << c)
     }
 
     /// The grower could not find memory: the next shortage may ask again.
@@ -413,10 +478,15 @@ impl ObjectPool {
             high_water: s.high_water,
             free: s.free_bytes,
             largest_free: largest_free(&s, self.cfg.min_object),
-            live: s.live.len() as u64,
+            live: s.live,
             chunks: s.chunks.len() as u64,
         }
     }
+}
+
+/// The number of size classes of `cfg`.
+fn class_count(cfg: &ObjectPoolConfig) -> usize {
+    (cfg.max_object.trailing_zeros() - cfg.min_object.trailing_zeros() + 1) as usize
 }
 
 /// The class index of an object of `size` bytes (a power of two of at least `min_object`).
@@ -426,10 +496,69 @@ fn class_of(size: u64, min_object: u64) -> usize {
 
 /// The largest free block (0 when there is none).
 fn largest_free(s: &State, min_object: u64) -> u64 {
-    s.free
+    s.free_blocks
         .iter()
-        .rposition(|l| !l.is_empty())
+        .rposition(|&n| n > 0)
         .map_or(0, |c| min_object << c)
+}
+
+/// The index of the chunk `a` lies in.
+fn chunk_at(s: &State, a: u64) -> Option<usize> {
+    let i = s.chunks.partition_point(|c| c.base <= a);
+    (i > 0 && a < s.chunks[i - 1].end).then(|| i - 1)
+}
+
+/// The class of the live object starting at `a`, if there is one.
+fn live_class(s: &State, a: u64, min_object: u64) -> Option<usize> {
+    let chunk = &s.chunks[chunk_at(s, a)?];
+    if a % min_object != 0 {
+        return None;
+    }
+    let tag = chunk.live[((a - chunk.base) / min_object) as usize];
+    (tag > 0).then(|| usize::from(tag - 1))
+}
+
+/// The live record of the object slot at `a` (a `min_object`-aligned address in a chunk).
+fn live_slot(s: &mut State, a: u64, min_object: u64) -> &mut u8 {
+    let i = chunk_at(s, a).unwrap_or_else(|| unreachable!("objects lie in chunks"));
+    let chunk = &mut s.chunks[i];
+    &mut chunk.live[((a - chunk.base) / min_object) as usize]
+}
+
+/// Records the block of `class` at `a` (in pool memory, aligned to its size) as free.
+fn mark_free(s: &mut State, a: u64, class: usize, min_object: u64) {
+    let size = min_object << class;
+    let i = chunk_at(s, a).unwrap_or_else(|| unreachable!("blocks lie in chunks"));
+    let bits = &mut s.chunks[i].free[class];
+    let (w, bit) = bits.bit(a, size);
+    bits.words[w] |= bit;
+    s.free_blocks[class] += 1;
+}
+
+/// Takes the block of `class` at `a` (aligned to its size) off the free records; false
+/// when it is not a free block of that class.
+fn take_free(s: &mut State, a: u64, class: usize, min_object: u64) -> bool {
+    let size = min_object << class;
+    let Some(i) = chunk_at(s, a) else {
+        return false;
+    };
+    let bits = &mut s.chunks[i].free[class];
+    let (w, bit) = bits.bit(a, size);
+    if bits.words[w] & bit == 0 {
+        return false;
+    }
+    bits.words[w] &= !bit;
+    s.free_blocks[class] -= 1;
+    true
+}
+
+/// The lowest free block of `class`.
+fn lowest_free(s: &State, class: usize, min_object: u64) -> Option<u64> {
+    if s.free_blocks[class] == 0 {
+        return None;
+    }
+    let size = min_object << class;
+    s.chunks.iter().find_map(|c| c.lowest_free(class, size))
 }
 
 /// Takes the lowest free block of `class` whose last byte is at or below `max_addr`, or
@@ -437,21 +566,21 @@ fn largest_free(s: &State, min_object: u64) -> u64 {
 /// or below `max_addr`, putting the unused upper halves on the smaller classes' sets.
 fn take_split(s: &mut State, class: usize, min_object: u64, max_addr: u64) -> Option<u64> {
     let obj = min_object << class;
-    for c in class..s.free.len() {
-        // Blocks are sorted, and the object is the lowest part of the block, so the lowest
-        // block of the class is usable if any is.
-        let Some(&a) = s.free[c].first() else {
+    for c in class..s.free_blocks.len() {
+        // The object is the lowest part of the block, so the lowest block of the class is
+        // usable if any is.
+        let Some(a) = lowest_free(s, c, min_object) else {
             continue;
         };
         if a.checked_add(obj - 1).is_none_or(|last| last > max_addr) {
             continue;
         }
         let size = min_object << c;
-        s.free[c].remove(&a);
+        take_free(s, a, c, min_object);
         let mut half = size;
         for lower in (class..c).rev() {
             half /= 2;
-            s.free[lower].insert(a + half);
+            mark_free(s, a + half, lower, min_object);
         }
         return Some(a);
     }
