@@ -100,8 +100,10 @@
 //! context." in its docs.
 //!
 //! - **Callable from an interrupt handler**: the mapper's map, unmap and sync calls
-//!   ([`DmaMapper::map`], `map_attrs`, `map_sg`, `map_resource`, `map_or_defer` and their
-//!   unmaps, `sync_*`), [`DmaMapper::flush_iommu_queues`], and underneath them IOVA
+//!   ([`DmaMapper::map`], `map_attrs`, `map_sg_into`, `map_resource`, `map_or_defer` and
+//!   their unmaps, `sync_*`, `sync_sg_*`) on the direct, SWIOTLB, coherent-pool, transient
+//!   and IOMMU paths, with statistics and with the debug checker, and
+//!   [`DmaMapper::flush_iommu_queues`]; underneath them IOVA
 //!   allocation and free ([`iommu::IovaAllocator`]), including sizes above the cached
 //!   orders, a fragmented space and exhaustion; [`DmaAllocator::alloc_coherent`] with
 //!   [`dma_alloc::AllocContext::Atomic`] (the atomic pool; it requests growth, never
@@ -114,6 +116,11 @@
 //!   [`DmaAllocator::grow_atomic_pool`], the growth worker), and the [`DmaAllocator`]
 //!   page allocations that may wait (`alloc_pages`, `alloc_sg`, `alloc_noncontiguous`,
 //!   `alloc_coherent` with [`dma_alloc::AllocContext::MayBlock`]).
+//! - **Not yet**: a scatter-gather list of a device behind an IOMMU (`map_sg_into` and
+//!   `unmap_sg` on the IOMMU path) still allocates its record's piece list; `map_sg`
+//!   allocates the list it returns on every path. The transient pool takes its pages from
+//!   the platform's [`PageAllocator`] at map time, so that allocator must not allocate
+//!   either.
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -13,8 +13,10 @@
 //! slots, flush-queue drains on unmap and by `flush_iommu_queues`, IOVA magazines through
 //! the depot, a full mapping table), deferral (queued, refused when the queue is full,
 //! completed by an unmap), on the model and (direct and bounced) on the host platform.
-//! Coherent-pool and transient bounces are watched in `coherent`. Not yet watched because
-//! they still allocate: scatter-gather lists and the debug checker.
+//! Coherent-pool and transient bounces are watched in `coherent`; the debug checker and
+//! scatter-gather lists on the direct and bounced paths (`map_sg_into`) in `checker_sg`;
+//! IOVA allocation beyond the caches (large maps, fragmentation, exhaustion) in `iova`. Not
+//! yet watched because it still allocates: a scatter-gather list behind an IOMMU.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
