@@ -18,7 +18,7 @@ use crate::reservoir::{Reservoir, MAX_SAMPLES};
 use crate::table;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Mode {
+pub(crate) enum Mode {
     /// The direct path (no bounce).
     Direct,
     /// Every mapping bounced through the SWIOTLB pool.
@@ -28,7 +28,7 @@ enum Mode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Domain {
+pub(crate) enum Domain {
     /// Every unmap invalidates the IOTLB.
     Strict,
     /// Unmaps are queued and invalidated 256 at a time.
@@ -133,18 +133,45 @@ fn iommu(dev: &Device, cpus: usize, domain: Domain) -> Result<Arc<IommuDma>, Str
     Ok(dma)
 }
 
-/// Runs the subcommand.
-pub fn run(args: Args) -> Result<(), String> {
-    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
-        return Err("--seconds must be above 0 and at most 3600".into());
+/// What one measurement maps: `threads` threads map and unmap `granule` bytes in
+/// direction `dir` on the path `mode` (through a `domain` IOMMU domain in `Mode::Iommu`).
+pub(crate) struct Setup {
+    pub(crate) mode: Mode,
+    pub(crate) domain: Domain,
+    pub(crate) threads: usize,
+    pub(crate) granule: u64,
+    pub(crate) dir: Direction,
+}
+
+/// What a measurement found: map+unmap pairs, latency sample, bytes bounced.
+pub(crate) struct Measured {
+    pub(crate) operations: u64,
+    pub(crate) maps: Vec<u32>,
+    pub(crate) unmaps: Vec<u32>,
+    /// Bytes copied into and out of bounce buffers over all pairs.
+    pub(crate) bytes_copied: u64,
+}
+
+impl Measured {
+    /// The `p` quantile (0 to 1) of the map latencies, in nanoseconds.
+    pub(crate) fn map_ns(&mut self, p: f64) -> u64 {
+        pct(&mut self.maps, p)
     }
-    let g = granule(&args.granule)?;
-    let threads = args.threads as usize;
-    let dir = match args.direction {
-        Dir::ToDevice => Direction::ToDevice,
-        Dir::FromDevice => Direction::FromDevice,
-        Dir::Bidirectional => Direction::Bidirectional,
-    };
+
+    /// The `p` quantile (0 to 1) of the unmap latencies, in nanoseconds.
+    pub(crate) fn unmap_ns(&mut self, p: f64) -> u64 {
+        pct(&mut self.unmaps, p)
+    }
+}
+
+/// Maps and unmaps as `s` says for `run_for` on the host: the benchmark's loop, shared by
+/// `dmakit bench` and the bounce cost `dmakit simulate` measures.
+///
+/// # Errors
+/// A message when the host memory, the pool, the device or the IOMMU cannot be set up,
+/// or a mapping fails.
+pub(crate) fn measure(s: &Setup, run_for: Duration) -> Result<Measured, String> {
+    let (g, dir, threads) = (s.granule, s.dir, s.threads);
     const MIB: u64 = 1 << 20;
     let pool = 64 * MIB;
     let per_thread = g.next_multiple_of(PAGE_SIZE) + PAGE_SIZE;
@@ -163,15 +190,14 @@ pub fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut builder = DmaMapper::builder(host).swiotlb_backend(Arc::new(backend));
     let dev = Device::builder(DeviceId(1), "bench")
-        .force_bounce(args.mode == Mode::Bounce)
+        .force_bounce(s.mode == Mode::Bounce)
         .max_segment_size(u64::MAX)
         .build()
         .map_err(|e| e.to_string())?;
-    if args.mode == Mode::Iommu {
-        builder = builder.iommu(iommu(&dev, threads, args.domain)?);
+    if s.mode == Mode::Iommu {
+        builder = builder.iommu(iommu(&dev, threads, s.domain)?);
     }
     let mapper = builder.build();
-    let run_for = Duration::from_secs_f64(args.seconds);
     let barrier = Barrier::new(threads);
     let results: Vec<Result<Latencies, String>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
@@ -211,18 +237,46 @@ pub fn run(args: Args) -> Result<(), String> {
         maps.extend(s.maps);
         unmaps.extend(s.unmaps);
     }
+    let t = mapper.stats().total();
+    Ok(Measured {
+        operations: ops,
+        maps,
+        unmaps,
+        bytes_copied: t.bytes_to_bounce + t.bytes_from_bounce,
+    })
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), String> {
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+        return Err("--seconds must be above 0 and at most 3600".into());
+    }
+    let g = granule(&args.granule)?;
+    let dir = match args.direction {
+        Dir::ToDevice => Direction::ToDevice,
+        Dir::FromDevice => Direction::FromDevice,
+        Dir::Bidirectional => Direction::Bidirectional,
+    };
+    let setup = Setup {
+        mode: args.mode,
+        domain: args.domain,
+        threads: args.threads as usize,
+        granule: g,
+        dir,
+    };
+    let mut m = measure(&setup, Duration::from_secs_f64(args.seconds))?;
     let out = Out {
         mode: format!("{:?}", args.mode).to_lowercase(),
         domain: (args.mode == Mode::Iommu).then(|| format!("{:?}", args.domain).to_lowercase()),
         threads: args.threads,
         granule_bytes: g,
         direction: dir.to_string(),
-        operations: ops,
-        ops_per_second: ops as f64 / args.seconds,
-        map_median_ns: pct(&mut maps, 0.5),
-        map_p99_ns: pct(&mut maps, 0.99),
-        unmap_median_ns: pct(&mut unmaps, 0.5),
-        unmap_p99_ns: pct(&mut unmaps, 0.99),
+        operations: m.operations,
+        ops_per_second: m.operations as f64 / args.seconds,
+        map_median_ns: m.map_ns(0.5),
+        map_p99_ns: m.map_ns(0.99),
+        unmap_median_ns: m.unmap_ns(0.5),
+        unmap_p99_ns: m.unmap_ns(0.99),
     };
     if args.json {
         println!(

@@ -237,8 +237,10 @@ fn esc(s: &str) -> String {
 /// The page for `r`.
 pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
     let names: Vec<String> = r.policies.iter().map(|p| p.name.clone()).collect();
+    // kmalloc at the scale of the slabinfo's machine (its full population), not the run's
+    // few thousand background objects.
     let memory = stacked_bars(
-        "Memory by policy",
+        "Memory by policy (kmalloc: the slabinfo's live objects)",
         "MiB",
         &names,
         &[
@@ -246,7 +248,11 @@ pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
                 "kmalloc",
                 r.policies
                     .iter()
-                    .map(|p| p.kmalloc_bytes as f64 / MIB)
+                    .map(|p| {
+                        r.machine_scale
+                            .of(&p.name)
+                            .map_or(0.0, |k| k.kmalloc_bytes as f64 / MIB)
+                    })
                     .collect(),
             ),
             (

@@ -3,11 +3,14 @@
 //! benchmark on the host (`bench`).
 
 mod bench;
+mod bounce_cost;
 mod html;
 mod reservoir;
 mod simulate;
+mod simulate_text;
 mod slab;
 mod table;
+mod verdict;
 
 use std::process::ExitCode;
 

@@ -7,14 +7,17 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use dmakit::reintroduce::Defect;
 use dmakit_scenario::input::{read_text, MAX_SCENARIO_BYTES};
-use dmakit_scenario::units::format_bytes;
+use dmakit_scenario::model::SlabinfoSource;
 use dmakit_scenario::{
     parse_scenario, simulate, Policy, RunOptions, Scenario, SimulationReport, DEFAULT_SCENARIO,
     DEFAULT_SCENARIO_FILE,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 
-use crate::table::{self, count};
+use crate::bounce_cost::{self, HostCost};
+use crate::table::count;
+use crate::verdict::Verdict;
 
 /// A policy on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -46,6 +49,8 @@ impl From<PolicyArg> for Policy {
   dmakit simulate --transfers 20000 --policy exact,no-bounce
   dmakit simulate --json > result.json
   dmakit simulate --report out/                     writes out/report.html
+  dmakit simulate --bounce-cost-ns 800,250          the same output run to run
+  dmakit simulate --slabinfo live --wide            this host's slabinfo, every column
   dmakit simulate --print-scenario > my.toml && dmakit simulate --scenario my.toml")]
 pub struct Args {
     /// Scenario file (TOML); the built-in arm64 phone when absent.
@@ -72,6 +77,26 @@ pub struct Args {
     /// Call sites listed per policy.
     #[arg(long, default_value_t = 5)]
     top: usize,
+    /// The slabinfo to use instead of the scenario's: a file, or `live` for this host's
+    /// /proc/slabinfo.
+    #[arg(long, value_name = "FILE|live")]
+    slabinfo: Option<PathBuf>,
+    /// What a bounced mapping costs instead of measuring it on this host: nanoseconds per
+    /// mapping, optionally with nanoseconds per KiB copied ("800" or "800,250").
+    #[arg(long, value_name = "NS[,NS_PER_KIB]", value_parser = bounce_cost::parse)]
+    bounce_cost_ns: Option<HostCost>,
+    /// Every column, and no wrapping to 100 columns.
+    #[arg(long)]
+    wide: bool,
+}
+
+/// The JSON output: the report, the bounce cost used and the verdicts.
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    #[serde(flatten)]
+    report: &'a SimulationReport,
+    bounce_cost: HostCost,
+    verdicts: Vec<Verdict>,
 }
 
 fn load(args: &Args) -> Result<(String, String), String> {
@@ -93,7 +118,12 @@ pub fn run(args: Args) -> Result<(), String> {
         print!("{text}");
         return Ok(());
     }
-    let sc = parse_scenario(&text, &file).map_err(|e| e.to_string())?;
+    let mut sc = parse_scenario(&text, &file).map_err(|e| e.to_string())?;
+    match args.slabinfo.as_deref() {
+        Some(p) if p.as_os_str() == "live" => sc.churn.slabinfo = SlabinfoSource::Live,
+        Some(p) => sc.churn.slabinfo = SlabinfoSource::File(p.to_path_buf()),
+        None => {}
+    }
     let mut policies: Vec<Policy> = args.policy.iter().map(|&p| p.into()).collect();
     policies.dedup();
     if policies.is_empty() {
@@ -110,6 +140,11 @@ pub fn run(args: Args) -> Result<(), String> {
             crate::html::prepare_report(dir)?;
         }
     }
+    // Measured before the run, on a quiet machine; it changes no count.
+    let cost = match args.bounce_cost_ns {
+        Some(c) => c,
+        None => bounce_cost::measure_on_host()?,
+    };
     let started = Instant::now();
     let report = run_with_progress(&sc, &policies, &opts)?;
     let elapsed = started.elapsed();
@@ -120,10 +155,24 @@ pub fn run(args: Args) -> Result<(), String> {
         }
     }
     if args.json {
-        let s = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        let out = JsonOut {
+            report: &report,
+            bounce_cost: cost,
+            verdicts: Verdict::all(&report, &cost),
+        };
+        let s = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
         println!("{s}");
     } else {
-        print_tables(&sc, &report, elapsed);
+        let text = crate::simulate_text::render(&sc, &report, &cost, args.transfers, args.wide);
+        print!("{text}");
+        // On stderr: the only figure that changes run to run.
+        let total: u64 = report.policies.iter().map(|p| p.transfers).sum();
+        eprintln!(
+            "{} transfers in {:.1} s ({} transfers/s).",
+            count(total),
+            elapsed.as_secs_f64(),
+            count((total as f64 / elapsed.as_secs_f64().max(1e-9)) as u64)
+        );
     }
     Ok(())
 }
@@ -161,90 +210,4 @@ fn run_with_progress(
     });
     bar.finish_and_clear();
     result.map_err(|e| e.to_string())
-}
-
-fn print_tables(sc: &Scenario, r: &SimulationReport, elapsed: Duration) {
-    println!(
-        "scenario {} ({}), seed {}, background sizes from {}",
-        sc.name, sc.description, r.seed, r.slabinfo
-    );
-    let mut t = table::new(&[
-        "policy",
-        "kmalloc",
-        "bounce pool",
-        "transfers",
-        "bounced: misaligned",
-        "above mask",
-        "untrusted",
-        "bytes copied",
-        "corrupted",
-        "stale",
-        "leaked",
-        "pool high-water",
-    ]);
-    for p in &r.policies {
-        t.add_row(vec![
-            p.name.clone(),
-            format_bytes(p.kmalloc_bytes),
-            format_bytes(p.bounce_pool_bytes),
-            count(p.transfers),
-            count(p.bounces.get("misaligned").copied().unwrap_or(0)),
-            count(p.bounces.get("above-mask").copied().unwrap_or(0)),
-            count(p.bounces.get("untrusted").copied().unwrap_or(0)),
-            format_bytes(p.bounced_bytes),
-            count(p.corrupted_bytes),
-            count(p.stale_bytes),
-            count(p.leaked_bytes),
-            format_bytes(p.pool_high_water_bytes),
-        ]);
-    }
-    println!("{t}");
-    for p in &r.policies {
-        if p.map_errors > 0 {
-            println!(
-                "{}: {} mappings failed (first: {})",
-                p.name,
-                count(p.map_errors),
-                p.first_map_error.as_deref().unwrap_or("?")
-            );
-        }
-        if let Some(first) = p.first_errors.first() {
-            println!("{}: first wrong byte: {first}", p.name);
-        }
-    }
-    let exact = r.policies.iter().find(|p| p.name == "exact");
-    if let Some(p) = exact.filter(|p| !p.top_sites.is_empty()) {
-        println!("\nTop bounce sites under exact:");
-        let mut s = table::new(&["site", "bounces", "bytes", "suggestion"]);
-        if let Some(c) = s.column_mut(3) {
-            c.set_cell_alignment(comfy_table::CellAlignment::Left);
-        }
-        for site in &p.top_sites {
-            s.add_row(vec![
-                site.site.clone(),
-                count(site.bounces),
-                format_bytes(site.bytes),
-                site.suggestion.clone(),
-            ]);
-        }
-        println!("{s}");
-    }
-    let old = r.policies.iter().find(|p| p.name == "minalign128");
-    if let (Some(o), Some(e)) = (old, exact) {
-        println!(
-            "\nexact vs minalign128: kmalloc {} instead of {} ({} saved), {} wrong bytes vs {}.",
-            format_bytes(e.kmalloc_bytes),
-            format_bytes(o.kmalloc_bytes),
-            format_bytes(o.kmalloc_bytes.saturating_sub(e.kmalloc_bytes)),
-            count(e.wrong_bytes()),
-            count(o.wrong_bytes())
-        );
-    }
-    let total: u64 = r.policies.iter().map(|p| p.transfers).sum();
-    println!(
-        "{} transfers in {:.1} s ({} transfers/s).",
-        count(total),
-        elapsed.as_secs_f64(),
-        count((total as f64 / elapsed.as_secs_f64().max(1e-9)) as u64)
-    );
 }

@@ -17,14 +17,14 @@ use dmakit_sim::oracle::Oracle;
 use dmakit_sim::rng::SimRng;
 use dmakit_sim::transfer::{cpu_scribble, Scratch};
 
-/// Where the live slabinfo is read from when the source is `auto`.
+/// Where the live slabinfo is read from when the source is `live` or `auto`.
 pub const PROC_SLABINFO: &str = "/proc/slabinfo";
 
 /// Reads the slabinfo text of `source`; returns it with a description of its origin.
 ///
 /// # Errors
-/// A message naming the file when a configured file cannot be read, is larger than
-/// [`MAX_SLABINFO_BYTES`] or is not UTF-8.
+/// A message naming the file when a configured file (or, for `live`, [`PROC_SLABINFO`])
+/// cannot be read, is larger than [`MAX_SLABINFO_BYTES`] or is not UTF-8.
 pub fn load_slabinfo(source: &SlabinfoSource) -> Result<(String, String), String> {
     let shipped = || {
         (
@@ -44,6 +44,12 @@ pub fn load_slabinfo(source: &SlabinfoSource) -> Result<(String, String), String
             }
             _ => Ok(shipped()),
         },
+        SlabinfoSource::Live => read_text(
+            Path::new(PROC_SLABINFO),
+            MAX_SLABINFO_BYTES,
+            "slabinfo file",
+        )
+        .map(|t| (t, PROC_SLABINFO.to_string())),
         SlabinfoSource::File(p) => {
             read_text(p, MAX_SLABINFO_BYTES, "slabinfo file").map(|t| (t, display(p)))
         }

@@ -18,6 +18,8 @@
 //! - [`sites`]: a distinct call site per transfer pattern, for the mapper's statistics;
 //! - [`run`]: the runner;
 //! - [`report`]: the results;
+//! - [`scale`]: each policy's kmalloc memory over the slabinfo's full population;
+//! - [`rates`]: bounces, bytes copied and CPU time per second at the drivers' rates;
 //! - [`units`]: byte sizes in files and reports.
 //!
 //! This crate is the experiment behind `dmakit simulate`, not a general-purpose
@@ -55,8 +57,10 @@ pub mod input;
 pub mod iommu;
 pub mod model;
 pub mod policy;
+pub mod rates;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod sites;
 pub mod slabinfo;
 pub mod units;

@@ -28,6 +28,8 @@ pub enum PoolSize {
 pub enum SlabinfoSource {
     /// `/proc/slabinfo` when readable, else the snapshot shipped with dmakit.
     Auto,
+    /// The host's `/proc/slabinfo` (an error when it cannot be read).
+    Live,
     /// The snapshot shipped with dmakit ([`crate::footprint::SHIPPED_SLABINFO`]).
     Shipped,
     /// A slabinfo file.
@@ -144,6 +146,9 @@ pub struct DriverModel {
     pub device: usize,
     /// Relative frequency of its operations.
     pub weight: f64,
+    /// Operations per second on the real machine, if the scenario gives one: turns the
+    /// simulated bounces into bounces, bytes copied and CPU time per second.
+    pub rate: Option<f64>,
     /// The transfers of one operation, in order.
     pub transfers: Vec<TransferModel>,
 }

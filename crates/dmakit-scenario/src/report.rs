@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::rates::{DriverLoad, PerSecond};
+use crate::scale::MachineScale;
+
 /// One call site that requested bounced mappings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SiteReport {
@@ -45,6 +48,10 @@ pub struct PolicyReport {
     pub pool_high_water_bytes: u64,
     /// Call sites with the most bounces, most first.
     pub top_sites: Vec<SiteReport>,
+    /// Per driver, in scenario order: operations run, bounces and bytes copied.
+    pub drivers: Vec<DriverLoad>,
+    /// The drivers' bounces and copies at their rates (see [`crate::rates`]).
+    pub per_second: PerSecond,
     /// Transfers whose `map` failed (pool full, no pool).
     pub map_errors: u64,
     /// Device accesses the machine refused.
@@ -84,6 +91,9 @@ pub struct SimulationReport {
     pub seed: u64,
     /// Where the background allocation sizes came from.
     pub slabinfo: String,
+    /// What the kmalloc caches of that slabinfo's full population take under each policy
+    /// (see [`crate::scale`]).
+    pub machine_scale: MachineScale,
     /// One entry per policy, in the order run.
     pub policies: Vec<PolicyReport>,
 }

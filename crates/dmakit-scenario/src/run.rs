@@ -26,8 +26,11 @@ use crate::heap::{Heap, HeapError};
 use crate::iommu;
 use crate::model::{BufferModel, Scenario};
 use crate::policy::{self, Policy, ARM64_DMA_LIMIT};
+use crate::rates::{DriverLoad, PerSecond};
 use crate::report::{PolicyReport, SimulationReport, SiteReport};
+use crate::scale::MachineScale;
 use crate::sites::{self, Args};
+use crate::slabinfo::parse_slabinfo;
 use crate::units::format_bytes;
 use dmakit_sim::machine::{Machine, MachineConfig};
 use dmakit_sim::memory::Owner;
@@ -119,6 +122,9 @@ pub fn simulate(
     let (text, origin) = load_slabinfo(&sc.churn.slabinfo).map_err(RunError::Input)?;
     let sizes = SizeDistribution::from_slabinfo(&text)
         .map_err(|e| RunError::Input(format!("{origin}: {e}")))?;
+    let rows = parse_slabinfo(&text).map_err(|e| RunError::Input(format!("{origin}: {e}")))?;
+    let machine_scale = MachineScale::new(&rows, sc.line(), policies)
+        .map_err(|e| RunError::Impossible(e.to_string()))?;
     let results: Vec<Result<PolicyReport, RunError>> = std::thread::scope(|s| {
         let handles: Vec<_> = policies
             .iter()
@@ -143,6 +149,7 @@ pub fn simulate(
         scenario: sc.name.clone(),
         seed: opts.seed,
         slabinfo: origin,
+        machine_scale,
         policies: out,
     })
 }
@@ -245,6 +252,15 @@ pub fn run_policy(
         .map(|d| (d.weight * 1000.0).round().max(1.0) as u64)
         .collect();
     let total_weight: u64 = weights.iter().sum();
+    let mut loads: Vec<DriverLoad> = sc
+        .drivers
+        .iter()
+        .map(|d| DriverLoad {
+            driver: d.name.clone(),
+            rate: d.rate,
+            ..DriverLoad::default()
+        })
+        .collect();
 
     let mut done = 0u64;
     let mut reported = 0u64;
@@ -284,6 +300,7 @@ pub fn run_policy(
         machine
             .set_current_cpu(rng.below(m.cpus as u64) as usize)
             .map_err(model)?;
+        let before = bounce_counts(&mapper);
         for (ti, t) in driver.transfers.iter().enumerate() {
             if done >= opts.transfers {
                 break;
@@ -411,6 +428,11 @@ pub fn run_policy(
                 placers[site].release(&mut env, p.buf).map_err(heap_err)?;
             }
         }
+        let after = bounce_counts(&mapper);
+        let load = &mut loads[di];
+        load.operations += 1;
+        load.bounces += after.0 - before.0;
+        load.bytes_copied += after.1 - before.1;
     }
     progress.fetch_add(done - reported, Ordering::Relaxed);
     oracle.check_all(&machine, Owner::NOBODY).map_err(model)?;
@@ -473,6 +495,8 @@ pub fn run_policy(
             .max()
             .unwrap_or(0),
         top_sites,
+        per_second: PerSecond::of(&loads),
+        drivers: loads,
         map_errors,
         device_faults: report.faults,
         occupancy,
@@ -485,6 +509,12 @@ pub fn run_policy(
             .collect(),
         first_map_error,
     })
+}
+
+/// Bounced mappings and bytes copied so far, as the mapper's statistics count them.
+fn bounce_counts<P: dmakit::Platform>(mapper: &DmaMapper<P>) -> (u64, u64) {
+    let t = mapper.stats().total();
+    (t.bounces_total(), t.bytes_to_bounce + t.bytes_from_bounce)
 }
 
 /// Why an untrusted device's buffers bounce, and what avoids the copy.

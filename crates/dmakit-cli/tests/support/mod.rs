@@ -221,7 +221,7 @@ pub fn report_into_a_file(put_back: Option<&str>) -> Outcome {
     std::fs::write(&blocker, "a file").expect("write");
     let missing = dir.join("missing.slabinfo");
     let scenario = dmakit_scenario::DEFAULT_SCENARIO.replacen(
-        "slabinfo = \"auto\"",
+        "slabinfo = \"shipped\"",
         &format!("slabinfo = \"{}\"", missing.display()),
         1,
     );

@@ -36,3 +36,6 @@ pub const MAX_RESIDENT_BYTES: u64 = 16 << 20;
 
 /// Largest driver weight (weights are relative frequencies; the runner sums them).
 pub const MAX_DRIVER_WEIGHT: f64 = 1e6;
+
+/// Largest driver rate in operations per second (`driver.rate`; 10^9: beyond any device).
+pub const MAX_DRIVER_RATE: f64 = 1e9;

@@ -130,6 +130,8 @@ pub(super) struct DriverSpec {
     pub(super) name: String,
     pub(super) device: Spanned<String>,
     pub(super) weight: Spanned<f64>,
+    #[serde(default)]
+    pub(super) rate: Option<Spanned<f64>>,
     #[serde(rename = "transfer")]
     pub(super) transfers: Spanned<Vec<Spanned<TransferSpec>>>,
 }

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::transfer::transfer;
 use crate::config::error::{Ctx, ScenarioError};
-use crate::config::limits::MAX_DRIVER_WEIGHT;
+use crate::config::limits::{MAX_DRIVER_RATE, MAX_DRIVER_WEIGHT};
 use crate::config::spec::DriverSpec;
 use crate::model::{BufferModel, DriverModel, IommuMode, TransferModel};
 
@@ -55,6 +55,16 @@ pub(super) fn driver(
             format!("must be positive and at most {MAX_DRIVER_WEIGHT:e}"),
         ));
     }
+    let rate = match &s.rate {
+        Some(r) if !(*r.get_ref() > 0.0 && *r.get_ref() <= MAX_DRIVER_RATE) => {
+            return Err(cx.err(
+                r.span(),
+                format!("driver[{i}].rate"),
+                format!("operations per second: must be positive and at most {MAX_DRIVER_RATE:e}"),
+            ))
+        }
+        r => r.as_ref().map(|r| *r.get_ref()),
+    };
     let mut transfers = Vec::new();
     for (j, t) in s.transfers.get_ref().iter().enumerate() {
         let f = format!("driver[{i}].transfer[{j}]");
@@ -84,6 +94,7 @@ pub(super) fn driver(
         name: s.name.clone(),
         device,
         weight: w,
+        rate,
         transfers,
     })
 }

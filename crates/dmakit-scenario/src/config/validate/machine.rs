@@ -186,12 +186,13 @@ pub(super) fn machine(cx: &Ctx<'_>, m: &MachineSpec) -> Result<MachineModel, Sce
 pub(super) fn churn(cx: &Ctx<'_>, k: &KmallocSpec) -> Result<ChurnModel, ScenarioError> {
     let slabinfo = match k.slabinfo.get_ref().as_str() {
         "auto" => SlabinfoSource::Auto,
+        "live" => SlabinfoSource::Live,
         "shipped" => SlabinfoSource::Shipped,
         "" => {
             return Err(cx.err(
                 k.slabinfo.span(),
                 "kmalloc.slabinfo",
-                "write \"auto\", \"shipped\" or a file path",
+                "write \"shipped\", \"live\", \"auto\" or a file path",
             ))
         }
         path => SlabinfoSource::File(PathBuf::from(path)),
