@@ -12,7 +12,9 @@
 //!   uncached remapping that needs nothing (the host's caches are coherent with everything
 //!   that reads the arena);
 //! - real pointers: [`HostPlatform::ptr`] (physical address to pointer) and
-//!   [`HostPlatform::phys_of`] (pointer to physical address), both bounds-checked.
+//!   [`HostPlatform::phys_of`] (pointer to physical address), both bounds-checked;
+//! - [`HostPlatform::dma_allocator_config`]: a DMA allocator configuration whose atomic
+//!   pool lies in this memory wherever it is.
 //!
 //! Modules: `arena` (the allocation and its address arithmetic), `cpu` (per-thread CPU
 //! binding), `error` ([`HostError`], [`ForeignPointer`]), `platform` (the platform traits).

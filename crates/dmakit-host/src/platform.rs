@@ -7,6 +7,7 @@
 
 use std::ptr::NonNull;
 
+use dmakit::dma_alloc::DmaAllocatorConfig;
 use dmakit::{
     CacheMaintenance, CoherentRemap, CpuMemory, CpuTopology, MemoryFault, PhysAddr, PhysRange,
 };
@@ -72,6 +73,14 @@ impl HostPlatform {
     /// The physical range the arena covers.
     pub fn range(&self) -> PhysRange {
         self.arena.range()
+    }
+
+    /// The DMA allocator configuration for this memory: the default, with the atomic pool's
+    /// reach derived from where the memory lies ([`DmaAllocatorConfig::for_memory`]), so
+    /// an allocator over zones built on [`HostPlatform::range`] finds its pool also when
+    /// the memory lies above 4 GiB.
+    pub fn dma_allocator_config(&self) -> DmaAllocatorConfig {
+        DmaAllocatorConfig::for_memory(&[self.range()])
     }
 
     /// Declares that the calling thread runs on `cpu` (taken modulo the CPU count).
