@@ -5,6 +5,8 @@
 //!   misbehaving cache; the same protocol on cached pages without syncs fails;
 //! - coherent memory from an uncached window the platform mapped at boot needs neither
 //!   maintenance nor any remap; a window that is in fact cached RAM is caught;
+//! - on RAM that lies wholly above 4 GiB the default atomic pool reach fails cleanly, and
+//!   the reach derived from the RAM serves coherent memory intact;
 //! - `alloc_pages` memory is correct with syncs and caught without them;
 //! - a `vmap` view on an aliasing cache corrupts the device's data unless flushed and
 //!   invalidated; on a physically indexed cache it needs nothing;
@@ -882,5 +884,76 @@ fn an_uncached_window_is_bounded_and_refuses_cleanly() {
             base: base.add(64),
             len: WINDOW
         })
+    );
+}
+
+#[test]
+fn ram_above_4g_takes_a_reach_derived_from_it_and_then_serves_coherent_memory() {
+    let m = Machine::new(MachineConfig {
+        seed: 15,
+        ram: vec![(8 * GIB, GIB)],
+        ..MachineConfig::default()
+    })
+    .unwrap();
+    let base = m
+        .alloc_pages_between(16 * MIB / PAGE_SIZE, 0, u64::MAX)
+        .unwrap();
+    let ram = [PhysRange::new(base, 16 * MIB).unwrap()];
+    let z = ZonedPageAllocator::new(&ram).unwrap();
+    let before = stats(&z);
+    // The default reach (4 GiB) finds nothing here, and says so.
+    let e = DmaAllocator::new(&m, &z, NoTranslation, cfg(), None)
+        .err()
+        .expect("no memory below 4 GiB");
+    assert_eq!(
+        e,
+        DmaAllocError::GrowthFailed {
+            bytes: 64 * KIB,
+            max_addr: u32::MAX as u64
+        }
+    );
+    assert_eq!(stats(&z), before);
+    let derived = DmaAllocatorConfig {
+        atomic_pool_bytes: 64 * KIB,
+        ..DmaAllocatorConfig::for_memory(&ram)
+    };
+    assert_eq!(derived.atomic_pool_reach, 12 * GIB - 1);
+    let a = DmaAllocator::new(&m, &z, NoTranslation, derived, None).unwrap();
+    let mut oracle = Oracle::new(m.line_size()).unwrap();
+    let d = dev(3, 64);
+    m.attach(d.clone()).unwrap();
+    for round in 0..20u8 {
+        let ctx = if round % 2 == 0 {
+            AllocContext::Atomic
+        } else {
+            AllocContext::MayBlock
+        };
+        let size = [64, 200, 4096, 9000, 20_000][usize::from(round) % 5];
+        let b = a.alloc_coherent(&d, size, ctx).unwrap();
+        assert_eq!(b.from_atomic_pool(), ctx == AllocContext::Atomic);
+        assert!(b.phys().as_u64() >= 8 * GIB);
+        oracle
+            .register(&m, Owner(9), b.phys(), size, "coherent")
+            .unwrap();
+        round_trip(
+            &m,
+            &mut oracle,
+            &d,
+            (b.phys(), b.dma(), size),
+            (Owner(9), round),
+            &|| {},
+            &|| {},
+        );
+        oracle.unregister(b.phys()).unwrap();
+        a.free_coherent(&d, b).unwrap();
+    }
+    oracle.set_faults(m.fault_count() as u64);
+    let report = oracle.take_report();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.transfers, 20);
+    let st = m.stats();
+    assert!(
+        st.speculative_fills > 0 && st.hazard_evictions > 0,
+        "{st:?}"
     );
 }
