@@ -9,14 +9,10 @@
 //! an allocator whose atomic pool *is* the window: every coherent allocation of a
 //! non-coherent device, in either context, is an object of the window, and nothing is ever
 //! remapped. The window is bounded (it never grows; a full window is
-//! [`DmaAllocError::WindowExhausted`], never a fallback to other memory) and its
-//! allocation and free paths allocate nothing (the pool's records are made once, when the
-//! allocator is built). Coherent devices keep getting cached pages from the zones, which
+//! [`DmaAllocError::WindowExhausted`], never a fallback to other memory) and, for a device
+//! without an IOMMU, its allocation and free paths allocate nothing (the pool's records are
+//! made once, when the allocator is built). Coherent devices keep getting cached pages from the zones, which
 //! they see alike without any remap.
-//!
-//! To share one window between the allocator and a mapper's coherent bounce pool
-//! ([`crate::coherent_pool::CoherentBouncePool`]), give the allocator a window over one
-//! part and add the other part to the bounce pool as a chunk.
 
 use crate::addr::{PhysAddr, PhysRange};
 use crate::coherent_pool::ObjectPoolConfig;
@@ -34,7 +30,12 @@ use crate::platform::{CacheMaintenance, CoherentRemap, CpuMemory, PAGE_SIZE};
 /// allocator with [`DmaAllocator::with_uncached_window`]. Every coherent allocation of a
 /// non-coherent device then comes from the window, in either context, and nothing is
 /// remapped. The window is bounded (a full one is [`DmaAllocError::WindowExhausted`], never
-/// a fallback to other memory) and allocating or freeing in it allocates nothing.
+/// a fallback to other memory) and allocating or freeing in it for a device without an
+/// IOMMU allocates nothing.
+///
+/// To share one window between the allocator and a mapper's coherent bounce pool
+/// ([`crate::coherent_pool::CoherentBouncePool`], which takes its memory as chunks), give
+/// the allocator a window over one part and add the other part to the bounce pool.
 ///
 /// The allocator trusts the mapping: a window that is in fact cached gives non-coherent
 /// devices stale data, as the machine model's control test shows.
