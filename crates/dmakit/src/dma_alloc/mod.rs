@@ -36,6 +36,7 @@
 
 mod alloc_sg;
 mod coherent;
+mod coherent_raw;
 mod declared;
 mod error;
 mod noncontiguous;
@@ -65,6 +66,7 @@ use crate::reintroduce::Defect;
 use crate::translation::{bus_within, highest_phys_within};
 
 pub use coherent::CoherentBuffer;
+pub use coherent_raw::RawCoherent;
 pub use error::{DmaAllocError, Rejected};
 pub use pages::DmaPages;
 pub use pool::{DmaBlock, DmaPool, DmaPoolUsage};
