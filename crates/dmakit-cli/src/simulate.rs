@@ -72,6 +72,10 @@ pub struct Args {
     /// Call sites listed per policy.
     #[arg(long, default_value_t = 5)]
     top: usize,
+    /// Write the mappings of the exact policy's run (else the first policy's) as a Linux
+    /// trace into FILE, for `dmakit replay`.
+    #[arg(long, value_name = "FILE")]
+    emit_trace: Option<PathBuf>,
 }
 
 fn load(args: &Args) -> Result<(String, String), String> {
@@ -103,7 +107,13 @@ pub fn run(args: Args) -> Result<(), String> {
         seed: args.seed,
         transfers: args.transfers,
         top_sites: args.top,
+        log_mappings_of: args
+            .emit_trace
+            .as_ref()
+            .and_then(|_| crate::emit_trace::policy_to_log(&policies)),
     };
+    let trace_file = args.emit_trace.as_deref().map(crate::emit_trace::create);
+    let trace_file = trace_file.transpose()?;
     // Find out now, not after a long run, whether the report can be written.
     if let Some(dir) = &args.report {
         if !dmakit::reintroduce::active(Defect::CliReportCheckedLate) {
@@ -117,6 +127,12 @@ pub fn run(args: Args) -> Result<(), String> {
         let path = crate::html::write_report(dir, &sc, &report)?;
         if !args.json {
             eprintln!("report written to {}", path.display());
+        }
+    }
+    if let Some(t) = trace_file {
+        let policy = crate::emit_trace::write(t, &sc, &report)?;
+        if !args.json {
+            eprintln!("trace of the {policy} run written");
         }
     }
     if args.json {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::mapping_log::MappingLog;
+
 /// One call site that requested bounced mappings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SiteReport {
@@ -61,6 +63,10 @@ pub struct PolicyReport {
     /// The first map error, described.
     #[serde(skip)]
     pub first_map_error: Option<String>,
+    /// The run's mappings, when [`RunOptions::log_mappings_of`](crate::RunOptions) named
+    /// this policy.
+    #[serde(skip)]
+    pub mapping_log: Option<MappingLog>,
 }
 
 impl PolicyReport {
