@@ -271,7 +271,9 @@ impl<R: BufRead> TraceReader<R> {
                 self.buf.extend_from_slice(chunk);
             }
             self.input.consume(used);
-            if end {
+            // Strict reading stops at the first malformed line: no need to find its end
+            // (an input without newlines, like /dev/zero, has none).
+            if end || (too_long && !self.options.lenient) {
                 break;
             }
         }
