@@ -53,7 +53,7 @@ pub fn render(trace: &str, r: &ReplayReport) -> Result<String, String> {
         ],
     )?;
     let mut devices: Vec<_> = r.devices.iter().collect();
-    devices.sort_by(|a, b| b.counts.exact_bounces.cmp(&a.counts.exact_bounces));
+    devices.sort_by_key(|d| std::cmp::Reverse(d.counts.exact_bounces));
     devices.truncate(DEVICES_DRAWN);
     let names: Vec<String> = devices.iter().map(|d| d.device.clone()).collect();
     // Exact bounces are those size-only also bounces plus its misses.

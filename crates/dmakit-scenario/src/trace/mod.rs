@@ -7,13 +7,13 @@
 //! dmakit's exact rule bounce here, and what does Linux's size-only rule miss?" without
 //! running anything on the board.
 //!
-//! - [`line`]: one line of the `trace` file or of `trace-cmd report`, split into its parts;
+//! - [`line`](mod@line): one line of the `trace` file or of `trace-cmd report`, split into its parts;
 //! - [`fields`]: the payload of each `dma:` event, exactly as the kernel prints it;
 //! - [`event`]: the events;
 //! - [`reader`]: lines to events with their stack traces, in bounded memory;
 //! - [`chain`]: the driver's call chain in a stack trace;
-//! - [`replay`]: the analysis;
-//! - [`write`]: events in the kernel's text format;
+//! - [`replay`](mod@replay): the analysis;
+//! - [`write`](mod@write): events in the kernel's text format;
 //! - [`emit`]: a simulation's mappings as a trace (`simulate --emit-trace`).
 
 pub mod chain;
