@@ -520,3 +520,31 @@ fn the_writer_writes_what_the_reader_reads() {
         }
     ));
 }
+
+#[test]
+fn the_first_kernels_sg_format_without_counts_is_read() {
+    // Linux 6.12 to 6.15 print no nents/ents and record every entry.
+    let text = format!(
+        "{PREFIX}dma_map_sg: d dir=FROM_DEVICE dma_addrs={{0x1000,0x2008}} sizes={{0x1000,0x8}} \
+         phys_addrs={{0x1000,0x2008}} attrs=\n"
+    );
+    let r = run(&text, 64, false).unwrap();
+    assert_eq!(r.total, counts(2, 2, 1, 16, 1, 16, 0));
+}
+
+#[test]
+fn rows_beyond_the_limits_are_added_up_not_kept() {
+    use dmakit_scenario::trace::replay::{MAX_DEVICES, OTHERS};
+    let mut text = String::new();
+    let n = MAX_DEVICES + 10;
+    for i in 0..n {
+        text.push_str(&format!(
+            "{PREFIX}dma_map_phys: dev{i} dir=FROM_DEVICE dma_addr=1008 size=8 phys_addr=1008 attrs=\n"
+        ));
+    }
+    let r = run(&text, 64, false).unwrap();
+    assert_eq!(r.devices.len(), MAX_DEVICES + 1);
+    let others = r.devices.iter().find(|d| d.device == OTHERS).unwrap();
+    assert_eq!(others.counts.mappings, 10);
+    assert_eq!(r.total.exact_bounces, n as u64);
+}
