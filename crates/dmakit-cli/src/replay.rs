@@ -112,16 +112,18 @@ fn sized(mut t: Table, wide: bool) -> Table {
     t
 }
 
-fn device_row(d: &DeviceReplay, wide: bool) -> Vec<String> {
+fn device_row(d: &DeviceReplay) -> Vec<String> {
     let c = &d.counts;
-    let mut row = vec![d.device.clone(), count(c.mappings), count(c.inbound)];
-    row.extend([count(c.exact_bounces), format_bytes(c.exact_bytes)]);
-    row.extend([count(c.size_only_bounces), format_bytes(c.size_only_bytes)]);
-    row.push(count(c.size_only_misses));
-    if !wide {
-        row.remove(2);
-    }
-    row
+    vec![
+        d.device.clone(),
+        count(c.mappings),
+        count(c.inbound),
+        count(c.exact_bounces),
+        format_bytes(c.exact_bytes),
+        count(c.size_only_bounces),
+        format_bytes(c.size_only_bytes),
+        count(c.size_only_misses),
+    ]
 }
 
 fn chain_row(c: &ChainReplay, wide: bool) -> Vec<String> {
@@ -173,28 +175,38 @@ fn print_tables(name: &str, r: &ReplayReport, wide: bool, secs: f64) {
             r.cache_line
         ))
     );
-    let mut header = vec![
-        "device",
-        "mappings",
-        "inbound",
-        "exact: bounces",
-        "exact: copied",
-        "size-only: bounces",
-        "size-only: copied",
-        "size-only: misses",
-    ];
-    if !wide {
-        header.remove(2);
-    }
-    let mut t = sized(table::new(&header), wide);
+    let header: &[&str] = if wide {
+        &[
+            "device",
+            "mappings",
+            "inbound",
+            "exact: bounces",
+            "exact: copied",
+            "size-only: bounces",
+            "size-only: copied",
+            "size-only: misses",
+        ]
+    } else {
+        &[
+            "device",
+            "mappings",
+            "inbound",
+            "exact",
+            "exact copied",
+            "size-only",
+            "size-only copied",
+            "misses",
+        ]
+    };
+    let mut t = sized(table::new(header), wide);
     for d in &r.devices {
-        t.add_row(device_row(d, wide));
+        t.add_row(device_row(d));
     }
     let total = DeviceReplay {
         device: "all".into(),
         counts: r.total,
     };
-    t.add_row(device_row(&total, wide));
+    t.add_row(device_row(&total));
     println!("{t}");
     if !r.chains.is_empty() {
         println!("\nTop call chains by exact bounces:");
@@ -280,9 +292,10 @@ fn print_tables(name: &str, r: &ReplayReport, wide: bool, secs: f64) {
     }
     notes.push(format!(
         "exact: inbound mappings whose first or last {}-byte line is partial, which dmakit \
-         bounces. A trace shows no neighbours, so at most this many must bounce; the size-only \
-         misses are at most the mappings Linux's size-only rule leaves open to corruption. \
-         Copied: twice the size of each bounced mapping (in at map, out at unmap).",
+         bounces; size-only: what Linux's size-only rule bounces; misses: exact bounces the \
+         size-only rule lets through. A trace shows no neighbours, so at most `exact` mappings \
+         must bounce and at most `misses` are open to corruption. Copied: twice the size of \
+         each bounced mapping (in at map, out at unmap).",
         r.cache_line
     ));
     notes.push(format!("{} lines replayed in {secs:.2} s.", count(r.lines)));
