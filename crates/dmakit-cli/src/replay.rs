@@ -295,7 +295,7 @@ fn print_tables(name: &str, r: &ReplayReport, wide: bool, secs: f64) {
          bounces; size-only: what Linux's size-only rule bounces; misses: exact bounces the \
          size-only rule lets through. A trace shows no neighbours, so at most `exact` mappings \
          must bounce and at most `misses` are open to corruption. Copied: twice the size of \
-         each bounced mapping (in at map, out at unmap).",
+         each bounced mapping (in at map, out at unmap) and the bytes each of its syncs copies.",
         r.cache_line
     ));
     notes.push(format!("{} lines replayed in {secs:.2} s.", count(r.lines)));

@@ -164,8 +164,9 @@ fn known_answers_at_64_byte_lines() {
         .find(|d| d.device == "fe320000.mmc")
         .unwrap()
         .counts;
-    assert_eq!(*mmc, counts(132, 4, 1, 2 * 48, 0, 0, 1));
-    assert_eq!(r.total, counts(136, 7, 4, 394, 2, 42, 2));
+    // Its two syncs (for the CPU, for the device) copy the bounced 48 bytes twice more.
+    assert_eq!(*mmc, counts(132, 4, 1, 2 * 48 + 2 * 48, 0, 0, 1));
+    assert_eq!(r.total, counts(136, 7, 4, 394 + 96, 2, 42, 2));
     assert_eq!(
         (
             r.failed_mappings,
@@ -246,8 +247,10 @@ fn known_answers_at_128_byte_lines() {
         .find(|d| d.device == "fe320000.mmc")
         .unwrap()
         .counts;
-    assert_eq!(*mmc, counts(132, 4, 2, 2 * (64 + 48), 2, 2 * (64 + 48), 0));
-    assert_eq!(r.total, counts(136, 7, 5, 522, 4, 266, 1));
+    // Both are synced twice (the 64-byte one singly, the 48-byte one in its list).
+    let mmc_bytes = 2 * (64 + 48) + 2 * (64 + 48);
+    assert_eq!(*mmc, counts(132, 4, 2, mmc_bytes, 2, mmc_bytes, 0));
+    assert_eq!(r.total, counts(136, 7, 5, 522 + 224, 4, 266 + 224, 1));
     assert_eq!(
         r.chains[0].chain,
         "usb_stor_Bulk_transport < usb_stor_invoke_transport"
@@ -547,4 +550,26 @@ fn rows_beyond_the_limits_are_added_up_not_kept() {
     let others = r.devices.iter().find(|d| d.device == OTHERS).unwrap();
     assert_eq!(others.counts.mappings, 10);
     assert_eq!(r.total.exact_bounces, n as u64);
+}
+
+#[test]
+fn syncs_copy_only_inside_a_live_bounced_mapping() {
+    let lines = [
+        "dma_map_phys: d dir=FROM_DEVICE dma_addr=2008 size=13 phys_addr=2008 attrs=",
+        // Inside it (a dma_sync_single_range_for_cpu): 4 bytes copied back.
+        "dma_sync_single_for_cpu: d dir=FROM_DEVICE dma_addr=2010 size=4",
+        // Another device at the same address: not this mapping.
+        "dma_sync_single_for_cpu: e dir=FROM_DEVICE dma_addr=2008 size=13",
+        "dma_unmap_phys: d dir=FROM_DEVICE dma_addr=2008 size=13 attrs=",
+        // After the unmap: nothing is bounced there any more.
+        "dma_sync_single_for_cpu: d dir=FROM_DEVICE dma_addr=2008 size=13",
+        // An aligned mapping at the same address later: neither it nor its sync copies.
+        "dma_map_phys: d dir=FROM_DEVICE dma_addr=2008 size=64 phys_addr=4000 attrs=",
+        "dma_sync_single_for_cpu: d dir=FROM_DEVICE dma_addr=2008 size=64",
+    ];
+    let text: String = lines.iter().map(|l| format!("{PREFIX}{l}\n")).collect();
+    let r = run(&text, 64, false).unwrap();
+    let both = 2 * 13 + 4;
+    assert_eq!((r.total.exact_bytes, r.total.size_only_bytes), (both, both));
+    assert_eq!(r.total.exact_bounces, 1);
 }

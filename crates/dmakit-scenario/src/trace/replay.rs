@@ -23,8 +23,10 @@
 //!
 //! Bytes copied: a bounced inbound mapping copies its size into the bounce buffer when
 //! mapped (both dmakit and Linux fill it, so a short device write leaks nothing) and back
-//! when unmapped: twice its size. Syncs of a bounced mapping copy again; they are not
-//! counted.
+//! when unmapped: twice its size, counted at the map. Each sync of a bounced mapping
+//! (`dma_sync_single_*`, `dma_sync_sg_*` at a DMA address inside it, between its map and
+//! its unmap) copies the bytes synced again. Scatter-gather unmaps give no DMA addresses:
+//! such a mapping is forgotten when another mapping of the device takes its address.
 //!
 //! Not judged, and counted apart: failed mappings (`dma_addr=ffffffffffffffff`,
 //! `dma_map_sg_err`), MMIO (`dma_map_resource`, `attrs=MMIO`: not RAM), zero-sized or
@@ -33,7 +35,8 @@
 //! (`dma_alloc*`) own whole lines and never bounce; unmaps and syncs are counted as events.
 //!
 //! Memory stays bounded: at most [`MAX_DEVICES`] devices and [`MAX_CHAINS`] chains get
-//! rows of their own, the rest are added to one row named [`OTHERS`].
+//! rows of their own, the rest are added to one row named [`OTHERS`]; at most
+//! [`MAX_LIVE`] bounced mappings are remembered for their syncs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
@@ -52,6 +55,9 @@ use crate::run::advice;
 pub const MAX_DEVICES: usize = 4096;
 /// Call chains with rows of their own.
 pub const MAX_CHAINS: usize = 65536;
+/// Bounced mappings remembered at once for their syncs; beyond, a bounced mapping's syncs
+/// are not counted.
+pub const MAX_LIVE: usize = 1 << 20;
 /// The row that collects devices or chains beyond the limits.
 pub const OTHERS: &str = "(others)";
 
@@ -228,16 +234,37 @@ struct ChainRow {
     devices: Vec<String>,
 }
 
+/// A live mapping one of the rules bounces: its syncs copy too.
+struct Live {
+    len: u64,
+    exact: bool,
+    size_only: bool,
+    chain: String,
+}
+
 struct Replayer<'c> {
     cfg: &'c ReplayConfig,
     report: ReplayReport,
     devices: Rows<Counts>,
     chains: Rows<ChainRow>,
+    /// Bounced mappings not yet unmapped, per device by DMA address.
+    live: HashMap<String, BTreeMap<u64, Live>>,
+    live_count: usize,
 }
 
 impl Replayer<'_> {
-    /// Judges one mapping of `len` bytes at `phys`.
-    fn mapping(&mut self, device: &str, chain: &str, dir: TraceDir, phys: u64, len: u64) {
+    fn add(&mut self, device: &str, chain: &str, c: &Counts) {
+        self.report.total.add(c);
+        self.devices.get(device).add(c);
+        let row = self.chains.get(chain);
+        row.counts.add(c);
+        if !row.devices.iter().any(|d| d == device) && row.devices.len() < 8 {
+            row.devices.push(device.to_string());
+        }
+    }
+
+    /// Judges one mapping of `len` bytes at `phys`, which the device sees at `dma`.
+    fn mapping(&mut self, device: &str, chain: &str, dir: TraceDir, phys: u64, dma: u64, len: u64) {
         let Some(range) = PhysRange::new(PhysAddr::new(phys), len) else {
             self.report.invalid_ranges += 1;
             return;
@@ -257,13 +284,54 @@ impl Replayer<'_> {
             c.size_only_bounces = u64::from(size_only);
             c.size_only_bytes = if size_only { copied } else { 0 };
             c.size_only_misses = u64::from(exact && !size_only);
+            self.track(
+                device,
+                dma,
+                (exact || size_only).then(|| Live {
+                    len,
+                    exact,
+                    size_only,
+                    chain: chain.to_string(),
+                }),
+            );
         }
-        self.report.total.add(&c);
-        self.devices.get(device).add(&c);
-        let row = self.chains.get(chain);
-        row.counts.add(&c);
-        if !row.devices.iter().any(|d| d == device) && row.devices.len() < 8 {
-            row.devices.push(device.to_string());
+        self.add(device, chain, &c);
+    }
+
+    /// A mapping at `dma` of `device` replaces whatever was there; a bounced one is kept
+    /// (up to [`MAX_LIVE`]) so its syncs are counted.
+    fn track(&mut self, device: &str, dma: u64, live: Option<Live>) {
+        let map = self.live.get_mut(device);
+        if map.and_then(|m| m.remove(&dma)).is_some() {
+            self.live_count -= 1;
+        }
+        if let Some(l) = live.filter(|_| self.live_count < MAX_LIVE) {
+            self.live
+                .entry(device.to_string())
+                .or_default()
+                .insert(dma, l);
+            self.live_count += 1;
+        }
+    }
+
+    fn unmapped(&mut self, device: &str, dma: u64) {
+        self.track(device, dma, None);
+    }
+
+    /// A sync of `size` bytes at `dma`: a bounce copies them (either way: an inbound
+    /// bounce is filled for the device and copied back for the CPU).
+    fn synced(&mut self, device: &str, dma: u64, size: u64) {
+        let hit = self.live.get(device).and_then(|m| {
+            let (&start, l) = m.range(..=dma).next_back()?;
+            (dma - start < l.len).then(|| (l.exact, l.size_only, l.chain.clone()))
+        });
+        if let Some((exact, size_only, chain)) = hit {
+            let c = Counts {
+                exact_bytes: if exact { size } else { 0 },
+                size_only_bytes: if size_only { size } else { 0 },
+                ..Counts::default()
+            };
+            self.add(device, &chain, &c);
         }
     }
 
@@ -285,7 +353,7 @@ impl Replayer<'_> {
                 } else if *mmio || *kind == super::event::SingleKind::Resource {
                     self.report.mmio_mappings += 1;
                 } else {
-                    self.mapping(device, &chain(), *dir, *phys_addr, *size);
+                    self.mapping(device, &chain(), *dir, *phys_addr, *dma_addr, *size);
                 }
             }
             Event::MapSg(sg) => {
@@ -300,11 +368,31 @@ impl Replayer<'_> {
                     return;
                 }
                 let chain = chain();
-                for (&phys, &len) in sg.phys_addrs.iter().zip(&sg.sizes) {
-                    self.mapping(&sg.device, &chain, sg.dir, phys, len);
+                let entries = sg.phys_addrs.iter().zip(&sg.dma_addrs).zip(&sg.sizes);
+                for ((&phys, &dma), &len) in entries {
+                    self.mapping(&sg.device, &chain, sg.dir, phys, dma, len);
                 }
             }
             Event::MapSgErr { .. } => self.report.failed_mappings += 1,
+            Event::Unmap {
+                device, dma_addr, ..
+            } => self.unmapped(device, *dma_addr),
+            Event::SyncSingle {
+                device,
+                dma_addr,
+                size,
+                ..
+            } => self.synced(device, *dma_addr, *size),
+            Event::SyncSg {
+                device,
+                dma_addrs,
+                sizes,
+                ..
+            } => {
+                for (&dma, &len) in dma_addrs.iter().zip(sizes) {
+                    self.synced(device, dma, len);
+                }
+            }
             _ => {}
         }
     }
@@ -396,6 +484,8 @@ pub fn replay<R: BufRead>(
         },
         devices: Rows::new(MAX_DEVICES),
         chains: Rows::new(MAX_CHAINS),
+        live: HashMap::new(),
+        live_count: 0,
     };
     while let Some(rec) = reader.next_record()? {
         r.record(&rec.event, &rec.frames);
