@@ -2,7 +2,7 @@
 //!
 //! The `trace` file (and `trace_pipe`) print each entry as
 //! `TASK-PID [CPU] FLAGS TIMESTAMP: EVENT: PAYLOAD`, the flags column only with the
-//! `irq-info` option (the default); `trace-cmd report` prints the same without flags,
+//! `irq-info` option (the default), `TASK-PID (TGID)` with `record-tgid`; `trace-cmd report` prints the same without flags,
 //! padding the payload with spaces. A `stacktrace` trigger adds an entry `<stack trace>`
 //! (`kernel_stack: <stack trace >` in `trace-cmd report`) followed by one line per frame,
 //! ` => function` (`=> function (address)` in `trace-cmd report`). Headers start with `#`;
@@ -104,11 +104,15 @@ fn cpu_field(line: &str) -> Result<(u32, &str), String> {
         if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let task_pid = line[..i].trim_end();
+        let mut task_pid = line[..i].trim_end();
+        // The `record-tgid` option adds the thread group: `TASK-PID (TGID)`.
+        if let Some((tp, _)) = task_pid.strip_suffix(')').and_then(|t| t.rsplit_once(" (")) {
+            task_pid = tp.trim_end();
+        }
         let pid_ok = task_pid
             .rsplit_once('-')
             .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if !pid_ok || task_pid.len() == line[..i].len() {
+        if !pid_ok || !line[..i].ends_with(char::is_whitespace) {
             continue;
         }
         let cpu: u32 = digits.parse().map_err(|_| "a CPU number out of range")?;
@@ -178,6 +182,8 @@ mod tests {
         );
         let func = "  <idle>-0 [000] d.h. 230.859943: do_timer <-tick_do_update_jiffies64";
         assert_eq!(classify(func), Ok(Line::Other));
+        let tgid = "  bash-4242    (   4240) [001] ..... 1.000000: dma_unmap_phys: d";
+        assert!(matches!(classify(tgid), Ok(Line::Entry { cpu: 1, .. })));
         // A task name holding a bracketed number and dashes.
         let odd = "  my-[12]-task-99 [002] ..... 1.000000: dma_unmap_phys: d";
         assert!(matches!(classify(odd), Ok(Line::Entry { cpu: 2, .. })));

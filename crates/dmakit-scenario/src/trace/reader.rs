@@ -84,8 +84,6 @@ pub struct ReadStats {
     pub first_skipped: Option<TraceError>,
     /// Entries the kernel's ring buffer dropped (`[LOST N EVENTS]`).
     pub lost_events: u64,
-    /// Frames dropped beyond [`MAX_FRAMES`].
-    pub dropped_frames: u64,
 }
 
 /// Reads `dma:` events from trace text.
@@ -204,8 +202,6 @@ impl<R: BufRead> TraceReader<R> {
             if let Some(r) = self.pending.get_mut(&cpu) {
                 if r.frames.len() < MAX_FRAMES {
                     r.frames.push(clip_frame(f));
-                } else {
-                    self.stats.dropped_frames += 1;
                 }
             }
             return Ok(());
