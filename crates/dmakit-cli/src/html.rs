@@ -228,7 +228,8 @@ pub fn line_chart(
     Ok(svg)
 }
 
-fn esc(s: &str) -> String {
+/// `s` with `&`, `<` and `>` escaped for HTML.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

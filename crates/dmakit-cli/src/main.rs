@@ -1,10 +1,13 @@
 //! The `dmakit` command: realistic DMA workloads on a modelled machine under competing
-//! policies (`simulate`), kmalloc memory by minimum alignment (`slab`), and the map
-//! benchmark on the host (`bench`).
+//! policies (`simulate`), kmalloc memory by minimum alignment (`slab`), the map
+//! benchmark on the host (`bench`), and Linux DMA traces replayed (`replay`).
 
 mod bench;
 mod bounce_cost;
+mod emit_trace;
 mod html;
+mod replay;
+mod replay_html;
 mod reservoir;
 mod simulate;
 mod simulate_text;
@@ -41,6 +44,8 @@ enum Command {
     Slab(slab::Args),
     /// Map/unmap latency and throughput on the host (like Linux's map_benchmark).
     Bench(bench::Args),
+    /// What dmakit and Linux's size-only rule would bounce in a Linux `dma:` trace.
+    Replay(replay::Args),
 }
 
 /// Test-only: puts back the defect `DMAKIT_PUT_BACK` names (see the crate's
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => simulate::run(a),
         Command::Slab(a) => slab::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Replay(a) => replay::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

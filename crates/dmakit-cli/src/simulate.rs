@@ -88,6 +88,10 @@ pub struct Args {
     /// Every column, and no wrapping to 100 columns.
     #[arg(long)]
     wide: bool,
+    /// Write the mappings of the exact policy's run (else the first policy's) as a Linux
+    /// trace into FILE, for `dmakit replay`.
+    #[arg(long, value_name = "FILE")]
+    emit_trace: Option<PathBuf>,
 }
 
 /// The JSON output: the report, the bounce cost used and the verdicts.
@@ -133,7 +137,13 @@ pub fn run(args: Args) -> Result<(), String> {
         seed: args.seed,
         transfers: args.transfers,
         top_sites: args.top,
+        log_mappings_of: args
+            .emit_trace
+            .as_ref()
+            .and_then(|_| crate::emit_trace::policy_to_log(&policies)),
     };
+    let trace_file = args.emit_trace.as_deref().map(crate::emit_trace::create);
+    let trace_file = trace_file.transpose()?;
     // Find out now, not after a long run, whether the report can be written.
     if let Some(dir) = &args.report {
         if !dmakit::reintroduce::active(Defect::CliReportCheckedLate) {
@@ -152,6 +162,12 @@ pub fn run(args: Args) -> Result<(), String> {
         let path = crate::html::write_report(dir, &sc, &report)?;
         if !args.json {
             eprintln!("report written to {}", path.display());
+        }
+    }
+    if let Some(t) = trace_file {
+        let policy = crate::emit_trace::write(t, &sc, &report)?;
+        if !args.json {
+            eprintln!("trace of the {policy} run written");
         }
     }
     if args.json {

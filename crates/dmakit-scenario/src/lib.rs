@@ -16,6 +16,8 @@
 //! - [`iommu`]: the machine's IOMMU in front of the devices a scenario puts behind it;
 //! - [`frames`]: noncontiguous framebuffers a display engine behind the IOMMU scans out;
 //! - [`sites`]: a distinct call site per transfer pattern, for the mapper's statistics;
+//! - [`mapping_log`]: a run's mappings, for `simulate --emit-trace`;
+//! - [`trace`]: Linux's `dma:` trace events read and replayed (`dmakit replay`);
 //! - [`run`]: the runner;
 //! - [`report`]: the results;
 //! - [`scale`]: each policy's kmalloc memory over the slabinfo's full population;
@@ -38,7 +40,7 @@
 //!
 //! let mut scenario = default_scenario()?;
 //! scenario.churn.slabinfo = SlabinfoSource::Shipped;
-//! let options = RunOptions { seed: 1, transfers: 2_000, top_sites: 3 };
+//! let options = RunOptions { seed: 1, transfers: 2_000, top_sites: 3, log_mappings_of: None };
 //! let progress = AtomicU64::new(0);
 //! let report = simulate(&scenario, &[Policy::Exact, Policy::NoBounce], &options, &progress)?;
 //! let exact = &report.policies[0];
@@ -55,6 +57,7 @@ pub mod frames;
 pub mod heap;
 pub mod input;
 pub mod iommu;
+pub mod mapping_log;
 pub mod model;
 pub mod policy;
 pub mod rates;
@@ -63,6 +66,7 @@ pub mod run;
 pub mod scale;
 pub mod sites;
 pub mod slabinfo;
+pub mod trace;
 pub mod units;
 
 pub use config::{parse_scenario, ScenarioError};

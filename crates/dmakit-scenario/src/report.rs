@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::mapping_log::MappingLog;
 use crate::rates::{DriverLoad, PerSecond};
 use crate::scale::MachineScale;
 
@@ -68,6 +69,10 @@ pub struct PolicyReport {
     /// The first map error, described.
     #[serde(skip)]
     pub first_map_error: Option<String>,
+    /// The run's mappings, when [`RunOptions::log_mappings_of`](crate::RunOptions) named
+    /// this policy.
+    #[serde(skip)]
+    pub mapping_log: Option<MappingLog>,
 }
 
 impl PolicyReport {

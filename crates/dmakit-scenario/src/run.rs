@@ -24,6 +24,7 @@ use crate::drivers::{Env, Placer};
 use crate::frames::Framebuffers;
 use crate::heap::{Heap, HeapError};
 use crate::iommu;
+use crate::mapping_log::MappingLog;
 use crate::model::{BufferModel, Scenario};
 use crate::policy::{self, Policy, ARM64_DMA_LIMIT};
 use crate::rates::{DriverLoad, PerSecond};
@@ -54,6 +55,9 @@ pub struct RunOptions {
     pub transfers: u64,
     /// Call sites to report.
     pub top_sites: usize,
+    /// The policy whose mappings are logged in its report's
+    /// [`PolicyReport::mapping_log`] (`simulate --emit-trace`); `None`: no log.
+    pub log_mappings_of: Option<Policy>,
 }
 
 /// Why a run could not be done.
@@ -224,6 +228,7 @@ pub fn run_policy(
         .map_err(|e| RunError::Impossible(e.to_string()))?;
     let mut heap = Heap::new(&machine, Kmalloc::new(&machine, kpolicy));
     let mut oracle = Oracle::new(line).map_err(model)?;
+    let mut log = (opts.log_mappings_of == Some(policy)).then(MappingLog::default);
     let mut rng = SimRng::new(opts.seed ^ 0x5ce7_a210);
     let mut scratch = Scratch::default();
     let mut churn = Churn::new(sizes.clone());
@@ -371,6 +376,9 @@ pub fn run_policy(
                     };
                     let started =
                         sites::run_at(site, &mut tr, &args, &mut seen[site]).map_err(model)?;
+                    if let Some(l) = log.as_mut() {
+                        l.mapped(driver.device, site, range, dir, &started);
+                    }
                     batch.push(Some(Pending {
                         buf,
                         neighbours: nb.clone(),
@@ -395,6 +403,9 @@ pub fn run_policy(
                                 window_leaked += tr.probe_window(f, granule).map_err(model)?;
                             }
                             tr.complete(f, &p.neighbours).map_err(model)?;
+                            if let Some(l) = log.as_mut() {
+                                l.unmapped(driver.device, site, f);
+                            }
                         }
                         Started::MapFailed(e) => {
                             map_errors += 1;
@@ -440,6 +451,10 @@ pub fn run_policy(
     let report = oracle.take_report();
 
     let stats = mapper.stats();
+    let mapping_log = log.map(|l| MappingLog {
+        stats: stats.clone(),
+        ..l
+    });
     let total = stats.total();
     let bounces = BounceReason::ALL
         .iter()
@@ -508,6 +523,7 @@ pub fn run_policy(
             .map(|d| d.to_string())
             .collect(),
         first_map_error,
+        mapping_log,
     })
 }
 
@@ -522,7 +538,7 @@ const UNTRUSTED_ADVICE: &str =
     "untrusted device: bounced unless the buffer fills whole IOMMU pages; use page-sized buffers (page_pool)";
 
 /// What would stop a pattern's buffers from bouncing.
-fn advice(b: BufferModel) -> String {
+pub(crate) fn advice(b: BufferModel) -> String {
     match b {
         BufferModel::Kmalloc => "allocate it as a DMA buffer (AllocKind::Dma, dma-kmalloc): line aligned, never bounced",
         BufferModel::StructField { .. } => "align the structure to the cache line (allocate it as a DMA buffer) so its ____cacheline_aligned field owns its lines",

@@ -20,6 +20,7 @@ fn opts(transfers: u64) -> RunOptions {
         seed: 7,
         transfers,
         top_sites: 5,
+        log_mappings_of: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn opts(transfers: u64) -> RunOptions {
         seed: 11,
         transfers,
         top_sites: 8,
+        log_mappings_of: None,
     }
 }
 

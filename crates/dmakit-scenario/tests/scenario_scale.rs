@@ -29,6 +29,7 @@ fn scale_and_loads_of_a_run() {
         seed: 5,
         transfers: 4_000,
         top_sites: 3,
+        log_mappings_of: None,
     };
     let r = simulate(&sc, &Policy::ALL, &opts, &AtomicU64::new(0)).unwrap();
 

@@ -43,7 +43,15 @@ pub enum AlignmentPolicy {
     Never,
 }
 
-impl AlignmentPolicy {}
+impl AlignmentPolicy {
+    /// Whether this rule bounces `range` mapped by `dev` in `dir` for alignment, on a CPU
+    /// whose cache line is `cpu_line` bytes: the rule the mapper applies (the third bullet
+    /// of the module docs), without the mask, force and untrusted rules. For tools that
+    /// judge recorded mappings (a trace) the way the mapper would.
+    pub fn bounces(self, dev: &Device, range: PhysRange, dir: Direction, cpu_line: u64) -> bool {
+        needs_alignment_bounce(dev, range, dir, self, cpu_line)
+    }
+}
 
 /// Why a mapping is bounced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -29,7 +29,7 @@ impl Observability {
             debug: None,
             counters: DeviceCounters::new(cpus),
             sites: SiteTable::new(cpus),
-            suggest_ppm: 100_000,
+            suggest_ppm: crate::stats::DEFAULT_SUGGEST_PPM,
             reporter: None,
         }
     }

@@ -16,7 +16,7 @@ mod sites;
 pub use breakdown::{ByDirection, ByReason};
 pub use devices::DeviceStats;
 pub use reporter::{BounceReport, BounceReporter, ReportSink};
-pub use sites::SiteStats;
+pub use sites::{SiteStats, DEFAULT_SUGGEST_PPM};
 
 pub(crate) use devices::DeviceCounters;
 pub(crate) use sites::SiteTable;

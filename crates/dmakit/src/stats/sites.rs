@@ -16,6 +16,11 @@ use alloc::vec::Vec;
 /// untracked.
 pub(crate) const MAX_TRACKED_SITES: usize = 1024;
 
+/// The share of all bounces, in parts per million, from which a call site gets the
+/// "make this allocation a DMA buffer" suggestion unless the mapper is told otherwise
+/// (`DmaMapperBuilder::site_suggestion_threshold`): a tenth.
+pub const DEFAULT_SUGGEST_PPM: u64 = 100_000;
+
 /// Bounces attributed to one call site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SiteStats {
