@@ -169,6 +169,20 @@ impl Device {
         }
     }
 
+    /// A builder holding this description, to derive a device from it (the same device
+    /// with [`DeviceBuilder::force_bounce`], say). A coherent mask that equals the DMA
+    /// mask follows a later `dma_bits`/`dma_mask` as in a fresh builder; one set apart
+    /// stays. Nothing else changes until a setter is called.
+    pub fn to_builder(&self) -> DeviceBuilder {
+        let apart = self.coherent_dma_mask != self.dma_mask;
+        DeviceBuilder {
+            dev: self.clone(),
+            bad_bits: None,
+            coherent_mask: apart.then_some(Ok(self.coherent_dma_mask)),
+            bad_range: None,
+        }
+    }
+
     /// The device's identifier.
     #[inline]
     pub fn id(&self) -> DeviceId {
@@ -467,6 +481,33 @@ mod tests {
 
     fn b() -> DeviceBuilder {
         Device::builder(DeviceId(1), "t")
+    }
+
+    #[test]
+    fn to_builder_derives_the_same_device() {
+        let d = b()
+            .dma_bits(40)
+            .coherent_dma_bits(32)
+            .cache_line(128)
+            .min_align_mask(0xfff)
+            .dma_range(PhysAddr::new(0x8000_0000), DmaAddr::new(0), 0x1000_0000)
+            .build()
+            .unwrap();
+        assert_eq!(d.to_builder().build(), Ok(d.clone()));
+        let forced = d.to_builder().force_bounce(true).build().unwrap();
+        assert!(forced.force_bounce() && !d.force_bounce());
+        assert_eq!((forced.id(), forced.name()), (d.id(), d.name()));
+        assert_eq!(forced.bus_ranges(), d.bus_ranges());
+        assert_eq!(forced.coherent_dma_mask(), (1 << 32) - 1);
+        // A coherent mask that followed the DMA mask keeps following it.
+        let plain = b().dma_bits(40).build().unwrap();
+        let narrowed = plain.to_builder().dma_bits(32).build().unwrap();
+        assert_eq!(narrowed.coherent_dma_mask(), (1 << 32) - 1);
+        // A derived description is validated again.
+        assert_eq!(
+            d.to_builder().cache_line(3).build(),
+            Err(DeviceError::BadCacheLine(3))
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::translation::{bus_within, highest_phys_within};
 
 /// Where a coherent buffer's memory came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
+pub(super) enum Source {
     /// An object of the atomic pool (already uncached).
     AtomicPool,
     /// Pages of the zones; `uncached` when they were remapped for a non-coherent device,
@@ -47,12 +47,12 @@ enum Source {
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "coherent memory is lost unless given to free_coherent"]
 pub struct CoherentBuffer {
-    range: PhysRange,
-    dma: DmaAddr,
-    device: DeviceId,
-    source: Source,
-    translated: bool,
-    owner: u64,
+    pub(super) range: PhysRange,
+    pub(super) dma: DmaAddr,
+    pub(super) device: DeviceId,
+    pub(super) source: Source,
+    pub(super) translated: bool,
+    pub(super) owner: u64,
 }
 
 impl CoherentBuffer {

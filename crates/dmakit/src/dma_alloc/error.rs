@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-use crate::addr::PhysAddr;
+use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::DeviceId;
 use crate::dma_alloc::space::DeviceSpaceError;
 use crate::dma_alloc::zones::PageAllocError;
@@ -84,6 +84,19 @@ pub enum DmaAllocError {
     /// function (a noncontiguous table to `free_sg` or the reverse), or a view with a table
     /// it was not made from.
     ForeignHandle,
+    /// [`DmaAllocator::coherent_from_raw`](crate::DmaAllocator::coherent_from_raw) was
+    /// given addresses or a size that no coherent buffer of this allocator for the device
+    /// can have; nothing was freed.
+    NotCoherentBuffer {
+        /// The device given.
+        device: DeviceId,
+        /// The CPU-side physical address given.
+        phys: PhysAddr,
+        /// The device address given.
+        dma: DmaAddr,
+        /// The size given.
+        size: u64,
+    },
     /// A table is freed while contiguous CPU views of it are still mapped.
     StillMapped {
         /// Views still mapped.
@@ -215,6 +228,16 @@ impl fmt::Display for DmaAllocError {
             ),
             DmaAllocError::ForeignHandle => f.write_str(
                 "handle was not made by this allocator or is given to the wrong function",
+            ),
+            DmaAllocError::NotCoherentBuffer {
+                device,
+                phys,
+                dma,
+                size,
+            } => write!(
+                f,
+                "no coherent buffer of {size} bytes for {device} at {phys} (device address \
+                 {dma}) was made by this allocator; nothing freed"
             ),
             DmaAllocError::StillMapped { views } => write!(
                 f,

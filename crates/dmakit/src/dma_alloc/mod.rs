@@ -34,6 +34,7 @@
 
 mod alloc_sg;
 mod coherent;
+mod coherent_raw;
 mod declared;
 mod error;
 mod noncontiguous;
@@ -61,6 +62,7 @@ use crate::reintroduce::Defect;
 use crate::translation::{bus_within, highest_phys_within};
 
 pub use coherent::CoherentBuffer;
+pub use coherent_raw::RawCoherent;
 pub use error::{DmaAllocError, Rejected};
 pub use pages::DmaPages;
 pub use pool::{DmaBlock, DmaPool, DmaPoolUsage};

@@ -43,6 +43,7 @@ mod routes;
 mod sg;
 mod sg_sync;
 mod single;
+mod sited;
 
 pub use crate::mapped::{DmaSegment, MapPath, SgEntry};
 pub use builder::DmaMapperBuilder;
