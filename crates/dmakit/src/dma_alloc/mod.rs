@@ -40,6 +40,7 @@ mod error;
 mod noncontiguous;
 mod pages;
 mod pool;
+mod reach;
 mod sg_table;
 mod space;
 mod vmap;
@@ -90,7 +91,8 @@ pub struct DmaAllocatorConfig {
     /// atomic allocation. Linux uses 128 KiB per GiB of RAM, at least 128 KiB.
     pub atomic_pool_bytes: u64,
     /// The atomic pool's memory lies at or below this address (initial memory, and growth
-    /// never goes higher). The default, 4 GiB - 1, serves 32-bit devices.
+    /// never goes higher). The default, 4 GiB - 1, serves 32-bit devices; where RAM lies
+    /// above 4 GiB, [`DmaAllocatorConfig::for_memory`] derives one from the RAM.
     pub atomic_pool_reach: u64,
     /// Smallest atomic pool object: a power of two, at least 64 and at least the largest
     /// cache line of the platform and its devices, so no two objects share a line.
@@ -179,7 +181,8 @@ where
     /// # Errors
     /// [`DmaAllocError::BadConfig`] for a configuration that breaks the rules on
     /// [`DmaAllocatorConfig`]; [`DmaAllocError::GrowthFailed`] when the initial pool memory
-    /// cannot be found; [`DmaAllocError::Memory`] when the platform refuses to remap it.
+    /// cannot be found (on RAM above 4 GiB, build the configuration with
+    /// [`DmaAllocatorConfig::for_memory`]); [`DmaAllocError::Memory`] when the platform refuses to remap it.
     /// Nothing is left allocated on error.
     pub fn new(
         platform: P,
