@@ -139,7 +139,7 @@ impl<'a> Checks<'a> {
     }
 
     fn snapshot(&self) -> DeviceStats {
-        self.dma.mapper.stats().total()
+        self.dma.ops.stats().total()
     }
 
     /// Writes `data` at `sector`, force-bounced or not, and checks the bounces it made.
@@ -334,7 +334,7 @@ impl<'a> Checks<'a> {
 
     /// Every bounce was given back.
     pub fn pools_empty(&mut self) {
-        let stats = self.dma.mapper.stats();
+        let stats = self.dma.ops.stats();
         for pool in &stats.pools {
             let live = pool.usage.live;
             self.check(

@@ -1,30 +1,34 @@
-//! virtio-drivers' `Hal` over dmakit: coherent memory from the uncached window, buffers
-//! shared with the device through `DmaMapper::map` and `unmap`.
+//! virtio-drivers' `Hal` over dmakit's object-safe facade: coherent memory from the DMA
+//! allocator (the non-cacheable window), buffers shared with the device through the
+//! mapper, attributed to virtio-drivers' own call sites.
 //!
-//! `Hal` methods take no `self`, so the mapper and devices live in a global set once by
-//! [`install`]. [`force_bounce`] switches later shares to a device description that
-//! bounces everything (same device id), between transfers.
+//! `Hal` methods take no `self`, so the facade and devices live in a global set once by
+//! [`install`]. [`force_bounce`] switches later shares to a description of the disk that
+//! bounces everything (the same device, derived with `Device::to_builder`), between
+//! transfers.
 
+use core::panic::Location;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use dmakit::platform::{CoherentPageAllocator, PAGE_SIZE};
+use dmakit::dma_alloc::RawCoherent;
+use dmakit::linear_map::{CpuAddr, LinearMap};
+use dmakit::platform::PAGE_SIZE;
 use dmakit::prelude::*;
+use dmakit::{AllocContext, DmaOps};
 use virtio_drivers::{BufferDirection, Hal};
 
-use crate::platform::{Aarch64, CoherentWindow};
-
-/// What the HAL needs: the mapper, the block device described twice (as it is, and
-/// force-bounced) and the coherent memory.
+/// What the HAL needs: the DMA facade, the disk described twice (as it is, and
+/// force-bounced) and the CPU's linear map.
 pub struct Dma {
-    /// The mapper every share goes through.
-    pub mapper: DmaMapper<&'static Aarch64>,
+    /// Mapper and allocator.
+    pub ops: &'static (dyn DmaOps + Send + Sync),
     /// The disk.
     pub blk: Device,
     /// The disk, every mapping bounced.
     pub blk_forced: Device,
-    /// Coherent memory for virtqueues.
-    pub window: &'static CoherentWindow,
+    /// Physical address to pointer and back.
+    pub linear: LinearMap,
 }
 
 static DMA: spin::Once<Dma> = spin::Once::new();
@@ -61,38 +65,58 @@ fn direction(dir: BufferDirection) -> Direction {
     }
 }
 
+/// The physical address of a buffer the driver holds.
+fn phys_of(d: &Dma, buffer: NonNull<[u8]>) -> PhysAddr {
+    let cpu = CpuAddr::of_ptr(buffer.as_ptr() as *const u8);
+    d.linear
+        .phys_of(cpu, buffer.len() as u64)
+        .unwrap_or_else(|| {
+            panic!(
+                "virtio buffer at {:p} is not in the linear map",
+                buffer.as_ptr()
+            )
+        })
+}
+
 /// The HAL type given to virtio-drivers.
 pub struct KernelHal;
 
-// SAFETY: `dma_alloc` returns zeroed, page-aligned coherent pages owned by the driver until
-// `dma_dealloc`; `share` returns a bus address the device may use for the buffer until
-// `unshare`, which makes the device's writes visible in the buffer. Physical and virtual
-// addresses are equal (identity map).
+// SAFETY: `dma_alloc` returns zeroed, page-aligned coherent memory owned by the driver
+// until `dma_dealloc`; `share` returns a bus address the device may use for the buffer
+// until `unshare`, which makes the device's writes visible in the buffer.
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _dir: BufferDirection) -> (u64, NonNull<u8>) {
         let d = dma();
-        match d
-            .window
-            .alloc_coherent_pages(pages as u64, d.blk.coherent_limit())
-        {
-            Some(base) => {
-                let ptr = base.as_u64() as usize as *mut u8;
-                // SAFETY: the pages are ours, mapped non-cacheable by the identity map.
-                unsafe { ptr.write_bytes(0, pages * PAGE_SIZE as usize) };
-                (
-                    base.as_u64(),
-                    NonNull::new(ptr).expect("the window is not at 0"),
-                )
-            }
-            None => (0, NonNull::dangling()),
-        }
+        let size = pages as u64 * PAGE_SIZE;
+        let Ok(raw) = d.ops.alloc_coherent(&d.blk, size, AllocContext::MayBlock) else {
+            return (0, NonNull::dangling());
+        };
+        let cpu = d
+            .linear
+            .cpu_of(raw.phys, size)
+            .expect("coherent memory is RAM");
+        (
+            raw.dma.as_u64(),
+            NonNull::new(cpu.as_mut_ptr()).expect("RAM is not at 0"),
+        )
     }
 
-    unsafe fn dma_dealloc(paddr: u64, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        dma()
-            .window
-            .free_coherent_pages(PhysAddr::new(paddr), pages as u64);
-        0
+    unsafe fn dma_dealloc(paddr: u64, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let d = dma();
+        let size = pages as u64 * PAGE_SIZE;
+        let Some(phys) = d.linear.phys_of(CpuAddr::of_ptr(vaddr.as_ptr()), size) else {
+            return -1;
+        };
+        let raw = RawCoherent {
+            phys,
+            dma: DmaAddr::new(paddr),
+            size,
+        };
+        // SAFETY: virtio-drivers frees what `dma_alloc` gave it, once (the `Hal` contract).
+        match unsafe { d.ops.free_coherent(&d.blk, raw) } {
+            Ok(()) => 0,
+            Err(_) => -1,
+        }
     }
 
     unsafe fn mmio_phys_to_virt(paddr: u64, _size: usize) -> NonNull<u8> {
@@ -102,18 +126,16 @@ unsafe impl Hal for KernelHal {
     #[track_caller]
     unsafe fn share(buffer: NonNull<[u8]>, dir: BufferDirection) -> u64 {
         let d = dma();
-        let phys = PhysAddr::new(buffer.as_ptr() as *mut u8 as usize as u64);
+        let (phys, len) = (phys_of(d, buffer), buffer.len() as u64);
         // SAFETY: virtio-drivers lends the buffer to the device until `unshare` (the
         // `Hal::share` contract).
-        match unsafe {
-            d.mapper
-                .map(device(d), phys, buffer.len() as u64, direction(dir))
-        } {
+        let mapped = unsafe {
+            d.ops
+                .map_from(device(d), phys, len, direction(dir), Location::caller())
+        };
+        match mapped {
             Ok(dma) => dma.as_u64(),
-            Err(e) => panic!(
-                "dmakit could not map a {}-byte virtio buffer: {e}",
-                buffer.len()
-            ),
+            Err(e) => panic!("dmakit could not map a {len}-byte virtio buffer: {e}"),
         }
     }
 
@@ -123,10 +145,16 @@ unsafe impl Hal for KernelHal {
         let len = buffer.len() as u64;
         // SAFETY: `paddr` is the mapping `share` made for this buffer, and the device is
         // done with it (the `Hal::unshare` contract).
-        if let Err(e) = unsafe {
-            d.mapper
-                .unmap(device(d), DmaAddr::new(paddr), len, direction(dir))
-        } {
+        let unmapped = unsafe {
+            d.ops.unmap_from(
+                device(d),
+                DmaAddr::new(paddr),
+                len,
+                direction(dir),
+                Location::caller(),
+            )
+        };
+        if let Err(e) = unmapped {
             panic!("dmakit could not unmap a {len}-byte virtio buffer: {e}");
         }
     }

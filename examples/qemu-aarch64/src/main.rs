@@ -26,16 +26,22 @@ mod uart;
 
 use alloc::sync::Arc;
 
+use dmakit::dma_alloc::NoTranslation;
+use dmakit::linear_map::LinearMap;
 use dmakit::platform::{install_interrupt_control, CacheMaintenance};
 use dmakit::prelude::*;
+use dmakit::{DmaAllocator, DmaAllocatorConfig, DmaStack};
 use dmakit_mem::ZonedPageAllocator;
 
-use crate::layout::{Region, PAGES, SWIOTLB};
-use crate::platform::{Aarch64, CoherentWindow, Daif};
+use crate::layout::{Region, COHERENT_WINDOW, PAGES, RAM, SWIOTLB};
+use crate::platform::{Aarch64, Daif};
 
 static PLATFORM: spin::Once<Aarch64> = spin::Once::new();
-static WINDOW: CoherentWindow = CoherentWindow::new();
+static STACK: spin::Once<KernelStack> = spin::Once::new();
 static DAIF: Daif = Daif;
+
+/// The mapper and DMA allocator over this machine; coherent memory from the window.
+type KernelStack = DmaStack<&'static Aarch64, ZonedPageAllocator>;
 
 fn phys_range(r: Region) -> PhysRange {
     PhysRange::new(PhysAddr::new(r.start), r.len).expect("layout regions are not empty")
@@ -55,19 +61,23 @@ pub extern "C" fn kmain() -> ! {
         .expect("SWIOTLB pool")
         .transient_pages(Arc::new(pages))
         .build();
-    let blk = |forced| {
-        Device::builder(DeviceId(1), "virtio-blk")
-            .coherent(false)
-            .cache_line(line)
-            .force_bounce(forced)
-            .build()
-            .expect("device")
-    };
+    let window = ZonedPageAllocator::new(&[phys_range(COHERENT_WINDOW)]).expect("window");
+    let cfg = DmaAllocatorConfig::default();
+    let allocator =
+        DmaAllocator::new(platform, window, NoTranslation, cfg, None).expect("DMA allocator");
+    let stack: &'static KernelStack = STACK.call_once(|| DmaStack::new(mapper, allocator));
+    let blk = Device::builder(DeviceId(1), "virtio-blk")
+        .coherent(false)
+        .cache_line(line)
+        .build()
+        .expect("device");
+    let blk_forced = blk.to_builder().force_bounce(true).build().expect("device");
+    let linear = LinearMap::identity(RAM.end()).expect("identity map");
     let dma = hal::install(hal::Dma {
-        mapper,
-        blk: blk(false),
-        blk_forced: blk(true),
-        window: &WINDOW,
+        ops: stack,
+        blk,
+        blk_forced,
+        linear,
     });
 
     let Some((slot, mut disk)) = disk::find() else {
@@ -87,7 +97,7 @@ pub extern "C" fn kmain() -> ! {
     checks.randomized();
     checks.pools_empty();
     let (passed, failed) = (checks.passed(), checks.failed());
-    report::print(dma, platform);
+    report::print(stack.mapper(), platform);
     if failed == 0 {
         println!("PASS: {passed} checks");
         semihosting::exit(0)

@@ -1,13 +1,13 @@
 //! dmakit's statistics at the end of the run, printed on the UART.
 
-use crate::hal::Dma;
 use crate::platform::Aarch64;
 use crate::println;
+use dmakit::prelude::*;
 
 /// Prints mappings, bounces by reason, bytes copied, pool usage and high-water, the driver
 /// lines that bounced most, and the cache lines maintained.
-pub fn print(dma: &Dma, platform: &Aarch64) {
-    let stats = dma.mapper.stats();
+pub fn print(mapper: &DmaMapper<&'static Aarch64>, platform: &Aarch64) {
+    let stats = mapper.stats();
     let t = stats.total();
     let m = &t.mappings;
     println!(
@@ -37,7 +37,7 @@ pub fn print(dma: &Dma, platform: &Aarch64) {
             pool.name, u.total, u.used, u.live, u.high_water
         );
     }
-    for site in dma.mapper.top_sites(3) {
+    for site in mapper.top_sites(3) {
         println!(
             "dmakit: bounce site {}: {} bounces, {} bytes",
             site.site(),

@@ -8,16 +8,15 @@
 //! - [`CpuTopology`](dmakit::platform::CpuTopology): the CPU number from `MPIDR_EL1`
 //!   (`cpu.rs`);
 //! - [`InterruptControl`](dmakit::platform::InterruptControl): `DAIF` (`interrupts.rs`);
-//! - [`CoherentPageAllocator`](dmakit::platform::CoherentPageAllocator): pages of the
-//!   non-cacheable window (`coherent_window.rs`).
+//! - [`CoherentRemap`](dmakit::platform::CoherentRemap): coherent memory from the
+//!   non-cacheable window set aside at boot (`coherent_remap.rs`).
 
 mod cache;
-mod coherent_window;
+mod coherent_remap;
 mod cpu;
 mod interrupts;
 mod memory;
 
-pub use coherent_window::CoherentWindow;
 pub use interrupts::Daif;
 
 use core::sync::atomic::AtomicU64;
