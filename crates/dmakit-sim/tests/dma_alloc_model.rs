@@ -3,6 +3,10 @@
 //!
 //! - coherent memory (uncached pages, the atomic pool) needs no maintenance under a
 //!   misbehaving cache; the same protocol on cached pages without syncs fails;
+//! - coherent memory from an uncached window the platform mapped at boot needs neither
+//!   maintenance nor any remap; a window that is in fact cached RAM is caught;
+//! - on RAM that lies wholly above 4 GiB the default atomic pool reach fails cleanly, and
+//!   the reach derived from the RAM serves coherent memory intact;
 //! - `alloc_pages` memory is correct with syncs and caught without them;
 //! - a `vmap` view on an aliasing cache corrupts the device's data unless flushed and
 //!   invalidated; on a physically indexed cache it needs nothing;
@@ -11,13 +15,18 @@
 //! - every allocation of every kind is reachable by its device (no mask fault), and zone
 //!   totals are restored after random sequences.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
-use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig, NoTranslation, SgTable};
+use dmakit::dma_alloc::{
+    AllocContext, DmaAllocError, DmaAllocator, DmaAllocatorConfig, NoTranslation, SgTable,
+    UncachedWindow,
+};
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb::SwiotlbBounce;
 use dmakit::{
-    Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE,
+    CacheMaintenance, CoherentRemap, CpuMemory, Device, DeviceId, Direction, DmaAddr, DmaError,
+    DmaMapper, MemoryFault, PhysAddr, PhysRange, PAGE_SIZE,
 };
 use dmakit_mem::{ZoneStats, ZonedPageAllocator};
 use dmakit_sim::{
@@ -620,4 +629,331 @@ fn free(a: &DmaAllocator<&Machine, &ZonedPageAllocator>, d: &Device, l: Live) {
         Live::Noncontiguous(t) => a.free_noncontiguous(d, t).unwrap(),
         Live::Sg(t) => a.free_sg(d, t).unwrap(),
     }
+}
+
+/// The machine as a kernel that maps RAM in blocks sees it: it cannot remap single pages,
+/// so it refuses (and counts) every remap asked of it.
+struct BlockMapped<'a> {
+    m: &'a Machine,
+    remaps: Cell<u32>,
+}
+
+impl CacheMaintenance for BlockMapped<'_> {
+    fn cache_line_size(&self) -> u64 {
+        self.m.cache_line_size()
+    }
+    fn clean(&self, range: PhysRange) {
+        self.m.clean(range)
+    }
+    fn invalidate(&self, range: PhysRange) {
+        self.m.invalidate(range)
+    }
+    fn clean_invalidate(&self, range: PhysRange) {
+        self.m.clean_invalidate(range)
+    }
+}
+
+// SAFETY: forwards every call unchanged to the machine, which keeps the contract.
+unsafe impl CpuMemory for BlockMapped<'_> {
+    fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), MemoryFault> {
+        self.m.copy(dst, src, len)
+    }
+    fn fill(&self, dst: PhysAddr, byte: u8, len: u64) -> Result<(), MemoryFault> {
+        self.m.fill(dst, byte, len)
+    }
+}
+
+impl CoherentRemap for BlockMapped<'_> {
+    fn make_uncached(&self, range: PhysRange) -> Result<(), MemoryFault> {
+        self.remaps.set(self.remaps.get() + 1);
+        Err(MemoryFault {
+            addr: range.start(),
+            len: range.len(),
+        })
+    }
+    fn make_cached(&self, _range: PhysRange) {
+        self.remaps.set(self.remaps.get() + 1);
+    }
+}
+
+const WINDOW: u64 = MIB;
+
+/// What rounds of coherent buffers from an uncached window showed.
+struct WindowOutcome {
+    report: OracleReport,
+    /// Remaps the allocator asked of the platform.
+    remaps: u32,
+    /// The window, and the machine.
+    window: PhysRange,
+    stats: dmakit_sim::MachineStats,
+}
+
+/// 40 round trips on coherent buffers of two non-coherent devices, from a 1 MiB window in
+/// DMA32 that the platform mapped uncached at boot (`uncached_at_boot`) or left as cached
+/// RAM (the control), with no maintenance at all. `hazards` drive the cache meanwhile.
+fn window_rounds(uncached_at_boot: bool, hazards: HazardConfig) -> WindowOutcome {
+    let m = machine(13, hazards);
+    let z = zones_on(&m, 0, 4 * MIB, 4 * MIB);
+    let base = m
+        .alloc_pages_between(WINDOW / PAGE_SIZE, 16 * MIB, u32::MAX as u64)
+        .unwrap();
+    let window = PhysRange::new(base, WINDOW).unwrap();
+    if uncached_at_boot {
+        m.make_uncached(window).unwrap();
+    }
+    let platform = BlockMapped {
+        m: &m,
+        remaps: Cell::new(0),
+    };
+    let w = UncachedWindow::new(base, WINDOW).unwrap();
+    let a = DmaAllocator::with_uncached_window(&platform, &z, NoTranslation, w, cfg()).unwrap();
+    assert_eq!(a.uncached_window(), Some(w));
+    let mut oracle = Oracle::new(m.line_size()).unwrap();
+    let devs = [dev(2, 32), dev(3, 64)];
+    for d in &devs {
+        m.attach(d.clone()).unwrap();
+    }
+    for round in 0..40u8 {
+        let d = &devs[usize::from(round) % 2];
+        let ctx = if round % 4 < 2 {
+            AllocContext::Atomic
+        } else {
+            AllocContext::MayBlock
+        };
+        let size = [64, 200, 4096, 9000, 12_000][usize::from(round) % 5];
+        let b = a.alloc_coherent(d, size, ctx).unwrap();
+        assert!(b.from_atomic_pool(), "{ctx:?}: served by the window");
+        let range = PhysRange::new(b.phys(), size).unwrap();
+        assert!(window.contains_range(&range));
+        oracle
+            .register(&m, Owner(8), b.phys(), size, "window")
+            .unwrap();
+        round_trip(
+            &m,
+            &mut oracle,
+            d,
+            (b.phys(), b.dma(), size),
+            (Owner(8), round),
+            &|| {},
+            &|| {},
+        );
+        oracle.unregister(b.phys()).unwrap();
+        a.free_coherent(d, b).unwrap();
+    }
+    assert_eq!(a.atomic_pool_usage().live, 0);
+    a.release().ok().expect("nothing live");
+    oracle.set_faults(m.fault_count() as u64);
+    WindowOutcome {
+        report: oracle.take_report(),
+        remaps: platform.remaps.get(),
+        window,
+        stats: m.stats(),
+    }
+}
+
+#[test]
+fn an_uncached_window_serves_coherent_memory_without_maintenance_or_remaps() {
+    let out = window_rounds(true, HazardConfig::default());
+    assert!(out.report.is_clean(), "{}", out.report);
+    assert_eq!(out.report.transfers, 40);
+    assert!(out.report.device_read_bytes > 150_000, "{}", out.report);
+    // Nothing was remapped, not even by the teardown, and the cache really misbehaved.
+    assert_eq!(out.remaps, 0);
+    assert!(
+        out.stats.speculative_fills > 0 && out.stats.hazard_evictions > 0,
+        "{:?}",
+        out.stats
+    );
+    assert!(out.window.start().as_u64() >= 16 * MIB);
+}
+
+#[test]
+fn a_window_that_is_cached_ram_is_caught_by_the_oracle() {
+    let clean = window_rounds(true, HazardConfig::NONE);
+    assert!(clean.report.is_clean(), "{}", clean.report);
+    let cached = window_rounds(false, HazardConfig::NONE);
+    // The CPU's stores stay in its write-back cache: every byte the device reads is wrong,
+    // the zeros in RAM or an earlier buffer's data there; and the CPU keeps its own lines
+    // where the device wrote.
+    let r = &cached.report;
+    assert_eq!(
+        r.device_read_stale_bytes + r.device_read_leaked_bytes,
+        clean.report.device_read_bytes,
+        "{r}"
+    );
+    assert!(r.device_read_stale_bytes > 0, "{r}");
+    assert!(r.stale_bytes > r.device_read_stale_bytes, "{r}");
+    assert_eq!(r.corrupted_bytes, 0, "{r}");
+    assert_eq!(cached.remaps, 0);
+}
+
+#[test]
+fn an_uncached_window_is_bounded_and_refuses_cleanly() {
+    let m = machine(14, HazardConfig::NONE);
+    let z = zones_on(&m, 0, 4 * MIB, 4 * MIB);
+    let base = m
+        .alloc_pages_between(WINDOW / PAGE_SIZE, 16 * MIB, u32::MAX as u64)
+        .unwrap();
+    let window = PhysRange::new(base, WINDOW).unwrap();
+    m.make_uncached(window).unwrap();
+    let platform = BlockMapped {
+        m: &m,
+        remaps: Cell::new(0),
+    };
+    let w = UncachedWindow::new(base, WINDOW).unwrap();
+    let a = DmaAllocator::with_uncached_window(&platform, &z, NoTranslation, w, cfg()).unwrap();
+    let nc = dev(3, 64);
+    let zone_stats = stats(&z);
+    // Two halves fill it; a third piece finds it full, in either context.
+    let halves = [
+        a.alloc_coherent(&nc, WINDOW / 2, AllocContext::MayBlock)
+            .unwrap(),
+        a.alloc_coherent(&nc, WINDOW / 2, AllocContext::Atomic)
+            .unwrap(),
+    ];
+    for ctx in [AllocContext::Atomic, AllocContext::MayBlock] {
+        let e = a.alloc_coherent(&nc, 64, ctx).unwrap_err();
+        assert_eq!(
+            e,
+            DmaAllocError::WindowExhausted {
+                device: nc.id(),
+                size: 64,
+                used: WINDOW,
+                total: WINDOW
+            }
+        );
+        assert!(e
+            .to_string()
+            .contains("uncached window has no reachable room"));
+    }
+    // Larger than the window, and a device that reaches none of it.
+    let e = a
+        .alloc_coherent(&nc, 2 * WINDOW, AllocContext::MayBlock)
+        .unwrap_err();
+    assert!(
+        matches!(e, DmaAllocError::TooLarge { max: WINDOW, .. }),
+        "{e}"
+    );
+    let narrow = dev(4, 24);
+    let e = a
+        .alloc_coherent(&narrow, 64, AllocContext::MayBlock)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        DmaAllocError::WindowOutOfReach {
+            device: narrow.id(),
+            base,
+            coherent_mask: (1 << 24) - 1
+        }
+    );
+    // A coherent device still gets cached pages from the zones, and the window does not
+    // grow.
+    let coherent = Device::builder(DeviceId(5), "c")
+        .dma_bits(64)
+        .coherent(true)
+        .build()
+        .unwrap();
+    let c = a
+        .alloc_coherent(&coherent, 4096, AllocContext::MayBlock)
+        .unwrap();
+    assert!(
+        !c.from_atomic_pool() && !window.contains_range(&PhysRange::new(c.phys(), 4096).unwrap())
+    );
+    a.free_coherent(&coherent, c).unwrap();
+    let req = dmakit::growth::GrowthRequest {
+        pool: "dma-uncached-window",
+        min_bytes: PAGE_SIZE,
+        max_addr: u64::MAX,
+    };
+    assert!(matches!(
+        a.grow_atomic_pool(req),
+        Err(DmaAllocError::BadConfig(_))
+    ));
+    // Failed requests changed nothing: both halves free, the zones as they were.
+    assert_eq!(a.atomic_pool_usage().used, WINDOW);
+    for h in halves {
+        a.free_coherent(&nc, h).unwrap();
+    }
+    assert_eq!(a.atomic_pool_usage().used, 0);
+    assert_eq!(stats(&z), zone_stats);
+    assert_eq!(platform.remaps.get(), 0);
+    // A window that is not whole pages is refused before anything is built.
+    assert_eq!(
+        UncachedWindow::new(base.add(64), WINDOW),
+        Err(DmaAllocError::BadWindow {
+            base: base.add(64),
+            len: WINDOW
+        })
+    );
+}
+
+#[test]
+fn ram_above_4g_takes_a_reach_derived_from_it_and_then_serves_coherent_memory() {
+    let m = Machine::new(MachineConfig {
+        seed: 15,
+        ram: vec![(8 * GIB, GIB)],
+        ..MachineConfig::default()
+    })
+    .unwrap();
+    let base = m
+        .alloc_pages_between(16 * MIB / PAGE_SIZE, 0, u64::MAX)
+        .unwrap();
+    let ram = [PhysRange::new(base, 16 * MIB).unwrap()];
+    let z = ZonedPageAllocator::new(&ram).unwrap();
+    let before = stats(&z);
+    // The default reach (4 GiB) finds nothing here, and says so.
+    let e = DmaAllocator::new(&m, &z, NoTranslation, cfg(), None)
+        .err()
+        .expect("no memory below 4 GiB");
+    assert_eq!(
+        e,
+        DmaAllocError::GrowthFailed {
+            bytes: 64 * KIB,
+            max_addr: u32::MAX as u64
+        }
+    );
+    assert_eq!(stats(&z), before);
+    let derived = DmaAllocatorConfig {
+        atomic_pool_bytes: 64 * KIB,
+        ..DmaAllocatorConfig::for_memory(&ram)
+    };
+    assert_eq!(derived.atomic_pool_reach, 12 * GIB - 1);
+    let a = DmaAllocator::new(&m, &z, NoTranslation, derived, None).unwrap();
+    let mut oracle = Oracle::new(m.line_size()).unwrap();
+    let d = dev(3, 64);
+    m.attach(d.clone()).unwrap();
+    for round in 0..20u8 {
+        let ctx = if round % 2 == 0 {
+            AllocContext::Atomic
+        } else {
+            AllocContext::MayBlock
+        };
+        let size = [64, 200, 4096, 9000, 20_000][usize::from(round) % 5];
+        let b = a.alloc_coherent(&d, size, ctx).unwrap();
+        assert_eq!(b.from_atomic_pool(), ctx == AllocContext::Atomic);
+        assert!(b.phys().as_u64() >= 8 * GIB);
+        oracle
+            .register(&m, Owner(9), b.phys(), size, "coherent")
+            .unwrap();
+        round_trip(
+            &m,
+            &mut oracle,
+            &d,
+            (b.phys(), b.dma(), size),
+            (Owner(9), round),
+            &|| {},
+            &|| {},
+        );
+        oracle.unregister(b.phys()).unwrap();
+        a.free_coherent(&d, b).unwrap();
+    }
+    oracle.set_faults(m.fault_count() as u64);
+    let report = oracle.take_report();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.transfers, 20);
+    let st = m.stats();
+    assert!(
+        st.speculative_fills > 0 && st.hazard_evictions > 0,
+        "{st:?}"
+    );
 }

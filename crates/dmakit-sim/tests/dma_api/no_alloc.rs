@@ -3,12 +3,16 @@
 //! scatter-gather syncs, each counted by a global allocator that counts this thread's heap
 //! allocations — the mapping layer's, not the machine model's: the platform handed to the
 //! layer pauses the count while the model works. The control: the pool's growth, which may
-//! allocate, is counted.
+//! allocate, is counted. Also coherent allocations and frees from an uncached window, in
+//! either context (the control: building the allocator over the window, which makes the
+//! pool's records, is counted).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use dmakit::dma_alloc::{AllocContext, DmaAllocator, DmaAllocatorConfig, DmaPool, NoTranslation};
+use dmakit::dma_alloc::{
+    AllocContext, DmaAllocator, DmaAllocatorConfig, DmaPool, NoTranslation, UncachedWindow,
+};
 use dmakit::{
     CacheMaintenance, CoherentRemap, CpuMemory, CpuTopology, Direction, DmaMapper, MapAttrs,
     MemoryFault, PageAllocator, PhysAddr, PhysRange, SgEntry, PAGE_SIZE,
@@ -178,4 +182,32 @@ fn skip_cpu_sync_maps_need_sync_and_sg_syncs_allocate_nothing() {
     assert!(synced.0.is_ok() && synced.1.is_ok());
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.unmap_sg(&dev, &segs, dir) }.unwrap();
+}
+
+#[test]
+fn coherent_buffers_from_an_uncached_window_allocate_nothing() {
+    let m = rig::machine(103, HazardConfig::NONE);
+    let base = m
+        .alloc_pages_between(512, 16 << 20, u32::MAX as u64)
+        .unwrap();
+    let z = ZonedPageAllocator::new(&[PhysRange::new(base, 256 * PAGE_SIZE).unwrap()]).unwrap();
+    let window = base.add(256 * PAGE_SIZE);
+    m.make_uncached(PhysRange::new(window, 256 * PAGE_SIZE).unwrap())
+        .unwrap();
+    let w = UncachedWindow::new(window, 256 * PAGE_SIZE).unwrap();
+    let cfg = DmaAllocatorConfig::default();
+    // The control: building the allocator makes the window's records on the heap.
+    let (built, a) = allocations(|| {
+        DmaAllocator::with_uncached_window(Model(&m), &z, NoTranslation, w, cfg).unwrap()
+    });
+    assert!(built > 0, "the counter sees the construction");
+    let dev = rig::device(&m, 1, 32, false, true);
+    for ctx in [AllocContext::Atomic, AllocContext::MayBlock] {
+        let (n, buf) = allocations(|| a.alloc_coherent(&dev, 9000, ctx).unwrap());
+        assert_eq!(n, 0, "{ctx:?} allocation from the window");
+        assert!(buf.from_atomic_pool());
+        let (n, freed) = allocations(|| a.free_coherent(&dev, buf));
+        assert_eq!(n, 0, "{ctx:?} free to the window");
+        assert!(freed.is_ok());
+    }
 }

@@ -100,6 +100,10 @@ where
     /// shared with the host first; in [`AllocContext::Atomic`] such a device, coherent or
     /// not, is served from the atomic pool, which is shared already.
     ///
+    /// With an uncached window ([`DmaAllocator::with_uncached_window`]) every allocation for
+    /// a non-coherent device, in either context, is an object of the window instead of
+    /// remapped pages.
+    ///
     /// Behind a translating [`DeviceAddressSpace`] the memory may lie anywhere and is mapped
     /// for the device. A device with a declared region ([`DmaAllocator::declare_coherent`])
     /// is served from that region alone, in either context.
@@ -117,7 +121,9 @@ where
     /// shared with the host (see [`DmaAllocator::with_memory_sharing`]);
     /// [`DmaAllocError::DeviceSpace`] when the IOMMU refuses;
     /// [`DmaAllocError::DeclaredRegionExhausted`] (or [`DmaAllocError::TooLarge`]) when a
-    /// declared region has no room. Nothing is left allocated.
+    /// declared region has no room; [`DmaAllocError::WindowExhausted`] and
+    /// [`DmaAllocError::WindowOutOfReach`] from an uncached window. Nothing is left
+    /// allocated.
     pub fn alloc_coherent(
         &self,
         dev: &Device,
@@ -129,7 +135,9 @@ where
             return self.alloc_declared(dev, &region, size);
         }
         // Sharing may block: an atomic allocation to share is served by the (shared) pool.
-        if ctx == AllocContext::Atomic && (!dev.is_coherent() || self.must_share(dev)) {
+        // An uncached window serves every non-coherent device: nothing is remapped.
+        let atomic = ctx == AllocContext::Atomic && (!dev.is_coherent() || self.must_share(dev));
+        if atomic || (self.window.is_some() && !dev.is_coherent()) {
             return self.alloc_atomic(dev, size);
         }
         let phys = self.take_contiguous(dev, pages)?;
@@ -227,6 +235,9 @@ where
                     size,
                     max,
                 },
+                ObjectPoolError::Exhausted { used, total } if self.window.is_some() => {
+                    self.window_shortage(dev, size, max_addr, used, total)
+                }
                 ObjectPoolError::Exhausted { used, total } => DmaAllocError::AtomicPoolExhausted {
                     device: dev.id(),
                     size,
@@ -282,6 +293,31 @@ where
                 debug_assert!(freed.is_ok());
                 Err(e)
             }
+        }
+    }
+
+    /// Why the uncached window had no object of `size` bytes at or below `max_addr`: it
+    /// starts above it (out of `dev`'s reach), or the reachable part is full.
+    fn window_shortage(
+        &self,
+        dev: &Device,
+        size: u64,
+        max_addr: u64,
+        used: u64,
+        total: u64,
+    ) -> DmaAllocError {
+        match self.window {
+            Some(w) if w.start().as_u64() > max_addr => DmaAllocError::WindowOutOfReach {
+                device: dev.id(),
+                base: w.start(),
+                coherent_mask: dev.coherent_dma_mask(),
+            },
+            _ => DmaAllocError::WindowExhausted {
+                device: dev.id(),
+                size,
+                used,
+                total,
+            },
         }
     }
 
@@ -433,8 +469,15 @@ where
     /// [`DmaAllocError::GrowthFailed`] when no such memory is free, or
     /// [`DmaAllocError::Memory`] when the remap is refused, [`DmaAllocError::NotShared`]
     /// when sharing it with the host is refused; the pool is unchanged, and the next
-    /// shortage may request growth again.
+    /// shortage may request growth again. [`DmaAllocError::BadConfig`] for an allocator
+    /// over an uncached window ([`DmaAllocator::with_uncached_window`]), which does not
+    /// grow.
     pub fn grow_atomic_pool(&self, req: GrowthRequest) -> Result<PhysRange, DmaAllocError> {
+        if self.window.is_some() {
+            return Err(DmaAllocError::BadConfig(
+                "an atomic pool made of an uncached window does not grow",
+            ));
+        }
         let min_pages = req.min_bytes.max(1).div_ceil(PAGE_SIZE);
         let want_pages = min_pages.max(self.atomic.usage().total / PAGE_SIZE);
         let max_addr = req.max_addr.min(self.config().atomic_pool_reach);

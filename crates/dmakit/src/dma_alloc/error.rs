@@ -184,6 +184,37 @@ pub enum DmaAllocError {
         /// Live blocks.
         live: usize,
     },
+    /// A range given as an [`crate::dma_alloc::UncachedWindow`] is empty, overflows, or is
+    /// not whole, page-aligned pages (or not split at a page boundary inside it).
+    BadWindow {
+        /// Its first byte.
+        base: PhysAddr,
+        /// Its length.
+        len: u64,
+    },
+    /// The allocator's uncached window has no free piece of the size asked for that the
+    /// device reaches. A window is fixed: it never grows, and coherent allocations of
+    /// non-coherent devices never fall back to remapping other memory.
+    WindowExhausted {
+        /// The device asked for.
+        device: DeviceId,
+        /// Bytes requested.
+        size: u64,
+        /// Bytes of the window in live allocations.
+        used: u64,
+        /// Bytes of the window.
+        total: u64,
+    },
+    /// The device reaches no byte of the allocator's uncached window at a bus address its
+    /// coherent mask and bus limit allow.
+    WindowOutOfReach {
+        /// The device asked for.
+        device: DeviceId,
+        /// The window's first byte.
+        base: PhysAddr,
+        /// Its coherent DMA mask.
+        coherent_mask: u64,
+    },
 }
 
 impl fmt::Display for DmaAllocError {
@@ -295,6 +326,30 @@ impl fmt::Display for DmaAllocError {
             DmaAllocError::DmaPoolBusy { live } => {
                 write!(f, "DMA pool still has {live} live blocks; free them first")
             }
+            DmaAllocError::BadWindow { base, len } => write!(
+                f,
+                "cannot use {len} bytes at {base} as an uncached window: it must be whole, \
+                 page-aligned pages"
+            ),
+            DmaAllocError::WindowExhausted {
+                device,
+                size,
+                used,
+                total,
+            } => write!(
+                f,
+                "{device}: uncached window has no reachable room for {size} bytes ({used} of \
+                 {total} bytes used)"
+            ),
+            DmaAllocError::WindowOutOfReach {
+                device,
+                base,
+                coherent_mask,
+            } => write!(
+                f,
+                "{device}: coherent mask {coherent_mask:#x} reaches none of the uncached \
+                 window at {base}"
+            ),
         }
     }
 }

@@ -14,6 +14,8 @@
 //!   background when its free space falls below its initial size;
 //! - `declared`: [`DmaAllocator::declare_coherent`], a region of memory that serves one
 //!   device's coherent allocations alone;
+//! - `window`: [`DmaAllocator::with_uncached_window`], coherent memory from a window the
+//!   platform mapped uncached in advance, for kernels that cannot remap single pages;
 //! - `pages`: [`DmaAllocator::alloc_pages`], cached pages the device can reach; the caller
 //!   syncs;
 //! - `noncontiguous`: [`DmaAllocator::alloc_noncontiguous`], a table contiguous in device
@@ -44,6 +46,7 @@ mod reach;
 mod sg_table;
 mod space;
 mod vmap;
+mod window;
 mod zones;
 
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +73,7 @@ pub use pool::{DmaBlock, DmaPool, DmaPoolUsage};
 pub use sg_table::{SgChunk, SgTable, TableKind};
 pub use space::{DeviceAddressSpace, DeviceSpaceError, NoTranslation};
 pub use vmap::Vmap;
+pub use window::UncachedWindow;
 pub use zones::{PageAllocError, ZonedPages};
 
 /// The context an allocation is made in.
@@ -156,6 +160,10 @@ pub struct DmaAllocator<P, Z, S = NoTranslation> {
     atomic: ObjectPool,
     /// Chunks of the atomic pool, to give back on [`DmaAllocator::release`].
     atomic_chunks: Mutex<Vec<PhysRange>>,
+    /// The uncached window the atomic pool is made of, if it is one (see
+    /// [`DmaAllocator::with_uncached_window`]): it is neither remapped nor given to the
+    /// zones, and it serves every coherent allocation of a non-coherent device.
+    window: Option<PhysRange>,
     /// Coherent memory declared for single devices.
     declared: declared::DeclaredRegions,
     /// Shares the memory of devices that must bounce with the host (none by default).
@@ -197,40 +205,59 @@ where
                 "atomic_pool_bytes must be a power of two of at least a page",
             ));
         }
+        let pool_cfg = ObjectPoolConfig {
+            min_object: cfg.atomic_min_object,
+            max_object: bytes,
+            chunk_bytes: bytes,
+            refill_below: bytes,
+            name: "dma-atomic-pool",
+        };
+        let this = Self::with_pool(platform, zones, space, cfg, pool_cfg, growth, None)?;
+        this.add_atomic_memory(bytes / PAGE_SIZE, bytes / PAGE_SIZE, cfg.atomic_pool_reach)?;
+        Ok(this)
+    }
+
+    /// An allocator whose atomic pool has the shape `pool_cfg` and no memory yet; `window`
+    /// is the uncached window the pool will be made of, if it is one.
+    ///
+    /// # Errors
+    /// [`DmaAllocError::BadConfig`] when `cfg.atomic_min_object` breaks its rules for a
+    /// pool whose largest object is `pool_cfg.max_object`, or the pool rejects the shape.
+    pub(crate) fn with_pool(
+        platform: P,
+        zones: Z,
+        space: S,
+        cfg: DmaAllocatorConfig,
+        pool_cfg: ObjectPoolConfig,
+        growth: Option<Arc<dyn GrowthHook>>,
+        window: Option<PhysRange>,
+    ) -> Result<Self, DmaAllocError> {
         let min_object = cfg.atomic_min_object;
         if !min_object.is_power_of_two()
             || min_object < 64
             || min_object < platform.cache_line_size()
-            || min_object > bytes
+            || min_object > pool_cfg.max_object
         {
             return Err(DmaAllocError::BadConfig(
                 "atomic_min_object must be a power of two, at least 64 and the cache line, \
                  at most the pool",
             ));
         }
-        let pool_cfg = ObjectPoolConfig {
-            min_object,
-            max_object: bytes,
-            chunk_bytes: bytes,
-            refill_below: bytes,
-            name: "dma-atomic-pool",
-        };
         let atomic = ObjectPool::new(pool_cfg, growth)
             .map_err(|_| DmaAllocError::BadConfig("atomic pool shape rejected"))?;
-        let this = Self {
+        Ok(Self {
             platform,
             zones,
             space,
             cfg,
             atomic,
             atomic_chunks: Mutex::new(Vec::new()),
+            window,
             declared: declared::DeclaredRegions::default(),
             sharing: HostSharing::default(),
             share_every_device: false,
             id: next_token(),
-        };
-        this.add_atomic_memory(bytes / PAGE_SIZE, bytes / PAGE_SIZE, cfg.atomic_pool_reach)?;
-        Ok(this)
+        })
     }
 
     /// Confidential guests: coherent memory for devices that must bounce
@@ -323,7 +350,8 @@ where
     }
 
     /// Tears the allocator down, giving the atomic pool's memory back to the zones (cached
-    /// again) and declared regions back to their owner (cached again). Page-backed
+    /// again; an uncached window is left to its owner as it is) and declared regions back
+    /// to their owner (cached again). Page-backed
     /// allocations hold their own pages and are unaffected, but they can no longer be
     /// freed through this allocator: free them first.
     ///
@@ -346,8 +374,10 @@ where
         let chunks = core::mem::take(&mut *self.atomic_chunks.lock());
         for c in chunks {
             self.sharing.unshare(c);
-            self.platform.make_cached(c);
-            self.give_pages(c.start(), c.len() / PAGE_SIZE);
+            if self.window != Some(c) {
+                self.platform.make_cached(c);
+                self.give_pages(c.start(), c.len() / PAGE_SIZE);
+            }
         }
         Ok(())
     }

@@ -1,0 +1,12 @@
+//! `virtio_drivers::Hal` over the installed DMA layer: the released 0.13 signature, or
+//! with the `access-platform` feature the development head's.
+
+#[cfg(feature = "access-platform")]
+mod access_platform;
+#[cfg(not(feature = "access-platform"))]
+mod released;
+
+/// The `Hal` to give virtio-drivers (`VirtIOBlk::<DmakitHal, _>`): every method goes to
+/// the DMA layer [`crate::install`] installed, and panics if there is none.
+#[derive(Clone, Copy, Debug)]
+pub struct DmakitHal;
