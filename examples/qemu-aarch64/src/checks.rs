@@ -9,12 +9,15 @@
 
 use core::fmt;
 
+use dmakit::coherent_pool::ObjectPoolUsage;
 use dmakit::stats::DeviceStats;
+use dmakit::DmaOps;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE};
 
 use crate::buffer::Arena;
 use crate::disk::Disk;
-use crate::hal::{self, Dma};
+use crate::hal;
+use crate::layout::COHERENT_WINDOW;
 use crate::println;
 use crate::rng::XorShift;
 
@@ -99,7 +102,7 @@ impl Delta {
 /// The disk, the mapper and the tally of checks.
 pub struct Checks<'a> {
     disk: &'a mut Disk,
-    dma: &'static Dma,
+    dma: &'static (dyn DmaOps + Send + Sync),
     line: u64,
     rng: XorShift,
     passed: u32,
@@ -108,7 +111,7 @@ pub struct Checks<'a> {
 
 impl<'a> Checks<'a> {
     /// Checks on `disk`, whose buffers `dma` maps, on a CPU with `line`-byte cache lines.
-    pub fn new(disk: &'a mut Disk, dma: &'static Dma, line: u64) -> Self {
+    pub fn new(disk: &'a mut Disk, dma: &'static (dyn DmaOps + Send + Sync), line: u64) -> Self {
         Self {
             disk,
             dma,
@@ -139,7 +142,7 @@ impl<'a> Checks<'a> {
     }
 
     fn snapshot(&self) -> DeviceStats {
-        self.dma.ops.stats().total()
+        self.dma.stats().total()
     }
 
     /// Writes `data` at `sector`, force-bounced or not, and checks the bounces it made.
@@ -332,9 +335,29 @@ impl<'a> Checks<'a> {
         );
     }
 
+    /// The virtqueues' coherent memory is the uncached window's: the allocator's window
+    /// pool (`usage`) is the whole window and holds the queue's allocations.
+    pub fn coherent_from_window(&mut self, usage: ObjectPoolUsage) {
+        let whole = usage.total == COHERENT_WINDOW.len;
+        self.check(
+            whole,
+            format_args!("the coherent pool is {} bytes, not the window", usage.total),
+        );
+        self.check(
+            usage.live > 0,
+            format_args!("no coherent allocation came from the window"),
+        );
+        println!(
+            "coherent memory: {} allocations ({} bytes) from the {} KiB uncached window",
+            usage.live,
+            usage.used,
+            usage.total >> 10
+        );
+    }
+
     /// Every bounce was given back.
     pub fn pools_empty(&mut self) {
-        let stats = self.dma.ops.stats();
+        let stats = self.dma.stats();
         for pool in &stats.pools {
             let live = pool.usage.live;
             self.check(

@@ -26,12 +26,13 @@ mod uart;
 
 use alloc::sync::Arc;
 
-use dmakit::dma_alloc::NoTranslation;
+use dmakit::dma_alloc::{NoTranslation, UncachedWindow};
 use dmakit::linear_map::LinearMap;
 use dmakit::platform::{install_interrupt_control, CacheMaintenance};
 use dmakit::prelude::*;
 use dmakit::{DmaAllocator, DmaAllocatorConfig, DmaStack};
 use dmakit_mem::ZonedPageAllocator;
+use dmakit_virtio::{HalConfig, WhenPoolFull};
 
 use crate::layout::{Region, COHERENT_WINDOW, PAGES, RAM, SWIOTLB};
 use crate::platform::{Aarch64, Daif};
@@ -41,7 +42,7 @@ static STACK: spin::Once<KernelStack> = spin::Once::new();
 static DAIF: Daif = Daif;
 
 /// The mapper and DMA allocator over this machine; coherent memory from the window.
-type KernelStack = DmaStack<&'static Aarch64, ZonedPageAllocator>;
+type KernelStack = DmaStack<&'static Aarch64, Arc<ZonedPageAllocator>>;
 
 fn phys_range(r: Region) -> PhysRange {
     PhysRange::new(PhysAddr::new(r.start), r.len).expect("layout regions are not empty")
@@ -55,30 +56,32 @@ pub extern "C" fn kmain() -> ! {
     let line = platform.cache_line_size();
     println!("dmakit qemu-aarch64 kernel: EL1, MMU and caches on, {line}-byte data cache lines");
 
-    let pages = ZonedPageAllocator::new(&[phys_range(PAGES)]).expect("page allocator");
+    let pages = Arc::new(ZonedPageAllocator::new(&[phys_range(PAGES)]).expect("page allocator"));
     let mapper = DmaMapper::builder(platform)
         .swiotlb(PhysAddr::new(SWIOTLB.start), SWIOTLB.len)
         .expect("SWIOTLB pool")
-        .transient_pages(Arc::new(pages))
+        .transient_pages(pages.clone())
         .build();
-    let window = ZonedPageAllocator::new(&[phys_range(COHERENT_WINDOW)]).expect("window");
+    let window = UncachedWindow::new(PhysAddr::new(COHERENT_WINDOW.start), COHERENT_WINDOW.len)
+        .expect("coherent window");
     let cfg = DmaAllocatorConfig::default();
-    let allocator =
-        DmaAllocator::new(platform, window, NoTranslation, cfg, None).expect("DMA allocator");
+    let allocator = DmaAllocator::with_uncached_window(platform, pages, NoTranslation, window, cfg)
+        .expect("DMA allocator");
     let stack: &'static KernelStack = STACK.call_once(|| DmaStack::new(mapper, allocator));
-    let blk = Device::builder(DeviceId(1), "virtio-blk")
+    let device = Device::builder(DeviceId(1), "virtio-blk")
         .coherent(false)
         .cache_line(line)
         .build()
         .expect("device");
-    let blk_forced = blk.to_builder().force_bounce(true).build().expect("device");
     let linear = LinearMap::identity(RAM.end()).expect("identity map");
-    let dma = hal::install(hal::Dma {
+    let when_full = WhenPoolFull::Panic;
+    dmakit_virtio::install(HalConfig {
         ops: stack,
-        blk,
-        blk_forced,
+        device,
         linear,
-    });
+        when_full,
+    })
+    .expect("installed once, at boot");
 
     let Some((slot, mut disk)) = disk::find() else {
         println!("FAIL: no virtio-blk device in the 32 virtio-mmio slots");
@@ -89,7 +92,8 @@ pub extern "C" fn kmain() -> ! {
         disk.capacity()
     );
 
-    let mut checks = checks::Checks::new(&mut disk, dma, line);
+    let mut checks = checks::Checks::new(&mut disk, stack, line);
+    checks.coherent_from_window(stack.allocator().atomic_pool_usage());
     checks.aligned();
     checks.misaligned_read();
     checks.misaligned_write();

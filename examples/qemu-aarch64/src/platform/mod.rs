@@ -8,8 +8,8 @@
 //! - [`CpuTopology`](dmakit::platform::CpuTopology): the CPU number from `MPIDR_EL1`
 //!   (`cpu.rs`);
 //! - [`InterruptControl`](dmakit::platform::InterruptControl): `DAIF` (`interrupts.rs`);
-//! - [`CoherentRemap`](dmakit::platform::CoherentRemap): coherent memory from the
-//!   non-cacheable window set aside at boot (`coherent_remap.rs`).
+//! - [`CoherentRemap`](dmakit::platform::CoherentRemap): refused; coherent memory comes
+//!   from the non-cacheable window set aside at boot (`coherent_remap.rs`).
 
 mod cache;
 mod coherent_remap;
