@@ -10,8 +10,8 @@ use std::sync::Arc;
 use dmakit::dma_alloc::{AllocContext, DmaAllocError, RawCoherent};
 use dmakit::swiotlb::{PoolConfig, SwiotlbBounce};
 use dmakit::{
-    BounceReason, Device, DeviceId, Direction, DmaAddr, DmaAllocator, DmaAllocatorConfig,
-    DmaMapper, DmaOps, DmaStack, PageAllocator, PhysAddr, PhysRange, PAGE_SIZE,
+    AlignmentPolicy, BounceReason, Device, DeviceId, Direction, DmaAddr, DmaAllocator,
+    DmaAllocatorConfig, DmaMapper, DmaOps, DmaStack, PageAllocator, PhysAddr, PhysRange, PAGE_SIZE,
 };
 use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{HazardConfig, Machine, MachineConfig, Owner};
@@ -29,11 +29,16 @@ fn machine() -> Machine {
 
 /// A mapper with a SWIOTLB pool and an allocator over 1 MiB of zones, on `m`.
 fn stack(m: &Machine) -> Stack<'_> {
+    stack_with(m, AlignmentPolicy::Exact)
+}
+
+fn stack_with(m: &Machine, policy: AlignmentPolicy) -> Stack<'_> {
     let pool = m.alloc_pages(64, u32::MAX as u64).unwrap();
     let backend = SwiotlbBounce::new(PoolConfig::builder().build().unwrap(), None, 0, u64::MAX);
     backend.add_region(pool, 64 * PAGE_SIZE).unwrap();
     let mapper = DmaMapper::builder(m)
         .swiotlb_backend(Arc::new(backend))
+        .policy(policy)
         .build();
     let ram = m.alloc_pages(256, u32::MAX as u64).unwrap();
     let zones = ZonedPageAllocator::new(&[PhysRange::new(ram, 256 * PAGE_SIZE).unwrap()]).unwrap();
@@ -64,11 +69,12 @@ fn receive(
     // Guards: the 67 bytes before the buffer and the 89 after it (its lines and the next).
     m.cpu_write(base, &[0xee; 256], Owner(1)).unwrap();
     let dma = map(buf);
+    // The CPU touches a guard while the device owns the buffer: the line it shares with
+    // the buffer's first bytes is now dirty in the cache.
+    m.cpu_write(base.add(64), &[0xe1], Owner(1)).unwrap();
     m.grant(dev.id(), dma, 100).unwrap();
     m.device_write(dev.id(), dma, &[0x5a; 100], Owner(2))
         .unwrap();
-    // The CPU touches a guard while the device owns the buffer: its line is now dirty.
-    m.cpu_write(base.add(64), &[0xe1], Owner(1)).unwrap();
     for _ in 0..64 {
         m.tick();
     }
@@ -143,6 +149,8 @@ fn coherent_memory_comes_back_by_address() {
         let atomic = s.allocator().atomic_pool_usage();
         let raw = ops.alloc_coherent(&dev, 3 * PAGE_SIZE, ctx).unwrap();
         assert_eq!(raw.size, 3 * PAGE_SIZE);
+        m.cpu_write(raw.phys, &[0x77; 3 * PAGE_SIZE as usize], Owner(5))
+            .unwrap();
         let refused = |raw: RawCoherent| {
             // SAFETY: each refused `raw` is checked and refused before anything is freed.
             let e = unsafe { ops.free_coherent(&dev, raw) }.unwrap_err();
@@ -166,8 +174,19 @@ fn coherent_memory_comes_back_by_address() {
                 ..raw
             });
         }
+        // The refusals changed nothing: still uncached for the CPU, its bytes intact.
+        assert!(m.is_uncached(raw.phys) && m.is_uncached(raw.phys.add(2 * PAGE_SIZE)));
+        let mut back = vec![0; 3 * PAGE_SIZE as usize];
+        m.cpu_read(raw.phys, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 0x77));
         // SAFETY: `raw` came from `alloc_coherent` for `dev`; freed once.
         unsafe { ops.free_coherent(&dev, raw) }.unwrap();
+        if ctx == AllocContext::MayBlock {
+            assert!(
+                !m.is_uncached(raw.phys),
+                "pages made cached again when freed"
+            );
+        }
         assert_eq!(m.used_pages(), used);
         assert_eq!(s.allocator().atomic_pool_usage().used, atomic.used);
     }
@@ -190,4 +209,29 @@ fn a_derived_force_bounce_device_bounces_an_aligned_buffer() {
     }
     let t = ops.stats().total();
     assert_eq!((t.direct, t.bounces(BounceReason::Forced)), (1, 1));
+}
+
+#[test]
+fn without_the_bounce_the_model_sees_the_guard_or_the_data_lost() {
+    // The control: the same receive through the facade, never bounced for alignment. The
+    // unmap invalidates the buffer's first line, throwing away the CPU's guard write (or a
+    // dirty guard line evicted during the transfer overwrites the device's data).
+    let m = machine();
+    let s = stack_with(&m, AlignmentPolicy::Never);
+    let dev = nic();
+    m.attach(dev.clone()).unwrap();
+    let ops: &dyn DmaOps = &s;
+    let (dir, site) = (Direction::FromDevice, Location::caller());
+    let (guards, got) = receive(
+        &m,
+        &dev,
+        // SAFETY: as in the test above.
+        &|phys| unsafe { ops.map_from(&dev, phys, 100, dir, site) }.unwrap(),
+        // SAFETY: as in the test above.
+        &|dma| unsafe { ops.unmap_from(&dev, dma, 100, dir, site) }.unwrap(),
+    );
+    let mut want = vec![0xee; 256 - 100];
+    want[64] = 0xe1;
+    assert!(guards != want || got != [0x5a; 100], "the hazard must show");
+    assert_eq!(ops.stats().total().bounces_total(), 0);
 }

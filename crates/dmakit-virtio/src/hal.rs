@@ -6,6 +6,18 @@ mod access_platform;
 #[cfg(not(feature = "access-platform"))]
 mod released;
 
+use dmakit::Direction;
+use virtio_drivers::BufferDirection;
+
+/// dmakit's direction for the HAL's.
+fn direction(d: BufferDirection) -> Direction {
+    match d {
+        BufferDirection::DriverToDevice => Direction::ToDevice,
+        BufferDirection::DeviceToDriver => Direction::FromDevice,
+        BufferDirection::Both => Direction::Bidirectional,
+    }
+}
+
 /// The `Hal` to give virtio-drivers (`VirtIOBlk::<DmakitHal, _>`): every method goes to
 /// the DMA layer [`crate::install`] installed, and panics if there is none.
 #[derive(Clone, Copy, Debug)]

@@ -21,16 +21,44 @@
 //! devices are mapped as, the linear map, and what a share does when the pool is full
 //! ([`WhenPoolFull`]):
 //!
-//! ```ignore
-//! static STACK: spin::Once<DmaStack<&'static Board, ZonedPageAllocator>> = spin::Once::new();
-//! let stack = STACK.call_once(|| DmaStack::new(mapper, allocator));
-//! dmakit_virtio::install(HalConfig {
+//! ```
+//! use dmakit::dma_alloc::NoTranslation;
+//! use dmakit::linear_map::{CpuAddr, LinearMap, LinearWindow};
+//! use dmakit::{Device, DeviceId, DmaAllocator, DmaMapper, DmaStack, PhysAddr, PhysRange};
+//! use dmakit_host::{HostMaintenance, HostPlatform};
+//! use dmakit_mem::ZonedPageAllocator;
+//! use dmakit_virtio::{install, DmakitHal, HalConfig, WhenPoolFull};
+//! use virtio_drivers::{BufferDirection, Hal};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The board: 2 MiB of RAM at 1 GiB (on the host, an arena standing in for it).
+//! let ram: &'static HostPlatform = Box::leak(Box::new(HostPlatform::new(
+//!     1 << 30, 2 << 20, 1, 64, HostMaintenance::None,
+//! )?));
+//! let base = PhysAddr::new(1 << 30);
+//! // A 256 KiB bounce pool, and 1 MiB of zones for coherent memory.
+//! let mapper = DmaMapper::builder(ram).swiotlb(base, 256 << 10)?.build();
+//! let zones = ZonedPageAllocator::new(&[PhysRange::new(base.add(1 << 20), 1 << 20).unwrap()])?;
+//! let allocator =
+//!     DmaAllocator::new(ram, zones, NoTranslation, ram.dma_allocator_config(), None)?;
+//! let stack = Box::leak(Box::new(DmaStack::new(mapper, allocator)));
+//! // The kernel's linear map: RAM is where the CPU sees it.
+//! let cpu = CpuAddr::of_ptr(ram.ptr(base, 0)?.as_ptr());
+//! let linear = LinearMap::new(&[LinearWindow { phys: base, cpu, len: 2 << 20 }])?;
+//! install(HalConfig {
 //!     ops: stack,
 //!     device: Device::builder(DeviceId(1), "virtio").build()?,
-//!     linear: LinearMap::identity(1 << 40)?,
+//!     linear,
 //!     when_full: WhenPoolFull::Wait { relax: core::hint::spin_loop, max_waits: u64::MAX },
 //! })?;
-//! let blk = VirtIOBlk::<DmakitHal, _>::new(transport)?;
+//! // virtio-drivers now allocates and shares through dmakit
+//! // (`VirtIOBlk::<DmakitHal, _>::new(transport)`), as here:
+//! let (paddr, vaddr) = DmakitHal::dma_alloc(1, BufferDirection::Both);
+//! assert_eq!(ram.phys_of(vaddr.as_ptr(), 4096)?.as_u64(), paddr);
+//! // SAFETY: the page was just allocated, and is freed once.
+//! assert_eq!(unsafe { DmakitHal::dma_dealloc(paddr, vaddr, 1) }, 0);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # What cannot fail, and what panics
@@ -51,7 +79,11 @@
 //!   allocated) as for a confidential guest, through the installed device with
 //!   `force_bounce` set. It builds only against a virtio-drivers with that signature; the
 //!   logic underneath ([`VirtioDma`]) is the same and tested in every build.
-//! - `host` (std): [`host`], a DMA layer over this process's memory for tests of drivers.
+//! - `host` (std): the `host` module, a DMA layer over this process's memory for tests
+//!   of drivers (virtio-drivers' own suite runs on it).
+//! - `hal` (default): [`DmakitHal`]. Without it the crate is [`VirtioDma`] alone, the
+//!   HAL's logic over dmakit's types, for a build that brings its own copy of
+//!   virtio-drivers (its test suite, patched to delegate to this crate).
 
 #![cfg_attr(not(any(test, feature = "host")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -60,6 +92,7 @@
 
 mod coherent;
 mod config;
+#[cfg(feature = "hal")]
 mod hal;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
@@ -69,8 +102,9 @@ mod share;
 mod tests;
 
 pub use config::{HalConfig, WhenPoolFull};
+#[cfg(feature = "hal")]
 pub use hal::DmakitHal;
 pub use install::{install, installed, InstallError, VirtioDma};
 
 pub use dmakit::linear_map::LinearMap;
-pub use dmakit::{Device, DmaOps};
+pub use dmakit::{Device, Direction, DmaOps};

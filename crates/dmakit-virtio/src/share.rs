@@ -12,22 +12,14 @@ use core::ptr::NonNull;
 
 use dmakit::linear_map::CpuAddr;
 use dmakit::{Direction, DmaAddr, DmaError, PhysAddr};
-use virtio_drivers::BufferDirection;
 
 use crate::config::WhenPoolFull;
 use crate::install::VirtioDma;
 
-/// dmakit's direction for the HAL's.
-pub(crate) fn direction(d: BufferDirection) -> Direction {
-    match d {
-        BufferDirection::DriverToDevice => Direction::ToDevice,
-        BufferDirection::DeviceToDriver => Direction::FromDevice,
-        BufferDirection::Both => Direction::Bidirectional,
-    }
-}
-
 impl VirtioDma {
-    /// Shares `buffer` with the device for a transfer in `dir` and returns the address
+    /// Shares `buffer` with the device for a transfer in `dir` (`BufferDirection`'s
+    /// `DriverToDevice`, `DeviceToDriver`, `Both` are `ToDevice`, `FromDevice`,
+    /// `Bidirectional`) and returns the address
     /// the device uses (`Hal::share`). With `access_platform` the buffer is bounced as for
     /// a confidential guest. Statistics name the caller's line.
     ///
@@ -45,13 +37,12 @@ impl VirtioDma {
     pub unsafe fn share(
         &self,
         buffer: NonNull<[u8]>,
-        dir: BufferDirection,
+        dir: Direction,
         access_platform: bool,
     ) -> u64 {
         let site = Location::caller();
         let (phys, len) = self.buffer_phys(buffer);
         let dev = self.device(access_platform);
-        let dir = direction(dir);
         let mut waits = 0;
         loop {
             // SAFETY: the caller owns `buffer` and leaves it alone until the unshare, which
@@ -93,7 +84,7 @@ impl VirtioDma {
         &self,
         paddr: u64,
         buffer: NonNull<[u8]>,
-        dir: BufferDirection,
+        dir: Direction,
         access_platform: bool,
     ) {
         let site = Location::caller();
@@ -101,7 +92,7 @@ impl VirtioDma {
         let dev = self.device(access_platform);
         let dma = DmaAddr::new(paddr);
         // SAFETY: the caller passes the live share of `buffer` and the device is done.
-        let unmapped = unsafe { self.cfg.ops.unmap_from(dev, dma, len, direction(dir), site) };
+        let unmapped = unsafe { self.cfg.ops.unmap_from(dev, dma, len, dir, site) };
         if let Err(e) = unmapped {
             panic!(
                 "dmakit-virtio: cannot unshare {len} bytes at {phys} (device address {dma}): {e}"

@@ -23,8 +23,10 @@ use crate::mapping::DmaMapper;
 use crate::platform::{CoherentRemap, Platform};
 use crate::stats::StatsSnapshot;
 
-/// The DMA operations a driver framework needs, object safe. See the
-/// [module docs](self).
+/// The DMA operations a driver framework needs, object safe: what a global (a virtio
+/// `Hal`, which has no `self`) holds as `&'static (dyn DmaOps + Send + Sync)`, since it
+/// cannot be generic over the platform, zones and address space. [`DmaStack`]
+/// implements it.
 pub trait DmaOps {
     /// Maps as [`DmaMapper::map`], attributed to `site` ([`DmaMapper::map_at_site`]).
     /// Callable from an interrupt handler.

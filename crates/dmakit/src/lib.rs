@@ -100,8 +100,9 @@
 //! context." in its docs.
 //!
 //! - **Callable from an interrupt handler**: the mapper's map, unmap and sync calls
-//!   ([`DmaMapper::map`], `map_attrs`, `map_sg_into`, `map_resource`, `map_or_defer` and
-//!   their unmaps, `sync_*`, `sync_sg_*`) on the direct, SWIOTLB, coherent-pool, transient
+//!   ([`DmaMapper::map`], `map_attrs`, `map_at_site`, `map_sg_into`, `map_resource`,
+//!   `map_or_defer` and their unmaps, `sync_*`, `sync_sg_*`, and the same through
+//!   [`DmaOps::map_from`] / `unmap_from`) on the direct, SWIOTLB, coherent-pool, transient
 //!   and IOMMU paths, with statistics and with the debug checker, and
 //!   [`DmaMapper::flush_iommu_queues`]; underneath them IOVA
 //!   allocation and free ([`iommu::IovaAllocator`]), including sizes above the cached

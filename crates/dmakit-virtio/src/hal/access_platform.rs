@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-use super::DmakitHal;
+use super::{direction, DmakitHal};
 use crate::install::installed;
 
 // SAFETY: as for the released signature (`released.rs`); `access_platform` only chooses the
@@ -39,23 +39,23 @@ unsafe impl Hal for DmakitHal {
     #[track_caller]
     unsafe fn share(
         buffer: NonNull<[u8]>,
-        direction: BufferDirection,
+        dir: BufferDirection,
         access_platform: bool,
     ) -> PhysAddr {
         // SAFETY: `Hal::share`'s contract, and virtio-drivers keeps the buffer until the
         // unshare.
-        unsafe { installed().share(buffer, direction, access_platform) }
+        unsafe { installed().share(buffer, direction(dir), access_platform) }
     }
 
     #[track_caller]
     unsafe fn unshare(
         paddr: PhysAddr,
         buffer: NonNull<[u8]>,
-        direction: BufferDirection,
+        dir: BufferDirection,
         access_platform: bool,
     ) {
         // SAFETY: `paddr` is the live share of `buffer` in `direction`, and the device is
         // done with it.
-        unsafe { installed().unshare(paddr, buffer, direction, access_platform) }
+        unsafe { installed().unshare(paddr, buffer, direction(dir), access_platform) }
     }
 }

@@ -4,7 +4,7 @@ use core::ptr::NonNull;
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-use super::DmakitHal;
+use super::{direction, DmakitHal};
 use crate::install::installed;
 
 // SAFETY: `dma_alloc` returns pointers into coherent memory the allocator hands to this
@@ -27,16 +27,16 @@ unsafe impl Hal for DmakitHal {
     }
 
     #[track_caller]
-    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
+    unsafe fn share(buffer: NonNull<[u8]>, dir: BufferDirection) -> PhysAddr {
         // SAFETY: `Hal::share`'s contract, and virtio-drivers keeps the buffer until the
         // unshare.
-        unsafe { installed().share(buffer, direction, false) }
+        unsafe { installed().share(buffer, direction(dir), false) }
     }
 
     #[track_caller]
-    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, dir: BufferDirection) {
         // SAFETY: `paddr` is the live share of `buffer` in `direction`, and the device is
         // done with it (`Hal::unshare`'s contract).
-        unsafe { installed().unshare(paddr, buffer, direction, false) }
+        unsafe { installed().unshare(paddr, buffer, direction(dir), false) }
     }
 }
