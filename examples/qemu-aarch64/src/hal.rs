@@ -11,7 +11,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use dmakit_virtio::{installed, DmakitHal};
+use dmakit_virtio::{installed, Direction, DmakitHal};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 static FORCE_BOUNCE: AtomicBool = AtomicBool::new(false);
@@ -23,6 +23,15 @@ pub fn force_bounce(on: bool) {
 
 fn forced() -> bool {
     FORCE_BOUNCE.load(Ordering::SeqCst)
+}
+
+/// dmakit's direction for the HAL's.
+fn direction(dir: BufferDirection) -> Direction {
+    match dir {
+        BufferDirection::DriverToDevice => Direction::ToDevice,
+        BufferDirection::DeviceToDriver => Direction::FromDevice,
+        BufferDirection::Both => Direction::Bidirectional,
+    }
 }
 
 /// The HAL type given to virtio-drivers.
@@ -47,15 +56,15 @@ unsafe impl Hal for KernelHal {
     }
 
     #[track_caller]
-    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
+    unsafe fn share(buffer: NonNull<[u8]>, dir: BufferDirection) -> PhysAddr {
         // SAFETY: `Hal::share`'s contract, forwarded; virtio-drivers keeps the buffer
         // until the unshare.
-        unsafe { installed().share(buffer, direction, forced()) }
+        unsafe { installed().share(buffer, direction(dir), forced()) }
     }
 
     #[track_caller]
-    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, dir: BufferDirection) {
         // SAFETY: `Hal::unshare`'s contract, forwarded; the share used the same device.
-        unsafe { installed().unshare(paddr, buffer, direction, forced()) }
+        unsafe { installed().unshare(paddr, buffer, direction(dir), forced()) }
     }
 }

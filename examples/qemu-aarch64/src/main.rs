@@ -18,6 +18,7 @@ mod disk;
 mod hal;
 mod heap;
 mod layout;
+mod logger;
 mod platform;
 mod report;
 mod rng;
@@ -51,6 +52,7 @@ fn phys_range(r: Region) -> PhysRange {
 /// The Rust entry point, called by `boot.rs` with the MMU and caches on.
 pub extern "C" fn kmain() -> ! {
     heap::init();
+    logger::init();
     install_interrupt_control(&DAIF).expect("installed once, at boot");
     let platform: &'static Aarch64 = PLATFORM.call_once(Aarch64::new);
     let line = platform.cache_line_size();
@@ -74,6 +76,7 @@ pub extern "C" fn kmain() -> ! {
         .build()
         .expect("device");
     let linear = LinearMap::identity(RAM.end()).expect("identity map");
+    // One CPU and no interrupts: nothing could free a bounce while a share waited.
     let when_full = WhenPoolFull::Panic;
     dmakit_virtio::install(HalConfig {
         ops: stack,
