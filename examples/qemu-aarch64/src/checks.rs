@@ -4,8 +4,8 @@
 //! transfer is also checked against dmakit's rule, through the mapper's statistics: an
 //! outbound buffer is mapped in place wherever it lies; an inbound buffer is bounced
 //! exactly when its first or last cache line is shared (and the 1-byte status virtio-blk
-//! reads back into the driver's stack always is); a force-bounced device bounces every
-//! buffer. The bytes copied out of bounces are counted exactly.
+//! reads back always is); a force-bounced device bounces every buffer. The bytes copied
+//! into and out of bounces are counted exactly.
 
 use core::fmt;
 
