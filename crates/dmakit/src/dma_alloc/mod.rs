@@ -190,8 +190,8 @@ where
     /// [`DmaAllocError::BadConfig`] for a configuration that breaks the rules on
     /// [`DmaAllocatorConfig`]; [`DmaAllocError::GrowthFailed`] when the initial pool memory
     /// cannot be found (on RAM above 4 GiB, build the configuration with
-    /// [`DmaAllocatorConfig::for_memory`]); [`DmaAllocError::Memory`] when the platform refuses to remap it.
-    /// Nothing is left allocated on error.
+    /// [`DmaAllocatorConfig::for_memory`]); [`DmaAllocError::Memory`] when the platform
+    /// refuses to remap it. Nothing is left allocated on error.
     pub fn new(
         platform: P,
         zones: Z,
@@ -223,7 +223,7 @@ where
     /// # Errors
     /// [`DmaAllocError::BadConfig`] when `cfg.atomic_min_object` breaks its rules for a
     /// pool whose largest object is `pool_cfg.max_object`, or the pool rejects the shape.
-    pub(crate) fn with_pool(
+    fn with_pool(
         platform: P,
         zones: Z,
         space: S,
@@ -351,9 +351,9 @@ where
 
     /// Tears the allocator down, giving the atomic pool's memory back to the zones (cached
     /// again; an uncached window is left to its owner as it is) and declared regions back
-    /// to their owner (cached again). Page-backed
-    /// allocations hold their own pages and are unaffected, but they can no longer be
-    /// freed through this allocator: free them first.
+    /// to their owner (cached again). Page-backed allocations hold their own pages and are
+    /// unaffected, but they can no longer be freed through this allocator: free them
+    /// first.
     ///
     /// # Errors
     /// [`DmaAllocError::LiveAllocations`] (allocator handed back) while atomic pool or

@@ -21,19 +21,22 @@ impl DmaAllocatorConfig {
     /// - 4 GiB - 1, as the default, when one range holds the initial pool's size of whole,
     ///   pool-aligned pages at or below it (32-bit devices reach the pool);
     /// - otherwise the last byte of the first 4 GiB above the lowest range's start (the
-    ///   pool as low as memory goes; no 32-bit device reaches any of this memory anyway),
-    ///   or the top of the address space if that overflows.
+    ///   pool as low as memory goes, since too little memory, or none, lies below 4 GiB to
+    ///   hold it), or the top of the address space if that overflows.
     ///
     /// With no ranges it is the default.
     pub fn for_memory(ram: &[PhysRange]) -> Self {
         let cfg = Self::default();
         let pool = cfg.atomic_pool_bytes;
-        let holds_low_pool = ram.iter().any(|r| {
-            r.start()
-                .checked_align_up(pool)
-                .and_then(|a| a.checked_add(pool - 1))
-                .is_some_and(|last| last.as_u64() <= r.last().as_u64() && last.as_u64() <= BELOW_4G)
-        });
+        // The last byte of the first pool-aligned piece of each range, if it has one.
+        let first_piece_end = |r: &PhysRange| {
+            let last = r.start().checked_align_up(pool)?.checked_add(pool - 1)?;
+            (last.as_u64() <= r.last().as_u64()).then_some(last.as_u64())
+        };
+        let holds_low_pool = ram
+            .iter()
+            .filter_map(first_piece_end)
+            .any(|last| last <= BELOW_4G);
         let lowest = ram.iter().map(|r| r.start().as_u64()).min();
         let reach = match lowest {
             Some(low) if !holds_low_pool => low.saturating_add(BELOW_4G),
