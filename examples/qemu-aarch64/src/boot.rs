@@ -12,6 +12,7 @@
 //! The tables are written before the MMU is on, so they are in memory, not in a cache.
 
 use core::arch::global_asm;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::layout;
 
@@ -163,7 +164,16 @@ __stack_top:
 /// current EL with SPx, lower EL AArch64, lower EL AArch32; each sync, IRQ, FIQ, SError)
 /// and the syndrome, return address and fault address registers. Nothing is expected to
 /// trap, so any exception is a failure of the run.
+///
+/// Without semihosting the exit itself traps; the second entry then parks the CPU (the
+/// script's timeout ends the run).
 extern "C" fn exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    static ENTERED: AtomicBool = AtomicBool::new(false);
+    if ENTERED.swap(true, Ordering::SeqCst) {
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     crate::println!(
         "FAIL: unexpected exception (vector {kind}): ESR_EL1 {esr:#x} ELR_EL1 {elr:#x} FAR_EL1 {far:#x}"
     );
