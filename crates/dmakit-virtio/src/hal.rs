@@ -9,8 +9,9 @@ mod released;
 use dmakit::Direction;
 use virtio_drivers::BufferDirection;
 
-/// dmakit's direction for the HAL's.
-fn direction(d: BufferDirection) -> Direction {
+/// dmakit's direction for virtio-drivers' (for kernels that wrap [`DmakitHal`] in a `Hal`
+/// of their own and call [`crate::VirtioDma`] directly).
+pub fn direction(d: BufferDirection) -> Direction {
     match d {
         BufferDirection::DriverToDevice => Direction::ToDevice,
         BufferDirection::DeviceToDriver => Direction::FromDevice,

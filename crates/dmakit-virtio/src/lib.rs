@@ -103,7 +103,7 @@ mod tests;
 
 pub use config::{HalConfig, WhenPoolFull};
 #[cfg(feature = "hal")]
-pub use hal::DmakitHal;
+pub use hal::{direction, DmakitHal};
 pub use install::{install, installed, InstallError, VirtioDma};
 
 pub use dmakit::linear_map::LinearMap;

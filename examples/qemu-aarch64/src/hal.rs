@@ -11,7 +11,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use dmakit_virtio::{installed, Direction, DmakitHal};
+use dmakit_virtio::{direction, installed, DmakitHal};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 static FORCE_BOUNCE: AtomicBool = AtomicBool::new(false);
@@ -23,15 +23,6 @@ pub fn force_bounce(on: bool) {
 
 fn forced() -> bool {
     FORCE_BOUNCE.load(Ordering::SeqCst)
-}
-
-/// dmakit's direction for the HAL's.
-fn direction(dir: BufferDirection) -> Direction {
-    match dir {
-        BufferDirection::DriverToDevice => Direction::ToDevice,
-        BufferDirection::DeviceToDriver => Direction::FromDevice,
-        BufferDirection::Both => Direction::Bidirectional,
-    }
 }
 
 /// The HAL type given to virtio-drivers.
