@@ -14,7 +14,7 @@ use crate::sync::Mutex;
 use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
 use super::records::{Records, Reservation};
-use super::sg_pieces::{self, PieceChain, PieceLease, PieceTable};
+use super::sg_pieces::{self, Piece, PieceChain, PieceLease, PieceTable};
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::bounce::{BounceBackend, PoolUsage};
 use crate::device::{Device, DeviceId};
@@ -132,14 +132,6 @@ pub(crate) enum Kind {
     Pages { pieces: Vec<Piece> },
     /// A peer device's registers, mapped as MMIO: no CPU side, ever.
     Resource,
-}
-
-/// One buffer of a scatter-gather mapping: `len` bytes at IOVA `dma`, physical `phys`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Piece {
-    pub(crate) dma: u64,
-    pub(crate) phys: PhysAddr,
-    pub(crate) len: u64,
 }
 
 /// A live mapping, keyed in [`IommuDomain`] by its first device address.

@@ -15,9 +15,17 @@
 
 use alloc::boxed::Box;
 
-use super::domain::Piece;
 use crate::addr::PhysAddr;
 use crate::sync::Mutex;
+
+/// One buffer of a scatter-gather mapping (or one run of pages of a DMA allocation):
+/// `len` bytes at IOVA `dma`, physical `phys`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub(crate) dma: u64,
+    pub(crate) phys: PhysAddr,
+    pub(crate) len: u64,
+}
 
 /// The end of a chain (no next slot).
 const END: u32 = u32::MAX;

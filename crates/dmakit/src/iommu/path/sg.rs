@@ -7,7 +7,8 @@
 //! ([`super::super::DomainConfig::max_sg_pieces`]), and what a failing list must undo is
 //! found again from the list and the segments already written.
 
-use super::super::domain::{IommuDomain, Kind, Piece, Record};
+use super::super::domain::{IommuDomain, Kind, Record};
+use super::super::sg_pieces::Piece;
 use super::end::{finish, take_record, undo};
 use super::single::{map, unmap};
 use super::sync::containing;
@@ -273,14 +274,26 @@ pub(crate) fn unmap_sg<P: Platform + ?Sized>(
     if segments.is_empty() {
         return Err(DmaError::ZeroLength { device: dev.id() });
     }
+    // The segments of one mapping come together: one lookup finds the mapping of a run of
+    // them, `[key, end)`, and the rest of the run lies inside it.
     let lookup = |s: &DmaSegment| containing_extent(dom, dev, s);
-    // Every segment is judged before any mapping ends.
-    let mut first = segments.iter().try_for_each(|s| lookup(s).map(|_| ()));
-    // The mapping the previous segment belonged to, `[key, end)`.
-    let mut last: Option<(u64, u64)> = None;
-    for s in segments {
+    let inside = |last: Option<(u64, u64)>, s: &DmaSegment| {
         let a = s.dma.as_u64();
-        if last.is_some_and(|(key, end)| key <= a && a < end) {
+        last.is_some_and(|(key, end)| {
+            key <= a && a.checked_add(s.len.max(1)).is_some_and(|e| e <= end)
+        })
+    };
+    // Every segment is judged before any mapping ends.
+    let mut last = None;
+    let mut first = segments.iter().try_for_each(|s| {
+        if !inside(last, s) {
+            last = Some(lookup(s)?);
+        }
+        Ok(())
+    });
+    let mut last = None;
+    for s in segments {
+        if inside(last, s) {
             continue;
         }
         // A segment judged above and in no mapping now: refused above, or in a mapping

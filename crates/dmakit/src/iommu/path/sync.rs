@@ -1,8 +1,9 @@
 //! Partial syncs on the IOMMU path: ownership of a part of a live mapping passes to the
 //! device or back to the CPU.
 
-use super::super::domain::{IommuDomain, Kind, Piece, Record};
+use super::super::domain::{IommuDomain, Kind, Record};
 use super::super::records::Records;
+use super::super::sg_pieces::Piece;
 use super::overflow;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
