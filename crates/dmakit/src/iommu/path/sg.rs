@@ -131,29 +131,7 @@ where
     let mut segs = Segments { out, n: 0 };
     let reason = |r: PhysRange| ctx.bounce_reason(dev, r, dir, line, g);
     if ranges().any(|r| reason(r).is_some()) {
-        for (done, r) in ranges().enumerate() {
-            let before = segs.n;
-            let result = match map(p, dom, dev, r, dir, ctx) {
-                Ok((dma, _)) => segs.push(dev, dma.as_u64(), r.len()).map_err(|e| {
-                    let undone = undo(p, dom, dev, dma, r.len(), dir);
-                    debug_assert!(undone.is_ok());
-                    MapFailure::Failed(e)
-                }),
-                Err(f) => Err(f),
-            };
-            if let Err(f) = result {
-                for (dma, len) in buffer_keys(&segs.out[..before], ranges().take(done)) {
-                    // Mapped just above with these arguments.
-                    let undone = if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
-                        unmap(p, dom, dev, dma, len, dir, true).map(|_| ())
-                    } else {
-                        undo(p, dom, dev, dma, len, dir)
-                    };
-                    debug_assert!(undone.is_ok());
-                }
-                return Err(f);
-            }
-        }
+        map_each(p, dom, dev, &ranges, dir, ctx, &mut segs)?;
         for r in ranges() {
             mapped(r, ctx.path(dom.id(), reason(r)));
         }
@@ -256,6 +234,51 @@ where
         mapped(r, ctx.path(dom.id(), None));
     }
     Ok(segs.n)
+}
+
+/// Maps each buffer of a list on its own (some must be bounced), appending its segments
+/// to `segs`.
+///
+/// # Errors
+/// Any error of [`map`]; [`DmaError::SegmentListTooShort`] when the segments do not fit.
+/// The buffers already mapped are undone.
+fn map_each<P, I>(
+    p: &P,
+    dom: &IommuDomain,
+    dev: &Device,
+    ranges: impl Fn() -> I,
+    dir: Direction,
+    ctx: &MapCtx<'_>,
+    segs: &mut Segments<'_>,
+) -> Result<(), MapFailure>
+where
+    P: Platform + ?Sized,
+    I: Iterator<Item = PhysRange>,
+{
+    for (done, r) in ranges().enumerate() {
+        let before = segs.n;
+        let result = match map(p, dom, dev, r, dir, ctx) {
+            Ok((dma, _)) => segs.push(dev, dma.as_u64(), r.len()).map_err(|e| {
+                let undone = undo(p, dom, dev, dma, r.len(), dir);
+                debug_assert!(undone.is_ok());
+                MapFailure::Failed(e)
+            }),
+            Err(f) => Err(f),
+        };
+        if let Err(f) = result {
+            for (dma, len) in buffer_keys(&segs.out[..before], ranges().take(done)) {
+                // Mapped just above with these arguments.
+                let undone = if reintroduce::active(Defect::SgUnwindKeepsHighWater) {
+                    unmap(p, dom, dev, dma, len, dir, true).map(|_| ())
+                } else {
+                    undo(p, dom, dev, dma, len, dir)
+                };
+                debug_assert!(undone.is_ok());
+            }
+            return Err(f);
+        }
+    }
+    Ok(())
 }
 
 /// Unmaps every mapping the segments of a [`map_sg`] belong to (each once: the segments
