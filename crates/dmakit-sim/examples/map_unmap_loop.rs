@@ -11,7 +11,9 @@
 //! on the bounce side).
 //! `map_unmap_loop iommu N` maps a page-aligned 4 KiB `Bidirectional` buffer of a coherent
 //! device through a strict IOMMU domain with the model's page tables in software, as the
-//! `iommu` benchmark does.
+//! `iommu` benchmark does. `map_unmap_loop iommu-sg N` maps a list of four 2 KiB buffers,
+//! one at the start of each of four pages, into a stack array of segments (four segments
+//! in one IOVA range) in the same domain, and unmaps it.
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use dmakit::coherent_pool::{CoherentBouncePool, ObjectPoolConfig};
 use dmakit::prelude::*;
-use dmakit::{BouncePool, DomainConfig, IommuDma};
+use dmakit::{BouncePool, DmaSegment, DomainConfig, IommuDma, SgEntry};
 use dmakit_sim::host::{HostMaintenance, HostPlatform};
 use dmakit_sim::{SimIommu, SimIommuConfig};
 
@@ -29,9 +31,11 @@ const POOL: u64 = 64 * MIB;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (mode, n) = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some(mode @ ("direct" | "bounced" | "coherent" | "iommu")), Some(n)) => (mode, n),
+        (Some(mode @ ("direct" | "bounced" | "coherent" | "iommu" | "iommu-sg")), Some(n)) => {
+            (mode, n)
+        }
         _ => {
-            eprintln!("usage: map_unmap_loop direct|bounced|coherent|iommu N");
+            eprintln!("usage: map_unmap_loop direct|bounced|coherent|iommu|iommu-sg N");
             return ExitCode::from(2);
         }
     };
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
     let builder = DmaMapper::builder(host)
         .swiotlb(PhysAddr::new(0), POOL)
         .expect("pool region");
-    let (mapper, dev, buf, len, dir) = if mode == "iommu" {
+    let (mapper, dev, buf, len, dir) = if mode.starts_with("iommu") {
         let iommu = SimIommu::new(SimIommuConfig::default()).expect("iommu");
         let dma = Arc::new(IommuDma::new(Arc::new(iommu), 1).expect("iommu layer"));
         let dev = Device::builder(DeviceId(1), "loop")
@@ -83,6 +87,25 @@ fn main() -> ExitCode {
         let buf = PhysAddr::new(POOL + MIB + offset);
         (builder.build(), dev, buf, 64, Direction::FromDevice)
     };
+    if mode == "iommu-sg" {
+        let entries: [SgEntry; 4] = core::array::from_fn(|i| SgEntry {
+            phys: buf.add(i as u64 * 4096),
+            len: 2048,
+        });
+        let mut out = [DmaSegment {
+            dma: DmaAddr::new(0),
+            len: 0,
+        }; 4];
+        for _ in 0..n {
+            // SAFETY: the buffers lie in the host arena, which only this loop uses.
+            let segs = unsafe { mapper.map_sg_into(&dev, black_box(&entries), dir, &mut out) }
+                .expect("map_sg_into");
+            assert_eq!(segs, 4, "four segments");
+            // SAFETY: the list just mapped, and no device uses it.
+            unsafe { mapper.unmap_sg(&dev, &out, dir) }.expect("unmap_sg");
+        }
+        return ExitCode::SUCCESS;
+    }
     for _ in 0..n {
         // SAFETY: the buffer lies in the host arena, which only this loop uses.
         let dma = unsafe { mapper.map(&dev, black_box(buf), len, dir) }.expect("map");

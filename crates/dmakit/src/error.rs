@@ -173,6 +173,16 @@ pub enum DmaError {
         /// Mappings the domain records at once.
         capacity: usize,
     },
+    /// The device's IOMMU domain has too few free scatter-gather pieces for the list (one
+    /// per entry; [`crate::DomainConfig::max_sg_pieces`]): nothing was mapped.
+    SgPieceTableFull {
+        /// The device asked for.
+        device: DeviceId,
+        /// Pieces the list needed.
+        needed: usize,
+        /// Pieces the domain records at once.
+        capacity: usize,
+    },
     /// [`crate::DmaMapper::map_or_defer`] found no room and the queue of deferred mappings
     /// already holds as many as it was given room for
     /// ([`crate::DmaMapperBuilder::deferred_capacity`]): nothing was mapped or queued.
@@ -292,6 +302,14 @@ impl fmt::Display for DmaError {
             DmaError::MappingTableFull { device, capacity } => write!(
                 f,
                 "{device}: its IOMMU domain's mapping table is full ({capacity} live mappings); unmap some or create the domain with a larger max_mappings"
+            ),
+            DmaError::SgPieceTableFull {
+                device,
+                needed,
+                capacity,
+            } => write!(
+                f,
+                "{device}: its IOMMU domain has no room for the {needed} pieces of this scatter-gather list ({capacity} in all); unmap some lists or create the domain with a larger max_sg_pieces"
             ),
             DmaError::DeferQueueFull { device, capacity } => write!(
                 f,

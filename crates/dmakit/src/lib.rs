@@ -108,8 +108,10 @@
 //!   allocation and free ([`iommu::IovaAllocator`]), including sizes above the cached
 //!   orders, a fragmented space and exhaustion; [`DmaAllocator::alloc_coherent`] with
 //!   [`dma_alloc::AllocContext::Atomic`] (the atomic pool; it requests growth, never
-//!   waits for it). A bound reached (mapping table, IOVA space, deferred queue, pool) is
-//!   an error, never an allocation.
+//!   waits for it). Scatter-gather lists behind an IOMMU included: `map_sg_into` writes
+//!   the caller's array, and a list's pieces take room its domain was created with
+//!   ([`iommu::DomainConfig::max_sg_pieces`]). A bound reached (mapping table, piece
+//!   table, IOVA space, deferred queue, pool) is an error, never an allocation.
 //! - **Not callable there** (they allocate or wait): building a mapper
 //!   ([`DmaMapper::builder`]), [`iommu::IommuDma::new`], [`iommu::IommuDma::create_domain`]
 //!   and [`iommu::IommuDma::attach`] (a domain gets all its room when it is created),
@@ -117,10 +119,9 @@
 //!   [`DmaAllocator::grow_atomic_pool`], the growth worker), and the [`DmaAllocator`]
 //!   page allocations that may wait (`alloc_pages`, `alloc_sg`, `alloc_noncontiguous`,
 //!   `alloc_coherent` with [`dma_alloc::AllocContext::MayBlock`]).
-//! - **Not yet**: a scatter-gather list of a device behind an IOMMU (`map_sg_into` and
-//!   `unmap_sg` on the IOMMU path) still allocates its record's piece list; `map_sg`
-//!   allocates the list it returns on every path. The transient pool takes its pages from
-//!   the platform's [`PageAllocator`] at map time, so that allocator must not allocate
+//! - **Allocates on a map path by design**: `map_sg`, the list it returns (on every path;
+//!   `map_sg_into` is its atomic form). The transient pool takes its pages from the
+//!   platform's [`PageAllocator`] at map time, so that allocator must not allocate
 //!   either.
 
 #![no_std]

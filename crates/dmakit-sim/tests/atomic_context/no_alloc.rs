@@ -15,8 +15,9 @@
 //! completed by an unmap), on the model and (direct and bounced) on the host platform.
 //! Coherent-pool and transient bounces are watched in `coherent`; the debug checker and
 //! scatter-gather lists on the direct and bounced paths (`map_sg_into`) in `checker_sg`;
-//! IOVA allocation beyond the caches (large maps, fragmentation, exhaustion) in `iova`. Not
-//! yet watched because it still allocates: a scatter-gather list behind an IOMMU.
+//! IOVA allocation beyond the caches (large maps, fragmentation, exhaustion) in `iova`;
+//! scatter-gather lists behind an IOMMU (in place, merged, bounced, a full piece table) in
+//! `iommu_sg`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -334,7 +335,11 @@ mod paths {
     /// A device behind a new domain of `cfg` on the rig's machine, and a mapper with a
     /// SWIOTLB pool for its bounces, every page of which the model has materialised (its
     /// sparse memory allocates a page when it is first written).
-    fn behind_iommu(r: &Rig, cfg: DomainConfig, trusted: bool) -> (Device, DmaMapper<&Machine>) {
+    pub(super) fn behind_iommu(
+        r: &Rig,
+        cfg: DomainConfig,
+        trusted: bool,
+    ) -> (Device, DmaMapper<&Machine>) {
         let d = r.domain(cfg);
         let dev = Device::builder(DeviceId(8), "behind-iommu")
             .cache_line(LINE)
@@ -585,5 +590,7 @@ mod paths {
 mod checker_sg;
 #[path = "no_alloc/coherent.rs"]
 mod coherent;
+#[path = "no_alloc/iommu_sg.rs"]
+mod iommu_sg;
 #[path = "no_alloc/iova.rs"]
 mod iova;

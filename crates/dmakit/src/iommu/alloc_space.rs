@@ -10,7 +10,8 @@
 
 use alloc::vec::Vec;
 
-use super::domain::{Kind, Piece, Record};
+use super::domain::{Kind, Record};
+use super::sg_pieces::Piece;
 use super::IommuDma;
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::Device;

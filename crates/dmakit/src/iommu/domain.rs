@@ -14,6 +14,7 @@ use crate::sync::Mutex;
 use super::flush_queue::{FlushEntry, FlushQueue};
 use super::iova::{IovaAllocator, IovaConfig, IovaError, IovaRange, IovaStats};
 use super::records::{Records, Reservation};
+use super::sg_pieces::{self, Piece, PieceChain, PieceLease, PieceTable};
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::bounce::{BounceBackend, PoolUsage};
 use crate::device::{Device, DeviceId};
@@ -63,6 +64,13 @@ pub struct DomainConfig {
     /// no map, unmap or sync allocates; a map beyond it fails with
     /// [`crate::DmaError::MappingTableFull`]. About 100 bytes each.
     pub max_mappings: usize,
+    /// Buffers of scatter-gather lists mapped in one IOVA range that the domain records
+    /// at once (one per list entry; a list whose buffers are bounced one by one takes
+    /// none, its buffers count as single mappings). Their room — 32 bytes a piece, 128 KiB
+    /// for the default 4096 — is allocated when the domain is created, so mapping,
+    /// syncing and unmapping a list allocates nothing; a list beyond it fails with
+    /// [`crate::DmaError::SgPieceTableFull`], and nothing is mapped then.
+    pub max_sg_pieces: usize,
     /// An identity (passthrough) domain ([`crate::Iommu::create_identity_domain`]): an
     /// attached device's DMA address is its physical address, with no page tables and no
     /// IOVA. The mapper routes such a device as if it had no IOMMU — its DMA mask judged,
@@ -84,6 +92,7 @@ impl DomainConfig {
         depot_magazines: 32,
         flush_timeout_ns: None,
         max_mappings: 4096,
+        max_sg_pieces: 4096,
         identity: false,
     };
 
@@ -116,20 +125,13 @@ pub(crate) enum Kind {
         backend: Arc<dyn BounceBackend>,
         slot: PhysAddr,
     },
-    /// Several buffers laid out back to back in IOVA space.
-    Sg { pieces: Vec<Piece> },
+    /// Several buffers laid out back to back in IOVA space (their pieces in the domain's
+    /// piece table).
+    Sg { pieces: PieceChain },
     /// Pages of a DMA allocation mapped contiguously (their owner does the syncs).
     Pages { pieces: Vec<Piece> },
     /// A peer device's registers, mapped as MMIO: no CPU side, ever.
     Resource,
-}
-
-/// One buffer of a scatter-gather mapping: `len` bytes at IOVA `dma`, physical `phys`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Piece {
-    pub(crate) dma: u64,
-    pub(crate) phys: PhysAddr,
-    pub(crate) len: u64,
 }
 
 /// A live mapping, keyed in [`IommuDomain`] by its first device address.
@@ -157,6 +159,8 @@ pub struct DomainStats {
     pub live_mappings: usize,
     /// Unmapped IOVA ranges waiting in the flush queue.
     pub queued: usize,
+    /// Free slots of the scatter-gather piece table ([`DomainConfig::max_sg_pieces`]).
+    pub free_sg_pieces: usize,
     /// Bounce slots of those ranges, held until the invalidation.
     pub parked_bounces: usize,
     /// Flush-queue drains so far (each one IOTLB invalidation of the whole domain).
@@ -175,6 +179,9 @@ pub struct IommuDomain {
     shift: u32,
     iova: IovaAllocator,
     records: Mutex<Records<Record>>,
+    /// The pieces of the live scatter-gather mappings (locked after `records` when both
+    /// are held).
+    pieces: Mutex<PieceTable>,
     fq: FlushQueue,
     /// The lazy queue's time bound, with the clock that measures it.
     timeout: Option<(u64, Arc<dyn Clock + Send + Sync>)>,
@@ -225,6 +232,7 @@ impl IommuDomain {
             shift,
             iova,
             records: Mutex::new(Records::with_capacity(cfg.max_mappings)),
+            pieces: Mutex::new(PieceTable::with_capacity(cfg.max_sg_pieces)),
             fq: FlushQueue::new(queue),
             timeout: match cfg.mode {
                 FlushMode::Strict => None,
@@ -263,6 +271,7 @@ impl IommuDomain {
             mode: self.mode,
             live_mappings: self.records.lock().len(),
             queued: self.fq.len(),
+            free_sg_pieces: self.pieces.lock().free(),
             parked_bounces: self.fq.parked_bounces(),
             queue_flushes: self.fq.flushes(),
             iova,
@@ -289,6 +298,28 @@ impl IommuDomain {
     /// Mappings the domain records at once ([`DomainConfig::max_mappings`]).
     pub(crate) fn max_mappings(&self) -> usize {
         self.records.lock().capacity()
+    }
+
+    /// Takes room for the `n` pieces of a scatter-gather list (before its IOVA space, so
+    /// a full table refuses it with nothing to undo). `None` when fewer are free.
+    pub(crate) fn lease_pieces(&self, n: usize) -> Option<PieceLease<'_>> {
+        PieceLease::take(&self.pieces, n)
+    }
+
+    /// Pieces the domain records at once ([`DomainConfig::max_sg_pieces`]).
+    pub(crate) fn max_sg_pieces(&self) -> usize {
+        self.pieces.lock().capacity()
+    }
+
+    /// Runs `f` on each piece of a live (or ending) scatter-gather mapping, in order,
+    /// under the piece table's lock (`f` must not call back into the domain's pieces).
+    pub(crate) fn for_each_piece(&self, chain: &PieceChain, f: impl FnMut(Piece)) {
+        sg_pieces::for_each(&self.pieces, chain, f);
+    }
+
+    /// The scatter-gather mapping that held `chain` has ended: its pieces' room is free.
+    pub(crate) fn free_pieces(&self, chain: PieceChain) {
+        sg_pieces::give_back(&self.pieces, chain);
     }
 
     /// Takes the record at `key` out if `check` accepts it (under the records' lock, so no

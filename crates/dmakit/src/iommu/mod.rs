@@ -7,6 +7,8 @@
 //! - `iova`: the per-domain IOVA allocator (size aligned, mask bounded, with per-CPU
 //!   range caches so the common case does not touch the tree);
 //! - `domain`: a domain's bookkeeping (live mappings, strict or lazy invalidation);
+//! - `records` and `sg_pieces`: the room for its mapping records and for the pieces of its
+//!   scatter-gather mappings, allocated with the domain;
 //! - `flush_queue`: lazy mode's batch of IOVAs waiting for one IOTLB invalidation;
 //! - `path`: map, unmap, sync and scatter-gather through IOVAs, bouncing where a
 //!   non-coherent device would share a cache line or an untrusted one would see a
@@ -29,6 +31,7 @@ mod free_ranges;
 mod iova;
 pub(crate) mod path;
 mod records;
+mod sg_pieces;
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;

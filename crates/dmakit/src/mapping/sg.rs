@@ -6,7 +6,7 @@ use core::panic::Location;
 use alloc::vec::Vec;
 
 use super::route::{Owner, Route};
-use super::{checked_extent, checked_range, DmaMapper, DmaSegment, SgEntry};
+use super::{checked_extent, checked_range, DmaMapper, DmaSegment, MapPath, SgEntry};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::attrs::MapAttrs;
 use crate::debug::checker::Unmapping;
@@ -67,12 +67,14 @@ impl<P: Platform> DmaMapper<P> {
 
     /// Maps a scatter-gather list as [`DmaMapper::map_sg`] does, writing the
     /// device-visible segments to the front of `out` and returning how many there are.
-    /// Allocates nothing on the direct and bounced paths (in atomic context too); on the
-    /// IOMMU path the list's temporaries and its record are still allocated.
+    /// Allocates nothing, on any path (in atomic context too): behind an IOMMU, the list's
+    /// pieces take room its domain was created with
+    /// ([`crate::DomainConfig::max_sg_pieces`]).
     ///
     /// # Errors
     /// As [`DmaMapper::map_sg`]; [`DmaError::SegmentListTooShort`] when the segments do not
-    /// fit in `out`. On any error nothing is left mapped and the pools are as before the
+    /// fit in `out`; behind an IOMMU, [`DmaError::SgPieceTableFull`] when its domain has
+    /// too few free pieces for the list. On any error nothing is left mapped and the pools are as before the
     /// call (what `out` holds then is unspecified).
     ///
     /// # Safety
@@ -153,8 +155,7 @@ impl<P: Platform> DmaMapper<P> {
             Route::Direct(_) | Route::Bounce(_) => None,
         };
         if let Some(dom) = dom {
-            let ranges: Vec<PhysRange> = ranges().collect();
-            return self.map_sg_iommu(dev, &dom, &ranges, dir, site, out);
+            return self.map_sg_iommu(dev, &dom, first, ranges, dir, site, out);
         }
         let mut n = 0;
         let too_short = DmaError::SegmentListTooShort {
@@ -194,49 +195,41 @@ impl<P: Platform> DmaMapper<P> {
         Ok((n, false))
     }
 
-    /// Maps sg ranges through the device's IOMMU domain into `out`.
-    fn map_sg_iommu(
+    /// Maps sg ranges (`first` is the first of `ranges()`) through the device's IOMMU
+    /// domain into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn map_sg_iommu<I: Iterator<Item = PhysRange>>(
         &self,
         dev: &Device,
         dom: &iommu::IommuDomain,
-        ranges: &[PhysRange],
+        first: PhysRange,
+        ranges: impl Fn() -> I,
         dir: Direction,
         site: &'static Location<'static>,
         out: &mut [DmaSegment],
     ) -> Result<(usize, bool), DmaError> {
         let ctx = self.iommu_ctx(dev);
-        let mut mapped = iommu::path::map_sg(&self.platform, dom, dev, ranges, dir, &ctx);
+        // Every buffer counts as one mapping, bounced or not, as on the direct path.
+        let mut count = |range: PhysRange, path: MapPath| {
+            if !reintroduce::active(Defect::IommuSgUncounted) {
+                self.count_iommu(dev, range, dir, site, Ok(path));
+            }
+        };
+        let p = &self.platform;
+        let mut mapped = iommu::path::map_sg(p, dom, dev, &ranges, dir, &ctx, out, &mut count);
         if super::route::is_full(&mapped) && self.reclaim_parked_bounces() {
-            mapped = iommu::path::map_sg(&self.platform, dom, dev, ranges, dir, &ctx);
+            mapped = iommu::path::map_sg(p, dom, dev, &ranges, dir, &ctx, out, &mut count);
         }
-        let mapped = match mapped {
-            Ok(m) => m,
+        match mapped {
+            Ok(n) => Ok((n, true)),
             Err(f) => {
                 // Counted once, for the list, like a failed single mapping.
                 if !reintroduce::active(Defect::IommuSgUncounted) {
-                    self.count_iommu(dev, ranges[0], dir, site, Err(&f));
+                    self.count_iommu(dev, first, dir, site, Err(&f));
                 }
-                return Err(self.failure_to_error(dev, ranges[0], f));
-            }
-        };
-        let n = mapped.segments.len();
-        let Some(room) = out.get_mut(..n) else {
-            let undone = iommu::path::unmap_sg(&self.platform, dom, dev, &mapped.segments, dir);
-            debug_assert!(undone.is_ok());
-            self.room_freed();
-            return Err(DmaError::SegmentListTooShort {
-                device: dev.id(),
-                room: out.len(),
-            });
-        };
-        room.copy_from_slice(&mapped.segments);
-        // Every buffer counts as one mapping, bounced or not, as on the direct path.
-        if !reintroduce::active(Defect::IommuSgUncounted) {
-            for (&range, &path) in ranges.iter().zip(&mapped.paths) {
-                self.count_iommu(dev, range, dir, site, Ok(path));
+                Err(self.failure_to_error(dev, first, f))
             }
         }
-        Ok((n, true))
     }
 
     /// Unmaps every segment returned by [`DmaMapper::map_sg`].

@@ -107,9 +107,7 @@ pub(super) fn finish<P: Platform + ?Sized>(
         Kind::Single { .. } | Kind::Sg { .. } if !cpu_sync => {}
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
         Kind::Sg { pieces } => {
-            for pc in pieces {
-                cpu_side(p, dev, pc.phys, pc.len, rec.dir);
-            }
+            dom.for_each_piece(pieces, |pc| cpu_side(p, dev, pc.phys, pc.len, rec.dir));
         }
         Kind::Pages { .. } | Kind::Resource => {}
         Kind::Bounced { backend, slot } => {
@@ -152,12 +150,16 @@ pub(super) fn finish<P: Platform + ?Sized>(
             };
         }
     }
+    let Record { iova, kind, .. } = rec;
+    if let Kind::Sg { pieces } = kind {
+        dom.free_pieces(pieces);
+    }
     if strict {
-        dom.release(rec.iova, cpu);
+        dom.release(iova, cpu);
     } else {
         let released = dom.defer(
             FlushEntry {
-                iova: rec.iova,
+                iova,
                 bounce: parked,
             },
             cpu,
@@ -208,6 +210,10 @@ pub(super) fn undo<P: Platform + ?Sized>(
         Kind::Single { phys } => cpu_side(p, dev, *phys, rec.len, rec.dir),
         Kind::Sg { .. } | Kind::Pages { .. } | Kind::Resource => {}
     }
-    dom.release(rec.iova, p.current_cpu());
+    let Record { iova, kind, .. } = rec;
+    if let Kind::Sg { pieces } = kind {
+        dom.free_pieces(pieces);
+    }
+    dom.release(iova, p.current_cpu());
     Ok(())
 }

@@ -49,6 +49,8 @@ use crate::decision::{self, AlignmentPolicy, BounceReason};
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::DmaError;
+use crate::mapped::MapPath;
+use crate::platform::IommuDomainId;
 
 /// What the routing layer passes along for a map.
 pub(crate) struct MapCtx<'a> {
@@ -80,6 +82,18 @@ impl MapCtx<'_> {
             return Some(BounceReason::Forced);
         }
         decision::iommu_bounce_reason(dev, range, dir, self.policy, cpu_line, granule)
+    }
+
+    /// The path a buffer of domain `domain` took: in place without a `reason`, else
+    /// bounced through the device's backend.
+    pub(crate) fn path(&self, domain: IommuDomainId, reason: Option<BounceReason>) -> MapPath {
+        match reason {
+            None => MapPath::Iommu { domain },
+            Some(reason) => MapPath::Bounced {
+                reason,
+                backend: self.backend.map_or("", |b| b.name()),
+            },
+        }
     }
 }
 

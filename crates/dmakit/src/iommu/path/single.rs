@@ -87,7 +87,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
                 },
             },
         );
-        return Ok((dma, MapPath::Iommu { domain: dom.id() }));
+        return Ok((dma, ctx.path(dom.id(), None)));
     };
     let backend = ctx
         .backend
@@ -126,13 +126,7 @@ pub(crate) fn map<P: Platform + ?Sized>(
             },
         },
     );
-    Ok((
-        dma,
-        MapPath::Bounced {
-            reason,
-            backend: backend.name(),
-        },
-    ))
+    Ok((dma, ctx.path(dom.id(), Some(reason))))
 }
 
 /// Reserves and fills a bounce for `range` (the bounce path's one routine). Returns the

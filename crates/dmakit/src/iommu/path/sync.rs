@@ -3,6 +3,7 @@
 
 use super::super::domain::{IommuDomain, Kind, Record};
 use super::super::records::Records;
+use super::super::sg_pieces::Piece;
 use super::overflow;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
@@ -138,20 +139,26 @@ pub(crate) fn sync<P: Platform + ?Sized>(
                 }
             }
         };
+        // The part of a piece (of a list or an allocation) that the synced bytes cover.
+        let (lo, hi) = (addr, addr + len);
+        let overlap = |pc: Piece| {
+            let (s, e) = (pc.dma.max(lo), (pc.dma + pc.len).min(hi));
+            if s < e {
+                maintain(pc.phys.add(s - pc.dma), e - s);
+            }
+        };
         match &r.kind {
             Kind::Single { phys } => {
                 maintain(phys.add(at), len);
                 Ok(None)
             }
             Kind::Resource => Ok(None),
-            Kind::Sg { pieces } | Kind::Pages { pieces } => {
-                let (lo, hi) = (addr, addr + len);
-                for pc in pieces {
-                    let (s, e) = (pc.dma.max(lo), (pc.dma + pc.len).min(hi));
-                    if s < e {
-                        maintain(pc.phys.add(s - pc.dma), e - s);
-                    }
-                }
+            Kind::Sg { pieces } => {
+                dom.for_each_piece(pieces, overlap);
+                Ok(None)
+            }
+            Kind::Pages { pieces } => {
+                pieces.iter().copied().for_each(overlap);
                 Ok(None)
             }
             Kind::Bounced { backend, slot } => {
