@@ -188,13 +188,25 @@ fn deferred_mappings_are_never_forgotten_under_contention() {
         .unwrap();
     let len = 150 * 1024;
     let deferred = std::sync::atomic::AtomicU64::new(0);
+    // Both threads start together and keep going past their 2,000 mappings until they have
+    // contended at least once (or 20 s pass), so a loaded machine that runs them one after
+    // the other does not make the test vacuous.
+    let start = std::sync::Barrier::new(2);
+    let began = std::time::Instant::now();
     std::thread::scope(|s| {
         for t in 0..2usize {
-            let (mapper, dev, host, deferred) = (&mapper, &dev, &host, &deferred);
+            let (mapper, dev, host, deferred, start) = (&mapper, &dev, &host, &deferred, &start);
             s.spawn(move || {
                 host.bind_current_thread(t);
                 let buf = PhysAddr::new(MIB + t as u64 * 2 * MIB + 8);
-                for i in 0..2000 {
+                start.wait();
+                for i in 0.. {
+                    if i >= 2000
+                        && (deferred.load(std::sync::atomic::Ordering::Relaxed) > 0
+                            || began.elapsed() > Duration::from_secs(20))
+                    {
+                        break;
+                    }
                     let (tx, rx) = channel();
                     let done = Box::new(move |r| tx.send(r).unwrap());
                     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
