@@ -257,10 +257,19 @@ pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
                     .collect(),
             ),
             (
-                "bounce pool",
+                "bounce pool used (high-water)",
                 r.policies
                     .iter()
-                    .map(|p| p.bounce_pool_bytes as f64 / MIB)
+                    .map(|p| p.pool_high_water_bytes.min(p.bounce_pool_bytes) as f64 / MIB)
+                    .collect(),
+            ),
+            (
+                "bounce pool reserved, never used",
+                r.policies
+                    .iter()
+                    .map(|p| {
+                        p.bounce_pool_bytes.saturating_sub(p.pool_high_water_bytes) as f64 / MIB
+                    })
                     .collect(),
             ),
         ],

@@ -30,6 +30,10 @@ pub enum PolicyArg {
     Exact,
     /// 8-byte kmalloc, no alignment bouncing (the hazard control).
     NoBounce,
+    /// 8-byte kmalloc, exact test, bounces in a growable coherent pool instead of SWIOTLB.
+    CoherentPool,
+    /// Exact test; kmalloc line aligned only while a non-coherent device has no pool.
+    Auto,
 }
 
 impl From<PolicyArg> for Policy {
@@ -39,13 +43,15 @@ impl From<PolicyArg> for Policy {
             PolicyArg::LinuxSizeOnly => Policy::LinuxSizeOnly,
             PolicyArg::Exact => Policy::Exact,
             PolicyArg::NoBounce => Policy::NoBounce,
+            PolicyArg::CoherentPool => Policy::CoherentPool,
+            PolicyArg::Auto => Policy::Auto,
         }
     }
 }
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  dmakit simulate                                   the arm64 phone, four policies
+  dmakit simulate                                   the arm64 phone, six policies
   dmakit simulate --transfers 20000 --policy exact,no-bounce
   dmakit simulate --json > result.json
   dmakit simulate --report out/                     writes out/report.html

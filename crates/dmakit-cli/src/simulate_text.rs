@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use comfy_table::{CellAlignment, Table};
+use dmakit_scenario::refill::PoolGrowth;
 use dmakit_scenario::units::format_bytes;
 use dmakit_scenario::{Scenario, SimulationReport};
 
@@ -100,7 +101,7 @@ pub fn render(
         .map_or(0, |p| p.per_second.drivers_counted);
     let rated = format!(
         "\nAt the machine's scale: kmalloc of the slabinfo's objects (\"kmalloc run\": the \
-         run's {} background objects); per second at the drivers' rates ({counted} of {} \
+         run's {} background objects); bounce pool reserved and its peak use; per second at the drivers' rates ({counted} of {} \
          drivers have one).",
         count(sc.churn.live_objects),
         sc.drivers.len()
@@ -111,8 +112,9 @@ pub fn render(
             ("policy", false),
             ("min\nalign", true),
             ("kmalloc\nslabinfo", false),
-            ("kmalloc\nrun", false),
-            ("bounce\npool", false),
+            ("kmalloc\nrun", true),
+            ("pool\nreserved", false),
+            ("pool\npeak", false),
             ("bounces/s", false),
             ("copied\nMiB/s", false),
             ("CPU\nms/s", false),
@@ -129,6 +131,7 @@ pub fn render(
             k.map_or_else(|| "?".into(), |k| format_bytes(k.kmalloc_bytes)),
             format_bytes(p.kmalloc_bytes),
             format_bytes(p.bounce_pool_bytes),
+            format_bytes(p.pool_high_water_bytes),
             count(p.per_second.bounces.round() as u64),
             format!("{:.1}", p.per_second.bytes_copied / 1048576.0),
             format!("{:.2}", v.cpu_ns_per_second / 1e6),
@@ -148,7 +151,8 @@ pub fn render(
             ("bytes\ncopied", false),
             ("stale\nbytes", false),
             ("leaked\nbytes", false),
-            ("pool\npeak", false),
+            ("pool\npeak", true),
+            ("pool\nfull", false),
         ],
         wide,
     );
@@ -164,10 +168,14 @@ pub fn render(
             count(p.stale_bytes),
             count(p.leaked_bytes),
             format_bytes(p.pool_high_water_bytes),
+            count(p.pool_exhausted),
         ]);
     }
     let _ = writeln!(o, "{}", t.table());
     for p in &r.policies {
+        if let Some(g) = &p.pool_growth {
+            line(&mut o, &growth_line(&p.name, g, p.pool_exhausted));
+        }
         if p.map_errors > 0 {
             let first = p.first_map_error.as_deref().unwrap_or("?");
             let text = format!(
@@ -208,4 +216,21 @@ pub fn render(
         line(&mut o, &format!("  {}", v.line(width)));
     }
     o
+}
+
+/// How a growable pool grew: its size over time, and the mappings that found it full.
+fn growth_line(policy: &str, g: &PoolGrowth, full: u64) -> String {
+    let sizes: Vec<String> = g
+        .size_over_time
+        .iter()
+        .map(|&(at, bytes)| format!("{} at {}", format_bytes(bytes), count(at)))
+        .collect();
+    format!(
+        "{policy}: the refill worker grew the pool {} times ({} failed), size by transfers \
+         done: {}; {} mappings found it full",
+        count(g.growth_events),
+        count(g.growth_failures),
+        sizes.join(", "),
+        count(full)
+    )
 }

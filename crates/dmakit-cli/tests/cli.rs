@@ -59,7 +59,7 @@ fn json_holds_the_documented_fields_and_the_verdicts() {
     assert_eq!(v["scenario"], "arm64-phone");
     assert_eq!(v["seed"], 3);
     let policies = v["policies"].as_array().expect("policies");
-    assert_eq!(policies.len(), 4);
+    assert_eq!(policies.len(), 6);
     for p in policies {
         for f in [
             "name",

@@ -72,7 +72,7 @@ fn the_headline_is_the_slabinfo_figure_dmakit_slab_computes() {
     assert_eq!(v["bounce_cost"]["fixed_ns"], 800.0);
     assert_eq!(v["bounce_cost"]["ns_per_byte"], 0.25);
     let verdicts = v["verdicts"].as_array().expect("verdicts");
-    assert_eq!(verdicts.len(), 4);
+    assert_eq!(verdicts.len(), 6);
     for (p, verdict) in v["policies"]
         .as_array()
         .expect("policies")

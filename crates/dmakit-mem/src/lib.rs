@@ -22,6 +22,7 @@
 
 extern crate alloc;
 
+pub mod auto_align;
 pub mod buddy;
 pub mod class_label;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod policy;
 pub mod slab;
 pub mod zones;
 
+pub use auto_align::AutoMinAlign;
 pub use buddy::{BuddyAllocator, BuddyStats, MAX_BLOCK_PAGES, MAX_ORDER};
 pub use error::MemError;
 pub use global::KmallocHeap;

@@ -4,7 +4,9 @@
 //! - [`config`]: the scenario file format (TOML) and its validation, with file, line and
 //!   field in every error;
 //! - [`model`]: the validated scenario;
-//! - [`policy`]: the four policies and the bounce pool each gets;
+//! - [`policy`]: the policies and the bounce pool each gets;
+//! - [`refill`]: the growable coherent bounce pool of `coherent-pool` and its refill
+//!   worker;
 //! - [`heap`]: every simulated object, from a real kmalloc, known to the oracle;
 //! - [`slabinfo`]: `/proc/slabinfo` parsing;
 //! - [`footprint`]: the memory the kmalloc caches of a real machine take under each
@@ -61,6 +63,7 @@ pub mod mapping_log;
 pub mod model;
 pub mod policy;
 pub mod rates;
+pub mod refill;
 pub mod report;
 pub mod run;
 pub mod scale;

@@ -1,8 +1,10 @@
-//! The four policies a scenario is run under, and the bounce pool each gets.
+//! The policies a scenario is run under, and the bounce pool each gets.
 //!
-//! A policy is two choices: the kmalloc minimum alignment (the allocation side, a real
-//! [`dmakit_mem::Kmalloc`] with [`MinAlignPolicy::fixed`]) and the mapping layer's alignment
-//! rule ([`AlignmentPolicy`]).
+//! A policy is three choices: the kmalloc minimum alignment (the allocation side, a real
+//! [`dmakit_mem::Kmalloc`] with [`MinAlignPolicy::fixed`], or the automatic rule of
+//! [`dmakit_mem::AutoMinAlign`] over the mapper's devices), the mapping layer's alignment
+//! rule ([`AlignmentPolicy`]), and the pool bounces go to (SWIOTLB, or a growable
+//! coherent pool).
 
 use std::fmt;
 
@@ -22,15 +24,24 @@ pub enum Policy {
     Exact,
     /// 8-byte kmalloc and no alignment bouncing: the control that shows the hazard.
     NoBounce,
+    /// 8-byte kmalloc and the exact test, bouncing through a small coherent pool grown by
+    /// its refill worker instead of SWIOTLB (see [`crate::refill`]).
+    CoherentPool,
+    /// The exact test, with the machine's SWIOTLB, and kmalloc's minimum alignment chosen
+    /// from the mapper's devices and pools ([`dmakit_mem::AutoMinAlign`]): line aligned
+    /// while a non-coherent device has no pool, 8 bytes otherwise.
+    Auto,
 }
 
 impl Policy {
-    /// All four, in report order.
-    pub const ALL: [Policy; 4] = [
+    /// All of them, in report order.
+    pub const ALL: [Policy; 6] = [
         Policy::MinAlign128,
         Policy::LinuxSizeOnly,
         Policy::Exact,
         Policy::NoBounce,
+        Policy::CoherentPool,
+        Policy::Auto,
     ];
 
     /// The name used on the command line and in reports.
@@ -40,6 +51,8 @@ impl Policy {
             Policy::LinuxSizeOnly => "linux-size-only",
             Policy::Exact => "exact",
             Policy::NoBounce => "no-bounce",
+            Policy::CoherentPool => "coherent-pool",
+            Policy::Auto => "auto",
         }
     }
 
@@ -50,6 +63,12 @@ impl Policy {
             Policy::LinuxSizeOnly => "8-byte kmalloc, Linux 6.5 size-only bounce test",
             Policy::Exact => "8-byte kmalloc, dmakit's exact bounce test",
             Policy::NoBounce => "8-byte kmalloc, no alignment bouncing (hazard control)",
+            Policy::CoherentPool => {
+                "8-byte kmalloc, exact test, bounces in a growable coherent pool (no SWIOTLB)"
+            }
+            Policy::Auto => {
+                "exact test; kmalloc line aligned only if a non-coherent device has no pool"
+            }
         }
     }
 
@@ -59,7 +78,9 @@ impl Policy {
     }
 
     /// The kmalloc minimum alignment on a machine whose largest line is `line` bytes
-    /// (`minalign128` aligns to the line: 128 bytes on the arm64 phone).
+    /// (`minalign128` aligns to the line: 128 bytes on the arm64 phone). For `auto` it is
+    /// the choice before any device is added (8 bytes); the run re-evaluates it as the
+    /// devices are added to the mapper.
     ///
     /// # Errors
     /// [`MemError`] for a line size kmalloc cannot use.
@@ -75,14 +96,19 @@ impl Policy {
         match self {
             Policy::MinAlign128 | Policy::NoBounce => AlignmentPolicy::Never,
             Policy::LinuxSizeOnly => AlignmentPolicy::SizeOnly,
-            Policy::Exact => AlignmentPolicy::Exact,
+            Policy::Exact | Policy::CoherentPool | Policy::Auto => AlignmentPolicy::Exact,
         }
     }
 
-    /// Whether the policy bounces kmalloc buffers for alignment (and so needs a pool even
-    /// when no device is limited by its mask).
+    /// Whether the policy bounces kmalloc buffers for alignment through SWIOTLB (and so
+    /// needs a SWIOTLB pool even when no device is limited by its mask).
     pub const fn bounces_for_alignment(self) -> bool {
-        matches!(self, Policy::LinuxSizeOnly | Policy::Exact)
+        matches!(self, Policy::LinuxSizeOnly | Policy::Exact | Policy::Auto)
+    }
+
+    /// Whether bounces go to the growable coherent pool instead of SWIOTLB.
+    pub const fn uses_coherent_pool(self) -> bool {
+        matches!(self, Policy::CoherentPool)
     }
 }
 
@@ -118,11 +144,15 @@ pub fn linux_arm64_swiotlb_bytes(ram: &[(u64, u64)], kmalloc_bouncing: bool) -> 
         .min(LINUX_DEFAULT_SWIOTLB)
 }
 
-/// The bounce pool `policy` gets on `machine`, in bytes (0: none). `untrusted`: the
+/// The SWIOTLB pool `policy` gets on `machine`, in bytes (0: none; always 0 for
+/// `coherent-pool`, whose bounces go to its coherent pool). `untrusted`: the
 /// machine has an untrusted device behind the IOMMU, whose buffers are bounced whatever the
 /// policy, so it gets at least the pool kmalloc bouncing would (Linux sizes SWIOTLB before
 /// it knows its devices; without RAM above 4 GiB it would have none for them).
 pub fn pool_bytes(policy: Policy, machine: &MachineModel, untrusted: bool) -> u64 {
+    if policy.uses_coherent_pool() {
+        return 0;
+    }
     match machine.bounce_pool {
         PoolSize::None => 0,
         PoolSize::Bytes(b) => b,

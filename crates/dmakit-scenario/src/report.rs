@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::mapping_log::MappingLog;
 use crate::rates::{DriverLoad, PerSecond};
+use crate::refill::PoolGrowth;
 use crate::scale::MachineScale;
 
 /// One call site that requested bounced mappings.
@@ -26,12 +27,18 @@ pub struct SiteReport {
 /// The results of one policy.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PolicyReport {
-    /// Policy name (`minalign128`, `linux-size-only`, `exact`, `no-bounce`).
+    /// Policy name (`minalign128`, `linux-size-only`, `exact`, `no-bounce`,
+    /// `coherent-pool`, `auto`).
     pub name: String,
+    /// The kmalloc minimum alignment the run used (for `auto`, the one it chose).
+    pub kmalloc_min_align: u64,
+    /// Where bounces went: `swiotlb`, `coherent` (the growable coherent pool) or `none`.
+    pub pool_kind: String,
     /// Memory the kmalloc caches held at the end of the run (whole slabs, as kmalloc counts
     /// them).
     pub kmalloc_bytes: u64,
-    /// Size of the bounce pool (0 when the policy has none).
+    /// Bounce memory reserved at the end of the run: the SWIOTLB pool, or the coherent
+    /// pool as grown (0 when the policy has none).
     pub bounce_pool_bytes: u64,
     /// Transfers attempted.
     pub transfers: u64,
@@ -55,6 +62,10 @@ pub struct PolicyReport {
     pub per_second: PerSecond,
     /// Transfers whose `map` failed (pool full, no pool).
     pub map_errors: u64,
+    /// Mappings that found their bounce pool full (failed, or waited for growth).
+    pub pool_exhausted: u64,
+    /// How the coherent pool grew (`coherent-pool` only).
+    pub pool_growth: Option<PoolGrowth>,
     /// Device accesses the machine refused.
     pub device_faults: u64,
     /// Pool occupancy over the run: `(transfers done, bytes in use)`.

@@ -15,8 +15,10 @@ use std::time::Instant;
 use dmakit::bounce::BounceBackend;
 use dmakit::swiotlb::PoolConfig;
 use dmakit::swiotlb::SwiotlbBounce;
-use dmakit::{BounceReason, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE};
-use dmakit_mem::Kmalloc;
+use dmakit::{
+    AlignmentPolicy, BouncePool, BounceReason, DmaMapper, PhysAddr, PhysRange, PAGE_SIZE,
+};
+use dmakit_mem::{AutoMinAlign, Kmalloc};
 
 use crate::churn::{load_slabinfo, Churn, SizeDistribution};
 use crate::drivers::Buffer;
@@ -28,6 +30,7 @@ use crate::mapping_log::MappingLog;
 use crate::model::{BufferModel, Scenario};
 use crate::policy::{self, Policy, ARM64_DMA_LIMIT};
 use crate::rates::{DriverLoad, PerSecond};
+use crate::refill::CoherentRefill;
 use crate::report::{PolicyReport, SimulationReport, SiteReport};
 use crate::scale::MachineScale;
 use crate::sites::{self, Args};
@@ -127,7 +130,8 @@ pub fn simulate(
     let sizes = SizeDistribution::from_slabinfo(&text)
         .map_err(|e| RunError::Input(format!("{origin}: {e}")))?;
     let rows = parse_slabinfo(&text).map_err(|e| RunError::Input(format!("{origin}: {e}")))?;
-    let machine_scale = MachineScale::new(&rows, sc.line(), policies)
+    // Checks the line before the runs; the figures use the alignment each run chose.
+    MachineScale::new(&rows, sc.line(), policies)
         .map_err(|e| RunError::Impossible(e.to_string()))?;
     let results: Vec<Result<PolicyReport, RunError>> = std::thread::scope(|s| {
         let handles: Vec<_> = policies
@@ -149,6 +153,12 @@ pub fn simulate(
     for r in results {
         out.push(r?);
     }
+    let aligns: Vec<(String, u64)> = out
+        .iter()
+        .map(|p| (p.name.clone(), p.kmalloc_min_align))
+        .collect();
+    let machine_scale = MachineScale::with_alignments(&rows, sc.line(), &aligns)
+        .map_err(|e| RunError::Impossible(e.to_string()))?;
     Ok(SimulationReport {
         scenario: sc.name.clone(),
         seed: opts.seed,
@@ -182,7 +192,19 @@ pub fn run_policy(
         reserve_below: 1 << 20,
     })
     .map_err(|e| RunError::Impossible(e.to_string()))?;
-    for d in &sc.devices {
+    // Under `coherent-pool` every device bounces through the coherent pool.
+    let devices: Vec<dmakit::Device> = sc
+        .devices
+        .iter()
+        .map(|d| {
+            if policy.uses_coherent_pool() {
+                d.with_bounce_pool(BouncePool::Coherent)
+            } else {
+                d.clone()
+            }
+        })
+        .collect();
+    for d in &devices {
         machine.attach(d.clone()).map_err(model)?;
     }
     let iommu = iommu::setup(&machine, sc).map_err(RunError::Model)?;
@@ -196,7 +218,6 @@ pub fn run_policy(
         .filter(|(_, i)| i.is_none())
         .map(|(d, _)| d.dma_mask())
         .fold(ARM64_DMA_LIMIT - 1, u64::min);
-    let mut builder = DmaMapper::builder(&machine).policy(policy.alignment());
     let mut pool = None;
     if pool_bytes > 0 {
         let cfg = PoolConfig::builder()
@@ -216,16 +237,41 @@ pub fn run_policy(
         let b = Arc::new(SwiotlbBounce::new(cfg, None, 0, reach));
         b.add_region(base, pool_bytes)
             .map_err(|e| RunError::Impossible(format!("bounce pool: {e}")))?;
-        builder = builder.swiotlb_backend(b.clone());
         pool = Some(b);
     }
-    if let Some(i) = &iommu {
-        builder = builder.iommu(i.dma.clone());
+    let mut refill = None;
+    if policy.uses_coherent_pool() {
+        let r = CoherentRefill::new(&machine, line, reach, true).map_err(RunError::Impossible)?;
+        refill = Some(r);
     }
-    let mapper = builder.build();
-    let kpolicy = policy
-        .kmalloc_policy(line)
-        .map_err(|e| RunError::Impossible(e.to_string()))?;
+    let build = |alignment| {
+        let mut b = DmaMapper::builder(&machine).policy(alignment);
+        if let Some(p) = &pool {
+            b = b.swiotlb_backend(p.clone());
+        }
+        if let Some(r) = &refill {
+            b = b.coherent_backend(r.pool().clone());
+        }
+        if let Some(i) = &iommu {
+            b = b.iommu(i.dma.clone());
+        }
+        b.build()
+    };
+    let mut mapper = build(policy.alignment());
+    let bad_line = |e: dmakit_mem::MemError| RunError::Impossible(e.to_string());
+    let mut kpolicy = policy.kmalloc_policy(line).map_err(bad_line)?;
+    if policy == Policy::Auto {
+        // The devices are added one by one, as a machine probes them; each re-evaluates.
+        let mut auto = AutoMinAlign::new(line).map_err(bad_line)?;
+        for d in &devices {
+            kpolicy = auto.add_device(&mapper, d).map_err(bad_line)?;
+        }
+        if kpolicy.is_line_aligned() {
+            // Objects own their lines: nothing is bounced for alignment (there is no pool
+            // to bounce into), as under `minalign128`.
+            mapper = build(AlignmentPolicy::Never);
+        }
+    }
     let mut heap = Heap::new(&machine, Kmalloc::new(&machine, kpolicy));
     let mut oracle = Oracle::new(line).map_err(model)?;
     let mut log = (opts.log_mappings_of == Some(policy)).then(MappingLog::default);
@@ -301,7 +347,7 @@ pub fn run_policy(
             })
             .unwrap_or(0);
         let driver = &sc.drivers[di];
-        let device = &sc.devices[driver.device];
+        let device = &devices[driver.device];
         machine
             .set_current_cpu(rng.below(m.cpus as u64) as usize)
             .map_err(model)?;
@@ -439,6 +485,10 @@ pub fn run_policy(
                 placers[site].release(&mut env, p.buf).map_err(heap_err)?;
             }
         }
+        // The refill worker runs between operations, never from a mapping.
+        if let Some(r) = &mut refill {
+            r.step(&machine, done).map_err(RunError::Model)?;
+        }
         let after = bounce_counts(&mapper);
         let load = &mut loads[di];
         load.operations += 1;
@@ -493,10 +543,17 @@ pub fn run_policy(
             }
         })
         .collect();
+    let (pool_kind, bounce_pool_bytes) = match (&pool, &refill) {
+        (Some(p), _) => ("swiotlb", p.usage().total),
+        (None, Some(r)) => ("coherent", r.pool().usage().total),
+        (None, None) => ("none", 0),
+    };
     Ok(PolicyReport {
         name: policy.name().to_string(),
+        kmalloc_min_align: kpolicy.min_align(),
+        pool_kind: pool_kind.to_string(),
         kmalloc_bytes: heap.kmalloc_bytes(),
-        bounce_pool_bytes: pool.as_ref().map_or(0, |p| p.usage().total),
+        bounce_pool_bytes,
         transfers: done,
         bounces,
         bounced_bytes: total.bytes_to_bounce + total.bytes_from_bounce,
@@ -513,6 +570,8 @@ pub fn run_policy(
         per_second: PerSecond::of(&loads),
         drivers: loads,
         map_errors,
+        pool_exhausted: total.exhaustion_errors,
+        pool_growth: refill.as_ref().map(CoherentRefill::growth),
         device_faults: report.faults,
         occupancy,
         elapsed: started.elapsed(),

@@ -51,16 +51,32 @@ impl MachineScale {
     /// # Errors
     /// [`MemError`] for a line size kmalloc cannot use (not a power of two from 8 to 4096).
     pub fn new(rows: &[SlabinfoRow<'_>], line: u64, policies: &[Policy]) -> Result<Self, MemError> {
+        let mut aligns = Vec::new();
+        for &p in policies {
+            aligns.push((p.name().to_string(), p.kmalloc_policy(line)?.min_align()));
+        }
+        Self::with_alignments(rows, line, &aligns)
+    }
+
+    /// As [`MachineScale::new`], for policies given by name with the minimum alignment
+    /// each ran with (the one `auto` chose on the run's devices).
+    ///
+    /// # Errors
+    /// [`MemError`] for a line or an alignment kmalloc cannot use.
+    pub fn with_alignments(
+        rows: &[SlabinfoRow<'_>],
+        line: u64,
+        policies: &[(String, u64)],
+    ) -> Result<Self, MemError> {
         let slabs = SlabOrderPolicy::default();
         let small = kmalloc_footprint(rows, 8, &slabs)?;
         let aligned = kmalloc_footprint(rows, line, &slabs)?;
         let mut out = Vec::new();
-        for &p in policies {
-            let min_align = p.kmalloc_policy(line)?.min_align();
+        for (name, min_align) in policies {
             out.push(PolicyKmalloc {
-                policy: p.name().to_string(),
-                min_align,
-                kmalloc_bytes: kmalloc_footprint(rows, min_align, &slabs)?.slab_bytes,
+                policy: name.clone(),
+                min_align: *min_align,
+                kmalloc_bytes: kmalloc_footprint(rows, *min_align, &slabs)?.slab_bytes,
             });
         }
         let saved_bytes = aligned.slab_bytes.saturating_sub(small.slab_bytes);

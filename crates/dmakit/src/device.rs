@@ -241,6 +241,15 @@ impl Device {
         self.bounce_pool
     }
 
+    /// The same device with its bounces in `pool` (a machine that bounces through the
+    /// coherent pool instead of SWIOTLB); every other property is kept.
+    pub fn with_bounce_pool(&self, pool: BouncePool) -> Device {
+        Device {
+            bounce_pool: pool,
+            ..self.clone()
+        }
+    }
+
     /// The mask for coherent allocations (Linux `coherent_dma_mask`); the streaming mask
     /// unless set apart.
     #[inline]
