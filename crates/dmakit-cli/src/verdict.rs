@@ -23,6 +23,9 @@ pub struct Verdict {
     pub corrupted_bytes: u64,
     /// Bytes found stale or leaked from another owner.
     pub stale_or_leaked_bytes: u64,
+    /// Mappings the mapper refused in the run (no pool to bounce through, a full pool):
+    /// work the drivers could not do, which the memory and CPU figures do not show.
+    pub failed_mappings: u64,
 }
 
 impl Verdict {
@@ -39,12 +42,14 @@ impl Verdict {
                 cpu_ns_per_second: cost.cost.cpu_ns_per_second(&p.per_second),
                 corrupted_bytes: p.corrupted_bytes,
                 stale_or_leaked_bytes: p.stale_bytes + p.leaked_bytes,
+                failed_mappings: p.map_errors,
             })
             .collect()
     }
 
     /// The line: `exact  saves 318.2 MiB, pays 2.10 ms CPU/s (0.21 % of a CPU), 0 bytes
-    /// corrupted`, the policy name padded to `name_width`.
+    /// corrupted`, the policy name padded to `name_width`; stale or leaked bytes and failed
+    /// mappings are added when there are any.
     pub fn line(&self, name_width: usize) -> String {
         let saved = if self.kmalloc_saved_bytes == 0 {
             "saves nothing".to_string()
@@ -60,6 +65,9 @@ impl Verdict {
         );
         if self.stale_or_leaked_bytes > 0 {
             s += &format!(", {} stale or leaked", count(self.stale_or_leaked_bytes));
+        }
+        if self.failed_mappings > 0 {
+            s += &format!(", {} mappings failed", count(self.failed_mappings));
         }
         s
     }

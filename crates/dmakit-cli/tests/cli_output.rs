@@ -176,3 +176,25 @@ fn the_slabinfo_can_be_chosen_and_bad_choices_fail_clearly() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_verdict_names_the_mappings_a_policy_could_not_do() {
+    // The wearable has no SWIOTLB: the exact rule has nowhere to bounce, so its memory
+    // saving is paid for in failed mappings, and its verdict must say so; `auto` keeps
+    // kmalloc line-aligned and fails none.
+    let text = simulate(&[
+        "--scenario",
+        "../../scenarios/wearable.toml",
+        "--policy",
+        "exact,auto",
+    ]);
+    let verdict = |policy: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(policy) && l.contains(" pays "))
+            .unwrap_or_else(|| panic!("no verdict for {policy} in:\n{text}"))
+            .to_string()
+    };
+    // (The line may wrap at 100 columns after "mappings".)
+    assert!(verdict("exact").contains(" mappings"), "{text}");
+    assert!(!verdict("auto").contains(" mappings"), "{text}");
+}
