@@ -208,7 +208,7 @@ pub fn render(
     }
     let _ = writeln!(
         o,
-        "\nVerdict (kmalloc saved on this slabinfo, CPU paid, bytes corrupted):"
+        "\nVerdict (kmalloc saved on this slabinfo, CPU paid, bytes corrupted, mappings failed):"
     );
     let verdicts = Verdict::all(r, cost);
     let width = verdicts.iter().map(|v| v.policy.len()).max().unwrap_or(0);
