@@ -29,6 +29,7 @@ fn run(sc: &Scenario, policies: &[Policy]) -> SimulationReport {
         seed: 11,
         transfers: 15_000,
         top_sites: 3,
+        log_mappings_of: None,
     };
     simulate(sc, policies, &opts, &AtomicU64::new(0)).expect("runs")
 }
