@@ -51,6 +51,8 @@ fn expected(d: Defect) -> &'static [&'static str] {
         Defect::DetachGoesDirect => &["ok-mapping-unusable"],
         Defect::SgUnwindKeepsHighWater => &["failed-call-changed-pool"],
         Defect::IommuSyncStraysIntoNeighbour => &["invalid-call-accepted"],
+        Defect::SgPiecesKeptAtUnmap => &["sg-pieces-leaked", "sg-table-full-while-free"],
+        Defect::SgPieceTableOvercounts => &["sg-table-full-while-free"],
         _ => &[],
     }
 }

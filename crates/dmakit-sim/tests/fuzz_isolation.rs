@@ -9,14 +9,20 @@ mod fuzz;
 fn every_invariant_holds_under_any_mix_of_devices() {
     let b = fuzz::Budget::from_env(60.0);
     let out = fuzz::run(b);
+    let sg_full = fuzz::exec::SG_TABLE_FULL.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "fuzz_isolation: {} cases, {} operations in {:.1} s (first seed {})",
+        "fuzz_isolation: {} cases, {} operations in {:.1} s (first seed {}), {sg_full} lists \
+         refused by a full piece table",
         out.cases, out.ops, out.seconds, b.first_seed
     );
     if let Some(f) = &out.finding {
         panic!("{}", f.report());
     }
     assert!(out.ops > 0, "the budget ran no operation");
+    // A full budget reaches the piece tables' refusal, not only the mappings that fit.
+    if out.ops >= 100_000 {
+        assert!(sg_full > 0, "no list found its piece table full");
+    }
 }
 
 /// What the fuzzer finds on the code as it is: the first failure of every invariant within

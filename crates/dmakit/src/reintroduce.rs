@@ -64,6 +64,12 @@ pub enum Defect {
     TooLargeReportsZero,
     /// 11f: after `IommuDma::detach`, the device's mappings silently go direct.
     DetachGoesDirect,
+    /// 13a (control of the piece table): an IOMMU scatter-gather mapping's pieces are not
+    /// given back to the domain's table when it ends.
+    SgPiecesKeptAtUnmap,
+    /// 13b (control of the piece table): a list asks for one piece more than it takes, so
+    /// the table reports itself full while it has room.
+    SgPieceTableOvercounts,
     /// 12a: a scenario's `machine.cache_size` (and `cache_ways`) is accepted at any size,
     /// and the model allocates the whole cache up front.
     CliCacheSizeUnbounded,
@@ -172,7 +178,7 @@ impl Defect {
     }
 
     /// Every defect, in finding order.
-    pub const ALL: [Defect; 27] = [
+    pub const ALL: [Defect; 29] = [
         Defect::LeadInSlotsFreed,
         Defect::CheckerForgetsBeforeValidation,
         Defect::IommuSgUncounted,
@@ -195,6 +201,8 @@ impl Defect {
         Defect::EmptyUnmapSgInconsistent,
         Defect::TooLargeReportsZero,
         Defect::DetachGoesDirect,
+        Defect::SgPiecesKeptAtUnmap,
+        Defect::SgPieceTableOvercounts,
         Defect::CliCacheSizeUnbounded,
         Defect::CliInputUnbounded,
         Defect::CliRamOverlapMerged,

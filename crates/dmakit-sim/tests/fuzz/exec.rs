@@ -197,6 +197,16 @@ impl State {
         matches!(self.rig.devices[i].behind, Behind::Iommu { .. }) && !self.detached[i]
     }
 
+    /// (free scatter-gather pieces, live mappings) of device `i`'s IOMMU domain.
+    fn sg_room(&self, i: usize) -> Option<(usize, usize)> {
+        let d = &self.rig.devices[i];
+        let (Behind::Iommu { unit, .. }, Some(id)) = (d.behind, d.domain) else {
+            return None;
+        };
+        let st = self.rig.iommus[unit].domain(id)?.stats();
+        Some((st.free_sg_pieces, st.live_mappings))
+    }
+
     /// The pool index device `i` bounces into.
     fn pool_for(&self, i: usize) -> usize {
         let d = &self.rig.devices[i];
@@ -534,6 +544,7 @@ impl State {
             })
             .collect();
         let before = check::usages(&self.rig);
+        let room_before = self.sg_room(i);
         let nfired = self.fired.lock().unwrap().len();
         let stats_before = device_stats(self.rig.mapper(&d), d.id());
         // SAFETY: test-owned memory (model or host arena), untouched while mapped.
@@ -566,6 +577,35 @@ impl State {
                     );
                 }
                 Ok(())
+            }
+            Err(DmaError::SgPieceTableFull {
+                needed, capacity, ..
+            }) => {
+                // Refused only when the domain's live lists really hold the room, and the
+                // refusal gives back whatever it took.
+                let free = room_before.map_or(0, |(free, _)| free);
+                if needed <= free || capacity != rig::SG_PIECES {
+                    return fail(
+                        "sg-table-full-while-free",
+                        format!(
+                            "{}: list of {} needs {needed} pieces, {free} of {capacity} free",
+                            d.dev.name(),
+                            entries.len()
+                        ),
+                    );
+                }
+                if self.sg_room(i) != room_before {
+                    return fail(
+                        "refused-sg-list-kept-room",
+                        format!(
+                            "{}: pieces and live mappings {room_before:?} -> {:?}",
+                            d.dev.name(),
+                            self.sg_room(i)
+                        ),
+                    );
+                }
+                SG_TABLE_FULL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.failed_left_pools(&before, nfired, "sg list refused, piece table full")
             }
             Err(e) => {
                 let (p, l) = (
@@ -945,6 +985,20 @@ impl State {
                 );
             }
         }
+        for i in 0..self.rig.devices.len() {
+            if let Some((free, _)) = self.sg_room(i) {
+                if free != rig::SG_PIECES {
+                    return fail(
+                        "sg-pieces-leaked",
+                        format!(
+                            "{}: {free} of {} pieces free with nothing mapped",
+                            self.rig.devices[i].dev.name(),
+                            rig::SG_PIECES
+                        ),
+                    );
+                }
+            }
+        }
         for (i, m) in self.rig.mappers.iter().enumerate() {
             let c = m.debug_checker().unwrap();
             if let Some(l) = c.live().first() {
@@ -977,6 +1031,10 @@ fn write_runs(
     }
     Ok(())
 }
+
+/// Lists refused because their domain's piece table was full, in this process (so a run
+/// can show the refusal path was taken, not only allowed).
+pub static SG_TABLE_FULL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// (mappings, bounces) the statistics count for `dev`.
 fn device_stats(m: &rig::Mapper, dev: DeviceId) -> (u64, u64) {

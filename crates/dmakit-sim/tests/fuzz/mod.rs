@@ -28,6 +28,8 @@
 //! | 11d `EmptyUnmapSgInconsistent` | `paths-disagree` (`unmap_sg(&[])` on direct and IOMMU devices) |
 //! | 11e `TooLargeReportsZero` | `too-large-says-nothing` (`TooLargeToBounce { max: 0 }` for a device whose `min_align_mask` no 16 KiB segment can honour) |
 //! | 11f `DetachGoesDirect` | `ok-mapping-unusable` (after `IommuDma::detach`, a map that answers `Ok` must be usable by the device; any `Err` is accepted) |
+//! | 13a `SgPiecesKeptAtUnmap` | `sg-pieces-leaked` (an IOMMU domain's piece table not whole with nothing mapped), `sg-table-full-while-free` |
+//! | 13b `SgPieceTableOvercounts` | `sg-table-full-while-free` (`SgPieceTableFull` while the domain had the pieces the list needs); a refused list must leave the domain's pieces and live mappings as they were (`refused-sg-list-kept-room`) |
 //!
 //! Expectations follow the fixed semantics of issue 11; where it leaves a choice (what a
 //! detached device's maps return, which error a released device's deferred request gets)

@@ -159,6 +159,10 @@ impl GrowthHook for Hook {
     }
 }
 
+/// Scatter-gather pieces each IOMMU domain has room for (an unbounced list takes one per
+/// entry, and lists have at most three).
+pub const SG_PIECES: usize = 3;
+
 pub struct Rig {
     pub m: Rc<Machine>,
     pub units: Vec<SimIommu>,
@@ -333,10 +337,15 @@ impl Rig {
             let domain = match behind {
                 Behind::Nothing => None,
                 Behind::Iommu { unit, lazy } => {
-                    let cfg = if lazy {
-                        DomainConfig::LAZY
-                    } else {
-                        DomainConfig::STRICT
+                    let cfg = DomainConfig {
+                        // Room for one to three lists at once: a device's next list finds
+                        // its table full, and the refusal must leave everything as it was.
+                        max_sg_pieces: SG_PIECES,
+                        ..if lazy {
+                            DomainConfig::LAZY
+                        } else {
+                            DomainConfig::STRICT
+                        }
                     };
                     let d = iommus[unit].create_domain(cfg).unwrap();
                     iommus[unit].attach(&dev, d).unwrap();

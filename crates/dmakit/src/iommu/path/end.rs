@@ -152,7 +152,9 @@ pub(super) fn finish<P: Platform + ?Sized>(
     }
     let Record { iova, kind, .. } = rec;
     if let Kind::Sg { pieces } = kind {
-        dom.free_pieces(pieces);
+        if !reintroduce::active(Defect::SgPiecesKeptAtUnmap) {
+            dom.free_pieces(pieces);
+        }
     }
     if strict {
         dom.release(iova, cpu);
@@ -212,7 +214,9 @@ pub(super) fn undo<P: Platform + ?Sized>(
     }
     let Record { iova, kind, .. } = rec;
     if let Kind::Sg { pieces } = kind {
-        dom.free_pieces(pieces);
+        if !reintroduce::active(Defect::SgPiecesKeptAtUnmap) {
+            dom.free_pieces(pieces);
+        }
     }
     dom.release(iova, p.current_cpu());
     Ok(())

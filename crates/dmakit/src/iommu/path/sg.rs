@@ -141,7 +141,7 @@ where
     let room = reserve(dom, dev).map_err(MapFailure::Failed)?;
     let count = ranges().count();
     let pieces = dom
-        .lease_pieces(count)
+        .lease_pieces(count + usize::from(reintroduce::active(Defect::SgPieceTableOvercounts)))
         .ok_or(MapFailure::Failed(DmaError::SgPieceTableFull {
             device: dev.id(),
             needed: count,
