@@ -1,27 +1,8 @@
 //! The built binary, run as a new user would.
 
-use std::process::{Command, Output};
+mod binary;
 
-fn dmakit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmakit"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn temp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dmakit-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+use binary::{dmakit, stderr, stdout, temp};
 
 #[test]
 fn default_simulate_prints_the_table() {

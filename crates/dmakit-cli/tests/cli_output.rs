@@ -2,14 +2,9 @@
 //! second, the verdicts; the same output run to run; 100 columns unless `--wide` (and the
 //! same width for `slab` and `bench`).
 
-use std::process::{Command, Output};
+mod binary;
 
-fn dmakit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmakit"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use binary::dmakit;
 
 fn ok(args: &[&str]) -> String {
     let o = dmakit(args);

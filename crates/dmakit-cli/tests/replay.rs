@@ -1,35 +1,17 @@
 //! `dmakit replay` and `simulate --emit-trace`, through the built binary.
 
+mod binary;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn dmakit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmakit"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use binary::{dmakit, stderr, stdout, temp};
 
 fn known() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../dmakit-scenario/tests/data/linux-trace/known-answers.txt")
         .display()
         .to_string()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dmakit-replay-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 #[test]
