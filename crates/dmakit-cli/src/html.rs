@@ -338,17 +338,13 @@ pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
             })
             .collect::<Vec<_>>(),
     )?;
-    let mut h = String::new();
+    let mut h = page_start(&format!("dmakit simulate: {}", sc.name));
     let _ = write!(
         h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dmakit simulate: {name}</title>\
-         <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}\
-         figure{{margin:1em 0}}</style></head><body>\n<h1>dmakit simulate: {name}</h1>\n<p>{desc}. Seed {seed}; \
+        "<p>{desc}. Seed {seed}; \
          background allocation sizes from {slab}.</p>\n<table><tr><th>policy</th><th>kmalloc</th><th>bounce pool</th>\
          <th>transfers</th><th>bounces</th><th>bytes copied</th><th>corrupted</th><th>stale</th><th>leaked</th>\
          <th>pool high-water</th></tr>\n",
-        name = esc(&sc.name),
         desc = esc(&sc.description),
         seed = r.seed,
         slab = esc(&r.slabinfo)
@@ -370,16 +366,36 @@ pub fn render(sc: &Scenario, r: &SimulationReport) -> Result<String, String> {
         );
     }
     h.push_str("</table>\n");
-    for (id, svg) in [
-        ("memory", memory),
-        ("bounces-by-reason", by_reason),
-        ("bounces-by-site", by_site),
-        ("pool-occupancy", occupancy),
-    ] {
+    Ok(page_end(
+        h,
+        [
+            ("memory", memory),
+            ("bounces-by-reason", by_reason),
+            ("bounces-by-site", by_site),
+            ("pool-occupancy", occupancy),
+        ],
+    ))
+}
+
+/// The start of a report page titled `title` (escaped here): its head and style, and the
+/// title as its heading.
+pub fn page_start(title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}\
+         figure{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n",
+        t = esc(title)
+    )
+}
+
+/// The page `h` ends with: each chart in a `<figure>` of its id, then the closing tags.
+pub fn page_end<const N: usize>(mut h: String, figures: [(&str, String); N]) -> String {
+    for (id, svg) in figures {
         let _ = write!(h, "<figure id=\"{id}\">\n{svg}\n</figure>\n");
     }
     h.push_str("</body></html>\n");
-    Ok(h)
+    h
 }
 
 /// Writes `DIR/report.html` (creating DIR); returns its path.
@@ -400,8 +416,18 @@ pub fn write_report(dir: &Path, sc: &Scenario, r: &SimulationReport) -> Result<P
 /// # Errors
 /// A message naming the directory or the file when either cannot be created or written.
 pub fn prepare_report(dir: &Path) -> Result<PathBuf, String> {
+    prepare_page(dir, "report.html")
+}
+
+/// Creates `dir` (and its parents) and opens `dir/file` for writing without changing it,
+/// so a page that cannot be written is known before the work that fills it; returns the
+/// page's path.
+///
+/// # Errors
+/// A message naming the directory or the file when either cannot be created or written.
+pub fn prepare_page(dir: &Path, file: &str) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|x| format!("cannot create {}: {x}", dir.display()))?;
-    let path = dir.join("report.html");
+    let path = dir.join(file);
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use dmakit_scenario::trace::ReplayReport;
 use dmakit_scenario::units::format_bytes;
 
-use crate::html::{bar_chart, esc, horizontal_bars, stacked_bars};
+use crate::html::{
+    bar_chart, esc, horizontal_bars, page_end, page_start, prepare_page, stacked_bars,
+};
 
 /// Devices drawn in the per-device chart (most exact bounces first).
 const DEVICES_DRAWN: usize = 12;
@@ -18,15 +20,7 @@ const DEVICES_DRAWN: usize = 12;
 /// # Errors
 /// A message naming the directory or the file.
 pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|x| format!("cannot create {}: {x}", dir.display()))?;
-    let path = dir.join("replay.html");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|x| format!("cannot write {}: {x}", path.display()))?;
-    Ok(path)
+    prepare_page(dir, "replay.html")
 }
 
 /// The page for the replay `r` of `trace`.
@@ -90,19 +84,15 @@ pub fn render(trace: &str, r: &ReplayReport) -> Result<String, String> {
             .map(|c| (c.chain.clone(), c.counts.exact_bounces as f64))
             .collect::<Vec<_>>(),
     )?;
-    let mut h = String::new();
+    let mut h = page_start(&format!("dmakit replay: {trace}"));
     let _ = write!(
         h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dmakit replay: {name}</title>\
-         <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}\
-         figure{{margin:1em 0}}</style></head><body>\n<h1>dmakit replay: {name}</h1>\n<p>{lines} lines; \
+        "<p>{lines} lines; \
          every device judged as non-coherent with {line}-byte cache lines. A trace shows no neighbours: \
          the exact count is what dmakit bounces and at most what must bounce; the size-only misses are \
          at most the mappings left open to corruption.</p>\n<table><tr><th>device</th><th>mappings</th>\
          <th>inbound</th><th>exact bounces</th><th>exact copied</th><th>size-only bounces</th>\
          <th>size-only copied</th><th>size-only misses</th></tr>\n",
-        name = esc(trace),
         lines = r.lines,
         line = r.cache_line
     );
@@ -122,16 +112,15 @@ pub fn render(trace: &str, r: &ReplayReport) -> Result<String, String> {
         );
     }
     h.push_str("</table>\n");
-    for (id, svg) in [
-        ("bounces-by-rule", by_rule),
-        ("bytes-by-rule", bytes),
-        ("bounces-per-device", per_device),
-        ("bounces-by-chain", chains),
-    ] {
-        let _ = write!(h, "<figure id=\"{id}\">\n{svg}\n</figure>\n");
-    }
-    h.push_str("</body></html>\n");
-    Ok(h)
+    Ok(page_end(
+        h,
+        [
+            ("bounces-by-rule", by_rule),
+            ("bytes-by-rule", bytes),
+            ("bounces-per-device", per_device),
+            ("bounces-by-chain", chains),
+        ],
+    ))
 }
 
 /// Writes `DIR/replay.html`; returns its path.
