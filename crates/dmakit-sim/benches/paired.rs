@@ -12,12 +12,24 @@
 //! Cases are compared only with the cases of their own comparison: small operations slow
 //! down measurably when they share rounds with 64 KiB copies.
 //!
+//! Peers: `peers_64`, `peers_512`, `peers_4096` and `peers_16384` put a dmakit bounce of
+//! that many bytes (`FromDevice`, 8 bytes off a line) in the same rounds as what it costs
+//! without dmakit (`common/peers.rs`): a driver writer's bounce through the global
+//! allocator, the `dma-api` crate's streaming map with such a bounce behind it, and the
+//! floor, two plain copies between addresses that do not 4K-alias. `bounce_vs_memcpy`
+//! instead copies between the very addresses a bounce uses (the buffer and the slot the
+//! pool hands it), so it shows the bounce's overhead over its own copies, and hides what
+//! its slot placement costs those copies.
+//!
 //! Run with `cargo bench -p dmakit-sim --bench paired [-- NAME...]`, where a name is part of
-//! `direct_vs_bounced`, `bounce_vs_memcpy`, `observability`, `occupancy` or `threads`;
-//! `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 201). Absolute times stay in the
-//! criterion benches.
+//! `direct_vs_bounced`, `bounce_vs_memcpy`, `peers_64`, `peers_512`, `peers_4096`,
+//! `peers_16384`, `observability`, `occupancy` or `threads` (`peers` selects the four peer
+//! comparisons); `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 201). Absolute
+//! times stay in the criterion benches.
 
 mod common;
+#[path = "common/peers.rs"]
+mod peers;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +158,8 @@ fn direct_vs_bounced() -> Comparison {
     }
 }
 
-/// Each bounce against two plain copies of the bytes it moves, between the same addresses.
+/// Each bounce against two plain copies of the bytes it moves, between the same addresses
+/// (the buffer and its slot), so any 4K aliasing of the bounce's copies is on both sides.
 fn bounce_vs_memcpy() -> Comparison {
     let m: Mapper = Arc::new(mapper(1).build());
     let dev = device();
@@ -163,16 +176,81 @@ fn bounce_vs_memcpy() -> Comparison {
         ratios.push((cases.len(), cases.len() + 1, "<= 1.25"));
         cases.push(map_case(format!("bounce {size} B"), &m, buf, size));
         let host = m.platform().clone();
-        cases.push(Case::new(format!("memcpy 2x {size} B"), move || {
-            host.copy(slot, black_box(buf), size).unwrap();
-            host.copy(buf, black_box(slot), size).unwrap();
-        }));
+        cases.push(Case::new(
+            format!("memcpy 2x {size} B, same addresses"),
+            move || {
+                host.copy(slot, black_box(buf), size).unwrap();
+                host.copy(buf, black_box(slot), size).unwrap();
+            },
+        ));
     }
     Comparison {
-        title: "bounce vs memcpy: FromDevice map+unmap against copying the same bytes",
+        title: "bounce vs memcpy: FromDevice map+unmap against copying the same bytes between the same addresses",
         cases,
         ratios,
     }
+}
+
+/// A dmakit bounce of `len` bytes against its peers (`common/peers.rs`), all over one buffer
+/// 8 bytes off a line; the floor's second buffer sits 8 bytes into a page too, so its
+/// copies do not 4K-alias. `targets` are those of dmakit / global-allocator bounce and of
+/// dmakit / floor.
+fn bounce_peers(len: u64, targets: [&'static str; 2]) -> Comparison {
+    let m: Mapper = Arc::new(mapper(1).build());
+    let buf = PhysAddr::new(POOL + 8);
+    let host = m.platform().clone();
+    let ptr = host.ptr(buf, len).expect("buffer in the arena");
+    let other = host
+        .ptr(PhysAddr::new(POOL + 4 * MIB + 8), len)
+        .expect("floor buffer in the arena");
+    let size = len as usize;
+    let keep = host.clone();
+    // SAFETY (all three peers): both buffers lie in the host arena, which `host` keeps alive
+    // in every case; the cases run one at a time and nothing else touches the buffers.
+    let dma_api = unsafe { peers::DmaApiBounce::new(ptr, size) };
+    let floor_host = host.clone();
+    Comparison {
+        title: "peers: FromDevice bounce, dmakit against what it costs without dmakit",
+        cases: vec![
+            map_case(format!("dmakit bounce {len} B"), &m, buf, len),
+            Case::new(format!("global-alloc bounce {len} B"), move || {
+                let _arena = &keep;
+                // SAFETY: see above.
+                unsafe { peers::global_alloc_bounce(ptr, size) }
+            }),
+            Case::new(format!("dma-api bounce {len} B"), move || {
+                let _arena = &host;
+                dma_api.map_unmap();
+            }),
+            Case::new(format!("memcpy 2x {len} B, non-aliasing"), move || {
+                let _arena = &floor_host;
+                // SAFETY: see above.
+                unsafe { peers::copy_floor(ptr, other, size) }
+            }),
+        ],
+        ratios: vec![
+            (0, 1, targets[0]),
+            (0, 2, "(peer)"),
+            (0, 3, targets[1]),
+            (1, 3, "(peer)"),
+        ],
+    }
+}
+
+fn peers_64() -> Comparison {
+    bounce_peers(64, ["<= 0.5", "(floor)"])
+}
+
+fn peers_512() -> Comparison {
+    bounce_peers(512, ["(peer)", "(floor)"])
+}
+
+fn peers_4096() -> Comparison {
+    bounce_peers(4096, ["(peer)", "<= 1.25"])
+}
+
+fn peers_16384() -> Comparison {
+    bounce_peers(16384, ["(peer)", "<= 1.25"])
 }
 
 /// The cost of statistics and of the debug checker on the map+unmap path.
@@ -337,9 +415,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&r: &usize| r > 0)
         .unwrap_or(201);
-    let comparisons: [(&str, Build); 5] = [
+    let comparisons: [(&str, Build); 9] = [
         ("direct_vs_bounced", direct_vs_bounced),
         ("bounce_vs_memcpy", bounce_vs_memcpy),
+        ("peers_64", peers_64),
+        ("peers_512", peers_512),
+        ("peers_4096", peers_4096),
+        ("peers_16384", peers_16384),
         ("observability", observability),
         ("occupancy", occupancy),
         ("threads", threads),
