@@ -13,7 +13,8 @@
 # and rmw-swap modes execute exactly one of each per iteration and must report 1.00.
 #
 # Prints one markdown table: mode, what one operation is, instructions and locked RMWs per
-# operation.
+# operation; exits 1 if a calibration mode does not count 1.00. With RMW_WHERE=1 it also
+# prints, under each mode's row, the functions its locked RMWs execute in (per operation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
@@ -47,7 +48,8 @@ locked_addrs() {
   echo "$list"
 }
 
-# "<total Ir> <executed locked RMWs>" of one run: mode $1, $2 operations.
+# "<total Ir> <executed locked RMWs>" of one run: mode $1, $2 operations; the locked RMWs
+# by function go to $out/where.$2 ("count<TAB>function" lines).
 count() {
   valgrind --tool=callgrind --dump-instr=yes --compress-strings=no --compress-pos=no \
     --callgrind-out-file="$out/cg" "$bin" "$1" "$2" 2>"$out/log" >/dev/null ||
@@ -66,10 +68,17 @@ count() {
     }
     /^(summary|totals):/ && total == "" { total = $2 }
     /^ob=/ { ob = substr($0, 4); next }
+    /^fn=/ { fn = substr($0, 4); next }
     /^calls=/ { skip = 1; next }
-    /^0x/ { if (skip) { skip = 0; next } if ((ob, $1) in locked) rmw += $NF }
-    END { printf "%s %d\n", total, rmw }
-  ' "$out/cg"
+    /^0x/ {
+      if (skip) { skip = 0; next }
+      if ((ob, $1) in locked) { rmw += $NF; by_fn[fn] += $NF }
+    }
+    END {
+      for (f in by_fn) printf "%d\t%s\n", by_fn[f], f > where
+      printf "%s %d\n", total, rmw
+    }
+  ' where="$out/where.$2" "$out/cg"
 }
 
 what() {
@@ -91,12 +100,23 @@ what() {
 
 echo "| mode | operation | instructions / op | locked RMW / op |"
 echo "|---|---|---:|---:|"
+status=0
 for mode in "${modes[@]}"; do
   read -r base_ir base_rmw < <(count "$mode" 1000)
   read -r more_ir more_rmw < <(count "$mode" $((1000 + n)))
+  rmw=$(awk -v n="$n" -v b="$base_rmw" -v m="$more_rmw" 'BEGIN { printf "%.2f", (m - b) / n }')
   awk -v m="$mode" -v w="$(what "$mode")" -v n="$n" -v bi="$base_ir" -v mi="$more_ir" \
-    -v br="$base_rmw" -v mr="$more_rmw" \
-    'BEGIN { printf "| %s | %s | %.0f | %.2f |\n", m, w, (mi - bi) / n, (mr - br) / n }'
+    -v r="$rmw" 'BEGIN { printf "| %s | %s | %.0f | %s |\n", m, w, (mi - bi) / n, r }'
+  if [[ "$mode" == rmw-* && "$rmw" != "1.00" ]]; then
+    echo "calibration $mode counted $rmw locked RMWs per iteration, not 1.00" >&2
+    status=1
+  fi
+  if [ "${RMW_WHERE:-0}" = 1 ]; then
+    awk -F'\t' -v n="$n" 'FNR == NR { base[$2] = $1; next }
+      { d = ($1 - base[$2]) / n; if (d >= 0.005) printf "|  | %.2f in %s | | |\n", d, $2 }' \
+      "$out/where.1000" "$out/where.$((1000 + n))"
+  fi
 done
 echo
 echo "(callgrind, difference of 1,000 and $((1000 + n)) operations / $n)"
+exit "$status"

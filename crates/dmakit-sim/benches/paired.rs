@@ -16,7 +16,9 @@
 //! that many bytes (`FromDevice`, 8 bytes off a line) in the same rounds as what it costs
 //! without dmakit (`common/peers.rs`): a driver writer's bounce through the global
 //! allocator, the `dma-api` crate's streaming map with such a bounce behind it, and the
-//! floor, two plain copies between addresses that do not 4K-alias. `bounce_vs_memcpy`
+//! floor, two plain copies between addresses that do not 4K-alias; and the same two copies
+//! between the buffer and the slot dmakit gives it, whose ratio to the floor is what the
+//! slot's placement costs the copies. `bounce_vs_memcpy`
 //! instead copies between the very addresses a bounce uses (the buffer and the slot the
 //! pool hands it), so it shows the bounce's overhead over its own copies, and hides what
 //! its slot placement costs those copies.
@@ -185,56 +187,80 @@ fn bounce_vs_memcpy() -> Comparison {
         ));
     }
     Comparison {
-        title: "bounce vs memcpy: FromDevice map+unmap against copying the same bytes between the same addresses",
+        title: "bounce vs memcpy between the bounce's own addresses (FromDevice)",
         cases,
         ratios,
     }
 }
 
 /// A dmakit bounce of `len` bytes against its peers (`common/peers.rs`), all over one buffer
-/// 8 bytes off a line; the floor's second buffer sits 8 bytes into a page too, so its
-/// copies do not 4K-alias. `targets` are those of dmakit / global-allocator bounce and of
-/// dmakit / floor.
+/// 8 bytes off a line. The floor's second buffer sits 8 bytes into a page too, so its copies
+/// do not 4K-alias; the same two copies between the buffer and the slot dmakit gives it show
+/// what the slot's placement costs them. `targets` are those of dmakit / global-allocator
+/// bounce and of dmakit / floor.
 fn bounce_peers(len: u64, targets: [&'static str; 2]) -> Comparison {
     let m: Mapper = Arc::new(mapper(1).build());
+    let dev = device();
     let buf = PhysAddr::new(POOL + 8);
-    let host = m.platform().clone();
-    let ptr = host.ptr(buf, len).expect("buffer in the arena");
-    let other = host
-        .ptr(PhysAddr::new(POOL + 4 * MIB + 8), len)
-        .expect("floor buffer in the arena");
+    // The slot this mapping gets (the pool hands the same one back each time).
+    // SAFETY: test-owned memory (host arena), untouched while mapped.
+    let dma = unsafe { m.map(&dev, buf, len, Direction::FromDevice) }.unwrap();
+    // SAFETY: the mapping just made; no device uses it.
+    unsafe { m.unmap(&dev, dma, len, Direction::FromDevice) }.unwrap();
+    let host = m.platform();
     let size = len as usize;
-    let keep = host.clone();
-    // SAFETY (all three peers): both buffers lie in the host arena, which `host` keeps alive
-    // in every case; the cases run one at a time and nothing else touches the buffers.
+    let slot = PhysAddr::new(dma.as_u64());
+    let [ptr, other, slot] = [buf, PhysAddr::new(POOL + 4 * MIB + 8), slot]
+        .map(|at| host.ptr(at, len).expect("buffer in the arena"));
+    // SAFETY (every peer below): the buffers lie in the host arena, which each case keeps
+    // alive (`arena_case`); the cases run one at a time, and nothing else touches the
+    // buffers while one runs (dmakit's slot is free between its bounces).
     let dma_api = unsafe { peers::DmaApiBounce::new(ptr, size) };
-    let floor_host = host.clone();
     Comparison {
-        title: "peers: FromDevice bounce, dmakit against what it costs without dmakit",
+        title: "peers: a FromDevice bounce with and without dmakit",
         cases: vec![
             map_case(format!("dmakit bounce {len} B"), &m, buf, len),
-            Case::new(format!("global-alloc bounce {len} B"), move || {
-                let _arena = &keep;
+            arena_case(format!("global-alloc bounce {len} B"), host, move || {
                 // SAFETY: see above.
                 unsafe { peers::global_alloc_bounce(ptr, size) }
             }),
-            Case::new(format!("dma-api bounce {len} B"), move || {
-                let _arena = &host;
-                dma_api.map_unmap();
+            arena_case(format!("dma-api bounce {len} B"), host, move || {
+                dma_api.map_unmap()
             }),
-            Case::new(format!("memcpy 2x {len} B, non-aliasing"), move || {
-                let _arena = &floor_host;
-                // SAFETY: see above.
-                unsafe { peers::copy_floor(ptr, other, size) }
-            }),
+            arena_case(
+                format!("memcpy 2x {len} B, non-aliasing"),
+                host,
+                move || {
+                    // SAFETY: see above.
+                    unsafe { peers::two_copies(ptr, other, size) }
+                },
+            ),
+            arena_case(
+                format!("memcpy 2x {len} B, bounce's addresses"),
+                host,
+                move || {
+                    // SAFETY: see above.
+                    unsafe { peers::two_copies(ptr, slot, size) }
+                },
+            ),
         ],
         ratios: vec![
             (0, 1, targets[0]),
             (0, 2, "(peer)"),
             (0, 3, targets[1]),
             (1, 3, "(peer)"),
+            (4, 3, "(slot placement)"),
         ],
     }
+}
+
+/// A case of `op` that keeps `host`'s arena, which `op`'s pointers point into, alive.
+fn arena_case(name: String, host: &Arc<HostPlatform>, mut op: impl FnMut() + 'static) -> Case {
+    let host = host.clone();
+    Case::new(name, move || {
+        let _arena = &host;
+        op()
+    })
 }
 
 fn peers_64() -> Comparison {

@@ -20,14 +20,15 @@ use dma_api::{
 /// The devices' cache line: every bounce buffer is aligned to it.
 const LINE: usize = 64;
 
-/// Two plain copies of `len` bytes, `buf` to `other` and back. `other` should sit at the
-/// same offset within a page as `buf`: a copy whose source lies a little above its
-/// destination modulo 4 KiB stalls on x86 (4K aliasing) and is no floor.
+/// Two plain copies of `len` bytes, `buf` to `other` and back: the floor of a bounce when
+/// `other` sits at the same offset within a page as `buf` (x86 cores can stall a load that
+/// matches an earlier store's address modulo 4 KiB, "4K aliasing", so copies between other
+/// offsets may cost more).
 ///
 /// # Safety
 /// `buf` and `other` must each be valid for `len` bytes, not overlap, and not be accessed
 /// otherwise while this runs.
-pub unsafe fn copy_floor(buf: NonNull<u8>, other: NonNull<u8>, len: usize) {
+pub unsafe fn two_copies(buf: NonNull<u8>, other: NonNull<u8>, len: usize) {
     // SAFETY: the caller guarantees both ranges are valid, disjoint and unshared.
     unsafe {
         core::ptr::copy_nonoverlapping(buf.as_ptr(), black_box(other.as_ptr()), len);
@@ -39,7 +40,7 @@ pub unsafe fn copy_floor(buf: NonNull<u8>, other: NonNull<u8>, len: usize) {
 /// back, free.
 ///
 /// # Safety
-/// As [`copy_floor`] for `buf`; `len` must not be zero.
+/// As [`two_copies`] for `buf`; `len` must not be zero.
 pub unsafe fn global_alloc_bounce(buf: NonNull<u8>, len: usize) {
     let layout = Layout::from_size_align(len, LINE).expect("bounce layout");
     // SAFETY: `layout` has a non-zero size (the caller's `len`).
