@@ -20,7 +20,7 @@ if [ -z "$keep" ]; then
     cargo bench -q -p dmakit-sim --bench paired -- "$@" >"$keep/run$i.txt"
   done
 fi
-awk '
+awk -v names="$*" '
   /^## / { sec = substr($0, 4); sub(/ \([0-9]+ rounds\)$/, "", sec); next }
   / ns$/ {
     name = $0; sub(/ +[0-9.]+ ns$/, "", name)
@@ -47,6 +47,6 @@ awk '
       fmt = unit_of[k] == "ns" ? "%.1f ns" : "%.3f"
       printf "| %s | %s | " fmt " | " fmt " – " fmt " | %s |\n", sec_of[k], name_of[k], v[int((c + 1) / 2)], v[1], v[c], target_of[k]
     }
-    printf "\n(median of %d runs of `cargo bench -p dmakit-sim --bench paired`)\n", c
+    printf "\n(median of %d runs of `cargo bench -p dmakit-sim --bench paired%s`)\n", c, names == "" ? "" : " -- " names
   }
 ' "$keep"/run*.txt
