@@ -58,6 +58,7 @@ count() {
   while IFS= read -r obj; do
     [ -f "$obj" ] && lists+=("$obj=$(locked_addrs "$obj")")
   done < <(sed -n 's/^c\{0,1\}ob=//p' "$out/cg" | sort -u)
+  : >"$out/where.$2"
   awk -v lists="${lists[*]}" '
     BEGIN {
       k = split(lists, pairs, " ")
@@ -102,8 +103,10 @@ echo "| mode | operation | instructions / op | locked RMW / op |"
 echo "|---|---|---:|---:|"
 status=0
 for mode in "${modes[@]}"; do
-  read -r base_ir base_rmw < <(count "$mode" 1000)
-  read -r more_ir more_rmw < <(count "$mode" $((1000 + n)))
+  base=$(count "$mode" 1000)
+  more=$(count "$mode" $((1000 + n)))
+  read -r base_ir base_rmw <<<"$base"
+  read -r more_ir more_rmw <<<"$more"
   rmw=$(awk -v n="$n" -v b="$base_rmw" -v m="$more_rmw" 'BEGIN { printf "%.2f", (m - b) / n }')
   awk -v m="$mode" -v w="$(what "$mode")" -v n="$n" -v bi="$base_ir" -v mi="$more_ir" \
     -v r="$rmw" 'BEGIN { printf "| %s | %s | %.0f | %s |\n", m, w, (mi - bi) / n, r }'
