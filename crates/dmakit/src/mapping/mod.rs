@@ -90,6 +90,10 @@ pub struct DmaMapper<P> {
     controls: HazardControls,
     /// Every device bounces every mapping (the builder's `force_bounce_all`).
     force_bounce_all: bool,
+    /// No restricted pool (or the hazard control ignores them), no IOMMU layer and no
+    /// `force_bounce_all`: the routing decisions look at the device alone. Set by
+    /// [`DmaMapperBuilder::build`].
+    plain: bool,
     obs: Observability,
 }
 
@@ -105,6 +109,7 @@ impl<P: Platform> DmaMapper<P> {
             room_events: AtomicU64::new(0),
             controls: HazardControls::default(),
             force_bounce_all: false,
+            plain: true,
             obs: Observability::new(platform.cpu_count()),
             platform,
         }
