@@ -243,11 +243,12 @@ fn checked_extent(dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
         len,
     };
     let end = start.checked_add(len).ok_or(overflow)?;
-    if crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted) {
-        return Ok(());
-    }
-    match end.checked_next_multiple_of(crate::platform::PAGE_SIZE) {
-        Some(_) => Ok(()),
-        None => Err(overflow),
+    // The highest end whose page rounding still fits in 64 bits: `2^64 - PAGE_SIZE`.
+    const LAST_END: u64 = 0u64.wrapping_sub(crate::platform::PAGE_SIZE);
+    if end <= LAST_END || crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted)
+    {
+        Ok(())
+    } else {
+        Err(overflow)
     }
 }

@@ -186,7 +186,7 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// As [`DmaMapper::unmap_range`], with the attributes the mapping was made with.
-    #[inline]
+    #[inline(always)]
     fn unmap_range_attrs(
         &self,
         dev: &Device,

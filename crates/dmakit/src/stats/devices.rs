@@ -1,4 +1,5 @@
-//! Per-device counters: atomics, striped by CPU, found by device id without a lock.
+//! Per-device counters: atomics, striped by CPU, found by device id without a lock and
+//! added to without a locked instruction ([`super::per_cpu_add`]).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -6,6 +7,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use super::breakdown::{ByDirection, ByReason};
+use super::per_cpu_add;
 use crate::decision::BounceReason;
 use crate::device::DeviceId;
 use crate::direction::Direction;
@@ -137,10 +139,6 @@ pub(crate) struct DeviceCounters {
     stripes: Box<[Stripe]>,
 }
 
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
 impl DeviceCounters {
     /// Counters with one stripe per CPU (rounded up to a power of two so a CPU finds its
     /// stripe with a mask, at most 64).
@@ -181,11 +179,11 @@ impl DeviceCounters {
             return;
         };
         match bounce {
-            None => bump(r.direct.get(dir), 1),
+            None => per_cpu_add(r.direct.get(dir), 1),
             Some(reason) => {
-                bump(r.bounced.get(reason).get(dir), 1);
+                per_cpu_add(r.bounced.get(reason).get(dir), 1);
                 if copied > 0 {
-                    bump(&r.bytes_to_bounce, copied);
+                    per_cpu_add(&r.bytes_to_bounce, copied);
                 }
             }
         }
@@ -196,7 +194,7 @@ impl DeviceCounters {
             return;
         }
         if let Some(r) = self.row(cpu, dev) {
-            bump(&r.bytes_to_bounce, bytes);
+            per_cpu_add(&r.bytes_to_bounce, bytes);
         }
     }
 
@@ -205,19 +203,19 @@ impl DeviceCounters {
             return;
         }
         if let Some(r) = self.row(cpu, dev) {
-            bump(&r.bytes_from_bounce, bytes);
+            per_cpu_add(&r.bytes_from_bounce, bytes);
         }
     }
 
     pub(crate) fn exhausted(&self, cpu: usize, dev: DeviceId) {
         if let Some(r) = self.row(cpu, dev) {
-            bump(&r.exhaustion_errors, 1);
+            per_cpu_add(&r.exhaustion_errors, 1);
         }
     }
 
     pub(crate) fn deferred(&self, cpu: usize, dev: DeviceId) {
         if let Some(r) = self.row(cpu, dev) {
-            bump(&r.deferred, 1);
+            per_cpu_add(&r.deferred, 1);
         }
     }
 
