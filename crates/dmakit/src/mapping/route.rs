@@ -146,10 +146,10 @@ impl<P: Platform> DmaMapper<P> {
         self.map_routed(dev, range, dir, site, route, MapAttrs::NONE)
     }
 
-    /// Maps `range` on the path `route` with `attrs`, and counts the outcome. Out of line:
-    /// `map` takes the direct path without it. A bounce skips nothing at map time (see
+    /// Maps `range` on the path `route` with `attrs`, and counts the outcome. `map` takes
+    /// the direct path without it. A bounce skips nothing at map time (see
     /// [`MapAttrs::SKIP_CPU_SYNC`]), so only the direct and IOMMU paths see `attrs`.
-    #[inline(never)]
+    #[inline]
     pub(super) fn map_routed(
         &self,
         dev: &Device,

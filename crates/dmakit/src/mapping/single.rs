@@ -50,8 +50,15 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<DmaAddr, DmaError> {
-        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
-            .map(|(dma, _)| dma)
+        self.map_at(
+            dev,
+            phys,
+            len,
+            dir,
+            MapAttrs::NONE,
+            Location::caller(),
+            dma_only,
+        )
     }
 
     /// As [`DmaMapper::map`], also saying which path the mapping took.
@@ -70,14 +77,23 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
+        self.map_at(
+            dev,
+            phys,
+            len,
+            dir,
+            MapAttrs::NONE,
+            Location::caller(),
+            |m| m,
+        )
     }
 
     /// The body of [`DmaMapper::map`], [`DmaMapper::map_traced`] and
-    /// [`DmaMapper::map_attrs`], inlined into each so that `map` never builds the
-    /// [`MapPath`] it drops.
+    /// [`DmaMapper::map_attrs`], inlined into each; `keep` takes from the address and the
+    /// path what the caller returns, so that `map` never moves the [`MapPath`] it drops.
     #[inline(always)]
-    pub(super) fn map_at(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn map_at<T>(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -85,7 +101,8 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         attrs: MapAttrs,
         site: &'static Location<'static>,
-    ) -> Result<(DmaAddr, MapPath), DmaError> {
+        keep: impl FnOnce((DmaAddr, MapPath)) -> T,
+    ) -> Result<T, DmaError> {
         let args = (phys, len, dir, attrs, site);
         self.controls
             .with_bus_view(dev, args, move |dev, (phys, len, dir, attrs, site)| {
@@ -98,14 +115,30 @@ impl<P: Platform> DmaMapper<P> {
                         MapPath::Direct,
                     );
                     self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
-                    return Ok(mapped);
+                    return Ok(keep(mapped));
                 }
-                let result = self
-                    .map_routed(dev, range, dir, site, route, attrs)
-                    .map_err(|f| self.failure_to_error(dev, range, f));
-                self.obs.debug_mapped(dev, range, dir, site, &result);
-                result
+                self.map_routed_checked(dev, range, dir, site, route, attrs)
+                    .map(keep)
             })
+    }
+
+    /// A single mapping on any route but the direct one, its failure turned into the
+    /// caller's error and the outcome told to the debug checker.
+    #[inline(never)]
+    fn map_routed_checked(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        route: Route,
+        attrs: MapAttrs,
+    ) -> Result<(DmaAddr, MapPath), DmaError> {
+        let result = self
+            .map_routed(dev, range, dir, site, route, attrs)
+            .map_err(|f| self.failure_to_error(dev, range, f));
+        self.obs.debug_mapped(dev, range, dir, site, &result);
+        result
     }
 
     /// Ends the mapping `dma` of `len` bytes made with `dir`; the CPU owns the buffer again
@@ -406,6 +439,12 @@ impl<P: Platform> DmaMapper<P> {
         })?;
         checked_range(dev, phys, len)
     }
+}
+
+/// The device address of a mapping, without the path it took.
+#[inline(always)]
+pub(super) fn dma_only((dma, _): (DmaAddr, MapPath)) -> DmaAddr {
+    dma
 }
 
 /// Whether an unmap failed because it was refused (it did not name the live mapping as it
