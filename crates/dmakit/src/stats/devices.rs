@@ -296,6 +296,34 @@ mod tests {
         assert_eq!((s[1].exhaustion_errors, s[1].deferred), (1, 1));
     }
 
+    /// The adds are plain loads and stores, exact when each CPU's stripe has one writer:
+    /// two threads counting on their own CPUs at once lose nothing.
+    #[cfg(feature = "std")]
+    #[test]
+    fn concurrent_counts_on_separate_cpus_are_exact() {
+        extern crate std;
+        const N: u64 = 2_000_000;
+        let c = DeviceCounters::new(2);
+        let dev = DeviceId(3);
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for cpu in 0..2 {
+                let (c, start) = (&c, &start);
+                s.spawn(move || {
+                    start.wait();
+                    for _ in 0..N {
+                        c.mapped(cpu, dev, Direction::FromDevice, None, 0);
+                        c.copied_from_bounce(cpu, dev, 2);
+                    }
+                });
+            }
+        });
+        let s = c.snapshot();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].direct, 2 * N);
+        assert_eq!(s[0].bytes_from_bounce, 4 * N);
+    }
+
     #[test]
     fn a_full_table_drops_rows_not_mappings() {
         let c = DeviceCounters::new(1);
