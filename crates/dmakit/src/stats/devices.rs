@@ -1,5 +1,5 @@
 //! Per-device counters: atomics, striped by CPU, found by device id without a lock and
-//! added to without a locked instruction ([`super::per_cpu_add`]).
+//! added to without a locked instruction (`stats::per_cpu_add`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 

@@ -8,7 +8,7 @@
 //! buffers as DMA buffers. Nothing here takes a lock on the map path: counters are atomics,
 //! striped by CPU so CPUs do not fight over one cache line.
 //!
-//! A counter is updated with a relaxed load and a relaxed store ([`per_cpu_add`]), not
+//! A counter is updated with a relaxed load and a relaxed store (`per_cpu_add`), not
 //! with a locked read-modify-write: a map or unmap pays no locked instruction for its
 //! statistics. Each stripe has one writer when the platform's `current_cpu` names the CPU
 //! running the path and the path is not interrupted there by another mapping between the

@@ -5,7 +5,7 @@
 //! open-addressed table keyed by the location's address (locations are `'static`), claimed
 //! with one compare-and-swap the first time a site bounces: no lock, no allocation; after that
 //! a bounce adds to its site's counters without a locked instruction
-//! ([`super::per_cpu_add`]).
+//! (`stats::per_cpu_add`).
 
 use core::panic::Location;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
