@@ -52,6 +52,10 @@ pub(crate) fn phys_of_bus(dev: &Device, dma: DmaAddr) -> Option<PhysAddr> {
 /// be bounced, or the memory is no use to the device.
 #[inline]
 pub(crate) fn bus_within(dev: &Device, range: PhysRange, limit: u64) -> Option<DmaAddr> {
+    if dev.bus_ranges().is_identity() {
+        let start = range.start().as_u64();
+        return (range.last().as_u64() <= limit).then_some(DmaAddr::new(start));
+    }
     let first = bus_of(dev, range.start())?;
     let last = bus_of(dev, range.last())?;
     let contiguous = last.as_u64().checked_sub(first.as_u64()) == Some(range.len() - 1);

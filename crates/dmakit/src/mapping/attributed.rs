@@ -41,7 +41,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         attrs: MapAttrs,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        self.map_at(dev, phys, len, dir, attrs, Location::caller())
+        self.map_at(dev, phys, len, dir, attrs, Location::caller(), |m| m)
     }
 
     /// As [`DmaMapper::unmap`], with the attributes the mapping was made with.

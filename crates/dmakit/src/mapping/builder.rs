@@ -306,6 +306,9 @@ impl<P: Platform> DmaMapperBuilder<P> {
         if let Some(pages) = self.transient {
             self.mapper.routes.transient = Some(TransientPool::new(pages, self.sharing));
         }
+        let m = &mut self.mapper;
+        let no_restricted = m.routes.restricted.is_empty() || m.controls.ignores_restricted_pools();
+        m.plain = no_restricted && m.routes.iommu.is_none() && !m.force_bounce_all;
         self.mapper
     }
 }

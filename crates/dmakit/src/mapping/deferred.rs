@@ -137,87 +137,88 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         done: DeferredCompletion,
     ) -> Result<MapStatus, DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        let range = checked_range(dev, phys, len)?;
-        let site = Location::caller();
-        let route = self.route(dev, range, dir);
-        if let (Route::Direct(dma), false) = (&route, active(Defect::DeferUnneededMapping)) {
-            let mapped = (self.map_direct(dev, range, dir, *dma), MapPath::Direct);
-            self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
-            return Ok(MapStatus::Mapped(mapped.0));
-        }
-        self.never_fits(dev, range, &route)?;
-        // Announce the waiter before trying, so a free racing with a failed attempt either
-        // sees the announcement (and drains the queue) or happened before the attempt
-        // (which then found its room): the fences order both sides.
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        loop {
-            let seen = self.room_events.load(Ordering::SeqCst);
-            // The defect put back: the queue's lock stays held across the attempt.
-            let held = active(Defect::DeferHookUnderLock).then(|| self.deferred.lock());
-            // The defect put back: a buffer that needs no bounce waits behind anything.
-            let behind_all =
-                active(Defect::DeferUnneededMapping) && matches!(route, Route::Direct(_));
-            let held_up = match &held {
-                Some(q) => q.holds_up(dev.id(), behind_all),
-                None => self.deferred.lock().holds_up(dev.id(), behind_all),
-            };
-            if !held_up {
-                match self.map_range(dev, range, dir, site) {
-                    Ok(mapped) => {
-                        drop(held);
-                        self.waiting.fetch_sub(1, Ordering::SeqCst);
-                        self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
-                        return Ok(MapStatus::Mapped(mapped.0));
-                    }
-                    Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
-                    Err(f) => {
-                        drop(held);
-                        self.waiting.fetch_sub(1, Ordering::SeqCst);
-                        return Err(self.failure_to_error(dev, range, f));
+        self.controls.with_bus_view(dev, (), |dev, ()| {
+            let range = checked_range(dev, phys, len)?;
+            let site = Location::caller();
+            let route = self.route(dev, range, dir);
+            if let (Route::Direct(dma), false) = (&route, active(Defect::DeferUnneededMapping)) {
+                let mapped = (self.map_direct(dev, range, dir, *dma), MapPath::Direct);
+                self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
+                return Ok(MapStatus::Mapped(mapped.0));
+            }
+            self.never_fits(dev, range, &route)?;
+            // Announce the waiter before trying, so a free racing with a failed attempt either
+            // sees the announcement (and drains the queue) or happened before the attempt
+            // (which then found its room): the fences order both sides.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            loop {
+                let seen = self.room_events.load(Ordering::SeqCst);
+                // The defect put back: the queue's lock stays held across the attempt.
+                let held = active(Defect::DeferHookUnderLock).then(|| self.deferred.lock());
+                // The defect put back: a buffer that needs no bounce waits behind anything.
+                let behind_all =
+                    active(Defect::DeferUnneededMapping) && matches!(route, Route::Direct(_));
+                let held_up = match &held {
+                    Some(q) => q.holds_up(dev.id(), behind_all),
+                    None => self.deferred.lock().holds_up(dev.id(), behind_all),
+                };
+                if !held_up {
+                    match self.map_range(dev, range, dir, site) {
+                        Ok(mapped) => {
+                            drop(held);
+                            self.waiting.fetch_sub(1, Ordering::SeqCst);
+                            self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
+                            return Ok(MapStatus::Mapped(mapped.0));
+                        }
+                        Err(MapFailure::NoRoom(BounceAllocError::Full { .. })) => {}
+                        Err(f) => {
+                            drop(held);
+                            self.waiting.fetch_sub(1, Ordering::SeqCst);
+                            return Err(self.failure_to_error(dev, range, f));
+                        }
                     }
                 }
-            }
-            let mut queue = match held {
-                Some(q) => q,
-                None => self.deferred.lock(),
-            };
-            if self.room_events.load(Ordering::SeqCst) != seen
-                && !active(Defect::DeferHookUnderLock)
-            {
-                // Room may have freed after the attempt, and its drain did not see this
-                // request: look again rather than wait for the next free.
-                continue;
-            }
-            if queue.entries.len() >= queue.capacity && !self.controls.grows_defer_queue() {
-                let capacity = queue.capacity;
-                drop(queue);
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                return Err(DmaError::DeferQueueFull {
-                    device: dev.id(),
-                    capacity,
+                let mut queue = match held {
+                    Some(q) => q,
+                    None => self.deferred.lock(),
+                };
+                if self.room_events.load(Ordering::SeqCst) != seen
+                    && !active(Defect::DeferHookUnderLock)
+                {
+                    // Room may have freed after the attempt, and its drain did not see this
+                    // request: look again rather than wait for the next free.
+                    continue;
+                }
+                if queue.entries.len() >= queue.capacity && !self.controls.grows_defer_queue() {
+                    let capacity = queue.capacity;
+                    drop(queue);
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(DmaError::DeferQueueFull {
+                        device: dev.id(),
+                        capacity,
+                    });
+                }
+                let seq = queue.next_seq;
+                queue.next_seq += 1;
+                queue.entries.push_back(Deferred {
+                    seq,
+                    dev: dev.clone(),
+                    range,
+                    dir,
+                    site,
+                    done,
+                    claimed: false,
+                    cancelled: false,
+                    failed_at: None,
                 });
+                break;
             }
-            let seq = queue.next_seq;
-            queue.next_seq += 1;
-            queue.entries.push_back(Deferred {
-                seq,
-                dev: dev.clone(),
-                range,
-                dir,
-                site,
-                done,
-                claimed: false,
-                cancelled: false,
-                failed_at: None,
-            });
-            break;
-        }
-        self.obs
-            .counters
-            .deferred(self.platform.current_cpu(), dev.id());
-        Ok(MapStatus::Deferred)
+            self.obs
+                .counters
+                .deferred(self.platform.current_cpu(), dev.id());
+            Ok(MapStatus::Deferred)
+        })
     }
 
     /// Refuses at once what waiting cannot help: a bounce with no pool, or one larger than

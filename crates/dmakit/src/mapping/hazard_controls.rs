@@ -5,8 +5,6 @@
 //! model/test-only cargo feature `hazard-controls`; without it [`HazardControls`] is an
 //! empty private type and every mechanism is always on.
 
-use alloc::borrow::Cow;
-
 use crate::device::Device;
 #[cfg(feature = "hazard-controls")]
 use crate::platform::HostSharing;
@@ -57,16 +55,23 @@ impl HostSharing {
 pub(crate) struct HazardControls {}
 
 impl HazardControls {
-    /// The device as the mapper's paths see it: `dev` itself, or without its bus windows
-    /// when `identity_bus_translation` is on (only with the feature; a copy of the
-    /// description, no heap memory).
+    /// Runs `f` on `args` with the device as the mapper's paths see it: `dev` itself, or
+    /// without its bus windows when `identity_bus_translation` is on (only with the
+    /// feature; a copy of the description on the stack, no heap memory). The copy is made
+    /// out of line, so the usual path passes `dev` on untouched; a hot caller passes its
+    /// arguments in `args` rather than capturing them, so that they stay in registers.
     #[inline(always)]
-    pub(crate) fn bus_view<'a>(&self, dev: &'a Device) -> Cow<'a, Device> {
+    pub(crate) fn with_bus_view<A, R>(
+        &self,
+        dev: &Device,
+        args: A,
+        f: impl FnOnce(&Device, A) -> R,
+    ) -> R {
         #[cfg(feature = "hazard-controls")]
         if self.identity_bus_translation {
-            return Cow::Owned(dev.without_bus_ranges());
+            return with_identity_bus(dev, args, f);
         }
-        Cow::Borrowed(dev)
+        f(dev, args)
     }
 
     /// Whether inbound bounces are left unfilled (always `false` without the feature).
@@ -108,4 +113,12 @@ impl HazardControls {
             false
         }
     }
+}
+
+/// `f` on `dev` without its bus windows (the `identity_bus_translation` control).
+#[cfg(feature = "hazard-controls")]
+#[cold]
+#[inline(never)]
+fn with_identity_bus<A, R>(dev: &Device, args: A, f: impl FnOnce(&Device, A) -> R) -> R {
+    f(&dev.without_bus_ranges(), args)
 }

@@ -90,6 +90,10 @@ pub struct DmaMapper<P> {
     controls: HazardControls,
     /// Every device bounces every mapping (the builder's `force_bounce_all`).
     force_bounce_all: bool,
+    /// No restricted pool (or the hazard control ignores them), no IOMMU layer and no
+    /// `force_bounce_all`: the routing decisions look at the device alone. Set by
+    /// [`DmaMapperBuilder::build`].
+    plain: bool,
     obs: Observability,
 }
 
@@ -105,6 +109,7 @@ impl<P: Platform> DmaMapper<P> {
             room_events: AtomicU64::new(0),
             controls: HazardControls::default(),
             force_bounce_all: false,
+            plain: true,
             obs: Observability::new(platform.cpu_count()),
             platform,
         }
@@ -238,11 +243,12 @@ fn checked_extent(dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
         len,
     };
     let end = start.checked_add(len).ok_or(overflow)?;
-    if crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted) {
-        return Ok(());
-    }
-    match end.checked_next_multiple_of(crate::platform::PAGE_SIZE) {
-        Some(_) => Ok(()),
-        None => Err(overflow),
+    // The highest end whose page rounding still fits in 64 bits: `2^64 - PAGE_SIZE`.
+    const LAST_END: u64 = 0u64.wrapping_sub(crate::platform::PAGE_SIZE);
+    if end <= LAST_END || crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted)
+    {
+        Ok(())
+    } else {
+        Err(overflow)
     }
 }

@@ -35,6 +35,11 @@ impl<T> RestrictedPools<T> {
         }
     }
 
+    /// Whether no device has a restricted pool.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
     /// The restricted pool of `device`, if it has one. O(log n), no lock.
     #[inline]
     pub(super) fn of(&self, device: DeviceId) -> Option<&T> {

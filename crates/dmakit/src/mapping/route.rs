@@ -106,9 +106,20 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// Which path a mapping of `range` by `dev` in `dir` takes: the forward routing
-    /// decision.
-    #[inline]
+    /// decision. A mapper without restricted pools, IOMMU or `force_bounce_all` decides
+    /// on the device alone, inline; the others out of line.
+    #[inline(always)]
     pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
+        if !self.plain {
+            return self.route_configured(dev, range, dir);
+        }
+        direct_or_bounce(dev, range, dir, self.policy, self.line())
+    }
+
+    /// [`DmaMapper::route`] for a mapper with restricted pools, an IOMMU layer or
+    /// `force_bounce_all`.
+    #[inline(never)]
+    fn route_configured(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
         if self.restricted_pool(dev).is_some() {
             return self.route_restricted(dev, range, dir);
         }
@@ -120,10 +131,7 @@ impl<P: Platform> DmaMapper<P> {
         if self.force_bounce_all {
             return Route::Bounce(BounceReason::Forced);
         }
-        match decision::direct_or_bounce(dev, range, dir, self.policy, self.line()) {
-            Ok(dma) => Route::Direct(dma),
-            Err(reason) => Route::Bounce(reason),
-        }
+        direct_or_bounce(dev, range, dir, self.policy, self.line())
     }
 
     /// Maps `range` on the path [`DmaMapper::route`] chooses, and counts the outcome.
@@ -138,10 +146,10 @@ impl<P: Platform> DmaMapper<P> {
         self.map_routed(dev, range, dir, site, route, MapAttrs::NONE)
     }
 
-    /// Maps `range` on the path `route` with `attrs`, and counts the outcome. Out of line:
-    /// `map` takes the direct path without it. A bounce skips nothing at map time (see
+    /// Maps `range` on the path `route` with `attrs`, and counts the outcome. `map` takes
+    /// the direct path without it. A bounce skips nothing at map time (see
     /// [`MapAttrs::SKIP_CPU_SYNC`]), so only the direct and IOMMU paths see `attrs`.
-    #[inline(never)]
+    #[inline]
     pub(super) fn map_routed(
         &self,
         dev: &Device,
@@ -373,8 +381,25 @@ impl<P: Platform> DmaMapper<P> {
     /// A device with a restricted pool never maps in place: `dma` is looked up in its pool
     /// alone, and an address outside it is [`DmaError::UnknownMapping`];
     /// [`DmaError::RestrictedPoolBehindIommu`] when the device is also behind an IOMMU.
-    #[inline]
+    #[inline(always)]
     pub(super) fn owner_of(&self, dev: &Device, dma: DmaAddr) -> Result<Owner<'_>, DmaError> {
+        if !self.plain {
+            return self.owner_configured(dev, dma);
+        }
+        let phys = phys_of_bus(dev, dma).ok_or(DmaError::UnknownMapping {
+            device: dev.id(),
+            dma,
+        })?;
+        Ok(match self.routes.backend_owning(phys) {
+            Some(backend) => Owner::Bounce(backend, phys),
+            None => Owner::Direct(phys),
+        })
+    }
+
+    /// [`DmaMapper::owner_of`] for a mapper with restricted pools, an IOMMU layer or
+    /// `force_bounce_all`.
+    #[inline(never)]
+    fn owner_configured(&self, dev: &Device, dma: DmaAddr) -> Result<Owner<'_>, DmaError> {
         let restricted = self.restricted_pool(dev).is_some();
         if restricted {
             self.restricted_not_behind_iommu(dev)?;
@@ -426,6 +451,22 @@ impl<P: Platform> DmaMapper<P> {
                 len: range.len(),
             },
         }
+    }
+}
+
+/// The route of a device without restricted pool or IOMMU domain: direct where it reaches
+/// the buffer in place and nothing forces a bounce, else a bounce for the first reason.
+#[inline(always)]
+fn direct_or_bounce(
+    dev: &Device,
+    range: PhysRange,
+    dir: Direction,
+    policy: decision::AlignmentPolicy,
+    line: u64,
+) -> Route {
+    match decision::direct_or_bounce(dev, range, dir, policy, line) {
+        Ok(dma) => Route::Direct(dma),
+        Err(reason) => Route::Bounce(reason),
     }
 }
 

@@ -97,14 +97,18 @@ impl Routes {
     /// lookup.
     #[inline]
     pub(super) fn backend_owning(&self, a: PhysAddr) -> Option<&dyn BounceBackend> {
-        for r in [&self.swiotlb, &self.coherent].into_iter().flatten() {
-            if r.holds(a) {
-                return Some(r.backend.as_ref());
-            }
+        if let Some(r) = held(&self.swiotlb, a).or_else(|| held(&self.coherent, a)) {
+            return Some(r.backend.as_ref());
         }
         self.transient
             .as_ref()
             .filter(|t| t.span().may_contain(a.as_u64()) && t.contains(a))
             .map(|t| t as &dyn BounceBackend)
     }
+}
+
+/// `r` when it is a backend whose memory holds `a`.
+#[inline(always)]
+fn held(r: &Option<Registered>, a: PhysAddr) -> Option<&Registered> {
+    r.as_ref().filter(|r| r.holds(a))
 }

@@ -87,53 +87,54 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         out: &mut [DmaSegment],
     ) -> Result<usize, DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        let Some(first) = entries.first() else {
-            return Err(DmaError::ZeroLength { device: dev.id() });
-        };
-        for e in entries {
-            checked_range(dev, e.phys, e.len)?;
-        }
-        // Every entry was validated above, so this yields one range for each.
-        let ranges = || {
-            entries
-                .iter()
-                .filter_map(|e| checked_range(dev, e.phys, e.len).ok())
-        };
-        let first = checked_range(dev, first.phys, first.len)?;
-        let site = Location::caller();
-        let result = self.map_sg_ranges(dev, first, ranges, dir, site, out);
-        if let Some(d) = &self.obs.debug {
-            match &result {
-                Ok((n, iommu)) => {
-                    let group = d.next_group();
-                    // The CPU range of each segment: the piece it was mapped from on the
-                    // direct and bounced paths; none for IOMMU segments (possibly merged).
-                    let mut pieces = ranges().flat_map(|r| split_segment(dev, r));
-                    for seg in &out[..*n] {
-                        let phys = match iommu {
-                            true => None,
-                            false => pieces.next().map(|p| p.start()),
-                        };
-                        let m = LiveMapping {
-                            device: dev.id(),
-                            dma: seg.dma,
-                            phys,
-                            len: seg.len,
-                            dir,
-                            family: MappingFamily::Sg { nents: *n, group },
-                            site,
-                            bounced: phys.is_some_and(|p| bus_of(dev, p) != Some(seg.dma)),
-                            coherent_device: dev.is_coherent(),
-                            cpu_owned: crate::debug::CpuParts::EMPTY,
-                        };
-                        d.mapped(dev, m);
-                    }
-                }
-                Err(e) => d.map_failed(dev, site, *e),
+        self.controls.with_bus_view(dev, (), |dev, ()| {
+            let Some(first) = entries.first() else {
+                return Err(DmaError::ZeroLength { device: dev.id() });
+            };
+            for e in entries {
+                checked_range(dev, e.phys, e.len)?;
             }
-        }
-        result.map(|(n, _)| n)
+            // Every entry was validated above, so this yields one range for each.
+            let ranges = || {
+                entries
+                    .iter()
+                    .filter_map(|e| checked_range(dev, e.phys, e.len).ok())
+            };
+            let first = checked_range(dev, first.phys, first.len)?;
+            let site = Location::caller();
+            let result = self.map_sg_ranges(dev, first, ranges, dir, site, out);
+            if let Some(d) = &self.obs.debug {
+                match &result {
+                    Ok((n, iommu)) => {
+                        let group = d.next_group();
+                        // The CPU range of each segment: the piece it was mapped from on the
+                        // direct and bounced paths; none for IOMMU segments (possibly merged).
+                        let mut pieces = ranges().flat_map(|r| split_segment(dev, r));
+                        for seg in &out[..*n] {
+                            let phys = match iommu {
+                                true => None,
+                                false => pieces.next().map(|p| p.start()),
+                            };
+                            let m = LiveMapping {
+                                device: dev.id(),
+                                dma: seg.dma,
+                                phys,
+                                len: seg.len,
+                                dir,
+                                family: MappingFamily::Sg { nents: *n, group },
+                                site,
+                                bounced: phys.is_some_and(|p| bus_of(dev, p) != Some(seg.dma)),
+                                coherent_device: dev.is_coherent(),
+                                cpu_owned: crate::debug::CpuParts::EMPTY,
+                            };
+                            d.mapped(dev, m);
+                        }
+                    }
+                    Err(e) => d.map_failed(dev, site, *e),
+                }
+            }
+            result.map(|(n, _)| n)
+        })
     }
 
     /// Maps validated sg ranges (`first` is the first of `ranges()`) into `out`; returns the
@@ -249,53 +250,54 @@ impl<P: Platform> DmaMapper<P> {
         segments: &[DmaSegment],
         dir: Direction,
     ) -> Result<(), DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        // The put-back defect: the direct path accepted an empty list (the IOMMU path
-        // below refuses it on its own).
-        // (Only whether the device is behind the IOMMU matters there, so any address does.)
-        let old_empty_rule = reintroduce::active(Defect::EmptyUnmapSgInconsistent)
-            && matches!(
-                self.owner_of(dev, DmaAddr::new(0)),
-                Ok(Owner::Bounce(..) | Owner::Direct(_))
-            );
-        let Some(first_seg) = segments.first() else {
-            if old_empty_rule {
-                return Ok(());
-            }
-            return Err(DmaError::ZeroLength { device: dev.id() });
-        };
-        let owner = self.owner_of(dev, first_seg.dma);
-        if let Some(d) = &self.obs.debug {
-            let site = Location::caller();
-            for seg in segments {
-                let u = Unmapping {
-                    dma: seg.dma,
-                    len: seg.len,
-                    dir,
-                    family: MappingFamily::Sg {
-                        nents: segments.len(),
-                        group: 0,
-                    },
-                };
-                d.unmapping(dev, u, site);
-            }
-        }
-        if let Owner::Iommu(dom) = owner? {
-            let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
-            self.room_freed();
-            return r;
-        }
-        let mut first = Ok(());
-        for s in segments {
-            let r = match checked_extent(dev, s.dma.as_u64(), s.len) {
-                Ok(()) => self.unmap_range(dev, s.dma, s.len, dir),
-                Err(e) => Err(e),
+        self.controls.with_bus_view(dev, (), |dev, ()| {
+            // The put-back defect: the direct path accepted an empty list (the IOMMU path
+            // below refuses it on its own).
+            // (Only whether the device is behind the IOMMU matters there, so any address does.)
+            let old_empty_rule = reintroduce::active(Defect::EmptyUnmapSgInconsistent)
+                && matches!(
+                    self.owner_of(dev, DmaAddr::new(0)),
+                    Ok(Owner::Bounce(..) | Owner::Direct(_))
+                );
+            let Some(first_seg) = segments.first() else {
+                if old_empty_rule {
+                    return Ok(());
+                }
+                return Err(DmaError::ZeroLength { device: dev.id() });
             };
-            if first.is_ok() {
-                first = r;
+            let owner = self.owner_of(dev, first_seg.dma);
+            if let Some(d) = &self.obs.debug {
+                let site = Location::caller();
+                for seg in segments {
+                    let u = Unmapping {
+                        dma: seg.dma,
+                        len: seg.len,
+                        dir,
+                        family: MappingFamily::Sg {
+                            nents: segments.len(),
+                            group: 0,
+                        },
+                    };
+                    d.unmapping(dev, u, site);
+                }
             }
-        }
-        first
+            if let Owner::Iommu(dom) = owner? {
+                let r = iommu::path::unmap_sg(&self.platform, &dom, dev, segments, dir);
+                self.room_freed();
+                return r;
+            }
+            let mut first = Ok(());
+            for s in segments {
+                let r = match checked_extent(dev, s.dma.as_u64(), s.len) {
+                    Ok(()) => self.unmap_range(dev, s.dma, s.len, dir),
+                    Err(e) => Err(e),
+                };
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        })
     }
 
     /// Gives back the segments a failing `map_sg` already mapped. The device never saw the

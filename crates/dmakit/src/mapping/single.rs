@@ -50,8 +50,15 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<DmaAddr, DmaError> {
-        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
-            .map(|(dma, _)| dma)
+        self.map_at(
+            dev,
+            phys,
+            len,
+            dir,
+            MapAttrs::NONE,
+            Location::caller(),
+            dma_only,
+        )
     }
 
     /// As [`DmaMapper::map`], also saying which path the mapping took.
@@ -70,14 +77,23 @@ impl<P: Platform> DmaMapper<P> {
         len: u64,
         dir: Direction,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        self.map_at(dev, phys, len, dir, MapAttrs::NONE, Location::caller())
+        self.map_at(
+            dev,
+            phys,
+            len,
+            dir,
+            MapAttrs::NONE,
+            Location::caller(),
+            |m| m,
+        )
     }
 
     /// The body of [`DmaMapper::map`], [`DmaMapper::map_traced`] and
-    /// [`DmaMapper::map_attrs`], inlined into each so that `map` never builds the
-    /// [`MapPath`] it drops.
+    /// [`DmaMapper::map_attrs`], inlined into each; `keep` takes from the address and the
+    /// path what the caller returns, so that `map` never moves the [`MapPath`] it drops.
     #[inline(always)]
-    pub(super) fn map_at(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn map_at<T>(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -85,19 +101,39 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         attrs: MapAttrs,
         site: &'static Location<'static>,
+        keep: impl FnOnce((DmaAddr, MapPath)) -> T,
+    ) -> Result<T, DmaError> {
+        let args = (phys, len, dir, attrs, site);
+        self.controls
+            .with_bus_view(dev, args, move |dev, (phys, len, dir, attrs, site)| {
+                let range = checked_range(dev, phys, len)?;
+                let route = self.route(dev, range, dir);
+                if let Route::Direct(dma) = route {
+                    // Returned on its own, so a direct mapping's result stays in registers.
+                    let mapped = (
+                        self.map_direct_attrs(dev, range, dir, dma, attrs),
+                        MapPath::Direct,
+                    );
+                    self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
+                    return Ok(keep(mapped));
+                }
+                self.map_routed_checked(dev, range, dir, site, route, attrs)
+                    .map(keep)
+            })
+    }
+
+    /// A single mapping on any route but the direct one, its failure turned into the
+    /// caller's error and the outcome told to the debug checker.
+    #[inline(never)]
+    fn map_routed_checked(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        route: Route,
+        attrs: MapAttrs,
     ) -> Result<(DmaAddr, MapPath), DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        let range = checked_range(dev, phys, len)?;
-        let route = self.route(dev, range, dir);
-        if let Route::Direct(dma) = route {
-            // Returned on its own, so a direct mapping's result stays in registers.
-            let mapped = (
-                self.map_direct_attrs(dev, range, dir, dma, attrs),
-                MapPath::Direct,
-            );
-            self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
-            return Ok(mapped);
-        }
         let result = self
             .map_routed(dev, range, dir, site, route, attrs)
             .map_err(|f| self.failure_to_error(dev, range, f));
@@ -145,25 +181,28 @@ impl<P: Platform> DmaMapper<P> {
         attrs: MapAttrs,
         site: &'static Location<'static>,
     ) -> Result<(), DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        checked_extent(dev, dma.as_u64(), len)?;
-        let Some(d) = &self.obs.debug else {
-            return self.unmap_range_attrs(dev, dma, len, dir, attrs);
-        };
-        let u = Unmapping {
-            dma,
-            len,
-            dir,
-            family: MappingFamily::Single,
-        };
-        let record = d.unmapping(dev, u, site);
-        let result = self.unmap_range_attrs(dev, dma, len, dir, attrs);
-        if let (Some(m), Err(e)) = (record, &result) {
-            if unmap_refused(e) {
-                d.unmap_rejected(m);
-            }
-        }
-        result
+        let args = (dma, len, dir, attrs, site);
+        self.controls
+            .with_bus_view(dev, args, move |dev, (dma, len, dir, attrs, site)| {
+                checked_extent(dev, dma.as_u64(), len)?;
+                let Some(d) = &self.obs.debug else {
+                    return self.unmap_range_attrs(dev, dma, len, dir, attrs);
+                };
+                let u = Unmapping {
+                    dma,
+                    len,
+                    dir,
+                    family: MappingFamily::Single,
+                };
+                let record = d.unmapping(dev, u, site);
+                let result = self.unmap_range_attrs(dev, dma, len, dir, attrs);
+                if let (Some(m), Err(e)) = (record, &result) {
+                    if unmap_refused(e) {
+                        d.unmap_rejected(m);
+                    }
+                }
+                result
+            })
     }
 
     /// Unmaps the `len` bytes at `dma` (validated by [`checked_extent`]) without consulting
@@ -180,7 +219,7 @@ impl<P: Platform> DmaMapper<P> {
     }
 
     /// As [`DmaMapper::unmap_range`], with the attributes the mapping was made with.
-    #[inline]
+    #[inline(always)]
     fn unmap_range_attrs(
         &self,
         dev: &Device,
@@ -317,48 +356,54 @@ impl<P: Platform> DmaMapper<P> {
         for_cpu: bool,
         site: &'static Location<'static>,
     ) -> Result<(), DmaError> {
-        let dev = &*self.controls.bus_view(dev);
-        let SyncPart {
-            dma,
-            offset,
-            len,
-            dir,
-        } = part;
-        let start = self.sync_start(dev, dma, offset, len)?;
-        if let Some(d) = &self.obs.debug {
-            d.syncing(dev, dma, offset, len, dir, for_cpu, site);
-        }
-        let fill_inbound = !self.controls.skips_inbound_fill();
-        let copied = match (self.owner_of(dev, dma)?, for_cpu) {
-            (Owner::Iommu(dom), true) => {
-                iommu::path::sync(&self.platform, &dom, dev, part, iommu::path::SyncTo::Cpu)?
+        self.controls.with_bus_view(dev, (), |dev, ()| {
+            let SyncPart {
+                dma,
+                offset,
+                len,
+                dir,
+            } = part;
+            let start = self.sync_start(dev, dma, offset, len)?;
+            if let Some(d) = &self.obs.debug {
+                d.syncing(dev, dma, offset, len, dir, for_cpu, site);
             }
-            (Owner::Iommu(dom), false) => {
-                let to = iommu::path::SyncTo::Device { fill_inbound };
-                iommu::path::sync(&self.platform, &dom, dev, part, to)?
+            let fill_inbound = !self.controls.skips_inbound_fill();
+            let copied = match (self.owner_of(dev, dma)?, for_cpu) {
+                (Owner::Iommu(dom), true) => {
+                    iommu::path::sync(&self.platform, &dom, dev, part, iommu::path::SyncTo::Cpu)?
+                }
+                (Owner::Iommu(dom), false) => {
+                    let to = iommu::path::SyncTo::Device { fill_inbound };
+                    iommu::path::sync(&self.platform, &dom, dev, part, to)?
+                }
+                (Owner::Bounce(b, slot), true) => {
+                    bounce::sync_for_cpu(&self.platform, b, dev, slot, part)?
+                }
+                (Owner::Bounce(b, slot), false) => {
+                    bounce::sync_for_device(&self.platform, b, dev, slot, part, fill_inbound)?
+                }
+                (Owner::Direct(_), true) => {
+                    direct::sync_for_cpu(&self.platform, dev, self.synced(dev, start, len)?, dir);
+                    0
+                }
+                (Owner::Direct(_), false) => {
+                    direct::sync_for_device(
+                        &self.platform,
+                        dev,
+                        self.synced(dev, start, len)?,
+                        dir,
+                    );
+                    0
+                }
+            };
+            let cpu = self.platform.current_cpu();
+            if for_cpu {
+                self.obs.counters.copied_from_bounce(cpu, dev.id(), copied);
+            } else {
+                self.obs.counters.copied_to_bounce(cpu, dev.id(), copied);
             }
-            (Owner::Bounce(b, slot), true) => {
-                bounce::sync_for_cpu(&self.platform, b, dev, slot, part)?
-            }
-            (Owner::Bounce(b, slot), false) => {
-                bounce::sync_for_device(&self.platform, b, dev, slot, part, fill_inbound)?
-            }
-            (Owner::Direct(_), true) => {
-                direct::sync_for_cpu(&self.platform, dev, self.synced(dev, start, len)?, dir);
-                0
-            }
-            (Owner::Direct(_), false) => {
-                direct::sync_for_device(&self.platform, dev, self.synced(dev, start, len)?, dir);
-                0
-            }
-        };
-        let cpu = self.platform.current_cpu();
-        if for_cpu {
-            self.obs.counters.copied_from_bounce(cpu, dev.id(), copied);
-        } else {
-            self.obs.counters.copied_to_bounce(cpu, dev.id(), copied);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The device address of the synced part, validated by [`checked_extent`].
@@ -394,6 +439,12 @@ impl<P: Platform> DmaMapper<P> {
         })?;
         checked_range(dev, phys, len)
     }
+}
+
+/// The device address of a mapping, without the path it took.
+#[inline(always)]
+pub(super) fn dma_only((dma, _): (DmaAddr, MapPath)) -> DmaAddr {
+    dma
 }
 
 /// Whether an unmap failed because it was refused (it did not name the live mapping as it

@@ -9,6 +9,7 @@
 
 use core::panic::Location;
 
+use super::single::dma_only;
 use super::DmaMapper;
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::MapAttrs;
@@ -35,8 +36,7 @@ impl<P: Platform> DmaMapper<P> {
         dir: Direction,
         site: &'static Location<'static>,
     ) -> Result<DmaAddr, DmaError> {
-        self.map_at(dev, phys, len, dir, MapAttrs::NONE, site)
-            .map(|(dma, _)| dma)
+        self.map_at(dev, phys, len, dir, MapAttrs::NONE, site, dma_only)
     }
 
     /// [`DmaMapper::unmap`], attributed to `site` instead of the caller (the debug

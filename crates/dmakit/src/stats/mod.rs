@@ -7,6 +7,15 @@
 //! code** asked for each bounced mapping, so the hot ones can be fixed by allocating their
 //! buffers as DMA buffers. Nothing here takes a lock on the map path: counters are atomics,
 //! striped by CPU so CPUs do not fight over one cache line.
+//!
+//! A counter is updated with a relaxed load and a relaxed store (`per_cpu_add`), not
+//! with a locked read-modify-write: a map or unmap pays no locked instruction for its
+//! statistics. Each stripe has one writer when the platform's `current_cpu` names the CPU
+//! running the path and the path is not interrupted there by another mapping between the
+//! load and the store; then every count is exact. Where two threads update one stripe at
+//! the same instant (host threads declaring the same CPU, or an interrupt handler mapping
+//! on the CPU it interrupted), one of the two increments can be lost: the statistics then
+//! undercount, never overcount, never tear a value, and never affect a mapping.
 
 mod breakdown;
 mod devices;
@@ -21,9 +30,18 @@ pub use sites::{SiteStats, DEFAULT_SUGGEST_PPM};
 pub(crate) use devices::DeviceCounters;
 pub(crate) use sites::SiteTable;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use alloc::vec::Vec;
 
 use crate::bounce::PoolUsage;
+
+/// Adds `n` to a counter of the calling CPU's stripe without a locked instruction (see the
+/// module docs for when a concurrent add on the same stripe can be lost).
+#[inline(always)]
+pub(crate) fn per_cpu_add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
 
 /// A snapshot of one bounce pool.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 //! Public mapping entry points are `#[track_caller]`, so the caller's
 //! `core::panic::Location` is known without walking the stack. Sites live in a fixed
 //! open-addressed table keyed by the location's address (locations are `'static`), claimed
-//! with one compare-and-swap the first time a site bounces: no lock, no allocation.
+//! with one compare-and-swap the first time a site bounces: no lock, no allocation; after that
+//! a bounce adds to its site's counters without a locked instruction
+//! (`stats::per_cpu_add`).
 
 use core::panic::Location;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -11,6 +13,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+
+use super::per_cpu_add;
 
 /// How many distinct call sites are tracked; bounces from further sites are counted as
 /// untracked.
@@ -94,12 +98,12 @@ impl Stripe {
                         Err(other) => other == key,
                     });
             if mine {
-                e.bounces.fetch_add(1, Ordering::Relaxed);
-                e.bytes.fetch_add(bytes, Ordering::Relaxed);
+                per_cpu_add(&e.bounces, 1);
+                per_cpu_add(&e.bytes, bytes);
                 return;
             }
         }
-        self.untracked.fetch_add(1, Ordering::Relaxed);
+        per_cpu_add(&self.untracked, 1);
     }
 }
 
