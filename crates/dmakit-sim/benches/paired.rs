@@ -13,11 +13,14 @@
 //! down measurably when they share rounds with 64 KiB copies.
 //!
 //! Run with `cargo bench -p dmakit-sim --bench paired [-- NAME...]`, where a name is part of
-//! `direct_vs_bounced`, `bounce_vs_memcpy`, `observability`, `occupancy` or `threads`;
+//! `direct_vs_bounced`, `bounce_vs_memcpy`, `bounce_vs_copy_floor`, `observability`,
+//! `occupancy`, `pool_stream` or `threads`;
 //! `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 201). Absolute times stay in the
 //! criterion benches.
 
 mod common;
+#[path = "../tests/pool_stream/peers.rs"]
+mod peers;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +31,9 @@ use common::{device, mapper, MIB, POOL};
 use dmakit::swiotlb::{Pool, PoolConfig, SlotRequest};
 use dmakit::{CpuMemory, Device, Direction, DmaMapper, PhysAddr};
 use dmakit_sim::host::HostPlatform;
+use dmakit_sim::request_stream::{Filled, Level, StreamAllocator, StreamRequest};
 use dmakit_sim::SimRng;
+use peers::{BuddyPeer, PoolPeer, TalcPeer};
 
 /// Time each case is given per round.
 const ROUND_TARGET: Duration = Duration::from_millis(2);
@@ -170,6 +175,80 @@ fn bounce_vs_memcpy() -> Comparison {
     }
     Comparison {
         title: "bounce vs memcpy: FromDevice map+unmap against copying the same bytes",
+        cases,
+        ratios,
+    }
+}
+
+/// Each bounce of a buffer at page + 8 against the floor: two plain copies of its bytes
+/// between the buffer and another at the same page offset (so neither copy aliases on
+/// 4 KiB, whatever slot the bounce gets).
+fn bounce_vs_copy_floor() -> Comparison {
+    let m: Mapper = Arc::new(mapper(1).build());
+    let buf = PhysAddr::new(POOL + 8);
+    // Another buffer, 64 MiB above, at the same offset in its page.
+    let other = PhysAddr::new(POOL + 64 * MIB + 8);
+    let mut cases = Vec::new();
+    let mut ratios = Vec::new();
+    for size in [4096u64, 16384] {
+        ratios.push((cases.len(), cases.len() + 1, "<= 1.25"));
+        cases.push(map_case(
+            format!("bounce {size} B at page + 8"),
+            &m,
+            buf,
+            size,
+        ));
+        let host = m.platform().clone();
+        cases.push(Case::new(
+            format!("2 copies {size} B, no alias"),
+            move || {
+                host.copy(other, black_box(buf), size).unwrap();
+                host.copy(buf, black_box(other), size).unwrap();
+            },
+        ));
+    }
+    Comparison {
+        title: "bounce vs copy floor: FromDevice map+unmap against two non-aliasing copies",
+        cases,
+        ratios,
+    }
+}
+
+/// Requests the `pool_stream` cases cycle through, after the fill.
+const STREAM_CYCLE: usize = 4096;
+
+/// A `pool_stream` case: `alloc` filled to `percent` % held, then one foreground step
+/// (allocate into the window of live allocations, free the oldest) per operation.
+fn stream_case<A: StreamAllocator + 'static>(name: &str, alloc: A, percent: u64) -> Case {
+    let mut f = Filled::new(alloc, 15, Level::Held(percent));
+    let reqs: Vec<StreamRequest> = f.stream.by_ref().take(STREAM_CYCLE).collect();
+    let mut i = 0;
+    Case::new(format!("{name} {percent} % held"), move || {
+        black_box(f.step(&reqs[i]));
+        i = (i + 1) % reqs.len();
+    })
+}
+
+/// The bounce pool against talc and a buddy heap over the same 64 MiB on the request
+/// stream of `dmakit_sim::request_stream`, 10 % and 90 % held.
+fn pool_stream() -> Comparison {
+    let mut cases = Vec::new();
+    let mut ratios = Vec::new();
+    for percent in [10, 90] {
+        let base = cases.len();
+        cases.push(stream_case("pool", PoolPeer::new(), percent));
+        cases.push(stream_case("talc", TalcPeer::new(), percent));
+        cases.push(stream_case(
+            "buddy_system_allocator",
+            BuddyPeer::new(),
+            percent,
+        ));
+        ratios.push((base, base + 1, "<= 1.0"));
+        ratios.push((base, base + 2, "(peer)"));
+    }
+    Comparison {
+        title:
+            "pool stream: alloc + free of the oldest, window of 64, after fill and fragmentation",
         cases,
         ratios,
     }
@@ -337,11 +416,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&r: &usize| r > 0)
         .unwrap_or(201);
-    let comparisons: [(&str, Build); 5] = [
+    let comparisons: [(&str, Build); 7] = [
         ("direct_vs_bounced", direct_vs_bounced),
         ("bounce_vs_memcpy", bounce_vs_memcpy),
+        ("bounce_vs_copy_floor", bounce_vs_copy_floor),
         ("observability", observability),
         ("occupancy", occupancy),
+        ("pool_stream", pool_stream),
         ("threads", threads),
     ];
     for (name, build) in comparisons {

@@ -18,10 +18,6 @@ impl PoolPeer {
         let cfg = PoolConfig::builder().build().expect("config");
         Self(Pool::with_region(cfg, PhysAddr::new(0), REGION_BYTES).expect("region"))
     }
-
-    pub fn pool(&self) -> &Pool<()> {
-        &self.0
-    }
 }
 
 impl StreamAllocator for PoolPeer {

@@ -116,7 +116,8 @@ impl Shape {
         Ok(Self {
             residue: keep >> shift,
             align_order: align.trailing_zeros() - shift,
-            count: (offset + len).div_ceil(slot) as u32,
+            // A shift, not a division: the slot size is a power of two.
+            count: ((offset + len + slot - 1) >> shift) as u32,
             offset: offset as u32,
             len,
         })
@@ -175,7 +176,14 @@ mod tests {
     #[test]
     fn bounces_keep_the_offset_in_the_line() {
         let p = pool(64);
-        for (len, slots) in [(1, 1), (64, 1), (2040, 1), (2041, 2), (4096, 3), (16 * KIB, 9)] {
+        for (len, slots) in [
+            (1, 1),
+            (64, 1),
+            (2040, 1),
+            (2041, 2),
+            (4096, 3),
+            (16 * KIB, 9),
+        ] {
             let b = p.alloc(0, req(0x7_0000_1008, len, 0), ()).unwrap();
             assert_eq!(b.addr.as_u64() % 2048, 8, "{b:?}");
             if len >= 4096 {
