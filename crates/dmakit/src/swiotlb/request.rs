@@ -10,13 +10,12 @@
 //!
 //! Why the line offset: a copy between two addresses whose distance modulo 4 KiB is a few
 //! bytes (an original at page + 8, its bounce at a page boundary) runs into x86's 4K
-//! aliasing, where every load waits for a store it only appears to depend on: a 4 KiB copy
-//! back took 1.4 µs instead of 90 ns. With the same offset in the line, the distance is a
-//! whole number of lines. The bounce still owns whole lines: its run is whole slots, and
-//! when the offset pushes its end into a further slot, that slot is part of the run. The
-//! line offset is kept only while the longest request the mask allows still fits a
-//! segment with it ([`max_mapping_size`] is unchanged); beyond that the rule is the mask's
-//! alone.
+//! aliasing, where loads wait for stores they only appear to depend on. With the same
+//! offset in the line, the distance is a whole number of lines. The bounce still owns
+//! whole lines: its run is whole slots, and when the offset pushes its end into a further
+//! slot, that slot is part of the run. The line offset is kept for every length up to
+//! [`max_mapping_size`] of the mask joined with the line's offset bits; longer requests
+//! (within a line of the mask's own limit, which is unchanged) keep the mask's bits alone.
 
 use super::area::Placement;
 use super::config::PoolConfig;
