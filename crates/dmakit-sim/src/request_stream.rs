@@ -145,10 +145,9 @@ const GIVE_UP: u32 = 64;
 
 impl<A: StreamAllocator> Filled<A> {
     /// Fills `alloc` with requests from the stream of `seed` until `level` is reached (or
-    /// [`GIVE_UP`] requests in a row are refused), then frees a random background
-    /// allocation and refills to the level, [`CHURN_ROUNDS`] times as many times as there
-    /// are live allocations. Requests refused after the level was first reached count in
-    /// [`Filled::refusals`].
+    /// 64 requests in a row are refused), then frees a random background allocation and
+    /// refills to the level, four times as often as there are live allocations. Requests
+    /// refused after the level was first reached count in [`Filled::refusals`].
     pub fn new(alloc: A, seed: u64, level: Level) -> Self {
         let mut f = Self {
             alloc,

@@ -858,3 +858,59 @@ fn abandon_restores_the_high_water_mark() {
     );
     pool.check().unwrap();
 }
+
+fn pool_with_line(line: u64) -> Pool<()> {
+    let cfg = PoolConfig::builder().max_cache_line(line).build().unwrap();
+    Pool::with_region(cfg, PhysAddr::new(0x10_0000), 4 * 256 * KIB).unwrap()
+}
+
+/// The bounce of a buffer at page + 8 sits at its page + 8 too, small or page sized,
+/// and holds the further slot its bytes cross into.
+#[test]
+fn bounces_keep_the_offset_in_the_line() {
+    let p = pool_with_line(64);
+    for (len, slots) in [
+        (1, 1),
+        (64, 1),
+        (2040, 1),
+        (2041, 2),
+        (4096, 3),
+        (16 * KIB, 9),
+    ] {
+        let b = p.alloc(0, req(0x7_0000_1008, len, 0), ()).unwrap();
+        assert_eq!(b.addr.as_u64() % 2048, 8, "{b:?}");
+        if len >= 4096 {
+            assert_eq!(b.addr.as_u64() % 4096, 8, "{b:?}");
+        }
+        assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() - 8);
+        assert_eq!(b.slot_bytes, slots * 2048, "{b:?}");
+        assert_eq!(p.stats().used_bytes, slots * 2048);
+        p.free(b.addr).unwrap();
+    }
+    // Only the offset within the line: 0x48 in a 64-byte line is 8.
+    let b = p.alloc(0, req(0x7_0000_1048, 100, 0), ()).unwrap();
+    assert_eq!(b.addr.as_u64() % 2048, 8, "{b:?}");
+    // With 128-byte lines, the whole 0x48.
+    let b = pool_with_line(128)
+        .alloc(0, req(0x7_0000_1048, 100, 0), ())
+        .unwrap();
+    assert_eq!(b.addr.as_u64() % 2048, 0x48, "{b:?}");
+}
+
+/// A mask's offset wins where it covers the line, and the longest mapping the mask
+/// allows still fits: there the line offset is given up.
+#[test]
+fn the_mask_and_the_segment_come_first() {
+    let p = pool_with_line(64);
+    let b = p.alloc(0, req(0x7_0000_0948, 100, 0xfff), ()).unwrap();
+    assert_eq!(b.addr.as_u64() & 0xfff, 0x948, "{b:?}");
+    assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() & !0xfff);
+    let max = p.max_mapping_size(0);
+    assert_eq!(max, 256 * KIB);
+    let whole = p.alloc(0, req(0x7_0000_1008, max, 0), ()).unwrap();
+    assert_eq!(whole.addr.as_u64() % 4096, 0, "{whole:?}");
+    assert_eq!(whole.slot_bytes, max);
+    let kept = p.alloc(0, req(0x7_0000_1008, max - 63, 0), ()).unwrap();
+    assert_eq!(kept.addr.as_u64() % 4096, 8, "{kept:?}");
+    assert_eq!(kept.slot_bytes, max);
+}
