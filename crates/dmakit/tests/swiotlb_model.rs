@@ -42,9 +42,12 @@ const LINE: u64 = 64;
 
 fn check_placement(pool: &Pool<u64>, b: &Bounce, r: &SlotRequest, slot: u64) {
     let addr = b.addr.as_u64();
-    // The mask's bits, and the offset within the line while the longest request still fits.
+    // The mask's bits, and the offset within the line where the request fits a segment
+    // with it and is a page or more or needs no extra slot for it.
     let with_line = r.min_align_mask | (LINE - 1);
-    let mask = if r.len <= pool.max_mapping_size(with_line) {
+    let slots = |bits: u64| ((r.orig.as_u64() & bits & (slot - 1)) + r.len).div_ceil(slot);
+    let free = slots(with_line) == slots(r.min_align_mask);
+    let mask = if r.len <= pool.max_mapping_size(with_line) && (r.len >= PAGE_SIZE || free) {
         with_line
     } else {
         r.min_align_mask

@@ -13,9 +13,11 @@
 //! aliasing, where loads wait for stores they only appear to depend on. With the same
 //! offset in the line, the distance is a whole number of lines. The bounce still owns
 //! whole lines: its run is whole slots, and when the offset pushes its end into a further
-//! slot, that slot is part of the run. The line offset is kept for every length up to
-//! [`max_mapping_size`] of the mask joined with the line's offset bits; longer requests
-//! (within a line of the mask's own limit, which is unchanged) keep the mask's bits alone.
+//! slot, that slot is part of the run. That extra slot is paid only by mappings of a page
+//! or more, the ones whose copies are long enough for aliasing to matter; a smaller one
+//! keeps the line offset only where it needs no extra slot. Either way the line offset is
+//! kept only for lengths up to [`max_mapping_size`] of the mask joined with the line's
+//! offset bits (the mask's own limit is unchanged).
 
 use super::area::Placement;
 use super::config::PoolConfig;
@@ -52,7 +54,8 @@ impl SlotRequest {
 ///
 /// Guarantees: `addr & keep == orig & keep`, where `keep` is `min_align_mask`, joined by the
 /// offset bits of the pool's largest cache line (`max_cache_line - 1`) when `len` is at most
-/// [`Pool::max_mapping_size`](super::Pool::max_mapping_size) of that joined mask; if
+/// [`Pool::max_mapping_size`](super::Pool::max_mapping_size) of that joined mask and either
+/// `len >= PAGE_SIZE` or the joined offset needs no more slots than the mask's; if
 /// `len >= PAGE_SIZE` then `addr` is page aligned plus `orig & keep`;
 /// `[addr, addr + len)` lies inside `[slot_start, slot_start + slot_bytes)`, a run of whole
 /// slots inside one segment that no other live allocation shares. The run starts at or
@@ -102,21 +105,26 @@ impl Shape {
         if len >= PAGE_SIZE {
             align = align.max(PAGE_SIZE);
         }
+        let orig = req.orig.as_u64();
         let with_line = mask | (cfg.cache_line() - 1);
-        let kept = if len <= max_mapping_size(cfg, with_line) {
+        // The line's bits are under the slot size (the line is at most a slot), so neither
+        // the residue nor the alignment changes: only the offset into the first slot.
+        let slots_at = |offset: u64| (offset + len + slot - 1) >> shift;
+        let line_costs_nothing =
+            slots_at(orig & with_line & (slot - 1)) == slots_at(orig & mask & (slot - 1));
+        let kept = if len <= max_mapping_size(cfg, with_line)
+            && (len >= PAGE_SIZE || line_costs_nothing)
+        {
             with_line
         } else {
             mask
         };
-        // Under the slot size (the line is at most a slot), so neither the residue nor the
-        // alignment changes: only the offset into the first slot.
-        let keep = req.orig.as_u64() & kept;
+        let keep = orig & kept;
         let offset = keep & (slot - 1);
         Ok(Self {
             residue: keep >> shift,
             align_order: align.trailing_zeros() - shift,
-            // A shift, not a division: the slot size is a power of two.
-            count: ((offset + len + slot - 1) >> shift) as u32,
+            count: slots_at(offset) as u32,
             offset: offset as u32,
             len,
         })

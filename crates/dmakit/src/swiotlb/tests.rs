@@ -28,15 +28,26 @@ fn req(orig: u64, len: u64, mask: u64) -> SlotRequest {
 /// The default largest cache line of the pools below.
 const LINE: u64 = 64;
 
-fn check_bounce<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
-    let addr = b.addr.as_u64();
-    // The offset within the line is kept too, while the longest request still fits.
+/// The bits a bounce keeps: the mask's, and the offset within the line where the request
+/// fits a segment with it (`max_with_line`) and is a page or more or needs no extra slot.
+fn kept_bits(max_with_line: u64, r: &SlotRequest, slot: u64) -> u64 {
     let with_line = r.min_align_mask | (LINE - 1);
-    let keep = if r.len <= pool.max_mapping_size(with_line) {
+    let slots = |bits: u64| ((r.orig.as_u64() & bits & (slot - 1)) + r.len).div_ceil(slot);
+    let free = slots(with_line) == slots(r.min_align_mask);
+    if r.len <= max_with_line && (r.len >= PAGE_SIZE || free) {
         with_line
     } else {
         r.min_align_mask
-    };
+    }
+}
+
+fn check_bounce<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
+    let addr = b.addr.as_u64();
+    let keep = kept_bits(
+        pool.max_mapping_size(r.min_align_mask | (LINE - 1)),
+        r,
+        slot,
+    );
     assert_eq!(addr & keep, r.orig.as_u64() & keep, "{b:?} for {r:?}");
     if r.len >= PAGE_SIZE {
         assert_eq!(addr % PAGE_SIZE, (r.orig.as_u64() & keep) % PAGE_SIZE);
@@ -864,25 +875,28 @@ fn pool_with_line(line: u64) -> Pool<()> {
     Pool::with_region(cfg, PhysAddr::new(0x10_0000), 4 * 256 * KIB).unwrap()
 }
 
-/// The bounce of a buffer at page + 8 sits at its page + 8 too, small or page sized,
-/// and holds the further slot its bytes cross into.
+/// The bounce of a buffer at page + 8 sits at its page + 8 too; from a page on it holds the
+/// further slot its bytes cross into, below a page it keeps the offset only where that
+/// needs no further slot.
 #[test]
 fn bounces_keep_the_offset_in_the_line() {
     let p = pool_with_line(64);
-    for (len, slots) in [
-        (1, 1),
-        (64, 1),
-        (2040, 1),
-        (2041, 2),
-        (4096, 3),
-        (16 * KIB, 9),
+    for (len, kept, slots) in [
+        (1, 8, 1),
+        (64, 8, 1),
+        (2040, 8, 1),
+        (2041, 0, 1),
+        (4088, 8, 2),
+        (4095, 0, 2),
+        (4096, 8, 3),
+        (16 * KIB, 8, 9),
     ] {
         let b = p.alloc(0, req(0x7_0000_1008, len, 0), ()).unwrap();
-        assert_eq!(b.addr.as_u64() % 2048, 8, "{b:?}");
+        assert_eq!(b.addr.as_u64() % 2048, kept, "{b:?}");
         if len >= 4096 {
             assert_eq!(b.addr.as_u64() % 4096, 8, "{b:?}");
         }
-        assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() - 8);
+        assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() - kept);
         assert_eq!(b.slot_bytes, slots * 2048, "{b:?}");
         assert_eq!(p.stats().used_bytes, slots * 2048);
         p.free(b.addr).unwrap();
