@@ -25,13 +25,15 @@
 //!
 //! Run with `cargo bench -p dmakit-sim --bench paired [-- NAME...]`, where a name is part of
 //! `direct_vs_bounced`, `bounce_vs_memcpy`, `peers_64`, `peers_512`, `peers_4096`,
-//! `peers_16384`, `observability`, `occupancy` or `threads` (`peers` selects the four peer
-//! comparisons); `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default 201). Absolute
-//! times stay in the criterion benches.
+//! `peers_16384`, `observability`, `occupancy`, `pool_stream` or `threads` (`peers` selects
+//! the four peer comparisons); `DMAKIT_BENCH_ROUNDS` sets the number of rounds (default
+//! 201). Absolute times stay in the criterion benches.
 
 mod common;
 #[path = "common/peers.rs"]
 mod peers;
+#[path = "../tests/pool_stream/peers.rs"]
+mod stream_peers;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +44,9 @@ use common::{device, mapper, MIB, POOL};
 use dmakit::swiotlb::{Pool, PoolConfig, SlotRequest};
 use dmakit::{CpuMemory, Device, Direction, DmaMapper, PhysAddr};
 use dmakit_sim::host::HostPlatform;
+use dmakit_sim::request_stream::{Filled, Level, StreamAllocator, StreamRequest};
 use dmakit_sim::SimRng;
+use stream_peers::{BuddyPeer, PoolPeer, TalcPeer};
 
 /// Time each case is given per round.
 const ROUND_TARGET: Duration = Duration::from_millis(2);
@@ -279,6 +283,46 @@ fn peers_16384() -> Comparison {
     bounce_peers(16384, ["(peer)", "<= 1.25"])
 }
 
+/// Requests the `pool_stream` cases cycle through, after the fill.
+const STREAM_CYCLE: usize = 4096;
+
+/// A `pool_stream` case: `alloc` filled to `percent` % held, then one foreground step
+/// (allocate into the window of live allocations, free the oldest) per operation.
+fn stream_case<A: StreamAllocator + 'static>(name: &str, alloc: A, percent: u64) -> Case {
+    let mut f = Filled::new(alloc, 15, Level::Held(percent));
+    let reqs: Vec<StreamRequest> = f.stream.by_ref().take(STREAM_CYCLE).collect();
+    let mut i = 0;
+    Case::new(format!("{name} {percent} % held"), move || {
+        black_box(f.step(&reqs[i]));
+        i = (i + 1) % reqs.len();
+    })
+}
+
+/// The bounce pool against talc and a buddy heap over the same 64 MiB on the request
+/// stream of `dmakit_sim::request_stream`, 10 % and 90 % held.
+fn pool_stream() -> Comparison {
+    let mut cases = Vec::new();
+    let mut ratios = Vec::new();
+    for percent in [10, 90] {
+        let base = cases.len();
+        cases.push(stream_case("pool", PoolPeer::new(), percent));
+        cases.push(stream_case("talc", TalcPeer::new(), percent));
+        cases.push(stream_case(
+            "buddy_system_allocator",
+            BuddyPeer::new(),
+            percent,
+        ));
+        ratios.push((base, base + 1, "<= 1.0"));
+        ratios.push((base, base + 2, "(peer)"));
+    }
+    Comparison {
+        title:
+            "pool stream: alloc + free of the oldest, window of 64, after fill and fragmentation",
+        cases,
+        ratios,
+    }
+}
+
 /// The cost of statistics and of the debug checker on the map+unmap path.
 fn observability() -> Comparison {
     let variants: [(&str, Mapper); 3] = [
@@ -441,7 +485,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&r: &usize| r > 0)
         .unwrap_or(201);
-    let comparisons: [(&str, Build); 9] = [
+    let comparisons: [(&str, Build); 10] = [
         ("direct_vs_bounced", direct_vs_bounced),
         ("bounce_vs_memcpy", bounce_vs_memcpy),
         ("peers_64", peers_64),
@@ -450,6 +494,7 @@ fn main() {
         ("peers_16384", peers_16384),
         ("observability", observability),
         ("occupancy", occupancy),
+        ("pool_stream", pool_stream),
         ("threads", threads),
     ];
     for (name, build) in comparisons {

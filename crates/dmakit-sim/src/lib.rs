@@ -31,6 +31,8 @@
 //! - [`oracle`]: what every tracked byte must hold, and the classification of wrong bytes;
 //! - [`placement`]: where a buffer and its neighbours sit (line aligned, kmalloc-packed,
 //!   struct field);
+//! - [`request_stream`]: the bounce pool's benchmark request stream, and the fills and
+//!   counts that measure an allocator on it;
 //! - [`transfer`]: one transfer through the mapping layer, judged by the oracle;
 //! - [`workload`]: the randomized transfer harness driving a `DmaMapper` on the machine;
 //! - [`workload_error`]: why a workload or one of its transfers could not run.
@@ -79,6 +81,7 @@ pub mod oracle;
 pub mod page_alloc;
 pub mod placement;
 pub mod platform;
+pub mod request_stream;
 pub mod rng;
 pub mod routed;
 pub mod sharing;

@@ -37,9 +37,21 @@ fn geometry() -> impl Strategy<Value = (u64, u64, usize, Vec<u64>, u64)> {
     ]
 }
 
-fn check_placement(b: &Bounce, r: &SlotRequest, slot: u64) {
+/// The pools' largest cache line (the builder's default).
+const LINE: u64 = 64;
+
+fn check_placement(pool: &Pool<u64>, b: &Bounce, r: &SlotRequest, slot: u64) {
     let addr = b.addr.as_u64();
-    let mask = r.min_align_mask;
+    // The mask's bits, and the offset within the line where the request fits a segment
+    // with it and is a page or more or needs no extra slot for it.
+    let with_line = r.min_align_mask | (LINE - 1);
+    let slots = |bits: u64| ((r.orig.as_u64() & bits & (slot - 1)) + r.len).div_ceil(slot);
+    let free = slots(with_line) == slots(r.min_align_mask);
+    let mask = if r.len <= pool.max_mapping_size(with_line) && (r.len >= PAGE_SIZE || free) {
+        with_line
+    } else {
+        r.min_align_mask
+    };
     assert_eq!(addr & mask, r.orig.as_u64() & mask, "{b:?} {r:?}");
     if r.len >= PAGE_SIZE {
         assert_eq!(addr % PAGE_SIZE, (r.orig.as_u64() & mask) % PAGE_SIZE);
@@ -84,7 +96,7 @@ proptest! {
                     let before = pool.stats();
                     match pool.alloc(cpu, req, next_meta) {
                         Ok(b) => {
-                            check_placement(&b, &req, slot);
+                            check_placement(&pool, &b, &req, slot);
                             prop_assert!(regions.iter().any(|r| r.start() <= b.slot_start && b.slot_start.as_u64() + b.slot_bytes <= r.end().as_u64()));
                             let s = b.slot_start.as_u64();
                             if let Some((&ps, (pb, _))) = live.range(..=s).next_back() {

@@ -19,6 +19,7 @@ pub struct PoolConfig {
     slot_shift: u32,
     segment_order: u32,
     areas: usize,
+    line_shift: u32,
 }
 
 /// Why a pool geometry was rejected.
@@ -75,6 +76,8 @@ impl PoolConfig {
     pub(crate) const DEFAULT_SLOT_SIZE: u64 = 2048;
     /// Default number of slots per segment (as Linux SWIOTLB: 256 KiB segments).
     pub const DEFAULT_SEGMENT_SLOTS: u64 = 128;
+    /// Default largest cache line in bytes.
+    pub(crate) const DEFAULT_CACHE_LINE: u64 = 64;
 
     /// Starts a geometry with the defaults: 2 KiB slots, 128-slot segments, one CPU, 64-byte
     /// cache lines.
@@ -84,7 +87,7 @@ impl PoolConfig {
             segment_slots: Self::DEFAULT_SEGMENT_SLOTS,
             cpu_count: 1,
             areas: None,
-            cache_line: 64,
+            cache_line: Self::DEFAULT_CACHE_LINE,
         }
     }
 
@@ -118,6 +121,12 @@ impl PoolConfig {
         self.slot_shift
     }
 
+    /// The largest cache line given to the builder (a power of two, at most a slot).
+    #[inline]
+    pub(crate) fn cache_line(&self) -> u64 {
+        1 << self.line_shift
+    }
+
     #[inline]
     pub(crate) fn segment_order(&self) -> u32 {
         self.segment_order
@@ -131,6 +140,7 @@ impl Default for PoolConfig {
             slot_shift: Self::DEFAULT_SLOT_SIZE.trailing_zeros(),
             segment_order: Self::DEFAULT_SEGMENT_SLOTS.trailing_zeros(),
             areas: 1,
+            line_shift: Self::DEFAULT_CACHE_LINE.trailing_zeros(),
         }
     }
 }
@@ -213,6 +223,7 @@ impl PoolConfigBuilder {
             slot_shift: s.trailing_zeros(),
             segment_order: n.trailing_zeros(),
             areas,
+            line_shift: self.cache_line.trailing_zeros(),
         })
     }
 }

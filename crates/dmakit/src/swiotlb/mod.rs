@@ -25,8 +25,10 @@
 //!   O(1), for requests of the same size whose placement they satisfy; the cache is flushed
 //!   back into the buddy lists before an area refuses a request, so it never causes an
 //!   exhaustion.
-//! - **Placement**: the bounce address keeps `orig & min_align_mask` and, for mappings of
-//!   a page or more, starts on a page boundary plus that offset (see `request.rs`). The
+//! - **Placement**: the bounce address keeps `orig & min_align_mask` and the original's
+//!   offset within the cache line (so copies in and out do not alias; below a page only
+//!   where that needs no further slot), and, for mappings of a page or more, starts on a
+//!   page boundary plus those bits (see `request.rs`). The
 //!   allocation holds its run from the aligned boundary before the bounce address: the
 //!   lead-in slots belong to it, so nothing else can land in the aligned window (an IOMMU
 //!   granule, for the IOMMU path's untrusted bounces) in front of its bytes.

@@ -1,11 +1,23 @@
 //! What a caller asks for and gets back, and how a request becomes a slot placement.
 //!
 //! The placement rule: the bounce address keeps the original's bits under
-//! `min_align_mask`, and a mapping of a page or more starts on a page boundary plus that
-//! offset (so, page aligned when the mask demands no offset). Both become "a run of slots
+//! `min_align_mask` and its offset within the pool's largest cache line, and a mapping of a
+//! page or more starts on a page boundary plus those bits (so, page aligned when the
+//! original is line aligned and the mask demands no offset). Both become "a run of slots
 //! whose first slot number is `lead` modulo `2^align_order`, with the bounce address
 //! `offset` bytes into it". Within a block of the pool, `lead` depends on how the region's
 //! base is aligned, so it is computed per region.
+//!
+//! Why the line offset: a copy between two addresses whose distance modulo 4 KiB is a few
+//! bytes (an original at page + 8, its bounce at a page boundary) runs into x86's 4K
+//! aliasing, where loads wait for stores they only appear to depend on. With the same
+//! offset in the line, the distance is a whole number of lines. The bounce still owns
+//! whole lines: its run is whole slots, and when the offset pushes its end into a further
+//! slot, that slot is part of the run. That extra slot is paid only by mappings of a page
+//! or more, the ones whose copies are long enough for aliasing to matter; a smaller one
+//! keeps the line offset only where it needs no extra slot. Either way the line offset is
+//! kept only for lengths up to [`max_mapping_size`] of the mask joined with the line's
+//! offset bits (the mask's own limit is unchanged).
 
 use super::area::Placement;
 use super::config::PoolConfig;
@@ -40,8 +52,11 @@ impl SlotRequest {
 
 /// A live bounce allocation.
 ///
-/// Guarantees: `addr & min_align_mask == orig & min_align_mask`; if `len >= PAGE_SIZE` then
-/// `addr` is page aligned plus `orig & min_align_mask` (page aligned when that is zero);
+/// Guarantees: `addr & keep == orig & keep`, where `keep` is `min_align_mask`, joined by the
+/// offset bits of the pool's largest cache line (`max_cache_line - 1`) when `len` is at most
+/// [`Pool::max_mapping_size`](super::Pool::max_mapping_size) of that joined mask and either
+/// `len >= PAGE_SIZE` or the joined offset needs no more slots than the mask's; if
+/// `len >= PAGE_SIZE` then `addr` is page aligned plus `orig & keep`;
 /// `[addr, addr + len)` lies inside `[slot_start, slot_start + slot_bytes)`, a run of whole
 /// slots inside one segment that no other live allocation shares. The run starts at or
 /// before `addr - (orig & min_align_mask)` (the lead-in is held too), on a boundary of
@@ -90,12 +105,26 @@ impl Shape {
         if len >= PAGE_SIZE {
             align = align.max(PAGE_SIZE);
         }
-        let keep = req.orig.as_u64() & mask;
+        let orig = req.orig.as_u64();
+        let with_line = mask | (cfg.cache_line() - 1);
+        // The line's bits are under the slot size (the line is at most a slot), so neither
+        // the residue nor the alignment changes: only the offset into the first slot.
+        let slots_at = |offset: u64| (offset + len + slot - 1) >> shift;
+        let line_costs_nothing =
+            slots_at(orig & with_line & (slot - 1)) == slots_at(orig & mask & (slot - 1));
+        let kept = if len <= max_mapping_size(cfg, with_line)
+            && (len >= PAGE_SIZE || line_costs_nothing)
+        {
+            with_line
+        } else {
+            mask
+        };
+        let keep = orig & kept;
         let offset = keep & (slot - 1);
         Ok(Self {
             residue: keep >> shift,
             align_order: align.trailing_zeros() - shift,
-            count: (offset + len).div_ceil(slot) as u32,
+            count: slots_at(offset) as u32,
             offset: offset as u32,
             len,
         })

@@ -25,18 +25,32 @@ fn req(orig: u64, len: u64, mask: u64) -> SlotRequest {
     SlotRequest::new(PhysAddr::new(orig), len, mask)
 }
 
-fn check_bounce(b: &Bounce, r: &SlotRequest, slot: u64) {
+/// The default largest cache line of the pools below.
+const LINE: u64 = 64;
+
+/// The bits a bounce keeps: the mask's, and the offset within the line where the request
+/// fits a segment with it (`max_with_line`) and is a page or more or needs no extra slot.
+fn kept_bits(max_with_line: u64, r: &SlotRequest, slot: u64) -> u64 {
+    let with_line = r.min_align_mask | (LINE - 1);
+    let slots = |bits: u64| ((r.orig.as_u64() & bits & (slot - 1)) + r.len).div_ceil(slot);
+    let free = slots(with_line) == slots(r.min_align_mask);
+    if r.len <= max_with_line && (r.len >= PAGE_SIZE || free) {
+        with_line
+    } else {
+        r.min_align_mask
+    }
+}
+
+fn check_bounce<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
     let addr = b.addr.as_u64();
-    assert_eq!(
-        addr & r.min_align_mask,
-        r.orig.as_u64() & r.min_align_mask,
-        "{b:?} for {r:?}"
+    let keep = kept_bits(
+        pool.max_mapping_size(r.min_align_mask | (LINE - 1)),
+        r,
+        slot,
     );
+    assert_eq!(addr & keep, r.orig.as_u64() & keep, "{b:?} for {r:?}");
     if r.len >= PAGE_SIZE {
-        assert_eq!(
-            addr % PAGE_SIZE,
-            (r.orig.as_u64() & r.min_align_mask) % PAGE_SIZE
-        );
+        assert_eq!(addr % PAGE_SIZE, (r.orig.as_u64() & keep) % PAGE_SIZE);
     }
     let s = b.slot_start.as_u64();
     assert_eq!(s % slot, 0);
@@ -118,7 +132,7 @@ fn min_align_mask_is_preserved() {
                 for &len in &[1u64, 63, 64, 100, 2048, 4095, 4096, 5000, 65536] {
                     let r = req(0x9_0000_0000 + off, len, mask);
                     let b = pool.alloc(off as usize, r, len).unwrap();
-                    check_bounce(&b, &r, 2048);
+                    check_bounce(&pool, &b, &r, 2048);
                     assert_eq!(pool.get(b.addr), Ok((b, len)));
                     addrs.push(b.addr);
                     if addrs.len() > 8 {
@@ -147,7 +161,7 @@ fn allocations_free_back_to_empty() {
         for len in [1u64, 2048, 2049, 4096, 10000, 100_000] {
             let r = req(0x1234_5678 + i as u64 * 0x111, len, mask);
             let b = pool.alloc(i as usize, r, i).unwrap();
-            check_bounce(&b, &r, 2048);
+            check_bounce(&pool, &b, &r, 2048);
             live.push((b, i));
             i += 1;
         }
@@ -521,7 +535,7 @@ fn cached_runs_are_reused_only_where_placement_allows() {
             (req(0x10 * i, 64, 0), 0),
         ] {
             let b = pool.alloc(0, r, i).unwrap();
-            check_bounce(&b, &r, 2048);
+            check_bounce(&pool, &b, &r, 2048);
             assert_eq!(b.addr.as_u64() & mask, r.orig.as_u64() & mask);
             live.push((b, r));
         }
@@ -547,7 +561,7 @@ fn cached_runs_are_reused_only_where_placement_allows() {
     for i in 0..16u64 {
         let r = req(0, PAGE_SIZE, 0);
         let b = pool.alloc(0, r, i).unwrap();
-        check_bounce(&b, &r, 2048);
+        check_bounce(&pool, &b, &r, 2048);
         live.push((b, r));
     }
     pool.check().unwrap();
@@ -686,7 +700,7 @@ proptest! {
                 let r = req(pick as u64 * 0x45, len.min(pool.max_mapping_size(mask)), mask);
                 match pool.alloc(cpu, r, i as u32) {
                     Ok(b) => {
-                        check_bounce(&b, &r, 64);
+                        check_bounce(&pool, &b, &r, 64);
                         live.push(b);
                     }
                     Err(SwiotlbError::Exhausted { .. }) => prop_assert_eq!(pool.cached_slots(), 0),
@@ -721,7 +735,7 @@ fn lead_in_slots_belong_to_the_bounce() {
         Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
     let r = req(0x7_0900, 13, 0xfff);
     let a = pool.alloc(0, r, 1).unwrap();
-    check_bounce(&a, &r, 2048);
+    check_bounce(&pool, &a, &r, 2048);
     assert_eq!(a.addr.as_u64() & 0xfff, 0x900);
     assert_eq!(a.slot_start.as_u64(), a.addr.as_u64() & !0xfff);
     assert_eq!(a.slot_bytes, 4096);
@@ -774,7 +788,7 @@ fn cached_runs_with_lead_in_keep_the_placement() {
     // bytes): the cached run is reused only if the bounce keeps its residue.
     let r2 = req(0x100, 3000, 0xfff);
     let c = pool.alloc(0, r2, 3).unwrap();
-    check_bounce(&c, &r2, 2048);
+    check_bounce(&pool, &c, &r2, 2048);
     assert_eq!(c.slot_start.as_u64() & 0xfff, 0);
     pool.check().unwrap();
 }
@@ -854,4 +868,63 @@ fn abandon_restores_the_high_water_mark() {
         Err(SwiotlbError::NotMapped { addr: c.addr })
     );
     pool.check().unwrap();
+}
+
+fn pool_with_line(line: u64) -> Pool<()> {
+    let cfg = PoolConfig::builder().max_cache_line(line).build().unwrap();
+    Pool::with_region(cfg, PhysAddr::new(0x10_0000), 4 * 256 * KIB).unwrap()
+}
+
+/// The bounce of a buffer at page + 8 sits at its page + 8 too; from a page on it holds the
+/// further slot its bytes cross into, below a page it keeps the offset only where that
+/// needs no further slot.
+#[test]
+fn bounces_keep_the_offset_in_the_line() {
+    let p = pool_with_line(64);
+    for (len, kept, slots) in [
+        (1, 8, 1),
+        (64, 8, 1),
+        (2040, 8, 1),
+        (2041, 0, 1),
+        (4088, 8, 2),
+        (4095, 0, 2),
+        (4096, 8, 3),
+        (16 * KIB, 8, 9),
+    ] {
+        let b = p.alloc(0, req(0x7_0000_1008, len, 0), ()).unwrap();
+        assert_eq!(b.addr.as_u64() % 2048, kept, "{b:?}");
+        if len >= 4096 {
+            assert_eq!(b.addr.as_u64() % 4096, 8, "{b:?}");
+        }
+        assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() - kept);
+        assert_eq!(b.slot_bytes, slots * 2048, "{b:?}");
+        assert_eq!(p.stats().used_bytes, slots * 2048);
+        p.free(b.addr).unwrap();
+    }
+    // Only the offset within the line: 0x48 in a 64-byte line is 8.
+    let b = p.alloc(0, req(0x7_0000_1048, 100, 0), ()).unwrap();
+    assert_eq!(b.addr.as_u64() % 2048, 8, "{b:?}");
+    // With 128-byte lines, the whole 0x48.
+    let b = pool_with_line(128)
+        .alloc(0, req(0x7_0000_1048, 100, 0), ())
+        .unwrap();
+    assert_eq!(b.addr.as_u64() % 2048, 0x48, "{b:?}");
+}
+
+/// A mask's offset wins where it covers the line, and the longest mapping the mask
+/// allows still fits: there the line offset is given up.
+#[test]
+fn the_mask_and_the_segment_come_first() {
+    let p = pool_with_line(64);
+    let b = p.alloc(0, req(0x7_0000_0948, 100, 0xfff), ()).unwrap();
+    assert_eq!(b.addr.as_u64() & 0xfff, 0x948, "{b:?}");
+    assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() & !0xfff);
+    let max = p.max_mapping_size(0);
+    assert_eq!(max, 256 * KIB);
+    let whole = p.alloc(0, req(0x7_0000_1008, max, 0), ()).unwrap();
+    assert_eq!(whole.addr.as_u64() % 4096, 0, "{whole:?}");
+    assert_eq!(whole.slot_bytes, max);
+    let kept = p.alloc(0, req(0x7_0000_1008, max - 63, 0), ()).unwrap();
+    assert_eq!(kept.addr.as_u64() % 4096, 8, "{kept:?}");
+    assert_eq!(kept.slot_bytes, max);
 }
