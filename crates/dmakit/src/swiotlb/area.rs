@@ -373,17 +373,18 @@ impl<T> Area<T> {
         }
     }
 
-    /// Frees the allocation at `local` that the caller claimed, as [`Area::free`] does, and
-    /// returns it; `None` (nothing changed) when `local` holds no claimed allocation.
-    pub(crate) fn finish(&self, local: u32) -> Option<Live<T>> {
+    /// Frees the allocation at `local` that the caller claimed, as [`Area::free`] does;
+    /// `false` (nothing changed) when `local` holds no claimed allocation.
+    pub(crate) fn finish(&self, local: u32) -> bool {
         let mut guard = self.inner.lock();
-        let entry = guard.live.get_mut(local as usize)?;
-        if !matches!(entry, Some(live) if live.claimed) {
-            return None;
-        }
-        let live = entry.take()?;
+        let Some(entry) = guard.live.get_mut(local as usize) else {
+            return false;
+        };
+        let Some(live) = entry.take_if(|live| live.claimed) else {
+            return false;
+        };
         self.release(&mut guard, local, &live);
-        Some(live)
+        true
     }
 
     /// Makes the allocation at `local` that the caller claimed live again, as it was.

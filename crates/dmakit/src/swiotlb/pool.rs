@@ -410,10 +410,8 @@ impl<T> Pool<T> {
         // outlives every use below.
         let area = unsafe { &*area };
         match f(&bounce, &meta) {
-            Ok(value) => {
-                let live = area.finish(loc.local).ok_or(not_mapped)?;
-                Ok(Ok((bounce, live.meta, value)))
-            }
+            Ok(value) if area.finish(loc.local) => Ok(Ok((bounce, meta, value))),
+            Ok(_) => Err(not_mapped),
             Err(e) => {
                 area.unclaim(loc.local);
                 Ok(Err(e))
