@@ -119,9 +119,9 @@ pub struct PoolUsage {
 /// `[a - (orig & min_align_mask), a)` belongs to the bounce too (no other live bounce uses
 /// it), so a bounce asked with a mask of `2^n - 1` owns its memory from a `2^n` boundary
 /// (the IOMMU path relies on this to give untrusted devices whole granules). It stays
-/// reserved, with its [`BounceMeta`], until `free(a)` (or `abandon(a)`), which releases
-/// it whole, lead-in included. On error nothing changed, usage and high-water mark
-/// included. Implementations are thread-safe and must not block: they may be called in
+/// reserved, with its [`BounceMeta`], until `free(a)`, `abandon(a)` or an `end(a, ..)`
+/// that succeeds releases it whole, lead-in included. On error nothing changed, usage and
+/// high-water mark included. Implementations are thread-safe and must not block: they may be called in
 /// atomic context.
 pub trait BounceBackend: Send + Sync {
     /// A short name for reports.

@@ -218,7 +218,8 @@ impl BounceBackend for SwiotlbBounce {
         self.pool.free(addr).ok().map(|(_, m)| m)
     }
 
-    /// One lookup: the bounce is claimed while `end` runs (see [`Pool::end`]).
+    /// One lookup: the bounce is claimed (hidden from `get`, `free` and other ends, still
+    /// holding its slots) while `end` runs, then freed under a second lock of its area.
     #[inline]
     fn end(
         &self,
