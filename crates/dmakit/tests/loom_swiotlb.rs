@@ -1,7 +1,9 @@
 //! Model checks of the bounce pool's locking with loom: every interleaving of two threads
 //! allocating and freeing (and growing the pool) must keep allocations disjoint and the
 //! accounting exact, including the per-area usage words and the high-water grants that
-//! move allowance between areas, the run caches, and the lock-free region directory.
+//! move allowance between areas, the run caches, and the lock-free region directory; and
+//! unmaps that claim a bounce while they copy back, against each other, against frees and
+//! against removal of the region.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p dmakit --test loom_swiotlb --release`.
 //!
@@ -23,6 +25,9 @@ mod platform {
 }
 mod bounce {
     pub use dmakit::bounce::*;
+}
+mod error {
+    pub use dmakit::DmaError;
 }
 mod reintroduce {
     pub use dmakit::reintroduce::*;
@@ -219,6 +224,99 @@ fn abandon_races_with_an_allocation_in_another_area() {
         assert_eq!((s.used_bytes, s.live), (64, 1));
         assert!((64..=128).contains(&s.high_water_bytes), "{s:?}");
         assert_eq!(pool.free(kept.addr).unwrap().1, 1);
+        pool.check().unwrap();
+    });
+}
+
+#[test]
+fn concurrent_ends_of_one_bounce_free_it_once() {
+    bounded().check(|| {
+        let pool = Arc::new(tiny_pool());
+        let b = pool
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 5)
+            .unwrap();
+        let other = {
+            let pool = Arc::clone(&pool);
+            thread::spawn(move || pool.end(b.addr, |_, &m| Ok::<_, ()>(m)).is_ok())
+        };
+        // A second unmap of the same address, as a racing driver would do: one of the two
+        // frees it, the other finds nothing (never a double free).
+        let mine = pool.end(b.addr, |_, &m| Ok::<_, ()>(m));
+        let theirs = other.join().unwrap();
+        assert_ne!(mine.is_ok(), theirs);
+        if let Ok(r) = mine {
+            assert_eq!(r, Ok((b, 5, 5)));
+        }
+        pool.check().unwrap();
+        let s = pool.stats();
+        assert_eq!((s.used_bytes, s.live), (0, 0));
+    });
+}
+
+#[test]
+fn a_failed_end_races_with_a_free() {
+    bounded().check(|| {
+        let pool = Arc::new(tiny_pool());
+        let b = pool
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 5)
+            .unwrap();
+        let freer = {
+            let pool = Arc::clone(&pool);
+            thread::spawn(move || pool.free(b.addr).is_ok())
+        };
+        // An unmap whose copy back faults leaves the bounce live; a free meanwhile finds it
+        // claimed (and fails) or finds it live before or after (and frees it).
+        let ended = pool.end(b.addr, |_, _| Err::<(), _>("fault"));
+        let freed = freer.join().unwrap();
+        match ended {
+            Ok(r) => assert_eq!(r, Err("fault")),
+            Err(_) => assert!(freed, "only a free can have taken it"),
+        }
+        pool.check().unwrap();
+        let live = pool.stats().live;
+        assert_eq!(live, u64::from(!freed));
+        if !freed {
+            assert_eq!(pool.free(b.addr).unwrap(), (b, 5));
+        }
+        assert_eq!(pool.stats().used_bytes, 0);
+    });
+}
+
+#[test]
+fn only_the_claimant_frees_a_claimed_bounce() {
+    bounded().check(|| {
+        let pool = Arc::new(tiny_pool());
+        let b = pool
+            .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 5)
+            .unwrap();
+        // A racing free, and removal of the region once it is empty: while the end copies
+        // back, neither may take the bounce or its region from under it.
+        let other = {
+            let pool = Arc::clone(&pool);
+            thread::spawn(move || {
+                let freed = pool.free(b.addr).is_ok();
+                let removed = freed && pool.remove_region(PhysAddr::new(0x1000)).is_ok();
+                (freed, removed)
+            })
+        };
+        let mut ran = false;
+        let ended = pool.end(b.addr, |_, _| {
+            ran = true;
+            Ok::<_, ()>(())
+        });
+        let (freed, removed) = other.join().unwrap();
+        assert_eq!(
+            ran,
+            ended.is_ok(),
+            "an end whose copy ran must free the bounce"
+        );
+        assert_ne!(ended.is_ok(), freed, "freed exactly once");
+        if let Ok(r) = ended {
+            assert_eq!(r, Ok((b, 5, ())));
+        }
+        assert_eq!(removed, freed);
+        let s = pool.stats();
+        assert_eq!((s.used_bytes, s.live), (0, 0));
         pool.check().unwrap();
     });
 }

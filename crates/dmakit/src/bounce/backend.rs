@@ -9,6 +9,7 @@ use crate::addr::PhysAddr;
 use crate::decision::BounceReason;
 use crate::device::DeviceId;
 use crate::direction::Direction;
+use crate::error::DmaError;
 
 /// A request for room for one bounce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,9 +119,9 @@ pub struct PoolUsage {
 /// `[a - (orig & min_align_mask), a)` belongs to the bounce too (no other live bounce uses
 /// it), so a bounce asked with a mask of `2^n - 1` owns its memory from a `2^n` boundary
 /// (the IOMMU path relies on this to give untrusted devices whole granules). It stays
-/// reserved, with its [`BounceMeta`], until `free(a)` (or `abandon(a)`), which releases
-/// it whole, lead-in included. On error nothing changed, usage and high-water mark
-/// included. Implementations are thread-safe and must not block: they may be called in
+/// reserved, with its [`BounceMeta`], until `free(a)`, `abandon(a)` or an `end(a, ..)`
+/// that succeeds releases it whole, lead-in included. On error nothing changed, usage and
+/// high-water mark included. Implementations are thread-safe and must not block: they may be called in
 /// atomic context.
 pub trait BounceBackend: Send + Sync {
     /// A short name for reports.
@@ -138,6 +139,28 @@ pub trait BounceBackend: Send + Sync {
     /// Releases the live bounce starting at `addr`; `None` (and nothing changed) if there is
     /// none.
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta>;
+    /// Ends the live bounce starting at `addr`: runs `end` on its metadata, with no lock of
+    /// the backend held (it may copy memory), and releases the bounce as
+    /// [`BounceBackend::free`] does when `end` returns `Ok`. Returns the metadata and
+    /// `end`'s value; `Some(Err(e))` with `end`'s error, the bounce then still live and
+    /// unchanged; `None` if there is no live bounce at `addr` (`end` then did not run, or
+    /// the bounce was released by another call while it ran).
+    ///
+    /// The default looks the bounce up with [`BounceBackend::get`] and releases it with
+    /// [`BounceBackend::free`]. A backend that can reserve the bounce for this call
+    /// overrides it to look it up once; while `end` runs, `get`, `free` and other ends of
+    /// `addr` may then find no live bounce.
+    fn end(
+        &self,
+        addr: PhysAddr,
+        end: &mut dyn FnMut(&BounceMeta) -> Result<u64, DmaError>,
+    ) -> Option<Result<(BounceMeta, u64), DmaError>> {
+        let meta = self.get(addr)?;
+        match end(&meta) {
+            Ok(value) => self.free(addr).map(|meta| Ok((meta, value))),
+            Err(e) => Some(Err(e)),
+        }
+    }
     /// Releases the live bounce starting at `addr` that [`BounceBackend::alloc`] reserved
     /// for an operation that then failed (a copy fault) before any device could use it.
     /// Guarantee: with no other call in between, [`BounceBackend::usage`] is then exactly

@@ -160,32 +160,38 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     cpu_sync: bool,
 ) -> Result<(BounceMeta, u64), DmaError> {
     let Slot { dma, phys: slot } = at;
-    let meta = live(backend, dev, dma, slot)?;
-    if meta.len != len {
-        return Err(DmaError::OutOfMapping {
-            device: dev.id(),
-            dma,
-            len,
-            mapped_len: meta.len,
-        });
-    }
-    if meta.dir != dir {
-        return Err(DmaError::WrongDirection {
-            device: dev.id(),
-            mapped: meta.dir,
-            requested: dir,
-        });
-    }
-    let copied = if cpu_sync {
-        to_cpu(p, backend, dev, slot, meta.orig, len, dir)?
-    } else {
-        0
-    };
-    let meta = backend.free(slot).ok_or(DmaError::UnknownMapping {
+    let unknown = DmaError::UnknownMapping {
         device: dev.id(),
         dma,
-    })?;
-    Ok((meta, copied))
+    };
+    // One lookup: the backend holds the bounce for this call while the copy back runs,
+    // and releases it only if the checks and the copy succeed.
+    let mut end = |meta: &BounceMeta| {
+        if meta.device != dev.id() {
+            return Err(unknown);
+        }
+        if meta.len != len {
+            return Err(DmaError::OutOfMapping {
+                device: dev.id(),
+                dma,
+                len,
+                mapped_len: meta.len,
+            });
+        }
+        if meta.dir != dir {
+            return Err(DmaError::WrongDirection {
+                device: dev.id(),
+                mapped: meta.dir,
+                requested: dir,
+            });
+        }
+        if cpu_sync {
+            to_cpu(p, backend, dev, slot, meta.orig, len, dir)
+        } else {
+            Ok(0)
+        }
+    };
+    backend.end(slot, &mut end).unwrap_or(Err(unknown))
 }
 
 /// Hands `len` bytes at `offset` inside the bounced mapping `dma`, whose slot is at `slot`

@@ -70,6 +70,10 @@ pub(crate) struct Live<T> {
     /// Slots by which this allocation raised the pool's high-water mark (so that an
     /// allocation given back unused can lower it again).
     pub raised: u32,
+    /// Whether one caller is ending it ([`Area::claim`]): every other lookup and free then
+    /// finds no live allocation here, and only that caller's [`Area::finish`] or
+    /// [`Area::unclaim`] may touch it.
+    pub claimed: bool,
     /// The caller's metadata.
     pub meta: T,
 }
@@ -308,6 +312,7 @@ impl<T> Area<T> {
             offset: p.offset,
             len: p.len,
             raised,
+            claimed: false,
             meta,
         });
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
@@ -319,7 +324,7 @@ impl<T> Area<T> {
     }
 
     /// Runs `f` on the live allocation whose first slot is `local` and whose bounce address
-    /// sits `offset` bytes into it; `None` when there is none.
+    /// sits `offset` bytes into it; `None` when there is none (or it is claimed).
     pub(crate) fn with_live<R>(
         &self,
         local: u32,
@@ -328,29 +333,85 @@ impl<T> Area<T> {
     ) -> Option<R> {
         let inner = self.inner.lock();
         match inner.live.get(local as usize) {
-            Some(Some(live)) if live.offset == offset => Some(f(live)),
+            Some(Some(live)) if live.offset == offset && !live.claimed => Some(f(live)),
             _ => None,
         }
     }
 
     /// Removes the live allocation whose bounce address is at `local`/`offset` and frees
     /// its slots, lead-in included (into the run cache when it has room for them); `None`
-    /// (nothing changed) when there is none.
+    /// (nothing changed) when there is none or it is claimed.
     pub(crate) fn free(&self, local: u32, offset: u32) -> Option<Live<T>> {
         let mut guard = self.inner.lock();
-        let inner = &mut *guard;
-        let entry = inner.live.get_mut(local as usize)?;
-        if entry.as_ref()?.offset != offset {
+        let entry = guard.live.get_mut(local as usize)?;
+        if !matches!(entry, Some(live) if live.offset == offset && !live.claimed) {
             return None;
         }
         let live = entry.take()?;
+        self.release(&mut guard, local, &live);
+        Some(live)
+    }
+
+    /// Claims the live allocation whose bounce address is at `local`/`offset` for the
+    /// caller alone and runs `f` on it: until the caller's [`Area::finish`] or
+    /// [`Area::unclaim`], lookups, frees and claims of it find nothing, and it keeps its
+    /// slots and stays counted as used and live (so its region cannot be removed). `None`
+    /// (nothing changed) when there is no such allocation or it is claimed already.
+    pub(crate) fn claim<R>(
+        &self,
+        local: u32,
+        offset: u32,
+        f: impl FnOnce(&Live<T>) -> R,
+    ) -> Option<R> {
+        let mut inner = self.inner.lock();
+        match inner.live.get_mut(local as usize) {
+            Some(Some(live)) if live.offset == offset && !live.claimed => {
+                live.claimed = true;
+                Some(f(live))
+            }
+            _ => None,
+        }
+    }
+
+    /// Frees the allocation at `local` that the caller claimed, as [`Area::free`] does;
+    /// `false` (nothing changed) when `local` holds no claimed allocation.
+    pub(crate) fn finish(&self, local: u32) -> bool {
+        let mut guard = self.inner.lock();
+        let Some(entry) = guard.live.get_mut(local as usize) else {
+            return false;
+        };
+        let Some(live) = entry.take_if(|live| live.claimed) else {
+            return false;
+        };
+        self.release(&mut guard, local, &live);
+        true
+    }
+
+    /// Makes the allocation at `local` that the caller claimed live again, as it was.
+    pub(crate) fn unclaim(&self, local: u32) {
+        let mut inner = self.inner.lock();
+        if let Some(Some(live)) = inner.live.get_mut(local as usize) {
+            live.claimed = false;
+        }
+    }
+
+    /// Frees the slots of `live`, just taken out of the table at `local`, and counts them
+    /// free; the caller holds the lock.
+    #[inline]
+    fn release(&self, inner: &mut AreaInner<T>, local: u32, live: &Live<T>) {
         let first = local - live.lead;
         if !inner.cache.put(first, live.count) {
             inner.slots.release(first, live.count);
         }
         self.counter.freed(live.count);
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-        Some(live)
+    }
+
+    /// Live allocations, read under the lock: once this returns 0, no call that had
+    /// found an allocation of this area touches it any more (for region removal).
+    pub(crate) fn live_locked(&self) -> u32 {
+        let _inner = self.inner.lock();
+        self.counter.live()
     }
 
     /// Current usage.
@@ -411,6 +472,9 @@ impl<T> Area<T> {
         let mut held = alloc::vec![false; inner.slots.len() as usize];
         for (i, l) in inner.live.iter().enumerate() {
             let Some(l) = l else { continue };
+            if l.claimed {
+                return Err(alloc::format!("run at {i} is still claimed"));
+            }
             let Some(first) = (i as u32).checked_sub(l.lead) else {
                 return Err(alloc::format!("lead-in of the run at {i} leaves the area"));
             };

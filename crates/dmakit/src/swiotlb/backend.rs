@@ -11,6 +11,7 @@ use crate::addr::{PhysAddr, PhysRange};
 use crate::bounce::{
     BounceAllocError, BounceBackend, BounceMeta, BounceRequest, MemorySpan, PoolUsage,
 };
+use crate::error::DmaError;
 use crate::growth::{Growth, GrowthHook, GrowthRequest};
 use crate::platform::HostSharing;
 use crate::swiotlb::{self, Pool, PoolConfig, RegionError, SwiotlbError};
@@ -215,6 +216,21 @@ impl BounceBackend for SwiotlbBounce {
 
     fn free(&self, addr: PhysAddr) -> Option<BounceMeta> {
         self.pool.free(addr).ok().map(|(_, m)| m)
+    }
+
+    /// One lookup: the bounce is claimed (hidden from `get`, `free` and other ends, still
+    /// holding its slots) while `end` runs, then freed under a second lock of its area.
+    #[inline]
+    fn end(
+        &self,
+        addr: PhysAddr,
+        end: &mut dyn FnMut(&BounceMeta) -> Result<u64, DmaError>,
+    ) -> Option<Result<(BounceMeta, u64), DmaError>> {
+        match self.pool.end(addr, |_, meta| end(meta)) {
+            Ok(Ok((_, meta, value))) => Some(Ok((meta, value))),
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
     }
 
     fn abandon(&self, addr: PhysAddr) -> Option<BounceMeta> {

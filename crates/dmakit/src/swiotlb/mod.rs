@@ -39,7 +39,10 @@
 //!   then that area's stripe of the region table, a binary search and arithmetic to the
 //!   slot; each area keeps the caller's metadata of its live allocations indexed by first
 //!   slot, so `get` and `free` take O(log regions), one stripe lock and one area lock, and
-//!   `region_of` usually no lock at all.
+//!   `region_of` usually no lock at all. An unmap that must copy back before the slots are
+//!   free uses `Pool::end`: one lookup claims the allocation (hidden from every other
+//!   lookup, still holding its slots), the copy runs with no lock held, and a second lock
+//!   of the same area frees it, or makes it live again when the copy failed.
 //! - **Concurrency**: no pool-wide lock or shared written cache line on the hot path. The
 //!   region table is a striped reader lock with one stripe per area index (see
 //!   `table.rs`); each area has its own lock and cache lines; usage is counted per area and

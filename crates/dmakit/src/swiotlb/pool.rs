@@ -3,6 +3,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+use super::area::Area;
 use super::config::PoolConfig;
 use super::error::{RegionError, SwiotlbError};
 use super::region::{area_index, Location, Region};
@@ -137,12 +138,10 @@ impl<T> Pool<T> {
         };
         let region = Arc::clone(&first[at].0);
         // Holding every stripe, no allocation or free can reach the region: its live count
-        // cannot change under us.
-        let live: u64 = region
-            .areas()
-            .iter()
-            .map(|a| a.counter().live() as u64)
-            .sum();
+        // cannot change under us but by an `end` that found it before, whose allocation
+        // counts as live until it is freed under its area's lock. Reading the counts under
+        // those locks makes 0 mean that no such call touches the region any more.
+        let live: u64 = region.areas().iter().map(|a| a.live_locked() as u64).sum();
         if live != 0 {
             return Err(RegionError::Busy {
                 region: region.range(),
@@ -359,6 +358,65 @@ impl<T> Pool<T> {
             slot_bytes: (live.count as u64) << self.config.slot_shift(),
         };
         Ok((bounce, live.meta))
+    }
+
+    /// Ends the allocation whose bounce address is `addr` in one lookup: runs `f` on it and
+    /// a copy of its metadata with no lock of the pool held, the allocation reserved for
+    /// this call (meanwhile [`Pool::get`], [`Pool::free`] and other ends of `addr` find no
+    /// live allocation, and it keeps its slots); then, when `f` returns `Ok`, frees it as
+    /// [`Pool::free`] does and returns it with its metadata and `f`'s value, and when `f`
+    /// returns `Err`, makes it live again exactly as it was and returns the error.
+    ///
+    /// Cost: one stripe lock and two locks of the owning area, one lookup by address (a
+    /// [`Pool::get`] then [`Pool::free`] costs two lookups, two stripe locks and two area
+    /// locks). No memory is allocated.
+    ///
+    /// # Errors
+    /// [`SwiotlbError::NotMapped`] (nothing changed, `f` not run) if `addr` is not the
+    /// bounce address of a live allocation; `Ok(Err(e))` with `f`'s error `e`.
+    #[inline]
+    pub(crate) fn end<R, E>(
+        &self,
+        addr: PhysAddr,
+        f: impl FnOnce(&Bounce, &T) -> Result<R, E>,
+    ) -> Result<Result<(Bounce, T, R), E>, SwiotlbError>
+    where
+        T: Clone,
+    {
+        let not_mapped = SwiotlbError::NotMapped { addr };
+        let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let region = &regions[index];
+        let area = &region.areas()[loc.area];
+        let (bounce, meta) = area
+            .claim(loc.local, loc.offset, |live| {
+                let bounce = Bounce {
+                    addr,
+                    len: live.len,
+                    slot_start: region.addr_of(loc.area, loc.local - live.lead, 0),
+                    slot_bytes: (live.count as u64) << self.config.slot_shift(),
+                };
+                (bounce, live.meta.clone())
+            })
+            .ok_or(not_mapped)?;
+        let area: *const Area<T> = area;
+        // `f` may copy memory through the platform: no lock of the pool is held around it.
+        drop(regions);
+        // SAFETY: the area lives in its region, which an `Arc` of the table keeps at a fixed
+        // address until `remove_region` takes it out of every stripe (or the pool is
+        // dropped, which the borrow of `self` excludes). `remove_region` refuses while an
+        // area of the region counts a live allocation, reading the counts under the areas'
+        // locks, and the claimed allocation stays counted until `finish` frees it under
+        // this area's lock, after which this call no longer touches the area. So the area
+        // outlives every use below.
+        let area = unsafe { &*area };
+        match f(&bounce, &meta) {
+            Ok(value) if area.finish(loc.local) => Ok(Ok((bounce, meta, value))),
+            Ok(_) => Err(not_mapped),
+            Err(e) => {
+                area.unclaim(loc.local);
+                Ok(Err(e))
+            }
+        }
     }
 
     /// Pool-wide usage: one stripe lock and two atomic loads per area (no area lock). See

@@ -928,3 +928,89 @@ fn the_mask_and_the_segment_come_first() {
     assert_eq!(kept.addr.as_u64() % 4096, 8, "{kept:?}");
     assert_eq!(kept.slot_bytes, max);
 }
+
+#[test]
+fn end_frees_once_and_hides_the_allocation_while_it_runs() {
+    let base = PhysAddr::new(0x10_0000);
+    let pool: Pool<u8> = Pool::with_region(cfg(2048, 128, 2), base, 256 * KIB).unwrap();
+    let b = pool.alloc(1, req(0x123, 5000, 0xfff), 7).unwrap();
+    let live = pool.stats();
+    let nm = SwiotlbError::NotMapped { addr: b.addr };
+    let not = Err(nm);
+    let ended = pool.end(b.addr, |bounce, &meta| {
+        assert_eq!((*bounce, meta), (b, 7));
+        // Claimed: no other lookup, free or end finds it, it keeps its slots, and its
+        // region cannot go.
+        assert_eq!(pool.get(b.addr), not);
+        assert_eq!(pool.free(b.addr), not);
+        assert_eq!(pool.abandon(b.addr), not);
+        assert_eq!(
+            pool.end(b.addr, |_, _| Ok::<_, ()>(())).map(|_| ()),
+            Err(nm)
+        );
+        assert_eq!(pool.stats(), live);
+        assert!(matches!(
+            pool.remove_region(base),
+            Err(RegionError::Busy { live: 1, .. })
+        ));
+        Ok::<_, ()>(42)
+    });
+    assert_eq!(ended, Ok(Ok((b, 7, 42))));
+    assert_eq!(pool.stats().used_bytes, 0);
+    assert_eq!(pool.stats().live, 0);
+    pool.check().unwrap();
+    // Ended is freed: a second end, a get and a free find nothing, and `f` does not run.
+    let again = pool.end(b.addr, |_, _| -> Result<(), ()> {
+        panic!("ran on a freed bounce")
+    });
+    assert_eq!(again.map(|_| ()), Err(nm));
+    assert_eq!(pool.free(b.addr), not);
+    for a in [b.addr.as_u64() + 1, b.slot_start.as_u64(), 0x5] {
+        let r = pool.end(PhysAddr::new(a), |_, _| -> Result<(), ()> {
+            panic!("ran on {a:#x}")
+        });
+        assert_eq!(
+            r.map(|_| ()),
+            Err(SwiotlbError::NotMapped {
+                addr: PhysAddr::new(a)
+            })
+        );
+    }
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_failed_end_leaves_the_allocation_as_it_was() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    let b = pool.alloc(0, req(0x40, 100, 0), 3).unwrap();
+    let before = pool.stats();
+    assert_eq!(
+        pool.end(b.addr, |_, _| Err::<(), _>("fault")),
+        Ok(Err("fault"))
+    );
+    assert_eq!(pool.stats(), before);
+    pool.check().unwrap();
+    assert_eq!(pool.get(b.addr), Ok((b, 3)));
+    assert_eq!(pool.end(b.addr, |_, _| Ok::<_, ()>(())), Ok(Ok((b, 3, ()))));
+    assert_eq!(pool.stats().used_bytes, 0);
+    pool.check().unwrap();
+}
+
+#[test]
+fn concurrent_ends_of_one_address_free_it_once() {
+    let pool: Pool<u32> =
+        Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    for round in 0..200u32 {
+        let b = pool.alloc(round as usize, req(0x40, 64, 0), round).unwrap();
+        let wins: usize = std::thread::scope(|s| {
+            let ends: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| pool.end(b.addr, |_, &m| Ok::<_, ()>(m)).is_ok() as usize))
+                .collect();
+            ends.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1, "round {round}");
+        assert_eq!(pool.stats().live, 0);
+        pool.check().unwrap();
+    }
+}
