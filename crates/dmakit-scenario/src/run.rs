@@ -319,6 +319,7 @@ pub fn run_policy(
     let mut nb = Vec::new();
     let churn_whole = sc.churn.churn_per_transfer.floor() as u64;
     let churn_frac = sc.churn.churn_per_transfer.fract();
+    let mut counted = bounce_counts(&mapper);
     while done < opts.transfers {
         let ops = churn_whole + u64::from(rng.chance(churn_frac));
         for _ in 0..ops {
@@ -346,7 +347,6 @@ pub fn run_policy(
         machine
             .set_current_cpu(rng.below(m.cpus as u64) as usize)
             .map_err(model)?;
-        let before = bounce_counts(&mapper);
         for (ti, t) in driver.transfers.iter().enumerate() {
             if done >= opts.transfers {
                 break;
@@ -484,11 +484,13 @@ pub fn run_policy(
         if let Some(r) = &mut refill {
             r.step(&machine, done).map_err(RunError::Model)?;
         }
-        let after = bounce_counts(&mapper);
+        // Only operations map, so what the counters gained since the last one is this one's.
+        let now = bounce_counts(&mapper);
         let load = &mut loads[di];
         load.operations += 1;
-        load.bounces += after.0 - before.0;
-        load.bytes_copied += after.1 - before.1;
+        load.bounces += now.0 - counted.0;
+        load.bytes_copied += now.1 - counted.1;
+        counted = now;
     }
     progress.fetch_add(done - reported, Ordering::Relaxed);
     oracle.check_all(&machine, Owner::NOBODY).map_err(model)?;
