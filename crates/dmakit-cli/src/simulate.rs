@@ -1,5 +1,6 @@
 //! `dmakit simulate`: a scenario under competing policies, side by side.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use clap::ValueEnum;
 use dmakit::reintroduce::Defect;
 use dmakit_scenario::input::{read_text, MAX_SCENARIO_BYTES};
 use dmakit_scenario::model::SlabinfoSource;
+use dmakit_scenario::workers::machine_cores;
 use dmakit_scenario::{
     parse_scenario, simulate, Policy, RunOptions, Scenario, SimulationReport, DEFAULT_SCENARIO,
     DEFAULT_SCENARIO_FILE,
@@ -56,6 +58,7 @@ impl From<PolicyArg> for Policy {
   dmakit simulate --json > result.json
   dmakit simulate --report out/                     writes out/report.html
   dmakit simulate --bounce-cost-ns 800,250          the same output run to run
+  dmakit simulate --threads 1                       one policy after another
   dmakit simulate --slabinfo live --wide            this host's slabinfo, every column
   dmakit simulate --print-scenario > my.toml && dmakit simulate --scenario my.toml")]
 pub struct Args {
@@ -94,6 +97,10 @@ pub struct Args {
     /// Every column, and no wrapping to 100 columns.
     #[arg(long)]
     wide: bool,
+    /// How many policies run at once (each on its own thread); the machine's cores by
+    /// default. The output is the same whatever the number.
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
     /// Write the mappings of the exact policy's run (else the first policy's) as a Linux
     /// trace into FILE, for `dmakit replay`.
     #[arg(long, value_name = "FILE")]
@@ -147,6 +154,7 @@ pub fn run(args: Args) -> Result<(), String> {
             .emit_trace
             .as_ref()
             .and_then(|_| crate::emit_trace::policy_to_log(&policies)),
+        threads: args.threads.unwrap_or_else(machine_cores),
     };
     let trace_file = args.emit_trace.as_deref().map(crate::emit_trace::create);
     let trace_file = trace_file.transpose()?;

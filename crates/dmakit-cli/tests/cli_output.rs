@@ -46,6 +46,19 @@ fn the_same_seed_gives_the_same_output_byte_for_byte() {
 }
 
 #[test]
+fn the_output_is_the_same_on_one_thread_and_on_several() {
+    for extra in [&[][..], &["--json"][..]] {
+        let one = simulate(&[&["--threads", "1"][..], extra].concat());
+        for n in ["2", "7"] {
+            let text = simulate(&[&["--threads", n][..], extra].concat());
+            assert_eq!(text, one, "--threads {n} {extra:?}");
+        }
+    }
+    let o = binary::dmakit(&["simulate", "--threads", "0"]);
+    assert!(!o.status.success(), "0 threads must be refused");
+}
+
+#[test]
 fn the_headline_is_the_slabinfo_figure_dmakit_slab_computes() {
     let slab: serde_json::Value =
         serde_json::from_str(&ok(&["slab", "--slabinfo", SHIPPED, "--json"])).expect("json");

@@ -24,7 +24,8 @@
 //! - [`report`]: the results;
 //! - [`scale`]: each policy's kmalloc memory over the slabinfo's full population;
 //! - [`rates`]: bounces, bytes copied and CPU time per second at the drivers' rates;
-//! - [`units`]: byte sizes in files and reports.
+//! - [`units`]: byte sizes in files and reports;
+//! - [`workers`]: the policies on a bounded number of threads, reports in order.
 //!
 //! This crate is the experiment behind `dmakit simulate`, not a general-purpose
 //! simulator: its drivers model the DMA patterns of real drivers, and its API serves the
@@ -38,11 +39,18 @@
 //! use std::sync::atomic::AtomicU64;
 //!
 //! use dmakit_scenario::model::SlabinfoSource;
+//! use dmakit_scenario::workers::machine_cores;
 //! use dmakit_scenario::{default_scenario, simulate, Policy, RunOptions};
 //!
 //! let mut scenario = default_scenario()?;
 //! scenario.churn.slabinfo = SlabinfoSource::Shipped;
-//! let options = RunOptions { seed: 1, transfers: 2_000, top_sites: 3, log_mappings_of: None };
+//! let options = RunOptions {
+//!     seed: 1,
+//!     transfers: 2_000,
+//!     top_sites: 3,
+//!     log_mappings_of: None,
+//!     threads: machine_cores(),
+//! };
 //! let progress = AtomicU64::new(0);
 //! let report = simulate(&scenario, &[Policy::Exact, Policy::NoBounce], &options, &progress)?;
 //! let exact = &report.policies[0];
@@ -71,6 +79,7 @@ pub mod sites;
 pub mod slabinfo;
 pub mod trace;
 pub mod units;
+pub mod workers;
 
 pub use config::{parse_scenario, ScenarioError};
 pub use model::Scenario;

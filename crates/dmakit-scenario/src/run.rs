@@ -1,4 +1,5 @@
-//! Runs a scenario under one policy, or under several side by side (one thread each).
+//! Runs a scenario under one policy, or under several side by side (on as many threads as
+//! asked, see [`crate::workers`]).
 //!
 //! Each policy gets its own [`Machine`] (same scenario, same seed), a real SWIOTLB pool of
 //! the size that policy gets, a real [`dmakit_mem::Kmalloc`] with the policy's minimum
@@ -7,6 +8,7 @@
 //! transfer is judged. Bounce figures come from the mapper's own statistics.
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use crate::scale::MachineScale;
 use crate::sites::{self, Args};
 use crate::slabinfo::parse_slabinfo;
 use crate::units::format_bytes;
+use crate::workers;
 use dmakit_sim::machine::{Machine, MachineConfig};
 use dmakit_sim::memory::Owner;
 use dmakit_sim::oracle::Oracle;
@@ -61,6 +64,10 @@ pub struct RunOptions {
     /// The policy whose mappings are logged in its report's
     /// [`PolicyReport::mapping_log`] (`simulate --emit-trace`); `None`: no log.
     pub log_mappings_of: Option<Policy>,
+    /// How many policies run at once, each on its own thread (see [`crate::workers`]);
+    /// [`machine_cores`](crate::workers::machine_cores) uses every core. It changes how
+    /// long a run takes, not what it reports.
+    pub threads: NonZeroUsize,
 }
 
 /// Why a run could not be done.
@@ -113,8 +120,9 @@ fn knobs(burst: (u64, u64)) -> TransferKnobs {
     }
 }
 
-/// Runs every policy of `policies` on its own thread and collects the reports in order.
-/// `progress` counts transfers done across all of them.
+/// Runs every policy of `policies`, at most [`RunOptions::threads`] at a time, and collects
+/// the reports in the order of `policies`: the report is the same whatever the number of
+/// threads. `progress` counts transfers done across all of them.
 ///
 /// # Errors
 /// The first [`RunError`] of any policy, or [`RunError::Input`] for a slabinfo file that
@@ -133,25 +141,12 @@ pub fn simulate(
     // Checks the line before the runs; the figures use the alignment each run chose.
     MachineScale::new(&rows, sc.line(), policies)
         .map_err(|e| RunError::Impossible(e.to_string()))?;
-    let results: Vec<Result<PolicyReport, RunError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = policies
-            .iter()
-            .map(|&p| {
-                let sizes = &sizes;
-                s.spawn(move || run_policy(sc, p, sizes, opts, progress))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(RunError::Model("a policy thread panicked".into())))
-            })
-            .collect()
+    let results = workers::run_in_order(policies, opts.threads, |&p| {
+        run_policy(sc, p, &sizes, opts, progress)
     });
     let mut out = Vec::new();
     for r in results {
-        out.push(r?);
+        out.push(r.unwrap_or_else(|| Err(RunError::Model("a policy run panicked".into())))?);
     }
     let aligns: Vec<(String, u64)> = out
         .iter()
@@ -324,6 +319,7 @@ pub fn run_policy(
     let mut nb = Vec::new();
     let churn_whole = sc.churn.churn_per_transfer.floor() as u64;
     let churn_frac = sc.churn.churn_per_transfer.fract();
+    let mut counted = bounce_counts(&mapper);
     while done < opts.transfers {
         let ops = churn_whole + u64::from(rng.chance(churn_frac));
         for _ in 0..ops {
@@ -351,7 +347,6 @@ pub fn run_policy(
         machine
             .set_current_cpu(rng.below(m.cpus as u64) as usize)
             .map_err(model)?;
-        let before = bounce_counts(&mapper);
         for (ti, t) in driver.transfers.iter().enumerate() {
             if done >= opts.transfers {
                 break;
@@ -489,11 +484,13 @@ pub fn run_policy(
         if let Some(r) = &mut refill {
             r.step(&machine, done).map_err(RunError::Model)?;
         }
-        let after = bounce_counts(&mapper);
+        // Only operations map, so what the counters gained since the last one is this one's.
+        let now = bounce_counts(&mapper);
         let load = &mut loads[di];
         load.operations += 1;
-        load.bounces += after.0 - before.0;
-        load.bytes_copied += after.1 - before.1;
+        load.bounces += now.0 - counted.0;
+        load.bytes_copied += now.1 - counted.1;
+        counted = now;
     }
     progress.fetch_add(done - reported, Ordering::Relaxed);
     oracle.check_all(&machine, Owner::NOBODY).map_err(model)?;

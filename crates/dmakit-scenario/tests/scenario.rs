@@ -1,6 +1,8 @@
 //! The scenario runner: the built-in phone under the four policies, and scenario file errors.
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use dmakit_scenario::churn::SizeDistribution;
 use dmakit_scenario::model::SlabinfoSource;
@@ -21,6 +23,7 @@ fn opts(transfers: u64) -> RunOptions {
         transfers,
         top_sites: 5,
         log_mappings_of: None,
+        threads: dmakit_scenario::workers::machine_cores(),
     }
 }
 
@@ -71,6 +74,31 @@ fn runs_are_deterministic() {
         (a.kmalloc_bytes, &a.bounces, a.bounced_bytes, &a.top_sites),
         (b.kmalloc_bytes, &b.bounces, b.bounced_bytes, &b.top_sites)
     );
+}
+
+#[test]
+fn the_report_is_the_same_on_one_thread_and_on_several() {
+    let sc = phone();
+    let run = |threads: usize| {
+        let o = RunOptions {
+            threads: NonZeroUsize::new(threads).expect("non-zero"),
+            log_mappings_of: Some(Policy::Exact),
+            ..opts(4_000)
+        };
+        let mut r = simulate(&sc, &Policy::ALL, &o, &AtomicU64::new(0)).expect("runs");
+        // The only figure that changes run to run: how long each policy took.
+        for p in &mut r.policies {
+            p.elapsed = Duration::ZERO;
+        }
+        r
+    };
+    let one = run(1);
+    let names: Vec<_> = one.policies.iter().map(|p| p.name.as_str()).collect();
+    let all: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
+    assert_eq!(names, all, "reports in the order of the policies");
+    for threads in [2, 3, Policy::ALL.len() + 1] {
+        assert!(run(threads) == one, "{threads} threads: another report");
+    }
 }
 
 fn err(src: &str) -> String {

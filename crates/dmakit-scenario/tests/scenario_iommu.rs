@@ -18,6 +18,7 @@ fn opts(transfers: u64) -> RunOptions {
         transfers,
         top_sites: 8,
         log_mappings_of: None,
+        threads: dmakit_scenario::workers::machine_cores(),
     }
 }
 

@@ -30,6 +30,7 @@ fn scale_and_loads_of_a_run() {
         transfers: 4_000,
         top_sites: 3,
         log_mappings_of: None,
+        threads: dmakit_scenario::workers::machine_cores(),
     };
     let r = simulate(&sc, &Policy::ALL, &opts, &AtomicU64::new(0)).unwrap();
 

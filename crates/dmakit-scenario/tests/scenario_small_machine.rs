@@ -30,6 +30,7 @@ fn run(sc: &Scenario, policies: &[Policy]) -> SimulationReport {
         transfers: 15_000,
         top_sites: 3,
         log_mappings_of: None,
+        threads: dmakit_scenario::workers::machine_cores(),
     };
     simulate(sc, policies, &opts, &AtomicU64::new(0)).expect("runs")
 }

@@ -44,6 +44,7 @@ fn an_emitted_trace_replays_to_the_runs_own_counts() {
             transfers: 20_000,
             top_sites: 32,
             log_mappings_of: Some(policy),
+            threads: dmakit_scenario::workers::machine_cores(),
         };
         let run = run_policy(&sc, policy, &sizes, &opts, &AtomicU64::new(0)).unwrap();
         let log = run

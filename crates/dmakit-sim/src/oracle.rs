@@ -546,8 +546,14 @@ impl Oracle {
         };
         let n = al.data.len();
         let (cd, co, rd, ro) = &mut self.scratch;
-        cd.resize(n, 0);
-        co.resize(n, Owner::NOBODY);
+        // Grown, never shrunk: a shorter check reuses the buffers without clearing them.
+        for (v, o) in [(&mut *cd, &mut *co), (&mut *rd, &mut *ro)] {
+            if v.len() < n {
+                v.resize(n, 0);
+                o.resize(n, Owner::NOBODY);
+            }
+        }
+        let (cd, co) = (&mut cd[..n], &mut co[..n]);
         let bad = SimError::BadAllocation {
             addr: start,
             len: n as u64,
@@ -555,11 +561,10 @@ impl Oracle {
         view.cpu_view(PhysAddr::new(start), cd, co)
             .map_err(|_| bad.clone())?;
         self.report.checked_bytes += n as u64;
-        if *cd == al.data && *co == al.owners {
+        if *cd == al.data[..] && *co == al.owners[..] {
             return Ok(());
         }
-        rd.resize(n, 0);
-        ro.resize(n, Owner::NOBODY);
+        let (rd, ro) = (&mut rd[..n], &mut ro[..n]);
         view.ram_view(PhysAddr::new(start), rd, ro)
             .map_err(|_| bad)?;
         let transfer = self.report.transfers;

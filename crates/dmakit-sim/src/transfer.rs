@@ -90,6 +90,16 @@ pub struct Scratch {
     rd: (Vec<u8>, Vec<Owner>),
 }
 
+/// The first `n` elements of `v`, grown with `fill` when shorter and never shrunk, so a
+/// loop of varying lengths clears memory only when a length exceeds every earlier one. The
+/// elements hold whatever was there before: callers overwrite them.
+fn sized<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, fill);
+    }
+    &mut v[..n]
+}
+
 /// Everything one transfer works with. Borrowed for the transfer, so a caller can keep
 /// its random source, oracle and scratch buffers across transfers.
 pub struct Transfer<'a, P> {
@@ -137,8 +147,7 @@ pub fn cpu_scribble(
     len: u64,
     owner: Owner,
 ) -> Result<(), WorkloadError> {
-    let data = &mut scratch.data;
-    data.resize(len as usize, 0);
+    let data = sized(&mut scratch.data, len as usize, 0);
     rng.fill_bytes(data);
     let a = PhysAddr::new(addr);
     machine.cpu_write(a, data, owner).map_err(fault)?;
@@ -184,9 +193,10 @@ impl<P: Platform> Transfer<'_, P> {
             1..=5 => self.scribble(addr + off, n, owner)?,
             _ => {
                 self.check_ownership(addr + off, n, false);
-                self.scratch.data.resize(n as usize, 0);
+                let data = sized(&mut self.scratch.data, n as usize, 0);
+                let owners = sized(&mut self.scratch.rd.1, n as usize, Owner::NOBODY);
                 self.machine
-                    .cpu_read(PhysAddr::new(addr + off), &mut self.scratch.data)
+                    .cpu_read_stamped(PhysAddr::new(addr + off), data, owners)
                     .map_err(fault)?;
             }
         }
@@ -241,9 +251,8 @@ impl<P: Platform> Transfer<'_, P> {
             match step {
                 Step::Cpu => self.cpu_step(neighbours)?,
                 Step::DevRead(off, n) => {
-                    let (d, o) = &mut self.scratch.rd;
-                    d.resize(n as usize, 0);
-                    o.resize(n as usize, Owner::NOBODY);
+                    let d = sized(&mut self.scratch.rd.0, n as usize, 0);
+                    let o = sized(&mut self.scratch.rd.1, n as usize, Owner::NOBODY);
                     // A refused access is in the machine's fault log; nothing was read.
                     if self
                         .machine
@@ -255,8 +264,7 @@ impl<P: Platform> Transfer<'_, P> {
                     }
                 }
                 Step::DevWrite(off, n) => {
-                    let data = &mut self.scratch.data;
-                    data.resize(n as usize, 0);
+                    let data = sized(&mut self.scratch.data, n as usize, 0);
                     self.rng.fill_bytes(data);
                     let at = DmaAddr::new(dma.as_u64() + off);
                     if self.machine.device_write(id, at, data, owner).is_ok() {
@@ -271,9 +279,11 @@ impl<P: Platform> Transfer<'_, P> {
     /// The CPU loads the whole buffer (as a driver reading its data does).
     fn cpu_reads_buffer(&mut self, buf: PhysRange) -> Result<(), WorkloadError> {
         self.check_ownership(buf.start().as_u64(), buf.len(), false);
-        self.scratch.data.resize(buf.len() as usize, 0);
+        let n = buf.len() as usize;
+        let data = sized(&mut self.scratch.data, n, 0);
+        let owners = sized(&mut self.scratch.rd.1, n, Owner::NOBODY);
         self.machine
-            .cpu_read(buf.start(), &mut self.scratch.data)
+            .cpu_read_stamped(buf.start(), data, owners)
             .map_err(fault)?;
         Ok(())
     }
