@@ -320,3 +320,45 @@ fn only_the_claimant_frees_a_claimed_bounce() {
         pool.check().unwrap();
     });
 }
+
+/// The deferred-mapping wake-up without a fence on the free path: a waiter announces
+/// itself (a read-modify-write of `waiting`), then allocates; a free releases its bounce,
+/// then loads `waiting` with no fence. Either the waiter's allocation finds the room or the
+/// free sees the waiter (and would drain the queue): a wake-up is never lost. Returns
+fn waiter_meets_free(pool: Pool<usize>) {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    let pool = Arc::new(pool);
+    // Fill both areas: one run of two slots in each.
+    let full: Vec<_> = (0..2)
+        .map(|cpu| {
+            pool.alloc(cpu, SlotRequest::new(PhysAddr::new(0), 128, 0), cpu)
+                .unwrap()
+        })
+        .collect();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let freer = {
+        let (pool, waiting) = (Arc::clone(&pool), Arc::clone(&waiting));
+        let addr = full[1].addr;
+        thread::spawn(move || {
+            pool.free(addr).unwrap();
+            waiting.load(Ordering::Acquire) > 0
+        })
+    };
+    waiting.fetch_add(1, Ordering::SeqCst);
+    let got = pool.alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 7);
+    let saw_waiter = freer.join().unwrap();
+    assert!(got.is_ok() || saw_waiter, "lost wake-up: {got:?}");
+}
+
+#[test]
+fn a_free_never_misses_a_waiter() {
+    bounded().check(|| waiter_meets_free(tiny_pool()));
+}
+
+/// Control: with a failed allocation deciding from the unlocked hints alone (no locked
+/// second pass), the model finds the lost wake-up.
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn a_free_misses_a_waiter_without_the_locked_pass() {
+    bounded().check(|| waiter_meets_free(tiny_pool().without_locked_pass()));
+}

@@ -149,9 +149,9 @@ impl<P: Platform> DmaMapper<P> {
             self.never_fits(dev, range, &route)?;
             // Announce the waiter before trying, so a free racing with a failed attempt either
             // sees the announcement (and drains the queue) or happened before the attempt
-            // (which then found its room): the fences order both sides.
+            // (which then found its room): the backend's locks order both sides (see
+            // `room_freed`).
             self.waiting.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
             loop {
                 let seen = self.room_events.load(Ordering::SeqCst);
                 // The defect put back: the queue's lock stays held across the attempt.
@@ -247,12 +247,20 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    /// Room was freed: completes deferred mappings if any may be waiting. Takes no lock
-    /// and writes nothing shared when nobody waits: a waiter that announced itself after
-    /// this load makes its attempt after the free, and finds the room.
+    /// Room was freed: completes deferred mappings if any may be waiting. Takes no lock,
+    /// executes no fence or locked instruction and writes nothing shared when nobody waits.
+    ///
+    /// Why no wake-up is lost without a fence: the free that made the room took the lock
+    /// guarding that room (a SWIOTLB area's lock) before this load, and a waiter announces
+    /// itself (`waiting`, a read-modify-write) before an attempt whose failure is decided
+    /// under every such lock (a failed SWIOTLB allocation locks each reachable area, see
+    /// `Pool::alloc_below`; the coherent pool has one lock). The lock is taken by one side
+    /// first: if the free took it after the waiter's attempt released it, the announcement
+    /// happens before this load, which sees it and drains the queue; otherwise the attempt
+    /// took it after the free and found the room. A backend whose failed allocation
+    /// decides from state read without the lock its frees take would need a fence here.
     pub(super) fn room_freed(&self) {
-        fence(Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        if self.waiting.load(Ordering::Acquire) > 0 {
             self.room_events.fetch_add(1, Ordering::SeqCst);
             self.drain_deferred();
         }

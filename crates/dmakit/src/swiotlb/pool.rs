@@ -30,6 +30,9 @@ pub struct Pool<T> {
     table: RegionTable<T>,
     counters: Counters,
     span: Arc<MemorySpan>,
+    /// Model-checking control: see [`Pool::without_locked_pass`].
+    #[cfg(all(loom, test))]
+    no_locked_pass: core::sync::atomic::AtomicBool,
 }
 
 impl<T> Pool<T> {
@@ -40,6 +43,8 @@ impl<T> Pool<T> {
             table: RegionTable::new(config.areas()),
             counters: Counters::new(),
             span: Arc::new(MemorySpan::new()),
+            #[cfg(all(loom, test))]
+            no_locked_pass: core::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -222,46 +227,33 @@ impl<T> Pool<T> {
     ) -> Result<Bounce, SwiotlbError> {
         let shape = Shape::new(&self.config, &request)?;
         let shift = self.config.slot_shift();
-        let slot_mask = self.config.slot_size() - 1;
         let mut meta = Some(meta);
         let regions = self.table.read(cpu);
         let mut reachable = false;
-        for region in regions.iter() {
-            let base = region.range().start().as_u64();
-            // Slots of the region that end at or below `max_addr`.
-            let within = max_addr
-                .checked_sub(base)
-                .map_or(0, |d| (d >> shift) + u64::from(d & slot_mask == slot_mask));
-            if within == 0 {
-                // Regions are sorted by base: the rest lie higher still.
+        // First pass: skip areas whose hint says they cannot fit. Second pass, only when
+        // the first found nothing: try every reachable area under its lock, hint or not.
+        // A failure is thus decided from state read under every area's lock, so a free
+        // that completed (under its area's lock) before this call's lock of that area is
+        // always seen; a waiter that announced itself before allocating relies on it (see
+        // `mapping/deferred.rs`).
+        for locked_pass in [false, true] {
+            if locked_pass && self.skips_locked_pass() {
                 break;
             }
-            reachable = true;
-            let last = within - 1;
-            let placement = shape.place(region.base_slot());
-            let order = Shape::block_order(&placement);
-            let areas = region.areas();
-            let start = cpu % areas.len();
-            for i in (start..areas.len()).chain(0..start) {
-                let area = &areas[i];
-                let Some(local_last) =
-                    (last.min(u64::from(u32::MAX)) as u32).checked_sub(area.first_slot())
-                else {
-                    continue;
-                };
-                if !area.may_fit(order) {
-                    continue;
-                }
-                let count =
-                    |c: &AreaCounter, n| self.counters.allocated(c, n, || counters_of(&regions));
-                if let Some(run) = area.alloc(&placement, local_last, &mut meta, count) {
-                    return Ok(Bounce {
-                        addr: region.addr_of(i, run.slot, placement.offset),
-                        len: request.len,
-                        slot_start: region.addr_of(i, run.slot - run.lead, 0),
-                        slot_bytes: (run.count as u64) << shift,
-                    });
-                }
+            if let Some(b) = self.try_regions(
+                &regions[..],
+                cpu,
+                &shape,
+                &request,
+                max_addr,
+                &mut meta,
+                locked_pass,
+                &mut reachable,
+            ) {
+                return Ok(b);
+            }
+            if !reachable {
+                break;
             }
         }
         if !reachable && !regions.is_empty() {
@@ -274,6 +266,86 @@ impl<T> Pool<T> {
             used: used << shift,
             total: (self.counters.total_slots() as u64) << shift,
         })
+    }
+
+    /// One pass of [`Pool::alloc_below`] over `regions`: tries each reachable area from the
+    /// CPU's, skipping those whose hint says they cannot fit unless `ignore_hint`; sets
+    /// `reachable` when some region lies within `max_addr`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn try_regions(
+        &self,
+        regions: &[Entry<T>],
+        cpu: usize,
+        shape: &Shape,
+        request: &SlotRequest,
+        max_addr: u64,
+        meta: &mut Option<T>,
+        ignore_hint: bool,
+        reachable: &mut bool,
+    ) -> Option<Bounce> {
+        let shift = self.config.slot_shift();
+        let slot_mask = self.config.slot_size() - 1;
+        for region in regions.iter() {
+            let base = region.range().start().as_u64();
+            // Slots of the region that end at or below `max_addr`.
+            let within = max_addr
+                .checked_sub(base)
+                .map_or(0, |d| (d >> shift) + u64::from(d & slot_mask == slot_mask));
+            if within == 0 {
+                // Regions are sorted by base: the rest lie higher still.
+                break;
+            }
+            *reachable = true;
+            let last = within - 1;
+            let placement = shape.place(region.base_slot());
+            let order = Shape::block_order(&placement);
+            let areas = region.areas();
+            let start = cpu % areas.len();
+            for i in (start..areas.len()).chain(0..start) {
+                let area = &areas[i];
+                let Some(local_last) =
+                    (last.min(u64::from(u32::MAX)) as u32).checked_sub(area.first_slot())
+                else {
+                    continue;
+                };
+                if !ignore_hint && !area.may_fit(order) {
+                    continue;
+                }
+                let count =
+                    |c: &AreaCounter, n| self.counters.allocated(c, n, || counters_of(regions));
+                if let Some(run) = area.alloc(&placement, local_last, meta, count) {
+                    return Some(Bounce {
+                        addr: region.addr_of(i, run.slot, placement.offset),
+                        len: request.len,
+                        slot_start: region.addr_of(i, run.slot - run.lead, 0),
+                        slot_bytes: (run.count as u64) << shift,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the model checker asked for the locked second pass of a failed allocation
+    /// to be left out (to show its model fails without it); `false` in every other build.
+    #[inline]
+    fn skips_locked_pass(&self) -> bool {
+        #[cfg(all(loom, test))]
+        return self
+            .no_locked_pass
+            .load(core::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(all(loom, test)))]
+        false
+    }
+
+    /// Leaves out the locked second pass of a failed allocation, for the model checker's
+    /// control that the wake-up model can fail.
+    #[cfg(all(loom, test))]
+    pub(crate) fn without_locked_pass(self) -> Self {
+        self.no_locked_pass
+            .store(true, core::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Runs `f` on the allocation whose bounce address is `addr` and its metadata, under the
