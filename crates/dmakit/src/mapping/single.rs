@@ -108,17 +108,21 @@ impl<P: Platform> DmaMapper<P> {
             .with_bus_view(dev, args, move |dev, (phys, len, dir, attrs, site)| {
                 let range = checked_range(dev, phys, len)?;
                 let route = self.route(dev, range, dir);
-                if let Route::Direct(dma) = route {
-                    // Returned on its own, so a direct mapping's result stays in registers.
-                    let mapped = (
-                        self.map_direct_attrs(dev, range, dir, dma, attrs),
-                        MapPath::Direct,
-                    );
-                    self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
-                    return Ok(keep(mapped));
+                match route {
+                    // Returned on its own, so a direct mapping's result stays in registers
+                    // (and the route, known to hold nothing to drop, is not looked at again).
+                    Route::Direct(dma) => {
+                        let mapped = (
+                            self.map_direct_attrs(dev, range, dir, dma, attrs),
+                            MapPath::Direct,
+                        );
+                        self.obs.debug_mapped_ok(dev, range, dir, site, mapped);
+                        Ok(keep(mapped))
+                    }
+                    route => self
+                        .map_routed_checked(dev, range, dir, site, route, attrs)
+                        .map(keep),
                 }
-                self.map_routed_checked(dev, range, dir, site, route, attrs)
-                    .map(keep)
             })
     }
 
