@@ -200,7 +200,7 @@ impl<P: Platform> DmaMapper<P> {
         dma
     }
 
-    #[inline(never)]
+    #[inline]
     fn map_iommu(
         &self,
         dom: &IommuDomain,
@@ -254,7 +254,7 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    #[inline(never)]
+    #[inline]
     fn map_bounced(
         &self,
         dev: &Device,
