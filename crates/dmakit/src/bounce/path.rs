@@ -325,6 +325,9 @@ fn checked_part(
     Ok(meta)
 }
 
+/// Whether the bounce memory needs cache maintenance for `dev` (cached memory, a
+/// non-coherent device); inlined into each caller, which asks once per operation.
+#[inline]
 fn needs_maintenance(backend: &dyn BounceBackend, dev: &Device) -> bool {
     backend.is_cached() && !dev.is_coherent()
 }
