@@ -70,3 +70,72 @@ fn refusal(
         requested: dir,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(id: u32) -> Device {
+        Device::builder(DeviceId(id), "check").build().unwrap()
+    }
+
+    const REC: Recorded = Recorded {
+        device: DeviceId(1),
+        len: 64,
+        dir: Direction::FromDevice,
+    };
+    const DMA: DmaAddr = DmaAddr::new(0x1000);
+
+    #[test]
+    fn accepts_the_mapping_as_made() {
+        let d = dev(1);
+        assert_eq!(
+            check_unmap(&d, DMA, Some(64), Direction::FromDevice, REC),
+            Ok(())
+        );
+        assert_eq!(
+            check_unmap(&d, DMA, None, Direction::FromDevice, REC),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refuses_in_order_device_length_direction() {
+        let other = dev(2);
+        // Everything wrong: the device is reported first.
+        assert_eq!(
+            check_unmap(&other, DMA, Some(32), Direction::ToDevice, REC),
+            Err(DmaError::UnknownMapping {
+                device: DeviceId(2),
+                dma: DMA
+            })
+        );
+        let d = dev(1);
+        assert_eq!(
+            check_unmap(&d, DMA, Some(32), Direction::ToDevice, REC),
+            Err(DmaError::OutOfMapping {
+                device: DeviceId(1),
+                dma: DMA,
+                len: 32,
+                mapped_len: 64
+            })
+        );
+        assert_eq!(
+            check_unmap(&d, DMA, Some(64), Direction::ToDevice, REC),
+            Err(DmaError::WrongDirection {
+                device: DeviceId(1),
+                mapped: Direction::FromDevice,
+                requested: Direction::ToDevice
+            })
+        );
+        // No length named: only the direction is wrong.
+        assert_eq!(
+            check_unmap(&d, DMA, None, Direction::ToDevice, REC),
+            Err(DmaError::WrongDirection {
+                device: DeviceId(1),
+                mapped: Direction::FromDevice,
+                requested: Direction::ToDevice
+            })
+        );
+    }
+}
