@@ -14,7 +14,7 @@ use crate::platform::CacheMaintenance;
 
 /// Hands `range` to the device for a transfer in `dir`. With [`MapAttrs::SKIP_CPU_SYNC`]
 /// the maintenance is left to the caller's `sync_for_device`.
-#[inline]
+#[inline(always)]
 pub(crate) fn map<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
@@ -29,7 +29,7 @@ pub(crate) fn map<C: CacheMaintenance + ?Sized>(
 
 /// Gives `range` back to the CPU after a transfer in `dir`. With
 /// [`MapAttrs::SKIP_CPU_SYNC`] the maintenance is left to the caller's `sync_for_cpu`.
-#[inline]
+#[inline(always)]
 pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
@@ -43,7 +43,7 @@ pub(crate) fn unmap<C: CacheMaintenance + ?Sized>(
 }
 
 /// Ownership of `range` passes to the device.
-#[inline]
+#[inline(always)]
 pub(crate) fn sync_for_device<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,
@@ -56,7 +56,7 @@ pub(crate) fn sync_for_device<C: CacheMaintenance + ?Sized>(
 }
 
 /// Ownership of `range` passes back to the CPU.
-#[inline]
+#[inline(always)]
 pub(crate) fn sync_for_cpu<C: CacheMaintenance + ?Sized>(
     cache: &C,
     dev: &Device,

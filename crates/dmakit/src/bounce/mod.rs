@@ -17,6 +17,7 @@
 
 mod backend;
 pub(crate) mod path;
+pub(crate) mod record_check;
 mod span;
 mod transient;
 

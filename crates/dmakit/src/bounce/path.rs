@@ -1,6 +1,7 @@
 //! The bounce path: copies and cache maintenance around a backend's memory.
 
 use super::backend::{BounceAllocError, BounceBackend, BounceMeta, BounceRequest};
+use super::record_check::{check_unmap, Recorded};
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::device::Device;
 use crate::direction::Direction;
@@ -167,24 +168,12 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     // One lookup: the backend holds the bounce for this call while the copy back runs,
     // and releases it only if the checks and the copy succeed.
     let mut end = |meta: &BounceMeta| {
-        if meta.device != dev.id() {
-            return Err(unknown);
-        }
-        if meta.len != len {
-            return Err(DmaError::OutOfMapping {
-                device: dev.id(),
-                dma,
-                len,
-                mapped_len: meta.len,
-            });
-        }
-        if meta.dir != dir {
-            return Err(DmaError::WrongDirection {
-                device: dev.id(),
-                mapped: meta.dir,
-                requested: dir,
-            });
-        }
+        let rec = Recorded {
+            device: meta.device,
+            len: meta.len,
+            dir: meta.dir,
+        };
+        check_unmap(dev, dma, Some(len), dir, rec)?;
         if cpu_sync {
             to_cpu(p, backend, dev, slot, meta.orig, len, dir)
         } else {
@@ -336,6 +325,9 @@ fn checked_part(
     Ok(meta)
 }
 
+/// Whether the bounce memory needs cache maintenance for `dev` (cached memory, a
+/// non-coherent device); inlined into each caller, which asks once per operation.
+#[inline]
 fn needs_maintenance(backend: &dyn BounceBackend, dev: &Device) -> bool {
     backend.is_cached() && !dev.is_coherent()
 }

@@ -49,6 +49,22 @@ impl Observability {
         }
     }
 
+    /// As [`Observability::debug_mapped`] for a mapping that succeeded: the outcome is built
+    /// only when the checker is on, so a mapper without it keeps `mapped` in registers.
+    #[inline(always)]
+    pub(super) fn debug_mapped_ok(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        mapped: (DmaAddr, MapPath),
+    ) {
+        if let Some(d) = &self.debug {
+            debug_record_mapped(d, dev, range, dir, site, &Ok(mapped));
+        }
+    }
+
     /// Counts a successful mapping; a bounced one is also attributed to its call site and
     /// offered to the reporter.
     #[allow(clippy::too_many_arguments)]

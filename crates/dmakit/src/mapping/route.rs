@@ -116,10 +116,33 @@ impl<P: Platform> DmaMapper<P> {
         direct_or_bounce(dev, range, dir, self.policy, self.line())
     }
 
+    /// The decision of a mapper without restricted pools, IOMMU layer or
+    /// `force_bounce_all` (`None` for any other mapper: ask
+    /// [`DmaMapper::route_configured`]): the direct path's bus address, or why the buffer
+    /// bounces. The same decision as [`DmaMapper::route`], returned in registers.
+    #[inline(always)]
+    pub(super) fn plain_decision(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+    ) -> Option<Result<DmaAddr, BounceReason>> {
+        if !self.plain {
+            return None;
+        }
+        Some(decision::direct_or_bounce(
+            dev,
+            range,
+            dir,
+            self.policy,
+            self.line(),
+        ))
+    }
+
     /// [`DmaMapper::route`] for a mapper with restricted pools, an IOMMU layer or
     /// `force_bounce_all`.
     #[inline(never)]
-    fn route_configured(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
+    pub(super) fn route_configured(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
         if self.restricted_pool(dev).is_some() {
             return self.route_restricted(dev, range, dir);
         }
@@ -200,7 +223,7 @@ impl<P: Platform> DmaMapper<P> {
         dma
     }
 
-    #[inline(never)]
+    #[inline]
     fn map_iommu(
         &self,
         dom: &IommuDomain,
@@ -254,7 +277,7 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
-    #[inline(never)]
+    #[inline]
     fn map_bounced(
         &self,
         dev: &Device,

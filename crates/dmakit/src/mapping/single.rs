@@ -107,19 +107,46 @@ impl<P: Platform> DmaMapper<P> {
         self.controls
             .with_bus_view(dev, args, move |dev, (phys, len, dir, attrs, site)| {
                 let range = checked_range(dev, phys, len)?;
-                let route = self.route(dev, range, dir);
-                if let Route::Direct(dma) = route {
-                    // Returned on its own, so a direct mapping's result stays in registers.
-                    let mapped = (
-                        self.map_direct_attrs(dev, range, dir, dma, attrs),
-                        MapPath::Direct,
-                    );
-                    self.obs.debug_mapped(dev, range, dir, site, &Ok(mapped));
-                    return Ok(keep(mapped));
-                }
+                let route = match self.plain_decision(dev, range, dir) {
+                    // Returned on its own, so a direct mapping's result stays in registers
+                    // and no route is built for it.
+                    Some(Ok(dma)) => {
+                        return Ok(keep(
+                            self.map_direct_traced(dev, range, dir, site, dma, attrs),
+                        ))
+                    }
+                    Some(Err(reason)) => Route::Bounce(reason),
+                    None => match self.route_configured(dev, range, dir) {
+                        Route::Direct(dma) => {
+                            return Ok(keep(
+                                self.map_direct_traced(dev, range, dir, site, dma, attrs),
+                            ))
+                        }
+                        route => route,
+                    },
+                };
                 self.map_routed_checked(dev, range, dir, site, route, attrs)
                     .map(keep)
             })
+    }
+
+    /// A single mapping on the direct path to `dma`, counted and told to the debug checker.
+    #[inline(always)]
+    fn map_direct_traced(
+        &self,
+        dev: &Device,
+        range: PhysRange,
+        dir: Direction,
+        site: &'static Location<'static>,
+        dma: DmaAddr,
+        attrs: MapAttrs,
+    ) -> (DmaAddr, MapPath) {
+        let mapped = (
+            self.map_direct_attrs(dev, range, dir, dma, attrs),
+            MapPath::Direct,
+        );
+        self.obs.debug_mapped_ok(dev, range, dir, site, mapped);
+        mapped
     }
 
     /// A single mapping on any route but the direct one, its failure turned into the

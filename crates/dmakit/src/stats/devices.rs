@@ -105,9 +105,23 @@ impl Stripe {
     }
 
     /// The row of `dev`, claiming a free one on first use; `None` when the table is full
-    /// (or the id is `u32::MAX`, which cannot be keyed).
-    #[inline]
+    /// (or the id is `u32::MAX`, which cannot be keyed). A device already counted in its
+    /// home row (the usual case: ids are small and dense) is found with one load and one
+    /// compare; the probe runs out of line.
+    #[inline(always)]
     fn row(&self, dev: DeviceId) -> Option<&Row> {
+        let home = &self.rows[dev.0 as usize % MAX_TRACKED_DEVICES];
+        // Compared in 64 bits: `u32::MAX + 1` matches no key, so that id takes the probe,
+        // which refuses it.
+        if u64::from(home.key.load(Ordering::Acquire)) == u64::from(dev.0) + 1 {
+            return Some(home);
+        }
+        self.probe(dev)
+    }
+
+    /// [`Stripe::row`] for a device not (yet) in its home row.
+    #[inline(never)]
+    fn probe(&self, dev: DeviceId) -> Option<&Row> {
         let key = dev.0.checked_add(1)?;
         let start = dev.0 as usize % MAX_TRACKED_DEVICES;
         for i in 0..MAX_TRACKED_DEVICES {

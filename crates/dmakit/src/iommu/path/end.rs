@@ -7,6 +7,7 @@ use super::super::domain::{IommuDomain, Kind, Record};
 use super::super::flush_queue::FlushEntry;
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
 use crate::bounce::path::{self as bounce, SyncPart};
+use crate::bounce::record_check::{check_unmap, Recorded};
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::DmaError;
@@ -30,25 +31,15 @@ pub(super) fn take_record(
         dma: DmaAddr::new(key),
     };
     dom.take(key, unknown, |r| {
-        if r.device != dev.id() || matches!(r.kind, Kind::Resource) != resource {
+        if matches!(r.kind, Kind::Resource) != resource {
             return Err(unknown);
         }
-        if let Some(len) = len.filter(|&l| l != r.len) {
-            return Err(DmaError::OutOfMapping {
-                device: dev.id(),
-                dma: DmaAddr::new(key),
-                len,
-                mapped_len: r.len,
-            });
-        }
-        if r.dir != dir {
-            return Err(DmaError::WrongDirection {
-                device: dev.id(),
-                mapped: r.dir,
-                requested: dir,
-            });
-        }
-        Ok(())
+        let rec = Recorded {
+            device: r.device,
+            len: r.len,
+            dir: r.dir,
+        };
+        check_unmap(dev, DmaAddr::new(key), len, dir, rec)
     })
 }
 
