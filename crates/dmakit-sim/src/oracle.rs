@@ -28,7 +28,7 @@ use dmakit::{MemoryFault, PhysAddr, PhysRange};
 
 use crate::error::SimError;
 use crate::machine::Machine;
-use crate::memory::Owner;
+use crate::memory::{owners_eq, Owner};
 
 /// How the oracle reads memory back. [`Machine`] implements it with its side-effect-free
 /// peeks; tests can implement it by hand.
@@ -431,7 +431,7 @@ impl Oracle {
             self.report.device_read_bytes += n as u64;
             let (ed, eo) = (&al.data[ao..ao + n], &al.owners[ao..ao + n]);
             let (gd, go) = (&data[so..so + n], &owners[so..so + n]);
-            if ed == gd && eo == go {
+            if ed == gd && owners_eq(eo, go) {
                 continue;
             }
             let mut found = Vec::new();
@@ -561,7 +561,7 @@ impl Oracle {
         view.cpu_view(PhysAddr::new(start), cd, co)
             .map_err(|_| bad.clone())?;
         self.report.checked_bytes += n as u64;
-        if *cd == al.data[..] && *co == al.owners[..] {
+        if *cd == al.data[..] && owners_eq(co, &al.owners) {
             return Ok(());
         }
         let (rd, ro) = (&mut rd[..n], &mut ro[..n]);
