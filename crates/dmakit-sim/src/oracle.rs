@@ -213,6 +213,40 @@ impl Alloc {
     }
 }
 
+/// Expected-value buffers of unregistered allocations, kept for the next registration so
+/// registering does not clear fresh memory that the CPU view overwrites at once. At most
+/// [`Spare::MAX`] pairs are kept, so the memory held is bounded by the largest allocations
+/// tracked at once.
+#[derive(Default)]
+struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
+
+impl Spare {
+    const MAX: usize = 64;
+
+    /// A pair of buffers of length `n` with arbitrary contents: the smallest kept pair at
+    /// least that long (cut to `n`), else the longest kept pair grown to `n`, else new ones.
+    fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
+        let fit = (0..self.0.len())
+            .filter(|&i| self.0[i].0.len() >= n)
+            .min_by_key(|&i| self.0[i].0.len())
+            .or_else(|| (0..self.0.len()).max_by_key(|&i| self.0[i].0.len()));
+        let Some(i) = fit else {
+            return (vec![0; n], vec![Owner::NOBODY; n]);
+        };
+        let (mut d, mut o) = self.0.swap_remove(i);
+        d.resize(n, 0);
+        o.resize(n, Owner::NOBODY);
+        (d, o)
+    }
+
+    /// Keeps a pair for a later [`Spare::take`] (drops it when enough are kept).
+    fn put(&mut self, d: Vec<u8>, o: Vec<Owner>) {
+        if self.0.len() < Self::MAX {
+            self.0.push((d, o));
+        }
+    }
+}
+
 /// The oracle. See the [module docs](self).
 pub struct Oracle {
     line: u64,
@@ -222,6 +256,7 @@ pub struct Oracle {
     report: OracleReport,
     scratch: (Vec<u8>, Vec<Owner>, Vec<u8>, Vec<Owner>),
     keys: Vec<u64>,
+    spare: Spare,
 }
 
 impl Oracle {
@@ -242,6 +277,7 @@ impl Oracle {
             report: OracleReport::default(),
             scratch: Default::default(),
             keys: Vec::new(),
+            spare: Spare::default(),
         })
     }
 
@@ -301,10 +337,11 @@ impl Oracle {
         {
             return Err(bad);
         }
-        let mut data = vec![0; n];
-        let mut owners = vec![Owner::NOBODY; n];
-        view.cpu_view(addr, &mut data, &mut owners)
-            .map_err(|_| bad)?;
+        let (mut data, mut owners) = self.spare.take(n);
+        if view.cpu_view(addr, &mut data, &mut owners).is_err() {
+            self.spare.put(data, owners);
+            return Err(bad);
+        }
         self.allocs.insert(
             addr.as_u64(),
             Alloc {
@@ -322,10 +359,12 @@ impl Oracle {
     /// # Errors
     /// [`SimError::UnknownAllocation`] when none starts there.
     pub fn unregister(&mut self, addr: PhysAddr) -> Result<(), SimError> {
-        self.allocs
+        let al = self
+            .allocs
             .remove(&addr.as_u64())
-            .map(|_| ())
-            .ok_or(SimError::UnknownAllocation(addr.as_u64()))
+            .ok_or(SimError::UnknownAllocation(addr.as_u64()))?;
+        self.spare.put(al.data, al.owners);
+        Ok(())
     }
 
     /// Some tracked allocation overlapping `[a, b)`, if any.
