@@ -82,8 +82,6 @@ struct Meta {
 pub struct Cache {
     line: u64,
     line_bytes: usize,
-    /// log2 of `line`.
-    line_shift: u32,
     sets: u64,
     ways: usize,
     meta: Vec<Meta>,
@@ -135,7 +133,6 @@ impl Cache {
         Ok(Self {
             line: cfg.line_size,
             line_bytes: cfg.line_size as usize,
-            line_shift: cfg.line_size.trailing_zeros(),
             sets: cfg.capacity / (cfg.line_size * cfg.ways),
             ways: cfg.ways as usize,
             meta: vec![Meta::default(); lines],
@@ -164,13 +161,7 @@ impl Cache {
 
     #[inline]
     fn set_of(&self, line_addr: u64) -> usize {
-        let line = line_addr >> self.line_shift;
-        let set = if self.sets.is_power_of_two() {
-            line & (self.sets - 1)
-        } else {
-            line % self.sets
-        };
-        set as usize * self.ways
+        ((line_addr / self.line) % self.sets) as usize * self.ways
     }
 
     #[inline]
@@ -293,23 +284,19 @@ impl Cache {
     /// What a load would return, without touching LRU state or filling lines: cached bytes
     /// from the cache, the rest from `mem`.
     pub fn peek(&self, mem: &Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
-        // Consecutive uncached pieces are read from `mem` in one call: `[miss, done)`.
-        let mut miss = 0usize;
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            if let Some(i) = self.find(la) {
-                if miss < done {
-                    let a = addr + miss as u64;
-                    mem.read_unchecked(a, &mut data[miss..done], &mut owners[miss..done]);
+            match self.find(la) {
+                Some(i) => {
+                    let s = i * self.line_bytes + off;
+                    data[done..done + n].copy_from_slice(&self.data[s..s + n]);
+                    owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
                 }
-                let s = i * self.line_bytes + off;
-                data[done..done + n].copy_from_slice(&self.data[s..s + n]);
-                owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
-                miss = done + n;
+                None => mem.read_unchecked(
+                    la + off as u64,
+                    &mut data[done..done + n],
+                    &mut owners[done..done + n],
+                ),
             }
-        }
-        if miss < data.len() {
-            let a = addr + miss as u64;
-            mem.read_unchecked(a, &mut data[miss..], &mut owners[miss..]);
         }
     }
 

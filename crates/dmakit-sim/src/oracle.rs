@@ -401,11 +401,12 @@ impl Oracle {
             return;
         }
         let end = addr.saturating_add(data.len() as u64);
-        self.collect_overlapping(addr, end);
-        for &s in &self.keys {
-            let Some(al) = self.allocs.get_mut(&s) else {
-                continue;
-            };
+        // Tracked allocations do not overlap: walk down from the last one starting before
+        // `end` until one ends at or before `addr`, updating each in place.
+        for (&s, al) in self.allocs.range_mut(..end).rev() {
+            if s + al.len() <= addr {
+                break;
+            }
             let lo = addr.max(s);
             let hi = end.min(s + al.len());
             let (ao, so) = ((lo - s) as usize, (lo - addr) as usize);
