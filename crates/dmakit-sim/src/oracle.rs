@@ -215,13 +215,14 @@ impl Alloc {
 
 /// Expected-value buffers of unregistered allocations, kept for the next registration so
 /// registering does not clear fresh memory that the CPU view overwrites at once. At most
-/// [`Spare::MAX`] pairs are kept, so the memory held is bounded by the largest allocations
-/// tracked at once.
+/// [`Spare::MAX`] pairs of at most [`Spare::MAX_LEN`] bytes each are kept, so the memory
+/// held stays under 64 × 64 KiB × 5 bytes (20 MiB); longer buffers are dropped.
 #[derive(Default)]
 struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
 
 impl Spare {
     const MAX: usize = 64;
+    const MAX_LEN: usize = 64 << 10;
 
     /// A pair of buffers of length `n` with arbitrary contents: the smallest kept pair at
     /// least that long (cut to `n`), else the longest kept pair grown to `n`, else new ones.
@@ -241,7 +242,7 @@ impl Spare {
 
     /// Keeps a pair for a later [`Spare::take`] (drops it when enough are kept).
     fn put(&mut self, d: Vec<u8>, o: Vec<Owner>) {
-        if self.0.len() < Self::MAX {
+        if self.0.len() < Self::MAX && d.len() <= Self::MAX_LEN {
             self.0.push((d, o));
         }
     }
