@@ -23,6 +23,20 @@ const PAGE: usize = MEM_PAGE as usize;
 #[repr(transparent)]
 pub struct Owner(pub u32);
 
+/// Whether two stamp slices are equal, compared as one block of words (a derived
+/// `PartialEq` on `[Owner]` compares element by element).
+#[inline]
+pub(crate) fn owners_eq(a: &[Owner], b: &[Owner]) -> bool {
+    as_words(a) == as_words(b)
+}
+
+fn as_words(o: &[Owner]) -> &[u32] {
+    // SAFETY: `Owner` is `repr(transparent)` over `u32`, so a slice of owners has the
+    // layout, alignment and validity of a slice of `u32` of the same length; the result
+    // borrows `o` and lives no longer.
+    unsafe { std::slice::from_raw_parts(o.as_ptr().cast::<u32>(), o.len()) }
+}
+
 impl Owner {
     /// Nobody: memory never written, or written by a fill.
     pub const NOBODY: Owner = Owner(0);

@@ -28,7 +28,7 @@ use dmakit::{MemoryFault, PhysAddr, PhysRange};
 
 use crate::error::SimError;
 use crate::machine::Machine;
-use crate::memory::Owner;
+use crate::memory::{owners_eq, Owner};
 
 /// How the oracle reads memory back. [`Machine`] implements it with its side-effect-free
 /// peeks; tests can implement it by hand.
@@ -213,6 +213,41 @@ impl Alloc {
     }
 }
 
+/// Expected-value buffers of unregistered allocations, kept for the next registration so
+/// registering does not clear fresh memory that the CPU view overwrites at once. At most
+/// [`Spare::MAX`] pairs of at most [`Spare::MAX_LEN`] bytes each are kept, so the memory
+/// held stays under 64 × 64 KiB × 5 bytes (20 MiB); longer buffers are dropped.
+#[derive(Default)]
+struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
+
+impl Spare {
+    const MAX: usize = 64;
+    const MAX_LEN: usize = 64 << 10;
+
+    /// A pair of buffers of length `n` with arbitrary contents: the smallest kept pair at
+    /// least that long (cut to `n`), else the longest kept pair grown to `n`, else new ones.
+    fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
+        let fit = (0..self.0.len())
+            .filter(|&i| self.0[i].0.len() >= n)
+            .min_by_key(|&i| self.0[i].0.len())
+            .or_else(|| (0..self.0.len()).max_by_key(|&i| self.0[i].0.len()));
+        let Some(i) = fit else {
+            return (vec![0; n], vec![Owner::NOBODY; n]);
+        };
+        let (mut d, mut o) = self.0.swap_remove(i);
+        d.resize(n, 0);
+        o.resize(n, Owner::NOBODY);
+        (d, o)
+    }
+
+    /// Keeps a pair for a later [`Spare::take`] (drops it when enough are kept).
+    fn put(&mut self, d: Vec<u8>, o: Vec<Owner>) {
+        if self.0.len() < Self::MAX && d.len() <= Self::MAX_LEN {
+            self.0.push((d, o));
+        }
+    }
+}
+
 /// The oracle. See the [module docs](self).
 pub struct Oracle {
     line: u64,
@@ -222,6 +257,7 @@ pub struct Oracle {
     report: OracleReport,
     scratch: (Vec<u8>, Vec<Owner>, Vec<u8>, Vec<Owner>),
     keys: Vec<u64>,
+    spare: Spare,
 }
 
 impl Oracle {
@@ -242,6 +278,7 @@ impl Oracle {
             report: OracleReport::default(),
             scratch: Default::default(),
             keys: Vec::new(),
+            spare: Spare::default(),
         })
     }
 
@@ -301,10 +338,11 @@ impl Oracle {
         {
             return Err(bad);
         }
-        let mut data = vec![0; n];
-        let mut owners = vec![Owner::NOBODY; n];
-        view.cpu_view(addr, &mut data, &mut owners)
-            .map_err(|_| bad)?;
+        let (mut data, mut owners) = self.spare.take(n);
+        if view.cpu_view(addr, &mut data, &mut owners).is_err() {
+            self.spare.put(data, owners);
+            return Err(bad);
+        }
         self.allocs.insert(
             addr.as_u64(),
             Alloc {
@@ -322,10 +360,12 @@ impl Oracle {
     /// # Errors
     /// [`SimError::UnknownAllocation`] when none starts there.
     pub fn unregister(&mut self, addr: PhysAddr) -> Result<(), SimError> {
-        self.allocs
+        let al = self
+            .allocs
             .remove(&addr.as_u64())
-            .map(|_| ())
-            .ok_or(SimError::UnknownAllocation(addr.as_u64()))
+            .ok_or(SimError::UnknownAllocation(addr.as_u64()))?;
+        self.spare.put(al.data, al.owners);
+        Ok(())
     }
 
     /// Some tracked allocation overlapping `[a, b)`, if any.
@@ -362,11 +402,12 @@ impl Oracle {
             return;
         }
         let end = addr.saturating_add(data.len() as u64);
-        self.collect_overlapping(addr, end);
-        for &s in &self.keys {
-            let Some(al) = self.allocs.get_mut(&s) else {
-                continue;
-            };
+        // Tracked allocations do not overlap: walk down from the last one starting before
+        // `end` until one ends at or before `addr`, updating each in place.
+        for (&s, al) in self.allocs.range_mut(..end).rev() {
+            if s + al.len() <= addr {
+                break;
+            }
             let lo = addr.max(s);
             let hi = end.min(s + al.len());
             let (ao, so) = ((lo - s) as usize, (lo - addr) as usize);
@@ -431,7 +472,7 @@ impl Oracle {
             self.report.device_read_bytes += n as u64;
             let (ed, eo) = (&al.data[ao..ao + n], &al.owners[ao..ao + n]);
             let (gd, go) = (&data[so..so + n], &owners[so..so + n]);
-            if ed == gd && eo == go {
+            if ed == gd && owners_eq(eo, go) {
                 continue;
             }
             let mut found = Vec::new();
@@ -561,7 +602,7 @@ impl Oracle {
         view.cpu_view(PhysAddr::new(start), cd, co)
             .map_err(|_| bad.clone())?;
         self.report.checked_bytes += n as u64;
-        if *cd == al.data[..] && *co == al.owners[..] {
+        if *cd == al.data[..] && owners_eq(co, &al.owners) {
             return Ok(());
         }
         let (rd, ro) = (&mut rd[..n], &mut ro[..n]);
