@@ -20,19 +20,22 @@
 //!
 //! Together they give `pool usage <= H` at every instant. An allocation that stays within
 //! its area's allowance (the steady state: an area reuses what it freed) touches only its
-//! own area's word. One that would exceed it takes the *grant* path, under a pool-wide lock:
-//! it takes the allowance nobody holds (`H` minus all allowances), then the unused allowance
-//! of other areas (their allowance above their usage, lowered under their lock, taken with
-//! `try_lock` so that holding its own area's lock it never waits for another; a busy area
-//! is skipped), and raises `H` only by what is still missing. With no call overlapping no lock is busy: when `H`
-//! rises, every other area's allowance has been lowered to its usage, so the new `H` is
-//! exactly the pool's usage after this allocation. The mark is exact for sequential use and
-//! never below the true peak (a skipped busy area only makes it rise more). Under concurrency
-//! the other areas' usages are read one by one, so the mark may count two usages that did
-//! not coexist (it is then at most the sum of per-area peaks).
+//! own area's counters, with plain stores under the area lock it holds anyway (no locked
+//! instruction). One that would exceed it takes the *grant* path, under a pool-wide lock:
+//! it takes the allowance nobody holds (`H` minus all allowances), then the unused
+//! allowance of other areas (their allowance above their usage, lowered under their lock,
+//! taken with `try_lock` so that, holding its own area's lock, it never waits for another;
+//! a busy area is skipped), and raises `H` only by what is still missing. With no call
+//! overlapping no lock is busy: when `H` rises, every other area's allowance has been
+//! lowered to its usage, so the new `H` is exactly the pool's usage after this allocation.
+//! The mark is exact for sequential use and never below the true peak (a skipped busy area
+//! only makes it rise more). Under concurrency the other areas' usages are read one by
+//! one, so the mark may count two usages that did not coexist (it is then at most the sum
+//! of per-area peaks).
 //!
 //! The grant path is taken when `H` grows or when usage moves from one area to another
-//! (a thread migrating between CPUs); it costs one pool-wide lock and one load per area.
+//! (a thread migrating between CPUs); it costs one pool-wide lock, and one load and at
+//! most one `try_lock` per area.
 
 use super::area::Area;
 use super::sync::{AtomicU32, AtomicUsize, Mutex, Ordering};
