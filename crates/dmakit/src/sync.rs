@@ -103,6 +103,18 @@ impl<T> Mutex<T> {
             _masked: masked,
         }
     }
+
+    /// Masks interrupts and takes the lock if it is free; `None` (interrupts restored)
+    /// when it is held.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        let masked = Masked::new();
+        let guard = self.0.try_lock()?;
+        Some(MutexGuard {
+            guard,
+            _masked: masked,
+        })
+    }
 }
 
 impl<T> Deref for MutexGuard<'_, T> {

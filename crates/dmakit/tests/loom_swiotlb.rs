@@ -362,3 +362,48 @@ fn a_free_never_misses_a_waiter() {
 fn a_free_misses_a_waiter_without_the_locked_pass() {
     bounded().check(|| waiter_meets_free(tiny_pool().without_locked_pass()));
 }
+
+/// The usage counters are plain stores under the area's lock: a grant lowers another
+/// area's unused allowance only under that area's lock (taken with `try_lock`), so it never
+/// lowers it below a usage that area is counting at the same time. Area 0 keeps one slot
+/// of unused allowance; area 1 needs it (a grant) while area 0 allocates within it. With
+/// both allocations live, every area's allowance covers its usage and the allowances add
+/// up to at most the mark.
+fn grant_meets_allocation(pool: Pool<usize>) {
+    let pool = Arc::new(pool);
+    let b = pool
+        .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 0)
+        .unwrap();
+    pool.free(b.addr).unwrap();
+    let other = {
+        let pool = Arc::clone(&pool);
+        thread::spawn(move || {
+            pool.alloc(1, SlotRequest::new(PhysAddr::new(0), 64, 0), 1)
+                .unwrap()
+        })
+    };
+    let mine = pool
+        .alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), 2)
+        .unwrap();
+    let theirs = other.join().unwrap();
+    pool.check().unwrap();
+    let s = pool.stats();
+    assert_eq!((s.used_bytes, s.live), (128, 2));
+    assert_eq!(s.high_water_bytes, 128, "{s:?}");
+    assert_eq!(pool.free(mine.addr).unwrap().1, 2);
+    assert_eq!(pool.free(theirs.addr).unwrap().1, 1);
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_grant_never_takes_allowance_an_allocation_is_counting() {
+    bounded().check(|| grant_meets_allocation(tiny_pool()));
+}
+
+/// Control: with a grant lowering the other area's allowance without that area's lock,
+/// the model finds an area whose usage exceeds its allowance.
+#[test]
+#[should_panic(expected = "allowance below usage")]
+fn a_grant_without_the_area_lock_takes_allowance_in_use() {
+    bounded().check(|| grant_meets_allocation(tiny_pool().without_area_lock_for_slack()));
+}

@@ -242,6 +242,15 @@ impl<T> Area<T> {
         &self.counter
     }
 
+    /// Runs `f` on the usage counters with the area's lock held, if the lock is free at
+    /// once; `None` otherwise (for the high-water grants, which must not wait for an area
+    /// lock while holding another).
+    #[inline]
+    pub(crate) fn try_counter<R>(&self, f: impl FnOnce(&AreaCounter) -> R) -> Option<R> {
+        let _inner = self.inner.try_lock()?;
+        Some(f(&self.counter))
+    }
+
     /// Whether the area may have room for a block of `order`, without locking.
     #[inline]
     pub(crate) fn may_fit(&self, order: u32) -> bool {

@@ -22,7 +22,8 @@
 //! never the authority for anything a lock protects.
 //!
 //! Lock order: one stripe (readers) or all stripes ascending (writers), then area locks,
-//! then the statistics' grant lock.
+//! then the statistics' grant lock. Under the grant lock, other area locks are only tried
+//! (`try_lock`), never waited for.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;

@@ -14,25 +14,31 @@
 //! kept exact when calls do not overlap, without a shared counter on the hot path. Each area
 //! has an *allowance*: a number of slots it may hold without telling anyone. Invariants:
 //!
-//! - an area's used slots never exceed its allowance (both live in one atomic word, so no
-//!   change can slip between the check and the update);
+//! - an area's used slots never exceed its allowance (both change only under the area's
+//!   lock, with plain stores, so no change can slip between the check and the update);
 //! - the allowances of all areas add up to at most `H`.
 //!
 //! Together they give `pool usage <= H` at every instant. An allocation that stays within
 //! its area's allowance (the steady state: an area reuses what it freed) touches only its
-//! own area's word. One that would exceed it takes the *grant* path, under a pool-wide lock:
-//! it takes the allowance nobody holds (`H` minus all allowances), then the unused allowance
-//! of other areas (their allowance above their usage, lowered atomically), and raises `H`
-//! only by what is still missing. When `H` rises, every other area's allowance has been
-//! lowered to its usage, so the new `H` is exactly the pool's usage after this allocation:
-//! the mark is exact for sequential use and never below the true peak. Under concurrency
-//! the other areas' usages are read one by one, so the mark may count two usages that did
-//! not coexist (it is then at most the sum of per-area peaks).
+//! own area's counters, with plain stores under the area lock it holds anyway (no locked
+//! instruction). One that would exceed it takes the *grant* path, under a pool-wide lock:
+//! it takes the allowance nobody holds (`H` minus all allowances), then the unused
+//! allowance of other areas (their allowance above their usage, lowered under their lock,
+//! taken with `try_lock` so that, holding its own area's lock, it never waits for another;
+//! a busy area is skipped), and raises `H` only by what is still missing. With no call
+//! overlapping no lock is busy: when `H` rises, every other area's allowance has been
+//! lowered to its usage, so the new `H` is exactly the pool's usage after this allocation.
+//! The mark is exact for sequential use and never below the true peak (a skipped busy area
+//! only makes it rise more). Under concurrency the other areas' usages are read one by
+//! one, so the mark may count two usages that did not coexist (it is then at most the sum
+//! of per-area peaks).
 //!
 //! The grant path is taken when `H` grows or when usage moves from one area to another
-//! (a thread migrating between CPUs); it costs one pool-wide lock and one load per area.
+//! (a thread migrating between CPUs); it costs one pool-wide lock, and one load and at
+//! most one `try_lock` per area.
 
-use super::sync::{AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
+use super::area::Area;
+use super::sync::{AtomicU32, AtomicUsize, Mutex, Ordering};
 use crate::addr::PhysAddr;
 
 /// A snapshot of pool-wide usage.
@@ -73,31 +79,24 @@ pub struct AreaStats {
     pub live: u64,
 }
 
-/// One area's counters. Used slots and live allocations change only under the area's lock;
-/// the allowance may also be lowered by another area's grant (atomically, never below the
-/// usage).
+/// One area's counters. Every field changes only under the area's lock, by plain loads and
+/// stores (no locked instruction): used slots and live allocations by the area's own
+/// allocations and frees, the allowance also by another area's grant, which holds this
+/// area's lock too (taken with `try_lock`, see [`Counters::grant`]). Readers without the
+/// lock (snapshots) see each field as of some recent instant.
 pub(crate) struct AreaCounter {
-    /// Used slots in the low 32 bits, allowance in the high 32 (both fit: an area has fewer
-    /// than `u32::MAX` slots, and an allowance never exceeds the area's usage at some
-    /// instant).
-    word: AtomicU64,
+    used: AtomicU32,
+    /// Never below `used` (checked under the lock), never above the area's usage at some
+    /// instant, so it fits 32 bits as the usage does.
+    allowance: AtomicU32,
     live: AtomicU32,
-}
-
-#[inline]
-fn split(word: u64) -> (u32, u32) {
-    (word as u32, (word >> 32) as u32)
-}
-
-#[inline]
-fn join(used: u32, allowance: u32) -> u64 {
-    used as u64 | (allowance as u64) << 32
 }
 
 impl AreaCounter {
     pub(crate) fn new() -> Self {
         Self {
-            word: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            allowance: AtomicU32::new(0),
             live: AtomicU32::new(0),
         }
     }
@@ -105,7 +104,7 @@ impl AreaCounter {
     /// Used slots.
     #[inline]
     pub(crate) fn used(&self) -> u32 {
-        split(self.word.load(Ordering::Relaxed)).0
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Live allocations.
@@ -117,30 +116,19 @@ impl AreaCounter {
     /// Allowance (for tests and the grant path).
     #[inline]
     pub(crate) fn allowance(&self) -> u32 {
-        split(self.word.load(Ordering::Relaxed)).1
+        self.allowance.load(Ordering::Relaxed)
     }
 
     /// Counts `n` more used slots if that stays within the allowance; `false` (nothing
     /// changed) otherwise. Caller holds the area lock.
     #[inline]
     fn try_add(&self, n: u32) -> bool {
-        let mut cur = self.word.load(Ordering::Relaxed);
-        loop {
-            let (used, allowance) = split(cur);
-            match used.checked_add(n) {
-                Some(u) if u <= allowance => {}
-                _ => return false,
+        match self.used().checked_add(n) {
+            Some(u) if u <= self.allowance() => {
+                self.used.store(u, Ordering::Relaxed);
+                true
             }
-            // Fails only when a grant lowered the allowance meanwhile: look again.
-            match self.word.compare_exchange_weak(
-                cur,
-                cur + n as u64,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
+            _ => false,
         }
     }
 
@@ -148,40 +136,28 @@ impl AreaCounter {
     /// lock and the slots were counted by [`Counters::allocated`].
     #[inline]
     pub(crate) fn freed(&self, n: u32) {
-        // The low half holds at least `n` (counted at allocation), so no borrow reaches the
-        // allowance.
-        self.word.fetch_sub(n as u64, Ordering::Relaxed);
-        self.live
-            .store(self.live.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        self.used.store(self.used() - n, Ordering::Relaxed);
+        self.live.store(self.live() - 1, Ordering::Relaxed);
     }
 
     /// Lowers the allowance by up to `want`, never below the usage; returns how much.
+    /// Caller holds the area lock (so the usage cannot grow meanwhile) and the grant lock
+    /// (so no other grant moves the allowance).
     fn take_slack(&self, want: u32) -> u32 {
-        let mut cur = self.word.load(Ordering::Relaxed);
-        loop {
-            let (used, allowance) = split(cur);
-            let take = want.min(allowance - used);
-            if take == 0 {
-                return 0;
-            }
-            match self.word.compare_exchange_weak(
-                cur,
-                join(used, allowance - take),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return take,
-                Err(now) => cur = now,
-            }
+        let allowance = self.allowance();
+        let take = want.min(allowance - self.used());
+        if take != 0 {
+            self.allowance.store(allowance - take, Ordering::Relaxed);
         }
+        take
     }
 
     /// Counts `n` more used slots and raises the allowance to cover them. Caller holds the
     /// area lock (so the usage cannot change) and the grant lock (so the allowance cannot).
     fn add_raising(&self, n: u32) {
-        let (used, _) = split(self.word.load(Ordering::Relaxed));
-        let used = used + n;
-        self.word.store(join(used, used), Ordering::Relaxed);
+        let used = self.used() + n;
+        self.used.store(used, Ordering::Relaxed);
+        self.allowance.store(used, Ordering::Relaxed);
     }
 }
 
@@ -193,6 +169,9 @@ pub(crate) struct Counters {
     high_water: AtomicUsize,
     /// Serializes grants: allowances are raised, and the mark moved, only under it.
     grant: Mutex<()>,
+    /// Model-checking control: see [`Counters::without_area_lock_for_slack`].
+    #[cfg(all(loom, test))]
+    unlocked_slack: core::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -202,20 +181,47 @@ impl Counters {
             regions: AtomicUsize::new(0),
             high_water: AtomicUsize::new(0),
             grant: Mutex::new(()),
+            #[cfg(all(loom, test))]
+            unlocked_slack: core::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Counts an allocation of `n` slots in the area counted by `mine`. Caller holds that
-    /// area's lock. `all` lists the counters of every area of the pool (including `mine`),
-    /// and no area may be added or removed while this runs (the caller holds a stripe of
-    /// the region table). Returns by how many slots the high-water mark rose.
+    /// Lets grants lower other areas' allowances without their lock, for the model
+    /// checker's control that the grant model can fail.
+    #[cfg(all(loom, test))]
+    pub(crate) fn without_area_lock_for_slack(&self) {
+        self.unlocked_slack
+            .store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lowers `area`'s allowance by up to `want` under its lock, if that lock is free at
+    /// once; returns how much (0 when the lock is busy). The caller holds the grant lock.
     #[inline]
-    pub(crate) fn allocated<'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I) -> u32
+    fn slack_of<T>(&self, area: &Area<T>, want: u32) -> u32 {
+        #[cfg(all(loom, test))]
+        if self
+            .unlocked_slack
+            .load(core::sync::atomic::Ordering::Relaxed)
+        {
+            return area.counter().take_slack(want);
+        }
+        area.try_counter(|c| c.take_slack(want)).unwrap_or(0)
+    }
+
+    /// Counts an allocation of `n` slots in the area counted by `mine`. Caller holds that
+    /// area's lock. `all` lists every area of the pool (including `mine`'s), and no area
+    /// may be removed while this runs. Returns by how many slots the high-water mark rose.
+    #[inline]
+    pub(crate) fn allocated<'a, T: 'a, I>(
+        &self,
+        mine: &AreaCounter,
+        n: u32,
+        all: impl Fn() -> I,
+    ) -> u32
     where
-        I: Iterator<Item = &'a AreaCounter>,
+        I: Iterator<Item = &'a Area<T>>,
     {
-        mine.live
-            .store(mine.live.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        mine.live.store(mine.live() + 1, Ordering::Relaxed);
         if mine.try_add(n) {
             0
         } else {
@@ -223,40 +229,50 @@ impl Counters {
         }
     }
 
-    /// Undoes the rise of the high-water mark by `raised` slots that an allocation in the
-    /// area counted by `mine` caused, after that allocation was freed unused: takes back up
-    /// to `raised` slots of `mine`'s allowance (never below its usage) and lowers the mark
-    /// by what it took back. With no call overlapping, the mark is then exactly what it was
-    /// before the allocation; under concurrency it stays at or above every usage reached.
-    pub(crate) fn unraise(&self, mine: &AreaCounter, raised: u32) {
+    /// Undoes the rise of the high-water mark by `raised` slots that an allocation in
+    /// `mine` caused, after that allocation was freed unused: takes back up to `raised`
+    /// slots of `mine`'s allowance (never below its usage) and lowers the mark by what it
+    /// took back. With no call overlapping, the mark is then exactly what it was before
+    /// the allocation; under concurrency (`mine`'s lock busy) it may stay higher, and it
+    /// stays at or above every usage reached.
+    pub(crate) fn unraise<T>(&self, mine: &Area<T>, raised: u32) {
         if raised == 0 {
             return;
         }
         let _g = self.grant.lock();
-        let back = mine.take_slack(raised) as usize;
+        // Lock order is area, then grant: only try the area's lock here.
+        let back = self.slack_of(mine, raised) as usize;
         let high = self.high_water.load(Ordering::Relaxed);
         // The allowances add up to at most the mark and included `back`: no underflow.
         self.high_water.store(high - back, Ordering::Relaxed);
     }
 
+    /// The slow path of [`Counters::allocated`]: under the grant lock, takes the allowance
+    /// nobody holds, then other areas' unused allowance, and raises the mark by what is
+    /// still missing. Another area's allowance is lowered only under that area's lock,
+    /// taken with `try_lock` (this thread holds its own area's lock already, so waiting
+    /// could deadlock against that area's grant); a busy area is skipped, which can only
+    /// raise the mark more than needed while calls overlap, never lower it below a usage.
     #[cold]
-    fn grant<'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I) -> u32
+    fn grant<'a, T: 'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I) -> u32
     where
-        I: Iterator<Item = &'a AreaCounter>,
+        I: Iterator<Item = &'a Area<T>>,
     {
         let _g = self.grant.lock();
-        let (used, allowance) = split(mine.word.load(Ordering::Relaxed));
+        let (used, allowance) = (mine.used(), mine.allowance());
         // `try_add` failed and only this lock's holder raises allowances: `need > 0`.
         let mut need = (used as u64 + n as u64).saturating_sub(allowance as u64) as usize;
         let high = self.high_water.load(Ordering::Relaxed);
-        let held: usize = all().map(|c| c.allowance() as usize).sum();
+        // Allowances move only under the grant lock: this sum is exact.
+        let held: usize = all().map(|a| a.counter().allowance() as usize).sum();
         need -= need.min(high.saturating_sub(held));
         for other in all() {
             if need == 0 {
                 break;
             }
-            if !core::ptr::eq(other, mine) {
-                need -= other.take_slack(need.min(u32::MAX as usize) as u32) as usize;
+            if !core::ptr::eq(other.counter(), mine) {
+                let want = need.min(u32::MAX as usize) as u32;
+                need -= self.slack_of(other, want) as usize;
             }
         }
         // Raise the mark before the allowance, so usage never exceeds the mark.

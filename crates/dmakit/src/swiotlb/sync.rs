@@ -17,22 +17,98 @@ mod imp {
 mod imp {
     pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
 
-    /// loom's mutex behind the same interface as the spinning one.
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+    use core::sync::atomic::Ordering;
+    use loom::cell::{MutPtr, UnsafeCell};
+    use loom::sync::atomic::AtomicBool;
 
-    /// Guard of a locked [`Mutex`].
-    pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+    /// A lock with the interface of the core's spinning one, built so that loom can model
+    /// `try_lock`. loom's own mutex cannot: a thread whose `try_lock` is pending when
+    /// another thread takes the lock is marked blocked on it, so a path that only tries a
+    /// lock while holding another (the high-water grant) is reported as a deadlock that
+    /// cannot happen. Here the lock is the `held` flag: `try_lock` is one compare-exchange
+    /// of it, as in the real lock. `lock` first queues on loom's mutex `gate` (so waiters
+    /// for `lock` block, which loom explores cheaply) and then takes the flag, spinning with
+    /// a yield only while a `try_lock` holder has it (a spin on every wait makes the models'
+    /// branch counts explode).
+    pub(crate) struct Mutex<T> {
+        gate: loom::sync::Mutex<()>,
+        held: AtomicBool,
+        data: UnsafeCell<T>,
+    }
+
+    /// Guard of a locked [`Mutex`]: ends the data's tracked access, clears the flag, then
+    /// leaves the gate (if `lock` took it), when dropped.
+    pub(crate) struct MutexGuard<'a, T> {
+        lock: &'a Mutex<T>,
+        data: Option<MutPtr<T>>,
+        gate: Option<loom::sync::MutexGuard<'a, ()>>,
+    }
+
+    // SAFETY: as for any mutex: the data moves with the lock, and only the holder of the
+    // lock (one thread at a time, ordered by the flag's acquire/release) reaches it.
+    unsafe impl<T: Send> Send for Mutex<T> {}
+    // SAFETY: as above: sharing the lock shares the data only through a guard.
+    unsafe impl<T: Send> Sync for Mutex<T> {}
 
     impl<T> Mutex<T> {
         pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::Mutex::new(value))
+            Self {
+                gate: loom::sync::Mutex::new(()),
+                held: AtomicBool::new(false),
+                data: UnsafeCell::new(value),
+            }
         }
 
         #[inline]
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            // Nothing in the pool panics while holding a lock, so poisoning cannot happen;
-            // recover the guard anyway rather than panic.
-            self.0.lock().unwrap_or_else(|e| e.into_inner())
+            let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(mut g) = self.try_lock() {
+                    g.gate = Some(gate);
+                    return g;
+                }
+                loom::thread::yield_now();
+            }
+        }
+
+        #[inline]
+        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            self.held
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .ok()?;
+            Some(MutexGuard {
+                lock: self,
+                data: Some(self.data.get_mut()),
+                gate: None,
+            })
+        }
+    }
+
+    impl<T> core::ops::Deref for MutexGuard<'_, T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            let data = self.data.as_ref().expect("guard is live");
+            // SAFETY: the guard holds the lock, so no other guard of it exists and this is
+            // the only access to the data; loom checks that claim through `data`.
+            unsafe { data.deref() }
+        }
+    }
+
+    impl<T> core::ops::DerefMut for MutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            let data = self.data.as_ref().expect("guard is live");
+            // SAFETY: as in `deref`; `&mut self` makes this the guard's only borrow.
+            unsafe { data.deref() }
+        }
+    }
+
+    impl<T> Drop for MutexGuard<'_, T> {
+        fn drop(&mut self) {
+            // End the tracked access before another thread can take the lock.
+            self.data = None;
+            self.lock.held.store(false, Ordering::Release);
+            self.gate = None;
         }
     }
 }
