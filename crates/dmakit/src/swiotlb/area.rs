@@ -29,7 +29,7 @@
 use alloc::vec::Vec;
 
 use super::slots::BuddySlots;
-use super::stats::AreaCounter;
+use super::stats::{AreaCounter, CountedArea};
 use super::sync::{AtomicU32, Mutex, Ordering};
 
 /// Largest run, in slots, the run cache keeps.
@@ -212,6 +212,21 @@ pub(crate) struct Area<T> {
     inner: Mutex<AreaInner<T>>,
 }
 
+impl<T> CountedArea for Area<T> {
+    #[inline]
+    fn counter(&self) -> &AreaCounter {
+        &self.counter
+    }
+
+    /// Takes the lock with `try_lock`: the high-water grants must not wait for an area's
+    /// lock while holding another.
+    #[inline]
+    fn try_counter<R>(&self, f: impl FnOnce(&AreaCounter) -> R) -> Option<R> {
+        let _inner = self.inner.try_lock()?;
+        Some(f(&self.counter))
+    }
+}
+
 impl<T> Area<T> {
     /// An area of `segments` free segments of `2^segment_order` slots from `first_slot`.
     pub(crate) fn new(first_slot: u32, segments: u32, segment_order: u32) -> Self {
@@ -234,21 +249,6 @@ impl<T> Area<T> {
     #[inline]
     pub(crate) fn first_slot(&self) -> u32 {
         self.first_slot
-    }
-
-    /// The area's usage counters (read without the lock).
-    #[inline]
-    pub(crate) fn counter(&self) -> &AreaCounter {
-        &self.counter
-    }
-
-    /// Runs `f` on the usage counters with the area's lock held, if the lock is free at
-    /// once; `None` otherwise (for the high-water grants, which must not wait for an area
-    /// lock while holding another).
-    #[inline]
-    pub(crate) fn try_counter<R>(&self, f: impl FnOnce(&AreaCounter) -> R) -> Option<R> {
-        let _inner = self.inner.try_lock()?;
-        Some(f(&self.counter))
     }
 
     /// Whether the area may have room for a block of `order`, without locking.

@@ -9,7 +9,7 @@ use super::error::{RegionError, SwiotlbError};
 use super::region::{area_index, Location, Region};
 use super::region_table::{find, Entry, Lookup, RegionTable, Regions};
 use super::request::{max_mapping_size, Bounce, Shape, SlotRequest};
-use super::stats::{AreaCounter, AreaStats, Counters, PoolStats};
+use super::stats::{AreaCounter, AreaStats, CountedArea, Counters, PoolStats};
 use super::sync::MutexGuard;
 use crate::addr::{PhysAddr, PhysRange};
 use crate::bounce::MemorySpan;

@@ -37,9 +37,19 @@
 //! (a thread migrating between CPUs); it costs one pool-wide lock, and one load and at
 //! most one `try_lock` per area.
 
-use super::area::Area;
 use super::sync::{AtomicU32, AtomicUsize, Mutex, Ordering};
 use crate::addr::PhysAddr;
+
+/// What the usage accounting needs of an area: its counters, and running a closure on them
+/// under the area's lock when that lock is free at once. An area implements it; the
+/// accounting knows nothing else of areas.
+pub(crate) trait CountedArea {
+    /// The area's usage counters (read without its lock, or written under it).
+    fn counter(&self) -> &AreaCounter;
+    /// Runs `f` on the counters with the area's lock held if it is free at once; `None`
+    /// when it is busy.
+    fn try_counter<R>(&self, f: impl FnOnce(&AreaCounter) -> R) -> Option<R>;
+}
 
 /// A snapshot of pool-wide usage.
 ///
@@ -197,7 +207,7 @@ impl Counters {
     /// Lowers `area`'s allowance by up to `want` under its lock, if that lock is free at
     /// once; returns how much (0 when the lock is busy). The caller holds the grant lock.
     #[inline]
-    fn slack_of<T>(&self, area: &Area<T>, want: u32) -> u32 {
+    fn slack_of<A: CountedArea>(&self, area: &A, want: u32) -> u32 {
         #[cfg(all(loom, test))]
         if self
             .unlocked_slack
@@ -212,14 +222,14 @@ impl Counters {
     /// area's lock. `all` lists every area of the pool (including `mine`'s), and no area
     /// may be removed while this runs. Returns by how many slots the high-water mark rose.
     #[inline]
-    pub(crate) fn allocated<'a, T: 'a, I>(
+    pub(crate) fn allocated<'a, A: CountedArea + 'a, I>(
         &self,
         mine: &AreaCounter,
         n: u32,
         all: impl Fn() -> I,
     ) -> u32
     where
-        I: Iterator<Item = &'a Area<T>>,
+        I: Iterator<Item = &'a A>,
     {
         mine.live.store(mine.live() + 1, Ordering::Relaxed);
         if mine.try_add(n) {
@@ -235,7 +245,7 @@ impl Counters {
     /// took back. With no call overlapping, the mark is then exactly what it was before
     /// the allocation; under concurrency (`mine`'s lock busy) it may stay higher, and it
     /// stays at or above every usage reached.
-    pub(crate) fn unraise<T>(&self, mine: &Area<T>, raised: u32) {
+    pub(crate) fn unraise<A: CountedArea>(&self, mine: &A, raised: u32) {
         if raised == 0 {
             return;
         }
@@ -254,9 +264,14 @@ impl Counters {
     /// could deadlock against that area's grant); a busy area is skipped, which can only
     /// raise the mark more than needed while calls overlap, never lower it below a usage.
     #[cold]
-    fn grant<'a, T: 'a, I>(&self, mine: &AreaCounter, n: u32, all: impl Fn() -> I) -> u32
+    fn grant<'a, A: CountedArea + 'a, I>(
+        &self,
+        mine: &AreaCounter,
+        n: u32,
+        all: impl Fn() -> I,
+    ) -> u32
     where
-        I: Iterator<Item = &'a Area<T>>,
+        I: Iterator<Item = &'a A>,
     {
         let _g = self.grant.lock();
         let (used, allowance) = (mine.used(), mine.allowance());
