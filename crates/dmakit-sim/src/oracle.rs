@@ -217,8 +217,8 @@ impl Alloc {
 /// registering does not clear fresh memory that the CPU view overwrites at once. At most
 /// [`Spare::MAX`] pairs with a capacity of at most [`Spare::MAX_LEN`] bytes are kept, so
 /// the spares hold under 64 × 64 KiB × 5 bytes (20 MiB), and a pair is handed out only for
-/// a length it does not exceed by more by more than its own length (plus 64), so a tracked
-/// allocation's buffers stay within twice its length plus 64.
+/// a length of at least half its capacity (less 64 bytes), so a tracked allocation's
+/// buffers stay within twice its length plus 64.
 #[derive(Default)]
 struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
 
