@@ -215,8 +215,10 @@ impl Alloc {
 
 /// Expected-value buffers of unregistered allocations, kept for the next registration so
 /// registering does not clear fresh memory that the CPU view overwrites at once. At most
-/// [`Spare::MAX`] pairs of at most [`Spare::MAX_LEN`] bytes each are kept, so the memory
-/// held stays under 64 × 64 KiB × 5 bytes (20 MiB); longer buffers are dropped.
+/// [`Spare::MAX`] pairs with a capacity of at most [`Spare::MAX_LEN`] bytes are kept, so
+/// the spares hold under 64 × 64 KiB × 5 bytes (20 MiB), and a pair is handed out only for
+/// a length of at least half its capacity (less 64 bytes), so a tracked allocation's
+/// buffers stay within twice its length plus 64.
 #[derive(Default)]
 struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
 
@@ -225,24 +227,25 @@ impl Spare {
     const MAX_LEN: usize = 64 << 10;
 
     /// A pair of buffers of length `n` with arbitrary contents: the smallest kept pair at
-    /// least that long (cut to `n`), else the longest kept pair grown to `n`, else new ones.
+    /// least that long whose capacity is at most `2n + 64` (cut to `n`), else new ones.
     fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
+        let cap = n.saturating_mul(2).saturating_add(64);
         let fit = (0..self.0.len())
-            .filter(|&i| self.0[i].0.len() >= n)
-            .min_by_key(|&i| self.0[i].0.len())
-            .or_else(|| (0..self.0.len()).max_by_key(|&i| self.0[i].0.len()));
+            .filter(|&i| self.0[i].0.len() >= n && self.0[i].0.capacity() <= cap)
+            .filter(|&i| self.0[i].1.len() >= n && self.0[i].1.capacity() <= cap)
+            .min_by_key(|&i| self.0[i].0.len());
         let Some(i) = fit else {
             return (vec![0; n], vec![Owner::NOBODY; n]);
         };
         let (mut d, mut o) = self.0.swap_remove(i);
-        d.resize(n, 0);
-        o.resize(n, Owner::NOBODY);
+        d.truncate(n);
+        o.truncate(n);
         (d, o)
     }
 
     /// Keeps a pair for a later [`Spare::take`] (drops it when enough are kept).
     fn put(&mut self, d: Vec<u8>, o: Vec<Owner>) {
-        if self.0.len() < Self::MAX && d.len() <= Self::MAX_LEN {
+        if self.0.len() < Self::MAX && d.capacity().max(o.capacity()) <= Self::MAX_LEN {
             self.0.push((d, o));
         }
     }
