@@ -110,10 +110,11 @@ impl<P: Platform> DmaMapper<P> {
     /// on the device alone, inline; the others out of line.
     #[inline(always)]
     pub(super) fn route(&self, dev: &Device, range: PhysRange, dir: Direction) -> Route {
-        if !self.plain {
-            return self.route_configured(dev, range, dir);
+        match self.plain_decision(dev, range, dir) {
+            Some(Ok(dma)) => Route::Direct(dma),
+            Some(Err(reason)) => Route::Bounce(reason),
+            None => self.route_configured(dev, range, dir),
         }
-        direct_or_bounce(dev, range, dir, self.policy, self.line())
     }
 
     /// The decision of a mapper without restricted pools, IOMMU layer or
