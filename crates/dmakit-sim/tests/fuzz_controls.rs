@@ -53,6 +53,12 @@ fn expected(d: Defect) -> &'static [&'static str] {
         Defect::IommuSyncStraysIntoNeighbour => &["invalid-call-accepted"],
         Defect::SgPiecesKeptAtUnmap => &["sg-pieces-leaked", "sg-table-full-while-free"],
         Defect::SgPieceTableOvercounts => &["sg-table-full-while-free"],
+        Defect::PackedRunShortByALine => &[
+            "bounce-footprints-overlap",
+            "byte-oracle",
+            "device-sees-wrong-bytes",
+            "isolation",
+        ],
         _ => &[],
     }
 }

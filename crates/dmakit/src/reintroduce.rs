@@ -70,6 +70,9 @@ pub enum Defect {
     /// 13b (control of the piece table): a list asks for one piece more than it takes, so
     /// the table reports itself full while it has room.
     SgPieceTableOvercounts,
+    /// 15 (control of packed bounces): a packed bounce holds its lines rounded down, so the
+    /// line its last bytes share with the next free line can go to another bounce.
+    PackedRunShortByALine,
     /// 12a: a scenario's `machine.cache_size` (and `cache_ways`) is accepted at any size,
     /// and the model allocates the whole cache up front.
     CliCacheSizeUnbounded,
@@ -178,7 +181,7 @@ impl Defect {
     }
 
     /// Every defect, in finding order.
-    pub const ALL: [Defect; 29] = [
+    pub const ALL: [Defect; 30] = [
         Defect::LeadInSlotsFreed,
         Defect::CheckerForgetsBeforeValidation,
         Defect::IommuSgUncounted,
@@ -203,6 +206,7 @@ impl Defect {
         Defect::DetachGoesDirect,
         Defect::SgPiecesKeptAtUnmap,
         Defect::SgPieceTableOvercounts,
+        Defect::PackedRunShortByALine,
         Defect::CliCacheSizeUnbounded,
         Defect::CliInputUnbounded,
         Defect::CliRamOverlapMerged,

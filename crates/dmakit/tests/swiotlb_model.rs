@@ -1,5 +1,5 @@
 //! Random alloc/free sequences on the bounce pool, checked against a simple model: live
-//! allocations never overlap or share a slot, placement rules hold, usage is exact, and
+//! allocations never overlap or share a slot (a line, for packed ones), placement rules hold, usage is exact, and
 //! everything is free at the end.
 
 use std::collections::BTreeMap;
@@ -42,6 +42,34 @@ const LINE: u64 = 64;
 
 fn check_placement(pool: &Pool<u64>, b: &Bounce, r: &SlotRequest, slot: u64) {
     let addr = b.addr.as_u64();
+    // A request below a page whose mask window fits a slot, in fewer lines than a slot,
+    // is packed into lines of one slot (or, when its area has no free record for it,
+    // takes whole slots as any other).
+    let unit = LINE.max(slot / 64);
+    let window = (r.min_align_mask + 1).max(unit);
+    let lead = r.orig.as_u64() & (window - 1) & (r.min_align_mask | (LINE - 1));
+    let lines = (lead + r.len).div_ceil(unit);
+    if r.len < PAGE_SIZE
+        && window <= slot
+        && unit < slot
+        && lines < slot / unit
+        && b.slot_bytes < slot
+    {
+        let keep = r.min_align_mask | (LINE - 1);
+        assert_eq!(addr & keep, r.orig.as_u64() & keep, "{b:?} {r:?}");
+        assert_eq!(b.slot_start.as_u64(), addr - lead, "{b:?} {r:?}");
+        assert_eq!(b.slot_start.as_u64() % window, 0, "{b:?} {r:?}");
+        assert_eq!(
+            b.slot_bytes,
+            lines * unit,
+            "holds exactly the lines it touches"
+        );
+        assert_eq!(
+            b.slot_start.as_u64() / slot,
+            (b.slot_start.as_u64() + b.slot_bytes - 1) / slot
+        );
+        return;
+    }
     // The mask's bits, and the offset within the line where the request fits a segment
     // with it and is a page or more or needs no extra slot for it.
     let with_line = r.min_align_mask | (LINE - 1);

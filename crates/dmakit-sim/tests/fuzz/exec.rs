@@ -13,7 +13,7 @@ mod deferred;
 
 use super::check::{self, fail, Checked, Footprint, COHERENT};
 use super::ops::Op;
-use super::rig::{self, Behind, Dev, Rig, RigOptions, COHERENT_BYTES, GIB, KIB, SEGMENT, SLOT};
+use super::rig::{self, Behind, Dev, Rig, RigOptions, COHERENT_BYTES, GIB, KIB, LINE, SEGMENT};
 
 /// A CPU buffer of the case and what it must hold.
 pub struct Buffer {
@@ -237,7 +237,7 @@ impl State {
             let dom = d.domain.unwrap();
             // Untrusted and force-bounce devices own the whole granules of their bounces
             // (the device can reach all of them); a trusted device's alignment bounce owns
-            // its slots, lead-in included, and shares its granules with others by design.
+            // its lines, lead-in included, and shares its granules with others by design.
             let whole = !d.dev.is_trusted() || d.dev.force_bounce();
             let (start, end) = (dma.as_u64(), dma.as_u64() + len);
             let mut iova = start;
@@ -255,8 +255,8 @@ impl State {
                                 0
                             };
                             (
-                                (p & !lead) & !(SLOT - 1),
-                                (p + (piece_end - iova)).next_multiple_of(SLOT),
+                                (p & !lead) & !(LINE - 1),
+                                (p + (piece_end - iova)).next_multiple_of(LINE),
                             )
                         };
                         out.push(Footprint {
@@ -273,10 +273,12 @@ impl State {
         }
         let a = dma.as_u64();
         if let Some(pool) = check::pool_of(&self.rig, a) {
+            // What a bounce owns whatever the pool: whole lines (a SWIOTLB bounce may hold
+            // more, whole slots; packed ones hold exactly these lines).
             let unit = if pool == COHERENT || pool == check::TRANSIENT {
                 rig::COHERENT_MIN
             } else {
-                SLOT
+                LINE
             };
             let start = (a & !d.dev.min_align_mask()) & !(unit - 1);
             let end = (a + len).next_multiple_of(unit);

@@ -30,6 +30,7 @@
 //! | 11f `DetachGoesDirect` | `ok-mapping-unusable` (after `IommuDma::detach`, a map that answers `Ok` must be usable by the device; any `Err` is accepted) |
 //! | 13a `SgPiecesKeptAtUnmap` | `sg-pieces-leaked` (an IOMMU domain's piece table not whole with nothing mapped), `sg-table-full-while-free` |
 //! | 13b `SgPieceTableOvercounts` | `sg-table-full-while-free` (`SgPieceTableFull` while the domain had the pieces the list needs); a refused list must leave the domain's pieces and live mappings as they were (`refused-sg-list-kept-room`) |
+//! | 15 `PackedRunShortByALine` | `bounce-footprints-overlap` (a packed SWIOTLB bounce owns every line its bytes touch, lead-in included), `byte-oracle`, `device-sees-wrong-bytes`, `isolation` (another bounce in the shared line) |
 //!
 //! Expectations follow the fixed semantics of issue 11; where it leaves a choice (what a
 //! detached device's maps return, which error a released device's deferred request gets)

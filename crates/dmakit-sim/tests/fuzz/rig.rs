@@ -29,8 +29,6 @@ pub const GIB: u64 = 1 << 30;
 pub const BELOW_4G: u64 = (1 << 32) - 1;
 /// The machine's (largest) cache line.
 pub const LINE: u64 = 128;
-/// SWIOTLB slot size (the default).
-pub const SLOT: u64 = 2 * KIB;
 /// SWIOTLB segment size: the largest bounce.
 pub const SEGMENT: u64 = 256 * KIB;
 /// Coherent bounce pool: one chunk of this size, objects up to it.

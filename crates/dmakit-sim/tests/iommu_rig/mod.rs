@@ -42,7 +42,9 @@ impl Rig {
     /// A SWIOTLB pool of `pages` pages below 4 GiB.
     pub fn swiotlb(&self, pages: u64) -> Arc<dyn BounceBackend> {
         let base = self.m.alloc_pages(pages, u32::MAX as u64).unwrap();
-        let b = SwiotlbBounce::new(PoolConfig::builder().build().unwrap(), None, 0, u64::MAX);
+        // Whole slots for every bounce (no packing): the scenarios count slots.
+        let cfg = PoolConfig::builder().packing(false).build().unwrap();
+        let b = SwiotlbBounce::new(cfg, None, 0, u64::MAX);
         b.add_region(base, pages * 4096).unwrap();
         Arc::new(b)
     }

@@ -8,14 +8,17 @@ use std::ptr::NonNull;
 
 use dmakit::swiotlb::{Pool, PoolConfig, SlotRequest};
 use dmakit::PhysAddr;
-use dmakit_sim::request_stream::{StreamAllocator, StreamRequest, REGION_BYTES};
+use dmakit_sim::request_stream::{StreamAllocator, StreamRequest, LINE, REGION_BYTES};
 
-/// The bounce pool, default geometry, one area.
+/// The bounce pool, default geometry with the stream's 128-byte lines, one area.
 pub struct PoolPeer(Pool<()>);
 
 impl PoolPeer {
     pub fn new() -> Self {
-        let cfg = PoolConfig::builder().build().expect("config");
+        let cfg = PoolConfig::builder()
+            .max_cache_line(LINE)
+            .build()
+            .expect("config");
         Self(Pool::with_region(cfg, PhysAddr::new(0), REGION_BYTES).expect("region"))
     }
 }

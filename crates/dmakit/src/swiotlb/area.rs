@@ -25,6 +25,28 @@
 //!   that would succeed without it (with eager merging, the buddy lists' blocks are a
 //!   function of the set of free slots);
 //! - a full cache sends further frees of that size straight to the buddy lists.
+//!
+//! # Packed slots
+//!
+//! A request smaller than a slot (see `request.rs` for which) takes whole line units of a
+//! *packed* slot: a slot taken from the buddy lists like any other and cut into at most 64
+//! lines, with a bitmap of the lines held. The area keeps its packed slots that have a free
+//! line in a list, the slot most recently freed into at the front; an allocation tries the
+//! front, then a few more ([`PACKED_SCAN`]), then cuts a fresh slot, and searches the whole
+//! list only when no fresh slot is left, so it never fails while some packed slot has room.
+//! Finding a run in a slot is a few word operations on the bitmap (the positions where
+//! `count` free lines start, at the alignment asked). Rules:
+//!
+//! - a packed run holds every line from its `min_align_mask` window's boundary to the end of
+//!   its bytes, so no two allocations share a line (and, with lines as large as the
+//!   largest cache line, a cache line), and the lead-in is the run's as for whole slots;
+//! - free lines of packed slots are free as far as usage goes: usage counts line units;
+//! - a packed allocation's metadata is a record chained from its slot's entry; an area has
+//!   one record per two slots, and with none free a packable request takes whole slots;
+//! - a packed slot whose last line is freed goes back as a free slot, except one per area
+//!   (the spare), kept so that a bounce mapped and unmapped in a loop does not cut a slot
+//!   each time; the spare is given back before the area refuses a request, as the run
+//!   cache is.
 
 use alloc::vec::Vec;
 
@@ -50,24 +72,33 @@ pub(crate) struct Placement {
     pub offset: u32,
     /// Bytes requested.
     pub len: u64,
+    /// Lines (line units) of a packed run, lead-in included, or 0 when the request takes
+    /// whole slots (see `request.rs`); then also:
+    pub lines: u32,
+    /// Alignment order, in lines, of the packed run's first line.
+    pub line_align_order: u32,
+    /// Bytes from the packed run's first line to the bounce address.
+    pub line_offset: u32,
 }
 
-/// A live allocation, stored at the index of the slot its bounce address lies in.
+/// A live allocation, found from the slot its bounce address lies in: in that slot's entry
+/// for a whole-slot allocation, in a record chained from it for a packed one.
 ///
-/// It holds the run `[i - lead, i - lead + count)` around that slot `i`: the `lead` slots
-/// before it (the lead-in a `min_align_mask` offset puts in front of the bounce address,
-/// from the `2^align_order` boundary the placement aligns to) belong to it as much as the
-/// slots the bytes occupy, so no other allocation can land inside its aligned window.
+/// It holds the line units `[first, first + units)` of its area (see
+/// `PoolConfig::unit_shift`): whole slots inside one segment, or lines of one packed slot.
+/// The lead-in before the bounce address (from the `2^align_order` boundary the placement
+/// aligns to) belongs to it as much as the units its bytes occupy, so no other allocation
+/// can land inside its aligned window.
 pub(crate) struct Live<T> {
-    /// Slots it holds, lead-in included.
-    pub count: u32,
-    /// Slots of the lead-in, before the slot of the bounce address.
-    pub lead: u32,
+    /// Area-local index of the first line unit held.
+    pub first: u32,
+    /// Line units held, lead-in included.
+    pub units: u32,
     /// Byte offset of the bounce address inside its slot.
     pub offset: u32,
     /// Bytes requested.
     pub len: u64,
-    /// Slots by which this allocation raised the pool's high-water mark (so that an
+    /// Units by which this allocation raised the pool's high-water mark (so that an
     /// allocation given back unused can lower it again).
     pub raised: u32,
     /// Whether one caller is ending it ([`Area::claim`]): every other lookup and free then
@@ -83,10 +114,12 @@ pub(crate) struct Live<T> {
 pub(crate) struct Run {
     /// Area-local index of the slot the bounce address lies in.
     pub slot: u32,
-    /// Slots of the lead-in before it (the run starts at `slot - lead`).
-    pub lead: u32,
-    /// Slots held, lead-in included.
-    pub count: u32,
+    /// Byte offset of the bounce address inside that slot.
+    pub offset: u32,
+    /// Area-local index of the first line unit held.
+    pub first: u32,
+    /// Line units held, lead-in included.
+    pub units: u32,
 }
 
 /// Freed runs kept for reuse, by size; see the module documentation.
@@ -165,19 +198,107 @@ impl RunCache {
     }
 }
 
+/// No slot, record or list entry.
+const NIL: u32 = u32::MAX;
+/// Packed slots with a free line tried, from the front of the list, before a fresh slot
+/// is cut; the rest of the list is searched only when no fresh slot is left.
+const PACKED_SCAN: usize = 4;
+
+/// What a slot's entry holds.
+enum SlotEntry<T> {
+    /// No live allocation has its bounce address in this slot: it is free, cached, or
+    /// another slot of a whole-slot allocation (its lead-in or its tail).
+    Empty,
+    /// The whole-slot allocation whose bounce address lies in this slot.
+    Whole(Live<T>),
+    /// The slot is cut into lines for packed allocations.
+    Packed(Packed),
+}
+
+/// A packed slot: which of its lines are held, and by whom.
+///
+/// Invariant: `used` is the union of the lines its chain's records hold, and is 0 only for
+/// the area's spare; the slot is in the area's list of packed slots with a free line (`prev`/`next`) exactly
+/// when `used` is not every line.
+struct Packed {
+    used: u64,
+    /// First record of its allocations.
+    head: u32,
+    prev: u32,
+    next: u32,
+}
+
+/// A packed allocation, or a free record.
+struct Record<T> {
+    live: Option<Live<T>>,
+    /// Next record of the same slot, or of the free list.
+    next: u32,
+}
+
+/// Where a live allocation's entry is.
+#[derive(Clone, Copy)]
+enum Hit {
+    /// In its slot's entry.
+    Whole,
+    /// In record `rec`, which follows record `prev` (or the slot's head, when `NIL`).
+    Record { rec: u32, prev: u32 },
+}
+
 struct AreaInner<T> {
     slots: BuddySlots,
     cache: RunCache,
-    live: Vec<Option<Live<T>>>,
+    entries: Vec<SlotEntry<T>>,
+    records: Vec<Record<T>>,
+    free_record: u32,
+    /// First packed slot with a free line, the one most recently freed into first.
+    partial: u32,
+    /// Free lines of packed slots: free, but neither in the buddy lists nor cached.
+    packed_free: u32,
+    /// The one packed slot kept while empty (or `NIL`), so that a bounce freed and mapped
+    /// again does not give its slot back and cut it again; given back before the area
+    /// refuses a request.
+    spare: u32,
+    /// Log2 of line units per slot.
+    lines_order: u32,
+    /// Every line of a slot, as bits.
+    all_lines: u64,
+    /// Log2 of the bytes of a line unit.
+    unit_shift: u32,
+}
+
+/// Positions `j` of a `u64` with `j % 2^order == 0` (`order <= 6`).
+#[inline]
+fn every(order: u32) -> u64 {
+    match order {
+        0 => u64::MAX,
+        1..=5 => u64::MAX / ((1u64 << (1u32 << order)) - 1),
+        _ => 1,
+    }
+}
+
+/// Lowest line `j` of a slot whose lines are the bits `all`, with `used` held, such that lines
+/// `j .. j + count` are free and `j % 2^align_order == residue`.
+#[inline(always)]
+fn fit(used: u64, all: u64, count: u32, residue: u32, align_order: u32) -> Option<u32> {
+    // Bit j of `starts`: lines j .. j + have are free (bits past the slot shift in as 0).
+    let (mut starts, mut have) = (!used & all, 1);
+    while have < count {
+        let step = have.min(count - have);
+        starts &= starts >> step;
+        have += step;
+    }
+    starts &= every(align_order) << residue;
+    (starts != 0).then(|| starts.trailing_zeros())
 }
 
 impl<T> AreaInner<T> {
-    /// The allocation hint: the buddy lists' non-empty orders, or every order while runs
-    /// are cached (a flush may merge them into any block).
+    /// The allocation hint: the buddy lists' non-empty orders, with order 0 when a packed
+    /// slot has a free line, or every order while runs are cached (a flush may merge them
+    /// into any block).
     #[inline]
     fn hint(&self) -> u32 {
         if self.cache.slots == 0 {
-            self.slots.nonempty_orders()
+            self.slots.nonempty_orders() | u32::from(self.partial != NIL)
         } else {
             u32::MAX
         }
@@ -188,13 +309,330 @@ impl<T> AreaInner<T> {
     fn free_slots(&self) -> u32 {
         self.slots.free_slots() + self.cache.slots
     }
+
+    /// Takes `total` slots from a `2^align_order` boundary plus `residue`, ending at or
+    /// before slot `last`: from the run cache, else the buddy lists, else the buddy lists
+    /// after the cache and the spare packed slot are returned to them. `None` with nothing
+    /// changed but those returns.
+    fn take_slots(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
+        if let Some(first) = self.take_free_slots(total, residue, align_order, last) {
+            return Some(first);
+        }
+        if self.spare == NIL {
+            return None;
+        }
+        self.release_spare();
+        self.take_free_slots(total, residue, align_order, last)
+    }
+
+    /// Gives the spare packed slot (empty) back to the buddy lists.
+    #[inline]
+    fn release_spare(&mut self) {
+        let slot = core::mem::replace(&mut self.spare, NIL);
+        self.unlink_partial(slot);
+        self.entries[slot as usize] = SlotEntry::Empty;
+        self.packed_free -= 1 << self.lines_order;
+        self.slots.release(slot, 1);
+    }
+
+    /// [`AreaInner::take_slots`] without the spare packed slot.
+    fn take_free_slots(
+        &mut self,
+        total: u32,
+        residue: u32,
+        align_order: u32,
+        last: u32,
+    ) -> Option<u32> {
+        if last < self.slots.len() - 1 {
+            // Only part of the area is within reach: search the buddy lists, with every
+            // cached run returned to them so the search sees all free slots.
+            let slots = &mut self.slots;
+            self.cache.drain(|s, n| slots.release(s, n));
+            return self.slots.alloc_below(total, residue, align_order, last);
+        }
+        if let Some(first) = self.cache.take(total, residue, align_order) {
+            return Some(first);
+        }
+        if let Some(first) = self.slots.alloc(total, residue, align_order) {
+            return Some(first);
+        }
+        if self.cache.slots == 0 {
+            return None;
+        }
+        let slots = &mut self.slots;
+        self.cache.drain(|s, n| slots.release(s, n));
+        self.slots.alloc(total, residue, align_order)
+    }
+
+    /// Gives back `count` slots from `first`: to the run cache when it has room for them,
+    /// else to the buddy lists.
+    #[inline]
+    fn give_slots(&mut self, first: u32, count: u32) {
+        if !self.cache.put(first, count) {
+            self.slots.release(first, count);
+        }
+    }
+
+    #[inline]
+    fn packed(&self, slot: u32) -> &Packed {
+        match &self.entries[slot as usize] {
+            SlotEntry::Packed(p) => p,
+            _ => unreachable!("slot {slot} of the packed list is not packed"),
+        }
+    }
+
+    #[inline]
+    fn packed_mut(&mut self, slot: u32) -> &mut Packed {
+        match &mut self.entries[slot as usize] {
+            SlotEntry::Packed(p) => p,
+            _ => unreachable!("slot {slot} of the packed list is not packed"),
+        }
+    }
+
+    /// Puts packed slot `slot` at the front of the list of slots with a free line.
+    #[inline]
+    fn push_partial(&mut self, slot: u32) {
+        let head = self.partial;
+        if head != NIL {
+            self.packed_mut(head).prev = slot;
+        }
+        let p = self.packed_mut(slot);
+        (p.prev, p.next) = (NIL, head);
+        self.partial = slot;
+    }
+
+    /// Takes packed slot `slot` out of the list of slots with a free line.
+    #[inline]
+    fn unlink_partial(&mut self, slot: u32) {
+        let (prev, next) = {
+            let p = self.packed(slot);
+            (p.prev, p.next)
+        };
+        match prev {
+            NIL => self.partial = next,
+            _ => self.packed_mut(prev).next = next,
+        }
+        if next != NIL {
+            self.packed_mut(next).prev = prev;
+        }
+    }
+
+    /// The first of `limit` packed slots from `from` in the list (at or before slot
+    /// `last`) with room for `count` lines at `residue` modulo `2^align_order`: the slot
+    /// and line, or where the search stopped.
+    #[inline]
+    fn scan_packed(
+        &self,
+        mut from: u32,
+        limit: usize,
+        (count, residue, align_order): (u32, u32, u32),
+        last: u32,
+    ) -> Result<(u32, u32), u32> {
+        for _ in 0..limit {
+            if from == NIL {
+                break;
+            }
+            let p = self.packed(from);
+            if from <= last {
+                if let Some(j) = fit(p.used, self.all_lines, count, residue, align_order) {
+                    return Ok((from, j));
+                }
+            }
+            from = p.next;
+        }
+        Err(from)
+    }
+
+    /// Finds room for a packed run of `count` lines at `residue` modulo `2^align_order` in
+    /// a slot at or before `last`: in a packed slot with free lines (the first few of the
+    /// list, then a fresh slot, then the rest of the list). Returns the slot and its first
+    /// line; a fresh slot is packed (empty) when this returns. `None` (nothing changed but
+    /// the cache's return to the buddy lists) when there is no room or no free record.
+    #[inline]
+    fn find_packed(
+        &mut self,
+        count: u32,
+        residue: u32,
+        align_order: u32,
+        last: u32,
+    ) -> Option<(u32, u32)> {
+        let head = self.partial;
+        if self.free_record == NIL {
+            return None;
+        }
+        // The front of the list: the slot most recently freed into (or the spare).
+        if head != NIL && head <= last {
+            if let Some(j) = fit(
+                self.packed(head).used,
+                self.all_lines,
+                count,
+                residue,
+                align_order,
+            ) {
+                return Some((head, j));
+            }
+        }
+        self.find_packed_further(head, (count, residue, align_order), last)
+    }
+
+    /// [`AreaInner::find_packed`] past the front of the list.
+    #[inline(never)]
+    fn find_packed_further(
+        &mut self,
+        head: u32,
+        want: (u32, u32, u32),
+        last: u32,
+    ) -> Option<(u32, u32)> {
+        let next = if head == NIL {
+            NIL
+        } else {
+            self.packed(head).next
+        };
+        let rest = match self.scan_packed(next, PACKED_SCAN - 1, want, last) {
+            Ok(found) => return Some(found),
+            Err(rest) => rest,
+        };
+        let Some(slot) = self.take_slots(1, 0, 0, last) else {
+            return self.scan_packed(rest, usize::MAX, want, last).ok();
+        };
+        let (count, residue, align_order) = want;
+        let line = fit(0, self.all_lines, count, residue, align_order)?;
+        self.entries[slot as usize] = SlotEntry::Packed(Packed {
+            used: 0,
+            head: NIL,
+            prev: NIL,
+            next: NIL,
+        });
+        self.push_partial(slot);
+        self.packed_free += 1 << self.lines_order;
+        Some((slot, line))
+    }
+
+    /// Stores `live` (of `live.units` lines from `line`) in packed slot `slot`.
+    #[inline]
+    fn commit_packed(&mut self, slot: u32, line: u32, live: Live<T>) {
+        let rec = self.free_record;
+        let all = self.all_lines;
+        let bits = (u64::MAX >> (64 - live.units)) << line;
+        self.packed_free -= live.units;
+        self.free_record = self.records[rec as usize].next;
+        let p = self.packed_mut(slot);
+        let head = core::mem::replace(&mut p.head, rec);
+        p.used |= bits;
+        let full = p.used == all;
+        self.records[rec as usize] = Record {
+            live: Some(live),
+            next: head,
+        };
+        if full {
+            self.unlink_partial(slot);
+        }
+        if slot == self.spare {
+            self.spare = NIL;
+        }
+    }
+
+    /// Where the live allocation whose bounce address is `offset` bytes into slot `local`
+    /// is, if its `claimed` flag is `claimed`.
+    #[inline]
+    fn find(&self, local: u32, offset: u32, claimed: bool) -> Option<Hit> {
+        match self.entries.get(local as usize)? {
+            SlotEntry::Whole(l) => {
+                (l.offset == offset && l.claimed == claimed).then_some(Hit::Whole)
+            }
+            SlotEntry::Packed(p) => {
+                let (mut prev, mut rec) = (NIL, p.head);
+                while rec != NIL {
+                    let r = &self.records[rec as usize];
+                    if let Some(l) = &r.live {
+                        if l.offset == offset {
+                            return (l.claimed == claimed).then_some(Hit::Record { rec, prev });
+                        }
+                    }
+                    (prev, rec) = (rec, r.next);
+                }
+                None
+            }
+            SlotEntry::Empty => None,
+        }
+    }
+
+    #[inline]
+    fn live_mut(&mut self, local: u32, hit: Hit) -> Option<&mut Live<T>> {
+        match hit {
+            Hit::Whole => match &mut self.entries[local as usize] {
+                SlotEntry::Whole(l) => Some(l),
+                _ => None,
+            },
+            Hit::Record { rec, .. } => self.records[rec as usize].live.as_mut(),
+        }
+    }
+
+    /// Takes the allocation at `hit` of slot `local` out of the table and frees what it
+    /// holds: whole slots to the run cache or buddy lists; packed lines to their slot,
+    /// which goes back as a free slot when no line of it is held any more.
+    #[inline]
+    fn remove(&mut self, local: u32, hit: Hit) -> Option<Live<T>> {
+        let Hit::Record { rec, prev } = hit else {
+            let SlotEntry::Whole(live) =
+                core::mem::replace(&mut self.entries[local as usize], SlotEntry::Empty)
+            else {
+                return None;
+            };
+            self.give_slots(
+                live.first >> self.lines_order,
+                live.units >> self.lines_order,
+            );
+            return Some(live);
+        };
+        let r = &mut self.records[rec as usize];
+        let (live, next) = (r.live.take()?, r.next);
+        r.next = self.free_record;
+        self.free_record = rec;
+        let lines_order = self.lines_order;
+        let all = self.all_lines;
+        let line = live.first & ((1 << lines_order) - 1);
+        let bits = (u64::MAX >> (64 - live.units)) << line;
+        self.packed_free += live.units;
+        match prev {
+            NIL => self.packed_mut(local).head = next,
+            _ => self.records[prev as usize].next = next,
+        }
+        let p = self.packed_mut(local);
+        let was_full = p.used == all;
+        p.used &= !bits;
+        let empty = p.used == 0;
+        if empty && self.spare != NIL {
+            // An empty packed slot is kept already: this one goes back as a free slot.
+            if !was_full {
+                self.unlink_partial(local);
+            }
+            self.entries[local as usize] = SlotEntry::Empty;
+            self.packed_free -= 1 << lines_order;
+            self.give_slots(local, 1);
+            return Some(live);
+        }
+        if empty {
+            // Kept for the next packed allocation, which then cuts no slot.
+            self.spare = local;
+        }
+        if was_full || self.partial != local {
+            // Most recently freed into first: the next packed allocation finds room here.
+            if !was_full {
+                self.unlink_partial(local);
+            }
+            self.push_partial(local);
+        }
+        Some(live)
+    }
 }
 
 /// Usage of one area, read under its lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AreaUsage {
     pub slots: u32,
-    pub used_slots: u32,
+    /// Line units held by live allocations.
+    pub used_units: u32,
     pub live: u32,
 }
 
@@ -207,7 +645,7 @@ pub(crate) struct Area<T> {
     /// lets an allocation skip areas that cannot serve it. Only a hint: it is re-checked
     /// under the lock.
     orders_hint: AtomicU32,
-    /// Used slots and live allocations, for lock-free statistics.
+    /// Used line units and live allocations, for lock-free statistics.
     counter: AreaCounter,
     inner: Mutex<AreaInner<T>>,
 }
@@ -228,11 +666,28 @@ impl<T> CountedArea for Area<T> {
 }
 
 impl<T> Area<T> {
-    /// An area of `segments` free segments of `2^segment_order` slots from `first_slot`.
-    pub(crate) fn new(first_slot: u32, segments: u32, segment_order: u32) -> Self {
+    /// An area of `segments` free segments of `2^segment_order` slots from `first_slot`,
+    /// slots of `2^lines_order` line units of `2^unit_shift` bytes. Its metadata is one
+    /// entry per slot and, with `packing`, one packed-allocation record per two slots; when
+    /// the records are all in use, further packable requests take whole slots.
+    pub(crate) fn new(
+        first_slot: u32,
+        segments: u32,
+        segment_order: u32,
+        lines_order: u32,
+        unit_shift: u32,
+        packing: bool,
+    ) -> Self {
         let slots = BuddySlots::new(segments, segment_order);
-        let mut live = Vec::new();
-        live.resize_with(slots.len() as usize, || None);
+        let mut entries = Vec::new();
+        entries.resize_with(slots.len() as usize, || SlotEntry::Empty);
+        let n = if packing { (slots.len() / 2).max(1) } else { 0 };
+        let records = (0..n)
+            .map(|i| Record {
+                live: None,
+                next: if i + 1 < n { i + 1 } else { NIL },
+            })
+            .collect();
         Self {
             first_slot,
             orders_hint: AtomicU32::new(slots.nonempty_orders()),
@@ -240,7 +695,15 @@ impl<T> Area<T> {
             inner: Mutex::new(AreaInner {
                 slots,
                 cache: RunCache::new(),
-                live,
+                entries,
+                records,
+                free_record: if n == 0 { NIL } else { 0 },
+                partial: NIL,
+                packed_free: 0,
+                spare: NIL,
+                lines_order,
+                all_lines: u64::MAX >> (64 - (1u32 << lines_order)),
+                unit_shift,
             }),
         }
     }
@@ -259,11 +722,12 @@ impl<T> Area<T> {
 
     /// Allocates per `p` a run that ends at or before area-local slot `last` (pass
     /// `u32::MAX` for no limit) and stores the metadata taken from `meta`; `count(counter,
-    /// n)` runs under the lock to count the `n` slots and returns by how many slots that
-    /// raised the high-water mark. The run covers the placement's lead-in and its data
-    /// slots, from a `2^align_order` boundary. Returns where it landed, or `None` with
-    /// nothing observable changed (and `meta` untouched) when the area has no room below
-    /// `last` even after returning its cached runs to the buddy lists.
+    /// n)` runs under the lock to count the `n` line units and returns by how many units
+    /// that raised the high-water mark. The run covers the placement's lead-in and its
+    /// bytes, from a `2^align_order` boundary: lines of a packed slot for a packed
+    /// placement while a record is free, else whole slots. Returns where it landed, or
+    /// `None` with nothing observable changed (and `meta` untouched) when the area has no
+    /// room below `last` even after returning its cached runs to the buddy lists.
     ///
     /// An area wholly within `last` costs what the module documentation says; one that
     /// `last` cuts first returns its cached runs to the buddy lists and walks them for a
@@ -275,96 +739,98 @@ impl<T> Area<T> {
         meta: &mut Option<T>,
         count: impl FnOnce(&AreaCounter, u32) -> u32,
     ) -> Option<Run> {
-        let lead = if crate::reintroduce::active(crate::reintroduce::Defect::LeadInSlotsFreed) {
-            0
-        } else {
-            p.lead
-        };
+        let lead_in_freed =
+            crate::reintroduce::active(crate::reintroduce::Defect::LeadInSlotsFreed);
+        let meta_in = meta.take()?;
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let lo = inner.lines_order;
+        if p.lines != 0 {
+            // Without the lead-in, the run starts at the bounce address's line.
+            let lead = if lead_in_freed {
+                p.line_offset >> inner.unit_shift
+            } else {
+                0
+            };
+            let units = p.lines - lead;
+            if let Some((slot, line)) = inner.find_packed(units, lead, p.line_align_order, last) {
+                let first = (slot << lo) + line;
+                let run = Run {
+                    slot,
+                    offset: ((line - lead) << inner.unit_shift) + p.line_offset,
+                    first,
+                    units,
+                };
+                let live = Live {
+                    first,
+                    units,
+                    offset: run.offset,
+                    len: p.len,
+                    raised: count(&self.counter, units),
+                    claimed: false,
+                    meta: meta_in,
+                };
+                inner.commit_packed(slot, line, live);
+                self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+                return Some(run);
+            }
+        }
+        let lead = if lead_in_freed { 0 } else { p.lead };
         // The run starts `p.lead - lead` slots past an aligned boundary: on it when the
         // lead-in is held.
         let (total, residue) = (lead + p.count, p.lead - lead);
-        let mut guard = self.inner.lock();
-        let inner = &mut *guard;
-        let first = if last < inner.slots.len() - 1 {
-            // Only part of the area is within reach: search the buddy lists, with every
-            // cached run returned to them so the search sees all free slots.
-            let slots = &mut inner.slots;
-            inner.cache.drain(|s, n| slots.release(s, n));
-            let first = inner.slots.alloc_below(total, residue, p.align_order, last);
-            self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-            first?
-        } else {
-            match inner.cache.take(total, residue, p.align_order) {
-                Some(first) => first,
-                None => match inner.slots.alloc(total, residue, p.align_order) {
-                    Some(first) => first,
-                    None if inner.cache.slots != 0 => {
-                        let slots = &mut inner.slots;
-                        inner.cache.drain(|s, n| slots.release(s, n));
-                        let first = inner.slots.alloc(total, residue, p.align_order);
-                        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-                        first?
-                    }
-                    None => return None,
-                },
-            }
-        };
-        let Some(meta) = meta.take() else {
-            inner.slots.release(first, total);
-            self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+        let taken = inner.take_slots(total, residue, p.align_order, last);
+        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+        let Some(first) = taken else {
+            *meta = Some(meta_in);
             return None;
         };
-        let raised = count(&self.counter, total);
-        inner.live[(first + lead) as usize] = Some(Live {
-            count: total,
-            lead,
+        let run = Run {
+            slot: first + lead,
+            offset: p.offset,
+            first: first << lo,
+            units: total << lo,
+        };
+        inner.entries[run.slot as usize] = SlotEntry::Whole(Live {
+            first: run.first,
+            units: run.units,
             offset: p.offset,
             len: p.len,
-            raised,
+            raised: count(&self.counter, run.units),
             claimed: false,
-            meta,
+            meta: meta_in,
         });
-        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-        Some(Run {
-            slot: first + lead,
-            lead,
-            count: total,
-        })
+        Some(run)
     }
 
-    /// Runs `f` on the live allocation whose first slot is `local` and whose bounce address
-    /// sits `offset` bytes into it; `None` when there is none (or it is claimed).
+    /// Runs `f` on the live allocation whose bounce address sits `offset` bytes into slot
+    /// `local`; `None` when there is none (or it is claimed).
     pub(crate) fn with_live<R>(
         &self,
         local: u32,
         offset: u32,
         f: impl FnOnce(&Live<T>) -> R,
     ) -> Option<R> {
-        let inner = self.inner.lock();
-        match inner.live.get(local as usize) {
-            Some(Some(live)) if live.offset == offset && !live.claimed => Some(f(live)),
-            _ => None,
-        }
+        let mut inner = self.inner.lock();
+        let hit = inner.find(local, offset, false)?;
+        inner.live_mut(local, hit).map(|l| f(l))
     }
 
     /// Removes the live allocation whose bounce address is at `local`/`offset` and frees
-    /// its slots, lead-in included (into the run cache when it has room for them); `None`
-    /// (nothing changed) when there is none or it is claimed.
+    /// what it holds, lead-in included (into the run cache when it has room for whole
+    /// slots); `None` (nothing changed) when there is none or it is claimed.
     pub(crate) fn free(&self, local: u32, offset: u32) -> Option<Live<T>> {
         let mut guard = self.inner.lock();
-        let entry = guard.live.get_mut(local as usize)?;
-        if !matches!(entry, Some(live) if live.offset == offset && !live.claimed) {
-            return None;
-        }
-        let live = entry.take()?;
-        self.release(&mut guard, local, &live);
+        let hit = guard.find(local, offset, false)?;
+        let live = guard.remove(local, hit)?;
+        self.freed(&guard, &live);
         Some(live)
     }
 
     /// Claims the live allocation whose bounce address is at `local`/`offset` for the
     /// caller alone and runs `f` on it: until the caller's [`Area::finish`] or
-    /// [`Area::unclaim`], lookups, frees and claims of it find nothing, and it keeps its
-    /// slots and stays counted as used and live (so its region cannot be removed). `None`
+    /// [`Area::unclaim`], lookups, frees and claims of it find nothing, and it keeps what it
+    /// holds and stays counted as used and live (so its region cannot be removed). `None`
     /// (nothing changed) when there is no such allocation or it is claimed already.
     pub(crate) fn claim<R>(
         &self,
@@ -373,46 +839,41 @@ impl<T> Area<T> {
         f: impl FnOnce(&Live<T>) -> R,
     ) -> Option<R> {
         let mut inner = self.inner.lock();
-        match inner.live.get_mut(local as usize) {
-            Some(Some(live)) if live.offset == offset && !live.claimed => {
-                live.claimed = true;
-                Some(f(live))
-            }
-            _ => None,
-        }
+        let hit = inner.find(local, offset, false)?;
+        let live = inner.live_mut(local, hit)?;
+        live.claimed = true;
+        Some(f(live))
     }
 
-    /// Frees the allocation at `local` that the caller claimed, as [`Area::free`] does;
-    /// `false` (nothing changed) when `local` holds no claimed allocation.
-    pub(crate) fn finish(&self, local: u32) -> bool {
+    /// Frees the allocation at `local`/`offset` that the caller claimed, as [`Area::free`]
+    /// does; `false` (nothing changed) when there is no such claimed allocation.
+    pub(crate) fn finish(&self, local: u32, offset: u32) -> bool {
         let mut guard = self.inner.lock();
-        let Some(entry) = guard.live.get_mut(local as usize) else {
+        let Some(hit) = guard.find(local, offset, true) else {
             return false;
         };
-        let Some(live) = entry.take_if(|live| live.claimed) else {
+        let Some(live) = guard.remove(local, hit) else {
             return false;
         };
-        self.release(&mut guard, local, &live);
+        self.freed(&guard, &live);
         true
     }
 
-    /// Makes the allocation at `local` that the caller claimed live again, as it was.
-    pub(crate) fn unclaim(&self, local: u32) {
+    /// Makes the allocation at `local`/`offset` that the caller claimed live again, as it
+    /// was.
+    pub(crate) fn unclaim(&self, local: u32, offset: u32) {
         let mut inner = self.inner.lock();
-        if let Some(Some(live)) = inner.live.get_mut(local as usize) {
-            live.claimed = false;
+        if let Some(hit) = inner.find(local, offset, true) {
+            if let Some(live) = inner.live_mut(local, hit) {
+                live.claimed = false;
+            }
         }
     }
 
-    /// Frees the slots of `live`, just taken out of the table at `local`, and counts them
-    /// free; the caller holds the lock.
+    /// Counts `live`, just removed, as freed; the caller holds the lock.
     #[inline]
-    fn release(&self, inner: &mut AreaInner<T>, local: u32, live: &Live<T>) {
-        let first = local - live.lead;
-        if !inner.cache.put(first, live.count) {
-            inner.slots.release(first, live.count);
-        }
-        self.counter.freed(live.count);
+    fn freed(&self, inner: &AreaInner<T>, live: &Live<T>) {
+        self.counter.freed(live.units);
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
     }
 
@@ -426,18 +887,22 @@ impl<T> Area<T> {
     /// Current usage.
     pub(crate) fn usage(&self) -> AreaUsage {
         let inner = self.inner.lock();
+        let held_slots = inner.slots.len() - inner.free_slots();
         AreaUsage {
             slots: inner.slots.len(),
-            used_slots: inner.slots.len() - inner.free_slots(),
+            used_units: (held_slots << inner.lines_order) - inner.packed_free,
             live: self.counter.live(),
         }
     }
 
-    /// Returns every cached run to the buddy lists; for tests.
+    /// Returns every cached run and the spare packed slot to the buddy lists; for tests.
     #[cfg(test)]
     pub(crate) fn flush_cache(&self) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
+        if inner.spare != NIL {
+            inner.release_spare();
+        }
         let slots = &mut inner.slots;
         inner.cache.drain(|s, n| slots.release(s, n));
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
@@ -449,74 +914,183 @@ impl<T> Area<T> {
         self.inner.lock().cache.slots
     }
 
-    /// Checks the allocator's invariants, that live runs, cached runs and free blocks
-    /// partition the area, and that the counters agree; for tests.
+    /// Checks the allocator's invariants: that live allocations, packed slots, cached runs
+    /// and free blocks partition the area, that no two live allocations share a line unit,
+    /// that the packed list and records are consistent, and that the counters agree; for
+    /// tests.
     #[cfg(test)]
     pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
         let inner = self.inner.lock();
         inner.slots.check()?;
+        let lo = inner.lines_order;
+        let per_slot = 1u32 << lo;
+        let all = u64::MAX >> (64 - per_slot);
+        let n = inner.slots.len();
+        let free_or_cached = |j: u32| inner.slots.is_free(j) || inner.cache.holds(j);
         let mut cached = 0u32;
         for (k, runs) in inner.cache.runs.iter().enumerate() {
-            let n = k as u32 + 1;
+            let c = k as u32 + 1;
             for &f in &runs[..inner.cache.depth[k] as usize] {
-                if f >> inner.slots.max_order() != (f + n - 1) >> inner.slots.max_order() {
-                    return Err(alloc::format!("cached run {f}+{n} crosses a segment"));
+                if f >> inner.slots.max_order() != (f + c - 1) >> inner.slots.max_order() {
+                    return Err(format!("cached run {f}+{c} crosses a segment"));
                 }
-                for j in f..f + n {
-                    if inner.slots.is_free(j) || inner.live[j as usize].is_some() {
-                        return Err(alloc::format!("cached slot {j} is also free or live"));
+                for j in f..f + c {
+                    if inner.slots.is_free(j)
+                        || !matches!(inner.entries[j as usize], SlotEntry::Empty)
+                    {
+                        return Err(format!("cached slot {j} is also free or live"));
                     }
                 }
-                cached += n;
+                cached += c;
             }
         }
         if cached != inner.cache.slots {
-            return Err(alloc::format!(
-                "cache counts {} of {cached}",
-                inner.cache.slots
+            return Err(format!("cache counts {} of {cached}", inner.cache.slots));
+        }
+        let (mut used, mut live, mut packed_free, mut partial, mut records) =
+            (0u32, 0u32, 0u32, 0u32, 0u32);
+        let mut held = alloc::vec![false; n as usize];
+        let mut hold = |j: u32, what: &str| -> Result<(), alloc::string::String> {
+            if free_or_cached(j) {
+                return Err(format!("{what} slot {j} is also free"));
+            }
+            if core::mem::replace(&mut held[j as usize], true) {
+                return Err(format!("{what} slot {j} is held twice"));
+            }
+            Ok(())
+        };
+        for (i, e) in inner.entries.iter().enumerate() {
+            let i = i as u32;
+            match e {
+                SlotEntry::Empty => {}
+                SlotEntry::Whole(l) => {
+                    if l.claimed {
+                        return Err(format!("run at {i} is still claimed"));
+                    }
+                    let (first, count) = (l.first >> lo, l.units >> lo);
+                    if l.first % per_slot != 0
+                        || l.units % per_slot != 0
+                        || !(first..first + count).contains(&i)
+                    {
+                        return Err(format!("run at {i} holds {}+{} units", l.first, l.units));
+                    }
+                    if first + count > n {
+                        return Err(format!("run at {i} leaves the area"));
+                    }
+                    for j in first..first + count {
+                        hold(j, "live")?;
+                    }
+                    used += l.units;
+                    live += 1;
+                }
+                SlotEntry::Packed(p) => {
+                    hold(i, "packed")?;
+                    let mut lines = 0u64;
+                    let mut rec = p.head;
+                    while rec != NIL {
+                        let r = &inner.records[rec as usize];
+                        let Some(l) = &r.live else {
+                            return Err(format!("packed slot {i} chains free record {rec}"));
+                        };
+                        if l.claimed {
+                            return Err(format!("packed run at {i} is still claimed"));
+                        }
+                        let line = l.first.wrapping_sub(i << lo);
+                        if l.units == 0 || line >= per_slot || line + l.units > per_slot {
+                            return Err(format!(
+                                "packed run {}+{} is not in slot {i}",
+                                l.first, l.units
+                            ));
+                        }
+                        let bits = (u64::MAX >> (64 - l.units)) << line;
+                        if lines & bits != 0 {
+                            return Err(format!("packed runs of slot {i} share a line"));
+                        }
+                        if (l.offset >> inner.unit_shift) < line
+                            || (l.offset as u64 + l.len) > (per_slot as u64) << inner.unit_shift
+                        {
+                            return Err(format!(
+                                "packed bounce at {i}+{} is outside its slot or lines",
+                                l.offset
+                            ));
+                        }
+                        lines |= bits;
+                        used += l.units;
+                        live += 1;
+                        records += 1;
+                        rec = r.next;
+                    }
+                    if lines != p.used || (lines == 0) != (inner.spare == i) {
+                        return Err(format!(
+                            "packed slot {i}: lines {:#x}, records {lines:#x}",
+                            p.used
+                        ));
+                    }
+                    packed_free += per_slot - p.used.count_ones();
+                    partial += u32::from(p.used != all);
+                }
+            }
+        }
+        let mut listed = 0u32;
+        let (mut prev, mut s) = (NIL, inner.partial);
+        while s != NIL {
+            let SlotEntry::Packed(p) = &inner.entries[s as usize] else {
+                return Err(format!("listed slot {s} is not packed"));
+            };
+            if p.prev != prev || p.used == all {
+                return Err(format!("packed list broken at {s}"));
+            }
+            listed += 1;
+            (prev, s) = (s, p.next);
+        }
+        if listed != partial {
+            return Err(format!(
+                "{listed} listed packed slots of {partial} with a free line"
             ));
         }
-        let mut used = 0u32;
-        let mut live = 0u32;
-        let mut held = alloc::vec![false; inner.slots.len() as usize];
-        for (i, l) in inner.live.iter().enumerate() {
-            let Some(l) = l else { continue };
-            if l.claimed {
-                return Err(alloc::format!("run at {i} is still claimed"));
+        let mut free_records = 0u32;
+        let mut r = inner.free_record;
+        while r != NIL {
+            if inner.records[r as usize].live.is_some() {
+                return Err(format!("free record {r} is live"));
             }
-            let Some(first) = (i as u32).checked_sub(l.lead) else {
-                return Err(alloc::format!("lead-in of the run at {i} leaves the area"));
-            };
-            if l.lead >= l.count {
-                return Err(alloc::format!("run at {i} holds no slot after its lead-in"));
-            }
-            for j in first..first + l.count {
-                if inner.slots.is_free(j) || inner.cache.holds(j) {
-                    return Err(alloc::format!("live slot {j} is also free"));
-                }
-                if core::mem::replace(&mut held[j as usize], true) {
-                    return Err(alloc::format!("live runs overlap at {j}"));
-                }
-            }
-            used += l.count;
-            live += 1;
+            free_records += 1;
+            r = inner.records[r as usize].next;
         }
-        if used + inner.free_slots() != inner.slots.len() {
-            return Err(alloc::format!(
-                "{used} live + {} free + {cached} cached != {}",
-                inner.slots.free_slots(),
-                inner.slots.len()
+        if free_records + records != inner.records.len() as u32 {
+            return Err(format!(
+                "{free_records} free + {records} live records of {}",
+                inner.records.len()
+            ));
+        }
+        if packed_free != inner.packed_free {
+            return Err(format!(
+                "packed free lines {} counted {packed_free}",
+                inner.packed_free
+            ));
+        }
+        let held_slots = held.iter().filter(|&&h| h).count() as u32;
+        if held_slots + inner.free_slots() != n {
+            return Err(format!(
+                "{held_slots} held + {} free + {cached} cached != {n}",
+                inner.slots.free_slots()
+            ));
+        }
+        if used + packed_free + (inner.free_slots() << lo) != n << lo {
+            return Err(format!(
+                "{used} used + {packed_free} packed free units do not fill the area"
             ));
         }
         if (used, live) != (self.counter.used(), self.counter.live()) {
-            return Err(alloc::format!(
-                "counters say {} slots in {} allocations, table {used} in {live}",
+            return Err(format!(
+                "counters say {} units in {} allocations, table {used} in {live}",
                 self.counter.used(),
                 self.counter.live()
             ));
         }
         if self.counter.allowance() < used {
-            return Err(alloc::format!("allowance below usage {used}"));
+            return Err(format!("allowance below usage {used}"));
         }
         if self.orders_hint.load(Ordering::Relaxed) != inner.hint() {
             return Err(alloc::string::String::from("stale allocation hint"));

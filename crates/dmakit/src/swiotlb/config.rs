@@ -20,6 +20,19 @@ pub struct PoolConfig {
     segment_order: u32,
     areas: usize,
     line_shift: u32,
+    /// See [`PoolConfig::unit_shift`].
+    unit_shift: u32,
+    packing: bool,
+}
+
+/// Log2 of the line unit of slots of `2^slot_shift` bytes and lines of `2^line_shift`.
+const fn unit_shift(slot_shift: u32, line_shift: u32) -> u32 {
+    let fewest = slot_shift - MAX_SLOT_LINES.trailing_zeros();
+    if line_shift > fewest {
+        line_shift
+    } else {
+        fewest
+    }
 }
 
 /// Why a pool geometry was rejected.
@@ -80,7 +93,7 @@ impl PoolConfig {
     pub(crate) const DEFAULT_CACHE_LINE: u64 = 64;
 
     /// Starts a geometry with the defaults: 2 KiB slots, 128-slot segments, one CPU, 64-byte
-    /// cache lines.
+    /// cache lines, packing on.
     pub fn builder() -> PoolConfigBuilder {
         PoolConfigBuilder {
             slot_size: Self::DEFAULT_SLOT_SIZE,
@@ -88,6 +101,7 @@ impl PoolConfig {
             cpu_count: 1,
             areas: None,
             cache_line: Self::DEFAULT_CACHE_LINE,
+            packing: true,
         }
     }
 
@@ -131,7 +145,32 @@ impl PoolConfig {
     pub(crate) fn segment_order(&self) -> u32 {
         self.segment_order
     }
+
+    /// Log2 of the line unit: the granularity of packed bounces and of usage accounting.
+    /// The unit is the largest cache line, or a 64th of a slot if that is larger, so a slot
+    /// has at most [`MAX_SLOT_LINES`] units and its packed lines fit one bitmap word.
+    #[inline]
+    pub(crate) fn unit_shift(&self) -> u32 {
+        self.line_shift
+            .max(self.slot_shift - MAX_SLOT_LINES.trailing_zeros())
+    }
+
+    /// Whether requests below a slot are packed into lines (see
+    /// [`PoolConfigBuilder::packing`]).
+    #[inline]
+    pub(crate) fn packing(&self) -> bool {
+        self.packing
+    }
+
+    /// Log2 of the line units per slot (at most 6).
+    #[inline]
+    pub(crate) fn lines_order(&self) -> u32 {
+        self.slot_shift - self.unit_shift()
+    }
 }
+
+/// Most line units a slot is cut into for packed bounces: one bit each in a `u64`.
+pub(crate) const MAX_SLOT_LINES: u64 = 64;
 
 impl Default for PoolConfig {
     /// 2 KiB slots, 128-slot segments, one area.
@@ -141,6 +180,11 @@ impl Default for PoolConfig {
             segment_order: Self::DEFAULT_SEGMENT_SLOTS.trailing_zeros(),
             areas: 1,
             line_shift: Self::DEFAULT_CACHE_LINE.trailing_zeros(),
+            unit_shift: unit_shift(
+                Self::DEFAULT_SLOT_SIZE.trailing_zeros(),
+                Self::DEFAULT_CACHE_LINE.trailing_zeros(),
+            ),
+            packing: true,
         }
     }
 }
@@ -154,6 +198,7 @@ pub struct PoolConfigBuilder {
     cpu_count: usize,
     areas: Option<usize>,
     cache_line: u64,
+    packing: bool,
 }
 
 impl PoolConfigBuilder {
@@ -185,6 +230,14 @@ impl PoolConfigBuilder {
     /// multiple of it so no two bounces share a line.
     pub fn max_cache_line(mut self, bytes: u64) -> Self {
         self.cache_line = bytes;
+        self
+    }
+
+    /// Whether requests smaller than a slot are packed into lines of a shared slot (the
+    /// default; see [`Pool`](super::Pool)). Off, every allocation takes whole slots, as in
+    /// Linux's SWIOTLB, and areas keep no packed-allocation records.
+    pub fn packing(mut self, on: bool) -> Self {
+        self.packing = on;
         self
     }
 
@@ -224,6 +277,8 @@ impl PoolConfigBuilder {
             segment_order: n.trailing_zeros(),
             areas,
             line_shift: self.cache_line.trailing_zeros(),
+            unit_shift: unit_shift(s.trailing_zeros(), self.cache_line.trailing_zeros()),
+            packing: self.packing,
         })
     }
 }

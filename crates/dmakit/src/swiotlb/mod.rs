@@ -14,7 +14,9 @@
 //! *slots* (2 KiB by default, a power of two and a whole number of cache lines, so two
 //! bounces never share a line), grouped in *segments* (128 slots by default; one segment is
 //! the largest allocation), grouped in *areas* (whole segments, one lock each, by default
-//! as many as CPUs rounded up to a power of two).
+//! as many as CPUs rounded up to a power of two). A slot may also be *packed*: cut into
+//! line units (the largest cache line, or a 64th of a slot if that is larger) shared by
+//! several small bounces.
 //!
 //! # Algorithms
 //!
@@ -25,6 +27,14 @@
 //!   O(1), for requests of the same size whose placement they satisfy; the cache is flushed
 //!   back into the buddy lists before an area refuses a request, so it never causes an
 //!   exhaustion.
+//! - **Packing**: a request below a page whose `min_align_mask` window fits in a slot, in
+//!   fewer lines than a slot, takes whole lines of a packed slot instead of a whole slot
+//!   (see `area.rs`): the front of the area's list of packed slots with a free line (the
+//!   one most recently freed into), a few more of the list, a fresh slot, in that order;
+//!   a line bitmap per slot finds an aligned run of free lines in a few word operations.
+//!   So a 2-byte transfer holds one line, not 2 KiB, and small bounces stop starving large
+//!   ones. The metadata stays bounded: a packed allocation needs a record, and an area has
+//!   one per two slots; with none free, the request takes whole slots as any other.
 //! - **Placement**: the bounce address keeps `orig & min_align_mask` and the original's
 //!   offset within the cache line (so copies in and out do not alias; below a page only
 //!   where that needs no further slot), and, for mappings of a page or more, starts on a
@@ -37,8 +47,9 @@
 //!   ([`SwiotlbError::Exhausted`]) from "no memory within reach" ([`SwiotlbError::Unreachable`]).
 //! - **Lookup**: the owning region and area from a lock-free directory of region bounds,
 //!   then that area's stripe of the region table, a binary search and arithmetic to the
-//!   slot; each area keeps the caller's metadata of its live allocations indexed by first
-//!   slot, so `get` and `free` take O(log regions), one stripe lock and one area lock, and
+//!   slot; each area keeps the caller's metadata of its live allocations at the slot of
+//!   the bounce address (for a packed slot, in a short chain of records, one per packed
+//!   allocation in it), so `get` and `free` take O(log regions), one stripe lock and one area lock, and
 //!   `region_of` usually no lock at all. An unmap that must copy back before the slots are
 //!   free uses `Pool::end`: one lookup claims the allocation (hidden from every other
 //!   lookup, still holding its slots), the copy runs with no lock held, and a second lock
@@ -51,10 +62,11 @@
 //!
 //! # Invariants
 //!
-//! Two live allocations never share a slot, lead-ins included; free blocks, cached runs
-//! and live allocations partition every area; a failed call changes nothing observable (an
-//! allocation that fails may have returned cached runs to the buddy lists, which are free
-//! either way); an allocation given back with `Pool::abandon` leaves the statistics,
+//! Two live allocations never share a slot, lead-ins included, except packed ones, which
+//! share a slot but never a line unit (so never a cache line); free blocks, cached runs,
+//! packed slots and live allocations partition every area; a failed call changes nothing
+//! observable (an allocation that fails may have returned cached runs and the spare
+//! packed slot to the buddy lists, which are free either way); an allocation given back with `Pool::abandon` leaves the statistics,
 //! high-water mark included, as they were before it.
 
 mod area;

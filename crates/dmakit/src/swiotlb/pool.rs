@@ -3,7 +3,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use super::area::Area;
+use super::area::{Area, Live};
 use super::config::PoolConfig;
 use super::error::{RegionError, SwiotlbError};
 use super::region::{area_index, Location, Region};
@@ -83,13 +83,13 @@ impl<T> Pool<T> {
     /// [`RegionError::Misaligned`] unless `base` is a multiple of
     /// [`Pool::region_alignment`]; [`RegionError::BadSize`] unless `size` is a non-zero
     /// multiple of the segment size; [`RegionError::TooLarge`] if the range overflows or has
-    /// `u32::MAX` slots or more; [`RegionError::Overlaps`] if it overlaps a region of the
+    /// `u32::MAX` line units (cache lines, see [`PoolStats`]) or more; [`RegionError::Overlaps`] if it overlaps a region of the
     /// pool. On error the pool is unchanged.
     pub fn add_region(&self, base: PhysAddr, size: u64) -> Result<PhysRange, RegionError> {
         let range = self.region_shape(base, size)?;
         // Build the region (the only allocation) before taking any lock.
         let region = Arc::new(Region::new(range, &self.config));
-        let slots = region.slots() as usize;
+        let units = (region.slots() as usize) << self.config.lines_order();
         let mut table = self.table.write();
         let first = table.first();
         let at = first.partition_point(|r| r.range().start() < base);
@@ -106,7 +106,7 @@ impl<T> Pool<T> {
         // Covered before the region is published: no bounce there can precede it.
         self.span.cover(base.as_u64(), size);
         table.update(|stripe| stripe.insert(at, Entry(Arc::clone(&region))));
-        self.counters.region_added(slots);
+        self.counters.region_added(units);
         Ok(range)
     }
 
@@ -122,7 +122,7 @@ impl<T> Pool<T> {
             return Err(RegionError::BadSize { size, segment });
         }
         match PhysRange::new(base, size) {
-            Some(r) if size >> self.config.slot_shift() < u32::MAX as u64 => Ok(r),
+            Some(r) if size >> self.config.unit_shift() < u32::MAX as u64 => Ok(r),
             _ => Err(RegionError::TooLarge { base, size }),
         }
     }
@@ -156,7 +156,8 @@ impl<T> Pool<T> {
         table.update(|stripe| {
             stripe.remove(at);
         });
-        self.counters.region_removed(region.slots() as usize);
+        self.counters
+            .region_removed((region.slots() as usize) << self.config.lines_order());
         Ok(region.range())
     }
 
@@ -226,7 +227,6 @@ impl<T> Pool<T> {
         meta: T,
     ) -> Result<Bounce, SwiotlbError> {
         let shape = Shape::new(&self.config, &request)?;
-        let shift = self.config.slot_shift();
         let mut meta = Some(meta);
         let regions = self.table.read(cpu);
         let mut reachable = false;
@@ -261,10 +261,11 @@ impl<T> Pool<T> {
         }
         let used: u64 = counters_of(&regions).map(|c| c.used() as u64).sum();
         drop(regions);
+        let unit_shift = self.config.unit_shift();
         Err(SwiotlbError::Exhausted {
             len: request.len,
-            used: used << shift,
-            total: (self.counters.total_slots() as u64) << shift,
+            used: used << unit_shift,
+            total: (self.counters.total_units() as u64) << unit_shift,
         })
     }
 
@@ -315,16 +316,38 @@ impl<T> Pool<T> {
                 let count =
                     |c: &AreaCounter, n| self.counters.allocated(c, n, || areas_of(regions));
                 if let Some(run) = area.alloc(&placement, local_last, meta, count) {
-                    return Some(Bounce {
-                        addr: region.addr_of(i, run.slot, placement.offset),
-                        len: request.len,
-                        slot_start: region.addr_of(i, run.slot - run.lead, 0),
-                        slot_bytes: (run.count as u64) << shift,
-                    });
+                    let addr = region.addr_of(i, run.slot, run.offset);
+                    return Some(self.bounce(region, i, addr, request.len, run.first, run.units));
                 }
             }
         }
         None
+    }
+
+    /// The [`Bounce`] at `addr` of `len` bytes holding `units` line units from area-local
+    /// unit `first` of area `area` of `region`.
+    #[inline]
+    fn bounce(
+        &self,
+        region: &Region<T>,
+        area: usize,
+        addr: PhysAddr,
+        len: u64,
+        first: u32,
+        units: u32,
+    ) -> Bounce {
+        Bounce {
+            addr,
+            len,
+            slot_start: region.unit_addr(area, first),
+            slot_bytes: (units as u64) << self.config.unit_shift(),
+        }
+    }
+
+    /// The [`Bounce`] of `live`, whose bounce address is `addr`, in area `area` of `region`.
+    #[inline]
+    fn bounce_of(&self, region: &Region<T>, area: usize, addr: PhysAddr, live: &Live<T>) -> Bounce {
+        self.bounce(region, area, addr, live.len, live.first, live.units)
     }
 
     /// Whether the model checker asked for the locked second pass of a failed allocation
@@ -371,16 +394,9 @@ impl<T> Pool<T> {
         let not_mapped = SwiotlbError::NotMapped { addr };
         let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
         let region = &regions[index];
-        let shift = self.config.slot_shift();
         region.areas()[loc.area]
             .with_live(loc.local, loc.offset, |live| {
-                let bounce = Bounce {
-                    addr,
-                    len: live.len,
-                    slot_start: region.addr_of(loc.area, loc.local - live.lead, 0),
-                    slot_bytes: (live.count as u64) << shift,
-                };
-                f(&bounce, &live.meta)
+                f(&self.bounce_of(region, loc.area, addr, live), &live.meta)
             })
             .ok_or(not_mapped)
     }
@@ -431,13 +447,7 @@ impl<T> Pool<T> {
         {
             self.counters.unraise(area, live.raised);
         }
-        let bounce = Bounce {
-            addr,
-            len: live.len,
-            slot_start: region.addr_of(loc.area, loc.local - live.lead, 0),
-            slot_bytes: (live.count as u64) << self.config.slot_shift(),
-        };
-        Ok((bounce, live.meta))
+        Ok((self.bounce_of(region, loc.area, addr, &live), live.meta))
     }
 
     /// Ends the allocation whose bounce address is `addr` in one lookup: runs `f` on it and
@@ -469,13 +479,10 @@ impl<T> Pool<T> {
         let area = &region.areas()[loc.area];
         let (bounce, meta) = area
             .claim(loc.local, loc.offset, |live| {
-                let bounce = Bounce {
-                    addr,
-                    len: live.len,
-                    slot_start: region.addr_of(loc.area, loc.local - live.lead, 0),
-                    slot_bytes: (live.count as u64) << self.config.slot_shift(),
-                };
-                (bounce, live.meta.clone())
+                (
+                    self.bounce_of(region, loc.area, addr, live),
+                    live.meta.clone(),
+                )
             })
             .ok_or(not_mapped)?;
         let area: *const Area<T> = area;
@@ -490,10 +497,10 @@ impl<T> Pool<T> {
         // outlives every use below.
         let area = unsafe { &*area };
         match f(&bounce, &meta) {
-            Ok(value) if area.finish(loc.local) => Ok(Ok((bounce, meta, value))),
+            Ok(value) if area.finish(loc.local, loc.offset) => Ok(Ok((bounce, meta, value))),
             Ok(_) => Err(not_mapped),
             Err(e) => {
-                area.unclaim(loc.local);
+                area.unclaim(loc.local, loc.offset);
                 Ok(Err(e))
             }
         }
@@ -504,12 +511,12 @@ impl<T> Pool<T> {
     pub fn stats(&self) -> PoolStats {
         let regions = self.table.read(0);
         self.counters
-            .snapshot(self.config.slot_shift(), counters_of(&regions))
+            .snapshot(self.config.unit_shift(), counters_of(&regions))
     }
 
     /// Usage of every area of every region, in address order. Locks each area briefly.
     pub fn area_stats(&self) -> Vec<AreaStats> {
-        let shift = self.config.slot_shift();
+        let (shift, unit_shift) = (self.config.slot_shift(), self.config.unit_shift());
         let regions = self.table.read(0);
         let mut out = Vec::new();
         for region in regions.iter() {
@@ -520,7 +527,7 @@ impl<T> Pool<T> {
                     index,
                     start: region.addr_of(index, 0, 0),
                     total_bytes: (u.slots as u64) << shift,
-                    used_bytes: (u.used_slots as u64) << shift,
+                    used_bytes: (u.used_units as u64) << unit_shift,
                     live: u.live as u64,
                 });
             }
@@ -539,7 +546,7 @@ impl<T> Pool<T> {
             }
         }
         let allowed: u64 = counters_of(&regions).map(|c| c.allowance() as u64).sum();
-        let high = self.counters.high_water_slots() as u64;
+        let high = self.counters.high_water_units() as u64;
         if allowed > high {
             return Err(alloc::format!("allowances {allowed} above the mark {high}"));
         }

@@ -19,6 +19,7 @@ pub(crate) struct Region<T> {
     /// `base >> slot_shift`: the base as a global slot number (the base is slot aligned).
     base_slot: u64,
     slot_shift: u32,
+    unit_shift: u32,
     segment_order: u32,
     segments: u32,
     areas: Box<[Area<T>]>,
@@ -41,19 +42,29 @@ impl<T> Region<T> {
     pub(crate) fn new(range: PhysRange, cfg: &PoolConfig) -> Self {
         let slot_shift = cfg.slot_shift();
         let segment_order = cfg.segment_order();
+        let (lines_order, unit_shift) = (cfg.lines_order(), cfg.unit_shift());
+        let packing = cfg.packing();
         let segments = (range.len() >> (slot_shift + segment_order)) as u32;
         let count = area_count(cfg, segments);
         let areas: Vec<Area<T>> = (0..count)
             .map(|i| {
                 let start = area_start(i, count, segments);
                 let end = area_start(i + 1, count, segments);
-                Area::new(start << segment_order, end - start, segment_order)
+                Area::new(
+                    start << segment_order,
+                    end - start,
+                    segment_order,
+                    lines_order,
+                    unit_shift,
+                    packing,
+                )
             })
             .collect();
         Self {
             range,
             base_slot: range.start().as_u64() >> slot_shift,
             slot_shift,
+            unit_shift,
             segment_order,
             segments,
             areas: areas.into_boxed_slice(),
@@ -91,6 +102,15 @@ impl<T> Region<T> {
         self.range
             .start()
             .add((slot << self.slot_shift) + offset as u64)
+    }
+
+    /// Address of line unit `unit` of area `area` (an area-local unit index).
+    #[inline]
+    pub(crate) fn unit_addr(&self, area: usize, unit: u32) -> PhysAddr {
+        let slot = self.areas[area].first_slot() as u64;
+        self.range
+            .start()
+            .add((slot << self.slot_shift) + ((unit as u64) << self.unit_shift))
     }
 
     /// Where `addr` falls, or `None` if it is outside the region.

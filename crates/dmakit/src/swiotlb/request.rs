@@ -57,10 +57,15 @@ impl SlotRequest {
 /// [`Pool::max_mapping_size`](super::Pool::max_mapping_size) of that joined mask and either
 /// `len >= PAGE_SIZE` or the joined offset needs no more slots than the mask's; if
 /// `len >= PAGE_SIZE` then `addr` is page aligned plus `orig & keep`;
-/// `[addr, addr + len)` lies inside `[slot_start, slot_start + slot_bytes)`, a run of whole
-/// slots inside one segment that no other live allocation shares. The run starts at or
-/// before `addr - (orig & min_align_mask)` (the lead-in is held too), on a boundary of
-/// `min_align_mask + 1` when that is at least a slot.
+/// `[addr, addr + len)` lies inside `[slot_start, slot_start + slot_bytes)`, a run that no
+/// other live allocation shares: whole slots inside one segment, or, for a request below a
+/// page whose `min_align_mask` is below a slot (a *packed* bounce, see [`Pool`]), whole
+/// lines of the pool's line unit inside one slot. Either way no other allocation shares a
+/// cache line with it. The run starts at or before `addr - (orig & min_align_mask)` (the
+/// lead-in is held too), on a boundary of `min_align_mask + 1` when that is at least a slot
+/// (a line, for a packed bounce).
+///
+/// [`Pool`]: super::Pool
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounce {
     /// The bounce address: where the data goes, and the key for `get` and `free`.
@@ -69,7 +74,7 @@ pub struct Bounce {
     pub len: u64,
     /// First byte of the slots held.
     pub slot_start: PhysAddr,
-    /// Bytes of the slots held (a multiple of the slot size).
+    /// Bytes held: a multiple of the slot size, or of the line unit for a packed bounce.
     pub slot_bytes: u64,
 }
 
@@ -82,6 +87,10 @@ pub(crate) struct Shape {
     pub(crate) count: u32,
     offset: u32,
     len: u64,
+    /// The request in line units when it may be packed into part of a slot (0 when not).
+    lines: u32,
+    line_align_order: u32,
+    line_offset: u32,
 }
 
 impl Shape {
@@ -121,12 +130,16 @@ impl Shape {
         };
         let keep = orig & kept;
         let offset = keep & (slot - 1);
+        let (lines, line_align_order, line_offset) = packed_shape(cfg, orig, len, mask);
         Ok(Self {
             residue: keep >> shift,
             align_order: align.trailing_zeros() - shift,
             count: slots_at(offset) as u32,
             offset: offset as u32,
             len,
+            lines,
+            line_align_order,
+            line_offset,
         })
     }
 
@@ -140,15 +153,53 @@ impl Shape {
             align_order: self.align_order,
             offset: self.offset,
             len: self.len,
+            lines: self.lines,
+            line_align_order: self.line_align_order,
+            line_offset: self.line_offset,
         }
     }
 
     /// Order of the buddy block the placement needs (at most the segment order, see
-    /// [`max_mapping_size`]).
+    /// [`max_mapping_size`]); 0 for a packed request, which needs at most one slot.
     #[inline]
     pub(crate) fn block_order(p: &Placement) -> u32 {
+        if p.lines != 0 {
+            return 0;
+        }
         order_for(p.lead + p.count).max(p.align_order)
     }
+}
+
+/// The request in line units, `(lines, line_align_order, line_offset)`, when it may be
+/// packed into part of one slot; `(0, 0, 0)` when it takes whole slots.
+///
+/// A request is packed, when the pool packs at all, when it is below a page, its `min_align_mask` window (`mask + 1`)
+/// fits in a slot and its run of lines is shorter than a slot. The run starts on a
+/// boundary of the window (or of a line, if larger) and holds every line from there to the
+/// end of the bytes: `line_offset` bytes of lead-in (the original's bits under the mask and
+/// its offset in the cache line, below the window) and then the bytes. So the bounce
+/// address keeps `orig & min_align_mask` and the original's offset in its cache line, the
+/// lead-in belongs to it, and it shares no line with another allocation.
+fn packed_shape(cfg: &PoolConfig, orig: u64, len: u64, mask: u64) -> (u32, u32, u32) {
+    let (shift, lines_order) = (cfg.unit_shift(), cfg.lines_order());
+    let window = (mask + 1).max(1 << shift);
+    if !cfg.packing() || len >= PAGE_SIZE || lines_order == 0 || window > cfg.slot_size() {
+        return (0, 0, 0);
+    }
+    let offset = orig & (window - 1) & (mask | (cfg.cache_line() - 1));
+    let lines = if crate::reintroduce::active(crate::reintroduce::Defect::PackedRunShortByALine) {
+        ((offset + len) >> shift).max(1)
+    } else {
+        (offset + len + (1 << shift) - 1) >> shift
+    };
+    if lines >= 1 << lines_order {
+        return (0, 0, 0);
+    }
+    (
+        lines as u32,
+        (window >> shift).trailing_zeros(),
+        offset as u32,
+    )
 }
 
 /// Largest request accepted with `mask` (assumed valid): a segment minus the worst-case

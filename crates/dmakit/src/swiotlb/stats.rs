@@ -299,29 +299,29 @@ impl Counters {
         need as u32
     }
 
-    pub(crate) fn region_added(&self, slots: usize) {
-        self.total.fetch_add(slots, Ordering::Relaxed);
+    pub(crate) fn region_added(&self, units: usize) {
+        self.total.fetch_add(units, Ordering::Relaxed);
         self.regions.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn region_removed(&self, slots: usize) {
-        self.total.fetch_sub(slots, Ordering::Relaxed);
+    pub(crate) fn region_removed(&self, units: usize) {
+        self.total.fetch_sub(units, Ordering::Relaxed);
         self.regions.fetch_sub(1, Ordering::Relaxed);
     }
 
     #[cfg(test)]
-    pub(crate) fn high_water_slots(&self) -> usize {
+    pub(crate) fn high_water_units(&self) -> usize {
         self.high_water.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn total_slots(&self) -> usize {
+    pub(crate) fn total_units(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 
     /// A snapshot, given every area's counters.
     pub(crate) fn snapshot<'a>(
         &self,
-        slot_shift: u32,
+        unit_shift: u32,
         areas: impl Iterator<Item = &'a AreaCounter>,
     ) -> PoolStats {
         let (mut used, mut live) = (0u64, 0u64);
@@ -330,9 +330,9 @@ impl Counters {
             live += a.live() as u64;
         }
         PoolStats {
-            total_bytes: (self.total.load(Ordering::Relaxed) as u64) << slot_shift,
-            used_bytes: used << slot_shift,
-            high_water_bytes: (self.high_water.load(Ordering::Relaxed) as u64) << slot_shift,
+            total_bytes: (self.total.load(Ordering::Relaxed) as u64) << unit_shift,
+            used_bytes: used << unit_shift,
+            high_water_bytes: (self.high_water.load(Ordering::Relaxed) as u64) << unit_shift,
             live,
             regions: self.regions.load(Ordering::Relaxed),
         }

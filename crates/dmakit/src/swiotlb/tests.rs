@@ -41,8 +41,56 @@ fn kept_bits(max_with_line: u64, r: &SlotRequest, slot: u64) -> u64 {
     }
 }
 
+/// The line unit of a pool with `slot`-byte slots and the default line.
+fn unit(slot: u64) -> u64 {
+    LINE.max(slot / 64)
+}
+
+/// Where a packed bounce of `r` starts before its bounce address (its lead-in bytes), if
+/// the pool packs `r` into lines of one slot (below a page, its mask window inside a
+/// slot, fewer lines than a slot; while the area has a free record).
+fn packed_lead(r: &SlotRequest, slot: u64) -> Option<u64> {
+    let window = (r.min_align_mask + 1).max(unit(slot));
+    let lead = r.orig.as_u64() & (window - 1) & (r.min_align_mask | (LINE - 1));
+    let lines = (lead + r.len).div_ceil(unit(slot));
+    (r.len < PAGE_SIZE && window <= slot && unit(slot) < slot && lines < slot / unit(slot))
+        .then_some(lead)
+}
+
 fn check_bounce<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
+    check_bounce_of(pool, b, r, slot, packed_lead(r, slot));
+}
+
+/// As [`check_bounce`], accepting whole slots for a packable request too (what the pool
+/// gives when the area's packed-allocation records are all in use).
+fn check_bounce_or_whole<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
+    let lead = packed_lead(r, slot).filter(|_| b.slot_bytes < slot);
+    check_bounce_of(pool, b, r, slot, lead);
+}
+
+fn check_bounce_of<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64, packed: Option<u64>) {
     let addr = b.addr.as_u64();
+    let s = b.slot_start.as_u64();
+    assert_eq!(b.len, r.len);
+    if let Some(lead) = packed {
+        // Packed: every line from the mask window's boundary to the end of the bytes,
+        // inside one slot, keeping the mask's bits and the offset in the line.
+        let (u, keep) = (unit(slot), r.min_align_mask | (LINE - 1));
+        assert_eq!(addr & keep, r.orig.as_u64() & keep, "{b:?} for {r:?}");
+        assert_eq!(s, addr - lead, "{b:?} for {r:?}");
+        assert_eq!(s % (r.min_align_mask + 1).max(u), 0, "{b:?} for {r:?}");
+        assert_eq!(
+            b.slot_bytes,
+            (lead + r.len).div_ceil(u) * u,
+            "{b:?} for {r:?}"
+        );
+        assert_eq!(
+            s / slot,
+            (s + b.slot_bytes - 1) / slot,
+            "{b:?} crosses a slot"
+        );
+        return;
+    }
     let keep = kept_bits(
         pool.max_mapping_size(r.min_align_mask | (LINE - 1)),
         r,
@@ -52,7 +100,6 @@ fn check_bounce<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
     if r.len >= PAGE_SIZE {
         assert_eq!(addr % PAGE_SIZE, (r.orig.as_u64() & keep) % PAGE_SIZE);
     }
-    let s = b.slot_start.as_u64();
     assert_eq!(s % slot, 0);
     assert_eq!(b.slot_bytes % slot, 0);
     assert!(s <= addr && addr + r.len <= s + b.slot_bytes, "{b:?}");
@@ -60,7 +107,6 @@ fn check_bounce<T>(pool: &Pool<T>, b: &Bounce, r: &SlotRequest, slot: u64) {
         b.slot_bytes - r.len < slot + (addr - s),
         "more slots than needed"
     );
-    assert_eq!(b.len, r.len);
 }
 
 #[test]
@@ -186,7 +232,7 @@ fn page_sized_mappings_are_page_aligned() {
         Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x20_0000), 4 * 256 * KIB).unwrap();
     // Knock the allocator off page alignment first.
     let small = pool.alloc(0, req(0, 100, 0), ()).unwrap();
-    assert_eq!(small.slot_bytes, 2048);
+    assert_eq!(small.slot_bytes, 128, "two packed 64-byte lines");
     for len in [PAGE_SIZE, PAGE_SIZE + 1, 3 * PAGE_SIZE, 256 * KIB] {
         let b = pool.alloc(0, req(0x1_0000_0800, len, 0), ()).unwrap();
         assert_eq!(b.addr.as_u64() % PAGE_SIZE, 0, "{b:?}");
@@ -491,7 +537,9 @@ proptest! {
 fn freed_small_runs_are_reused_from_the_cache() {
     let pool: Pool<u8> =
         Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 4 * 256 * KIB).unwrap();
-    let a = pool.alloc(0, req(8, 64, 0), 1).unwrap();
+    // A whole slot (a request of a slot's lines is not packed).
+    let a = pool.alloc(0, req(0, 2048, 0), 1).unwrap();
+    assert_eq!(a.slot_bytes, 2048);
     pool.free(a.addr).unwrap();
     // The slot is cached, and free as far as usage goes.
     assert_eq!(pool.cached_slots(), 1);
@@ -500,7 +548,7 @@ fn freed_small_runs_are_reused_from_the_cache() {
     assert!(pool.area_stats().iter().all(|a| a.used_bytes == 0));
     pool.check().unwrap();
     // The next bounce of that size in that area gets the same slot back.
-    let b = pool.alloc(0, req(8, 64, 0), 2).unwrap();
+    let b = pool.alloc(0, req(0, 2048, 0), 2).unwrap();
     assert_eq!(b.slot_start, a.slot_start);
     assert_eq!(pool.cached_slots(), 0);
     assert_eq!(pool.get(b.addr), Ok((b, 2)));
@@ -744,7 +792,7 @@ fn lead_in_slots_belong_to_the_bounce() {
     let window = a.slot_start.as_u64()..a.slot_start.as_u64() + 4096;
     // Fill the rest of the pool with one-slot bounces: none lands in the window.
     let mut others = Vec::new();
-    while let Ok(b) = pool.alloc(0, req(0, 100, 0), 2) {
+    while let Ok(b) = pool.alloc(0, req(0, 2048, 0), 2) {
         assert!(
             !window.contains(&b.slot_start.as_u64()),
             "{b:?} in {window:?}"
@@ -805,14 +853,14 @@ fn alloc_below_stays_within_reach() {
     pool.add_region(PhysAddr::new(high), 256 * KIB).unwrap();
     let limit = u32::MAX as u64;
     let mut held = Vec::new();
-    while let Ok(b) = pool.alloc_below(0, req(0, 100, 0), limit, 1) {
+    while let Ok(b) = pool.alloc_below(0, req(0, 2048, 0), limit, 1) {
         assert!(b.slot_start.as_u64() + b.slot_bytes - 1 <= limit, "{b:?}");
         held.push(b);
     }
     assert_eq!(held.len(), 128);
     let before = pool.stats();
     assert!(matches!(
-        pool.alloc_below(0, req(0, 100, 0), limit, 2),
+        pool.alloc_below(0, req(0, 2048, 0), limit, 2),
         Err(SwiotlbError::Exhausted { used, total, .. }) if used == 256 * KIB && total == 512 * KIB
     ));
     assert_eq!(pool.stats(), before);
@@ -834,7 +882,8 @@ fn alloc_below_stays_within_reach() {
         assert!(b.slot_start.as_u64() + b.slot_bytes - 1 <= tight, "{b:?}");
         n += 1;
     }
-    assert_eq!(n, 3);
+    // Packed: sixteen two-line bounces in each of the three slots.
+    assert_eq!(n, 3 * 16);
     pool.check().unwrap();
 }
 
@@ -876,20 +925,22 @@ fn pool_with_line(line: u64) -> Pool<()> {
 }
 
 /// The bounce of a buffer at page + 8 sits at its page + 8 too; from a page on it holds the
-/// further slot its bytes cross into, below a page it keeps the offset only where that
-/// needs no further slot.
+/// further slot its bytes cross into; a packed bounce holds the further line; a whole-slot
+/// one below a page keeps the offset only where that needs no further slot.
 #[test]
 fn bounces_keep_the_offset_in_the_line() {
     let p = pool_with_line(64);
-    for (len, kept, slots) in [
-        (1, 8, 1),
-        (64, 8, 1),
-        (2040, 8, 1),
-        (2041, 0, 1),
-        (4088, 8, 2),
-        (4095, 0, 2),
-        (4096, 8, 3),
-        (16 * KIB, 8, 9),
+    for (len, kept, bytes) in [
+        (1, 8, 64),
+        (56, 8, 64),
+        (64, 8, 128),
+        (1976, 8, 1984),
+        (2040, 8, 2048),
+        (2041, 0, 2048),
+        (4088, 8, 2 * 2048),
+        (4095, 0, 2 * 2048),
+        (4096, 8, 3 * 2048),
+        (16 * KIB, 8, 9 * 2048),
     ] {
         let b = p.alloc(0, req(0x7_0000_1008, len, 0), ()).unwrap();
         assert_eq!(b.addr.as_u64() % 2048, kept, "{b:?}");
@@ -897,8 +948,8 @@ fn bounces_keep_the_offset_in_the_line() {
             assert_eq!(b.addr.as_u64() % 4096, 8, "{b:?}");
         }
         assert_eq!(b.slot_start.as_u64(), b.addr.as_u64() - kept);
-        assert_eq!(b.slot_bytes, slots * 2048, "{b:?}");
-        assert_eq!(p.stats().used_bytes, slots * 2048);
+        assert_eq!(b.slot_bytes, bytes, "{b:?}");
+        assert_eq!(p.stats().used_bytes, bytes);
         p.free(b.addr).unwrap();
     }
     // Only the offset within the line: 0x48 in a 64-byte line is 8.
@@ -1014,5 +1065,158 @@ fn concurrent_ends_of_one_address_free_it_once() {
         assert_eq!(wins, 1, "round {round}");
         assert_eq!(pool.stats().live, 0);
         pool.check().unwrap();
+    }
+}
+
+/// No two live bounces share a cache line: their held ranges, whole lines, are disjoint.
+fn assert_no_shared_line(live: &[Bounce]) {
+    let mut spans: Vec<(u64, u64)> = live
+        .iter()
+        .map(|b| (b.slot_start.as_u64(), b.slot_start.as_u64() + b.slot_bytes))
+        .collect();
+    spans.sort_unstable();
+    for (s, e) in &spans {
+        assert!(
+            s % LINE == 0 && e % LINE == 0,
+            "{s:#x}..{e:#x} is not whole lines"
+        );
+    }
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "{:#x?} and {:#x?} share a line",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// Small bounces take lines of a slot, not the slot: 32 one-line bounces fill one 2 KiB
+/// slot of 64-byte lines, sharing no line, and usage counts exactly their lines.
+#[test]
+fn small_bounces_share_a_slot_but_never_a_line() {
+    let pool: Pool<u32> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    let mut live = Vec::new();
+    for i in 0..32u64 {
+        let r = req(0x5000 + 64 * i, 1 + i, 0);
+        let b = pool.alloc(0, r, i as u32).unwrap();
+        check_bounce(&pool, &b, &r, 2048);
+        assert_eq!(b.slot_bytes, 64);
+        live.push(b);
+    }
+    let slot = live[0].slot_start.as_u64() / 2048;
+    assert!(live.iter().all(|b| b.slot_start.as_u64() / 2048 == slot));
+    assert_no_shared_line(&live);
+    assert_eq!(pool.stats().used_bytes, 32 * 64);
+    assert_eq!(pool.area_stats()[0].used_bytes, 32 * 64);
+    pool.check().unwrap();
+    // The slot is full: the next small bounce goes to another slot.
+    let next = pool.alloc(0, req(0x5000, 8, 0), 99).unwrap();
+    assert_ne!(next.slot_start.as_u64() / 2048, slot);
+    pool.free(next.addr).unwrap();
+    // Lines freed in the middle are reused, at the same line offset.
+    let hole = live.remove(7);
+    assert_eq!(pool.free(hole.addr).map(|(b, _)| b), Ok(hole));
+    let r = req(0x9000, 64, 0);
+    let again = pool.alloc(0, r, 7).unwrap();
+    assert_eq!(again.slot_start, hole.slot_start);
+    assert_eq!(pool.get(again.addr), Ok((again, 7)));
+    live.push(again);
+    // Bounces inside an allocation are not bounce addresses.
+    assert!(pool.free(again.addr.add(1)).is_err());
+    pool.check().unwrap();
+    // The last line freed gives the slot back as a whole free slot.
+    for b in live {
+        pool.free(b.addr).unwrap();
+    }
+    pool.flush_caches();
+    pool.check().unwrap();
+    assert_eq!(pool.stats().used_bytes, 0);
+    let whole = pool.alloc(0, req(0, 256 * KIB, 0), 0).unwrap();
+    assert_eq!(whole.slot_bytes, 256 * KIB);
+}
+
+/// A packed bounce holds its mask window's lead-in lines: with a 1 KiB mask, a buffer at
+/// offset 0x390 gets a bounce 0x390 into a 1 KiB-aligned run, and no other bounce lands in
+/// the run.
+#[test]
+fn packed_lead_in_lines_belong_to_the_bounce() {
+    let pool: Pool<u8> =
+        Pool::with_region(cfg(2048, 128, 1), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
+    let r = req(0x7_0390, 13, 0x3ff);
+    let a = pool.alloc(0, r, 1).unwrap();
+    check_bounce(&pool, &a, &r, 2048);
+    assert_eq!(a.addr.as_u64() & 0x3ff, 0x390);
+    assert_eq!(a.slot_start.as_u64(), a.addr.as_u64() & !0x3ff);
+    assert_eq!(a.slot_bytes, 15 * 64);
+    let mut live = alloc::vec![a];
+    while let Ok(b) = pool.alloc(0, req(0x40, 64, 0), 2) {
+        live.push(b);
+        if live.len() > 600 {
+            break;
+        }
+    }
+    assert_no_shared_line(&live);
+    // The rest of the packed slot (17 lines) was used by the one-line bounces.
+    let in_slot = live
+        .iter()
+        .filter(|b| b.slot_start.as_u64() / 2048 == a.slot_start.as_u64() / 2048)
+        .count();
+    assert_eq!(in_slot, 1 + 17);
+    pool.check().unwrap();
+}
+
+/// Packed allocations need a record each, one per two slots of the area: when they are all
+/// in use a packable request takes whole slots, and it is packed again once one is free.
+#[test]
+fn packed_records_run_out_into_whole_slots() {
+    let pool: Pool<u32> =
+        Pool::with_region(cfg(2048, 16, 1), PhysAddr::new(0x10_0000), 32 * KIB).unwrap();
+    let r = req(0, 100, 0);
+    let mut live: Vec<Bounce> = (0..8).map(|i| pool.alloc(0, r, i).unwrap()).collect();
+    assert!(live.iter().all(|b| b.slot_bytes == 128));
+    let whole = pool.alloc(0, r, 8).unwrap();
+    check_bounce_or_whole(&pool, &whole, &r, 2048);
+    assert_eq!(whole.slot_bytes, 2048);
+    live.push(whole);
+    assert_no_shared_line(&live);
+    pool.check().unwrap();
+    pool.free(live[0].addr).unwrap();
+    let packed = pool.alloc(0, r, 9).unwrap();
+    assert_eq!(packed.slot_bytes, 128);
+    pool.check().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 64 }))]
+    /// Mixed packed and whole-slot bounces over four small areas (few records, so some
+    /// packable requests take whole slots): every bounce keeps its placement, no two share
+    /// a line, the areas' invariants hold after every step and usage is exact.
+    #[test]
+    fn packed_and_whole_bounces_never_share_a_line(ops in proptest::collection::vec((0usize..4, 1u64..5000, 0usize..5, 0u64..4096, any::<bool>()), 1..if cfg!(miri) { MIRI_STEPS } else { 300 })) {
+        let pool: Pool<u32> = Pool::with_region(cfg(2048, 16, 4), PhysAddr::new(0x8000), 4 * 32 * KIB).unwrap();
+        let mut live: Vec<Bounce> = Vec::new();
+        for (i, (cpu, len, mask_pick, at, free)) in ops.into_iter().enumerate() {
+            if free && !live.is_empty() {
+                let b = live.swap_remove(at as usize % live.len());
+                prop_assert_eq!(pool.free(b.addr).map(|(b, _)| b), Ok(b));
+            } else {
+                let mask = [0u64, 0x3f, 0x1ff, 0x7ff, 0xfff][mask_pick];
+                let r = req(0x10_0000 + at * 8, len.min(pool.max_mapping_size(mask)), mask);
+                match pool.alloc(cpu, r, i as u32) {
+                    Ok(b) => {
+                        check_bounce_or_whole(&pool, &b, &r, 2048);
+                        live.push(b);
+                    }
+                    Err(SwiotlbError::Exhausted { .. }) => {}
+                    Err(e) => prop_assert!(false, "unexpected {:?}", e),
+                }
+            }
+            pool.check().map_err(TestCaseError::fail)?;
+            assert_no_shared_line(&live);
+            let used: u64 = live.iter().map(|b| b.slot_bytes).sum();
+            prop_assert_eq!((pool.stats().used_bytes, pool.stats().live), (used, live.len() as u64));
+        }
     }
 }

@@ -182,9 +182,10 @@ fn transient_bounces_allocate_nothing() {
 fn full_transient_records_refuse_without_allocating() {
     let m = machine(14);
     let (mapper, dev, _hog, base, _) = transient_rig(&m);
-    // The SWIOTLB pool's last free slots take the first bounces, the transient records
-    // the rest, until a map is refused.
-    let mut live = [DmaAddr::new(0); TRANSIENT_BOUNCES + 64];
+    // The SWIOTLB pool's last free slots take the first bounces (packed, two lines each,
+    // while the area has records, then whole slots), the transient records the rest, until
+    // a map is refused.
+    let mut live = [DmaAddr::new(0); TRANSIENT_BOUNCES + 128];
     let take_all = |live: &mut [DmaAddr]| {
         for (i, dma) in live.iter_mut().enumerate() {
             let buf = base.add(i as u64 * 256 + 8);
