@@ -311,9 +311,9 @@ impl<T> AreaInner<T> {
     }
 
     /// Takes `total` slots from a `2^align_order` boundary plus `residue`, ending at or
-    /// before slot `last`: from the run cache, else the buddy lists, else the buddy lists
-    /// after the cache and the spare packed slot are returned to them. `None` with nothing
-    /// changed but those returns.
+    /// before slot `last`: from the run cache, else a buddy block, else a buddy block or a
+    /// run spanning several free blocks after the cache (and then the spare packed slot)
+    /// is returned to the buddy lists. `None` with nothing changed but those returns.
     fn take_slots(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
         if let Some(first) = self.take_free_slots(total, residue, align_order, last) {
             return Some(first);
@@ -343,25 +343,33 @@ impl<T> AreaInner<T> {
         align_order: u32,
         last: u32,
     ) -> Option<u32> {
-        if last < self.slots.len() - 1 {
-            // Only part of the area is within reach: search the buddy lists, with every
-            // cached run returned to them so the search sees all free slots.
+        let whole_area = last >= self.slots.len() - 1;
+        if whole_area {
+            if let Some(first) = self.cache.take(total, residue, align_order) {
+                return Some(first);
+            }
+            if let Some(first) = self.slots.alloc(total, residue, align_order) {
+                return Some(first);
+            }
+        }
+        // Every free slot into the buddy lists, so the searches below see them all.
+        if self.cache.slots != 0 {
             let slots = &mut self.slots;
             self.cache.drain(|s, n| slots.release(s, n));
-            return self.slots.alloc_below(total, residue, align_order, last);
+            if whole_area {
+                if let Some(first) = self.slots.alloc(total, residue, align_order) {
+                    return Some(first);
+                }
+            }
         }
-        if let Some(first) = self.cache.take(total, residue, align_order) {
-            return Some(first);
+        if !whole_area {
+            // Only part of the area is within reach: a block low enough.
+            if let Some(first) = self.slots.alloc_below(total, residue, align_order, last) {
+                return Some(first);
+            }
         }
-        if let Some(first) = self.slots.alloc(total, residue, align_order) {
-            return Some(first);
-        }
-        if self.cache.slots == 0 {
-            return None;
-        }
-        let slots = &mut self.slots;
-        self.cache.drain(|s, n| slots.release(s, n));
-        self.slots.alloc(total, residue, align_order)
+        // No free block is large enough: a run of free slots spanning several.
+        self.slots.alloc_spanning(total, residue, align_order, last)
     }
 
     /// Gives back `count` slots from `first`: to the run cache when it has room for them,

@@ -49,6 +49,8 @@ pub(crate) struct BuddySlots {
     next: Vec<u32>,
     prev: Vec<u32>,
     head_order: Vec<u8>,
+    /// Bit `i % 64` of word `i / 64` set when slot `i` is handed out (not in a free block).
+    used: Vec<u64>,
     nonempty: u32,
     free: u32,
 }
@@ -75,6 +77,7 @@ impl BuddySlots {
             next: vec![NIL; len],
             prev: vec![NIL; len],
             head_order: vec![NOT_HEAD; len],
+            used: vec![0; len.div_ceil(64)],
             nonempty: 0,
             free: 0,
         };
@@ -127,8 +130,117 @@ impl BuddySlots {
         let size = 1u32 << order;
         self.release_range(block, lead);
         self.release_range(block + lead + count, size - lead - count);
-        self.free -= count;
+        self.handed_out(block + lead, count);
         Some(block + lead)
+    }
+
+    /// As [`BuddySlots::alloc`] with the run ending at or before slot `last`, for when no
+    /// free block is large enough but a run of free slots spanning several blocks may be:
+    /// searches the used-slot bitmap for the lowest such run inside one segment, in
+    /// O(slots / 64 + runs of used slots), and cuts it out of the blocks it spans.
+    pub(crate) fn alloc_spanning(
+        &mut self,
+        count: u32,
+        lead: u32,
+        align_order: u32,
+        last: u32,
+    ) -> Option<u32> {
+        if count == 0 || count > self.free || count > 1 << self.max_order {
+            return None;
+        }
+        let start = self.find_run(count, lead, align_order, last)?;
+        let end = start + count;
+        let mut p = start;
+        while p < end {
+            let (head, k) = self.block_containing(p)?;
+            self.unlink(head, k);
+            let block_end = head + (1 << k);
+            // Only the first and last blocks stick out of the run; what sticks out is
+            // freed again (its buddies lie inside its own block, none of it free now).
+            self.release_range(head, p - head);
+            if block_end > end {
+                self.release_range(end, block_end - end);
+            }
+            p = block_end;
+        }
+        self.handed_out(start, count);
+        Some(start)
+    }
+
+    /// The lowest `r` with `r % 2^align_order == lead`, slots `r .. r + count` free and in
+    /// one segment, and `r + count - 1 <= last`.
+    fn find_run(&self, count: u32, lead: u32, align_order: u32, last: u32) -> Option<u32> {
+        let len = self.len();
+        let (align, segment) = (1u32 << align_order, 1u32 << self.max_order);
+        let mut at = 0u32;
+        while at < len {
+            // The next free run [a, b).
+            let a = self.next_bit(at, false)?;
+            let b = self.next_bit(a, true).unwrap_or(len);
+            let mut r = a.checked_add((lead.wrapping_sub(a)) & (align - 1))?;
+            while r < b {
+                let seg_end = (r | (segment - 1)) + 1;
+                let end = r.checked_add(count)?;
+                if end - 1 > last {
+                    return None;
+                }
+                if end <= b.min(seg_end) {
+                    return Some(r);
+                }
+                // Try the next segment inside this run (alignment divides a segment).
+                r = seg_end + lead;
+            }
+            at = b;
+        }
+        None
+    }
+
+    /// The first slot at or after `from` whose used bit is `set`.
+    fn next_bit(&self, from: u32, set: bool) -> Option<u32> {
+        let mut i = (from / 64) as usize;
+        let flip = if set { 0 } else { u64::MAX };
+        let mut word = (self.used.get(i)? ^ flip) & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                let bit = i as u32 * 64 + word.trailing_zeros();
+                return (bit < self.len()).then_some(bit);
+            }
+            i += 1;
+            word = self.used.get(i)? ^ flip;
+        }
+    }
+
+    /// The free block `(head, order)` containing slot `i`.
+    fn block_containing(&self, i: u32) -> Option<(u32, u32)> {
+        (0..=self.max_order).find_map(|k| {
+            let head = i & !((1 << k) - 1);
+            (self.head_order[head as usize] == k as u8).then_some((head, k))
+        })
+    }
+
+    /// Marks `count` slots from `start` handed out.
+    #[inline]
+    fn handed_out(&mut self, start: u32, count: u32) {
+        self.mark(start, count, true);
+        self.free -= count;
+    }
+
+    /// Sets (or clears) the used bits of `count` slots from `start`.
+    #[inline]
+    fn mark(&mut self, start: u32, count: u32, used: bool) {
+        let (mut i, end) = (start, start + count);
+        while i < end {
+            let bit = i % 64;
+            let n = (64 - bit).min(end - i);
+            let bits = (u64::MAX >> (64 - n)) << bit;
+            let word = &mut self.used[(i / 64) as usize];
+            if used {
+                *word |= bits;
+            } else {
+                *word &= !bits;
+            }
+            i += n;
+        }
     }
 
     /// As [`BuddySlots::alloc`], with the run ending at or before slot `last`. Walks the
@@ -164,7 +276,7 @@ impl BuddySlots {
             let size = 1u32 << order;
             self.release_range(idx, lead);
             self.release_range(idx + lead + count, size - lead - count);
-            self.free -= count;
+            self.handed_out(idx + lead, count);
             return Some(idx + lead);
         }
         None
@@ -174,6 +286,7 @@ impl BuddySlots {
     /// guarantees they are allocated (the area checks that against its live table).
     pub(crate) fn release(&mut self, start: u32, count: u32) {
         self.release_range(start, count);
+        self.mark(start, count, false);
         self.free += count;
     }
 
@@ -294,6 +407,11 @@ impl BuddySlots {
         }
         if total != self.free {
             return Err(format!("free count {} but lists hold {total}", self.free));
+        }
+        for (j, &free) in covered.iter().enumerate() {
+            if (self.used[j / 64] >> (j % 64)) & 1 == u64::from(free) {
+                return Err(format!("used bit of slot {j} wrong"));
+            }
         }
         Ok(())
     }

@@ -521,6 +521,23 @@ proptest! {
                     // Failure only when no free block of the needed order exists.
                     let order = s.block_order(count, lead, align);
                     prop_assert!(order.is_none_or(|o| s.nonempty_orders() >> o == 0));
+                    // A run spanning several free blocks is then the lowest one the bitmap
+                    // has, below the limit and inside one segment.
+                    let last = pick * 3;
+                    let want = (0..SEGS << ORDER).find(|&r| {
+                        r % (1 << align) == lead
+                            && r + count - 1 <= last
+                            && r >> ORDER == (r + count - 1) >> ORDER
+                            && (r..r + count).all(|j| !used[j as usize])
+                    });
+                    let got = s.alloc_spanning(count, lead, align, last);
+                    prop_assert_eq!(got, want);
+                    if let Some(start) = got {
+                        for j in start..start + count {
+                            used[j as usize] = true;
+                        }
+                        live.push((start, count));
+                    }
                 }
             }
             s.check().map_err(TestCaseError::fail)?;
@@ -1219,4 +1236,41 @@ proptest! {
             prop_assert_eq!((pool.stats().used_bytes, pool.stats().live), (used, live.len() as u64));
         }
     }
+}
+
+/// A request no free block is large enough for is served from a run of free slots that
+/// spans several blocks: with slots 2, 3 and 4 of a full segment freed, the free blocks are
+/// {2, 3} and {4}, and a 3-slot run (page sized, so on an even slot) exists only across
+/// them.
+#[test]
+fn runs_spanning_several_free_blocks_are_found() {
+    let pool: Pool<u32> = Pool::with_region(
+        PoolConfig::builder()
+            .slot_size(2048)
+            .segment_slots(16)
+            .packing(false)
+            .build()
+            .unwrap(),
+        PhysAddr::new(0x10_0000),
+        32 * KIB,
+    )
+    .unwrap();
+    let r = req(0, 2048, 0);
+    let all: Vec<Bounce> = (0..16).map(|i| pool.alloc(0, r, i).unwrap()).collect();
+    for i in [2, 3, 4] {
+        pool.free(all[i].addr).unwrap();
+    }
+    pool.flush_caches();
+    pool.check().unwrap();
+    let b = pool.alloc(0, req(0, 3 * 2048, 0), 99).unwrap();
+    assert_eq!(b.slot_start, all[2].slot_start);
+    assert_eq!(b.slot_bytes, 3 * 2048);
+    pool.check().unwrap();
+    // Nothing is left: a further slot is refused with nothing changed.
+    let before = pool.stats();
+    assert!(matches!(
+        pool.alloc(0, r, 100),
+        Err(SwiotlbError::Exhausted { .. })
+    ));
+    assert_eq!(pool.stats(), before);
 }
