@@ -314,6 +314,7 @@ impl<T> AreaInner<T> {
     /// before slot `last`: from the run cache, else a buddy block, else a buddy block or a
     /// run spanning several free blocks after the cache (and then the spare packed slot)
     /// is returned to the buddy lists. `None` with nothing changed but those returns.
+    #[inline]
     fn take_slots(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
         if let Some(first) = self.take_free_slots(total, residue, align_order, last) {
             return Some(first);
@@ -336,6 +337,7 @@ impl<T> AreaInner<T> {
     }
 
     /// [`AreaInner::take_slots`] without the spare packed slot.
+    #[inline]
     fn take_free_slots(
         &mut self,
         total: u32,

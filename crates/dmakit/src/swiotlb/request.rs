@@ -181,9 +181,12 @@ impl Shape {
 /// address keeps `orig & min_align_mask` and the original's offset in its cache line, the
 /// lead-in belongs to it, and it shares no line with another allocation.
 fn packed_shape(cfg: &PoolConfig, orig: u64, len: u64, mask: u64) -> (u32, u32, u32) {
+    if len >= PAGE_SIZE || !cfg.packing() {
+        return (0, 0, 0);
+    }
     let (shift, lines_order) = (cfg.unit_shift(), cfg.lines_order());
     let window = (mask + 1).max(1 << shift);
-    if !cfg.packing() || len >= PAGE_SIZE || lines_order == 0 || window > cfg.slot_size() {
+    if lines_order == 0 || window > cfg.slot_size() {
         return (0, 0, 0);
     }
     let offset = orig & (window - 1) & (mask | (cfg.cache_line() - 1));
