@@ -311,19 +311,22 @@ impl<T> AreaInner<T> {
     }
 
     /// Takes `total` slots from a `2^align_order` boundary plus `residue`, ending at or
-    /// before slot `last`: from the run cache, else a buddy block, else a buddy block or a
-    /// run spanning several free blocks after the cache (and then the spare packed slot)
-    /// is returned to the buddy lists. `None` with nothing changed but those returns.
+    /// before slot `last`: from the run cache, else a buddy block, else a buddy block after
+    /// the cache and then the spare packed slot are returned to the buddy lists, else a run
+    /// spanning several free blocks. `None` with nothing changed but those returns.
     #[inline]
     fn take_slots(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
-        if let Some(first) = self.take_free_slots(total, residue, align_order, last) {
+        if let Some(first) = self.take_block(total, residue, align_order, last) {
             return Some(first);
         }
-        if self.spare == NIL {
-            return None;
+        if self.spare != NIL {
+            self.release_spare();
+            if let Some(first) = self.take_block(total, residue, align_order, last) {
+                return Some(first);
+            }
         }
-        self.release_spare();
-        self.take_free_slots(total, residue, align_order, last)
+        // No free block is large enough: a run of free slots spanning several.
+        self.slots.alloc_spanning(total, residue, align_order, last)
     }
 
     /// Gives the spare packed slot (empty) back to the buddy lists.
@@ -336,15 +339,9 @@ impl<T> AreaInner<T> {
         self.slots.release(slot, 1);
     }
 
-    /// [`AreaInner::take_slots`] without the spare packed slot.
+    /// [`AreaInner::take_slots`] from one buddy block, without the spare packed slot.
     #[inline]
-    fn take_free_slots(
-        &mut self,
-        total: u32,
-        residue: u32,
-        align_order: u32,
-        last: u32,
-    ) -> Option<u32> {
+    fn take_block(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
         let whole_area = last >= self.slots.len() - 1;
         if whole_area {
             if let Some(first) = self.cache.take(total, residue, align_order) {
@@ -364,14 +361,11 @@ impl<T> AreaInner<T> {
                 }
             }
         }
-        if !whole_area {
-            // Only part of the area is within reach: a block low enough.
-            if let Some(first) = self.slots.alloc_below(total, residue, align_order, last) {
-                return Some(first);
-            }
+        if whole_area {
+            return None;
         }
-        // No free block is large enough: a run of free slots spanning several.
-        self.slots.alloc_spanning(total, residue, align_order, last)
+        // Only part of the area is within reach: a block low enough.
+        self.slots.alloc_below(total, residue, align_order, last)
     }
 
     /// Gives back `count` slots from `first`: to the run cache when it has room for them,

@@ -51,6 +51,14 @@ pub(crate) struct BuddySlots {
     head_order: Vec<u8>,
     /// Bit `i % 64` of word `i / 64` set when slot `i` is handed out (not in a free block).
     used: Vec<u64>,
+    /// Free slots of each segment, so a search for a run skips segments without room.
+    segment_free: Vec<u32>,
+    /// An upper bound of the longest run of free slots of each segment: exact after a
+    /// search went through the segment without finding a run, the segment size again once
+    /// slots of it are released (handing slots out only shortens runs). A search skips
+    /// segments whose bound is too short, so repeated searches of a fragmented area cost a
+    /// compare per segment and a scan of only the segments that changed.
+    segment_run: Vec<u32>,
     nonempty: u32,
     free: u32,
 }
@@ -78,6 +86,8 @@ impl BuddySlots {
             prev: vec![NIL; len],
             head_order: vec![NOT_HEAD; len],
             used: vec![0; len.div_ceil(64)],
+            segment_free: vec![1 << max_order; segments as usize],
+            segment_run: vec![1 << max_order; segments as usize],
             nonempty: 0,
             free: 0,
         };
@@ -168,29 +178,36 @@ impl BuddySlots {
     }
 
     /// The lowest `r` with `r % 2^align_order == lead`, slots `r .. r + count` free and in
-    /// one segment, and `r + count - 1 <= last`.
-    fn find_run(&self, count: u32, lead: u32, align_order: u32, last: u32) -> Option<u32> {
-        let len = self.len();
-        let (align, segment) = (1u32 << align_order, 1u32 << self.max_order);
-        let mut at = 0u32;
-        while at < len {
-            // The next free run [a, b).
-            let a = self.next_bit(at, false)?;
-            let b = self.next_bit(a, true).unwrap_or(len);
-            let mut r = a.checked_add((lead.wrapping_sub(a)) & (align - 1))?;
-            while r < b {
-                let seg_end = (r | (segment - 1)) + 1;
-                let end = r.checked_add(count)?;
-                if end - 1 > last {
+    /// one segment, and `r + count - 1 <= last`: the free runs of each segment with at
+    /// least `count` free slots, in address order.
+    fn find_run(&mut self, count: u32, lead: u32, align_order: u32, last: u32) -> Option<u32> {
+        let align = 1u32 << align_order;
+        for seg in 0..self.segment_free.len() {
+            if self.segment_free[seg] < count || self.segment_run[seg] < count {
+                continue;
+            }
+            let (start, end) = (
+                (seg as u32) << self.max_order,
+                (seg as u32 + 1) << self.max_order,
+            );
+            let (mut at, mut longest) = (start, 0);
+            while at < end {
+                // The next free run [a, b) of the segment.
+                let Some(a) = self.next_bit(at, false).filter(|&a| a < end) else {
+                    break;
+                };
+                let b = self.next_bit(a, true).map_or(end, |b| b.min(end));
+                let r = a + (lead.wrapping_sub(a) & (align - 1));
+                if r.checked_add(count - 1)? > last {
                     return None;
                 }
-                if end <= b.min(seg_end) {
+                if r + count <= b {
                     return Some(r);
                 }
-                // Try the next segment inside this run (alignment divides a segment).
-                r = seg_end + lead;
+                longest = longest.max(b - a);
+                at = b;
             }
-            at = b;
+            self.segment_run[seg] = longest;
         }
         None
     }
@@ -218,10 +235,11 @@ impl BuddySlots {
         })
     }
 
-    /// Marks `count` slots from `start` handed out.
+    /// Marks `count` slots from `start` (inside one segment) handed out.
     #[inline]
     fn handed_out(&mut self, start: u32, count: u32) {
         self.mark(start, count, true);
+        self.segment_free[(start >> self.max_order) as usize] -= count;
         self.free -= count;
     }
 
@@ -287,6 +305,9 @@ impl BuddySlots {
     pub(crate) fn release(&mut self, start: u32, count: u32) {
         self.release_range(start, count);
         self.mark(start, count, false);
+        let seg = (start >> self.max_order) as usize;
+        self.segment_free[seg] += count;
+        self.segment_run[seg] = 1 << self.max_order;
         self.free += count;
     }
 
@@ -411,6 +432,24 @@ impl BuddySlots {
         for (j, &free) in covered.iter().enumerate() {
             if (self.used[j / 64] >> (j % 64)) & 1 == u64::from(free) {
                 return Err(format!("used bit of slot {j} wrong"));
+            }
+        }
+        for (seg, &n) in self.segment_free.iter().enumerate() {
+            let slots = (seg << self.max_order)..((seg + 1) << self.max_order);
+            let free = covered[slots].iter().filter(|&&f| f).count() as u32;
+            if n != free {
+                return Err(format!("segment {seg} counts {n} free slots of {free}"));
+            }
+            let (mut run, mut longest) = (0u32, 0u32);
+            for &f in &covered[(seg << self.max_order)..((seg + 1) << self.max_order)] {
+                run = if f { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+            if self.segment_run[seg] < longest {
+                return Err(format!(
+                    "segment {seg} bounds its longest free run {longest} by {}",
+                    self.segment_run[seg]
+                ));
             }
         }
         Ok(())
