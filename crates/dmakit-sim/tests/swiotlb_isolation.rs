@@ -26,7 +26,7 @@ fn untrusted_padding_spares_another_devices_in_flight_bounce() {
     assert_eq!(
         r,
         InFlight {
-            len: 100,
+            len: VW_LEN as usize,
             zeroed: 0,
             wrong: 0
         }

@@ -27,9 +27,9 @@ fn lead_in_freed_lets_the_padding_wipe_an_in_flight_bounce() {
     assert_eq!(
         r,
         InFlight {
-            len: 100,
-            zeroed: 100,
-            wrong: 100
+            len: VW_LEN as usize,
+            zeroed: VW_LEN as usize,
+            wrong: VW_LEN as usize
         }
     );
 }

@@ -198,6 +198,11 @@ pub struct InFlight {
     pub wrong: usize,
 }
 
+/// Bytes V and W bounce in [`padding_spares_in_flight_bounce`]: from offset 8 to the end of
+/// a slot's lines, so each takes a whole slot (shorter bounces are packed into lines of a
+/// shared slot, which the scenario's placement does not follow).
+pub const VW_LEN: u64 = 2040;
+
 /// Defect 1 (b): untrusted map/unmap → V maps → W maps a secret (into the lead-in slot of
 /// the untrusted bounce's run) → V unmaps → the untrusted device maps the same shape again,
 /// and its path zeroes the padding before its buffer. Then W's device reads its bounce.
@@ -214,19 +219,19 @@ pub fn padding_spares_in_flight_bounce() -> InFlight {
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.unmap(u, udma, 13, Direction::ToDevice) }.unwrap();
     let vbuf = page(&x.m).add(8);
-    stamp(&x.m, vbuf, 100, OTHER, 5);
+    stamp(&x.m, vbuf, VW_LEN, OTHER, 5);
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
-    let vdma = unsafe { mapper.map(&v, vbuf, 100, Direction::ToDevice) }.unwrap();
+    let vdma = unsafe { mapper.map(&v, vbuf, VW_LEN, Direction::ToDevice) }.unwrap();
     let wbuf = page(&x.m).add(8);
-    let secret = stamp(&x.m, wbuf, 100, SECRET, 7);
+    let secret = stamp(&x.m, wbuf, VW_LEN, SECRET, 7);
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
-    let wdma = unsafe { mapper.map(&w, wbuf, 100, Direction::ToDevice) }.unwrap();
+    let wdma = unsafe { mapper.map(&w, wbuf, VW_LEN, Direction::ToDevice) }.unwrap();
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
-    unsafe { mapper.unmap(&v, vdma, 100, Direction::ToDevice) }.unwrap();
+    unsafe { mapper.unmap(&v, vdma, VW_LEN, Direction::ToDevice) }.unwrap();
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     let udma = unsafe { mapper.map(u, buf, 13, Direction::ToDevice) }.unwrap();
-    x.m.grant(w.id(), wdma, 100).unwrap();
-    let seen = x.m.device_read(w.id(), wdma, 100).unwrap();
+    x.m.grant(w.id(), wdma, VW_LEN).unwrap();
+    let seen = x.m.device_read(w.id(), wdma, VW_LEN).unwrap();
     let zeroed = seen.data.iter().filter(|&&b| b == 0).count();
     let wrong = seen
         .data
@@ -237,7 +242,7 @@ pub fn padding_spares_in_flight_bounce() -> InFlight {
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
     unsafe { mapper.unmap(u, udma, 13, Direction::ToDevice) }.unwrap();
     // SAFETY: test-owned memory (model or host arena), untouched while mapped.
-    unsafe { mapper.unmap(&w, wdma, 100, Direction::ToDevice) }.unwrap();
+    unsafe { mapper.unmap(&w, wdma, VW_LEN, Direction::ToDevice) }.unwrap();
     assert_eq!(x.pool.usage().live, 0);
     InFlight {
         len: seen.data.len(),
