@@ -151,8 +151,7 @@ impl PoolConfig {
     /// has at most [`MAX_SLOT_LINES`] units and its packed lines fit one bitmap word.
     #[inline]
     pub(crate) fn unit_shift(&self) -> u32 {
-        self.line_shift
-            .max(self.slot_shift - MAX_SLOT_LINES.trailing_zeros())
+        self.unit_shift
     }
 
     /// Whether requests below a slot are packed into lines (see

@@ -94,7 +94,8 @@ pub enum RegionError {
         /// Bytes per segment.
         segment: u64,
     },
-    /// `base + size` leaves the address space, or the region has `u32::MAX` slots or more.
+    /// `base + size` leaves the address space, or the region has `u32::MAX` line units (cache
+    /// lines, the unit of usage accounting) or more.
     TooLarge {
         /// Base given.
         base: PhysAddr,

@@ -22,7 +22,9 @@
 //!
 //! - **Slots**: a buddy allocator per area with exact-size trimming (see `slots.rs`):
 //!   O(log2 slots-per-segment) per allocation and free, regardless of pool size or
-//!   occupancy, alignment for free, and blocks that never cross a segment. In front of it,
+//!   occupancy, alignment for free, and blocks that never cross a segment; when no free
+//!   block is large enough, a run spanning several free blocks is searched in a bitmap of
+//!   handed-out slots, segment by segment. In front of it,
 //!   each area caches a few freed small runs per size (see `area.rs`) and reuses them,
 //!   O(1), for requests of the same size whose placement they satisfy; the cache is flushed
 //!   back into the buddy lists before an area refuses a request, so it never causes an

@@ -83,8 +83,9 @@ impl<T> Pool<T> {
     /// [`RegionError::Misaligned`] unless `base` is a multiple of
     /// [`Pool::region_alignment`]; [`RegionError::BadSize`] unless `size` is a non-zero
     /// multiple of the segment size; [`RegionError::TooLarge`] if the range overflows or has
-    /// `u32::MAX` line units (cache lines, see [`PoolStats`]) or more; [`RegionError::Overlaps`] if it overlaps a region of the
-    /// pool. On error the pool is unchanged.
+    /// `u32::MAX` line units (cache lines, see [`PoolStats`]) or more;
+    /// [`RegionError::Overlaps`] if it overlaps a region of the pool. On error the pool is
+    /// unchanged.
     pub fn add_region(&self, base: PhysAddr, size: u64) -> Result<PhysRange, RegionError> {
         let range = self.region_shape(base, size)?;
         // Build the region (the only allocation) before taking any lock.

@@ -173,8 +173,9 @@ impl Shape {
 /// The request in line units, `(lines, line_align_order, line_offset)`, when it may be
 /// packed into part of one slot; `(0, 0, 0)` when it takes whole slots.
 ///
-/// A request is packed, when the pool packs at all, when it is below a page, its `min_align_mask` window (`mask + 1`)
-/// fits in a slot and its run of lines is shorter than a slot. The run starts on a
+/// A request is packed (when the pool packs at all) when it is below a page, its
+/// `min_align_mask` window (`mask + 1`) fits in a slot and its run of lines is shorter than
+/// a slot. The run starts on a
 /// boundary of the window (or of a line, if larger) and holds every line from there to the
 /// end of the bytes: `line_offset` bytes of lead-in (the original's bits under the mask and
 /// its offset in the cache line, below the window) and then the bytes. So the bounce

@@ -24,6 +24,13 @@
 //! while enough scattered slots are free. The pool then tries the other areas and
 //! regions, and reports exhaustion only when none can serve.
 //!
+//! When no free block is large enough, a run may still fit across several free blocks (a
+//! fragmented area can hold 3 free slots as a block of 1 and a block of 2). Each allocation
+//! and free keeps a bitmap of handed-out slots and a free count per segment, so
+//! [`BuddySlots::alloc_spanning`] can find the lowest such run at the required alignment
+//! and cut it out of the blocks it spans; it is the slow path, taken only when the buddy
+//! lists refuse.
+//!
 //! Free lists are intrusive: `next`/`prev` index arrays with one entry per slot, used only
 //! at the head slot of a free block. Nothing is allocated after construction.
 
@@ -146,8 +153,10 @@ impl BuddySlots {
 
     /// As [`BuddySlots::alloc`] with the run ending at or before slot `last`, for when no
     /// free block is large enough but a run of free slots spanning several blocks may be:
-    /// searches the used-slot bitmap for the lowest such run inside one segment, in
-    /// O(slots / 64 + runs of used slots), and cuts it out of the blocks it spans.
+    /// searches the used-slot bitmap for the lowest such run inside one segment (skipping
+    /// segments whose free count or longest-run bound is too small; the rest cost a word
+    /// operation per 64 slots and per run of used slots) and cuts it out of the blocks it
+    /// spans. `None` (nothing changed) when there is no such run.
     pub(crate) fn alloc_spanning(
         &mut self,
         count: u32,
