@@ -165,6 +165,9 @@ impl Stripe {
 pub(crate) struct DeviceCounters {
     /// Empty when statistics are off: every update is then a no-op.
     stripes: Box<[Stripe]>,
+    /// `stripes.len() - 1` (a power of two less one), and 0 with no stripes: a CPU's
+    /// stripe is `stripes.get(cpu & mask)`, which also finds none when statistics are off.
+    mask: usize,
 }
 
 impl DeviceCounters {
@@ -174,6 +177,7 @@ impl DeviceCounters {
         let n = cpus.clamp(1, 64).next_power_of_two();
         Self {
             stripes: (0..n).map(|_| Stripe::new()).collect(),
+            mask: n - 1,
         }
     }
 
@@ -181,17 +185,13 @@ impl DeviceCounters {
     pub(crate) fn disabled() -> Self {
         Self {
             stripes: Box::new([]),
+            mask: 0,
         }
     }
 
     #[inline]
     fn row(&self, cpu: usize, dev: DeviceId) -> Option<&Row> {
-        let n = self.stripes.len();
-        if n == 0 {
-            return None;
-        }
-        // `n` is a power of two.
-        self.stripes[cpu & (n - 1)].row(dev)
+        self.stripes.get(cpu & self.mask)?.row(dev)
     }
 
     #[inline]
