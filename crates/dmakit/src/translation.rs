@@ -62,7 +62,9 @@ fn phys_through_windows(ranges: &BusRanges, dma: DmaAddr) -> Option<PhysAddr> {
 pub(crate) fn bus_within(dev: &Device, range: PhysRange, limit: u64) -> Option<DmaAddr> {
     if dev.bus_ranges().is_identity() {
         let start = range.start().as_u64();
-        return (range.last().as_u64() <= limit).then_some(DmaAddr::new(start));
+        // The last byte, as `range.last()` but from the exact `end` (at least 1), without
+        // the checked add.
+        return (range.end().as_u64() - 1 <= limit).then_some(DmaAddr::new(start));
     }
     let first = bus_of(dev, range.start())?;
     let last = bus_of(dev, range.last())?;
