@@ -598,6 +598,11 @@ mod tests {
             .unwrap();
         assert_eq!(d.coherent_limit(), 0xffff_ffff);
         assert_eq!(d.streaming_limit(), 0x3_ffff_ffff);
+        // Derived again by every build: a device made from this one follows its new mask.
+        let narrower = d.to_builder().dma_bits(32).build().unwrap();
+        assert_eq!(narrower.streaming_limit(), 0xffff_ffff);
+        let unlimited = d.to_builder().bus_dma_limit(u64::MAX).build().unwrap();
+        assert_eq!(unlimited.streaming_limit(), (1 << 40) - 1);
         assert!(d.can_address(0x3_ffff_fff0, 16));
         assert!(!d.can_address(0x3_ffff_fff0, 17));
         assert!(!d.can_address_coherent(0xffff_fff0, 17));

@@ -363,4 +363,27 @@ mod tests {
         assert_eq!(c.snapshot().len(), MAX_TRACKED_DEVICES);
         c.mapped(0, DeviceId(u32::MAX), Direction::ToDevice, None, 0);
     }
+
+    #[test]
+    fn every_device_id_can_own_a_row() {
+        let c = DeviceCounters::new(1);
+        for id in [0, u32::MAX, u32::MAX - 1] {
+            c.mapped(0, DeviceId(id), Direction::FromDevice, None, 0);
+            c.mapped(0, DeviceId(id), Direction::FromDevice, None, 0);
+        }
+        let s = c.snapshot();
+        let seen: Vec<(DeviceId, u64)> = s.iter().map(|d| (d.device, d.direct)).collect();
+        assert_eq!(
+            seen,
+            [
+                (DeviceId(0), 2),
+                (DeviceId(u32::MAX - 1), 2),
+                (DeviceId(u32::MAX), 2)
+            ]
+        );
+        // Statistics off: nothing is counted, nothing is found.
+        let off = DeviceCounters::disabled();
+        off.mapped(0, DeviceId(0), Direction::ToDevice, None, 0);
+        assert!(off.snapshot().is_empty());
+    }
 }
