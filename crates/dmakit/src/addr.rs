@@ -198,7 +198,8 @@ impl PhysRange {
     /// One past the last byte.
     #[inline]
     pub const fn end(&self) -> PhysAddr {
-        self.start.add(self.len)
+        // Exact: `new` refused every range whose end overflows, and the fields are private.
+        PhysAddr(self.start.0.wrapping_add(self.len))
     }
 
     /// The last byte.

@@ -36,6 +36,9 @@ pub struct Device {
     dma_mask: u64,
     coherent_dma_mask: u64,
     bus_dma_limit: u64,
+    /// `dma_mask.min(bus_dma_limit)`, derived by [`DeviceBuilder::build`] (the map path
+    /// reads it on every mapping).
+    streaming_limit: u64,
     bus_ranges: BusRanges,
     coherent: bool,
     cache_line: u64,
@@ -153,6 +156,7 @@ impl Device {
                 dma_mask: u64::MAX,
                 coherent_dma_mask: u64::MAX,
                 bus_dma_limit: u64::MAX,
+                streaming_limit: u64::MAX,
                 bus_ranges: BusRanges::IDENTITY,
                 coherent: false,
                 cache_line: 64,
@@ -271,7 +275,7 @@ impl Device {
     /// and the bus limit.
     #[inline]
     pub fn streaming_limit(&self) -> u64 {
-        self.dma_mask.min(self.bus_dma_limit)
+        self.streaming_limit
     }
     /// The highest bus address a coherent allocation may use: the lower of the coherent
     /// mask and the bus limit.
@@ -480,6 +484,7 @@ impl DeviceBuilder {
         if !is_low_mask(d.min_align_mask) || d.min_align_mask >= 64 * 1024 {
             return Err(DeviceError::BadMinAlignMask(d.min_align_mask));
         }
+        d.streaming_limit = d.dma_mask.min(d.bus_dma_limit);
         Ok(d)
     }
 }
@@ -593,6 +598,11 @@ mod tests {
             .unwrap();
         assert_eq!(d.coherent_limit(), 0xffff_ffff);
         assert_eq!(d.streaming_limit(), 0x3_ffff_ffff);
+        // Derived again by every build: a device made from this one follows its new mask.
+        let narrower = d.to_builder().dma_bits(32).build().unwrap();
+        assert_eq!(narrower.streaming_limit(), 0xffff_ffff);
+        let unlimited = d.to_builder().bus_dma_limit(u64::MAX).build().unwrap();
+        assert_eq!(unlimited.streaming_limit(), (1 << 40) - 1);
         assert!(d.can_address(0x3_ffff_fff0, 16));
         assert!(!d.can_address(0x3_ffff_fff0, 17));
         assert!(!d.can_address_coherent(0xffff_fff0, 17));

@@ -31,12 +31,24 @@ pub(crate) fn for_device<C: CacheMaintenance + ?Sized>(
 }
 
 /// Maintenance after the device accessed `range` in `dir`, before the CPU reads it.
-#[inline]
+#[inline(always)]
 pub(crate) fn for_cpu<C: CacheMaintenance + ?Sized>(cache: &C, range: PhysRange, dir: Direction) {
     if !dir.device_writes() {
         return;
     }
     let line = cache.cache_line_size();
+    // A range of whole lines (the usual case) is one invalidate, inline.
+    if range.is_aligned(line) {
+        cache.invalidate(range);
+    } else {
+        partial_lines_for_cpu(cache, range, line);
+    }
+}
+
+/// [`for_cpu`] of a range whose first or last `line` is partial: the partial lines are
+/// cleaned and invalidated, the whole lines between them invalidated.
+#[inline]
+fn partial_lines_for_cpu<C: CacheMaintenance + ?Sized>(cache: &C, range: PhysRange, line: u64) {
     let start = range.start().as_u64();
     let end = range.end().as_u64();
     // `line` is a power of two (the trait's contract): masks, not divisions. A start that

@@ -14,6 +14,7 @@
 //! addresses, so a device behind an IOMMU does not use its bus windows.
 
 use crate::addr::{DmaAddr, PhysAddr, PhysRange};
+use crate::bus_ranges::BusRanges;
 use crate::device::Device;
 
 /// The bus address at which `dev` (no IOMMU) reaches `phys`; `None` when no window of the
@@ -40,6 +41,13 @@ pub(crate) fn phys_of_bus(dev: &Device, dma: DmaAddr) -> Option<PhysAddr> {
     if ranges.is_identity() {
         return Some(PhysAddr::new(dma.as_u64()));
     }
+    phys_through_windows(ranges, dma)
+}
+
+/// [`phys_of_bus`] for a device with bus windows: out of line, so that the identity
+/// translation's answer is known to be there where the caller tests it.
+#[inline(never)]
+fn phys_through_windows(ranges: &BusRanges, dma: DmaAddr) -> Option<PhysAddr> {
     ranges.entries().iter().find_map(|e| {
         let off = dma.as_u64().checked_sub(e.dma().as_u64())?;
         (off < e.size()).then(|| e.cpu().add(off))
@@ -54,7 +62,9 @@ pub(crate) fn phys_of_bus(dev: &Device, dma: DmaAddr) -> Option<PhysAddr> {
 pub(crate) fn bus_within(dev: &Device, range: PhysRange, limit: u64) -> Option<DmaAddr> {
     if dev.bus_ranges().is_identity() {
         let start = range.start().as_u64();
-        return (range.last().as_u64() <= limit).then_some(DmaAddr::new(start));
+        // The last byte, as `range.last()` but from the exact `end` (at least 1), without
+        // the checked add.
+        return (range.end().as_u64() - 1 <= limit).then_some(DmaAddr::new(start));
     }
     let first = bus_of(dev, range.start())?;
     let last = bus_of(dev, range.last())?;

@@ -78,7 +78,7 @@ impl<P: Platform> DmaMapper<P> {
             return true;
         }
         match self.owner_of(dev, dma) {
-            Ok(Owner::Direct(_)) => false,
+            Ok(Owner::Direct) => false,
             Ok(Owner::Bounce(..)) | Err(_) => true,
             Ok(Owner::Iommu(dom)) => iommu::path::is_bounced(&dom, dev, dma),
         }

@@ -222,33 +222,44 @@ impl<P: Platform> DmaMapper<P> {
 /// ([`checked_extent`]).
 #[inline]
 fn checked_range(dev: &Device, start: PhysAddr, len: u64) -> Result<PhysRange, DmaError> {
-    checked_extent(dev, start.as_u64(), len)?;
-    PhysRange::new(start, len).ok_or(DmaError::AddressOverflow {
-        device: dev.id(),
-        addr: start.as_u64(),
-        len,
-    })
+    match PhysRange::new(start, len) {
+        Some(range) if end_in_bounds(range.end().as_u64()) => Ok(range),
+        _ => Err(range_error(dev, start.as_u64(), len)),
+    }
 }
 
 /// The rule of [`checked_range`] for `len` bytes at the raw address `start` (a physical or
 /// a device address).
 #[inline]
 fn checked_extent(dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
-    if len == 0 {
-        return Err(DmaError::ZeroLength { device: dev.id() });
+    match start.checked_add(len) {
+        Some(end) if len != 0 && end_in_bounds(end) => Ok(()),
+        _ => Err(range_error(dev, start, len)),
     }
-    let overflow = DmaError::AddressOverflow {
-        device: dev.id(),
-        addr: start,
-        len,
-    };
-    let end = start.checked_add(len).ok_or(overflow)?;
-    // The highest end whose page rounding still fits in 64 bits: `2^64 - PAGE_SIZE`.
+}
+
+/// Whether a range ending (exclusively) at `end` keeps clear of the last page of the
+/// address space: `end <= 2^64 - PAGE_SIZE`, the highest end whose page rounding still
+/// fits in 64 bits.
+#[inline(always)]
+fn end_in_bounds(end: u64) -> bool {
     const LAST_END: u64 = 0u64.wrapping_sub(crate::platform::PAGE_SIZE);
-    if end <= LAST_END || crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted)
-    {
-        Ok(())
+    end <= LAST_END || crate::reintroduce::active(crate::reintroduce::Defect::HugeRangeAccepted)
+}
+
+/// The error for a range [`checked_extent`] refuses: [`DmaError::ZeroLength`] when it is
+/// empty, else [`DmaError::AddressOverflow`]. Out of line, so a valid range's check stays
+/// a few compares.
+#[cold]
+#[inline(never)]
+fn range_error(dev: &Device, start: u64, len: u64) -> DmaError {
+    if len == 0 {
+        DmaError::ZeroLength { device: dev.id() }
     } else {
-        Err(overflow)
+        DmaError::AddressOverflow {
+            device: dev.id(),
+            addr: start,
+            len,
+        }
     }
 }

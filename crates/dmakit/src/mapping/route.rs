@@ -46,8 +46,8 @@ pub(super) enum Owner<'a> {
     /// This bounce backend: the address is one of its slots, the one at this physical
     /// address.
     Bounce(&'a dyn BounceBackend, PhysAddr),
-    /// Nobody: the device uses the buffer in place, at this physical address.
-    Direct(PhysAddr),
+    /// Nobody: the device uses the buffer in place.
+    Direct,
 }
 
 impl<P: Platform> DmaMapper<P> {
@@ -416,7 +416,7 @@ impl<P: Platform> DmaMapper<P> {
         })?;
         Ok(match self.routes.backend_owning(phys) {
             Some(backend) => Owner::Bounce(backend, phys),
-            None => Owner::Direct(phys),
+            None => Owner::Direct,
         })
     }
 
@@ -438,7 +438,7 @@ impl<P: Platform> DmaMapper<P> {
         match self.bounce_owning(dev, phys) {
             Some(backend) => Ok(Owner::Bounce(backend, phys)),
             None if restricted => Err(unknown),
-            None => Ok(Owner::Direct(phys)),
+            None => Ok(Owner::Direct),
         }
     }
 

@@ -257,7 +257,7 @@ impl<P: Platform> DmaMapper<P> {
             let old_empty_rule = reintroduce::active(Defect::EmptyUnmapSgInconsistent)
                 && matches!(
                     self.owner_of(dev, DmaAddr::new(0)),
-                    Ok(Owner::Bounce(..) | Owner::Direct(_))
+                    Ok(Owner::Bounce(..) | Owner::Direct)
                 );
             let Some(first_seg) = segments.first() else {
                 if old_empty_rule {

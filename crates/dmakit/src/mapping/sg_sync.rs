@@ -93,7 +93,7 @@ impl<P: Platform> DmaMapper<P> {
         match self.owner_of(dev, part.dma)? {
             Owner::Iommu(dom) => iommu::path::check_sync(&dom, dev, part),
             Owner::Bounce(backend, slot) => bounce::check_part(backend, dev, slot, part),
-            Owner::Direct(_) => self.synced(dev, start, part.len).map(|_| ()),
+            Owner::Direct => self.direct_range(dev, start, part.len).map(|_| ()),
         }
     }
 }

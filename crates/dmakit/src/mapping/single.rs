@@ -262,8 +262,8 @@ impl<P: Platform> DmaMapper<P> {
                 let at = bounce::Slot { dma, phys };
                 self.unmap_bounced(backend, dev, at, len, dir, cpu_sync)
             }
-            Owner::Direct(phys) => {
-                let range = checked_range(dev, phys, len)?;
+            Owner::Direct => {
+                let range = self.direct_range(dev, dma, len)?;
                 direct::unmap(&self.platform, dev, range, dir, attrs);
                 Ok(())
             }
@@ -409,15 +409,20 @@ impl<P: Platform> DmaMapper<P> {
                 (Owner::Bounce(b, slot), false) => {
                     bounce::sync_for_device(&self.platform, b, dev, slot, part, fill_inbound)?
                 }
-                (Owner::Direct(_), true) => {
-                    direct::sync_for_cpu(&self.platform, dev, self.synced(dev, start, len)?, dir);
+                (Owner::Direct, true) => {
+                    direct::sync_for_cpu(
+                        &self.platform,
+                        dev,
+                        self.direct_range(dev, start, len)?,
+                        dir,
+                    );
                     0
                 }
-                (Owner::Direct(_), false) => {
+                (Owner::Direct, false) => {
                     direct::sync_for_device(
                         &self.platform,
                         dev,
-                        self.synced(dev, start, len)?,
+                        self.direct_range(dev, start, len)?,
                         dir,
                     );
                     0
@@ -450,11 +455,16 @@ impl<P: Platform> DmaMapper<P> {
         Ok(start)
     }
 
-    /// The CPU range of a direct mapping's synced part at `start`.
+    /// The CPU range of `len` bytes of a direct mapping at the device address `start`: the
+    /// whole mapping at unmap, the synced part at a sync. Translated here from the device
+    /// address rather than carried out of [`DmaMapper::owner_of`]: for a device without bus
+    /// windows that costs one test, and the reverse lookup's answer for the direct path
+    /// holds nothing.
     ///
     /// # Errors
-    /// [`DmaError::UnknownMapping`] when `start` lies in none of the device's bus windows.
-    pub(super) fn synced(
+    /// [`DmaError::UnknownMapping`] when `start` lies in none of the device's bus windows;
+    /// as [`checked_range`] for the CPU range.
+    pub(super) fn direct_range(
         &self,
         dev: &Device,
         start: DmaAddr,

@@ -1,7 +1,7 @@
 //! Per-device counters: atomics, striped by CPU, found by device id without a lock and
 //! added to without a locked instruction (`stats::per_cpu_add`).
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -71,11 +71,10 @@ impl DeviceStats {
 /// updates as few counters as possible: one for a direct mapping, two for a bounce.
 /// `key` and `direct` come first, in 32 aligned bytes: a direct mapping's lookup and count
 /// touch one cache line.
-#[derive(Default)]
 #[repr(C, align(32))]
 struct Row {
-    /// `id + 1` of the device owning the row; 0 = free.
-    key: AtomicU32,
+    /// The id of the device owning the row, or [`FREE`].
+    key: AtomicU64,
     /// Direct mappings by direction.
     direct: ByDirection<AtomicU64>,
     /// Bounced mappings by reason and direction.
@@ -88,6 +87,24 @@ struct Row {
 
 // The layout the comment on `Row` promises.
 const _: () = assert!(core::mem::offset_of!(Row, bounced) == 32);
+
+/// The key of a free row: above every device id, so a row's key is its owner's id itself,
+/// compared with the id as it is.
+const FREE: u64 = u64::MAX;
+
+impl Default for Row {
+    fn default() -> Self {
+        Self {
+            key: AtomicU64::new(FREE),
+            direct: ByDirection::default(),
+            bounced: ByReason::default(),
+            bytes_to_bounce: AtomicU64::new(0),
+            bytes_from_bounce: AtomicU64::new(0),
+            exhaustion_errors: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+        }
+    }
+}
 
 /// One CPU stripe: a small open-addressed table from device id to a row of counters,
 /// probed from `id % MAX_TRACKED_DEVICES` (device ids are usually small and dense).
@@ -104,16 +121,13 @@ impl Stripe {
         }
     }
 
-    /// The row of `dev`, claiming a free one on first use; `None` when the table is full
-    /// (or the id is `u32::MAX`, which cannot be keyed). A device already counted in its
-    /// home row (the usual case: ids are small and dense) is found with one load and one
-    /// compare; the probe runs out of line.
+    /// The row of `dev`, claiming a free one on first use; `None` when the table is full.
+    /// A device already counted in its home row (the usual case: ids are small and dense)
+    /// is found with one load and one compare; the probe runs out of line.
     #[inline(always)]
     fn row(&self, dev: DeviceId) -> Option<&Row> {
         let home = &self.rows[dev.0 as usize % MAX_TRACKED_DEVICES];
-        // Compared in 64 bits: `u32::MAX + 1` matches no key, so that id takes the probe,
-        // which refuses it.
-        if u64::from(home.key.load(Ordering::Acquire)) == u64::from(dev.0) + 1 {
+        if home.key.load(Ordering::Acquire) == u64::from(dev.0) {
             return Some(home);
         }
         self.probe(dev)
@@ -122,7 +136,7 @@ impl Stripe {
     /// [`Stripe::row`] for a device not (yet) in its home row.
     #[inline(never)]
     fn probe(&self, dev: DeviceId) -> Option<&Row> {
-        let key = dev.0.checked_add(1)?;
+        let key = u64::from(dev.0);
         let start = dev.0 as usize % MAX_TRACKED_DEVICES;
         for i in 0..MAX_TRACKED_DEVICES {
             let at = (start + i) % MAX_TRACKED_DEVICES;
@@ -130,9 +144,9 @@ impl Stripe {
             if k == key {
                 return Some(&self.rows[at]);
             }
-            if k == 0 {
+            if k == FREE {
                 match self.rows[at].key.compare_exchange(
-                    0,
+                    FREE,
                     key,
                     Ordering::AcqRel,
                     Ordering::Acquire,
@@ -151,6 +165,9 @@ impl Stripe {
 pub(crate) struct DeviceCounters {
     /// Empty when statistics are off: every update is then a no-op.
     stripes: Box<[Stripe]>,
+    /// `stripes.len() - 1` (a power of two less one), and 0 with no stripes: a CPU's
+    /// stripe is `stripes.get(cpu & mask)`, which also finds none when statistics are off.
+    mask: usize,
 }
 
 impl DeviceCounters {
@@ -160,6 +177,7 @@ impl DeviceCounters {
         let n = cpus.clamp(1, 64).next_power_of_two();
         Self {
             stripes: (0..n).map(|_| Stripe::new()).collect(),
+            mask: n - 1,
         }
     }
 
@@ -167,17 +185,13 @@ impl DeviceCounters {
     pub(crate) fn disabled() -> Self {
         Self {
             stripes: Box::new([]),
+            mask: 0,
         }
     }
 
     #[inline]
     fn row(&self, cpu: usize, dev: DeviceId) -> Option<&Row> {
-        let n = self.stripes.len();
-        if n == 0 {
-            return None;
-        }
-        // `n` is a power of two.
-        self.stripes[cpu & (n - 1)].row(dev)
+        self.stripes.get(cpu & self.mask)?.row(dev)
     }
 
     #[inline]
@@ -240,10 +254,11 @@ impl DeviceCounters {
         for stripe in self.stripes.iter() {
             for r in stripe.rows.iter() {
                 let key = r.key.load(Ordering::Acquire);
-                if key == 0 {
+                // Every key but `FREE` is a device id.
+                let Ok(id) = u32::try_from(key) else {
                     continue;
-                }
-                let device = DeviceId(key - 1);
+                };
+                let device = DeviceId(id);
                 let direct = r.direct.map(load);
                 let matrix = r.bounced.map(|by_dir| by_dir.map(load));
                 let mut by_direction = ByDirection::default();
@@ -347,5 +362,28 @@ mod tests {
         }
         assert_eq!(c.snapshot().len(), MAX_TRACKED_DEVICES);
         c.mapped(0, DeviceId(u32::MAX), Direction::ToDevice, None, 0);
+    }
+
+    #[test]
+    fn every_device_id_can_own_a_row() {
+        let c = DeviceCounters::new(1);
+        for id in [0, u32::MAX, u32::MAX - 1] {
+            c.mapped(0, DeviceId(id), Direction::FromDevice, None, 0);
+            c.mapped(0, DeviceId(id), Direction::FromDevice, None, 0);
+        }
+        let s = c.snapshot();
+        let seen: Vec<(DeviceId, u64)> = s.iter().map(|d| (d.device, d.direct)).collect();
+        assert_eq!(
+            seen,
+            [
+                (DeviceId(0), 2),
+                (DeviceId(u32::MAX - 1), 2),
+                (DeviceId(u32::MAX), 2)
+            ]
+        );
+        // Statistics off: nothing is counted, nothing is found.
+        let off = DeviceCounters::disabled();
+        off.mapped(0, DeviceId(0), Direction::ToDevice, None, 0);
+        assert!(off.snapshot().is_empty());
     }
 }
