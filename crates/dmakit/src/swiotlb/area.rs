@@ -32,8 +32,9 @@
 //! *packed* slot: a slot taken from the buddy lists like any other and cut into at most 64
 //! lines, with a bitmap of the lines held. The area keeps its packed slots that have a free
 //! line in a list, the slot most recently freed into at the front; an allocation tries the
-//! front, then a few more ([`PACKED_SCAN`]), then cuts a fresh slot, and searches the whole
-//! list only when no fresh slot is left, so it never fails while some packed slot has room.
+//! front, then a few more (`PACKED_SCAN` in `packed.rs`), then cuts a fresh slot, and
+//! searches the whole list only when no fresh slot is left, so it never fails while some
+//! packed slot has room.
 //! Finding a run in a slot is a few word operations on the bitmap (the positions where
 //! `count` free lines start, at the alignment asked). Rules:
 //!

@@ -51,8 +51,8 @@
 //!   then that area's stripe of the region table, a binary search and arithmetic to the
 //!   slot; each area keeps the caller's metadata of its live allocations at the slot of
 //!   the bounce address (for a packed slot, in a short chain of records, one per packed
-//!   allocation in it), so `get` and `free` take O(log regions), one stripe lock and one area lock, and
-//!   `region_of` usually no lock at all. An unmap that must copy back before the slots are
+//!   allocation in it), so `get` and `free` take O(log regions), one stripe lock and one
+//!   area lock, and `region_of` usually no lock at all. An unmap that must copy back before the slots are
 //!   free uses `Pool::end`: one lookup claims the allocation (hidden from every other
 //!   lookup, still holding its slots), the copy runs with no lock held, and a second lock
 //!   of the same area frees it, or makes it live again when the copy failed.
@@ -68,8 +68,9 @@
 //! share a slot but never a line unit (so never a cache line); free blocks, cached runs,
 //! packed slots and live allocations partition every area; a failed call changes nothing
 //! observable (an allocation that fails may have returned cached runs and the spare
-//! packed slot to the buddy lists, which are free either way); an allocation given back with `Pool::abandon` leaves the statistics,
-//! high-water mark included, as they were before it.
+//! packed slot to the buddy lists, which are free either way); an allocation given back
+//! with `Pool::abandon` leaves the statistics, high-water mark included, as they were
+//! before it.
 
 mod area;
 mod backend;

@@ -190,15 +190,19 @@ impl<T> Pool<T> {
     /// `cpu` is a hint (the caller's CPU): the search starts in that CPU's area of each
     /// region and moves on to the others.
     ///
-    /// The allocation holds its whole run of slots, the lead-in before the bounce address
-    /// included ([`Bounce::slot_start`]): with a `min_align_mask` of `2^n - 1` (`2^n` of at
-    /// least a slot) no other live allocation lies in the `2^n`-aligned window the bounce
-    /// address sits in, before the bounce's end.
+    /// The allocation holds its whole run, the lead-in before the bounce address included
+    /// ([`Bounce::slot_start`]): whole slots, or, for a request below a page whose mask
+    /// window fits in a slot, whole cache lines of a slot shared with other small bounces
+    /// (never a line of theirs). With a `min_align_mask` of `2^n - 1` no other live
+    /// allocation lies in the `2^n`-aligned window the bounce address sits in, before the
+    /// bounce's end.
     ///
     /// Cost: one stripe lock, then for each area tried one lock and O(log2 segment slots)
     /// work (O(1) when the area's run cache holds a freed run of the same size and
-    /// placement); areas that cannot fit the request are skipped without locking. No memory
-    /// is allocated.
+    /// placement, or a packed slot near the front of its list has room); areas that cannot
+    /// fit the request are skipped without locking. An area whose buddy lists have no
+    /// block large enough is searched for a run spanning several free blocks, skipping the
+    /// segments that cannot hold one. No memory is allocated.
     ///
     /// # Errors
     /// [`SwiotlbError::BadAlignMask`], [`SwiotlbError::ZeroLength`], [`SwiotlbError::TooLarge`] (see
