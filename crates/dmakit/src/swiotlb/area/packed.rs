@@ -197,11 +197,13 @@ impl<T> AreaInner<T> {
             Ok(found) => return Some(found),
             Err(rest) => rest,
         };
+        // Where the run goes in a fresh slot, found before the slot is taken, so no slot is
+        // ever taken for a run that cannot fit it.
+        let (count, residue, align_order) = want;
+        let line = fit(0, self.all_lines, count, residue, align_order)?;
         let Some(slot) = self.take_slots(1, 0, 0, last) else {
             return self.scan_packed(rest, usize::MAX, want, last).ok();
         };
-        let (count, residue, align_order) = want;
-        let line = fit(0, self.all_lines, count, residue, align_order)?;
         self.entries[slot as usize] = SlotEntry::Packed(Packed {
             used: 0,
             head: NIL,
