@@ -3,7 +3,8 @@
 //! accounting exact, including the per-area usage words and the high-water grants that
 //! move allowance between areas, the run caches, and the lock-free region directory; and
 //! unmaps that claim a bounce while they copy back, against each other, against frees and
-//! against removal of the region.
+//! against removal of the region; and allocations against the removal of the region they
+//! would land in.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p dmakit --test loom_swiotlb --release`.
 //!
@@ -319,6 +320,58 @@ fn only_the_claimant_frees_a_claimed_bounce() {
         assert_eq!((s.used_bytes, s.live), (0, 0));
         pool.check().unwrap();
     });
+}
+
+/// An allocation races with the removal of the only region that has room for it (the
+/// first region is full): it lands there only if the removal then finds the region busy,
+/// and a removal that succeeds leaves the allocation refused, so no live bounce is ever in
+/// memory the pool gave back.
+fn allocation_meets_removal(pool: Pool<usize>) {
+    let pool = Arc::new(pool);
+    let extra = pool.add_region(PhysAddr::new(0x8000), 128).unwrap();
+    let fill: Vec<_> = (0..4)
+        .map(|i| {
+            pool.alloc(0, SlotRequest::new(PhysAddr::new(0), 64, 0), i)
+                .unwrap()
+        })
+        .collect();
+    let remover = {
+        let pool = Arc::clone(&pool);
+        thread::spawn(move || pool.remove_region(extra.start()).is_ok())
+    };
+    let got = pool.alloc(1, SlotRequest::new(PhysAddr::new(0), 64, 0), 9);
+    let removed = remover.join().unwrap();
+    if let Ok(b) = &got {
+        assert!(
+            b.addr >= extra.start() && b.addr < extra.end(),
+            "the first region was full"
+        );
+        assert!(!removed, "a region was removed under a live bounce");
+        assert_eq!(pool.free(b.addr).map(|(_, m)| m), Ok(9));
+    }
+    assert!(
+        removed || got.is_ok(),
+        "the removal failed with nothing live in the region"
+    );
+    for b in fill {
+        pool.free(b.addr).unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!((s.used_bytes, s.live), (0, 0));
+    pool.check().unwrap();
+}
+
+#[test]
+fn an_allocation_never_lands_in_a_region_being_removed() {
+    bounded().check(|| allocation_meets_removal(tiny_pool()));
+}
+
+/// Control: with the removal's busy check left out, the model finds a region removed under
+/// a live bounce.
+#[test]
+#[should_panic(expected = "removed under a live bounce")]
+fn a_removal_without_the_busy_check_takes_a_live_bounce() {
+    bounded().check(|| allocation_meets_removal(tiny_pool().without_busy_check()));
 }
 
 /// The deferred-mapping wake-up without a fence on the free path: a waiter announces
