@@ -5,7 +5,7 @@
 //! request from the shortest free run that holds it keeps long runs whole for long requests
 //! even when the area is nearly full (on the benchmark stream, `BENCHMARKS.md`, a binary
 //! buddy allocator with the same slots refused 17 % of requests at 90 % held, best fit
-//! none). A buddy allocator looks only at aligned power-of-two blocks, so a 3-slot request
+//! under 1 %). A buddy allocator looks only at aligned power-of-two blocks, so a 3-slot request
 //! split a 4-slot block out of a long run while an exact 3-slot run stood free elsewhere.
 //!
 //! How: the area's free slots form maximal free runs, none crossing a segment (runs are
@@ -25,12 +25,14 @@
 //! the pool size or how full it is. They miss a run only when it is shorter than `count +
 //! 2^align_order - 1`, lies past the runs looked at in step 1, and no longer run exists;
 //! [`SlotRuns::alloc_within`] then searches every listed run (O(free runs)), on the slow
-//! path the area takes before refusing. The run is cut at its first slot with the right
+//! path the area takes before refusing. The run is cut on a boundary of the request's
+//! power of two where the free run holds it there (so equal large requests tile a segment
+//! as buddy blocks did, see [`SlotRuns::alloc`]), else at its first slot with the right
 //! residue; what lies before and after it goes back into the lists.
 //!
 //! The pool's bounces ask for their lead-in too (the slots from the aligned boundary to the
 //! bounce address belong to the bounce, see `area.rs`), so they allocate from the boundary
-//! with a residue of 0 or the lead-in's share of the window, and the whole run is theirs.
+//! (a residue of 0), and the whole run is theirs.
 //!
 //! A bitmap of handed-out slots tells a freed run whether its neighbours are free, and a
 //! free count per segment is kept for the checks. Nothing is allocated after construction.
@@ -110,7 +112,8 @@ impl SlotRuns {
 
     /// Allocates `count >= 1` contiguous slots whose first index is congruent to `lead`
     /// modulo `2^align_order` (`lead < 2^align_order`), inside one segment, from the
-    /// shortest run that the bounded search of the module documentation finds. Returns the
+    /// shortest run that the bounded search of the module documentation finds, placed in it
+    /// as `fit` says. Returns the
     /// first index, or `None` (nothing changed) when that search finds no run; it finds one
     /// whenever a free run of `count + 2^align_order - 1` slots exists.
     #[inline]
@@ -125,7 +128,7 @@ impl SlotRuns {
         while let Some(c) = class.filter(|&c| c < sure) {
             let mut i = self.lists.head(c);
             while i != NIL && tries > 0 {
-                if let Some(r) = self.fit(i, count, lead, align) {
+                if let Some(r) = self.fit(i, count, lead, align, u32::MAX) {
                     return Some(self.cut(i, r, count));
                 }
                 tries -= 1;
@@ -137,7 +140,7 @@ impl SlotRuns {
             class = self.lists.first_after(c);
         }
         let head = self.lists.head(self.lists.first_from(sure)?);
-        let r = self.fit(head, count, lead, align)?;
+        let r = self.fit(head, count, lead, align, u32::MAX)?;
         Some(self.cut(head, r, count))
     }
 
@@ -162,9 +165,9 @@ impl SlotRuns {
         while let Some(c) = class {
             let mut i = self.lists.head(c);
             while i != NIL {
-                if let Some(r) = self.fit(i, count, lead, align) {
+                if let Some(r) = self.fit(i, count, lead, align, last) {
                     let key = (self.run_len[i as usize], r);
-                    if r + count - 1 <= last && best.is_none_or(|(n, b, _)| key < (n, b)) {
+                    if best.is_none_or(|(n, b, _)| key < (n, b)) {
                         best = Some((key.0, key.1, i));
                     }
                 }
@@ -176,13 +179,28 @@ impl SlotRuns {
         Some(self.cut(head, r, count))
     }
 
-    /// Where in the free run at `head` a run of `count` slots at `lead` modulo `align`
-    /// starts, if the free run holds it.
+    /// Where in the free run at `head` a run of `count` slots at `lead` modulo `align`,
+    /// ending at or before slot `last`, starts, if the free run holds it: on a boundary of
+    /// `count`'s power of two (plus `lead`) when the free run holds it there, else at the
+    /// first slot with the right residue. The boundary makes equal large runs tile a
+    /// segment as buddy blocks do: slots that are free but kept out of the lists for a while
+    /// (the area's run cache and spare packed slot) then leave whole aligned gaps when they
+    /// come back, not pieces of one at each end.
     #[inline]
-    fn fit(&self, head: u32, count: u32, lead: u32, align: u32) -> Option<u32> {
-        let end = head + self.run_len[head as usize];
+    fn fit(&self, head: u32, count: u32, lead: u32, align: u32, last: u32) -> Option<u32> {
+        let end = (head + self.run_len[head as usize]).min(last.saturating_add(1));
         let r = head + (lead.wrapping_sub(head) & (align - 1));
-        (r.checked_add(count)? <= end).then_some(r)
+        if r.checked_add(count)? > end {
+            return None;
+        }
+        let natural = count.next_power_of_two();
+        if natural > align {
+            let on_boundary = head + (lead.wrapping_sub(head) & (natural - 1));
+            if on_boundary + count <= end {
+                return Some(on_boundary);
+            }
+        }
+        Some(r)
     }
 
     /// Hands out `count` slots from `r` of the free run at `head`, which holds them; what

@@ -532,10 +532,14 @@ fn model_runs(used: &[bool], order: u32) -> Vec<(u32, u32)> {
     runs
 }
 
-/// Where a run of `count` at `lead` modulo `2^align` starts in the free run `(a, n)`.
-fn model_fit((a, n): (u32, u32), count: u32, lead: u32, align: u32) -> Option<u32> {
-    let r = a + (lead.wrapping_sub(a) & ((1 << align) - 1));
-    (r + count <= a + n).then_some(r)
+/// Where a run of `count` at `lead` modulo `2^align`, ending at or before `last`, starts
+/// in the free run `(a, n)`: the first start on a boundary of `count`'s power of two (plus
+/// `lead`) that fits, when that power exceeds `2^align`, else the first start that fits.
+fn model_fit((a, n): (u32, u32), count: u32, lead: u32, align: u32, last: u32) -> Option<u32> {
+    let fits = |r: u32| r % (1 << align) == lead && r + count <= a + n && r + count - 1 <= last;
+    let natural = count.next_power_of_two();
+    let boundary = (a..a + n).find(|&r| natural > 1 << align && r % natural == lead && fits(r));
+    boundary.or_else(|| (a..a + n).find(|&r| fits(r)))
 }
 
 proptest! {
@@ -564,8 +568,7 @@ proptest! {
                 let last = if op == 1 { pick * 3 } else { u32::MAX };
                 let best = runs
                     .iter()
-                    .filter_map(|&run| Some((run.1, model_fit(run, count, lead, align)?)))
-                    .filter(|&(_, r)| r + count - 1 <= last)
+                    .filter_map(|&run| Some((run.1, model_fit(run, count, lead, align, last)?)))
                     .min()
                     .map(|(_, r)| r);
                 let got = if op == 1 {
@@ -582,6 +585,7 @@ proptest! {
                             prop_assert!(run.is_some(), "slot {} was not free", start);
                             let (a, n) = run.unwrap();
                             prop_assert!(start + count <= a + n, "run {} crosses a used slot", start);
+                            prop_assert_eq!(Some(start), model_fit((a, n), count, lead, align, u32::MAX));
                             if let Some(sure) = shortest_sure {
                                 prop_assert!(SlotRuns::class_of_len(n) <= SlotRuns::class_of_len(sure),
                                     "{} slots taken from a run of {} while one of {} holds them", count, n, sure);
@@ -718,7 +722,7 @@ fn the_cache_never_makes_an_allocation_fail() {
     // Up to CACHE_DEPTH one-slot runs per area are cached, scattered over each segment.
     assert!(pool.cached_slots() > 0);
     pool.check().unwrap();
-    // Whole segments still fit in every area: each flushes its cache into the buddy lists.
+    // Whole segments still fit in every area: each flushes its cache into its free runs.
     for cpu in 0..4 {
         let b = pool.alloc(cpu, req(0, 1024, 0), 1).unwrap();
         assert_eq!(b.slot_bytes, 1024);
@@ -1308,10 +1312,9 @@ proptest! {
     }
 }
 
-/// A request no free block is large enough for is served from a run of free slots that
-/// spans several blocks: with slots 2, 3 and 4 of a full segment freed, the free blocks are
-/// {2, 3} and {4}, and a 3-slot run (page sized, so on an even slot) exists only across
-/// them.
+/// Slots freed one by one merge into one free run that serves a request as long as it:
+/// with slots 2, 3 and 4 of a full segment freed (a buddy allocator held them as the
+/// blocks {2, 3} and {4}), a 3-slot run (page sized, so on an even slot) is found there.
 #[test]
 fn runs_spanning_several_free_blocks_are_found() {
     let pool: Pool<u32> = Pool::with_region(
