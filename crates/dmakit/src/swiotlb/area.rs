@@ -14,22 +14,22 @@
 //! and merges it all back when freed, only for the next bounce to split it again. So an
 //! area keeps a small LIFO cache of freed runs of up to [`CACHE_MAX_SLOTS`] slots
 //! ([`CACHE_DEPTH`] per size), like Linux's IOVA range caches, and serves a request of the
-//! same size from it without touching the buddy lists. Rules:
+//! same size from it without touching the slot allocator's free runs. Rules:
 //!
 //! - a cached run is reused only for a request of exactly its size whose placement it
 //!   satisfies (first slot congruent to the request's `lead` modulo `2^align_order`), so
 //!   every placement guarantee holds for reused runs as for fresh ones;
 //! - cached slots are free: usage and statistics never count them;
-//! - when the buddy lists cannot serve a request, the area first returns every cached run
-//!   to them (merging as usual) and tries again, so caching never makes an allocation fail
-//!   that would succeed without it (with eager merging, the buddy lists' blocks are a
-//!   function of the set of free slots);
-//! - a full cache sends further frees of that size straight to the buddy lists.
+//! - when the slot allocator cannot serve a request, the area first returns every cached
+//!   run to it (merging as usual) and tries again, so caching never makes an allocation fail
+//!   that would succeed without it (with eager merging, the free runs are a function of the
+//!   set of free slots);
+//! - a full cache sends further frees of that size straight to the slot allocator.
 //!
 //! # Packed slots
 //!
 //! A request smaller than a slot (see `request.rs` for which) takes whole line units of a
-//! *packed* slot: a slot taken from the buddy lists like any other and cut into at most 64
+//! *packed* slot: a slot taken from the slot allocator like any other and cut into at most 64
 //! lines, with a bitmap of the lines held. The area keeps its packed slots that have a free
 //! line in a list, the slot most recently freed into at the front; an allocation tries the
 //! front, then a few more (`PACKED_SCAN` in `packed.rs`), then cuts a fresh slot, and
@@ -59,7 +59,7 @@ use alloc::vec::Vec;
 use packed::{Hit, Record, SlotEntry, NIL};
 use run_cache::RunCache;
 
-use super::slots::BuddySlots;
+use super::slots::SlotRuns;
 use super::stats::{AreaCounter, CountedArea};
 use super::sync::{AtomicU32, Mutex, Ordering};
 
@@ -132,14 +132,14 @@ pub(crate) struct Run {
 }
 
 struct AreaInner<T> {
-    slots: BuddySlots,
+    slots: SlotRuns,
     cache: RunCache,
     entries: Vec<SlotEntry<T>>,
     records: Vec<Record<T>>,
     free_record: u32,
     /// First packed slot with a free line, the one most recently freed into first.
     partial: u32,
-    /// Free lines of packed slots: free, but neither in the buddy lists nor cached.
+    /// Free lines of packed slots: free, but neither in the slot allocator's runs nor cached.
     packed_free: u32,
     /// The one packed slot kept while empty (or `NIL`), so that a bounce freed and mapped
     /// again does not give its slot back and cut it again; given back before the area
@@ -154,7 +154,7 @@ struct AreaInner<T> {
 }
 
 impl<T> AreaInner<T> {
-    /// The allocation hint: the buddy lists' non-empty orders, with order 0 when a packed
+    /// The allocation hint: the slot allocator's non-empty orders, with order 0 when a packed
     /// slot has a free line, or every order while runs are cached (a flush may merge them
     /// into any block).
     #[inline]
@@ -166,16 +166,17 @@ impl<T> AreaInner<T> {
         }
     }
 
-    /// Slots that are free, in the buddy lists or cached.
+    /// Slots that are free, in the slot allocator's runs or cached.
     #[inline]
     fn free_slots(&self) -> u32 {
         self.slots.free_slots() + self.cache.slots
     }
 
     /// Takes `total` slots from a `2^align_order` boundary plus `residue`, ending at or
-    /// before slot `last`: from the run cache, else a buddy block, else a buddy block after
-    /// the cache and then the spare packed slot are returned to the buddy lists, else a run
-    /// spanning several free blocks. `None` with nothing changed but those returns.
+    /// before slot `last`: from the run cache, else the slot allocator's bounded search,
+    /// else that search after the cache and then the spare packed slot are returned to the
+    /// slot allocator, else a search of every free run. `None` with nothing changed but
+    /// those returns: exactly when no free run holds the request.
     #[inline]
     fn take_slots(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
         if let Some(first) = self.take_block(total, residue, align_order, last) {
@@ -187,11 +188,11 @@ impl<T> AreaInner<T> {
                 return Some(first);
             }
         }
-        // No free block is large enough: a run of free slots spanning several.
-        self.slots.alloc_spanning(total, residue, align_order, last)
+        // The bounded search missed: every free run.
+        self.slots.alloc_within(total, residue, align_order, last)
     }
 
-    /// [`AreaInner::take_slots`] from one buddy block, without the spare packed slot.
+    /// [`AreaInner::take_slots`] without the spare packed slot and the search of every run.
     #[inline]
     fn take_block(&mut self, total: u32, residue: u32, align_order: u32, last: u32) -> Option<u32> {
         let whole_area = last >= self.slots.len() - 1;
@@ -203,7 +204,7 @@ impl<T> AreaInner<T> {
                 return Some(first);
             }
         }
-        // Every free slot into the buddy lists, so the searches below see them all.
+        // Every free slot into the slot allocator, so the searches below see them all.
         if self.cache.slots != 0 {
             let slots = &mut self.slots;
             self.cache.drain(|s, n| slots.release(s, n));
@@ -216,12 +217,12 @@ impl<T> AreaInner<T> {
         if whole_area {
             return None;
         }
-        // Only part of the area is within reach: a block low enough.
-        self.slots.alloc_below(total, residue, align_order, last)
+        // Only part of the area is within reach: a run low enough.
+        self.slots.alloc_within(total, residue, align_order, last)
     }
 
     /// Gives back `count` slots from `first`: to the run cache when it has room for them,
-    /// else to the buddy lists.
+    /// else to the slot allocator.
     #[inline]
     fn give_slots(&mut self, first: u32, count: u32) {
         if !self.cache.put(first, count) {
@@ -266,7 +267,7 @@ impl<T> AreaInner<T> {
     }
 
     /// Takes the allocation at `hit` of slot `local` out of the table and frees what it
-    /// holds: whole slots to the run cache or buddy lists; packed lines to their slot,
+    /// holds: whole slots to the run cache or slot allocator; packed lines to their slot,
     /// which goes back as a free slot when no line of it is held any more.
     #[inline]
     fn remove(&mut self, local: u32, hit: Hit) -> Option<Live<T>> {
@@ -375,7 +376,7 @@ impl<T> Area<T> {
         unit_shift: u32,
         packing: bool,
     ) -> Self {
-        let slots = BuddySlots::new(segments, segment_order);
+        let slots = SlotRuns::new(segments, segment_order);
         let mut entries = Vec::new();
         entries.resize_with(slots.len() as usize, || SlotEntry::Empty);
         let n = if packing { (slots.len() / 2).max(1) } else { 0 };
@@ -424,11 +425,11 @@ impl<T> Area<T> {
     /// bytes, from a `2^align_order` boundary: lines of a packed slot for a packed
     /// placement while a record is free, else whole slots. Returns where it landed, or
     /// `None` with nothing observable changed (and `meta` untouched) when the area has no
-    /// room below `last` even after returning its cached runs to the buddy lists.
+    /// room below `last` even after returning its cached runs to the slot allocator.
     ///
     /// An area wholly within `last` costs what the module documentation says; one that
-    /// `last` cuts first returns its cached runs to the buddy lists and walks them for a
-    /// low enough block (O(free blocks)).
+    /// `last` cuts first returns its cached runs to the slot allocator and searches every
+    /// free run for one low enough (O(free runs)).
     pub(crate) fn alloc(
         &self,
         p: &Placement,
@@ -592,7 +593,7 @@ impl<T> Area<T> {
         }
     }
 
-    /// Returns every cached run and the spare packed slot to the buddy lists; for tests.
+    /// Returns every cached run and the spare packed slot to the slot allocator; for tests.
     #[cfg(test)]
     pub(crate) fn flush_cache(&self) {
         let mut guard = self.inner.lock();

@@ -2,8 +2,8 @@
 //!
 //! The geometry is validated once here so that the allocator can rely on it: slots are a
 //! power of two of at least 64 bytes and a whole number of cache lines (so two bounces never
-//! share a line), segments are a power of two of slots (so a segment is one buddy block of
-//! the largest order), and there is at least one area.
+//! share a line), segments are a power of two of slots (so the slot allocator's class lists
+//! cover every run a segment can hold), and there is at least one area.
 
 use core::fmt;
 

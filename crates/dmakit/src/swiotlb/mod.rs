@@ -20,14 +20,16 @@
 //!
 //! # Algorithms
 //!
-//! - **Slots**: a buddy allocator per area with exact-size trimming (see `slots.rs`):
-//!   O(log2 slots-per-segment) per allocation and free, regardless of pool size or
-//!   occupancy, alignment for free, and blocks that never cross a segment; when no free
-//!   block is large enough, a run spanning several free blocks is searched in a bitmap of
-//!   handed-out slots, segment by segment. In front of it,
+//! - **Slots**: best fit over the free runs of each area (see `slots.rs`): a request takes
+//!   the shortest free run that holds it, found among size classes in O(log2
+//!   slots-per-segment) bit operations and a bounded number of run checks, regardless of
+//!   pool size or occupancy, so long runs stay whole for long requests; runs never cross a
+//!   segment, and a freed run merges with its free neighbours in O(1). Only when that
+//!   bounded search misses are all free runs searched, before the area refuses. In front of
+//!   it,
 //!   each area caches a few freed small runs per size (see `area.rs`) and reuses them,
 //!   O(1), for requests of the same size whose placement they satisfy; the cache is flushed
-//!   back into the buddy lists before an area refuses a request, so it never causes an
+//!   back into the free runs before an area refuses a request, so it never causes an
 //!   exhaustion.
 //! - **Packing**: a request below a page whose `min_align_mask` window fits in a slot, in
 //!   fewer lines than a slot, takes whole lines of a packed slot instead of a whole slot
@@ -68,7 +70,7 @@
 //! share a slot but never a line unit (so never a cache line); free blocks, cached runs,
 //! packed slots and live allocations partition every area; a failed call changes nothing
 //! observable (an allocation that fails may have returned cached runs and the spare
-//! packed slot to the buddy lists, which are free either way); an allocation given back
+//! packed slot to the slot allocator, which are free either way); an allocation given back
 //! with `Pool::abandon` leaves the statistics, high-water mark included, as they were
 //! before it.
 

@@ -205,9 +205,9 @@ impl<T> Pool<T> {
     /// Cost: one stripe lock, then for each area tried one lock and O(log2 segment slots)
     /// work (O(1) when the area's run cache holds a freed run of the same size and
     /// placement, or a packed slot near the front of its list has room); areas that cannot
-    /// fit the request are skipped without locking. An area whose buddy lists have no
-    /// block large enough is searched for a run spanning several free blocks, skipping the
-    /// segments that cannot hold one. No memory is allocated.
+    /// fit the request are skipped without locking. An area whose bounded search of its
+    /// free runs finds none that holds the request searches all of them before refusing
+    /// it. No memory is allocated.
     ///
     /// # Errors
     /// [`SwiotlbError::BadAlignMask`], [`SwiotlbError::ZeroLength`], [`SwiotlbError::TooLarge`] (see
@@ -310,7 +310,7 @@ impl<T> Pool<T> {
             *reachable = true;
             let last = within - 1;
             let placement = shape.place(region.base_slot());
-            let order = Shape::block_order(&placement);
+            let order = Shape::hint_order(&placement);
             let areas = region.areas();
             let start = cpu % areas.len();
             for i in (start..areas.len()).chain(0..start) {
@@ -584,7 +584,7 @@ impl<T> Pool<T> {
         Ok(())
     }
 
-    /// Returns every area's cached runs to its buddy lists; for tests.
+    /// Returns every area's cached runs to its slot allocator; for tests.
     #[cfg(test)]
     pub(crate) fn flush_caches(&self) {
         for region in self.table.read(0).iter() {

@@ -22,7 +22,6 @@
 use super::area::Placement;
 use super::config::PoolConfig;
 use super::error::SwiotlbError;
-use super::slots::order_for;
 use crate::addr::PhysAddr;
 use crate::platform::PAGE_SIZE;
 
@@ -159,14 +158,16 @@ impl Shape {
         }
     }
 
-    /// Order of the buddy block the placement needs (at most the segment order, see
-    /// [`max_mapping_size`]); 0 for a packed request, which needs at most one slot.
+    /// `floor(log2)` of the slots the placement takes, lead-in included (at most the
+    /// segment order, see [`max_mapping_size`]); 0 for a packed request, which needs at most
+    /// one slot. An area can serve it only with a free run at least that long, so only
+    /// when its hint (`Area::may_fit`) has a bit at or above this order.
     #[inline]
-    pub(crate) fn block_order(p: &Placement) -> u32 {
+    pub(crate) fn hint_order(p: &Placement) -> u32 {
         if p.lines != 0 {
             return 0;
         }
-        order_for(p.lead + p.count).max(p.align_order)
+        (p.lead + p.count).ilog2()
     }
 }
 

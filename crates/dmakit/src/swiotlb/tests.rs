@@ -5,7 +5,7 @@ extern crate std;
 use alloc::vec::Vec;
 use proptest::prelude::*;
 
-use super::slots::BuddySlots;
+use super::slots::SlotRuns;
 use super::*;
 use crate::addr::PhysAddr;
 use crate::platform::PAGE_SIZE;
@@ -472,8 +472,8 @@ fn lookup_across_several_regions() {
 }
 
 #[test]
-fn buddy_returns_to_whole_segments() {
-    let mut s = BuddySlots::new(3, 4);
+fn slots_return_to_whole_segments() {
+    let mut s = SlotRuns::new(3, 4);
     let a = s.alloc(3, 1, 2).unwrap();
     assert_eq!(a % 4, 1);
     let b = s.alloc(16, 0, 0).unwrap();
@@ -492,16 +492,66 @@ fn buddy_returns_to_whole_segments() {
     assert_eq!(s.free_slots(), 48);
 }
 
+/// A request takes the shortest free run that holds it: a 3-slot run freed inside a full
+/// segment serves a 3-slot request (a buddy allocator, finding no aligned 4-slot block
+/// there, split the empty segment), and the empty segment still serves a whole-segment
+/// request afterwards.
+#[test]
+fn the_shortest_run_that_holds_a_request_serves_it() {
+    let mut s = SlotRuns::new(2, 4);
+    let full = s.alloc(16, 0, 0).unwrap();
+    assert_eq!(full, 0);
+    s.release(5, 3);
+    s.check().unwrap();
+    assert_eq!(s.alloc(3, 0, 0), Some(5));
+    // Page-aligned (an even first slot) 2 slots: the run 6..8, not the empty segment.
+    s.release(5, 3);
+    assert_eq!(s.alloc(2, 0, 1), Some(6));
+    assert_eq!(s.alloc(16, 0, 0), Some(16));
+    s.check().unwrap();
+}
+
+/// The maximal free runs of each segment of a bitmap model, as `(start, len)`.
+fn model_runs(used: &[bool], order: u32) -> Vec<(u32, u32)> {
+    let mut runs = Vec::new();
+    for (seg, slots) in used.chunks(1 << order).enumerate() {
+        let base = (seg as u32) << order;
+        let mut j = 0;
+        while j < slots.len() {
+            if slots[j] {
+                j += 1;
+                continue;
+            }
+            let a = j;
+            while j < slots.len() && !slots[j] {
+                j += 1;
+            }
+            runs.push((base + a as u32, (j - a) as u32));
+        }
+    }
+    runs
+}
+
+/// Where a run of `count` at `lead` modulo `2^align`, ending at or before `last`, starts
+/// in the free run `(a, n)`: the first start on a boundary of `count`'s power of two (plus
+/// `lead`) that fits, when that power exceeds `2^align`, else the first start that fits.
+fn model_fit((a, n): (u32, u32), count: u32, lead: u32, align: u32, last: u32) -> Option<u32> {
+    let fits = |r: u32| r % (1 << align) == lead && r + count <= a + n && r + count - 1 <= last;
+    let natural = count.next_power_of_two();
+    let boundary = (a..a + n).find(|&r| natural > 1 << align && r % natural == lead && fits(r));
+    boundary.or_else(|| (a..a + n).find(|&r| fits(r)))
+}
+
 proptest! {
     #[test]
-    fn buddy_matches_a_bitmap(ops in proptest::collection::vec((0u32..20, 0u32..17, 0u32..5, any::<bool>()), 1..200)) {
+    fn slots_match_a_bitmap(ops in proptest::collection::vec((0u32..20, 0u32..17, 0u32..5, 0u32..4), 1..200)) {
         const SEGS: u32 = 3;
         const ORDER: u32 = 4;
-        let mut s = BuddySlots::new(SEGS, ORDER);
+        let mut s = SlotRuns::new(SEGS, ORDER);
         let mut used = [false; (SEGS << ORDER) as usize];
         let mut live: Vec<(u32, u32)> = Vec::new();
-        for (pick, count, align, do_free) in ops {
-            if do_free && !live.is_empty() {
+        for (pick, count, align, op) in ops {
+            if op == 0 && !live.is_empty() {
                 let (start, n) = live.swap_remove(pick as usize % live.len());
                 s.release(start, n);
                 for j in start..start + n { used[j as usize] = false; }
@@ -509,7 +559,52 @@ proptest! {
                 let count = count.max(1);
                 let align = align.min(ORDER);
                 let lead = pick % (1 << align);
-                if let Some(start) = s.alloc(count, lead, align) {
+                let runs = model_runs(&used, ORDER);
+                // A run this long holds the request wherever it starts.
+                let need = count + (1 << align) - 1;
+                let shortest_sure = runs.iter().map(|r| r.1).filter(|&n| n >= need).min();
+                // The search of every run: the shortest run that holds it below the limit,
+                // the lowest first.
+                let last = if op == 1 { pick * 3 } else { u32::MAX };
+                let best = runs
+                    .iter()
+                    .filter_map(|&run| Some((run.1, model_fit(run, count, lead, align, last)?)))
+                    .min()
+                    .map(|(_, r)| r);
+                let got = if op == 1 {
+                    let got = s.alloc_within(count, lead, align, last);
+                    prop_assert_eq!(got, best);
+                    got
+                } else {
+                    let got = s.alloc(count, lead, align);
+                    match got {
+                        Some(start) => {
+                            // From a run no longer than the class of the shortest run that
+                            // surely holds it.
+                            let run = runs.iter().find(|r| (r.0..r.0 + r.1).contains(&start)).copied();
+                            prop_assert!(run.is_some(), "slot {} was not free", start);
+                            let (a, n) = run.unwrap();
+                            prop_assert!(start + count <= a + n, "run {} crosses a used slot", start);
+                            prop_assert_eq!(Some(start), model_fit((a, n), count, lead, align, u32::MAX));
+                            if let Some(sure) = shortest_sure {
+                                prop_assert!(SlotRuns::class_of_len(n) <= SlotRuns::class_of_len(sure),
+                                    "{} slots taken from a run of {} while one of {} holds them", count, n, sure);
+                            }
+                        }
+                        // Refused only when no run surely holds it; every run is then searched.
+                        None => {
+                            prop_assert_eq!(shortest_sure, None);
+                            let within = s.alloc_within(count, lead, align, u32::MAX);
+                            prop_assert_eq!(within, best);
+                            if let Some(start) = within {
+                                for j in start..start + count { used[j as usize] = true; }
+                                live.push((start, count));
+                            }
+                        }
+                    }
+                    got
+                };
+                if let Some(start) = got {
                     prop_assert_eq!(start % (1 << align), lead);
                     prop_assert_eq!(start >> ORDER, (start + count - 1) >> ORDER, "crosses a segment");
                     for j in start..start + count {
@@ -517,27 +612,6 @@ proptest! {
                         used[j as usize] = true;
                     }
                     live.push((start, count));
-                } else {
-                    // Failure only when no free block of the needed order exists.
-                    let order = s.block_order(count, lead, align);
-                    prop_assert!(order.is_none_or(|o| s.nonempty_orders() >> o == 0));
-                    // A run spanning several free blocks is then the lowest one the bitmap
-                    // has, below the limit and inside one segment.
-                    let last = pick * 3;
-                    let want = (0..SEGS << ORDER).find(|&r| {
-                        r % (1 << align) == lead
-                            && r + count - 1 <= last
-                            && r >> ORDER == (r + count - 1) >> ORDER
-                            && (r..r + count).all(|j| !used[j as usize])
-                    });
-                    let got = s.alloc_spanning(count, lead, align, last);
-                    prop_assert_eq!(got, want);
-                    if let Some(start) = got {
-                        for j in start..start + count {
-                            used[j as usize] = true;
-                        }
-                        live.push((start, count));
-                    }
                 }
             }
             s.check().map_err(TestCaseError::fail)?;
@@ -648,7 +722,7 @@ fn the_cache_never_makes_an_allocation_fail() {
     // Up to CACHE_DEPTH one-slot runs per area are cached, scattered over each segment.
     assert!(pool.cached_slots() > 0);
     pool.check().unwrap();
-    // Whole segments still fit in every area: each flushes its cache into the buddy lists.
+    // Whole segments still fit in every area: each flushes its cache into its free runs.
     for cpu in 0..4 {
         let b = pool.alloc(cpu, req(0, 1024, 0), 1).unwrap();
         assert_eq!(b.slot_bytes, 1024);
@@ -1238,10 +1312,9 @@ proptest! {
     }
 }
 
-/// A request no free block is large enough for is served from a run of free slots that
-/// spans several blocks: with slots 2, 3 and 4 of a full segment freed, the free blocks are
-/// {2, 3} and {4}, and a 3-slot run (page sized, so on an even slot) exists only across
-/// them.
+/// Slots freed one by one merge into one free run that serves a request as long as it:
+/// with slots 2, 3 and 4 of a full segment freed (a buddy allocator held them as the
+/// blocks {2, 3} and {4}), a 3-slot run (page sized, so on an even slot) is found there.
 #[test]
 fn runs_spanning_several_free_blocks_are_found() {
     let pool: Pool<u32> = Pool::with_region(
@@ -1273,4 +1346,46 @@ fn runs_spanning_several_free_blocks_are_found() {
         Err(SwiotlbError::Exhausted { .. })
     ));
     assert_eq!(pool.stats(), before);
+}
+
+/// Churn of small bounces (one to three slots) at three quarters held, with a 64 KiB
+/// bounce (32 slots) mapped and unmapped every eight steps: taking each small bounce from
+/// the shortest free run that holds it keeps a 32-slot run free throughout. (The binary
+/// buddy placement this replaced, which took the smallest aligned block wherever it lay,
+/// refused the large bounce at step 1,976 of this sequence.)
+#[test]
+fn a_large_run_survives_churn_of_small_bounces() {
+    let pool: Pool<u32> = Pool::with_region(
+        PoolConfig::builder().packing(false).build().unwrap(),
+        PhysAddr::new(0x100_0000),
+        4 * 256 * KIB,
+    )
+    .unwrap();
+    let total = pool.stats().total_bytes;
+    // A fixed linear congruential sequence: the same churn every run.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    let mut live: Vec<Bounce> = Vec::new();
+    let small = |len: u64| req(0, len, 0);
+    while pool.stats().used_bytes < total * 3 / 4 {
+        live.push(pool.alloc(0, small(2048 * (1 + next(3))), 0).unwrap());
+    }
+    for step in 0..2_000 {
+        let b = live.swap_remove(next(live.len() as u64) as usize);
+        pool.free(b.addr).unwrap();
+        while pool.stats().used_bytes < total * 3 / 4 {
+            live.push(pool.alloc(0, small(2048 * (1 + next(3))), 0).unwrap());
+        }
+        if step % 8 == 0 {
+            let large = pool.alloc(0, req(0, 64 * KIB, 0), 1);
+            assert!(large.is_ok(), "64 KiB refused at step {step}");
+            pool.free(large.unwrap().addr).unwrap();
+        }
+    }
+    pool.check().unwrap();
 }

@@ -152,7 +152,7 @@ impl<T> AreaInner<T> {
     /// a slot at or before `last`: in a packed slot with free lines (the first few of the
     /// list, then a fresh slot, then the rest of the list). Returns the slot and its first
     /// line; a fresh slot is packed (empty) when this returns. `None` (nothing changed but
-    /// the cache's return to the buddy lists) when there is no room or no free record.
+    /// the cache's return to the slot allocator) when there is no room or no free record.
     #[inline]
     pub(super) fn find_packed(
         &mut self,
@@ -239,7 +239,7 @@ impl<T> AreaInner<T> {
         }
     }
 
-    /// Gives the spare packed slot (empty) back to the buddy lists.
+    /// Gives the spare packed slot (empty) back to the slot allocator.
     #[inline]
     pub(super) fn release_spare(&mut self) {
         let slot = core::mem::replace(&mut self.spare, NIL);

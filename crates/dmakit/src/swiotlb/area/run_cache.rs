@@ -5,8 +5,8 @@ use super::{CACHE_DEPTH, CACHE_MAX_SLOTS};
 /// Freed runs kept for reuse, by size; see the module documentation.
 ///
 /// Invariant: `runs[c - 1][..depth[c - 1]]` are the first slots of disjoint free runs of
-/// `c` slots, each inside one segment, newest last; `slots` is their total size. The buddy
-/// lists do not know these slots.
+/// `c` slots, each inside one segment, newest last; `slots` is their total size. The slot
+/// allocator counts these slots as handed out.
 pub(super) struct RunCache {
     pub(super) runs: [[u32; CACHE_DEPTH]; CACHE_MAX_SLOTS as usize],
     pub(super) depth: [u8; CACHE_MAX_SLOTS as usize],
