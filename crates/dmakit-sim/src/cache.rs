@@ -202,6 +202,17 @@ impl Cache {
 
     /// Brings `line_addr` into the cache (clean), evicting the LRU line of its set.
     fn fill(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
+        let victim = self.claim(mem, line_addr);
+        let s = victim * self.line_bytes;
+        let e = s + self.line_bytes;
+        mem.read_unchecked(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
+        victim
+    }
+
+    /// Gives `line_addr` the LRU slot of its set (written back first when dirty), as
+    /// [`Cache::fill`] does, but leaves the slot's bytes and stamps as they were: for a
+    /// store that overwrites the whole line at once, whose old contents nobody can see.
+    fn claim(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
         let base = self.set_of(line_addr);
         let mut victim = base;
         for i in base..base + self.ways {
@@ -217,9 +228,6 @@ impl Cache {
             self.write_back(mem, victim);
             self.stats.capacity_evictions += 1;
         }
-        let s = victim * self.line_bytes;
-        let e = s + self.line_bytes;
-        mem.read_unchecked(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
         self.meta[victim] = Meta {
             tag: line_addr,
             valid: true,
@@ -235,7 +243,10 @@ impl Cache {
         self.meta[i].lru = self.clock;
     }
 
-    fn slot_for_access(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
+    /// The slot holding `line_addr` for a CPU access, filled on a miss. With `whole`
+    /// (the access overwrites every byte of the line) a miss takes its slot without reading
+    /// RAM: the line ends up exactly as if it had been filled, then overwritten.
+    fn slot_for_access(&mut self, mem: &mut Memory, line_addr: u64, whole: bool) -> usize {
         match self.find(line_addr) {
             Some(i) => {
                 self.stats.hits += 1;
@@ -244,7 +255,11 @@ impl Cache {
             }
             None => {
                 self.stats.misses += 1;
-                let i = self.fill(mem, line_addr);
+                let i = if whole {
+                    self.claim(mem, line_addr)
+                } else {
+                    self.fill(mem, line_addr)
+                };
                 self.touch(i);
                 i
             }
@@ -255,17 +270,26 @@ impl Cache {
     /// filling missing lines from `mem`.
     pub fn load(&mut self, mem: &mut Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            let i = self.slot_for_access(mem, la);
+            let i = self.slot_for_access(mem, la, false);
             let s = i * self.line_bytes + off;
             data[done..done + n].copy_from_slice(&self.data[s..s + n]);
             owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
         }
     }
 
+    /// A CPU load of `len` bytes at `addr` whose bytes nobody looks at: the cache changes
+    /// exactly as under [`Cache::load`] (fills, evictions, LRU order, counters), without
+    /// copying the bytes out.
+    pub fn load_discard(&mut self, mem: &mut Memory, addr: u64, len: usize) {
+        for Piece { la, .. } in pieces(addr, len, self.line_bytes) {
+            self.slot_for_access(mem, la, false);
+        }
+    }
+
     /// A CPU store of `data` at `addr`: allocates missing lines and dirties them.
     pub(crate) fn store(&mut self, mem: &mut Memory, addr: u64, data: &[u8], owners: Stamps<'_>) {
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            let i = self.slot_for_access(mem, la);
+            let i = self.slot_for_access(mem, la, n == self.line_bytes);
             let s = i * self.line_bytes + off;
             self.data[s..s + n].copy_from_slice(&data[done..done + n]);
             match owners {

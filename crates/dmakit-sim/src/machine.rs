@@ -187,6 +187,29 @@ impl State {
         self.roll();
     }
 
+    /// [`State::load`] of `len` bytes whose bytes are not wanted: the same cache changes,
+    /// counters and hazard roll, without copying anything out (an uncached piece is not
+    /// touched at all, as reading it changes nothing).
+    fn load_discard(&mut self, addr: u64, len: usize) {
+        if self.uncached.is_empty() {
+            self.cache.load_discard(&mut self.mem, addr, len);
+        } else {
+            let end = addr + len as u64;
+            let mut a = addr;
+            while a < end {
+                let (stop, cached) = self.piece(a, end);
+                if cached {
+                    self.cache
+                        .load_discard(&mut self.mem, a, (stop - a) as usize);
+                }
+                a = stop;
+            }
+        }
+        self.stats.cpu_loads += 1;
+        self.hazards.touch(addr, len as u64);
+        self.roll();
+    }
+
     fn store(&mut self, addr: u64, data: &[u8], owners: Stamps<'_>) {
         if self.uncached.is_empty() {
             self.cache.store(&mut self.mem, addr, data, owners);
@@ -465,6 +488,24 @@ impl Machine {
         check(&s, a, data.len(), owners.len())?;
         if !data.is_empty() {
             s.load(a, data, owners);
+        }
+        Ok(())
+    }
+
+    /// A CPU load of `len` bytes at `addr` whose bytes the caller does not want (a driver
+    /// reading its buffer, judged later by the oracle): the machine changes exactly as
+    /// under [`Machine::cpu_read_stamped`] of that range (cache fills and evictions,
+    /// counters, hazard roll), without the copy out.
+    ///
+    /// # Errors
+    /// [`MemoryFault`] when the range is not RAM; nothing happens then.
+    pub fn cpu_read_discard(&self, addr: PhysAddr, len: u64) -> Result<(), MemoryFault> {
+        let a = addr.as_u64();
+        let n = usize::try_from(len).map_err(|_| MemoryFault { addr, len })?;
+        let mut s = self.state.borrow_mut();
+        check(&s, a, n, n)?;
+        if n != 0 {
+            s.load_discard(a, n);
         }
         Ok(())
     }

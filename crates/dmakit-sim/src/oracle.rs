@@ -200,53 +200,67 @@ impl fmt::Display for OracleReport {
     }
 }
 
+/// A tracked allocation: its owner and label, and the value and owner each of its `len`
+/// bytes must hold (the first `len` entries of `data` and `owners`; the buffers may be
+/// longer, see [`Spare`]).
 struct Alloc {
     owner: Owner,
     label: Cow<'static, str>,
+    len: usize,
     data: Vec<u8>,
     owners: Vec<Owner>,
 }
 
 impl Alloc {
     fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.len as u64
     }
 }
 
 /// Expected-value buffers of unregistered allocations, kept for the next registration so
-/// registering does not clear fresh memory that the CPU view overwrites at once. At most
-/// [`Spare::MAX`] pairs with a capacity of at most [`Spare::MAX_LEN`] bytes are kept, so
-/// the spares hold under 64 × 64 KiB × 5 bytes (20 MiB), and a pair is handed out only for
-/// a length of at least half its capacity (less 64 bytes), so a tracked allocation's
-/// buffers stay within twice its length plus 64.
+/// registering does not clear fresh memory that the CPU view overwrites at once.
+///
+/// Buffers up to [`Spare::MAX_LEN`] bytes are handed out in power-of-two lengths (the
+/// length of `n` bytes is `n.next_power_of_two()`, under `2n`), kept by length: at most
+/// [`Spare::PER_LENGTH`] pairs of each, so the spares hold under
+/// `16 × 2 × 64 KiB × 5` bytes (10 MiB). A tracked allocation's buffers therefore stay
+/// under twice its length; longer allocations get buffers of their exact length, never
+/// kept.
 #[derive(Default)]
-struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
+struct Spare(Vec<Vec<(Vec<u8>, Vec<Owner>)>>);
 
 impl Spare {
-    const MAX: usize = 64;
+    const PER_LENGTH: usize = 16;
     const MAX_LEN: usize = 64 << 10;
 
-    /// A pair of buffers of length `n` with arbitrary contents: the smallest kept pair at
-    /// least that long whose capacity is at most `2n + 64` (cut to `n`), else new ones.
+    /// A pair of buffers of at least `n` entries (`n` itself above [`Spare::MAX_LEN`], else
+    /// `n.next_power_of_two()`) with arbitrary contents: a kept pair of that length, else
+    /// new ones.
     fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
-        let cap = n.saturating_mul(2).saturating_add(64);
-        let fit = (0..self.0.len())
-            .filter(|&i| self.0[i].0.len() >= n && self.0[i].0.capacity() <= cap)
-            .filter(|&i| self.0[i].1.len() >= n && self.0[i].1.capacity() <= cap)
-            .min_by_key(|&i| self.0[i].0.len());
-        let Some(i) = fit else {
+        let len = n.next_power_of_two();
+        if len > Self::MAX_LEN {
             return (vec![0; n], vec![Owner::NOBODY; n]);
-        };
-        let (mut d, mut o) = self.0.swap_remove(i);
-        d.truncate(n);
-        o.truncate(n);
-        (d, o)
+        }
+        let class = len.trailing_zeros() as usize;
+        match self.0.get_mut(class).and_then(Vec::pop) {
+            Some(pair) => pair,
+            None => (vec![0; len], vec![Owner::NOBODY; len]),
+        }
     }
 
-    /// Keeps a pair for a later [`Spare::take`] (drops it when enough are kept).
+    /// Keeps a pair from [`Spare::take`] for a later one (drops it when enough of its
+    /// length are kept, or when it is not a length `take` hands out again).
     fn put(&mut self, d: Vec<u8>, o: Vec<Owner>) {
-        if self.0.len() < Self::MAX && d.capacity().max(o.capacity()) <= Self::MAX_LEN {
-            self.0.push((d, o));
+        let len = d.len();
+        if len != o.len() || !len.is_power_of_two() || len > Self::MAX_LEN {
+            return;
+        }
+        let class = len.trailing_zeros() as usize;
+        if self.0.len() <= class {
+            self.0.resize_with(class + 1, Vec::new);
+        }
+        if self.0[class].len() < Self::PER_LENGTH {
+            self.0[class].push((d, o));
         }
     }
 }
@@ -342,7 +356,10 @@ impl Oracle {
             return Err(bad);
         }
         let (mut data, mut owners) = self.spare.take(n);
-        if view.cpu_view(addr, &mut data, &mut owners).is_err() {
+        if view
+            .cpu_view(addr, &mut data[..n], &mut owners[..n])
+            .is_err()
+        {
             self.spare.put(data, owners);
             return Err(bad);
         }
@@ -351,6 +368,7 @@ impl Oracle {
             Alloc {
                 owner,
                 label: label.into(),
+                len: n,
                 data,
                 owners,
             },
@@ -588,7 +606,7 @@ impl Oracle {
         let Some(al) = self.allocs.get(&start) else {
             return Ok(());
         };
-        let n = al.data.len();
+        let n = al.len;
         let (cd, co, rd, ro) = &mut self.scratch;
         // Grown, never shrunk: a shorter check reuses the buffers without clearing them.
         for (v, o) in [(&mut *cd, &mut *co), (&mut *rd, &mut *ro)] {
@@ -605,7 +623,7 @@ impl Oracle {
         view.cpu_view(PhysAddr::new(start), cd, co)
             .map_err(|_| bad.clone())?;
         self.report.checked_bytes += n as u64;
-        if *cd == al.data[..] && owners_eq(co, &al.owners) {
+        if *cd == al.data[..n] && owners_eq(co, &al.owners[..n]) {
             return Ok(());
         }
         let (rd, ro) = (&mut rd[..n], &mut ro[..n]);
