@@ -9,7 +9,7 @@
 //! from outside through [`Cache::evict`] and [`Cache::speculative_fill`].
 
 use crate::error::SimError;
-use crate::memory::{Memory, Owner, Stamps};
+use crate::memory::{owners_eq, Memory, Owner, Stamps};
 
 /// Geometry of the data cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +82,12 @@ struct Meta {
 pub struct Cache {
     line: u64,
     line_bytes: usize,
+    /// `log2(line)`: a line address's line number is `la >> line_shift`.
+    line_shift: u32,
     sets: u64,
+    /// `sets - 1` when `sets` is a power of two (the set of a line is then a mask of its
+    /// number, not a division); `None` otherwise.
+    set_mask: Option<u64>,
     ways: usize,
     meta: Vec<Meta>,
     data: Vec<u8>,
@@ -130,10 +135,13 @@ impl Cache {
     pub fn new(cfg: CacheConfig) -> Result<Self, SimError> {
         cfg.validate()?;
         let lines = (cfg.capacity / cfg.line_size) as usize;
+        let sets = cfg.capacity / (cfg.line_size * cfg.ways);
         Ok(Self {
             line: cfg.line_size,
             line_bytes: cfg.line_size as usize,
-            sets: cfg.capacity / (cfg.line_size * cfg.ways),
+            line_shift: cfg.line_size.trailing_zeros(),
+            sets,
+            set_mask: sets.is_power_of_two().then(|| sets - 1),
             ways: cfg.ways as usize,
             meta: vec![Meta::default(); lines],
             data: vec![0; cfg.capacity as usize],
@@ -161,7 +169,12 @@ impl Cache {
 
     #[inline]
     fn set_of(&self, line_addr: u64) -> usize {
-        ((line_addr / self.line) % self.sets) as usize * self.ways
+        let number = line_addr >> self.line_shift;
+        let set = match self.set_mask {
+            Some(mask) => number & mask,
+            None => number % self.sets,
+        };
+        set as usize * self.ways
     }
 
     #[inline]
@@ -308,19 +321,53 @@ impl Cache {
     /// What a load would return, without touching LRU state or filling lines: cached bytes
     /// from the cache, the rest from `mem`.
     pub fn peek(&self, mem: &Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
+        // Consecutive lines that are not cached are read from `mem` in one go: bytes
+        // `from..done` of the access, once a cached line or the end closes the run.
+        let mut from = 0usize;
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            match self.find(la) {
-                Some(i) => {
-                    let s = i * self.line_bytes + off;
-                    data[done..done + n].copy_from_slice(&self.data[s..s + n]);
-                    owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
+            if let Some(i) = self.find(la) {
+                if from < done {
+                    let r = from..done;
+                    mem.read_unchecked(addr + from as u64, &mut data[r.clone()], &mut owners[r]);
                 }
-                None => mem.read_unchecked(
-                    la + off as u64,
-                    &mut data[done..done + n],
-                    &mut owners[done..done + n],
-                ),
+                from = done + n;
+                let s = i * self.line_bytes + off;
+                data[done..done + n].copy_from_slice(&self.data[s..s + n]);
+                owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
             }
+        }
+        if from < data.len() {
+            let r = from..data.len();
+            mem.read_unchecked(addr + from as u64, &mut data[r.clone()], &mut owners[r]);
+        }
+    }
+
+    /// Whether a [`Cache::peek`] of `data.len()` bytes at `addr` would return exactly
+    /// `data` and `owners` (same length); compares in place, copying nothing, and like
+    /// `peek` changes nothing.
+    pub fn peek_eq(&self, mem: &Memory, addr: u64, data: &[u8], owners: &[Owner]) -> bool {
+        // Runs of lines that are not cached are compared with `mem` in one go, as in `peek`.
+        let mut from = 0usize;
+        for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
+            if let Some(i) = self.find(la) {
+                if from < done {
+                    let r = from..done;
+                    if !mem.eq_unchecked(addr + from as u64, &data[r.clone()], &owners[r]) {
+                        return false;
+                    }
+                }
+                from = done + n;
+                let s = i * self.line_bytes + off;
+                if data[done..done + n] != self.data[s..s + n]
+                    || !owners_eq(&owners[done..done + n], &self.owners[s..s + n])
+                {
+                    return false;
+                }
+            }
+        }
+        from >= data.len() || {
+            let r = from..data.len();
+            mem.eq_unchecked(addr + from as u64, &data[r.clone()], &owners[r])
         }
     }
 
@@ -343,7 +390,7 @@ impl Cache {
         }
         let first = start & !(self.line - 1);
         let last = (start.saturating_add(len - 1)) & !(self.line - 1);
-        let count = (last - first) / self.line + 1;
+        let count = ((last - first) >> self.line_shift) + 1;
         if count as usize > self.meta.len() {
             for i in 0..self.meta.len() {
                 let m = self.meta[i];

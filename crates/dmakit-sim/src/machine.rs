@@ -249,6 +249,28 @@ impl State {
         });
     }
 
+    /// Whether [`State::peek`] would return exactly `data` and `owners`; compares in
+    /// place.
+    fn peek_eq(&self, addr: u64, data: &[u8], owners: &[Owner]) -> bool {
+        let end = addr + data.len() as u64;
+        let mut a = addr;
+        while a < end {
+            let (stop, cached) = self.piece(a, end);
+            let r = (a - addr) as usize..(stop - addr) as usize;
+            let (d, w) = (&data[r.clone()], &owners[r]);
+            let same = if cached {
+                self.cache.peek_eq(&self.mem, a, d, w)
+            } else {
+                self.mem.eq_unchecked(a, d, w)
+            };
+            if !same {
+                return false;
+            }
+            a = stop;
+        }
+        true
+    }
+
     /// One roll of the hazard dice, performing whatever comes up.
     #[inline]
     fn roll(&mut self) {
@@ -565,6 +587,23 @@ impl Machine {
             s.peek(addr.as_u64(), data, owners);
         }
         Ok(())
+    }
+
+    /// Whether a [`Machine::peek_cpu`] of `data.len()` bytes at `addr` would return
+    /// exactly `data` and `owners`: compared in place, without copying, and without any
+    /// side effect.
+    ///
+    /// # Errors
+    /// As [`Machine::peek_cpu`].
+    pub fn peek_cpu_eq(
+        &self,
+        addr: PhysAddr,
+        data: &[u8],
+        owners: &[Owner],
+    ) -> Result<bool, MemoryFault> {
+        let s = self.state.borrow();
+        check(&s, addr.as_u64(), data.len(), owners.len())?;
+        Ok(data.is_empty() || s.peek_eq(addr.as_u64(), data, owners))
     }
 
     /// What RAM holds now, ignoring the cache. No side effect.

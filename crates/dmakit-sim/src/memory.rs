@@ -240,6 +240,31 @@ impl Memory {
         }
     }
 
+    /// Whether `[addr, addr + data.len())` holds exactly `data` stamped `owners` (same
+    /// length), without the RAM check: the caller has checked the range. Compares in place,
+    /// copying nothing.
+    pub(crate) fn eq_unchecked(&self, addr: u64, data: &[u8], owners: &[Owner]) -> bool {
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = addr + done as u64;
+            let off = (a % MEM_PAGE) as usize;
+            let n = (PAGE - off).min(data.len() - done);
+            let (d, o) = (&data[done..done + n], &owners[done..done + n]);
+            let same = match self.lookup(a / MEM_PAGE) {
+                Some(i) => {
+                    let p = &self.pages[i];
+                    *d == p.data[off..off + n] && owners_eq(o, &p.owners[off..off + n])
+                }
+                None => d.iter().all(|&b| b == 0) && o.iter().all(|&w| w == Owner::NOBODY),
+            };
+            if !same {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
     /// Writes `data` at `addr`, stamping byte `i` with `owners[i]`.
     ///
     /// # Errors
