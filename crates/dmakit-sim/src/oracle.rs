@@ -21,7 +21,6 @@
 //! CPU saw, so one loss is not counted again at every later check.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use dmakit::{MemoryFault, PhysAddr, PhysRange};
@@ -29,6 +28,7 @@ use dmakit::{MemoryFault, PhysAddr, PhysRange};
 use crate::error::SimError;
 use crate::machine::Machine;
 use crate::memory::{owners_eq, Owner};
+use crate::range_map::RangeMap;
 
 /// How the oracle reads memory back. [`Machine`] implements it with its side-effect-free
 /// peeks; tests can implement it by hand.
@@ -294,10 +294,12 @@ pub struct Oracle {
     line: u64,
     extra_neighbours: usize,
     max_details: usize,
-    allocs: BTreeMap<u64, Alloc>,
+    allocs: RangeMap<Alloc>,
     report: OracleReport,
     scratch: (Vec<u8>, Vec<Owner>, Vec<u8>, Vec<Owner>),
     keys: Vec<u64>,
+    /// Scratch of [`Oracle::expect`]: the allocations a store covers.
+    hits: Vec<u64>,
     spare: Spare,
 }
 
@@ -315,10 +317,11 @@ impl Oracle {
             line: line_size,
             extra_neighbours: 0,
             max_details: 32,
-            allocs: BTreeMap::new(),
+            allocs: RangeMap::default(),
             report: OracleReport::default(),
             scratch: Default::default(),
             keys: Vec::new(),
+            hits: Vec::new(),
             spare: Spare::default(),
         })
     }
@@ -326,6 +329,9 @@ impl Oracle {
     /// Also check this many tracked allocations on each side of the buffer's edge lines.
     pub fn set_extra_neighbours(&mut self, n: usize) {
         self.extra_neighbours = n;
+        if n > 0 {
+            self.allocs.keep_order();
+        }
     }
 
     /// Keep at most `n` detailed byte reports.
@@ -374,7 +380,8 @@ impl Oracle {
         let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
         let n = usize::try_from(len).map_err(|_| bad.clone())?;
         if self
-            .overlapping(range.start().as_u64(), range.end().as_u64())
+            .allocs
+            .first_overlapping(range.start().as_u64(), range.end().as_u64())
             .is_some()
         {
             return Err(bad);
@@ -389,6 +396,7 @@ impl Oracle {
         }
         self.allocs.insert(
             addr.as_u64(),
+            range.end().as_u64(),
             Alloc {
                 owner,
                 label: label.into(),
@@ -407,28 +415,15 @@ impl Oracle {
     pub fn unregister(&mut self, addr: PhysAddr) -> Result<(), SimError> {
         let al = self
             .allocs
-            .remove(&addr.as_u64())
+            .remove(addr.as_u64())
             .ok_or(SimError::UnknownAllocation(addr.as_u64()))?;
         self.spare.put(al.data, al.owners);
         Ok(())
     }
 
-    /// Some tracked allocation overlapping `[a, b)`, if any.
-    fn overlapping(&self, a: u64, b: u64) -> Option<u64> {
-        let (&s, al) = self.allocs.range(..b).next_back()?;
-        (s + al.len() > a).then_some(s)
-    }
-
     /// Starts of tracked allocations overlapping `[a, b)`, ascending, into `self.keys`.
     fn collect_overlapping(&mut self, a: u64, b: u64) {
-        self.keys.clear();
-        for (&s, al) in self.allocs.range(..b).rev() {
-            if s + al.len() <= a {
-                break;
-            }
-            self.keys.push(s);
-        }
-        self.keys.reverse();
+        self.allocs.overlapping(a, b, &mut self.keys);
     }
 
     /// The CPU stored `data` at `addr` stamped `owner`: tracked bytes there must now hold it.
@@ -447,12 +442,13 @@ impl Oracle {
             return;
         }
         let end = addr.saturating_add(data.len() as u64);
-        // Tracked allocations do not overlap: walk down from the last one starting before
-        // `end` until one ends at or before `addr`, updating each in place.
-        for (&s, al) in self.allocs.range_mut(..end).rev() {
-            if s + al.len() <= addr {
-                break;
-            }
+        // Tracked allocations do not overlap: each one the store covers is updated in place.
+        let mut hits = std::mem::take(&mut self.hits);
+        self.allocs.overlapping(addr, end, &mut hits);
+        for &s in &hits {
+            let Some(al) = self.allocs.get_mut(s) else {
+                continue;
+            };
             let lo = addr.max(s);
             let hi = end.min(s + al.len());
             let (ao, so) = ((lo - s) as usize, (lo - addr) as usize);
@@ -460,6 +456,7 @@ impl Oracle {
             al.data[ao..ao + n].copy_from_slice(&data[so..so + n]);
             al.owners[ao..ao + n].fill(owner);
         }
+        self.hits = hits;
     }
 
     fn record(&mut self, r: ByteReport) {
@@ -508,7 +505,7 @@ impl Oracle {
         let keys = std::mem::take(&mut self.keys);
         let transfer = self.report.transfers + 1;
         for &s in &keys {
-            let Some(al) = self.allocs.get(&s) else {
+            let Some(al) = self.allocs.get(s) else {
                 continue;
             };
             let lo = a.max(s);
@@ -576,16 +573,13 @@ impl Oracle {
         if self.extra_neighbours > 0 {
             let before: Vec<u64> = self
                 .allocs
-                .range(..first)
-                .rev()
-                .map(|(&s, _)| s)
+                .starts_before(first)
                 .filter(|s| !keys.contains(s))
                 .take(self.extra_neighbours)
                 .collect();
             let after: Vec<u64> = self
                 .allocs
-                .range(end..)
-                .map(|(&s, _)| s)
+                .starts_from(end)
                 .take(self.extra_neighbours)
                 .collect();
             keys.extend(before);
@@ -611,7 +605,7 @@ impl Oracle {
         view: &impl MemoryView,
         transfer_owner: Owner,
     ) -> Result<(), SimError> {
-        let keys: Vec<u64> = self.allocs.keys().copied().collect();
+        let keys = self.allocs.starts();
         let mut result = Ok(());
         for s in keys {
             if let Err(e) = self.check_alloc(view, s, transfer_owner) {
@@ -627,7 +621,7 @@ impl Oracle {
         start: u64,
         transfer_owner: Owner,
     ) -> Result<(), SimError> {
-        let Some(al) = self.allocs.get(&start) else {
+        let Some(al) = self.allocs.get(start) else {
             return Ok(());
         };
         let n = al.len;
@@ -675,7 +669,7 @@ impl Oracle {
             found.push((i, kind));
         }
         let mut reports = Vec::with_capacity(found.len());
-        if let Some(al) = self.allocs.get_mut(&start) {
+        if let Some(al) = self.allocs.get_mut(start) {
             for &(i, kind) in &found {
                 reports.push(ByteReport {
                     transfer,
