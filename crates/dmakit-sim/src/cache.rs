@@ -180,10 +180,10 @@ impl Cache {
     #[inline]
     fn find(&self, line_addr: u64) -> Option<usize> {
         let base = self.set_of(line_addr);
-        (base..base + self.ways).find(|&i| {
-            let m = &self.meta[i];
-            m.valid && m.tag == line_addr
-        })
+        self.meta[base..base + self.ways]
+            .iter()
+            .position(|m| m.valid && m.tag == line_addr)
+            .map(|w| base + w)
     }
 
     /// Whether the line containing `addr` is cached, and if so whether it is dirty.
@@ -227,16 +227,19 @@ impl Cache {
     /// store that overwrites the whole line at once, whose old contents nobody can see.
     fn claim(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
         let base = self.set_of(line_addr);
-        let mut victim = base;
-        for i in base..base + self.ways {
-            if !self.meta[i].valid {
-                victim = i;
+        // The first invalid way, else the first of the least recently used.
+        let set = &self.meta[base..base + self.ways];
+        let mut victim = 0;
+        for (w, m) in set.iter().enumerate() {
+            if !m.valid {
+                victim = w;
                 break;
             }
-            if self.meta[i].lru < self.meta[victim].lru {
-                victim = i;
+            if m.lru < set[victim].lru {
+                victim = w;
             }
         }
+        let victim = base + victim;
         if self.meta[victim].valid {
             self.write_back(mem, victim);
             self.stats.capacity_evictions += 1;

@@ -408,6 +408,54 @@ impl Oracle {
         Ok(())
     }
 
+    /// Starts tracking an allocation the CPU is about to fill: `data.len()` bytes at
+    /// `addr` owned by `owner`, which must hold `data`, every byte stamped `owner`. The
+    /// caller then stores exactly that over the whole allocation (through the machine)
+    /// before anything else happens to it. The same as [`Oracle::register`] followed,
+    /// once stored, by [`Oracle::cpu_stored`] of `data`, without reading what that store
+    /// replaces.
+    ///
+    /// # Errors
+    /// [`SimError::BadAllocation`] when the range is empty, overflows or overlaps a
+    /// tracked allocation.
+    pub fn register_stored(
+        &mut self,
+        owner: Owner,
+        addr: PhysAddr,
+        data: &[u8],
+        label: impl Into<Cow<'static, str>>,
+    ) -> Result<(), SimError> {
+        let len = data.len() as u64;
+        let bad = SimError::BadAllocation {
+            addr: addr.as_u64(),
+            len,
+        };
+        let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
+        if self
+            .allocs
+            .first_overlapping(range.start().as_u64(), range.end().as_u64())
+            .is_some()
+        {
+            return Err(bad);
+        }
+        let n = data.len();
+        let (mut expected, mut owners) = self.spare.take(n);
+        expected[..n].copy_from_slice(data);
+        owners[..n].fill(owner);
+        self.allocs.insert(
+            addr.as_u64(),
+            range.end().as_u64(),
+            Alloc {
+                owner,
+                label: label.into(),
+                len: n,
+                data: expected,
+                owners,
+            },
+        );
+        Ok(())
+    }
+
     /// Stops tracking the allocation starting at `addr`.
     ///
     /// # Errors

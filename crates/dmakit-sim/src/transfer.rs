@@ -155,6 +155,31 @@ pub fn cpu_scribble(
     Ok(())
 }
 
+/// The CPU fills a new allocation, `range`, with random bytes stamped `owner`, and the
+/// oracle starts tracking it (labelled `label`) with them: the same as
+/// [`Oracle::register`] then [`cpu_scribble`] over the whole allocation, without reading
+/// the bytes the fill replaces.
+///
+/// # Errors
+/// [`WorkloadError::Sim`] when the oracle refuses the allocation
+/// ([`Oracle::register_stored`]) or the range is not RAM.
+pub fn cpu_scribble_new(
+    machine: &Machine,
+    oracle: &mut Oracle,
+    rng: &mut SimRng,
+    scratch: &mut Scratch,
+    range: PhysRange,
+    owner: Owner,
+    label: &'static str,
+) -> Result<(), WorkloadError> {
+    let data = sized(&mut scratch.data, range.len() as usize, 0);
+    rng.fill_bytes(data);
+    let a = range.start();
+    oracle.register_stored(owner, a, data, label)?;
+    machine.cpu_write(a, data, owner).map_err(fault)?;
+    Ok(())
+}
+
 impl<P: Platform> Transfer<'_, P> {
     /// With the mapper's debug checker on, reports a CPU access to memory the device owns
     /// (the model sees every access a kernel's checker cannot).
