@@ -83,6 +83,15 @@ impl<'m> Heap<'m> {
         Ok(())
     }
 
+    /// Records `len` bytes at `addr` owned by `owner` as an object for
+    /// [`Heap::neighbours`], without registering it with the oracle: the caller registers
+    /// it when the CPU first fills it
+    /// ([`Transfer::start_fresh`](dmakit_sim::transfer::Transfer::start_fresh)), before
+    /// anything else happens to it. [`Heap::untrack`] then ends both.
+    pub fn place(&mut self, addr: u64, len: u64, owner: Owner) {
+        self.objects.insert(addr, Obj { len, owner });
+    }
+
     /// Stops tracking the object at `addr`.
     ///
     /// # Errors

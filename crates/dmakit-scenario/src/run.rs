@@ -414,6 +414,7 @@ pub fn run_policy(
                         dir,
                         owner: buf.owner,
                         neighbours: &nb,
+                        fresh: buf.fresh,
                     };
                     let started =
                         sites::run_at(site, &mut tr, &args, &mut seen[site]).map_err(model)?;

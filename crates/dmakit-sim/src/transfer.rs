@@ -354,8 +354,54 @@ impl<P: Platform> Transfer<'_, P> {
         owner: Owner,
         neighbours: &[Neighbour],
     ) -> Result<Started, WorkloadError> {
+        self.start_as(buf, dir, owner, neighbours, None)
+    }
+
+    /// [`Transfer::start`] for a buffer just allocated and not yet tracked by the oracle:
+    /// the CPU's preparation, which fills the whole buffer, is what the oracle starts
+    /// tracking it with (labelled `label`, see [`cpu_scribble_new`]); everything else is
+    /// as `start`. `#[track_caller]` as [`Transfer::run`].
+    ///
+    /// # Errors
+    /// As [`Transfer::run`], and [`WorkloadError::Sim`] when the oracle refuses the buffer.
+    #[track_caller]
+    pub fn start_fresh(
+        &mut self,
+        buf: PhysRange,
+        dir: Direction,
+        owner: Owner,
+        neighbours: &[Neighbour],
+        label: &'static str,
+    ) -> Result<Started, WorkloadError> {
+        self.start_as(buf, dir, owner, neighbours, Some(label))
+    }
+
+    /// [`Transfer::start`]; with `fresh`, the buffer is registered as it is prepared.
+    #[track_caller]
+    fn start_as(
+        &mut self,
+        buf: PhysRange,
+        dir: Direction,
+        owner: Owner,
+        neighbours: &[Neighbour],
+        fresh: Option<&'static str>,
+    ) -> Result<Started, WorkloadError> {
         // The CPU prepares the buffer and touches the neighbours.
-        self.scribble(buf.start().as_u64(), buf.len(), owner)?;
+        match fresh {
+            None => self.scribble(buf.start().as_u64(), buf.len(), owner)?,
+            Some(label) => {
+                self.check_ownership(buf.start().as_u64(), buf.len(), true);
+                cpu_scribble_new(
+                    self.machine,
+                    self.oracle,
+                    self.rng,
+                    self.scratch,
+                    buf,
+                    owner,
+                    label,
+                )?;
+            }
+        }
         for _ in 0..self.rng.between(0, 2) {
             self.cpu_step(neighbours)?;
         }
