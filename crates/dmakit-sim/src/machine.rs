@@ -842,10 +842,17 @@ impl Machine {
             return Ok(());
         }
         let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
-        tmp.data.resize(n, 0);
-        tmp.owners.resize(n, Owner::NOBODY);
-        s.load(src, &mut tmp.data, &mut tmp.owners);
-        s.store(dst, &tmp.data, Stamps::Each(&tmp.owners));
+        // Grown, never shrunk: the load overwrites the first `n` entries, so a shorter copy
+        // reuses the buffers without clearing them.
+        if tmp.data.len() < n {
+            tmp.data.resize(n, 0);
+        }
+        if tmp.owners.len() < n {
+            tmp.owners.resize(n, Owner::NOBODY);
+        }
+        let (d, o) = (&mut tmp.data[..n], &mut tmp.owners[..n]);
+        s.load(src, d, o);
+        s.store(dst, d, Stamps::Each(o));
         s.stats.copied_bytes += len;
         s.scratch = tmp;
         Ok(())
@@ -862,9 +869,12 @@ impl Machine {
             return Ok(());
         }
         let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
-        tmp.data.clear();
-        tmp.data.resize(n, byte);
-        s.store(dst, &tmp.data, Stamps::All(Owner::NOBODY));
+        if tmp.data.len() < n {
+            tmp.data.resize(n, 0);
+        }
+        let d = &mut tmp.data[..n];
+        d.fill(byte);
+        s.store(dst, d, Stamps::All(Owner::NOBODY));
         s.scratch = tmp;
         Ok(())
     }
