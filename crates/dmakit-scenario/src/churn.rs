@@ -15,7 +15,7 @@ use crate::model::SlabinfoSource;
 use crate::slabinfo::parse_slabinfo;
 use dmakit_sim::oracle::Oracle;
 use dmakit_sim::rng::SimRng;
-use dmakit_sim::transfer::{cpu_scribble, Scratch};
+use dmakit_sim::transfer::Scratch;
 
 /// Where the live slabinfo is read from when the source is `live` or `auto`.
 pub const PROC_SLABINFO: &str = "/proc/slabinfo";
@@ -133,9 +133,14 @@ impl Churn {
         scratch: &mut Scratch,
     ) -> Result<(), HeapError> {
         let size = self.sizes.sample(rng);
-        let (addr, owner) = heap.kmalloc(oracle, size, AllocKind::Normal, "kmalloc-object")?;
-        cpu_scribble(heap.machine(), oracle, rng, scratch, addr, size, owner)
-            .map_err(|_| HeapError::Sim(dmakit_sim::SimError::BadRange { addr, len: size }))?;
+        let (addr, _) = heap.kmalloc_filled(
+            oracle,
+            rng,
+            scratch,
+            size,
+            AllocKind::Normal,
+            "kmalloc-object",
+        )?;
         self.live.push(addr);
         Ok(())
     }

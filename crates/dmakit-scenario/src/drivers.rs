@@ -30,6 +30,10 @@ pub struct Buffer {
     pub len: u64,
     /// Its owner stamp.
     pub owner: Owner,
+    /// For a buffer just allocated, the label the oracle tracks it under from the
+    /// transfer's preparation on (it is not tracked before); `None` for a buffer the
+    /// oracle already tracks.
+    pub fresh: Option<&'static str>,
     release: Release,
 }
 
@@ -113,11 +117,14 @@ impl Placer {
                 } else {
                     AllocKind::Dma
                 };
-                let (start, owner) = env.heap.kmalloc(env.oracle, len, kind, "dma-buffer")?;
+                let start = env.heap.kmalloc_untracked(len, kind)?;
+                let owner = env.heap.fresh_owner();
+                env.heap.place(start, len, owner);
                 Ok(Buffer {
                     start,
                     len,
                     owner,
+                    fresh: Some("dma-buffer"),
                     release: Release::Kfree,
                 })
             }
@@ -130,6 +137,7 @@ impl Placer {
                     start: base + offset,
                     len,
                     owner,
+                    fresh: None,
                     release: Release::Keep,
                 })
             }
@@ -163,14 +171,12 @@ impl Placer {
                     }))?
                     .as_u64();
                 let owner = env.heap.fresh_owner();
-                if let Err(e) = env.heap.track(env.oracle, base, len, owner, "page-buffer") {
-                    let _ = m.free_pages_checked(dmakit::PhysAddr::new(base), pages);
-                    return Err(sim(e));
-                }
+                env.heap.place(base, len, owner);
                 Ok(Buffer {
                     start: base,
                     len,
                     owner,
+                    fresh: Some("page-buffer"),
                     release: Release::Pages(pages),
                 })
             }
@@ -300,9 +306,7 @@ impl Placer {
         let frag = self.blocks[bi].base + off;
         let owner = env.heap.fresh_owner();
         let start = frag + headroom;
-        env.heap
-            .track(env.oracle, start, len, owner, "page-frag")
-            .map_err(sim)?;
+        env.heap.place(start, len, owner);
         let tail_at = (tail > 0).then_some(frag + tail_off);
         if let Some(t) = tail_at {
             env.heap
@@ -324,6 +328,7 @@ impl Placer {
             start,
             len,
             owner,
+            fresh: Some("page-frag"),
             release: Release::Frag(Frag {
                 buf: start,
                 tail: tail_at,

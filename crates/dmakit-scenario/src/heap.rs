@@ -8,14 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use dmakit::{PhysAddr, PAGE_SIZE};
+use dmakit::{PhysAddr, PhysRange, PAGE_SIZE};
 use dmakit_mem::{AllocKind, Kmalloc, MemError};
 
 use dmakit_sim::error::SimError;
 use dmakit_sim::machine::Machine;
 use dmakit_sim::memory::Owner;
 use dmakit_sim::oracle::Oracle;
-use dmakit_sim::transfer::Neighbour;
+use dmakit_sim::rng::SimRng;
+use dmakit_sim::transfer::{cpu_scribble_new, Neighbour, Scratch};
+use dmakit_sim::workload::WorkloadError;
 
 #[derive(Clone, Copy, Debug)]
 struct Obj {
@@ -81,6 +83,15 @@ impl<'m> Heap<'m> {
         Ok(())
     }
 
+    /// Records `len` bytes at `addr` owned by `owner` as an object for
+    /// [`Heap::neighbours`], without registering it with the oracle: the caller registers
+    /// it when the CPU first fills it
+    /// ([`Transfer::start_fresh`](dmakit_sim::transfer::Transfer::start_fresh)), before
+    /// anything else happens to it. [`Heap::untrack`] then ends both.
+    pub fn place(&mut self, addr: u64, len: u64, owner: Owner) {
+        self.objects.insert(addr, Obj { len, owner });
+    }
+
     /// Stops tracking the object at `addr`.
     ///
     /// # Errors
@@ -108,6 +119,45 @@ impl<'m> Heap<'m> {
             return Err(e.into());
         }
         Ok((addr.as_u64(), owner))
+    }
+
+    /// kmalloc's `size` bytes of `kind`, has the CPU fill them with random bytes and tracks
+    /// them with a fresh owner: the same as [`Heap::kmalloc`] then
+    /// [`cpu_scribble`](dmakit_sim::transfer::cpu_scribble) over the object, without
+    /// reading the bytes the fill replaces.
+    ///
+    /// # Errors
+    /// [`HeapError::Kmalloc`] when kmalloc refuses; [`HeapError::Sim`] from registration or
+    /// the fill (the object is freed again then).
+    pub fn kmalloc_filled(
+        &mut self,
+        oracle: &mut Oracle,
+        rng: &mut SimRng,
+        scratch: &mut Scratch,
+        size: u64,
+        kind: AllocKind,
+        label: &'static str,
+    ) -> Result<(u64, Owner), HeapError> {
+        let addr = self.kmalloc.alloc(size, kind).map_err(HeapError::Kmalloc)?;
+        let owner = self.fresh_owner();
+        let a = addr.as_u64();
+        let filled = match PhysRange::new(addr, size) {
+            Some(range) => {
+                cpu_scribble_new(self.machine, oracle, rng, scratch, range, owner, label).map_err(
+                    |e| match e {
+                        WorkloadError::Sim(s) => s,
+                        _ => SimError::BadRange { addr: a, len: size },
+                    },
+                )
+            }
+            None => Err(SimError::BadAllocation { addr: a, len: size }),
+        };
+        if let Err(e) = filled {
+            let _ = self.kmalloc.free(addr);
+            return Err(HeapError::Sim(e));
+        }
+        self.objects.insert(a, Obj { len: size, owner });
+        Ok((a, owner))
     }
 
     /// kmalloc's `size` bytes of `kind` without tracking them (the caller tracks the parts

@@ -414,6 +414,7 @@ pub fn run_policy(
                         dir,
                         owner: buf.owner,
                         neighbours: &nb,
+                        fresh: buf.fresh,
                     };
                     let started =
                         sites::run_at(site, &mut tr, &args, &mut seen[site]).map_err(model)?;
@@ -585,8 +586,7 @@ pub fn run_policy(
 
 /// Bounced mappings and bytes copied so far, as the mapper's statistics count them.
 fn bounce_counts<P: dmakit::Platform>(mapper: &DmaMapper<P>) -> (u64, u64) {
-    let t = mapper.stats().total();
-    (t.bounces_total(), t.bytes_to_bounce + t.bytes_from_bounce)
+    mapper.bounce_totals()
 }
 
 /// Why an untrusted device's buffers bounce, and what avoids the copy.

@@ -27,6 +27,10 @@ pub struct Args<'a> {
     pub owner: Owner,
     /// What the CPU keeps using meanwhile.
     pub neighbours: &'a [Neighbour],
+    /// The label to track the buffer under from the transfer's preparation on, for a
+    /// buffer the oracle does not track yet ([`Transfer::start_fresh`]); `None` for one
+    /// already tracked.
+    pub fresh: Option<&'static str>,
 }
 
 #[track_caller]
@@ -36,7 +40,10 @@ fn go<P: Platform>(
     seen: &mut Option<&'static Location<'static>>,
 ) -> Result<Started, WorkloadError> {
     seen.get_or_insert(Location::caller());
-    t.start(a.buf, a.dir, a.owner, a.neighbours)
+    match a.fresh {
+        None => t.start(a.buf, a.dir, a.owner, a.neighbours),
+        Some(label) => t.start_fresh(a.buf, a.dir, a.owner, a.neighbours, label),
+    }
 }
 
 /// Starts the transfer (maps it) from call site number `site` (`< SITES`), recording that

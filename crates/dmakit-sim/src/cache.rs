@@ -9,7 +9,7 @@
 //! from outside through [`Cache::evict`] and [`Cache::speculative_fill`].
 
 use crate::error::SimError;
-use crate::memory::{Memory, Owner, Stamps};
+use crate::memory::{owners_eq, Memory, Owner, Stamps};
 
 /// Geometry of the data cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +82,12 @@ struct Meta {
 pub struct Cache {
     line: u64,
     line_bytes: usize,
+    /// `log2(line)`: a line address's line number is `la >> line_shift`.
+    line_shift: u32,
     sets: u64,
+    /// `sets - 1` when `sets` is a power of two (the set of a line is then a mask of its
+    /// number, not a division); `None` otherwise.
+    set_mask: Option<u64>,
     ways: usize,
     meta: Vec<Meta>,
     data: Vec<u8>,
@@ -130,10 +135,13 @@ impl Cache {
     pub fn new(cfg: CacheConfig) -> Result<Self, SimError> {
         cfg.validate()?;
         let lines = (cfg.capacity / cfg.line_size) as usize;
+        let sets = cfg.capacity / (cfg.line_size * cfg.ways);
         Ok(Self {
             line: cfg.line_size,
             line_bytes: cfg.line_size as usize,
-            sets: cfg.capacity / (cfg.line_size * cfg.ways),
+            line_shift: cfg.line_size.trailing_zeros(),
+            sets,
+            set_mask: sets.is_power_of_two().then(|| sets - 1),
             ways: cfg.ways as usize,
             meta: vec![Meta::default(); lines],
             data: vec![0; cfg.capacity as usize],
@@ -161,16 +169,21 @@ impl Cache {
 
     #[inline]
     fn set_of(&self, line_addr: u64) -> usize {
-        ((line_addr / self.line) % self.sets) as usize * self.ways
+        let number = line_addr >> self.line_shift;
+        let set = match self.set_mask {
+            Some(mask) => number & mask,
+            None => number % self.sets,
+        };
+        set as usize * self.ways
     }
 
     #[inline]
     fn find(&self, line_addr: u64) -> Option<usize> {
         let base = self.set_of(line_addr);
-        (base..base + self.ways).find(|&i| {
-            let m = &self.meta[i];
-            m.valid && m.tag == line_addr
-        })
+        self.meta[base..base + self.ways]
+            .iter()
+            .position(|m| m.valid && m.tag == line_addr)
+            .map(|w| base + w)
     }
 
     /// Whether the line containing `addr` is cached, and if so whether it is dirty.
@@ -202,24 +215,35 @@ impl Cache {
 
     /// Brings `line_addr` into the cache (clean), evicting the LRU line of its set.
     fn fill(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
+        let victim = self.claim(mem, line_addr);
+        let s = victim * self.line_bytes;
+        let e = s + self.line_bytes;
+        mem.read_unchecked(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
+        victim
+    }
+
+    /// Gives `line_addr` the LRU slot of its set (written back first when dirty), as
+    /// [`Cache::fill`] does, but leaves the slot's bytes and stamps as they were: for a
+    /// store that overwrites the whole line at once, whose old contents nobody can see.
+    fn claim(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
         let base = self.set_of(line_addr);
-        let mut victim = base;
-        for i in base..base + self.ways {
-            if !self.meta[i].valid {
-                victim = i;
+        // The first invalid way, else the first of the least recently used.
+        let set = &self.meta[base..base + self.ways];
+        let mut victim = 0;
+        for (w, m) in set.iter().enumerate() {
+            if !m.valid {
+                victim = w;
                 break;
             }
-            if self.meta[i].lru < self.meta[victim].lru {
-                victim = i;
+            if m.lru < set[victim].lru {
+                victim = w;
             }
         }
+        let victim = base + victim;
         if self.meta[victim].valid {
             self.write_back(mem, victim);
             self.stats.capacity_evictions += 1;
         }
-        let s = victim * self.line_bytes;
-        let e = s + self.line_bytes;
-        mem.read_unchecked(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
         self.meta[victim] = Meta {
             tag: line_addr,
             valid: true,
@@ -235,7 +259,10 @@ impl Cache {
         self.meta[i].lru = self.clock;
     }
 
-    fn slot_for_access(&mut self, mem: &mut Memory, line_addr: u64) -> usize {
+    /// The slot holding `line_addr` for a CPU access, filled on a miss. With `whole`
+    /// (the access overwrites every byte of the line) a miss takes its slot without reading
+    /// RAM: the line ends up exactly as if it had been filled, then overwritten.
+    fn slot_for_access(&mut self, mem: &mut Memory, line_addr: u64, whole: bool) -> usize {
         match self.find(line_addr) {
             Some(i) => {
                 self.stats.hits += 1;
@@ -244,7 +271,11 @@ impl Cache {
             }
             None => {
                 self.stats.misses += 1;
-                let i = self.fill(mem, line_addr);
+                let i = if whole {
+                    self.claim(mem, line_addr)
+                } else {
+                    self.fill(mem, line_addr)
+                };
                 self.touch(i);
                 i
             }
@@ -255,17 +286,26 @@ impl Cache {
     /// filling missing lines from `mem`.
     pub fn load(&mut self, mem: &mut Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            let i = self.slot_for_access(mem, la);
+            let i = self.slot_for_access(mem, la, false);
             let s = i * self.line_bytes + off;
             data[done..done + n].copy_from_slice(&self.data[s..s + n]);
             owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
         }
     }
 
+    /// A CPU load of `len` bytes at `addr` whose bytes nobody looks at: the cache changes
+    /// exactly as under [`Cache::load`] (fills, evictions, LRU order, counters), without
+    /// copying the bytes out.
+    pub fn load_discard(&mut self, mem: &mut Memory, addr: u64, len: usize) {
+        for Piece { la, .. } in pieces(addr, len, self.line_bytes) {
+            self.slot_for_access(mem, la, false);
+        }
+    }
+
     /// A CPU store of `data` at `addr`: allocates missing lines and dirties them.
     pub(crate) fn store(&mut self, mem: &mut Memory, addr: u64, data: &[u8], owners: Stamps<'_>) {
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            let i = self.slot_for_access(mem, la);
+            let i = self.slot_for_access(mem, la, n == self.line_bytes);
             let s = i * self.line_bytes + off;
             self.data[s..s + n].copy_from_slice(&data[done..done + n]);
             match owners {
@@ -284,19 +324,53 @@ impl Cache {
     /// What a load would return, without touching LRU state or filling lines: cached bytes
     /// from the cache, the rest from `mem`.
     pub fn peek(&self, mem: &Memory, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
+        // Consecutive lines that are not cached are read from `mem` in one go: bytes
+        // `from..done` of the access, once a cached line or the end closes the run.
+        let mut from = 0usize;
         for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
-            match self.find(la) {
-                Some(i) => {
-                    let s = i * self.line_bytes + off;
-                    data[done..done + n].copy_from_slice(&self.data[s..s + n]);
-                    owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
+            if let Some(i) = self.find(la) {
+                if from < done {
+                    let r = from..done;
+                    mem.read_unchecked(addr + from as u64, &mut data[r.clone()], &mut owners[r]);
                 }
-                None => mem.read_unchecked(
-                    la + off as u64,
-                    &mut data[done..done + n],
-                    &mut owners[done..done + n],
-                ),
+                from = done + n;
+                let s = i * self.line_bytes + off;
+                data[done..done + n].copy_from_slice(&self.data[s..s + n]);
+                owners[done..done + n].copy_from_slice(&self.owners[s..s + n]);
             }
+        }
+        if from < data.len() {
+            let r = from..data.len();
+            mem.read_unchecked(addr + from as u64, &mut data[r.clone()], &mut owners[r]);
+        }
+    }
+
+    /// Whether a [`Cache::peek`] of `data.len()` bytes at `addr` would return exactly
+    /// `data` and `owners` (same length); compares in place, copying nothing, and like
+    /// `peek` changes nothing.
+    pub fn peek_eq(&self, mem: &Memory, addr: u64, data: &[u8], owners: &[Owner]) -> bool {
+        // Runs of lines that are not cached are compared with `mem` in one go, as in `peek`.
+        let mut from = 0usize;
+        for Piece { done, la, off, n } in pieces(addr, data.len(), self.line_bytes) {
+            if let Some(i) = self.find(la) {
+                if from < done {
+                    let r = from..done;
+                    if !mem.eq_unchecked(addr + from as u64, &data[r.clone()], &owners[r]) {
+                        return false;
+                    }
+                }
+                from = done + n;
+                let s = i * self.line_bytes + off;
+                if data[done..done + n] != self.data[s..s + n]
+                    || !owners_eq(&owners[done..done + n], &self.owners[s..s + n])
+                {
+                    return false;
+                }
+            }
+        }
+        from >= data.len() || {
+            let r = from..data.len();
+            mem.eq_unchecked(addr + from as u64, &data[r.clone()], &owners[r])
         }
     }
 
@@ -319,7 +393,7 @@ impl Cache {
         }
         let first = start & !(self.line - 1);
         let last = (start.saturating_add(len - 1)) & !(self.line - 1);
-        let count = (last - first) / self.line + 1;
+        let count = ((last - first) >> self.line_shift) + 1;
         if count as usize > self.meta.len() {
             for i in 0..self.meta.len() {
                 let m = self.meta[i];

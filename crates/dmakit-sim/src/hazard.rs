@@ -108,18 +108,25 @@ impl Hazards {
     #[inline]
     fn note(&mut self, line: u64) {
         let window = self.cfg.window.max(1);
-        // The most recent entry is `next - 1`; skip repeats of it.
-        if let Some(&prev) = self.recent.get((self.next + window - 1) % window) {
+        // The most recent entry is `next - 1`; skip repeats of it. `next` stays below
+        // `window`, so stepping back or on wraps around without a division.
+        let prev_slot = if self.next == 0 {
+            window - 1
+        } else {
+            self.next - 1
+        };
+        if let Some(&prev) = self.recent.get(prev_slot) {
             if prev == line && !self.recent.is_empty() {
                 return;
             }
         }
+        let wrap = |i: usize| if i == window { 0 } else { i };
         if self.recent.len() < window {
             self.recent.push(line);
-            self.next = self.recent.len() % window;
+            self.next = wrap(self.recent.len());
         } else {
             self.recent[self.next] = line;
-            self.next = (self.next + 1) % window;
+            self.next = wrap(self.next + 1);
         }
     }
 

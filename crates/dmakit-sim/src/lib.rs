@@ -81,6 +81,7 @@ pub mod oracle;
 pub mod page_alloc;
 pub mod placement;
 pub mod platform;
+mod range_map;
 pub mod request_stream;
 pub mod rng;
 pub mod routed;

@@ -187,6 +187,29 @@ impl State {
         self.roll();
     }
 
+    /// [`State::load`] of `len` bytes whose bytes are not wanted: the same cache changes,
+    /// counters and hazard roll, without copying anything out (an uncached piece is not
+    /// touched at all, as reading it changes nothing).
+    fn load_discard(&mut self, addr: u64, len: usize) {
+        if self.uncached.is_empty() {
+            self.cache.load_discard(&mut self.mem, addr, len);
+        } else {
+            let end = addr + len as u64;
+            let mut a = addr;
+            while a < end {
+                let (stop, cached) = self.piece(a, end);
+                if cached {
+                    self.cache
+                        .load_discard(&mut self.mem, a, (stop - a) as usize);
+                }
+                a = stop;
+            }
+        }
+        self.stats.cpu_loads += 1;
+        self.hazards.touch(addr, len as u64);
+        self.roll();
+    }
+
     fn store(&mut self, addr: u64, data: &[u8], owners: Stamps<'_>) {
         if self.uncached.is_empty() {
             self.cache.store(&mut self.mem, addr, data, owners);
@@ -224,6 +247,28 @@ impl State {
                 self.mem.read_unchecked(a, d, w);
             }
         });
+    }
+
+    /// Whether [`State::peek`] would return exactly `data` and `owners`; compares in
+    /// place.
+    fn peek_eq(&self, addr: u64, data: &[u8], owners: &[Owner]) -> bool {
+        let end = addr + data.len() as u64;
+        let mut a = addr;
+        while a < end {
+            let (stop, cached) = self.piece(a, end);
+            let r = (a - addr) as usize..(stop - addr) as usize;
+            let (d, w) = (&data[r.clone()], &owners[r]);
+            let same = if cached {
+                self.cache.peek_eq(&self.mem, a, d, w)
+            } else {
+                self.mem.eq_unchecked(a, d, w)
+            };
+            if !same {
+                return false;
+            }
+            a = stop;
+        }
+        true
     }
 
     /// One roll of the hazard dice, performing whatever comes up.
@@ -469,6 +514,24 @@ impl Machine {
         Ok(())
     }
 
+    /// A CPU load of `len` bytes at `addr` whose bytes the caller does not want (a driver
+    /// reading its buffer, judged later by the oracle): the machine changes exactly as
+    /// under [`Machine::cpu_read_stamped`] of that range (cache fills and evictions,
+    /// counters, hazard roll), without the copy out.
+    ///
+    /// # Errors
+    /// [`MemoryFault`] when the range is not RAM; nothing happens then.
+    pub fn cpu_read_discard(&self, addr: PhysAddr, len: u64) -> Result<(), MemoryFault> {
+        let a = addr.as_u64();
+        let n = usize::try_from(len).map_err(|_| MemoryFault { addr, len })?;
+        let mut s = self.state.borrow_mut();
+        check(&s, a, n, n)?;
+        if n != 0 {
+            s.load_discard(a, n);
+        }
+        Ok(())
+    }
+
     /// A CPU store of `data` at `addr`, every byte stamped `owner`, through the cache.
     ///
     /// # Errors
@@ -524,6 +587,23 @@ impl Machine {
             s.peek(addr.as_u64(), data, owners);
         }
         Ok(())
+    }
+
+    /// Whether a [`Machine::peek_cpu`] of `data.len()` bytes at `addr` would return
+    /// exactly `data` and `owners`: compared in place, without copying, and without any
+    /// side effect.
+    ///
+    /// # Errors
+    /// As [`Machine::peek_cpu`].
+    pub fn peek_cpu_eq(
+        &self,
+        addr: PhysAddr,
+        data: &[u8],
+        owners: &[Owner],
+    ) -> Result<bool, MemoryFault> {
+        let s = self.state.borrow();
+        check(&s, addr.as_u64(), data.len(), owners.len())?;
+        Ok(data.is_empty() || s.peek_eq(addr.as_u64(), data, owners))
     }
 
     /// What RAM holds now, ignoring the cache. No side effect.
@@ -762,10 +842,17 @@ impl Machine {
             return Ok(());
         }
         let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
-        tmp.data.resize(n, 0);
-        tmp.owners.resize(n, Owner::NOBODY);
-        s.load(src, &mut tmp.data, &mut tmp.owners);
-        s.store(dst, &tmp.data, Stamps::Each(&tmp.owners));
+        // Grown, never shrunk: the load overwrites the first `n` entries, so a shorter copy
+        // reuses the buffers without clearing them.
+        if tmp.data.len() < n {
+            tmp.data.resize(n, 0);
+        }
+        if tmp.owners.len() < n {
+            tmp.owners.resize(n, Owner::NOBODY);
+        }
+        let (d, o) = (&mut tmp.data[..n], &mut tmp.owners[..n]);
+        s.load(src, d, o);
+        s.store(dst, d, Stamps::Each(o));
         s.stats.copied_bytes += len;
         s.scratch = tmp;
         Ok(())
@@ -782,9 +869,12 @@ impl Machine {
             return Ok(());
         }
         let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
-        tmp.data.clear();
-        tmp.data.resize(n, byte);
-        s.store(dst, &tmp.data, Stamps::All(Owner::NOBODY));
+        if tmp.data.len() < n {
+            tmp.data.resize(n, 0);
+        }
+        let d = &mut tmp.data[..n];
+        d.fill(byte);
+        s.store(dst, d, Stamps::All(Owner::NOBODY));
         s.scratch = tmp;
         Ok(())
     }

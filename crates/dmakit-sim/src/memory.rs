@@ -133,6 +133,9 @@ impl RamMap {
     }
 }
 
+/// Slots of [`Memory`]'s cache of recent page lookups (a power of two).
+const RECENT: usize = 64;
+
 struct Page {
     data: [u8; PAGE],
     owners: [Owner; PAGE],
@@ -144,8 +147,10 @@ pub struct Memory {
     ram: RamMap,
     index: FxHashMap<u64, u32>,
     pages: Vec<Box<Page>>,
-    /// The last page looked up, as (page frame number, index into `pages`).
-    last: Cell<(u64, u32)>,
+    /// Pages looked up lately, as (page frame number, index into `pages`), in the slot
+    /// `pfn % RECENT`: most lookups are answered here without hashing. A slot is either
+    /// `(u64::MAX, _)` (empty) or right.
+    recent: [Cell<(u64, u32)>; RECENT],
 }
 
 impl Memory {
@@ -155,7 +160,7 @@ impl Memory {
             ram,
             index: FxHashMap::default(),
             pages: Vec::new(),
-            last: Cell::new((u64::MAX, 0)),
+            recent: [const { Cell::new((u64::MAX, 0)) }; RECENT],
         }
     }
 
@@ -170,12 +175,13 @@ impl Memory {
     }
 
     fn lookup(&self, pfn: u64) -> Option<usize> {
-        let (lp, li) = self.last.get();
+        let slot = &self.recent[pfn as usize % RECENT];
+        let (lp, li) = slot.get();
         if lp == pfn {
             return Some(li as usize);
         }
         let i = *self.index.get(&pfn)?;
-        self.last.set((pfn, i));
+        slot.set((pfn, i));
         Some(i as usize)
     }
 
@@ -189,7 +195,7 @@ impl Memory {
                     owners: [Owner::NOBODY; PAGE],
                 }));
                 self.index.insert(pfn, i as u32);
-                self.last.set((pfn, i as u32));
+                self.recent[pfn as usize % RECENT].set((pfn, i as u32));
                 i
             }
         };
@@ -238,6 +244,31 @@ impl Memory {
             }
             done += n;
         }
+    }
+
+    /// Whether `[addr, addr + data.len())` holds exactly `data` stamped `owners` (same
+    /// length), without the RAM check: the caller has checked the range. Compares in place,
+    /// copying nothing.
+    pub(crate) fn eq_unchecked(&self, addr: u64, data: &[u8], owners: &[Owner]) -> bool {
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = addr + done as u64;
+            let off = (a % MEM_PAGE) as usize;
+            let n = (PAGE - off).min(data.len() - done);
+            let (d, o) = (&data[done..done + n], &owners[done..done + n]);
+            let same = match self.lookup(a / MEM_PAGE) {
+                Some(i) => {
+                    let p = &self.pages[i];
+                    *d == p.data[off..off + n] && owners_eq(o, &p.owners[off..off + n])
+                }
+                None => d.iter().all(|&b| b == 0) && o.iter().all(|&w| w == Owner::NOBODY),
+            };
+            if !same {
+                return false;
+            }
+            done += n;
+        }
+        true
     }
 
     /// Writes `data` at `addr`, stamping byte `i` with `owners[i]`.

@@ -21,7 +21,6 @@
 //! CPU saw, so one loss is not counted again at every later check.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use dmakit::{MemoryFault, PhysAddr, PhysRange};
@@ -29,6 +28,7 @@ use dmakit::{MemoryFault, PhysAddr, PhysRange};
 use crate::error::SimError;
 use crate::machine::Machine;
 use crate::memory::{owners_eq, Owner};
+use crate::range_map::RangeMap;
 
 /// How the oracle reads memory back. [`Machine`] implements it with its side-effect-free
 /// peeks; tests can implement it by hand.
@@ -43,6 +43,22 @@ pub trait MemoryView {
         data: &mut [u8],
         owners: &mut [Owner],
     ) -> Result<(), MemoryFault>;
+    /// Whether [`MemoryView::cpu_view`] of `data.len()` bytes at `addr` would return
+    /// exactly `data` and `owners` (same length). The default reads the view and compares;
+    /// an implementation may compare in place.
+    ///
+    /// # Errors
+    /// As [`MemoryView::cpu_view`].
+    fn cpu_view_is(
+        &self,
+        addr: PhysAddr,
+        data: &[u8],
+        owners: &[Owner],
+    ) -> Result<bool, MemoryFault> {
+        let (mut d, mut o) = (vec![0; data.len()], vec![Owner::NOBODY; owners.len()]);
+        self.cpu_view(addr, &mut d, &mut o)?;
+        Ok(d == data && owners_eq(&o, owners))
+    }
     /// What RAM holds at `addr`, ignoring caches.
     ///
     /// # Errors
@@ -63,6 +79,14 @@ impl MemoryView for Machine {
         owners: &mut [Owner],
     ) -> Result<(), MemoryFault> {
         self.peek_cpu(addr, data, owners)
+    }
+    fn cpu_view_is(
+        &self,
+        addr: PhysAddr,
+        data: &[u8],
+        owners: &[Owner],
+    ) -> Result<bool, MemoryFault> {
+        self.peek_cpu_eq(addr, data, owners)
     }
     fn ram_view(
         &self,
@@ -200,53 +224,67 @@ impl fmt::Display for OracleReport {
     }
 }
 
+/// A tracked allocation: its owner and label, and the value and owner each of its `len`
+/// bytes must hold (the first `len` entries of `data` and `owners`; the buffers may be
+/// longer, see [`Spare`]).
 struct Alloc {
     owner: Owner,
     label: Cow<'static, str>,
+    len: usize,
     data: Vec<u8>,
     owners: Vec<Owner>,
 }
 
 impl Alloc {
     fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.len as u64
     }
 }
 
 /// Expected-value buffers of unregistered allocations, kept for the next registration so
-/// registering does not clear fresh memory that the CPU view overwrites at once. At most
-/// [`Spare::MAX`] pairs with a capacity of at most [`Spare::MAX_LEN`] bytes are kept, so
-/// the spares hold under 64 × 64 KiB × 5 bytes (20 MiB), and a pair is handed out only for
-/// a length of at least half its capacity (less 64 bytes), so a tracked allocation's
-/// buffers stay within twice its length plus 64.
+/// registering does not clear fresh memory that the CPU view overwrites at once.
+///
+/// Buffers up to [`Spare::MAX_LEN`] bytes are handed out in power-of-two lengths (the
+/// length of `n` bytes is `n.next_power_of_two()`, under `2n`), kept by length: at most
+/// [`Spare::PER_LENGTH`] pairs of each, so the spares hold under
+/// `16 × 2 × 64 KiB × 5` bytes (10 MiB). A tracked allocation's buffers therefore stay
+/// under twice its length; longer allocations get buffers of their exact length, never
+/// kept.
 #[derive(Default)]
-struct Spare(Vec<(Vec<u8>, Vec<Owner>)>);
+struct Spare(Vec<Vec<(Vec<u8>, Vec<Owner>)>>);
 
 impl Spare {
-    const MAX: usize = 64;
+    const PER_LENGTH: usize = 16;
     const MAX_LEN: usize = 64 << 10;
 
-    /// A pair of buffers of length `n` with arbitrary contents: the smallest kept pair at
-    /// least that long whose capacity is at most `2n + 64` (cut to `n`), else new ones.
+    /// A pair of buffers of at least `n` entries (`n` itself above [`Spare::MAX_LEN`], else
+    /// `n.next_power_of_two()`) with arbitrary contents: a kept pair of that length, else
+    /// new ones.
     fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
-        let cap = n.saturating_mul(2).saturating_add(64);
-        let fit = (0..self.0.len())
-            .filter(|&i| self.0[i].0.len() >= n && self.0[i].0.capacity() <= cap)
-            .filter(|&i| self.0[i].1.len() >= n && self.0[i].1.capacity() <= cap)
-            .min_by_key(|&i| self.0[i].0.len());
-        let Some(i) = fit else {
+        let len = n.next_power_of_two();
+        if len > Self::MAX_LEN {
             return (vec![0; n], vec![Owner::NOBODY; n]);
-        };
-        let (mut d, mut o) = self.0.swap_remove(i);
-        d.truncate(n);
-        o.truncate(n);
-        (d, o)
+        }
+        let class = len.trailing_zeros() as usize;
+        match self.0.get_mut(class).and_then(Vec::pop) {
+            Some(pair) => pair,
+            None => (vec![0; len], vec![Owner::NOBODY; len]),
+        }
     }
 
-    /// Keeps a pair for a later [`Spare::take`] (drops it when enough are kept).
+    /// Keeps a pair from [`Spare::take`] for a later one (drops it when enough of its
+    /// length are kept, or when it is not a length `take` hands out again).
     fn put(&mut self, d: Vec<u8>, o: Vec<Owner>) {
-        if self.0.len() < Self::MAX && d.capacity().max(o.capacity()) <= Self::MAX_LEN {
-            self.0.push((d, o));
+        let len = d.len();
+        if len != o.len() || !len.is_power_of_two() || len > Self::MAX_LEN {
+            return;
+        }
+        let class = len.trailing_zeros() as usize;
+        if self.0.len() <= class {
+            self.0.resize_with(class + 1, Vec::new);
+        }
+        if self.0[class].len() < Self::PER_LENGTH {
+            self.0[class].push((d, o));
         }
     }
 }
@@ -256,10 +294,12 @@ pub struct Oracle {
     line: u64,
     extra_neighbours: usize,
     max_details: usize,
-    allocs: BTreeMap<u64, Alloc>,
+    allocs: RangeMap<Alloc>,
     report: OracleReport,
     scratch: (Vec<u8>, Vec<Owner>, Vec<u8>, Vec<Owner>),
     keys: Vec<u64>,
+    /// Scratch of [`Oracle::expect`]: the allocations a store covers.
+    hits: Vec<u64>,
     spare: Spare,
 }
 
@@ -277,10 +317,11 @@ impl Oracle {
             line: line_size,
             extra_neighbours: 0,
             max_details: 32,
-            allocs: BTreeMap::new(),
+            allocs: RangeMap::default(),
             report: OracleReport::default(),
             scratch: Default::default(),
             keys: Vec::new(),
+            hits: Vec::new(),
             spare: Spare::default(),
         })
     }
@@ -288,6 +329,9 @@ impl Oracle {
     /// Also check this many tracked allocations on each side of the buffer's edge lines.
     pub fn set_extra_neighbours(&mut self, n: usize) {
         self.extra_neighbours = n;
+        if n > 0 {
+            self.allocs.keep_order();
+        }
     }
 
     /// Keep at most `n` detailed byte reports.
@@ -336,22 +380,76 @@ impl Oracle {
         let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
         let n = usize::try_from(len).map_err(|_| bad.clone())?;
         if self
-            .overlapping(range.start().as_u64(), range.end().as_u64())
+            .allocs
+            .first_overlapping(range.start().as_u64(), range.end().as_u64())
             .is_some()
         {
             return Err(bad);
         }
         let (mut data, mut owners) = self.spare.take(n);
-        if view.cpu_view(addr, &mut data, &mut owners).is_err() {
+        if view
+            .cpu_view(addr, &mut data[..n], &mut owners[..n])
+            .is_err()
+        {
             self.spare.put(data, owners);
             return Err(bad);
         }
         self.allocs.insert(
             addr.as_u64(),
+            range.end().as_u64(),
             Alloc {
                 owner,
                 label: label.into(),
+                len: n,
                 data,
+                owners,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts tracking an allocation the CPU is about to fill: `data.len()` bytes at
+    /// `addr` owned by `owner`, which must hold `data`, every byte stamped `owner`. The
+    /// caller then stores exactly that over the whole allocation (through the machine)
+    /// before anything else happens to it. The same as [`Oracle::register`] followed,
+    /// once stored, by [`Oracle::cpu_stored`] of `data`, without reading what that store
+    /// replaces.
+    ///
+    /// # Errors
+    /// [`SimError::BadAllocation`] when the range is empty, overflows or overlaps a
+    /// tracked allocation.
+    pub fn register_stored(
+        &mut self,
+        owner: Owner,
+        addr: PhysAddr,
+        data: &[u8],
+        label: impl Into<Cow<'static, str>>,
+    ) -> Result<(), SimError> {
+        let len = data.len() as u64;
+        let bad = SimError::BadAllocation {
+            addr: addr.as_u64(),
+            len,
+        };
+        let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
+        if self
+            .allocs
+            .first_overlapping(range.start().as_u64(), range.end().as_u64())
+            .is_some()
+        {
+            return Err(bad);
+        }
+        let n = data.len();
+        let (mut expected, mut owners) = self.spare.take(n);
+        expected[..n].copy_from_slice(data);
+        owners[..n].fill(owner);
+        self.allocs.insert(
+            addr.as_u64(),
+            range.end().as_u64(),
+            Alloc {
+                owner,
+                label: label.into(),
+                len: n,
+                data: expected,
                 owners,
             },
         );
@@ -365,28 +463,15 @@ impl Oracle {
     pub fn unregister(&mut self, addr: PhysAddr) -> Result<(), SimError> {
         let al = self
             .allocs
-            .remove(&addr.as_u64())
+            .remove(addr.as_u64())
             .ok_or(SimError::UnknownAllocation(addr.as_u64()))?;
         self.spare.put(al.data, al.owners);
         Ok(())
     }
 
-    /// Some tracked allocation overlapping `[a, b)`, if any.
-    fn overlapping(&self, a: u64, b: u64) -> Option<u64> {
-        let (&s, al) = self.allocs.range(..b).next_back()?;
-        (s + al.len() > a).then_some(s)
-    }
-
     /// Starts of tracked allocations overlapping `[a, b)`, ascending, into `self.keys`.
     fn collect_overlapping(&mut self, a: u64, b: u64) {
-        self.keys.clear();
-        for (&s, al) in self.allocs.range(..b).rev() {
-            if s + al.len() <= a {
-                break;
-            }
-            self.keys.push(s);
-        }
-        self.keys.reverse();
+        self.allocs.overlapping(a, b, &mut self.keys);
     }
 
     /// The CPU stored `data` at `addr` stamped `owner`: tracked bytes there must now hold it.
@@ -405,12 +490,13 @@ impl Oracle {
             return;
         }
         let end = addr.saturating_add(data.len() as u64);
-        // Tracked allocations do not overlap: walk down from the last one starting before
-        // `end` until one ends at or before `addr`, updating each in place.
-        for (&s, al) in self.allocs.range_mut(..end).rev() {
-            if s + al.len() <= addr {
-                break;
-            }
+        // Tracked allocations do not overlap: each one the store covers is updated in place.
+        let mut hits = std::mem::take(&mut self.hits);
+        self.allocs.overlapping(addr, end, &mut hits);
+        for &s in &hits {
+            let Some(al) = self.allocs.get_mut(s) else {
+                continue;
+            };
             let lo = addr.max(s);
             let hi = end.min(s + al.len());
             let (ao, so) = ((lo - s) as usize, (lo - addr) as usize);
@@ -418,6 +504,7 @@ impl Oracle {
             al.data[ao..ao + n].copy_from_slice(&data[so..so + n]);
             al.owners[ao..ao + n].fill(owner);
         }
+        self.hits = hits;
     }
 
     fn record(&mut self, r: ByteReport) {
@@ -466,7 +553,7 @@ impl Oracle {
         let keys = std::mem::take(&mut self.keys);
         let transfer = self.report.transfers + 1;
         for &s in &keys {
-            let Some(al) = self.allocs.get(&s) else {
+            let Some(al) = self.allocs.get(s) else {
                 continue;
             };
             let lo = a.max(s);
@@ -534,16 +621,13 @@ impl Oracle {
         if self.extra_neighbours > 0 {
             let before: Vec<u64> = self
                 .allocs
-                .range(..first)
-                .rev()
-                .map(|(&s, _)| s)
+                .starts_before(first)
                 .filter(|s| !keys.contains(s))
                 .take(self.extra_neighbours)
                 .collect();
             let after: Vec<u64> = self
                 .allocs
-                .range(end..)
-                .map(|(&s, _)| s)
+                .starts_from(end)
                 .take(self.extra_neighbours)
                 .collect();
             keys.extend(before);
@@ -569,7 +653,7 @@ impl Oracle {
         view: &impl MemoryView,
         transfer_owner: Owner,
     ) -> Result<(), SimError> {
-        let keys: Vec<u64> = self.allocs.keys().copied().collect();
+        let keys = self.allocs.starts();
         let mut result = Ok(());
         for s in keys {
             if let Err(e) = self.check_alloc(view, s, transfer_owner) {
@@ -585,10 +669,22 @@ impl Oracle {
         start: u64,
         transfer_owner: Owner,
     ) -> Result<(), SimError> {
-        let Some(al) = self.allocs.get(&start) else {
+        let Some(al) = self.allocs.get(start) else {
             return Ok(());
         };
-        let n = al.data.len();
+        let n = al.len;
+        let bad = SimError::BadAllocation {
+            addr: start,
+            len: n as u64,
+        };
+        // The usual case, every byte as expected, is told without copying the view out.
+        let matches = view
+            .cpu_view_is(PhysAddr::new(start), &al.data[..n], &al.owners[..n])
+            .map_err(|_| bad.clone())?;
+        self.report.checked_bytes += n as u64;
+        if matches {
+            return Ok(());
+        }
         let (cd, co, rd, ro) = &mut self.scratch;
         // Grown, never shrunk: a shorter check reuses the buffers without clearing them.
         for (v, o) in [(&mut *cd, &mut *co), (&mut *rd, &mut *ro)] {
@@ -598,16 +694,8 @@ impl Oracle {
             }
         }
         let (cd, co) = (&mut cd[..n], &mut co[..n]);
-        let bad = SimError::BadAllocation {
-            addr: start,
-            len: n as u64,
-        };
         view.cpu_view(PhysAddr::new(start), cd, co)
             .map_err(|_| bad.clone())?;
-        self.report.checked_bytes += n as u64;
-        if *cd == al.data[..] && owners_eq(co, &al.owners) {
-            return Ok(());
-        }
         let (rd, ro) = (&mut rd[..n], &mut ro[..n]);
         view.ram_view(PhysAddr::new(start), rd, ro)
             .map_err(|_| bad)?;
@@ -629,7 +717,7 @@ impl Oracle {
             found.push((i, kind));
         }
         let mut reports = Vec::with_capacity(found.len());
-        if let Some(al) = self.allocs.get_mut(&start) {
+        if let Some(al) = self.allocs.get_mut(start) {
             for &(i, kind) in &found {
                 reports.push(ByteReport {
                     transfer,

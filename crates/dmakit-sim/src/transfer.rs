@@ -155,6 +155,31 @@ pub fn cpu_scribble(
     Ok(())
 }
 
+/// The CPU fills a new allocation, `range`, with random bytes stamped `owner`, and the
+/// oracle starts tracking it (labelled `label`) with them: the same as
+/// [`Oracle::register`] then [`cpu_scribble`] over the whole allocation, without reading
+/// the bytes the fill replaces.
+///
+/// # Errors
+/// [`WorkloadError::Sim`] when the oracle refuses the allocation
+/// ([`Oracle::register_stored`]) or the range is not RAM.
+pub fn cpu_scribble_new(
+    machine: &Machine,
+    oracle: &mut Oracle,
+    rng: &mut SimRng,
+    scratch: &mut Scratch,
+    range: PhysRange,
+    owner: Owner,
+    label: &'static str,
+) -> Result<(), WorkloadError> {
+    let data = sized(&mut scratch.data, range.len() as usize, 0);
+    rng.fill_bytes(data);
+    let a = range.start();
+    oracle.register_stored(owner, a, data, label)?;
+    machine.cpu_write(a, data, owner).map_err(fault)?;
+    Ok(())
+}
+
 impl<P: Platform> Transfer<'_, P> {
     /// With the mapper's debug checker on, reports a CPU access to memory the device owns
     /// (the model sees every access a kernel's checker cannot).
@@ -279,11 +304,9 @@ impl<P: Platform> Transfer<'_, P> {
     /// The CPU loads the whole buffer (as a driver reading its data does).
     fn cpu_reads_buffer(&mut self, buf: PhysRange) -> Result<(), WorkloadError> {
         self.check_ownership(buf.start().as_u64(), buf.len(), false);
-        let n = buf.len() as usize;
-        let data = sized(&mut self.scratch.data, n, 0);
-        let owners = sized(&mut self.scratch.rd.1, n, Owner::NOBODY);
+        // The bytes themselves are judged by the oracle's check that follows.
         self.machine
-            .cpu_read_stamped(buf.start(), data, owners)
+            .cpu_read_discard(buf.start(), buf.len())
             .map_err(fault)?;
         Ok(())
     }
@@ -331,8 +354,54 @@ impl<P: Platform> Transfer<'_, P> {
         owner: Owner,
         neighbours: &[Neighbour],
     ) -> Result<Started, WorkloadError> {
+        self.start_as(buf, dir, owner, neighbours, None)
+    }
+
+    /// [`Transfer::start`] for a buffer just allocated and not yet tracked by the oracle:
+    /// the CPU's preparation, which fills the whole buffer, is what the oracle starts
+    /// tracking it with (labelled `label`, see [`cpu_scribble_new`]); everything else is
+    /// as `start`. `#[track_caller]` as [`Transfer::run`].
+    ///
+    /// # Errors
+    /// As [`Transfer::run`], and [`WorkloadError::Sim`] when the oracle refuses the buffer.
+    #[track_caller]
+    pub fn start_fresh(
+        &mut self,
+        buf: PhysRange,
+        dir: Direction,
+        owner: Owner,
+        neighbours: &[Neighbour],
+        label: &'static str,
+    ) -> Result<Started, WorkloadError> {
+        self.start_as(buf, dir, owner, neighbours, Some(label))
+    }
+
+    /// [`Transfer::start`]; with `fresh`, the buffer is registered as it is prepared.
+    #[track_caller]
+    fn start_as(
+        &mut self,
+        buf: PhysRange,
+        dir: Direction,
+        owner: Owner,
+        neighbours: &[Neighbour],
+        fresh: Option<&'static str>,
+    ) -> Result<Started, WorkloadError> {
         // The CPU prepares the buffer and touches the neighbours.
-        self.scribble(buf.start().as_u64(), buf.len(), owner)?;
+        match fresh {
+            None => self.scribble(buf.start().as_u64(), buf.len(), owner)?,
+            Some(label) => {
+                self.check_ownership(buf.start().as_u64(), buf.len(), true);
+                cpu_scribble_new(
+                    self.machine,
+                    self.oracle,
+                    self.rng,
+                    self.scratch,
+                    buf,
+                    owner,
+                    label,
+                )?;
+            }
+        }
         for _ in 0..self.rng.between(0, 2) {
             self.cpu_step(neighbours)?;
         }

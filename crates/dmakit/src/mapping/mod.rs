@@ -133,6 +133,14 @@ impl<P: Platform> DmaMapper<P> {
         }
     }
 
+    /// Bounced mappings and bytes copied to and from bounces so far, over every device:
+    /// `stats().total()`'s `bounces_total()` and `bytes_to_bounce + bytes_from_bounce`,
+    /// without building the snapshot (for a caller that reads them after every
+    /// operation). Reads atomics only.
+    pub fn bounce_totals(&self) -> (u64, u64) {
+        self.obs.counters.bounce_totals()
+    }
+
     /// The `n` call sites that requested the most bounced mappings, most first.
     pub fn top_sites(&self, n: usize) -> Vec<SiteStats> {
         self.obs.sites.top(n, self.obs.suggest_ppm)

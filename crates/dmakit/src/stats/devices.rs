@@ -247,6 +247,27 @@ impl DeviceCounters {
         }
     }
 
+    /// Bounced mappings and bytes copied to and from bounces, summed over every device
+    /// and stripe: the `bounces_total()` and `bytes_to_bounce + bytes_from_bounce` of the
+    /// sum of [`DeviceCounters::snapshot`], without building it.
+    pub(crate) fn bounce_totals(&self) -> (u64, u64) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (mut bounces, mut bytes) = (0u64, 0u64);
+        for stripe in self.stripes.iter() {
+            for r in stripe.rows.iter() {
+                // As in `snapshot`: only rows a device owns count.
+                if u32::try_from(r.key.load(Ordering::Acquire)).is_err() {
+                    continue;
+                }
+                for (_, by_dir) in r.bounced.iter() {
+                    bounces += by_dir.map(load).total();
+                }
+                bytes += load(&r.bytes_to_bounce) + load(&r.bytes_from_bounce);
+            }
+        }
+        (bounces, bytes)
+    }
+
     /// Sums the stripes per device, in device id order.
     pub(crate) fn snapshot(&self) -> Vec<DeviceStats> {
         let mut out: Vec<DeviceStats> = Vec::new();
@@ -315,6 +336,13 @@ mod tests {
         c.exhausted(1, b);
         c.deferred(1, b);
         let s = c.snapshot();
+        let bounced: u64 = s.iter().map(DeviceStats::bounces_total).sum();
+        let bytes: u64 = s
+            .iter()
+            .map(|d| d.bytes_to_bounce + d.bytes_from_bounce)
+            .sum();
+        assert_eq!(c.bounce_totals(), (bounced, bytes));
+        assert_eq!(c.bounce_totals(), (2, 126));
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].device, a);
         assert_eq!(s[0].mappings_total(), 2);
