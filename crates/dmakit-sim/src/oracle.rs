@@ -373,19 +373,8 @@ impl Oracle {
         len: u64,
         label: impl Into<Cow<'static, str>>,
     ) -> Result<(), SimError> {
-        let bad = SimError::BadAllocation {
-            addr: addr.as_u64(),
-            len,
-        };
-        let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
+        let (range, bad) = self.vacant(addr, len)?;
         let n = usize::try_from(len).map_err(|_| bad.clone())?;
-        if self
-            .allocs
-            .first_overlapping(range.start().as_u64(), range.end().as_u64())
-            .is_some()
-        {
-            return Err(bad);
-        }
         let (mut data, mut owners) = self.spare.take(n);
         if view
             .cpu_view(addr, &mut data[..n], &mut owners[..n])
@@ -394,18 +383,49 @@ impl Oracle {
             self.spare.put(data, owners);
             return Err(bad);
         }
+        self.insert(range, owner, label.into(), data, owners);
+        Ok(())
+    }
+
+    /// The range of `len` bytes at `addr` when it is not empty, does not overflow and
+    /// overlaps no tracked allocation, with the error that names it.
+    fn vacant(&self, addr: PhysAddr, len: u64) -> Result<(PhysRange, SimError), SimError> {
+        let bad = SimError::BadAllocation {
+            addr: addr.as_u64(),
+            len,
+        };
+        let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
+        if self
+            .allocs
+            .first_overlapping(range.start().as_u64(), range.end().as_u64())
+            .is_some()
+        {
+            return Err(bad);
+        }
+        Ok((range, bad))
+    }
+
+    /// Tracks `range` (vacant) with its expected bytes and owners (buffers of at least its
+    /// length).
+    fn insert(
+        &mut self,
+        range: PhysRange,
+        owner: Owner,
+        label: Cow<'static, str>,
+        data: Vec<u8>,
+        owners: Vec<Owner>,
+    ) {
         self.allocs.insert(
-            addr.as_u64(),
+            range.start().as_u64(),
             range.end().as_u64(),
             Alloc {
                 owner,
-                label: label.into(),
-                len: n,
+                label,
+                len: range.len() as usize,
                 data,
                 owners,
             },
         );
-        Ok(())
     }
 
     /// Starts tracking an allocation the CPU is about to fill: `data.len()` bytes at
@@ -425,34 +445,12 @@ impl Oracle {
         data: &[u8],
         label: impl Into<Cow<'static, str>>,
     ) -> Result<(), SimError> {
-        let len = data.len() as u64;
-        let bad = SimError::BadAllocation {
-            addr: addr.as_u64(),
-            len,
-        };
-        let range = PhysRange::new(addr, len).ok_or(bad.clone())?;
-        if self
-            .allocs
-            .first_overlapping(range.start().as_u64(), range.end().as_u64())
-            .is_some()
-        {
-            return Err(bad);
-        }
+        let (range, _) = self.vacant(addr, data.len() as u64)?;
         let n = data.len();
         let (mut expected, mut owners) = self.spare.take(n);
         expected[..n].copy_from_slice(data);
         owners[..n].fill(owner);
-        self.allocs.insert(
-            addr.as_u64(),
-            range.end().as_u64(),
-            Alloc {
-                owner,
-                label: label.into(),
-                len: n,
-                data: expected,
-                owners,
-            },
-        );
+        self.insert(range, owner, label.into(), expected, owners);
         Ok(())
     }
 
