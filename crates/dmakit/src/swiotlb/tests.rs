@@ -1375,7 +1375,10 @@ fn a_large_run_survives_churn_of_small_bounces() {
     while pool.stats().used_bytes < total * 3 / 4 {
         live.push(pool.alloc(0, small(2048 * (1 + next(3))), 0).unwrap());
     }
-    for step in 0..2_000 {
+    // Under Miri (minutes for the whole sequence) a prefix checks the code for undefined
+    // behaviour; the placement claim needs the whole sequence.
+    let steps = if cfg!(miri) { 64 } else { 2_000 };
+    for step in 0..steps {
         let b = live.swap_remove(next(live.len() as u64) as usize);
         pool.free(b.addr).unwrap();
         while pool.stats().used_bytes < total * 3 / 4 {
