@@ -486,7 +486,7 @@ impl Drop for Workers {
 /// (cores that share an execution unit or a cache, a host that lends its cores).
 fn threads() -> Comparison {
     let m: Mapper = Arc::new(mapper(2).build());
-    let one = Workers::new(&[m.clone()]);
+    let one = Workers::new(std::slice::from_ref(&m));
     let two = Workers::new(&[m.clone(), m]);
     let apart = Workers::new(&[Arc::new(mapper(2).build()), Arc::new(mapper(2).build())]);
     Comparison {
