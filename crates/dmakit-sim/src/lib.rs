@@ -65,6 +65,7 @@
 
 #![deny(missing_docs)]
 
+mod buffers;
 pub mod cache;
 pub mod coherent;
 pub mod device;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use dmakit::{Device, DeviceId, DmaAddr, MemoryFault, PhysAddr, PhysRange};
 
+use crate::buffers::sized;
 use crate::cache::{Cache, CacheConfig, CacheStats};
 use crate::device::{DeviceFault, DmaEngines, DmaTranslation, FaultReason};
 use crate::error::SimError;
@@ -842,15 +843,11 @@ impl Machine {
             return Ok(());
         }
         let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
-        // Grown, never shrunk: the load overwrites the first `n` entries, so a shorter copy
-        // reuses the buffers without clearing them.
-        if tmp.data.len() < n {
-            tmp.data.resize(n, 0);
-        }
-        if tmp.owners.len() < n {
-            tmp.owners.resize(n, Owner::NOBODY);
-        }
-        let (d, o) = (&mut tmp.data[..n], &mut tmp.owners[..n]);
+        // The load overwrites the first `n` entries.
+        let (d, o) = (
+            sized(&mut tmp.data, n, 0),
+            sized(&mut tmp.owners, n, Owner::NOBODY),
+        );
         s.load(src, d, o);
         s.store(dst, d, Stamps::Each(o));
         s.stats.copied_bytes += len;
@@ -869,10 +866,7 @@ impl Machine {
             return Ok(());
         }
         let mut tmp = core::mem::replace(&mut s.scratch, Stamped::zeroed(0));
-        if tmp.data.len() < n {
-            tmp.data.resize(n, 0);
-        }
-        let d = &mut tmp.data[..n];
+        let d = sized(&mut tmp.data, n, 0);
         d.fill(byte);
         s.store(dst, d, Stamps::All(Owner::NOBODY));
         s.scratch = tmp;

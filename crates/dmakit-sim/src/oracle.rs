@@ -25,6 +25,7 @@ use std::fmt;
 
 use dmakit::{MemoryFault, PhysAddr, PhysRange};
 
+use crate::buffers::sized;
 use crate::error::SimError;
 use crate::machine::Machine;
 use crate::memory::{owners_eq, Owner};
@@ -684,17 +685,10 @@ impl Oracle {
             return Ok(());
         }
         let (cd, co, rd, ro) = &mut self.scratch;
-        // Grown, never shrunk: a shorter check reuses the buffers without clearing them.
-        for (v, o) in [(&mut *cd, &mut *co), (&mut *rd, &mut *ro)] {
-            if v.len() < n {
-                v.resize(n, 0);
-                o.resize(n, Owner::NOBODY);
-            }
-        }
-        let (cd, co) = (&mut cd[..n], &mut co[..n]);
+        let (cd, co) = (sized(cd, n, 0), sized(co, n, Owner::NOBODY));
         view.cpu_view(PhysAddr::new(start), cd, co)
             .map_err(|_| bad.clone())?;
-        let (rd, ro) = (&mut rd[..n], &mut ro[..n]);
+        let (rd, ro) = (sized(rd, n, 0), sized(ro, n, Owner::NOBODY));
         view.ram_view(PhysAddr::new(start), rd, ro)
             .map_err(|_| bad)?;
         let transfer = self.report.transfers;

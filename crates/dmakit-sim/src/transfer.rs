@@ -11,6 +11,7 @@
 use dmakit::{Device, Direction, DmaAddr, DmaError, DmaMapper, MapPath, PhysAddr, PhysRange};
 use dmakit::{MemoryFault, Platform};
 
+use crate::buffers::sized;
 use crate::error::SimError;
 use crate::machine::Machine;
 use crate::memory::Owner;
@@ -88,16 +89,6 @@ pub enum Started {
 pub struct Scratch {
     data: Vec<u8>,
     rd: (Vec<u8>, Vec<Owner>),
-}
-
-/// The first `n` elements of `v`, grown with `fill` when shorter and never shrunk, so a
-/// loop of varying lengths clears memory only when a length exceeds every earlier one. The
-/// elements hold whatever was there before: callers overwrite them.
-fn sized<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) -> &mut [T] {
-    if v.len() < n {
-        v.resize(n, fill);
-    }
-    &mut v[..n]
 }
 
 /// Everything one transfer works with. Borrowed for the transfer, so a caller can keep
