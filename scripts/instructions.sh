@@ -21,8 +21,8 @@ n="${1:-10000}"
 shift || true
 modes=("$@")
 if [ ${#modes[@]} -eq 0 ]; then
-  modes=(direct bounced bounced-512 bounced-4096 coherent iommu iommu-sg pool-64 pool-4096
-    rmw-add rmw-swap)
+  modes=(direct bounced bounced-to-device bounced-512 bounced-4096 coherent iommu iommu-sg
+    pool-64 pool-4096 rmw-add rmw-swap)
 fi
 for tool in valgrind objdump; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install valgrind binutils)" >&2; exit 2; }
@@ -86,6 +86,7 @@ what() {
   case "$1" in
     direct) echo "64 B map+unmap, no bounce" ;;
     bounced) echo "64 B map+unmap, SWIOTLB bounce" ;;
+    bounced-to-device) echo "64 B ToDevice map+unmap, SWIOTLB bounce" ;;
     bounced-512) echo "512 B map+unmap, SWIOTLB bounce" ;;
     bounced-4096) echo "4 KiB map+unmap, SWIOTLB bounce" ;;
     coherent) echo "64 B map+unmap, coherent-pool bounce" ;;

@@ -12,7 +12,7 @@ use dmakit::stats::{BounceReport, BounceReporter};
 use dmakit::typed::{DmaBuffer, FromDevice, ToDevice};
 use dmakit::{
     BouncePool, BounceReason, Clock, Device, DeviceId, Direction, DmaAddr, DmaError, DmaMapper,
-    MapPath, MapStatus, PhysAddr, PhysRange, SgEntry,
+    MapAttrs, MapPath, MapStatus, PhysAddr, PhysRange, SgEntry,
 };
 use dmakit_mem::ZonedPageAllocator;
 use dmakit_sim::{run_workload, Machine, Owner, WorkloadConfig};
@@ -420,6 +420,106 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     ] {
         assert!(e.to_string().starts_with("dev1: "), "{e}");
     }
+}
+
+/// An unmap with nothing to copy back (a `ToDevice` bounce, or any bounce without the
+/// CPU sync) is checked and released in one step of the pool: a refused one must leave the
+/// bounce live and the pool as it was, exactly as the copying unmap does.
+#[test]
+fn an_unmap_with_nothing_to_copy_back_refuses_as_the_copying_one_does() {
+    use Direction::{FromDevice, ToDevice};
+    let m = machine(6);
+    let pool = swiotlb(&m, 1 << 20, None);
+    let mapper = DmaMapper::builder(&m).swiotlb_backend(pool.clone()).build();
+    let forced = |id| {
+        device(id, BouncePool::Swiotlb)
+            .to_builder()
+            .force_bounce(true)
+            .build()
+            .unwrap()
+    };
+    let (dev, other) = (forced(1), forced(2));
+    let id = dev.id();
+    let base = buffers(&m, 1 << 20);
+    let empty = pool.usage();
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, base.add(8), 1000, ToDevice) }.unwrap();
+    let usage = pool.usage();
+    assert_eq!(usage.live, 1, "a forced bounce, even ToDevice");
+    let refusals = [
+        (
+            &other,
+            dma,
+            1000,
+            ToDevice,
+            DmaError::UnknownMapping {
+                device: other.id(),
+                dma,
+            },
+        ),
+        (
+            &dev,
+            dma,
+            999,
+            ToDevice,
+            DmaError::OutOfMapping {
+                device: id,
+                dma,
+                len: 999,
+                mapped_len: 1000,
+            },
+        ),
+        (
+            &dev,
+            dma,
+            1000,
+            FromDevice,
+            DmaError::WrongDirection {
+                device: id,
+                mapped: ToDevice,
+                requested: FromDevice,
+            },
+        ),
+        (
+            &dev,
+            DmaAddr::new(dma.as_u64() + 8),
+            1000,
+            ToDevice,
+            DmaError::UnknownMapping {
+                device: id,
+                dma: DmaAddr::new(dma.as_u64() + 8),
+            },
+        ),
+    ];
+    for (d, at, len, dir, want) in refusals {
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        assert_eq!(unsafe { mapper.unmap(d, at, len, dir) }, Err(want));
+        assert_eq!(pool.usage(), usage, "refused {want}");
+    }
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap(&dev, dma, 1000, ToDevice) }.unwrap();
+    assert_eq!((pool.usage().used, pool.usage().live), (empty.used, 0));
+    assert_eq!(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap(&dev, dma, 1000, ToDevice) },
+        Err(DmaError::UnknownMapping { device: id, dma })
+    );
+    // Without the CPU sync a FromDevice bounce takes the same step.
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    let dma = unsafe { mapper.map(&dev, base.add(8), 1000, FromDevice) }.unwrap();
+    let skip = MapAttrs::SKIP_CPU_SYNC;
+    assert_eq!(
+        // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+        unsafe { mapper.unmap_attrs(&other, dma, 1000, FromDevice, skip) },
+        Err(DmaError::UnknownMapping {
+            device: other.id(),
+            dma
+        })
+    );
+    assert_eq!(pool.usage().live, 1);
+    // SAFETY: test-owned memory (model or host arena), untouched while mapped.
+    unsafe { mapper.unmap_attrs(&dev, dma, 1000, FromDevice, skip) }.unwrap();
+    assert_eq!(pool.usage().live, 0);
 }
 
 #[test]

@@ -161,6 +161,27 @@ pub trait BounceBackend: Send + Sync {
             Err(e) => Some(Err(e)),
         }
     }
+    /// Releases the live bounce starting at `addr`, as [`BounceBackend::free`] does, if
+    /// `accept` says yes to its metadata; for an end with nothing to copy back. `accept`
+    /// must be short and must not call into the backend: a backend may run it under its
+    /// own lock. Returns the metadata: `Some(Ok(meta))` released, `Some(Err(meta))`
+    /// refused by `accept` (the bounce still live and unchanged); `None` (nothing changed)
+    /// if there is no live bounce at `addr`.
+    ///
+    /// The default looks the bounce up with [`BounceBackend::get`] and releases it with
+    /// [`BounceBackend::free`]. A backend that can decide and release under one lock
+    /// overrides it to do so.
+    fn take(
+        &self,
+        addr: PhysAddr,
+        accept: &mut dyn FnMut(&BounceMeta) -> bool,
+    ) -> Option<Result<BounceMeta, BounceMeta>> {
+        let meta = self.get(addr)?;
+        if !accept(&meta) {
+            return Some(Err(meta));
+        }
+        self.free(addr).map(Ok)
+    }
     /// Releases the live bounce starting at `addr` that [`BounceBackend::alloc`] reserved
     /// for an operation that then failed (a copy fault) before any device could use it.
     /// Guarantee: with no other call in between, [`BounceBackend::usage`] is then exactly

@@ -144,7 +144,9 @@ pub(crate) struct Slot {
 
 /// Ends the bounced mapping in `at`: maintenance, copy back
 /// what the device may have written (both only with `cpu_sync`; without it the caller
-/// synced for the CPU itself), release the room. Returns the metadata of the ended bounce
+/// synced for the CPU itself), release the room. With nothing to copy back (no `cpu_sync`,
+/// or a direction the device does not write) the bounce is checked and released in one
+/// step of the backend. Returns the metadata of the ended bounce
 /// and the bytes copied back.
 ///
 /// # Errors
@@ -161,26 +163,57 @@ pub(crate) fn unmap<P: Platform + ?Sized>(
     cpu_sync: bool,
 ) -> Result<(BounceMeta, u64), DmaError> {
     let Slot { dma, phys: slot } = at;
-    let unknown = DmaError::UnknownMapping {
-        device: dev.id(),
-        dma,
-    };
+    if !cpu_sync || !dir.device_writes() {
+        // Nothing to copy back and no maintenance (see `to_cpu`).
+        return take(backend, dev, at, len, dir).map(|meta| (meta, 0));
+    }
     // One lookup: the backend holds the bounce for this call while the copy back runs,
     // and releases it only if the checks and the copy succeed.
     let mut end = |meta: &BounceMeta| {
-        let rec = Recorded {
-            device: meta.device,
-            len: meta.len,
-            dir: meta.dir,
-        };
-        check_unmap(dev, dma, Some(len), dir, rec)?;
-        if cpu_sync {
-            to_cpu(p, backend, dev, slot, meta.orig, len, dir)
-        } else {
-            Ok(0)
-        }
+        check_unmap(dev, dma, Some(len), dir, recorded(meta))?;
+        to_cpu(p, backend, dev, slot, meta.orig, len, dir)
     };
-    backend.end(slot, &mut end).unwrap_or(Err(unknown))
+    backend
+        .end(slot, &mut end)
+        .unwrap_or_else(|| Err(unknown(dev, dma)))
+}
+
+/// [`unmap`] of a bounce with nothing to copy back: checked and released in one step
+/// ([`BounceBackend::take`]). Out of line, so the copying unmap stays as small as it was.
+#[inline(never)]
+fn take(
+    backend: &dyn BounceBackend,
+    dev: &Device,
+    at: Slot,
+    len: u64,
+    dir: Direction,
+) -> Result<BounceMeta, DmaError> {
+    let check = |meta: &BounceMeta| check_unmap(dev, at.dma, Some(len), dir, recorded(meta));
+    match backend.take(at.phys, &mut |meta| check(meta).is_ok()) {
+        Some(Ok(meta)) => Ok(meta),
+        // Refused: the same check says why, outside the backend.
+        Some(Err(meta)) => Err(check(&meta).err().unwrap_or_else(|| unknown(dev, at.dma))),
+        None => Err(unknown(dev, at.dma)),
+    }
+}
+
+/// The error of an unmap that names no live bounce of `dev`.
+#[cold]
+fn unknown(dev: &Device, dma: DmaAddr) -> DmaError {
+    DmaError::UnknownMapping {
+        device: dev.id(),
+        dma,
+    }
+}
+
+/// What a bounce's metadata records for [`check_unmap`].
+#[inline(always)]
+fn recorded(meta: &BounceMeta) -> Recorded {
+    Recorded {
+        device: meta.device,
+        len: meta.len,
+        dir: meta.dir,
+    }
 }
 
 /// Hands `len` bytes at `offset` inside the bounced mapping `dma`, whose slot is at `slot`

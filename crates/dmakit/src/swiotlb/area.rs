@@ -269,7 +269,7 @@ impl<T> AreaInner<T> {
     /// Takes the allocation at `hit` of slot `local` out of the table and frees what it
     /// holds: whole slots to the run cache or slot allocator; packed lines to their slot,
     /// which goes back as a free slot when no line of it is held any more.
-    #[inline]
+    #[inline(always)]
     fn remove(&mut self, local: u32, hit: Hit) -> Option<Live<T>> {
         let Hit::Record { rec, prev } = hit else {
             let SlotEntry::Whole(live) =
@@ -516,13 +516,24 @@ impl<T> Area<T> {
 
     /// Removes the live allocation whose bounce address is at `local`/`offset` and frees
     /// what it holds, lead-in included (into the run cache when it has room for whole
-    /// slots); `None` (nothing changed) when there is none or it is claimed.
-    pub(crate) fn free(&self, local: u32, offset: u32) -> Option<Live<T>> {
+    /// slots), if `accept` returns `Ok` for its metadata: `accept` runs under the lock (so
+    /// it must be short and must not call into the pool). `None` (nothing changed, `accept`
+    /// not run) when there is no such allocation or it is claimed; `Some(Err(r))` (nothing
+    /// changed) with `accept`'s refusal.
+    pub(crate) fn free_if<R>(
+        &self,
+        local: u32,
+        offset: u32,
+        accept: impl FnOnce(&T) -> Result<(), R>,
+    ) -> Option<Result<Live<T>, R>> {
         let mut guard = self.inner.lock();
         let hit = guard.find(local, offset, false)?;
+        if let Err(refused) = accept(&guard.live_mut(local, hit)?.meta) {
+            return Some(Err(refused));
+        }
         let live = guard.remove(local, hit)?;
         self.freed(&guard, &live);
-        Some(live)
+        Some(Ok(live))
     }
 
     /// Claims the live allocation whose bounce address is at `local`/`offset` for the

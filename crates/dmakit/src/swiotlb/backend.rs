@@ -233,6 +233,23 @@ impl BounceBackend for SwiotlbBounce {
         }
     }
 
+    /// One lookup and one lock of the bounce's area, under which `accept` runs.
+    #[inline]
+    fn take(
+        &self,
+        addr: PhysAddr,
+        accept: &mut dyn FnMut(&BounceMeta) -> bool,
+    ) -> Option<Result<BounceMeta, BounceMeta>> {
+        let taken = self
+            .pool
+            .free_if(addr, |meta| if accept(meta) { Ok(()) } else { Err(*meta) });
+        match taken {
+            Ok(Ok((_, meta))) => Some(Ok(meta)),
+            Ok(Err(meta)) => Some(Err(meta)),
+            Err(_) => None,
+        }
+    }
+
     fn abandon(&self, addr: PhysAddr) -> Option<BounceMeta> {
         self.pool.abandon(addr).ok().map(|(_, m)| m)
     }

@@ -2,6 +2,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::convert::Infallible;
 
 use super::area::{Area, Live};
 use super::config::PoolConfig;
@@ -452,7 +453,27 @@ impl<T> Pool<T> {
     /// an unknown address, an address inside an allocation, or one already freed. Nothing
     /// changes then.
     pub fn free(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
-        self.release(addr, false)
+        let Ok(freed) = self.release(addr, false, |_| Ok::<(), Infallible>(()))?;
+        Ok(freed)
+    }
+
+    /// Frees the allocation whose bounce address is `addr`, as [`Pool::free`] does, if
+    /// `accept` returns `Ok` for its metadata: one lookup and one lock of its area, under
+    /// which `accept` runs (so it must be short and must not call into this pool). For an
+    /// end that has nothing to copy back; one that has uses [`Pool::end`], which runs its
+    /// work with no lock held.
+    ///
+    /// # Errors
+    /// [`SwiotlbError::NotMapped`] (nothing changed, `accept` not run) if `addr` is not the
+    /// bounce address of a live allocation; `Ok(Err(r))` (nothing changed) with `accept`'s
+    /// refusal.
+    #[inline]
+    pub(crate) fn free_if<R>(
+        &self,
+        addr: PhysAddr,
+        accept: impl FnOnce(&T) -> Result<(), R>,
+    ) -> Result<Result<(Bounce, T), R>, SwiotlbError> {
+        self.release(addr, false, accept)
     }
 
     /// Gives back the allocation whose bounce address is `addr`, which was never used
@@ -464,21 +485,37 @@ impl<T> Pool<T> {
     /// # Errors
     /// As [`Pool::free`].
     pub(crate) fn abandon(&self, addr: PhysAddr) -> Result<(Bounce, T), SwiotlbError> {
-        self.release(addr, true)
+        let Ok(freed) = self.release(addr, true, |_| Ok::<(), Infallible>(()))?;
+        Ok(freed)
     }
 
-    fn release(&self, addr: PhysAddr, unused: bool) -> Result<(Bounce, T), SwiotlbError> {
+    /// Frees the allocation at `addr` if `accept` returns `Ok` for its metadata; with
+    /// `unused`, lowers the high-water mark by what it raised (see [`Pool::abandon`]).
+    #[inline]
+    fn release<R>(
+        &self,
+        addr: PhysAddr,
+        unused: bool,
+        accept: impl FnOnce(&T) -> Result<(), R>,
+    ) -> Result<Result<(Bounce, T), R>, SwiotlbError> {
         let not_mapped = SwiotlbError::NotMapped { addr };
         let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
         let region = &regions[index];
         let area = &region.areas()[loc.area];
-        let live = area.free(loc.local, loc.offset).ok_or(not_mapped)?;
+        let live = match area.free_if(loc.local, loc.offset, accept) {
+            None => return Err(not_mapped),
+            Some(Err(refused)) => return Ok(Err(refused)),
+            Some(Ok(live)) => live,
+        };
         if unused
             && !crate::reintroduce::active(crate::reintroduce::Defect::FailedBounceRaisesHighWater)
         {
             self.counters.unraise(area, live.raised);
         }
-        Ok((self.bounce_of(region, loc.area, addr, &live), live.meta))
+        Ok(Ok((
+            self.bounce_of(region, loc.area, addr, &live),
+            live.meta,
+        )))
     }
 
     /// Ends the allocation whose bounce address is `addr` in one lookup: runs `f` on it and
@@ -605,7 +642,7 @@ impl<T> Pool<T> {
     /// Locks the stripe of the area owning `addr` and finds where `addr` falls: the locked
     /// region list, the region's index in it, and the location. `None` when no region
     /// contains `addr`.
-    #[inline]
+    #[inline(always)]
     fn locate(&self, addr: PhysAddr) -> Option<(MutexGuard<'_, Regions<T>>, usize, Location)> {
         let a = addr.as_u64();
         let stripe = match self.table.lookup(a) {

@@ -1122,6 +1122,53 @@ fn end_frees_once_and_hides_the_allocation_while_it_runs() {
 }
 
 #[test]
+fn free_if_frees_only_what_it_accepts() {
+    let base = PhysAddr::new(0x10_0000);
+    let pool: Pool<u8> = Pool::with_region(cfg(2048, 128, 2), base, 256 * KIB).unwrap();
+    // A packed bounce and a whole-slot one, so both kinds of record are refused and freed.
+    let small = pool.alloc(0, req(0x48, 100, 0), 3).unwrap();
+    let large = pool.alloc(1, req(0x123, 5000, 0xfff), 7).unwrap();
+    let live = pool.stats();
+    for b in [small, large] {
+        let meta = pool.get(b.addr).unwrap().1;
+        // Refused: nothing changes, and the refusal comes back as `accept` made it.
+        let refused = pool.free_if(b.addr, |&m| Err::<(), _>(m + 100));
+        assert_eq!(refused, Ok(Err(meta + 100)));
+        assert_eq!(pool.stats(), live);
+        assert_eq!(pool.get(b.addr), Ok((b, meta)));
+        pool.check().unwrap();
+    }
+    // Inside a bounce, before it, or outside the pool: not mapped, `accept` not run.
+    for a in [small.addr.as_u64() + 1, large.slot_start.as_u64(), 0x5] {
+        let r = pool.free_if(PhysAddr::new(a), |_| -> Result<(), ()> {
+            panic!("ran on {a:#x}")
+        });
+        assert_eq!(
+            r,
+            Err(SwiotlbError::NotMapped {
+                addr: PhysAddr::new(a)
+            })
+        );
+    }
+    // Accepted: freed whole, as `free` frees, once.
+    assert_eq!(
+        pool.free_if(small.addr, |_| Ok::<(), ()>(())),
+        Ok(Ok((small, 3)))
+    );
+    assert_eq!(
+        pool.free_if(large.addr, |_| Ok::<(), ()>(())),
+        Ok(Ok((large, 7)))
+    );
+    assert_eq!(
+        pool.free_if(large.addr, |_| Ok::<(), ()>(())),
+        Err(SwiotlbError::NotMapped { addr: large.addr })
+    );
+    assert_eq!((pool.stats().used_bytes, pool.stats().live), (0, 0));
+    pool.check().unwrap();
+    assert_eq!(pool.remove_region(base).map(|r| r.start()), Ok(base));
+}
+
+#[test]
 fn a_failed_end_leaves_the_allocation_as_it_was() {
     let pool: Pool<u8> =
         Pool::with_region(cfg(2048, 128, 2), PhysAddr::new(0x10_0000), 256 * KIB).unwrap();
