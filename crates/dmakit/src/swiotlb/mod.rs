@@ -53,14 +53,17 @@
 //!   then that area's stripe of the region table, a binary search and arithmetic to the
 //!   slot; each area keeps the caller's metadata of its live allocations at the slot of
 //!   the bounce address (for a packed slot, in a short chain of records, one per packed
-//!   allocation in it), so `get` and `free` take O(log regions), one stripe lock and one
-//!   area lock, and `region_of` usually no lock at all. An unmap that must copy back before the slots are
-//!   free uses `Pool::end`: one lookup claims the allocation (hidden from every other
-//!   lookup, still holding its slots), the copy runs with no lock held, and a second lock
-//!   of the same area frees it, or makes it live again when the copy failed.
+//!   allocation in it), so `get` and `free` take O(log regions) and one lock (the stripe,
+//!   which is the area's lock too), and `region_of` usually no lock at all. An unmap with
+//!   nothing to copy back checks and frees under that one lock (`Pool::free_if`); one that
+//!   must copy back before the slots are free uses `Pool::end`: one lookup claims the
+//!   allocation (hidden from every other lookup, still holding its slots), the copy runs
+//!   with no lock held, and a second lock of the same stripe frees it, or makes it live
+//!   again when the copy failed.
 //! - **Concurrency**: no pool-wide lock or shared written cache line on the hot path. The
-//!   region table is a striped reader lock with one stripe per area index (see
-//!   `table.rs`); each area has its own lock and cache lines; usage is counted per area and
+//!   region table is a striped reader lock with one stripe per area index, which is also
+//!   the lock of the areas of that index (see `region_table.rs`); each area has its own
+//!   cache lines; usage is counted per area and
 //!   summed by snapshots, and the high-water mark is kept exact through per-area
 //!   allowances (see `stats.rs`).
 //!
@@ -84,6 +87,7 @@ mod region_table;
 mod request;
 mod slots;
 mod stats;
+mod stripe_key;
 mod sync;
 
 pub use backend::SwiotlbBounce;

@@ -8,10 +8,10 @@ use super::area::{Area, Live};
 use super::config::PoolConfig;
 use super::error::{RegionError, SwiotlbError};
 use super::region::{area_index, Location, Region};
-use super::region_table::{find, Entry, Lookup, RegionTable, Regions};
+use super::region_table::{find, Entry, Held, Lookup, RegionTable};
 use super::request::{max_mapping_size, Bounce, Shape, SlotRequest};
-use super::stats::{AreaCounter, AreaStats, CountedArea, Counters, PoolStats};
-use super::sync::MutexGuard;
+use super::stats::{AreaCounter, AreaStats, CountedArea, Counters, PoolStats, TryAreaLock};
+use super::stripe_key::StripeKey;
 use crate::addr::{PhysAddr, PhysRange};
 use crate::bounce::MemorySpan;
 use crate::platform::PAGE_SIZE;
@@ -21,11 +21,12 @@ use crate::platform::PAGE_SIZE;
 ///
 /// The pool hands out addresses only; it never reads or writes the memory. All methods
 /// take `&self` and may be called from any number of threads at once (the pool is `Sync`
-/// when `T: Send`). Allocation, lookup and free lock one stripe of the region table and
-/// one area, never a pool-wide lock, and allocate no memory; the stripe is the one of the
-/// CPU hint (allocation) or of the area owning the address (lookup, free), so CPUs that
-/// work in their own areas share no lock and write no shared cache line. (The one
-/// exception is the rare grant path of the high-water mark, see [`PoolStats`].)
+/// when `T: Send`). Allocation, lookup and free lock one stripe of the region table, which
+/// is also the lock of the areas of its index, never a pool-wide lock, and allocate no
+/// memory; the stripe is the one of the CPU hint (allocation, moving on to the others
+/// only when its areas have no room) or of the area owning the address (lookup, free), so
+/// CPUs that work in their own areas share no lock and write no shared cache line. (The
+/// one exception is the rare grant path of the high-water mark, see [`PoolStats`].)
 pub struct Pool<T> {
     config: PoolConfig,
     table: RegionTable<T>,
@@ -149,11 +150,16 @@ impl<T> Pool<T> {
             _ => return Err(RegionError::NotFound { base }),
         };
         let region = Arc::clone(&first[at].0);
-        // Holding every stripe, no allocation or free can reach the region: its live count
-        // cannot change under us but by an `end` that found it before, whose allocation
-        // counts as live until it is freed under its area's lock. Reading the counts under
-        // those locks makes 0 mean that no such call touches the region any more.
-        let live: u64 = region.areas().iter().map(|a| a.live_locked() as u64).sum();
+        // Holding every stripe, this call holds every area's lock: no allocation or free
+        // can reach the region. An `end` that claimed an allocation before keeps it counted
+        // as live until it frees it under its area's stripe, after which it touches the
+        // region no more; so a count of 0, read under every stripe, means no call touches
+        // the region any more.
+        let live: u64 = region
+            .areas()
+            .iter()
+            .map(|a| a.counter().live() as u64)
+            .sum();
         if live != 0 && !self.skips_busy_check() {
             return Err(RegionError::Busy {
                 region: region.range(),
@@ -194,7 +200,7 @@ impl<T> Pool<T> {
 
     /// Allocates a bounce for `request`, storing `meta` with it until it is freed.
     /// `cpu` is a hint (the caller's CPU): the search starts in that CPU's area of each
-    /// region and moves on to the others.
+    /// region and moves on to the other areas' stripes.
     ///
     /// The allocation holds its whole run, the lead-in before the bounce address included
     /// ([`Bounce::slot_start`]): whole slots, or, for a request below a page whose mask
@@ -203,10 +209,11 @@ impl<T> Pool<T> {
     /// allocation lies in the `2^n`-aligned window the bounce address sits in, before the
     /// bounce's end.
     ///
-    /// Cost: one stripe lock, then for each area tried one lock and O(log2 segment slots)
-    /// work (O(1) when the area's run cache holds a freed run of the same size and
-    /// placement, or a packed slot near the front of its list has room); areas that cannot
-    /// fit the request are skipped without locking. An area whose bounded search of its
+    /// Cost: the CPU's stripe lock, then for each area tried O(log2 segment slots) work
+    /// (O(1) when the area's run cache holds a freed run of the same size and placement, or
+    /// a packed slot near the front of its list has room); areas whose hint says they cannot
+    /// fit the request are skipped, and so are other stripes that have no such area. Each
+    /// other stripe tried is one more lock, taken after the last one is released. An area whose bounded search of its
     /// free runs finds none that holds the request searches all of them before refusing
     /// it. No memory is allocated.
     ///
@@ -239,7 +246,8 @@ impl<T> Pool<T> {
     ) -> Result<Bounce, SwiotlbError> {
         let shape = Shape::new(&self.config, &request)?;
         let mut meta = Some(meta);
-        let regions = self.table.read(cpu);
+        let home = cpu % self.table.stripes();
+        let mut held = self.table.read(home);
         let mut reachable = false;
         // First pass: skip areas whose hint says they cannot fit. Second pass, only when
         // the first found nothing: try every reachable area under its lock, hint or not.
@@ -251,27 +259,45 @@ impl<T> Pool<T> {
             if locked_pass && self.skips_locked_pass() {
                 break;
             }
-            if let Some(b) = self.try_regions(
-                &regions[..],
-                cpu,
-                &shape,
-                &request,
-                max_addr,
-                &mut meta,
-                locked_pass,
-                &mut reachable,
-            ) {
-                return Ok(b);
+            // Regions in address order, each from the CPU's area on; `cursor` is where the
+            // next region may start, since another stripe's list is read after a hop.
+            let mut cursor = 0u64;
+            loop {
+                let at = held.partition_point(|r| r.range().start().as_u64() < cursor);
+                let Some(region) = held.get(at) else {
+                    break;
+                };
+                let base = region.range().start().as_u64();
+                cursor = region.range().end().as_u64();
+                if self.slots_within(base, max_addr) == 0 {
+                    // Regions are sorted by base: the rest lie higher still.
+                    break;
+                }
+                reachable = true;
+                let tried = self.try_region(
+                    held,
+                    at,
+                    cpu,
+                    &shape,
+                    &request,
+                    max_addr,
+                    &mut meta,
+                    locked_pass,
+                );
+                held = match tried {
+                    Ok(b) => return Ok(b),
+                    Err(h) => h,
+                };
             }
             if !reachable {
                 break;
             }
         }
-        if !reachable && !regions.is_empty() {
+        if !reachable && !held.is_empty() {
             return Err(SwiotlbError::Unreachable { max_addr });
         }
-        let used: u64 = counters_of(&regions).map(|c| c.used() as u64).sum();
-        drop(regions);
+        let used: u64 = counters_of(&held).map(|c| c.used() as u64).sum();
+        drop(held);
         let unit_shift = self.config.unit_shift();
         Err(SwiotlbError::Exhausted {
             len: request.len,
@@ -280,59 +306,82 @@ impl<T> Pool<T> {
         })
     }
 
-    /// One pass of [`Pool::alloc_below`] over `regions`: tries each reachable area from the
-    /// CPU's, skipping those whose hint says they cannot fit unless `ignore_hint`; sets
-    /// `reachable` when some region lies within `max_addr`.
+    /// Slots of the region at `base` that end at or below `max_addr`.
+    #[inline]
+    fn slots_within(&self, base: u64, max_addr: u64) -> u64 {
+        let shift = self.config.slot_shift();
+        let slot_mask = self.config.slot_size() - 1;
+        max_addr
+            .checked_sub(base)
+            .map_or(0, |d| (d >> shift) + u64::from(d & slot_mask == slot_mask))
+    }
+
+    /// One region's part of a pass of [`Pool::alloc_below`]: tries the region at index
+    /// `at` of the locked stripe `held`, from the CPU's area on, each area under its own
+    /// stripe (moving there: the stripe held is released first, so no two are held at
+    /// once), skipping areas that the region's slots within `max_addr` do not reach and,
+    /// unless `ignore_hint`, those whose hint says they cannot fit (read before moving,
+    /// under the stripe held, which keeps the region alive). Returns the bounce, or the
+    /// stripe it holds at the end; stops early when the region is gone from the list of a
+    /// stripe it moved to.
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn try_regions(
-        &self,
-        regions: &[Entry<T>],
+    fn try_region<'a>(
+        &'a self,
+        mut held: Held<'a, T>,
+        mut at: usize,
         cpu: usize,
         shape: &Shape,
         request: &SlotRequest,
         max_addr: u64,
         meta: &mut Option<T>,
         ignore_hint: bool,
-        reachable: &mut bool,
-    ) -> Option<Bounce> {
-        let shift = self.config.slot_shift();
-        let slot_mask = self.config.slot_size() - 1;
-        for region in regions.iter() {
-            let base = region.range().start().as_u64();
-            // Slots of the region that end at or below `max_addr`.
-            let within = max_addr
-                .checked_sub(base)
-                .map_or(0, |d| (d >> shift) + u64::from(d & slot_mask == slot_mask));
-            if within == 0 {
-                // Regions are sorted by base: the rest lie higher still.
-                break;
+    ) -> Result<Bounce, Held<'a, T>> {
+        let region = &held[at];
+        let base = region.range().start().as_u64();
+        let last = self.slots_within(base, max_addr) - 1;
+        let placement = shape.place(region.base_slot());
+        let order = Shape::hint_order(&placement);
+        let areas = region.areas().len();
+        let start = cpu % areas;
+        for i in (start..areas).chain(0..start) {
+            let area = &held[at].areas()[i];
+            let Some(local_last) =
+                (last.min(u64::from(u32::MAX)) as u32).checked_sub(area.first_slot())
+            else {
+                continue;
+            };
+            if !ignore_hint && !area.may_fit(order) {
+                continue;
             }
-            *reachable = true;
-            let last = within - 1;
-            let placement = shape.place(region.base_slot());
-            let order = Shape::hint_order(&placement);
-            let areas = region.areas();
-            let start = cpu % areas.len();
-            for i in (start..areas.len()).chain(0..start) {
-                let area = &areas[i];
-                let Some(local_last) =
-                    (last.min(u64::from(u32::MAX)) as u32).checked_sub(area.first_slot())
-                else {
-                    continue;
-                };
-                if !ignore_hint && !area.may_fit(order) {
-                    continue;
+            if held.key().index() != i {
+                drop(held);
+                held = self.table.read(i);
+                // Written while no stripe was held: the region may have moved in the list,
+                // or be gone.
+                match find(&held, base) {
+                    Some(j) if held[j].range().start().as_u64() == base => at = j,
+                    _ => return Err(held),
                 }
-                let count =
-                    |c: &AreaCounter, n| self.counters.allocated(c, n, || areas_of(regions));
-                if let Some(run) = area.alloc(&placement, local_last, meta, count) {
-                    let addr = region.addr_of(i, run.slot, run.offset);
-                    return Some(self.bounce(region, i, addr, request.len, run.first, run.units));
+                if held[at].areas().len() != areas {
+                    return Err(held);
                 }
+            }
+            let (regions, key) = held.split();
+            let region = &regions[at];
+            let area = &region.areas()[i];
+            let locks = StripeLocks {
+                table: &self.table,
+                held: Some(i),
+            };
+            let count =
+                |c: &AreaCounter, n| self.counters.allocated(c, n, || areas_of(regions), &locks);
+            if let Some(run) = area.alloc(key, &placement, local_last, meta, count) {
+                let addr = region.addr_of(i, run.slot, run.offset);
+                return Ok(self.bounce(region, i, addr, request.len, run.first, run.units));
             }
         }
-        None
+        Err(held)
     }
 
     /// The [`Bounce`] at `addr` of `len` bytes holding `units` line units from area-local
@@ -424,10 +473,11 @@ impl<T> Pool<T> {
         f: impl FnOnce(&Bounce, &T) -> R,
     ) -> Result<R, SwiotlbError> {
         let not_mapped = SwiotlbError::NotMapped { addr };
-        let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let (mut held, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let (regions, key) = held.split();
         let region = &regions[index];
         region.areas()[loc.area]
-            .with_live(loc.local, loc.offset, |live| {
+            .with_live(key, loc.local, loc.offset, |live| {
                 f(&self.bounce_of(region, loc.area, addr, live), &live.meta)
             })
             .ok_or(not_mapped)
@@ -499,10 +549,11 @@ impl<T> Pool<T> {
         accept: impl FnOnce(&T) -> Result<(), R>,
     ) -> Result<Result<(Bounce, T), R>, SwiotlbError> {
         let not_mapped = SwiotlbError::NotMapped { addr };
-        let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let (mut held, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let (regions, key) = held.split();
         let region = &regions[index];
         let area = &region.areas()[loc.area];
-        let live = match area.free_if(loc.local, loc.offset, accept) {
+        let live = match area.free_if(key, loc.local, loc.offset, accept) {
             None => return Err(not_mapped),
             Some(Err(refused)) => return Ok(Err(refused)),
             Some(Ok(live)) => live,
@@ -510,7 +561,12 @@ impl<T> Pool<T> {
         if unused
             && !crate::reintroduce::active(crate::reintroduce::Defect::FailedBounceRaisesHighWater)
         {
-            self.counters.unraise(area, live.raised);
+            // Still under the area's stripe (the lock order is area, then grant).
+            let locks = StripeLocks {
+                table: &self.table,
+                held: Some(loc.area),
+            };
+            self.counters.unraise(&locks, area, live.raised);
         }
         Ok(Ok((
             self.bounce_of(region, loc.area, addr, &live),
@@ -525,9 +581,9 @@ impl<T> Pool<T> {
     /// [`Pool::free`] does and returns it with its metadata and `f`'s value, and when `f`
     /// returns `Err`, makes it live again exactly as it was and returns the error.
     ///
-    /// Cost: one stripe lock and two locks of the owning area, one lookup by address (a
-    /// [`Pool::get`] then [`Pool::free`] costs two lookups, two stripe locks and two area
-    /// locks). No memory is allocated.
+    /// Cost: two locks of the owning area's stripe (one to claim, one to free) and one
+    /// lookup by address (a [`Pool::get`] then [`Pool::free`] costs two lookups and two
+    /// locks too). No memory is allocated.
     ///
     /// # Errors
     /// [`SwiotlbError::NotMapped`] (nothing changed, `f` not run) if `addr` is not the
@@ -542,11 +598,12 @@ impl<T> Pool<T> {
         T: Clone,
     {
         let not_mapped = SwiotlbError::NotMapped { addr };
-        let (regions, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let (mut held, index, loc) = self.locate(addr).ok_or(not_mapped)?;
+        let (regions, key) = held.split();
         let region = &regions[index];
         let area = &region.areas()[loc.area];
         let (bounce, meta) = area
-            .claim(loc.local, loc.offset, |live| {
+            .claim(key, loc.local, loc.offset, |live| {
                 (
                     self.bounce_of(region, loc.area, addr, live),
                     live.meta.clone(),
@@ -555,64 +612,83 @@ impl<T> Pool<T> {
             .ok_or(not_mapped)?;
         let area: *const Area<T> = area;
         // `f` may copy memory through the platform: no lock of the pool is held around it.
-        drop(regions);
+        drop(held);
         // SAFETY: the area lives in its region, which an `Arc` of the table keeps at a fixed
         // address until `remove_region` takes it out of every stripe (or the pool is
         // dropped, which the borrow of `self` excludes). `remove_region` refuses while an
-        // area of the region counts a live allocation, reading the counts under the areas'
-        // locks, and the claimed allocation stays counted until `finish` frees it under
-        // this area's lock, after which this call no longer touches the area. So the area
-        // outlives every use below.
+        // area of the region counts a live allocation, reading the counts under every
+        // stripe, and the claimed allocation stays counted until `finish` frees it under
+        // this area's stripe, after which this call no longer touches the area. So the
+        // area outlives every use below.
         let area = unsafe { &*area };
         match f(&bounce, &meta) {
-            Ok(value) if area.finish(loc.local, loc.offset) => Ok(Ok((bounce, meta, value))),
-            Ok(_) => Err(not_mapped),
+            Ok(value) => {
+                let freed = area.finish(self.table.read(loc.area).key(), loc.local, loc.offset);
+                if freed {
+                    Ok(Ok((bounce, meta, value)))
+                } else {
+                    Err(not_mapped)
+                }
+            }
             Err(e) => {
-                area.unclaim(loc.local, loc.offset);
+                area.unclaim(self.table.read(loc.area).key(), loc.local, loc.offset);
                 Ok(Err(e))
             }
         }
     }
 
-    /// Pool-wide usage: one stripe lock and two atomic loads per area (no area lock). See
-    /// [`PoolStats`] for what the fields guarantee.
+    /// Pool-wide usage: one stripe lock and two atomic loads per area. See [`PoolStats`]
+    /// for what the fields guarantee.
     pub fn stats(&self) -> PoolStats {
         let regions = self.table.read(0);
         self.counters
             .snapshot(self.config.unit_shift(), counters_of(&regions))
     }
 
-    /// Usage of every area of every region, in address order. Locks each area briefly.
+    /// Usage of every area of every region, in address order. Locks each stripe briefly.
     pub fn area_stats(&self) -> Vec<AreaStats> {
         let (shift, unit_shift) = (self.config.slot_shift(), self.config.unit_shift());
-        let regions = self.table.read(0);
         let mut out = Vec::new();
-        for region in regions.iter() {
-            for (index, area) in region.areas().iter().enumerate() {
-                let u = area.usage();
-                out.push(AreaStats {
-                    region: region.range().start(),
-                    index,
-                    start: region.addr_of(index, 0, 0),
-                    total_bytes: (u.slots as u64) << shift,
-                    used_bytes: (u.used_units as u64) << unit_shift,
-                    live: u.live as u64,
-                });
+        self.for_each_area(|region, area, key| {
+            let u = area.usage(key);
+            out.push(AreaStats {
+                region: region.range().start(),
+                index: area.index(),
+                start: region.addr_of(area.index(), 0, 0),
+                total_bytes: (u.slots as u64) << shift,
+                used_bytes: (u.used_units as u64) << unit_shift,
+                live: u.live as u64,
+            });
+        });
+        out.sort_by_key(|a| a.start);
+        out
+    }
+
+    /// Runs `f` on every area of every region with its stripe's key, a stripe at a time.
+    fn for_each_area(&self, mut f: impl FnMut(&Region<T>, &Area<T>, &mut StripeKey)) {
+        for s in 0..self.table.stripes() {
+            let mut held = self.table.read(s);
+            let (regions, key) = held.split();
+            for region in regions.iter() {
+                if let Some(area) = region.areas().get(s) {
+                    f(region, area, key);
+                }
             }
         }
-        out
     }
 
     /// Checks every area's invariants, and that no area holds more than the high-water
     /// mark allows; for tests.
     #[cfg(test)]
     pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
-        let regions = self.table.read(0);
-        for region in regions.iter() {
-            for area in region.areas() {
-                area.check()?;
+        let mut result = Ok(());
+        self.for_each_area(|_, area, key| {
+            if result.is_ok() {
+                result = area.check(key);
             }
-        }
+        });
+        result?;
+        let regions = self.table.read(0);
         let allowed: u64 = counters_of(&regions).map(|c| c.allowance() as u64).sum();
         let high = self.counters.high_water_units() as u64;
         if allowed > high {
@@ -624,44 +700,69 @@ impl<T> Pool<T> {
     /// Returns every area's cached runs to its slot allocator; for tests.
     #[cfg(test)]
     pub(crate) fn flush_caches(&self) {
-        for region in self.table.read(0).iter() {
-            for area in region.areas() {
-                area.flush_cache();
-            }
-        }
+        self.for_each_area(|_, area, key| area.flush_cache(key));
     }
 
     /// Slots held in run caches; for tests.
     #[cfg(test)]
     pub(crate) fn cached_slots(&self) -> u64 {
-        let regions = self.table.read(0);
-        let areas = regions.iter().flat_map(|r| r.areas().iter());
-        areas.map(|a| a.cached_slots() as u64).sum()
+        let mut slots = 0;
+        self.for_each_area(|_, area, key| slots += area.cached_slots(key) as u64);
+        slots
     }
 
     /// Locks the stripe of the area owning `addr` and finds where `addr` falls: the locked
-    /// region list, the region's index in it, and the location. `None` when no region
-    /// contains `addr`.
+    /// stripe, the region's index in its list, and the location. `None` when no region
+    /// contains `addr`, or the area that does is not the stripe's (a region added or
+    /// removed since the stripe was chosen: no live allocation is there then).
     #[inline(always)]
-    fn locate(&self, addr: PhysAddr) -> Option<(MutexGuard<'_, Regions<T>>, usize, Location)> {
+    fn locate(&self, addr: PhysAddr) -> Option<(Held<'_, T>, usize, Location)> {
         let a = addr.as_u64();
         let stripe = match self.table.lookup(a) {
             Lookup::In { start, len } => area_index(&self.config, start, len, a),
             Lookup::Outside => return None,
-            Lookup::Unknown => self.fallback_stripe(addr),
+            Lookup::Unknown => {
+                let regions = self.table.read(self.fallback_stripe(addr));
+                let index = find(&regions, a)?;
+                regions[index].locate(addr)?.area
+            }
         };
-        // The directory may be out of date by now: the locked copy is the authority.
+        if stripe >= self.table.stripes() {
+            return None;
+        }
+        // The directory may be out of date by now: the locked copy is the authority. A
+        // live allocation's region cannot go, so for its address the area found under the
+        // lock is the one chosen; any other address is not a live allocation's.
         let regions = self.table.read(stripe);
         let index = find(&regions, a)?;
         let loc = regions[index].locate(addr)?;
-        Some((regions, index, loc))
+        (loc.area == stripe).then_some((regions, index, loc))
     }
 
     /// Stripe for a lookup by address when the directory cannot say which area owns it:
     /// spread by segment.
     #[inline]
     fn fallback_stripe(&self, addr: PhysAddr) -> usize {
-        (addr.as_u64() >> (self.config.slot_shift() + self.config.segment_order())) as usize
+        let segment = addr.as_u64() >> (self.config.slot_shift() + self.config.segment_order());
+        (segment % self.table.stripes() as u64) as usize
+    }
+}
+
+/// The locks of the areas as the usage accounting reaches them: the stripe this thread
+/// holds (if any) is used as it is, any other is tried.
+struct StripeLocks<'a, T> {
+    table: &'a RegionTable<T>,
+    held: Option<usize>,
+}
+
+impl<T> TryAreaLock<Area<T>> for StripeLocks<'_, T> {
+    #[inline]
+    fn try_counter<R>(&self, area: &Area<T>, f: impl FnOnce(&AreaCounter) -> R) -> Option<R> {
+        if self.held == Some(area.index()) {
+            return Some(f(area.counter()));
+        }
+        let _held = self.table.try_read(area.index())?;
+        Some(f(area.counter()))
     }
 }
 

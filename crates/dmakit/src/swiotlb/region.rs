@@ -51,6 +51,7 @@ impl<T> Region<T> {
                 let start = area_start(i, count, segments);
                 let end = area_start(i + 1, count, segments);
                 Area::new(
+                    i as u32,
                     start << segment_order,
                     end - start,
                     segment_order,

@@ -1,4 +1,5 @@
-//! The region table: sorted regions, read on every operation, changed only by growth.
+//! The region table: sorted regions, read on every operation, changed only by growth; and
+//! the locks of the areas.
 //!
 //! Readers must not meet on one lock or one shared counter, yet regions can be added and
 //! removed while others allocate. The table is a *striped reader lock* (a "big-reader"
@@ -9,9 +10,13 @@
 //! would make every reader increment one shared counter, and an RCU-style pointer swap
 //! would need `unsafe` or a reclamation scheme; stripes need neither.
 //!
-//! Which stripe: there is one per area index. Allocation uses its CPU's (the CPU hint is
-//! the area it starts in); lookups by address use the stripe of the area owning the
-//! address, so a CPU that allocates and frees in its own area keeps to its own stripe.
+//! One stripe per area index, and stripe `i` is also the lock of area `i` of every region:
+//! an area's state is reached only through a [`StripeKey`] of its index, which only a
+//! locked stripe hands out. So an operation takes one lock where it would otherwise take
+//! two (the stripe that keeps its region alive, then the area): an allocation locks its
+//! CPU's stripe (the CPU hint is the area it starts in), a lookup by address the stripe of
+//! the area owning the address. A CPU that allocates and frees in its own area keeps to its
+//! own stripe, and a writer, holding every stripe, holds every area.
 //!
 //! To find that area, and to answer "is this address in the pool" without any lock, the
 //! table also keeps a [`Directory`]: the bounds of up to [`DIRECTORY_REGIONS`] regions,
@@ -21,15 +26,16 @@
 //! with more regions, falls back to locking a stripe: the directory is a fast path only,
 //! never the authority for anything a lock protects.
 //!
-//! Lock order: one stripe (readers) or all stripes ascending (writers), then area locks,
-//! then the statistics' grant lock. Under the grant lock, other area locks are only tried
-//! (`try_lock`), never waited for.
+//! Lock order: one stripe (readers) or all stripes ascending (writers), then the
+//! statistics' grant lock. A reader takes another stripe only after releasing its own;
+//! under the grant lock, other stripes are only tried (`try_lock`), never waited for.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::region::Region;
+use super::stripe_key::StripeKey;
 use super::sync::{fence, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// The sorted list of regions one stripe holds.
@@ -140,6 +146,35 @@ impl Directory {
     }
 }
 
+/// A locked stripe: its copy of the region list, and the key to the areas of its index.
+pub(crate) struct Held<'a, T> {
+    regions: MutexGuard<'a, Regions<T>>,
+    key: StripeKey,
+}
+
+impl<T> Held<'_, T> {
+    /// The region list and the key, borrowed together.
+    #[inline]
+    pub(crate) fn split(&mut self) -> (&Regions<T>, &mut StripeKey) {
+        (&self.regions, &mut self.key)
+    }
+
+    /// The key to the areas of this stripe's index.
+    #[inline]
+    pub(crate) fn key(&mut self) -> &mut StripeKey {
+        &mut self.key
+    }
+}
+
+impl<T> core::ops::Deref for Held<'_, T> {
+    type Target = Regions<T>;
+
+    #[inline]
+    fn deref(&self) -> &Regions<T> {
+        &self.regions
+    }
+}
+
 /// Striped, sorted region table.
 pub(crate) struct RegionTable<T> {
     stripes: Box<[Stripe<T>]>,
@@ -187,10 +222,29 @@ impl<T> RegionTable<T> {
         }
     }
 
-    /// Locks the stripe for `key` (any number; reduced modulo the stripe count) for reading.
+    /// Number of stripes (the most areas a region has).
     #[inline]
-    pub(crate) fn read(&self, key: usize) -> MutexGuard<'_, Regions<T>> {
-        self.stripes[key % self.stripes.len()].0.lock()
+    pub(crate) fn stripes(&self) -> usize {
+        self.stripes.len()
+    }
+
+    /// Locks stripe `index` (below [`RegionTable::stripes`]) for reading, and with it area
+    /// `index` of every region.
+    #[inline]
+    pub(crate) fn read(&self, index: usize) -> Held<'_, T> {
+        Held {
+            regions: self.stripes[index].0.lock(),
+            key: StripeKey::new(index),
+        }
+    }
+
+    /// As [`RegionTable::read`], if the stripe is free at once.
+    #[inline]
+    pub(crate) fn try_read(&self, index: usize) -> Option<Held<'_, T>> {
+        Some(Held {
+            regions: self.stripes[index].0.try_lock()?,
+            key: StripeKey::new(index),
+        })
     }
 
     /// The region bounds containing `addr`, without locking; see [`Lookup`].

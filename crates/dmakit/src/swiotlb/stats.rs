@@ -40,15 +40,19 @@
 use super::sync::{AtomicU32, AtomicUsize, Mutex, Ordering};
 use crate::addr::PhysAddr;
 
-/// What the usage accounting needs of an area: its counters, and running a closure on them
-/// under the area's lock when that lock is free at once. An area implements it; the
+/// What the usage accounting needs of an area: its counters. An area implements it; the
 /// accounting knows nothing else of areas.
 pub(crate) trait CountedArea {
     /// The area's usage counters (read without its lock, or written under it).
     fn counter(&self) -> &AreaCounter;
-    /// Runs `f` on the counters with the area's lock held if it is free at once; `None`
-    /// when it is busy.
-    fn try_counter<R>(&self, f: impl FnOnce(&AreaCounter) -> R) -> Option<R>;
+}
+
+/// How the accounting reaches another area's counters under that area's lock: the pool
+/// implements it over the locks it has.
+pub(crate) trait TryAreaLock<A> {
+    /// Runs `f` on `area`'s counters with its lock held: by the caller already, or taken
+    /// now if it is free at once. `None` when it is busy.
+    fn try_counter<R>(&self, area: &A, f: impl FnOnce(&AreaCounter) -> R) -> Option<R>;
 }
 
 /// A snapshot of pool-wide usage.
@@ -204,10 +208,11 @@ impl Counters {
             .store(true, core::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Lowers `area`'s allowance by up to `want` under its lock, if that lock is free at
-    /// once; returns how much (0 when the lock is busy). The caller holds the grant lock.
+    /// Lowers `area`'s allowance by up to `want` under its lock, if `locks` holds it or
+    /// it is free at once; returns how much (0 when the lock is busy). The caller holds the
+    /// grant lock.
     #[inline]
-    fn slack_of<A: CountedArea>(&self, area: &A, want: u32) -> u32 {
+    fn slack_of<A: CountedArea>(&self, locks: &impl TryAreaLock<A>, area: &A, want: u32) -> u32 {
         #[cfg(all(loom, test))]
         if self
             .unlocked_slack
@@ -215,18 +220,20 @@ impl Counters {
         {
             return area.counter().take_slack(want);
         }
-        area.try_counter(|c| c.take_slack(want)).unwrap_or(0)
+        locks.try_counter(area, |c| c.take_slack(want)).unwrap_or(0)
     }
 
     /// Counts an allocation of `n` slots in the area counted by `mine`. Caller holds that
     /// area's lock. `all` lists every area of the pool (including `mine`'s), and no area
-    /// may be removed while this runs. Returns by how many slots the high-water mark rose.
+    /// may be removed while this runs; `locks` reaches their locks. Returns by how many
+    /// slots the high-water mark rose.
     #[inline]
     pub(crate) fn allocated<'a, A: CountedArea + 'a, I>(
         &self,
         mine: &AreaCounter,
         n: u32,
         all: impl Fn() -> I,
+        locks: &impl TryAreaLock<A>,
     ) -> u32
     where
         I: Iterator<Item = &'a A>,
@@ -235,7 +242,7 @@ impl Counters {
         if mine.try_add(n) {
             0
         } else {
-            self.grant(mine, n, all)
+            self.grant(mine, n, all, locks)
         }
     }
 
@@ -245,13 +252,18 @@ impl Counters {
     /// took back. With no call overlapping, the mark is then exactly what it was before
     /// the allocation; under concurrency (`mine`'s lock busy) it may stay higher, and it
     /// stays at or above every usage reached.
-    pub(crate) fn unraise<A: CountedArea>(&self, mine: &A, raised: u32) {
+    pub(crate) fn unraise<A: CountedArea>(
+        &self,
+        locks: &impl TryAreaLock<A>,
+        mine: &A,
+        raised: u32,
+    ) {
         if raised == 0 {
             return;
         }
         let _g = self.grant.lock();
         // Lock order is area, then grant: only try the area's lock here.
-        let back = self.slack_of(mine, raised) as usize;
+        let back = self.slack_of(locks, mine, raised) as usize;
         let high = self.high_water.load(Ordering::Relaxed);
         // The allowances add up to at most the mark and included `back`: no underflow.
         self.high_water.store(high - back, Ordering::Relaxed);
@@ -269,6 +281,7 @@ impl Counters {
         mine: &AreaCounter,
         n: u32,
         all: impl Fn() -> I,
+        locks: &impl TryAreaLock<A>,
     ) -> u32
     where
         I: Iterator<Item = &'a A>,
@@ -287,7 +300,7 @@ impl Counters {
             }
             if !core::ptr::eq(other.counter(), mine) {
                 let want = need.min(u32::MAX as usize) as u32;
-                need -= self.slack_of(other, want) as usize;
+                need -= self.slack_of(locks, other, want) as usize;
             }
         }
         // Raise the mark before the allowance, so usage never exceeds the mark.

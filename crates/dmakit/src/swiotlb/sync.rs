@@ -1,7 +1,7 @@
 //! The lock and atomic types the pool is built from, swappable for model-checked ones.
 //!
-//! Normal builds use the core's interrupt-masking [`Mutex`](crate::sync::Mutex) and `core`
-//! atomics. The loom test
+//! Normal builds use the core's interrupt-masking [`Mutex`](crate::sync::Mutex), `core`
+//! atomics and a cell for data whose lock lives elsewhere ([`LockedElsewhere`]). The loom test
 //! (`tests/loom_swiotlb.rs`) compiles this module tree into its own test crate, where loom is
 //! available as a dev-dependency; there (and only there: `cfg(all(loom, test))`) the types
 //! come from loom so that it can explore every interleaving of the area and table locks, the
@@ -11,11 +11,52 @@
 mod imp {
     pub(crate) use crate::sync::{Mutex, MutexGuard};
     pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
+
+    /// Data guarded by a lock that lives elsewhere (an area's state, guarded by its stripe
+    /// of the region table).
+    pub(crate) struct LockedElsewhere<T>(core::cell::UnsafeCell<T>);
+
+    impl<T> LockedElsewhere<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            Self(core::cell::UnsafeCell::new(value))
+        }
+
+        /// Runs `f` on the data.
+        ///
+        /// # Safety
+        /// The caller holds the lock that guards the data, and no other reference to the
+        /// data lives while `f` runs (`f` must not reach it again).
+        #[inline]
+        pub(crate) unsafe fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+            // SAFETY: the caller holds the guarding lock, so this is the only access to
+            // the data, and `f` makes no other.
+            f(unsafe { &mut *self.0.get() })
+        }
+    }
 }
 
 #[cfg(all(loom, test))]
 mod imp {
     pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize};
+
+    /// As the normal build's: data guarded by a lock that lives elsewhere, in a loom cell,
+    /// so that loom reports any access that the guarding lock does not order.
+    pub(crate) struct LockedElsewhere<T>(UnsafeCell<T>);
+
+    impl<T> LockedElsewhere<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(UnsafeCell::new(value))
+        }
+
+        /// Runs `f` on the data.
+        ///
+        /// # Safety
+        /// As in the normal build.
+        pub(crate) unsafe fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+            // SAFETY: as in the normal build; loom checks the claim.
+            self.0.with_mut(|p| f(unsafe { &mut *p }))
+        }
+    }
 
     use core::sync::atomic::Ordering;
     use loom::cell::{MutPtr, UnsafeCell};
@@ -114,4 +155,6 @@ mod imp {
 }
 
 pub(crate) use core::sync::atomic::Ordering;
-pub(crate) use imp::{fence, AtomicU32, AtomicU64, AtomicUsize, Mutex, MutexGuard};
+pub(crate) use imp::{
+    fence, AtomicU32, AtomicU64, AtomicUsize, LockedElsewhere, Mutex, MutexGuard,
+};

@@ -1439,3 +1439,18 @@ fn a_large_run_survives_churn_of_small_bounces() {
     }
     pool.check().unwrap();
 }
+
+/// An area's state is reached only with the key of its own stripe: a key of another stripe
+/// (whose lock does not guard this area) is refused, never used.
+#[test]
+#[should_panic(expected = "another stripe's key")]
+fn an_area_reached_with_another_stripes_key_panics() {
+    let table: region_table::RegionTable<u8> = region_table::RegionTable::new(2);
+    // Area 1 of a region: one segment of 8 slots of 16 line units of 64 bytes.
+    let area: area::Area<u8> = area::Area::new(1, 0, 1, 3, 4, 6, true);
+    let mut held = table.read(1);
+    assert_eq!(area.usage(held.key()).slots, 8, "its own stripe's key reaches it");
+    drop(held);
+    let mut other = table.read(0);
+    let _ = area.usage(other.key());
+}

@@ -1,7 +1,8 @@
 //! The area's invariant check, for tests.
 
 use super::packed::{SlotEntry, NIL};
-use super::Area;
+use super::{Area, AreaInner};
+use crate::swiotlb::stripe_key::StripeKey;
 use crate::swiotlb::sync::Ordering;
 
 impl<T> Area<T> {
@@ -10,9 +11,13 @@ impl<T> Area<T> {
     /// that the packed list and records are consistent, and that the counters agree; for
     /// tests.
     #[cfg(test)]
-    pub(crate) fn check(&self) -> Result<(), alloc::string::String> {
+    pub(crate) fn check(&self, key: &mut StripeKey) -> Result<(), alloc::string::String> {
+        self.with_inner(key, |inner| self.check_inner(inner))
+    }
+
+    #[cfg(test)]
+    fn check_inner(&self, inner: &AreaInner<T>) -> Result<(), alloc::string::String> {
         use alloc::format;
-        let inner = self.inner.lock();
         inner.slots.check()?;
         let lo = inner.lines_order;
         let per_slot = 1u32 << lo;
