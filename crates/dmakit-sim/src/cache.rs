@@ -208,7 +208,8 @@ impl Cache {
             let tag = m.tag;
             let s = i * self.line_bytes;
             let e = s + self.line_bytes;
-            mem.write_unchecked(tag, &self.data[s..e], Stamps::Each(&self.owners[s..e]));
+            // A line never crosses a page: lines are aligned and at most a page long.
+            mem.write_in_page(tag, &self.data[s..e], Stamps::Each(&self.owners[s..e]));
             self.stats.writebacks += 1;
         }
     }
@@ -218,7 +219,7 @@ impl Cache {
         let victim = self.claim(mem, line_addr);
         let s = victim * self.line_bytes;
         let e = s + self.line_bytes;
-        mem.read_unchecked(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
+        mem.read_in_page(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
         victim
     }
 
