@@ -230,17 +230,10 @@ impl Cache {
         let base = self.set_of(line_addr);
         // The first invalid way, else the first of the least recently used.
         let set = &self.meta[base..base + self.ways];
-        let mut victim = 0;
-        for (w, m) in set.iter().enumerate() {
-            if !m.valid {
-                victim = w;
-                break;
-            }
-            if m.lru < set[victim].lru {
-                victim = w;
-            }
-        }
-        let victim = base + victim;
+        let victim = base
+            + set.iter().position(|m| !m.valid).unwrap_or_else(|| {
+                (1..set.len()).fold(0, |v, w| if set[w].lru < set[v].lru { w } else { v })
+            });
         if self.meta[victim].valid {
             self.write_back(mem, victim);
             self.stats.capacity_evictions += 1;
