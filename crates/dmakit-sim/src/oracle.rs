@@ -557,6 +557,29 @@ impl Oracle {
         }
     }
 
+    /// The values and stamps the `len` bytes at `addr` must hold, when they all belong to
+    /// one tracked allocation (`None` otherwise, or for an empty range): what a device
+    /// reading them correctly gets, for [`Machine::device_read_unless`].
+    pub fn expected(&self, addr: PhysAddr, len: u64) -> Option<(&[u8], &[Owner])> {
+        let a = addr.as_u64();
+        let end = a.checked_add(len)?;
+        let s = self.allocs.first_overlapping(a, end)?;
+        let al = self.allocs.get(s)?;
+        // Tracked allocations do not overlap: one holding `a` and `end` holds all between.
+        if s > a || s + al.len() < end {
+            return None;
+        }
+        let r = (a - s) as usize..(end - s) as usize;
+        Some((&al.data[r.clone()], &al.owners[r]))
+    }
+
+    /// A device read of the `len` bytes at `addr` got exactly what [`Oracle::expected`]
+    /// gave for them: the same as [`Oracle::check_device_read`] of those bytes (they are
+    /// counted as judged, and nothing is wrong).
+    pub fn device_read_expected(&mut self, len: u64) {
+        self.report.device_read_bytes += len;
+    }
+
     /// Judges what a device read for a transfer owned by `transfer_owner`: `data`/`owners`
     /// are the bytes it got for the buffer bytes at `addr` (after any bounce). Bytes that are
     /// not tracked are not judged.
