@@ -208,7 +208,8 @@ impl Cache {
             let tag = m.tag;
             let s = i * self.line_bytes;
             let e = s + self.line_bytes;
-            mem.write_unchecked(tag, &self.data[s..e], Stamps::Each(&self.owners[s..e]));
+            // A line never crosses a page: lines are aligned and at most a page long.
+            mem.write_in_page(tag, &self.data[s..e], Stamps::Each(&self.owners[s..e]));
             self.stats.writebacks += 1;
         }
     }
@@ -218,7 +219,7 @@ impl Cache {
         let victim = self.claim(mem, line_addr);
         let s = victim * self.line_bytes;
         let e = s + self.line_bytes;
-        mem.read_unchecked(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
+        mem.read_in_page(line_addr, &mut self.data[s..e], &mut self.owners[s..e]);
         victim
     }
 
@@ -229,17 +230,10 @@ impl Cache {
         let base = self.set_of(line_addr);
         // The first invalid way, else the first of the least recently used.
         let set = &self.meta[base..base + self.ways];
-        let mut victim = 0;
-        for (w, m) in set.iter().enumerate() {
-            if !m.valid {
-                victim = w;
-                break;
-            }
-            if m.lru < set[victim].lru {
-                victim = w;
-            }
-        }
-        let victim = base + victim;
+        let victim = base
+            + set.iter().position(|m| !m.valid).unwrap_or_else(|| {
+                (1..set.len()).fold(0, |v, w| if set[w].lru < set[v].lru { w } else { v })
+            });
         if self.meta[victim].valid {
             self.write_back(mem, victim);
             self.stats.capacity_evictions += 1;

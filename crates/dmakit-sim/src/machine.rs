@@ -272,6 +272,16 @@ impl State {
         true
     }
 
+    /// What a device reads at physical `addr` into `data` and `owners`: RAM, or, for a
+    /// `coherent` one, what the CPU would see (it snoops the cache).
+    fn device_reads(&self, coherent: bool, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
+        if coherent {
+            self.cache.peek(&self.mem, addr, data, owners);
+        } else {
+            self.mem.read_unchecked(addr, data, owners);
+        }
+    }
+
     /// One roll of the hazard dice, performing whatever comes up.
     #[inline]
     fn roll(&mut self) {
@@ -717,13 +727,57 @@ impl Machine {
             });
         }
         self.device_access(dev, dma, data.len() as u64, false, |st, coherent, p, at| {
-            let (d, w) = (&mut data[at.clone()], &mut owners[at]);
-            if coherent {
-                st.cache.peek(&st.mem, p, d, w);
-            } else {
-                st.mem.read_unchecked(p, d, w);
-            }
+            st.device_reads(coherent, p, &mut data[at.clone()], &mut owners[at]);
         })
+    }
+
+    /// [`Machine::device_read_into`] that first compares what the device reads with
+    /// `expected` and `expected_owners` (of the same length as `data`): `Ok(true)` when it
+    /// is exactly that, and then nothing is copied into `data` and `owners`; `Ok(false)`
+    /// when it is not, and then `data` and `owners` hold what was read, as
+    /// `device_read_into` gives. Either way the machine changes exactly as under
+    /// `device_read_into` (counters, event hash, hazard roll).
+    ///
+    /// # Errors
+    /// As [`Machine::device_read_into`], and [`SimError::LengthMismatch`] when the
+    /// expected slices are not as long as `data`.
+    pub fn device_read_unless(
+        &self,
+        dev: DeviceId,
+        dma: DmaAddr,
+        expected: &[u8],
+        expected_owners: &[Owner],
+        data: &mut [u8],
+        owners: &mut [Owner],
+    ) -> Result<bool, SimError> {
+        for (d, o) in [
+            (data.len(), owners.len()),
+            (data.len(), expected.len()),
+            (data.len(), expected_owners.len()),
+        ] {
+            if d != o {
+                return Err(SimError::LengthMismatch { data: d, owners: o });
+            }
+        }
+        let mut same = true;
+        self.device_access(dev, dma, data.len() as u64, false, |st, coherent, p, at| {
+            if same {
+                let (e, eo) = (&expected[at.clone()], &expected_owners[at.clone()]);
+                same = if coherent {
+                    st.cache.peek_eq(&st.mem, p, e, eo)
+                } else {
+                    st.mem.eq_unchecked(p, e, eo)
+                };
+                if same {
+                    return;
+                }
+                // Every byte before this piece was as expected.
+                data[..at.start].copy_from_slice(&expected[..at.start]);
+                owners[..at.start].copy_from_slice(&expected_owners[..at.start]);
+            }
+            st.device_reads(coherent, p, &mut data[at.clone()], &mut owners[at]);
+        })?;
+        Ok(same)
     }
 
     /// [`Machine::device_read_into`] returning the bytes.

@@ -229,20 +229,26 @@ impl Memory {
         let mut done = 0usize;
         while done < data.len() {
             let a = addr + done as u64;
-            let off = (a % MEM_PAGE) as usize;
-            let n = (PAGE - off).min(data.len() - done);
-            match self.lookup(a / MEM_PAGE) {
-                Some(i) => {
-                    let p = &self.pages[i];
-                    data[done..done + n].copy_from_slice(&p.data[off..off + n]);
-                    owners[done..done + n].copy_from_slice(&p.owners[off..off + n]);
-                }
-                None => {
-                    data[done..done + n].fill(0);
-                    owners[done..done + n].fill(Owner::NOBODY);
-                }
-            }
+            let n = (PAGE - (a % MEM_PAGE) as usize).min(data.len() - done);
+            self.read_in_page(a, &mut data[done..done + n], &mut owners[done..done + n]);
             done += n;
+        }
+    }
+
+    /// [`Memory::read_unchecked`] of bytes all in one page (a cache line, say).
+    #[inline]
+    pub(crate) fn read_in_page(&self, addr: u64, data: &mut [u8], owners: &mut [Owner]) {
+        let off = (addr % MEM_PAGE) as usize;
+        match self.lookup(addr / MEM_PAGE) {
+            Some(i) => {
+                let p = &self.pages[i];
+                data.copy_from_slice(&p.data[off..off + data.len()]);
+                owners.copy_from_slice(&p.owners[off..off + owners.len()]);
+            }
+            None => {
+                data.fill(0);
+                owners.fill(Owner::NOBODY);
+            }
         }
     }
 
@@ -302,15 +308,26 @@ impl Memory {
         let mut done = 0usize;
         while done < data.len() {
             let a = addr + done as u64;
-            let off = (a % MEM_PAGE) as usize;
-            let n = (PAGE - off).min(data.len() - done);
-            let p = self.page_mut(a / MEM_PAGE);
-            p.data[off..off + n].copy_from_slice(&data[done..done + n]);
-            match owners {
-                Stamps::Each(o) => p.owners[off..off + n].copy_from_slice(&o[done..done + n]),
-                Stamps::All(o) => p.owners[off..off + n].fill(o),
-            }
+            let n = (PAGE - (a % MEM_PAGE) as usize).min(data.len() - done);
+            let o = match owners {
+                Stamps::Each(o) => Stamps::Each(&o[done..done + n]),
+                all => all,
+            };
+            self.write_in_page(a, &data[done..done + n], o);
             done += n;
+        }
+    }
+
+    /// [`Memory::write_unchecked`] of bytes all in one page (a cache line, say).
+    #[inline]
+    pub(crate) fn write_in_page(&mut self, addr: u64, data: &[u8], owners: Stamps<'_>) {
+        let off = (addr % MEM_PAGE) as usize;
+        let p = self.page_mut(addr / MEM_PAGE);
+        p.data[off..off + data.len()].copy_from_slice(data);
+        let o = &mut p.owners[off..off + data.len()];
+        match owners {
+            Stamps::Each(s) => o.copy_from_slice(s),
+            Stamps::All(s) => o.fill(s),
         }
     }
 

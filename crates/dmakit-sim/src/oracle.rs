@@ -258,18 +258,54 @@ impl Spare {
     const PER_LENGTH: usize = 16;
     const MAX_LEN: usize = 64 << 10;
 
-    /// A pair of buffers of at least `n` entries (`n` itself above [`Spare::MAX_LEN`], else
-    /// `n.next_power_of_two()`) with arbitrary contents: a kept pair of that length, else
-    /// new ones.
-    fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
+    /// The length of the pair [`Spare::take`] hands out for `n` entries: `n` itself above
+    /// [`Spare::MAX_LEN`], else `n.next_power_of_two()`.
+    fn length(n: usize) -> usize {
         let len = n.next_power_of_two();
         if len > Self::MAX_LEN {
-            return (vec![0; n], vec![Owner::NOBODY; n]);
+            n
+        } else {
+            len
         }
-        let class = len.trailing_zeros() as usize;
-        match self.0.get_mut(class).and_then(Vec::pop) {
-            Some(pair) => pair,
-            None => (vec![0; len], vec![Owner::NOBODY; len]),
+    }
+
+    /// A kept pair of length `len`, if any.
+    fn kept(&mut self, len: usize) -> Option<(Vec<u8>, Vec<Owner>)> {
+        if !len.is_power_of_two() || len > Self::MAX_LEN {
+            return None;
+        }
+        self.0.get_mut(len.trailing_zeros() as usize)?.pop()
+    }
+
+    /// A pair of buffers of [`Spare::length`]`(n)` entries with arbitrary contents: a kept
+    /// pair of that length, else new ones.
+    fn take(&mut self, n: usize) -> (Vec<u8>, Vec<Owner>) {
+        let len = Self::length(n);
+        self.kept(len)
+            .unwrap_or_else(|| (vec![0; len], vec![Owner::NOBODY; len]))
+    }
+
+    /// A pair as [`Spare::take`] hands out for `data.len()` entries, whose first entries
+    /// are `data`, each stamped `owner` (the rest arbitrary). New buffers are written
+    /// once, not cleared first.
+    fn take_stored(&mut self, data: &[u8], owner: Owner) -> (Vec<u8>, Vec<Owner>) {
+        let n = data.len();
+        let len = Self::length(n);
+        match self.kept(len) {
+            Some((mut d, mut o)) => {
+                d[..n].copy_from_slice(data);
+                o[..n].fill(owner);
+                (d, o)
+            }
+            None => {
+                let mut d = Vec::with_capacity(len);
+                d.extend_from_slice(data);
+                d.resize(len, 0);
+                let mut o = Vec::with_capacity(len);
+                o.resize(n, owner);
+                o.resize(len, Owner::NOBODY);
+                (d, o)
+            }
         }
     }
 
@@ -447,10 +483,7 @@ impl Oracle {
         label: impl Into<Cow<'static, str>>,
     ) -> Result<(), SimError> {
         let (range, _) = self.vacant(addr, data.len() as u64)?;
-        let n = data.len();
-        let (mut expected, mut owners) = self.spare.take(n);
-        expected[..n].copy_from_slice(data);
-        owners[..n].fill(owner);
+        let (expected, owners) = self.spare.take_stored(data, owner);
         self.insert(range, owner, label.into(), expected, owners);
         Ok(())
     }
@@ -522,6 +555,29 @@ impl Oracle {
         if rep.details.len() < self.max_details {
             rep.details.push(r);
         }
+    }
+
+    /// The values and stamps the `len` bytes at `addr` must hold, when they all belong to
+    /// one tracked allocation (`None` otherwise, or for an empty range): what a device
+    /// reading them correctly gets, for [`Machine::device_read_unless`].
+    pub fn expected(&self, addr: PhysAddr, len: u64) -> Option<(&[u8], &[Owner])> {
+        let a = addr.as_u64();
+        let end = a.checked_add(len)?;
+        let s = self.allocs.first_overlapping(a, end)?;
+        let al = self.allocs.get(s)?;
+        // Tracked allocations do not overlap: one holding `a` and `end` holds all between.
+        if s > a || s + al.len() < end {
+            return None;
+        }
+        let r = (a - s) as usize..(end - s) as usize;
+        Some((&al.data[r.clone()], &al.owners[r]))
+    }
+
+    /// A device read of the `len` bytes at `addr` got exactly what [`Oracle::expected`]
+    /// gave for them: the same as [`Oracle::check_device_read`] of those bytes (they are
+    /// counted as judged, and nothing is wrong).
+    pub fn device_read_expected(&mut self, len: u64) {
+        self.report.device_read_bytes += len;
     }
 
     /// Judges what a device read for a transfer owned by `transfer_owner`: `data`/`owners`

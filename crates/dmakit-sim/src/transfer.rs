@@ -269,14 +269,21 @@ impl<P: Platform> Transfer<'_, P> {
                 Step::DevRead(off, n) => {
                     let d = sized(&mut self.scratch.rd.0, n as usize, 0);
                     let o = sized(&mut self.scratch.rd.1, n as usize, Owner::NOBODY);
+                    let (at, from) = (buf.start().add(off), DmaAddr::new(dma.as_u64() + off));
+                    // What the device must read, compared in place when one allocation
+                    // holds it all (the usual case: the buffer).
+                    let read = match self.oracle.expected(at, n) {
+                        Some((e, eo)) => self.machine.device_read_unless(id, from, e, eo, d, o),
+                        None => self
+                            .machine
+                            .device_read_into(id, from, d, o)
+                            .map(|()| false),
+                    };
                     // A refused access is in the machine's fault log; nothing was read.
-                    if self
-                        .machine
-                        .device_read_into(id, DmaAddr::new(dma.as_u64() + off), d, o)
-                        .is_ok()
-                    {
-                        self.oracle
-                            .check_device_read(buf.start().add(off), d, o, owner)?;
+                    match read {
+                        Ok(true) => self.oracle.device_read_expected(n),
+                        Ok(false) => self.oracle.check_device_read(at, d, o, owner)?,
+                        Err(_) => {}
                     }
                 }
                 Step::DevWrite(off, n) => {
