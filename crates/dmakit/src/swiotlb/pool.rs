@@ -212,10 +212,10 @@ impl<T> Pool<T> {
     /// Cost: the CPU's stripe lock, then for each area tried O(log2 segment slots) work
     /// (O(1) when the area's run cache holds a freed run of the same size and placement, or
     /// a packed slot near the front of its list has room); areas whose hint says they cannot
-    /// fit the request are skipped, and so are other stripes that have no such area. Each
-    /// other stripe tried is one more lock, taken after the last one is released. An area whose bounded search of its
-    /// free runs finds none that holds the request searches all of them before refusing
-    /// it. No memory is allocated.
+    /// fit the request are skipped without locking. An area of another index costs one more
+    /// lock, its stripe's, taken after the one held is released. An area whose bounded
+    /// search of its free runs finds none that holds the request searches all of them
+    /// before refusing it. No memory is allocated.
     ///
     /// # Errors
     /// [`SwiotlbError::BadAlignMask`], [`SwiotlbError::ZeroLength`], [`SwiotlbError::TooLarge`] (see
@@ -357,8 +357,8 @@ impl<T> Pool<T> {
             if held.key().index() != i {
                 drop(held);
                 held = self.table.read(i);
-                // Written while no stripe was held: the region may have moved in the list,
-                // or be gone.
+                // The list may have changed while no stripe was held: the region may have
+                // moved in it, or be gone.
                 match find(&held, base) {
                     Some(j) if held[j].range().start().as_u64() == base => at = j,
                     _ => return Err(held),

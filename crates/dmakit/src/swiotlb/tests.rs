@@ -1449,7 +1449,11 @@ fn an_area_reached_with_another_stripes_key_panics() {
     // Area 1 of a region: one segment of 8 slots of 16 line units of 64 bytes.
     let area: area::Area<u8> = area::Area::new(1, 0, 1, 3, 4, 6, true);
     let mut held = table.read(1);
-    assert_eq!(area.usage(held.key()).slots, 8, "its own stripe's key reaches it");
+    assert_eq!(
+        area.usage(held.key()).slots,
+        8,
+        "its own stripe's key reaches it"
+    );
     drop(held);
     let mut other = table.read(0);
     let _ = area.usage(other.key());
